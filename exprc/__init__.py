@@ -1,0 +1,32 @@
+"""exprc: a Theano-style expression compiler.
+
+Build expressions with a NumPy-like API, compile them with :func:`function`,
+call the result like a NumPy function::
+
+    import exprc
+    x = exprc.vector("x")
+    f = exprc.function([x], exprc.log(1 + exprc.exp(x)))
+    f([0.0, 1000.0])
+"""
+
+from exprc import errors
+from exprc.api import (
+    abs, absolute, add, all, any, arccos, arccosh, arcsin, arcsinh, arctan, arctan2, arctanh, argmax, argmin,
+    as_node, astype, bitwise_and, bitwise_or, bitwise_xor, broadcast_to, cbrt, ceil, clip, concatenate, constant,
+    cos, cosh, dimshuffle, divide, dot, equal, erf, erfc, exp, exp2, expand_dims, expm1, flatten, floor,
+    floor_divide, greater, greater_equal, hypot, invert, isfinite, isinf, isnan, less, less_equal, log, log1p,
+    log2, log10, log_softmax, logaddexp, logical_and, logical_not, logical_or, logical_xor, logsumexp, matmul,
+    matrix, max, maximum, mean, min, minimum, mod, mul, multiply, negative, not_equal, power, prod, reciprocal,
+    remainder, reshape, rint, round, scalar, shape, sigmoid, sign, sin, sinh, softmax, softplus, sqrt, square,
+    squeeze, stack, std, sub, subtract, sum, tan, tanh, tensor, tensor3, transpose, true_divide, var, vector,
+    where,
+)
+from exprc.config import Config, config
+from exprc.function import Function, function, jit
+from exprc.graph import Node, from_networkx, to_networkx
+from exprc.pipeline import FunctionGraph, optimize
+from exprc.printing import debugprint, pprint, to_dot
+
+__version__ = "0.1.0"
+
+__all__ = [name for name in dir() if not name.startswith("_")]

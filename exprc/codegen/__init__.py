@@ -1,0 +1,1 @@
+"""Source generation, one renderer per target."""

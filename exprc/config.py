@@ -1,0 +1,79 @@
+"""Configuration: one frozen :class:`Config` value, the environment read in one place,
+and a context manager for scoped overrides.
+
+Precedence: explicit ``config=``/keyword arguments > ``with exprc.config(...)`` >
+environment variables (read once, at import) > defaults.
+
+Environment variables: ``EXPRC_BACKEND``, ``EXPRC_NUM_THREADS``, ``EXPRC_CACHE_DIR``,
+``EXPRC_CACHE`` (``0`` disables the disk cache), ``CC``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything that changes what exprc builds or how it runs."""
+
+    backend: str | None = None  #: None picks "c" when a C compiler works, else "numpy"
+    num_threads: int = 0  #: 0 means one per core
+    cache: bool = True  #: False compiles into a temporary folder and keeps nothing
+    cache_dir: str | None = None  #: None: $EXPRC_CACHE_DIR or the user cache folder
+    cache_max_bytes: int = 1 << 30
+    precise_math: bool = False  #: scalar libm instead of vector math
+    fast_math: bool = False  #: opt-in -ffast-math (breaks NaN/Inf semantics)
+    cc: str | None = None  #: C compiler; None: $CC, else cc
+    extra_cflags: tuple[str, ...] = ()
+    max_rewrite_rounds: int = 16
+    exclude: tuple[str, ...] = field(default=())  #: rewrite names or tags to skip
+
+    def replace(self, **changes: Any) -> "Config":
+        return dataclasses.replace(self, **changes)
+
+
+def _from_environment(env: os._Environ | dict) -> Config:
+    kw: dict[str, Any] = {}
+    if env.get("EXPRC_BACKEND"):
+        kw["backend"] = env["EXPRC_BACKEND"]
+    if env.get("EXPRC_NUM_THREADS"):
+        kw["num_threads"] = int(env["EXPRC_NUM_THREADS"])
+    if env.get("EXPRC_CACHE_DIR"):
+        kw["cache_dir"] = env["EXPRC_CACHE_DIR"]
+    if env.get("EXPRC_CACHE") in ("0", "false", "no"):
+        kw["cache"] = False
+    if env.get("CC"):
+        kw["cc"] = env["CC"]
+    return Config(**kw)
+
+
+_DEFAULT = _from_environment(os.environ)
+_CURRENT: contextvars.ContextVar[Config] = contextvars.ContextVar("exprc_config", default=_DEFAULT)
+
+
+def current() -> Config:
+    """The configuration in force here (context overrides included)."""
+    return _CURRENT.get()
+
+
+@contextlib.contextmanager
+def config(**overrides: Any) -> Iterator[Config]:
+    """Override configuration fields inside a ``with`` block (per thread/task)."""
+    token = _CURRENT.set(_CURRENT.get().replace(**overrides))
+    try:
+        yield _CURRENT.get()
+    finally:
+        _CURRENT.reset(token)
+
+
+def resolve(cfg: Config | None, **overrides: Any) -> Config:
+    """``cfg`` (or the current config) with non-None ``overrides`` applied."""
+    base = cfg if cfg is not None else current()
+    changes = {k: v for k, v in overrides.items() if v is not None}
+    return base.replace(**changes) if changes else base

@@ -1,0 +1,57 @@
+"""Exceptions raised by exprc.
+
+Every exception derives from :class:`ExprcError`.  Errors about what a caller
+passed also derive from the matching built-in (``TypeError``/``ValueError``)
+so that code written against NumPy conventions keeps working.
+"""
+
+from __future__ import annotations
+
+
+class ExprcError(Exception):
+    """Base class of every exprc error."""
+
+
+class ShapeError(ExprcError, ValueError):
+    """Shapes that cannot work together (known at build time or at call time)."""
+
+
+class DTypeError(ExprcError, TypeError):
+    """A dtype that an operation or an input does not accept."""
+
+
+class InputError(ExprcError, ValueError):
+    """A call-time input that does not match the compiled function's signature."""
+
+
+class InputTypeError(InputError, TypeError):
+    """A call-time input of the wrong dtype or kind (also a ``TypeError``)."""
+
+
+class MissingInputError(ExprcError, ValueError):
+    """An output depends on a variable that is not among the function's inputs."""
+
+
+class UnknownRewriteError(ExprcError, KeyError):
+    """A rewrite name or tag given to ``exclude=`` that no rule has."""
+
+
+class CompileError(ExprcError, RuntimeError):
+    """The native compiler failed; carries the source path and the compiler log."""
+
+    def __init__(self, message: str, source_path: str | None = None, log: str = ""):
+        super().__init__(message if not log else f"{message}\n--- compiler log ---\n{log}")
+        self.source_path = source_path
+        self.log = log
+
+
+class BackendUnavailable(ExprcError, RuntimeError):
+    """The requested backend cannot run on this machine."""
+
+
+class CacheError(ExprcError, RuntimeError):
+    """The compile cache is unusable (unsafe permissions, unreadable folder)."""
+
+
+class DisconnectedInputError(ExprcError, ValueError):
+    """A variable passed to ``grad`` does not influence the cost."""

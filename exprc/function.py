@@ -1,0 +1,278 @@
+"""``exprc.function`` and ``@exprc.jit``: optimize -> lower/render -> compile -> wrap.
+
+The :class:`Function` wrapper owns argument validation (dtype, ndim, static
+sizes, safe casts) so that no backend ever receives an array it did not
+declare.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import threading
+from typing import Any, Callable, Iterable, Sequence
+
+import numpy as np
+
+from exprc import backends
+from exprc.config import Config, resolve
+from exprc.errors import InputError, InputTypeError, MissingInputError, ShapeError
+from exprc.graph import Node, graph_inputs
+from exprc.pipeline import FunctionGraph, optimize
+from exprc.types import shape_str
+
+
+def _label(var: Node, pos: int) -> str:
+    name = var.arg("name")
+    return f"argument {name!r} (position {pos})" if name else f"argument at position {pos}"
+
+
+def _expected(var: Node) -> str:
+    return f"a {var.dtype} array with ndim {var.ndim}"
+
+
+def _make_converter(pos: int, var: Node, allow_downcast: bool) -> Callable[[Any], np.ndarray]:
+    dt = np.dtype(var.dtype)
+    nd = var.ndim
+    static = var.type.shape
+    check_shape = any(s is not None for s in static)
+    label = _label(var, pos)
+
+    def slow(value: Any) -> np.ndarray:
+        if isinstance(value, Node):
+            raise InputTypeError(f"{label}: expected {_expected(var)}, got a symbolic expression; "
+                                 "call .eval() or compile a function instead")
+        weak = not isinstance(value, (np.ndarray, np.generic)) and not hasattr(value, "__array_interface__")
+        try:
+            arr = np.asarray(value)
+        except (ValueError, TypeError) as exc:
+            raise InputTypeError(f"{label}: expected {_expected(var)}, got {type(value).__name__} ({exc})") from exc
+        if arr.dtype.kind not in "biuf":
+            raise InputTypeError(f"{label}: expected {_expected(var)}, got {arr.dtype} data")
+        if arr.ndim != nd:
+            raise InputTypeError(f"{label}: expected {_expected(var)}, got {arr.dtype} with ndim {arr.ndim}")
+        if arr.dtype != dt:
+            ok = (np.can_cast(arr.dtype, dt, "safe")
+                  or (arr.dtype.kind in "biu" and dt.kind == "f")
+                  or (weak and np.can_cast(arr.dtype, dt, "same_kind"))
+                  or (allow_downcast and dt.kind != "b"))
+            if not ok:
+                hint = "; pass allow_downcast=True to exprc.function to accept a lossy cast" if dt.kind != "b" else ""
+                raise InputTypeError(f"{label}: expected {_expected(var)}, got {arr.dtype} with ndim {arr.ndim}"
+                                     f" (casting {arr.dtype} to {dt} would lose information{hint})")
+            try:
+                arr = np.asarray(value, dtype=dt) if weak else arr.astype(dt)
+            except OverflowError as exc:
+                raise InputTypeError(f"{label}: values do not fit in {dt}: {exc}") from exc
+        return arr
+
+    def check(arr: np.ndarray) -> None:
+        for want, got in zip(static, arr.shape):
+            if want is not None and want != got:
+                raise ShapeError(f"{label}: expected shape {shape_str(static)}, got {shape_str(arr.shape)}")
+
+    def conv(value: Any) -> np.ndarray:
+        if type(value) is np.ndarray and value.dtype == dt and value.ndim == nd:
+            arr = value
+        else:
+            arr = slow(value)
+        if check_shape:
+            check(arr)
+        return arr
+
+    return conv
+
+
+class Function:
+    """A compiled function.  Call it with arrays (positionally, or by input name).
+
+    Attributes: ``inputs``, ``outputs`` (as given), ``graph`` (the optimized
+    :class:`~exprc.pipeline.FunctionGraph`), ``backend``, ``rewrites`` (names
+    of the rules that fired, in order), ``source`` (the generated code) and
+    ``kernels`` (what the backend fused).
+    """
+
+    def __init__(self, inputs: tuple[Node, ...], outputs: tuple[Node, ...], single: bool,
+                 graph: FunctionGraph, kernel: Any, backend: str, config: Config, allow_downcast: bool):
+        self.inputs = inputs
+        self.outputs = list(outputs)
+        self.graph = graph
+        self.backend = backend
+        self.config = config
+        self._kernel = kernel
+        self._single = single
+        self._n = len(inputs)
+        self._convert = [_make_converter(i, v, allow_downcast) for i, v in enumerate(inputs)]
+        self._positions: dict[str, int | None] = {}
+        for i, v in enumerate(inputs):
+            name = v.arg("name")
+            if name is not None:
+                self._positions[name] = None if name in self._positions else i  # None: ambiguous
+
+    @property
+    def rewrites(self) -> list[str]:
+        return self.graph.rewrites
+
+    @property
+    def source(self) -> str:
+        return self._kernel.source
+
+    @property
+    def kernels(self) -> list:
+        return list(self._kernel.kernels)
+
+    def _bind(self, args: tuple, kwargs: dict) -> list:
+        if len(args) > self._n:
+            raise InputTypeError(f"expected {self._n} arguments ({self._signature()}), got {len(args)}")
+        values: list = list(args) + [_MISSING] * (self._n - len(args))
+        for key, value in kwargs.items():
+            if key not in self._positions:
+                raise InputTypeError(f"unknown keyword argument {key!r}; the inputs are {self._signature()}")
+            pos = self._positions[key]
+            if pos is None:
+                raise InputTypeError(f"keyword argument {key!r} is ambiguous: several inputs have that name")
+            if values[pos] is not _MISSING:
+                raise InputTypeError(f"got multiple values for argument {key!r}")
+            values[pos] = value
+        missing = [_label(self.inputs[i], i) for i, v in enumerate(values) if v is _MISSING]
+        if missing:
+            raise InputTypeError(f"missing {', '.join(missing)}")
+        return values
+
+    def _signature(self) -> str:
+        return ", ".join(str(v.arg("name") or f"<position {i}>") for i, v in enumerate(self.inputs))
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if kwargs:
+            args = tuple(self._bind(args, kwargs))
+        elif len(args) != self._n:
+            raise InputTypeError(f"expected {self._n} arguments ({self._signature()}), got {len(args)}")
+        arrays = [conv(a) for conv, a in zip(self._convert, args)]
+        outs = self._kernel(*arrays)
+        return outs[0] if self._single else outs
+
+    def __repr__(self) -> str:
+        from exprc.printing import pprint
+
+        return f"<exprc.Function backend={self.backend} ({self._signature()}) -> {pprint(self.outputs)[:80]!r}>"
+
+
+_MISSING = object()
+
+
+def _as_outputs(outputs: Any) -> tuple[tuple[Node, ...], bool]:
+    from exprc.api import as_node
+
+    if isinstance(outputs, (list, tuple)):
+        return tuple(as_node(o) for o in outputs), False
+    return (as_node(outputs),), True
+
+
+def _check_inputs(inputs: Iterable[Node]) -> tuple[Node, ...]:
+    if isinstance(inputs, Node):
+        inputs = [inputs]
+    inputs = tuple(inputs)
+    for i, v in enumerate(inputs):
+        if not isinstance(v, Node):
+            raise TypeError(f"inputs[{i}]: expected an exprc variable, got {type(v).__name__}")
+        if v.op != "input":
+            raise TypeError(f"inputs[{i}]: expected a variable made by exprc.vector/matrix/…, got the expression "
+                            f"{v!r}")
+    if len(set(inputs)) != len(inputs):
+        raise ValueError("inputs: the same variable is listed twice")
+    return inputs
+
+
+def function(inputs: Sequence[Node], outputs: Node | Sequence[Node], backend: str | None = None,
+             exclude: Iterable[str] = (), config: Config | None = None, allow_downcast: bool = False) -> Function:
+    """Compile ``outputs`` as a function of ``inputs``.
+
+    ``backend``: ``"c"``, ``"numpy"`` or None (C when a compiler works).
+    ``exclude``: rewrite names or tags to skip.  ``allow_downcast``: accept
+    lossy casts of call arguments (float64 data into a float32 input).
+    """
+    cfg = resolve(config)
+    ins = _check_inputs(inputs)
+    outs, single = _as_outputs(outputs)
+    known = set(ins)
+    missing = [v for v in graph_inputs(outs) if v not in known]
+    if missing:
+        listed = ", ".join(f"{v.arg('name') or '<unnamed>'} ({v.type})" for v in missing)
+        raise MissingInputError(f"the outputs depend on variables that are not among the inputs: {listed}")
+    name = backends.choose(backend, cfg)
+    graph = optimize(FunctionGraph(ins, outs), cfg, exclude)
+    kernel = backends.build(name, graph, cfg)
+    return Function(ins, outs, single, graph, kernel, name, cfg, allow_downcast)
+
+
+_EVAL_CACHE: dict[tuple, Function] = {}
+_EVAL_LOCK = threading.Lock()
+
+
+def evaluate(expr: Node, inputs: dict, **kwargs: Any) -> np.ndarray:
+    """Evaluate ``expr`` with the NumPy reference backend (``expr.eval(...)``)."""
+    by_name = {k: v for k, v in inputs.items() if isinstance(k, str)}
+    needed = graph_inputs([expr])
+    values = {}
+    for var in needed:
+        if var in inputs:
+            values[var] = inputs[var]
+        elif var.arg("name") in by_name:
+            values[var] = by_name[var.arg("name")]
+        else:
+            raise MissingInputError(f"eval: no value given for variable {var.arg('name') or '<unnamed>'} "
+                                    f"({var.type})")
+    key = (expr, tuple(needed))
+    with _EVAL_LOCK:
+        fn = _EVAL_CACHE.get(key)
+    if fn is None:
+        fn = function(needed, expr, backend="numpy", **kwargs)
+        with _EVAL_LOCK:
+            if len(_EVAL_CACHE) > 128:
+                _EVAL_CACHE.clear()
+            _EVAL_CACHE[key] = fn
+    return fn(*[values[v] for v in needed])
+
+
+class Jitted:
+    """A traced function: one compiled :class:`Function` per (dtype, ndim) signature."""
+
+    def __init__(self, fn: Callable, **options: Any):
+        self.fn = fn
+        self.options = options
+        self.functions: dict[tuple, Function] = {}
+        self._lock = threading.Lock()
+        try:
+            self._names = list(inspect.signature(fn).parameters)
+        except (TypeError, ValueError):
+            self._names = []
+        functools.update_wrapper(self, fn)
+
+    def __call__(self, *args: Any) -> Any:
+        arrays = [a if isinstance(a, np.ndarray) else np.asarray(a) for a in args]
+        sig = tuple((a.dtype.name, a.ndim) for a in arrays)
+        f = self.functions.get(sig)
+        if f is None:
+            from exprc.api import tensor
+
+            with self._lock:
+                f = self.functions.get(sig)
+                if f is None:
+                    names = self._names + [None] * len(arrays)
+                    variables = [tensor(names[i], dt, ndim=nd) for i, (dt, nd) in enumerate(sig)]
+                    f = function(variables, self.fn(*variables), **self.options)
+                    self.functions[sig] = f
+        return f(*arrays)
+
+
+def jit(fn: Callable | None = None, **options: Any) -> Any:
+    """Decorator: trace ``fn`` with symbolic arguments on first call per signature.
+
+    ``@exprc.jit`` or ``@exprc.jit(backend="numpy", exclude=...)``.
+    """
+    if fn is None:
+        return lambda f: Jitted(f, **options)
+    return Jitted(fn, **options)
+
+
+__all__ = ["Function", "function", "jit", "evaluate", "InputError"]

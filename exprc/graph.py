@@ -1,0 +1,286 @@
+"""The graph IR: one immutable, interned node type and iterative traversals.
+
+A :class:`Node` is ``(op, inputs, attrs, type)``.  Nodes are interned: building
+the same expression twice returns the same object, so structural equality is
+identity and common-subexpression elimination comes for free.  ``==`` is
+therefore identity (nodes are dict keys); use :func:`exprc.equal` for the
+elementwise comparison.
+
+All traversals use explicit stacks: a chain of 100,000 nodes must build,
+print, optimize and evaluate without touching Python's recursion limit.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import weakref
+from typing import Any, Iterable, Iterator, Sequence
+
+import networkx as nx
+import numpy as np
+
+from exprc.types import TensorType, as_dtype
+
+_TABLE: "weakref.WeakValueDictionary[tuple, Node]" = weakref.WeakValueDictionary()
+_TABLE_LOCK = threading.Lock()
+_UIDS = itertools.count()
+
+
+class ConstValue:
+    """A hashable, read-only wrapper of a constant's array (compared by bytes)."""
+
+    __slots__ = ("array", "_key", "_hash")
+
+    def __init__(self, array: np.ndarray):
+        array = np.array(array, copy=True)
+        array.setflags(write=False)
+        self.array = array
+        self._key = (array.dtype.str, array.shape, array.tobytes())
+        self._hash = hash(self._key)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ConstValue) and self._key == other._key
+
+    def __hash__(self) -> int:
+        return self._hash
+
+    def __repr__(self) -> str:
+        return np.array2string(self.array, threshold=6) if self.array.ndim else repr(self.array.item())
+
+
+class Node:
+    """One immutable, interned expression node.
+
+    Attributes: ``op`` (the op's name in :mod:`exprc.ops`), ``inputs`` (an
+    ordered tuple of nodes), ``attrs`` (a sorted tuple of ``(name, value)``
+    pairs) and ``type`` (a :class:`~exprc.types.TensorType`).
+    """
+
+    __slots__ = ("op", "inputs", "attrs", "type", "__weakref__")
+
+    op: str
+    inputs: tuple["Node", ...]
+    attrs: tuple[tuple[str, Any], ...]
+    type: TensorType
+
+    def __new__(cls, op: str, inputs: Sequence["Node"], attrs: dict | tuple, type: TensorType) -> "Node":
+        attrs_t = tuple(sorted(attrs.items())) if isinstance(attrs, dict) else tuple(attrs)
+        key = (op, tuple(inputs), attrs_t, type)
+        with _TABLE_LOCK:
+            node = _TABLE.get(key)
+            if node is None:
+                node = object.__new__(cls)
+                object.__setattr__(node, "op", op)
+                object.__setattr__(node, "inputs", key[1])
+                object.__setattr__(node, "attrs", attrs_t)
+                object.__setattr__(node, "type", type)
+                _TABLE[key] = node
+        return node
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError("exprc nodes are immutable")
+
+    # -- attributes ----------------------------------------------------------
+    def arg(self, name: str, default: Any = None) -> Any:
+        """The value of attribute ``name``."""
+        for k, v in self.attrs:
+            if k == name:
+                return v
+        return default
+
+    @property
+    def dtype(self) -> str:
+        return self.type.dtype
+
+    @property
+    def ndim(self) -> int:
+        return self.type.ndim
+
+    @property
+    def name(self) -> str | None:
+        return self.arg("name") if self.op == "input" else None
+
+    @property
+    def is_input(self) -> bool:
+        return self.op == "input"
+
+    @property
+    def is_constant(self) -> bool:
+        return self.op == "constant"
+
+    @property
+    def value(self) -> np.ndarray:
+        """The array of a constant node."""
+        if self.op != "constant":
+            raise AttributeError(f"{self.op} node has no constant value")
+        return self.arg("value").array
+
+    @property
+    def shape(self) -> "Node":
+        """The symbolic shape: an int64 vector node (folded when sizes are static)."""
+        from exprc import api
+
+        return api.shape(self)
+
+    @property
+    def T(self) -> "Node":
+        from exprc import api
+
+        return api.transpose(self)
+
+    def __hash__(self) -> int:
+        return id(self)
+
+    def __eq__(self, other: object) -> bool:
+        return self is other
+
+    def __ne__(self, other: object) -> bool:
+        return self is not other
+
+    def __bool__(self) -> bool:
+        raise TypeError("the truth value of a symbolic exprc expression is unknown; use exprc.where or .eval()")
+
+    def __len__(self) -> int:
+        if self.ndim == 0:
+            raise TypeError("len() of a 0-d expression")
+        n = self.type.shape[0]
+        if n is None:
+            raise TypeError("len() of an expression whose first dimension is known only at call time")
+        return n
+
+    def __iter__(self):
+        raise TypeError("exprc expressions are not iterable; index them explicitly")
+
+    def __repr__(self) -> str:
+        from exprc.printing import short_repr
+
+        return short_repr(self)
+
+    def eval(self, inputs: dict | None = None, **kwargs: Any) -> np.ndarray:
+        """Evaluate through the NumPy reference backend: ``expr.eval({x: array})``."""
+        from exprc.function import evaluate
+
+        return evaluate(self, inputs or {}, **kwargs)
+
+
+def input_node(name: str | None, dtype: str, shape: tuple) -> Node:
+    """A fresh graph input (never interned with another input)."""
+    return Node("input", (), {"name": name, "uid": next(_UIDS)}, TensorType(as_dtype(dtype), tuple(shape)))
+
+
+def constant_node(value: object, dtype: str | None = None) -> Node:
+    """A constant node holding ``value`` (interned by dtype, shape and bytes)."""
+    arr = np.asarray(value, dtype=None if dtype is None else np.dtype(dtype))
+    if arr.dtype.name not in ("bool", "int32", "int64", "float32", "float64"):
+        if arr.dtype.kind in "iu":
+            arr = arr.astype(np.int64)
+        elif arr.dtype.kind == "f":
+            arr = arr.astype(np.float64)
+        else:
+            as_dtype(arr.dtype, "constant")
+    return Node("constant", (), {"value": ConstValue(arr)}, TensorType(arr.dtype.name, arr.shape))
+
+
+# -- traversal ----------------------------------------------------------------
+def toposort(outputs: Iterable[Node]) -> list[Node]:
+    """All nodes reachable from ``outputs``, inputs before users, deterministically ordered."""
+    order: list[Node] = []
+    seen: set[int] = set()
+    for root in outputs:
+        if id(root) in seen:
+            continue
+        stack: list[tuple[Node, int]] = [(root, 0)]
+        seen.add(id(root))
+        while stack:
+            node, i = stack[-1]
+            if i < len(node.inputs):
+                stack[-1] = (node, i + 1)
+                child = node.inputs[i]
+                if id(child) not in seen:
+                    seen.add(id(child))
+                    stack.append((child, 0))
+            else:
+                stack.pop()
+                order.append(node)
+    return order
+
+
+def graph_inputs(outputs: Iterable[Node]) -> list[Node]:
+    """The ``input`` nodes the outputs depend on, in traversal order."""
+    return [n for n in toposort(outputs) if n.op == "input"]
+
+
+def clients(order: Sequence[Node]) -> dict[Node, int]:
+    """How many times each node is used as an operand within ``order``."""
+    count: dict[Node, int] = {}
+    for n in order:
+        for i in n.inputs:
+            count[i] = count.get(i, 0) + 1
+    return count
+
+
+def rebuild(node: Node, inputs: Sequence[Node]) -> Node:
+    """``node`` with new operands, re-deriving its type through the op table."""
+    if tuple(inputs) == node.inputs:
+        return node
+    from exprc.ops import OPS
+
+    return OPS[node.op].make(tuple(inputs), dict(node.attrs))
+
+
+def substitute(outputs: Sequence[Node], mapping: dict[Node, Node]) -> list[Node]:
+    """Replace nodes (``givens``) throughout ``outputs``, iteratively."""
+    memo: dict[Node, Node] = {}
+    for n in toposort(outputs):
+        if n in mapping:
+            memo[n] = mapping[n]
+        else:
+            memo[n] = rebuild(n, [memo[i] for i in n.inputs])
+    return [memo[o] for o in outputs]
+
+
+# -- networkx bridge ----------------------------------------------------------
+def to_networkx(outputs: Sequence[Node]) -> nx.MultiDiGraph:
+    """A ``MultiDiGraph`` with integer node ids in topological order.
+
+    Each graph node carries ``node`` (the :class:`Node`); each edge carries
+    ``pos``, the operand position, so ``x*x`` keeps two edges and ``x-y`` keeps
+    its order.  ``graph.graph['outputs']`` lists the ids of the outputs.
+    """
+    order = toposort(outputs)
+    ids = {n: i for i, n in enumerate(order)}
+    g = nx.MultiDiGraph()
+    for n, i in ids.items():
+        g.add_node(i, node=n, op=n.op)
+    for n, i in ids.items():
+        for pos, src in enumerate(n.inputs):
+            g.add_edge(ids[src], i, key=pos, pos=pos)
+    g.graph["outputs"] = [ids[o] for o in outputs]
+    return g
+
+
+def from_networkx(g: nx.MultiDiGraph) -> list[Node]:
+    """Rebuild the outputs of a graph made by :func:`to_networkx` (possibly edited).
+
+    Operands come from the in-edges ordered by ``pos``; a graph node's own
+    ``node`` attribute supplies op, attributes and (for leaves) identity.
+    """
+    built: dict[int, Node] = {}
+    for i in nx.lexicographical_topological_sort(g):
+        proto: Node = g.nodes[i]["node"]
+        edges = sorted(g.in_edges(i, data="pos"), key=lambda e: e[2])
+        if not edges:
+            built[i] = proto
+        else:
+            built[i] = rebuild(proto, [built[src] for src, _, _ in edges])
+    return [built[i] for i in g.graph["outputs"]]
+
+
+def iter_nodes(outputs: Sequence[Node]) -> Iterator[Node]:
+    return iter(toposort(outputs))
+
+
+# Operators on nodes live in exprc.api, which installs them on Node when it is
+# imported; importing it last here breaks the import cycle.
+import exprc.api  # noqa: E402, F401

@@ -1,0 +1,166 @@
+"""Printing: infix ``pprint``, an indented ``debugprint`` tree, DOT output and reprs.
+
+All printers walk the graph iteratively.  A subexpression used several times
+whose text is long is printed once as a named binding (``t3 = …``) so shared
+DAGs do not blow up exponentially.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+
+from exprc.graph import Node, clients, toposort
+from exprc.ops import OPS
+
+_ATOM = 100
+
+
+def _leaf_text(node: Node) -> tuple[str, int]:
+    if node.op == "input":
+        name = node.arg("name")
+        return (name if name else f"<input{node.arg('uid')}>"), _ATOM
+    arr = node.value
+    if arr.ndim == 0:
+        v = arr.item()
+        text = repr(v)
+        if isinstance(v, float) and not np.isfinite(v):
+            text = f"float('{v}')" if not np.isnan(v) else "nan"
+        return text, (11 if text.startswith("-") else _ATOM)
+    return f"constant({node.dtype}{list(arr.shape)})" if arr.size > 6 else np.array2string(
+        arr, separator=", "), _ATOM
+
+
+def _index_text(index: tuple) -> str:
+    parts = []
+    for item in index:
+        if item[0] == "i":
+            parts.append(str(item[1]))
+        elif item[0] == "n":
+            parts.append("None")
+        else:
+            a, b, c = item[1:]
+            s = f"{'' if a is None else a}:{'' if b is None else b}"
+            parts.append(s + (f":{c}" if c != 1 else ""))
+    return ", ".join(parts)
+
+
+def node_text(node: Node, args: Sequence[tuple[str, int]]) -> tuple[str, int]:
+    """Render one node given its operands' (text, precedence)."""
+    op = OPS[node.op]
+    texts = [t for t, _ in args]
+    if op.infix and len(args) == 2:
+        (lt, lp), (rt, rp) = args
+        right_assoc = node.op == "pow"
+        if lp < op.prec or (right_assoc and lp == op.prec):
+            lt = f"({lt})"
+        if rp < op.prec or (not right_assoc and rp == op.prec and not op.commutative):
+            rt = f"({rt})"
+        return f"{lt} {op.infix} {rt}", op.prec
+    if op.infix and len(args) == 1:
+        (t, p) = args[0]
+        return f"{op.infix}{t if p >= op.prec else f'({t})'}", op.prec
+    if node.op == "cast":
+        return f"{texts[0] if args[0][1] >= _ATOM else f'({texts[0]})'}.astype({node.arg('dtype')})", _ATOM
+    if node.op == "getitem":
+        t = texts[0] if args[0][1] >= _ATOM else f"({texts[0]})"
+        return f"{t}[{_index_text(node.arg('index'))}]", _ATOM
+    if op.kind == "reduce":
+        extra = f", axis={node.arg('axis')}" if node.arg("axis") != tuple(range(node.inputs[0].ndim)) else ""
+        extra += ", keepdims=True" if node.arg("keepdims") else ""
+        return f"{node.op}({texts[0]}{extra})", _ATOM
+    extras = [f"{k}={v!r}" for k, v in node.attrs]
+    return f"{node.op}({', '.join(texts + extras)})", _ATOM
+
+
+def pprint(expr: Node | Sequence[Node], max_inline: int = 60) -> str:
+    """Infix text of an expression, e.g. ``log1p(x) * y``.
+
+    Long subexpressions used more than once become bindings listed first.
+    """
+    outputs = [expr] if isinstance(expr, Node) else list(expr)
+    order = toposort(outputs)
+    uses = clients(order)
+    text: dict[Node, tuple[str, int]] = {}
+    bindings: list[str] = []
+    for n in order:
+        t = _leaf_text(n) if not n.inputs else node_text(n, [text[i] for i in n.inputs])
+        if n.inputs and uses.get(n, 0) > 1 and len(t[0]) > max_inline:
+            name = f"t{len(bindings)}"
+            bindings.append(f"{name} = {t[0]}")
+            t = (name, _ATOM)
+        text[n] = t
+    body = ", ".join(text[o][0] for o in outputs)
+    return "\n".join(bindings + [body])
+
+
+def debugprint(obj: Any, file: Any = None) -> str:
+    """An indented tree with op, type and a short id per node; shared nodes are
+    expanded once and referenced by id afterwards.  Accepts nodes or a Function."""
+    outputs = getattr(obj, "outputs", None)
+    if outputs is not None and not isinstance(obj, Node):
+        outputs = list(getattr(obj, "graph").outputs) if hasattr(obj, "graph") else list(outputs)
+    else:
+        outputs = [obj] if isinstance(obj, Node) else list(obj)
+    ids: dict[Node, int] = {}
+    lines: list[str] = []
+    stack: list[tuple[Node, int]] = [(o, 0) for o in reversed(outputs)]
+    while stack:
+        node, depth = stack.pop()
+        prefix = " |" * depth
+        if node in ids:
+            lines.append(f"{prefix}*{ids[node]}")
+            continue
+        ids[node] = len(ids)
+        if node.op == "input":
+            label = f"{_leaf_text(node)[0]}"
+        elif node.op == "constant":
+            label = f"constant {_leaf_text(node)[0]}"
+        else:
+            attrs = " ".join(f"{k}={v!r}" for k, v in node.attrs)
+            label = node.op + (f"{{{attrs}}}" if attrs else "")
+        lines.append(f"{prefix}{label} {node.type} id={ids[node]}")
+        for child in reversed(node.inputs):
+            stack.append((child, depth + 1))
+    out = "\n".join(lines)
+    if file is not None:
+        print(out, file=file)
+    return out
+
+
+def to_dot(outputs: Node | Sequence[Node]) -> str:
+    """Graphviz DOT text of the graph (operand positions label the edges)."""
+    outs = [outputs] if isinstance(outputs, Node) else list(outputs)
+    order = toposort(outs)
+    ids = {n: i for i, n in enumerate(order)}
+    lines = ["digraph exprc {", "  rankdir=BT;"]
+    for n in order:
+        label = _leaf_text(n)[0] if not n.inputs else n.op
+        label = label.replace("\\", "\\\\").replace('"', '\\"')
+        shape = "box" if n.op == "input" else ("plaintext" if n.op == "constant" else "ellipse")
+        lines.append(f'  n{ids[n]} [label="{label}\\n{n.type}", shape={shape}];')
+    for n in order:
+        for pos, i in enumerate(n.inputs):
+            lines.append(f'  n{ids[i]} -> n{ids[n]} [label="{pos}"];')
+    lines.append("}")
+    return "\n".join(lines)
+
+
+def short_repr(node: Node) -> str:
+    """The ``repr`` of a node: its type and (for small graphs) its infix text."""
+    if node.op == "input":
+        return f"Tensor({node.type}, name={node.arg('name')!r})"
+    text = "…"
+    # Only print small graphs inline: repr must stay cheap on huge graphs.
+    stack, seen = [node], {node}
+    while stack and len(seen) <= 64:
+        for i in stack.pop().inputs:
+            if i not in seen:
+                seen.add(i)
+                stack.append(i)
+    if len(seen) <= 64:
+        text = pprint(node)
+        if len(text) > 120:
+            text = text[:117] + "..."
+    return f"Tensor({node.type}, {text!r})"

@@ -1,0 +1,3 @@
+"""Rule families, one per module; importing this package registers them all."""
+
+from exprc.rewrite.rules import algebra, fold  # noqa: F401

@@ -1,0 +1,1 @@
+"""C and CUDA source skeletons, installed with exprc as ``exprc.templates``."""
