@@ -22,7 +22,7 @@ TensorLike = Any  # Node | numpy array | Python scalar | nested list
 def _shape_arg(ndim: int | None, shape: Sequence[int | None] | None, default_ndim: int, what: str) -> tuple:
     if shape is not None:
         shape = tuple(None if s is None else int(s) for s in shape)
-        if any(s is not None and s < 0 for s in shape):
+        if builtins.any(s is not None and s < 0 for s in shape):
             raise ShapeError(f"{what}: negative size in shape {shape}")
         if ndim is not None and ndim != len(shape):
             raise ShapeError(f"{what}: ndim={ndim} disagrees with shape={shape}")
@@ -380,7 +380,7 @@ def squeeze(x: TensorLike, axis: int | Sequence[int] | None = None) -> Node:
         for a in axes:
             if x.type.shape[a] not in (1, None):
                 raise ShapeError(f"squeeze: axis {a} of shape {shape_str(x.type.shape)} does not have size 1")
-        if any(x.type.shape[a] is None for a in axes):
+        if builtins.any(x.type.shape[a] is None for a in axes):
             # Size known only at call time: a reshape checks it then.
             return reshape(x, [s for d, s in enumerate(_dims(x)) if d not in axes]) if x.ndim else x
     return dimshuffle(x, [d for d in range(x.ndim) if d not in axes])
@@ -394,7 +394,7 @@ def reshape(x: TensorLike, newshape: int | Sequence[int]) -> Node:
     """Reshape (row-major); one entry may be -1."""
     x = as_node(x)
     shp = (newshape,) if isinstance(newshape, (int, np.integer)) else tuple(newshape)
-    if any(not isinstance(s, (int, np.integer)) for s in shp):
+    if builtins.any(not isinstance(s, (int, np.integer)) for s in shp):
         raise TypeError(f"reshape: shape entries must be ints, got {newshape!r}")
     shp = tuple(int(s) for s in shp)
     if shp.count(-1) > 1:
