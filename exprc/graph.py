@@ -20,7 +20,7 @@ from typing import Any, Iterable, Iterator, Sequence
 import networkx as nx
 import numpy as np
 
-from exprc.types import TensorType, as_dtype
+from exprc.types import _KNOWN, TensorType, as_dtype
 
 _TABLE: "weakref.WeakValueDictionary[tuple, Node]" = weakref.WeakValueDictionary()
 _TABLE_LOCK = threading.Lock()
@@ -172,14 +172,14 @@ def input_node(name: str | None, dtype: str, shape: tuple) -> Node:
 def constant_node(value: object, dtype: str | None = None) -> Node:
     """A constant node holding ``value`` (interned by dtype, shape and bytes)."""
     arr = np.asarray(value, dtype=None if dtype is None else np.dtype(dtype))
-    if arr.dtype.name not in ("bool", "int32", "int64", "float32", "float64"):
+    name = _KNOWN.get(arr.dtype)
+    if name is None:
         if arr.dtype.kind in "iu":
             arr = arr.astype(np.int64)
         elif arr.dtype.kind == "f":
             arr = arr.astype(np.float64)
-        else:
-            as_dtype(arr.dtype, "constant")
-    return Node("constant", (), {"value": ConstValue(arr)}, TensorType(arr.dtype.name, arr.shape))
+        name = as_dtype(arr.dtype, "constant")
+    return Node("constant", (), {"value": ConstValue(arr)}, TensorType(name, arr.shape))
 
 
 # -- traversal ----------------------------------------------------------------

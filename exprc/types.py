@@ -7,6 +7,7 @@ what makes a dimension broadcastable.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
@@ -28,9 +29,15 @@ C_TYPES: dict[str, str] = {
 
 Shape = tuple  # tuple[int | None, ...]
 
+_KNOWN: dict = {**{d: d for d in DTYPES}, **{np.dtype(d): d for d in DTYPES}}
+
 
 def as_dtype(dtype: object, what: str = "dtype") -> str:
     """Normalise anything NumPy accepts as a dtype to one of :data:`DTYPES`."""
+    try:  # fast path: np.dtype(...).name is slow and this runs for every node built
+        return _KNOWN[dtype]  # type: ignore[index]
+    except (KeyError, TypeError):
+        pass
     try:
         name = np.dtype(dtype).name  # type: ignore[arg-type]
     except TypeError as exc:
@@ -50,6 +57,11 @@ def is_int(dtype: str) -> bool:
 
 def promote(*dtypes: str) -> str:
     """NumPy 2 promotion of strongly typed dtypes."""
+    return _promote(dtypes)
+
+
+@functools.lru_cache(maxsize=1024)
+def _promote(dtypes: tuple[str, ...]) -> str:
     return as_dtype(np.result_type(*[np.dtype(d) for d in dtypes]))
 
 
