@@ -48,6 +48,8 @@ def rewrite(outputs: Sequence[Node], rules: Sequence[Rule], pass_name: str, trac
         else:
             for op in r.root_ops:
                 by_op.setdefault(op, []).append(r)
+    for specific in by_op.values():  # rules without a root op (constant folding) apply everywhere
+        specific.extend(generic)
     outputs = list(outputs)
     for _ in range(max_rounds):
         fired = False
