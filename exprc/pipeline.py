@@ -45,7 +45,7 @@ class FunctionGraph:
         return [t.rule for t in self.trace]
 
 
-def optimize(graph: FunctionGraph | Sequence[Node], config: Config | None = None,
+def optimize(graph: FunctionGraph | Node | Sequence[Node], config: Config | None = None,
              exclude: Iterable[str] = ()) -> FunctionGraph:
     """Run every pass of :data:`PASSES` (minus ``exclude``d rules or tags) and
     return the optimized graph with the trace of which rules fired.
@@ -55,8 +55,10 @@ def optimize(graph: FunctionGraph | Sequence[Node], config: Config | None = None
     what its outputs reach.
     """
     cfg = config or current()
+    if isinstance(graph, Node):
+        graph = [graph]
     fg = graph if isinstance(graph, FunctionGraph) else FunctionGraph((), tuple(graph))
-    ex = check_exclude(tuple(exclude) + tuple(cfg.exclude))
+    ex = check_exclude(tuple(exclude) + tuple(cfg.exclude), extra=[name for p in PASSES for name in p])
     trace: list[TraceEntry] = []
     outputs = list(fg.outputs)
     for pass_name, tag in PASSES:

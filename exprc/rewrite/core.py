@@ -138,9 +138,9 @@ def select(tag: str, exclude: Iterable[str] = ()) -> list[Rule]:
     return [r for r in REGISTRY.values() if tag in r.tags and r.name not in ex and not (r.tags & ex)]
 
 
-def check_exclude(exclude: Iterable[str]) -> tuple[str, ...]:
-    """Validate ``exclude=`` entries: each must be a rule name or a tag."""
-    known = set(REGISTRY) | {t for r in REGISTRY.values() for t in r.tags} | {"fusion"}
+def check_exclude(exclude: Iterable[str], extra: Iterable[str] = ()) -> tuple[str, ...]:
+    """Validate ``exclude=`` entries: each must be a rule name, a tag or one of ``extra`` (pass names)."""
+    known = set(REGISTRY) | {t for r in REGISTRY.values() for t in r.tags} | {"fusion"} | set(extra)
     ex = tuple(sorted(set(exclude)))
     for e in ex:
         if e not in known:
