@@ -7,6 +7,8 @@ DAGs do not blow up exponentially.
 
 from __future__ import annotations
 
+import builtins
+import re
 from typing import Any, Sequence
 
 import numpy as np
@@ -15,6 +17,9 @@ from exprc.graph import Node, clients, toposort
 from exprc.ops import OPS
 
 _ATOM = 100
+_COMPARISONS = frozenset({"lt", "le", "gt", "ge", "eq", "ne"})
+_REF = re.compile("\x00(\\d+)\x00")  # placeholder for operand k while rendering one node
+_MAX_INDENT = 64  # debugprint: deeper levels print their depth instead of the bars
 
 
 def _leaf_text(node: Node) -> tuple[str, int]:
@@ -53,9 +58,11 @@ def node_text(node: Node, args: Sequence[tuple[str, int]]) -> tuple[str, int]:
     if op.infix and len(args) == 2:
         (lt, lp), (rt, rp) = args
         right_assoc = node.op == "pow"
-        if lp < op.prec or (right_assoc and lp == op.prec):
+        chained = node.op in _COMPARISONS  # Python chains a < b < c: never leave a comparison bare
+        if lp < op.prec or (lp == op.prec and (right_assoc or chained)):
             lt = f"({lt})"
-        if rp < op.prec or (not right_assoc and rp == op.prec and not op.commutative):
+        # Commutative is not associative: a * (b / c) must not print as a * b / c.
+        if rp < op.prec or (not right_assoc and rp == op.prec):
             rt = f"({rt})"
         return f"{lt} {op.infix} {rt}", op.prec
     if op.infix and len(args) == 1:
@@ -82,17 +89,39 @@ def pprint(expr: Node | Sequence[Node], max_inline: int = 60) -> str:
     outputs = [expr] if isinstance(expr, Node) else list(expr)
     order = toposort(outputs)
     uses = clients(order)
-    text: dict[Node, tuple[str, int]] = {}
+    # Each node's text is kept as pieces (strings and operand nodes) and joined once at the
+    # end: building nested strings node by node would be quadratic on deep chains.
+    parts: dict[Node, tuple[list, int, int]] = {}  # node -> (pieces, precedence, length)
     bindings: list[str] = []
     for n in order:
-        t = _leaf_text(n) if not n.inputs else node_text(n, [text[i] for i in n.inputs])
-        if n.inputs and uses.get(n, 0) > 1 and len(t[0]) > max_inline:
+        if not n.inputs:
+            text, prec = _leaf_text(n)
+            pieces: list = [text]
+            length = len(text)
+        else:
+            text, prec = node_text(n, [(f"\x00{k}\x00", parts[i][1]) for k, i in enumerate(n.inputs)])
+            pieces = [n.inputs[int(p)] if j % 2 else p for j, p in enumerate(_REF.split(text))]
+            length = builtins.sum(len(p) if isinstance(p, str) else parts[p][2] for p in pieces)
+        if n.inputs and uses.get(n, 0) > 1 and length > max_inline:
             name = f"t{len(bindings)}"
-            bindings.append(f"{name} = {t[0]}")
-            t = (name, _ATOM)
-        text[n] = t
-    body = ", ".join(text[o][0] for o in outputs)
+            bindings.append(f"{name} = {_join(pieces, parts)}")
+            pieces, prec, length = [name], _ATOM, len(name)
+        parts[n] = (pieces, prec, length)
+    body = ", ".join(_join(parts[o][0], parts) for o in outputs)
     return "\n".join(bindings + [body])
+
+
+def _join(pieces: list, parts: dict) -> str:
+    """Expand pieces (strings and nodes whose pieces are in ``parts``) iteratively."""
+    out: list[str] = []
+    stack = list(reversed(pieces))
+    while stack:
+        p = stack.pop()
+        if isinstance(p, str):
+            out.append(p)
+        else:
+            stack.extend(reversed(parts[p][0]))
+    return "".join(out)
 
 
 def debugprint(obj: Any, file: Any = None) -> str:
@@ -108,7 +137,7 @@ def debugprint(obj: Any, file: Any = None) -> str:
     stack: list[tuple[Node, int]] = [(o, 0) for o in reversed(outputs)]
     while stack:
         node, depth = stack.pop()
-        prefix = " |" * depth
+        prefix = " |" * depth if depth <= _MAX_INDENT else f"{' |' * 4} ..{depth}.. |"
         if node in ids:
             lines.append(f"{prefix}*{ids[node]}")
             continue
