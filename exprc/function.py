@@ -17,7 +17,7 @@ import numpy as np
 from exprc import backends
 from exprc.config import Config, resolve
 from exprc.errors import InputError, InputTypeError, MissingInputError, ShapeError
-from exprc.graph import Node, graph_inputs
+from exprc.graph import Node, graph_inputs, toposort
 from exprc.pipeline import FunctionGraph, optimize
 from exprc.types import shape_str
 
@@ -192,6 +192,8 @@ def function(inputs: Sequence[Node], outputs: Node | Sequence[Node], backend: st
     lossy casts of call arguments (float64 data into a float32 input).
     """
     cfg = resolve(config)
+    if exclude:
+        cfg = cfg.replace(exclude=tuple(sorted(set(cfg.exclude) | set(exclude))))
     ins = _check_inputs(inputs)
     outs, single = _as_outputs(outputs)
     known = set(ins)
@@ -200,19 +202,21 @@ def function(inputs: Sequence[Node], outputs: Node | Sequence[Node], backend: st
         listed = ", ".join(f"{v.arg('name') or '<unnamed>'} ({v.type})" for v in missing)
         raise MissingInputError(f"the outputs depend on variables that are not among the inputs: {listed}")
     name = backends.choose(backend, cfg)
-    graph = optimize(FunctionGraph(ins, outs), cfg, exclude)
+    graph = optimize(FunctionGraph(ins, outs), cfg)
     kernel = backends.build(name, graph, cfg)
     return Function(ins, outs, single, graph, kernel, name, cfg, allow_downcast)
 
 
 _EVAL_CACHE: dict[tuple, Function] = {}
+_EVAL_CACHE_MAX_NODES = 10_000
 _EVAL_LOCK = threading.Lock()
 
 
 def evaluate(expr: Node, inputs: dict, **kwargs: Any) -> np.ndarray:
     """Evaluate ``expr`` with the NumPy reference backend (``expr.eval(...)``)."""
     by_name = {k: v for k, v in inputs.items() if isinstance(k, str)}
-    needed = graph_inputs([expr])
+    order = toposort([expr])
+    needed = [n for n in order if n.op == "input"]
     values = {}
     for var in needed:
         if var in inputs:
@@ -227,6 +231,8 @@ def evaluate(expr: Node, inputs: dict, **kwargs: Any) -> np.ndarray:
         fn = _EVAL_CACHE.get(key)
     if fn is None:
         fn = function(needed, expr, backend="numpy", **kwargs)
+        if len(order) > _EVAL_CACHE_MAX_NODES:  # the cache must not keep big graphs alive
+            return fn(*[values[v] for v in needed])
         with _EVAL_LOCK:
             if len(_EVAL_CACHE) > 128:
                 _EVAL_CACHE.clear()
