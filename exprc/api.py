@@ -327,6 +327,10 @@ def dot(a: TensorLike, b: TensorLike) -> Node:
     if a.ndim > 2 or b.ndim > 2:
         raise ShapeError(f"dot: operands of ndim {a.ndim} and {b.ndim} (shapes {shape_str(a.type.shape)} and "
                          f"{shape_str(b.type.shape)}); dot supports ndim <= 2, use matmul for stacks")
+    ka, kb = a.type.shape[-1], b.type.shape[0]
+    if ka is not None and kb is not None and ka != kb:
+        raise ShapeError(f"dot: shapes {shape_str(a.type.shape)} and {shape_str(b.type.shape)} are not aligned: "
+                         f"{ka} (last axis of the first) != {kb} (first axis of the second)")
     return matmul(a, b)
 
 
@@ -341,7 +345,7 @@ def shape(x: TensorLike) -> Node:
 
 def dimshuffle(x: TensorLike, order: Sequence[int | str]) -> Node:
     """Theano's dimshuffle: permute axes, ``'x'`` inserts a broadcastable axis,
-    an omitted axis (of known size 1) is dropped."""
+    an omitted axis (of size 1; an unknown size is checked at call time) is dropped."""
     x = as_node(x)
     order = tuple(o if o == "x" else int(o) for o in order)
     if order == tuple(range(x.ndim)):
@@ -380,9 +384,7 @@ def squeeze(x: TensorLike, axis: int | Sequence[int] | None = None) -> Node:
         for a in axes:
             if x.type.shape[a] not in (1, None):
                 raise ShapeError(f"squeeze: axis {a} of shape {shape_str(x.type.shape)} does not have size 1")
-        if builtins.any(x.type.shape[a] is None for a in axes):
-            # Size known only at call time: a reshape checks it then.
-            return reshape(x, [s for d, s in enumerate(_dims(x)) if d not in axes]) if x.ndim else x
+        # A size known only at call time is checked then, by dimshuffle.
     return dimshuffle(x, [d for d in range(x.ndim) if d not in axes])
 
 

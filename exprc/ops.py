@@ -171,8 +171,8 @@ _UNARY = [
     ("invert", np.invert, "integral", None, "exprc_invert_{T}({0})"),
     ("square", np.square, "numeric", "({0} * {0})", "({0} * {0})"),
     ("sign", _sign, "numeric", "exprc_sign{f}({0})", "(({0} > 0) - ({0} < 0))"),
-    ("floor", np.floor, "numeric", "floor{f}({0})", "({0})"),
-    ("ceil", np.ceil, "numeric", "ceil{f}({0})", "({0})"),
+    ("floor", np.floor, "any", "floor{f}({0})", "({0})"),
+    ("ceil", np.ceil, "any", "ceil{f}({0})", "({0})"),
     ("round", np.rint, "numeric", "nearbyint{f}({0})", "({0})"),
     ("reciprocal", np.reciprocal, "float", "(1 / {0})", None),
     ("exp", np.exp, "float", "exp{f}({0})", None),
@@ -320,9 +320,9 @@ def _infer_dimshuffle(inputs: tuple, attrs: dict) -> tuple[tuple, TensorType]:
     order = attrs["order"]
     kept = [o for o in order if o != "x"]
     for d in range(x.ndim):
-        if d not in kept and x.type.shape[d] != 1:
+        if d not in kept and x.type.shape[d] not in (1, None):  # None: checked at call time
             raise ShapeError(f"dimshuffle: cannot drop axis {d} of shape {shape_str(x.type.shape)}: "
-                             "its size is not known to be 1")
+                             "its size is not 1")
     shape = tuple(1 if o == "x" else x.type.shape[o] for o in order)
     return inputs, TensorType(x.dtype, shape)
 
@@ -331,6 +331,8 @@ def _np_dimshuffle(x: np.ndarray, order: tuple) -> np.ndarray:
     x = np.asarray(x)
     kept = [o for o in order if o != "x"]
     dropped = tuple(d for d in range(x.ndim) if d not in kept)
+    if any(x.shape[d] != 1 for d in dropped):
+        raise ShapeError(f"dimshuffle: cannot drop axes {dropped} of shape {shape_str(x.shape)}: size is not 1")
     y = x.reshape([s for d, s in enumerate(x.shape) if d not in dropped]) if dropped else x
     rank = {d: i for i, d in enumerate(sorted(kept))}
     y = y.transpose([rank[o] for o in kept])
