@@ -63,3 +63,18 @@ def _numpy_factory(fg: FunctionGraph, cfg: Config) -> Any:
 
 
 register_backend("numpy", _numpy_factory)
+
+
+def _c_factory(fg: FunctionGraph, cfg: Config) -> Any:
+    from exprc.runtime import factory
+
+    return factory(fg, cfg)
+
+
+def _c_probe(cfg: Config) -> str | None:
+    from exprc.compile import cc
+
+    return cc.probe(cfg)
+
+
+register_backend("c", _c_factory, _c_probe)

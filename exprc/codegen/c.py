@@ -1,0 +1,379 @@
+"""The C renderer: a lowered :class:`~exprc.fusion.Program` to one C99 file.
+
+Each kernel becomes a ``static void`` function with two paths: a contiguous
+path (flat loop over ``restrict`` pointers, ``#pragma omp simd``, vector math)
+and a strided path (nested loops over byte strides; covers broadcasting,
+negative strides, views, 0-d and zero-size arrays).  Sizes and strides are
+read from the parameter block ``P`` filled by the runtime, so one binary serves
+every shape.  ``exprc_run`` calls the kernels in order.
+
+Nothing the user names reaches the source: arrays are ``ptrs[slot]``, values
+``t<i>``, constants are printed as hex floats, and each kernel's header
+comment is the ``pprint`` of what it computes with ``*/`` defused.
+"""
+
+from __future__ import annotations
+
+import math
+import string
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+
+from exprc.fusion import Kernel, Program
+from exprc.graph import Node
+from exprc.ops import OPS
+from exprc.types import C_TYPES
+
+#: Loops shorter than this run on one thread (thread start-up costs more).
+PARALLEL_THRESHOLD = 1 << 15
+
+
+def template(name: str) -> str:
+    """A file from ``templates/`` (installed as ``exprc.templates``)."""
+    try:
+        return resources.files("exprc.templates").joinpath(name).read_text()
+    except (ModuleNotFoundError, FileNotFoundError):
+        return (Path(__file__).resolve().parents[2] / "templates" / name).read_text()
+
+
+def c_literal(value: object, dtype: str) -> str:
+    """An exact C literal: hex floats round-trip, NaN/Inf and integer extremes handled."""
+    if dtype in ("float32", "float64"):
+        v = float(value)  # type: ignore[arg-type]
+        cast = "(float)" if dtype == "float32" else ""
+        if math.isnan(v):
+            return f"{cast}NAN"
+        if math.isinf(v):
+            return f"{cast}INFINITY" if v > 0 else f"(-{cast}INFINITY)"
+        text = float(np.float32(v)).hex() if dtype == "float32" else v.hex()
+        return f"({text}{'f' if dtype == 'float32' else ''})"
+    if dtype == "bool":
+        return "1" if value else "0"
+    v = int(value)  # type: ignore[call-overload]
+    bits = 64 if dtype == "int64" else 32
+    if v == -(1 << (bits - 1)):
+        return f"(INT{bits}_MIN)"
+    return f"INT{bits}_C({v})" if bits == 64 else f"({v})"
+
+
+def comment(text: str) -> str:
+    """Text safe inside a C block comment."""
+    return text.replace("*/", "* /").replace("/*", "/ *").replace("\\", "\\\\")
+
+
+@dataclass
+class KernelLayout:
+    """Where a kernel's sizes and strides live in ``P``, and which slot each access uses."""
+
+    kernel: Kernel
+    p_flag: int
+    ndim: int  # iteration ndim (for reductions: kept + reduced)
+    nkept: int
+    perm: tuple[int, ...]  # iteration dims in loop order (reductions: kept dims first)
+    accesses: list[tuple[Node, int, int]] = field(default_factory=list)  # (node, slot, P index of strides)
+
+    @property
+    def p_dims(self) -> int:
+        return self.p_flag + 1
+
+
+@dataclass
+class Layout:
+    """The binary interface between the generated C and the runtime."""
+
+    slots: list[Node]
+    kernels: list[KernelLayout]
+    p_size: int
+
+
+class CRenderer:
+    """Renders programs to C.  Subclasses (CUDA) override the loop skeletons only."""
+
+    target = "c"
+    restrict = "restrict"
+
+    def __init__(self, precise_math: bool = False):
+        self.precise_math = precise_math
+
+    # -- expressions ---------------------------------------------------------
+    def expr(self, node: Node, args: list[str]) -> str:
+        """The C expression computing elementwise ``node`` from operand expressions."""
+        op = OPS[node.op]
+        operand_dtype = node.inputs[0].dtype if node.op != "where" else node.inputs[1].dtype
+        if node.op == "cast":
+            if node.dtype == "bool":
+                return f"({args[0]} != 0)"
+            return f"(({C_TYPES[node.dtype]}){args[0]})"
+        if operand_dtype == "bool":
+            special = {"add": "({0} | {1})", "mul": "({0} & {1})", "maximum": "({0} | {1})",
+                       "minimum": "({0} & {1})", "abs": "({0})"}
+            tmpl = special.get(node.op) or op.c_int or op.c
+        elif operand_dtype in ("int32", "int64"):
+            tmpl = op.c_int or op.c
+        else:
+            tmpl = op.c
+        if tmpl is None:
+            raise NotImplementedError(f"no C expression for {node.op} on {operand_dtype}")
+        return tmpl.format(*args, f="f" if operand_dtype == "float32" else "", T=C_TYPES[operand_dtype])
+
+    # -- layout ---------------------------------------------------------------
+    def layout(self, program: Program) -> Layout:
+        slots: list[Node] = []
+        slot_of: dict[Node, int] = {}
+
+        def slot(n: Node) -> int:
+            if n not in slot_of:
+                slot_of[n] = len(slots)
+                slots.append(n)
+            return slot_of[n]
+
+        for x in program.inputs:
+            slot(x)
+        for o in program.outputs:
+            slot(o)
+        p = 0
+        kls = []
+        for k in program.kernels:
+            if k.reduce is not None:
+                src = k.reduce.inputs[0]
+                axes = k.reduce.arg("axis")
+                nd = src.ndim
+                kept = tuple(d for d in range(nd) if d not in axes)
+                perm = kept + tuple(axes)
+                nkept = len(kept)
+            else:
+                nd = k.outputs[0].ndim
+                perm = tuple(range(nd))
+                nkept = nd
+            kl = KernelLayout(k, p, nd, nkept, perm)
+            p += 1 + nd
+            for n in k.operands:
+                kl.accesses.append((n, slot(n), p))
+                p += nd
+            for n in k.outputs:
+                kl.accesses.append((n, slot(n), p))
+                p += nd
+            kls.append(kl)
+        return Layout(slots, kls, p)
+
+    # -- kernels ----------------------------------------------------------------
+    def body(self, k: Kernel, names: dict[Node, str], indent: str) -> list[str]:
+        """Statements computing every elementwise node of the kernel into locals."""
+        lines = []
+        for n in k.body:
+            if n is k.reduce:
+                continue
+            args = [names[i] if i in names else c_literal(i.value.reshape(-1)[0], i.dtype) for i in n.inputs]
+            names[n] = f"t{len(names)}"
+            lines.append(f"{indent}const {C_TYPES[n.dtype]} {names[n]} = {self.expr(n, args)};")
+        return lines
+
+    def render_kernel(self, kl: KernelLayout) -> str:
+        from exprc.printing import pprint
+
+        k = kl.kernel
+        title = comment(pprint(k.outputs if k.reduce is None else [k.reduce], max_inline=10_000))
+        head = [f"/* {k.name}: {title.replace(chr(10), '; ')} */"]
+        flat, main = self.render_reduce(kl) if k.reduce is not None else self.render_elemwise(kl)
+        return "\n".join(head + flat + [f"static void {k.name}(char **restrict ptrs, const int64_t *restrict P, "
+                                          "int nthreads)", "{"] + main + ["}"])
+
+    def _dims(self, kl: KernelLayout) -> list[str]:
+        return [f"    const int64_t n{d} = P[{kl.p_dims + d}];" for d in range(kl.ndim)]
+
+    def _nest(self, kl: KernelLayout, levels: range, indent: str, parallel: str | None,
+              addr: dict[int, str]) -> tuple[list[str], str]:
+        """Open one loop per iteration dim in ``levels``; ``addr[j]`` tracks the byte
+        address of access ``j`` (``q<j>_<d>`` = previous address + i<d> * stride)."""
+        lines = []
+        for d in levels:
+            if parallel and d == levels[0]:
+                lines.append(f"{indent}#pragma omp parallel for if({parallel} > {PARALLEL_THRESHOLD}) "
+                             "num_threads(nthreads) schedule(static)")
+            lines.append(f"{indent}for (int64_t i{d} = 0; i{d} < n{d}; i{d}++) {{")
+            indent += "    "
+            for j, (node, s, pi) in enumerate(kl.accesses):
+                if j in addr:
+                    lines.append(f"{indent}char *q{j}_{d} = {addr[j]} + i{d} * P[{pi + d}];")
+                    addr[j] = f"q{j}_{d}"
+        return lines, indent
+
+    def _close(self, levels: range, indent: str) -> tuple[list[str], str]:
+        lines = []
+        for _ in levels:
+            indent = indent[:-4]
+            lines.append(f"{indent}}}")
+        return lines, indent
+
+    def _load(self, kl: KernelLayout, j: int, where: str, indent: str, names: dict[Node, str]) -> str:
+        node, s, _ = kl.accesses[j]
+        ct = C_TYPES[node.dtype]
+        names[node] = f"a{j}"
+        if where == "flat" and node.ndim:
+            return f"{indent}const {ct} a{j} = p{j}[i];"
+        src = f"ptrs[{s}]" if (node.ndim == 0 or where == "flat") else where
+        return f"{indent}const {ct} a{j} = *(const {ct} *)({src});"
+
+    def _flat_pointers(self, kl: KernelLayout, n_in: int) -> list[str]:
+        """Typed restrict pointers for the contiguous path, hoisted out of the loop."""
+        lines = []
+        for j, (node, s, _) in enumerate(kl.accesses):
+            ct = C_TYPES[node.dtype]
+            if j < n_in and node.ndim:
+                lines.append(f"    const {ct} *{self.restrict} p{j} = (const {ct} *)ptrs[{s}];")
+            elif j >= n_in:
+                lines.append(f"    {ct} *{self.restrict} p{j} = ({ct} *)ptrs[{s}];")
+        return lines
+
+    def _split(self, total: str, call: str, indent: str = "        ") -> list[str]:
+        """Run ``call`` (using lo, hi, id) over [0, total) on nthreads threads when worth it."""
+        return [f"{indent}if (nthreads > 1 && {total} > {PARALLEL_THRESHOLD}) {{",
+                f"{indent}    #pragma omp parallel num_threads(nthreads < EXPRC_MAX_THREADS ? nthreads : "
+                "EXPRC_MAX_THREADS)",
+                f"{indent}    {{",
+                f"{indent}        EXPRC_THREAD_RANGE({total}, lo, hi, id)",
+                f"{indent}        {call}",
+                f"{indent}    }}",
+                f"{indent}}} else {{",
+                f"{indent}    const int64_t lo = 0, hi = {total}, id = 0;",
+                f"{indent}    {call}",
+                f"{indent}}}"]
+
+    def render_elemwise(self, kl: KernelLayout) -> tuple[list[str], list[str]]:
+        k = kl.kernel
+        nd, n_in = kl.ndim, len(k.operands)
+        # Contiguous path: a flat loop over restrict pointers that gcc vectorizes
+        # (libmvec for transcendentals); 0-d operands are loaded once.
+        names: dict[Node, str] = {}
+        flat = [f"static inline void {k.name}_flat(char **restrict ptrs, int64_t lo, int64_t hi)", "{"]
+        flat += self._flat_pointers(kl, n_in)
+        flat += [self._load(kl, j, "", "    ", names) for j in range(n_in) if kl.accesses[j][0].ndim == 0]
+        flat += ["    #pragma omp simd", "    for (int64_t i = lo; i < hi; i++) {"]
+        flat += [self._load(kl, j, "flat", "        ", names) for j in range(n_in) if kl.accesses[j][0].ndim]
+        flat += self.body(k, names, "        ")
+        for j, (node, s, _) in enumerate(kl.accesses[n_in:], start=n_in):
+            flat.append(f"        p{j}[i] = {names[node]};")
+        flat += ["    }", "}"]
+        main = self._dims(kl)
+        main.append(f"    const int64_t total = {' * '.join(f'n{d}' for d in range(nd)) or '1'};")
+        main.append(f"    if (P[{kl.p_flag}]) {{")
+        main += self._split("total", f"(void)id; {k.name}_flat(ptrs, lo, hi);")
+        main += ["        return;", "    }"]
+        # Strided path: broadcasting, views, negative strides, 0-d.
+        names = {}
+        addr = {j: f"ptrs[{s}]" for j, (node, s, _) in enumerate(kl.accesses) if node.ndim or j >= n_in}
+        nest, indent = self._nest(kl, range(nd), "    ", "total", addr)
+        main += nest
+        main += [self._load(kl, j, addr.get(j, ""), indent, names) for j in range(n_in)]
+        main += self.body(k, names, indent)
+        for j, (node, s, _) in enumerate(kl.accesses[n_in:], start=n_in):
+            main.append(f"{indent}*({C_TYPES[node.dtype]} *)({addr[j]}) = {names[node]};")
+        main += self._close(range(nd), indent)[0]
+        return flat, main
+
+    def _accumulator(self, r: Node) -> tuple[str, str, str, str, str]:
+        """(acc C type, init, combine statement on ``v``, OpenMP reduction clause, finalize expr)."""
+        src = r.inputs[0].dtype
+        flt = src in ("float32", "float64")
+        acc = "double" if flt else ("uint8_t" if src == "bool" and r.op in ("max", "min", "all", "any")
+                                    else "int64_t")
+        if r.op in ("sum", "mean"):
+            fin = "acc" if r.op == "sum" else "acc / (double)red_total"
+            return acc, "0", "acc += v;", "reduction(+:acc)", fin
+        if r.op == "prod":
+            return acc, "1", "acc *= v;", "reduction(*:acc)", "acc"
+        if r.op == "all":
+            return "int", "1", "acc &= (v != 0);", "reduction(&:acc)", "acc"
+        if r.op == "any":
+            return "int", "0", "acc |= (v != 0);", "reduction(|:acc)", "acc"
+        ct = C_TYPES[src]
+        big = {"float64": "INFINITY", "float32": "INFINITY", "int64": "INT64_MAX", "int32": "INT32_MAX",
+               "bool": "1"}[src]
+        small = {"float64": "-INFINITY", "float32": "-INFINITY", "int64": "INT64_MIN", "int32": "INT32_MIN",
+                 "bool": "0"}[src]
+        cmp, init, kind = (">", small, "max") if r.op == "max" else ("<", big, "min")
+        if flt:
+            return (ct, init, f"acc = v {cmp} acc ? v : acc; nanf |= (v != v);",
+                    f"reduction({kind}:acc) reduction(|:nanf)", "(nanf ? NAN : acc)")
+        return ct, init, f"acc = v {cmp} acc ? v : acc;", f"reduction({kind}:acc)", "acc"
+
+    def render_reduce(self, kl: KernelLayout) -> tuple[list[str], list[str]]:
+        k, r = kl.kernel, kl.kernel.reduce
+        nd, nk, n_in = kl.ndim, kl.nkept, len(k.operands)
+        acc_t, init, combine, clause, fin = self._accumulator(r)
+        out_t = C_TYPES[r.dtype]
+        src = r.inputs[0]
+        out_j = len(kl.accesses) - 1
+        out_s = kl.accesses[out_j][1]
+        uses_nan = "nanf" in combine
+
+        def value(names: dict[Node, str], indent: str) -> list[str]:
+            body = self.body(k, names, indent)
+            v = names[src] if src in names else c_literal(src.value.reshape(-1)[0], src.dtype)
+            return body + [f"{indent}const {C_TYPES[src.dtype]} v = {v};", f"{indent}{combine}"]
+
+        # Contiguous full reduction: per-thread SIMD partials, combined in thread order.
+        names: dict[Node, str] = {}
+        flat = [f"static inline {acc_t} {k.name}_flat(char **restrict ptrs, int64_t lo, int64_t hi, int *nan_out)",
+                "{"]
+        flat += self._flat_pointers(kl, n_in)[: n_in]
+        flat += [self._load(kl, j, "", "    ", names) for j in range(n_in) if kl.accesses[j][0].ndim == 0]
+        flat += [f"    {acc_t} acc = {init};", "    int nanf = 0;",
+                 f"    #pragma omp simd {clause}", "    for (int64_t i = lo; i < hi; i++) {"]
+        flat += [self._load(kl, j, "flat", "        ", names) for j in range(n_in) if kl.accesses[j][0].ndim]
+        flat += value(names, "        ")
+        flat += ["    }", "    *nan_out |= nanf;", "    return acc;", "}"]
+        main = self._dims(kl)
+        main.append(f"    const int64_t kept_total = {' * '.join(f'n{d}' for d in range(nk)) or '1'};")
+        main.append(f"    const int64_t red_total = {' * '.join(f'n{d}' for d in range(nk, nd)) or '1'};")
+        main.append("    (void)kept_total;")
+        main += [f"    if (P[{kl.p_flag}]) {{",
+                 f"        {acc_t} part[EXPRC_MAX_THREADS]; int pnan[EXPRC_MAX_THREADS]; int used = 1;"]
+        main += self._split("red_total", f"pnan[id] = 0; part[id] = {k.name}_flat(ptrs, lo, hi, &pnan[id]); "
+                            "if (id == 0) used = EXPRC_NUM_THREADS_USED();")
+        main += [f"        {acc_t} acc = {init}; int nanf = 0;",
+                 "        for (int t = 0; t < used; t++) {",
+                 f"            const {acc_t} v = part[t];",
+                 f"            {combine}",
+                 "            nanf |= pnan[t];",
+                 "        }",
+                 "        (void)nanf;",
+                 f"        *({out_t} *)ptrs[{out_s}] = ({out_t})({fin});",
+                 "        return;", "    }"]
+        # General path: kept dims outside (parallel), reduced dims inside.
+        names = {}
+        addr = {j: f"ptrs[{s}]" for j, (node, s, _) in enumerate(kl.accesses) if node.ndim or j == out_j}
+        nest, indent = self._nest(kl, range(nk), "    ", "kept_total" if nk else None, addr)
+        main += nest
+        main.append(f"{indent}{acc_t} acc = {init}; int nanf = 0; (void)nanf;")
+        out_addr = addr[out_j]
+        red_addr = {j: a for j, a in addr.items() if j != out_j}
+        nest, indent = self._nest(kl, range(nk, nd), indent, None, red_addr)
+        main += nest
+        main += [self._load(kl, j, red_addr.get(j, ""), indent, names) for j in range(n_in)]
+        main += value(names, indent)
+        close, indent = self._close(range(nk, nd), indent)
+        main += close
+        main.append(f"{indent}*({out_t} *)({out_addr}) = ({out_t})({fin});")
+        main += self._close(range(nk), indent)[0]
+        del uses_nan
+        return flat, main
+
+    # -- module -----------------------------------------------------------------
+    def render(self, program: Program, summary: str = "") -> tuple[str, Layout]:
+        import exprc
+
+        lay = self.layout(program)
+        kernels = "\n\n".join(self.render_kernel(kl) for kl in lay.kernels)
+        calls = "\n".join(f"    if (first <= {i} && {i} < last) {kl.kernel.name}(ptrs, P, nthreads);"
+                          for i, kl in enumerate(lay.kernels)) or "    (void)ptrs; (void)P; (void)nthreads;"
+        prelude = template("c_prelude.h")
+        if self.precise_math:
+            prelude = "#define EXPRC_PRECISE_MATH 1\n" + prelude
+        src = string.Template(template("c_module.c")).substitute(
+            version=exprc.__version__, summary=comment(summary).replace("\n", "; "), prelude=prelude,
+            kernels=kernels, dispatch=calls)
+        return src, lay

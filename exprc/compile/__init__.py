@@ -1,0 +1,1 @@
+"""Native compilers behind one narrow interface: source in, loadable binary out."""

@@ -1,0 +1,101 @@
+"""Compile generated C into a shared library with the system C compiler.
+
+The library is plain C (no ``Python.h``): compiling it takes tens of
+milliseconds, and it is loaded with cffi's ABI mode.  Failures raise
+:class:`~exprc.errors.CompileError` with the source path and the compiler log.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+from exprc.config import Config
+from exprc.errors import CompileError
+
+BASE_FLAGS = ("-O3", "-march=native", "-fPIC", "-shared", "-std=c99", "-fno-math-errno", "-fwrapv")
+LIBS = ("-lmvec", "-lm")
+
+
+def compiler(cfg: Config) -> str:
+    """The C compiler command: ``Config.cc``, else ``$CC`` (read by Config), else ``cc``."""
+    return cfg.cc or "cc"
+
+
+@functools.lru_cache(maxsize=8)
+def _probe(cc: str) -> tuple[str | None, str, bool, bool]:
+    """(why unusable or None, version line, has OpenMP, has libmvec) for compiler ``cc``."""
+    exe = shutil.which(cc.split()[0]) if cc else None
+    if exe is None:
+        return (f"no C compiler found (looked for {cc!r}); install gcc or clang, or set CC", "", False, False)
+    try:
+        out = subprocess.run([*cc.split(), "--version"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return (f"{cc} --version failed: {exc}", "", False, False)
+    version = (out.stdout or out.stderr).splitlines()[0] if (out.stdout or out.stderr) else cc
+    with tempfile.TemporaryDirectory(prefix="exprc-probe-") as tmp:
+        src = Path(tmp, "p.c")
+        src.write_text("#include <math.h>\ndouble f(double x){return exp(x);}\n")
+
+        def ok(*flags: str) -> bool:
+            r = subprocess.run([*cc.split(), *flags, "-shared", "-fPIC", "-o", str(Path(tmp, "p.so")), str(src)],
+                               capture_output=True, text=True, timeout=60)
+            return r.returncode == 0
+
+        if not ok():
+            return (f"{cc} cannot build a shared library", version, False, False)
+        return (None, version, ok("-fopenmp"), ok("-lmvec", "-lm"))
+
+
+def probe(cfg: Config) -> str | None:
+    """None when the C backend can compile here, else the reason why not."""
+    return _probe(compiler(cfg))[0]
+
+
+def flags(cfg: Config) -> list[str]:
+    """Compiler flags for ``cfg`` (part of the cache key)."""
+    why, _, has_omp, has_mvec = _probe(compiler(cfg))
+    out = list(BASE_FLAGS)
+    if has_omp:
+        out.append("-fopenmp")
+    else:
+        out.append("-fopenmp-simd")
+    if cfg.fast_math:
+        out.append("-ffast-math")
+    out += list(cfg.extra_cflags)
+    if has_mvec and not cfg.precise_math:
+        out += list(LIBS)
+    else:
+        out.append("-lm")
+    return out
+
+
+def version(cfg: Config) -> str:
+    return _probe(compiler(cfg))[1]
+
+
+def has_vector_math(cfg: Config) -> bool:
+    return _probe(compiler(cfg))[3] and not cfg.precise_math
+
+
+def compile_library(source: str, workdir: Path, name: str, cfg: Config) -> Path:
+    """Write ``source`` to ``workdir/name.c`` and build ``workdir/name.so``."""
+    src = workdir / f"{name}.c"
+    lib = workdir / f"{name}.so"
+    src.write_text(source)
+    f = flags(cfg)
+    # Libraries must follow the source on the command line.
+    libs = [x for x in f if x.startswith("-l")]
+    cmd = [*compiler(cfg).split(), *[x for x in f if not x.startswith("-l")], "-o", str(lib), str(src), *libs]
+    try:
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=600,
+                           env={**os.environ, "LC_ALL": "C"})
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise CompileError(f"could not run the C compiler: {exc}", str(src), "") from exc
+    if r.returncode != 0:
+        raise CompileError(f"C compilation failed ({' '.join(cmd)})", str(src), r.stderr + r.stdout)
+    return lib

@@ -1,0 +1,238 @@
+"""Lowering: group the optimized graph into kernels (the ``fusion`` pass).
+
+* Elementwise ops form maximal convex groups: a node joins its consumers'
+  group only when *all* of its consumers are in that one group, so no path
+  leaves a group and re-enters it.  A group is one loop with no temporaries.
+* A reduction absorbs the elementwise group that produces its operand when
+  nothing else uses that group, so ``sum(exp(x - max(x)))`` is two loops
+  (max, then the fused exp-sub-sum) that read ``x`` twice and allocate nothing.
+* Independent groups over the same static shape merge into one multi-output
+  kernel.
+* Views (dimshuffle, getitem, broadcast_to, reshape) cost nothing: the runtime
+  turns them into strides.  Ops the C renderer has no loop for (matmul,
+  argmax, concatenate, shape) run as NumPy steps between native segments.
+
+Excluding the tag ``fusion`` gives every elementwise node its own kernel.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import networkx as nx
+
+from exprc.graph import Node, toposort
+from exprc.ops import OPS
+
+VIEW_OPS = frozenset({"dimshuffle", "getitem", "broadcast_to", "reshape"})
+NATIVE_REDUCE = frozenset({"sum", "prod", "mean", "max", "min", "all", "any"})
+
+
+@dataclass
+class Kernel:
+    """One native loop nest.  ``body`` is in evaluation order; ``outputs`` are the
+    nodes it stores; ``operands`` the arrays it reads; ``reduce`` the reduction
+    node of a reduction kernel (its fused producers precede it in ``body``)."""
+
+    index: int
+    outputs: list[Node]
+    body: list[Node]
+    operands: list[Node] = field(default_factory=list)
+    reduce: Node | None = None
+
+    @property
+    def kind(self) -> str:
+        return "reduce" if self.reduce is not None else "elemwise"
+
+    @property
+    def name(self) -> str:
+        ops = [re.sub(r"[^A-Za-z0-9]", "", n.op) for n in self.body if n.op != "cast"][:4] or ["copy"]
+        return f"k{self.index}_" + "_".join(ops)
+
+    @property
+    def ops(self) -> list[str]:
+        return [n.op for n in self.body]
+
+
+@dataclass
+class Step:
+    """A NumPy step: one node evaluated by its reference implementation."""
+
+    node: Node
+
+
+@dataclass
+class Program:
+    """The lowered function: steps in execution order plus what must be stored."""
+
+    inputs: tuple[Node, ...]
+    outputs: tuple[Node, ...]
+    steps: list[Kernel | Step]
+    materialized: list[Node]  # every node that owns a buffer (kernel outputs and NumPy-step results)
+
+    @property
+    def kernels(self) -> list[Kernel]:
+        return [s for s in self.steps if isinstance(s, Kernel)]
+
+
+def _is_scalar_constant(n: Node) -> bool:
+    return n.op == "constant" and n.value.size == 1
+
+
+def _same_space(producer: Node, consumer: Node) -> bool:
+    """Fusing never changes results (broadcasting commutes with elementwise ops) but
+    recomputes a producer that is broadcast; only fuse when no known broadcast occurs."""
+    if producer.ndim != consumer.ndim:
+        return False
+    return all(not (p == 1 and c != 1) for p, c in zip(producer.type.shape, consumer.type.shape))
+
+
+def lower(outputs: Sequence[Node], inputs: Sequence[Node], fuse: bool = True) -> Program:
+    """Partition the graph reachable from ``outputs`` into kernels and NumPy steps."""
+    order = toposort(outputs)
+    consumers: dict[Node, list[Node]] = {n: [] for n in order}
+    for n in order:
+        for i in dict.fromkeys(n.inputs):
+            consumers[i].append(n)
+    is_output = set(outputs)
+
+    def elemwise(n: Node) -> bool:
+        return OPS[n.op].kind == "elemwise" and OPS[n.op].c is not None or (
+            OPS[n.op].kind == "elemwise" and OPS[n.op].c_int is not None)
+
+    # 1. Elementwise groups, built from the outputs backwards.
+    group: dict[Node, int] = {}
+    next_group = 0
+    for n in reversed(order):
+        if not elemwise(n):
+            continue
+        cons = consumers[n]
+        target = None
+        if fuse and cons:
+            gs = {group.get(c) for c in cons}
+            if len(gs) == 1 and None not in gs and all(_same_space(n, c) for c in cons):
+                target = gs.pop()
+        if target is None:
+            target = next_group
+            next_group += 1
+        group[n] = target
+
+    # 2. Reductions absorb a producer group used by nothing else.
+    members: dict[int, list[Node]] = {}
+    for n in order:
+        if n in group:
+            members.setdefault(group[n], []).append(n)
+    absorbed: dict[Node, int] = {}
+    for n in order:
+        if n.op in NATIVE_REDUCE and fuse:
+            src = n.inputs[0]
+            g = group.get(src)
+            if g is None or src in is_output:
+                continue
+            nodes = members[g]
+            outs = [m for m in nodes if m in is_output or any(group.get(c) != g for c in consumers[m])]
+            if outs == [src] and consumers[src] == [n] and g not in absorbed.values():
+                absorbed[n] = g
+
+    # 3. Build kernels and steps in topological order of their outputs.
+    steps: list[Kernel | Step] = []
+    materialized: list[Node] = []
+    emitted: set[int] = set()
+    absorbed_groups = set(absorbed.values())
+    kernels_by_group: dict[int, Kernel] = {}
+    def view_of_leaves(n: Node) -> bool:
+        """A view chain ending at inputs/constants: the runtime resolves it to strides."""
+        while n.op in VIEW_OPS:
+            n = n.inputs[0]
+        return n.op in ("input", "constant")
+
+    for n in order:
+        if n.op in ("input", "constant") or (n.op in VIEW_OPS and view_of_leaves(n)):
+            continue
+        if n in group:
+            g = group[n]
+            if g in absorbed_groups or g in emitted:
+                continue
+            nodes = members[g]
+            outs = [m for m in nodes if m in is_output or any(group.get(c) != g for c in consumers[m])]
+            k = Kernel(len(steps), outs, nodes)
+            kernels_by_group[g] = k
+            steps.append(k)
+            materialized.extend(outs)
+            emitted.add(g)
+        elif n.op in NATIVE_REDUCE:
+            body = list(members[absorbed[n]]) if n in absorbed else []
+            k = Kernel(len(steps), [n], body + [n], reduce=n)
+            steps.append(k)
+            materialized.append(n)
+        else:
+            steps.append(Step(n))
+            materialized.append(n)
+
+    steps = _merge_siblings(steps)
+    for i, s in enumerate(steps):
+        if isinstance(s, Kernel):
+            s.index = i
+            inside = set(s.body)
+            ops: dict[Node, None] = {}
+            for m in s.body:
+                for x in m.inputs:
+                    if x not in inside and not _is_scalar_constant(x):
+                        ops[x] = None
+            s.operands = list(ops)
+    return Program(tuple(inputs), tuple(outputs), steps, materialized)
+
+
+def _merge_siblings(steps: list[Kernel | Step]) -> list[Kernel | Step]:
+    """Merge independent elementwise kernels of one static shape into one loop."""
+    produced = {}
+    for i, s in enumerate(steps):
+        for o in (s.outputs if isinstance(s, Kernel) else [s.node]):
+            produced[o] = i
+    dag = nx.DiGraph()
+    dag.add_nodes_from(range(len(steps)))
+    # A step depends on the steps producing its operands, seen through view chains.
+    for i, s in enumerate(steps):
+        body = s.body if isinstance(s, Kernel) else [s.node]
+        for m in body:
+            stack = list(m.inputs)
+            while stack:
+                x = stack.pop()
+                j = produced.get(x)
+                if j is not None and j != i:
+                    dag.add_edge(j, i)
+                elif x.op in VIEW_OPS:
+                    stack.extend(x.inputs)
+    merged_into: dict[int, int] = {}
+    for i, s in enumerate(steps):
+        if not isinstance(s, Kernel) or s.kind != "elemwise":
+            continue
+        for j in range(i):
+            t = steps[j]
+            if j in merged_into or not isinstance(t, Kernel) or t.kind != "elemwise":
+                continue
+            shape = s.outputs[0].type.shape
+            if any(m.type.shape != shape for m in t.outputs + s.outputs):
+                continue
+            if nx.has_path(dag, j, i) or nx.has_path(dag, i, j):
+                continue
+            # Sizes known only at run time agree when both loops read the same arrays.
+            if None in shape and _external(t) != _external(s):
+                continue
+            # Moving i up to j is safe only if nothing between them feeds i.
+            if any(m in dag and nx.has_path(dag, m, i) for m in range(j + 1, i)):
+                continue
+            t.outputs += s.outputs
+            t.body += [m for m in s.body if m not in set(t.body)]
+            merged_into[i] = j
+            dag = nx.contracted_nodes(dag, j, i, self_loops=False)
+            break
+    return [s for i, s in enumerate(steps) if i not in merged_into]
+
+
+def _external(k: Kernel) -> set[Node]:
+    """The non-scalar arrays a kernel reads (its iteration shape is their broadcast)."""
+    inside = set(k.body)
+    return {x for m in k.body for x in m.inputs if x not in inside and not _is_scalar_constant(x)}

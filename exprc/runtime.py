@@ -1,0 +1,365 @@
+"""The C backend's runtime: lower -> render -> compile (cached) -> one native call.
+
+Per distinct input signature (shapes and strides) a :class:`Plan` is built
+once: the sizes and byte strides of every kernel access in one int64 block
+``P``, the scratch buffers for intermediates (reused across calls) and the
+pointer table.  A call then only fills the pointers of its inputs and fresh
+outputs and enters ``exprc_run`` — once when the program has no NumPy steps.
+Plans are taken from a per-signature pool, so concurrent calls from several
+threads never share scratch buffers.  cffi releases the GIL during the call.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+from typing import Any, Sequence
+
+import cffi
+import numpy as np
+
+from exprc import cache
+from exprc.codegen.c import CRenderer, Layout
+from exprc.compile import cc
+from exprc.config import Config
+from exprc.errors import InputError, ShapeError
+from exprc.fusion import VIEW_OPS, Kernel, Program, Step, lower
+from exprc.graph import Node
+from exprc.ops import OPS
+from exprc.pipeline import FunctionGraph
+from exprc.types import shape_str
+
+_FFI = cffi.FFI()
+_FFI.cdef("void exprc_run(char **ptrs, const int64_t *P, int64_t first, int64_t last, int nthreads);")
+_fb = _FFI.from_buffer
+_LOAD_LOCK = threading.Lock()
+
+
+def _pointer(a: np.ndarray) -> Any:
+    try:
+        return _fb(a)  # C-contiguous arrays: the cheapest way to a pointer
+    except (ValueError, TypeError, BufferError):
+        return _FFI.cast("char *", a.__array_interface__["data"][0])
+
+
+def _broadcast(shapes: Sequence[tuple], what: str) -> tuple:
+    try:
+        return tuple(np.broadcast_shapes(*shapes))
+    except ValueError:
+        raise ShapeError(f"{what}: shapes {' and '.join(shape_str(s) for s in shapes)} cannot be broadcast "
+                         "together") from None
+
+
+def _strides(arr_shape: tuple, arr_strides: tuple, space: tuple) -> list[int]:
+    """Byte strides of an array read in iteration ``space`` (0 where broadcast)."""
+    pad = len(space) - len(arr_shape)
+    out = [0] * pad
+    for n, s, full in zip(arr_shape, arr_strides, space[pad:]):
+        out.append(0 if (n == 1 and full != 1) else s)
+    return out
+
+
+def _contiguous(shape: tuple, strides: Sequence[int], itemsize: int) -> bool:
+    expect = itemsize
+    for n, s in zip(reversed(shape), reversed(list(strides))):
+        if n != 1 and s != expect:
+            return False
+        expect *= n
+    return True
+
+
+class Plan:
+    """Everything one input signature needs: P, pointer table, scratch buffers."""
+
+    def __init__(self, nslots: int, p_size: int):
+        self.P = np.zeros(max(p_size, 1), dtype=np.int64)
+        self.P_ptr = _FFI.cast("int64_t *", _fb(self.P))
+        self.ptrs = _FFI.new(f"char *[{max(nslots, 1)}]")
+        self.keep: list[Any] = []  # arrays whose pointers sit in ``ptrs``
+        self.out_specs: list[tuple[int, tuple, np.dtype]] = []  # (slot, shape, dtype) of fresh outputs
+        self.input_views: list[tuple[int, int, int]] = []  # (slot, base slot, byte offset)
+        self.copied_views: list[tuple[int, Node]] = []  # views NumPy must copy on every call
+        self.scratch: dict[Node, np.ndarray] = {}
+
+
+class CKernel:
+    """A compiled C-backend function (``__call__(*arrays, out=None) -> list``)."""
+
+    backend = "c"
+
+    def __init__(self, fg: FunctionGraph, cfg: Config, fuse: bool = True):
+        from exprc.printing import pprint
+
+        self.cfg = cfg
+        self.program: Program = lower(list(fg.outputs), list(fg.inputs), fuse=fuse)
+        summary = pprint(list(fg.outputs), max_inline=10_000)
+        renderer = CRenderer(precise_math=cfg.precise_math)
+        self.source, self.layout = renderer.render(self.program, summary[:2000])
+        self.layout: Layout
+        self._slot = {n: i for i, n in enumerate(self.layout.slots)}
+        name = self.program.kernels[0].name if self.program.kernels else "k_empty"
+        parts = {"compiler": cc.compiler(cfg), "compiler_version": cc.version(cfg),
+                 "flags": " ".join(cc.flags(cfg)), "template_prelude": renderer_hash()}
+        self.lib, self.cache_entry = cache.load(
+            name, self.source, parts, lambda d: cc.compile_library(self.source, d, name, cfg), _dlopen, cfg,
+            {"backend": "c", "summary": summary[:500]})
+        self._run = self.lib.exprc_run
+        self.nthreads = cfg.num_threads or os.cpu_count() or 1
+        # Segments: consecutive kernels run in one native call; NumPy steps in between.
+        self.segments: list[tuple[int, int] | Step] = []
+        k = 0
+        for s in self.program.steps:
+            if isinstance(s, Kernel):
+                if self.segments and isinstance(self.segments[-1], tuple):
+                    self.segments[-1] = (self.segments[-1][0], k + 1)
+                else:
+                    self.segments.append((k, k + 1))
+                k += 1
+            else:
+                self.segments.append(s)
+        self.kernels = [{"name": kl.kernel.name, "kind": kl.kernel.kind, "ops": kl.kernel.ops,
+                         "outputs": len(kl.kernel.outputs)} for kl in self.layout.kernels]
+        self._pools: dict[tuple, list[Plan]] = {}
+        self._n_in = len(fg.inputs)
+        self._outputs = list(fg.outputs)
+        self._inputs = list(fg.inputs)
+        self._written = {n for s in self.program.steps for n in (s.outputs if isinstance(s, Kernel) else [s.node])}
+
+    # -- plans ------------------------------------------------------------------
+    def _value(self, node: Node, env: dict[Node, np.ndarray]) -> np.ndarray:
+        """The array of ``node`` in ``env``, resolving view chains with NumPy."""
+        chain = []
+        while node not in env:
+            if node.op == "constant":
+                env[node] = node.value
+                break
+            chain.append(node)
+            node = node.inputs[0]
+            if node.op not in VIEW_OPS and node not in env and node.op != "constant":
+                raise KeyError(node)
+        for n in reversed(chain):
+            env[n] = np.asarray(OPS[n.op].impl(env[n.inputs[0]], **dict(n.attrs)))
+        return env[chain[0]] if chain else env[node]
+
+    def _shape(self, node: Node, env: dict, shapes: dict[Node, tuple]) -> tuple:
+        if node in shapes:
+            return shapes[node]
+        if node in env or node.op == "constant" or node.op in VIEW_OPS and node not in self._written:
+            shp = self._value(node, env).shape
+        elif OPS[node.op].kind == "elemwise":
+            shp = _broadcast([self._shape(i, env, shapes) for i in node.inputs], node.op)
+        elif OPS[node.op].kind == "reduce":
+            src = self._shape(node.inputs[0], env, shapes)
+            axes, keep = node.arg("axis"), node.arg("keepdims")
+            if node.op in ("max", "min", "argmax", "argmin") and any(src[a] == 0 for a in axes):
+                raise ShapeError(f"{node.op}: zero-size reduction over axis {axes} of shape {shape_str(src)}")
+            shp = tuple(1 if d in axes else n for d, n in enumerate(src) if keep or d not in axes)
+        else:
+            raise LookupError(node.op)  # NumPy steps: shape found by running them
+        shapes[node] = shp
+        return shp
+
+    def _make_plan(self, arrays: Sequence[np.ndarray]) -> Plan:
+        lay = self.layout
+        plan = Plan(len(lay.slots), lay.p_size)
+        env: dict[Node, np.ndarray] = dict(zip(self._inputs, arrays))
+        shapes: dict[Node, tuple] = {}
+        outputs = set(self._outputs)
+        # Shapes of everything the kernels and steps produce, in program order.
+        for s in self.program.steps:
+            if isinstance(s, Step):
+                ins = [self._step_input(i, env, shapes) for i in s.node.inputs]
+                with np.errstate(all="ignore"):
+                    shapes[s.node] = np.shape(OPS[s.node.op].impl(*ins, **dict(s.node.attrs)))
+                env[s.node] = np.zeros(shapes[s.node], s.node.dtype)
+                continue
+            for o in s.outputs:
+                self._shape(o, env, shapes)
+                env[o] = np.zeros(shapes[o], o.dtype)
+        # Scratch buffers for intermediates; fresh arrays for outputs each call.
+        for n in self.program.materialized:
+            if n in outputs:
+                plan.out_specs.append((self._slot[n], shapes[n], np.dtype(n.dtype)))
+            else:
+                plan.scratch[n] = np.empty(shapes[n], n.dtype)
+                env[n] = plan.scratch[n]
+        for n, arr in plan.scratch.items():
+            if n in self._slot:
+                plan.ptrs[self._slot[n]] = _pointer(arr)
+                plan.keep.append(arr)
+        # Views of inputs and constants: an offset from their base, or a copy per call.
+        for n, slot in self._slot.items():
+            if n.op == "constant":
+                arr = np.ascontiguousarray(n.value)
+                plan.keep.append(arr)
+                plan.ptrs[slot] = _pointer(arr)
+                env[n] = arr
+            elif n.op in VIEW_OPS and n not in self._written:
+                view = self._value(n, env)
+                base = n
+                while base.op in VIEW_OPS:
+                    base = base.inputs[0]
+                root = self._value(base, env)
+                lo = root.__array_interface__["data"][0]
+                off = view.__array_interface__["data"][0] - lo
+                aliases = view.size > 0 and root.size > 0 and np.shares_memory(view, root)
+                if base in self._slot and base.op != "constant" and aliases:
+                    plan.input_views.append((slot, self._slot[base], off))
+                elif base.op == "constant" or view.size == 0:
+                    arr = np.ascontiguousarray(view)
+                    plan.keep.append(arr)
+                    plan.ptrs[slot] = _pointer(arr)
+                    env[n] = arr
+                else:
+                    plan.copied_views.append((slot, n))
+                    env[n] = np.ascontiguousarray(view)
+        # Sizes, strides and fast-path flags of every kernel access.
+        P = plan.P
+        for kl in lay.kernels:
+            k = kl.kernel
+            if k.reduce is not None:
+                src = k.reduce.inputs[0]
+                space = self._shape(src, env, shapes)
+            else:
+                space = shapes[k.outputs[0]]
+                for o in k.outputs:
+                    if shapes[o] != space:
+                        raise _Unsupported("outputs of one fused loop differ in shape at run time")
+            loop = tuple(space[d] for d in kl.perm)
+            P[kl.p_dims:kl.p_dims + kl.ndim] = loop
+            fast = k.reduce is None or kl.nkept == 0
+            for j, (node, slot, pi) in enumerate(kl.accesses):
+                arr = env[node]
+                if k.reduce is not None and node is k.reduce:
+                    st = self._reduce_out_strides(k.reduce, arr, len(space))
+                else:
+                    st = _strides(arr.shape, arr.strides, space)
+                    if node.ndim and not (arr.shape == tuple(space) and _contiguous(arr.shape, arr.strides,
+                                                                                      arr.itemsize)):
+                        fast = False
+                P[pi:pi + kl.ndim] = [st[d] for d in kl.perm]
+            P[kl.p_flag] = 1 if fast else 0
+        return plan
+
+    def _step_input(self, node: Node, env: dict, shapes: dict) -> np.ndarray:
+        try:
+            return self._value(node, env)
+        except KeyError:
+            return np.zeros(self._shape(node, env, shapes), node.dtype)
+
+    @staticmethod
+    def _reduce_out_strides(r: Node, arr: np.ndarray, nd: int) -> list[int]:
+        axes, keep = r.arg("axis"), r.arg("keepdims")
+        out, j = [], 0
+        for d in range(nd):
+            if d in axes:
+                out.append(0)
+                j += 1 if keep else 0
+            else:
+                out.append(arr.strides[j])
+                j += 1
+        return out
+
+    # -- calls --------------------------------------------------------------------
+    def __call__(self, *arrays: np.ndarray, out: Sequence[np.ndarray] | None = None) -> list[np.ndarray]:
+        key = tuple(a.shape for a in arrays) + tuple(a.strides for a in arrays)
+        pool = self._pools.get(key)
+        try:
+            plan = pool.pop() if pool else None
+        except IndexError:
+            plan = None
+        if plan is None:
+            try:
+                plan = self._make_plan(arrays)
+            except _Unsupported:
+                return self._fallback(arrays)
+            self._pools.setdefault(key, [])
+        try:
+            return self._execute(plan, arrays, out)
+        finally:
+            self._pools[key].append(plan)
+
+    def _execute(self, plan: Plan, arrays: Sequence[np.ndarray], out: Sequence[np.ndarray] | None) -> list:
+        ptrs = plan.ptrs
+        for i, a in enumerate(arrays):
+            ptrs[i] = _pointer(a)
+        results: dict[int, np.ndarray] = {}
+        for j, (slot, shape, dt) in enumerate(plan.out_specs):
+            res = out[j] if out is not None else np.empty(shape, dt)
+            results[slot] = res
+            ptrs[slot] = _pointer(res)
+        for slot, base, off in plan.input_views:
+            ptrs[slot] = ptrs[base] + off
+        live = []
+        for slot, n in plan.copied_views:
+            arr = np.ascontiguousarray(self._value(n, dict(zip(self._inputs, arrays))))
+            live.append(arr)
+            ptrs[slot] = _pointer(arr)
+        env = None
+        for seg in self.segments:
+            if isinstance(seg, tuple):
+                self._run(ptrs, plan.P_ptr, seg[0], seg[1], self.nthreads)
+            else:
+                if env is None:
+                    env = self._env(plan, arrays, results)
+                node = seg.node
+                with np.errstate(all="ignore"):
+                    val = OPS[node.op].impl(*[self._value(i, env) for i in node.inputs], **dict(node.attrs))
+                dest = env[node]
+                np.copyto(dest, val, casting="unsafe")
+        outs = []
+        for o in self._outputs:
+            slot = self._slot[o]
+            if slot in results:
+                outs.append(results[slot])
+            else:
+                if env is None:
+                    env = self._env(plan, arrays, results)
+                outs.append(np.array(self._value(o, env), dtype=o.dtype, copy=True))
+        return outs
+
+    def _env(self, plan: Plan, arrays: Sequence[np.ndarray], results: dict[int, np.ndarray]) -> dict:
+        env: dict[Node, np.ndarray] = dict(zip(self._inputs, arrays))
+        env.update(plan.scratch)
+        for slot, arr in results.items():
+            env[self.layout.slots[slot]] = arr
+        return env
+
+    def _fallback(self, arrays: Sequence[np.ndarray]) -> list[np.ndarray]:
+        from exprc.codegen.python import NumpyKernel
+
+        if not hasattr(self, "_numpy"):
+            self._numpy = NumpyKernel(FunctionGraph(tuple(self._inputs), tuple(self._outputs)))
+        return self._numpy(*arrays)
+
+
+class _Unsupported(Exception):
+    """This input signature needs something the generated loops do not do."""
+
+
+_RENDER_HASH: str | None = None
+
+
+def renderer_hash() -> str:
+    """Hash of the templates (a cache key part: template edits invalidate entries)."""
+    global _RENDER_HASH
+    if _RENDER_HASH is None:
+        import hashlib
+
+        from exprc.codegen.c import template
+
+        _RENDER_HASH = hashlib.sha256((template("c_prelude.h") + template("c_module.c")).encode()).hexdigest()[:16]
+    return _RENDER_HASH
+
+
+def _dlopen(path: Any) -> Any:
+    with _LOAD_LOCK:
+        return _FFI.dlopen(str(path))
+
+
+def factory(fg: FunctionGraph, cfg: Config) -> CKernel:
+    return CKernel(fg, cfg, fuse="fusion" not in cfg.exclude)
+
+
+__all__ = ["CKernel", "InputError", "math"]

@@ -1,0 +1,99 @@
+/* exprc C prelude: vector-math declarations and NumPy-compatible helpers.
+ * Every helper is static inline so the loops that use them still vectorize. */
+#include <math.h>
+#include <stdint.h>
+#include <stddef.h>
+
+#ifndef EXPRC_PRECISE_MATH
+/* Tell gcc that glibc's libmvec has SIMD variants of these functions, so loops
+ * call _ZGVdN4v_exp & co. without -ffast-math (accuracy within 4 ulp). */
+#define EXPRC_DECL(ret, name, args) extern ret name args __attribute__((__simd__("notinbranch")));
+#define EXPRC_D1(fn) EXPRC_DECL(double, fn, (double)) EXPRC_DECL(float, fn##f, (float))
+#define EXPRC_D2(fn) EXPRC_DECL(double, fn, (double, double)) EXPRC_DECL(float, fn##f, (float, float))
+EXPRC_D1(exp) EXPRC_D1(log) EXPRC_D1(sin) EXPRC_D1(cos) EXPRC_D1(tan)
+EXPRC_D1(log1p) EXPRC_D1(expm1) EXPRC_D1(tanh) EXPRC_D1(sinh) EXPRC_D1(cosh)
+EXPRC_D1(asin) EXPRC_D1(acos) EXPRC_D1(atan) EXPRC_D1(asinh) EXPRC_D1(acosh) EXPRC_D1(atanh)
+EXPRC_D1(exp2) EXPRC_D1(log2) EXPRC_D1(log10) EXPRC_D1(cbrt) EXPRC_D1(erf) EXPRC_D1(erfc)
+EXPRC_D2(pow) EXPRC_D2(atan2) EXPRC_D2(hypot)
+#endif
+
+#define EXPRC_INLINE static inline __attribute__((always_inline))
+
+/* Floating floor division and remainder with NumPy's (Python's) semantics. */
+#define EXPRC_FLOAT_HELPERS(T, S)                                                        \
+EXPRC_INLINE T exprc_mod##S(T a, T b) {                                                   \
+    if (b == 0) return fmod##S(a, b);                                                     \
+    T m = fmod##S(a, b);                                                                  \
+    if (m != 0) { if ((b < 0) != (m < 0)) m += b; }                                       \
+    else m = copysign##S((T)0, b);                                                        \
+    return m;                                                                             \
+}                                                                                         \
+EXPRC_INLINE T exprc_floordiv##S(T a, T b) {                                              \
+    if (b == 0) return a / b;                                                             \
+    T m = fmod##S(a, b);                                                                  \
+    T d = (a - m) / b;                                                                    \
+    if (m != 0 && ((b < 0) != (m < 0))) d -= 1;                                           \
+    if (d != 0) { T f = floor##S(d); if (d - f > (T)0.5) f += 1; return f; }              \
+    return copysign##S((T)0, a / b);                                                      \
+}                                                                                         \
+EXPRC_INLINE T exprc_max##S(T a, T b) { return (a != a || a > b) ? a : b; }               \
+EXPRC_INLINE T exprc_min##S(T a, T b) { return (a != a || a < b) ? a : b; }               \
+EXPRC_INLINE T exprc_sign##S(T x) { return x > 0 ? (T)1 : (x < 0 ? (T)-1 : x); }          \
+EXPRC_INLINE T exprc_sigmoid##S(T x) {                                                    \
+    T e = exp##S(-fabs##S(x));                                                            \
+    return x >= 0 ? (T)1 / ((T)1 + e) : e / ((T)1 + e);                                   \
+}                                                                                         \
+EXPRC_INLINE T exprc_softplus##S(T x) { return fmax##S(x, (T)0) + log1p##S(exp##S(-fabs##S(x))); } \
+EXPRC_INLINE T exprc_logaddexp##S(T a, T b) {                                             \
+    if (a == b) return a + (T)0.6931471805599453094;  /* also +-inf */                    \
+    T d = a - b;                                                                          \
+    return d > 0 ? a + log1p##S(exp##S(-d)) : (d <= 0 ? b + log1p##S(exp##S(d)) : d);     \
+}
+
+EXPRC_FLOAT_HELPERS(double, )
+EXPRC_FLOAT_HELPERS(float, f)
+
+/* Integer floor division and remainder as NumPy: division by zero gives 0. */
+#define EXPRC_INT_HELPERS(T, MIN)                                                         \
+EXPRC_INLINE T exprc_ifloordiv_##T(T a, T b) {                                            \
+    if (b == 0) return 0;                                                                 \
+    if (b == -1) return a == MIN ? MIN : -a;                                              \
+    T q = a / b;                                                                          \
+    if ((a % b != 0) && ((a < 0) != (b < 0))) q -= 1;                                     \
+    return q;                                                                             \
+}                                                                                         \
+EXPRC_INLINE T exprc_imod_##T(T a, T b) {                                                 \
+    if (b == 0 || b == -1) return 0;                                                      \
+    T m = a % b;                                                                          \
+    if (m != 0 && ((m < 0) != (b < 0))) m += b;                                           \
+    return m;                                                                             \
+}                                                                                         \
+EXPRC_INLINE T exprc_ipow_##T(T a, T b) {                                                 \
+    if (b < 0) return a == 1 ? 1 : (a == -1 ? ((b & 1) ? -1 : 1) : 0);                    \
+    T r = 1;                                                                              \
+    while (b) { if (b & 1) r = (T)((uint64_t)r * (uint64_t)a); a = (T)((uint64_t)a * (uint64_t)a); b >>= 1; } \
+    return r;                                                                             \
+}                                                                                         \
+EXPRC_INLINE T exprc_iabs_##T(T a) { return a < 0 ? (T)(0 - (uint64_t)a) : a; }           \
+EXPRC_INLINE T exprc_invert_##T(T a) { return ~a; }
+
+EXPRC_INT_HELPERS(int32_t, INT32_MIN)
+EXPRC_INT_HELPERS(int64_t, INT64_MIN)
+EXPRC_INLINE uint8_t exprc_iabs_uint8_t(uint8_t a) { return a; }
+EXPRC_INLINE uint8_t exprc_invert_uint8_t(uint8_t a) { return !a; }
+
+/* Split [0, total) evenly between the threads of a parallel region (static, so
+ * results do not depend on timing; per-thread partial reductions are combined
+ * in thread order). */
+#ifdef _OPENMP
+#include <omp.h>
+#define EXPRC_THREAD_RANGE(total, lo, hi, id)                                         \
+    const int64_t id = omp_get_thread_num(), nt_ = omp_get_num_threads();            \
+    const int64_t lo = (int64_t)((__int128)(total) * id / nt_);                        \
+    const int64_t hi = (int64_t)((__int128)(total) * (id + 1) / nt_);
+#define EXPRC_NUM_THREADS_USED() omp_get_num_threads()
+#else
+#define EXPRC_THREAD_RANGE(total, lo, hi, id) const int64_t id = 0, lo = 0, hi = (total);
+#define EXPRC_NUM_THREADS_USED() 1
+#endif
+#define EXPRC_MAX_THREADS 256
