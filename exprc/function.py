@@ -142,14 +142,39 @@ class Function:
     def _signature(self) -> str:
         return ", ".join(str(v.arg("name") or f"<position {i}>") for i, v in enumerate(self.inputs))
 
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+    @property
+    def cache_path(self) -> str | None:
+        """The cache entry folder of the compiled library (None: NumPy backend or cache off)."""
+        entry = getattr(self._kernel, "cache_entry", None)
+        return None if entry is None else str(entry)
+
+    def __call__(self, *args: Any, out: Any = None, **kwargs: Any) -> Any:
+        """Run the function.  ``out=`` (an array, or a list for several outputs) receives
+        the results in place (C backend), saving the allocation of fresh outputs."""
         if kwargs:
             args = tuple(self._bind(args, kwargs))
         elif len(args) != self._n:
             raise InputTypeError(f"expected {self._n} arguments ({self._signature()}), got {len(args)}")
         arrays = [conv(a) for conv, a in zip(self._convert, args)]
-        outs = self._kernel(*arrays)
+        if out is not None:
+            outs = self._call_out(arrays, [out] if self._single else list(out))
+        else:
+            outs = self._kernel(*arrays)
         return outs[0] if self._single else outs
+
+    def _call_out(self, arrays: list, out: list) -> list:
+        if len(out) != len(self.outputs):
+            raise InputTypeError(f"out: expected {len(self.outputs)} arrays, got {len(out)}")
+        if hasattr(self._kernel, "program"):  # native kernels write into out= directly
+            return self._kernel(*arrays, out=out)
+        outs = self._kernel(*arrays)
+        for i, (dst, src) in enumerate(zip(out, outs)):
+            if not isinstance(dst, np.ndarray) or dst.dtype != src.dtype or dst.shape != src.shape:
+                got = f"{dst.dtype} {shape_str(dst.shape)}" if isinstance(dst, np.ndarray) else type(dst).__name__
+                raise InputTypeError(f"out[{i}]: expected a {src.dtype} array of shape {shape_str(src.shape)}, "
+                                     f"got {got}")
+            dst[...] = src
+        return list(out)
 
     def __repr__(self) -> str:
         from exprc.printing import pprint

@@ -142,6 +142,7 @@ def lower(outputs: Sequence[Node], inputs: Sequence[Node], fuse: bool = True) ->
     emitted: set[int] = set()
     absorbed_groups = set(absorbed.values())
     kernels_by_group: dict[int, Kernel] = {}
+
     def view_of_leaves(n: Node) -> bool:
         """A view chain ending at inputs/constants: the runtime resolves it to strides."""
         while n.op in VIEW_OPS:
@@ -171,7 +172,7 @@ def lower(outputs: Sequence[Node], inputs: Sequence[Node], fuse: bool = True) ->
             steps.append(Step(n))
             materialized.append(n)
 
-    steps = _merge_siblings(steps)
+    steps = _merge_siblings(_schedule(steps))
     for i, s in enumerate(steps):
         if isinstance(s, Kernel):
             s.index = i
@@ -185,19 +186,19 @@ def lower(outputs: Sequence[Node], inputs: Sequence[Node], fuse: bool = True) ->
     return Program(tuple(inputs), tuple(outputs), steps, materialized)
 
 
-def _merge_siblings(steps: list[Kernel | Step]) -> list[Kernel | Step]:
-    """Merge independent elementwise kernels of one static shape into one loop."""
+def _dependencies(steps: list[Kernel | Step]) -> nx.DiGraph:
+    """Edges j -> i when step i reads what step j produces (seen through view chains)."""
     produced = {}
     for i, s in enumerate(steps):
         for o in (s.outputs if isinstance(s, Kernel) else [s.node]):
             produced[o] = i
     dag = nx.DiGraph()
     dag.add_nodes_from(range(len(steps)))
-    # A step depends on the steps producing its operands, seen through view chains.
     for i, s in enumerate(steps):
         body = s.body if isinstance(s, Kernel) else [s.node]
+        inside = set(body)
         for m in body:
-            stack = list(m.inputs)
+            stack = [x for x in m.inputs if x not in inside]
             while stack:
                 x = stack.pop()
                 j = produced.get(x)
@@ -205,6 +206,18 @@ def _merge_siblings(steps: list[Kernel | Step]) -> list[Kernel | Step]:
                     dag.add_edge(j, i)
                 elif x.op in VIEW_OPS:
                     stack.extend(x.inputs)
+    return dag
+
+
+def _schedule(steps: list[Kernel | Step]) -> list[Kernel | Step]:
+    """Order steps so each runs after what it reads (groups are convex, so this is a DAG)."""
+    dag = _dependencies(steps)
+    return [steps[i] for i in nx.lexicographical_topological_sort(dag)]
+
+
+def _merge_siblings(steps: list[Kernel | Step]) -> list[Kernel | Step]:
+    """Merge independent elementwise kernels of one static shape into one loop."""
+    dag = _dependencies(steps)
     merged_into: dict[int, int] = {}
     for i, s in enumerate(steps):
         if not isinstance(s, Kernel) or s.kind != "elemwise":

@@ -23,7 +23,7 @@ from exprc import cache
 from exprc.codegen.c import CRenderer, Layout
 from exprc.compile import cc
 from exprc.config import Config
-from exprc.errors import InputError, ShapeError
+from exprc.errors import InputError, InputTypeError, ShapeError
 from exprc.fusion import VIEW_OPS, Kernel, Program, Step, lower
 from exprc.graph import Node
 from exprc.ops import OPS
@@ -34,6 +34,11 @@ _FFI = cffi.FFI()
 _FFI.cdef("void exprc_run(char **ptrs, const int64_t *P, int64_t first, int64_t last, int nthreads);")
 _fb = _FFI.from_buffer
 _LOAD_LOCK = threading.Lock()
+
+# libgomp hangs in a forked child that starts a parallel region after the parent
+# used one (multiprocessing forks on Linux): children run kernels on one thread.
+_SERIAL = [False]
+os.register_at_fork(after_in_child=lambda: _SERIAL.__setitem__(0, True))
 
 
 def _pointer(a: np.ndarray) -> Any:
@@ -100,7 +105,7 @@ class CKernel:
         self._slot = {n: i for i, n in enumerate(self.layout.slots)}
         name = self.program.kernels[0].name if self.program.kernels else "k_empty"
         parts = {"compiler": cc.compiler(cfg), "compiler_version": cc.version(cfg),
-                 "flags": " ".join(cc.flags(cfg)), "template_prelude": renderer_hash()}
+                 "flags": " ".join(cc.flags(cfg)), "templates": renderer_hash(), "cpu": cc.cpu_features()}
         self.lib, self.cache_entry = cache.load(
             name, self.source, parts, lambda d: cc.compile_library(self.source, d, name, cfg), _dlopen, cfg,
             {"backend": "c", "summary": summary[:500]})
@@ -160,7 +165,7 @@ class CKernel:
         shapes[node] = shp
         return shp
 
-    def _make_plan(self, arrays: Sequence[np.ndarray]) -> Plan:
+    def _make_plan(self, arrays: Sequence[np.ndarray], out: Sequence[np.ndarray] | None) -> Plan:
         lay = self.layout
         plan = Plan(len(lay.slots), lay.p_size)
         env: dict[Node, np.ndarray] = dict(zip(self._inputs, arrays))
@@ -177,11 +182,15 @@ class CKernel:
             for o in s.outputs:
                 self._shape(o, env, shapes)
                 env[o] = np.zeros(shapes[o], o.dtype)
-        # Scratch buffers for intermediates; fresh arrays for outputs each call.
+        # Scratch buffers for intermediates; fresh arrays (or the caller's out=) for outputs.
+        for j, o in enumerate(self._outputs):
+            if o in self._written and all(o is not p for p in self._outputs[:j]):
+                plan.out_specs.append((j, self._slot[o], shapes[o], np.dtype(o.dtype)))
+                if out is not None:
+                    _check_out(j, out[j], shapes[o], o.dtype)
+                    env[o] = out[j]
         for n in self.program.materialized:
-            if n in outputs:
-                plan.out_specs.append((self._slot[n], shapes[n], np.dtype(n.dtype)))
-            else:
+            if n not in outputs:
                 plan.scratch[n] = np.empty(shapes[n], n.dtype)
                 env[n] = plan.scratch[n]
         for n, arr in plan.scratch.items():
@@ -264,6 +273,10 @@ class CKernel:
     # -- calls --------------------------------------------------------------------
     def __call__(self, *arrays: np.ndarray, out: Sequence[np.ndarray] | None = None) -> list[np.ndarray]:
         key = tuple(a.shape for a in arrays) + tuple(a.strides for a in arrays)
+        if out is not None:
+            if len(out) != len(self._outputs):
+                raise InputTypeError(f"out: expected {len(self._outputs)} arrays, got {len(out)}")
+            key += ("out",) + tuple((getattr(o, "shape", None), getattr(o, "strides", None)) for o in out)
         pool = self._pools.get(key)
         try:
             plan = pool.pop() if pool else None
@@ -271,9 +284,9 @@ class CKernel:
             plan = None
         if plan is None:
             try:
-                plan = self._make_plan(arrays)
+                plan = self._make_plan(arrays, out)
             except _Unsupported:
-                return self._fallback(arrays)
+                return self._fallback(arrays, out)
             self._pools.setdefault(key, [])
         try:
             return self._execute(plan, arrays, out)
@@ -285,7 +298,7 @@ class CKernel:
         for i, a in enumerate(arrays):
             ptrs[i] = _pointer(a)
         results: dict[int, np.ndarray] = {}
-        for j, (slot, shape, dt) in enumerate(plan.out_specs):
+        for j, slot, shape, dt in plan.out_specs:
             res = out[j] if out is not None else np.empty(shape, dt)
             results[slot] = res
             ptrs[slot] = _pointer(res)
@@ -299,7 +312,7 @@ class CKernel:
         env = None
         for seg in self.segments:
             if isinstance(seg, tuple):
-                self._run(ptrs, plan.P_ptr, seg[0], seg[1], self.nthreads)
+                self._run(ptrs, plan.P_ptr, seg[0], seg[1], 1 if _SERIAL[0] else self.nthreads)
             else:
                 if env is None:
                     env = self._env(plan, arrays, results)
@@ -309,14 +322,21 @@ class CKernel:
                 dest = env[node]
                 np.copyto(dest, val, casting="unsafe")
         outs = []
-        for o in self._outputs:
+        for j, o in enumerate(self._outputs):
             slot = self._slot[o]
-            if slot in results:
-                outs.append(results[slot])
+            res = results.get(slot)
+            if res is not None and all(o is not p for p in self._outputs[:j]):
+                outs.append(res)
+                continue
+            if env is None:
+                env = self._env(plan, arrays, results)
+            val = self._value(o, env) if res is None else res
+            if out is not None:
+                _check_out(j, out[j], np.shape(val), o.dtype)
+                np.copyto(out[j], val, casting="unsafe")
+                outs.append(out[j])
             else:
-                if env is None:
-                    env = self._env(plan, arrays, results)
-                outs.append(np.array(self._value(o, env), dtype=o.dtype, copy=True))
+                outs.append(np.array(val, dtype=o.dtype, copy=True))
         return outs
 
     def _env(self, plan: Plan, arrays: Sequence[np.ndarray], results: dict[int, np.ndarray]) -> dict:
@@ -326,12 +346,27 @@ class CKernel:
             env[self.layout.slots[slot]] = arr
         return env
 
-    def _fallback(self, arrays: Sequence[np.ndarray]) -> list[np.ndarray]:
+    def _fallback(self, arrays: Sequence[np.ndarray], out: Sequence[np.ndarray] | None) -> list[np.ndarray]:
         from exprc.codegen.python import NumpyKernel
 
         if not hasattr(self, "_numpy"):
             self._numpy = NumpyKernel(FunctionGraph(tuple(self._inputs), tuple(self._outputs)))
-        return self._numpy(*arrays)
+        res = self._numpy(*arrays)
+        if out is None:
+            return res
+        for j, (dst, val) in enumerate(zip(out, res)):
+            _check_out(j, dst, val.shape, val.dtype.name)
+            np.copyto(dst, val)
+        return list(out)
+
+
+def _check_out(j: int, dst: Any, shape: tuple, dtype: str) -> None:
+    if not isinstance(dst, np.ndarray) or dst.dtype != np.dtype(dtype) or dst.shape != tuple(shape):
+        got = f"{dst.dtype} array of shape {shape_str(dst.shape)}" if isinstance(dst, np.ndarray) else \
+            type(dst).__name__
+        raise InputTypeError(f"out[{j}]: expected a {dtype} array of shape {shape_str(shape)}, got {got}")
+    if not dst.flags.writeable:
+        raise InputTypeError(f"out[{j}]: the array is read-only")
 
 
 class _Unsupported(Exception):

@@ -99,3 +99,21 @@ def compile_library(source: str, workdir: Path, name: str, cfg: Config) -> Path:
     if r.returncode != 0:
         raise CompileError(f"C compilation failed ({' '.join(cmd)})", str(src), r.stderr + r.stdout)
     return lib
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_features() -> str:
+    """A digest of the CPU's feature flags: ``-march=native`` binaries are CPU-specific."""
+    import hashlib
+    import platform
+
+    flags_line = ""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith(("flags", "Features")):
+                    flags_line = " ".join(sorted(line.split(":", 1)[1].split()))
+                    break
+    except OSError:
+        pass
+    return f"{platform.machine()}-{hashlib.sha256(flags_line.encode()).hexdigest()[:12]}"
