@@ -3,7 +3,7 @@
 import re
 from pathlib import Path
 
-from setuptools import setup
+from setuptools import find_packages, setup
 
 HERE = Path(__file__).parent
 VERSION = re.search(r'__version__ = "([^"]+)"', (HERE / "exprc" / "__init__.py").read_text()).group(1)
@@ -15,7 +15,7 @@ setup(
     long_description=(HERE / "README.md").read_text(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=["exprc", "exprc.codegen", "exprc.rewrite", "exprc.rewrite.rules", "exprc.templates"],
+    packages=find_packages(include=["exprc", "exprc.*"]) + ["exprc.templates"],
     package_dir={"exprc.templates": "templates"},
     package_data={"exprc.templates": ["*.c", "*.h", "*.cu"]},
     install_requires=["numpy>=2.0", "cffi>=1.16", "networkx>=3.0", "sympy>=1.12"],

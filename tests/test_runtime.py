@@ -1,0 +1,191 @@
+"""The C backend against the NumPy reference: random graphs, layouts, dtypes, threads."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import assert_close
+from graphgen import graph_cases
+from hypothesis import given, settings
+
+import exprc
+from exprc.errors import InputTypeError, ShapeError
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _cache_dir(tmp_path_factory):
+    mp = pytest.MonkeyPatch()
+    mp.setenv("EXPRC_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
+    yield
+    mp.undo()
+
+
+def both(inputs, outputs, *args, ulps=16, **kw):
+    fc = exprc.function(inputs, outputs, backend="c", **kw)
+    fn = exprc.function(inputs, outputs, backend="numpy")
+    got, want = fc(*args), fn(*args)
+    if not isinstance(got, list):
+        got, want = [got], [want]
+    for g, w in zip(got, want):
+        assert_close(g, w, ulps=ulps)
+    return fc
+
+
+@settings(max_examples=40)
+@given(graph_cases(max_ops=5))
+def test_random_graphs_match_numpy_backend(case):
+    fc = exprc.function(case.inputs, case.expr, backend="c")
+    fn = exprc.function(case.inputs, case.expr, backend="numpy")
+    assert_close(fc(*case.args), fn(*case.args), ulps=16)
+
+
+def test_e2_contiguous_vectorized_and_exact_enough():
+    a, b, c = exprc.vector("a"), exprc.vector("b"), exprc.vector("c")
+    rng = np.random.default_rng(0)
+    x, y, z = rng.normal(size=(3, 10_001))
+    f = both([a, b, c], exprc.exp(-a * a) * exprc.sin(b) + exprc.log1p(c * c), x, y, z)
+    assert len(f.kernels) == 1 and f.kernels[0]["kind"] == "elemwise"
+    assert {"exp", "sin", "log1p", "add"} <= set(f.kernels[0]["ops"])
+
+
+def test_reduction_fuses_its_producers():
+    x = exprc.vector("x")
+    f = both([x], exprc.sum(exprc.exp(x - exprc.max(x))), np.random.default_rng(1).normal(size=5000))
+    kinds = [(k["kind"], k["ops"]) for k in f.kernels]
+    assert kinds == [("reduce", ["max"]), ("reduce", ["sub", "exp", "sum"])]
+
+
+@pytest.mark.parametrize("axis", [None, 0, 1, (0, 1), -1])
+@pytest.mark.parametrize("op", ["sum", "prod", "mean", "max", "min", "all", "any"])
+@pytest.mark.parametrize("keepdims", [False, True])
+def test_reductions(op, axis, keepdims):
+    m = exprc.matrix("m")
+    x = np.random.default_rng(2).uniform(0.5, 1.5, size=(7, 9))
+    both([m], getattr(exprc, op)(m * 2, axis=axis, keepdims=keepdims), x)
+
+
+def test_multi_output_kernel_is_one_loop():
+    a, b = exprc.vector("a"), exprc.vector("b")
+    f = both([a, b], [a + b, a * b, exprc.exp(a) - b], np.arange(5.0), np.ones(5))
+    assert len(f.kernels) == 1 and f.kernels[0]["outputs"] == 3
+
+
+def test_broadcasting_views_and_negative_strides():
+    m, v = exprc.matrix("m"), exprc.vector("v")
+    rng = np.random.default_rng(3)
+    big = rng.normal(size=(8, 6))
+    both([m, v], m * v + 1, big[::-2, ::-1], rng.normal(size=6))
+    both([m, v], m.T * v, big, rng.normal(size=8))
+    both([m], m[1:-1, None, ::3] * 2, big)
+    both([m, v], exprc.sum(m[:, ::2] * v, axis=0), big, rng.normal(size=3))
+    both([m], exprc.broadcast_to(m[0], (4, 6)) + 1, big)
+
+
+def test_zero_size_and_0d():
+    m, s = exprc.matrix("m"), exprc.scalar("s")
+    both([m], m * 2, np.zeros((0, 4)))
+    both([m], exprc.sum(m, axis=0), np.zeros((0, 4)))
+    both([m], exprc.mean(m), np.zeros((0, 3)))
+    both([s], exprc.exp(s) + 1, 0.5)
+    both([s, m], s * m, 2.0, np.ones((2, 2)))
+    with pytest.raises(ShapeError, match="zero-size"):
+        exprc.function([m], exprc.max(m))(np.zeros((0, 3)))
+
+
+def test_float32_computes_in_float32():
+    a = exprc.vector("a", "float32")
+    f = both([a], exprc.exp(a) * 2.0 + exprc.sin(a), np.linspace(-3, 3, 100, dtype=np.float32))
+    assert "expf(" in f.source and "sinf(" in f.source
+    assert f(np.ones(3, np.float32)).dtype == np.float32
+
+
+def test_float32_sum_accumulates_wider():
+    a = exprc.vector("a", "float32")
+    x = np.full(10**6, 0.1, dtype=np.float32)
+    got = exprc.function([a], exprc.sum(a))(x)
+    exact = float(np.sum(x.astype(np.float64)))
+    assert got.dtype == np.float32
+    assert abs(float(got) - exact) <= 1e-6 * exact
+
+
+@pytest.mark.parametrize("dtype", ["int32", "int64"])
+def test_integer_semantics_follow_numpy(dtype):
+    i, j = exprc.vector("i", dtype), exprc.vector("j", dtype)
+    rng = np.random.default_rng(4)
+    x = rng.integers(-20, 20, 200).astype(dtype)
+    y = rng.integers(-4, 4, 200).astype(dtype)
+    both([i, j], [i // j, i % j, i * j, -i, abs(i), i + j, exprc.maximum(i, j)], x, y)
+    info = np.iinfo(dtype)
+    both([i, j], [i + j, i * j], np.array([info.max, info.min], dtype), np.array([1, -1], dtype))
+
+
+def test_bool_logic():
+    x = exprc.vector("x")
+    v = np.linspace(0, 1, 50)
+    both([x], [(x > 0.2) & (x < 0.8), (x > 0.5) | (x < 0.1), ~(x > 0.5), exprc.sum(x > 0.5),
+               exprc.where(x > 0.5, x, -x)], v)
+
+
+def test_nan_and_inf_propagate():
+    x = exprc.vector("x")
+    v = np.array([1.0, np.nan, -np.inf, np.inf, -0.0, 0.0])
+    both([x], [x * 2, exprc.maximum(x, 0.5), exprc.minimum(x, 0.5), exprc.exp(x), exprc.log(x),
+               exprc.sign(x)], v)
+    both([x], [exprc.max(x), exprc.min(x), exprc.sum(x)], v)
+    both([x], [exprc.max(x), exprc.sum(x)], np.array([1.0, np.inf, 2.0]))
+    assert np.isnan(exprc.function([x], exprc.max(x))(np.array([np.nan, 1.0])))
+
+
+def test_one_and_many_threads_agree():
+    x, y = exprc.vector("x"), exprc.vector("y")
+    rng = np.random.default_rng(5)
+    a, b = rng.normal(size=(2, 300_001))
+    expr = [exprc.exp(-x * x) * exprc.sin(y), exprc.sum(exprc.exp(x)), exprc.max(x)]
+    one = exprc.function([x, y], expr, config=exprc.Config(num_threads=1))(a, b)
+    many = exprc.function([x, y], expr, config=exprc.Config(num_threads=4))(a, b)
+    np.testing.assert_array_equal(one[0], many[0])  # elementwise: bit-identical
+    assert one[2] == many[2]
+    assert abs(float(one[1]) - float(many[1])) <= 1e-12 * abs(float(one[1]))  # summation order differs
+
+
+def test_out_argument_writes_in_place():
+    a, b = exprc.vector("a"), exprc.vector("b")
+    f = exprc.function([a, b], a * b + 1)
+    out = np.empty(5)
+    res = f(np.arange(5.0), np.ones(5), out=out)
+    assert res is out
+    np.testing.assert_array_equal(out, np.arange(5.0) + 1)
+    strided = np.zeros(10)[::2]
+    f(np.arange(5.0), np.ones(5), out=strided)
+    np.testing.assert_array_equal(strided, np.arange(5.0) + 1)
+    with pytest.raises(InputTypeError, match=r"out\[0\]"):
+        f(np.arange(5.0), np.ones(5), out=np.empty(4))
+
+
+def test_matmul_and_argmax_run_as_numpy_steps_between_native_loops():
+    m, v = exprc.matrix("m"), exprc.vector("v")
+    rng = np.random.default_rng(6)
+    f = both([m, v], exprc.tanh(exprc.dot(m * 2, v)) + exprc.argmax(m, axis=1), rng.normal(size=(5, 4)),
+             rng.normal(size=4))
+    assert len(f.kernels) == 2
+
+
+def test_shapes_mismatch_at_call_time_names_the_op():
+    a, b = exprc.vector("a"), exprc.vector("b")
+    f = exprc.function([a, b], a + b)
+    with pytest.raises(ShapeError, match=r"add.*\(3,\).*\(4,\)"):
+        f(np.ones(3), np.ones(4))
+
+
+def test_plan_reuse_across_calls_and_shapes():
+    a = exprc.vector("a")
+    f = exprc.function([a], exprc.sum(a * 2))
+    for n in (3, 1000, 3, 0, 1000):
+        assert float(f(np.ones(n))) == 2.0 * n
+
+
+def test_fusion_can_be_excluded():
+    a, b = exprc.vector("a"), exprc.vector("b")
+    fused = exprc.function([a, b], exprc.exp(a) * b + 1)
+    split = both([a, b], exprc.exp(a) * b + 1, np.arange(4.0), np.ones(4), exclude=("fusion",))
+    assert len(fused.kernels) == 1 and len(split.kernels) == 3
