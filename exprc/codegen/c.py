@@ -61,7 +61,8 @@ def c_literal(value: object, dtype: str) -> str:
 
 def comment(text: str) -> str:
     """Text safe inside a C block comment."""
-    return text.replace("*/", "* /").replace("/*", "/ *").replace("\\", "\\\\")
+    text = "".join(ch if " " <= ch <= "~" else " " for ch in text)  # printable ASCII only
+    return text.replace("*/", "* /").replace("/*", "/ *").replace("\\", "/")
 
 
 @dataclass

@@ -1,0 +1,73 @@
+/* k0_mul_tanh_sum: sum(tanh(m * v), axis=(1,)) */
+static inline double k0_mul_tanh_sum_flat(char **restrict ptrs, int64_t lo, int64_t hi, int *nan_out)
+{
+    const float *restrict p0 = (const float *)ptrs[0];
+    const float *restrict p1 = (const float *)ptrs[1];
+    double acc = 0;
+    int nanf = 0;
+    #pragma omp simd reduction(+:acc)
+    for (int64_t i = lo; i < hi; i++) {
+        const float a0 = p0[i];
+        const float a1 = p1[i];
+        const float t2 = (a0 * a1);
+        const float t3 = tanhf(t2);
+        const float v = t3;
+        acc += v;
+    }
+    *nan_out |= nanf;
+    return acc;
+}
+static void k0_mul_tanh_sum(char **restrict ptrs, const int64_t *restrict P, int nthreads)
+{
+    const int64_t n0 = P[1];
+    const int64_t n1 = P[2];
+    const int64_t kept_total = n0;
+    const int64_t red_total = n1;
+    (void)kept_total;
+    if (P[0]) {
+        double part[EXPRC_MAX_THREADS]; int pnan[EXPRC_MAX_THREADS]; int used = 1;
+        if (nthreads > 1 && red_total > 32768) {
+            #pragma omp parallel num_threads(nthreads < EXPRC_MAX_THREADS ? nthreads : EXPRC_MAX_THREADS)
+            {
+                EXPRC_THREAD_RANGE(red_total, lo, hi, id)
+                pnan[id] = 0; part[id] = k0_mul_tanh_sum_flat(ptrs, lo, hi, &pnan[id]); if (id == 0) used = EXPRC_NUM_THREADS_USED();
+            }
+        } else {
+            const int64_t lo = 0, hi = red_total, id = 0;
+            pnan[id] = 0; part[id] = k0_mul_tanh_sum_flat(ptrs, lo, hi, &pnan[id]); if (id == 0) used = EXPRC_NUM_THREADS_USED();
+        }
+        double acc = 0; int nanf = 0;
+        for (int t = 0; t < used; t++) {
+            const double v = part[t];
+            acc += v;
+            nanf |= pnan[t];
+        }
+        (void)nanf;
+        *(float *)ptrs[2] = (float)(acc);
+        return;
+    }
+    #pragma omp parallel for if(kept_total > 32768) num_threads(nthreads) schedule(static)
+    for (int64_t i0 = 0; i0 < n0; i0++) {
+        char *q0_0 = ptrs[0] + i0 * P[3];
+        char *q1_0 = ptrs[1] + i0 * P[5];
+        char *q2_0 = ptrs[2] + i0 * P[7];
+        double acc = 0; int nanf = 0; (void)nanf;
+        for (int64_t i1 = 0; i1 < n1; i1++) {
+            char *q0_1 = q0_0 + i1 * P[4];
+            char *q1_1 = q1_0 + i1 * P[6];
+            const float a0 = *(const float *)(q0_1);
+            const float a1 = *(const float *)(q1_1);
+            const float t2 = (a0 * a1);
+            const float t3 = tanhf(t2);
+            const float v = t3;
+            acc += v;
+        }
+        *(float *)(q2_0) = (float)(acc);
+    }
+}
+
+/* The single entry point: run kernels [first, last) with nthreads threads. */
+void exprc_run(char **restrict ptrs, const int64_t *restrict P, int64_t first, int64_t last, int nthreads)
+{
+    if (first <= 0 && 0 < last) k0_mul_tanh_sum(ptrs, P, nthreads);
+}
