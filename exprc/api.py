@@ -500,6 +500,7 @@ def install_operators(cls: type) -> None:
     cls.__abs__ = lambda self: abs(self)
     cls.__invert__ = lambda self: invert(self)
     cls.__getitem__ = getitem
+    cls.__array_ufunc__ = None  # ndarray (op) node defers to the node's reflected operator
     for name, fn in [("sum", sum), ("prod", prod), ("mean", mean), ("max", max), ("min", min),
                      ("all", all), ("any", any), ("var", var), ("std", std), ("argmax", argmax),
                      ("argmin", argmin)]:
