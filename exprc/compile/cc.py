@@ -8,6 +8,8 @@ milliseconds, and it is loaded with cffi's ABI mode.  Failures raise
 from __future__ import annotations
 
 import functools
+import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -33,7 +35,7 @@ def _probe(cc: str) -> tuple[str | None, str, bool, bool]:
     if exe is None:
         return (f"no C compiler found (looked for {cc!r}); install gcc or clang, or set CC", "", False, False)
     try:
-        out = subprocess.run([*cc.split(), "--version"], capture_output=True, text=True, timeout=30)
+        out = subprocess.run([*cc.split(), "--version"], check=False, capture_output=True, text=True, timeout=30)
     except (OSError, subprocess.TimeoutExpired) as exc:
         return (f"{cc} --version failed: {exc}", "", False, False)
     version = (out.stdout or out.stderr).splitlines()[0] if (out.stdout or out.stderr) else cc
@@ -43,7 +45,7 @@ def _probe(cc: str) -> tuple[str | None, str, bool, bool]:
 
         def ok(*flags: str) -> bool:
             r = subprocess.run([*cc.split(), *flags, "-shared", "-fPIC", "-o", str(Path(tmp, "p.so")), str(src)],
-                               capture_output=True, text=True, timeout=60)
+                               check=False, capture_output=True, text=True, timeout=60)
             return r.returncode == 0
 
         if not ok():
@@ -51,14 +53,53 @@ def _probe(cc: str) -> tuple[str | None, str, bool, bool]:
         return (None, version, ok("-fopenmp"), ok("-lmvec", "-lm"))
 
 
+_FACTS: dict[tuple[str, str], tuple[str | None, str, bool, bool]] = {}
+
+
+def _facts(cfg: Config) -> tuple[str | None, str, bool, bool]:
+    """:func:`_probe`, remembered on disk in the cache's ``toolchain/`` folder so that a fresh
+    process with a warm cache starts no compiler.  The record is keyed on the compiler command and
+    the resolved executable's path, size and mtime (a compiler upgrade probes again)."""
+    cc = compiler(cfg)
+    if not cfg.cache:
+        return _probe(cc)
+    from exprc import cache
+
+    fast_key = (cc, str(cache.root(cfg)))
+    facts = _FACTS.get(fast_key)  # this process already knows (a compiler upgraded meanwhile is not seen)
+    if facts is not None:
+        return facts
+    exe = shutil.which(cc.split()[0]) if cc else None
+    if exe is None:
+        return _probe(cc)
+    real = os.path.realpath(exe)
+    st = os.stat(real)
+    ident = hashlib.sha256(f"{cc}\n{real}\n{st.st_size}\n{st.st_mtime_ns}".encode()).hexdigest()[:16]
+    path = cache.ensure_root(cfg) / "toolchain" / f"{ident}.json"
+    try:
+        d = json.loads(path.read_text())
+        facts = (None, str(d["version"]), bool(d["openmp"]), bool(d["mvec"]))
+    except (OSError, ValueError, KeyError, TypeError):
+        facts = _probe(cc)
+        if facts[0] is None:
+            try:
+                path.parent.mkdir(exist_ok=True)
+                cache.write_json_atomic(path, {"cc": cc, "executable": real, "version": facts[1],
+                                               "openmp": facts[2], "mvec": facts[3]})
+            except OSError:
+                pass
+    _FACTS[fast_key] = facts
+    return facts
+
+
 def probe(cfg: Config) -> str | None:
     """None when the C backend can compile here, else the reason why not."""
-    return _probe(compiler(cfg))[0]
+    return _facts(cfg)[0]
 
 
 def flags(cfg: Config) -> list[str]:
     """Compiler flags for ``cfg`` (part of the cache key)."""
-    why, _, has_omp, has_mvec = _probe(compiler(cfg))
+    _, _, has_omp, has_mvec = _facts(cfg)
     out = list(BASE_FLAGS)
     if has_omp:
         out.append("-fopenmp")
@@ -75,11 +116,11 @@ def flags(cfg: Config) -> list[str]:
 
 
 def version(cfg: Config) -> str:
-    return _probe(compiler(cfg))[1]
+    return _facts(cfg)[1]
 
 
 def has_vector_math(cfg: Config) -> bool:
-    return _probe(compiler(cfg))[3] and not cfg.precise_math
+    return _facts(cfg)[3] and not cfg.precise_math
 
 
 def compile_library(source: str, workdir: Path, name: str, cfg: Config) -> Path:
@@ -92,7 +133,7 @@ def compile_library(source: str, workdir: Path, name: str, cfg: Config) -> Path:
     libs = [x for x in f if x.startswith("-l")]
     cmd = [*compiler(cfg).split(), *[x for x in f if not x.startswith("-l")], "-o", str(lib), str(src), *libs]
     try:
-        r = subprocess.run(cmd, capture_output=True, text=True, timeout=600,
+        r = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=600,
                            env={**os.environ, "LC_ALL": "C"})
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise CompileError(f"could not run the C compiler: {exc}", str(src), "") from exc
