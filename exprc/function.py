@@ -10,7 +10,9 @@ from __future__ import annotations
 import functools
 import inspect
 import threading
-from typing import Any, Callable, Iterable, Sequence
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -221,6 +223,14 @@ def function(inputs: Sequence[Node], outputs: Node | Sequence[Node], backend: st
         cfg = cfg.replace(exclude=tuple(sorted(set(cfg.exclude) | set(exclude))))
     ins = _check_inputs(inputs)
     outs, single = _as_outputs(outputs)
+    memo_key = (ins, outs, backend, cfg)
+    with _MEMO_LOCK:
+        hit = _MEMO.get(memo_key)
+        if hit is not None:
+            _MEMO.move_to_end(memo_key)
+    if hit is not None:
+        name, graph, kernel = hit
+        return Function(ins, outs, single, graph, kernel, name, cfg, allow_downcast)
     known = set(ins)
     missing = [v for v in graph_inputs(outs) if v not in known]
     if missing:
@@ -229,7 +239,27 @@ def function(inputs: Sequence[Node], outputs: Node | Sequence[Node], backend: st
     name = backends.choose(backend, cfg)
     graph = optimize(FunctionGraph(ins, outs), cfg)
     kernel = backends.build(name, graph, cfg)
+    if cfg.cache:
+        with _MEMO_LOCK:
+            _MEMO[memo_key] = (name, graph, kernel)
+            while len(_MEMO) > _MEMO_MAX:
+                _MEMO.popitem(last=False)
     return Function(ins, outs, single, graph, kernel, name, cfg, allow_downcast)
+
+
+#: In-process memo of compiled kernels: (inputs, outputs, requested backend, config) -> (backend, optimized
+#: graph, kernel).
+#: Each ``function`` call still returns a new :class:`Function` (own argument handling, own
+#: attributes); only the immutable graph and the compiled kernel are shared.  Off with ``Config(cache=False)``.
+_MEMO: OrderedDict[tuple, tuple[str, FunctionGraph, Any]] = OrderedDict()
+_MEMO_MAX = 256
+_MEMO_LOCK = threading.Lock()
+
+
+def clear_memo() -> None:
+    """Forget the in-process memo (the disk cache is untouched)."""
+    with _MEMO_LOCK:
+        _MEMO.clear()
 
 
 _EVAL_CACHE: dict[tuple, Function] = {}
@@ -306,4 +336,4 @@ def jit(fn: Callable | None = None, **options: Any) -> Any:
     return Jitted(fn, **options)
 
 
-__all__ = ["Function", "function", "jit", "evaluate", "InputError"]
+__all__ = ["Function", "InputError", "evaluate", "function", "jit"]
