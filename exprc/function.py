@@ -19,7 +19,7 @@ import numpy as np
 from exprc import backends
 from exprc.config import Config, resolve
 from exprc.errors import InputError, InputTypeError, MissingInputError, ShapeError
-from exprc.graph import Node, graph_inputs, toposort
+from exprc.graph import Node, toposort
 from exprc.pipeline import FunctionGraph, optimize
 from exprc.types import shape_str
 
@@ -232,14 +232,15 @@ def function(inputs: Sequence[Node], outputs: Node | Sequence[Node], backend: st
         name, graph, kernel = hit
         return Function(ins, outs, single, graph, kernel, name, cfg, allow_downcast)
     known = set(ins)
-    missing = [v for v in graph_inputs(outs) if v not in known]
+    order = toposort(outs)
+    missing = [v for v in order if v.op == "input" and v not in known]
     if missing:
         listed = ", ".join(f"{v.arg('name') or '<unnamed>'} ({v.type})" for v in missing)
         raise MissingInputError(f"the outputs depend on variables that are not among the inputs: {listed}")
     name = backends.choose(backend, cfg)
     graph = optimize(FunctionGraph(ins, outs), cfg)
     kernel = backends.build(name, graph, cfg)
-    if cfg.cache:
+    if cfg.cache and len(order) <= _EVAL_CACHE_MAX_NODES:  # the memo must not keep big graphs alive
         with _MEMO_LOCK:
             _MEMO[memo_key] = (name, graph, kernel)
             while len(_MEMO) > _MEMO_MAX:
