@@ -1,0 +1,288 @@
+"""Every op of the API evaluated against NumPy (values and dtypes)."""
+
+import math
+
+import numpy as np
+import pytest
+from conftest import assert_close
+
+import exprc
+
+RNG = np.random.default_rng(0)
+X = RNG.uniform(-2, 2, size=(3, 4))
+POS = RNG.uniform(0.1, 3, size=(3, 4))
+UNIT = RNG.uniform(-0.9, 0.9, size=(3, 4))
+SPECIAL = np.array([0.0, -0.0, np.nan, np.inf, -np.inf, 1.5, -2.5, 0.5])
+
+UNARY = [  # name, data
+    ("exp", X), ("exp2", X), ("expm1", X), ("log", POS), ("log2", POS), ("log10", POS), ("log1p", POS),
+    ("sqrt", POS), ("cbrt", X), ("square", X), ("reciprocal", POS), ("sin", X), ("cos", X), ("tan", X),
+    ("arcsin", UNIT), ("arccos", UNIT), ("arctan", X), ("sinh", X), ("cosh", X), ("tanh", X), ("arcsinh", X),
+    ("arccosh", POS + 1), ("arctanh", UNIT), ("floor", X), ("ceil", X), ("round", X), ("sign", X),
+    ("abs", X), ("negative", X), ("isnan", SPECIAL), ("isinf", SPECIAL), ("isfinite", SPECIAL),
+]
+
+
+@pytest.mark.parametrize("name,data", UNARY, ids=[u[0] for u in UNARY])
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_unary_against_numpy(name, data, dtype):
+    data = data.astype(dtype)
+    x = exprc.tensor("x", dtype, ndim=data.ndim)
+    ref = np.round if name == "round" else getattr(np, name)
+    assert_close(getattr(exprc, name)(x).eval({x: data}), ref(data))
+    v = exprc.vector("v", dtype)
+    with np.errstate(all="ignore"):
+        assert_close(getattr(exprc, name)(v).eval({v: SPECIAL.astype(dtype)}), ref(SPECIAL.astype(dtype)))
+
+
+@pytest.mark.parametrize("name", ["abs", "negative", "square", "sign", "floor", "ceil", "round", "exp", "sqrt"])
+@pytest.mark.parametrize("dtype", ["int32", "int64"])
+def test_unary_on_ints(name, dtype):
+    data = np.array([-3, -1, 0, 2, 5], dtype=dtype)
+    x = exprc.vector("x", dtype)
+    ref = np.round if name == "round" else getattr(np, name)
+    with np.errstate(all="ignore"):
+        assert_close(getattr(exprc, name)(x).eval({x: data}), ref(data))
+
+
+def test_special_functions_against_scipy():
+    special = pytest.importorskip("scipy.special")
+    x = exprc.vector("x")
+    data = np.concatenate([np.linspace(-40, 40, 81), [0.0, -0.0, np.inf, -np.inf, np.nan, 800.0, -800.0]])
+    assert_close(exprc.erf(x).eval({x: data}), special.erf(data), ulps=4)
+    assert_close(exprc.erfc(x).eval({x: data}), special.erfc(data), ulps=4)
+    assert_close(exprc.sigmoid(x).eval({x: data}), special.expit(data), ulps=4)
+    assert_close(exprc.softplus(x).eval({x: data}), np.logaddexp(0, data), ulps=4)
+    x32 = exprc.vector("x", "float32")
+    d32 = data.astype(np.float32)
+    assert_close(exprc.sigmoid(x32).eval({x32: d32}), special.expit(d32), ulps=4)
+    assert_close(exprc.erf(x32).eval({x32: d32}), special.erf(d32).astype(np.float32), ulps=4)
+
+
+BINARY = [
+    ("add", lambda a, b: a + b), ("subtract", lambda a, b: a - b), ("multiply", lambda a, b: a * b),
+    ("true_divide", lambda a, b: a / b), ("floor_divide", lambda a, b: a // b), ("mod", lambda a, b: a % b),
+    ("power", lambda a, b: a ** b), ("maximum", np.maximum), ("minimum", np.minimum), ("arctan2", np.arctan2),
+    ("hypot", np.hypot), ("logaddexp", np.logaddexp), ("less", lambda a, b: a < b),
+    ("less_equal", lambda a, b: a <= b), ("greater", lambda a, b: a > b), ("greater_equal", lambda a, b: a >= b),
+    ("equal", np.equal), ("not_equal", np.not_equal),
+]
+
+
+@pytest.mark.parametrize("name,ref", BINARY, ids=[b[0] for b in BINARY])
+def test_binary_functions_and_operators_broadcast(name, ref):
+    a = exprc.matrix("a", shape=(None, 4))
+    b = exprc.tensor("b", ndim=1)
+    av, bv = np.abs(X) + 0.5, np.append(SPECIAL[:3], 2.0)
+    with np.errstate(all="ignore"):
+        expected = ref(av, bv)
+        assert_close(getattr(exprc, name)(a, b).eval({a: av, b: bv}), expected)
+        if not isinstance(ref, np.ufunc):
+            assert_close(ref(a, b).eval({a: av, b: bv}), expected)  # operators
+            assert_close(ref(2.0, b).eval({b: bv}), ref(2.0, bv))  # reflected operators
+            assert_close(ref(av, b).eval({b: bv}), expected)  # ndarray on the left defers to the node
+
+
+@pytest.mark.parametrize("dtype", ["int32", "int64"])
+def test_integer_division_and_modulo_follow_numpy(dtype):
+    a, b = exprc.vector("a", dtype), exprc.vector("b", dtype)
+    av = np.array([7, -7, 7, -7, 0, 5], dtype)
+    bv = np.array([2, 2, -2, -2, 3, 0], dtype)
+    with np.errstate(all="ignore"):
+        for fn in (lambda x, y: x // y, lambda x, y: x % y, lambda x, y: x ** abs(y), lambda x, y: x / y):
+            assert_close(fn(a, b).eval({a: av, b: bv}), fn(av, bv))
+
+
+def test_logical_operators_on_bools():
+    p, q = exprc.vector("p", "bool"), exprc.vector("q", "bool")
+    pv, qv = np.array([True, True, False, False]), np.array([True, False, True, False])
+    env = {p: pv, q: qv}
+    assert_close((p & q).eval(env), pv & qv)
+    assert_close((p | q).eval(env), pv | qv)
+    assert_close((p ^ q).eval(env), pv ^ qv)
+    assert_close((~p).eval(env), ~pv)
+    assert_close(exprc.logical_not(p).eval(env), np.logical_not(pv))
+    i = exprc.vector("i", "int32")
+    assert_close((~i).eval({i: np.array([0, 5, -3], np.int32)}), ~np.array([0, 5, -3], np.int32))
+
+
+def test_where_clip_minimum_maximum_nan():
+    x = exprc.vector("x", "float32")
+    d = SPECIAL.astype(np.float32)
+    env = {x: d}
+    assert_close(exprc.where(x > 0, x, 0.0).eval(env), np.where(d > 0, d, np.float32(0)))
+    assert_close(exprc.where(x > 0, 1, 2.5).eval(env), np.where(d > 0, 1, 2.5))
+    assert_close(exprc.clip(x, -1.0, 1.0).eval(env), np.clip(d, -1.0, 1.0))
+    assert_close(x.clip(0, None).eval(env), np.clip(d, 0, None))
+    assert_close(exprc.maximum(x, 0.0).eval(env), np.maximum(d, np.float32(0)))
+    assert_close(exprc.minimum(x, 0.0).eval(env), np.minimum(d, np.float32(0)))
+
+
+REDUCTIONS = ["sum", "prod", "mean", "max", "min", "var", "std", "all", "any"]
+AXES = [None, 0, 1, -1, (0, 2), (0, 1, 2), ()]
+
+
+@pytest.mark.parametrize("name", REDUCTIONS)
+@pytest.mark.parametrize("axis", AXES, ids=str)
+@pytest.mark.parametrize("keepdims", [False, True])
+def test_reductions(name, axis, keepdims):
+    data = RNG.uniform(-1, 1, size=(2, 3, 4))
+    data[0, 1, 2] = 0.0
+    x = exprc.tensor3("x")
+    expected = getattr(np, name)(data, axis=axis, keepdims=keepdims)
+    assert_close(getattr(exprc, name)(x, axis=axis, keepdims=keepdims).eval({x: data}), expected)
+    assert_close(getattr(x, name)(axis=axis, keepdims=keepdims).eval({x: data}), expected)
+
+
+@pytest.mark.parametrize("dtype", ["bool", "int32", "int64", "float32"])
+@pytest.mark.parametrize("name", ["sum", "prod", "mean", "max", "min", "argmax", "argmin", "all", "any", "var"])
+def test_reductions_per_dtype(dtype, name):
+    data = (np.arange(12).reshape(3, 4) % 5 - 2).astype(dtype)
+    x = exprc.matrix("x", dtype)
+    for axis in (None, 0, 1):
+        assert_close(getattr(exprc, name)(x, axis=axis).eval({x: data}), getattr(np, name)(data, axis=axis))
+
+
+@pytest.mark.parametrize("axis", [None, 0, 1, -1])
+@pytest.mark.parametrize("keepdims", [False, True])
+def test_argmax_argmin(axis, keepdims):
+    data = np.array([[1.0, 5.0, 5.0], [7.0, -1.0, 7.0]])
+    x = exprc.matrix("x")
+    for name in ("argmax", "argmin"):
+        got = getattr(exprc, name)(x, axis=axis, keepdims=keepdims).eval({x: data})
+        assert_close(got, getattr(np, name)(data, axis=axis, keepdims=keepdims))
+
+
+def test_logsumexp_softmax_log_softmax():
+    special = pytest.importorskip("scipy.special")
+    x = exprc.matrix("x")
+    data = np.array([[1.0, 2.0, 3.0], [1000.0, 1000.0, -1000.0], [-np.inf, -np.inf, -np.inf]])
+    with np.errstate(all="ignore"):
+        for axis in (None, 0, 1, (0, 1)):
+            for kd in (False, True):
+                assert_close(exprc.logsumexp(x, axis=axis, keepdims=kd).eval({x: data}),
+                             special.logsumexp(data, axis=axis, keepdims=kd), ulps=4)
+        ok = data[:2]
+        assert_close(exprc.softmax(x).eval({x: ok}), special.softmax(ok, axis=-1), ulps=4)
+        assert_close(exprc.softmax(x, axis=0).eval({x: ok}), special.softmax(ok, axis=0), ulps=4)
+        assert_close(exprc.log_softmax(x).eval({x: ok}), special.log_softmax(ok, axis=-1), ulps=4)
+        assert_close(exprc.log_softmax(x, axis=0).eval({x: ok}), special.log_softmax(ok, axis=0), ulps=4)
+
+
+def test_var_std_ddof():
+    x = exprc.matrix("x")
+    for ddof in (0, 1):
+        assert_close(exprc.var(x, axis=1, ddof=ddof).eval({x: X}), np.var(X, axis=1, ddof=ddof))
+        assert_close(exprc.std(x, ddof=ddof).eval({x: X}), np.std(X, ddof=ddof))
+
+
+@pytest.mark.parametrize("sa,sb", [((3,), (3,)), ((2, 3), (3,)), ((3,), (3, 4)), ((2, 3), (3, 4)), ((), (3,))])
+def test_dot_and_matmul(sa, sb):
+    av, bv = RNG.uniform(-1, 1, sa), RNG.uniform(-1, 1, sb)
+    a, b = exprc.tensor("a", ndim=len(sa)), exprc.tensor("b", ndim=len(sb))
+    assert_close(exprc.dot(a, b).eval({a: av, b: bv}), np.asarray(np.dot(av, bv)))
+    assert_close(a.dot(b).eval({a: av, b: bv}), np.asarray(np.dot(av, bv)))
+    if sa and sb:
+        assert_close((a @ b).eval({a: av, b: bv}), av @ bv)
+        assert_close(exprc.matmul(a, b).eval({a: av, b: bv}), np.matmul(av, bv))
+
+
+def test_batched_matmul_and_int_dot():
+    a, b = exprc.tensor3("a"), exprc.matrix("b")
+    av, bv = RNG.uniform(size=(2, 3, 4)), RNG.uniform(size=(4, 5))
+    assert_close((a @ b).eval({a: av, b: bv}), av @ bv)
+    i, j = exprc.matrix("i", "int32"), exprc.vector("j", "int64")
+    iv, jv = np.arange(6, dtype=np.int32).reshape(2, 3), np.array([1, -2, 3])
+    assert_close(exprc.dot(i, j).eval({i: iv, j: jv}), np.dot(iv, jv))
+
+
+def test_shape_ops():
+    data = np.arange(24.0).reshape(2, 3, 4)
+    x = exprc.tensor3("x")
+    env = {x: data}
+    assert_close(exprc.reshape(x, (6, 4)).eval(env), data.reshape(6, 4))
+    assert_close(x.reshape(4, -1).eval(env), data.reshape(4, -1))
+    assert_close(exprc.transpose(x).eval(env), data.transpose())
+    assert_close(exprc.transpose(x, (1, 0, 2)).eval(env), data.transpose(1, 0, 2))
+    assert_close(x.transpose(2, 0, 1).eval(env), data.transpose(2, 0, 1))
+    assert_close(x.T.eval(env), data.T)
+    assert_close(exprc.expand_dims(x, 1).eval(env), np.expand_dims(data, 1))
+    assert_close(exprc.expand_dims(x, (0, -1)).eval(env), np.expand_dims(data, (0, -1)))
+    assert_close(exprc.flatten(x).eval(env), data.reshape(-1))
+    y = exprc.tensor("y", shape=(2, 1, 4))
+    yd = data[:, :1, :]
+    assert_close(exprc.squeeze(y).eval({y: yd}), np.squeeze(yd))
+    assert_close(exprc.squeeze(y, 1).eval({y: yd}), np.squeeze(yd, 1))
+    assert_close(exprc.squeeze(x[:, :1], 1).eval(env), np.squeeze(data[:, :1], 1))
+    assert_close(exprc.broadcast_to(y, (3, 2, 5, 4)).eval({y: yd}), np.broadcast_to(yd, (3, 2, 5, 4)))
+    assert_close(exprc.concatenate([x, x * 2], axis=1).eval(env), np.concatenate([data, data * 2], axis=1))
+    assert_close(exprc.concatenate([x, x], axis=-1).eval(env), np.concatenate([data, data], axis=-1))
+    assert_close(exprc.stack([x, x + 1], axis=0).eval(env), np.stack([data, data + 1], axis=0))
+    assert_close(exprc.stack([x, x + 1], axis=-1).eval(env), np.stack([data, data + 1], axis=-1))
+
+
+def test_squeeze_of_unknown_size_is_checked_at_call_time():
+    m = exprc.matrix("m")
+    t = exprc.tensor3("t")
+    assert_close(exprc.squeeze(t, 1).eval({t: np.ones((2, 1, 3))}), np.ones((2, 3)))
+    with pytest.raises(ValueError, match="size is not 1"):
+        exprc.squeeze(m, 0).eval({m: np.ones((3, 4))})
+
+
+@pytest.mark.parametrize("key", [
+    0, -1, slice(1, None), slice(None, None, -1), (0, 1), (slice(None), 2), (Ellipsis, 1), (None, 0),
+    (1, None, slice(0, 3, 2)), (Ellipsis,), (slice(None), None, Ellipsis), (0, 1, 2), (-2, Ellipsis, slice(-3, -1)),
+], ids=str)
+def test_basic_indexing(key):
+    data = np.arange(24.0).reshape(2, 3, 4)
+    x = exprc.tensor3("x")
+    assert_close(x[key].eval({x: data}), np.asarray(data[key]))
+
+
+def test_symbolic_shape_and_attributes():
+    x = exprc.matrix("x", "int32")
+    s = x.shape
+    assert isinstance(s, exprc.Node) and s.dtype == "int64" and s.ndim == 1
+    data = np.zeros((3, 5), np.int32)
+    assert_close(s.eval({x: data}), np.array(data.shape))
+    assert_close(x.shape[1].eval({x: data}), np.int64(5))
+    assert_close(exprc.shape(x).eval({x: data}), np.array([3, 5]))
+    assert x.ndim == 2 and x.dtype == "int32"
+    static = exprc.matrix("s", shape=(2, 7))
+    assert static.shape.is_constant and list(static.shape.value) == [2, 7]
+    y = exprc.vector("y")
+    assert_close((y / y.shape[0]).eval({y: np.ones(4)}), np.ones(4) / 4)
+
+
+def test_methods():
+    x = exprc.matrix("x")
+    env = {x: X}
+    assert_close(x.sum(axis=0).eval(env), X.sum(axis=0))
+    assert_close(x.max().eval(env), X.max())
+    assert_close(x.min(axis=1).eval(env), X.min(axis=1))
+    assert_close(x.mean().eval(env), X.mean())
+    assert_close(x.prod(axis=1).eval(env), X.prod(axis=1))
+    assert_close(x.argmax(axis=1).eval(env), X.argmax(axis=1))
+    assert_close(x.std().eval(env), X.std())
+    assert_close(x.var(axis=0).eval(env), X.var(axis=0))
+    assert_close((x > 0).all(axis=1).eval(env), (X > 0).all(axis=1))
+    assert_close((x > 0).any().eval(env), (X > 0).any())
+    assert_close(abs(x).eval(env), abs(X))
+    assert_close((-x).eval(env), -X)
+    assert_close((+x).eval(env), +X)
+    assert_close(x.astype("float32").eval(env), X.astype(np.float32))
+    assert_close(x.flatten().eval(env), X.flatten())
+    assert_close(x.squeeze().eval(env), X)
+
+
+def test_constants_and_arithmetic_on_them():
+    c = exprc.constant([1, 2, 3])
+    assert c.dtype == "int64"
+    assert_close((c * 2).eval(), np.array([1, 2, 3]) * 2)
+    assert exprc.constant(1.5, "float32").dtype == "float32"
+    assert exprc.constant(np.float32(1.5)).dtype == "float32"
+    assert exprc.constant(True).dtype == "bool"
+    assert_close(exprc.exp(exprc.constant(1.0)).eval(), np.exp(np.float64(1.0)))
+    assert math.isclose(float((exprc.constant(2.0) ** 0.5).eval()), math.sqrt(2.0))
+    assert_close((np.float32(2.0) * exprc.vector("v", "float32")).eval({"v": np.ones(2, np.float32)}),
+                 np.full(2, 2.0, np.float32))

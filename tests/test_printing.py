@@ -1,0 +1,99 @@
+"""pprint (infix, parenthesization checked by evaluating the text), debugprint, DOT and reprs."""
+
+import io
+
+import numpy as np
+import pytest
+
+import exprc
+
+a, b, c = exprc.scalar("a"), exprc.scalar("b"), exprc.scalar("c")
+VALUES = {"a": 1.7, "b": -0.3, "c": 2.9}
+NS = {"__builtins__": {}, "float64": np.float64, "log1p": np.log1p, "exp": np.exp, "square": np.square,
+      "maximum": np.maximum, "where": np.where, "sum": np.sum, **{k: np.float64(v) for k, v in VALUES.items()}}
+
+
+def _check_roundtrip(expr):
+    text = exprc.pprint(expr)
+    got = eval(text.replace(".astype(float64)", "*1.0"), dict(NS))
+    want = expr.eval({a: VALUES["a"], b: VALUES["b"], c: VALUES["c"]})
+    np.testing.assert_array_equal(np.asarray(got, dtype=want.dtype), want)
+    return text
+
+
+@pytest.mark.parametrize("build,text", [
+    (lambda: exprc.log1p(a) * b, "log1p(a) * b"),
+    (lambda: a - (b - c), "a - (b - c)"),
+    (lambda: (a - b) - c, "a - b - c"),
+    (lambda: (a + b) * c, "(a + b) * c"),
+    (lambda: a * (b / c), "a * (b / c)"),
+    (lambda: a + (b + c), "a + (b + c)"),
+    (lambda: a / (b * c), "a / (b * c)"),
+    (lambda: -a ** 2, "-a ** 2.0"),
+    (lambda: (-a) ** 2, "(-a) ** 2.0"),
+    (lambda: a ** b ** c, "a ** b ** c"),
+    (lambda: (a ** b) ** c, "(a ** b) ** c"),
+    (lambda: a // (b % c), "a // (b % c)"),
+    (lambda: -(a * b), "-(a * b)"),
+    (lambda: a * -b, "a * -b"),
+    (lambda: a - -1.0, "a - -1.0"),
+    (lambda: exprc.exp(a + b) * exprc.maximum(a, c), "exp(a + b) * maximum(a, c)"),
+])
+def test_pprint_infix_and_parentheses(build, text):
+    assert _check_roundtrip(build()) == text
+
+
+def test_comparisons_never_chain():
+    e = exprc.equal(a < b, b < c)
+    text = exprc.pprint(e)
+    assert text == "(a < b) == (b < c)"
+    assert bool(eval(text, dict(NS))) == bool(e.eval({a: 1.0, b: 2.0, c: 0.0}))
+    p, q = exprc.scalar("p", "bool"), exprc.scalar("q", "bool")
+    assert exprc.pprint((p & q) | ~p) == "p & q | ~p"
+    assert exprc.pprint(p & (q | p)) == "p & (q | p)"
+
+
+def test_pprint_other_forms():
+    x = exprc.matrix("x")
+    assert exprc.pprint(x.sum(axis=1)) == "sum(x, axis=(1,))"
+    assert exprc.pprint(x.sum()) == "sum(x)"
+    assert exprc.pprint(x[0, 1:3]) == "x[0, 1:3]"
+    assert exprc.pprint(x.astype("float32")) == "x.astype(float32)"
+    assert exprc.pprint([x + 1.0, x * 2.0]) == "x + 1.0, x * 2.0"
+    long = exprc.exp(exprc.sin(exprc.cos(exprc.tanh(exprc.sqrt(x * x + x * 3.0 + 12345.0 + x * 7.0)))))
+    text = exprc.pprint(long * long + long)
+    assert text.startswith("t0 = exp(") and text.endswith("t0 * t0 + t0")
+
+
+def test_debugprint_tree_with_types_and_shared_nodes():
+    x = exprc.vector("x", "float32")
+    e = exprc.exp(x) * exprc.exp(x)
+    out = exprc.debugprint(e)
+    lines = out.splitlines()
+    assert lines[0] == "mul float32[?] id=0"
+    assert lines[1] == " |exp float32[?] id=1"
+    assert lines[2] == " | |x float32[?] id=2"
+    assert lines[3] == " |*1"
+    buf = io.StringIO()
+    exprc.debugprint(e, file=buf)
+    assert buf.getvalue().strip() == out
+    f = exprc.function([x], e * 1, backend="numpy")
+    assert exprc.debugprint(f) == out  # the optimized graph: * 1 is gone
+
+
+def test_to_dot_and_reprs():
+    x = exprc.vector("x")
+    y = x - 2.0
+    dot = exprc.to_dot(y)
+    assert dot.startswith("digraph") and '[label="0"]' in dot and '[label="1"]' in dot and "sub" in dot
+    assert repr(x) == "Tensor(float64[?], name='x')"
+    assert repr(y) == "Tensor(float64[?], 'x - 2.0')"
+    f = exprc.function([x], y, backend="numpy")
+    assert "numpy" in repr(f) and "x - 2.0" in repr(f)
+    assert "def compiled(v0)" in f.source
+
+
+def test_special_constants_print_as_python():
+    x = exprc.scalar("x")
+    text = exprc.pprint(exprc.maximum(x, float("-inf")) + float("inf"))
+    assert "float('-inf')" in text and "float('inf')" in text

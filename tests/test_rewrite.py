@@ -1,0 +1,145 @@
+"""Rewrite rules: structure (which ops remain, which rules fired) and numbers (sign of zero, NaN, Inf)."""
+
+import numpy as np
+import pytest
+
+import exprc
+from exprc.errors import UnknownRewriteError
+from exprc.graph import toposort
+from exprc.rewrite import REGISTRY
+
+SPECIAL = np.array([0.0, -0.0, np.nan, np.inf, -np.inf, 1.5, -2.5, 1e308, 5e-324])
+
+
+def _ops(f):
+    return [n.op for n in f.graph.nodes if n.op not in ("input", "constant")]
+
+
+def _same_bits(a, b):
+    a, b = np.asarray(a), np.asarray(b)
+    assert a.dtype == b.dtype and a.shape == b.shape
+    assert np.array_equal(np.isnan(a), np.isnan(b))
+    ok = ~np.isnan(a)
+    np.testing.assert_array_equal(a[ok], b[ok])
+    np.testing.assert_array_equal(np.signbit(a[ok]), np.signbit(b[ok]))  # -0.0 stays -0.0
+
+
+@pytest.mark.parametrize("build,rule,ref", [
+    (lambda x: x * 1, "mul_one", lambda d: d * 1),
+    (lambda x: 1.0 * x, "mul_one", lambda d: 1.0 * d),
+    (lambda x: x + (-0.0), "add_zero", lambda d: d + (-0.0)),
+    (lambda x: x - 0.0, "sub_zero", lambda d: d - 0.0),
+    (lambda x: x / 1, "div_one", lambda d: d / 1),
+    (lambda x: exprc.negative(-x), "neg_neg", lambda d: np.negative(-d)),
+    (lambda x: x ** 1, "pow_one", lambda d: d ** 1),
+])
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_exact_identities_remove_the_op(build, rule, ref, dtype):
+    x = exprc.vector("x", dtype)
+    f = exprc.function([x], build(x), backend="numpy")
+    assert rule in f.rewrites
+    assert _ops(f) == []  # the output is x itself
+    d = SPECIAL.astype(dtype)
+    with np.errstate(all="ignore"):
+        _same_bits(f(d), ref(d))
+    g = exprc.function([x], build(x), backend="numpy", exclude=(rule,))
+    assert rule not in g.rewrites and _ops(g) != []
+    _same_bits(g(d), f(d))
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_add_plus_zero_is_kept_for_floats(dtype):
+    x = exprc.vector("x", dtype)
+    f = exprc.function([x], x + 0.0, backend="numpy")
+    assert "add_zero" not in f.rewrites and _ops(f) == ["add"]
+    out = f(np.array([-0.0, 1.0], dtype))
+    assert not np.signbit(out[0]) and np.signbit(np.array(-0.0, dtype) + 0)  == np.False_
+    f2 = exprc.function([x], x - (-0.0), backend="numpy")
+    assert _ops(f2) == ["sub"] and not np.signbit(f2(np.array([-0.0], dtype))[0])
+
+
+@pytest.mark.parametrize("dtype", ["int32", "int64"])
+def test_integer_identities(dtype):
+    x = exprc.vector("x", dtype)
+    for e, rule in [(x + 0, "add_zero"), (x * 1, "mul_one"), (x - 0, "sub_zero"), (x ** 1, "pow_one")]:
+        f = exprc.function([x], e, backend="numpy")
+        assert rule in f.rewrites and _ops(f) == []
+        d = np.array([-3, 0, 7], dtype)
+        np.testing.assert_array_equal(f(d), d)
+
+
+def test_pow_two_becomes_square():
+    x = exprc.vector("x")
+    f = exprc.function([x], x ** 2, backend="numpy")
+    assert f.rewrites == ["pow_two"] and _ops(f) == ["square"]
+    with np.errstate(all="ignore"):
+        _same_bits(f(SPECIAL), SPECIAL ** 2)
+
+
+def test_identities_that_would_change_the_shape_are_refused():
+    x = exprc.vector("x", shape=(1,))
+    e = x * exprc.constant(np.ones(3))
+    f = exprc.function([x], e, backend="numpy")
+    assert "mul_one" not in f.rewrites
+    np.testing.assert_array_equal(f(np.array([2.0])), np.full(3, 2.0))
+
+
+def test_constant_folding_with_nan_and_inf():
+    c = exprc.constant(np.array([1.0, -1.0, 0.0, np.inf]))
+    e = exprc.log(c) * 2.0 + exprc.sqrt(c)
+    x = exprc.vector("x")
+    f = exprc.function([x], x + e, backend="numpy")
+    assert "constant_fold" in f.rewrites and _ops(f) == ["add"]
+    with np.errstate(all="ignore"):
+        ref = np.log(c.value) * 2.0 + np.sqrt(c.value)
+    _same_bits(f(np.zeros(4)), np.zeros(4) + ref)
+    g = exprc.optimize(exprc.constant(2.0) * exprc.constant(3.0))
+    assert g.outputs[0].is_constant and g.outputs[0].value == 6.0 and g.rewrites == ["constant_fold"]
+    assert exprc.optimize(-exprc.constant(-0.0)).outputs[0].value.tobytes() == np.float64(0.0).tobytes()
+
+
+def test_cse_and_dead_code():
+    x, y = exprc.vector("x"), exprc.vector("y")
+    e = exprc.exp(x) + exprc.exp(x)  # interning: one exp node
+    f = exprc.function([x, y], e, backend="numpy")
+    assert _ops(f).count("exp") == 1
+    np.testing.assert_allclose(f([1.0], [0.0]), 2 * np.exp([1.0]))
+    w = exprc.where(True, x * 2.0, exprc.log(y))  # the log branch is dead
+    g = exprc.function([x, y], w, backend="numpy")
+    assert "where_constant_condition" in g.rewrites and _ops(g) == ["mul"]
+    np.testing.assert_array_equal(g([3.0], [-1.0]), [6.0])
+    assert len(toposort(g.graph.outputs)) == 3
+
+
+def test_other_canonical_rules():
+    x = exprc.matrix("x", "int32")
+    e = x.astype("int64").astype("float64")
+    f = exprc.function([x], e, backend="numpy")
+    assert "cast_cast_widen" in f.rewrites and _ops(f) == ["cast"]
+    d = np.array([[1, -2]], np.int32)
+    np.testing.assert_array_equal(f(d), d.astype(np.float64))
+    m = exprc.matrix("m")
+    f = exprc.function([m], m.T.T, backend="numpy")
+    assert "dimshuffle_compose" in f.rewrites and _ops(f) == []
+    f = exprc.function([m], exprc.sum(m, axis=()), backend="numpy")
+    assert "reduce_no_axes" in f.rewrites and _ops(f) == []
+
+
+def test_exclude_by_name_tag_and_unknown():
+    x = exprc.vector("x")
+    e = x * 1 + exprc.constant(2.0) * exprc.constant(3.0)
+    assert exprc.function([x], e, backend="numpy", exclude=("algebra",)).rewrites == ["constant_fold"]
+    assert exprc.function([x], e, backend="numpy", exclude=("fold",)).rewrites == ["mul_one"]
+    assert exprc.function([x], e, backend="numpy", exclude=("canonicalize",)).rewrites == []
+    assert exprc.function([x], e, backend="numpy", exclude=("stability", "specialize")).rewrites != []
+    with pytest.raises(UnknownRewriteError, match="no_such_rule"):
+        exprc.function([x], e, backend="numpy", exclude=("no_such_rule",))
+    with pytest.raises(KeyError):
+        exprc.optimize([e], exclude=("nope",))
+
+
+def test_rules_have_names_tags_and_docs():
+    assert {"neg_neg", "mul_one", "add_zero", "sub_zero", "div_one", "pow_one", "pow_two", "constant_fold"} <= set(
+        REGISTRY)
+    for name, r in REGISTRY.items():
+        assert r.name == name and r.tags and r.doc
