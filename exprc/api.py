@@ -6,11 +6,12 @@ from __future__ import annotations
 import builtins
 import math
 import numbers
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
-from exprc.errors import DTypeError, ShapeError
+from exprc.errors import ShapeError
 from exprc.graph import Node, constant_node, input_node
 from exprc.ops import OPS, cast
 from exprc.types import as_dtype, normalize_axis, shape_str, weak_scalar_dtype
@@ -134,13 +135,13 @@ logical_or = bitwise_or = _binary("or", "x | y")
 logical_xor = bitwise_xor = _binary("xor", "x ^ y")
 
 negative = _unary("neg", "-x")
-abs = absolute = _unary("abs", "|x|")  # noqa: A001 - NumPy's name
+abs = absolute = _unary("abs", "|x|")
 invert = logical_not = _unary("invert", "~x (logical not for bools)")
 square = _unary("square", "x * x")
 sign = _unary("sign", "-1, 0 or 1 (NaN stays NaN)")
 floor = _unary("floor", "Largest integer <= x")
 ceil = _unary("ceil", "Smallest integer >= x")
-round = rint = _unary("round", "Round half to even, as numpy.round")  # noqa: A001
+round = rint = _unary("round", "Round half to even, as numpy.round")
 reciprocal = _unary("reciprocal", "1 / x (integers give float64, unlike NumPy)")
 exp = _unary("exp", "e ** x")
 exp2 = _unary("exp2", "2 ** x")
@@ -201,7 +202,7 @@ def _reduce(op: str, x: TensorLike, axis: Any = None, keepdims: bool = False) ->
     return OPS[op].make((x,), {"axis": axes, "keepdims": bool(keepdims)})
 
 
-def sum(x: TensorLike, axis: Any = None, keepdims: bool = False) -> Node:  # noqa: A001
+def sum(x: TensorLike, axis: Any = None, keepdims: bool = False) -> Node:
     """Sum over ``axis`` (None = all); bool/int32 accumulate in int64 as in NumPy."""
     return _reduce("sum", x, axis, keepdims)
 
@@ -216,22 +217,22 @@ def mean(x: TensorLike, axis: Any = None, keepdims: bool = False) -> Node:
     return _reduce("mean", x, axis, keepdims)
 
 
-def max(x: TensorLike, axis: Any = None, keepdims: bool = False) -> Node:  # noqa: A001
+def max(x: TensorLike, axis: Any = None, keepdims: bool = False) -> Node:
     """Maximum over ``axis``; NaN propagates."""
     return _reduce("max", x, axis, keepdims)
 
 
-def min(x: TensorLike, axis: Any = None, keepdims: bool = False) -> Node:  # noqa: A001
+def min(x: TensorLike, axis: Any = None, keepdims: bool = False) -> Node:
     """Minimum over ``axis``; NaN propagates."""
     return _reduce("min", x, axis, keepdims)
 
 
-def all(x: TensorLike, axis: Any = None, keepdims: bool = False) -> Node:  # noqa: A001
+def all(x: TensorLike, axis: Any = None, keepdims: bool = False) -> Node:
     """True where every element over ``axis`` is nonzero."""
     return _reduce("all", x, axis, keepdims)
 
 
-def any(x: TensorLike, axis: Any = None, keepdims: bool = False) -> Node:  # noqa: A001
+def any(x: TensorLike, axis: Any = None, keepdims: bool = False) -> Node:
     """True where some element over ``axis`` is nonzero."""
     return _reduce("any", x, axis, keepdims)
 

@@ -7,7 +7,8 @@ one array per output; it exposes ``source`` and ``kernels``.
 from __future__ import annotations
 
 import warnings
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from exprc.config import Config
 from exprc.errors import BackendUnavailable

@@ -14,8 +14,9 @@ import contextlib
 import contextvars
 import dataclasses
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -34,7 +35,7 @@ class Config:
     max_rewrite_rounds: int = 16
     exclude: tuple[str, ...] = field(default=())  #: rewrite names or tags to skip
 
-    def replace(self, **changes: Any) -> "Config":
+    def replace(self, **changes: Any) -> Config:
         return dataclasses.replace(self, **changes)
 
 

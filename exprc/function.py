@@ -74,7 +74,7 @@ def _make_converter(pos: int, var: Node, allow_downcast: bool) -> Callable[[Any]
                 raise ShapeError(f"{label}: expected shape {shape_str(static)}, got {shape_str(arr.shape)}")
 
     def conv(value: Any) -> np.ndarray:
-        if type(value) is np.ndarray and value.dtype == dt and value.ndim == nd:
+        if type(value) is np.ndarray and (value.dtype is dt or value.dtype == dt) and value.ndim == nd:
             arr = value
         else:
             arr = slow(value)

@@ -18,8 +18,8 @@ Excluding the tag ``fusion`` gives every elementwise node its own kernel.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import networkx as nx
 

@@ -15,14 +15,15 @@ from __future__ import annotations
 import itertools
 import threading
 import weakref
-from typing import Any, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
 
 import networkx as nx
 import numpy as np
 
 from exprc.types import _KNOWN, TensorType, as_dtype
 
-_TABLE: "weakref.WeakValueDictionary[tuple, Node]" = weakref.WeakValueDictionary()
+_TABLE: weakref.WeakValueDictionary[tuple, Node] = weakref.WeakValueDictionary()
 _TABLE_LOCK = threading.Lock()
 _UIDS = itertools.count()
 
@@ -30,7 +31,7 @@ _UIDS = itertools.count()
 class ConstValue:
     """A hashable, read-only wrapper of a constant's array (compared by bytes)."""
 
-    __slots__ = ("array", "_key", "_hash")
+    __slots__ = ("_hash", "_key", "array")
 
     def __init__(self, array: np.ndarray):
         array = np.array(array, copy=True)
@@ -57,14 +58,14 @@ class Node:
     pairs) and ``type`` (a :class:`~exprc.types.TensorType`).
     """
 
-    __slots__ = ("op", "inputs", "attrs", "type", "__weakref__")
+    __slots__ = ("__weakref__", "attrs", "inputs", "op", "type")
 
     op: str
-    inputs: tuple["Node", ...]
+    inputs: tuple[Node, ...]
     attrs: tuple[tuple[str, Any], ...]
     type: TensorType
 
-    def __new__(cls, op: str, inputs: Sequence["Node"], attrs: dict | tuple, type: TensorType) -> "Node":
+    def __new__(cls, op: str, inputs: Sequence[Node], attrs: dict | tuple, type: TensorType) -> Node:  # noqa: PYI034
         attrs_t = tuple(sorted(attrs.items())) if isinstance(attrs, dict) else tuple(attrs)
         key = (op, tuple(inputs), attrs_t, type)
         with _TABLE_LOCK:
@@ -117,14 +118,14 @@ class Node:
         return self.arg("value").array
 
     @property
-    def shape(self) -> "Node":
+    def shape(self) -> Node:
         """The symbolic shape: an int64 vector node (folded when sizes are static)."""
         from exprc import api
 
         return api.shape(self)
 
     @property
-    def T(self) -> "Node":
+    def T(self) -> Node:
         from exprc import api
 
         return api.transpose(self)
@@ -283,4 +284,4 @@ def iter_nodes(outputs: Sequence[Node]) -> Iterator[Node]:
 
 # Operators on nodes live in exprc.api, which installs them on Node when it is
 # imported; importing it last here breaks the import cycle.
-import exprc.api  # noqa: E402, F401
+import exprc.api  # noqa: F401

@@ -14,8 +14,9 @@ renderers ever see mixed dtypes inside one elementwise op.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 

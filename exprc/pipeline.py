@@ -5,8 +5,8 @@ Read :func:`optimize` top to bottom to know what happens to a graph.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Iterable, Sequence
 
 import networkx as nx
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import builtins
 import re
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -129,7 +130,7 @@ def debugprint(obj: Any, file: Any = None) -> str:
     expanded once and referenced by id afterwards.  Accepts nodes or a Function."""
     outputs = getattr(obj, "outputs", None)
     if outputs is not None and not isinstance(obj, Node):
-        outputs = list(getattr(obj, "graph").outputs) if hasattr(obj, "graph") else list(outputs)
+        outputs = list(obj.graph.outputs) if hasattr(obj, "graph") else list(outputs)
     else:
         outputs = [obj] if isinstance(obj, Node) else list(obj)
     ids: dict[Node, int] = {}

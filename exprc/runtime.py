@@ -14,7 +14,8 @@ from __future__ import annotations
 import math
 import os
 import threading
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import cffi
 import numpy as np
@@ -314,10 +315,8 @@ class CKernel:
         """The common case (no views, no NumPy steps, contiguous inputs): fill pointers, one call."""
         ptrs = plan.ptrs
         fb, char_array = _backend_fb, _CHAR_ARRAY
-        i = 0
-        for a in arrays:
+        for i, a in enumerate(arrays):
             ptrs[i] = fb(char_array, a, False)
-            i += 1
         outs = []
         for _, slot, shape, dt in plan.out_specs:
             res = np.empty(shape, dt)

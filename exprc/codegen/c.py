@@ -179,8 +179,8 @@ class CRenderer:
         title = comment(pprint(k.outputs if k.reduce is None else [k.reduce], max_inline=10_000))
         head = [f"/* {k.name}: {title.replace(chr(10), '; ')} */"]
         flat, main = self.render_reduce(kl) if k.reduce is not None else self.render_elemwise(kl)
-        return "\n".join(head + flat + [f"static void {k.name}(char **restrict ptrs, const int64_t *restrict P, "
-                                          "int nthreads)", "{"] + main + ["}"])
+        signature = f"static void {k.name}(char **restrict ptrs, const int64_t *restrict P, int nthreads)"
+        return "\n".join([*head, *flat, signature, "{", *main, "}"])
 
     def _dims(self, kl: KernelLayout) -> list[str]:
         return [f"    const int64_t n{d} = P[{kl.p_dims + d}];" for d in range(kl.ndim)]
@@ -232,8 +232,7 @@ class CRenderer:
     def _split(self, total: str, call: str, indent: str = "        ") -> list[str]:
         """Run ``call`` (using lo, hi, id) over [0, total) on nthreads threads when worth it."""
         return [f"{indent}if (nthreads > 1 && {total} > {PARALLEL_THRESHOLD}) {{",
-                f"{indent}    #pragma omp parallel num_threads(nthreads < EXPRC_MAX_THREADS ? nthreads : "
-                "EXPRC_MAX_THREADS)",
+                f"{indent}    #pragma omp parallel num_threads(nthreads < EXPRC_MAX_THREADS ? nthreads : EXPRC_MAX_THREADS)",
                 f"{indent}    {{",
                 f"{indent}        EXPRC_THREAD_RANGE({total}, lo, hi, id)",
                 f"{indent}        {call}",

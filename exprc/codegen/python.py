@@ -10,7 +10,8 @@ op table validated.
 from __future__ import annotations
 
 import keyword
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 

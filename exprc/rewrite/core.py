@@ -9,8 +9,9 @@ are matched in both operand orders, so ``1 + x`` and ``x + 1`` hit the same rule
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import numpy as np
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 from exprc.graph import Node, rebuild, toposort
 from exprc.rewrite.core import Rule
