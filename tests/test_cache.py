@@ -350,3 +350,17 @@ def test_memo_returns_independent_functions_sharing_the_kernel(cache_dir):
     assert g(np.ones(2, np.float64)).dtype == np.float32
     h = exprc.function([x], exprc.exp(x), backend="c", config=current().replace(cache=False))
     assert h._kernel is not f._kernel
+
+
+def test_failed_build_leaves_nothing_and_releases_the_lock(cache_dir):
+    def build(d):
+        (d / "half.so").write_bytes(b"partial")
+        raise exprc.errors.CompileError("boom", None, "log")
+
+    with pytest.raises(exprc.errors.CompileError, match="boom"):
+        cache.load("k_fail", "int x;", {}, build, str, current())
+    r = cache.root(current())
+    assert _entry_dirs(r) == [] and cache.leftovers(r) == [] and not list((r / "locks").glob("*.lock"))
+    lib, folder = cache.load("k_fail", "int x;", {}, lambda d: (d / "k_fail.so").write_bytes(b"ok") and d / "k_fail.so",
+                             lambda p: p.read_bytes(), current())
+    assert lib == b"ok" and folder.name.startswith("k_fail-")
