@@ -8,6 +8,7 @@ Layout of :func:`root` (one folder per exprc version, Python ABI and platform)::
         meta.json           key parts, timestamps, hits, sizes, sha256 of the library (no pickle)
     locks/<key>.lock        flock-ed only while that entry compiles (released when a process dies)
     toolchain/<id>.json     compiler probe results (see :mod:`exprc.compile.cc`)
+    dispatch/<id>/          the call dispatcher extension (see :mod:`exprc.compile.dispatch`)
     .tmp-<key>-XXXX/        an entry being built, or what a killed build left (never loaded)
     .trash-<key>-XXXX/      an entry being deleted
 

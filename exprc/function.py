@@ -103,6 +103,8 @@ class Function:
         self.config = config
         self._kernel = kernel
         self._single = single
+        make_fast = getattr(kernel, "fast_path", None)
+        self._fast = make_fast(single) if make_fast is not None else None
         self._n = len(inputs)
         self._convert = [_make_converter(i, v, allow_downcast) for i, v in enumerate(inputs)]
         self._positions: dict[str, int | None] = {}
@@ -153,6 +155,11 @@ class Function:
     def __call__(self, *args: Any, out: Any = None, **kwargs: Any) -> Any:
         """Run the function.  ``out=`` (an array, or a list for several outputs) receives
         the results in place (C backend), saving the allocation of fresh outputs."""
+        fast = self._fast
+        if fast is not None and out is None and not kwargs:
+            result = fast(*args)
+            if result is not None:
+                return result
         if kwargs:
             args = tuple(self._bind(args, kwargs))
         elif len(args) != self._n:

@@ -45,7 +45,18 @@ _LOAD_LOCK = threading.Lock()
 # libgomp hangs in a forked child that starts a parallel region after the parent
 # used one (multiprocessing forks on Linux): children run kernels on one thread.
 _SERIAL = [False]
-os.register_at_fork(after_in_child=lambda: _SERIAL.__setitem__(0, True))
+
+
+def _after_fork_in_child() -> None:
+    _SERIAL[0] = True
+    from exprc.compile import dispatch
+
+    for module in dispatch._MODULE.values():
+        if module is not None:
+            module.set_serial()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _pointer(a: np.ndarray) -> Any:
@@ -138,6 +149,8 @@ class CKernel:
         self._outputs = list(fg.outputs)
         self._inputs = list(fg.inputs)
         self._nkernels = len(self.layout.kernels)
+        self._dispatchers: list[Any] = []
+        self._offered: dict[int, set] = {}
         self._written = {n for s in self.program.steps for n in (s.outputs if isinstance(s, Kernel) else [s.node])}
 
     # -- plans ------------------------------------------------------------------
@@ -301,6 +314,8 @@ class CKernel:
             except _Unsupported:
                 return self._fallback(arrays, out)
             self._pools.setdefault(key, [])
+            if plan.simple and out is None and self._offer(plan, arrays):
+                plan = self._make_plan(arrays, out)  # that one now belongs to the C dispatcher
         try:
             if plan.simple and out is None:
                 try:
@@ -310,6 +325,39 @@ class CKernel:
             return self._execute(plan, arrays, out)
         finally:
             self._pools[key].append(plan)
+
+    # -- the C dispatcher -----------------------------------------------------------
+    def fast_path(self, single: bool) -> Any:
+        """A C callable running the common call path, or None (no dispatcher here).
+
+        It returns None for anything it does not handle, and then the Python path runs."""
+        from exprc.compile import dispatch
+
+        for flag, d in self._dispatchers:
+            if flag == single:
+                return d  # shared by every Function over this kernel (calls are thread-safe)
+        module = dispatch.load(self.cfg)
+        if module is None or len(self._inputs) > 64 or len(self.layout.slots) > 256:
+            return None
+        fn = int(_FFI.cast("uintptr_t", self._run))
+        types = tuple((np.dtype(x.dtype).num, x.ndim) for x in self._inputs)
+        d = module.Dispatcher(fn, types, max(len(self.layout.slots), 1), self._nkernels, self.nthreads, single)
+        self._dispatchers.append((single, d))
+        return d
+
+    def _offer(self, plan: Plan, arrays: Sequence[np.ndarray]) -> bool:
+        """Give a simple plan to a dispatcher that has no plan for these shapes yet."""
+        shapes = tuple(tuple(a.shape) for a in arrays)
+        if not all(a.flags.c_contiguous for a in arrays):
+            return False
+        specs = tuple((slot, tuple(shape), np.dtype(dt).num) for _, slot, shape, dt in plan.out_specs)
+        P = int(_FFI.cast("uintptr_t", plan.P_ptr))
+        ptrs = int(_FFI.cast("uintptr_t", plan.ptrs))
+        for _, d in self._dispatchers:
+            if shapes not in self._offered.setdefault(id(d), set()) and d.add_plan(shapes, P, ptrs, specs, plan):
+                self._offered[id(d)].add(shapes)
+                return True
+        return False
 
     def _execute_simple(self, plan: Plan, arrays: Sequence[np.ndarray]) -> list[np.ndarray]:
         """The common case (no views, no NumPy steps, contiguous inputs): fill pointers, one call."""

@@ -1,0 +1,96 @@
+"""The C call dispatcher: same results as the Python call path, safe fallbacks, threads, fork."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+import exprc
+from exprc.compile import dispatch
+from exprc.errors import InputTypeError
+
+
+@pytest.fixture(autouse=True)
+def _cache_dir(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("EXPRC_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "dispatch-cache"))
+
+
+def _fn():
+    a, b, c = exprc.vector("a"), exprc.vector("b"), exprc.vector("c")
+    return exprc.function([a, b, c], [a * b + c, exprc.sum(exprc.exp(a))])
+
+
+def test_dispatcher_is_built_and_used():
+    f = _fn()
+    assert f._fast is not None, dispatch.UNAVAILABLE
+    x = np.arange(5.0)
+    first = f(x, x, x)  # Python path: builds the plan and hands it to the dispatcher
+    assert f._fast(x, x, x) is not None  # now served in C
+    second = f(x, x, x)
+    for p, q in zip(first, second):
+        np.testing.assert_array_equal(p, q)
+    np.testing.assert_array_equal(second[0], x * x + x)
+    assert second[1] == pytest.approx(np.sum(np.exp(x)))
+
+
+def test_unhandled_calls_fall_back_to_the_python_path():
+    f = _fn()
+    x = np.arange(6.0)
+    f(x, x, x)
+    assert f._fast(x[::2], x[::2], x[::2]) is None  # non-contiguous
+    np.testing.assert_array_equal(f(x[::2], x[::2], x[::2])[0], x[::2] ** 2 + x[::2])
+    assert f._fast([1.0], [2.0], [3.0]) is None  # lists
+    np.testing.assert_array_equal(f([1.0], [2.0], [3.0])[0], [5.0])
+    with pytest.raises(InputTypeError, match="argument 'a' .position 0."):
+        f(x.reshape(2, 3), x, x)
+    assert f._fast(x, x) is None
+    with pytest.raises(InputTypeError, match="expected 3 arguments"):
+        f(x, x)
+
+
+def test_static_shapes_are_still_checked():
+    a = exprc.vector("a", shape=(3,))
+    f = exprc.function([a], a * 2)
+    np.testing.assert_array_equal(f(np.ones(3)), [2, 2, 2])
+    np.testing.assert_array_equal(f(np.ones(3)), [2, 2, 2])
+    with pytest.raises(exprc.errors.ShapeError, match="expected shape"):
+        f(np.ones(4))
+
+
+def test_concurrent_calls_from_threads():
+    f = _fn()
+    rng = np.random.default_rng(0)
+    data = [rng.normal(size=(3, n)) for n in (10, 1000, 50_000, 10, 1000)] * 20
+
+    def run(d):
+        out = f(*d)
+        np.testing.assert_allclose(out[0], d[0] * d[1] + d[2])
+        np.testing.assert_allclose(out[1], np.sum(np.exp(d[0])), rtol=1e-12)
+        return True
+
+    with ThreadPoolExecutor(8) as pool:
+        assert all(pool.map(run, data))
+
+
+def _child(q):
+    a = exprc.vector("a")
+    f = exprc.function([a], exprc.sum(exprc.exp(a)))
+    q.put(float(f(np.ones(200_000))))
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork only")
+def test_forked_children_do_not_hang_after_parallel_regions():
+    a = exprc.vector("a")
+    f = exprc.function([a], exprc.sum(exprc.exp(a)), config=exprc.Config(num_threads=2))
+    f(np.ones(500_000))  # the parent has now run an OpenMP parallel region
+    ctx = multiprocessing.get_context("fork")
+    q = ctx.Queue()
+    p = ctx.Process(target=_child, args=(q,))
+    p.start()
+    p.join(60)
+    assert p.exitcode == 0, "forked child hung or crashed"
+    assert q.get(timeout=5) == pytest.approx(200_000 * np.e)
