@@ -103,8 +103,10 @@ class Function:
         self.config = config
         self._kernel = kernel
         self._single = single
-        make_fast = getattr(kernel, "fast_path", None)
-        self._fast = make_fast(single) if make_fast is not None else None
+        # The C dispatcher is attached on the second call: a function called once should not
+        # pay for it (building it the first time on a machine takes a compiler run).
+        self._make_fast = getattr(kernel, "fast_path", None)
+        self._fast = None
         self._n = len(inputs)
         self._convert = [_make_converter(i, v, allow_downcast) for i, v in enumerate(inputs)]
         self._positions: dict[str, int | None] = {}
@@ -165,6 +167,10 @@ class Function:
         elif len(args) != self._n:
             raise InputTypeError(f"expected {self._n} arguments ({self._signature()}), got {len(args)}")
         arrays = [conv(a) for conv, a in zip(self._convert, args)]
+        if self._make_fast is not None:
+            self._calls = getattr(self, "_calls", 0) + 1
+            if self._calls >= 2:
+                self._fast, self._make_fast = self._make_fast(self._single), None
         if out is not None:
             outs = self._call_out(arrays, [out] if self._single else list(out))
         else:

@@ -314,8 +314,6 @@ class CKernel:
             except _Unsupported:
                 return self._fallback(arrays, out)
             self._pools.setdefault(key, [])
-            if plan.simple and out is None and self._offer(plan, arrays):
-                plan = self._make_plan(arrays, out)  # that one now belongs to the C dispatcher
         try:
             if plan.simple and out is None:
                 try:
@@ -324,7 +322,10 @@ class CKernel:
                     pass
             return self._execute(plan, arrays, out)
         finally:
-            self._pools[key].append(plan)
+            # A dispatcher without a plan for these shapes takes this one over (the
+            # Python path makes itself another plan when it needs one).
+            if not (plan.simple and out is None and self._dispatchers and self._offer(plan, arrays)):
+                self._pools[key].append(plan)
 
     # -- the C dispatcher -----------------------------------------------------------
     def fast_path(self, single: bool) -> Any:
