@@ -45,6 +45,8 @@ _LOAD_LOCK = threading.Lock()
 # libgomp hangs in a forked child that starts a parallel region after the parent
 # used one (multiprocessing forks on Linux): children run kernels on one thread.
 _SERIAL = [False]
+#: Plans (each with its scratch buffers) kept per function before old ones are dropped.
+_MAX_SIGNATURES = 32
 
 
 def _after_fork_in_child() -> None:
@@ -313,6 +315,8 @@ class CKernel:
                 plan = self._make_plan(arrays, out)
             except _Unsupported:
                 return self._fallback(arrays, out)
+            if key not in self._pools and len(self._pools) >= _MAX_SIGNATURES:
+                self._pools.clear()  # many shapes seen: drop old plans and their scratch buffers
             self._pools.setdefault(key, [])
         try:
             if plan.simple and out is None:
@@ -325,7 +329,7 @@ class CKernel:
             # A dispatcher without a plan for these shapes takes this one over (the
             # Python path makes itself another plan when it needs one).
             if not (plan.simple and out is None and self._dispatchers and self._offer(plan, arrays)):
-                self._pools[key].append(plan)
+                self._pools.setdefault(key, []).append(plan)
 
     # -- the C dispatcher -----------------------------------------------------------
     def fast_path(self, single: bool) -> Any:

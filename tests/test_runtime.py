@@ -189,3 +189,13 @@ def test_fusion_can_be_excluded():
     fused = exprc.function([a, b], exprc.exp(a) * b + 1)
     split = both([a, b], exprc.exp(a) * b + 1, np.arange(4.0), np.ones(4), exclude=("fusion",))
     assert len(fused.kernels) == 1 and len(split.kernels) == 3
+
+
+def test_many_shapes_do_not_keep_unbounded_plans():
+    from exprc import runtime
+
+    a = exprc.vector("a")
+    f = exprc.function([a], exprc.exp(a) * 2)
+    for n in range(1, 3 * runtime._MAX_SIGNATURES):
+        np.testing.assert_allclose(f(np.ones(n)), np.full(n, 2 * np.e))
+    assert len(f._kernel._pools) <= runtime._MAX_SIGNATURES
