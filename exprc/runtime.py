@@ -24,7 +24,7 @@ from exprc import cache
 from exprc.codegen.c import CRenderer, Layout
 from exprc.compile import cc
 from exprc.config import Config
-from exprc.errors import InputError, InputTypeError, ShapeError
+from exprc.errors import InputTypeError, ShapeError
 from exprc.fusion import VIEW_OPS, Kernel, Program, Step, lower
 from exprc.graph import Node
 from exprc.ops import OPS
@@ -482,4 +482,4 @@ def factory(fg: FunctionGraph, cfg: Config) -> CKernel:
     return CKernel(fg, cfg, fuse="fusion" not in cfg.exclude)
 
 
-__all__ = ["CKernel", "InputError", "math"]
+__all__ = ["CKernel", "factory"]

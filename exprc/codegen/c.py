@@ -308,7 +308,6 @@ class CRenderer:
         src = r.inputs[0]
         out_j = len(kl.accesses) - 1
         out_s = kl.accesses[out_j][1]
-        uses_nan = "nanf" in combine
 
         def value(names: dict[Node, str], indent: str) -> list[str]:
             body = self.body(k, names, indent)
@@ -359,7 +358,6 @@ class CRenderer:
         main += close
         main.append(f"{indent}*({out_t} *)({out_addr}) = ({out_t})({fin});")
         main += self._close(range(nk), indent)[0]
-        del uses_nan
         return flat, main
 
     # -- module -----------------------------------------------------------------
