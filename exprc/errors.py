@@ -55,3 +55,7 @@ class CacheError(ExprcError, RuntimeError):
 
 class DisconnectedInputError(ExprcError, ValueError):
     """A variable passed to ``grad`` does not influence the cost."""
+
+
+class UpdateError(ExprcError, ValueError):
+    """``updates=`` of ``exprc.function`` is malformed (a variable updated twice, ...)."""

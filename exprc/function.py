@@ -19,7 +19,7 @@ import numpy as np
 from exprc import backends
 from exprc.config import Config, resolve
 from exprc.errors import InputError, InputTypeError, MissingInputError, ShapeError
-from exprc.graph import Node, toposort
+from exprc.graph import Node, substitute, toposort
 from exprc.pipeline import FunctionGraph, optimize
 from exprc.types import shape_str
 
@@ -224,41 +224,64 @@ def _check_inputs(inputs: Iterable[Node]) -> tuple[Node, ...]:
 
 
 def function(inputs: Sequence[Node], outputs: Node | Sequence[Node], backend: str | None = None,
-             exclude: Iterable[str] = (), config: Config | None = None, allow_downcast: bool = False) -> Function:
+             exclude: Iterable[str] = (), config: Config | None = None, allow_downcast: bool = False,
+             updates: Any = None, givens: Any = None) -> Function:
     """Compile ``outputs`` as a function of ``inputs``.
 
     ``backend``: ``"c"``, ``"numpy"`` or None (C when a compiler works).
     ``exclude``: rewrite names or tags to skip.  ``allow_downcast``: accept
     lossy casts of call arguments (float64 data into a float32 input).
+    ``updates``: ``[(shared_variable, new_value_expression), ...]`` (or a dict),
+    installed after each call from values computed with the old ones.
+    ``givens``: ``{variable: expression}`` substituted in outputs and updates.
+    Shared variables (:func:`exprc.shared`) the graph reads need not be inputs.
     """
     cfg = resolve(config)
     if exclude:
         cfg = cfg.replace(exclude=tuple(sorted(set(cfg.exclude) | set(exclude))))
     ins = _check_inputs(inputs)
     outs, single = _as_outputs(outputs)
-    memo_key = (ins, outs, backend, cfg)
+    upd: tuple = ()
+    if updates or givens:
+        from exprc.shared import check_givens, check_updates
+
+        given = check_givens(givens)
+        if given:
+            outs = tuple(substitute(list(outs), given))
+        upd = check_updates(updates, given)
+    memo_key = (ins, outs, upd, backend, cfg)
     with _MEMO_LOCK:
         hit = _MEMO.get(memo_key)
         if hit is not None:
             _MEMO.move_to_end(memo_key)
     if hit is not None:
-        name, graph, kernel = hit
-        return Function(ins, outs, single, graph, kernel, name, cfg, allow_downcast)
+        name, graph, kernel, hidden = hit
+        return _wrap(ins, outs, single, graph, kernel, name, cfg, allow_downcast, hidden, upd)
     known = set(ins)
-    order = toposort(outs)
-    missing = [v for v in order if v.op == "input" and v not in known]
+    order = toposort(outs + tuple(e for _, e in upd))
+    hidden = tuple(v for v in order if v.op == "input" and v not in known and hasattr(v, "get_value"))
+    missing = [v for v in order if v.op == "input" and v not in known and not hasattr(v, "get_value")]
     if missing:
         listed = ", ".join(f"{v.arg('name') or '<unnamed>'} ({v.type})" for v in missing)
         raise MissingInputError(f"the outputs depend on variables that are not among the inputs: {listed}")
     name = backends.choose(backend, cfg)
-    graph = optimize(FunctionGraph(ins, outs), cfg)
+    graph = optimize(FunctionGraph(ins + hidden, outs + tuple(e for _, e in upd)), cfg)
     kernel = backends.build(name, graph, cfg)
     if cfg.cache and len(order) <= _EVAL_CACHE_MAX_NODES:  # the memo must not keep big graphs alive
         with _MEMO_LOCK:
-            _MEMO[memo_key] = (name, graph, kernel)
+            _MEMO[memo_key] = (name, graph, kernel, hidden)
             while len(_MEMO) > _MEMO_MAX:
                 _MEMO.popitem(last=False)
-    return Function(ins, outs, single, graph, kernel, name, cfg, allow_downcast)
+    return _wrap(ins, outs, single, graph, kernel, name, cfg, allow_downcast, hidden, upd)
+
+
+def _wrap(ins: tuple, outs: tuple, single: bool, graph: FunctionGraph, kernel: Any, name: str, cfg: Config,
+          allow_downcast: bool, hidden: tuple, upd: tuple) -> Function:
+    if not hidden and not upd:
+        return Function(ins, outs, single, graph, kernel, name, cfg, allow_downcast)
+    from exprc.shared import SharedFunction
+
+    return SharedFunction(ins, outs, single, graph, kernel, name, cfg, allow_downcast, hidden, upd)
 
 
 #: In-process memo of compiled kernels: (inputs, outputs, requested backend, config) -> (backend, optimized
@@ -292,6 +315,8 @@ def evaluate(expr: Node, inputs: dict, **kwargs: Any) -> np.ndarray:
             values[var] = inputs[var]
         elif var.arg("name") in by_name:
             values[var] = by_name[var.arg("name")]
+        elif hasattr(var, "get_value"):  # a shared variable: its current value
+            values[var] = var.get_value(borrow=True)
         else:
             raise MissingInputError(f"eval: no value given for variable {var.arg('name') or '<unnamed>'} "
                                     f"({var.type})")

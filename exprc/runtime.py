@@ -210,7 +210,7 @@ class CKernel:
         for j, o in enumerate(self._outputs):
             if o in self._written and all(o is not p for p in self._outputs[:j]):
                 plan.out_specs.append((j, self._slot[o], shapes[o], np.dtype(o.dtype)))
-                if out is not None:
+                if out is not None and out[j] is not None:  # None: a fresh array
                     _check_out(j, out[j], shapes[o], o.dtype)
                     env[o] = out[j]
         for n in self.program.materialized:
@@ -384,7 +384,7 @@ class CKernel:
             ptrs[i] = _pointer(a)
         results: dict[int, np.ndarray] = {}
         for j, slot, shape, dt in plan.out_specs:
-            res = out[j] if out is not None else np.empty(shape, dt)
+            res = out[j] if out is not None and out[j] is not None else np.empty(shape, dt)
             results[slot] = res
             ptrs[slot] = _pointer(res)
         for slot, base, off in plan.input_views:
@@ -416,7 +416,7 @@ class CKernel:
             if env is None:
                 env = self._env(plan, arrays, results)
             val = self._value(o, env) if res is None else res
-            if out is not None:
+            if out is not None and out[j] is not None:
                 _check_out(j, out[j], np.shape(val), o.dtype)
                 np.copyto(out[j], val, casting="unsafe")
                 outs.append(out[j])
@@ -439,10 +439,15 @@ class CKernel:
         res = self._numpy(*arrays)
         if out is None:
             return res
+        outs = []
         for j, (dst, val) in enumerate(zip(out, res)):
+            if dst is None:
+                outs.append(val)
+                continue
             _check_out(j, dst, val.shape, val.dtype.name)
             np.copyto(dst, val)
-        return list(out)
+            outs.append(dst)
+        return outs
 
 
 def _check_out(j: int, dst: Any, shape: tuple, dtype: str) -> None:

@@ -1,0 +1,209 @@
+"""Shared variables, updates= and givens=, written as a library using exprc would (public API only)."""
+
+import numpy as np
+import pytest
+
+import exprc
+from exprc.errors import DTypeError, ExprcError, MissingInputError, ShapeError, UpdateError
+
+BACKENDS = ["numpy", "c"]
+
+
+def test_value_is_copied_unless_borrowed():
+    data = np.arange(3.0)
+    s = exprc.shared(data, "s")
+    data[0] = 99.0
+    assert s.get_value()[0] == 0.0  # copied in
+    v = s.get_value()
+    v[1] = 99.0
+    assert s.get_value()[1] == 1.0  # copied out
+    assert s.get_value(borrow=True) is s.get_value(borrow=True)
+    b = np.zeros(3)
+    s.set_value(b, borrow=True)
+    assert s.get_value(borrow=True) is b
+    s.set_value(b)
+    assert s.get_value(borrow=True) is not b
+    t = exprc.shared(data, borrow=True)
+    assert t.get_value(borrow=True) is data
+
+
+def test_types_and_set_value_checks():
+    assert exprc.shared(1.5).dtype == "float64" and exprc.shared(1.5).ndim == 0
+    assert exprc.shared([1, 2]).dtype == "int64"
+    assert exprc.shared(np.zeros(2, np.float32)).dtype == "float32"
+    assert exprc.shared([1, 2], dtype="float32").dtype == "float32"
+    s = exprc.shared(np.zeros((2, 3), np.float32), "w")
+    assert isinstance(s, exprc.SharedVariable) and isinstance(s, exprc.Node)
+    assert s.name == "w" and s.type.shape == (None, None)
+    s.set_value(np.ones((4, 5), np.int32))  # safe cast; sizes are free
+    assert s.get_value().dtype == np.float32 and s.get_value().shape == (4, 5)
+    s.set_value([[0.5]])  # Python floats are weak
+    with pytest.raises(DTypeError, match="'w'.*float32.*float64"):
+        s.set_value(np.ones((1, 1)))
+    with pytest.raises(ShapeError, match="'w'.*ndim 2"):
+        s.set_value(np.ones(3, np.float32))
+    fixed = exprc.shared(np.zeros((2, 3)), "fixed", shape=(2, None))
+    assert fixed.type.shape == (2, None)
+    fixed.set_value(np.zeros((2, 7)))
+    with pytest.raises(ShapeError, match="fixed"):
+        fixed.set_value(np.zeros((3, 3)))
+    with pytest.raises(TypeError):
+        exprc.shared(exprc.vector("x"))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_functions_read_shared_values_without_arguments(backend):
+    w = exprc.shared(np.array([1.0, 2.0, 3.0]), "w")
+    x = exprc.vector("x")
+    f = exprc.function([x], exprc.sum(w * x), backend=backend)
+    assert f.inputs == (x,)
+    assert f(np.ones(3)) == 6.0
+    w.set_value([0.0, 0.0, 1.0])
+    for _ in range(3):  # the C dispatcher attaches on the second call: check it sees the new values
+        assert f(np.ones(3)) == 1.0
+    w.set_value([2.0, 2.0, 2.0, 2.0])
+    assert f(np.ones(4)) == 8.0
+    g = exprc.function([], w * 2, backend=backend)  # no inputs at all
+    np.testing.assert_array_equal(g(), [4.0] * 4)
+    np.testing.assert_array_equal((w + 1).eval(), [3.0] * 4)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_updates_use_old_values_and_install_all(backend):
+    a = exprc.shared(np.array([1.0, 2.0]), "a")
+    b = exprc.shared(np.array([10.0, 20.0]), "b")
+    n = exprc.shared(np.int64(0), "n")
+    x = exprc.vector("x")
+    # swap a and b, count calls, return outputs computed from the old values
+    f = exprc.function([x], [a + x, b], updates=[(a, b), (b, a + x), (n, n + 1)], backend=backend)
+    for step in range(4):
+        old_a, old_b = a.get_value(), b.get_value()
+        out_a, out_b = f(np.array([0.5, 0.5]))
+        np.testing.assert_array_equal(out_a, old_a + 0.5)
+        np.testing.assert_array_equal(out_b, old_b)
+        np.testing.assert_array_equal(a.get_value(), old_b)
+        np.testing.assert_array_equal(b.get_value(), old_a + 0.5)
+        assert int(n.get_value()) == step + 1
+    assert [v for v, _ in f.updates] == [a, b, n]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_updates_as_dict_single_output_and_out(backend):
+    s = exprc.shared(np.zeros(3, np.float32), "s")
+    x = exprc.vector("x", "float32")
+    f = exprc.function([x], s * 2, updates={s: s + x}, backend=backend)
+    assert f(np.ones(3, np.float32)).tolist() == [0.0, 0.0, 0.0]
+    assert f(np.ones(3, np.float32)).tolist() == [2.0, 2.0, 2.0]
+    dst = np.empty(3, np.float32)
+    assert f(np.ones(3, np.float32), out=dst) is dst
+    assert dst.tolist() == [4.0, 4.0, 4.0] and s.get_value().tolist() == [3.0, 3.0, 3.0]
+    g = exprc.function([x], [], updates=[(s, s * 0)], backend=backend)  # nothing returned
+    assert g(np.ones(3, np.float32)) == [] and s.get_value().tolist() == [0.0, 0.0, 0.0]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_returned_arrays_never_alias_shared_values(backend):
+    s = exprc.shared(np.zeros(2), "s")
+    t = exprc.shared(np.zeros(2), "t")
+    x = exprc.vector("x")
+    new = s + x
+    f = exprc.function([x], new, updates=[(s, new), (t, new)], backend=backend)
+    for _ in range(3):
+        out = f(np.ones(2))
+        out[0] = -1.0
+        assert s.get_value()[0] >= 1.0 and t.get_value()[0] >= 1.0
+        s.get_value(borrow=True)[1] = 5.0  # writing into one value must not change the other
+        assert t.get_value()[1] != 5.0
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_borrowed_values_are_never_overwritten(backend):
+    s = exprc.shared(np.zeros(4), "s")
+    f = exprc.function([], [], updates=[(s, s + 1.0)], backend=backend)
+    held = [s.get_value(borrow=True)]
+    for i in range(1, 5):
+        f()
+        held.append(s.get_value(borrow=True))
+    for i, v in enumerate(held):
+        np.testing.assert_array_equal(v, np.full(4, float(i)))
+
+
+def test_big_updates_reuse_a_spare_buffer_safely():
+    # Values of 16 MiB and more are written into a spare buffer (the previous value) instead of a
+    # fresh array; a spare that someone still holds is never written into.
+    n = (16 << 20) // 8 + 1
+    s = exprc.shared(np.zeros(n), "big")
+    x = exprc.scalar("x")
+    f = exprc.function([x], [], updates=[(s, s + x)], backend="c")
+    f(1.0)
+    first = s.get_value(borrow=True)
+    f(1.0)
+    f(1.0)  # the old value `first` would be the spare now, but we hold it
+    assert first[0] == 1.0 and first[-1] == 1.0
+    del first
+    for _ in range(3):
+        f(1.0)
+    v = s.get_value(borrow=True)
+    assert v[0] == 6.0 and v[-1] == 6.0 and v.shape == (n,)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_update_errors_name_the_variable(backend):
+    w = exprc.shared(np.zeros(3, np.float32), "weights")
+    x = exprc.vector("x")
+    m = exprc.matrix("m", "float32")
+    with pytest.raises(DTypeError, match="'weights' is float32 but its update is float64"):
+        exprc.function([x], [], updates=[(w, w + x)], backend=backend)
+    with pytest.raises(ShapeError, match="'weights' has ndim 1"):
+        exprc.function([m], [], updates=[(w, w + m)], backend=backend)
+    with pytest.raises(UpdateError, match="'weights' is updated twice"):
+        exprc.function([], [], updates=[(w, w * 2), (w, w * 3)], backend=backend)
+    with pytest.raises(TypeError, match="only shared variables"):
+        exprc.function([x], [], updates=[(x, x + 1)], backend=backend)
+    with pytest.raises(TypeError, match="pair"):
+        exprc.function([x], [], updates=[w], backend=backend)
+    fixed = exprc.shared(np.zeros(3), "fixed", shape=(3,))
+    with pytest.raises(ShapeError, match="'fixed' has shape \\(3,\\)"):
+        exprc.function([], [], updates=[(fixed, exprc.constant(np.zeros(4)) + fixed[0])], backend=backend)
+    # A size known only at call time: checked at call time, and then nothing is written.
+    v = exprc.vector("v", "float32")
+    other = exprc.shared(np.zeros(3, np.float32), "other")
+    f = exprc.function([v], [], updates=[(other, other + 1), (w, v * 2)], backend=backend)
+    f(np.ones(3, np.float32))
+    with pytest.raises(ShapeError, match="'weights' has shape \\(4,\\).*\\(3,\\); nothing was updated"):
+        f(np.ones(4, np.float32))
+    assert other.get_value().tolist() == [1.0] * 3 and w.get_value().tolist() == [2.0] * 3
+    assert issubclass(UpdateError, ExprcError)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_givens(backend):
+    x, y = exprc.vector("x"), exprc.vector("y")
+    f = exprc.function([y], x * 2, givens={x: y + 1}, backend=backend)
+    np.testing.assert_array_equal(f([1.0, 2.0]), [4.0, 6.0])
+    # replace a shared variable by an input (and givens apply to updates as well)
+    s = exprc.shared(np.zeros(2), "s")
+    c = exprc.shared(np.zeros(2), "c")
+    g = exprc.function([y], s + 1, givens=[(s, y)], updates=[(c, c + s)], backend=backend)
+    np.testing.assert_array_equal(g([5.0, 6.0]), [6.0, 7.0])
+    np.testing.assert_array_equal(c.get_value(), [5.0, 6.0])
+    # minibatches of a data set held in a shared variable
+    data = exprc.shared(np.arange(12.0).reshape(6, 2), "data")
+    batch = exprc.matrix("batch")
+    h = exprc.function([], exprc.sum(batch, axis=0), givens={batch: data[2:4]}, backend=backend)
+    np.testing.assert_array_equal(h(), [10.0, 12.0])
+    with pytest.raises(DTypeError, match="'x' is float64\\[\\?\\] but its replacement is int64"):
+        exprc.function([y], x * 2, givens={x: exprc.vector("i", "int64")}, backend=backend)
+    with pytest.raises(TypeError, match="givens"):
+        exprc.function([y], x * 2, givens={x * 2: y}, backend=backend)
+    with pytest.raises(MissingInputError):
+        exprc.function([], x * 2, givens={x: y}, backend=backend)
+
+
+def test_distinct_updates_are_distinct_functions():
+    s = exprc.shared(np.zeros(1), "s")
+    inc = exprc.function([], s, updates=[(s, s + 1)])
+    dec = exprc.function([], s, updates=[(s, s - 1)])
+    read = exprc.function([], s)
+    inc(), inc(), dec()
+    assert read()[0] == 1.0
