@@ -117,6 +117,7 @@ from exprc.api import (
     where,
 )
 from exprc.config import Config, config
+from exprc.custom import custom_op, register_rewrite, rewrite_rule
 from exprc.function import Function, function, jit
 from exprc.graph import Node, from_networkx, to_networkx
 from exprc.pipeline import FunctionGraph, optimize

@@ -21,6 +21,7 @@ from exprc.config import Config, resolve
 from exprc.errors import InputError, InputTypeError, MissingInputError, ShapeError
 from exprc.graph import Node, substitute, toposort
 from exprc.pipeline import FunctionGraph, optimize
+from exprc.rewrite import core as _rules
 from exprc.types import shape_str
 
 
@@ -249,7 +250,7 @@ def function(inputs: Sequence[Node], outputs: Node | Sequence[Node], backend: st
         if given:
             outs = tuple(substitute(list(outs), given))
         upd = check_updates(updates, given)
-    memo_key = (ins, outs, upd, backend, cfg)
+    memo_key = (ins, outs, upd, backend, cfg, _rules.GENERATION[0])
     with _MEMO_LOCK:
         hit = _MEMO.get(memo_key)
         if hit is not None:

@@ -130,7 +130,13 @@ def register_rule(r: Rule) -> Rule:
     if r.name in REGISTRY:
         raise ValueError(f"a rewrite named {r.name!r} is already registered")
     REGISTRY[r.name] = r
+    GENERATION[0] += 1
     return r
+
+
+#: Bumped by every registration: part of the in-process compile memo's key, so a rule
+#: added after a function was compiled applies to the next ``exprc.function`` call.
+GENERATION = [0]
 
 
 def select(tag: str, exclude: Iterable[str] = ()) -> list[Rule]:

@@ -1,0 +1,255 @@
+"""Extending exprc from another library: custom elementwise ops and rewrite rules.
+
+:func:`custom_op` adds one row to the op table (:mod:`exprc.ops`), the same kind of
+row the built-in elementwise ops have, so a custom op then fuses into C loops,
+is cached on disk, constant-folds, differentiates, prints and serializes like
+``exp`` does::
+
+    import numpy as np
+    import exprc
+
+    def _swish(x):
+        return x / (1 + np.exp(-x))
+
+    swish = exprc.custom_op(
+        "swish", numpy=_swish,
+        c="({0} * exprc_sigmoid{f}({0}))",           # {0}: the operand, {f}: "f" for float32
+        grad=lambda node, g: (g * (node + exprc.sigmoid(node.inputs[0]) * (1 - node)),),
+    )
+    y = swish(exprc.vector("x")) * 2                   # an ordinary exprc expression
+
+Templates (the op table's conventions): ``{0}``, ``{1}`` … are the operands as C
+expressions (already cast to the op's compute dtype), ``{f}`` is ``f`` for float32
+and empty for float64 (``exp{f}`` is ``expf`` or ``exp``), ``{T}`` is the C type.
+A template must be one C expression: balanced parentheses, no braces, ``;``,
+``#``, comments, quotes, backslashes or non-printable characters.
+
+Trust model: the C and CUDA templates are code written by the author of the
+library that defines the op, compiled and run in the calling process with its
+privileges — never build them from user or file input.  The checks here catch
+mistakes (a template that would break out of its expression into statements,
+a typo in a placeholder), not malice.  Op names reach C kernel names, so they
+must be short ASCII identifiers.  Loading a saved graph (:func:`exprc.load`)
+never defines ops: a file naming an op this process has not registered is
+refused.
+
+Rewrite rules: :func:`rewrite_rule` (``exprc.rewrite.rule``) registers a named,
+tagged ``pattern -> replacement``; see its docstring.
+"""
+
+from __future__ import annotations
+
+import keyword
+import re
+import string
+import threading
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+from exprc.graph import Node
+from exprc.ops import OPS, Op, _elemwise, _errstate, register
+
+#: Type rules an elementwise op may use (see :func:`custom_op`).
+DTYPE_RULES = ("float", "any", "numeric", "integral", "bool", "float_bool")
+_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,47}\Z")
+_BAD_TEXT = (";", "#", "/*", "*/", "//", "\\", '"', "'", "`", "@", "$")
+
+
+def _check_name(name: Any) -> str:
+    if not isinstance(name, str) or not _NAME.match(name) or not name.isascii():
+        raise ValueError(f"custom_op: name {name!r} must be an ASCII identifier of at most 48 characters starting "
+                         "with a letter (it becomes part of C kernel names)")
+    if keyword.iskeyword(name) or name.startswith(("exprc", "k_")):
+        raise ValueError(f"custom_op: name {name!r} is reserved")
+    return name
+
+
+def check_template(template: str | None, nin: int, what: str) -> str | None:
+    """Validate a C/CUDA expression template (see the module docstring); return it unchanged."""
+    if template is None:
+        return None
+    if not isinstance(template, str):
+        raise TypeError(f"custom_op: {what} must be a string, got {type(template).__name__}")
+    if not template.strip() or len(template) > 2000:
+        raise ValueError(f"custom_op: {what} must be a non-empty C expression of at most 2000 characters")
+    if any(not (" " <= ch <= "~") for ch in template):
+        raise ValueError(f"custom_op: {what} {template!r} contains a non-printable or non-ASCII character")
+    for bad in _BAD_TEXT:
+        if bad in template:
+            raise ValueError(f"custom_op: {what} {template!r} contains {bad!r}; a template is one C expression "
+                             "(no statements, preprocessor lines, comments or literals of strings)")
+    try:
+        fields = list(string.Formatter().parse(template))
+    except ValueError as exc:
+        raise ValueError(f"custom_op: {what} {template!r} has unbalanced braces: {exc}") from None
+    used = set()
+    rest = []
+    for literal, field, spec, conv in fields:
+        rest.append(literal)
+        if field is None:
+            continue
+        if spec or conv:
+            raise ValueError(f"custom_op: {what} {template!r}: placeholders take no format spec or conversion")
+        if field in ("f", "T"):
+            continue
+        if not field.isdigit() or int(field) >= nin:
+            raise ValueError(f"custom_op: {what} {template!r}: unknown placeholder {{{field}}}; use {{0}}.."
+                             f"{{{nin - 1}}} for the {nin} operand(s), {{f}} and {{T}}")
+        used.add(int(field))
+        rest.append(" ")
+    text = "".join(rest)
+    if "{" in text or "}" in text:  # from "{{" / "}}": a compound statement
+        raise ValueError(f"custom_op: {what} {template!r} contains braces; a template is one C expression")
+    depth = 0
+    for ch in text:
+        depth += (ch == "(") - (ch == ")")
+        if depth < 0:
+            break
+    if depth != 0:
+        raise ValueError(f"custom_op: {what} {template!r} has unbalanced parentheses")
+    if used != set(range(nin)):
+        missing = sorted(set(range(nin)) - used)
+        raise ValueError(f"custom_op: {what} {template!r} never uses operand(s) {missing}")
+    if not re.fullmatch(r"[A-Za-z0-9_ .+\-*/%<>=!&|^~?:,()]*", text):
+        raise ValueError(f"custom_op: {what} {template!r} contains characters outside a C expression")
+    return template
+
+
+def _operand_count(template: str | None) -> int | None:
+    if template is None:
+        return None
+    try:
+        idx = [int(f) for _, f, _, _ in string.Formatter().parse(template) if f is not None and f.isdigit()]
+    except ValueError:
+        return None
+    return max(idx) + 1 if idx else None
+
+
+def custom_op(name: str, numpy: Callable[..., Any], c: str | None = None, *, cuda: str | None = None,
+              c_int: str | None = None, grad: Callable[[Node, Node], Any] | None = None,
+              dtype_rule: str = "float", nin: int | None = None, commutative: bool = False,
+              doc: str | None = None) -> Callable[..., Node]:
+    """Add an elementwise op to the op table and return its builder (``builder(x, ...) -> Node``).
+
+    * ``name``: how the op prints (``name(x)``) and is saved; an ASCII identifier.
+    * ``numpy``: the reference, ``numpy(*arrays) -> array`` (broadcasting like a ufunc).
+      The NumPy backend, constant folding and ``.eval()`` use it; the C backend runs
+      it as a NumPy step when ``c`` is None.
+    * ``c``: the C expression template for float operands (``{0}``, ``{f}``, ``{T}``);
+      ``c_int`` for int/bool operands where it differs.  ``cuda``: the CUDA
+      expression where it differs from ``c``.
+    * ``grad``: the gradient rule of the built-ins: ``grad(node, g)`` returns one
+      gradient expression per operand (``None``: zero) given the op's node (its
+      operands are ``node.inputs``; ``node`` itself is the result) and the gradient
+      ``g`` of the result.  Broadcasting and dtype casts of the results are done
+      by :func:`exprc.grad`, as for the built-ins.
+    * ``dtype_rule``: ``"float"`` (operands promoted, then to float: like ``exp``),
+      ``"any"`` (NumPy promotion: like ``add``), ``"numeric"`` (no bools),
+      ``"integral"`` (bools and ints only), ``"bool"`` (bool result: comparisons),
+      ``"float_bool"`` (float operands, bool result: like ``isnan``).
+    * ``nin``: the number of operands (default: from the template, else 1).
+
+    Registering the same name again with the same templates and rules replaces the
+    NumPy reference and gradient rule (re-importing a module works); a different
+    definition under a taken name is an error.
+    """
+    _check_name(name)
+    if not callable(numpy):
+        raise TypeError(f"custom_op {name!r}: numpy= must be a callable (the NumPy reference)")
+    if grad is not None and not callable(grad):
+        raise TypeError(f"custom_op {name!r}: grad= must be a callable grad(node, g) -> gradients")
+    if dtype_rule not in DTYPE_RULES:
+        raise ValueError(f"custom_op {name!r}: dtype_rule must be one of {', '.join(DTYPE_RULES)}, got "
+                         f"{dtype_rule!r}")
+    if nin is None:
+        nin = _operand_count(c) or _operand_count(c_int) or _operand_count(cuda) or 1
+    if not isinstance(nin, int) or not 1 <= nin <= 8:
+        raise ValueError(f"custom_op {name!r}: nin must be between 1 and 8, got {nin!r}")
+    c = check_template(c, nin, "c")
+    c_int = check_template(c_int, nin, "c_int")
+    cuda = check_template(cuda, nin, "cuda")
+    if commutative and nin != 2:
+        raise ValueError(f"custom_op {name!r}: only binary ops can be commutative")
+    rule = _wrap_grad(name, grad, nin) if grad is not None else None
+    op = Op(name, "elemwise", _errstate(numpy), _elemwise(name, dtype_rule), c=c, c_int=c_int, cuda=cuda,
+            commutative=commutative, grad=rule)
+    signature = (c, c_int, cuda, dtype_rule, nin, commutative)
+    with _LOCK:
+        if name in OPS:
+            if name not in _CUSTOM:
+                raise ValueError(f"custom_op: {name!r} is a built-in op")
+            if _CUSTOM[name] != signature:
+                raise ValueError(f"custom_op: an op named {name!r} already exists with a different definition")
+            OPS[name] = op
+            from exprc.function import clear_memo
+
+            clear_memo()  # compiled NumPy listings hold the previous reference
+        else:
+            register(op)
+        _CUSTOM[name] = signature
+
+    def builder(*xs: Any) -> Node:
+        from exprc.api import _operands
+
+        if len(xs) != nin:
+            raise TypeError(f"{name}() takes {nin} operand(s), got {len(xs)}")
+        return OPS[name].make(tuple(_operands(*xs)), {})
+
+    builder.__name__ = builder.__qualname__ = name
+    builder.__doc__ = doc or f"The custom elementwise op {name!r}."
+    builder.op = name  # type: ignore[attr-defined]
+    return builder
+
+
+#: name -> (c, c_int, cuda, dtype_rule, nin, commutative) of each custom op (the op table holds the rest).
+_CUSTOM: dict[str, tuple] = {}
+_LOCK = threading.Lock()
+
+
+def _wrap_grad(name: str, grad: Callable, nin: int) -> Callable[[Node, Node], tuple]:
+    def rule(node: Node, g: Node) -> tuple:
+        res = grad(node, g)
+        if isinstance(res, Node) or res is None:
+            res = (res,)
+        res = tuple(res)
+        if len(res) != nin:
+            raise ValueError(f"the gradient rule of custom op {name!r} returned {len(res)} gradients for "
+                             f"{nin} operand(s)")
+        return res
+
+    rule.__name__ = f"grad_{name}"
+    return rule
+
+
+def custom_ops() -> list[str]:
+    """Names of the ops added with :func:`custom_op` in this process."""
+    return sorted(_CUSTOM)
+
+
+def rewrite_rule(name: str, tags: Iterable[str], pattern: Any = None) -> Callable:
+    """Decorator registering a rewrite rule (``exprc.rewrite.rule``)::
+
+        from exprc.rewrite import P, X, C
+
+        @exprc.rewrite_rule("swish_of_zero", tags=["canonicalize", "mylib"], pattern=P("swish", C(0.0)))
+        def _(node, **captures):
+            return exprc.constant(0.0, node.dtype)
+
+    The replacement receives ``node`` (the matched root) and the captures as keyword
+    arguments and returns a node of the same type, or None to decline.  A rule runs
+    in the optimizer pass whose tag it carries: ``"canonicalize"``, ``"stability"``
+    or ``"specialize"``; any further tags (``"mylib"``) let users switch the rule off
+    with ``exclude=`` (by name or tag) as for the built-in rules.  Names are unique.
+    """
+    from exprc.rewrite.core import rule
+
+    return rule(name, tuple(tags), pattern)
+
+
+def register_rewrite(name: str, tags: Sequence[str], replace: Callable[..., Node | None],
+                     pattern: Any = None) -> None:
+    """The function form of :func:`rewrite_rule`."""
+    rewrite_rule(name, tags, pattern)(replace)
+
+
+__all__ = ["DTYPE_RULES", "check_template", "custom_op", "custom_ops", "register_rewrite", "rewrite_rule"]
