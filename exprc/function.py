@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from exprc import backends
-from exprc.config import Config, resolve
+from exprc.config import Config, current, resolve
 from exprc.errors import InputError, InputTypeError, MissingInputError, ShapeError
 from exprc.graph import Node, substitute, toposort
 from exprc.pipeline import FunctionGraph, optimize
@@ -168,10 +168,11 @@ class Function:
         elif len(args) != self._n:
             raise InputTypeError(f"expected {self._n} arguments ({self._signature()}), got {len(args)}")
         arrays = [conv(a) for conv, a in zip(self._convert, args)]
-        if self._make_fast is not None:
+        make_fast = self._make_fast  # read once: another thread may attach the dispatcher meanwhile
+        if make_fast is not None:
             self._calls = getattr(self, "_calls", 0) + 1
             if self._calls >= 2:
-                self._fast, self._make_fast = self._make_fast(self._single), None
+                self._fast, self._make_fast = make_fast(self._single), None
         if out is not None:
             outs = self._call_out(arrays, [out] if self._single else list(out))
         else:
@@ -321,12 +322,12 @@ def evaluate(expr: Node, inputs: dict, **kwargs: Any) -> np.ndarray:
         else:
             raise MissingInputError(f"eval: no value given for variable {var.arg('name') or '<unnamed>'} "
                                     f"({var.type})")
-    key = (expr, tuple(needed))
+    key = (expr, tuple(needed), current())  # the configuration in force is part of the key
     with _EVAL_LOCK:
-        fn = _EVAL_CACHE.get(key)
+        fn = _EVAL_CACHE.get(key) if not kwargs else None
     if fn is None:
         fn = function(needed, expr, backend="numpy", **kwargs)
-        if len(order) > _EVAL_CACHE_MAX_NODES:  # the cache must not keep big graphs alive
+        if kwargs or len(order) > _EVAL_CACHE_MAX_NODES:  # options given, or a big graph: not kept
             return fn(*[values[v] for v in needed])
         with _EVAL_LOCK:
             if len(_EVAL_CACHE) > 128:
@@ -351,18 +352,21 @@ class Jitted:
 
     def __call__(self, *args: Any) -> Any:
         arrays = [a if isinstance(a, np.ndarray) else np.asarray(a) for a in args]
+        # The configuration in force is part of the key: a call inside ``with exprc.config(...)``
+        # must not reuse a function compiled under another configuration.
         sig = tuple((a.dtype.name, a.ndim) for a in arrays)
-        f = self.functions.get(sig)
+        key = (sig, current())
+        f = self.functions.get(key)
         if f is None:
             from exprc.api import tensor
 
             with self._lock:
-                f = self.functions.get(sig)
+                f = self.functions.get(key)
                 if f is None:
                     names = self._names + [None] * len(arrays)
                     variables = [tensor(names[i], dt, ndim=nd) for i, (dt, nd) in enumerate(sig)]
                     f = function(variables, self.fn(*variables), **self.options)
-                    self.functions[sig] = f
+                    self.functions[key] = f
         return f(*arrays)
 
 

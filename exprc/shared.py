@@ -294,10 +294,12 @@ class SharedFunction(Function):
                 res = fast(*arrays)
                 if res is not None:
                     return res
-            elif self._make_fast is not None:
-                self._ncalls += 1
-                if self._ncalls >= 2:
-                    self._fast, self._make_fast = self._make_fast(False), None
+            else:
+                make_fast = self._make_fast  # read once: another thread may attach it meanwhile
+                if make_fast is not None:
+                    self._ncalls += 1
+                    if self._ncalls >= 2:
+                        self._fast, self._make_fast = make_fast(False), None
             return self._kernel(*arrays)
         if self._native_out:  # the declared outputs into out=, fresh arrays for the updates
             return self._kernel(*arrays, out=out + [None] * len(self._targets))
