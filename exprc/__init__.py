@@ -122,6 +122,7 @@ from exprc.function import Function, function, jit
 from exprc.graph import Node, from_networkx, to_networkx
 from exprc.pipeline import FunctionGraph, optimize
 from exprc.printing import debugprint, pprint, to_dot
+from exprc.serialize import dumps, load, loads, save
 from exprc.shared import SharedVariable, shared
 
 __version__ = "0.1.0"

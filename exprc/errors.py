@@ -59,3 +59,7 @@ class DisconnectedInputError(ExprcError, ValueError):
 
 class UpdateError(ExprcError, ValueError):
     """``updates=`` of ``exprc.function`` is malformed (a variable updated twice, ...)."""
+
+
+class SerializationError(ExprcError, ValueError):
+    """A saved graph cannot be loaded: malformed, hostile, or from an unsupported format version."""

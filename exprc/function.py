@@ -102,6 +102,7 @@ class Function:
         self.graph = graph
         self.backend = backend
         self.config = config
+        self.allow_downcast = allow_downcast
         self._kernel = kernel
         self._single = single
         # The C dispatcher is attached on the second call: a function called once should not

@@ -1,0 +1,515 @@
+"""Saving and loading graphs: ``exprc.save`` / ``exprc.load`` (and ``dumps`` / ``loads``).
+
+The format is JSON, versioned, and loading it never runs code: every node is
+rebuilt through the op table (so types are re-inferred and checked, never
+trusted), constants are decoded from base64 into arrays of the declared dtype
+and shape, and anything unexpected raises :class:`exprc.errors.SerializationError`
+naming the offending node.  No pickle is involved.
+
+Format version 1::
+
+    {"format": "exprc-graph", "version": 1, "exprc": "0.1.0",
+     "kind": "expression" | "function",
+     "nodes": [ ...one object per node, operands before their users... ],
+     "outputs": [node indices],
+     "single": true,                      # expression: one node (else a list) / function: one output
+     # kind "function" only:
+     "inputs": [node indices of the declared inputs, in order],
+     "updates": [[shared node index, expression node index], ...],
+     "options": {"backend": "c", "allow_downcast": false, "exclude": [], "precise_math": false,
+                 "fast_math": false}}
+
+Nodes::
+
+    {"op": "input", "name": "x" | null, "dtype": "float64", "shape": [null, 3]}
+    {"op": "shared", "name": "w" | null, "dtype": "float32", "shape": [null, null],
+     "value": {"shape": [4, 3], "data": "<base64, little-endian>"}}
+    {"op": "constant", "dtype": "int64", "shape": [2], "data": "<base64, little-endian>"}
+    {"op": "add", "inputs": [0, 1]}
+    {"op": "sum", "inputs": [2], "attrs": {"axis": [0], "keepdims": false}}
+
+``dtype`` is one of ``bool int32 int64 float32 float64``; a ``shape`` entry is a
+size or ``null`` (known at call time).  ``op`` is the name of a registered op
+(built-in or made with :func:`exprc.custom_op` in the loading process: a file
+cannot define ops).  Attributes by op: reductions ``axis`` (sorted distinct axes)
+and ``keepdims``; ``cast`` ``dtype``; ``dimshuffle`` ``order`` (axes and ``"x"``);
+``reshape`` / ``broadcast_to`` ``shape``; ``concatenate`` ``axis``; ``getitem`` /
+``inc_subtensor`` ``index`` (items ``["i", k]``, ``["n"]``, ``["s", start, stop,
+step]``); ``split_part`` ``axis`` and ``which``; other ops take none.  Inputs get
+fresh identities when loaded; shared variables become new shared variables
+holding the saved values (one per saved variable).
+
+Limits that keep a hostile file harmless: the text is at most ``max_bytes``
+(default 1 GiB) with JSON nesting at most 64 deep (checked before parsing, so no
+recursion), at most ``max_nodes`` nodes, sizes at most 2**40 per axis and 2**48
+elements per array, names of at most 1024 characters, and constants whose data
+length must match their shape.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import math
+import os
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from exprc.errors import ExprcError, SerializationError
+from exprc.graph import Node, constant_node, input_node, toposort
+from exprc.ops import OPS
+from exprc.types import DTYPES
+
+FORMAT = "exprc-graph"
+VERSION = 1
+MAX_DEPTH = 64
+MAX_DIM = 1 << 40
+MAX_ELEMENTS = 1 << 48
+MAX_NAME = 1024
+_REDUCE = ("sum", "prod", "mean", "max", "min", "all", "any", "argmax", "argmin")
+#: Attribute names each op takes (ops absent here take none).
+ATTRS: dict[str, tuple[str, ...]] = {
+    **{r: ("axis", "keepdims") for r in _REDUCE},
+    "cast": ("dtype",), "dimshuffle": ("order",), "reshape": ("shape",), "broadcast_to": ("shape",),
+    "concatenate": ("axis",), "getitem": ("index",), "inc_subtensor": ("index",), "split_part": ("axis", "which"),
+}
+
+
+# -- writing ----------------------------------------------------------------------------------------
+def _encode_array(arr: np.ndarray) -> str:
+    return base64.b64encode(np.ascontiguousarray(arr).astype(arr.dtype.newbyteorder("<")).tobytes()).decode()
+
+
+def _encode_attr(value: Any) -> Any:
+    if isinstance(value, tuple):
+        return [_encode_attr(v) for v in value]
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    raise SerializationError(f"cannot save the attribute value {value!r}")
+
+
+def to_dict(obj: Any, shared_refs: list | None = None) -> dict:
+    """The JSON document (a dict) of an expression, a list of expressions, a
+    :class:`~exprc.pipeline.FunctionGraph` or a compiled :class:`~exprc.Function`.
+
+    ``shared_refs``: when a list, shared variables are written as ``{"op": "shared",
+    "ref": k}`` and appended to it instead of embedding their values (pickling uses
+    this to keep one variable shared between several pickled functions)."""
+    from exprc.function import Function
+    from exprc.pipeline import FunctionGraph
+
+    doc: dict[str, Any] = {"format": FORMAT, "version": VERSION, "exprc": _version()}
+    inputs: Sequence[Node] = ()
+    updates: Sequence[tuple[Node, Node]] = ()
+    if isinstance(obj, Function):
+        doc["kind"] = "function"
+        inputs, outputs, single = obj.inputs, list(obj.outputs), obj._single
+        updates = getattr(obj, "updates", ())
+        cfg = obj.config
+        doc["options"] = {"backend": obj.backend, "allow_downcast": bool(getattr(obj, "allow_downcast", False)),
+                          "exclude": sorted(cfg.exclude), "precise_math": cfg.precise_math,
+                          "fast_math": cfg.fast_math}
+    elif isinstance(obj, FunctionGraph):
+        doc["kind"] = "function"
+        inputs, outputs, single = obj.inputs, list(obj.outputs), False
+        doc["options"] = {}
+    elif isinstance(obj, Node):
+        doc["kind"], outputs, single = "expression", [obj], True
+    elif isinstance(obj, (list, tuple)) and all(isinstance(o, Node) for o in obj):
+        doc["kind"], outputs, single = "expression", list(obj), False
+    else:
+        raise TypeError(f"exprc.save: expected an expression, a list of expressions or a compiled function, got "
+                        f"{type(obj).__name__}")
+    roots = list(outputs) + [e for _, e in updates] + [v for v, _ in updates] + list(inputs)
+    index: dict[Node, int] = {}
+    nodes: list[dict] = []
+    for n in toposort(roots):
+        index[n] = len(nodes)
+        nodes.append(_node_entry(n, index, shared_refs))
+    doc["nodes"] = nodes
+    doc["outputs"] = [index[o] for o in outputs]
+    doc["single"] = single
+    if doc["kind"] == "function":
+        doc["inputs"] = [index[i] for i in inputs]
+        doc["updates"] = [[index[v], index[e]] for v, e in updates]
+    return doc
+
+
+def _node_entry(n: Node, index: dict[Node, int], shared_refs: list | None) -> dict:
+    if n.op == "input":
+        entry: dict[str, Any] = {"op": "input", "name": n.arg("name"), "dtype": n.dtype, "shape": list(n.type.shape)}
+        if hasattr(n, "get_value"):
+            entry["op"] = "shared"
+            if shared_refs is not None:
+                if n not in shared_refs:
+                    shared_refs.append(n)
+                entry["ref"] = shared_refs.index(n)
+            else:
+                value = n.get_value(borrow=True)
+                entry["value"] = {"shape": list(value.shape), "data": _encode_array(value)}
+        return entry
+    if n.op == "constant":
+        return {"op": "constant", "dtype": n.dtype, "shape": list(n.type.shape), "data": _encode_array(n.value)}
+    entry = {"op": n.op, "inputs": [index[i] for i in n.inputs]}
+    if n.attrs:
+        entry["attrs"] = {k: _encode_attr(v) for k, v in n.attrs}
+    return entry
+
+
+def dumps(obj: Any, indent: int | None = None) -> str:
+    """The JSON text of ``obj`` (see :func:`to_dict`)."""
+    return json.dumps(to_dict(obj), indent=indent, allow_nan=False, separators=(",", ":") if indent is None else None)
+
+
+def save(obj: Any, path: str | os.PathLike) -> None:
+    """Write ``obj`` (an expression, a list of them, or a compiled function's graph) to ``path``
+    as JSON; written to a temporary file and renamed, so readers never see half a file."""
+    text = dumps(obj)
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+# -- reading ------------------------------------------------------------------------------------------
+_STRINGS = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
+
+
+def _check_depth(text: bytes) -> None:
+    """Reject JSON nested deeper than MAX_DEPTH without parsing it (no recursion, linear time)."""
+    bare = _STRINGS.sub(b'""', text)
+    arr = np.frombuffer(bare, dtype=np.uint8)
+    step = np.zeros(arr.shape, dtype=np.int8)
+    step[(arr == ord("[")) | (arr == ord("{"))] = 1
+    step[(arr == ord("]")) | (arr == ord("}"))] = -1
+    if step.size and int(np.cumsum(step, dtype=np.int64).max()) > MAX_DEPTH:
+        raise SerializationError(f"not an exprc graph: JSON nested more than {MAX_DEPTH} levels deep")
+
+
+def _reject_constant(name: str) -> Any:
+    raise SerializationError(f"not an exprc graph: the JSON contains {name}")
+
+
+def loads(text: str | bytes, max_bytes: int = 1 << 30, max_nodes: int = 10_000_000,
+          shared_refs: Sequence[Node] | None = None) -> Any:
+    """Rebuild what :func:`dumps` wrote: an expression, a list of them, or a compiled function."""
+    doc = parse(text, max_bytes)
+    return from_dict(doc, max_nodes=max_nodes, shared_refs=shared_refs)
+
+
+def parse(text: str | bytes, max_bytes: int = 1 << 30) -> dict:
+    """Parse and minimally check the JSON text of a saved graph."""
+    raw = text.encode() if isinstance(text, str) else bytes(text)
+    if len(raw) > max_bytes:
+        raise SerializationError(f"not loaded: the file has {len(raw)} bytes, more than max_bytes={max_bytes}")
+    _check_depth(raw)
+    try:
+        doc = json.loads(raw, parse_constant=_reject_constant)
+    except SerializationError:
+        raise
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise SerializationError(f"not an exprc graph: invalid JSON ({exc})") from None
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+        raise SerializationError(f"not an exprc graph: expected a JSON object with \"format\": \"{FORMAT}\"")
+    version = doc.get("version")
+    if version != VERSION:
+        raise SerializationError(f"unsupported exprc graph format version {version!r}: this exprc reads version "
+                                 f"{VERSION}" + (" (the file was written by a newer exprc)"
+                                                 if isinstance(version, int) and version > VERSION else ""))
+    return doc
+
+
+def _field(obj: dict, key: str, types: type | tuple, where: str, optional: bool = False) -> Any:
+    if key not in obj:
+        if optional:
+            return None
+        raise SerializationError(f"{where}: missing field {key!r}")
+    value = obj[key]
+    if isinstance(value, bool) and bool not in (types if isinstance(types, tuple) else (types,)):
+        raise SerializationError(f"{where}: field {key!r} has the wrong type (bool)")
+    if not isinstance(value, types):
+        raise SerializationError(f"{where}: field {key!r} has the wrong type ({type(value).__name__})")
+    return value
+
+
+def _int(v: Any, where: str, lo: int, hi: int) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+        raise SerializationError(f"{where}: expected an integer in [{lo}, {hi}], got {v!r}")
+    return v
+
+
+def _dtype(obj: dict, where: str) -> str:
+    dt = _field(obj, "dtype", str, where)
+    if dt not in DTYPES:
+        raise SerializationError(f"{where}: unknown dtype {dt!r}; expected one of {', '.join(DTYPES)}")
+    return dt
+
+
+def _shape(value: Any, where: str, allow_none: bool) -> tuple:
+    if not isinstance(value, list) or len(value) > 32:
+        raise SerializationError(f"{where}: a shape must be a list of at most 32 sizes")
+    out = []
+    for s in value:
+        if s is None and allow_none:
+            out.append(None)
+        else:
+            out.append(_int(s, f"{where}: shape", 0, MAX_DIM))
+    known = [s for s in out if s is not None]
+    if math.prod(known) > MAX_ELEMENTS:
+        raise SerializationError(f"{where}: shape {value} has more than 2**48 elements")
+    return tuple(out)
+
+
+def _array(data: Any, dtype: str, shape: tuple, where: str) -> np.ndarray:
+    if not isinstance(data, str):
+        raise SerializationError(f"{where}: array data must be a base64 string")
+    dt = np.dtype(dtype).newbyteorder("<")
+    expected = math.prod(shape) * dt.itemsize
+    if len(data) > 4 * (expected // 3 + 2) + 4:
+        raise SerializationError(f"{where}: the data is longer than shape {list(shape)} of {dtype} needs")
+    try:
+        raw = base64.b64decode(data.encode("ascii"), validate=True)
+    except (binascii.Error, UnicodeEncodeError, ValueError):
+        raise SerializationError(f"{where}: array data is not valid base64") from None
+    if len(raw) != expected:
+        raise SerializationError(f"{where}: {len(raw)} bytes of data for shape {list(shape)} of {dtype} "
+                                 f"({expected} bytes expected)")
+    if dtype == "bool":  # any non-zero byte is True: never hand the kernels a bool that is not 0 or 1
+        return (np.frombuffer(raw, dtype=np.uint8) != 0).reshape(shape)
+    return np.frombuffer(raw, dtype=dt).astype(np.dtype(dtype)).reshape(shape)
+
+
+def _name(obj: dict, where: str) -> str | None:
+    name = _field(obj, "name", (str, type(None)), where, optional=True)
+    if name is not None and len(name) > MAX_NAME:
+        raise SerializationError(f"{where}: name longer than {MAX_NAME} characters")
+    return name
+
+
+def _decode_attr(value: Any, where: str, depth: int = 0) -> Any:
+    if depth > 4:
+        raise SerializationError(f"{where}: attribute nested too deeply")
+    if isinstance(value, list):
+        return tuple(_decode_attr(v, where, depth + 1) for v in value)
+    if value is None or isinstance(value, (bool, int)) or (isinstance(value, str) and len(value) <= 16):
+        if isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_ELEMENTS:
+            raise SerializationError(f"{where}: attribute value {value} is out of range")
+        return value
+    raise SerializationError(f"{where}: unexpected attribute value {value!r}")
+
+
+def _check_attrs(op: str, attrs: dict, inputs: list[Node], where: str) -> None:
+    """Attributes the op's type rule relies on being canonical (as exprc's API builds them)."""
+    allowed = ATTRS.get(op, ())
+    extra = set(attrs) - set(allowed)
+    if extra or set(allowed) - set(attrs):
+        raise SerializationError(f"{where}: op {op!r} takes the attributes {list(allowed)}, got {sorted(attrs)}")
+    nd = inputs[0].ndim if inputs else 0
+
+    def axes_ok(axes: Any, n: int) -> bool:
+        return (isinstance(axes, tuple) and all(isinstance(a, int) and not isinstance(a, bool) and 0 <= a < n
+                                                for a in axes) and list(axes) == sorted(set(axes)))
+
+    bad = None
+    if op in _REDUCE:
+        if not axes_ok(attrs["axis"], nd) or not isinstance(attrs["keepdims"], bool):
+            bad = "axis must be sorted distinct axes of the operand, keepdims a bool"
+        elif op in ("argmax", "argmin") and len(attrs["axis"]) != 1 and len(attrs["axis"]) != nd:
+            bad = "argmax/argmin reduce one axis or all of them"
+    elif op == "cast":
+        if attrs["dtype"] not in DTYPES:
+            bad = f"dtype must be one of {', '.join(DTYPES)}"
+    elif op == "dimshuffle":
+        order = attrs["order"]
+        kept = [o for o in order if o != "x"] if isinstance(order, tuple) else None
+        if kept is None or not all(isinstance(o, int) and not isinstance(o, bool) and 0 <= o < nd for o in kept) \
+                or len(set(kept)) != len(kept) or len(order) > 32:
+            bad = "order must list distinct axes of the operand and 'x'"
+    elif op in ("reshape", "broadcast_to"):
+        shp = attrs["shape"]
+        lo = -1 if op == "reshape" else 0
+        if not isinstance(shp, tuple) or len(shp) > 32 or not all(
+                isinstance(s, int) and not isinstance(s, bool) and lo <= s <= MAX_DIM for s in shp):
+            bad = "shape must be a list of sizes"
+        elif math.prod(abs(s) for s in shp) > MAX_ELEMENTS:
+            bad = "shape has more than 2**48 elements"
+    elif op == "concatenate":
+        if not isinstance(attrs["axis"], int) or isinstance(attrs["axis"], bool) or not 0 <= attrs["axis"] < nd:
+            bad = "axis must be an axis of the operands"
+    elif op in ("getitem", "inc_subtensor"):
+        index = attrs["index"]
+        ok = isinstance(index, tuple) and len(index) <= 64
+        used = 0
+        for item in index if ok else ():
+            if not isinstance(item, tuple) or not item or item[0] not in ("i", "n", "s"):
+                ok = False
+            elif item[0] == "n":
+                ok = ok and len(item) == 1
+            elif item[0] == "i":
+                ok = ok and len(item) == 2 and isinstance(item[1], int) and not isinstance(item[1], bool)
+                used += 1
+            else:
+                ok = ok and len(item) == 4 and all(p is None or (isinstance(p, int) and not isinstance(p, bool))
+                                                   for p in item[1:3]) \
+                    and isinstance(item[3], int) and not isinstance(item[3], bool) and item[3] != 0
+                used += 1
+        if not ok or used > nd:
+            bad = "index must be a list of ['i', k], ['n'] and ['s', start, stop, step] items"
+    elif op == "split_part":
+        axis, which = attrs["axis"], attrs["which"]
+        if not (isinstance(axis, int) and not isinstance(axis, bool) and 0 <= axis < nd
+                and isinstance(which, int) and not isinstance(which, bool) and 0 <= which < len(inputs) - 1):
+            bad = "axis must be an axis of the operand and which an index of the parts"
+    if bad:
+        raise SerializationError(f"{where}: bad attributes for {op!r}: {bad}")
+
+
+def from_dict(doc: dict, max_nodes: int = 10_000_000, shared_refs: Sequence[Node] | None = None) -> Any:
+    """Rebuild an expression, a list of them or a compiled function from a parsed document."""
+    from exprc.shared import shared
+
+    kind = doc.get("kind")
+    if kind not in ("expression", "function"):
+        raise SerializationError(f"not an exprc graph: \"kind\" must be \"expression\" or \"function\", got {kind!r}")
+    entries = _field(doc, "nodes", list, "graph")
+    if len(entries) > max_nodes:
+        raise SerializationError(f"not loaded: {len(entries)} nodes, more than max_nodes={max_nodes}")
+    built: list[Node] = []
+    for i, entry in enumerate(entries):  # operands come first: one pass, no recursion
+        where = f"node {i}"
+        if not isinstance(entry, dict):
+            raise SerializationError(f"{where}: expected a JSON object")
+        op = _field(entry, "op", str, where)
+        where = f"node {i} ({op[:40]})"
+        if op == "input":
+            built.append(input_node(_name(entry, where), _dtype(entry, where),
+                                    _shape(_field(entry, "shape", list, where), where, True)))
+        elif op == "shared":
+            if "ref" in entry:
+                if shared_refs is None:
+                    raise SerializationError(f"{where}: a shared variable by reference is only valid inside a pickle")
+                built.append(shared_refs[_int(entry["ref"], where, 0, len(shared_refs) - 1)])
+                continue
+            dtype = _dtype(entry, where)
+            static = _shape(_field(entry, "shape", list, where), where, True)
+            value = _field(entry, "value", dict, where)
+            vshape = _shape(_field(value, "shape", list, where), where, False)
+            if len(vshape) != len(static) or any(s is not None and s != v for s, v in zip(static, vshape)):
+                raise SerializationError(f"{where}: value of shape {list(vshape)} does not fit shape {list(static)}")
+            arr = _array(value.get("data"), dtype, vshape, where)
+            built.append(shared(arr, _name(entry, where), borrow=True, shape=static))
+        elif op == "constant":
+            dtype = _dtype(entry, where)
+            shp = _shape(_field(entry, "shape", list, where), where, False)
+            built.append(constant_node(_array(entry.get("data"), dtype, shp, where), dtype))
+        else:
+            row = OPS.get(op)
+            if row is None or row.kind == "leaf" or row.infer is None:
+                raise SerializationError(f"{where}: unknown op {op!r} (ops made with exprc.custom_op must be "
+                                         "registered before loading)")
+            refs = _field(entry, "inputs", list, where)
+            if not refs or len(refs) > 64:
+                raise SerializationError(f"{where}: expected 1 to 64 operands")
+            inputs = [built[_int(r, f"{where}: operand", 0, i - 1)] for r in refs]
+            raw_attrs = _field(entry, "attrs", dict, where, optional=True) or {}
+            attrs = {k: _decode_attr(v, where) for k, v in raw_attrs.items()}
+            _check_attrs(op, attrs, inputs, where)
+            try:
+                node = row.make(tuple(inputs), attrs)
+            except ExprcError as exc:
+                raise SerializationError(f"{where}: {exc}") from None
+            except (TypeError, ValueError, KeyError, IndexError, OverflowError) as exc:
+                raise SerializationError(f"{where}: invalid operands or attributes ({type(exc).__name__}: {exc})") \
+                    from None
+            for dim in node.type.shape:
+                if dim is not None and dim > MAX_DIM:
+                    raise SerializationError(f"{where}: result shape is too large")
+            built.append(node)
+    n = len(built)
+
+    def refs_of(key: str) -> list[Node]:
+        return [built[_int(r, f"graph: {key}", 0, n - 1)] for r in _field(doc, key, list, "graph")]
+
+    outputs = refs_of("outputs")
+    single = _field(doc, "single", bool, "graph")
+    if kind == "expression":
+        if single:
+            if len(outputs) != 1:
+                raise SerializationError("graph: \"single\" is true but there is not exactly one output")
+            return outputs[0]
+        return outputs
+    inputs = refs_of("inputs")
+    for v in inputs:
+        if v.op != "input":
+            raise SerializationError("graph: a function input is not an input node")
+    updates = []
+    for pair in _field(doc, "updates", list, "graph"):
+        if not isinstance(pair, list) or len(pair) != 2:
+            raise SerializationError("graph: each update is a [shared, expression] pair")
+        var, expr = (built[_int(r, "graph: updates", 0, n - 1)] for r in pair)
+        updates.append((var, expr))
+    options = _field(doc, "options", dict, "graph")
+    return _compile(inputs, outputs[0] if single else outputs, updates, options)
+
+
+def _compile(inputs: list[Node], outputs: Any, updates: list, options: dict) -> Any:
+    from exprc import backends
+    from exprc.config import current
+    from exprc.function import function
+
+    cfg = current()
+    changes: dict[str, Any] = {}
+    for key in ("precise_math", "fast_math"):
+        if isinstance(options.get(key), bool):
+            changes[key] = options[key]
+    exclude = options.get("exclude", [])
+    if not isinstance(exclude, list) or not all(isinstance(e, str) and len(e) <= 200 for e in exclude):
+        raise SerializationError("graph: options.exclude must be a list of rewrite names or tags")
+    if exclude:
+        changes["exclude"] = tuple(sorted(set(cfg.exclude) | set(exclude)))
+    cfg = cfg.replace(**changes) if changes else cfg
+    backend = options.get("backend")
+    if not isinstance(backend, str) or backends.unavailable_reason(backend, cfg) is not None:
+        backend = None  # the saved backend is not available here: the default one
+    try:
+        return function(inputs, outputs, backend=backend, config=cfg, updates=updates or None,
+                        allow_downcast=options.get("allow_downcast") is True)
+    except ExprcError as exc:
+        raise SerializationError(f"graph: cannot compile the saved function: {exc}") from exc
+    except (TypeError, ValueError) as exc:
+        raise SerializationError(f"graph: invalid function: {exc}") from exc
+
+
+def load(path: str | os.PathLike, max_bytes: int = 1 << 30, max_nodes: int = 10_000_000) -> Any:
+    """Read what :func:`save` wrote: an expression, a list of expressions, or a compiled function
+    (compiled with the configuration in force; the saved backend when it is available here)."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        if size > max_bytes:
+            raise SerializationError(f"not loaded: {path} has {size} bytes, more than max_bytes={max_bytes}")
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise SerializationError(f"cannot read {path}: {exc}") from exc
+    try:
+        return loads(raw, max_bytes=max_bytes, max_nodes=max_nodes)
+    except SerializationError as exc:
+        raise SerializationError(f"{path}: {exc}") from None
+
+
+def _version() -> str:
+    import exprc
+
+    return exprc.__version__
+
+
+__all__ = ["FORMAT", "VERSION", "dumps", "from_dict", "load", "loads", "parse", "save", "to_dict"]
