@@ -124,6 +124,7 @@ from exprc.pipeline import FunctionGraph, optimize
 from exprc.printing import debugprint, pprint, to_dot
 from exprc.serialize import dumps, load, loads, save
 from exprc.shared import SharedVariable, shared
+from exprc.sympy_bridge import from_sympy, to_sympy
 
 __version__ = "0.1.0"
 

@@ -194,6 +194,13 @@ class Function:
             dst[...] = src
         return list(out)
 
+    def __reduce__(self) -> tuple:
+        """Pickling stores the graph in exprc's JSON format (never the binary); unpickling
+        compiles it again, which the disk cache makes a lookup."""
+        from exprc.serialize import reduce_function
+
+        return reduce_function(self)
+
     def __repr__(self) -> str:
         from exprc.printing import pprint
 

@@ -506,6 +506,20 @@ def load(path: str | os.PathLike, max_bytes: int = 1 << 30, max_nodes: int = 10_
         raise SerializationError(f"{path}: {exc}") from None
 
 
+# -- pickling ------------------------------------------------------------------------------------------
+def reduce_function(fn: Any) -> tuple:
+    """``Function.__reduce__``: the JSON text with shared variables by reference, plus the
+    shared variables themselves (pickled by value, once per pickle, so two functions pickled
+    together keep sharing them)."""
+    refs: list = []
+    text = json.dumps(to_dict(fn, shared_refs=refs), allow_nan=False, separators=(",", ":"))
+    return _unpickle_function, (text, tuple(refs))
+
+
+def _unpickle_function(text: str, shared_refs: tuple) -> Any:
+    return from_dict(parse(text), shared_refs=list(shared_refs))
+
+
 def _version() -> str:
     import exprc
 

@@ -75,8 +75,13 @@ class SharedVariable(Node):
         return self.get_value()
 
     def __reduce__(self) -> Any:
-        raise TypeError("shared variables are not pickled on their own; pickle the exprc.Function that uses "
-                        "them, or save the graph with exprc.save")
+        """Pickled by value: unpickling makes a new shared variable holding a copy of the value
+        (pickle's memo keeps one variable per pickle, however many functions use it)."""
+        return _unpickle_shared, (self.get_value(borrow=True), self.arg("name"), self.dtype, self.type.shape)
+
+
+def _unpickle_shared(value: np.ndarray, name: str | None, dtype: str, shape: tuple) -> SharedVariable:
+    return shared(value, name, borrow=True, dtype=dtype, shape=shape)
 
 
 def _convert(value: Any, var: Node, borrow: bool, what: str | None = None) -> np.ndarray:
