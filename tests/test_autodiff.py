@@ -1,0 +1,493 @@
+"""Symbolic differentiation: every gradient rule against central finite differences (table-driven,
+like JAX's check_grads), scalar formulas against sympy.diff, second derivatives, graph sizes, errors,
+stability far out in the tails, and the C backend against the NumPy backend."""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from conftest import assert_close
+
+import exprc
+from exprc.errors import DisconnectedInputError, DTypeError, ShapeError
+from exprc.graph import toposort
+
+RNG = np.random.default_rng(42)
+
+# Input domains: (low, high) for uniform draws.
+R = (-2.0, 2.0)  # reals
+POS = (0.2, 3.0)
+UNIT = (-0.9, 0.9)
+BIG = (1.2, 3.0)
+
+
+def draw(shape, domain, seed):
+    rng = np.random.default_rng(seed)
+    return rng.uniform(*domain, size=shape)
+
+
+def distinct(shape, seed):
+    """Reals spaced at least 0.1 apart (no ties for max/min/maximum)."""
+    rng = np.random.default_rng(seed)
+    n = math.prod(shape)
+    return (rng.permutation(n) * 0.1 - 0.05 * n + rng.uniform(0, 0.01, n)).reshape(shape)
+
+
+def fd_grads(f, arrays, eps=1e-5):
+    """Central finite differences of the scalar function ``f(*arrays)`` for every array."""
+    out = []
+    for i, a in enumerate(arrays):
+        g = np.zeros_like(a)
+        for k in np.ndindex(a.shape):
+            plus = [x.copy() for x in arrays]
+            minus = [x.copy() for x in arrays]
+            plus[i][k] += eps
+            minus[i][k] -= eps
+            g[k] = (f(*plus) - f(*minus)) / (2 * eps)
+        out.append(g)
+    return out
+
+
+def check_grads(build, arrays, shapes=None, rtol=2e-6, atol=2e-7):
+    """grad of sum(build(*vars) * W) (W random, so every output element matters) against finite
+    differences.  ``shapes`` gives the static shapes of the variables (None: all sizes unknown)."""
+    shapes = shapes or [(None,) * a.ndim for a in arrays]
+    vs = [exprc.tensor(f"v{i}", "float64", shape=s) for i, s in enumerate(shapes)]
+    out = build(*vs)
+    weights = np.random.default_rng(7).uniform(0.5, 1.5, size=out.eval({v: a for v, a in zip(vs, arrays)}).shape)
+    cost = exprc.sum(out * weights)
+    f = exprc.function(vs, cost, backend="numpy")
+    grads = exprc.grad(cost, vs)
+    for v, gr in zip(vs, grads):
+        assert gr.type.shape == v.type.shape or None in v.type.shape, (gr.type, v.type)
+    got = exprc.function(vs, grads, backend="numpy")(*arrays)
+    want = fd_grads(lambda *xs: float(f(*xs)), arrays)
+    for i, (g, w) in enumerate(zip(got, want)):
+        assert g.shape == w.shape, (i, g.shape, w.shape)
+        np.testing.assert_allclose(g, w, rtol=rtol, atol=atol * max(1.0, np.abs(w).max()), err_msg=f"input {i}")
+    return grads
+
+
+# -- one row per op: (id, builder, inputs as (shape, domain)) -----------------------------
+def _u(name):
+    return lambda x: getattr(exprc, name)(x)
+
+
+UNARY = [
+    ("neg", _u("negative"), R), ("abs", _u("abs"), POS), ("square", _u("square"), R),
+    ("reciprocal", _u("reciprocal"), POS), ("exp", _u("exp"), R), ("exp2", _u("exp2"), R),
+    ("expm1", _u("expm1"), R), ("log", _u("log"), POS), ("log2", _u("log2"), POS), ("log10", _u("log10"), POS),
+    ("log1p", _u("log1p"), POS), ("sqrt", _u("sqrt"), POS), ("cbrt", _u("cbrt"), POS), ("sin", _u("sin"), R),
+    ("cos", _u("cos"), R), ("tan", _u("tan"), UNIT), ("arcsin", _u("arcsin"), UNIT),
+    ("arccos", _u("arccos"), UNIT), ("arctan", _u("arctan"), R), ("sinh", _u("sinh"), R), ("cosh", _u("cosh"), R),
+    ("tanh", _u("tanh"), R), ("arcsinh", _u("arcsinh"), R), ("arccosh", _u("arccosh"), BIG),
+    ("arctanh", _u("arctanh"), UNIT), ("sigmoid", _u("sigmoid"), R), ("softplus", _u("softplus"), R),
+    ("erf", _u("erf"), R), ("erfc", _u("erfc"), R),
+]
+
+
+@pytest.mark.parametrize("name,fn,domain", UNARY, ids=[u[0] for u in UNARY])
+def test_unary_rules(name, fn, domain):
+    check_grads(fn, [draw((2, 3), domain, 1)])
+
+
+BINARY = [  # id, builder, domains, shapes of the two operands
+    ("add", lambda a, b: a + b, (R, R)), ("sub", lambda a, b: a - b, (R, R)), ("mul", lambda a, b: a * b, (R, R)),
+    ("truediv", lambda a, b: a / b, (R, POS)), ("mod", lambda a, b: a % b, ((2.3, 2.7), (1.0, 1.1))),
+    ("pow", lambda a, b: a ** b, (POS, R)), ("arctan2", exprc.arctan2, (R, R)), ("hypot", exprc.hypot, (R, R)),
+    ("logaddexp", exprc.logaddexp, (R, R)),
+]
+
+
+@pytest.mark.parametrize("name,fn,domains", BINARY, ids=[b[0] for b in BINARY])
+@pytest.mark.parametrize("shapes", [((2, 3), (2, 3)), ((2, 3), (3,)), ((2, 1), (1, 3)), ((), (2, 3))],
+                         ids=["same", "row", "outer", "scalar"])
+def test_binary_rules_with_broadcasting(name, fn, domains, shapes):
+    arrays = [draw(s, d, i) for i, (s, d) in enumerate(zip(shapes, domains))]
+    check_grads(fn, arrays)  # unknown sizes: broadcast axes summed at call time
+    check_grads(fn, arrays, shapes=shapes)  # static sizes: summed in the graph
+
+
+def test_broadcast_along_unknown_size_is_summed_at_call_time():
+    a, b = exprc.vector("a"), exprc.vector("b")
+    ga, gb = exprc.grad(exprc.sum(a * b), [a, b])
+    assert "sum_to" in {n.op for n in toposort([ga])}
+    f = exprc.function([a, b], [ga, gb], backend="numpy")
+    da, db = f(np.array([2.0]), np.array([1.0, 2.0, 3.0]))
+    assert_close(da, np.array([6.0]))
+    assert_close(db, np.array([2.0, 2.0, 2.0]))
+    # Sizes proved equal (x against functions of x) need no call-time step.
+    gx = exprc.grad(exprc.sum(exprc.sin(a) * a * exprc.exp(a)), a)
+    assert "sum_to" not in {n.op for n in toposort([gx])}
+
+
+@pytest.mark.parametrize("name", ["maximum", "minimum"])
+def test_maximum_minimum_rules_and_ties(name):
+    fn = getattr(exprc, name)
+    check_grads(fn, [distinct((2, 3), 1), distinct((2, 3), 2)])
+    a, b = exprc.vector("a"), exprc.vector("b")
+    ga, gb = exprc.grad(exprc.sum(fn(a, b)), [a, b])
+    da, db = exprc.function([a, b], [ga, gb], backend="numpy")([1.0, 2.0, 3.0], [1.0, 0.0, 5.0])
+    big = name == "maximum"
+    assert_close(da, np.array([0.5, 1.0 if big else 0.0, 0.0 if big else 1.0]))  # a tie splits in half
+    assert_close(db, np.array([0.5, 0.0 if big else 1.0, 1.0 if big else 0.0]))
+
+
+def test_clip_passes_gradient_inside_and_half_at_the_bounds():
+    check_grads(lambda x: exprc.clip(x, -0.5, 0.5), [np.array([-0.9, -0.2, 0.3, 0.7])])
+    x = exprc.vector("x")
+    g = exprc.grad(exprc.sum(exprc.clip(x, -0.5, 0.5)), x)
+    assert_close(g.eval({x: np.array([-1.0, -0.5, 0.0, 0.5, 1.0])}), np.array([0.0, 0.5, 1.0, 0.5, 0.0]))
+
+
+def test_where_rule():
+    check_grads(lambda a, b: exprc.where(a > 0, a * b, exprc.exp(b)), [draw((2, 3), R, 1), draw((3,), R, 2)])
+
+
+REDUCE = [
+    ("sum", lambda x: exprc.sum(x)), ("sum_axis0", lambda x: exprc.sum(x, 0)),
+    ("sum_axis1_keep", lambda x: exprc.sum(x, 1, keepdims=True)), ("sum_axes", lambda x: exprc.sum(x, (0, 2))),
+    ("mean", lambda x: exprc.mean(x)), ("mean_axis", lambda x: exprc.mean(x, -1)),
+    ("mean_keep", lambda x: exprc.mean(x, (0, 1), keepdims=True)),
+    ("prod", lambda x: exprc.prod(x)), ("prod_axis", lambda x: exprc.prod(x, 1)),
+    ("prod_keep", lambda x: exprc.prod(x, 0, keepdims=True)),
+    ("var", lambda x: exprc.var(x, 1)), ("std", lambda x: exprc.std(x, 0, ddof=1)),
+    ("logsumexp", lambda x: exprc.logsumexp(x)), ("logsumexp_axis", lambda x: exprc.logsumexp(x, 1)),
+    ("softmax", lambda x: exprc.softmax(x)), ("log_softmax", lambda x: exprc.log_softmax(x, axis=0)),
+]
+
+
+@pytest.mark.parametrize("name,fn", REDUCE, ids=[r[0] for r in REDUCE])
+def test_reduction_rules(name, fn):
+    x = draw((2, 3, 2), (0.5, 1.5), 3)
+    check_grads(fn, [x])
+    check_grads(fn, [x], shapes=[x.shape])
+
+
+@pytest.mark.parametrize("name", ["max", "min"])
+@pytest.mark.parametrize("axis,keepdims", [(None, False), (1, False), ((0, 2), True)])
+def test_max_min_rules(name, axis, keepdims):
+    check_grads(lambda x: getattr(exprc, name)(x, axis, keepdims), [distinct((2, 3, 2), 5)])
+
+
+def test_max_splits_ties_evenly_and_prod_handles_zeros():
+    x = exprc.vector("x")
+    g = exprc.grad(exprc.max(x), x)
+    assert_close(g.eval({x: np.array([1.0, 3.0, 3.0, 0.0])}), np.array([0.0, 0.5, 0.5, 0.0]))
+    g = exprc.grad(exprc.min(x) * 3.0, x)
+    assert_close(g.eval({x: np.array([1.0, 1.0, 1.0, 2.0])}), np.array([1.0, 1.0, 1.0, 0.0]))
+    g = exprc.grad(exprc.prod(x), x)
+    assert_close(g.eval({x: np.array([2.0, 0.0, 3.0])}), np.array([0.0, 6.0, 0.0]))  # one zero: exact
+    assert_close(g.eval({x: np.array([2.0, 0.0, 0.0])}), np.array([0.0, 0.0, 0.0]))  # two zeros
+    assert_close(g.eval({x: np.array([2.0, 4.0, 3.0])}), np.array([12.0, 6.0, 8.0]))
+
+
+SHAPE = [  # id, builder, input shape
+    ("reshape", lambda x: exprc.reshape(x, (3, 4)) * np.arange(12.0).reshape(3, 4), (2, 6)),
+    ("flatten", lambda x: exprc.flatten(x) ** 2, (3, 4)),
+    ("transpose", lambda x: exprc.transpose(x, (2, 0, 1)) * np.arange(24.0).reshape(4, 2, 3), (2, 3, 4)),
+    ("T", lambda x: x.T @ x, (3, 2)),
+    ("expand_squeeze", lambda x: exprc.squeeze(exprc.expand_dims(x, (0, 2)) * x[:, None], 0), (3, 4)),
+    ("broadcast_to", lambda x: exprc.broadcast_to(x, (2, 3, 4)) * np.arange(24.0).reshape(2, 3, 4), (3, 1)),
+    ("concatenate", lambda x: exprc.concatenate([x, exprc.exp(x), x[:1]], 0), (2, 3)),
+    ("concatenate_axis1", lambda x: exprc.concatenate([x, x * x], 1), (2, 3)),
+    ("stack", lambda x: exprc.stack([x, exprc.sin(x)], 1), (2, 3)),
+    ("getitem_int", lambda x: x[1] * x[0, 2], (3, 4)),
+    ("getitem_slices", lambda x: x[::2, 1:] + x[-1, :0:-1][None], (3, 4)),
+    ("getitem_ellipsis", lambda x: exprc.exp(x[..., 1]) * x[None, 0, ..., None], (3, 4)),
+]
+
+
+@pytest.mark.parametrize("name,fn,shape", SHAPE, ids=[s[0] for s in SHAPE])
+def test_shape_rules(name, fn, shape):
+    x = draw(shape, R, 4)
+    check_grads(fn, [x], shapes=[shape])
+    if name not in ("reshape", "broadcast_to", "getitem_int", "getitem_slices", "getitem_ellipsis"):
+        check_grads(fn, [x])  # unknown sizes: reshape_like / split_part / sum_to at call time
+
+
+def test_reshape_of_unknown_shape_and_getitem_on_unknown_sizes():
+    check_grads(lambda x: exprc.reshape(x, -1) * exprc.reshape(x, -1)[::-1], [draw((2, 3), R, 1)])
+    check_grads(lambda x: x[1:, ::2] * 2.0 + x[0, :2], [draw((3, 4), R, 1)])
+
+
+MATMUL = [((3, 4), (4, 2)), ((4,), (4, 2)), ((3, 4), (4,)), ((4,), (4,)), ((2, 3, 4), (4, 5)),
+          ((2, 3, 4), (2, 4, 5)), ((1, 3, 4), (2, 4, 5)), ((4,), (2, 4, 3))]
+
+
+@pytest.mark.parametrize("sa,sb", MATMUL, ids=[f"{a}@{b}" for a, b in MATMUL])
+def test_matmul_rule(sa, sb):
+    arrays = [draw(sa, R, 1), draw(sb, R, 2)]
+    check_grads(exprc.matmul, arrays, shapes=[sa, sb])
+    check_grads(exprc.matmul, arrays)
+
+
+def test_dot_and_cast_rules():
+    check_grads(lambda a, b: exprc.dot(a, b) * 2.0, [draw((3, 4), R, 1), draw((4, 2), R, 2)])
+    x = exprc.vector("x", "float32")
+    g = exprc.grad(exprc.sum(exprc.astype(x, "float64") * 3.0), x)
+    assert g.dtype == "float32"
+    assert_close(g.eval({x: np.ones(2, np.float32)}), np.full(2, 3.0, np.float32))
+    y = exprc.vector("y")
+    g = exprc.grad(exprc.sum(exprc.astype(y, "int64") * y), y)  # no gradient through an integer cast
+    assert_close(g.eval({y: np.array([1.5, -2.5])}), np.array([1.0, -2.0]))
+
+
+# -- scalar formulas against sympy ---------------------------------------------------------
+sympy = pytest.importorskip("sympy")
+SYM_FUNCS = {"sin": exprc.sin, "cos": exprc.cos, "tan": exprc.tan, "exp": exprc.exp, "log": exprc.log,
+             "sqrt": exprc.sqrt, "tanh": exprc.tanh, "sinh": exprc.sinh, "cosh": exprc.cosh, "asin": exprc.arcsin,
+             "acos": exprc.arccos, "atan": exprc.arctan, "atan2": exprc.arctan2, "asinh": exprc.arcsinh,
+             "acosh": exprc.arccosh, "atanh": exprc.arctanh,
+             "erf": exprc.erf, "erfc": exprc.erfc, "Abs": exprc.abs}
+FORMULAS = ["sin(x)*exp(y)", "log(1 + x**2)/y", "atan2(y, x)", "sqrt(x*y)", "tanh(x)**3 - cosh(y)", "x**y",
+            "erf(x)*erfc(y)", "asin(x/3)*acos(y/4)", "atan(x*y) + asinh(x) + acosh(y + 2) + atanh(x/4)",
+            "exp(-x**2/2)/sqrt(2*pi)", "1/(1 + exp(-x*y))", "log(exp(x) + exp(y))", "Abs(x - y)**1.5",
+            "sinh(x)/(cos(y) + 2) + tan(x/2)"]
+
+
+@pytest.mark.parametrize("formula", FORMULAS)
+def test_scalar_formulas_against_sympy(formula):
+    sx, sy = sympy.symbols("x y", real=True)
+    expr = sympy.sympify(formula, locals={"x": sx, "y": sy})
+    build = sympy.lambdify((sx, sy), expr, modules=[SYM_FUNCS, "math"])
+    x, y = exprc.scalar("x"), exprc.scalar("y")
+    e = exprc.as_node(build(x, y))
+    gx, gy = exprc.grad(e, [x, y], disconnected="zero")
+    hxx = exprc.grad(gx, x, disconnected="zero")  # second order by applying grad again
+    f = exprc.function([x, y], [gx, gy, hxx], backend="numpy")
+    for px, py in [(0.7, 1.3), (1.1, 0.4), (0.3, 2.5)]:
+        want = [float(sympy.diff(expr, *v).evalf(subs={sx: px, sy: py})) for v in ([sx], [sy], [sx, sx])]
+        got = f(px, py)
+        np.testing.assert_allclose([float(g) for g in got], want, rtol=1e-12, atol=1e-13)
+
+
+# -- second order, vector products ----------------------------------------------------------------
+HESSIAN = [
+    ("sin_x2", lambda x: exprc.sum(exprc.sin(x) * x ** 2)),
+    ("logsumexp", lambda x: exprc.logsumexp(x * 2.0)),
+    ("quadratic", lambda x: x @ (np.arange(9.0).reshape(3, 3) @ x)),
+    ("softplus_prod", lambda x: exprc.sum(exprc.softplus(x)) * exprc.prod(x)),
+    ("max_norm", lambda x: exprc.max(x) * exprc.sqrt(exprc.sum(exprc.square(x)))),
+]
+
+
+@pytest.mark.parametrize("name,fn", HESSIAN, ids=[h[0] for h in HESSIAN])
+def test_hessian_against_finite_differences_of_the_gradient(name, fn):
+    x = exprc.vector("x", shape=(3,))
+    data = np.array([0.3, -0.7, 1.1])
+    h = exprc.hessian(fn(x), x)
+    assert h.type.shape == (3, 3)
+    fg = exprc.function([x], exprc.grad(fn(x), x), backend="numpy")
+    eps = 1e-6
+    want = np.stack([(fg(data + eps * e) - fg(data - eps * e)) / (2 * eps) for e in np.eye(3)], 1)
+    np.testing.assert_allclose(h.eval({x: data}), want, rtol=1e-6, atol=1e-7)
+    if name == "quadratic":
+        a = np.arange(9.0).reshape(3, 3)
+        assert_close(h.eval({x: data}), a + a.T)
+
+
+def test_third_derivative_and_grad_through_gradient_ops():
+    x = exprc.scalar("x")
+    d3 = exprc.grad(exprc.grad(exprc.grad(exprc.sin(x) * x, x), x), x)
+    v = 0.4
+    assert_close(d3.eval({x: v}), np.float64(-3 * math.sin(v) - v * math.cos(v)))
+    m = exprc.matrix("m")  # second order through sum_to, fill, inc_subtensor, split_part, reshape_like
+    cost = exprc.sum(exprc.exp(m[0] * m[:, :1]) * exprc.mean(exprc.concatenate([m, m * m], 0), 0))
+    cost = cost + exprc.sum(exprc.reshape(m, -1) ** 3)
+    g = exprc.grad(cost, m)
+    data = draw((2, 3), R, 9)
+    second = exprc.grad(exprc.sum(g * g), m)
+    f2 = exprc.function([m], exprc.sum(g * g), backend="numpy")
+    (want,) = fd_grads(lambda d: float(f2(d)), [data])
+    np.testing.assert_allclose(second.eval({m: data}), want, rtol=1e-5, atol=1e-6)
+
+
+def test_vjp_jvp_and_jacobian():
+    x = exprc.vector("x", shape=(3,))
+    a = np.array([[1.0, 2.0, 0.5], [0.0, -1.0, 3.0]])
+    out = exprc.tanh(a @ x) * exprc.sum(x)
+    data = np.array([0.2, -0.4, 0.9])
+    f = exprc.function([x], out, backend="numpy")
+    eps = 1e-6
+    jac_fd = np.stack([(f(data + eps * e) - f(data - eps * e)) / (2 * eps) for e in np.eye(3)], 1)
+    jac = exprc.jacobian(out, x)
+    assert jac.type.shape == (2, 3)
+    np.testing.assert_allclose(jac.eval({x: data}), jac_fd, rtol=1e-7, atol=1e-8)
+    ct = np.array([0.5, -2.0])
+    np.testing.assert_allclose(exprc.vjp(out, x, ct).eval({x: data}), ct @ jac_fd, rtol=1e-7)
+    t = np.array([1.0, 0.5, -1.5])
+    tangent = exprc.jvp(out, x, t)
+    assert {n.op for n in toposort([tangent]) if n.op == "input"} == {"input"}
+    assert [n for n in toposort([tangent]) if n.op == "input"] == [x]
+    np.testing.assert_allclose(tangent.eval({x: data}), jac_fd @ t, rtol=1e-7)
+    # Lists keep their structure; a jacobian of a matrix expression has shape expr.shape + var.shape.
+    m = exprc.matrix("m", shape=(2, 2))
+    j1, j2 = exprc.jacobian(m * exprc.sum(x), [m, x])
+    assert j1.type.shape == (2, 2, 2, 2) and j2.type.shape == (2, 2, 3)
+    md = np.array([[1.0, 2.0], [3.0, 4.0]])
+    assert_close(j2.eval({m: md, x: data}), np.repeat(md[:, :, None], 3, 2))
+    assert_close(j1.eval({m: md, x: data}), np.eye(4).reshape(2, 2, 2, 2) * data.sum())
+    _, t2 = exprc.jvp([out, exprc.sum(x * x)], [x], [t])
+    np.testing.assert_allclose(t2.eval({x: data}), 2 * data @ t)
+
+
+# -- structure -------------------------------------------------------------------------
+def test_gradient_graph_is_linear_in_the_graph_size():
+    x = exprc.vector("x")
+    y = x
+    for i in range(1000):
+        y = [exprc.sin, exprc.tanh, lambda v: v * 1.01 + x, exprc.softplus][i % 4](y)
+    cost = exprc.sum(y)
+    g = exprc.grad(cost, x)
+    n_forward = len(toposort([cost]))
+    n_total = len(toposort([g]))
+    assert n_total <= 6 * n_forward, (n_total, n_forward)
+    assert len(toposort([exprc.grad(cost * cost, x)])) <= n_total + 10  # shared, not duplicated
+
+
+def test_gradient_of_a_100000_node_chain():
+    x = exprc.scalar("x")
+    y = x
+    for i in range(100_000):  # exp(-exp(-...)): no recursion anywhere, one gradient node per node
+        y = exprc.exp(y) if i % 2 else -y
+    g = exprc.grad(y, x)
+    assert len(toposort([g])) < 250_000
+    small = x
+    for _ in range(200):
+        small = exprc.sin(small) + x
+    gs = exprc.grad(small, x).eval({x: 0.3})
+    (want,) = fd_grads(lambda v: float(small.eval({x: v})), [np.array(0.3)])
+    np.testing.assert_allclose(gs, want, rtol=1e-6)
+
+
+# -- errors and zero gradients --------------------------------------------------------------
+def test_errors():
+    x, y = exprc.vector("x"), exprc.vector("y")
+    with pytest.raises(ShapeError, match=r"scalar.*shape \(\?,\)"):
+        exprc.grad(exprc.exp(x), x)
+    with pytest.raises(DisconnectedInputError, match="'y'|y "):
+        exprc.grad(exprc.sum(x), [x, y])
+    _, gy = exprc.grad(exprc.sum(x), [x, y], disconnected="zero")
+    assert_close(gy.eval({y: np.ones(3)}), np.zeros(3))
+    with pytest.warns(RuntimeWarning, match="does not depend"):
+        exprc.grad(exprc.sum(x), y, disconnected="warn")
+    with pytest.raises(ValueError, match="disconnected"):
+        exprc.grad(exprc.sum(x), x, disconnected="ignore")
+    with pytest.raises(DTypeError, match="float"):
+        exprc.grad(exprc.sum(exprc.vector("i", "int64")), x, disconnected="zero")
+    with pytest.raises(TypeError):
+        exprc.grad(exprc.sum(x), "x")
+    with pytest.raises(ShapeError, match="static"):
+        exprc.jacobian(exprc.exp(x), x)
+    assert isinstance(exprc.grad(exprc.sum(x), (x,)), tuple)
+
+
+def test_zero_gradients_of_integer_inputs_and_piecewise_constant_ops():
+    x = exprc.vector("x")
+    n = exprc.vector("n", "int64")
+    b = exprc.vector("b", "bool")
+    cost = exprc.sum(x * n) + exprc.sum(exprc.where(b, x, 0.0))
+    gx, gn, gb = exprc.grad(cost, [x, n, b])
+    assert gn.dtype == "float64" and gb.dtype == "float64"
+    vals = {x: np.array([1.0, 2.0]), n: np.array([3, 4]), b: np.array([True, False])}
+    assert_close(gn.eval(vals), np.zeros(2))
+    assert_close(gb.eval(vals), np.zeros(2))
+    assert_close(gx.eval(vals), np.array([4.0, 4.0]))
+    for fn in [exprc.floor, exprc.ceil, exprc.round, exprc.sign, lambda v: exprc.astype(v > 0, "float64"),
+               lambda v: exprc.astype(exprc.argmax(v), "float64"), lambda v: v // 2.0]:
+        g = exprc.grad(exprc.sum(fn(x)), x)  # connected, but the derivative is 0
+        assert_close(g.eval({x: np.array([0.3, 1.7])}), np.zeros(2))
+
+
+# -- stability ------------------------------------------------------------------------------
+BACKENDS = ["numpy", "c"]
+
+
+def expit(z):
+    e = np.exp(-np.abs(z))
+    return np.where(z >= 0, 1 / (1 + e), e / (1 + e))
+
+
+def _grad_fn(build, backend, ndim=1):
+    x = exprc.tensor("x", ndim=ndim)
+    return exprc.function([x], exprc.grad(build(x), x), backend=backend)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_stable_gradients_in_the_tails(backend):
+    far = np.array([-1000.0, -50.0, 0.0, 50.0, 1000.0])
+    sig = expit(far)
+    g = _grad_fn(lambda x: exprc.sum(exprc.softplus(x)), backend)(far)
+    assert g[0] == 0.0 and g[-1] == 1.0
+    assert_close(g, sig)
+    g = _grad_fn(lambda x: exprc.sum(exprc.log(exprc.sigmoid(x))), backend)(far)
+    assert_close(g, 1 - sig)
+    g = _grad_fn(lambda x: exprc.sum(exprc.log(1 + exprc.exp(x))), backend)(far)  # the naive softplus
+    assert_close(g, sig)
+    big = np.array([1000.0, 999.0, 1001.0, -1000.0])
+    soft = np.exp(big - big.max()) / np.exp(big - big.max()).sum()
+    g = _grad_fn(exprc.logsumexp, backend)(big)
+    assert_close(g, soft, ulps=16)
+    w = np.array([1.0, 2.0, 0.5, -1.0])
+    g = _grad_fn(lambda x: exprc.sum(exprc.log_softmax(x) * w), backend)(big)
+    assert_close(g, w - soft * w.sum(), ulps=16)
+    g = _grad_fn(lambda x: exprc.sum(exprc.log(exprc.softmax(x)) * w), backend)(big)  # the naive form
+    assert_close(g, w - soft * w.sum(), ulps=16)
+    g = _grad_fn(lambda x: exprc.sum(exprc.log1p(x)), backend)(np.array([1e-20, 1e300, -0.5]))
+    assert_close(g, np.array([1.0, 1e-300, 2.0]))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_binary_cross_entropy_on_logits(backend):
+    z, t = exprc.vector("z"), exprc.vector("t")
+    p = exprc.sigmoid(z)
+    naive = -exprc.sum(t * exprc.log(p) + (1 - t) * exprc.log(1 - p))
+    f = exprc.function([z, t], [naive, exprc.grad(naive, z)], backend=backend)
+    zs = np.array([-1000.0, -30.0, 0.0, 30.0, 1000.0, 40.0])
+    ts = np.array([0.0, 1.0, 1.0, 0.0, 1.0, 1.0])
+    _, g = f(zs, ts)
+    assert np.isfinite(g).all()
+    assert_close(g, expit(zs) - ts)
+
+
+# -- C backend against the NumPy backend -------------------------------------------------------
+C_CASES = [
+    ("mlp", lambda x, w: exprc.sum(exprc.tanh(x @ w) ** 2) + exprc.logsumexp(x, 1).sum(), (4, 3), (3, 2)),
+    ("broadcast", lambda x, w: exprc.mean(exprc.sigmoid(x[:, :2] * w[0]) * exprc.max(x, 1, keepdims=True)), (4, 3), (3, 2)),
+    ("softmax_xent", lambda x, w: -exprc.sum(exprc.log_softmax(x @ w) * np.eye(2)[[0, 1, 1, 0]]), (4, 3), (3, 2)),
+]
+
+
+@pytest.mark.parametrize("name,fn,sx,sw", C_CASES, ids=[c[0] for c in C_CASES])
+def test_c_backend_gradients_match_numpy(name, fn, sx, sw):
+    x, w = exprc.matrix("x"), exprc.matrix("w")
+    cost = fn(x, w)
+    grads = exprc.grad(cost, [x, w])
+    data = [draw(sx, R, 1), draw(sw, R, 2)]
+    want = exprc.function([x, w], [cost, *grads], backend="numpy")(*data)
+    got = exprc.function([x, w], [cost, *grads], backend="c")(*data)
+    for g, v in zip(got, want):
+        assert_close(g, v, ulps=64)
+
+
+def test_every_builtin_op_has_a_gradient_rule():
+    # A fresh interpreter: other tests register custom ops without rules.
+    code = ("import exprc; from exprc.ops import OPS; "
+            "print(len(OPS), [n for n, op in OPS.items() if op.kind != 'leaf' and op.grad is None])")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {**os.environ, "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True).stdout
+    assert int(out.split()[0]) > 80
+    assert out.split(None, 1)[1].strip() == "[]"
+
+
+def test_log1mexp_rule():
+    if not hasattr(exprc, "log1mexp"):
+        pytest.skip("no log1mexp op")
+    check_grads(exprc.log1mexp, [-draw((2, 3), POS, 3)])
