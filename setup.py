@@ -22,6 +22,7 @@ setup(
     extras_require={
         "test": ["pytest>=7", "hypothesis>=6.80", "mpmath>=1.3", "ruff"],
         "bench": ["numexpr", "numba"],
+        "examples": ["scikit-learn"],
         "cuda": ["cuda-bindings>=12.6", "nvidia-cuda-nvrtc-cu12"],
     },
     entry_points={"console_scripts": ["exprc=exprc.cli:main"]},
