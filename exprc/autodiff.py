@@ -19,9 +19,13 @@ How a gradient is built (reverse mode, as Theano and JAX):
    to one gradient per operand; contributions to a node are summed.  Every rule adds
    O(1) nodes and reuses the forward nodes, so the gradient of an n-node graph has
    O(n) nodes.
-3. Elementwise results are summed over the axes their operand was broadcast along
-   (:func:`sum_to`).  Where a size is known only at call time and might be a
-   broadcast 1, the sum is decided at call time by the ``sum_to`` op.
+3. Broadcasting: a rule's result is summed over the axes its operand was broadcast
+   along (:func:`sum_to`).  Where a size is known only at call time and might be a
+   broadcast 1, the ``sum_to`` op decides at call time, unless symbolic extents
+   (:class:`Extents`) prove the sizes equal.  Gradients are broadcast lazily: one may
+   be smaller than its node and broadcast to it (the gradient of a full ``sum`` stays a
+   scalar), so no array of the operand's shape is built for nothing; it is made full
+   (``fill``) only for the ops that need it and for the results.
 
 Conventions: only float nodes carry gradients; integer and bool variables get
 zero gradients (float64 zeros of their shape), and so does everything reached only
@@ -496,4 +500,5 @@ def hessian(cost: Any, wrt: Any, disconnected: str = "raise") -> Any:
     return back(out)
 
 
-__all__ = ["fill", "grad", "hessian", "jacobian", "jvp", "stable_forms", "sum_to", "vjp", "zeros_like"]
+__all__ = ["Extents", "count", "fill", "full", "grad", "hessian", "jacobian", "jvp", "model_of", "stable_forms", "sum_to",
+           "vjp", "zeros_like"]
