@@ -461,6 +461,9 @@ C_CASES = [
     ("mlp", lambda x, w: exprc.sum(exprc.tanh(x @ w) ** 2) + exprc.logsumexp(x, 1).sum(), (4, 3), (3, 2)),
     ("broadcast", lambda x, w: exprc.mean(exprc.sigmoid(x[:, :2] * w[0]) * exprc.max(x, 1, keepdims=True)), (4, 3), (3, 2)),
     ("softmax_xent", lambda x, w: -exprc.sum(exprc.log_softmax(x @ w) * np.eye(2)[[0, 1, 1, 0]]), (4, 3), (3, 2)),
+    ("shape_ops", lambda x, w: exprc.sum(exprc.square(exprc.reshape(exprc.concatenate([x, exprc.exp(x[:1])], 0) @ w,
+                                                                     -1))) + exprc.sum(x[1:, ::2] * w[0, :1]),
+     (4, 3), (3, 2)),
 ]
 
 
