@@ -8,6 +8,11 @@ from setuptools import find_packages, setup
 HERE = Path(__file__).parent
 VERSION = re.search(r'__version__ = "([^"]+)"', (HERE / "exprc" / "__init__.py").read_text()).group(1)
 
+# CUDA 12 line: cuda-bindings 12.x with NVRTC 12.x (cuda-bindings 13 needs a CUDA 13 driver and the
+# nvidia-cuda-nvrtc 13 wheel).  Linux and Windows wheels only.
+_GPU_OS = "platform_system == 'Linux' or platform_system == 'Windows'"
+CUDA = [f"cuda-bindings>=12.8,<13; {_GPU_OS}", f"nvidia-cuda-nvrtc-cu12>=12.8; {_GPU_OS}"]
+
 setup(
     name="exprc",
     version=VERSION,
@@ -17,13 +22,14 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["exprc", "exprc.*"]) + ["exprc.templates"],
     package_dir={"exprc.templates": "templates"},
-    package_data={"exprc.templates": ["*.c", "*.h", "*.cu"]},
+    package_data={"exprc.templates": ["*.c", "*.h", "*.cu", "*.cuh"]},
     install_requires=["numpy>=2.0", "cffi>=1.16", "networkx>=3.0", "sympy>=1.12"],
     extras_require={
-        "test": ["pytest>=7", "hypothesis>=6.80", "mpmath>=1.3", "ruff"],
+        # NVRTC (no GPU or driver needed; installs in seconds) lets the GPU-less suite compile every CUDA source.
+        "test": ["pytest>=7", "hypothesis>=6.80", "mpmath>=1.3", "ruff", *CUDA],
         "bench": ["numexpr", "numba"],
         "examples": ["scikit-learn"],
-        "cuda": ["cuda-bindings>=12.6", "nvidia-cuda-nvrtc-cu12"],
+        "cuda": CUDA,
     },
     entry_points={"console_scripts": ["exprc=exprc.cli:main"]},
 )

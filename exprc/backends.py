@@ -79,3 +79,18 @@ def _c_probe(cfg: Config) -> str | None:
 
 
 register_backend("c", _c_factory, _c_probe)
+
+
+def _cuda_factory(fg: FunctionGraph, cfg: Config) -> Any:
+    from exprc.cuda_runtime import factory
+
+    return factory(fg, cfg)
+
+
+def _cuda_probe(cfg: Config) -> str | None:
+    from exprc.cuda_runtime import probe
+
+    return probe(cfg)
+
+
+register_backend("cuda", _cuda_factory, _cuda_probe)

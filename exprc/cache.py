@@ -3,8 +3,8 @@
 Layout of :func:`root` (one folder per exprc version, Python ABI and platform)::
 
     <name>-<hash12>/        one entry; appears atomically and never changes except meta.json
-        <name>.c            the generated source
-        <name>.so           the shared library
+        <name>.c            the generated source (<name>.cu for the CUDA backend)
+        <name>.so           the shared library (<name>.cubin or <name>.ptx for the CUDA backend)
         meta.json           key parts, timestamps, hits, sizes, sha256 of the library (no pickle)
     locks/<key>.lock        flock-ed only while that entry compiles (released when a process dies)
     toolchain/<id>.json     compiler probe results (see :mod:`exprc.compile.cc`)
@@ -390,10 +390,10 @@ def _build(r: Path, folder: Path, name: str, source: str, parts: dict[str, str],
         t0 = time.perf_counter()
         lib = build(tmp)
         seconds = time.perf_counter() - t0
-        lib_name = f"{name}.so"
+        lib_name = f"{name}{lib.suffix or '.so'}"  # .so, or .cubin/.ptx for CUDA entries
         if lib.name != lib_name or lib.parent != tmp:
             os.replace(lib, tmp / lib_name)
-        src = tmp / f"{name}.c"
+        src = tmp / f"{name}.cu" if (tmp / f"{name}.cu").exists() else tmp / f"{name}.c"
         if not src.exists():
             src.write_text(source)
         for p in tmp.iterdir():

@@ -34,6 +34,7 @@ class Config:
     extra_cflags: tuple[str, ...] = ()
     max_rewrite_rounds: int = 16
     exclude: tuple[str, ...] = field(default=())  #: rewrite names or tags to skip
+    return_numpy: bool = False  #: CUDA backend: return NumPy arrays instead of exprc.cuda.DeviceArray
 
     def replace(self, **changes: Any) -> Config:
         return dataclasses.replace(self, **changes)

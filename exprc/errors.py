@@ -61,5 +61,9 @@ class UpdateError(ExprcError, ValueError):
     """``updates=`` of ``exprc.function`` is malformed (a variable updated twice, ...)."""
 
 
+class CUDAError(ExprcError, RuntimeError):
+    """A CUDA driver call failed (the message names the call and the driver's error)."""
+
+
 class SerializationError(ExprcError, ValueError):
     """A saved graph cannot be loaded: malformed, hostile, or from an unsupported format version."""

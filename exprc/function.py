@@ -34,7 +34,8 @@ def _expected(var: Node) -> str:
     return f"a {var.dtype} array with ndim {var.ndim}"
 
 
-def _make_converter(pos: int, var: Node, allow_downcast: bool) -> Callable[[Any], np.ndarray]:
+def _make_converter(pos: int, var: Node, allow_downcast: bool,
+                    device: Callable[[Any, Node, str], Any] | None = None) -> Callable[[Any], np.ndarray]:
     dt = np.dtype(var.dtype)
     nd = var.ndim
     static = var.type.shape
@@ -45,6 +46,8 @@ def _make_converter(pos: int, var: Node, allow_downcast: bool) -> Callable[[Any]
         if isinstance(value, Node):
             raise InputTypeError(f"{label}: expected {_expected(var)}, got a symbolic expression; "
                                  "call .eval() or compile a function instead")
+        if device is not None and hasattr(value, "__cuda_array_interface__"):
+            return device(value, var, label)  # GPU backends take device arrays as they are
         weak = not isinstance(value, (np.ndarray, np.generic)) and not hasattr(value, "__array_interface__")
         try:
             arr = np.asarray(value)
@@ -110,7 +113,8 @@ class Function:
         self._make_fast = getattr(kernel, "fast_path", None)
         self._fast = None
         self._n = len(inputs)
-        self._convert = [_make_converter(i, v, allow_downcast) for i, v in enumerate(inputs)]
+        device = getattr(kernel, "device_input", None)  # CUDA: accepts __cuda_array_interface__ objects
+        self._convert = [_make_converter(i, v, allow_downcast, device) for i, v in enumerate(inputs)]
         self._positions: dict[str, int | None] = {}
         for i, v in enumerate(inputs):
             name = v.arg("name")
@@ -156,11 +160,12 @@ class Function:
         entry = getattr(self._kernel, "cache_entry", None)
         return None if entry is None else str(entry)
 
-    def __call__(self, *args: Any, out: Any = None, **kwargs: Any) -> Any:
+    def __call__(self, *args: Any, out: Any = None, to_numpy: bool | None = None, **kwargs: Any) -> Any:
         """Run the function.  ``out=`` (an array, or a list for several outputs) receives
-        the results in place (C backend), saving the allocation of fresh outputs."""
+        the results in place (C backend), saving the allocation of fresh outputs.
+        ``to_numpy=True``: the CUDA backend returns NumPy arrays instead of device arrays."""
         fast = self._fast
-        if fast is not None and out is None and not kwargs:
+        if fast is not None and out is None and not kwargs and to_numpy is None:
             result = fast(*args)
             if result is not None:
                 return result
@@ -176,6 +181,8 @@ class Function:
                 self._fast, self._make_fast = make_fast(self._single), None
         if out is not None:
             outs = self._call_out(arrays, [out] if self._single else list(out))
+        elif to_numpy is not None and self.backend == "cuda":
+            outs = self._kernel(*arrays, to_numpy=to_numpy)
         else:
             outs = self._kernel(*arrays)
         return outs[0] if self._single else outs

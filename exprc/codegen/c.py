@@ -182,8 +182,17 @@ class CRenderer:
         signature = f"static void {k.name}(char **restrict ptrs, const int64_t *restrict P, int nthreads)"
         return "\n".join([*head, *flat, signature, "{", *main, "}"])
 
+    # -- where arrays and parameters live (the CUDA renderer passes them differently) --
+    def ptr(self, kl: KernelLayout, j: int) -> str:
+        """The expression for the start of access ``j``'s array (a ``char *``)."""
+        return f"ptrs[{kl.accesses[j][1]}]"
+
+    def param(self, kl: KernelLayout, i: int) -> str:
+        """The expression for entry ``i`` of the parameter block ``P``."""
+        return f"P[{i}]"
+
     def _dims(self, kl: KernelLayout) -> list[str]:
-        return [f"    const int64_t n{d} = P[{kl.p_dims + d}];" for d in range(kl.ndim)]
+        return [f"    const int64_t n{d} = {self.param(kl, kl.p_dims + d)};" for d in range(kl.ndim)]
 
     def _nest(self, kl: KernelLayout, levels: range, indent: str, parallel: str | None,
               addr: dict[int, str]) -> tuple[list[str], str]:
@@ -210,23 +219,23 @@ class CRenderer:
         return lines, indent
 
     def _load(self, kl: KernelLayout, j: int, where: str, indent: str, names: dict[Node, str]) -> str:
-        node, s, _ = kl.accesses[j]
+        node = kl.accesses[j][0]
         ct = C_TYPES[node.dtype]
         names[node] = f"a{j}"
         if where == "flat" and node.ndim:
             return f"{indent}const {ct} a{j} = p{j}[i];"
-        src = f"ptrs[{s}]" if (node.ndim == 0 or where == "flat") else where
+        src = self.ptr(kl, j) if (node.ndim == 0 or where == "flat") else where
         return f"{indent}const {ct} a{j} = *(const {ct} *)({src});"
 
     def _flat_pointers(self, kl: KernelLayout, n_in: int) -> list[str]:
         """Typed restrict pointers for the contiguous path, hoisted out of the loop."""
         lines = []
-        for j, (node, s, _) in enumerate(kl.accesses):
+        for j, (node, _, _) in enumerate(kl.accesses):
             ct = C_TYPES[node.dtype]
             if j < n_in and node.ndim:
-                lines.append(f"    const {ct} *{self.restrict} p{j} = (const {ct} *)ptrs[{s}];")
+                lines.append(f"    const {ct} *{self.restrict} p{j} = (const {ct} *){self.ptr(kl, j)};")
             elif j >= n_in:
-                lines.append(f"    {ct} *{self.restrict} p{j} = ({ct} *)ptrs[{s}];")
+                lines.append(f"    {ct} *{self.restrict} p{j} = ({ct} *){self.ptr(kl, j)};")
         return lines
 
     def _split(self, total: str, call: str, indent: str = "        ") -> list[str]:

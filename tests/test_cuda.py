@@ -1,0 +1,377 @@
+"""The CUDA backend.
+
+Without a GPU (this suite's usual home): every CUDA source of the random-graph property suite
+and of the whole op table compiles with NVRTC to PTX; golden sources; NVRTC errors; cache
+entries; ``backend="cuda"`` raises BackendUnavailable; and the runtime's Python side runs on
+an emulated driver (``cuda_emulator``: host memory, the C kernels of the same layout).
+With a GPU: the same functions launched for real, compared with the NumPy backend.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import assert_close
+from graphgen import graph_cases
+from hypothesis import given, settings
+
+import exprc
+import exprc.cuda
+from exprc import Config
+from exprc.compile import nvrtc
+from exprc.errors import BackendUnavailable, CompileError, InputTypeError
+from exprc.pipeline import FunctionGraph
+
+GOLDEN = Path(__file__).parent / "golden"
+NVRTC_MISSING = nvrtc.probe()
+needs_nvrtc = pytest.mark.skipif(NVRTC_MISSING is not None, reason=f"NVRTC unavailable: {NVRTC_MISSING}")
+
+
+def _device_reason() -> str | None:
+    from exprc.cuda_runtime import probe, set_driver
+
+    set_driver(None)
+    return probe()
+
+
+DEVICE_MISSING = _device_reason()
+needs_device = pytest.mark.skipif(DEVICE_MISSING is not None, reason=f"no CUDA device: {DEVICE_MISSING}")
+NOCACHE = Config(cache=False)
+
+
+def _ptx_entries(ptx: str) -> list[str]:
+    return [line.split()[-1].rstrip("(") for line in ptx.splitlines() if ".entry" in line]
+
+
+# -- compile only (no device) ---------------------------------------------------------------------------------
+@needs_nvrtc
+@settings(max_examples=40)
+@given(graph_cases())
+def test_property_suite_compiles_to_ptx(case):
+    fg = FunctionGraph(tuple(case.inputs), (case.expr,))
+    out = exprc.cuda.compile_only(fg, arch="sm_90", config=NOCACHE)
+    assert out.ptx.startswith("//") and ".target sm_90" in out.ptx
+    assert sorted(_ptx_entries(out.ptx)) == sorted(out.kernels)
+
+
+def _every_op_outputs(dtypes=("float64", "float32", "int64", "int32", "bool")):
+    """One output per elementwise op of the table and per operand dtype it accepts, and every
+    native reduction over every dtype, with views and broadcasting."""
+    from exprc.ops import _UNARY, OPS
+
+    unary = {row[0] for row in _UNARY}
+    outs = []
+    for dt in dtypes:
+        x = exprc.matrix(f"x_{dt}", dt)
+        y = exprc.vector(f"y_{dt}", dt)
+        for name, op in sorted(OPS.items()):
+            if op.kind != "elemwise" or name in ("cast", "fill"):
+                continue
+            arity = 1 if name in unary else 2
+            args = (x, exprc.expand_dims(y, 0), x.T.T)[:arity] if name != "where" else (x > 0, x, y)
+            if name == "where" and dt == "bool":
+                continue
+            try:
+                node = op.make(args, {})
+            except (TypeError, ValueError):
+                continue  # not defined for this dtype (e.g. bitwise ops on floats)
+            if dt in ("float64", "float32") or node.inputs[-1].dtype == dt:  # int ops cast to float: seen above
+                outs.append(node)
+        for r in ("sum", "prod", "mean", "max", "min", "all", "any"):
+            for axis in (None, 0, 1):
+                try:
+                    outs.append(getattr(exprc, r)(x[::-1], axis=axis))
+                except (TypeError, ValueError):
+                    continue
+        outs.append(x.astype("float32") + y.astype("int64"))
+    return outs
+
+
+@needs_nvrtc
+@pytest.mark.parametrize("fast_math", [False, True])
+def test_every_op_and_dtype_compiles(fast_math):
+    outs = _every_op_outputs(("float32",) if fast_math else ("float64", "float32", "int64", "int32", "bool"))
+    assert len(outs) > (40 if fast_math else 150)
+    out = exprc.cuda.compile_only(outs, arch="sm_80", config=NOCACHE.replace(fast_math=fast_math))
+    assert len(_ptx_entries(out.ptx)) == len(out.kernels) >= 8
+
+
+def golden_cases():
+    a, b, c = exprc.vector("a"), exprc.vector("b"), exprc.vector("c")
+    x = exprc.vector("x")
+    m, v = exprc.matrix("m", "float32"), exprc.vector("v", "float32")
+    return {
+        "e1_axpy": [a * b + c],
+        "logsumexp_reduce": [exprc.sum(exprc.exp(x - exprc.max(x)))],
+        "float32_broadcast_rowsum": [exprc.sum(exprc.tanh(m * v), axis=1)],
+    }
+
+
+@pytest.mark.parametrize("name", sorted(golden_cases()))
+def test_golden_cuda_sources(name):
+    src = exprc.cuda.render(golden_cases()[name])[0]
+    src = src[src.index("/* k"):]
+    path = GOLDEN / f"{name}.cu"
+    if os.environ.get("EXPRC_UPDATE_GOLDEN"):
+        path.write_text(src)
+    assert src == path.read_text(), f"generated CUDA for {name} changed; rerun with EXPRC_UPDATE_GOLDEN=1 and review"
+
+
+def test_renderer_shares_the_c_layout_and_differs_where_it_must():
+    from exprc.codegen.c import CRenderer
+    from exprc.codegen.cuda import CUDARenderer
+    from exprc.fusion import lower
+
+    x, y = exprc.vector("x", "float32"), exprc.matrix("y", "float32")
+    fg = exprc.optimize([exprc.exp(x) / y, exprc.sum(exprc.sin(y), axis=0)])
+    prog = lower(list(fg.outputs), list(fg.inputs))
+    c_lay = CRenderer().render(prog)[1]
+    cu_src, cu_lay = CUDARenderer().render(prog)
+    assert c_lay == cu_lay
+    assert "expf(" in cu_src and "__expf" not in cu_src and "#pragma omp" not in cu_src
+    assert 'extern "C" __global__ void __launch_bounds__(EXPRC_BLOCK)' in cu_src
+    assert "__restrict__" in cu_src and "for (int64_t i = first; i < total; i += step)" in cu_src
+    fast = CUDARenderer(fast_math=True).render(prog)[0]
+    assert "__expf(" in fast and "__fdividef(" in fast and "__sinf(" in fast
+    assert "--fmad=false" in nvrtc.options(Config(), "sm_90", "ptx")
+    assert "--use_fast_math" in nvrtc.options(Config(fast_math=True), "sm_90", "ptx")
+    assert "--gpu-architecture=compute_90" in nvrtc.options(Config(), "sm_90", "ptx")
+    assert "--gpu-architecture=sm_90" in nvrtc.options(Config(), "sm_90", "cubin")
+
+
+def test_arch_names():
+    assert [nvrtc.normalize_arch(a) for a in ("sm_90", "compute_80", "86", "8.9")] == ["sm_90", "sm_80", "sm_86",
+                                                                                     "sm_89"]
+    with pytest.raises(ValueError):
+        nvrtc.normalize_arch("hopper")
+
+
+@needs_nvrtc
+def test_nvrtc_errors_carry_log_and_source(tmp_path):
+    with pytest.raises(CompileError) as info:
+        nvrtc.build('extern "C" __global__ void k() { undefined_thing(); }', tmp_path, "k_bad", "sm_90", "ptx",
+                    Config())
+    err = info.value
+    assert "undefined_thing" in err.log and "error" in err.log
+    assert err.source_path == str(tmp_path / "k_bad.cu") and Path(err.source_path).exists()
+    assert "NVRTC compilation of k_bad failed" in str(err) and "--- compiler log ---" in str(err)
+
+
+@needs_nvrtc
+def test_cuda_binaries_live_in_the_cache(tmp_path, monkeypatch):
+    from test_cli import exprc_cli
+
+    monkeypatch.setenv("EXPRC_CACHE_DIR", str(tmp_path))
+    x = exprc.vector("x")
+    first = exprc.cuda.compile_only([exprc.exp(x) + 1], arch="sm_90")
+    again = exprc.cuda.compile_only([exprc.exp(x) + 1], arch="sm_90")
+    assert first.cache_entry == again.cache_entry and first.binary == again.binary
+    meta = json.loads((first.cache_entry / "meta.json").read_text())
+    assert meta["backend"] == "cuda" and meta["arch"] == "sm_90" and meta["target"] == "ptx"
+    assert meta["parts"]["compiler"] == "nvrtc" and meta["parts"]["compiler_version"] == nvrtc.version()
+    assert (first.cache_entry / meta["library"]).name.endswith(".ptx")
+    assert (first.cache_entry / meta["source"]).read_text() == first.source
+    other = exprc.cuda.compile_only([exprc.exp(x) + 1], arch="sm_80")
+    assert other.cache_entry != first.cache_entry  # the arch is a key part
+    listing = exprc_cli(tmp_path, "cache", "list")
+    assert listing.returncode == 0 and listing.stdout.count(" cuda ") == 2, listing.stdout
+    assert exprc_cli(tmp_path, "cache", "verify").returncode == 0
+
+
+@pytest.mark.skipif(DEVICE_MISSING is None, reason="a CUDA device is present")
+def test_backend_unavailable_without_a_device():
+    x = exprc.vector("x")
+    with pytest.raises(BackendUnavailable) as info:
+        exprc.function([x], x * 2, backend="cuda")
+    msg = str(info.value)
+    assert "backend 'cuda' is unavailable" in msg
+    assert any(s in msg for s in ("NVIDIA driver", "cuda-bindings", "no CUDA device", "CUDA driver")), msg
+    assert not exprc.cuda.is_available() and exprc.cuda.unavailable_reason() == DEVICE_MISSING
+
+
+# -- the runtime on an emulated driver --------------------------------------------------------------------------
+@pytest.fixture
+def emulated():
+    from cuda_emulator import EmulatedDriver
+
+    from exprc.cuda_runtime import set_driver
+
+    drv = EmulatedDriver()
+    set_driver(drv)
+    yield drv
+    set_driver(None)
+
+
+def _cuda_function(drv, inputs, outputs, **cfg):
+    f = exprc.function(inputs, outputs, backend="cuda", config=NOCACHE.replace(**cfg))
+    if drv is not None:
+        drv.attach(f._kernel)
+    return f
+
+
+@needs_nvrtc
+@settings(max_examples=20)
+@given(case=graph_cases(max_ops=4))
+def test_emulated_runtime_matches_numpy(case):
+    from cuda_emulator import EmulatedDriver
+
+    from exprc.cuda_runtime import set_driver
+
+    drv = EmulatedDriver()
+    set_driver(drv)
+    try:
+        f = _cuda_function(drv, case.inputs, case.expr, return_numpy=True)
+        assert_close(f(*case.args), case.expected())
+    finally:
+        set_driver(None)
+
+
+def _e_cases(dtype="float64"):
+    a, b, c = (exprc.vector(n, dtype) for n in "abc")
+    return [a, b, c], {
+        "E1": a * b + c,
+        "E2": exprc.exp(-a * a) * exprc.sin(b) + exprc.log1p(c * c),
+        "E3": exprc.sqrt(a * a + b * b) / (1 + exprc.exp(-c)),
+        "E4": exprc.sum(exprc.exp(a - exprc.max(a))),
+        "E5": 2 * a + 3 * b - c * 0.5 + a * b * c,
+    }
+
+
+def _e_reference(name, a, b, c):
+    return {"E1": lambda: a * b + c, "E2": lambda: np.exp(-a * a) * np.sin(b) + np.log1p(c * c),
+            "E3": lambda: np.sqrt(a * a + b * b) / (1 + np.exp(-c)), "E4": lambda: np.sum(np.exp(a - np.max(a))),
+            "E5": lambda: 2 * a + 3 * b - c * 0.5 + a * b * c}[name]()
+
+
+@needs_nvrtc
+def test_emulated_e1_to_e5_with_chunked_reductions(emulated):
+    inputs, exprs = _e_cases()
+    rng = np.random.default_rng(0)
+    args = [rng.uniform(-2, 2, 20_000) for _ in range(3)]
+    f = _cuda_function(emulated, inputs, list(exprs.values()))
+    outs = f(*args)
+    assert all(isinstance(o, exprc.cuda.DeviceArray) for o in outs)
+    for name, o in zip(exprs, outs):
+        assert_close(o.get(), _e_reference(name, *args))
+    # 20,000 elements, 4 resident blocks: the reductions are split into chunks, then a second pass
+    assert [n > 1 for name, _, n in emulated.launches if "max" in name or "sum" in name] == [True, True]
+
+
+@needs_nvrtc
+def test_emulated_views_broadcasting_and_odd_shapes(emulated):
+    m, v = exprc.matrix("m"), exprc.vector("v")
+    outs = [m.T * v[::-1], exprc.sum(m[::-1, 1:] * 2, axis=0), exprc.max(m, axis=1, keepdims=True),
+            exprc.mean(m), m[0] + 1.0, exprc.argmax(m, axis=1), (m.T @ exprc.expand_dims(v, 1))[:, 0] + 1]
+    f = _cuda_function(emulated, [m, v], outs, return_numpy=True)
+    rng = np.random.default_rng(1)
+    for shape in [(3, 4), (1, 4), (2000, 3)]:
+        M = rng.normal(size=shape)[::1, ::-1]  # negative strides
+        V = rng.normal(size=shape[0])
+        got = f(M, V)
+        want = [M.T * V[::-1], np.sum(M[::-1, 1:] * 2, axis=0), np.max(M, axis=1, keepdims=True), M.mean(),
+                M[0] + 1, np.argmax(M, axis=1), M.T @ V + 1]
+        for g, w in zip(got, want):
+            assert_close(g, w, ulps=1000)  # sums of 2000 terms: the C loops add in another order than NumPy
+    g = _cuda_function(emulated, [m], [m.T * 2, exprc.sum(m, axis=0), exprc.prod(m)], return_numpy=True)
+    z = g(np.zeros((0, 4)))  # zero-size: the elementwise output is empty, the reductions are their identity
+    assert z[0].shape == (4, 0) and np.array_equal(z[1], np.zeros(4)) and z[2] == 1.0
+
+
+@needs_nvrtc
+def test_emulated_inputs_outputs_and_conversions(emulated):
+    from exprc.cuda_runtime import DeviceArray
+
+    x = exprc.vector("x", "float32")
+    f = _cuda_function(emulated, [x], [x * 2, exprc.sum(x), x])
+    host = np.arange(6, dtype=np.float32)
+    dev = DeviceArray.from_numpy(host, emulated)
+
+    class Foreign:  # any library's array: only __cuda_array_interface__
+        def __init__(self, arr):
+            self.__cuda_array_interface__ = dict(arr.__cuda_array_interface__)
+
+    for arg in (host, dev, Foreign(dev), [0, 1, 2, 3, 4, 5]):
+        doubled, total, same = f(arg)
+        assert isinstance(doubled, DeviceArray) and np.array_equal(np.asarray(doubled), host * 2)
+        assert float(total.get()) == 15.0 and np.array_equal(same.get(), host)
+    assert isinstance(f(host, to_numpy=True)[0], np.ndarray)
+    cai = dev.__cuda_array_interface__
+    assert cai == {"shape": (6,), "typestr": "<f4", "data": (dev.ptr, False), "version": 3, "strides": None,
+                   "stream": 1}
+    strided = DeviceArray(dev.shape[:1], dev.dtype, dev.ptr, (-4,), dev, emulated)
+    assert strided.__cuda_array_interface__["strides"] == (-4,)
+    out_host, out_dev = np.empty(6, np.float32), DeviceArray.empty((), np.float32, emulated)
+    same_dev = DeviceArray.empty((6,), np.float32, emulated)
+    res = f(host, out=[out_host, out_dev, same_dev])
+    assert res[0] is out_host and np.array_equal(out_host, host * 2) and float(out_dev.get()) == 15.0
+    with pytest.raises(InputTypeError, match="device arrays are not cast"):
+        f(DeviceArray.from_numpy(host.astype(np.float64), emulated))
+    with pytest.raises(InputTypeError, match="out\\[1\\]"):
+        f(host, out=[out_host, DeviceArray.empty((2,), np.float64, emulated), same_dev])
+
+
+# -- on a GPU ---------------------------------------------------------------------------------------------------
+@needs_device
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_device_e1_to_e5(dtype):
+    inputs, exprs = _e_cases(dtype)
+    rng = np.random.default_rng(0)
+    for n in (1, 1000, 1_000_003):
+        args = [rng.uniform(-2, 2, n).astype(dtype) for _ in range(3)]
+        for name, e in exprs.items():
+            got = exprc.function(inputs, e, backend="cuda")(*args, to_numpy=True)
+            want = exprc.function(inputs, e, backend="numpy")(*args)
+            assert_close(got, want, ulps=64 if name == "E4" else 8)
+
+
+@needs_device
+@settings(max_examples=30)
+@given(case=graph_cases(max_ops=5))
+def test_device_property_suite_matches_numpy(case):
+    f = exprc.function(case.inputs, case.expr, backend="cuda", config=Config(return_numpy=True))
+    assert_close(f(*case.args), case.expected())
+
+
+@needs_device
+def test_device_reductions_are_deterministic_and_chunked():
+    x = exprc.vector("x", "float32")
+    f = exprc.function([x], [exprc.sum(x), exprc.max(x), exprc.mean(x * x)], backend="cuda",
+                       config=Config(return_numpy=True))
+    data = np.random.default_rng(2).normal(size=10_000_019).astype(np.float32)
+    first, again = f(data), f(data)
+    assert all(a.tobytes() == b.tobytes() for a, b in zip(first, again))
+    np.testing.assert_allclose(first[0], data.astype(np.float64).sum(), rtol=1e-6)
+    assert first[1] == data.max()
+    data[123] = np.nan
+    assert np.isnan(f(data)[1])
+
+
+@needs_device
+def test_device_zero_copy_with_cupy_and_torch():
+    x = exprc.vector("x", "float32")
+    f = exprc.function([x], exprc.exp(x) * 2, backend="cuda")
+    host = np.linspace(-1, 1, 1000, dtype=np.float32)
+    want = np.exp(host) * 2
+    tried = 0
+    try:
+        import cupy
+    except ImportError:
+        cupy = None
+    if cupy is not None:
+        out = f(cupy.asarray(host))
+        np.testing.assert_allclose(cupy.asnumpy(cupy.asarray(out)), want, rtol=1e-6)
+        tried += 1
+    try:
+        import torch
+    except ImportError:
+        torch = None
+    if torch is not None and torch.cuda.is_available():
+        out = f(torch.from_numpy(host).cuda())
+        np.testing.assert_allclose(torch.as_tensor(out, device="cuda").cpu().numpy(), want, rtol=1e-6)
+        tried += 1
+    if not tried:
+        pytest.skip("neither CuPy nor PyTorch (with CUDA) is installed")
