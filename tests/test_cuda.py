@@ -22,7 +22,7 @@ from hypothesis import given, settings
 import exprc
 import exprc.cuda
 from exprc import Config
-from exprc.compile import nvrtc
+from exprc.compile import cc, nvrtc
 from exprc.errors import BackendUnavailable, CompileError, InputTypeError
 from exprc.pipeline import FunctionGraph
 
@@ -39,6 +39,10 @@ def _device_reason() -> str | None:
 
 
 DEVICE_MISSING = _device_reason()
+CC_MISSING = cc.probe(Config())
+#: The emulated driver runs the C backend's kernels: it needs NVRTC and a C compiler.
+needs_emulator = pytest.mark.skipif(NVRTC_MISSING is not None or CC_MISSING is not None,
+                                    reason=f"NVRTC ({NVRTC_MISSING or 'ok'}) and a C compiler ({CC_MISSING or 'ok'})")
 needs_device = pytest.mark.skipif(DEVICE_MISSING is not None, reason=f"no CUDA device: {DEVICE_MISSING}")
 NOCACHE = Config(cache=False)
 
@@ -213,7 +217,7 @@ def _cuda_function(drv, inputs, outputs, **cfg):
     return f
 
 
-@needs_nvrtc
+@needs_emulator
 @settings(max_examples=20)
 @given(case=graph_cases(max_ops=4))
 def test_emulated_runtime_matches_numpy(case):
@@ -247,7 +251,7 @@ def _e_reference(name, a, b, c):
             "E5": lambda: 2 * a + 3 * b - c * 0.5 + a * b * c}[name]()
 
 
-@needs_nvrtc
+@needs_emulator
 def test_emulated_e1_to_e5_with_chunked_reductions(emulated):
     inputs, exprs = _e_cases()
     rng = np.random.default_rng(0)
@@ -261,7 +265,7 @@ def test_emulated_e1_to_e5_with_chunked_reductions(emulated):
     assert [n > 1 for name, _, n in emulated.launches if "max" in name or "sum" in name] == [True, True]
 
 
-@needs_nvrtc
+@needs_emulator
 def test_emulated_views_broadcasting_and_odd_shapes(emulated):
     m, v = exprc.matrix("m"), exprc.vector("v")
     outs = [m.T * v[::-1], exprc.sum(m[::-1, 1:] * 2, axis=0), exprc.max(m, axis=1, keepdims=True),
@@ -281,7 +285,7 @@ def test_emulated_views_broadcasting_and_odd_shapes(emulated):
     assert z[0].shape == (4, 0) and np.array_equal(z[1], np.zeros(4)) and z[2] == 1.0
 
 
-@needs_nvrtc
+@needs_emulator
 def test_emulated_inputs_outputs_and_conversions(emulated):
     from exprc.cuda_runtime import DeviceArray
 
