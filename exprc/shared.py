@@ -11,15 +11,19 @@ Update semantics: a call computes every output and every update from the *old*
 values, checks them all, then installs the new values — no update sees another's
 result and a failed check writes nothing.  Installing costs no copy: the array the
 kernel just produced becomes the variable's value (``exprc.function`` never hands
-that array to anyone else).  Calls that update a variable hold its lock, so two
-threads updating the same variable are serialized; reading never locks.
+that array to anyone else).  Values of :data:`SWAP_BYTES` or more are written into
+a spare buffer instead of a fresh array — the previous value, reused only when no
+one else holds a reference to it (``sys.getrefcount``) — and the two are swapped:
+fresh blocks that big come from mmap and page-fault on first touch.  Calls that
+update a variable hold its lock, so two threads updating the same variable are
+serialized; reading never locks.
 
 ``borrow``: ``get_value()`` / ``set_value()`` copy by default, so the caller and the
 variable never share memory.  ``borrow=True`` skips the copy: ``set_value(a,
 borrow=True)`` keeps ``a`` itself (while its dtype and ndim fit), and
-``get_value(borrow=True)`` returns the internal array.  exprc never writes into a
-value array in place (an update installs a new array), so a borrowed array keeps
-the value it had when borrowed.
+``get_value(borrow=True)`` returns the internal array.  exprc never writes into an
+array that someone else holds, so a borrowed array keeps the value it had when
+borrowed (memory reached only through a raw pointer is not tracked).
 """
 
 from __future__ import annotations
