@@ -88,7 +88,7 @@ def _cuda_factory(fg: FunctionGraph, cfg: Config) -> Any:
 
 
 def _cuda_probe(cfg: Config) -> str | None:
-    from exprc.cuda_runtime import probe
+    from exprc.cuda_device import probe
 
     return probe(cfg)
 

@@ -84,7 +84,7 @@ def compile_only(graph: Any, arch: str = "sm_90", config: Config | None = None,
 
 def unavailable_reason(config: Config | None = None) -> str | None:
     """None when ``backend="cuda"`` can run here, else why not."""
-    from exprc.cuda_runtime import probe
+    from exprc.cuda_device import probe
 
     return probe(resolve(config))
 
@@ -94,8 +94,8 @@ def is_available(config: Config | None = None) -> bool:
 
 
 def __getattr__(name: str) -> Any:
-    if name == "DeviceArray":  # imported on first use: the runtime pulls in cffi and the planner
-        from exprc.cuda_runtime import DeviceArray
+    if name == "DeviceArray":  # imported on first use (numpy only; cuda-bindings when used)
+        from exprc.cuda_device import DeviceArray
 
         return DeviceArray
     raise AttributeError(f"module 'exprc.cuda' has no attribute {name!r}")

@@ -62,7 +62,7 @@ def test_bytes_and_table():
 
 def _sh(*args: str, **env: str) -> subprocess.CompletedProcess:
     return subprocess.run(["bash", *args], cwd=ROOT, capture_output=True, text=True, timeout=120, check=False,
-                          env={**os.environ, **env})
+                          env={**os.environ, "PYTHON": sys.executable, **env})
 
 
 def test_gpu_check_dry_run_lists_its_steps(tmp_path):
