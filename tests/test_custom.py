@@ -145,10 +145,12 @@ def test_rewrite_rule_from_a_library():
 
     @exprc.rewrite_rule("mylib_swish_of_zero", tags=["canonicalize", "mylib"], pattern=P("swish", C(0.0)))
     def _swish_zero(node):
+        """swish(0) = 0."""
         calls.append(node)
         return exprc.constant(np.zeros(node.type.shape), node.dtype) if node.ndim else exprc.constant(0.0)
 
     def _double_neg_swish(node, a):
+        """A rule that builds swish(a) * 1 (the canonical rules then drop the * 1)."""
         return None if a.dtype != "float64" else swish(a) * 1.0
 
     exprc.register_rewrite("mylib_noop", ["specialize", "mylib"], _double_neg_swish, P("swish", X("a")))
