@@ -70,7 +70,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--exprs", type=_choices(EXPR_KEYS, "exprs"), default=list(EXPR_KEYS))
     ap.add_argument("--systems", type=_choices(SYSTEMS, "systems"), default=list(SYSTEMS))
     ap.add_argument("--reps", type=int, default=None, help="calls per measurement (default: by size)")
-    ap.add_argument("--budget", type=float, default=300.0, help="seconds after which torch.compile is skipped")
+    ap.add_argument("--budget", type=float, default=180.0, help="seconds after which torch.compile is skipped")
     ap.add_argument("--quick", action="store_true", help="sizes 1e6,1e7; float32 only")
     ap.add_argument("--json", default=None, help="where to write results (default bench/results/gpu-<time>.json)")
     ap.add_argument("--missing", action="store_true", help="print the pip names of missing modules and exit")

@@ -12,8 +12,8 @@
 # Usage: bash bench/gpu_check.sh [--dry-run] [--quick] [--skip-tests] [--skip-bench] [gpu_bench.py options]
 #   --dry-run      print the steps instead of running them
 #   --quick        benchmark 1e6 and 1e7 in float32 only
-# Environment: PYTHON (default python3), EXPRC_WHEELS (default bench/wheels), TEST_TIMEOUT (240 s),
-#              BENCH_TIMEOUT (360 s).
+# Environment: PYTHON (default python3), EXPRC_WHEELS (default bench/wheels), TEST_TIMEOUT (180 s),
+#              BENCH_TIMEOUT (280 s).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 py="${PYTHON:-python3}"
@@ -53,9 +53,9 @@ step "$py" -c "import exprc.cuda, sys; why = exprc.cuda.unavailable_reason(); pr
 
 status=0
 if [ "$tests" = 1 ]; then
-  step timeout "${TEST_TIMEOUT:-240}" "$py" -m pytest -q -p no:cacheprovider tests/test_cuda.py -rs || status=$?
+  step timeout "${TEST_TIMEOUT:-180}" "$py" -m pytest -q -p no:cacheprovider tests/test_cuda.py -rs || status=$?
 fi
 if [ "$bench" = 1 ]; then
-  step timeout "${BENCH_TIMEOUT:-360}" "$py" bench/gpu_bench.py ${pass[@]+"${pass[@]}"} || status=$?
+  step timeout "${BENCH_TIMEOUT:-280}" "$py" bench/gpu_bench.py ${pass[@]+"${pass[@]}"} || status=$?
 fi
 exit "$status"

@@ -50,9 +50,6 @@ EXPRC_INLINE T exprc_logaddexp##S(T a, T b) {                                   
     if (a == b) return a + (T)0.6931471805599453094;  /* also +-inf */                    \
     T d = a - b;                                                                          \
     return d > 0 ? a + log1p##S(exp##S(-d)) : (d <= 0 ? b + log1p##S(exp##S(d)) : d);     \
-}                                                                                         \
-EXPRC_INLINE T exprc_log1mexp##S(T x) {                                                   \
-    return x > (T)-0.693147180559945309417 ? log##S(-expm1##S(x)) : log1p##S(-exp##S(x)); \
 }
 
 EXPRC_FLOAT_HELPERS(double, )
@@ -107,4 +104,12 @@ static __device__ __forceinline__ T exprc_block_reduce(T v, T init, T *shared, O
         for (int o = 16; o > 0; o >>= 1) v = op(v, __shfl_down_sync(0xffffffffu, v, o));
     }
     return v;
+}
+
+/* log(1 - exp(x)) without cancellation (Maechler 2012), as in c_prelude.h. */
+EXPRC_INLINE double exprc_log1mexp(double x) {
+    return x > -0.693147180559945309417 ? log(-expm1(x)) : log1p(-exp(x));
+}
+EXPRC_INLINE float exprc_log1mexpf(float x) {
+    return x > -0.693147180559945309417f ? logf(-expm1f(x)) : log1pf(-expf(x));
 }

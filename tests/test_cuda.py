@@ -318,6 +318,47 @@ def test_emulated_inputs_outputs_and_conversions(emulated):
         f(host, out=[out_host, DeviceArray.empty((2,), np.float64, emulated), same_dev])
 
 
+GXX = __import__("shutil").which("g++")
+
+
+@needs_nvrtc
+@pytest.mark.skipif(GXX is None, reason="g++ (C++20) is needed to run CUDA kernels on the host")
+def test_cuda_kernels_execute_on_the_host():
+    """The generated CUDA itself, run on CPU threads (cuda_host_shim.h): indexing, strided paths,
+    block reductions with warp shuffles, chunked reductions and their second pass."""
+    from cuda_emulator import EmulatedDriver
+
+    from exprc.cuda_runtime import set_driver
+
+    drv = EmulatedDriver(kernels="cuda")
+    set_driver(drv)
+    try:
+        inputs, exprs = _e_cases("float32")
+        m, k, bb = exprc.matrix("m"), exprc.matrix("k", "int32"), exprc.matrix("bb", "bool")
+        outs = list(exprs.values()) + [
+            m.T * inputs[0][:3][::-1], exprc.sum(m, axis=0), exprc.max(m[::-1], axis=1, keepdims=True),
+            exprc.mean(m), exprc.prod(k, axis=1), exprc.min(k), exprc.sum(k // 3, axis=0), exprc.all(bb, axis=0),
+            exprc.any(bb), exprc.max(bb, axis=1), exprc.where(bb, m, -m)]
+        f = _cuda_function(drv, [*inputs, m, k, bb], outs, return_numpy=True)
+        rng = np.random.default_rng(3)
+        for n, cols in [(3, 1), (3000, 50)]:
+            abc = [rng.uniform(-2, 2, n).astype(np.float32) for _ in range(3)]
+            M = rng.normal(size=(3, cols))[:, ::-1]
+            M[1, -1] = np.nan
+            K = rng.integers(-9, 9, size=(3, cols)).astype(np.int32)
+            B = rng.random((3, cols)) > 0.1
+            got = f(*abc, M, K, B)
+            want = [_e_reference(name, *abc) for name in exprs] + [
+                M.T * abc[0][:3][::-1], M.sum(axis=0), M[::-1].max(axis=1, keepdims=True), M.mean(),
+                K.prod(axis=1), K.min(), (K // 3).sum(axis=0), B.all(axis=0), B.any(), B.max(axis=1),
+                np.where(B, M, -M)]
+            for g, w in zip(got, want):
+                assert_close(g, np.asarray(w, dtype=g.dtype), ulps=64, check_dtype=False)
+        assert any(n.endswith("_final") for n, _, _ in drv.launches)  # 3000 elements: chunked, then pass 2
+    finally:
+        set_driver(None)
+
+
 # -- on a GPU ---------------------------------------------------------------------------------------------------
 @needs_device
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
