@@ -118,12 +118,12 @@ def host_library(source: str, names: list[str]):
     """``source`` (a generated CUDA module) compiled for the CPU with ``cuda_host_shim.h``; exports
     ``run_<kernel>(const void *args, unsigned grid, unsigned block)`` for every kernel."""
     # <cstdint> already names int64_t & co (as long, not long long) and <cmath> INFINITY/NAN.
-    source = re.sub(r"^typedef [a-z ]+ u?int(8|32|64)_t;$", "", source, flags=re.M)
+    source = re.sub(r"^typedef [a-z ]+ u?int(8|32|64)_t;$", "", source, flags=re.MULTILINE)
     source = re.sub(r"^#define (INT32_MIN|INT32_MAX|INT64_MIN|INT64_MAX|INFINITY|NAN|INT64_C\(v\)) .*$", "",
-                    source, flags=re.M)
+                    source, flags=re.MULTILINE)
     wrappers = []
     for name in names:
-        args = name[:-len("_final")] if name.endswith("_final") else name
+        args = name.removesuffix("_final")
         wrappers.append(f'extern "C" void run_{name}(const void *a, unsigned grid, unsigned block) '
                         f'{{ exprc_emulate(grid, block, [&] {{ {name}(*(const {args}_args *)a); }}); }}')
     folder = Path(tempfile.mkdtemp(prefix="exprc-cuda-host-"))
