@@ -61,6 +61,7 @@ from exprc.api import (
     less,
     less_equal,
     log,
+    log1mexp,
     log1p,
     log2,
     log10,

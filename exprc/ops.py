@@ -116,6 +116,12 @@ def _softplus(x: np.ndarray) -> np.ndarray:
     return np.logaddexp(np.zeros((), np.asarray(x).dtype), x)
 
 
+def _log1mexp(x: np.ndarray) -> np.ndarray:
+    """log(1 - exp(x)) without cancellation (Maechler 2012): NaN for x > 0, -inf at 0."""
+    x = np.asarray(x)
+    return np.where(x > -math.log(2), np.log(-np.expm1(x)), np.log1p(-np.exp(x))).astype(x.dtype)
+
+
 def _from_math(fn: Callable[[float], float]) -> Callable:
     ufunc = np.frompyfunc(fn, 1, 1)
 
@@ -203,6 +209,7 @@ _UNARY = [
     ("arctanh", np.arctanh, "float", "atanh{f}({0})", None),
     ("sigmoid", _sigmoid, "float", "exprc_sigmoid{f}({0})", None),
     ("softplus", _softplus, "float", "exprc_softplus{f}({0})", None),
+    ("log1mexp", _log1mexp, "float", "exprc_log1mexp{f}({0})", None),
     ("erf", _from_math(math.erf), "float", "erf{f}({0})", None),
     ("erfc", _from_math(math.erfc), "float", "erfc{f}({0})", None),
     ("isnan", np.isnan, "float_bool", "(isnan({0}) != 0)", None),

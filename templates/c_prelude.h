@@ -97,3 +97,12 @@ EXPRC_INLINE uint8_t exprc_invert_uint8_t(uint8_t a) { return !a; }
 #define EXPRC_NUM_THREADS_USED() 1
 #endif
 #define EXPRC_MAX_THREADS 256
+
+/* log(1 - exp(x)) without cancellation (Maechler 2012): log(-expm1(x)) near 0,
+ * log1p(-exp(x)) below -ln 2; NaN for x > 0 and -inf at 0, as the naive form. */
+EXPRC_INLINE double exprc_log1mexp(double x) {
+    return x > -0.693147180559945309417 ? log(-expm1(x)) : log1p(-exp(x));
+}
+EXPRC_INLINE float exprc_log1mexpf(float x) {
+    return x > -0.693147180559945309417f ? logf(-expm1f(x)) : log1pf(-expf(x));
+}
