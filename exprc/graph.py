@@ -130,14 +130,11 @@ class Node:
 
         return api.transpose(self)
 
-    def __hash__(self) -> int:
-        return id(self)
-
-    def __eq__(self, other: object) -> bool:
-        return self is other
-
-    def __ne__(self, other: object) -> bool:
-        return self is not other
+    # Identity semantics (nodes are interned), with object's C implementations: hashing nodes
+    # is the inner loop of every rewrite pass.
+    __hash__ = object.__hash__
+    __eq__ = object.__eq__
+    __ne__ = object.__ne__
 
     def __bool__(self) -> bool:
         raise TypeError("the truth value of a symbolic exprc expression is unknown; use exprc.where or .eval()")
@@ -223,11 +220,15 @@ def clients(order: Sequence[Node]) -> dict[Node, int]:
 
 def rebuild(node: Node, inputs: Sequence[Node]) -> Node:
     """``node`` with new operands, re-deriving its type through the op table."""
-    if tuple(inputs) == node.inputs:
+    inputs = tuple(inputs)
+    if inputs == node.inputs:
         return node
+    if all(a.type == b.type for a, b in zip(inputs, node.inputs)):
+        # A type rule depends only on operand types and attributes: same types, same node type.
+        return Node(node.op, inputs, node.attrs, node.type)
     from exprc.ops import OPS
 
-    return OPS[node.op].make(tuple(inputs), dict(node.attrs))
+    return OPS[node.op].make(inputs, dict(node.attrs))
 
 
 def substitute(outputs: Sequence[Node], mapping: dict[Node, Node]) -> list[Node]:

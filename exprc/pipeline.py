@@ -14,12 +14,15 @@ from exprc.config import Config, current
 from exprc.graph import Node, to_networkx, toposort
 from exprc.rewrite import TraceEntry, rewrite, select
 from exprc.rewrite.core import check_exclude
+from exprc.rewrite.forms import scope
 
-#: (pass name, rule tag).  Fusion happens later, in lowering (see exprc.fusion).
-PASSES: tuple[tuple[str, str], ...] = (
-    ("canonicalize", "canonicalize"),
-    ("stabilize", "stability"),
-    ("specialize", "specialize"),
+#: (pass name, rule tag, tags of helper rules that also run in the pass).  Fusion happens
+#: later, in lowering (see exprc.fusion).  The stabilize pass keeps the canonical rules on,
+#: so the nodes a stability rule builds are canonical before the next rule looks at them.
+PASSES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
+    ("canonicalize", "canonicalize", ()),
+    ("stabilize", "stability", ("canonicalize",)),
+    ("specialize", "specialize", ()),
 )
 
 
@@ -58,13 +61,29 @@ def optimize(graph: FunctionGraph | Node | Sequence[Node], config: Config | None
     if isinstance(graph, Node):
         graph = [graph]
     fg = graph if isinstance(graph, FunctionGraph) else FunctionGraph((), tuple(graph))
-    ex = check_exclude(tuple(exclude) + tuple(cfg.exclude), extra=[name for p in PASSES for name in p])
+    ex = check_exclude(tuple(exclude) + tuple(cfg.exclude), extra=[p[0] for p in PASSES])
     trace: list[TraceEntry] = []
     outputs = list(fg.outputs)
-    for pass_name, tag in PASSES:
+    fixpoints: dict[str, set[Node]] = {}  # tag -> nodes where no rule of that tag fires
+    for pass_name, tag, helpers in PASSES:
         if pass_name in ex:
             continue
-        rules = select(tag, ex)
-        if rules:
-            outputs = rewrite(outputs, rules, pass_name, trace, max_rounds=cfg.max_rewrite_rounds)
+        main = select(tag, ex)
+        if main:
+            extra = [r for r in select_any(helpers, ex) if r not in main]
+            known = set().union(*[fixpoints.get(h, set()) for h in helpers]) if len(helpers) == 1 else set()
+            found: set[Node] = set()
+            with scope():  # a rule may freeze nodes for the rest of its pass
+                outputs = rewrite(outputs, extra + main, pass_name, trace, max_rounds=cfg.max_rewrite_rounds,
+                                  settled=known, settled_rules=extra, fixpoints=found)
+            if not extra:
+                fixpoints[tag] = found
     return FunctionGraph(fg.inputs, tuple(outputs), tuple(trace))
+
+
+def select_any(tags: Iterable[str], exclude: Iterable[str]) -> list:
+    """Rules carrying any of ``tags`` (minus ``exclude``), in registration order, no duplicates."""
+    out: list = []
+    for t in tags:
+        out.extend(r for r in select(t, exclude) if r not in out)
+    return out

@@ -7,8 +7,9 @@ from exprc.pipeline import PASSES, FunctionGraph
 
 
 def test_passes_are_named_and_ordered():
-    assert PASSES[0][0] == "canonicalize"
-    assert len({p for p, _ in PASSES}) == len(PASSES)
+    assert [p[0] for p in PASSES] == ["canonicalize", "stabilize", "specialize"]
+    assert len({p[0] for p in PASSES}) == len(PASSES)
+    assert PASSES[1][1] == "stability" and "canonicalize" in PASSES[1][2]  # canonical rules stay on
 
 
 def test_optimize_returns_graph_with_trace():

@@ -95,13 +95,14 @@ class Rule:
 
     name: str
     tags: frozenset[str]
-    pattern: P | None  # None: ``replace(node=...)`` decides on any node
+    pattern: P | None  # None: ``replace(node=...)`` decides, on any node or on nodes of ``ops``
     replace: Callable[..., Node | None] = field(compare=False)
     doc: str = ""
+    ops: tuple[str, ...] | None = None  # root ops of a pattern-less rule (None: every op)
 
     @property
     def root_ops(self) -> tuple[str, ...] | None:
-        return self.pattern.ops if self.pattern is not None else None
+        return self.pattern.ops if self.pattern is not None else self.ops
 
     def apply(self, node: Node) -> Node | None:
         if self.pattern is None:

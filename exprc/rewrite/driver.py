@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from exprc.graph import Node, rebuild, toposort
+from exprc.graph import Node, rebuild
 from exprc.rewrite.core import Rule
+from exprc.rewrite.forms import frozen_set
 
 
 @dataclass(frozen=True)
@@ -33,12 +34,22 @@ def _compatible(old: Node, new: Node) -> bool:
 
 
 def rewrite(outputs: Sequence[Node], rules: Sequence[Rule], pass_name: str, trace: list[TraceEntry],
-            max_rounds: int = 16, max_per_node: int = 32) -> list[Node]:
-    """Rewrite ``outputs`` with ``rules`` to a fixpoint (rounds capped at ``max_rounds``).
+            max_rounds: int = 16, max_per_node: int = 32, settled: set[Node] | None = None,
+            settled_rules: Sequence[Rule] = (), fixpoints: set[Node] | None = None) -> list[Node]:
+    """Rewrite ``outputs`` with ``rules`` to a fixpoint, in one walk.
 
-    Each round walks the graph once, inputs first; at every node the rules are
-    tried until none fires.  Nodes created by a replacement are visited in the
-    next round, so rules compose.
+    The walk is bottom-up (inputs first).  At every node the rules are tried in
+    order; when one fires, the nodes its replacement created are rewritten first
+    (inputs first again), then the rules are tried on the replacement, and so on:
+    every node of the result is a fixpoint, so no second walk is needed.  A node
+    is rewritten at most ``max_per_node * max_rounds`` times (a cap against rules
+    that undo each other).  A node a rule *froze* (see
+    :func:`exprc.rewrite.forms.freeze`) is left as it is, and stays frozen when
+    its operands are rewritten.
+
+    ``settled``: nodes already known to be fixpoints of ``settled_rules`` (a previous
+    pass), where those rules are not tried again.  ``fixpoints`` collects the nodes of
+    the result where no rule fires.
     """
     by_op: dict[str, list[Rule]] = {}
     generic: list[Rule] = []
@@ -50,23 +61,73 @@ def rewrite(outputs: Sequence[Node], rules: Sequence[Rule], pass_name: str, trac
                 by_op.setdefault(op, []).append(r)
     for specific in by_op.values():  # rules without a root op (constant folding) apply everywhere
         specific.extend(generic)
-    outputs = list(outputs)
-    for _ in range(max_rounds):
-        fired = False
-        memo: dict[Node, Node] = {}
-        for n in toposort(outputs):
-            new = rebuild(n, [memo[i] for i in n.inputs]) if n.inputs else n
-            for _ in range(max_per_node):
-                for r in by_op.get(new.op, generic):
-                    out = r.apply(new)
-                    if out is not None and out is not new and _compatible(new, out):
-                        trace.append(TraceEntry(pass_name, r.name, new, out))
-                        new, fired = out, True
-                        break
+    skip = set(settled_rules)
+    by_op_settled = {op: [r for r in rs if r not in skip] for op, rs in by_op.items()}
+    generic_settled = [r for r in generic if r not in skip]
+    settled = settled if settled is not None else set()
+    cap = max(1, max_per_node * max(1, max_rounds))
+    frozen = frozen_set()
+    done: dict[Node, Node] = {}  # node -> its rewritten form (a fixpoint)
+    redirect: dict[Node, Node] = {}  # node -> the replacement being rewritten for it
+    active: set[Node] = set()  # nodes whose replacement is being rewritten right now
+    fired: dict[Node, int] = {}
+    for root in outputs:
+        stack = [root]
+        while stack:
+            n = stack[-1]
+            target = redirect.get(n)
+            if target is not None:
+                if target in done:
+                    done[n] = done[target]
+                    del redirect[n]
+                    active.discard(n)
+                    stack.pop()
+                elif n in active:  # reached again from inside its replacement: a cycle, keep n
+                    done[n] = n
+                    del redirect[n]
+                    active.discard(n)
+                    stack.pop()
                 else:
-                    break
-            memo[n] = new
-        outputs = [memo[o] for o in outputs]
-        if not fired:
-            break
-    return outputs
+                    active.add(n)
+                    stack.append(target)
+                continue
+            if n in done:
+                stack.pop()
+                continue
+            pending = [i for i in n.inputs if i not in done]
+            if pending:
+                stack.extend(reversed(pending))
+                continue
+            new = rebuild(n, [done[i] for i in n.inputs]) if n.inputs else n
+            if n in frozen:
+                frozen.add(new)
+                done[n] = done[new] = new
+                stack.pop()
+                continue
+            if new is not n:
+                if new in done:
+                    done[n] = done[new]
+                    stack.pop()
+                else:
+                    redirect[n] = new
+                continue
+            out = None
+            if fired.get(n, 0) < cap:
+                table, default = (by_op_settled, generic_settled) if n in settled else (by_op, generic)
+                for r in table.get(n.op, default):
+                    out = r.apply(n)
+                    if out is not None and out is not n and out not in redirect and _compatible(n, out):
+                        break
+                    out = None
+            if out is None:
+                done[n] = n
+                if fixpoints is not None:
+                    fixpoints.add(n)
+                stack.pop()
+                continue
+            trace.append(TraceEntry(pass_name, r.name, n, out))
+            fired[out] = fired.get(n, 0) + 1
+            if n in frozen:  # the rule kept n inside its replacement (a guard's naive branch)
+                done[n] = n
+            redirect[n] = out
+    return [done[o] for o in outputs]

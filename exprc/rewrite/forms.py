@@ -1,0 +1,353 @@
+"""Algebraic views and builders shared by the canonicalize and stability rules.
+
+Patterns match the *shape* of a graph; the views here match its *meaning*, so a
+stability rule written once recognises ``1 + x``, ``x + 1``, ``-(-1 - x)``,
+``x - (-1)`` and ``(x + 0.5) + 0.5`` alike:
+
+* :func:`sum_view` reads a tree of ``add``/``sub``/``neg``/``mul by a constant``
+  as ``const + sum(coef * term)`` with exact (:class:`~fractions.Fraction`)
+  coefficients.  It never distributes a constant over a sum and never looks
+  below a term, so building a view is cheap and changes nothing.
+* :func:`build_sum` and the small builders (:func:`add`, :func:`mul`, …) make
+  canonical nodes (``neg`` stays ``neg``, constants on the right, constants of
+  the result's dtype) and fold constant operands at once, because the stability
+  pass runs after constant folding.
+
+Rules may also *freeze* a node they emit (``frozen``): e.g. the naive branch of
+``where(safe, stable, naive)`` must not be rewritten again.  The frozen set lives
+for one :func:`exprc.optimize` call (see :func:`scope`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from fractions import Fraction
+
+import numpy as np
+
+from exprc.graph import Node, constant_node
+from exprc.ops import OPS
+from exprc.types import is_float
+
+#: A sum view with more terms than this is not built (keeps rules linear-time on long chains).
+MAX_TERMS = 8
+
+# -- per-optimization state ------------------------------------------------------------
+_STATE: contextvars.ContextVar[dict | None] = contextvars.ContextVar("exprc_rewrite_state", default=None)
+_FALLBACK: dict = {"frozen": set(), "origin": {}, "views": {}}
+
+
+@contextlib.contextmanager
+def scope() -> Iterator[None]:
+    """Fresh frozen-node, provenance and view tables for one optimization pass."""
+    token = _STATE.set({"frozen": set(), "origin": {}, "views": {}})
+    try:
+        yield
+    finally:
+        _STATE.reset(token)
+
+
+def _state() -> dict:
+    st = _STATE.get()
+    return st if st is not None else _FALLBACK
+
+
+def freeze(node: Node) -> Node:
+    """Mark ``node`` as final for the stability rules of this optimization; returns it."""
+    _state()["frozen"].add(node)
+    return node
+
+
+def frozen_set() -> set:
+    """The frozen nodes of the current pass (the driver reads it once per pass)."""
+    return _state()["frozen"]
+
+
+def is_frozen(node: Node) -> bool:
+    return node in _state()["frozen"]
+
+
+def set_origin(node: Node, info: tuple) -> Node:
+    """Remember how a rule built ``node`` (e.g. a compensated ``pow(1 + x, y)``)."""
+    _state()["origin"][node] = info
+    return node
+
+
+def origin(node: Node) -> tuple | None:
+    return _state()["origin"].get(node)
+
+
+# -- constants ---------------------------------------------------------------------------
+def scalar_const(node: Node) -> float | None:
+    """The value of a one-element constant, else ``None``."""
+    if node.op != "constant" or node.value.size != 1:
+        return None
+    return float(node.value.reshape(())) if node.dtype != "bool" else None
+
+
+def exact(v: float | None) -> Fraction | None:
+    """``v`` as an exact fraction (``None`` for None/NaN/inf)."""
+    if v is None or not math.isfinite(v):
+        return None
+    return Fraction(v)
+
+
+def const(v: float | Fraction, like: Node) -> Node:
+    """A 0-d constant with ``like``'s dtype."""
+    return constant_node(np.asarray(float(v), dtype=like.dtype), like.dtype)
+
+
+# -- builders ----------------------------------------------------------------------------
+def make(op: str, *xs: Node, **attrs: object) -> Node:
+    """``op(*xs)``, folded to a constant at once when every operand is a constant."""
+    node = OPS[op].make(tuple(xs), attrs)
+    o = OPS[op]
+    if xs and o.kind == "elemwise" and all(x.op == "constant" for x in node.inputs) and o.impl is not None:
+        with np.errstate(all="ignore"):
+            val = np.asarray(o.impl(*[x.value for x in node.inputs], **dict(node.attrs)))
+        return constant_node(val.astype(node.dtype, copy=False), node.dtype)
+    return node
+
+
+def neg(x: Node) -> Node:
+    if x.op == "neg":
+        return x.inputs[0]
+    return make("neg", x)
+
+
+def add(a: Node, b: Node) -> Node:
+    if a.op == "constant" and b.op != "constant":
+        a, b = b, a
+    return make("add", a, b)
+
+
+def sub(a: Node, b: Node) -> Node:
+    return add(a, neg(b))
+
+
+def mul(a: Node, b: Node) -> Node:
+    if a.op == "constant" and b.op != "constant":
+        a, b = b, a
+    return make("mul", a, b)
+
+
+def div(a: Node, b: Node) -> Node:
+    return make("truediv", a, b)
+
+
+def scale(x: Node, k: float | Fraction) -> Node:
+    """``k * x`` with nested constant factors merged (``(2*y) * 0.5`` is ``y``)."""
+    k = Fraction(k)
+    while True:
+        if x.op == "neg":
+            x, k = x.inputs[0], -k
+            continue
+        if x.op == "mul":
+            c = exact(scalar_const(x.inputs[1]))
+            if c is not None and c != 0:
+                x, k = x.inputs[0], k * c
+                continue
+        break
+    if k == 1:
+        return x
+    if k == -1:
+        return neg(x)
+    if k < 0:
+        return neg(mul(x, const(-k, x)))
+    return mul(x, const(k, x))
+
+
+def where(c: Node, a: Node, b: Node) -> Node:
+    return make("where", c, a, b)
+
+
+def fn(op: str, x: Node) -> Node:
+    return make(op, x)
+
+
+# -- the sum view --------------------------------------------------------------------------
+@dataclass(frozen=True)
+class SumView:
+    """``const + sum(coef * term)``; ``terms`` keeps first-seen order, no zero coefficients."""
+
+    terms: tuple[tuple[Fraction, Node], ...]
+    const: Fraction
+    cancelled: bool = False  #: some term appeared more than once and was combined
+    nconst: int = 0  #: how many constants were gathered
+    max_const: Fraction = Fraction(0)  #: the largest magnitude among them
+    vanished: tuple[Node, ...] = ()  #: terms that cancelled out completely
+
+    @property
+    def ops(self) -> frozenset[str]:
+        """The ops of the terms (``where`` included when a term was built by a rule)."""
+        ops = getattr(self, "_ops", None)
+        if ops is None:
+            ops = frozenset(t.op for _, t in self.terms)
+            object.__setattr__(self, "_ops", ops)
+        return ops
+
+    def coef(self, term: Node) -> Fraction:
+        for k, t in self.terms:
+            if t is term:
+                return k
+        return Fraction(0)
+
+    def without(self, *drop: Node) -> SumView:
+        return SumView(tuple((k, t) for k, t in self.terms if t not in drop), self.const)
+
+    def scaled(self, k: Fraction) -> SumView:
+        return SumView(tuple((c * k, t) for c, t in self.terms), self.const * k)
+
+    def plus(self, other: SumView, k: Fraction = Fraction(1)) -> SumView:
+        """``self + k * other``, combining equal terms; ``cancelled`` when a term or the
+        constant partly or wholly cancels (the rewrite has removed a cancellation)."""
+        acc: dict[Node, Fraction] = {}
+        big: dict[Node, Fraction] = {}
+        order: list[Node] = []
+        for c, t in list(self.terms) + [(c * k, t) for c, t in other.terms]:
+            if t not in acc:
+                order.append(t)
+                acc[t] = big[t] = Fraction(0)
+            acc[t] += c
+            big[t] = max(big[t], abs(c))
+        terms = tuple((acc[t], t) for t in order if acc[t] != 0)
+        const = self.const + k * other.const
+        shrank = any(abs(acc[t]) < big[t] for t in order) or (
+            self.const != 0 and other.const != 0 and abs(const) < max(abs(self.const), abs(k * other.const)))
+        return SumView(terms, const, cancelled=shrank)
+
+    @property
+    def is_const(self) -> bool:
+        return not self.terms
+
+    def single(self) -> tuple[Fraction, Node] | None:
+        """``(k, t)`` when the view is exactly ``k * t``."""
+        if len(self.terms) == 1 and self.const == 0:
+            return self.terms[0]
+        return None
+
+
+def sum_view(node: Node, max_terms: int = MAX_TERMS) -> SumView | None:
+    """Read ``node`` as a sum of scaled terms (float dtypes only; ``None`` when too long).
+    Views are memoized for the current pass (nodes are immutable)."""
+    if not is_float(node.dtype):
+        return None
+    if max_terms != MAX_TERMS:
+        return _sum_view(node, max_terms)
+    views = _state()["views"]
+    v = views.get(node, views)
+    if v is views:
+        views[node] = v = _sum_view(node, max_terms)
+    return v
+
+
+def _sum_view(node: Node, max_terms: int) -> SumView | None:
+    acc: dict[Node, Fraction] = {}
+    order: list[Node] = []
+    seen = 0
+    const = Fraction(0)
+    nconst = 0
+    max_const = Fraction(0)
+    stack: list[tuple[Fraction, Node]] = [(Fraction(1), node)]
+    while stack:
+        k, n = stack.pop()
+        op = n.op
+        if op == "add":
+            stack.append((k, n.inputs[1]))
+            stack.append((k, n.inputs[0]))
+            continue
+        if op == "sub":
+            stack.append((-k, n.inputs[1]))
+            stack.append((k, n.inputs[0]))
+            continue
+        if op == "neg":
+            stack.append((-k, n.inputs[0]))
+            continue
+        if op == "constant":
+            c = exact(scalar_const(n))
+            if c is None:
+                return None
+            const += k * c
+            nconst += 1
+            max_const = max(max_const, abs(k * c))
+            continue
+        if op == "mul":
+            c = exact(scalar_const(n.inputs[1])) if n.inputs[1].op == "constant" else None
+            other = n.inputs[0]
+            if c is None and n.inputs[0].op == "constant":
+                c, other = exact(scalar_const(n.inputs[0])), n.inputs[1]
+            if c is not None and c != 0 and other.op not in ("add", "sub"):
+                stack.append((k * c, other))
+                continue
+        if op == "truediv" and n.inputs[1].op == "constant":
+            c = exact(scalar_const(n.inputs[1]))
+            if c is not None and c != 0 and n.inputs[0].op not in ("add", "sub"):
+                stack.append((k / c, n.inputs[0]))
+                continue
+        seen += 1
+        if n not in acc:
+            if len(order) >= max_terms:
+                return None
+            order.append(n)
+            acc[n] = Fraction(0)
+        acc[n] += k
+    terms = tuple((acc[t], t) for t in order if acc[t] != 0)
+    return SumView(terms, const, cancelled=seen > len(order) or len(terms) < len(order), nconst=nconst,
+                   max_const=max_const, vanished=tuple(t for t in order if acc[t] == 0))
+
+
+def build_sum(view: SumView, like: Node) -> Node:
+    """A node computing ``view`` in ``like``'s dtype: positive terms first, the constant last."""
+    terms = sorted(view.terms, key=lambda kt: kt[0] < 0)  # stable: keeps order within each sign
+    acc: Node | None = None
+    for k, t in terms:
+        if acc is None:
+            acc = scale(t, k)
+        elif k < 0:
+            acc = add(acc, neg(scale(t, -k)))
+        else:
+            acc = add(acc, scale(t, k))
+    if acc is None:
+        return const(view.const, like)
+    if view.const != 0:
+        c = float(view.const)
+        acc = add(acc, neg(const(-c, like))) if c < 0 else add(acc, const(c, like))
+    return acc
+
+
+def same_up_to_scale(a: SumView, b: SumView) -> Fraction | None:
+    """``s`` with ``a == s * b`` (exactly, term by term), else ``None``."""
+    if len(a.terms) != len(b.terms) or not b.terms:
+        return None
+    s = a.terms[0][0] / b.coef(a.terms[0][1]) if b.coef(a.terms[0][1]) else None
+    if s is None or a.const != s * b.const:
+        return None
+    for k, t in a.terms:
+        if b.coef(t) * s != k:
+            return None
+    return s
+
+
+def broadcast_safe(kept: list[Node], like: Node) -> bool:
+    """The operands ``kept`` (what remains of an elementwise combination after some
+    terms cancelled) still broadcast to ``like``'s shape.  An unknown size is taken
+    to match an unknown size of a kept operand in the same position."""
+    if not kept:
+        return like.ndim == 0
+    nd = max(k.ndim for k in kept)
+    if nd != like.ndim:
+        return False
+    for ax in range(1, nd + 1):
+        target = like.type.shape[-ax]
+        ks = [k.type.shape[-ax] for k in kept if k.ndim >= ax]
+        if target == 1:
+            continue
+        if target is not None and target not in ks:
+            return False
+        if target is None and all(s == 1 for s in ks):
+            return False
+    return True
