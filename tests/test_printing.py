@@ -78,7 +78,9 @@ def test_debugprint_tree_with_types_and_shared_nodes():
     exprc.debugprint(e, file=buf)
     assert buf.getvalue().strip() == out
     f = exprc.function([x], e * 1, backend="numpy")
-    assert exprc.debugprint(f) == out  # the optimized graph: * 1 is gone
+    # the optimized graph: * 1 is gone and x * x is canonically square(x)
+    assert exprc.debugprint(f) == exprc.debugprint(exprc.square(exprc.exp(x)))
+    assert exprc.debugprint(f).splitlines()[0] == "square float32[?] id=0"
 
 
 def test_to_dot_and_reprs():

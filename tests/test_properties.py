@@ -17,7 +17,7 @@ def test_eval_matches_numpy(case):
     assert_close(case.expr.eval(dict(zip(case.inputs, case.args))), expected)
 
 
-@pytest.mark.parametrize("exclude", [(), ("canonicalize",)])
+@pytest.mark.parametrize("exclude", [(), ("canonicalize", "stability")])
 @given(case=graph_cases(max_ops=5))
 def test_function_matches_numpy(exclude, case):
     f = exprc.function(case.inputs, case.expr, backend="numpy", exclude=exclude)

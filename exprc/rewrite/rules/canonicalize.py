@@ -1,0 +1,154 @@
+"""Canonical forms, so that later patterns match however a formula was written.
+
+Every rule here is exact in IEEE arithmetic (NaN, Inf and the sign of zero
+included), so canonicalization never changes a result.  The canonical form:
+
+* **subtraction is addition of a negation**: ``x - y`` becomes ``x + neg(y)``
+  (``x - y`` and ``x + (-y)`` round identically); ``x - c`` becomes ``x + (-c)``.
+* **``neg`` stays its own op** and is pulled *out* of products and quotients:
+  ``(-a) * b`` becomes ``-(a * b)``, ``(-a) * (-b)`` becomes ``a * b``, ``x * -1``
+  becomes ``-x``.  Never ``mul(-1, x)``: that is PyTensor's bug, which hid ``neg``
+  from every pattern looking for it.  ``neg`` is *not* pushed into sums:
+  ``-(a + b)`` and ``(-a) + (-b)`` differ in the sign of a zero result.
+* **division stays ``truediv``** (``x / y`` and ``x * (1/y)`` round differently),
+  except division by a power of two, which becomes the exact multiplication
+  (``x / 2`` is ``x * 0.5``); ``reciprocal(x)`` and ``x ** -1`` become ``1 / x``.
+* ``x * x`` is ``square(x)``; a constant operand of ``+`` or ``*`` goes on the
+  right; ``abs`` of a result that cannot be negative (``exp``, ``square`` …) is dropped.
+* sums and products are **not** reassociated in the graph (that would change
+  rounding); instead :func:`exprc.rewrite.forms.sum_view` flattens ``+``, ``-``,
+  ``neg`` and constant factors and gathers the constants, exactly, when a rule
+  matches.
+
+The ``specialize`` pass (last) turns ``x + neg(y)`` back into ``x - y`` and
+``x + (-c)`` into ``x - c``: one op fewer, and the same bits.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from exprc.graph import Node
+from exprc.rewrite.core import C, P, X, constant_value, rule
+from exprc.rewrite.forms import const, make
+from exprc.types import is_float
+
+_CANON = ("canonicalize",)
+_SPEC = ("specialize",)
+
+
+def _k(node: Node) -> bool:
+    return node.op == "constant"
+
+
+@rule("sub_to_add_neg", _CANON, P("sub", X("x"), X("y")))
+def sub_to_add_neg(node: Node, x: Node, y: Node) -> Node | None:
+    """x - y -> x + neg(y) (exact: both round x - y once)."""
+    if _k(x) and _k(y):
+        return None  # constant folding's job
+    return make("add", x, make("neg", y))
+
+
+@rule("reciprocal_to_div", _CANON, P("reciprocal", X("x")))
+def reciprocal_to_div(node: Node, x: Node) -> Node:
+    """reciprocal(x) -> 1 / x (the same C expression)."""
+    return make("truediv", const(1.0, node), x)
+
+
+@rule("pow_minus_one_to_div", _CANON, P("pow", X("x"), C(-1)))
+def pow_minus_one_to_div(node: Node, x: Node) -> Node | None:
+    """x ** -1 -> 1 / x (floats; pow is correctly rounded there, as is the division)."""
+    return make("truediv", const(1.0, node), x) if is_float(node.dtype) else None
+
+
+@rule("mul_self_to_square", _CANON, P("mul", X("x"), X("x")))
+def mul_self_to_square(node: Node, x: Node) -> Node:
+    """x * x -> square(x) (square renders as x * x)."""
+    return make("square", x) if node.dtype != "bool" else None
+
+
+@rule("mul_minus_one_to_neg", _CANON, P("mul", X("x"), C(-1)))
+def mul_minus_one_to_neg(node: Node, x: Node) -> Node | None:
+    """x * -1 -> neg(x) (the canonical negation; never the other way round)."""
+    return make("neg", x) if not _k(x) else None
+
+
+@rule("neg_out_of_mul", _CANON, P("mul", P("neg", X("a")), X("b")))
+def neg_out_of_mul(node: Node, a: Node, b: Node) -> Node | None:
+    """(-a) * b -> -(a * b); (-a) * (-b) -> a * b; (-a) * c -> a * (-c).  Exact: the sign of
+    a product is the exclusive or of the operand signs."""
+    if b.op == "neg":
+        return make("mul", a, b.inputs[0])
+    if _k(b):
+        return make("mul", a, make("neg", b))
+    return make("neg", make("mul", a, b))
+
+
+@rule("neg_out_of_div", _CANON, P("truediv", X("a"), X("b")))
+def neg_out_of_div(node: Node, a: Node, b: Node) -> Node | None:
+    """(-a) / b -> -(a / b); a / (-b) -> -(a / b); (-a) / (-b) -> a / b (exact)."""
+    na, nb = a.op == "neg", b.op == "neg"
+    if na and nb:
+        return make("truediv", a.inputs[0], b.inputs[0])
+    if na:
+        if _k(b):
+            return make("truediv", a.inputs[0], make("neg", b))
+        return make("neg", make("truediv", a.inputs[0], b))
+    if nb:
+        if _k(a):
+            return make("truediv", make("neg", a), b.inputs[0])
+        return make("neg", make("truediv", a, b.inputs[0]))
+    return None
+
+
+@rule("div_pow2_to_mul", _CANON, P("truediv", X("x"), C(name="c")))
+def div_pow2_to_mul(node: Node, x: Node, c: Node) -> Node | None:
+    """x / 2**k -> x * 2**-k when both constants are normal numbers (exact)."""
+    v = constant_value(c)
+    if not is_float(node.dtype) or _k(x) or v is None or v == 0 or not math.isfinite(v):
+        return None
+    m, _ = math.frexp(abs(v))
+    inv = 1.0 / v
+    info = np.finfo(node.dtype)
+    if m != 0.5 or not (float(info.tiny) <= abs(inv) <= float(info.max)) or abs(v) < float(info.tiny):
+        return None
+    return make("mul", x, const(inv, node))
+
+
+@rule("constant_to_right", _CANON, P(("add", "mul"), C(name="c"), X("x")))
+def constant_to_right(node: Node, c: Node, x: Node) -> Node | None:
+    """c + x -> x + c, c * x -> x * c (one canonical operand order)."""
+    if node.inputs[0] is not c or _k(x):
+        return None
+    return make(node.op, x, c)
+
+
+_NONNEGATIVE = ("exp", "exp2", "cosh", "square", "sigmoid", "softplus", "abs")
+
+
+@rule("abs_of_nonnegative", _CANON, P("abs", X("x")))
+def abs_of_nonnegative(node: Node, x: Node) -> Node | None:
+    """abs(x) -> x where x cannot be negative (exp, square, …); abs(-x) -> abs(x)."""
+    if x.op in _NONNEGATIVE and is_float(node.dtype):
+        return x
+    if x.op == "neg":
+        return make("abs", x.inputs[0])
+    return None
+
+
+# -- specialize: back to the cheapest equivalent form -------------------------------------
+@rule("add_neg_to_sub", _SPEC, P("add", X("x"), P("neg", X("y"))))
+def add_neg_to_sub(node: Node, x: Node, y: Node) -> Node:
+    """x + neg(y) -> x - y (the same bits, one op fewer)."""
+    return make("sub", x, y)
+
+
+@rule("add_negative_constant_to_sub", _SPEC, P("add", X("x"), C(name="c", signbit=True)))
+def add_negative_constant_to_sub(node: Node, x: Node, c: Node) -> Node | None:
+    """x + (-c) -> x - c for a constant c > 0 (exact; reads as written)."""
+    v = constant_value(c)
+    if _k(x) or v is None or v == 0 or math.isnan(v) or not is_float(node.dtype) and v == np.iinfo(node.dtype).min:
+        return None
+    return make("sub", x, make("neg", c))
