@@ -199,6 +199,10 @@ RULES = [
     R("taylor_cancellation", [lambda m, x: m.exp(x) - 1 - x, lambda m, x: m.expm1(x) - x, lambda m, x: m.exp(x) - (1 + x)],
       {"where"}, [(S, 1e-8, 3.0)]),
     R("taylor_cancellation", [lambda m, x: m.cos(x) - (1 - x * x / 2)], {"where"}, [(S, 1e-6, 4.0)]),
+    R("product_cancel", [lambda m, x, y: (x * y) / y, lambda m, x, y: (x / y) * y, lambda m, x, y: y * x / y],
+      set(), [(G, 1e100, 1e200), (G, 1e150, 1e300)], absent={"truediv"}),
+    R("sigmoid_from_exp", [lambda m, x: x / (1 + m.exp(-x)), lambda m, x: x * (1 / (1 + m.exp(-x)))],
+      {"sigmoid"}, [(L, -700, 800)], absent={"exp"}, naive_fails=False),  # swish: x sigmoid(x)
     R("sum_cancel", [lambda m, x: (x + 1e16) - 1e16, lambda m, x: -1e16 + (1e16 + x)], set(), [(L, -1, 1)],
       absent={"add", "sub"}),
     R("sum_cancel", [lambda m, x, y: (x + y) - x, lambda m, x, y: -x + (y + x)], set(),
@@ -347,3 +351,16 @@ def test_rewrites_are_deterministic_and_idempotent():
     a, b = exprc.optimize([e]), exprc.optimize([e])
     assert a.outputs == b.outputs and a.rewrites == b.rewrites
     assert exprc.optimize(list(a.outputs)).outputs == a.outputs
+
+
+def test_gradients_of_naive_formulas_come_out_stable():
+    """grad graphs go through the same pipeline: d/dx log(1/(1 + exp(-x))) is sigmoid(-x), finite at -800."""
+    x = exprc.vector("x")
+    d = np.array([-800.0, -30.0, -1e-10, 0.5, 30.0, 800.0])
+    for e, exact in [(exprc.log(1 / (1 + exprc.exp(-x))), lambda m, x: 1 / (1 + m.exp(x))),
+                     (exprc.log(1 + exprc.exp(x)), lambda m, x: 1 / (1 + m.exp(-x))),
+                     (exprc.sqrt(x * x + 1), lambda m, x: x / m.sqrt(x * x + 1))]:
+        f = exprc.function([x], exprc.grad(exprc.sum(e), x), backend="numpy")
+        with np.errstate(all="ignore"):
+            got = f(d)
+        assert bits_lost(got, reference(exact, [d])).max() <= 4, (exprc.pprint(f.graph.outputs[0]), got)

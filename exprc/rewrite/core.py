@@ -56,6 +56,15 @@ def constant_value(node: Node) -> float | None:
     return first.item()
 
 
+def _plausible(pat: Any, node: Node) -> bool:
+    """A necessary condition for ``match(pat, node)``, checked without recursion."""
+    if isinstance(pat, P):
+        return node.op in pat.ops
+    if isinstance(pat, C):
+        return node.op == "constant"
+    return True
+
+
 def match(pat: Any, node: Node, caps: dict[str, Node]) -> bool:
     if isinstance(pat, X):
         if pat.name in caps:
@@ -73,19 +82,25 @@ def match(pat: Any, node: Node, caps: dict[str, Node]) -> bool:
         if pat.name:
             caps[pat.name] = node
         return True
-    if node.op not in pat.ops or len(node.inputs) != len(pat.inputs):
+    inputs = node.inputs
+    if node.op not in pat.ops or len(inputs) != len(pat.inputs):
         return False
-    orders = [node.inputs]
-    if len(node.inputs) == 2 and OPS[node.op].commutative:
-        orders.append(node.inputs[::-1])
-    for inputs in orders:
-        trial = dict(caps)
-        if all(match(p, i, trial) for p, i in zip(pat.inputs, inputs)):
-            if pat.name:
-                trial[pat.name] = node
-            caps.clear()
-            caps.update(trial)
-            return True
+    orders = (inputs, inputs[::-1]) if len(inputs) == 2 and OPS[node.op].commutative else (inputs,)
+    for ins in orders:
+        for p, i in zip(pat.inputs, ins):  # cheap rejection before copying the captures
+            if not _plausible(p, i):
+                break
+        else:
+            trial = dict(caps)
+            for p, i in zip(pat.inputs, ins):
+                if not match(p, i, trial):
+                    break
+            else:
+                if pat.name:
+                    trial[pat.name] = node
+                caps.clear()
+                caps.update(trial)
+                return True
     return False
 
 
@@ -99,6 +114,9 @@ class Rule:
     replace: Callable[..., Node | None] = field(compare=False)
     doc: str = ""
     ops: tuple[str, ...] | None = None  # root ops of a pattern-less rule (None: every op)
+    #: the rule can only fire when one of these ops is a term of the node's sum view (see
+    #: exprc.rewrite.forms.term_ops); the driver checks it without calling the rule
+    needs: frozenset[str] | None = None
 
     @property
     def root_ops(self) -> tuple[str, ...] | None:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from exprc.graph import Node, rebuild
 from exprc.rewrite.core import Rule
-from exprc.rewrite.forms import frozen_set
+from exprc.rewrite.forms import frozen_set, term_ops
 
 
 @dataclass(frozen=True)
@@ -94,11 +94,16 @@ def rewrite(outputs: Sequence[Node], rules: Sequence[Rule], pass_name: str, trac
             if n in done:
                 stack.pop()
                 continue
-            pending = [i for i in n.inputs if i not in done]
+            ins = n.inputs
+            if not ins:  # inputs and constants: no rule rewrites a leaf
+                done[n] = n
+                stack.pop()
+                continue
+            pending = [i for i in ins if i not in done]
             if pending:
                 stack.extend(reversed(pending))
                 continue
-            new = rebuild(n, [done[i] for i in n.inputs]) if n.inputs else n
+            new = rebuild(n, [done[i] for i in ins])
             if n in frozen:
                 frozen.add(new)
                 done[n] = done[new] = new
@@ -114,7 +119,13 @@ def rewrite(outputs: Sequence[Node], rules: Sequence[Rule], pass_name: str, trac
             out = None
             if fired.get(n, 0) < cap:
                 table, default = (by_op_settled, generic_settled) if n in settled else (by_op, generic)
+                terms = None
                 for r in table.get(n.op, default):
+                    if r.needs is not None:
+                        if terms is None:
+                            terms = term_ops(n)
+                        if not (r.needs & terms):
+                            continue
                     out = r.apply(n)
                     if out is not None and out is not n and out not in redirect and _compatible(n, out):
                         break

@@ -89,10 +89,12 @@ def scalar_const(node: Node) -> float | None:
     return float(node.value.reshape(())) if node.dtype != "bool" else None
 
 
-def exact(v: float | None) -> Fraction | None:
-    """``v`` as an exact fraction (``None`` for None/NaN/inf)."""
+def exact(v: float | None) -> Fraction | int | None:
+    """``v`` as an exact fraction (an int when it is one; ``None`` for None/NaN/inf)."""
     if v is None or not math.isfinite(v):
         return None
+    if v.is_integer() and abs(v) < 2.0**53:
+        return int(v)
     return Fraction(v)
 
 
@@ -102,10 +104,20 @@ def const(v: float | Fraction, like: Node) -> Node:
 
 
 # -- builders ----------------------------------------------------------------------------
+_TYPES: dict[tuple, object] = {}  # (op, operand types, attrs) -> result type, when no cast is needed
+
+
 def make(op: str, *xs: Node, **attrs: object) -> Node:
-    """``op(*xs)``, folded to a constant at once when every operand is a constant."""
-    node = OPS[op].make(tuple(xs), attrs)
+    """``op(*xs)``, folded to a constant at once when every operand is a constant.  Type
+    inference is memoized by operand types (a type rule depends on nothing else)."""
     o = OPS[op]
+    key = (op, tuple(x.type for x in xs), tuple(sorted(attrs.items())))
+    typ = _TYPES.get(key)
+    if typ is not None and not all(x.op == "constant" for x in xs):
+        return Node(op, xs, key[2], typ)
+    node = o.make(tuple(xs), attrs)
+    if node.inputs == xs:
+        _TYPES[key] = node.type
     if xs and o.kind == "elemwise" and all(x.op == "constant" for x in node.inputs) and o.impl is not None:
         with np.errstate(all="ignore"):
             val = np.asarray(o.impl(*[x.value for x in node.inputs], **dict(node.attrs)))
@@ -249,10 +261,10 @@ def _sum_view(node: Node, max_terms: int) -> SumView | None:
     acc: dict[Node, Fraction] = {}
     order: list[Node] = []
     seen = 0
-    const = Fraction(0)
+    const: Fraction | int = 0  # ints where possible: Fraction arithmetic is slow
     nconst = 0
-    max_const = Fraction(0)
-    stack: list[tuple[Fraction, Node]] = [(Fraction(1), node)]
+    max_const: Fraction | int = 0
+    stack: list[tuple[Fraction | int, Node]] = [(1, node)]
     while stack:
         k, n = stack.pop()
         op = n.op
@@ -293,11 +305,76 @@ def _sum_view(node: Node, max_terms: int) -> SumView | None:
             if len(order) >= max_terms:
                 return None
             order.append(n)
-            acc[n] = Fraction(0)
+            acc[n] = 0
         acc[n] += k
     terms = tuple((acc[t], t) for t in order if acc[t] != 0)
     return SumView(terms, const, cancelled=seen > len(order) or len(terms) < len(order), nconst=nconst,
                    max_const=max_const, vanished=tuple(t for t in order if acc[t] == 0))
+
+
+def product_view(node: Node, max_factors: int = MAX_TERMS) -> tuple | None:
+    """Read ``node`` as ``coef * prod(factor ** power)`` through mul, truediv, neg, square and
+    constant factors: ``(coef, [(factor, power)], cancelled, vanished)``; ``cancelled`` when a
+    factor of the numerator meets the same factor in the denominator (``vanished``: those whose
+    power dropped to 0, and those of NaN guards ``t + 0*u`` met on the way, read as ``t``).  Float dtypes only; ``None`` when too long or a constant is 0/inf/NaN."""
+    if not is_float(node.dtype):
+        return None
+    coef: Fraction | int = 1
+    guards: list[Node] = []
+    acc: dict[Node, int] = {}
+    pos: dict[Node, bool] = {}
+    neg_: dict[Node, bool] = {}
+    stack: list[tuple[int, Node]] = [(1, node)]
+    while stack:
+        p, n = stack.pop()
+        op = n.op
+        if op == "mul":
+            stack.append((p, n.inputs[1]))
+            stack.append((p, n.inputs[0]))
+        elif op == "truediv":
+            stack.append((-p, n.inputs[1]))
+            stack.append((p, n.inputs[0]))
+        elif op == "neg":
+            coef = -coef
+            stack.append((p, n.inputs[0]))
+        elif op == "square":
+            stack.append((2 * p, n.inputs[0]))
+        elif op == "add" and is_nan_guard(n.inputs[1]):  # t + 0*u: a cancelled factor's NaN guard
+            guards.append(n.inputs[1].inputs[0])
+            stack.append((p, n.inputs[0]))
+        elif op == "constant":
+            c = exact(scalar_const(n))
+            if not c:
+                return None
+            coef = coef * c if p > 0 else coef / c
+            if p not in (1, -1):
+                coef = coef * c ** (p - (1 if p > 0 else -1)) if p > 0 else coef / c ** (-p - 1)
+        else:
+            if n not in acc:
+                if len(acc) >= max_factors:
+                    return None
+                acc[n] = 0
+            acc[n] += p
+            if p > 0:
+                pos[n] = True
+            else:
+                neg_[n] = True
+    cancelled = any(n in pos and n in neg_ for n in acc)
+    return coef, [(n, e) for n, e in acc.items() if e != 0], cancelled, [n for n, e in acc.items() if e == 0] + guards
+
+
+def is_nan_guard(n: Node) -> bool:
+    """``n`` is ``u * 0``: what a cancelled factor leaves behind so that NaN/inf u still gives NaN."""
+    return n.op == "mul" and n.inputs[1].op == "constant" and scalar_const(n.inputs[1]) == 0
+
+
+_NO_OPS: frozenset[str] = frozenset()
+
+
+def term_ops(node: Node) -> frozenset[str]:
+    """The ops of the terms of ``node``'s sum view (empty when it has none)."""
+    v = sum_view(node)
+    return v.ops if v is not None else _NO_OPS
 
 
 def build_sum(view: SumView, like: Node) -> Node:

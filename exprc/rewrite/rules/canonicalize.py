@@ -43,12 +43,19 @@ def _k(node: Node) -> bool:
     return node.op == "constant"
 
 
+def _node(op: str, inputs: tuple, like: Node) -> Node:
+    """``op(*inputs)`` with ``like``'s type, skipping type inference: only for rewrites that keep
+    the operands' dtypes and the broadcast shape (the hot rules below)."""
+    return Node(op, inputs, (), like.type)
+
+
 @rule("sub_to_add_neg", _CANON, P("sub", X("x"), X("y")))
 def sub_to_add_neg(node: Node, x: Node, y: Node) -> Node | None:
     """x - y -> x + neg(y) (exact: both round x - y once)."""
     if _k(x) and _k(y):
         return None  # constant folding's job
-    return make("add", x, make("neg", y))
+    ny = make("neg", y) if _k(y) else _node("neg", (y,), y)
+    return _node("add", (x, ny), node)
 
 
 @rule("reciprocal_to_div", _CANON, P("reciprocal", X("x")))
@@ -122,7 +129,7 @@ def constant_to_right(node: Node, c: Node, x: Node) -> Node | None:
     """c + x -> x + c, c * x -> x * c (one canonical operand order)."""
     if node.inputs[0] is not c or _k(x):
         return None
-    return make(node.op, x, c)
+    return _node(node.op, (x, c), node)
 
 
 _NONNEGATIVE = ("exp", "exp2", "cosh", "square", "sigmoid", "softplus", "abs")
@@ -142,7 +149,7 @@ def abs_of_nonnegative(node: Node, x: Node) -> Node | None:
 @rule("add_neg_to_sub", _SPEC, P("add", X("x"), P("neg", X("y"))))
 def add_neg_to_sub(node: Node, x: Node, y: Node) -> Node:
     """x + neg(y) -> x - y (the same bits, one op fewer)."""
-    return make("sub", x, y)
+    return _node("sub", (x, y), node)
 
 
 @rule("add_negative_constant_to_sub", _SPEC, P("add", X("x"), C(name="c", signbit=True)))
@@ -151,4 +158,4 @@ def add_negative_constant_to_sub(node: Node, x: Node, c: Node) -> Node | None:
     v = constant_value(c)
     if _k(x) or v is None or v == 0 or math.isnan(v) or not is_float(node.dtype) and v == np.iinfo(node.dtype).min:
         return None
-    return make("sub", x, make("neg", c))
+    return _node("sub", (x, make("neg", c)), node)

@@ -47,22 +47,16 @@ def stability_rule(name: str, pattern: P | str | tuple[str, ...], needs: tuple[s
 
     def deco(fn: Callable[..., Node | None]) -> Callable[..., Node | None]:
         def replace(node: Node, **caps: Node) -> Node | None:
-            if not is_float(node.dtype):
-                return None
-            if need:
-                view = view_of(node)
-                if view is None or not (need & view.ops):
-                    return None
-            if F.is_frozen(node):
+            if not is_float(node.dtype) or F.is_frozen(node):
                 return None
             return fn(node, **caps)
 
         doc = (fn.__doc__ or "").strip()
         if isinstance(pattern, P):
-            register_rule(Rule(name, frozenset(TAGS), pattern, replace, doc))
+            register_rule(Rule(name, frozenset(TAGS), pattern, replace, doc, needs=need or None))
         else:
             ops = (pattern,) if isinstance(pattern, str) else tuple(pattern)
-            register_rule(Rule(name, frozenset(TAGS), None, replace, doc, ops=ops))
+            register_rule(Rule(name, frozenset(TAGS), None, replace, doc, ops=ops, needs=need or None))
         return fn
 
     return deco
@@ -407,7 +401,7 @@ def sqrt_conjugate(node: Node) -> Node | None:
         bnode = build_sum(B, node)
         den = F.freeze(add(t, bnode))  # no cancellation where it is used: do not "fix" it
         stable = scale(div(build_sum(num, node), den), c)
-        safe = (den > k(0.0, den)) & (den < k(math.inf, den))
+        safe = f("isfinite", stable)  # 0/0 (a = b = 0) and inf/inf (an infinite a or b): the formula
         if positive is not None:
             safe = safe & (positive > k(0.0, positive))
         return guarded(stable, node, safe)
@@ -636,27 +630,59 @@ def _one_plus_exp(node: Node) -> tuple[Node, Fraction] | None:
     return v.terms[0][1].inputs[0], v.const
 
 
-@stability_rule("sigmoid_from_exp", P("truediv", X("n"), X("d")))
-def sigmoid_from_exp(node: Node, n: Node, d: Node) -> Node | None:
+def _product(coef: Fraction | int, factors: list[tuple[Node, int]], like: Node) -> Node:
+    num = [_power(t, e) for t, e in factors if e > 0]
+    den = [_power(t, -e) for t, e in factors if e < 0]
+    top = None
+    for t in num:
+        top = t if top is None else mul(top, t)
+    bottom = None
+    for t in den:
+        bottom = t if bottom is None else mul(bottom, t)
+    if top is None:
+        return div(k(float(coef), like), bottom) if bottom is not None else k(float(coef), like)
+    return scale(top if bottom is None else div(top, bottom), coef)
+
+
+@stability_rule("sigmoid_from_exp", ("mul", "truediv"))
+def sigmoid_from_exp(node: Node) -> Node | None:
     """1/(1 + exp(-x)) -> sigmoid(x); exp(x)/(1 + exp(x)) -> sigmoid(x); c/(1 + exp(x)) -> c sigmoid(-x);
-    expm1(x)/(1 + exp(x)) -> tanh(x/2)."""
-    ac = _one_plus_exp(d)
-    if ac is None:
+    expm1(x)/(1 + exp(x)) -> tanh(x/2); also inside a product (x/(1 + exp(-x)) -> x sigmoid(x))."""
+    if node.op == "mul" and not {"truediv", "sigmoid", "mul"} & {node.inputs[0].op, node.inputs[1].op}:
         return None
-    a, c = ac
-    nv = view_of(n)
-    if nv is None:
+    pv = F.product_view(node)
+    if pv is None:
         return None
-    if nv.is_const:
-        return scale(f("sigmoid", F.neg(a)), nv.const / c)
-    one = nv.single()
-    if one is None:
-        return None
-    kk, t = one
-    if t.op == "exp" and t.inputs[0] is a:
-        return scale(f("sigmoid", a), kk / c)
-    if t.op == "expm1" and t.inputs[0] is a:
-        return scale(f("tanh", scale(a, HALF)), kk / c)
+    coef, factors, _, guards = pv
+    for sg, e in factors:  # sigmoid(b) * exp(-b) -> sigmoid(-b) (the derivative of log(sigmoid) …)
+        if sg.op != "sigmoid" or e != 1:
+            continue
+        vb = view_of(sg.inputs[0])
+        for t, p in factors:
+            if p == 1 and t.op == "exp" and vb is not None and negated(view_of(t.inputs[0]) or SumView((), ONE), vb):
+                rest = [(u, q) for u, q in factors if u is not sg and u is not t]
+                rep = f("sigmoid", F.neg(sg.inputs[0]))
+                if not F.broadcast_safe([u for u, _ in rest] + [rep], node):
+                    return None
+                return _guard_nan(scale(rep if not rest else mul(_product(1, rest, node), rep), coef), guards)
+    for d, e in factors:
+        ac = _one_plus_exp(d) if e == -1 else None
+        if ac is None:
+            continue
+        a, c = ac
+        rest = [(t, p) for t, p in factors if t is not d]
+        rep = f("sigmoid", F.neg(a))
+        va = view_of(a)
+        for t, p in rest:
+            if p == 1 and t.op in ("exp", "expm1") and (t.inputs[0] is a or va is not None and same_up_to_scale(
+                    view_of(t.inputs[0]) or SumView((), ONE), va) == 1):
+                rest = [(u, q) for u, q in rest if u is not t]
+                rep = f("sigmoid", a) if t.op == "exp" else f("tanh", scale(a, HALF))
+                break
+        if not F.broadcast_safe([t for t, _ in rest] + [rep], node):
+            return None
+        out = rep if not rest else mul(_product(1, rest, node), rep)
+        return _guard_nan(scale(out, Fraction(coef) / c), guards)
     return None
 
 
@@ -712,6 +738,28 @@ def softmax_from_exp(node: Node, x: Node, s: Node) -> Node | None:
     m = make("max", x, axis=axes, keepdims=True)
     e = f("exp", sub(x, m))
     return div(e, make("sum", e, axis=axes, keepdims=True))
+
+
+@stability_rule("product_cancel", ("mul", "truediv"))
+def product_cancel(node: Node) -> Node | None:
+    """(1/u) * u * v -> v + 0*u; (a*c)/(2a) -> c/2 + 0*a: a factor of the numerator that meets
+    itself in the denominator is cancelled (u/u is its limit 1 at u = 0, NaN for NaN or infinite u:
+    a gradient's 1/sigmoid(x) * sigmoid(x) * … stays finite where sigmoid underflows)."""
+    if node.op == "mul" and node.inputs[0].op not in ("mul", "truediv") and node.inputs[1].op not in ("mul", "truediv"):
+        return None  # two plain factors: nothing to cancel
+    pv = F.product_view(node)
+    if pv is None or not pv[2]:
+        return None
+    coef, factors, _, vanished = pv
+    return _guard_nan(_product(coef, factors, node), vanished)
+
+
+def _guard_nan(out: Node, vanished: list[Node]) -> Node:
+    """``out + 0*u`` for each cancelled u: NaN or infinite u still gives NaN (as u/u does), u = 0
+    gives the limit; product views read through these guards (see forms.product_view)."""
+    for t in dict.fromkeys(vanished):
+        out = add(out, mul(t, k(0.0, t)))
+    return out
 
 
 @stability_rule("constant_factors", ("mul", "truediv"))
