@@ -41,9 +41,12 @@ class Kernel:
     body: list[Node]
     operands: list[Node] = field(default_factory=list)
     reduce: Node | None = None
+    matmul: Node | None = None  # a BLAS call (2-d/1-d float operands)
 
     @property
     def kind(self) -> str:
+        if self.matmul is not None:
+            return "matmul"
         return "reduce" if self.reduce is not None else "elemwise"
 
     @property
@@ -89,8 +92,12 @@ def _same_space(producer: Node, consumer: Node) -> bool:
     return all(not (p == 1 and c != 1) for p, c in zip(producer.type.shape, consumer.type.shape))
 
 
-def lower(outputs: Sequence[Node], inputs: Sequence[Node], fuse: bool = True) -> Program:
-    """Partition the graph reachable from ``outputs`` into kernels and NumPy steps."""
+def lower(outputs: Sequence[Node], inputs: Sequence[Node], fuse: bool = True,
+          native_matmul: bool = False) -> Program:
+    """Partition the graph reachable from ``outputs`` into kernels and NumPy steps.
+
+    ``native_matmul``: matrix products of 1-d/2-d float operands become kernels that
+    call BLAS from the generated code (the backend found a BLAS to call)."""
     order = toposort(outputs)
     consumers: dict[Node, list[Node]] = {n: [] for n in order}
     for n in order:
@@ -168,6 +175,10 @@ def lower(outputs: Sequence[Node], inputs: Sequence[Node], fuse: bool = True) ->
             k = Kernel(len(steps), [n], body + [n], reduce=n)
             steps.append(k)
             materialized.append(n)
+        elif (native_matmul and n.op == "matmul" and n.dtype in ("float32", "float64")
+              and all(i.ndim in (1, 2) for i in n.inputs)):
+            steps.append(Kernel(len(steps), [n], [n], matmul=n))
+            materialized.append(n)
         else:
             steps.append(Step(n))
             materialized.append(n)
@@ -182,7 +193,7 @@ def lower(outputs: Sequence[Node], inputs: Sequence[Node], fuse: bool = True) ->
                 for x in m.inputs:
                     if x not in inside and not _is_scalar_constant(x):
                         ops[x] = None
-            s.operands = list(ops)
+            s.operands = list(s.matmul.inputs) if s.matmul is not None else list(ops)
     return Program(tuple(inputs), tuple(outputs), steps, materialized)
 
 

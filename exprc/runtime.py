@@ -32,7 +32,8 @@ from exprc.pipeline import FunctionGraph
 from exprc.types import shape_str
 
 _FFI = cffi.FFI()
-_FFI.cdef("void exprc_run(char **ptrs, const int64_t *P, int64_t first, int64_t last, int nthreads);")
+_FFI.cdef("void exprc_run(char **ptrs, const int64_t *P, int64_t first, int64_t last, int nthreads);"
+          "void exprc_set_blas(void *dgemm, void *sgemm);")
 _CHAR_ARRAY = _FFI.typeof("char[]")
 _backend_fb = _FFI._backend.from_buffer  # skips cffi's Python-level wrapper (~1 us per array)
 
@@ -114,11 +115,12 @@ class CKernel:
 
     backend = "c"
 
-    def __init__(self, fg: FunctionGraph, cfg: Config, fuse: bool = True):
+    def __init__(self, fg: FunctionGraph, cfg: Config, fuse: bool = True, native_matmul: bool = True):
         from exprc.printing import pprint
 
         self.cfg = cfg
-        self.program: Program = lower(list(fg.outputs), list(fg.inputs), fuse=fuse)
+        blas = _blas() if native_matmul else None
+        self.program: Program = lower(list(fg.outputs), list(fg.inputs), fuse=fuse, native_matmul=blas is not None)
         summary = pprint(list(fg.outputs), max_inline=10_000)
         renderer = CRenderer(precise_math=cfg.precise_math)
         self.source, self.layout = renderer.render(self.program, summary[:2000])
@@ -131,6 +133,8 @@ class CKernel:
             name, self.source, parts, lambda d: cc.compile_library(self.source, d, name, cfg), _dlopen, cfg,
             {"backend": "c", "summary": summary[:500]})
         self._run = self.lib.exprc_run
+        if any(k.matmul is not None for k in self.program.kernels):
+            self.lib.exprc_set_blas(*blas)
         self.nthreads = cfg.num_threads or os.cpu_count() or 1
         # Segments: consecutive kernels run in one native call; NumPy steps in between.
         self.segments: list[tuple[int, int] | Step] = []
@@ -184,6 +188,13 @@ class CKernel:
             if node.op in ("max", "min", "argmax", "argmin") and any(src[a] == 0 for a in axes):
                 raise ShapeError(f"{node.op}: zero-size reduction over axis {axes} of shape {shape_str(src)}")
             shp = tuple(1 if d in axes else n for d, n in enumerate(src) if keep or d not in axes)
+        elif node.op == "matmul":
+            a, b = (self._shape(i, env, shapes) for i in node.inputs)
+            ka, kb = a[-1], (b[0] if len(b) == 1 else b[-2])
+            if ka != kb:
+                raise ShapeError(f"matmul: shapes {shape_str(a)} and {shape_str(b)} are not aligned: "
+                                 f"{ka} (last axis of the first) != {kb}")
+            shp = a[:-1] + (b[-1:] if len(b) == 2 else ())
         else:
             raise LookupError(node.op)  # NumPy steps: shape found by running them
         shapes[node] = shp
@@ -251,6 +262,11 @@ class CKernel:
         P = plan.P
         for kl in lay.kernels:
             k = kl.kernel
+            if k.matmul is not None:
+                for o in k.outputs:
+                    self._shape(o, env, shapes)
+                _matmul_params(kl, [env[n] for n, _, _ in kl.accesses], P)
+                continue
             if k.reduce is not None:
                 src = k.reduce.inputs[0]
                 space = self._shape(src, env, shapes)
@@ -463,6 +479,75 @@ class _Unsupported(Exception):
     """This input signature needs something the generated loops do not do."""
 
 
+def _matmul_params(kl: Any, arrays: list[np.ndarray], P: np.ndarray) -> None:
+    """Fill a matmul kernel's block: sizes, BLAS transposes and leading dimensions (flag 1),
+    or only byte strides for the plain loop (flag 0: a layout BLAS cannot take, or empty)."""
+    A, B, C = arrays
+    isz = A.itemsize
+    M, K = (1, A.shape[0]) if A.ndim == 1 else A.shape
+    N = 1 if B.ndim == 1 else B.shape[1]
+    a = (0, A.strides[0]) if A.ndim == 1 else A.strides
+    b = (B.strides[0], 0) if B.ndim == 1 else B.strides
+    if C.ndim == 2:
+        c = C.strides
+    elif C.ndim == 1:
+        c = (C.strides[0], 0) if B.ndim == 1 else (0, C.strides[0])
+    else:
+        c = (0, 0)
+
+    def blas(s0: int, s1: int, rows: int, cols: int) -> tuple[int, int] | None:
+        """(CblasNoTrans=111 | CblasTrans=112, leading dimension) for a row-major call."""
+        if (s1 == isz or cols == 1) and (rows == 1 or (s0 > 0 and s0 % isz == 0 and s0 // isz >= cols)):
+            return 111, (s0 // isz if rows > 1 else max(cols, 1))
+        if (s0 == isz or rows == 1) and (cols == 1 or (s1 > 0 and s1 % isz == 0 and s1 // isz >= rows)):
+            return 112, (s1 // isz if cols > 1 else max(rows, 1))
+        return None
+
+    ta, tb, tc = blas(*a, M, K), blas(*b, K, N), blas(*c, M, N)
+    ok = min(M, N, K) > 0 and ta is not None and tb is not None and tc is not None and tc[0] == 111
+    base = kl.p_flag
+    P[base:base + 9] = [1 if ok else 0, M, N, K, *(ta or (0, 0)), *(tb or (0, 0)), (tc or (0, 0))[1]]
+    for (_, _, pi), st in zip(kl.accesses, (a, b, c)):
+        P[pi:pi + 2] = st
+
+
+_BLAS: list = []
+
+
+def _blas() -> tuple[Any, Any] | None:
+    """Addresses of cblas_dgemm/sgemm (ILP64) in the OpenBLAS that NumPy ships, or None."""
+    if not _BLAS:
+        _BLAS.append(_find_blas())
+    return _BLAS[0]
+
+
+def _find_blas() -> tuple[Any, Any] | None:
+    import glob
+
+    if os.environ.get("EXPRC_NO_BLAS"):
+        return None
+    libs = os.path.join(os.path.dirname(np.__file__), os.pardir, "numpy.libs")
+    ffi = cffi.FFI()
+    for prefix in ("scipy_", ""):
+        ffi_decl = (f"void {prefix}cblas_dgemm64_(int, int, int, int64_t, int64_t, int64_t, double, const double *, "
+                    "int64_t, const double *, int64_t, double, double *, int64_t);"
+                    f"void {prefix}cblas_sgemm64_(int, int, int, int64_t, int64_t, int64_t, float, const float *, "
+                    "int64_t, const float *, int64_t, float, float *, int64_t);")
+        for path in sorted(glob.glob(os.path.join(libs, "lib*openblas64*.so*"))):
+            try:
+                f = cffi.FFI()
+                f.cdef(ffi_decl)
+                lib = f.dlopen(path)
+                d, s = getattr(lib, f"{prefix}cblas_dgemm64_"), getattr(lib, f"{prefix}cblas_sgemm64_")
+                _KEEP_BLAS.append((f, lib))
+                return f.cast("void *", d), f.cast("void *", s)
+            except (OSError, AttributeError, cffi.CDefError):
+                continue
+    del ffi
+    return None
+
+
+_KEEP_BLAS: list = []
 _RENDER_HASH: str | None = None
 
 

@@ -162,12 +162,13 @@ def test_out_argument_writes_in_place():
         f(np.arange(5.0), np.ones(5), out=np.empty(4))
 
 
-def test_matmul_and_argmax_run_as_numpy_steps_between_native_loops():
+def test_argmax_runs_as_a_numpy_step_between_native_loops():
     m, v = exprc.matrix("m"), exprc.vector("v")
     rng = np.random.default_rng(6)
     f = both([m, v], exprc.tanh(exprc.dot(m * 2, v)) + exprc.argmax(m, axis=1), rng.normal(size=(5, 4)),
              rng.normal(size=4))
-    assert len(f.kernels) == 2
+    assert not any("argmax" in k["ops"] for k in f.kernels)
+    assert [k["kind"] for k in f.kernels].count("elemwise") == 2  # m * 2, then tanh(.) + argmax
 
 
 def test_shapes_mismatch_at_call_time_names_the_op():
@@ -199,3 +200,38 @@ def test_many_shapes_do_not_keep_unbounded_plans():
     for n in range(1, 3 * runtime._MAX_SIGNATURES):
         np.testing.assert_allclose(f(np.ones(n)), np.full(n, 2 * np.e))
     assert len(f._kernel._pools) <= runtime._MAX_SIGNATURES
+
+
+MATMUL_CASES = [
+    ((5, 4), (4, 3)), ((5, 4), (4,)), ((4,), (4, 3)), ((4,), (4,)), ((1, 4), (4, 1)), ((0, 4), (4, 3)),
+    ((2, 0), (0, 3)), ((3, 3), (3, 3)),
+]
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize(("sa", "sb"), MATMUL_CASES)
+@pytest.mark.parametrize("layout", ["c", "transposed", "strided"])
+def test_matmul_runs_blas_inside_the_native_call(sa, sb, dtype, layout):
+    from exprc import runtime
+
+    rng = np.random.default_rng(7)
+    a_var = exprc.tensor("a", dtype, ndim=len(sa))
+    b_var = exprc.tensor("b", dtype, ndim=len(sb))
+    a = rng.normal(size=sa).astype(dtype)
+    b = rng.normal(size=sb).astype(dtype)
+    if layout == "transposed" and a.ndim == 2:
+        a = np.ascontiguousarray(a.T).T  # Fortran order: BLAS's transpose flag
+    if layout == "strided" and a.ndim == 2:
+        a = np.repeat(a, 2, axis=1)[:, ::2]  # no unit stride: the plain loop
+    f = both([a_var, b_var], exprc.tanh(a_var @ b_var) * 2, a, b, ulps=64)
+    if runtime._blas() is not None:
+        assert f.kernels[0]["kind"] == "matmul"
+        assert "exprc_sgemm" in f.source if dtype == "float32" else "exprc_dgemm" in f.source
+
+
+def test_batched_matmul_stays_a_numpy_step():
+    t = exprc.tensor3("t")
+    m = exprc.matrix("m")
+    rng = np.random.default_rng(8)
+    f = both([t, m], t @ m, rng.normal(size=(2, 3, 4)), rng.normal(size=(4, 5)))
+    assert not any(k["kind"] == "matmul" for k in f.kernels)

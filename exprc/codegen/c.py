@@ -27,6 +27,25 @@ from exprc.graph import Node
 from exprc.ops import OPS
 from exprc.types import C_TYPES
 
+#: Entries of a matmul kernel's parameter block after its flag (see render_matmul).
+MATMUL_PARAMS = 8
+
+#: Function pointers to cblas_[ds]gemm with 64-bit integers, installed by the runtime.
+BLAS_DECLARATIONS = """
+/* BLAS (cblas_dgemm/sgemm, ILP64), installed by the runtime through exprc_set_blas. */
+typedef void (*exprc_dgemm_t)(int, int, int, int64_t, int64_t, int64_t, double, const double *, int64_t,
+                              const double *, int64_t, double, double *, int64_t);
+typedef void (*exprc_sgemm_t)(int, int, int, int64_t, int64_t, int64_t, float, const float *, int64_t,
+                              const float *, int64_t, float, float *, int64_t);
+static exprc_dgemm_t exprc_dgemm = 0;
+static exprc_sgemm_t exprc_sgemm = 0;
+void exprc_set_blas(void *dgemm, void *sgemm)
+{
+    exprc_dgemm = (exprc_dgemm_t)dgemm;
+    exprc_sgemm = (exprc_sgemm_t)sgemm;
+}
+"""
+
 #: Loops shorter than this run on one thread (thread start-up costs more).
 PARALLEL_THRESHOLD = 1 << 15
 
@@ -138,6 +157,15 @@ class CRenderer:
         p = 0
         kls = []
         for k in program.kernels:
+            if k.matmul is not None:
+                # P: flag, M, N, K, transA, lda, transB, ldb, ldc, then 2 byte strides per matrix.
+                kl = KernelLayout(k, p, 2, 2, (0, 1))
+                p += 1 + MATMUL_PARAMS
+                for n in [*k.operands, *k.outputs]:
+                    kl.accesses.append((n, slot(n), p))
+                    p += 2
+                kls.append(kl)
+                continue
             if k.reduce is not None:
                 src = k.reduce.inputs[0]
                 axes = k.reduce.arg("axis")
@@ -178,7 +206,10 @@ class CRenderer:
         k = kl.kernel
         title = comment(pprint(k.outputs if k.reduce is None else [k.reduce], max_inline=10_000))
         head = [f"/* {k.name}: {title.replace(chr(10), '; ')} */"]
-        flat, main = self.render_reduce(kl) if k.reduce is not None else self.render_elemwise(kl)
+        if k.matmul is not None:
+            flat, main = [], self.render_matmul(kl)
+        else:
+            flat, main = self.render_reduce(kl) if k.reduce is not None else self.render_elemwise(kl)
         signature = f"static void {k.name}(char **restrict ptrs, const int64_t *restrict P, int nthreads)"
         return "\n".join([*head, *flat, signature, "{", *main, "}"])
 
@@ -369,6 +400,35 @@ class CRenderer:
         main += self._close(range(nk), indent)[0]
         return flat, main
 
+    def render_matmul(self, kl: KernelLayout) -> list[str]:
+        """C = A @ B through the BLAS the runtime installed (``exprc_set_blas``); a plain
+        loop nest when the plan found no BLAS-compatible layout (or no BLAS)."""
+        t = C_TYPES[kl.kernel.matmul.dtype]
+        gemm = "exprc_sgemm" if t == "float" else "exprc_dgemm"
+        P = [self.param(kl, kl.p_flag + i) for i in range(1 + MATMUL_PARAMS)]
+        pa, pb, pc = (pi for _, _, pi in kl.accesses)
+        A, B, C = self.ptr(kl, 0), self.ptr(kl, 1), self.ptr(kl, 2)
+        call = (f"{gemm}(101, (int){P[4]}, (int){P[6]}, M, N, K, 1, (const {t} *){A}, {P[5]}, "
+                f"(const {t} *){B}, {P[7]}, 0, ({t} *){C}, {P[8]});")
+        st = [self.param(kl, i) for i in (pa, pa + 1, pb, pb + 1, pc, pc + 1)]
+        return [
+            f"    const int64_t M = {P[1]}, N = {P[2]}, K = {P[3]};",
+            "    (void)nthreads;",
+            f"    if ({P[0]} && {gemm}) {{",
+            f"        {call}",
+            "        return;",
+            "    }",
+            f"    const int64_t as0 = {st[0]}, as1 = {st[1]}, bs0 = {st[2]}, bs1 = {st[3]};",
+            f"    const int64_t cs0 = {st[4]}, cs1 = {st[5]};",
+            "    for (int64_t i = 0; i < M; i++)",
+            "        for (int64_t j = 0; j < N; j++) {",
+            f"            {t} acc = 0;",
+            "            for (int64_t k = 0; k < K; k++)",
+            f"                acc += *(const {t} *)({A} + i * as0 + k * as1) * *(const {t} *)({B} + k * bs0 + j * bs1);",
+            f"            *({t} *)({C} + i * cs0 + j * cs1) = acc;",
+            "        }",
+        ]
+
     # -- module -----------------------------------------------------------------
     def render(self, program: Program, summary: str = "") -> tuple[str, Layout]:
         import exprc
@@ -378,6 +438,8 @@ class CRenderer:
         calls = "\n".join(f"    if (first <= {i} && {i} < last) {kl.kernel.name}(ptrs, P, nthreads);"
                           for i, kl in enumerate(lay.kernels)) or "    (void)ptrs; (void)P; (void)nthreads;"
         prelude = template("c_prelude.h")
+        if any(k.matmul is not None for k in program.kernels):
+            prelude += BLAS_DECLARATIONS
         if self.precise_math:
             prelude = "#define EXPRC_PRECISE_MATH 1\n" + prelude
         src = string.Template(template("c_module.c")).substitute(
