@@ -136,6 +136,9 @@ class CKernel:
         if any(k.matmul is not None for k in self.program.kernels):
             self.lib.exprc_set_blas(*blas)
         self.nthreads = cfg.num_threads or os.cpu_count() or 1
+        # NumPy steps that depend on nothing but shapes (``x.shape[0]``, element counts) run
+        # once per plan, when it is made: their values are fixed for one input signature.
+        self._plan_time = _shape_only_steps(self.program, set(fg.outputs))
         # Segments: consecutive kernels run in one native call; NumPy steps in between.
         self.segments: list[tuple[int, int] | Step] = []
         k = 0
@@ -146,7 +149,7 @@ class CKernel:
                 else:
                     self.segments.append((k, k + 1))
                 k += 1
-            else:
+            elif s not in self._plan_time:
                 self.segments.append(s)
         self.kernels = [{"name": kl.kernel.name, "kind": kl.kernel.kind, "ops": kl.kernel.ops,
                          "outputs": len(kl.kernel.outputs)} for kl in self.layout.kernels]
@@ -232,6 +235,11 @@ class CKernel:
             if n in self._slot:
                 plan.ptrs[self._slot[n]] = _pointer(arr)
                 plan.keep.append(arr)
+        for step in self._plan_time:
+            node = step.node
+            with np.errstate(all="ignore"):
+                value = OPS[node.op].impl(*[self._value(i, env) for i in node.inputs], **dict(node.attrs))
+            np.copyto(env[node], value, casting="unsafe")
         # Views of inputs and constants: an offset from their base, or a copy per call.
         for n, slot in self._slot.items():
             if n.op == "constant":
@@ -477,6 +485,24 @@ def _check_out(j: int, dst: Any, shape: tuple, dtype: str) -> None:
 
 class _Unsupported(Exception):
     """This input signature needs something the generated loops do not do."""
+
+
+def _shape_only_steps(program: Program, outputs: set[Node]) -> list[Step]:
+    """The NumPy steps whose values depend only on input shapes (not data), outputs excluded."""
+    from exprc.graph import toposort
+
+    steps = [s for s in program.steps if isinstance(s, Step) and s.node not in outputs]
+    if not steps:
+        return []
+    shape_only: dict[Node, bool] = {}
+    for n in toposort([s.node for s in steps]):
+        if n.op == "shape" or n.op == "constant":
+            shape_only[n] = True
+        elif n.op == "input" or not n.inputs:
+            shape_only[n] = False
+        else:
+            shape_only[n] = all(shape_only[i] for i in n.inputs)
+    return [s for s in steps if shape_only[s.node]]
 
 
 def _matmul_params(kl: Any, arrays: list[np.ndarray], P: np.ndarray) -> None:

@@ -235,3 +235,14 @@ def test_batched_matmul_stays_a_numpy_step():
     rng = np.random.default_rng(8)
     f = both([t, m], t @ m, rng.normal(size=(2, 3, 4)), rng.normal(size=(4, 5)))
     assert not any(k["kind"] == "matmul" for k in f.kernels)
+
+
+def test_shape_only_steps_run_once_per_plan():
+    m = exprc.matrix("m")
+    n = exprc.cast(m.shape[0], "float64") if hasattr(exprc, "cast") else m.shape[0].astype("float64")
+    f = exprc.function([m], exprc.sum(m, axis=0) / n)
+    k = f._kernel
+    assert k._plan_time and all(s not in k.segments for s in k._plan_time)
+    for shape in [(4, 3), (7, 3), (4, 3)]:
+        a = np.random.default_rng(9).normal(size=shape)
+        np.testing.assert_allclose(f(a), a.sum(axis=0) / shape[0])
