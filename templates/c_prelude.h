@@ -39,15 +39,18 @@ EXPRC_INLINE T exprc_floordiv##S(T a, T b) {                                    
 EXPRC_INLINE T exprc_max##S(T a, T b) { return (a != a || a > b) ? a : b; }               \
 EXPRC_INLINE T exprc_min##S(T a, T b) { return (a != a || a < b) ? a : b; }               \
 EXPRC_INLINE T exprc_sign##S(T x) { return x > 0 ? (T)1 : (x < 0 ? (T)-1 : x); }          \
+/* Branch-free (selects, not jumps), so loops calling these still vectorize. */          \
 EXPRC_INLINE T exprc_sigmoid##S(T x) {                                                    \
     T e = exp##S(-fabs##S(x));                                                            \
-    return x >= 0 ? (T)1 / ((T)1 + e) : e / ((T)1 + e);                                   \
+    T r = (T)1 / ((T)1 + e);                                                              \
+    return x >= 0 ? r : e * r;                                                            \
 }                                                                                         \
 EXPRC_INLINE T exprc_softplus##S(T x) { return fmax##S(x, (T)0) + log1p##S(exp##S(-fabs##S(x))); } \
 EXPRC_INLINE T exprc_logaddexp##S(T a, T b) {                                             \
-    if (a == b) return a + (T)0.6931471805599453094;  /* also +-inf */                    \
     T d = a - b;                                                                          \
-    return d > 0 ? a + log1p##S(exp##S(-d)) : (d <= 0 ? b + log1p##S(exp##S(d)) : d);     \
+    T r = (d > 0 ? a : b) + log1p##S(exp##S(-fabs##S(d)));                                \
+    r = a == b ? a + (T)0.6931471805599453094 : r;  /* also +-inf */                      \
+    return (d != d && a != b) ? d : r;  /* NaN operands give NaN */                       \
 }
 
 EXPRC_FLOAT_HELPERS(double, )

@@ -114,12 +114,16 @@ def test_vector_math_is_used(tmp_path, monkeypatch):
     if subprocess.run(["which", "objdump"], capture_output=True, check=False).returncode:
         pytest.skip("objdump not available")
     monkeypatch.setenv("EXPRC_CACHE_DIR", str(tmp_path))
-    a = exprc.vector("a")
-    f = exprc.function([a], exprc.exp(a) * exprc.sin(a))
+    a, b = exprc.vector("a"), exprc.vector("b")
+    # Helpers (sigmoid, logaddexp) must stay branch-free or the whole loop falls back to scalar calls.
+    f = exprc.function([a, b], exprc.exp(a) * exprc.sin(a) + exprc.hypot(a, b) * exprc.sigmoid(b)
+                       + exprc.logaddexp(a, b))
     from exprc.compile import cc
 
     if not cc.has_vector_math(f.config):
         pytest.skip("no libmvec on this machine")
     lib = next(Path(f.cache_path).glob("*.so"))
     dis = subprocess.run(["objdump", "-d", str(lib)], capture_output=True, text=True, check=False).stdout
-    assert "_ZGV" in dis and "_exp" in dis
+    called = set(re.findall(r"call\s+\S+\s+<(\w+)@plt>", dis))
+    for fn in ("exp", "sin", "hypot", "log1p"):
+        assert any(c.startswith("_ZGV") and c.endswith("_" + fn) for c in called), (fn, sorted(called))

@@ -46,8 +46,22 @@ void exprc_set_blas(void *dgemm, void *sgemm)
 }
 """
 
-#: Loops shorter than this run on one thread (thread start-up costs more).
-PARALLEL_THRESHOLD = 1 << 15
+#: A loop runs on several threads when (elements x estimated cost per element) exceeds this:
+#: waking threads costs microseconds on an idle machine and a scheduler slice on a busy one,
+#: so a cheap `a*b + c` stays serial up to ~1e5 elements while an exp/sin kernel splits at ~1e4.
+PARALLEL_WORK = 1 << 20
+#: Cost units per element: transcendental calls are ~20 adds, divisions and roots ~4.
+_EXPENSIVE = frozenset({"exp", "exp2", "expm1", "log", "log2", "log10", "log1p", "sin", "cos", "tan", "arcsin",
+                        "arccos", "arctan", "arctan2", "sinh", "cosh", "tanh", "arcsinh", "arccosh", "arctanh",
+                        "sigmoid", "softplus", "erf", "erfc", "pow", "hypot", "logaddexp", "cbrt", "log1mexp"})
+
+
+def parallel_threshold(k: Kernel) -> int:
+    """Elements above which kernel ``k`` is worth splitting between threads."""
+    cost = 2 * (len(k.operands) + len(k.outputs))
+    for n in k.body:
+        cost += 20 if n.op in _EXPENSIVE else (4 if n.op in ("truediv", "sqrt", "reciprocal") else 1)
+    return max(1 << 12, min(1 << 18, PARALLEL_WORK // max(cost, 1)))
 
 
 def template(name: str) -> str:
@@ -232,7 +246,7 @@ class CRenderer:
         lines = []
         for d in levels:
             if parallel and d == levels[0]:
-                lines.append(f"{indent}#pragma omp parallel for if({parallel} > {PARALLEL_THRESHOLD}) "
+                lines.append(f"{indent}#pragma omp parallel for if({parallel} > {parallel_threshold(kl.kernel)}) "
                              "num_threads(nthreads) schedule(static)")
             lines.append(f"{indent}for (int64_t i{d} = 0; i{d} < n{d}; i{d}++) {{")
             indent += "    "
@@ -269,9 +283,9 @@ class CRenderer:
                 lines.append(f"    {ct} *{self.restrict} p{j} = ({ct} *){self.ptr(kl, j)};")
         return lines
 
-    def _split(self, total: str, call: str, indent: str = "        ") -> list[str]:
+    def _split(self, kl: KernelLayout, total: str, call: str, indent: str = "        ") -> list[str]:
         """Run ``call`` (using lo, hi, id) over [0, total) on nthreads threads when worth it."""
-        return [f"{indent}if (nthreads > 1 && {total} > {PARALLEL_THRESHOLD}) {{",
+        return [f"{indent}if (nthreads > 1 && {total} > {parallel_threshold(kl.kernel)}) {{",
                 f"{indent}    #pragma omp parallel num_threads(nthreads < EXPRC_MAX_THREADS ? nthreads : EXPRC_MAX_THREADS)",
                 f"{indent}    {{",
                 f"{indent}        EXPRC_THREAD_RANGE({total}, lo, hi, id)",
@@ -300,7 +314,7 @@ class CRenderer:
         main = self._dims(kl)
         main.append(f"    const int64_t total = {' * '.join(f'n{d}' for d in range(nd)) or '1'};")
         main.append(f"    if (P[{kl.p_flag}]) {{")
-        main += self._split("total", f"(void)id; {k.name}_flat(ptrs, lo, hi);")
+        main += self._split(kl, "total", f"(void)id; {k.name}_flat(ptrs, lo, hi);")
         main += ["        return;", "    }"]
         # Strided path: broadcasting, views, negative strides, 0-d.
         names = {}
@@ -371,7 +385,7 @@ class CRenderer:
         main.append("    (void)kept_total;")
         main += [f"    if (P[{kl.p_flag}]) {{",
                  f"        {acc_t} part[EXPRC_MAX_THREADS]; int pnan[EXPRC_MAX_THREADS]; int used = 1;"]
-        main += self._split("red_total", f"pnan[id] = 0; part[id] = {k.name}_flat(ptrs, lo, hi, &pnan[id]); "
+        main += self._split(kl, "red_total", f"pnan[id] = 0; part[id] = {k.name}_flat(ptrs, lo, hi, &pnan[id]); "
                             "if (id == 0) used = EXPRC_NUM_THREADS_USED();")
         main += [f"        {acc_t} acc = {init}; int nanf = 0;",
                  "        for (int t = 0; t < used; t++) {",

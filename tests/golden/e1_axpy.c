@@ -20,7 +20,7 @@ static void k0_mul_add(char **restrict ptrs, const int64_t *restrict P, int nthr
     const int64_t n0 = P[1];
     const int64_t total = n0;
     if (P[0]) {
-        if (nthreads > 1 && total > 32768) {
+        if (nthreads > 1 && total > 104857) {
             #pragma omp parallel num_threads(nthreads < EXPRC_MAX_THREADS ? nthreads : EXPRC_MAX_THREADS)
             {
                 EXPRC_THREAD_RANGE(total, lo, hi, id)
@@ -32,7 +32,7 @@ static void k0_mul_add(char **restrict ptrs, const int64_t *restrict P, int nthr
         }
         return;
     }
-    #pragma omp parallel for if(total > 32768) num_threads(nthreads) schedule(static)
+    #pragma omp parallel for if(total > 104857) num_threads(nthreads) schedule(static)
     for (int64_t i0 = 0; i0 < n0; i0++) {
         char *q0_0 = ptrs[0] + i0 * P[2];
         char *q1_0 = ptrs[1] + i0 * P[3];

@@ -26,7 +26,7 @@ static void k0_mul_tanh_sum(char **restrict ptrs, const int64_t *restrict P, int
     (void)kept_total;
     if (P[0]) {
         double part[EXPRC_MAX_THREADS]; int pnan[EXPRC_MAX_THREADS]; int used = 1;
-        if (nthreads > 1 && red_total > 32768) {
+        if (nthreads > 1 && red_total > 37449) {
             #pragma omp parallel num_threads(nthreads < EXPRC_MAX_THREADS ? nthreads : EXPRC_MAX_THREADS)
             {
                 EXPRC_THREAD_RANGE(red_total, lo, hi, id)
@@ -46,7 +46,7 @@ static void k0_mul_tanh_sum(char **restrict ptrs, const int64_t *restrict P, int
         *(float *)ptrs[2] = (float)(acc);
         return;
     }
-    #pragma omp parallel for if(kept_total > 32768) num_threads(nthreads) schedule(static)
+    #pragma omp parallel for if(kept_total > 37449) num_threads(nthreads) schedule(static)
     for (int64_t i0 = 0; i0 < n0; i0++) {
         char *q0_0 = ptrs[0] + i0 * P[3];
         char *q1_0 = ptrs[1] + i0 * P[5];

@@ -21,7 +21,7 @@ static void k0_max(char **restrict ptrs, const int64_t *restrict P, int nthreads
     (void)kept_total;
     if (P[0]) {
         double part[EXPRC_MAX_THREADS]; int pnan[EXPRC_MAX_THREADS]; int used = 1;
-        if (nthreads > 1 && red_total > 32768) {
+        if (nthreads > 1 && red_total > 209715) {
             #pragma omp parallel num_threads(nthreads < EXPRC_MAX_THREADS ? nthreads : EXPRC_MAX_THREADS)
             {
                 EXPRC_THREAD_RANGE(red_total, lo, hi, id)
@@ -78,7 +78,7 @@ static void k1_sub_exp_sum(char **restrict ptrs, const int64_t *restrict P, int 
     (void)kept_total;
     if (P[4]) {
         double part[EXPRC_MAX_THREADS]; int pnan[EXPRC_MAX_THREADS]; int used = 1;
-        if (nthreads > 1 && red_total > 32768) {
+        if (nthreads > 1 && red_total > 37449) {
             #pragma omp parallel num_threads(nthreads < EXPRC_MAX_THREADS ? nthreads : EXPRC_MAX_THREADS)
             {
                 EXPRC_THREAD_RANGE(red_total, lo, hi, id)
