@@ -364,3 +364,16 @@ def test_gradients_of_naive_formulas_come_out_stable():
         with np.errstate(all="ignore"):
             got = f(d)
         assert bits_lost(got, reference(exact, [d])).max() <= 4, (exprc.pprint(f.graph.outputs[0]), got)
+
+
+def test_log_softmax_and_softmax_of_a_confident_prediction():
+    """The largest logit's log-probability is -1.9e-15, not 0; a 1e-270 probability keeps its digits."""
+    x = exprc.vector("x")
+    d = np.array([7.04313226, 15.30532184, -31.86122116, -3.03405639, 49.21678865, -48.41473608, -572.0])
+    for e, exact in [(exprc.log(exprc.exp(x) / exprc.sum(exprc.exp(x))), lambda m, x: m.log_softmax(x)),
+                     (exprc.log(exprc.softmax(x)), lambda m, x: m.log_softmax(x)),
+                     (exprc.exp(x) / exprc.sum(exprc.exp(x)), lambda m, x: m.softmax(x))]:
+        for backend in ("numpy", None):
+            got = exprc.function([x], e, backend=backend)(d)
+            ref = reference(exact, [d[None, :]], rows=True)[0]
+            assert bits_lost(got, ref).max() <= 4, (backend, got, ref)

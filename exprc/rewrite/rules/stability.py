@@ -730,14 +730,21 @@ def _sum_of_exp(s: Node) -> tuple[Node, tuple, bool] | None:
 
 @stability_rule("softmax_from_exp", P("truediv", P("exp", X("x")), X("s")))
 def softmax_from_exp(node: Node, x: Node, s: Node) -> Node | None:
-    """exp(x) / sum(exp(x)) -> exp(x - max x) / sum(exp(x - max x)) (no overflow)."""
+    """exp(x) / sum(exp(x)) -> exp(x - max x) / sum(exp(x - max x)) (no overflow; the rounding of
+    x - max x is compensated, so tiny probabilities keep their relative accuracy)."""
     se = _sum_of_exp(s)
     if se is None or se[0] is not x or _max_shifted(x):
         return None
     axes = se[1]
     m = make("max", x, axis=axes, keepdims=True)
-    e = f("exp", sub(x, m))
-    return div(e, make("sum", e, axis=axes, keepdims=True))
+    fz = F.freeze  # TwoSum: x - m = d + err exactly, and exp(x - m) = exp(d) (1 + err) to first order
+    d = fz(sub(x, m))
+    bb = fz(sub(d, x))
+    err = fz(add(fz(sub(x, fz(sub(d, bb)))), fz(sub(F.neg(m), bb))))
+    ed = f("exp", d)
+    e = add(ed, mul(ed, F.where(f("isfinite", err), err, k(0.0, err))))  # (-inf entries: err is NaN)
+    out = div(e, make("sum", e, axis=axes, keepdims=True))
+    return F.set_origin(out, ("guard", node))  # log(softmax) rules still see exp(x) / sum(exp(x))
 
 
 @stability_rule("product_cancel", ("mul", "truediv"))
@@ -826,13 +833,19 @@ def _lse(x: Node, axes: tuple) -> Node:
     not finite, so ±inf stay exact) and T = sum(exp(x - m)) - 1 computed without rounding the 1
     in: the terms at the maximum are counted, not added.  Accurate also when the result is tiny
     (log_softmax of a confident prediction)."""
+    shift, _, l1p = _lse_parts(x, axes)
+    return add(shift, l1p)
+
+
+def _lse_parts(x: Node, axes: tuple) -> tuple[Node, Node, Node]:
+    """(m, x - m, log1p(T)) of _lse: log_softmax is (x - m) - log1p(T), exact at the maximum."""
     m = make("max", x, axis=axes, keepdims=True)
     shift = F.where(f("isfinite", m), m, k(0.0, x))
     y = sub(x, shift)
     top = make("eq", y, k(0.0, y))
     others = make("sum", F.where(top, k(0.0, y), f("exp", y)), axis=axes, keepdims=True)
     count = make("sum", make("cast", top, dtype=x.dtype), axis=axes, keepdims=True)
-    return add(shift, f("log1p", add(others, sub(count, k(1.0, x)))))
+    return shift, y, f("log1p", add(others, sub(count, k(1.0, x))))
 
 
 @stability_rule("logsumexp_from_log", P("log", P(("sum", "mean"), P("exp", X("x")), name="s")))
@@ -851,13 +864,19 @@ def logsumexp_from_log(node: Node, s: Node, x: Node) -> Node | None:
     return out
 
 
-@stability_rule("log_softmax_from_log", P("log", P("truediv", P("exp", X("x")), X("s"))))
-def log_softmax_from_log(node: Node, x: Node, s: Node) -> Node | None:
+def _log_softmax_from_log(node: Node, a: Node) -> Node | None:
     """log(exp(x) / sum(exp(x))) -> x - logsumexp(x) (log_softmax; see _lse)."""
+    if a.op != "truediv" or a.inputs[0].op != "exp":
+        return None
+    x, s = a.inputs[0].inputs[0], a.inputs[1]
     se = _sum_of_exp(s)
     if se is None or se[0] is not x:
         return None
-    return sub(x, _lse(x, se[1]))
+    _, y, l1p = _lse_parts(x, se[1])
+    return sub(y, l1p)
+
+
+log_softmax_from_log = _log_rule("log_softmax_from_log")(_log_softmax_from_log)
 
 
 @_log_rule("arctanh_from_log")
