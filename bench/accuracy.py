@@ -1,0 +1,287 @@
+#!/usr/bin/env python
+"""Accuracy benchmark: textbook formulas as a user writes them, bits lost against mpmath.
+
+    python bench/accuracy.py                  # every case, C backend, JSON to bench/results/
+    python bench/accuracy.py --cases sqrt_diff,logsumexp --points 500
+    python bench/accuracy.py --timing-only    # only the 1,000-node rewrite time
+
+Each case is a formula ``fn(m, *inputs)`` written once for every namespace (NumPy, exprc, mpmath)
+with a range per input, chosen where the naive formula is known to fail (cancellation, overflow,
+underflow).  Systems: NumPy (the formula evaluated naively), exprc default (C backend), exprc with
+``exclude=("stability",)``; PyTensor and JAX when importable.  For each case and system: the median
+and the max over the points of the bits lost (``exprc.accuracy.bits_lost``, 0 = correctly rounded,
+64 = garbage), and whether the case is *fixed*: every point within 4 bits (so finite where the true
+result is finite).  Also: the time to rewrite a 1,000-node graph with the default pipeline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import math
+import sys
+import time
+import types
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import exprc
+from exprc.accuracy import bits_lost, reference, sample
+
+FIXED_BITS = 4.0
+SQRT2PI = math.sqrt(2 * math.pi)
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    kind: str  # a family label, for the table
+    fn: Callable
+    ranges: tuple  # one ("lin"|"log"|"nlog"|"slog", lo, hi) per input
+    rows: int = 0  # > 0: inputs are (points, rows) matrices and the formula reduces over the last axis
+
+
+def sig(m, x):  # the sigmoid as a user writes it
+    return 1 / (1 + m.exp(-x))
+
+
+L, G, N, S = "lin", "log", "nlog", "slog"
+CASES = [
+    # -- cancellation ------------------------------------------------------------------------
+    Case("log1p", "cancel", lambda m, x: m.log(1 + x), ((S, 1e-18, 0.5),)),
+    Case("log_1_minus_x", "cancel", lambda m, x: m.log(1 - x), ((G, 1e-18, 0.5),)),
+    Case("expm1", "cancel", lambda m, x: m.exp(x) - 1, ((S, 1e-18, 1.0),)),
+    Case("expm1_over_x", "cancel", lambda m, x: (m.exp(x) - 1) / x, ((S, 1e-18, 1.0),)),
+    Case("sqrt_diff", "cancel", lambda m, x: m.sqrt(x + 1) - m.sqrt(x), ((G, 1.0, 1e15),)),
+    Case("sqrt1p_minus_1", "cancel", lambda m, x: m.sqrt(1 + x) - 1, ((S, 1e-18, 0.9),)),
+    Case("recip_diff", "cancel", lambda m, x: 1 / (x + 1) - 1 / x, ((G, 1.0, 1e15),)),
+    Case("recip_sym_diff", "cancel", lambda m, x: 1 / (1 - x) - 1 / (1 + x), ((S, 1e-12, 0.5),)),
+    Case("one_minus_cos", "cancel", lambda m, x: 1 - m.cos(x), ((S, 1e-9, 3.0),)),
+    Case("one_minus_cos_over_x2", "cancel", lambda m, x: (1 - m.cos(x)) / (x * x), ((S, 1e-9, 3.0),)),
+    Case("sin_diff", "cancel", lambda m, x, e: m.sin(x + e) - m.sin(x), ((L, -10, 10), (S, 1e-15, 1e-3))),
+    Case("cos_diff", "cancel", lambda m, x, e: m.cos(x + e) - m.cos(x), ((L, -10, 10), (S, 1e-15, 1e-3))),
+    Case("tan_diff", "cancel", lambda m, x, e: m.tan(x + e) - m.tan(x), ((L, -1.2, 1.2), (S, 1e-15, 1e-3))),
+    Case("atan_diff", "cancel", lambda m, x: m.arctan(x + 1) - m.arctan(x), ((G, 1.0, 1e8),)),
+    Case("exp_diff", "cancel", lambda m, x, e: m.exp(x + e) - m.exp(x), ((L, -5, 5), (S, 1e-15, 1e-3))),
+    Case("log_diff", "cancel", lambda m, x: m.log(x + 1) - m.log(x), ((G, 1.0, 1e15),)),
+    Case("cbrt_diff", "cancel", lambda m, x: m.cbrt(x + 1) - m.cbrt(x), ((G, 1.0, 1e15),)),
+    Case("quadratic_plus", "cancel", lambda m, a, b, c: (-b + m.sqrt(b * b - 4 * a * c)) / (2 * a),
+         ((L, 0.5, 2), (G, 1e2, 1e8), (L, 0.5, 2))),
+    Case("quadratic_minus", "cancel", lambda m, a, b, c: (-b - m.sqrt(b * b - 4 * a * c)) / (2 * a),
+         ((L, 0.5, 2), (N, 1e2, 1e8), (L, 0.5, 2))),
+    Case("sqrt_x2p1_minus_x", "cancel", lambda m, x: m.sqrt(x * x + 1) - x, ((G, 1.0, 1e8),)),
+    Case("x_minus_sqrt_x2m1", "cancel", lambda m, x: x - m.sqrt(x * x - 1), ((G, 1.5, 1e8),)),
+    Case("diff_of_squares", "cancel", lambda m, x, y: x * x - y * y, ((L, 1, 1 + 1e-6), (L, 1, 1 + 1e-6))),
+    Case("cos2_minus_sin2", "cancel", lambda m, x: m.cos(x) ** 2 - m.sin(x) ** 2, ((L, 0.7, 0.87),)),
+    Case("cosh_minus_1", "cancel", lambda m, x: m.cosh(x) - 1, ((S, 1e-9, 10.0),)),
+    Case("one_minus_erf", "cancel", lambda m, x: 1 - m.erf(x), ((L, 0.0, 26.0),)),
+    Case("normal_cdf", "cancel", lambda m, x: 0.5 * (1 + m.erf(x / math.sqrt(2))), ((L, -37.0, 5.0),)),
+    Case("variance_one_pass", "cancel", lambda m, x: m.mean(x * x, axis=-1) - m.mean(x, axis=-1) ** 2,
+         ((L, 1e6, 1e6 + 1),), rows=8),
+    Case("compound_interest", "cancel", lambda m, r, n: (1 + r / n) ** n, ((L, 0.01, 0.2), (G, 1e3, 1e15))),
+    Case("pow1p_minus_1", "cancel", lambda m, x, y: (1 + x) ** y - 1, ((S, 1e-12, 1e-3), (L, 1, 100))),
+    Case("x_minus_sin", "cancel", lambda m, x: x - m.sin(x), ((S, 1e-8, 1.0),)),
+    # -- hyperbolic functions written with exp/log --------------------------------------------
+    Case("sinh_exp", "hyperbolic", lambda m, x: (m.exp(x) - m.exp(-x)) / 2, ((S, 1e-10, 710.0),)),
+    Case("cosh_exp", "hyperbolic", lambda m, x: (m.exp(x) + m.exp(-x)) / 2, ((L, -710.0, 710.0),)),
+    Case("tanh_exp", "hyperbolic", lambda m, x: (m.exp(x) - m.exp(-x)) / (m.exp(x) + m.exp(-x)),
+         ((S, 1e-10, 800.0),)),
+    Case("tanh_exp2", "hyperbolic", lambda m, x: (m.exp(2 * x) - 1) / (m.exp(2 * x) + 1), ((S, 1e-10, 800.0),)),
+    Case("tanh_sigmoid", "hyperbolic", lambda m, x: 2 / (1 + m.exp(-2 * x)) - 1, ((S, 1e-10, 30.0),)),
+    Case("asinh_log", "hyperbolic", lambda m, x: m.log(x + m.sqrt(x * x + 1)), ((S, 1e-10, 1e150),)),
+    Case("acosh_log", "hyperbolic", lambda m, x: m.log(x + m.sqrt(x * x - 1)), ((G, 1.0001, 1e150),)),
+    Case("atanh_log", "hyperbolic", lambda m, x: 0.5 * m.log((1 + x) / (1 - x)), ((S, 1e-12, 0.999),)),
+    Case("log_cosh", "hyperbolic", lambda m, x: m.log(m.cosh(x)), ((S, 1e-9, 1000.0),)),
+    # -- overflow / underflow -----------------------------------------------------------------
+    Case("hypot", "overflow", lambda m, x, y: m.sqrt(x * x + y * y), ((S, 1e-200, 1e200), (S, 1e-200, 1e200))),
+    Case("log_exp", "overflow", lambda m, x: m.log(m.exp(x)), ((L, -800.0, 800.0),)),
+    Case("exp_log", "overflow", lambda m, x: m.exp(m.log(x)), ((G, 1e-300, 1e300),)),
+    Case("log_sqrt", "overflow", lambda m, x: m.log(m.sqrt(x)), ((L, 0.5, 2.0),)),
+    Case("log_product", "overflow", lambda m, x, y: m.log(x * y), ((G, 1e-300, 1e300), (G, 1e-300, 1e300))),
+    Case("log_quotient", "overflow", lambda m, x, y: m.log(x / y), ((G, 1e-300, 1e300), (G, 1e-300, 1e300))),
+    Case("log_square", "overflow", lambda m, x: m.log(x * x), ((S, 1e-300, 1e300),)),
+    Case("exp_over_expm1", "overflow", lambda m, x: m.exp(x) / (m.exp(x) - 1), ((S, 1e-10, 800.0),)),
+    # -- machine learning ----------------------------------------------------------------------
+    Case("sigmoid", "ml", lambda m, x: sig(m, x), ((L, -800.0, 800.0),)),
+    Case("sigmoid_exp_ratio", "ml", lambda m, x: m.exp(x) / (1 + m.exp(x)), ((L, -800.0, 800.0),)),
+    Case("one_minus_sigmoid", "ml", lambda m, x: 1 - sig(m, x), ((L, -40.0, 800.0),)),
+    Case("log_sigmoid", "ml", lambda m, x: m.log(sig(m, x)), ((L, -800.0, 800.0),)),
+    Case("log_one_minus_sigmoid", "ml", lambda m, x: m.log(1 - sig(m, x)), ((L, -800.0, 800.0),)),
+    Case("softplus", "ml", lambda m, x: m.log(1 + m.exp(x)), ((L, -800.0, 800.0),)),
+    Case("softplus_minus_x", "ml", lambda m, x: m.log(1 + m.exp(x)) - x, ((L, -40.0, 800.0),)),
+    Case("bce_logits", "ml", lambda m, z, y: -(y * m.log(sig(m, z)) + (1 - y) * m.log(1 - sig(m, z))),
+         ((L, -50.0, 50.0), (L, 0.0, 1.0))),
+    Case("logsumexp", "ml", lambda m, x: m.log(m.sum(m.exp(x), axis=-1)), ((L, -1000.0, 1000.0),), rows=8),
+    Case("logaddexp", "ml", lambda m, a, b: m.log(m.exp(a) + m.exp(b)), ((L, -1000.0, 1000.0), (L, -1000.0, 1000.0))),
+    Case("softmax", "ml", lambda m, x: m.exp(x) / m.sum(m.exp(x), axis=-1, keepdims=True),
+         ((L, -1000.0, 1000.0),), rows=8),
+    Case("log_softmax", "ml", lambda m, x: m.log(m.exp(x) / m.sum(m.exp(x), axis=-1, keepdims=True)),
+         ((L, -50.0, 50.0),), rows=8),
+    Case("log1mexp", "ml", lambda m, x: m.log(1 - m.exp(x)), ((N, 1e-20, 700.0),)),
+    Case("log_exp_diff", "ml", lambda m, a, d: m.log(m.exp(a) - m.exp(a - d)), ((L, -800.0, 800.0), (G, 1e-10, 50.0))),
+    Case("gaussian_logpdf", "ml", lambda m, x: m.log(m.exp(-(x * x) / 2) / SQRT2PI), ((L, -100.0, 100.0),)),
+]
+
+NP = types.SimpleNamespace(**{k: getattr(np, k) for k in dir(np) if not k.startswith("_")})
+NP.erf = np.vectorize(math.erf, otypes=[np.float64])  # NumPy has no erf
+
+
+def _inputs(case: Case, n: int, seed: int) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    shape = (n, case.rows) if case.rows else (n,)
+    return [sample(r, int(np.prod(shape)), rng).reshape(shape) for r in case.ranges]
+
+
+def _exprc_fn(case: Case, exclude: tuple) -> Callable:
+    vars_ = [exprc.tensor(f"x{i}", "float64", ndim=2 if case.rows else 1) for i in range(len(case.ranges))]
+    return exprc.function(vars_, case.fn(exprc, *vars_), exclude=exclude)
+
+
+def _systems() -> dict[str, Callable[[Case], Callable]]:
+    systems: dict[str, Callable[[Case], Callable]] = {
+        "numpy": lambda case: (lambda *a: case.fn(NP, *a)),
+        "exprc": lambda case: _exprc_fn(case, ()),
+        "exprc-nostab": lambda case: _exprc_fn(case, ("stability",)),
+    }
+    try:  # optional peers, measured only where installed
+        import jax
+        import jax.numpy as jnp
+
+        jax.config.update("jax_enable_x64", True)
+        systems["jax"] = lambda case: jax.jit(lambda *a: case.fn(jnp, *a))
+    except ImportError:
+        pass
+    return systems
+
+
+def run_case(case: Case, systems: dict, n: int, seed: int) -> dict:
+    args = _inputs(case, n, seed)
+    ref = reference(case.fn, args, rows=bool(case.rows))
+    out: dict = {"kind": case.kind, "ranges": [list(r) for r in case.ranges], "points": n, "systems": {}}
+    for name, make in systems.items():
+        try:
+            f = make(case)
+            with np.errstate(all="ignore"):
+                got = np.asarray(f(*args), dtype=np.float64)
+            b = bits_lost(got, ref)
+            out["systems"][name] = {"median": float(np.median(b)), "max": float(np.max(b)),
+                                    "fixed": bool(np.max(b) <= FIXED_BITS)}
+        except Exception as e:  # noqa: BLE001
+            out["systems"][name] = {"error": f"{type(e).__name__}: {e}"[:200]}
+    return out
+
+
+# -- the 1,000-node rewrite time -----------------------------------------------------------------
+def big_graph(n_nodes: int = 1000, seed: int = 0) -> list:
+    """A random elementwise graph of about ``n_nodes`` nodes mixing plain arithmetic with the
+    formulas the stability rules look for (1 + x, exp(x) - 1, sqrt differences, log of products)."""
+    rng = np.random.default_rng(seed)
+    xs = [exprc.vector(f"v{i}") for i in range(8)]
+    pool = list(xs)
+    builders = [
+        lambda a, b: a + b, lambda a, b: a * b - 1.0, lambda a, b: a / (b + 2.0), lambda a, b: exprc.log(1 + a * a),
+        lambda a, b: exprc.exp(a) - 1, lambda a, b: exprc.sqrt(exprc.abs(a) + 1) - exprc.sqrt(exprc.abs(a)),
+        lambda a, b: exprc.tanh(a) * b, lambda a, b: exprc.log(exprc.abs(a) * b * b + 1.0),
+        lambda a, b: 1 / (1 + exprc.exp(-a)), lambda a, b: exprc.sin(a) - b,
+    ]
+    from exprc.graph import toposort
+
+    while len(toposort(pool[-40:])) < n_nodes:
+        a, b = pool[rng.integers(len(pool))], pool[rng.integers(len(pool))]
+        pool.append(builders[rng.integers(len(builders))](a, b))
+    return pool[-40:]
+
+
+def _calibration() -> float:
+    """CPU seconds of a fixed pure-Python loop (2e6 multiply-adds): scales the figure to a machine."""
+    t0 = time.process_time()
+    s = 0
+    for i in range(2_000_000):
+        s += i * i
+    return time.process_time() - t0
+
+
+def rewrite_time(reps: int = 9) -> dict:
+    """CPU time of ``exprc.optimize`` (default pipeline) on the 1,000-node graph, min and median."""
+    outs = big_graph()
+    from exprc.graph import toposort
+
+    size = len(toposort(outs))
+    times = []
+    g = None
+    for _ in range(reps):
+        t0 = time.process_time()
+        g = exprc.optimize(outs)
+        times.append(time.process_time() - t0)
+    return {"nodes": size, "seconds": min(times), "median_seconds": float(np.median(times)),
+            "rules_fired": len(g.rewrites), "nodes_after": len(g.nodes), "calibration_loop_seconds": _calibration()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--cases", help="comma-separated case names (default: all)")
+    ap.add_argument("--points", type=int, default=1000, help="points (or rows) per case")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--json", help="where to write the results (default bench/results/accuracy-<timestamp>.json)")
+    ap.add_argument("--no-json", action="store_true")
+    ap.add_argument("--timing-only", action="store_true")
+    args = ap.parse_args(argv)
+
+    timing = rewrite_time()
+    results: dict = {"rewrite_1000_nodes": timing, "cases": {}}
+    if not args.timing_only:
+        cases = CASES
+        if args.cases:
+            want = set(args.cases.split(","))
+            cases = [c for c in CASES if c.name in want]
+        systems = _systems()
+        names = list(systems)
+        print(f"{'case':24s} {'family':10s} " + " ".join(f"{n + ' med/max':>20s}" for n in names))
+        for case in cases:
+            r = run_case(case, systems, args.points, args.seed)
+            results["cases"][case.name] = r
+            cells = []
+            for n in names:
+                s = r["systems"][n]
+                cells.append(f"{'error':>20s}" if "error" in s else
+                             f"{s['median']:6.1f} /{s['max']:5.1f} {'ok' if s['fixed'] else '  '}     ")
+            print(f"{case.name:24s} {case.kind:10s} " + " ".join(cells), flush=True)
+        summary = {}
+        for n in names:
+            rows = [r["systems"][n] for r in results["cases"].values() if "error" not in r["systems"][n]]
+            maxes = [s["max"] for s in rows]
+            summary[n] = {"cases": len(rows), "fixed": sum(s["fixed"] for s in rows),
+                          "median_of_max_bits": float(np.median(maxes)) if maxes else None,
+                          "median_of_median_bits": float(np.median([s["median"] for s in rows])) if rows else None,
+                          "max_bits": float(np.max(maxes)) if maxes else None}
+        results["summary"] = summary
+        print()
+        print(f"{'system':14s} {'fixed (all points <= 4 bits)':>30s} {'median of max bits':>20s} "
+              f"{'median of median':>18s} {'worst':>7s}")
+        for n, s in summary.items():
+            print(f"{n:14s} {s['fixed']:>22d} / {s['cases']:<5d} {s['median_of_max_bits']:>20.1f} "
+                  f"{s['median_of_median_bits']:>18.2f} {s['max_bits']:>7.1f}")
+    print(f"\nrewrite of a {timing['nodes']}-node graph (default pipeline): {timing['seconds'] * 1e3:.1f} ms CPU "
+          f"(median {timing['median_seconds'] * 1e3:.1f} ms; {timing['rules_fired']} rewrites, "
+          f"{timing['nodes_after']} nodes after; target < 100 ms)\n"
+          f"machine speed: a 2e6-iteration Python loop takes {timing['calibration_loop_seconds'] * 1e3:.0f} ms CPU")
+    if not args.no_json:
+        path = Path(args.json) if args.json else HERE / "results" / (
+            "accuracy-" + _dt.datetime.now().strftime("%Y%m%d-%H%M%S") + ".json")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(results, indent=1))
+        print(f"results: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
