@@ -180,6 +180,8 @@ def _settle() -> None:
 def calibrate(run: Runner, target: float) -> int:
     """Calls per timed batch so that one batch lasts about `target` seconds."""
     run.before()
+    for _ in range(3):  # warm up: a system's first calls (plans, dispatchers, JIT) are not its speed
+        run.call()
     n = 1
     while True:
         t0 = perf()
