@@ -114,6 +114,8 @@ class CKernel:
     """A compiled C-backend function (``__call__(*arrays, out=None) -> list``)."""
 
     backend = "c"
+    #: Steps run once per plan (set in __init__; subclasses with their own __init__ run none).
+    _plan_time: list[Step] = []  # noqa: RUF012 - replaced per instance, never mutated
 
     def __init__(self, fg: FunctionGraph, cfg: Config, fuse: bool = True, native_matmul: bool = True):
         from exprc.printing import pprint
