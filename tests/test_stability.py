@@ -377,3 +377,17 @@ def test_log_softmax_and_softmax_of_a_confident_prediction():
             got = exprc.function([x], e, backend=backend)(d)
             ref = reference(exact, [d[None, :]], rows=True)[0]
             assert bits_lost(got, ref).max() <= 4, (backend, got, ref)
+
+
+def test_cancelled_factors_keep_nan_at_zero():
+    """x/x and (x*y)/y are NaN at 0 in IEEE arithmetic and NumPy; only factors that are nonzero in
+    exact arithmetic (sigmoid underflowing to 0) cancel to their limit."""
+    x, y = exprc.vector("x"), exprc.vector("y")
+    with np.errstate(all="ignore"):
+        for backend in ("numpy", "c"):
+            f = exprc.function([x, y], [x / x, (x * y) / y, 1 / exprc.sigmoid(x) * exprc.sigmoid(x) * y],
+                               backend=backend)
+            r = f(np.array([0.0, 2.0, -800.0]), np.array([0.0, 1e200, 3.0]))
+            assert np.isnan(r[0][0]) and r[0][1] == 1.0
+            assert np.isnan(r[1][0]) and r[1][1] == 2.0
+            assert r[2][2] == 3.0  # sigmoid(-800) underflows to 0; the cancelled form stays exact

@@ -750,15 +750,34 @@ def softmax_from_exp(node: Node, x: Node, s: Node) -> Node | None:
 @stability_rule("product_cancel", ("mul", "truediv"))
 def product_cancel(node: Node) -> Node | None:
     """(1/u) * u * v -> v + 0*u; (a*c)/(2a) -> c/2 + 0*a: a factor of the numerator that meets
-    itself in the denominator is cancelled (u/u is its limit 1 at u = 0, NaN for NaN or infinite u:
-    a gradient's 1/sigmoid(x) * sigmoid(x) * … stays finite where sigmoid underflows)."""
+    itself in the denominator is cancelled.  NaN or infinite u still gives NaN; u = 0 gives NaN too
+    unless u is nonzero in exact arithmetic (exp, sigmoid, ...), where its float value is 0 only by
+    underflow: a gradient's 1/sigmoid(x) * sigmoid(x) * ... then stays finite."""
     if node.op == "mul" and node.inputs[0].op not in ("mul", "truediv") and node.inputs[1].op not in ("mul", "truediv"):
         return None  # two plain factors: nothing to cancel
     pv = F.product_view(node)
     if pv is None or not pv[2]:
         return None
     coef, factors, _, vanished = pv
-    return _guard_nan(_product(coef, factors, node), vanished)
+    out = _product(coef, factors, node)
+    for u in dict.fromkeys(vanished):
+        if not _never_zero(u):  # (x*y)/y is NaN at y = 0 in IEEE arithmetic (and NumPy): keep that
+            out = nan_where(make("eq", u, k(0.0, u)), out)
+    return _guard_nan(out, vanished)
+
+
+def _never_zero(u: Node) -> bool:
+    """True when ``u`` is nonzero in exact arithmetic (its float value may still underflow to 0,
+    which is exactly when cancelling it helps: 1/sigmoid(x) * sigmoid(x) at x = -800)."""
+    if u.op == "constant":
+        return bool(np.all(u.value != 0))
+    if u.op in ("exp", "exp2", "sigmoid", "cosh", "softplus"):
+        return True
+    if u.op in ("square", "abs", "neg", "sqrt"):
+        return _never_zero(u.inputs[0])
+    if u.op in ("mul", "truediv"):
+        return all(_never_zero(i) for i in u.inputs)
+    return False
 
 
 def _guard_nan(out: Node, vanished: list[Node]) -> Node:
