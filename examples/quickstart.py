@@ -34,7 +34,7 @@ def main() -> None:
 
     # 4. What was generated, and where it is cached.
     print("\nfirst lines of the generated source:")
-    body = [ln for ln in f.source.splitlines() if ln.startswith("/* k") or ln.startswith("static")]
+    body = [ln for ln in f.source.splitlines() if ln.startswith(("/* k", "static"))]
     for line in (body or f.source.splitlines())[:6]:
         print("   ", line)
     print("kernels:", [k["name"] if isinstance(k, dict) else k for k in f.kernels])

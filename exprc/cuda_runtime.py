@@ -111,16 +111,7 @@ class CUDAKernel(CKernel):
         self._functions = self.driver.load(self.binary, names) if names else {}
         self.segments: list[Any] = [(i, i + 1) if isinstance(s, Kernel) else s
                                     for i, s in enumerate(self.program.steps)]  # read by the C planner
-        self.kernels = [{"name": kl.kernel.name, "kind": kl.kernel.kind, "ops": kl.kernel.ops,
-                         "outputs": len(kl.kernel.outputs)} for kl in self.layout.kernels]
-        self._pools: dict[tuple, list[_Plan]] = {}
-        self._n_in = len(fg.inputs)
-        self._inputs = list(fg.inputs)
-        self._outputs = list(fg.outputs)
-        self._nkernels = len(self.layout.kernels)
-        self._written = {n for s in self.program.steps for n in (s.outputs if isinstance(s, Kernel) else [s.node])}
-        self._dispatchers: list[Any] = []
-        self._offered: dict[int, set] = {}
+        self._bind(fg)
 
     def fast_path(self, single: bool) -> None:
         return None  # no C dispatcher for GPU calls

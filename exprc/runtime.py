@@ -153,6 +153,10 @@ class CKernel:
                 k += 1
             elif s not in self._plan_time:
                 self.segments.append(s)
+        self._bind(fg)
+
+    def _bind(self, fg: FunctionGraph) -> None:
+        """State shared by every backend that runs a lowered program through plans."""
         self.kernels = [{"name": kl.kernel.name, "kind": kl.kernel.kind, "ops": kl.kernel.ops,
                          "outputs": len(kl.kernel.outputs)} for kl in self.layout.kernels]
         self._pools: dict[tuple, list[Plan]] = {}
