@@ -192,11 +192,7 @@ class CUDAKernel(CKernel):
         drv.make_current()
         dev = [self._to_device(a) for a in arrays]
         key = tuple((d.shape, d.strides) for d in dev)
-        pool = self._pools.get(key)
-        try:
-            plan = pool.pop() if pool else None
-        except IndexError:
-            plan = None
+        plan = self._take_plan(key)
         if plan is None:
             try:
                 plan = self._plan(dev)

@@ -335,11 +335,7 @@ class CKernel:
             if len(out) != len(self._outputs):
                 raise InputTypeError(f"out: expected {len(self._outputs)} arrays, got {len(out)}")
             key += ("out",) + tuple((getattr(o, "shape", None), getattr(o, "strides", None)) for o in out)
-        pool = self._pools.get(key)
-        try:
-            plan = pool.pop() if pool else None
-        except IndexError:
-            plan = None
+        plan = self._take_plan(key)
         if plan is None:
             try:
                 plan = self._make_plan(arrays, out)
@@ -360,6 +356,14 @@ class CKernel:
             # Python path makes itself another plan when it needs one).
             if not (plan.simple and out is None and self._dispatchers and self._offer(plan, arrays)):
                 self._pools.setdefault(key, []).append(plan)
+
+    def _take_plan(self, key: tuple) -> Any:
+        """A free plan for this signature, or None (plans are never shared by concurrent calls)."""
+        pool = self._pools.get(key)
+        try:
+            return pool.pop() if pool else None
+        except IndexError:  # another thread took the last one
+            return None
 
     # -- the C dispatcher -----------------------------------------------------------
     def fast_path(self, single: bool) -> Any:
