@@ -192,13 +192,7 @@ class Function:
             raise InputTypeError(f"out: expected {len(self.outputs)} arrays, got {len(out)}")
         if hasattr(self._kernel, "program"):  # native kernels write into out= directly
             return self._kernel(*arrays, out=out)
-        outs = self._kernel(*arrays)
-        for i, (dst, src) in enumerate(zip(out, outs)):
-            if not isinstance(dst, np.ndarray) or dst.dtype != src.dtype or dst.shape != src.shape:
-                got = f"{dst.dtype} {shape_str(dst.shape)}" if isinstance(dst, np.ndarray) else type(dst).__name__
-                raise InputTypeError(f"out[{i}]: expected a {src.dtype} array of shape {shape_str(src.shape)}, "
-                                     f"got {got}")
-            dst[...] = src
+        copy_into(out, self._kernel(*arrays))
         return list(out)
 
     def __reduce__(self) -> tuple:
@@ -215,6 +209,16 @@ class Function:
 
 
 _MISSING = object()
+
+
+def copy_into(out: list, results: list) -> None:
+    """Copy computed ``results`` into the caller's ``out=`` arrays, checking each one."""
+    for i, (dst, src) in enumerate(zip(out, results)):
+        if not isinstance(dst, np.ndarray) or dst.dtype != src.dtype or dst.shape != src.shape:
+            got = f"{dst.dtype} {shape_str(dst.shape)}" if isinstance(dst, np.ndarray) else type(dst).__name__
+            raise InputTypeError(f"out[{i}]: expected a {src.dtype} array of shape {shape_str(src.shape)}, "
+                                 f"got {got}")
+        dst[...] = src
 
 
 def _as_outputs(outputs: Any) -> tuple[tuple[Node, ...], bool]:

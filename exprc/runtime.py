@@ -593,9 +593,9 @@ def renderer_hash() -> str:
     if _RENDER_HASH is None:
         import hashlib
 
-        from exprc.codegen.c import template
+        from exprc.codegen.c import prelude, template
 
-        _RENDER_HASH = hashlib.sha256((template("c_prelude.h") + template("c_module.c")).encode()).hexdigest()[:16]
+        _RENDER_HASH = hashlib.sha256((prelude("c_prelude.h") + template("c_module.c")).encode()).hexdigest()[:16]
     return _RENDER_HASH
 
 

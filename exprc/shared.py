@@ -37,7 +37,7 @@ import numpy as np
 
 from exprc import graph as _graph
 from exprc.errors import DTypeError, InputTypeError, ShapeError, UpdateError
-from exprc.function import Function
+from exprc.function import Function, copy_into
 from exprc.graph import Node, substitute
 from exprc.types import TensorType, as_dtype, shape_str
 
@@ -313,7 +313,7 @@ class SharedFunction(Function):
         if self._native_out:  # the declared outputs into out=, fresh arrays for the updates
             return self._kernel(*arrays, out=out + [None] * len(self._targets))
         res = self._kernel(*arrays)
-        self._copy_out(res, out)
+        copy_into(out, res)
         return out + res[self._nout:]
 
     def _run_swap(self, arrays: list, out: list | None) -> list:
@@ -334,14 +334,6 @@ class SharedFunction(Function):
         for c in self._boxes:
             c.spare = c.value
         return res
-
-    def _copy_out(self, res: list, out: list) -> None:
-        for i, (dst, src) in enumerate(zip(out, res)):
-            if not isinstance(dst, np.ndarray) or dst.dtype != src.dtype or dst.shape != src.shape:
-                got = f"{dst.dtype} {shape_str(dst.shape)}" if isinstance(dst, np.ndarray) else type(dst).__name__
-                raise InputTypeError(f"out[{i}]: expected a {src.dtype} array of shape {shape_str(src.shape)}, "
-                                     f"got {got}")
-            dst[...] = src
 
 
 #: Updates of values this big (bytes) are written into a spare buffer swapped with the value

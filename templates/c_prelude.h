@@ -19,71 +19,7 @@ EXPRC_D2(pow) EXPRC_D2(atan2) EXPRC_D2(hypot)
 
 #define EXPRC_INLINE static inline __attribute__((always_inline))
 
-/* Floating floor division and remainder with NumPy's (Python's) semantics. */
-#define EXPRC_FLOAT_HELPERS(T, S)                                                        \
-EXPRC_INLINE T exprc_mod##S(T a, T b) {                                                   \
-    if (b == 0) return fmod##S(a, b);                                                     \
-    T m = fmod##S(a, b);                                                                  \
-    if (m != 0) { if ((b < 0) != (m < 0)) m += b; }                                       \
-    else m = copysign##S((T)0, b);                                                        \
-    return m;                                                                             \
-}                                                                                         \
-EXPRC_INLINE T exprc_floordiv##S(T a, T b) {                                              \
-    if (b == 0) return a / b;                                                             \
-    T m = fmod##S(a, b);                                                                  \
-    T d = (a - m) / b;                                                                    \
-    if (m != 0 && ((b < 0) != (m < 0))) d -= 1;                                           \
-    if (d != 0) { T f = floor##S(d); if (d - f > (T)0.5) f += 1; return f; }              \
-    return copysign##S((T)0, a / b);                                                      \
-}                                                                                         \
-EXPRC_INLINE T exprc_max##S(T a, T b) { return (a != a || a > b) ? a : b; }               \
-EXPRC_INLINE T exprc_min##S(T a, T b) { return (a != a || a < b) ? a : b; }               \
-EXPRC_INLINE T exprc_sign##S(T x) { return x > 0 ? (T)1 : (x < 0 ? (T)-1 : x); }          \
-/* Branch-free (selects, not jumps), so loops calling these still vectorize. */          \
-EXPRC_INLINE T exprc_sigmoid##S(T x) {                                                    \
-    T e = exp##S(-fabs##S(x));                                                            \
-    T r = (T)1 / ((T)1 + e);                                                              \
-    return x >= 0 ? r : e * r;                                                            \
-}                                                                                         \
-EXPRC_INLINE T exprc_softplus##S(T x) { return fmax##S(x, (T)0) + log1p##S(exp##S(-fabs##S(x))); } \
-EXPRC_INLINE T exprc_logaddexp##S(T a, T b) {                                             \
-    T d = a - b;                                                                          \
-    T r = (d > 0 ? a : b) + log1p##S(exp##S(-fabs##S(d)));                                \
-    r = a == b ? a + (T)0.6931471805599453094 : r;  /* also +-inf */                      \
-    return (d != d && a != b) ? d : r;  /* NaN operands give NaN */                       \
-}
-
-EXPRC_FLOAT_HELPERS(double, )
-EXPRC_FLOAT_HELPERS(float, f)
-
-/* Integer floor division and remainder as NumPy: division by zero gives 0. */
-#define EXPRC_INT_HELPERS(T, MIN)                                                         \
-EXPRC_INLINE T exprc_ifloordiv_##T(T a, T b) {                                            \
-    if (b == 0) return 0;                                                                 \
-    if (b == -1) return a == MIN ? MIN : -a;                                              \
-    T q = a / b;                                                                          \
-    if ((a % b != 0) && ((a < 0) != (b < 0))) q -= 1;                                     \
-    return q;                                                                             \
-}                                                                                         \
-EXPRC_INLINE T exprc_imod_##T(T a, T b) {                                                 \
-    if (b == 0 || b == -1) return 0;                                                      \
-    T m = a % b;                                                                          \
-    if (m != 0 && ((m < 0) != (b < 0))) m += b;                                           \
-    return m;                                                                             \
-}                                                                                         \
-EXPRC_INLINE T exprc_ipow_##T(T a, T b) {                                                 \
-    if (b < 0) return a == 1 ? 1 : (a == -1 ? ((b & 1) ? -1 : 1) : 0);                    \
-    T r = 1;                                                                              \
-    while (b) { if (b & 1) r = (T)((uint64_t)r * (uint64_t)a); a = (T)((uint64_t)a * (uint64_t)a); b >>= 1; } \
-    return r;                                                                             \
-}                                                                                         \
-EXPRC_INLINE T exprc_iabs_##T(T a) { return a < 0 ? (T)(0 - (uint64_t)a) : a; }           \
-EXPRC_INLINE T exprc_invert_##T(T a) { return ~a; }
-
-EXPRC_INT_HELPERS(int32_t, INT32_MIN)
-EXPRC_INT_HELPERS(int64_t, INT64_MIN)
-EXPRC_INLINE uint8_t exprc_iabs_uint8_t(uint8_t a) { return a; }
-EXPRC_INLINE uint8_t exprc_invert_uint8_t(uint8_t a) { return !a; }
+/* exprc: numpy_semantics.h is spliced in here by the renderer */
 
 /* Split [0, total) evenly between the threads of a parallel region (static, so
  * results do not depend on timing; per-thread partial reductions are combined
@@ -100,12 +36,3 @@ EXPRC_INLINE uint8_t exprc_invert_uint8_t(uint8_t a) { return !a; }
 #define EXPRC_NUM_THREADS_USED() 1
 #endif
 #define EXPRC_MAX_THREADS 256
-
-/* log(1 - exp(x)) without cancellation (Maechler 2012): log(-expm1(x)) near 0,
- * log1p(-exp(x)) below -ln 2; NaN for x > 0 and -inf at 0, as the naive form. */
-EXPRC_INLINE double exprc_log1mexp(double x) {
-    return x > -0.693147180559945309417 ? log(-expm1(x)) : log1p(-exp(x));
-}
-EXPRC_INLINE float exprc_log1mexpf(float x) {
-    return x > -0.693147180559945309417f ? logf(-expm1f(x)) : log1pf(-expf(x));
-}

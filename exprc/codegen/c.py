@@ -72,6 +72,14 @@ def template(name: str) -> str:
         return (Path(__file__).resolve().parents[2] / "templates" / name).read_text()
 
 
+_SPLICE = "/* exprc: numpy_semantics.h is spliced in here by the renderer */\n"
+
+
+def prelude(name: str) -> str:
+    """A target's prelude template with the shared NumPy-semantics helpers spliced in."""
+    return template(name).replace(_SPLICE, template("numpy_semantics.h"))
+
+
 def c_literal(value: object, dtype: str) -> str:
     """An exact C literal: hex floats round-trip, NaN/Inf and integer extremes handled."""
     if dtype in ("float32", "float64"):
@@ -451,12 +459,12 @@ class CRenderer:
         kernels = "\n\n".join(self.render_kernel(kl) for kl in lay.kernels)
         calls = "\n".join(f"    if (first <= {i} && {i} < last) {kl.kernel.name}(ptrs, P, nthreads);"
                           for i, kl in enumerate(lay.kernels)) or "    (void)ptrs; (void)P; (void)nthreads;"
-        prelude = template("c_prelude.h")
+        prelude_text = prelude("c_prelude.h")
         if any(k.matmul is not None for k in program.kernels):
-            prelude += BLAS_DECLARATIONS
+            prelude_text += BLAS_DECLARATIONS
         if self.precise_math:
-            prelude = "#define EXPRC_PRECISE_MATH 1\n" + prelude
+            prelude_text = "#define EXPRC_PRECISE_MATH 1\n" + prelude_text
         src = string.Template(template("c_module.c")).substitute(
-            version=exprc.__version__, summary=comment(summary).replace("\n", "; "), prelude=prelude,
+            version=exprc.__version__, summary=comment(summary).replace("\n", "; "), prelude=prelude_text,
             kernels=kernels, dispatch=calls)
         return src, lay

@@ -38,15 +38,15 @@ overrides is what differs on a GPU:
   (``__expf``, ``__logf``, ``__sinf``, ``__cosf``, ``__fdividef``, ``__powf``) and NVRTC gets
   ``--use_fast_math``.  An op row's ``cuda`` column, when set, replaces its C expression.
 
-The prelude (``templates/cuda_prelude.cuh``) ports the NumPy-semantics helpers of
-``c_prelude.h`` as ``__device__`` functions; ``templates/cuda_module.cu`` is the file skeleton.
+The prelude (``templates/cuda_prelude.cuh``) defines ``EXPRC_INLINE`` as ``__device__`` and
+splices in the NumPy-semantics helpers shared with C (``templates/numpy_semantics.h``); ``templates/cuda_module.cu`` is the file skeleton.
 """
 
 from __future__ import annotations
 
 import string
 
-from exprc.codegen.c import CRenderer, KernelLayout, Layout, c_literal, comment, template
+from exprc.codegen.c import CRenderer, KernelLayout, Layout, c_literal, comment, prelude, template
 from exprc.fusion import Program
 from exprc.graph import Node
 from exprc.ops import OPS
@@ -286,7 +286,7 @@ class CUDARenderer(CRenderer):
         kernels = "\n\n".join(self.render_kernel(kl) for kl in lay.kernels)
         src = string.Template(template("cuda_module.cu")).substitute(
             version=exprc.__version__, summary=comment(summary).replace("\n", "; "), block=self.block,
-            prelude=template("cuda_prelude.cuh"), kernels=kernels)
+            prelude=prelude("cuda_prelude.cuh"), kernels=kernels)
         return src, lay
 
 

@@ -132,9 +132,9 @@ def build(source: str, workdir: Path, name: str, arch: str, target: str, cfg: Co
 
 
 def templates_hash() -> str:
-    from exprc.codegen.c import template
+    from exprc.codegen.c import prelude, template
 
-    text = template("cuda_prelude.cuh") + template("cuda_module.cu")
+    text = prelude("cuda_prelude.cuh") + template("cuda_module.cu")
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
