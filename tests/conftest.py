@@ -52,6 +52,17 @@ def assert_close(actual, expected, ulps: int | None = None, check_dtype: bool = 
     assert not bad.any(), f"values differ by more than {ulps} ulps:\nactual={af[bad]}\nexpected={ef[bad]}"
 
 
+def assert_same_bits(a, b) -> None:
+    """Bit-for-bit equality up to NaN payloads: same dtype and shape, NaN where NaN, and equal
+    values with equal signs elsewhere (-0.0 stays -0.0)."""
+    a, b = np.asarray(a), np.asarray(b)
+    assert a.dtype == b.dtype and a.shape == b.shape
+    assert np.array_equal(np.isnan(a), np.isnan(b))
+    ok = ~np.isnan(a)
+    np.testing.assert_array_equal(a[ok], b[ok])
+    np.testing.assert_array_equal(np.signbit(a[ok]), np.signbit(b[ok]))
+
+
 @pytest.fixture
 def close():
     return assert_close
