@@ -393,7 +393,8 @@ def _build(r: Path, folder: Path, name: str, source: str, parts: dict[str, str],
         lib_name = f"{name}{lib.suffix or '.so'}"  # .so, or .cubin/.ptx for CUDA entries
         if lib.name != lib_name or lib.parent != tmp:
             os.replace(lib, tmp / lib_name)
-        src = tmp / f"{name}.cu" if (tmp / f"{name}.cu").exists() else tmp / f"{name}.c"
+        # The source the build wrote itself (.cu for CUDA, .in.json for an accuracy search), else <name>.c.
+        src = next((p for p in (tmp / f"{name}.cu", tmp / f"{name}.in.json") if p.exists()), tmp / f"{name}.c")
         if not src.exists():
             src.write_text(source)
         for p in tmp.iterdir():

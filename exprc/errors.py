@@ -67,3 +67,8 @@ class CUDAError(ExprcError, RuntimeError):
 
 class SerializationError(ExprcError, ValueError):
     """A saved graph cannot be loaded: malformed, hostile, or from an unsupported format version."""
+
+
+class DomainError(ExprcError, ValueError):
+    """``accuracy=`` / ``domain=`` of ``exprc.function`` are malformed (unknown mode, a bound that is not an
+    input, lo >= hi, a domain without the search)."""

@@ -17,6 +17,8 @@ from typing import Any
 import numpy as np
 
 from exprc import backends
+from exprc import errors as _errors
+from exprc import search as _search
 from exprc.config import Config, current, resolve
 from exprc.errors import InputError, InputTypeError, MissingInputError, ShapeError
 from exprc.graph import Node, substitute, toposort
@@ -94,9 +96,13 @@ class Function:
 
     Attributes: ``inputs``, ``outputs`` (as given), ``graph`` (the optimized
     :class:`~exprc.pipeline.FunctionGraph`), ``backend``, ``rewrites`` (names
-    of the rules that fired, in order), ``source`` (the generated code) and
-    ``kernels`` (what the backend fused).
+    of the rules that fired, in order), ``source`` (the generated code),
+    ``kernels`` (what the backend fused) and ``accuracy_report`` (what
+    ``accuracy="search"`` changed, an :class:`exprc.search.AccuracyReport`; None
+    in the default mode).
     """
+
+    accuracy_report: Any = None
 
     def __init__(self, inputs: tuple[Node, ...], outputs: tuple[Node, ...], single: bool,
                  graph: FunctionGraph, kernel: Any, backend: str, config: Config, allow_downcast: bool):
@@ -246,7 +252,7 @@ def _check_inputs(inputs: Iterable[Node]) -> tuple[Node, ...]:
 
 def function(inputs: Sequence[Node], outputs: Node | Sequence[Node], backend: str | None = None,
              exclude: Iterable[str] = (), config: Config | None = None, allow_downcast: bool = False,
-             updates: Any = None, givens: Any = None) -> Function:
+             updates: Any = None, givens: Any = None, accuracy: Any = "default", domain: Any = None) -> Function:
     """Compile ``outputs`` as a function of ``inputs``.
 
     ``backend``: ``"c"``, ``"numpy"`` or None (C when a compiler works).
@@ -256,12 +262,17 @@ def function(inputs: Sequence[Node], outputs: Node | Sequence[Node], backend: st
     installed after each call from values computed with the old ones.
     ``givens``: ``{variable: expression}`` substituted in outputs and updates.
     Shared variables (:func:`exprc.shared`) the graph reads need not be inputs.
+    ``accuracy``: ``"default"`` (the rewrite rules only) or ``"search"`` (also measure the error on
+    sampled points of ``domain`` = ``{input: (lo, hi)}`` and keep more accurate forms, Herbie-style:
+    see :mod:`exprc.search`; slower to compile, cached on disk).
     """
     cfg = resolve(config)
     if exclude:
         cfg = cfg.replace(exclude=tuple(sorted(set(cfg.exclude) | set(exclude))))
     ins = _check_inputs(inputs)
     outs, single = _as_outputs(outputs)
+    settings, dom = (None, ()) if accuracy == "default" and domain is None else _search.check_options(
+        accuracy, domain, ins)
     upd: tuple = ()
     if updates or givens:
         from exprc.shared import check_givens, check_updates
@@ -270,14 +281,14 @@ def function(inputs: Sequence[Node], outputs: Node | Sequence[Node], backend: st
         if given:
             outs = tuple(substitute(list(outs), given))
         upd = check_updates(updates, given)
-    memo_key = (ins, outs, upd, backend, cfg, _rules.GENERATION[0])
+    memo_key = (ins, outs, upd, backend, cfg, _rules.GENERATION[0], settings, dom)
     with _MEMO_LOCK:
         hit = _MEMO.get(memo_key)
         if hit is not None:
             _MEMO.move_to_end(memo_key)
     if hit is not None:
-        name, graph, kernel, hidden = hit
-        return _wrap(ins, outs, single, graph, kernel, name, cfg, allow_downcast, hidden, upd)
+        name, graph, kernel, hidden, report = hit
+        return _wrap(ins, outs, single, graph, kernel, name, cfg, allow_downcast, hidden, upd, report)
     known = set(ins)
     order = toposort(outs + tuple(e for _, e in upd))
     hidden = tuple(v for v in order if v.op == "input" and v not in known and hasattr(v, "get_value"))
@@ -287,22 +298,30 @@ def function(inputs: Sequence[Node], outputs: Node | Sequence[Node], backend: st
         raise MissingInputError(f"the outputs depend on variables that are not among the inputs: {listed}")
     name = backends.choose(backend, cfg)
     graph = optimize(FunctionGraph(ins + hidden, outs + tuple(e for _, e in upd)), cfg)
+    report = None
+    if settings is not None:
+        if upd:
+            raise _errors.DomainError("accuracy=\"search\" does not support updates=")
+        graph, report = _search.search(ins, outs, graph, dom, settings, cfg)
     kernel = backends.build(name, graph, cfg)
     if cfg.cache and len(order) <= _EVAL_CACHE_MAX_NODES:  # the memo must not keep big graphs alive
         with _MEMO_LOCK:
-            _MEMO[memo_key] = (name, graph, kernel, hidden)
+            _MEMO[memo_key] = (name, graph, kernel, hidden, report)
             while len(_MEMO) > _MEMO_MAX:
                 _MEMO.popitem(last=False)
-    return _wrap(ins, outs, single, graph, kernel, name, cfg, allow_downcast, hidden, upd)
+    return _wrap(ins, outs, single, graph, kernel, name, cfg, allow_downcast, hidden, upd, report)
 
 
 def _wrap(ins: tuple, outs: tuple, single: bool, graph: FunctionGraph, kernel: Any, name: str, cfg: Config,
-          allow_downcast: bool, hidden: tuple, upd: tuple) -> Function:
+          allow_downcast: bool, hidden: tuple, upd: tuple, report: Any = None) -> Function:
     if not hidden and not upd:
-        return Function(ins, outs, single, graph, kernel, name, cfg, allow_downcast)
-    from exprc.shared import SharedFunction
+        fn = Function(ins, outs, single, graph, kernel, name, cfg, allow_downcast)
+    else:
+        from exprc.shared import SharedFunction
 
-    return SharedFunction(ins, outs, single, graph, kernel, name, cfg, allow_downcast, hidden, upd)
+        fn = SharedFunction(ins, outs, single, graph, kernel, name, cfg, allow_downcast, hidden, upd)
+    fn.accuracy_report = report
+    return fn
 
 
 #: In-process memo of compiled kernels: (inputs, outputs, requested backend, config) -> (backend, optimized
