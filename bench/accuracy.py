@@ -8,7 +8,8 @@
 Each case is a formula ``fn(m, *inputs)`` written once for every namespace (NumPy, exprc, mpmath)
 with a range per input, chosen where the naive formula is known to fail (cancellation, overflow,
 underflow).  Systems: NumPy (the formula evaluated naively), exprc default (C backend), exprc with
-``exclude=("stability",)``; PyTensor and JAX when importable.  For each case and system: the median
+``exclude=("stability",)``, exprc ``accuracy="search"`` (domain: the interval each input range covers; the
+search's own compile time, cold and cached, is printed after the table); PyTensor and JAX when importable.  For each case and system: the median
 and the max over the points of the bits lost (``exprc.accuracy.bits_lost``, 0 = correctly rounded,
 64 = garbage), and whether the case is *fixed*: every point within 4 bits (so finite where the true
 result is finite).  Also: the time to rewrite a 1,000-node graph with the default pipeline.
@@ -129,6 +130,21 @@ CASES = [
     Case("log1mexp", "ml", lambda m, x: m.log(1 - m.exp(x)), ((N, 1e-20, 700.0),)),
     Case("log_exp_diff", "ml", lambda m, a, d: m.log(m.exp(a) - m.exp(a - d)), ((L, -800.0, 800.0), (G, 1e-10, 50.0))),
     Case("gaussian_logpdf", "ml", lambda m, x: m.log(m.exp(-(x * x) / 2) / SQRT2PI), ((L, -100.0, 100.0),)),
+    # -- cancellation the default rules miss (series, identities, regimes: the search's cases) -------------
+    Case("tan_minus_sin", "series", lambda m, x: m.tan(x) - m.sin(x), ((S, 1e-9, 1.0),)),
+    Case("inv_x_minus_inv_tan", "series", lambda m, x: 1 / x - 1 / m.tan(x), ((S, 1e-9, 1.0),)),
+    Case("sinc_minus_1", "series", lambda m, x: m.sin(x) / x - 1, ((S, 1e-9, 1.0),)),
+    Case("one_minus_x_over_sin", "series", lambda m, x: 1 - x / m.sin(x), ((S, 1e-9, 1.0),)),
+    Case("atan_minus_x", "series", lambda m, x: m.arctan(x) - x, ((S, 1e-9, 0.9),)),
+    Case("arcsin_minus_x", "series", lambda m, x: m.arcsin(x) - x, ((S, 1e-9, 0.9),)),
+    Case("tanh_over_x_minus_1", "series", lambda m, x: m.tanh(x) / x - 1, ((S, 1e-9, 1.0),)),
+    Case("cos_taylor_rem", "series", lambda m, x: m.cos(x) - 1 + x * x / 2, ((S, 1e-5, 1.0),)),
+    Case("sqrt_taylor_rem", "series", lambda m, x: m.sqrt(1 + x) - 1 - x / 2, ((S, 1e-9, 0.5),)),
+    Case("exp_neg_taylor_rem", "series", lambda m, x: m.exp(-x) - 1 + x, ((S, 1e-9, 1.0),)),
+    Case("expm1_over_x_minus_1", "series", lambda m, x: (m.exp(x) - 1) / x - 1, ((S, 1e-9, 1.0),)),
+    Case("inv_sqrt_diff", "cancel", lambda m, x: 1 / m.sqrt(x) - 1 / m.sqrt(x + 1), ((G, 1.0, 1e15),)),
+    Case("log_ratio", "cancel", lambda m, x: m.log((x + 1) / x), ((G, 1.0, 1e15),)),
+    Case("logistic_deriv", "ml", lambda m, x: m.exp(-x) / (1 + m.exp(-x)) ** 2, ((L, -800.0, 800.0),)),
 ]
 
 NP = types.SimpleNamespace(**{k: getattr(np, k) for k in dir(np) if not k.startswith("_")})
@@ -141,9 +157,36 @@ def _inputs(case: Case, n: int, seed: int) -> list[np.ndarray]:
     return [sample(r, int(np.prod(shape)), rng).reshape(shape) for r in case.ranges]
 
 
-def _exprc_fn(case: Case, exclude: tuple) -> Callable:
+def _exprc_fn(case: Case, exclude: tuple, **options: object) -> Callable:
     vars_ = [exprc.tensor(f"x{i}", "float64", ndim=2 if case.rows else 1) for i in range(len(case.ranges))]
-    return exprc.function(vars_, case.fn(exprc, *vars_), exclude=exclude)
+    return exprc.function(vars_, case.fn(exprc, *vars_), exclude=exclude, **options)
+
+
+def domain_of(spec: tuple) -> tuple[float, float]:
+    """The (lo, hi) interval a case's input range covers (the search's domain)."""
+    kind, lo, hi = spec
+    return {"lin": (lo, hi), "log": (lo, hi), "nlog": (-hi, -lo), "slog": (-hi, hi)}[kind]
+
+
+#: Per case: seconds the search took when it ran (recorded in its cache entry) and the seconds of a
+#: later compile that finds it in the disk cache (in-process memo cleared).
+SEARCH_TIMES: dict[str, dict[str, float]] = {}
+
+
+def _search_fn(case: Case) -> Callable:
+    vars_ = [exprc.tensor(f"x{i}", "float64", ndim=2 if case.rows else 1) for i in range(len(case.ranges))]
+    options = {"accuracy": "search", "domain": {v: domain_of(r) for v, r in zip(vars_, case.ranges)}}
+    f = exprc.function(vars_, case.fn(exprc, *vars_), **options)
+    from exprc.function import clear_memo
+
+    clear_memo()
+    t0 = time.perf_counter()
+    f = exprc.function(vars_, case.fn(exprc, *vars_), **options)
+    report = f.accuracy_report
+    SEARCH_TIMES[case.name] = {"search_seconds": report.seconds if report else 0.0,
+                               "cached_compile_seconds": time.perf_counter() - t0,
+                               "changes": len(report.changes) if report else 0}
+    return f
 
 
 def _systems() -> dict[str, Callable[[Case], Callable]]:
@@ -151,6 +194,7 @@ def _systems() -> dict[str, Callable[[Case], Callable]]:
         "numpy": lambda case: (lambda *a: case.fn(NP, *a)),
         "exprc": lambda case: _exprc_fn(case, ()),
         "exprc-nostab": lambda case: _exprc_fn(case, ("stability",)),
+        "exprc-search": _search_fn,
     }
     try:  # optional peers, measured only where installed
         import jax
@@ -245,7 +289,8 @@ def main(argv: list[str] | None = None) -> int:
             cases = [c for c in CASES if c.name in want]
         systems = _systems()
         names = list(systems)
-        print(f"{'case':24s} {'family':10s} " + " ".join(f"{n + ' med/max':>20s}" for n in names))
+        print(f"{'case':24s} {'family':10s} " + " ".join(f"{n + ' med/max':>20s}" for n in names)
+              + (f" {'search s':>9s}" if "exprc-search" in names else ""))
         for case in cases:
             r = run_case(case, systems, args.points, args.seed)
             results["cases"][case.name] = r
@@ -254,7 +299,9 @@ def main(argv: list[str] | None = None) -> int:
                 s = r["systems"][n]
                 cells.append(f"{'error':>20s}" if "error" in s else
                              f"{s['median']:6.1f} /{s['max']:5.1f} {'ok' if s['fixed'] else '  '}     ")
-            print(f"{case.name:24s} {case.kind:10s} " + " ".join(cells), flush=True)
+            t = SEARCH_TIMES.get(case.name)
+            print(f"{case.name:24s} {case.kind:10s} " + " ".join(cells)
+                  + (f" {t['search_seconds']:8.2f}s" if t else ""), flush=True)
         summary = {}
         for n in names:
             rows = [r["systems"][n] for r in results["cases"].values() if "error" not in r["systems"][n]]
@@ -264,12 +311,19 @@ def main(argv: list[str] | None = None) -> int:
                           "median_of_median_bits": float(np.median([s["median"] for s in rows])) if rows else None,
                           "max_bits": float(np.max(maxes)) if maxes else None}
         results["summary"] = summary
+        results["search_times"] = SEARCH_TIMES
         print()
         print(f"{'system':14s} {'fixed (all points <= 4 bits)':>30s} {'median of max bits':>20s} "
               f"{'median of median':>18s} {'worst':>7s}")
         for n, s in summary.items():
             print(f"{n:14s} {s['fixed']:>22d} / {s['cases']:<5d} {s['median_of_max_bits']:>20.1f} "
                   f"{s['median_of_median_bits']:>18.2f} {s['max_bits']:>7.1f}")
+    if SEARCH_TIMES:
+        cold = [t["search_seconds"] for t in SEARCH_TIMES.values()]
+        warm = [t["cached_compile_seconds"] for t in SEARCH_TIMES.values()]
+        print(f"\naccuracy search compile cost over {len(cold)} cases: search (cold) median {np.median(cold):.2f} s, "
+              f"max {np.max(cold):.2f} s, total {np.sum(cold):.1f} s; compile with the search cached: median "
+              f"{np.median(warm) * 1e3:.0f} ms, max {np.max(warm) * 1e3:.0f} ms")
     print(f"\nrewrite of a {timing['nodes']}-node graph (default pipeline): {timing['seconds'] * 1e3:.1f} ms CPU "
           f"(median {timing['median_seconds'] * 1e3:.1f} ms; {timing['rules_fired']} rewrites, "
           f"{timing['nodes_after']} nodes after; target < 100 ms)\n"

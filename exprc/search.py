@@ -71,7 +71,7 @@ DEFAULT_RANGE = {"float64": (-1e300, 1e300), "float32": (-1e37, 1e37)}
 _TINY = {"float64": 1e-300, "float32": 1e-37}
 
 #: Version of the search algorithm, part of the cache key: bump it when a change alters what it chooses.
-ALGORITHM = "1"
+ALGORITHM = "3"
 #: Subexpressions larger than this (in nodes) are not handed to SymPy: it gets slow, and the forms the
 #: default pipeline builds (series branches with dozens of terms) are not what SymPy should start from.
 SYMPY_MAX_NODES = 40
@@ -80,6 +80,9 @@ SYMPY_MAX_NODES = 40
 #: point may go up to this many bits (3 ulps): a default that is exact at x = 1 by luck must not veto a
 #: form that fixes 50 bits elsewhere.
 SLACK_BITS = 2.0
+
+#: Orders of the Taylor polynomials tried (terms below x**k; 1/x**k at infinity).
+SERIES_ORDERS = (4, 8, 14)
 
 #: Per-process counters (tests read them): searches run, cache hits.
 STATS = {"searches": 0, "cache_hits": 0}
@@ -95,7 +98,7 @@ class Settings:
     rounds: int = 3  #: localize-rewrite-accept rounds
     locations: int = 3  #: worst nodes rewritten per round
     sympy_seconds: float = 3.0  #: time box of one SymPy call (main thread only)
-    sympy_budget: float = 30.0  #: SymPy seconds for the whole search; past it, only series
+    sympy_budget: float = 20.0  #: SymPy seconds for the whole search; past it, no more SymPy forms
 
     def key(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)
@@ -445,17 +448,21 @@ def _mp_value(n: Node, args: list, table: dict) -> Any:
 
 
 def exact_values(order: Sequence[Node], inputs: Sequence[Node], points: np.ndarray, prec: int = 160,
-                 max_prec: int = 1 << 14) -> dict[Node, np.ndarray]:
+                 max_prec: int = 1 << 13) -> dict[Node, np.ndarray]:
     """Every node of ``order`` at each point (columns of ``points``), exactly rounded to float64 (bools as
     0/1): each point is evaluated at ``prec`` bits (plus four times the largest binary exponent of its
-    coordinates) and twice that, doubling until all nodes agree."""
+    coordinates) and twice that, doubling until all nodes agree and no addition cancelled more bits than
+    the precision holds (an exact 0 from nonzero terms is pursued up to ``max_prec``)."""
     mp = _mp()
     table = _mp_ops()
     pos = {v: i for i, v in enumerate(inputs)}
     k = points.shape[1]
     out = np.empty((len(order), k))
 
-    def run(j: int, p: int) -> np.ndarray:
+    def run(j: int, p: int) -> tuple[np.ndarray, bool]:
+        """The values at precision p, and whether an addition cancelled more bits than p holds (then
+        a higher precision could still agree on a wrong result, typically 0: 1 + erf(-15))."""
+        short = False
         with mp.workprec(p):
             vals: dict[Node, Any] = {}
             for n in order:
@@ -465,21 +472,26 @@ def exact_values(order: Sequence[Node], inputs: Sequence[Node], points: np.ndarr
                     c = n.value.item()
                     vals[n] = c if isinstance(c, bool) else mp.mpf(float(c))
                 else:
-                    vals[n] = _mp_value(n, [vals[i] for i in n.inputs], table)
-            return np.array([float(vals[n]) for n in order])
+                    args = [vals[i] for i in n.inputs]
+                    v = vals[n] = _mp_value(n, args, table)
+                    if n.op in ("add", "sub") and not short:
+                        a, b = args
+                        if a != 0 and b != 0 and mp.isfinite(a) and mp.isfinite(b) and mp.isfinite(v):
+                            short = v == 0 or mp.mag(v) < max(mp.mag(a), mp.mag(b)) - (p - 64)
+            return np.array([float(vals[n]) for n in order]), short
 
     # Cancellation of f(x) - T(x) at a tiny x (or of sqrt(x + 1) - sqrt(x) at a huge one) loses a few
-    # times the exponent of x in bits: start above that, or both precisions agree on a wrong 0.
+    # times the exponent of x in bits: start above that.
     expo = np.abs(np.frexp(np.where(np.isfinite(points) & (points != 0), points, 1.0))[1]).max(axis=0)
     for j in range(k):
         p = prec + 4 * int(expo[j])
-        v = run(j, p)
+        v, short = run(j, p)
         while p < max_prec:
             p *= 2
-            w = run(j, p)
-            if np.array_equal(v, w, equal_nan=True):
+            w, short_w = run(j, p)
+            if not short and np.array_equal(v, w, equal_nan=True):
                 break
-            v = w
+            v, short = w, short_w
         out[:, j] = v
     return {n: out[i] for i, n in enumerate(order)}
 
@@ -526,9 +538,10 @@ class _Timeout(Exception):
 class _Context:
     """What one search shares: points, the exact reference, memoized float values, the SymPy budget."""
 
-    def __init__(self, inputs: list[Node], reference: list[np.ndarray], points: np.ndarray, n_train: int,
-                 settings: Settings, cfg: Config):
+    def __init__(self, inputs: list[Node], user: list[Node], reference: list[np.ndarray], points: np.ndarray,
+                 n_train: int, settings: Settings, cfg: Config):
         self.inputs = inputs
+        self.user = user  # the user's formulas: the exact reference at new points
         self.reference = reference
         self.points = points
         self.train = slice(0, n_train)
@@ -601,17 +614,17 @@ def _search(inputs: list[Node], outputs: list[Node], default: FunctionGraph, dom
     points = np.concatenate([train, valid], axis=1)
     user = [outputs[i] for i in todo]
     exact = exact_values(toposort(user), inputs, points)
-    ctx = _Context(inputs, [exact[o] for o in user], points, train.shape[1], settings, cfg)
+    ctx = _Context(inputs, user, [exact[o] for o in user], points, train.shape[1], settings, cfg)
     base = ctx.score([default.outputs[i] for i in todo], "default")
     report.before_mean, report.before_max = _stats(base.errors[ctx.valid])
     current = base
-    if np.max(base.errors) > 1.0:  # a formula the default already gets right is not searched
+    if np.max(base.errors) > SLACK_BITS:  # a formula the default already gets right is not searched
         for _ in range(settings.rounds):
             change = _round_once(ctx, current, base, user, report)
             if change is None:
                 break
             current = change
-            if np.max(current.errors[ctx.train]) <= 1.0:
+            if np.max(current.errors[ctx.train]) <= 1.0:  # nothing left to win
                 break
     for i, o in zip(todo, current.outputs):
         final[i] = o
@@ -786,14 +799,21 @@ def _series(ctx: _Context, e: Any, place: Node, current: _Scored, mapping: dict)
                 continue
             if x0 != 0 and not np.any(x * (1 if x0 == sp.oo else -1) > 1e3):
                 continue
-            for order in (4, 8, 14):
+            try:  # one expansion, truncated to fewer terms below (SymPy's series is the slow part)
+                with ctx.sympy_time():
+                    full = sp.series(e, s, x0, SERIES_ORDERS[-1]).removeO()
+                terms = [(t.as_coeff_exponent(s)[1], t) for t in sp.Add.make_args(sp.expand(full))]
+            except Exception:  # noqa: BLE001, S112 - no series there, or out of time
+                continue
+            for order in SERIES_ORDERS:
                 try:
-                    with ctx.sympy_time():
-                        poly = sp.series(e, s, x0, order).removeO()
-                    if poly.has(sp.O) or poly.has(sp.zoo) or poly.has(sp.nan) or poly == 0:
+                    keep = [t for k, t in terms if k.is_number and (k < order if x0 == 0 else k > -order)]
+                    poly = sp.Add(*keep)
+                    if not keep or poly.has(sp.O) or poly.has(sp.zoo) or poly.has(sp.nan) or poly == 0 \
+                            or (order != SERIES_ORDERS[-1] and len(keep) == len(terms)):
                         continue
                     node = from_sympy(poly, mapping)
-                except Exception:  # noqa: BLE001, S112 - no series there, or out of time
+                except Exception:  # noqa: BLE001, S112 - a coefficient with no exprc form
                     continue
                 sign = -1.0 if x0 == -sp.oo else 1.0
                 with np.errstate(all="ignore"):  # distance to x0: |x|, or 1/x on the side of the infinity
@@ -801,9 +821,11 @@ def _series(ctx: _Context, e: Any, place: Node, current: _Scored, mapping: dict)
                 cand = _replace(ctx, current, place, node, "series")
                 if cand is None:
                     continue
-                r = _split(near, cand.errors[ctx.train], current.errors[ctx.train], ctx.train)
-                if r is None:
+                gap = _split(near, cand.errors[ctx.train], current.errors[ctx.train], ctx.train)
+                if gap is None:
                     continue
+                r = _refine(ctx, gap, cand.outputs, current.outputs,
+                            lambda d, x0=x0, sign=sign: d if x0 == 0 else sign / d)
                 where = f"series at {x0}, order {order}"
                 if x0 == 0:
                     yield where, api.where(api.abs(var) < r, node, place)
@@ -814,9 +836,9 @@ def _series(ctx: _Context, e: Any, place: Node, current: _Scored, mapping: dict)
                     yield where, api.where(var * sign > 1.0 / r, node, place)
 
 
-def _split(near: np.ndarray, inside: np.ndarray, outside: np.ndarray, train: slice) -> float | None:
-    """The threshold r minimising the training error of "inside where near < r (or > r for ±inf), else
-    outside"; None when the inside form helps nowhere."""
+def _split(near: np.ndarray, inside: np.ndarray, outside: np.ndarray, train: slice) -> tuple[float, float] | None:
+    """The two neighbouring sample values between which a threshold r minimises the training error of
+    "inside where near < r, else outside"; None when the inside form helps nowhere."""
     d = near[train]
     order = np.argsort(d, kind="stable")
     d, a, b = d[order], inside[order], outside[order]
@@ -826,11 +848,40 @@ def _split(near: np.ndarray, inside: np.ndarray, outside: np.ndarray, train: sli
     if k == 0 or total[k] >= total[0] - 1e-9:
         return None
     if k == len(d):
-        return float(d[-1]) * 2 if d[-1] > 0 else float(d[-1]) + 1.0
+        top = float(d[-1])
+        return (top, top * 2) if top > 0 else (top, top + 1.0)
     lo, hi = float(d[k - 1]), float(d[k])
-    if lo == hi:
-        return None
-    return math.sqrt(lo * hi) if lo > 0 else hi / 2
+    return None if lo == hi else (lo, hi)
+
+
+def _refine(ctx: _Context, gap: tuple[float, float], below: tuple[Node, ...], above: tuple[Node, ...],
+            to_x: Callable[[float], float], steps: int = 10) -> float:
+    """Herbie's binary search of a regime boundary inside ``gap`` (two neighbouring sample values of a
+    coordinate whose value d gives the input ``to_x(d)``): at each midpoint, the exact result decides
+    whether ``below`` or ``above`` is the better form there.  Only for one-input functions (elsewhere the
+    other inputs have no value at the midpoint): the midpoint of the gap."""
+    lo, hi = gap
+
+    def mid(a: float, b: float) -> float:
+        return math.sqrt(a * b) if a > 0 and b > 4 * a else (a + b) / 2  # geometric across magnitudes
+
+    if len(ctx.inputs) != 1:
+        return mid(lo, hi)
+    for _ in range(steps):
+        m = mid(lo, hi)
+        if not lo < m < hi:
+            break
+        pts = np.array([[to_x(m)]])
+        exact = exact_values(toposort(ctx.user), ctx.inputs, pts)
+        errs = []
+        for outs in (below, above):
+            got = float_values(outs, ctx.inputs, pts, {})
+            errs.append(float(np.mean([bits_lost(g, exact[u]) for g, u in zip(got, ctx.user)])))
+        if errs[0] <= errs[1]:
+            lo = m
+        else:
+            hi = m
+    return mid(lo, hi)
 
 
 def _regimes(ctx: _Context, pool: list[_Scored]) -> list[_Scored]:
@@ -846,24 +897,25 @@ def _regimes(ctx: _Context, pool: list[_Scored]) -> list[_Scored]:
         for vi, var in enumerate(ctx.inputs):
             x = ctx.points[vi, ctx.train]
             for left, right in ((best, other), (other, best)):
-                t = _threshold(x, left.errors[ctx.train], right.errors[ctx.train])
-                if t is None:
+                gap = _threshold(x, left.errors[ctx.train], right.errors[ctx.train])
+                if gap is None:
                     continue
+                t = _refine(ctx, gap, left.outputs, right.outputs, float)
                 outs = [api.where(var < t, a, b) for a, b in zip(left.outputs, right.outputs)]
                 out.append(ctx.score(outs, f"regime on {var.arg('name') or f'input {vi}'} < {t:.6g}"))
     return out
 
 
-def _threshold(x: np.ndarray, left: np.ndarray, right: np.ndarray) -> float | None:
-    """The split t (midway between two sorted sample values) minimising the error of ``left`` below t and
-    ``right`` above; None when one side alone is as good."""
+def _threshold(x: np.ndarray, left: np.ndarray, right: np.ndarray) -> tuple[float, float] | None:
+    """The two neighbouring sample values between which a split t minimises the error of ``left`` below t
+    and ``right`` above; None when one side alone is as good."""
     order = np.argsort(x, kind="stable")
     xs, a, b = x[order], left[order], right[order]
     total = np.concatenate([[0.0], np.cumsum(a)]) + np.concatenate([[b.sum()], b.sum() - np.cumsum(b)])
     k = int(np.argmin(total))
     if k == 0 or k == len(xs) or total[k] >= min(total[0], total[-1]) - 1e-9 or xs[k - 1] == xs[k]:
         return None
-    return float(xs[k - 1] + (xs[k] - xs[k - 1]) / 2)
+    return float(xs[k - 1]), float(xs[k])
 
 
 __all__ = ["DEFAULT_RANGE", "MODES", "STATS", "AccuracyReport", "Change", "Settings", "check_options",

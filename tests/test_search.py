@@ -1,0 +1,244 @@
+"""The accuracy search (exprc.search): numbers against mpmath, determinism, the disk cache, the report, errors."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import exprc
+from exprc import search
+from exprc.accuracy import bits_lost, reference, sample
+from exprc.errors import DomainError, DTypeError
+from exprc.graph import toposort
+
+ROOT = Path(__file__).resolve().parent.parent
+#: Few points keep the tests fast; the bench uses the defaults (256 + 256).
+FEW = search.Settings(points=48, validation=48)
+
+
+def _bits(f: exprc.Function, formula, pts: list[np.ndarray]) -> np.ndarray:
+    with np.errstate(all="ignore"):
+        got = f(*pts)
+    return bits_lost(got, reference(formula, pts))
+
+
+def _points(spec: tuple, n: int = 150, seed: int = 1234) -> np.ndarray:
+    """Test points drawn independently of the search's own samples."""
+    return sample(spec, n, np.random.default_rng(seed))
+
+
+# Formulas the default rules leave inaccurate and the search fixes: (formula, search domain, test range).
+FIXED_BY_SEARCH = {
+    "tan_minus_sin": (lambda m, x: m.tan(x) - m.sin(x), (-1.0, 1.0), ("slog", 1e-9, 1.0)),
+    "inv_x_minus_inv_tan": (lambda m, x: 1 / x - 1 / m.tan(x), (-1.0, 1.0), ("slog", 1e-9, 1.0)),
+    "inv_sqrt_diff": (lambda m, x: 1 / m.sqrt(x) - 1 / m.sqrt(x + 1), (1.0, 1e15), ("log", 1.0, 1e15)),
+    "logistic_deriv": (lambda m, x: m.exp(-x) / (1 + m.exp(-x)) ** 2, (-800.0, 800.0), ("lin", -800.0, 800.0)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(FIXED_BY_SEARCH))
+def test_search_fixes_what_the_default_misses(name: str) -> None:
+    formula, dom, spec = FIXED_BY_SEARCH[name]
+    x = exprc.vector("x")
+    default = exprc.function([x], formula(exprc, x), backend="numpy")
+    found = exprc.function([x], formula(exprc, x), backend="numpy", accuracy=FEW, domain={x: dom})
+    pts = [_points(spec)]
+    before, after = _bits(default, formula, pts), _bits(found, formula, pts)
+    assert before.max() > 10, f"the default already fixes {name}: pick another formula"
+    assert after.max() <= 4.0, (name, after.max(), exprc.pprint(found.graph.outputs[0]))
+    assert np.all(after <= np.maximum(before + 1.0, search.SLACK_BITS))  # never worse than the default
+    assert found.accuracy_report.changes
+
+
+def test_search_result_compiles_to_c_with_the_same_accuracy() -> None:
+    formula, dom, spec = FIXED_BY_SEARCH["tan_minus_sin"]
+    x = exprc.vector("x")
+    f = exprc.function([x], formula(exprc, x), accuracy=FEW, domain={x: dom})
+    assert _bits(f, formula, [_points(spec)]).max() <= 4.0
+
+
+def test_series_branch_keeps_nan_where_the_formula_is_undefined() -> None:
+    # 1/x - 1/tan(x) at x = 0 is inf - inf: NaN exactly, and the search must not replace it by the limit.
+    formula, dom, _ = FIXED_BY_SEARCH["inv_x_minus_inv_tan"]
+    x = exprc.vector("x")
+    f = exprc.function([x], formula(exprc, x), backend="numpy", accuracy=FEW, domain={x: dom})
+    pts = np.array([0.0, 1e-300, 1e-8, 0.3])
+    ref = reference(formula, [pts])
+    with np.errstate(all="ignore"):
+        got = f(pts)
+    assert np.isnan(ref[0]) and np.isnan(got[0])
+    assert bits_lost(got, ref).max() <= 4.0
+
+
+def test_formula_without_error_keeps_the_default_graph() -> None:
+    x, y = exprc.vector("x"), exprc.vector("y")
+    expr = x * y + 2.0
+    default = exprc.function([x, y], expr, backend="numpy")
+    before = search.STATS["searches"]
+    f = exprc.function([x, y], expr, backend="numpy", accuracy=FEW, domain={x: (-10.0, 10.0), y: (1.0, 2.0)},
+                       config=exprc.Config(cache=False))
+    assert search.STATS["searches"] == before + 1
+    assert f.graph.outputs == default.graph.outputs
+    assert f.accuracy_report is not None and not f.accuracy_report.changes
+    assert f.accuracy_report.after_max <= search.SLACK_BITS  # two roundings: within 3 ulps
+
+
+def test_never_worse_on_a_formula_the_rules_already_fix() -> None:
+    formula = (lambda m, x: m.log(1 + x))
+    x = exprc.vector("x")
+    default = exprc.function([x], formula(exprc, x), backend="numpy")
+    f = exprc.function([x], formula(exprc, x), backend="numpy", accuracy=FEW, domain={x: (-0.5, 0.5)})
+    pts = [_points(("slog", 1e-18, 0.5))]
+    before, after = _bits(default, formula, pts), _bits(f, formula, pts)
+    assert np.all(after <= before + 1.0)
+    assert after.max() <= 4.0
+    assert f.graph.outputs == default.graph.outputs  # log1p is already the best form: nothing to change
+
+
+def test_default_mode_has_no_report() -> None:
+    x = exprc.vector("x")
+    assert exprc.function([x], exprc.sin(x), backend="numpy").accuracy_report is None
+
+
+def test_report_contents() -> None:
+    formula, dom, _ = FIXED_BY_SEARCH["tan_minus_sin"]
+    x = exprc.vector("x")
+    f = exprc.function([x], formula(exprc, x), backend="numpy", accuracy=FEW, domain={x: dom})
+    r = f.accuracy_report
+    assert r.points == FEW.points and r.validation == FEW.validation
+    assert r.before_mean > r.after_mean + 10 and r.after_max < r.before_max
+    first = r.changes[0]
+    assert first.original == "tan(x) - sin(x)"
+    assert first.winner != first.original
+    assert first.source.startswith(("sympy.", "series", "regime"))
+    assert first.after_mean < first.before_mean and first.after_max <= first.before_max
+    for a, b in zip(r.changes, r.changes[1:]):  # each change starts where the previous one ended
+        assert (b.before_mean, b.before_max) == (a.after_mean, a.after_max)
+    assert r.changes[-1].after_mean == r.after_mean
+    text = str(r)
+    assert "accuracy search" in text and "was: tan(x) - sin(x)" in text and first.source in text
+    assert r.searched and r.searched[0][1] > 1.0  # the localized subexpression lost more than a bit
+    # The report's "after" numbers are the compiled graph's: check them on the report's own terms.
+    assert json.loads(json.dumps(r.to_dict()))["changes"][0]["winner"] == first.winner
+
+
+def test_reductions_are_not_searched() -> None:
+    x = exprc.vector("x")
+    expr = exprc.log(exprc.sum(exprc.exp(x)))
+    default = exprc.function([x], expr, backend="numpy")
+    f = exprc.function([x], expr, backend="numpy", accuracy=FEW, config=exprc.Config(cache=False))
+    assert f.graph.outputs == default.graph.outputs
+    assert "reduce" in f.accuracy_report.skipped[0]
+
+
+def test_default_domain_is_documented_range() -> None:
+    # No domain: the input is sampled over DEFAULT_RANGE, all magnitudes 1e-300 .. 1e300, both signs.
+    rng = np.random.default_rng(0)
+    pts = search.sample_domain(*search.DEFAULT_RANGE["float64"], 400, rng)
+    assert pts.min() < -1e200 and pts.max() > 1e200 and np.abs(pts).min() < 1e-200
+    assert np.any(pts < 0) and np.any(pts > 0)
+    narrow = search.sample_domain(2.0, 3.0, 100, rng)  # a narrow range: uniform, inside the bounds
+    assert narrow.min() >= 2.0 and narrow.max() <= 3.0
+
+
+def test_exact_values_match_mpmath_reference() -> None:
+    x = exprc.vector("x")
+    expr = (1 - exprc.cos(x)) / (x * x)
+    pts = np.array([[1e-9, -3e-5, 0.5, 2.0, 1e-200]])
+    exact = search.exact_values(toposort([expr]), [x], pts)
+    ref = reference(lambda m, x: (1 - m.cos(x)) / (x * x), [pts[0]])
+    assert bits_lost(exact[expr], ref).max() == 0.0
+
+
+def test_search_float32() -> None:
+    formula, dom, spec = FIXED_BY_SEARCH["tan_minus_sin"]
+    x = exprc.vector("x", dtype="float32")
+    default = exprc.function([x], formula(exprc, x), backend="numpy")
+    f = exprc.function([x], formula(exprc, x), backend="numpy", accuracy=FEW, domain={x: dom})
+    pts = _points(spec).astype(np.float32)
+    ref = reference(formula, [pts.astype(np.float64)]).astype(np.float32)
+    with np.errstate(all="ignore"):
+        before = bits_lost(default(pts), ref)
+        after = bits_lost(f(pts), ref)
+    assert f(pts).dtype == np.float32
+    assert before.max() > 10 and after.max() <= 4.0
+
+
+# -- errors -----------------------------------------------------------------------------------------------------
+def test_errors() -> None:
+    x, y = exprc.vector("x"), exprc.vector("y")
+    n = exprc.vector("n", dtype="int64")
+    with pytest.raises(DomainError, match="unknown mode"):
+        exprc.function([x], x + 1, accuracy="fast")
+    with pytest.raises(DomainError, match="not one of the function's inputs"):
+        exprc.function([x], x + 1, accuracy="search", domain={y: (0.0, 1.0)})
+    with pytest.raises(DomainError, match="lo < hi"):
+        exprc.function([x], x + 1, accuracy="search", domain={x: (1.0, 1.0)})
+    with pytest.raises(DomainError, match="finite"):
+        exprc.function([x], x + 1, accuracy="search", domain={x: (0.0, math.inf)})
+    with pytest.raises(DomainError, match="only used by accuracy"):
+        exprc.function([x], x + 1, domain={x: (0.0, 1.0)})
+    with pytest.raises(DTypeError, match="float"):
+        exprc.function([n], n + 1, accuracy="search", domain={n: (0.0, 9.0)})
+    with pytest.raises(DTypeError, match="float"):
+        exprc.function([x, n], x + n, accuracy="search")
+    with pytest.raises(ValueError):  # DomainError is a ValueError too
+        exprc.function([x], x + 1, accuracy="search", domain={x: (2.0, 1.0)})
+
+
+# -- determinism and the disk cache, across processes --------------------------------------------------------
+_SCRIPT = textwrap.dedent("""
+    import json, sys
+    import exprc
+    from exprc import search
+    x = exprc.vector("x")
+    f = exprc.function([x], exprc.tan(x) - exprc.sin(x), backend="numpy",
+                       accuracy=search.Settings(points=48, validation=48), domain={x: (-1.0, 1.0)})
+    print(json.dumps({"graph": exprc.pprint(f.graph.outputs[0]), "stats": search.STATS,
+                      "cached": f.accuracy_report.cached, "changes": len(f.accuracy_report.changes)}))
+""")
+
+
+def _run(cache_dir: Path, hashseed: str) -> dict:
+    env = dict(os.environ, PYTHONPATH=str(ROOT), EXPRC_CACHE_DIR=str(cache_dir), PYTHONHASHSEED=hashseed)
+    out = subprocess.run([sys.executable, "-c", _SCRIPT], env=env, capture_output=True, text=True, timeout=300,
+                         check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_deterministic_across_processes_and_cached_on_disk(tmp_path: Path) -> None:
+    first = _run(tmp_path / "a", "1")
+    again = _run(tmp_path / "a", "3")  # the same cache, another hash seed: loaded, not searched
+    assert first["stats"]["searches"] == 1
+    assert first["changes"] >= 1
+    assert again["stats"] == {"searches": 0, "cache_hits": 1} and again["cached"]
+    assert again["graph"] == first["graph"]
+    entries = [p for p in (tmp_path / "a").glob("*/search-*") if p.is_dir()]
+    assert len(entries) == 1 and {p.name for p in entries[0].iterdir()} >= {"meta.json", "search.json",
+                                                                             "search.in.json"}
+    # Searched again in this process (cache off; pytest's own hash seed differs from "1"): the same graph.
+    x = exprc.vector("x")
+    before = search.STATS["searches"]
+    f = exprc.function([x], exprc.tan(x) - exprc.sin(x), backend="numpy", accuracy=FEW, domain={x: (-1.0, 1.0)},
+                       config=exprc.Config(cache=False))
+    assert search.STATS["searches"] == before + 1
+    assert exprc.pprint(f.graph.outputs[0]) == first["graph"]
+
+
+def test_memo_key_includes_accuracy_and_domain() -> None:
+    x = exprc.vector("x")
+    expr = exprc.tan(x) - exprc.sin(x)
+    plain = exprc.function([x], expr, backend="numpy")
+    s1 = exprc.function([x], expr, backend="numpy", accuracy=FEW, domain={x: (-1.0, 1.0)})
+    s2 = exprc.function([x], expr, backend="numpy", accuracy=FEW, domain={x: (-1.0, 1.0)})
+    assert plain.accuracy_report is None and s1.accuracy_report is not None
+    assert s2.graph.outputs == s1.graph.outputs and s2.accuracy_report is s1.accuracy_report
+    assert s1.graph.outputs != plain.graph.outputs
