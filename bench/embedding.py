@@ -1,11 +1,13 @@
 """Measurements behind the embedding features (issue 8): update strategies, per-step call overhead
 of a training step, and the GIL.  Run:  python bench/embedding.py [--skip updates,step,gil]
 
-* updates: ``s <- 0.9 s + x`` as an update (fresh arrays vs the spare-buffer swap, forced both
-  ways) next to the same expression as a plain function (fresh output / ``out=``).
+* updates: ``s <- 0.9 s + x`` as an update (through the C dispatcher, which writes into the
+  spare buffer, and through the Python path, which takes a fresh array below SWAP_BYTES) next to
+  the same expression as a plain function (fresh output / ``out=``).
 * step: the digits MLP training step of examples/train_digits.py (64 rows): total time per call,
-  time inside native kernels, time inside NumPy steps (matmuls …), and the rest (call overhead:
-  argument checks, plan lookup, pointer filling, the Python loop over segments, installing updates).
+  the time of its native kernels alone (the generated library called in a loop with one filled
+  pointer table), and the difference: the call overhead (argument checks, plan lookup, output
+  allocation, NumPy steps if any, installing the updates).
 * gil: a Python loop's rate in the main thread while another thread runs a long native kernel,
   next to a sleeping thread (no GIL use) and a thread in one long ``sum(range(n))`` (holds the GIL).
 """
@@ -13,7 +15,6 @@ of a training step, and the GIL.  Run:  python bench/embedding.py [--skip update
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import sys
 import threading
@@ -25,12 +26,8 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "examples"))
 
-import importlib
 
 import exprc
-from exprc.ops import OPS
-
-shared_mod = importlib.import_module("exprc.shared")  # the module (exprc.shared is the function)
 
 
 def best(fn, n: int, rounds: int = 5) -> float:
@@ -54,21 +51,16 @@ def updates() -> None:
         s = exprc.shared(np.zeros(size), "s")
         x = exprc.vector("x")
         f = exprc.function([x], [], updates=[(s, s * 0.9 + x)], config=cfg)
-        saved = shared_mod.SWAP_BYTES
-        try:
-            shared_mod.SWAP_BYTES = 1 << 62
-            fresh = best(lambda f=f, xv=xv: f(xv), n)
-            shared_mod.SWAP_BYTES = 0
-            swap = best(lambda f=f, xv=xv: f(xv), n)
-        finally:
-            shared_mod.SWAP_BYTES = saved
+        dispatcher = best(lambda f=f, xv=xv: f(xv), n)  # C dispatcher: written into the spare buffer
+        python = best(lambda f=f, xv=xv: f._call((xv,), None, {}), n)  # fresh array below SWAP_BYTES
         sv = exprc.vector("sv")
         g = exprc.function([x, sv], sv * 0.9 + x, config=cfg)
         a, o = np.zeros(size), np.empty(size)
         plain = best(lambda g=g, xv=xv, a=a: g(xv, a), n)
         plain_out = best(lambda g=g, xv=xv, a=a, o=o: g(xv, a, out=o), n)
-        print(f"  {size:>9} ({size * 8 / 2**20:6.2f} MiB): update, fresh array {fresh * 1e6:10.1f} | update, spare swap "
-              f"{swap * 1e6:10.1f} | plain function {plain * 1e6:10.1f} | plain function out= {plain_out * 1e6:10.1f}")
+        print(f"  {size:>9} ({size * 8 / 2**20:6.2f} MiB): update (C dispatcher) {dispatcher * 1e6:10.1f} | update "
+              f"(Python path) {python * 1e6:10.1f} | plain function {plain * 1e6:10.1f} | plain function out= "
+              f"{plain_out * 1e6:10.1f}")
 
 
 def step() -> None:
@@ -79,52 +71,29 @@ def step() -> None:
     train, _ = nn.compile_classifier(net, nn.Adam(lr=1e-3), n_features=64, n_classes=10, config=cfg)
     xb = np.random.default_rng(0).standard_normal((64, 64)).astype(np.float32)
     yb = nn.one_hot(np.arange(64) % 10, 10)
-    total = best(lambda: train(xb, yb), 300)
+    # The kernels alone: one plan for these shapes, its pointer table filled once, and the
+    # generated library's entry point called in a loop (what every call runs natively).
     kern = train._kernel
-    clock = {"native": 0.0, "numpy": 0.0, "calls": 0}
-    run = kern._run
-
-    def timed_run(*a):
-        t = time.perf_counter()
-        r = run(*a)
-        clock["native"] += time.perf_counter() - t
-        clock["calls"] += 1
-        return r
-
-    saved = {}
-    for name in {s.node.op for s in kern.program.steps if not hasattr(s, "outputs")}:
-        row = OPS[name]
-        saved[name] = row
-
-        def impl(*a, _f=row.impl, **k):
-            t = time.perf_counter()
-            r = _f(*a, **k)
-            clock["numpy"] += time.perf_counter() - t
-            clock["calls"] += 1
-            return r
-
-        OPS[name] = dataclasses.replace(row, impl=impl)
-    kern._run = timed_run
-    try:
-        n = 300
-        for _ in range(20):
-            train(xb, yb)
-        clock.update(native=0.0, numpy=0.0, calls=0)
-        t = time.perf_counter()
-        for _ in range(n):
-            train(xb, yb)
-        instrumented = (time.perf_counter() - t) / n
-    finally:
-        kern._run = run
-        OPS.update(saved)
-    probe = best(lambda: time.perf_counter() - time.perf_counter(), 10_000) * clock["calls"] / n
-    native, numpy_ = clock["native"] / n, clock["numpy"] / n
-    overhead = instrumented - native - numpy_ - probe
-    segments = len(kern.segments)
-    print(f"training step, digits MLP 64-128-10, 64 rows, Adam ({len(train.updates)} updates, {len(train.kernels)} fused "
-          f"kernels, {segments} segments):")
-    print(f"  per call {total * 1e6:.1f} us; instrumented: native kernels {native * 1e6:.1f} us, NumPy steps "
-          f"{numpy_ * 1e6:.1f} us, the rest (call overhead) {overhead * 1e6:.1f} us")
+    arrays = [xb, yb] + [v.get_value(borrow=True) for v in train.shared]
+    plan = kern._make_plan(arrays, None)
+    outs = kern._execute(plan, arrays, None)  # fills the pointers (inputs, fresh outputs, views)
+    run, ptrs, P, nk = kern._run, plan.ptrs, plan.P_ptr, kern._nkernels
+    # Interleaved rounds (this VM is shared and noisy): the best of each, and the median of the
+    # per-round differences.
+    totals, natives = [], []
+    for _ in range(30):
+        totals.append(best(lambda: train(xb, yb), 50, rounds=1))
+        natives.append(best(lambda: run(ptrs, P, 0, nk, 1), 50, rounds=1))
+    del outs  # the pointer table wrote into them until here
+    total, native = min(totals), min(natives)
+    diff = float(np.median(np.subtract(totals, natives)))
+    steps = [s.node.op for s in plan.segments if not isinstance(s, tuple)]
+    print(f"training step, digits MLP 64-128-10, 64 rows, Adam ({len(train.updates)} updates, {len(train.kernels)} "
+          f"fused kernels, {len(plan.segments)} native segment(s), NumPy steps per call: {steps or 'none'}; "
+          f"C dispatcher: {'yes' if train._fast is not None else 'no'}):")
+    print(f"  per call {total * 1e6:.1f} us; native kernels alone {native * 1e6:.1f} us; overhead beyond the "
+          f"kernels {(total - native) * 1e6:.1f} us (best vs best), {diff * 1e6:.1f} us (median of 30 interleaved "
+          f"rounds); target <= 20")
 
 
 def gil() -> None:

@@ -91,6 +91,7 @@ class CUDAKernel(CKernel):
     """A compiled CUDA-backend function: ``__call__(*arrays, out=None, to_numpy=None) -> list``."""
 
     backend = "cuda"
+    _alias_steps = False  # device scratch is allocated per step; no host-side aliases
 
     def __init__(self, fg: FunctionGraph, cfg: Config, fuse: bool = True, driver: Any = None):
         from exprc.compile import nvrtc

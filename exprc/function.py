@@ -171,8 +171,13 @@ class Function:
         the results in place (C backend), saving the allocation of fresh outputs.
         ``to_numpy=True``: the CUDA backend returns NumPy arrays instead of device arrays."""
         fast = self._fast
-        if fast is not None and out is None and not kwargs and to_numpy is None:
-            result = fast(*args)
+        if fast is not None and not kwargs and to_numpy is None:
+            if out is None:
+                result = fast(*args)
+            elif self._single:
+                result = fast.into(args, [out])
+            else:
+                result = fast.into(args, out) if isinstance(out, list) else None
             if result is not None:
                 return result
         if kwargs:

@@ -48,6 +48,11 @@ _LOAD_LOCK = threading.Lock()
 _SERIAL = [False]
 #: Plans (each with its scratch buffers) kept per function before old ones are dropped.
 _MAX_SIGNATURES = 32
+#: NumPy steps that may turn out to be views of their first operand (decided per plan, by
+#: whether NumPy returns a view for that signature): ``sum_to`` where nothing was broadcast,
+#: transposes and reshapes of computed buffers.  They then cost nothing per call and do not
+#: split the native call.
+_ALIAS_OPS = VIEW_OPS | {"sum_to", "reshape_like", "split_part"}
 
 
 def _after_fork_in_child() -> None:
@@ -107,6 +112,14 @@ class Plan:
         self.input_views: list[tuple[int, int, int]] = []  # (slot, base slot, byte offset)
         self.copied_views: list[tuple[int, Node]] = []  # views NumPy must copy on every call
         self.scratch: dict[Node, np.ndarray] = {}
+        #: NumPy steps that are views of another buffer for this signature, in program order:
+        #: (node, the node it views); they run no code per call.
+        self.aliases: list[tuple[Node, Node]] = []
+        #: (buffer, output, buffer shape): a kernel writes the buffer straight into the output
+        #: that is its identity (or a reshape of it).
+        self.redirects: list[tuple[Node, Node, tuple]] = []
+        #: What a call runs: (first, last) ranges of native kernels and the NumPy steps between.
+        self.segments: list[tuple[int, int] | Step] = []
         self.simple = False  # set when the fast call path applies
 
 
@@ -114,6 +127,9 @@ class CKernel:
     """A compiled C-backend function (``__call__(*arrays, out=None) -> list``)."""
 
     backend = "c"
+    #: Whether plans may turn NumPy view steps into aliases (the CUDA planner reuses
+    #: :meth:`_make_plan` with its own segments and keeps every step).
+    _alias_steps = True
     #: Steps run once per plan (set in __init__; subclasses with their own __init__ run none).
     _plan_time: list[Step] = []  # noqa: RUF012 - replaced per instance, never mutated
 
@@ -237,6 +253,8 @@ class CKernel:
             if n not in outputs:
                 plan.scratch[n] = np.empty(shapes[n], n.dtype)
                 env[n] = plan.scratch[n]
+        if self._alias_steps:
+            self._find_aliases(plan, env, outputs)
         for n, arr in plan.scratch.items():
             if n in self._slot:
                 plan.ptrs[self._slot[n]] = _pointer(arr)
@@ -303,11 +321,90 @@ class CKernel:
                         fast = False
                 P[pi:pi + kl.ndim] = [st[d] for d in kl.perm]
             P[kl.p_flag] = 1 if fast else 0
-        plan.simple = (len(self.segments) <= 1 and all(isinstance(g, tuple) for g in self.segments)
-                       and not plan.input_views and not plan.copied_views
+        plan.segments = self._segments(plan) if self._alias_steps else self.segments
+        plan.simple = (len(plan.segments) <= 1 and all(isinstance(g, tuple) for g in plan.segments)
+                       and not plan.copied_views
                        and len(plan.out_specs) == len(self._outputs)
                        and all(a.size for a in arrays) and all(math.prod(shapes[o]) for o in self._outputs))
         return plan
+
+    def _find_aliases(self, plan: Plan, env: dict[Node, np.ndarray], outputs: set[Node]) -> None:
+        """Turn the NumPy steps that are views of another buffer, for this signature, into
+        aliases: no buffer of their own, no work per call, their slot points into the other one.
+
+        * An output that is the identity of a scratch buffer (``sum_to`` where nothing was
+          broadcast, a reshape): the kernel writing that buffer writes into the output array.
+        * Any other view of a scratch buffer: a fixed pointer into it.
+        * A view of an argument or an output (a new array each call): a fixed byte offset
+          from its pointer (the plan's shapes and strides fix it), in ``input_views``.
+        """
+        plan_time = {s.node for s in self._plan_time}
+        steps = [s.node for s in self.program.steps
+                 if isinstance(s, Step) and s.node.op in _ALIAS_OPS and s.node not in plan_time]
+        if not steps:
+            return
+        slot = self._slot
+        dynamic = {n for n in self._inputs if n in slot} | {self.layout.slots[s] for _, s, _, _ in plan.out_specs}
+
+        def view_of(node: Node) -> np.ndarray | None:
+            src = env[node.inputs[0]]
+            view = OPS[node.op].impl(src, *[env[i] for i in node.inputs[1:]], **dict(node.attrs))
+            ok = (isinstance(view, np.ndarray) and view.dtype == np.dtype(node.dtype)
+                  and view.shape == env[node].shape and view.size > 0 and np.shares_memory(view, src))
+            return view if ok else None
+
+        def address(a: np.ndarray) -> int:
+            return a.__array_interface__["data"][0]
+
+        for node in steps:  # outputs first: they decide which scratch buffers become dynamic
+            base = node.inputs[0]
+            if node not in dynamic or base not in plan.scratch or base in outputs or base not in slot:
+                continue
+            view, out, buf = view_of(node), env[node], env[base]
+            # The output must hold the buffer's elements at the same places: then the buffer can
+            # be the output's memory, reshaped (e.g. a dropped axis of length 1).
+            if (view is None or view.strides != out.strides or address(view) != address(buf)
+                    or buf.size != out.size or not (buf.flags.c_contiguous and out.flags.c_contiguous)):
+                continue
+            del plan.scratch[base]
+            env[base] = out.reshape(buf.shape)
+            dynamic.add(base)
+            plan.input_views.append((slot[base], slot[node], 0))
+            plan.redirects.append((base, node, buf.shape))
+            plan.aliases.append((node, base))
+        for node in steps:
+            base = node.inputs[0]
+            if node in outputs or node in dynamic or not (base in plan.scratch or base in dynamic):
+                continue
+            view = view_of(node)
+            if view is None:
+                continue
+            plan.scratch.pop(node, None)
+            env[node] = view
+            plan.aliases.append((node, base))
+            if base in dynamic:
+                dynamic.add(node)
+                if node in slot:
+                    plan.input_views.append((slot[node], slot[base], address(view) - address(env[base])))
+            elif node in slot:
+                plan.ptrs[slot[node]] = _pointer(view)
+                plan.keep.append(view)
+
+    def _segments(self, plan: Plan) -> list[tuple[int, int] | Step]:
+        """Native kernel ranges and the NumPy steps between them, without this plan's aliases."""
+        skip = {s.node for s in self._plan_time} | {n for n, _ in plan.aliases}  # (kernel outputs too: harmless)
+        segments: list[tuple[int, int] | Step] = []
+        k = 0
+        for s in self.program.steps:
+            if isinstance(s, Kernel):
+                if segments and isinstance(segments[-1], tuple):
+                    segments[-1] = (segments[-1][0], k + 1)
+                else:
+                    segments.append((k, k + 1))
+                k += 1
+            elif s.node not in skip:
+                segments.append(s)
+        return segments
 
     def _step_input(self, node: Node, env: dict, shapes: dict) -> np.ndarray:
         try:
@@ -354,7 +451,7 @@ class CKernel:
         finally:
             # A dispatcher without a plan for these shapes takes this one over (the
             # Python path makes itself another plan when it needs one).
-            if not (plan.simple and out is None and self._dispatchers and self._offer(plan, arrays)):
+            if not (plan.simple and self._dispatchers and _contiguous_outs(out) and self._offer(plan, arrays)):
                 self._pools.setdefault(key, []).append(plan)
 
     def _take_plan(self, key: tuple) -> Any:
@@ -390,16 +487,18 @@ class CKernel:
         if not all(a.flags.c_contiguous for a in arrays):
             return False
         specs = tuple((slot, tuple(shape), np.dtype(dt).num) for _, slot, shape, dt in plan.out_specs)
+        views = tuple(tuple(int(x) for x in v) for v in plan.input_views)
         P = int(_FFI.cast("uintptr_t", plan.P_ptr))
         ptrs = int(_FFI.cast("uintptr_t", plan.ptrs))
         for _, d in self._dispatchers:
-            if shapes not in self._offered.setdefault(id(d), set()) and d.add_plan(shapes, P, ptrs, specs, plan):
+            if shapes not in self._offered.setdefault(id(d), set()) and d.add_plan(shapes, P, ptrs, specs, views,
+                                                                                   plan):
                 self._offered[id(d)].add(shapes)
                 return True
         return False
 
     def _execute_simple(self, plan: Plan, arrays: Sequence[np.ndarray]) -> list[np.ndarray]:
-        """The common case (no views, no NumPy steps, contiguous inputs): fill pointers, one call."""
+        """The common case (no NumPy steps, contiguous inputs): fill pointers, one call."""
         ptrs = plan.ptrs
         fb, char_array = _backend_fb, _CHAR_ARRAY
         for i, a in enumerate(arrays):
@@ -409,6 +508,8 @@ class CKernel:
             res = np.empty(shape, dt)
             ptrs[slot] = fb(char_array, res, False)
             outs.append(res)
+        for slot, base, off in plan.input_views:
+            ptrs[slot] = ptrs[base] + off
         self._run(ptrs, plan.P_ptr, 0, self._nkernels, 1 if _SERIAL[0] else self.nthreads)
         return outs
 
@@ -429,7 +530,7 @@ class CKernel:
             live.append(arr)
             ptrs[slot] = _pointer(arr)
         env = None
-        for seg in self.segments:
+        for seg in plan.segments:
             if isinstance(seg, tuple):
                 self._run(ptrs, plan.P_ptr, seg[0], seg[1], 1 if _SERIAL[0] else self.nthreads)
             else:
@@ -463,6 +564,12 @@ class CKernel:
         env.update(plan.scratch)
         for slot, arr in results.items():
             env[self.layout.slots[slot]] = arr
+        for node, out, shape in plan.redirects:
+            env[node] = env[out].reshape(shape)
+        for node, base in plan.aliases:
+            if node not in env:
+                env[node] = OPS[node.op].impl(env[base], *[self._value(i, env) for i in node.inputs[1:]],
+                                              **dict(node.attrs))
         return env
 
     def _fallback(self, arrays: Sequence[np.ndarray], out: Sequence[np.ndarray] | None) -> list[np.ndarray]:
@@ -482,6 +589,11 @@ class CKernel:
             np.copyto(dst, val)
             outs.append(dst)
         return outs
+
+
+def _contiguous_outs(out: Sequence[Any] | None) -> bool:
+    """Whether a plan made for these ``out=`` arrays also serves fresh C-contiguous outputs."""
+    return out is None or all(o is None or (isinstance(o, np.ndarray) and o.flags.c_contiguous) for o in out)
 
 
 def _check_out(j: int, dst: Any, shape: tuple, dtype: str) -> None:

@@ -11,10 +11,14 @@ Update semantics: a call computes every output and every update from the *old*
 values, checks them all, then installs the new values — no update sees another's
 result and a failed check writes nothing.  Installing costs no copy: the array the
 kernel just produced becomes the variable's value (``exprc.function`` never hands
-that array to anyone else).  Values of :data:`SWAP_BYTES` or more are written into
-a spare buffer instead of a fresh array — the previous value, reused only when no
-one else holds a reference to it (``sys.getrefcount``) — and the two are swapped:
-fresh blocks that big come from mmap and page-fault on first touch.  Calls that
+that array to anyone else).  Each variable keeps a spare buffer — its value before
+the current one — and the kernel writes the new value straight into it when no one
+else holds a reference to it; the two are then swapped, so a training step allocates
+nothing.  From a function's second call on the C dispatcher does this for every
+update (``Dispatcher.update`` in ``templates/dispatch.c``); the Python path (first
+call, ``out=``, arguments the dispatcher refuses) does it for values of
+:data:`SWAP_BYTES` or more, whose fresh blocks would come from mmap and page-fault on
+first touch, and takes fresh arrays for smaller ones.  Calls that
 update a variable hold its lock, so two threads updating the same variable are
 serialized; reading never locks.
 
@@ -256,11 +260,22 @@ class SharedFunction(Function):
         self._targets = tuple(v for v, _ in updates)
         self._boxes = tuple(v._c for v in self._targets)
         self._nout = len(outputs)
-        self._locks = lock_order(self._targets)
+        self._locks = tuple(lock_order(self._targets))
         self._native_out = hasattr(kernel, "program")
         self._ncalls = 0
 
     def __call__(self, *args: Any, out: Any = None, **kwargs: Any) -> Any:
+        fast = self._fast
+        if fast is not None and out is None and not kwargs and self._targets:
+            # The common training-step call, all in the C dispatcher (under the locks): each new
+            # value written into its variable's spare buffer, then installed.  None: it does not
+            # take these arguments, and the Python path raises the precise errors.
+            res = fast.update(args, self._hidden, self._boxes, self._locks)
+            if res is not None:
+                return res[0] if self._single else res[:self._nout]
+        return self._call(args, out, kwargs)
+
+    def _call(self, args: tuple, out: Any, kwargs: dict) -> Any:
         if kwargs:
             args = tuple(self._bind(args, kwargs))
         elif len(args) != self._n:

@@ -2,9 +2,12 @@
  * version (and cached).  It owns the common call path of compiled functions:
  * check the argument arrays against the signature, find the plan for their
  * shapes, allocate the outputs, fill the pointer table and call the generated
- * library with the GIL released.  Anything unusual (other dtypes, views,
- * non-contiguous arrays, a shape without a plan) returns None so that the
- * Python path, which raises the precise errors, takes over. */
+ * library with the GIL released.  Anything unusual (other dtypes, array views
+ * as arguments, non-contiguous arrays, a shape without a plan) returns None so
+ * that the Python path, which raises the precise errors, takes over.  Views the
+ * graph takes of its inputs and outputs (a transpose, a slice) are slots at a
+ * fixed byte offset from their base, fixed per plan because the arguments are
+ * C-contiguous with the plan's shapes. */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #define NPY_NO_DEPRECATED_API NPY_1_7_API_VERSION
@@ -27,6 +30,8 @@ typedef struct {
     int nout;
     int *out_slot, *out_ndim, *out_type;
     npy_intp *out_shapes;  /* concatenated */
+    int nviews;
+    int64_t *views;        /* (slot, base slot, byte offset) triples, applied in order */
     PyObject *keep;        /* keeps P, the pointer table and scratch buffers alive */
 } plan_t;
 
@@ -42,7 +47,7 @@ static int serial_after_fork = 0;
 
 static void plan_clear(plan_t *p) {
     PyMem_Free(p->in_shapes); PyMem_Free(p->out_slot); PyMem_Free(p->out_ndim);
-    PyMem_Free(p->out_type); PyMem_Free(p->out_shapes);
+    PyMem_Free(p->out_type); PyMem_Free(p->out_shapes); PyMem_Free(p->views);
     Py_CLEAR(p->keep);
     memset(p, 0, sizeof(*p));
 }
@@ -71,12 +76,13 @@ static int Dispatcher_init(Dispatcher *self, PyObject *args, PyObject *kw) {
     return 0;
 }
 
-/* add_plan(in_shapes, P_addr, ptrs_addr, out_specs, keep) -> bool
- * out_specs: tuple of (slot, shape tuple, typenum). */
+/* add_plan(in_shapes, P_addr, ptrs_addr, out_specs, views, keep) -> bool
+ * out_specs: tuple of (slot, shape tuple, typenum); views: tuple of (slot, base slot, byte offset). */
 static PyObject *Dispatcher_add_plan(Dispatcher *self, PyObject *args) {
-    PyObject *shapes, *outs, *keep;
+    PyObject *shapes, *outs, *views, *keep;
     unsigned long long P, ptrs;
-    if (!PyArg_ParseTuple(args, "O!KKO!O", &PyTuple_Type, &shapes, &P, &ptrs, &PyTuple_Type, &outs, &keep))
+    if (!PyArg_ParseTuple(args, "O!KKO!O!O", &PyTuple_Type, &shapes, &P, &ptrs, &PyTuple_Type, &outs,
+                          &PyTuple_Type, &views, &keep))
         return NULL;
     plan_t *p = NULL;
     for (int i = 0; i < EXPRC_MAX_PLANS; i++) if (!self->plans[i].used) { p = &self->plans[i]; break; }
@@ -96,7 +102,9 @@ static PyObject *Dispatcher_add_plan(Dispatcher *self, PyObject *args) {
     p->out_ndim = PyMem_Calloc(nout + 1, sizeof(int));
     p->out_type = PyMem_Calloc(nout + 1, sizeof(int));
     p->out_shapes = PyMem_Calloc(ototal + 1, sizeof(npy_intp));
-    if (!p->in_shapes || !p->out_slot || !p->out_ndim || !p->out_type || !p->out_shapes) {
+    p->nviews = (int)PyTuple_GET_SIZE(views);
+    p->views = PyMem_Calloc(3 * p->nviews + 1, sizeof(int64_t));
+    if (!p->in_shapes || !p->out_slot || !p->out_ndim || !p->out_type || !p->out_shapes || !p->views) {
         plan_clear(p); return PyErr_NoMemory();
     }
     int k = 0;
@@ -119,6 +127,17 @@ static PyObject *Dispatcher_add_plan(Dispatcher *self, PyObject *args) {
         }
         for (int d = 0; d < p->out_ndim[j]; d++) p->out_shapes[k++] = PyLong_AsSsize_t(PyTuple_GET_ITEM(shp, d));
     }
+    for (int v = 0; v < p->nviews; v++) {
+        PyObject *t = PyTuple_GET_ITEM(views, v);
+        if (!PyTuple_Check(t) || PyTuple_GET_SIZE(t) != 3) {
+            plan_clear(p); PyErr_SetString(PyExc_ValueError, "view spec"); return NULL;
+        }
+        for (int c = 0; c < 3; c++) p->views[3 * v + c] = PyLong_AsLongLong(PyTuple_GET_ITEM(t, c));
+        if (p->views[3 * v] < 0 || p->views[3 * v] >= self->nslots || p->views[3 * v + 1] < 0 ||
+            p->views[3 * v + 1] >= self->nslots) {
+            plan_clear(p); PyErr_SetString(PyExc_ValueError, "view slot"); return NULL;
+        }
+    }
     if (PyErr_Occurred()) { plan_clear(p); return NULL; }
     p->P = (const int64_t *)(uintptr_t)P;
     p->ptrs = (char **)(uintptr_t)ptrs;
@@ -129,22 +148,19 @@ static PyObject *Dispatcher_add_plan(Dispatcher *self, PyObject *args) {
     Py_RETURN_TRUE;
 }
 
-static PyObject *Dispatcher_call(Dispatcher *self, PyObject *args, PyObject *kw) {
-    if (kw && PyDict_GET_SIZE(kw)) Py_RETURN_NONE;
-    Py_ssize_t n = PyTuple_GET_SIZE(args);
-    if (n != self->nin) Py_RETURN_NONE;
-    PyArrayObject *arr[EXPRC_MAX_ARGS];
+/* The plan for these arguments, with the arrays in arr; NULL when the dispatcher does not take them. */
+static plan_t *match_plan(Dispatcher *self, PyObject *args, PyArrayObject **arr) {
+    if (PyTuple_GET_SIZE(args) != self->nin) return NULL;
     for (int i = 0; i < self->nin; i++) {
         PyObject *o = PyTuple_GET_ITEM(args, i);
-        if (Py_TYPE(o) != &PyArray_Type) Py_RETURN_NONE;
+        if (Py_TYPE(o) != &PyArray_Type) return NULL;
         PyArrayObject *a = (PyArrayObject *)o;
         if (PyArray_TYPE(a) != self->in_type[i] || PyArray_NDIM(a) != self->in_ndim[i] ||
             !PyArray_IS_C_CONTIGUOUS(a) || !PyArray_ISALIGNED(a) || PyArray_ISBYTESWAPPED(a))
-            Py_RETURN_NONE;
+            return NULL;
         arr[i] = a;
     }
-    plan_t *p = NULL;
-    for (int k = 0; k < EXPRC_MAX_PLANS && !p; k++) {
+    for (int k = 0; k < EXPRC_MAX_PLANS; k++) {
         plan_t *q = &self->plans[k];
         if (!q->used || q->busy) continue;
         int off = 0, ok = 1;
@@ -153,19 +169,40 @@ static PyObject *Dispatcher_call(Dispatcher *self, PyObject *args, PyObject *kw)
             for (int d = 0; d < self->in_ndim[i]; d++) if (dims[d] != q->in_shapes[off + d]) { ok = 0; break; }
             off += self->in_ndim[i];
         }
-        if (ok) p = q;
+        if (ok) return q;
     }
-    if (!p) Py_RETURN_NONE;
+    return NULL;
+}
+
+/* Whether o is an ndarray of output j's dtype and shape (plan p); with ``buffer``, also one the
+ * kernels can write into (C-contiguous, aligned, writeable, native byte order). */
+static int fits(plan_t *p, int j, npy_intp *dims, PyObject *o, int buffer) {
+    if (Py_TYPE(o) != &PyArray_Type) return 0;
+    PyArrayObject *a = (PyArrayObject *)o;
+    if (PyArray_TYPE(a) != p->out_type[j] || PyArray_NDIM(a) != p->out_ndim[j]) return 0;
+    if (buffer && (!PyArray_IS_C_CONTIGUOUS(a) || !PyArray_ISALIGNED(a) || !PyArray_ISWRITEABLE(a) ||
+                   PyArray_ISBYTESWAPPED(a)))
+        return 0;
+    for (int d = 0; d < p->out_ndim[j]; d++) if (PyArray_DIMS(a)[d] != dims[d]) return 0;
+    return 1;
+}
+
+/* Run plan p: outs[j] already set (a new reference) where the caller gives a buffer, NULL where
+ * a fresh array is wanted.  Returns 0, or -1 with an exception set (outs released). */
+static int run_plan(Dispatcher *self, plan_t *p, PyArrayObject **arr, PyObject **outs) {
     char *ptrs[EXPRC_MAX_SLOTS];
     memcpy(ptrs, p->ptrs, sizeof(char *) * self->nslots);
     for (int i = 0; i < self->nin; i++) ptrs[i] = PyArray_BYTES(arr[i]);
-    PyObject *outs[EXPRC_MAX_SLOTS];
     int off = 0;
     for (int j = 0; j < p->nout; j++) {
-        outs[j] = PyArray_EMPTY(p->out_ndim[j], p->out_shapes + off, p->out_type[j], 0);
+        if (!outs[j]) outs[j] = PyArray_EMPTY(p->out_ndim[j], p->out_shapes + off, p->out_type[j], 0);
         off += p->out_ndim[j];
-        if (!outs[j]) { for (int t = 0; t < j; t++) Py_DECREF(outs[t]); return NULL; }
+        if (!outs[j]) { for (int t = 0; t < p->nout; t++) Py_CLEAR(outs[t]); return -1; }
         ptrs[p->out_slot[j]] = PyArray_BYTES((PyArrayObject *)outs[j]);
+    }
+    for (int v = 0; v < p->nviews; v++) {
+        const int64_t *t = p->views + 3 * v;
+        ptrs[t[0]] = ptrs[t[1]] + t[2];
     }
     /* The plan's scratch buffers are ours until the call returns. */
     p->busy = 1;
@@ -174,11 +211,149 @@ static PyObject *Dispatcher_call(Dispatcher *self, PyObject *args, PyObject *kw)
     self->run(ptrs, p->P, 0, self->nkernels, nthreads);
     Py_END_ALLOW_THREADS
     p->busy = 0;
-    if (self->single && p->nout == 1) return outs[0];
-    PyObject *list = PyList_New(p->nout);
-    if (!list) { for (int j = 0; j < p->nout; j++) Py_DECREF(outs[j]); return NULL; }
-    for (int j = 0; j < p->nout; j++) PyList_SET_ITEM(list, j, outs[j]);
+    return 0;
+}
+
+static PyObject *as_list(PyObject **outs, int n) {
+    PyObject *list = PyList_New(n);
+    if (!list) { for (int j = 0; j < n; j++) Py_DECREF(outs[j]); return NULL; }
+    for (int j = 0; j < n; j++) PyList_SET_ITEM(list, j, outs[j]);
     return list;
+}
+
+static PyObject *Dispatcher_call(Dispatcher *self, PyObject *args, PyObject *kw) {
+    if (kw && PyDict_GET_SIZE(kw)) Py_RETURN_NONE;
+    PyArrayObject *arr[EXPRC_MAX_ARGS];
+    plan_t *p = match_plan(self, args, arr);
+    if (!p) Py_RETURN_NONE;
+    PyObject *outs[EXPRC_MAX_SLOTS] = {NULL};
+    if (run_plan(self, p, arr, outs) < 0) return NULL;
+    if (self->single && p->nout == 1) return outs[0];
+    return as_list(outs, p->nout);
+}
+
+/* into(args, outs) -> list | None: a call writing output j into outs[j] (None: a fresh array).
+ * Each given array must fit (dtype, shape, C-contiguous, aligned, writeable); else None and the
+ * Python path takes the call (and raises the precise error). */
+static PyObject *Dispatcher_into(Dispatcher *self, PyObject *a) {
+    PyObject *args, *given;
+    if (!PyArg_ParseTuple(a, "O!O", &PyTuple_Type, &args, &given)) return NULL;
+    PyArrayObject *arr[EXPRC_MAX_ARGS];
+    plan_t *p = match_plan(self, args, arr);
+    if (!p || !PyList_Check(given) || PyList_GET_SIZE(given) != p->nout) Py_RETURN_NONE;
+    PyObject *outs[EXPRC_MAX_SLOTS] = {NULL};
+    int off = 0;
+    for (int j = 0; j < p->nout; j++) {
+        PyObject *o = PyList_GET_ITEM(given, j);
+        if (o != Py_None) {
+            if (!fits(p, j, p->out_shapes + off, o, 1)) {
+                for (int t = 0; t < j; t++) Py_XDECREF(outs[t]);
+                Py_RETURN_NONE;
+            }
+            Py_INCREF(o);
+            outs[j] = o;
+        }
+        off += p->out_ndim[j];
+    }
+    if (run_plan(self, p, arr, outs) < 0) return NULL;
+    if (self->single && p->nout == 1) return outs[0];
+    return as_list(outs, p->nout);
+}
+
+static PyObject *s_value, *s_spare, *s_acquire, *s_release;  /* interned attribute names */
+
+/* The update call proper (the caller holds the locks): see Dispatcher_update. */
+static PyObject *update_locked(Dispatcher *self, PyObject *args, PyObject *boxes) {
+    PyArrayObject *arr[EXPRC_MAX_ARGS];
+    plan_t *p = match_plan(self, args, arr);
+    int nb = (int)PyTuple_GET_SIZE(boxes);
+    if (!p || nb > p->nout) Py_RETURN_NONE;
+    int first = p->nout - nb;
+    PyObject *outs[EXPRC_MAX_SLOTS] = {NULL};
+    PyObject *old[EXPRC_MAX_SLOTS] = {NULL};
+    int off = 0;
+    for (int j = 0; j < p->nout; j++) {
+        npy_intp *dims = p->out_shapes + off;
+        off += p->out_ndim[j];
+        if (j < first) continue;
+        PyObject *box = PyTuple_GET_ITEM(boxes, j - first);
+        PyObject *value = PyObject_GetAttr(box, s_value);
+        PyObject *spare = value ? PyObject_GetAttr(box, s_spare) : NULL;
+        old[j] = value;
+        if (!spare || !fits(p, j, dims, value, 0)) {  /* new shape != old shape (or an odd value) */
+            Py_XDECREF(spare);
+            PyErr_Clear();
+            for (int t = 0; t < p->nout; t++) { Py_XDECREF(outs[t]); Py_XDECREF(old[t]); }
+            Py_RETURN_NONE;
+        }
+        /* 2 references: the box's slot and ours.  More: someone else holds it, so it is not ours to overwrite. */
+        if (Py_REFCNT(spare) == 2 && spare != value && fits(p, j, dims, spare, 1)) outs[j] = spare;
+        else Py_DECREF(spare);
+    }
+    if (run_plan(self, p, arr, outs) < 0) {
+        for (int t = 0; t < p->nout; t++) Py_XDECREF(old[t]);
+        return NULL;
+    }
+    int failed = 0;
+    for (int j = first; j < p->nout; j++) {
+        PyObject *box = PyTuple_GET_ITEM(boxes, j - first);
+        if (!failed && (PyObject_SetAttr(box, s_spare, old[j]) < 0 || PyObject_SetAttr(box, s_value, outs[j]) < 0))
+            failed = 1;
+        Py_DECREF(old[j]);
+    }
+    PyObject *list = as_list(outs, p->nout);
+    if (failed) { Py_XDECREF(list); return NULL; }
+    return list;
+}
+
+static void release(PyObject *locks, Py_ssize_t n) {
+    PyObject *et, *ev, *tb;  /* PyErr_Fetch: Python 3.11 has no PyErr_GetRaisedException */
+    PyErr_Fetch(&et, &ev, &tb);
+    for (Py_ssize_t i = n - 1; i >= 0; i--) {
+        PyObject *r = PyObject_CallMethodNoArgs(PyTuple_GET_ITEM(locks, i), s_release);
+        if (r) Py_DECREF(r); else PyErr_Clear();
+    }
+    PyErr_Restore(et, ev, tb);
+}
+
+/* update(args, hidden, boxes, locks) -> list | None: one call of a function with updates.
+ * ``hidden``: boxes whose ``value`` attributes follow ``args`` as arguments (shared variables
+ * the function reads); ``boxes``: the boxes (``value``/``spare``) of the variables the last
+ * len(boxes) outputs update; ``locks``: taken in order around the whole call.  Each new value
+ * is written into its box's spare buffer when nothing else references that buffer and it fits,
+ * else into a fresh array; then every box gets (value, spare) = (new value, old value).  None,
+ * with nothing run or changed, when the dispatcher does not take the arguments or a new value's
+ * shape differs from the old one (the Python path then raises the precise error). */
+static PyObject *Dispatcher_update(Dispatcher *self, PyObject *a) {
+    PyObject *args, *hidden, *boxes, *locks;
+    if (!PyArg_ParseTuple(a, "O!O!O!O!", &PyTuple_Type, &args, &PyTuple_Type, &hidden, &PyTuple_Type, &boxes,
+                          &PyTuple_Type, &locks))
+        return NULL;
+    Py_ssize_t na = PyTuple_GET_SIZE(args), nh = PyTuple_GET_SIZE(hidden), nl = PyTuple_GET_SIZE(locks);
+    if (na + nh != self->nin) Py_RETURN_NONE;
+    for (Py_ssize_t i = 0; i < nl; i++) {
+        PyObject *r = PyObject_CallMethodNoArgs(PyTuple_GET_ITEM(locks, i), s_acquire);
+        if (!r) { release(locks, i); return NULL; }
+        Py_DECREF(r);
+    }
+    PyObject *full = PyTuple_New(self->nin);  /* read the values under the locks */
+    PyObject *res = NULL;
+    if (full) {
+        for (Py_ssize_t i = 0; i < na; i++) {
+            Py_INCREF(PyTuple_GET_ITEM(args, i));
+            PyTuple_SET_ITEM(full, i, PyTuple_GET_ITEM(args, i));
+        }
+        int ok = 1;
+        for (Py_ssize_t i = 0; i < nh && ok; i++) {
+            PyObject *v = PyObject_GetAttr(PyTuple_GET_ITEM(hidden, i), s_value);
+            if (!v) { ok = 0; break; }
+            PyTuple_SET_ITEM(full, na + i, v);
+        }
+        if (ok) res = update_locked(self, full, boxes);
+        Py_DECREF(full);
+    }
+    release(locks, nl);
+    return res;
 }
 
 static PyObject *Dispatcher_clear(Dispatcher *self, PyObject *unused) {
@@ -188,6 +363,8 @@ static PyObject *Dispatcher_clear(Dispatcher *self, PyObject *unused) {
 
 static PyMethodDef Dispatcher_methods[] = {
     {"add_plan", (PyCFunction)Dispatcher_add_plan, METH_VARARGS, "Register a plan for one input signature."},
+    {"into", (PyCFunction)Dispatcher_into, METH_VARARGS, "Call, writing outputs into given arrays."},
+    {"update", (PyCFunction)Dispatcher_update, METH_VARARGS, "Call, then install the new values of shared variables."},
     {"clear", (PyCFunction)Dispatcher_clear, METH_NOARGS, "Forget every plan."},
     {NULL, NULL, 0, NULL}
 };
@@ -216,6 +393,11 @@ static struct PyModuleDef moduledef = {PyModuleDef_HEAD_INIT, "exprc_dispatch", 
 
 PyMODINIT_FUNC PyInit_exprc_dispatch(void) {
     import_array();
+    s_value = PyUnicode_InternFromString("value");
+    s_spare = PyUnicode_InternFromString("spare");
+    s_acquire = PyUnicode_InternFromString("acquire");
+    s_release = PyUnicode_InternFromString("release");
+    if (!s_value || !s_spare || !s_acquire || !s_release) return NULL;
     if (PyType_Ready(&DispatcherType) < 0) return NULL;
     PyObject *m = PyModule_Create(&moduledef);
     if (!m) return NULL;

@@ -97,3 +97,33 @@ def test_forked_children_do_not_hang_after_parallel_regions():
     p.join(60)
     assert p.exitcode == 0, "forked child hung or crashed"
     assert q.get(timeout=5) == pytest.approx(200_000 * np.e)
+
+
+def test_out_arguments_are_served_in_c_and_checked():
+    a, b = exprc.vector("a"), exprc.vector("b")
+    f = exprc.function([a, b], a * b + 1.0)
+    g = exprc.function([a, b], [a * b, exprc.sum(a)])
+    x = np.linspace(0.0, 1.0, 7)
+    o, o2 = np.empty(7), np.empty(())
+    for _ in range(2):
+        assert f(x, x, out=o) is o
+        assert g(x, x, out=[o, o2])[0] is o
+    assert f._fast is not None, dispatch.UNAVAILABLE
+    o[:] = 0.0
+    assert f._fast.into((x, x), [o]) is o  # served in C, written in place
+    np.testing.assert_array_equal(o, x * x + 1.0)
+    res = g._fast.into((x, x), [None, o2])
+    assert res[1] is o2 and float(o2) == pytest.approx(x.sum())
+    np.testing.assert_array_equal(res[0], x * x)
+    strided = np.empty(14)[::2]
+    assert f._fast.into((x, x), [strided]) is None  # not C-contiguous: the Python path writes it
+    np.testing.assert_array_equal(f(x, x, out=strided), x * x + 1.0)
+    for bad, what in [(np.empty(6), r"shape \(7,\)"), (np.empty(7, np.float32), "float64"),
+                      (np.empty(7)[None], "shape")]:
+        assert f._fast.into((x, x), [bad]) is None
+        with pytest.raises(InputTypeError, match=what):
+            f(x, x, out=bad)
+    ro = np.empty(7)
+    ro.flags.writeable = False
+    with pytest.raises(InputTypeError, match="read-only"):
+        f(x, x, out=ro)

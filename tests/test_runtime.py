@@ -246,3 +246,68 @@ def test_shape_only_steps_run_once_per_plan():
     for shape in [(4, 3), (7, 3), (4, 3)]:
         a = np.random.default_rng(9).normal(size=shape)
         np.testing.assert_allclose(f(a), a.sum(axis=0) / shape[0])
+
+
+def _plans(f):
+    return [p for pool in f._kernel._pools.values() for p in pool]
+
+
+def test_views_and_identity_sums_of_computed_buffers_cost_no_step():
+    # A gradient sums to an operand's shape (sum_to) where the sizes were not provably equal, and
+    # transposes computed buffers: when NumPy would return a view for the call's shapes, the plan
+    # makes them pointers (and an identity output is written by its kernel directly), so the
+    # whole function is one native call; when the sum really reduces, the step stays.
+    a, b, v, w = exprc.matrix("a"), exprc.matrix("b"), exprc.matrix("v"), exprc.matrix("w")
+    h = exprc.maximum(a @ w, 0.0)
+    ga, gb = exprc.grad(exprc.sum(exprc.exp(h) * b), [a, b])
+    outs = [ga, gb, exprc.transpose(h) @ v, exprc.transpose(b) * 2.0]
+    rng = np.random.default_rng(3)
+    A, W, V = rng.normal(size=(5, 3)), rng.normal(size=(3, 4)), rng.normal(size=(5, 2))
+    f = exprc.function([a, b, v, w], outs)
+    ops = sorted(s.node.op for s in f._kernel.program.steps if not hasattr(s, "outputs"))
+    assert ops == ["dimshuffle", "sum_to", "sum_to"]  # what the plans have to remove
+    for B, steps in [(rng.normal(size=(5, 4)), []), (rng.normal(size=(1, 4)), ["sum_to"])]:
+        f._kernel._pools.clear()
+        want = exprc.function([a, b, v, w], outs, backend="numpy")(A, B, V, W)
+        for _ in range(3):  # the Python path, then the C dispatcher
+            got = f(A, B, V, W)
+            for g, x in zip(got, want):
+                assert_close(g, x, ulps=16)
+        plan = _plans(f)[-1] if _plans(f) else f._kernel._make_plan([A, B, V, W], None)
+        assert [s.node.op for s in plan.segments if not isinstance(s, tuple)] == steps
+        assert len(got) == 4 and len({id(g) for g in got}) == 4  # no two outputs share an array
+        assert not any(np.shares_memory(g, x) for g in got for x in (A, B, V, W))
+
+
+def test_transposed_arguments_keep_the_c_dispatcher():
+    x, y = exprc.matrix("x"), exprc.matrix("y")
+    f = exprc.function([x, y], [exprc.transpose(x) @ y, exprc.transpose(x) + 1.0])
+    rng = np.random.default_rng(4)
+    X, Y = rng.normal(size=(6, 3)), rng.normal(size=(6, 2))
+    f(X, Y)
+    f(X, Y)
+    if f._fast is None:
+        pytest.skip("no C dispatcher on this machine")
+    got = f._fast(X, Y)
+    assert got is not None  # the views are offsets the dispatcher applies
+    assert_close(got[0], X.T @ Y, ulps=64)
+    np.testing.assert_array_equal(got[1], X.T + 1.0)
+    X2 = rng.normal(size=(6, 3))
+    np.testing.assert_array_equal(f._fast(X2, Y)[1], X2.T + 1.0)
+
+
+def test_outputs_that_are_views_of_computed_buffers():
+    # An output that views a computed buffer (a dropped axis, a reshape, a transpose) must come
+    # out right whether the plan lets the kernel write the buffer straight into it or copies it.
+    x, y = exprc.matrix("x"), exprc.matrix("y")
+    e = exprc.exp(x) * y
+    s = exprc.sum(e, axis=1, keepdims=True)
+    outs = [exprc.squeeze(s, 1), exprc.transpose(e + 1.0), exprc.reshape(e * 2.0, (-1,)),
+            exprc.grad(exprc.sum(e), y), s]
+    rng = np.random.default_rng(5)
+    for shape_y in [(4, 3), (1, 3), (4, 1)]:
+        X, Y = rng.normal(size=(4, 3)), rng.normal(size=shape_y)
+        f = both([x, y], outs, X, Y)
+        got = f(X, Y)
+        assert len({id(g) for g in got}) == len(got)
+        assert not any(np.shares_memory(p, q) for i, p in enumerate(got) for q in got[i + 1:])

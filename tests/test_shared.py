@@ -207,3 +207,50 @@ def test_distinct_updates_are_distinct_functions():
     read = exprc.function([], s)
     inc(), inc(), dec()
     assert read()[0] == 1.0
+
+
+def test_updates_write_into_the_spare_buffer_and_allocate_nothing():
+    # From the second call on the C dispatcher writes each new value into the variable's spare
+    # buffer (its value before the current one) and swaps: two buffers alternate.
+    s = exprc.shared(np.zeros(5), "s")
+    m = exprc.shared(np.zeros((2, 3), dtype=np.float32), "m")
+    x = exprc.vector("x")
+    f = exprc.function([x], exprc.sum(s), updates=[(s, s + x), (m, m * 0.5 + 1.0)], backend="c")
+    seen_s, seen_m = set(), set()
+    for i in range(1, 9):
+        total = f(np.ones(5))
+        assert float(total) == 5.0 * (i - 1)  # outputs from the old values
+        np.testing.assert_array_equal(s.get_value(), np.full(5, float(i)))
+        seen_s.add(s.get_value(borrow=True).__array_interface__["data"][0])
+        seen_m.add(m.get_value(borrow=True).__array_interface__["data"][0])
+    if f._fast is None:
+        pytest.skip("no C dispatcher on this machine")
+    want = np.zeros((2, 3), np.float32)
+    for _ in range(8):
+        want = want * np.float32(0.5) + np.float32(1.0)
+    np.testing.assert_array_equal(m.get_value(), want)
+    assert len(seen_s) <= 3 and len(seen_m) <= 3  # first fresh arrays, then two buffers alternate
+
+
+def test_the_c_update_path_keeps_every_guarantee():
+    s = exprc.shared(np.zeros(4), "s")
+    x = exprc.vector("x")
+    f = exprc.function([x], [], updates=[(s, s + x)], backend="c")
+    for _ in range(3):
+        f(np.ones(4))
+    held = s.get_value(borrow=True)  # held values are never written into
+    for _ in range(4):
+        f(np.ones(4))
+    np.testing.assert_array_equal(held, np.full(4, 3.0))
+    np.testing.assert_array_equal(s.get_value(), np.full(4, 7.0))
+    g = exprc.function([x], [], updates=[(s, x * 2.0)], backend="c")
+    g(np.ones(4))
+    g(np.ones(4))
+    for _ in range(3):  # an update of another shape installs nothing, on either call path
+        with pytest.raises(ShapeError, match="'s'"):
+            g(np.ones(5))
+        np.testing.assert_array_equal(s.get_value(), np.full(4, 2.0))
+    s.set_value(np.zeros(6))  # a new size: new plans, same semantics
+    for _ in range(3):
+        f(np.ones(6))
+    np.testing.assert_array_equal(s.get_value(), np.full(6, 3.0))
