@@ -2,7 +2,10 @@
 per Python and NumPy version and kept in the cache's ``dispatch/`` folder.
 
 It runs the common call path of compiled functions in C (check the arrays, pick
-the plan, allocate outputs, call the library without the GIL).  Building it
+the plan, allocate outputs or take ``out=`` arrays, call the library without the
+GIL), and for functions with updates the whole step: take the variables' locks,
+read their values, write each new value into the variable's spare buffer, swap
+(``Dispatcher.update``).  Building it
 needs ``Python.h`` and NumPy's headers; where that fails exprc keeps the pure
 Python call path, which is slower per call but equivalent.
 """
