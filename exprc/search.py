@@ -30,7 +30,8 @@ the whole output gets measurably closer to the exact result.  Read :func:`search
 
 The result (the chosen graph as :mod:`exprc.serialize` JSON, and the :class:`AccuracyReport`) is
 cached on disk through :func:`exprc.cache.load`, keyed by the serialized input graph, the domain, the
-:class:`Settings`, the excluded rules and the exprc version: another process gets it without
+:class:`Settings`, the excluded rules, the names of the registered rules, :data:`ALGORITHM` and the exprc
+version: another process gets it without
 searching.  Everything iterates in sorted or graph order with a fixed seed, so the same graph and
 domain give the same result in every process; the one exception is the SymPy time box
 (:attr:`Settings.sympy_seconds`), which a much slower machine could hit where a faster one does not.
@@ -44,6 +45,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import json
 import math
 import signal
@@ -147,9 +149,6 @@ class AccuracyReport:
         d["searched"] = [tuple(s) for s in d.get("searched", [])]
         return cls(**d, cached=cached)
 
-    def __bool__(self) -> bool:
-        return bool(self.changes)
-
     def format(self) -> str:
         """A readable summary, one block per change."""
         lines = [(f"accuracy search: {self.before_mean:.2f} -> {self.after_mean:.2f} mean bits, "
@@ -227,8 +226,11 @@ def search(inputs: Sequence[Node], outputs: Sequence[Node], default: FunctionGra
     if len(default.inputs) != len(inputs):
         raise DomainError("accuracy=\"search\" does not support shared variables; pass them as inputs")
     source = dumps(FunctionGraph(tuple(inputs), tuple(outputs)))
+    from exprc.rewrite.core import REGISTRY  # the rule set decides the default and every candidate's form
+
+    rules = hashlib.sha256(",".join(sorted(REGISTRY)).encode()).hexdigest()[:16]
     parts = {"domain": json.dumps([list(d) for d in domain]), "settings": settings.key(), "algorithm": ALGORITHM,
-             "exclude": ",".join(sorted(cfg.exclude)), "kind": "accuracy-search"}
+             "exclude": ",".join(sorted(cfg.exclude)), "rules": rules, "kind": "accuracy-search"}
     found: dict[str, Any] = {}
 
     def build(folder: Path) -> Path:
