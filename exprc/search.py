@@ -33,8 +33,9 @@ cached on disk through :func:`exprc.cache.load`, keyed by the serialized input g
 :class:`Settings`, the excluded rules, the names of the registered rules, :data:`ALGORITHM` and the exprc
 version: another process gets it without
 searching.  Everything iterates in sorted or graph order with a fixed seed, so the same graph and
-domain give the same result in every process; the one exception is the SymPy time box
-(:attr:`Settings.sympy_seconds`), which a much slower machine could hit where a faster one does not.
+domain give the same result in every process.  SymPy work is bounded by a count of calls
+(:attr:`Settings.sympy_calls`); a time box per call (:attr:`Settings.sympy_seconds`, generous) only
+guards against a runaway call, and a search where it fired is reported (``timeouts``) and not cached.
 
 Scope: elementwise float graphs with scalar constants.  An output that holds a reduction, a shape
 operation or an op without an mpmath row is left as the default pipeline made it (and listed under
@@ -99,8 +100,12 @@ class Settings:
     seed: int = 0
     rounds: int = 3  #: localize-rewrite-accept rounds
     locations: int = 3  #: worst nodes rewritten per round
-    sympy_seconds: float = 3.0  #: time box of one SymPy call (main thread only)
-    sympy_budget: float = 20.0  #: SymPy seconds for the whole search; past it, no more SymPy forms
+    #: SymPy calls for the whole search; past it, no more SymPy forms.  A count, not seconds, so the
+    #: same search makes the same choices on a fast and a slow machine.
+    sympy_calls: int = 300
+    #: Safety net for one SymPy call that runs away (main thread only, SIGALRM).  Generous so that it
+    #: never fires on the forms the search hands SymPy; when it does, the result is not cached.
+    sympy_seconds: float = 20.0
 
     def key(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)
@@ -135,6 +140,10 @@ class AccuracyReport:
     searched: list[tuple[str, float, float]] = field(default_factory=list)  # (subexpression, mean, max)
     skipped: list[str] = field(default_factory=list)
     seconds: float = 0.0  #: time the search took when it ran (a cache hit keeps the original figure)
+    sympy_calls: int = 0  #: SymPy calls the search made (at most Settings.sympy_calls)
+    #: SymPy calls cut by the time box (Settings.sympy_seconds): the result may depend on the machine's
+    #: speed, so it is not cached
+    timeouts: int = 0
     cached: bool = False  #: True when this process loaded it from the disk cache
 
     def to_dict(self) -> dict:
@@ -237,6 +246,8 @@ def search(inputs: Sequence[Node], outputs: Sequence[Node], default: FunctionGra
         graph, report = _search(list(inputs), list(outputs), default, {d[0]: d[1:] for d in domain},
                                 settings, cfg)
         found["result"] = (graph, report)
+        if report.timeouts:
+            raise _Uncached  # a time-boxed choice: another (faster) process must not inherit it
         (folder / "search.in.json").write_text(source)
         path = folder / "search.json"
         path.write_text(json.dumps({"graph": json.loads(dumps(list(graph.outputs) + list(inputs))),
@@ -248,9 +259,12 @@ def search(inputs: Sequence[Node], outputs: Sequence[Node], default: FunctionGra
         nodes = loads(json.dumps(doc["graph"]))
         return nodes, AccuracyReport.from_dict(doc["report"])
 
-    (nodes, report), _ = cache.load("search", source, parts, build, loader, cfg,
-                                    meta={"backend": "search", "summary": " ".join(
-                                        str(o) for o in outputs)[:200]})
+    try:
+        (nodes, report), _ = cache.load("search", source, parts, build, loader, cfg,
+                                        meta={"backend": "search", "summary": " ".join(
+                                            str(o) for o in outputs)[:200]})
+    except _Uncached:
+        return found["result"]
     if "result" in found:
         return found["result"]
     STATS["cache_hits"] += 1
@@ -533,6 +547,10 @@ class _Scored:
         return (float(np.mean(self.errors[sl])), self.size, self.text)
 
 
+class _Uncached(Exception):
+    """The search's result must not be stored (see :attr:`AccuracyReport.timeouts`)."""
+
+
 class _Timeout(Exception):
     pass
 
@@ -552,7 +570,8 @@ class _Context:
         self.cfg = cfg
         self.memo: dict[Node, np.ndarray] = {}
         self.scores: dict[tuple[Node, ...], _Scored] = {}
-        self.sympy_left = settings.sympy_budget
+        self.sympy_left = settings.sympy_calls
+        self.timeouts = 0
         self.sympy_cache: dict[tuple[str, str], Any] = {}
 
     def score(self, outputs: Sequence[Node], source: str = "") -> _Scored:
@@ -570,14 +589,16 @@ class _Context:
 
     @contextlib.contextmanager
     def sympy_time(self) -> Iterator[None]:
-        """Time-box a SymPy call (SIGALRM, so only in the main thread) and charge the budget."""
+        """Charge one SymPy call to the budget (a count), and time-box it as a safety net (SIGALRM,
+        so only in the main thread; a cut call is counted in ``timeouts``)."""
         if self.sympy_left <= 0:
             raise _Timeout
-        limit = min(self.settings.sympy_seconds, self.sympy_left)
+        self.sympy_left -= 1
+        limit = self.settings.sympy_seconds
         main = threading.current_thread() is threading.main_thread()
-        t0 = time.perf_counter()
         if main:
             def on_alarm(signum: int, frame: Any) -> None:
+                self.timeouts += 1
                 raise _Timeout
 
             old = signal.signal(signal.SIGALRM, on_alarm)
@@ -588,7 +609,6 @@ class _Context:
             if main:
                 signal.setitimer(signal.ITIMER_REAL, 0)
                 signal.signal(signal.SIGALRM, old)
-            self.sympy_left -= time.perf_counter() - t0
 
 
 def _search(inputs: list[Node], outputs: list[Node], default: FunctionGraph, domain: dict, settings: Settings,
@@ -632,6 +652,8 @@ def _search(inputs: list[Node], outputs: list[Node], default: FunctionGraph, dom
         final[i] = o
     report.after_mean, report.after_max = _stats(current.errors[ctx.valid])
     report.seconds = round(time.perf_counter() - t0, 3)
+    report.sympy_calls = settings.sympy_calls - ctx.sympy_left
+    report.timeouts = ctx.timeouts
     return FunctionGraph(default.inputs, tuple(final), default.trace), report
 
 

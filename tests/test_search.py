@@ -242,3 +242,24 @@ def test_memo_key_includes_accuracy_and_domain() -> None:
     assert plain.accuracy_report is None and s1.accuracy_report is not None
     assert s2.graph.outputs == s1.graph.outputs and s2.accuracy_report is s1.accuracy_report
     assert s1.graph.outputs != plain.graph.outputs
+
+
+def test_sympy_work_is_a_count_and_time_boxed_searches_are_not_cached() -> None:
+    from exprc.function import clear_memo
+
+    x = exprc.vector("x")
+    expr = exprc.tan(x) - exprc.sin(x)
+    dom = {x: (-1.0, 1.0)}
+    full = exprc.function([x], expr, backend="numpy", accuracy=FEW, domain=dom)
+    assert 0 < full.accuracy_report.sympy_calls <= FEW.sympy_calls and full.accuracy_report.timeouts == 0
+    none = exprc.function([x], expr, backend="numpy", domain=dom,
+                          accuracy=search.Settings(points=48, validation=48, sympy_calls=0))
+    assert none.accuracy_report.sympy_calls == 0  # the budget is a count: the same on any machine
+    assert not any(c.source.startswith(("series", "sympy")) for c in none.accuracy_report.changes)
+    boxed = search.Settings(points=48, validation=48, sympy_seconds=1e-6)  # every SymPy call is cut
+    for _ in range(2):
+        clear_memo()
+        before = search.STATS["searches"]
+        g = exprc.function([x], expr, backend="numpy", accuracy=boxed, domain=dom)
+        assert g.accuracy_report.timeouts > 0 and not g.accuracy_report.cached
+        assert search.STATS["searches"] == before + 1  # searched again: a time-boxed result is not stored
