@@ -74,7 +74,7 @@ DEFAULT_RANGE = {"float64": (-1e300, 1e300), "float32": (-1e37, 1e37)}
 _TINY = {"float64": 1e-300, "float32": 1e-37}
 
 #: Version of the search algorithm, part of the cache key: bump it when a change alters what it chooses.
-ALGORITHM = "3"
+ALGORITHM = "4"
 #: Subexpressions larger than this (in nodes) are not handed to SymPy: it gets slow, and the forms the
 #: default pipeline builds (series branches with dozens of terms) are not what SymPy should start from.
 SYMPY_MAX_NODES = 40
@@ -86,6 +86,12 @@ SLACK_BITS = 2.0
 
 #: Orders of the Taylor polynomials tried (terms below x**k; 1/x**k at infinity).
 SERIES_ORDERS = (4, 8, 14)
+
+#: Degrees of the Taylor polynomials at 0 computed from numeric coefficients (one-variable forms).
+TAYLOR_DEGREES = (24, 40)
+#: Radius of the circle the numeric coefficients are integrated on (the form must be analytic inside;
+#: a pole there gives a polynomial that the scoring then rejects).
+TAYLOR_RADIUS = 0.5
 
 #: Per-process counters (tests read them): searches run, cache hits.
 STATS = {"searches": 0, "cache_hits": 0}
@@ -827,8 +833,9 @@ def _series(ctx: _Context, e: Any, place: Node, current: _Scored, mapping: dict)
                 with ctx.sympy_time():
                     full = sp.series(e, s, x0, SERIES_ORDERS[-1]).removeO()
                 terms = [(t.as_coeff_exponent(s)[1], t) for t in sp.Add.make_args(sp.expand(full))]
-            except Exception:  # noqa: BLE001, S112 - no series there, or out of time
-                continue
+            except Exception:  # noqa: BLE001 - no series there, or out of time
+                terms = []
+            polys: list[tuple[str, Node]] = []
             for order in SERIES_ORDERS:
                 try:
                     keep = [t for k, t in terms if k.is_number and (k < order if x0 == 0 else k > -order)]
@@ -836,9 +843,17 @@ def _series(ctx: _Context, e: Any, place: Node, current: _Scored, mapping: dict)
                     if not keep or poly.has(sp.O) or poly.has(sp.zoo) or poly.has(sp.nan) or poly == 0 \
                             or (order != SERIES_ORDERS[-1] and len(keep) == len(terms)):
                         continue
-                    node = from_sympy(poly, mapping)
+                    polys.append((f"series at {x0}, order {order}", from_sympy(poly, mapping)))
                 except Exception:  # noqa: BLE001, S112 - a coefficient with no exprc form
                     continue
+            if x0 == 0 and len(e.free_symbols) == 1:
+                # Long Taylor polynomials from numeric coefficients: the cancellation of f(x) - x
+                # forms (atan, asin, tanh(x)/x) reaches far from 0, past what 14 terms cover.
+                for degree in TAYLOR_DEGREES:
+                    coeffs = _taylor_coefficients(ctx, e, s, degree)
+                    if coeffs is not None:
+                        polys.append((f"taylor at 0, degree {degree}", _horner(var, coeffs)))
+            for where, node in polys:
                 sign = -1.0 if x0 == -sp.oo else 1.0
                 with np.errstate(all="ignore"):  # distance to x0: |x|, or 1/x on the side of the infinity
                     near = np.abs(x) if x0 == 0 else np.where(x * sign > 0, 1.0 / (x * sign), np.inf)
@@ -850,7 +865,6 @@ def _series(ctx: _Context, e: Any, place: Node, current: _Scored, mapping: dict)
                     continue
                 r = _refine(ctx, gap, cand.outputs, current.outputs,
                             lambda d, x0=x0, sign=sign: d if x0 == 0 else sign / d)
-                where = f"series at {x0}, order {order}"
                 if x0 == 0:
                     yield where, api.where(api.abs(var) < r, node, place)
                     # At x = 0 itself the formula may be undefined (1/x - 1/tan x): keep its NaN there.
@@ -858,6 +872,54 @@ def _series(ctx: _Context, e: Any, place: Node, current: _Scored, mapping: dict)
                                                             place)
                 else:
                     yield where, api.where(var * sign > 1.0 / r, node, place)
+
+
+def _taylor_coefficients(ctx: _Context, e: Any, s: Any, degree: int) -> list[float] | None:
+    """Taylor coefficients c_0..c_degree of the one-variable SymPy form ``e`` at 0, from Cauchy's
+    integral on a circle of radius :data:`TAYLOR_RADIUS` (the trapezoidal rule, exact to far below
+    float64 for an analytic form): no symbolic differentiation, and a removable singularity at 0
+    (``tanh(x)/x``) does not matter because the form is never evaluated there.  None when the form
+    cannot be evaluated on the circle or is not real on the real axis."""
+    import sympy as sp
+
+    mp = _mp()
+    # The trapezoidal rule aliases c_k with c_(k+n) r^n: for a form analytic out to radius 1, n = 256
+    # points put that at 0.5**256 ~ 1e-77, below the 60-digit working precision.
+    n = 256
+    try:
+        with ctx.sympy_time():
+            f = sp.lambdify(s, e, modules="mpmath")
+            with mp.workdps(60):
+                r = mp.mpf(TAYLOR_RADIUS)
+                vals = [mp.mpc(f(r * mp.expjpi(mp.mpf(2 * j) / n))) for j in range(n)]
+                coeffs = []
+                for k in range(degree + 1):
+                    c = mp.fsum(v * mp.expjpi(mp.mpf(-2 * j * k) / n) for j, v in enumerate(vals)) / n / r ** k
+                    coeffs.append(c)
+                scale = max(abs(c) * r ** k for k, c in enumerate(coeffs))
+                if not scale or not mp.isfinite(scale):
+                    return None
+                if any(abs(c.imag) * r ** k > 1e-30 * scale for k, c in enumerate(coeffs)):
+                    return None  # not real on the real axis (a branch cut through the circle)
+                # Coefficients that are zero in exact arithmetic come out at the integration's noise (a
+                # stray 1e-26 x term would swamp x**3/3 for |x| < 1e-12).
+                return [0.0 if abs(c.real) * r ** k < 1e-30 * scale else float(c.real) for k, c in enumerate(coeffs)]
+    except Exception:  # noqa: BLE001 - no value on the circle (a pole on it, a domain error ...), or out of time
+        return None
+
+
+def _horner(var: Node, coeffs: list[float]) -> Node:
+    """``sum(c_k var**k)`` as ``var**m * (c_m + var*(c_m+1 + ...))`` (zero coefficients skipped)."""
+    low = next((k for k, c in enumerate(coeffs) if c != 0.0), None)
+    if low is None:
+        return var * 0.0
+    top = max(k for k, c in enumerate(coeffs) if c != 0.0)
+    acc: Any = coeffs[top]
+    for k in range(top - 1, low - 1, -1):
+        acc = acc * var + coeffs[k] if coeffs[k] != 0.0 else acc * var
+    if not isinstance(acc, Node):
+        acc = var * 0.0 + acc
+    return acc * var ** low if low else acc
 
 
 def _split(near: np.ndarray, inside: np.ndarray, outside: np.ndarray, train: slice) -> tuple[float, float] | None:

@@ -41,6 +41,8 @@ FIXED_BY_SEARCH = {
     "inv_x_minus_inv_tan": (lambda m, x: 1 / x - 1 / m.tan(x), (-1.0, 1.0), ("slog", 1e-9, 1.0)),
     "inv_sqrt_diff": (lambda m, x: 1 / m.sqrt(x) - 1 / m.sqrt(x + 1), (1.0, 1e15), ("log", 1.0, 1e15)),
     "logistic_deriv": (lambda m, x: m.exp(-x) / (1 + m.exp(-x)) ** 2, (-800.0, 800.0), ("lin", -800.0, 800.0)),
+    # needs the long numeric Taylor polynomial: 14 terms of SymPy's series stop short of |x| ~ 0.4
+    "atan_minus_x": (lambda m, x: m.arctan(x) - x, (-0.9, 0.9), ("slog", 1e-9, 0.9)),
 }
 
 
@@ -263,3 +265,18 @@ def test_sympy_work_is_a_count_and_time_boxed_searches_are_not_cached() -> None:
         g = exprc.function([x], expr, backend="numpy", accuracy=boxed, domain=dom)
         assert g.accuracy_report.timeouts > 0 and not g.accuracy_report.cached
         assert search.STATS["searches"] == before + 1  # searched again: a time-boxed result is not stored
+
+
+def test_numeric_taylor_coefficients_match_the_series() -> None:
+    import sympy as sp
+
+    ctx = search._Context([], [], [], np.zeros((1, 2)), 1, search.Settings(), exprc.Config())
+    v = sp.Symbol("v0", real=True)
+    atan = search._taylor_coefficients(ctx, sp.atan(v) - v, v, 40)
+    want = [0.0, 0.0] + [0.0 if k % 2 == 0 else (-1) ** ((k - 1) // 2) / k for k in range(2, 41)]
+    assert atan == pytest.approx(want, rel=1e-15, abs=0.0)  # zeros exactly zero: no stray low-order terms
+    # tanh(x)/x has a removable singularity at 0: the circle never touches it.
+    th = search._taylor_coefficients(ctx, sp.tanh(v) / v, v, 12)
+    exact = sp.Poly(sp.series(sp.tanh(v) / v, v, 0, 13).removeO(), v).all_coeffs()[::-1]
+    assert th == pytest.approx([float(c) for c in exact] + [0.0] * (13 - len(exact)), rel=1e-15, abs=0.0)
+    assert search._taylor_coefficients(ctx, sp.sqrt(v), v, 8) is None  # a branch point at 0: no Taylor series
