@@ -15,6 +15,7 @@ from __future__ import annotations
 import itertools
 import threading
 import weakref
+from _weakref import _remove_dead_weakref
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
@@ -23,8 +24,23 @@ import numpy as np
 
 from exprc.types import _KNOWN, TensorType, as_dtype
 
-_TABLE: weakref.WeakValueDictionary[tuple, Node] = weakref.WeakValueDictionary()
+# The intern table: key -> weak reference to the node.  A plain dict of references whose callback
+# drops the entry (what a WeakValueDictionary does, without its Python-level methods: building
+# nodes is the inner loop of every rewrite pass).
+_TABLE: dict[tuple, _Ref] = {}
 _TABLE_LOCK = threading.Lock()
+
+
+class _Ref(weakref.ref):
+    __slots__ = ("key",)
+
+
+def _forget(ref: _Ref) -> None:
+    # Runs when a node dies, possibly while some thread holds _TABLE_LOCK, so it takes no lock;
+    # it removes the entry only if that still holds a dead reference (not a node interned since).
+    _remove_dead_weakref(_TABLE, ref.key)
+
+
 _UIDS = itertools.count()
 
 
@@ -67,16 +83,22 @@ class Node:
 
     def __new__(cls, op: str, inputs: Sequence[Node], attrs: dict | tuple, type: TensorType) -> Node:  # noqa: PYI034
         attrs_t = tuple(sorted(attrs.items())) if isinstance(attrs, dict) else tuple(attrs)
-        key = (op, tuple(inputs), attrs_t, type)
+        inputs = tuple(inputs)
+        # the type's fields, not the type: equal keys all the same, and hashing a tuple of str and
+        # ints is cheaper than a dataclass's Python-level __hash__
+        key = (op, inputs, attrs_t, type.dtype, type.shape)
         with _TABLE_LOCK:
-            node = _TABLE.get(key)
+            ref = _TABLE.get(key)
+            node = ref() if ref is not None else None
             if node is None:
                 node = object.__new__(cls)
                 object.__setattr__(node, "op", op)
-                object.__setattr__(node, "inputs", key[1])
+                object.__setattr__(node, "inputs", inputs)
                 object.__setattr__(node, "attrs", attrs_t)
                 object.__setattr__(node, "type", type)
-                _TABLE[key] = node
+                ref = _Ref(node, _forget)
+                ref.key = key
+                _TABLE[key] = ref
         return node
 
     def __setattr__(self, name: str, value: object) -> None:

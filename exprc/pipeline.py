@@ -70,7 +70,8 @@ def optimize(graph: FunctionGraph | Node | Sequence[Node], config: Config | None
             continue
         main = select(tag, ex)
         if main:
-            extra = [r for r in select_any(helpers, ex) if r not in main]
+            in_main = set(map(id, main))  # (rule names are unique: identity is equality, and cheaper)
+            extra = [r for r in select_any(helpers, ex) if id(r) not in in_main]
             known = set().union(*[fixpoints.get(h, set()) for h in helpers]) if len(helpers) == 1 else set()
             found: set[Node] = set()
             with scope():  # a rule may freeze nodes for the rest of its pass
@@ -84,6 +85,10 @@ def optimize(graph: FunctionGraph | Node | Sequence[Node], config: Config | None
 def select_any(tags: Iterable[str], exclude: Iterable[str]) -> list:
     """Rules carrying any of ``tags`` (minus ``exclude``), in registration order, no duplicates."""
     out: list = []
+    seen: set[int] = set()
     for t in tags:
-        out.extend(r for r in select(t, exclude) if r not in out)
+        for r in select(t, exclude):
+            if id(r) not in seen:
+                seen.add(id(r))
+                out.append(r)
     return out

@@ -18,6 +18,7 @@ import numpy as np
 from exprc.errors import UnknownRewriteError
 from exprc.graph import Node
 from exprc.ops import OPS
+from exprc.rewrite.forms import pass_memo
 
 
 class X:
@@ -44,9 +45,20 @@ class P:
 
 
 def constant_value(node: Node) -> float | None:
-    """The single value of a constant whose elements are all equal, else ``None``."""
+    """The single value of a constant whose elements are all equal, else ``None``
+    (memoized for the current pass: patterns ask it of the same constants again and again)."""
     if node.op != "constant":
         return None
+    memo = pass_memo("consts")
+    if memo is None:
+        return _constant_value(node)
+    v = memo.get(node, memo)
+    if v is memo:
+        memo[node] = v = _constant_value(node)
+    return v
+
+
+def _constant_value(node: Node) -> float | None:
     arr = node.value
     if arr.size == 0:
         return None
@@ -62,6 +74,15 @@ def _plausible(pat: Any, node: Node) -> bool:
         return node.op in pat.ops
     if isinstance(pat, C):
         return node.op == "constant"
+    return True
+
+
+def _plausible_op(pat: Any, op: str) -> bool:
+    """``_plausible`` for a node of op ``op``."""
+    if isinstance(pat, P):
+        return op in pat.ops
+    if isinstance(pat, C):
+        return op == "constant"
     return True
 
 
@@ -104,6 +125,147 @@ def match(pat: Any, node: Node, caps: dict[str, Node]) -> bool:
     return False
 
 
+# -- compiled matchers ----------------------------------------------------------------------
+# ``match`` interprets a pattern tree; the driver tries thousands of rules per optimization, so a
+# rule compiles its pattern once into nested closures that do the same checks without the
+# isinstance dispatch.  A sub-match that fails undoes its captures by popping the keys it added
+# (captures are only ever added, never changed, so the dict's insertion order is an undo log).
+Matcher = Callable[[Node, dict], bool]
+
+
+def _names(pat: Any) -> list[str]:
+    """The capture names of ``P`` and ``C`` nodes in ``pat`` (these overwrite, unlike ``X``)."""
+    if isinstance(pat, X):
+        return []
+    out = [pat.name] if pat.name else []
+    for p in getattr(pat, "inputs", ()):
+        out.extend(_names(p))
+    return out
+
+
+def _x_names(pat: Any) -> list[str]:
+    if isinstance(pat, X):
+        return [pat.name]
+    return [n for p in getattr(pat, "inputs", ()) for n in _x_names(p)]
+
+
+def compile_pattern(pat: Any) -> Matcher:
+    """A function ``m(node, caps) -> bool`` equivalent to ``match(pat, node, caps)`` from empty
+    ``caps`` (as :attr:`Rule.fire` calls it).  Patterns where a ``P``/``C`` capture name repeats
+    (an overwrite the undo log cannot undo) keep the interpreter."""
+    named = _names(pat)
+    if len(set(named)) != len(named) or set(named) & set(_x_names(pat)):
+        return lambda node, caps: match(pat, node, caps)
+    return _compile(pat)
+
+
+def _compile(pat: Any) -> Matcher:
+    if isinstance(pat, X):
+        name, pred = pat.name, pat.pred
+
+        def match_x(node: Node, caps: dict) -> bool:
+            bound = caps.get(name)  # captures are nodes, never None
+            if bound is not None:
+                return bound is node
+            if pred is not None and not pred(node):
+                return False
+            caps[name] = node
+            return True
+
+        return match_x
+    if isinstance(pat, C):
+        value, cname, signbit = pat.value, pat.name, pat.signbit
+
+        def match_c(node: Node, caps: dict) -> bool:
+            if node.op != "constant":
+                return False
+            v = constant_value(node)
+            if v is None or (value is not None and v != value):
+                return False
+            if signbit is not None and bool(np.signbit(v)) != signbit:
+                return False
+            if cname:
+                caps[cname] = node
+            return True
+
+        return match_c
+    ops, pname, nin = pat.ops, pat.name, len(pat.inputs)
+    kids = tuple(_compile(p) for p in pat.inputs)
+    # the cheap rejection of match(): the op an operand must have (None: anything)
+    need = tuple(p.ops if isinstance(p, P) else ("constant",) if isinstance(p, C) else None for p in pat.inputs)
+
+    if nin == 1:  # unary ops: one order, one operand
+        (k0,), (need0,) = kids, need
+
+        def match_p1(node: Node, caps: dict) -> bool:
+            if node.op not in ops:
+                return False
+            inputs = node.inputs
+            if len(inputs) != 1:
+                return False
+            a = inputs[0]
+            if need0 is not None and a.op not in need0:
+                return False
+            if not k0(a, caps):
+                return False
+            if pname:
+                caps[pname] = node
+            return True
+
+        return match_p1
+    if nin == 2:  # binary ops: the operand order as given, then swapped for a commutative op
+        k0, k1 = kids
+        need0, need1 = need
+
+        def match_p2(node: Node, caps: dict) -> bool:
+            if node.op not in ops:
+                return False
+            inputs = node.inputs
+            if len(inputs) != 2:
+                return False
+            a, b = inputs
+            for x, y in ((a, b), (b, a)):
+                if (need0 is None or x.op in need0) and (need1 is None or y.op in need1):
+                    mark = len(caps)
+                    if k0(x, caps) and k1(y, caps):
+                        if pname:
+                            caps[pname] = node
+                        return True
+                    while len(caps) > mark:
+                        caps.popitem()
+                if not OPS[node.op].commutative:
+                    return False
+            return False
+
+        return match_p2
+
+    def match_p(node: Node, caps: dict) -> bool:
+        if node.op not in ops:
+            return False
+        inputs = node.inputs
+        if len(inputs) != nin:
+            return False
+        orders = (inputs, inputs[::-1]) if nin == 2 and OPS[node.op].commutative else (inputs,)
+        mark = len(caps)
+        for ins in orders:
+            for want, i in zip(need, ins):
+                if want is not None and i.op not in want:
+                    break
+            else:
+                for m, i in zip(kids, ins):
+                    if not m(i, caps):
+                        while len(caps) > mark:
+                            caps.popitem()
+                        break
+                else:
+                    if pname:
+                        caps[pname] = node
+                    return True
+        return False
+
+    return match_p
+
+
 @dataclass(frozen=True)
 class Rule:
     """A named, tagged rewrite: ``pattern`` matched at a node, ``replace(**captures)``."""
@@ -117,28 +279,60 @@ class Rule:
     #: the rule can only fire when one of these ops is a term of the node's sum view (see
     #: exprc.rewrite.forms.term_ops); the driver checks it without calling the rule
     needs: frozenset[str] | None = None
+    #: every operand of a node the rule can fire on has one of these ops (None: any); the
+    #: driver checks it without calling the rule
+    operands: frozenset[str] | None = None
+    #: ``apply`` as one closure, the pattern compiled (see compile_pattern); the driver calls it
+    fire: Callable[[Node], Node | None] = field(init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        replace = self.replace
+        if self.pattern is None:
+            def fire(node: Node) -> Node | None:
+                return replace(node=node)
+        else:
+            m = compile_pattern(self.pattern)
+
+            def fire(node: Node) -> Node | None:
+                caps: dict[str, Node] = {}
+                if not m(node, caps):
+                    return None
+                return replace(node=node, **caps)
+        object.__setattr__(self, "fire", fire)
 
     @property
     def root_ops(self) -> tuple[str, ...] | None:
         return self.pattern.ops if self.pattern is not None else self.ops
 
     def apply(self, node: Node) -> Node | None:
-        if self.pattern is None:
-            return self.replace(node=node)
-        caps: dict[str, Node] = {}
-        if not match(self.pattern, node, caps):
-            return None
-        return self.replace(node=node, **caps)
+        return self.fire(node)
+
+    def may_match(self, op: str, operand_ops: tuple[str, ...]) -> bool:
+        """False when the pattern cannot match a node of ``op`` whose operands have
+        ``operand_ops`` (the first checks of :func:`match`, in either operand order for a
+        commutative op); the driver asks once per such shape, not once per node."""
+        if self.operands is not None and any(o not in self.operands for o in operand_ops):
+            return False
+        pat = self.pattern
+        if pat is None:
+            return self.ops is None or op in self.ops
+        if op not in pat.ops or len(operand_ops) != len(pat.inputs):
+            return False
+        orders = [operand_ops]
+        if len(operand_ops) == 2 and OPS[op].commutative:
+            orders.append(operand_ops[::-1])
+        return any(all(_plausible_op(p, o) for p, o in zip(pat.inputs, ops)) for ops in orders)
 
 
 REGISTRY: dict[str, Rule] = {}
 
 
-def rule(name: str, tags: Iterable[str], pattern: P | None = None) -> Callable:
-    """Decorator registering ``fn`` as the replacement of a new rule."""
+def rule(name: str, tags: Iterable[str], pattern: P | None = None, operands: Iterable[str] | None = None) -> Callable:
+    """Decorator registering ``fn`` as the replacement of a new rule (``operands``: see Rule)."""
 
     def deco(fn: Callable[..., Node | None]) -> Callable[..., Node | None]:
-        register_rule(Rule(name, frozenset(tags), pattern, fn, (fn.__doc__ or "").strip()))
+        register_rule(Rule(name, frozenset(tags), pattern, fn, (fn.__doc__ or "").strip(),
+                           operands=None if operands is None else frozenset(operands)))
         return fn
 
     return deco

@@ -43,8 +43,9 @@ _FALLBACK: dict = {"frozen": set(), "origin": {}, "views": {}}
 
 @contextlib.contextmanager
 def scope() -> Iterator[None]:
-    """Fresh frozen-node, provenance and view tables for one optimization pass."""
-    token = _STATE.set({"frozen": set(), "origin": {}, "views": {}})
+    """Fresh frozen-node, provenance and view tables for one optimization pass, and memos of
+    pure functions of (immutable, interned) nodes: product views, constant folds, constant values."""
+    token = _STATE.set({"frozen": set(), "origin": {}, "views": {}, "products": {}, "folds": {}, "consts": {}})
     try:
         yield
     finally:
@@ -54,6 +55,13 @@ def scope() -> Iterator[None]:
 def _state() -> dict:
     st = _STATE.get()
     return st if st is not None else _FALLBACK
+
+
+def pass_memo(name: str) -> dict | None:
+    """The current pass's memo table ``name`` (see :func:`scope`); ``None`` outside a pass,
+    where nothing is memoized (a table that lived forever would keep its nodes alive)."""
+    st = _STATE.get()
+    return st[name] if st is not None else None
 
 
 def freeze(node: Node) -> Node:
@@ -112,9 +120,27 @@ def make(op: str, *xs: Node, **attrs: object) -> Node:
     inference is memoized by operand types (a type rule depends on nothing else)."""
     o = OPS[op]
     key = (op, tuple(x.type for x in xs), tuple(sorted(attrs.items())))
-    typ = _TYPES.get(key)
-    if typ is not None and not all(x.op == "constant" for x in xs):
-        return Node(op, xs, key[2], typ)
+    folded = True
+    for x in xs:
+        if x.op != "constant":
+            folded = False
+            break
+    if not folded:
+        typ = _TYPES.get(key)
+        if typ is not None:
+            return Node(op, xs, key[2], typ)
+    else:  # constant operands: the fold (NumPy, a new constant) is memoized for the pass
+        folds = pass_memo("folds")
+        if folds is not None:
+            fkey = (op, xs, key[2])
+            out = folds.get(fkey)
+            if out is None:
+                folds[fkey] = out = _make(o, op, xs, attrs, key)
+            return out
+    return _make(o, op, xs, attrs, key)
+
+
+def _make(o: object, op: str, xs: tuple, attrs: dict, key: tuple) -> Node:
     node = o.make(tuple(xs), attrs)
     if node.inputs == xs:
         _TYPES[key] = node.type
@@ -182,6 +208,8 @@ def fn(op: str, x: Node) -> Node:
 
 
 # -- the sum view --------------------------------------------------------------------------
+_ZERO = Fraction(0)
+
 @dataclass(frozen=True)
 class SumView:
     """``const + sum(coef * term)``; ``terms`` keeps first-seen order, no zero coefficients."""
@@ -218,17 +246,23 @@ class SumView:
         """``self + k * other``, combining equal terms; ``cancelled`` when a term or the
         constant partly or wholly cancels (the rewrite has removed a cancellation)."""
         acc: dict[Node, Fraction] = {}
-        big: dict[Node, Fraction] = {}
+        big: dict[Node, Fraction] = {}  # the largest |coefficient| of a term met more than once
         order: list[Node] = []
         for c, t in list(self.terms) + [(c * k, t) for c, t in other.terms]:
             if t not in acc:
                 order.append(t)
-                acc[t] = big[t] = Fraction(0)
-            acc[t] += c
-            big[t] = max(big[t], abs(c))
+                # Fraction(0) + c, without the Fraction arithmetic where its result is plain
+                tc = type(c)
+                acc[t] = c if tc is Fraction else Fraction(c) if tc is int else _ZERO + c
+            else:
+                if t not in big:
+                    big[t] = max(_ZERO, abs(acc[t]))
+                acc[t] += c
+                big[t] = max(big[t], abs(c))
         terms = tuple((acc[t], t) for t in order if acc[t] != 0)
         const = self.const + k * other.const
-        shrank = any(abs(acc[t]) < big[t] for t in order) or (
+        # (a term met once keeps its coefficient: only those met again can shrink)
+        shrank = any(abs(acc[t]) < b for t, b in big.items()) or (
             self.const != 0 and other.const != 0 and abs(const) < max(abs(self.const), abs(k * other.const)))
         return SumView(terms, const, cancelled=shrank)
 
@@ -313,6 +347,19 @@ def _sum_view(node: Node, max_terms: int) -> SumView | None:
 
 
 def product_view(node: Node, max_factors: int = MAX_TERMS) -> tuple | None:
+    """See :func:`_product_view` (memoized for the current pass: callers must not change the lists)."""
+    if max_factors != MAX_TERMS:
+        return _product_view(node, max_factors)
+    memo = pass_memo("products")
+    if memo is None:
+        return _product_view(node, max_factors)
+    v = memo.get(node, memo)
+    if v is memo:
+        memo[node] = v = _product_view(node, max_factors)
+    return v
+
+
+def _product_view(node: Node, max_factors: int) -> tuple | None:
     """Read ``node`` as ``coef * prod(factor ** power)`` through mul, truediv, neg, square and
     constant factors: ``(coef, [(factor, power)], cancelled, vanished)``; ``cancelled`` when a
     factor of the numerator meets the same factor in the denominator (``vanished``: those whose

@@ -12,7 +12,7 @@ from exprc.rewrite.core import rule
 MAX_FOLDED_ELEMENTS = 1 << 16
 
 
-@rule("constant_fold", tags=("canonicalize", "fold"))
+@rule("constant_fold", tags=("canonicalize", "fold"), operands=("constant",))
 def constant_fold(node: Node) -> Node | None:
     """op(constants...) -> constant, evaluated with the op's NumPy reference."""
     if not node.inputs or not all(i.op == "constant" for i in node.inputs):

@@ -31,12 +31,12 @@ from exprc.rewrite import forms as F
 from exprc.rewrite import series as SERIES
 from exprc.rewrite.core import P, Rule, X, register_rule
 from exprc.rewrite.forms import SumView, build_sum, const, make, same_up_to_scale, scale, sum_view
-from exprc.types import is_float
 
 TAGS = ("stability",)
 LN2 = math.log(2.0)
 ONE, HALF, TWO = Fraction(1), Fraction(1, 2), Fraction(2)
 SUM_OPS = ("add", "sub")
+FLOATS = ("float32", "float64")  # the dtypes is_float accepts
 
 
 def stability_rule(name: str, pattern: P | str | tuple[str, ...], needs: tuple[str, ...] = ()) -> Callable:
@@ -47,7 +47,7 @@ def stability_rule(name: str, pattern: P | str | tuple[str, ...], needs: tuple[s
 
     def deco(fn: Callable[..., Node | None]) -> Callable[..., Node | None]:
         def replace(node: Node, **caps: Node) -> Node | None:
-            if not is_float(node.dtype) or F.is_frozen(node):
+            if node.type.dtype not in FLOATS or F.is_frozen(node):  # (is_float, inline: a hot path)
                 return None
             return fn(node, **caps)
 
