@@ -73,6 +73,12 @@ RULES = [
                            lambda m, x: 1 / (m.exp(-x) + 1), lambda m, x: 2 / (2 + 2 * m.exp(-x)) * 1.0],
       {"sigmoid"}, [(L, -800, 800)], absent={"exp"}),
     R("sigmoid_from_exp", [lambda m, x: (m.exp(2 * x) - 1) / (m.exp(2 * x) + 1)], {"tanh"}, [(S, 1e-10, 800)]),
+    # the logistic density / the derivative of the sigmoid, as a user writes it (inf/inf for x < -710)
+    R("sigmoid_from_exp", [lambda m, x: m.exp(-x) / (1 + m.exp(-x)) ** 2, lambda m, x: m.exp(x) / (1 + m.exp(x)) ** 2,
+                           lambda m, x: m.exp(-x) / ((1 + m.exp(-x)) * (1 + m.exp(-x))),
+                           lambda m, x: (1 + m.exp(-x)) ** -2.0 * m.exp(-x), lambda m, x: sig(m, x) ** 2 * m.exp(-x),
+                           lambda m, x: m.exp(2 * x) / (1 + m.exp(x)) ** 3],
+      {"sigmoid"}, [(L, -800, 800)], absent={"exp"}),
     R("log_sigmoid", [lambda m, x: m.log(m.sigmoid(x)), lambda m, x: m.log(sig(m, x))], {"softplus"},
       [(L, -800, 800)], absent={"log", "sigmoid"}),
     R("log1p_neg_sigmoid", [lambda m, x: m.log1p(-m.sigmoid(x))], {"softplus"}, [(L, -800, 800)],

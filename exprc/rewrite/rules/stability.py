@@ -644,45 +644,70 @@ def _product(coef: Fraction | int, factors: list[tuple[Node, int]], like: Node) 
     return scale(top if bottom is None else div(top, bottom), coef)
 
 
-@stability_rule("sigmoid_from_exp", ("mul", "truediv"))
+@stability_rule("sigmoid_from_exp", ("mul", "truediv", "pow"))
 def sigmoid_from_exp(node: Node) -> Node | None:
     """1/(1 + exp(-x)) -> sigmoid(x); exp(x)/(1 + exp(x)) -> sigmoid(x); c/(1 + exp(x)) -> c sigmoid(-x);
-    expm1(x)/(1 + exp(x)) -> tanh(x/2); also inside a product (x/(1 + exp(-x)) -> x sigmoid(x))."""
-    if node.op == "mul" and not {"truediv", "sigmoid", "mul"} & {node.inputs[0].op, node.inputs[1].op}:
+    expm1(x)/(1 + exp(x)) -> tanh(x/2); also inside a product (x/(1 + exp(-x)) -> x sigmoid(x)); and
+    powers: exp(x)**p/(1 + exp(x))**n -> sigmoid(x)**p sigmoid(-x)**(n-p) for p <= n <= 4 (the logistic
+    density exp(-x)/(1 + exp(-x))**2 -> sigmoid(x) sigmoid(-x), no inf/inf for x < -710)."""
+    if node.op == "mul" and not {"truediv", "sigmoid", "mul", "pow", "square"} & {node.inputs[0].op, node.inputs[1].op}:
+        return None
+    if node.op == "pow" and (node.inputs[1].op != "constant" or node.inputs[0].op not in ("add", "mul")):
         return None
     pv = F.product_view(node)
     if pv is None:
         return None
     coef, factors, _, guards = pv
-    for sg, e in factors:  # sigmoid(b) * exp(-b) -> sigmoid(-b) (the derivative of log(sigmoid) …)
-        if sg.op != "sigmoid" or e != 1:
+    for sg, e in factors:  # sigmoid(b)**m * exp(-b)**p -> sigmoid(b)**(m-p) sigmoid(-b)**p (p <= m)
+        if sg.op != "sigmoid" or not (int(e) == e and 1 <= e <= 4):
             continue
         vb = view_of(sg.inputs[0])
         for t, p in factors:
-            if p == 1 and t.op == "exp" and vb is not None and negated(view_of(t.inputs[0]) or SumView((), ONE), vb):
-                rest = [(u, q) for u, q in factors if u is not sg and u is not t]
-                rep = f("sigmoid", F.neg(sg.inputs[0]))
+            sc = same_up_to_scale(view_of(t.inputs[0]) or SumView((), ONE), vb) \
+                if t.op == "exp" and vb is not None else None
+            q = -sc * p if sc is not None else 0
+            if int(q) == q and 1 <= q <= e:  # exp(-2b) = exp(-b)**2
+                rest = [(u, r) for u, r in factors if u is not sg and u is not t]
+                parts = [(sg, int(e - q)), (f("sigmoid", F.neg(sg.inputs[0])), int(q))]
+                rep = _product(1, [(u, r) for u, r in parts if r], node)
                 if not F.broadcast_safe([u for u, _ in rest] + [rep], node):
                     return None
                 return _guard_nan(scale(rep if not rest else mul(_product(1, rest, node), rep), coef), guards)
     for d, e in factors:
-        ac = _one_plus_exp(d) if e == -1 else None
+        if d.op == "pow" and d.inputs[1].op == "constant":  # (1 + exp(a)) ** 3.0: the view keeps pow
+            k3 = F.scalar_const(d.inputs[1])
+            if k3 is not None and float(k3).is_integer() and 0 < abs(k3) <= 4:
+                d, e = d.inputs[0], e * int(k3)
+        n = -int(e) if e < 0 and int(e) == e else 0  # d**-n, d = c (1 + exp(a))
+        ac = _one_plus_exp(d) if 1 <= n <= 4 else None
         if ac is None:
             continue
         a, c = ac
-        rest = [(t, p) for t, p in factors if t is not d]
-        rep = f("sigmoid", F.neg(a))
+        rest = [(t, p) for t, p in factors if t is not d and not (t.op == "pow" and t.inputs[0] is d)]
         va = view_of(a)
+        up, rep = 0, None  # exp(a)**up / (1 + exp(a))**n = sigmoid(a)**up sigmoid(-a)**(n - up)
         for t, p in rest:
-            if p == 1 and t.op in ("exp", "expm1") and (t.inputs[0] is a or va is not None and same_up_to_scale(
-                    view_of(t.inputs[0]) or SumView((), ONE), va) == 1):
-                rest = [(u, q) for u, q in rest if u is not t]
-                rep = f("sigmoid", a) if t.op == "exp" else f("tanh", scale(a, HALF))
-                break
+            if t.op not in ("exp", "expm1"):
+                continue
+            sc = 1 if t.inputs[0] is a else (same_up_to_scale(view_of(t.inputs[0]) or SumView((), ONE), va)
+                                              if va is not None else None)
+            if sc is None:
+                continue
+            if t.op == "exp" and int(sc * p) == sc * p and 1 <= sc * p <= n:  # exp(2x) = exp(x)**2
+                up = int(sc * p)
+            elif t.op == "expm1" and sc == 1 and p == 1 and n == 1:
+                rep = f("tanh", scale(a, HALF))
+            else:
+                continue
+            rest = [(u, q) for u, q in rest if u is not t]
+            break
+        if rep is None:
+            parts = [(f("sigmoid", a), up), (f("sigmoid", F.neg(a)), n - up)]
+            rep = _product(1, [(t, q) for t, q in parts if q], node)
         if not F.broadcast_safe([t for t, _ in rest] + [rep], node):
             return None
         out = rep if not rest else mul(_product(1, rest, node), rep)
-        return _guard_nan(scale(out, Fraction(coef) / c), guards)
+        return _guard_nan(scale(out, Fraction(coef) / c ** n), guards)
     return None
 
 
