@@ -711,6 +711,89 @@ def sigmoid_from_exp(node: Node) -> Node | None:
     return None
 
 
+@stability_rule("sqrt_product", P("sqrt", X("m")))
+def sqrt_product(node: Node, m: Node) -> Node | None:
+    """sqrt(x*y) -> sqrt|x| sqrt|y|, NaN where x and y have opposite signs: the product overflows or
+    underflows where its root is representable (the geometric mean of 1e200 and 1e300)."""
+    if m.op != "mul" or F.is_frozen(m):
+        return None
+    x, y = m.inputs
+    if x is y or x.op == "constant" or y.op == "constant" or not F.broadcast_safe([x, y], node):
+        return None  # x*x is sqrt_square's; c*x has nothing to gain
+    if x.op in SUM_OPS or y.op in SUM_OPS:
+        return None  # (x - 1)(x + 1) is x*x - 1 factored: sqrt_conjugate's, and no overflow to avoid
+    zero = k(0.0, node)
+    opposite = make("and", make("ne", make("lt", x, zero), make("lt", y, zero)),
+                    make("and", make("ne", x, zero), make("ne", y, zero)))
+    return nan_where(opposite, mul(f("sqrt", f("abs", x)), f("sqrt", f("abs", y))))
+
+
+#: Below this magnitude exp(u) is a normal, finite float64 (exp(709.78) overflows, exp(-708.4) is
+#: subnormal): the naive forms of the exp rules below are exact enough there, so they keep them.
+EXP_SAFE = 700.0
+
+
+def _exp_safe(*args: Node) -> Node:
+    safe = None
+    for a in args:
+        c = f("abs", a) < k(EXP_SAFE, a)
+        safe = c if safe is None else make("and", safe, c)
+    return safe
+
+
+@stability_rule("exp_product", ("mul", "truediv"))
+def exp_product(node: Node) -> Node | None:
+    """exp(a) exp(b) -> exp(a + b), exp(a)/exp(b) -> exp(a - b) where an exp over- or underflows
+    (|a| or |b| > 700: inf/inf, 0*inf); the naive form elsewhere, which does not round a + b."""
+    if node.op == "mul" and "exp" not in (node.inputs[0].op, node.inputs[1].op):
+        return None
+    pv = F.product_view(node)
+    if pv is None:
+        return None
+    coef, factors, _, guards = pv
+    exps = [(t, p) for t, p in factors if t.op == "exp" and p in (1, -1)]
+    if len(exps) != 2 or guards:
+        return None
+    (ta, pa), (tb, pb) = exps
+    a, b = ta.inputs[0], tb.inputs[0]
+    arg = add(a, b) if pa == pb else (sub(a, b) if pa == 1 else sub(b, a))
+    joined = f("exp", arg if pa == 1 or pa != pb else F.neg(arg))
+    rest = [(t, p) for t, p in factors if t is not ta and t is not tb]
+    if not F.broadcast_safe([t for t, _ in rest] + [joined], node):
+        return None
+    stable = joined if not rest else mul(_product(1, rest, node), joined)
+    return F.where(_exp_safe(a, b), F.freeze(node), scale(stable, coef))
+
+
+@stability_rule("softmax_pair", ("mul", "truediv"))
+def softmax_pair(node: Node) -> Node | None:
+    """exp(a)/(exp(a) + exp(b)) -> sigmoid(a - b) where an exp over- or underflows (|a| or |b| > 700:
+    inf/inf, 0/0); the naive form elsewhere, which does not round a - b."""
+    pv = F.product_view(node)
+    if pv is None:
+        return None
+    coef, factors, _, guards = pv
+    for d, e in factors:
+        v = view_of(d) if e == -1 else None
+        if v is None or v.const != 0 or len(v.terms) != 2 or guards:
+            continue
+        (ca, ta), (cb, tb) = v.terms
+        if ca != cb or ta.op != "exp" or tb.op != "exp":
+            continue
+        for top, other in ((ta, tb), (tb, ta)):
+            num = [(t, p) for t, p in factors if t is top and p == 1]
+            if not num:
+                continue
+            rest = [(t, p) for t, p in factors if t is not d and t is not top]
+            a, b = top.inputs[0], other.inputs[0]
+            rep = f("sigmoid", sub(a, b))
+            if not F.broadcast_safe([t for t, _ in rest] + [rep], node):
+                return None
+            stable = rep if not rest else mul(_product(1, rest, node), rep)
+            return F.where(_exp_safe(a, b), F.freeze(node), scale(stable, Fraction(coef) / ca))
+    return None
+
+
 @stability_rule("tanh_from_sinh_cosh", P("truediv", X("n"), X("d")))
 def tanh_from_sinh_cosh(node: Node, n: Node, d: Node) -> Node | None:
     """sinh(x)/cosh(x) -> tanh(x) (no inf/inf for |x| > 710)."""
