@@ -145,6 +145,17 @@ CASES = [
     Case("inv_sqrt_diff", "cancel", lambda m, x: 1 / m.sqrt(x) - 1 / m.sqrt(x + 1), ((G, 1.0, 1e15),)),
     Case("log_ratio", "cancel", lambda m, x: m.log((x + 1) / x), ((G, 1.0, 1e15),)),
     Case("logistic_deriv", "ml", lambda m, x: m.exp(-x) / (1 + m.exp(-x)) ** 2, ((L, -800.0, 800.0),)),
+    # -- written after a check of 40 textbook/ML formulas outside this list (session 2): the ones it found
+    #    missed, fixed or not --------------------------------------------------------------------------------
+    Case("geometric_mean", "overflow", lambda m, x, y: m.sqrt(x * y), ((G, 1e-300, 1e300), (G, 1e-300, 1e300))),
+    Case("exp_ratio", "overflow", lambda m, a, b: m.exp(a) / m.exp(b), ((L, -800.0, 800.0), (L, -800.0, 800.0))),
+    Case("softmax_pair", "ml", lambda m, a, b: m.exp(a) / (m.exp(a) + m.exp(b)),
+         ((L, -800.0, 800.0), (L, -800.0, 800.0))),
+    Case("gelu_tanh", "ml", lambda m, x: 0.5 * x * (1 + m.tanh(0.7978845608028654 * (x + 0.044715 * x * x * x))),
+         ((L, -30.0, 30.0),)),
+    Case("swish", "ml", lambda m, x: x / (1 + m.exp(-x)), ((L, -800.0, 800.0),)),
+    Case("logit_near_half", "ml", lambda m, p: m.log(p / (1 - p)), ((L, 0.5, 0.999),)),
+    Case("kl_bernoulli", "ml", lambda m, p: p * m.log(2 * p) + (1 - p) * m.log(2 * (1 - p)), ((L, 0.49, 0.51),)),
 ]
 
 NP = types.SimpleNamespace(**{k: getattr(np, k) for k in dir(np) if not k.startswith("_")})

@@ -74,7 +74,7 @@ DEFAULT_RANGE = {"float64": (-1e300, 1e300), "float32": (-1e37, 1e37)}
 _TINY = {"float64": 1e-300, "float32": 1e-37}
 
 #: Version of the search algorithm, part of the cache key: bump it when a change alters what it chooses.
-ALGORITHM = "4"
+ALGORITHM = "5"
 #: Subexpressions larger than this (in nodes) are not handed to SymPy: it gets slow, and the forms the
 #: default pipeline builds (series branches with dozens of terms) are not what SymPy should start from.
 SYMPY_MAX_NODES = 40
@@ -768,7 +768,13 @@ def _transforms() -> list[tuple[str, Callable[[Any], Any]]]:
         e = e.replace(sp.tan, lambda a: sp.sin(a) / sp.cos(a)).replace(sp.tanh, lambda a: sp.sinh(a) / sp.cosh(a))
         return sp.factor(sp.together(e))
 
+    def log_near_one(e: Any) -> Any:  # log(u) = log1p(u - 1), u - 1 simplified: log(p/(1-p)) near p = 1/2
+        from sympy.codegen.cfunctions import log1p
+
+        return e.replace(sp.log, lambda u: log1p(sp.cancel(u - 1)))
+
     return [
+        ("sympy.log(u)->log1p(cancel(u-1))", log_near_one),
         ("sympy.together", sp.together), ("sympy.cancel", sp.cancel), ("sympy.expand", sp.expand),
         ("sympy.factor", sp.factor), ("sympy.radsimp", sp.radsimp), ("sympy.trigsimp", sp.trigsimp),
         ("sympy.expand_trig", sp.expand_trig), ("sympy.expand_log", lambda e: sp.expand_log(e, force=True)),

@@ -40,7 +40,7 @@ FIXED_BY_SEARCH = {
     "tan_minus_sin": (lambda m, x: m.tan(x) - m.sin(x), (-1.0, 1.0), ("slog", 1e-9, 1.0)),
     "inv_x_minus_inv_tan": (lambda m, x: 1 / x - 1 / m.tan(x), (-1.0, 1.0), ("slog", 1e-9, 1.0)),
     "inv_sqrt_diff": (lambda m, x: 1 / m.sqrt(x) - 1 / m.sqrt(x + 1), (1.0, 1e15), ("log", 1.0, 1e15)),
-    "logistic_deriv": (lambda m, x: m.exp(-x) / (1 + m.exp(-x)) ** 2, (-800.0, 800.0), ("lin", -800.0, 800.0)),
+    "tanh_over_x_minus_1": (lambda m, x: m.tanh(x) / x - 1, (-1.0, 1.0), ("slog", 1e-9, 1.0)),
     # needs the long numeric Taylor polynomial: 14 terms of SymPy's series stop short of |x| ~ 0.4
     "atan_minus_x": (lambda m, x: m.arctan(x) - x, (-0.9, 0.9), ("slog", 1e-9, 0.9)),
 }
@@ -280,3 +280,16 @@ def test_numeric_taylor_coefficients_match_the_series() -> None:
     exact = sp.Poly(sp.series(sp.tanh(v) / v, v, 0, 13).removeO(), v).all_coeffs()[::-1]
     assert th == pytest.approx([float(c) for c in exact] + [0.0] * (13 - len(exact)), rel=1e-15, abs=0.0)
     assert search._taylor_coefficients(ctx, sp.sqrt(v), v, 8) is None  # a branch point at 0: no Taylor series
+
+
+def test_log_near_one_becomes_log1p() -> None:
+    # log(p/(1-p)) near p = 1/2: the quotient's rounding is amplified by 1/log(...); log1p of
+    # (2p - 1)/(1 - p) (exact numerator) is not.  No fixed rule does this; the search's log -> log1p form does.
+    formula = lambda m, p: m.log(p / (1 - p))
+    p = exprc.vector("p")
+    default = exprc.function([p], formula(exprc, p), backend="numpy")
+    found = exprc.function([p], formula(exprc, p), backend="numpy", accuracy=FEW, domain={p: (0.5, 0.999)})
+    pts = [_points(("lin", 0.5, 0.999), n=300)]
+    before, after = _bits(default, formula, pts), _bits(found, formula, pts)
+    assert before.max() > 5 and after.max() <= 4.0, (before.max(), after.max())
+    assert "log1p" in exprc.pprint(found.graph.outputs[0]) and "log1p" not in exprc.pprint(default.graph.outputs[0])
