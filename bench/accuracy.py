@@ -9,7 +9,8 @@ Each case is a formula ``fn(m, *inputs)`` written once for every namespace (NumP
 with a range per input, chosen where the naive formula is known to fail (cancellation, overflow,
 underflow).  Systems: NumPy (the formula evaluated naively), exprc default (C backend), exprc with
 ``exclude=("stability",)``, exprc ``accuracy="search"`` (domain: the interval each input range covers; the
-search's own compile time, cold and cached, is printed after the table); PyTensor and JAX when importable.  For each case and system: the median
+search's own compile time, cold and cached, is printed after the table); PyTensor (default mode: its own
+stabilize rewrites) and JAX (jit, x64) when importable.  For each case and system: the median
 and the max over the points of the bits lost (``exprc.accuracy.bits_lost``, 0 = correctly rounded,
 64 = garbage), and whether the case is *fixed*: every point within 4 bits (so finite where the true
 result is finite).  Also: the time to rewrite a 1,000-node graph with the default pipeline.
@@ -207,11 +208,29 @@ def _systems() -> dict[str, Callable[[Case], Callable]]:
         "exprc-search": _search_fn,
     }
     try:  # optional peers, measured only where installed
+        import pytensor
+        import pytensor.tensor as pt
+
+        ns = types.SimpleNamespace(**{k: getattr(pt, k) for k in dir(pt) if not k.startswith("_")})
+        ns.cbrt = lambda x: pt.sgn(x) * abs(x) ** (1.0 / 3.0)
+
+        def pytensor_fn(case: Case) -> Callable:
+            make = pt.dmatrix if case.rows else pt.dvector
+            xs = [make(f"x{i}") for i in range(len(case.ranges))]
+            return pytensor.function(xs, case.fn(ns, *xs))  # default mode: PyTensor's own stabilize rewrites
+
+        systems["pytensor"] = pytensor_fn
+    except ImportError:
+        pass
+    try:
         import jax
         import jax.numpy as jnp
+        import jax.scipy.special as jsp
 
         jax.config.update("jax_enable_x64", True)
-        systems["jax"] = lambda case: jax.jit(lambda *a: case.fn(jnp, *a))
+        jns = types.SimpleNamespace(**{k: getattr(jnp, k) for k in dir(jnp) if not k.startswith("_")})
+        jns.erf = jsp.erf
+        systems["jax"] = lambda case: jax.jit(lambda *a: case.fn(jns, *a))
     except ImportError:
         pass
     return systems
