@@ -265,10 +265,11 @@ def search(inputs: Sequence[Node], outputs: Sequence[Node], default: FunctionGra
         nodes = loads(json.dumps(doc["graph"]))
         return nodes, AccuracyReport.from_dict(doc["report"])
 
+    from exprc.printing import pprint
+
     try:
         (nodes, report), _ = cache.load("search", source, parts, build, loader, cfg,
-                                        meta={"backend": "search", "summary": " ".join(
-                                            str(o) for o in outputs)[:200]})
+                                        meta={"backend": "search", "summary": pprint(list(outputs))[:200]})
     except _Uncached:
         return found["result"]
     if "result" in found:
