@@ -74,7 +74,7 @@ DEFAULT_RANGE = {"float64": (-1e300, 1e300), "float32": (-1e37, 1e37)}
 _TINY = {"float64": 1e-300, "float32": 1e-37}
 
 #: Version of the search algorithm, part of the cache key: bump it when a change alters what it chooses.
-ALGORITHM = "5"
+ALGORITHM = "6"
 #: Subexpressions larger than this (in nodes) are not handed to SymPy: it gets slow, and the forms the
 #: default pipeline builds (series branches with dozens of terms) are not what SymPy should start from.
 SYMPY_MAX_NODES = 40
@@ -776,6 +776,7 @@ def _transforms() -> list[tuple[str, Callable[[Any], Any]]]:
 
     return [
         ("sympy.log(u)->log1p(cancel(u-1))", log_near_one),
+        ("sympy.logcombine", lambda e: sp.logcombine(e, force=True)),  # log p - log(1-p) -> log(p/(1-p))
         ("sympy.together", sp.together), ("sympy.cancel", sp.cancel), ("sympy.expand", sp.expand),
         ("sympy.factor", sp.factor), ("sympy.radsimp", sp.radsimp), ("sympy.trigsimp", sp.trigsimp),
         ("sympy.expand_trig", sp.expand_trig), ("sympy.expand_log", lambda e: sp.expand_log(e, force=True)),

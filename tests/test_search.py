@@ -282,14 +282,16 @@ def test_numeric_taylor_coefficients_match_the_series() -> None:
     assert search._taylor_coefficients(ctx, sp.sqrt(v), v, 8) is None  # a branch point at 0: no Taylor series
 
 
-def test_log_near_one_becomes_log1p() -> None:
-    # log(p/(1-p)) near p = 1/2: the quotient's rounding is amplified by 1/log(...); log1p of
-    # (2p - 1)/(1 - p) (exact numerator) is not.  No fixed rule does this; the search's log -> log1p form does.
-    formula = lambda m, p: m.log(p / (1 - p))
+def test_log_difference_near_one_is_combined() -> None:
+    # log(p) - log(1 - p) near p = 1/2 cancels; no fixed rule rewrites it, but SymPy's logcombine gives
+    # log(p/(1 - p)), which the default rules then turn into log1p((2p - 1)/(1 - p)).
+    def formula(m, p):
+        return m.log(p) - m.log(1 - p)
+
     p = exprc.vector("p")
     default = exprc.function([p], formula(exprc, p), backend="numpy")
-    found = exprc.function([p], formula(exprc, p), backend="numpy", accuracy=FEW, domain={p: (0.5, 0.999)})
-    pts = [_points(("lin", 0.5, 0.999), n=300)]
+    found = exprc.function([p], formula(exprc, p), backend="numpy", accuracy=FEW, domain={p: (0.3, 0.7)})
+    pts = [_points(("lin", 0.45, 0.55), n=300)]
     before, after = _bits(default, formula, pts), _bits(found, formula, pts)
     assert before.max() > 5 and after.max() <= 4.0, (before.max(), after.max())
-    assert "log1p" in exprc.pprint(found.graph.outputs[0]) and "log1p" not in exprc.pprint(default.graph.outputs[0])
+    assert found.accuracy_report.changes

@@ -68,6 +68,10 @@ RULES = [
     R("log_mul", [lambda m, x, y: m.log(x * y), lambda m, x, y: m.log(y * x)], {"where"},
       [(G, 1e-300, 1e300), (G, 1e-300, 1e300)]),
     R("log_div", [lambda m, x, y: m.log(x / y)], {"where"}, [(G, 1e-300, 1e300), (G, 1e-300, 1e300)]),
+    # near 1: the logit near p = 1/2, log returns, log((x + 1)/x) (x - y from the sum views, exact)
+    R("log_div", [lambda m, p: m.log(p / (1 - p)), lambda m, p: -m.log((1 - p) / p)], {"log1p"}, [(L, 0.499, 0.501)]),
+    R("log_div", [lambda m, x: m.log((x + 1) / x), lambda m, x: -m.log(x / (x + 1))], {"log1p"}, [(G, 1.0, 1e15)]),
+    R("log_div", [lambda m, x, y: m.log(x / (x + y))], {"log1p"}, [(G, 1.0, 1e10), (G, 1e-10, 1e-3)]),
     R("sigmoid_from_exp", [lambda m, x: 1 / (1 + m.exp(-x)), lambda m, x: m.exp(x) / (1 + m.exp(x)),
                            lambda m, x: m.exp(x) / (m.exp(x) + 1), lambda m, x: (1 + m.exp(-x)) ** -1,
                            lambda m, x: 1 / (m.exp(-x) + 1), lambda m, x: 2 / (2 + 2 * m.exp(-x)) * 1.0],

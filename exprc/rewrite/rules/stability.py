@@ -1211,10 +1211,18 @@ def log_mul(node: Node, a: Node) -> Node | None:
 
 @_log_rule("log_div")
 def log_div(node: Node, a: Node) -> Node | None:
-    """log(x/y) -> log|x| - log|y| where x/y over- or underflows (log(x/y) elsewhere)."""
+    """log(x/y) -> log1p((x - y)/y) where 1/2 < x/y < 2, with x - y taken from the sum views
+    (log(p/(1 - p)) -> log1p((2p - 1)/(1 - p)); log((x + 1)/x) -> log1p(1/x)): log near 1 turns the
+    quotient's rounding into all of its error, and x - y is exact there (Sterbenz);
+    log|x| - log|y| where x/y over- or underflows; log(x/y) elsewhere."""
     if a.op != "truediv":
         return None
-    return _log_product(node, a, quotient=True)
+    out = _log_product(node, a, quotient=True)
+    x, y = a.inputs
+    vx, vy = view_of(x), view_of(y)
+    num = build_sum(vx.plus(vy, -ONE), node) if vx is not None and vy is not None else sub(x, y)
+    near_one = (a > k(0.5, a)) & (a < k(2.0, a))
+    return F.where(near_one, f("log1p", div(num, y)), out)
 
 
 # == log1p, exp, expm1 =======================================================================
