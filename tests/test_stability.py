@@ -202,6 +202,8 @@ RULES = [
       absent={"tan"}),
     R("arctan_difference", [lambda m, x: m.arctan(x + 1) - m.arctan(x)], {"arctan"}, [(G, 1, 1e8)]),
     R("exp_difference", [lambda m, x, e: m.exp(x + e) - m.exp(x)], {"expm1"}, [(L, -5, 5), (S, 1e-15, 1e-3)]),
+    R("log_difference", [lambda m, p: m.log(p) - m.log(1 - p), lambda m, p: -(m.log(1 - p) - m.log(p))], {"log1p"},
+      [(L, 0.499, 0.501)]),  # nothing cancels symbolically: the near-one branch
     R("log_difference", [lambda m, x: m.log(x + 1) - m.log(x), lambda m, x: m.log1p(x) - m.log(x)], {"log1p"},
       [(G, 1, 1e15)]),
     R("exp_over_expm1", [lambda m, x: m.exp(x) / (m.exp(x) - 1), lambda m, x: m.exp(x) / m.expm1(x)], {"expm1"},

@@ -561,7 +561,8 @@ def _log_argument(t: Node) -> SumView | None:
 
 @stability_rule("log_difference", SUM_OPS, needs=('log', 'log1p'))
 def log_difference(node: Node) -> Node | None:
-    """log(x + e) - log(x) -> log1p(e / x) (for x > 0; log1p(x) counts as log(1 + x))."""
+    """log(x + e) - log(x) -> log1p(e / x) (for x > 0; log1p(x) counts as log(1 + x)); any other
+    log(u) - log(v) -> log1p((u - v)/v) where 1/2 < u/v < 2 (u - v from the sum views)."""
     view = view_of(node)
     if view is None or len(view.terms) != 2 or view.const != 0:
         return None
@@ -574,10 +575,15 @@ def log_difference(node: Node) -> Node | None:
     if a is None or b is None:
         return None
     d = a.plus(b, -ONE)
-    if not d.cancelled or len(d.terms) >= len(a.terms) + len(b.terms):
-        return None
     v = build_sum(b, node) if t2.op == "log1p" else t2.inputs[0]
     stable = scale(f("log1p", div(build_sum(d, node), v)), c1)
+    if not d.cancelled or len(d.terms) >= len(a.terms) + len(b.terms):
+        # Nothing cancels symbolically, but log(u) - log(v) still cancels where u is near v
+        # (log p - log(1 - p) near p = 1/2): there u - v is exact (Sterbenz), so use it.
+        u = build_sum(a, node) if t1.op == "log1p" else t1.inputs[0]
+        r = div(u, v)
+        near = (r > k(0.5, r)) & (r < k(2.0, r)) & (v > k(0.0, v))
+        return F.where(near, stable, F.freeze(node))
     return guarded(stable, node, (v > k(0.0, v)) & f("isfinite", stable))
 
 
