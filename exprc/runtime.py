@@ -372,6 +372,7 @@ class CKernel:
             plan.input_views.append((slot[base], slot[node], 0))
             plan.redirects.append((base, node, buf.shape))
             plan.aliases.append((node, base))
+        root: dict[Node, Node] = {}  # a dynamic alias -> the buffer with a slot that it views
         for node in steps:
             base = node.inputs[0]
             if node in outputs or node in dynamic or not (base in plan.scratch or base in dynamic):
@@ -384,8 +385,9 @@ class CKernel:
             plan.aliases.append((node, base))
             if base in dynamic:
                 dynamic.add(node)
+                r = root[node] = root.get(base, base)  # base may be an alias without a slot
                 if node in slot:
-                    plan.input_views.append((slot[node], slot[base], address(view) - address(env[base])))
+                    plan.input_views.append((slot[node], slot[r], address(view) - address(env[r])))
             elif node in slot:
                 plan.ptrs[slot[node]] = _pointer(view)
                 plan.keep.append(view)

@@ -311,3 +311,21 @@ def test_outputs_that_are_views_of_computed_buffers():
         got = f(X, Y)
         assert len({id(g) for g in got}) == len(got)
         assert not any(np.shares_memory(p, q) for i, p in enumerate(got) for q in got[i + 1:])
+
+
+def test_a_view_of_an_argument_view_without_a_buffer_of_its_own():
+    # The gradient of v * sum(h, axis=0) with respect to h is sum_to(v, ...) (a view of the
+    # argument v: no buffer, no slot) then a dimshuffle of that: the plan must place the second
+    # view relative to v itself.
+    a, w, v = exprc.matrix("a"), exprc.matrix("w"), exprc.vector("v")
+    outs = exprc.grad(exprc.sum(v * exprc.sum(exprc.tanh(a @ w), axis=0)), [a, w, v])
+    rng = np.random.default_rng(6)
+    fn = exprc.function([a, w, v], outs, backend="numpy")
+    fc = exprc.function([a, w, v], outs, backend="c")
+    for _ in range(3):  # the Python path, then the C dispatcher
+        A, W, V = rng.normal(size=(5, 3)), rng.normal(size=(3, 4)), rng.normal(size=4)
+        for g, x in zip(fc(A, W, V), fn(A, W, V)):
+            assert_close(g, x, ulps=64)
+    o = [np.empty((5, 3)), np.empty((3, 4)), np.empty(4)]
+    for g, x in zip(fc(A, W, V, out=o), fn(A, W, V)):
+        assert_close(g, x, ulps=64)
