@@ -338,8 +338,10 @@ class SharedFunction(Function):
         spares: list[Any] = []
         for c in self._boxes:
             sp, cur = c.spare, c.value
-            # 3 references: the slot, ``sp`` and getrefcount's argument.  More: someone holds it.
-            if sp is None or sys.getrefcount(sp) > 3 or sp.shape != cur.shape or not sp.flags.c_contiguous:
+            # 3 references: the slot, ``sp`` and getrefcount's argument.  More: someone holds it (a view:
+            # whoever holds its base holds the memory).
+            if (sp is None or sys.getrefcount(sp) > 3 or sp.base is not None or sp.shape != cur.shape
+                    or not sp.flags.c_contiguous):
                 sp = None if cur.nbytes < SWAP_BYTES else np.empty_like(cur, order="C")
             spares.append(sp)
         try:

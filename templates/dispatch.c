@@ -286,8 +286,11 @@ static PyObject *update_locked(Dispatcher *self, PyObject *args, PyObject *boxes
             for (int t = 0; t < p->nout; t++) { Py_XDECREF(outs[t]); Py_XDECREF(old[t]); }
             Py_RETURN_NONE;
         }
-        /* 2 references: the box's slot and ours.  More: someone else holds it, so it is not ours to overwrite. */
-        if (Py_REFCNT(spare) == 2 && spare != value && fits(p, j, dims, spare, 1)) outs[j] = spare;
+        /* 2 references: the box's slot and ours.  More: someone else holds it, so it is not ours to overwrite;
+         * nor is a view (set_value(view, borrow=True)): whoever holds its base holds the memory. */
+        if (Py_REFCNT(spare) == 2 && spare != value && fits(p, j, dims, spare, 1) &&
+            PyArray_BASE((PyArrayObject *)spare) == NULL)
+            outs[j] = spare;
         else Py_DECREF(spare);
     }
     if (run_plan(self, p, arr, outs) < 0) {

@@ -1,5 +1,7 @@
 """Shared variables, updates= and givens=, written as a library using exprc would (public API only)."""
 
+import sys
+
 import numpy as np
 import pytest
 
@@ -254,3 +256,22 @@ def test_the_c_update_path_keeps_every_guarantee():
     for _ in range(3):
         f(np.ones(6))
     np.testing.assert_array_equal(s.get_value(), np.full(6, 3.0))
+
+
+@pytest.mark.parametrize("path", ["dispatcher", "python"])
+def test_a_borrowed_view_is_never_written_into(path, monkeypatch):
+    # set_value(view, borrow=True): the caller holds the memory through the view's base, not the
+    # view, so the variable must not reuse the view as a spare buffer for a later update.
+    monkeypatch.setattr(sys.modules["exprc.shared"], "SWAP_BYTES", 0)  # the Python path swaps every value
+    s = exprc.shared(np.zeros(4), "s")
+    x = exprc.vector("x")
+    f = exprc.function([x], [], updates=[(s, s + x)], backend="c")
+    one = np.ones(4) if path == "dispatcher" else [1.0] * 4  # a list: the dispatcher passes
+    for _ in range(3):
+        f(one)
+    big = np.zeros((3, 4))
+    s.set_value(big[1], borrow=True)
+    for _ in range(4):
+        f(one)
+    np.testing.assert_array_equal(big, np.zeros((3, 4)))
+    np.testing.assert_array_equal(s.get_value(), np.full(4, 4.0))
