@@ -157,6 +157,8 @@ CASES = [
     Case("swish", "ml", lambda m, x: x / (1 + m.exp(-x)), ((L, -800.0, 800.0),)),
     Case("logit_near_half", "ml", lambda m, p: m.log(p / (1 - p)), ((L, 0.5, 0.999),)),
     Case("kl_bernoulli", "ml", lambda m, p: p * m.log(2 * p) + (1 - p) * m.log(2 * (1 - p)), ((L, 0.49, 0.51),)),
+    Case("gaussian_pdf_tail", "ml", lambda m, x: m.exp(-x * x / 2) / SQRT2PI, ((L, 0.0, 38.0),)),
+    Case("logit_diff_of_logs", "ml", lambda m, p: m.log(p) - m.log(1 - p), ((L, 0.4, 0.6),)),
 ]
 
 NP = types.SimpleNamespace(**{k: getattr(np, k) for k in dir(np) if not k.startswith("_")})

@@ -16,13 +16,16 @@ from exprc.rewrite import TraceEntry, rewrite, select
 from exprc.rewrite.core import check_exclude
 from exprc.rewrite.forms import scope
 
-#: (pass name, rule tag, tags of helper rules that also run in the pass).  Fusion happens
-#: later, in lowering (see exprc.fusion).  The stabilize pass keeps the canonical rules on,
-#: so the nodes a stability rule builds are canonical before the next rule looks at them.
-PASSES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
-    ("canonicalize", "canonicalize", ()),
-    ("stabilize", "stability", ("canonicalize",)),
-    ("specialize", "specialize", ()),
+#: (pass name, rule tag, tags of helper rules that also run in the pass, tags of rules the pass
+#: leaves to a later one).  Fusion happens later, in lowering (see exprc.fusion).  The stabilize
+#: pass keeps the canonical rules on, so the nodes a stability rule builds are canonical before
+#: the next rule looks at them.  Stability rules tagged ``late`` run after all the others: they
+#: wrap a node (``exp`` of a square) that other rules must still see bare (``log(exp(...))``).
+PASSES: tuple[tuple[str, str, tuple[str, ...], tuple[str, ...]], ...] = (
+    ("canonicalize", "canonicalize", (), ()),
+    ("stabilize", "stability", ("canonicalize",), ("late",)),
+    ("stabilize_late", "late", (), ()),
+    ("specialize", "specialize", (), ()),
 )
 
 
@@ -65,10 +68,10 @@ def optimize(graph: FunctionGraph | Node | Sequence[Node], config: Config | None
     trace: list[TraceEntry] = []
     outputs = list(fg.outputs)
     fixpoints: dict[str, set[Node]] = {}  # tag -> nodes where no rule of that tag fires
-    for pass_name, tag, helpers in PASSES:
+    for pass_name, tag, helpers, later in PASSES:
         if pass_name in ex:
             continue
-        main = select(tag, ex)
+        main = select(tag, ex + later)
         if main:
             in_main = set(map(id, main))  # (rule names are unique: identity is equality, and cheaper)
             extra = [r for r in select_any(helpers, ex) if id(r) not in in_main]

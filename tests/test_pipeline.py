@@ -7,7 +7,7 @@ from exprc.pipeline import PASSES, FunctionGraph
 
 
 def test_passes_are_named_and_ordered():
-    assert [p[0] for p in PASSES] == ["canonicalize", "stabilize", "specialize"]
+    assert [p[0] for p in PASSES] == ["canonicalize", "stabilize", "stabilize_late", "specialize"]
     assert len({p[0] for p in PASSES}) == len(PASSES)
     assert PASSES[1][1] == "stability" and "canonicalize" in PASSES[1][2]  # canonical rules stay on
 

@@ -86,6 +86,10 @@ RULES = [
     R("softmax_pair", [lambda m, a, b: m.exp(a) / (m.exp(a) + m.exp(b)), lambda m, a, b: m.exp(b) / (m.exp(a) + m.exp(b)),
                        lambda m, a, b: 2 * m.exp(a) / (m.exp(b) + m.exp(a))],
       {"sigmoid", "where"}, [(L, -800, 800), (L, -800, 800)]),
+    # the Gaussian tail: the rounding of x*x costs x*x/2 ulps of exp(-x*x/2)
+    R("exp_exact_square", [lambda m, x: m.exp(-x * x / 2), lambda m, x: m.exp(-(x ** 2) / 2) / math.sqrt(2 * math.pi),
+                           lambda m, x: m.exp(-x * x), lambda m, x: m.exp(x * x / 4)], {"where", "exp"},
+      [(L, 20.0, 37.0)]),
     # the logistic density / the derivative of the sigmoid, as a user writes it (inf/inf for x < -710)
     R("sigmoid_from_exp", [lambda m, x: m.exp(-x) / (1 + m.exp(-x)) ** 2, lambda m, x: m.exp(x) / (1 + m.exp(x)) ** 2,
                            lambda m, x: m.exp(-x) / ((1 + m.exp(-x)) * (1 + m.exp(-x))),

@@ -39,11 +39,14 @@ SUM_OPS = ("add", "sub")
 FLOATS = ("float32", "float64")  # the dtypes is_float accepts
 
 
-def stability_rule(name: str, pattern: P | str | tuple[str, ...], needs: tuple[str, ...] = ()) -> Callable:
+def stability_rule(name: str, pattern: P | str | tuple[str, ...], needs: tuple[str, ...] = (),
+                   late: bool = False) -> Callable:
     """Register ``fn`` as stability rule ``name``: float nodes only, never a frozen node.
     ``pattern`` is a :class:`P` or just root op name(s): then ``fn(node)`` decides alone.
-    ``needs``: ops of which one must be a term of the node's sum view (a cheap pre-check)."""
+    ``needs``: ops of which one must be a term of the node's sum view (a cheap pre-check).
+    ``late``: run in the pass after the other stability rules (see exprc.pipeline.PASSES)."""
     need = frozenset(needs)
+    tags = frozenset(TAGS + (("late",) if late else ()))
 
     def deco(fn: Callable[..., Node | None]) -> Callable[..., Node | None]:
         def replace(node: Node, **caps: Node) -> Node | None:
@@ -53,10 +56,10 @@ def stability_rule(name: str, pattern: P | str | tuple[str, ...], needs: tuple[s
 
         doc = (fn.__doc__ or "").strip()
         if isinstance(pattern, P):
-            register_rule(Rule(name, frozenset(TAGS), pattern, replace, doc, needs=need or None))
+            register_rule(Rule(name, tags, pattern, replace, doc, needs=need or None))
         else:
             ops = (pattern,) if isinstance(pattern, str) else tuple(pattern)
-            register_rule(Rule(name, frozenset(TAGS), None, replace, doc, ops=ops, needs=need or None))
+            register_rule(Rule(name, tags, None, replace, doc, ops=ops, needs=need or None))
         return fn
 
     return deco
@@ -798,6 +801,44 @@ def softmax_pair(node: Node) -> Node | None:
             stable = rep if not rest else mul(_product(1, rest, node), rep)
             return F.where(_exp_safe(a, b), F.freeze(node), scale(stable, Fraction(coef) / ca))
     return None
+
+
+def _power_of_two(c: Fraction) -> bool:
+    n, d = abs(c.numerator), c.denominator
+    return n > 0 and n & (n - 1) == 0 and d & (d - 1) == 0
+
+
+def _square_error(u: Node, hi: Node) -> Node:
+    """``u*u - hi`` exactly, for ``hi`` = fl(u*u) (Dekker's product, Veltkamp's split).  Every node is
+    frozen: the sum views would otherwise simplify ``t - (t - u)`` back to ``u``."""
+    split = k(134217729.0 if u.dtype == "float64" else 4097.0, u)  # 2**27 + 1, 2**12 + 1
+
+    def fz(op: str, *xs: Node) -> Node:
+        return F.freeze(make(op, *xs))
+
+    t = fz("mul", u, split)
+    uh = fz("sub", t, fz("sub", t, u))
+    ul = fz("sub", u, uh)
+    hh = fz("mul", uh, uh)
+    cross = fz("mul", fz("mul", uh, ul), k(2.0, u))
+    return fz("add", fz("add", fz("sub", hh, hi), cross), fz("mul", ul, ul))
+
+
+@stability_rule("exp_exact_square", P("exp", X("a")), late=True)  # after log(exp(...)), logsumexp ...
+def exp_exact_square(node: Node, a: Node) -> Node | None:
+    """exp(c u**2) -> exp(c hi) (1 + c lo) with u**2 = hi + lo exactly (c a power of two, so c hi is exact):
+    the rounding of u**2 alone costs c u**2 ulps of the result (9 bits for the Gaussian exp(-x**2/2) at
+    x = 38).  For |u| < 1e150 (the split overflows beyond, where the result is 0 or inf anyway)."""
+    v = view_of(a)
+    if v is None or v.const != 0 or len(v.terms) != 1:
+        return None
+    c, sq = v.terms[0]
+    if sq.op != "square" or sq.dtype not in FLOATS or sq.dtype != node.dtype or not _power_of_two(Fraction(c)):
+        return None
+    u = sq.inputs[0]
+    lo = _square_error(u, sq)
+    fixed = mul(F.freeze(node), add(k(1.0, node), scale(lo, c)))
+    return F.where(f("abs", u) < k(1e150 if u.dtype == "float64" else 1e18, u), fixed, F.freeze(node))
 
 
 @stability_rule("tanh_from_sinh_cosh", P("truediv", X("n"), X("d")))
