@@ -159,6 +159,7 @@ CASES = [
     Case("kl_bernoulli", "ml", lambda m, p: p * m.log(2 * p) + (1 - p) * m.log(2 * (1 - p)), ((L, 0.49, 0.51),)),
     Case("gaussian_pdf_tail", "ml", lambda m, x: m.exp(-x * x / 2) / SQRT2PI, ((L, 0.0, 38.0),)),
     Case("logit_diff_of_logs", "ml", lambda m, p: m.log(p) - m.log(1 - p), ((L, 0.4, 0.6),)),
+    Case("cauchy_log_kernel", "overflow", lambda m, x: m.log(1 + x * x), ((S, 1e-300, 1e300),)),
 ]
 
 NP = types.SimpleNamespace(**{k: getattr(np, k) for k in dir(np) if not k.startswith("_")})

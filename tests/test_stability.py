@@ -86,6 +86,8 @@ RULES = [
     R("softmax_pair", [lambda m, a, b: m.exp(a) / (m.exp(a) + m.exp(b)), lambda m, a, b: m.exp(b) / (m.exp(a) + m.exp(b)),
                        lambda m, a, b: 2 * m.exp(a) / (m.exp(b) + m.exp(a))],
       {"sigmoid", "where"}, [(L, -800, 800), (L, -800, 800)]),
+    R("log1p_square", [lambda m, x: m.log(1 + x * x), lambda m, x: m.log(x ** 2 + 1), lambda m, x: m.log1p(x * x / 3)],
+      {"log1p", "where"}, [(S, 1e-300, 1e300)]),
     # the Gaussian tail: the rounding of x*x costs x*x/2 ulps of exp(-x*x/2)
     R("exp_exact_square", [lambda m, x: m.exp(-x * x / 2), lambda m, x: m.exp(-(x ** 2) / 2) / math.sqrt(2 * math.pi),
                            lambda m, x: m.exp(-x * x), lambda m, x: m.exp(x * x / 4)], {"where", "exp"},

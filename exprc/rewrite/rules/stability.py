@@ -1199,7 +1199,7 @@ def log_sigmoid(node: Node, x: Node) -> Node:
 def log_cosh(node: Node, x: Node) -> Node:
     """log(cosh(x)) -> log1p(2 sinh(x/2)^2) for |x| < 20, |x| - ln 2 + log1p(exp(-2|x|)) beyond."""
     ax = f("abs", x)
-    small = f("log1p", scale(f("square", f("sinh", scale(x, HALF))), TWO))
+    small = F.freeze(f("log1p", scale(f("square", f("sinh", scale(x, HALF))), TWO)))  # |x| < 20: no overflow
     large = add(sub(ax, k(LN2, x)), f("log1p", f("exp", scale(ax, -TWO))))
     return F.where(ax < k(20.0, x), small, large)
 
@@ -1221,6 +1221,20 @@ def log_sqrt(node: Node, x: Node) -> Node:
 def log_square(node: Node, x: Node) -> Node:
     """log(x*x) -> 2 log|x| (no overflow for |x| > 1e154)."""
     return scale(f("log", f("abs", x)), TWO)
+
+
+@stability_rule("log1p_square", P("log1p", X("a")))
+def log1p_square(node: Node, a: Node) -> Node | None:
+    """log1p(c x*x) (log(1 + c x**2), c > 0) -> 2 log|x| + log(c) + log1p(1/(c x*x)) where c x*x
+    overflows (|x| > 1e150; the Cauchy log-density log(1 + x**2)); log1p(c x*x) elsewhere."""
+    one = _single(a)
+    if not one or one[0] <= 0 or one[1].op != "square":
+        return None
+    c, x = one[0], one[1].inputs[0]
+    tail = F.freeze(f("log1p", scale(f("square", div(k(1.0, x), x)), Fraction(1) / Fraction(c))))  # not again
+    big = scale(f("log", f("abs", x)), TWO)
+    big = add(add(big, k(math.log(c), node)), tail) if c != 1 else add(big, tail)
+    return F.where(f("abs", x) > k(1e150, x), big, F.freeze(node))
 
 
 @stability_rule("log_pow", P("log", P("pow", X("x"), X("p"))))
