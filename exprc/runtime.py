@@ -358,7 +358,9 @@ class CKernel:
 
         for node in steps:  # outputs first: they decide which scratch buffers become dynamic
             base = node.inputs[0]
-            if node not in dynamic or base not in plan.scratch or base in outputs or base not in slot:
+            # (not a value computed once per plan: nothing would write it into each call's output)
+            if (node not in dynamic or base not in plan.scratch or base in outputs or base not in slot
+                    or base in plan_time):
                 continue
             view, out, buf = view_of(node), env[node], env[base]
             # The output must hold the buffer's elements at the same places: then the buffer can

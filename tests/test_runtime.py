@@ -329,3 +329,17 @@ def test_a_view_of_an_argument_view_without_a_buffer_of_its_own():
     o = [np.empty((5, 3)), np.empty((3, 4)), np.empty(4)]
     for g, x in zip(fc(A, W, V, out=o), fn(A, W, V)):
         assert_close(g, x, ulps=64)
+
+
+def test_an_output_that_is_a_reshape_of_a_shape_only_value():
+    # shape(x) is computed once per plan, when the plan is made: an output reshaping it cannot
+    # have its buffer written straight into the output array, which is fresh on every call.
+    x = exprc.matrix("x")
+    sh = exprc.shape(x)
+    outs = [exprc.reshape(sh, (-1,)), sh * 2, exprc.reshape(sh, (1, -1))]
+    f = exprc.function([x], outs, backend="c")
+    for shape in [(7, 3), (5, 11), (7, 3), (5, 11), (7, 3)]:
+        got = f(np.zeros(shape))
+        np.testing.assert_array_equal(got[0], shape)
+        np.testing.assert_array_equal(got[1], 2 * np.array(shape))
+        np.testing.assert_array_equal(got[2], [shape])
