@@ -343,3 +343,38 @@ def test_an_output_that_is_a_reshape_of_a_shape_only_value():
         np.testing.assert_array_equal(got[0], shape)
         np.testing.assert_array_equal(got[1], 2 * np.array(shape))
         np.testing.assert_array_equal(got[2], [shape])
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_plan_aliases_across_layouts_sizes_and_out_arrays(dtype):
+    # Gradients full of sum_to/reshape/transpose/split_part steps: sizes 0 and 1 (the steps may
+    # or may not be views), Fortran-ordered arguments (the Python path), out= arrays (C-contiguous
+    # and strided), each signature called enough times to reach the C dispatcher.
+    a, b, w = (exprc.matrix(n, dtype=dtype) for n in "abw")
+    v = exprc.vector("v", dtype=dtype)
+    h = exprc.tanh(a @ w)
+    cost = exprc.sum(exprc.exp(h) * b) + exprc.sum(v * exprc.sum(h, axis=0))
+    mlp = [*exprc.grad(cost, [a, b, w, v]), exprc.reshape(exprc.grad(cost, b), (-1,))]
+    cat = [*exprc.grad(exprc.sum(exprc.sin(exprc.concatenate([a, b], axis=1)) * v[0]), [a, b, v])]
+    rng = np.random.default_rng(7)
+    for outs, b_shapes in [(mlp, lambda n, k: [(n, k), (1, k), (n, 1)]), (cat, lambda n, k: [(n, k)])]:
+        fc = exprc.function([a, b, w, v], outs, backend="c")
+        fn = exprc.function([a, b, w, v], outs, backend="numpy")
+        for n, m, k in [(5, 3, 4), (1, 3, 4), (5, 1, 1), (0, 3, 4), (5, 0, 4)]:
+            for order, shape_b in [(o, sb) for sb in b_shapes(n, k) for o in "CF"]:
+                for call in range(4):
+                    A = np.asarray(rng.normal(size=(n, m)), dtype, order=order)
+                    B = np.asarray(rng.normal(size=shape_b), dtype, order=order)
+                    W, V = np.asarray(rng.normal(size=(m, k)), dtype), np.asarray(rng.normal(size=k), dtype)
+                    want = fn(A, B, W, V)
+                    out = None
+                    if call == 2:
+                        out = [np.empty_like(x, order="C") for x in want]
+                    elif call == 3:  # strided out= arrays
+                        out = [np.empty((2, *x.shape), dtype)[1] if x.ndim < 2 else np.empty(x.shape[::-1], dtype).T
+                               for x in want]
+                    got = fc(A, B, W, V, out=out)
+                    assert out is None or all(g is o for g, o in zip(got, out))
+                    for g, x in zip(got, want):
+                        assert_close(g, x, ulps=64 if dtype == "float64" else 512)
+                    assert not any(np.shares_memory(p, q) for i, p in enumerate(got) for q in got[i + 1:])

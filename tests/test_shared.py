@@ -275,3 +275,37 @@ def test_a_borrowed_view_is_never_written_into(path, monkeypatch):
         f(one)
     np.testing.assert_array_equal(big, np.zeros((3, 4)))
     np.testing.assert_array_equal(s.get_value(), np.full(4, 4.0))
+
+
+def test_update_edge_cases_on_the_c_path():
+    # 0-d and float32 variables; the argument is the updated variable's own (borrowed) value;
+    # two variables sharing one borrowed array; returned outputs keep their values.
+    s0 = exprc.shared(0.0, "s0")
+    m = exprc.shared(np.zeros((2, 3), np.float32), "m")
+    x = exprc.scalar("x")
+    f = exprc.function([x], s0 * 1.0, updates=[(s0, s0 + x), (m, m + x.astype("float32"))], backend="c")
+    for i in range(6):
+        assert float(f(1.0)) == i
+    assert s0.get_value() == 6.0 and m.get_value().tolist() == [[6.0] * 3] * 2
+    v, w = exprc.shared(np.zeros(4), "v"), exprc.shared(np.zeros(4), "w")
+    y = exprc.vector("y")
+    g = exprc.function([y], [v + y], updates=[(v, v * 2.0 + y), (w, w + v)], backend="c")
+    held, want_v, want_w = [], np.zeros(4), np.zeros(4)
+    for i in range(8):
+        arg = v.get_value(borrow=True) if i % 2 else np.ones(4)
+        before = arg.copy()
+        out = g(arg)[0]
+        held.append((out, out.copy()))
+        np.testing.assert_array_equal(arg, before)
+        np.testing.assert_array_equal(out, want_v + before)
+        want_v, want_w = want_v * 2.0 + before, want_w + want_v
+        np.testing.assert_array_equal(v.get_value(), want_v)
+        np.testing.assert_array_equal(w.get_value(), want_w)
+        if i == 3:  # two variables sharing one borrowed array
+            want_v, want_w = np.arange(4.0), np.arange(4.0)
+            both = np.arange(4.0)
+            v.set_value(both, borrow=True)
+            w.set_value(both, borrow=True)
+            del both
+    for out, copy in held:
+        np.testing.assert_array_equal(out, copy)
