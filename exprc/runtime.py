@@ -435,6 +435,8 @@ class CKernel:
         if out is not None:
             if len(out) != len(self._outputs):
                 raise InputTypeError(f"out: expected {len(self._outputs)} arrays, got {len(out)}")
+            if _overlapping(out, arrays):
+                return _copy_out(out, self(*arrays))
             key += ("out",) + tuple((getattr(o, "shape", None), getattr(o, "strides", None)) for o in out)
         plan = self._take_plan(key)
         if plan is None:
@@ -582,17 +584,26 @@ class CKernel:
         if not hasattr(self, "_numpy"):
             self._numpy = NumpyKernel(FunctionGraph(tuple(self._inputs), tuple(self._outputs)))
         res = self._numpy(*arrays)
-        if out is None:
-            return res
-        outs = []
-        for j, (dst, val) in enumerate(zip(out, res)):
-            if dst is None:
-                outs.append(val)
-                continue
-            _check_out(j, dst, val.shape, val.dtype.name)
-            np.copyto(dst, val)
-            outs.append(dst)
-        return outs
+        return res if out is None else _copy_out(out, res)
+
+
+def _copy_out(out: Sequence[Any], res: list[np.ndarray]) -> list[np.ndarray]:
+    """Results computed into fresh arrays, copied into the caller's ``out=`` (None: keep the fresh one)."""
+    outs = []
+    for j, (dst, val) in enumerate(zip(out, res)):
+        if dst is None:
+            outs.append(val)
+            continue
+        _check_out(j, dst, val.shape, val.dtype.name)
+        np.copyto(dst, val)
+        outs.append(dst)
+    return outs
+
+
+def _overlapping(out: Sequence[Any], arrays: Sequence[np.ndarray]) -> bool:
+    """Whether an ``out=`` array may share memory with an argument (then the kernels could read what
+    they already wrote: compute into fresh arrays and copy, as NumPy does for overlapping operands)."""
+    return any(isinstance(o, np.ndarray) and any(np.may_share_memory(o, a) for a in arrays) for o in out)
 
 
 def _contiguous_outs(out: Sequence[Any] | None) -> bool:

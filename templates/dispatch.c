@@ -190,6 +190,9 @@ static int fits(plan_t *p, int j, npy_intp *dims, PyObject *o, int buffer) {
 /* Run plan p: outs[j] already set (a new reference) where the caller gives a buffer, NULL where
  * a fresh array is wanted.  Returns 0, or -1 with an exception set (outs released). */
 static int run_plan(Dispatcher *self, plan_t *p, PyArrayObject **arr, PyObject **outs) {
+    /* The plan's scratch buffers are ours until the call returns (taken before anything that could
+     * run other Python code). */
+    p->busy = 1;
     char *ptrs[EXPRC_MAX_SLOTS];
     memcpy(ptrs, p->ptrs, sizeof(char *) * self->nslots);
     for (int i = 0; i < self->nin; i++) ptrs[i] = PyArray_BYTES(arr[i]);
@@ -197,15 +200,13 @@ static int run_plan(Dispatcher *self, plan_t *p, PyArrayObject **arr, PyObject *
     for (int j = 0; j < p->nout; j++) {
         if (!outs[j]) outs[j] = PyArray_EMPTY(p->out_ndim[j], p->out_shapes + off, p->out_type[j], 0);
         off += p->out_ndim[j];
-        if (!outs[j]) { for (int t = 0; t < p->nout; t++) Py_CLEAR(outs[t]); return -1; }
+        if (!outs[j]) { for (int t = 0; t < p->nout; t++) Py_CLEAR(outs[t]); p->busy = 0; return -1; }
         ptrs[p->out_slot[j]] = PyArray_BYTES((PyArrayObject *)outs[j]);
     }
     for (int v = 0; v < p->nviews; v++) {
         const int64_t *t = p->views + 3 * v;
         ptrs[t[0]] = ptrs[t[1]] + t[2];
     }
-    /* The plan's scratch buffers are ours until the call returns. */
-    p->busy = 1;
     int nthreads = serial_after_fork ? 1 : self->nthreads;
     Py_BEGIN_ALLOW_THREADS
     self->run(ptrs, p->P, 0, self->nkernels, nthreads);
@@ -232,6 +233,18 @@ static PyObject *Dispatcher_call(Dispatcher *self, PyObject *args, PyObject *kw)
     return as_list(outs, p->nout);
 }
 
+/* Whether an out= array shares bytes with an argument (its memory range meets theirs): the
+ * kernels would read what they already wrote.  The Python path then computes into fresh arrays
+ * and copies, as NumPy does for overlapping ufunc operands. */
+static int overlaps_inputs(Dispatcher *self, PyArrayObject **arr, PyArrayObject *o) {
+    char *lo = PyArray_BYTES(o), *hi = lo + PyArray_NBYTES(o);
+    for (int i = 0; i < self->nin; i++) {
+        char *a = PyArray_BYTES(arr[i]), *b = a + PyArray_NBYTES(arr[i]);
+        if (a < hi && lo < b) return 1;
+    }
+    return 0;
+}
+
 /* into(args, outs) -> list | None: a call writing output j into outs[j] (None: a fresh array).
  * Each given array must fit (dtype, shape, C-contiguous, aligned, writeable); else None and the
  * Python path takes the call (and raises the precise error). */
@@ -246,7 +259,7 @@ static PyObject *Dispatcher_into(Dispatcher *self, PyObject *a) {
     for (int j = 0; j < p->nout; j++) {
         PyObject *o = PyList_GET_ITEM(given, j);
         if (o != Py_None) {
-            if (!fits(p, j, p->out_shapes + off, o, 1)) {
+            if (!fits(p, j, p->out_shapes + off, o, 1) || overlaps_inputs(self, arr, (PyArrayObject *)o)) {
                 for (int t = 0; t < j; t++) Py_XDECREF(outs[t]);
                 Py_RETURN_NONE;
             }

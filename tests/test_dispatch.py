@@ -127,3 +127,25 @@ def test_out_arguments_are_served_in_c_and_checked():
     ro.flags.writeable = False
     with pytest.raises(InputTypeError, match="read-only"):
         f(x, x, out=ro)
+
+
+def test_out_arrays_that_overlap_the_arguments_get_numpy_semantics():
+    # f(x, out=x) and friends: the kernels would read what they already wrote; the result is what
+    # NumPy gives for overlapping operands (computed as if into a fresh array, then copied).
+    a, b = exprc.matrix("a"), exprc.vector("b")
+    f = exprc.function([a, b], [exprc.transpose(a) * 2.0 + exprc.sum(a, axis=1)])
+    g = exprc.function([b], exprc.exp(b) - exprc.sum(exprc.exp(b)))
+    for _ in range(3):  # the Python path, then the dispatcher (which hands such calls back)
+        x = np.arange(9.0).reshape(3, 3)
+        want = x.T * 2.0 + x.sum(axis=1)
+        got = f(x, np.ones(3), out=[x])
+        assert got[0] is x
+        np.testing.assert_allclose(x, want)
+        v = np.linspace(0.0, 1.0, 5)
+        want_v = np.exp(v) - np.exp(v).sum()
+        assert g(v, out=v) is v
+        np.testing.assert_allclose(v, want_v)
+        w = np.linspace(0.0, 1.0, 10)
+        want_w = np.exp(w[2:7]) - np.exp(w[2:7]).sum()
+        g(w[2:7], out=w[1:6])  # shifted overlap
+        np.testing.assert_allclose(w[1:6], want_w)
