@@ -130,4 +130,13 @@ from exprc.sympy_bridge import from_sympy, to_sympy
 
 __version__ = "0.1.0"
 
-__all__ = [name for name in dir() if not name.startswith("_")]
+__all__ = [name for name in dir() if not name.startswith("_")] + ["search"]
+
+
+def __getattr__(name: str) -> object:
+    # exprc.search (the accuracy search, exprc.search.Settings) loads on first use: ~30 ms of import.
+    if name == "search":
+        import importlib
+
+        return importlib.import_module("exprc.search")
+    raise AttributeError(f"module 'exprc' has no attribute {name!r}")

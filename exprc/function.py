@@ -17,8 +17,6 @@ from typing import Any
 import numpy as np
 
 from exprc import backends
-from exprc import errors as _errors
-from exprc import search as _search
 from exprc.config import Config, current, resolve
 from exprc.errors import InputError, InputTypeError, MissingInputError, ShapeError
 from exprc.graph import Node, substitute, toposort
@@ -276,8 +274,11 @@ def function(inputs: Sequence[Node], outputs: Node | Sequence[Node], backend: st
         cfg = cfg.replace(exclude=tuple(sorted(set(cfg.exclude) | set(exclude))))
     ins = _check_inputs(inputs)
     outs, single = _as_outputs(outputs)
-    settings, dom = (None, ()) if accuracy == "default" and domain is None else _search.check_options(
-        accuracy, domain, ins)
+    settings, dom = None, ()
+    if accuracy != "default" or domain is not None:
+        from exprc import search  # (imported on demand: it costs ~30 ms at import)
+
+        settings, dom = search.check_options(accuracy, domain, ins)
     upd: tuple = ()
     if updates or givens:
         from exprc.shared import check_givens, check_updates
@@ -305,9 +306,12 @@ def function(inputs: Sequence[Node], outputs: Node | Sequence[Node], backend: st
     graph = optimize(FunctionGraph(ins + hidden, outs + tuple(e for _, e in upd)), cfg)
     report = None
     if settings is not None:
+        from exprc import search
+        from exprc.errors import DomainError
+
         if upd:
-            raise _errors.DomainError("accuracy=\"search\" does not support updates=")
-        graph, report = _search.search(ins, outs, graph, dom, settings, cfg)
+            raise DomainError("accuracy=\"search\" does not support updates=")
+        graph, report = search.search(ins, outs, graph, dom, settings, cfg)
     kernel = backends.build(name, graph, cfg)
     if cfg.cache and len(order) <= _EVAL_CACHE_MAX_NODES:  # the memo must not keep big graphs alive
         with _MEMO_LOCK:
