@@ -220,14 +220,29 @@ class Function:
 _MISSING = object()
 
 
-def copy_into(out: list, results: list) -> None:
-    """Copy computed ``results`` into the caller's ``out=`` arrays, checking each one."""
-    for i, (dst, src) in enumerate(zip(out, results)):
-        if not isinstance(dst, np.ndarray) or dst.dtype != src.dtype or dst.shape != src.shape:
-            got = f"{dst.dtype} {shape_str(dst.shape)}" if isinstance(dst, np.ndarray) else type(dst).__name__
-            raise InputTypeError(f"out[{i}]: expected a {src.dtype} array of shape {shape_str(src.shape)}, "
-                                 f"got {got}")
-        dst[...] = src
+def check_out(j: int, dst: Any, shape: tuple, dtype: Any) -> None:
+    """Raise unless ``dst`` can receive output ``j`` (an ndarray of that dtype and shape, writeable)."""
+    if not isinstance(dst, np.ndarray) or dst.dtype != np.dtype(dtype) or dst.shape != tuple(shape):
+        got = f"{dst.dtype} array of shape {shape_str(dst.shape)}" if isinstance(dst, np.ndarray) else \
+            type(dst).__name__
+        raise InputTypeError(f"out[{j}]: expected a {np.dtype(dtype)} array of shape {shape_str(shape)}, got {got}")
+    if not dst.flags.writeable:
+        raise InputTypeError(f"out[{j}]: the array is read-only")
+
+
+def copy_into(out: Sequence[Any], results: list) -> list:
+    """Copy computed ``results`` into the caller's ``out=`` arrays, checking each one; a ``None``
+    in ``out`` keeps the computed array.  Returns what the call returns."""
+    outs = []
+    for j, (dst, src) in enumerate(zip(out, results)):
+        if dst is None:
+            outs.append(src)
+            continue
+        src = np.asarray(src)
+        check_out(j, dst, src.shape, src.dtype)
+        np.copyto(dst, src)
+        outs.append(dst)
+    return outs
 
 
 def _as_outputs(outputs: Any) -> tuple[tuple[Node, ...], bool]:

@@ -25,6 +25,8 @@ from exprc.codegen.c import CRenderer, Layout
 from exprc.compile import cc
 from exprc.config import Config
 from exprc.errors import InputTypeError, ShapeError
+from exprc.function import check_out as _check_out
+from exprc.function import copy_into as _copy_out
 from exprc.fusion import VIEW_OPS, Kernel, Program, Step, lower
 from exprc.graph import Node
 from exprc.ops import OPS
@@ -587,19 +589,6 @@ class CKernel:
         return res if out is None else _copy_out(out, res)
 
 
-def _copy_out(out: Sequence[Any], res: list[np.ndarray]) -> list[np.ndarray]:
-    """Results computed into fresh arrays, copied into the caller's ``out=`` (None: keep the fresh one)."""
-    outs = []
-    for j, (dst, val) in enumerate(zip(out, res)):
-        if dst is None:
-            outs.append(val)
-            continue
-        _check_out(j, dst, val.shape, val.dtype.name)
-        np.copyto(dst, val)
-        outs.append(dst)
-    return outs
-
-
 def _overlapping(out: Sequence[Any], arrays: Sequence[np.ndarray]) -> bool:
     """Whether an ``out=`` array may share memory with an argument (then the kernels could read what
     they already wrote: compute into fresh arrays and copy, as NumPy does for overlapping operands)."""
@@ -609,15 +598,6 @@ def _overlapping(out: Sequence[Any], arrays: Sequence[np.ndarray]) -> bool:
 def _contiguous_outs(out: Sequence[Any] | None) -> bool:
     """Whether a plan made for these ``out=`` arrays also serves fresh C-contiguous outputs."""
     return out is None or all(o is None or (isinstance(o, np.ndarray) and o.flags.c_contiguous) for o in out)
-
-
-def _check_out(j: int, dst: Any, shape: tuple, dtype: str) -> None:
-    if not isinstance(dst, np.ndarray) or dst.dtype != np.dtype(dtype) or dst.shape != tuple(shape):
-        got = f"{dst.dtype} array of shape {shape_str(dst.shape)}" if isinstance(dst, np.ndarray) else \
-            type(dst).__name__
-        raise InputTypeError(f"out[{j}]: expected a {dtype} array of shape {shape_str(shape)}, got {got}")
-    if not dst.flags.writeable:
-        raise InputTypeError(f"out[{j}]: the array is read-only")
 
 
 class _Unsupported(Exception):
