@@ -159,18 +159,9 @@ class CKernel:
         # NumPy steps that depend on nothing but shapes (``x.shape[0]``, element counts) run
         # once per plan, when it is made: their values are fixed for one input signature.
         self._plan_time = _shape_only_steps(self.program, set(fg.outputs))
-        # Segments: consecutive kernels run in one native call; NumPy steps in between.
-        self.segments: list[tuple[int, int] | Step] = []
-        k = 0
-        for s in self.program.steps:
-            if isinstance(s, Kernel):
-                if self.segments and isinstance(self.segments[-1], tuple):
-                    self.segments[-1] = (self.segments[-1][0], k + 1)
-                else:
-                    self.segments.append((k, k + 1))
-                k += 1
-            elif s not in self._plan_time:
-                self.segments.append(s)
+        # Segments: consecutive kernels run in one native call; NumPy steps in between (a plan
+        # may drop more steps: see _find_aliases).
+        self.segments = _segments(self.program, {s.node for s in self._plan_time})
         self._bind(fg)
 
     def _bind(self, fg: FunctionGraph) -> None:
@@ -323,7 +314,8 @@ class CKernel:
                         fast = False
                 P[pi:pi + kl.ndim] = [st[d] for d in kl.perm]
             P[kl.p_flag] = 1 if fast else 0
-        plan.segments = self._segments(plan) if self._alias_steps else self.segments
+        plan.segments = (_segments(self.program, {s.node for s in self._plan_time} | {n for n, _ in plan.aliases})
+                         if plan.aliases else self.segments)
         plan.simple = (len(plan.segments) <= 1 and all(isinstance(g, tuple) for g in plan.segments)
                        and not plan.copied_views
                        and len(plan.out_specs) == len(self._outputs)
@@ -395,22 +387,6 @@ class CKernel:
             elif node in slot:
                 plan.ptrs[slot[node]] = _pointer(view)
                 plan.keep.append(view)
-
-    def _segments(self, plan: Plan) -> list[tuple[int, int] | Step]:
-        """Native kernel ranges and the NumPy steps between them, without this plan's aliases."""
-        skip = {s.node for s in self._plan_time} | {n for n, _ in plan.aliases}  # (kernel outputs too: harmless)
-        segments: list[tuple[int, int] | Step] = []
-        k = 0
-        for s in self.program.steps:
-            if isinstance(s, Kernel):
-                if segments and isinstance(segments[-1], tuple):
-                    segments[-1] = (segments[-1][0], k + 1)
-                else:
-                    segments.append((k, k + 1))
-                k += 1
-            elif s.node not in skip:
-                segments.append(s)
-        return segments
 
     def _step_input(self, node: Node, env: dict, shapes: dict) -> np.ndarray:
         try:
@@ -593,6 +569,23 @@ def _overlapping(out: Sequence[Any], arrays: Sequence[np.ndarray]) -> bool:
     """Whether an ``out=`` array may share memory with an argument (then the kernels could read what
     they already wrote: compute into fresh arrays and copy, as NumPy does for overlapping operands)."""
     return any(isinstance(o, np.ndarray) and any(np.may_share_memory(o, a) for a in arrays) for o in out)
+
+
+def _segments(program: Program, skip: set[Node]) -> list[tuple[int, int] | Step]:
+    """(first, last) ranges of consecutive native kernels and the NumPy steps between them, minus the
+    steps whose nodes are in ``skip`` (run once per plan, or views the plan resolved)."""
+    segments: list[tuple[int, int] | Step] = []
+    k = 0
+    for s in program.steps:
+        if isinstance(s, Kernel):
+            if segments and isinstance(segments[-1], tuple):
+                segments[-1] = (segments[-1][0], k + 1)
+            else:
+                segments.append((k, k + 1))
+            k += 1
+        elif s.node not in skip:
+            segments.append(s)
+    return segments
 
 
 def _contiguous_outs(out: Sequence[Any] | None) -> bool:

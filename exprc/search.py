@@ -65,6 +65,7 @@ from exprc.errors import DomainError, DTypeError
 from exprc.graph import Node, substitute, toposort
 from exprc.ops import OPS
 from exprc.pipeline import FunctionGraph, optimize
+from exprc.rewrite.forms import horner
 
 MODES = ("default", "search")
 
@@ -74,7 +75,7 @@ DEFAULT_RANGE = {"float64": (-1e300, 1e300), "float32": (-1e37, 1e37)}
 _TINY = {"float64": 1e-300, "float32": 1e-37}
 
 #: Version of the search algorithm, part of the cache key: bump it when a change alters what it chooses.
-ALGORITHM = "6"
+ALGORITHM = "7"
 #: Subexpressions larger than this (in nodes) are not handed to SymPy: it gets slow, and the forms the
 #: default pipeline builds (series branches with dozens of terms) are not what SymPy should start from.
 SYMPY_MAX_NODES = 40
@@ -860,7 +861,7 @@ def _series(ctx: _Context, e: Any, place: Node, current: _Scored, mapping: dict)
                 for degree in TAYLOR_DEGREES:
                     coeffs = _taylor_coefficients(ctx, e, s, degree)
                     if coeffs is not None:
-                        polys.append((f"taylor at 0, degree {degree}", _horner(var, coeffs)))
+                        polys.append((f"taylor at 0, degree {degree}", horner(var, coeffs, var)))
             for where, node in polys:
                 sign = -1.0 if x0 == -sp.oo else 1.0
                 with np.errstate(all="ignore"):  # distance to x0: |x|, or 1/x on the side of the infinity
@@ -914,20 +915,6 @@ def _taylor_coefficients(ctx: _Context, e: Any, s: Any, degree: int) -> list[flo
                 return [0.0 if abs(c.real) * r ** k < 1e-30 * scale else float(c.real) for k, c in enumerate(coeffs)]
     except Exception:  # noqa: BLE001 - no value on the circle (a pole on it, a domain error ...), or out of time
         return None
-
-
-def _horner(var: Node, coeffs: list[float]) -> Node:
-    """``sum(c_k var**k)`` as ``var**m * (c_m + var*(c_m+1 + ...))`` (zero coefficients skipped)."""
-    low = next((k for k, c in enumerate(coeffs) if c != 0.0), None)
-    if low is None:
-        return var * 0.0
-    top = max(k for k, c in enumerate(coeffs) if c != 0.0)
-    acc: Any = coeffs[top]
-    for k in range(top - 1, low - 1, -1):
-        acc = acc * var + coeffs[k] if coeffs[k] != 0.0 else acc * var
-    if not isinstance(acc, Node):
-        acc = var * 0.0 + acc
-    return acc * var ** low if low else acc
 
 
 def _split(near: np.ndarray, inside: np.ndarray, outside: np.ndarray, train: slice) -> tuple[float, float] | None:

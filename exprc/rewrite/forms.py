@@ -23,7 +23,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 
@@ -175,6 +175,34 @@ def mul(a: Node, b: Node) -> Node:
 
 def div(a: Node, b: Node) -> Node:
     return make("truediv", a, b)
+
+
+def power(u: Node, n: int) -> Node:
+    """``u**n`` for an integer ``n >= 1`` as squarings and products (exact steps, no ``pow``)."""
+    out, base = None, u
+    while n:
+        if n & 1:
+            out = base if out is None else mul(out, base)
+        n >>= 1
+        if n:
+            base = make("square", base)
+    assert out is not None
+    return out
+
+
+def horner(u: Node, coeffs: Sequence[float | Fraction], like: Node) -> Node:
+    """``sum(coeffs[i] * u**i)`` in Horner form, from the highest nonzero term down to the lowest
+    (``u**lo`` factored out, zero terms skipped); constants in ``like``'s dtype."""
+    nonzero = [i for i, c in enumerate(coeffs) if c]
+    if not nonzero:
+        return mul(u, const(0.0, like))
+    lo, top = nonzero[0], nonzero[-1]
+    acc = const(float(coeffs[top]), like)
+    for i in range(top - 1, lo - 1, -1):
+        acc = mul(acc, u)
+        if coeffs[i]:
+            acc = add(acc, const(float(coeffs[i]), like))
+    return mul(acc, power(u, lo)) if lo else acc
 
 
 def scale(x: Node, k: float | Fraction) -> Node:

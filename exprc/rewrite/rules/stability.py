@@ -178,15 +178,7 @@ def _degree(t: Node, u: Node) -> int | None:
     return None
 
 
-def _power(u: Node, n: int) -> Node:
-    out, base = None, u
-    while n:
-        if n & 1:
-            out = base if out is None else mul(out, base)
-        n >>= 1
-        if n:
-            base = f("square", base)
-    return out
+_power = F.power
 
 
 @stability_rule("taylor_cancellation", SUM_OPS, needs=tuple(SERIES.FUNCTIONS))
@@ -215,16 +207,7 @@ def taylor_cancellation(node: Node) -> Node | None:
             if br is None:
                 continue
             r, n = br
-            lo = next(i for i in range(top + 1, n) if a[i] != 0)
-            acc = None  # Horner in u from the highest term down to u**lo
-            for i in range(n - 1, lo - 1, -1):
-                if acc is None:
-                    acc = k(float(a[i]), node) if a[i] else None
-                else:
-                    acc = mul(acc, u)
-                    if a[i]:
-                        acc = add(acc, k(float(a[i]), node))
-            series = scale(mul(acc, _power(u, lo)), c)
+            series = scale(F.horner(u, [0] * (top + 1) + list(a[top + 1:n]), node), c)
             return F.where(f("abs", u) < k(r, u), series, F.freeze(node))
     return None
 
