@@ -6,7 +6,7 @@ from pathlib import Path
 from setuptools import find_packages, setup
 
 HERE = Path(__file__).parent
-VERSION = re.search(r'__version__ = "([^"]+)"', (HERE / "exprc" / "__init__.py").read_text()).group(1)
+VERSION = re.search(r'__version__ = "([^"]+)"', (HERE / "exprc" / "_version.py").read_text()).group(1)
 
 # CUDA 12 line: cuda-bindings 12.x with NVRTC 12.x (cuda-bindings 13 needs a CUDA 13 driver and the
 # nvidia-cuda-nvrtc 13 wheel).  Linux and Windows wheels only.

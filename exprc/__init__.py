@@ -10,6 +10,7 @@ call the result like a NumPy function::
 """
 
 from exprc import cuda, errors
+from exprc._version import __version__
 from exprc.api import (
     abs,
     absolute,
@@ -127,8 +128,6 @@ from exprc.printing import debugprint, pprint, to_dot
 from exprc.serialize import dumps, load, loads, save
 from exprc.shared import SharedVariable, shared
 from exprc.sympy_bridge import from_sympy, to_sympy
-
-__version__ = "0.1.0"
 
 __all__ = [name for name in dir() if not name.startswith("_")] + ["search"]
 

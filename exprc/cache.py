@@ -42,6 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from exprc._version import __version__
 from exprc.config import Config
 from exprc.errors import CacheError
 
@@ -75,9 +76,8 @@ def base_dir(cfg: Config) -> Path:
 
 def root(cfg: Config) -> Path:
     """The cache folder for this exprc version, Python ABI and platform."""
-    import exprc
 
-    return base_dir(cfg) / f"v{exprc.__version__}-{sys.implementation.cache_tag}-{sys.platform}"
+    return base_dir(cfg) / f"v{__version__}-{sys.implementation.cache_tag}-{sys.platform}"
 
 
 def check_safe(path: Path, what: str = "cache folder") -> None:
@@ -382,7 +382,6 @@ def load(name: str, source: str, parts: dict[str, str], build: Callable[[Path], 
 
 def _build(r: Path, folder: Path, name: str, source: str, parts: dict[str, str], build: Callable[[Path], Path],
            extra: dict[str, Any]) -> None:
-    import exprc
 
     key = folder.name
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{key}-", dir=r))
@@ -405,7 +404,7 @@ def _build(r: Path, folder: Path, name: str, source: str, parts: dict[str, str],
             "format": FORMAT, "key": key, "name": name, "parts": dict(parts), "library": lib_name,
             "source": src.name, "sha256": _sha256(tmp / lib_name), "source_sha256": _sha256(src),
             "created": now, "last_used": now, "hits": 0, "compile_seconds": round(seconds, 4),
-            "exprc_version": exprc.__version__, "compile_id": uuid.uuid4().hex, "pid": os.getpid(),
+            "exprc_version": __version__, "compile_id": uuid.uuid4().hex, "pid": os.getpid(),
         })
         meta.setdefault("backend", "")
         meta.setdefault("summary", "")

@@ -17,6 +17,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from exprc._version import __version__
+
 _UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 _SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
@@ -309,10 +311,9 @@ def cmd_unlock(args: argparse.Namespace) -> int:
 
 # -- parser ----------------------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
-    import exprc
 
     parser = argparse.ArgumentParser(prog="exprc", description="exprc expression compiler")
-    parser.add_argument("--version", action="version", version=f"exprc {exprc.__version__}")
+    parser.add_argument("--version", action="version", version=f"exprc {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     cp = sub.add_parser("cache", help="inspect and maintain the compile cache",
                         description="Inspect and maintain the compile cache (EXPRC_CACHE_DIR selects another folder).")

@@ -60,6 +60,7 @@ from typing import Any
 
 import numpy as np
 
+from exprc._version import __version__
 from exprc.errors import ExprcError, SerializationError
 from exprc.graph import Node, constant_node, input_node, toposort
 from exprc.ops import OPS
@@ -103,7 +104,7 @@ def to_dict(obj: Any, shared_refs: list | None = None) -> dict:
     from exprc.function import Function
     from exprc.pipeline import FunctionGraph
 
-    doc: dict[str, Any] = {"format": FORMAT, "version": VERSION, "exprc": _version()}
+    doc: dict[str, Any] = {"format": FORMAT, "version": VERSION, "exprc": __version__}
     inputs: Sequence[Node] = ()
     updates: Sequence[tuple[Node, Node]] = ()
     if isinstance(obj, Function):
@@ -518,12 +519,6 @@ def reduce_function(fn: Any) -> tuple:
 
 def _unpickle_function(text: str, shared_refs: tuple) -> Any:
     return from_dict(parse(text), shared_refs=list(shared_refs))
-
-
-def _version() -> str:
-    import exprc
-
-    return exprc.__version__
 
 
 __all__ = ["FORMAT", "VERSION", "dumps", "from_dict", "load", "loads", "parse", "save", "to_dict"]

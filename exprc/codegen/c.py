@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from exprc._version import __version__
 from exprc.fusion import Kernel, Program
 from exprc.graph import Node
 from exprc.ops import OPS
@@ -453,7 +454,6 @@ class CRenderer:
 
     # -- module -----------------------------------------------------------------
     def render(self, program: Program, summary: str = "") -> tuple[str, Layout]:
-        import exprc
 
         lay = self.layout(program)
         kernels = "\n\n".join(self.render_kernel(kl) for kl in lay.kernels)
@@ -465,6 +465,6 @@ class CRenderer:
         if self.precise_math:
             prelude_text = "#define EXPRC_PRECISE_MATH 1\n" + prelude_text
         src = string.Template(template("c_module.c")).substitute(
-            version=exprc.__version__, summary=comment(summary).replace("\n", "; "), prelude=prelude_text,
+            version=__version__, summary=comment(summary).replace("\n", "; "), prelude=prelude_text,
             kernels=kernels, dispatch=calls)
         return src, lay

@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import string
 
+from exprc._version import __version__
 from exprc.codegen.c import CRenderer, KernelLayout, Layout, c_literal, comment, prelude, template
 from exprc.fusion import Program
 from exprc.graph import Node
@@ -280,12 +281,11 @@ class CUDARenderer(CRenderer):
 
     # -- module ---------------------------------------------------------------------------------
     def render(self, program: Program, summary: str = "") -> tuple[str, Layout]:
-        import exprc
 
         lay = self.layout(program)
         kernels = "\n\n".join(self.render_kernel(kl) for kl in lay.kernels)
         src = string.Template(template("cuda_module.cu")).substitute(
-            version=exprc.__version__, summary=comment(summary).replace("\n", "; "), block=self.block,
+            version=__version__, summary=comment(summary).replace("\n", "; "), block=self.block,
             prelude=prelude("cuda_prelude.cuh"), kernels=kernels)
         return src, lay
 
