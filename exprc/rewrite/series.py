@@ -2,7 +2,7 @@
 
 ``f(u) - T_m(u)`` — a function minus the first terms of its own Taylor series, as in
 ``x - sin(x)``, ``tan(x) - x`` or ``log1p(x) - x`` — cancels catastrophically near 0.
-The rule in :mod:`exprc.rewrite.rules.stability` replaces it by the remaining series
+The rule in :mod:`exprc.rewrite.rules.stability.cancellation` replaces it by the remaining series
 ``sum_{n > m} a_n u^n`` for ``|u| < r`` and keeps the formula beyond ``r``; this module
 chooses ``r`` and the number of terms so that both sides lose at most ~3 bits.
 """

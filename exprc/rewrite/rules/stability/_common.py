@@ -1,0 +1,187 @@
+"""What every stability rule shares: the registering decorator, small builders, guards, views.
+
+:func:`stability_rule` is the one way a rule of this package is registered: it makes the rule
+fire on float nodes only and never on a frozen node (a subexpression an earlier rule built with
+care, such as an error-free transformation).  :func:`guarded` is the contract's safety net: the
+stable form where it is finite (or where ``safe`` holds), else the naive formula, frozen.
+The helpers at the end read a node as a sum of terms (:func:`view_of`) and are used by more than
+one family.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from fractions import Fraction
+
+from exprc.graph import Node
+from exprc.rewrite import forms as F
+from exprc.rewrite.core import P, Rule, register_rule
+from exprc.rewrite.forms import SumView, build_sum, const, make, same_up_to_scale, sum_view
+
+TAGS = ("stability",)
+LN2 = math.log(2.0)
+ONE, HALF, TWO = Fraction(1), Fraction(1, 2), Fraction(2)
+SUM_OPS = ("add", "sub")
+FLOATS = ("float32", "float64")  # the dtypes is_float accepts
+
+
+def stability_rule(name: str, pattern: P | str | tuple[str, ...], needs: tuple[str, ...] = (),
+                   late: bool = False) -> Callable:
+    """Register ``fn`` as stability rule ``name``: float nodes only, never a frozen node.
+    ``pattern`` is a :class:`P` or just root op name(s): then ``fn(node)`` decides alone.
+    ``needs``: ops of which one must be a term of the node's sum view (a cheap pre-check).
+    ``late``: run in the pass after the other stability rules (see exprc.pipeline.PASSES)."""
+    need = frozenset(needs)
+    tags = frozenset(TAGS + (("late",) if late else ()))
+
+    def deco(fn: Callable[..., Node | None]) -> Callable[..., Node | None]:
+        def replace(node: Node, **caps: Node) -> Node | None:
+            if node.type.dtype not in FLOATS or F.is_frozen(node):  # (is_float, inline: a hot path)
+                return None
+            return fn(node, **caps)
+
+        doc = (fn.__doc__ or "").strip()
+        if isinstance(pattern, P):
+            register_rule(Rule(name, tags, pattern, replace, doc, needs=need or None))
+        else:
+            ops = (pattern,) if isinstance(pattern, str) else tuple(pattern)
+            register_rule(Rule(name, tags, None, replace, doc, ops=ops, needs=need or None))
+        return fn
+
+    return deco
+
+
+# -- small builders ---------------------------------------------------------------------
+def f(op: str, x: Node) -> Node:
+    return make(op, x)
+
+
+def add(a: Node, b: Node) -> Node:
+    return F.add(a, b)
+
+
+def sub(a: Node, b: Node) -> Node:
+    return F.sub(a, b)
+
+
+def mul(a: Node, b: Node) -> Node:
+    return F.mul(a, b)
+
+
+def div(a: Node, b: Node) -> Node:
+    return F.div(a, b)
+
+
+def k(v: float, like: Node) -> Node:
+    return const(v, like)
+
+
+def nan_where(cond: Node, x: Node) -> Node:
+    """NaN where ``cond`` holds, else ``x``."""
+    return F.where(cond, k(math.nan, x), x)
+
+
+def guarded(stable: Node, naive: Node, safe: Node | None = None) -> Node:
+    """``stable`` where ``safe`` (default: where ``stable`` is finite), else the frozen ``naive``.
+    The result remembers ``naive``, so rules above it still see the formula (:func:`unguard`)."""
+    if safe is None:
+        safe = f("isfinite", stable)
+    return F.set_origin(F.where(safe, stable, F.freeze(naive)), ("guard", naive))
+
+
+def unguard(node: Node) -> Node | None:
+    """The naive formula a guarded node stands for, or ``None``."""
+    info = F.origin(node)
+    return info[1] if info and info[0] == "guard" else None
+
+
+def with_rest(view: SumView, drop: list[Node], replacement: Node, like: Node) -> Node | None:
+    """``replacement + (view without drop)``, refused if dropping terms changes the shape."""
+    rest = view.without(*drop)
+    kept = [t for _, t in rest.terms] + [replacement]
+    if not F.broadcast_safe(kept, like):
+        return None
+    if rest.is_const and rest.const == 0:
+        return replacement
+    return add(replacement, build_sum(rest, like))
+
+
+def view_of(node: Node) -> SumView | None:
+    return sum_view(node)
+
+
+def negated(a: SumView, b: SumView) -> bool:
+    """``a == -b`` exactly."""
+    s = same_up_to_scale(a, b)
+    return s == -1
+
+
+def diff_view(u: Node, v: Node) -> SumView | None:
+    """``u - v`` as a view when common terms cancel (else ``None``)."""
+    a, b = view_of(u), view_of(v)
+    if a is None or b is None:
+        return None
+    d = a.plus(b, -ONE)
+    if not d.cancelled or len(d.terms) >= len(a.terms) + len(b.terms):
+        return None
+    return d
+
+
+def find_terms(view: SumView, op: str) -> list[tuple[Fraction, Node]]:
+    return [(c, t) for c, t in view.terms if t.op == op]
+
+
+def exact_sqrt(c: Fraction) -> Fraction | None:
+    if c <= 0:
+        return None
+    r = Fraction(math.sqrt(float(c)))
+    return r if r * r == c else None
+
+
+def single(node: Node) -> tuple[Fraction, Node] | None:
+    v = view_of(node)
+    return v.single() if v is not None else None
+
+
+def sqrt_of(r: Node) -> SumView | None:
+    """The view of r**2 when r is sqrt(A), hypot(t, c) or sqrt((t - a) * (t + a)) (which
+    difference_of_squares makes of sqrt(t*t - a*a))."""
+    if r.op == "sqrt":
+        inner = r.inputs[0]
+        if inner.op == "mul":
+            p, q = view_of(inner.inputs[0]), view_of(inner.inputs[1])
+            if p is not None and q is not None and len(p.terms) == 1 and p.terms == q.terms \
+                    and p.terms[0][0] == 1 and p.const == -q.const:
+                return SumView(((ONE, f("square", p.terms[0][1])),), -(p.const * p.const))
+        return view_of(inner)
+    if r.op == "hypot":
+        x, y = r.inputs
+        for p, q in ((x, y), (y, x)):
+            c = F.exact(F.scalar_const(q)) if q.op == "constant" else None
+            if c is not None:
+                return SumView(((ONE, f("square", p)),), c * c)
+        return SumView(((ONE, f("square", x)), (ONE, f("square", y))), Fraction(0))
+    return None
+
+
+def max_shifted(x: Node) -> bool:
+    """``x`` already has a max subtracted (x - max(x), as softmax and logsumexp build it)."""
+    v = view_of(x)
+    if v is None:
+        return False
+    for c, t in v.terms:
+        while t.op in ("dimshuffle", "where", "cast"):
+            t = t.inputs[1] if t.op == "where" else t.inputs[0]
+        if c < 0 and t.op == "max":
+            return True
+    return False
+
+
+def sum_of_exp(s: Node) -> tuple[Node, tuple, bool] | None:
+    """(x, axes, keepdims) when ``s`` is sum(exp(x)) (possibly with axes re-inserted)."""
+    while s.op == "dimshuffle" or s.op == "reshape":
+        s = s.inputs[0]
+    if s.op == "sum" and s.inputs[0].op == "exp":
+        return s.inputs[0].inputs[0], s.arg("axis"), s.arg("keepdims")
+    return None

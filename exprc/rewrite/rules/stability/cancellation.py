@@ -1,0 +1,149 @@
+"""Stability rules on sums, part 1: cancellation against constants and against identical terms.
+
+``(x + y) - x`` and ``(x + 1e16) - 1e16`` combine equal terms before rounding does it badly; a
+function minus the head of its Taylor series (``x - sin x``, ``exp(x) - 1 - x``) becomes the rest
+of the series near 0; ``f(u) + c`` with a special constant becomes a function that has no
+cancellation there (``exp(u) - 1 -> expm1(u)``, ``1 - erf -> erfc``; the table
+:data:`SPECIAL_CONSTANTS` holds them, one rule each).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from fractions import Fraction
+
+from exprc.graph import Node
+from exprc.rewrite import forms as F
+from exprc.rewrite import series as SERIES
+from exprc.rewrite.forms import SumView, build_sum, scale
+from exprc.rewrite.rules.stability._common import (
+    HALF,
+    ONE,
+    SUM_OPS,
+    TWO,
+    add,
+    f,
+    k,
+    mul,
+    stability_rule,
+    sub,
+    view_of,
+    with_rest,
+)
+
+
+@stability_rule("sum_cancel", SUM_OPS)
+def sum_cancel(node: Node) -> Node | None:
+    """(x + y) - x -> y + 0*x; (x + 1e16) - 1e16 -> x: equal terms are combined (a term that
+    cancels leaves 0*x behind, so a NaN or infinite x still gives NaN) and constants that partly
+    cancel are gathered exactly, before rounding does it badly."""
+    view = view_of(node)
+    if view is None or not (view.vanished or view.nconst >= 2 and abs(view.const) < view.max_const):
+        return None  # (x - 2x is exact already: merging terms alone gains nothing)
+    out = build_sum(SumView(view.terms, view.const), node)
+    for t in view.vanished:
+        out = add(out, mul(t, k(0.0, t)))
+    return out
+
+
+def _degree(t: Node, u: Node) -> int | None:
+    """d when ``t`` is the monomial u**d (u, square(u), u*square(u), u**3 …), else None."""
+    if t is u:
+        return 1
+    if t.op == "square":
+        d = _degree(t.inputs[0], u)
+        return None if d is None else 2 * d
+    if t.op == "mul":
+        a, b = _degree(t.inputs[0], u), _degree(t.inputs[1], u)
+        return None if a is None or b is None else a + b
+    if t.op == "pow" and t.inputs[1].op == "constant":
+        p = F.scalar_const(t.inputs[1])
+        d = _degree(t.inputs[0], u)
+        if p is not None and d is not None and float(p).is_integer() and 0 < p < 64:
+            return int(p) * d
+    return None
+
+
+
+@stability_rule("taylor_cancellation", SUM_OPS, needs=tuple(SERIES.FUNCTIONS))
+def taylor_cancellation(node: Node) -> Node | None:
+    """x - sin(x), tan(x) - x, log1p(x) - x, exp(x) - 1 - x …: a function minus the first terms of
+    its Taylor series -> the remaining series for |x| < r (chosen per function; the formula beyond)."""
+    view = view_of(node)
+    if view is None:
+        return None
+    for c, t in view.terms:
+        if t.op not in SERIES.FUNCTIONS:
+            continue
+        u = t.inputs[0]
+        poly: dict[int, Fraction] = {0: -view.const / c}
+        for kk, m in view.without(t).terms:
+            d = _degree(m, u)
+            if d is None:
+                break
+            poly[d] = poly.get(d, Fraction(0)) - kk / c
+        else:
+            top = max(d for d, v in poly.items() if v != 0) if any(poly.values()) else 0
+            a = SERIES.coefficients(t.op)
+            if top < 1 or top >= len(a) or any(poly.get(d, 0) != a[d] for d in range(top + 1)):
+                continue
+            br = SERIES.branch(t.op, top)
+            if br is None:
+                continue
+            r, n = br
+            series = scale(F.horner(u, [0] * (top + 1) + list(a[top + 1:n]), node), c)
+            return F.where(f("abs", u) < k(r, u), series, F.freeze(node))
+    return None
+
+
+#: f(u) + c  ->  g(u): (op of f, c, rule name, g)
+SPECIAL_CONSTANTS: list[tuple[str, Fraction, str, Callable[[Node], Node]]] = [
+    ("exp", -ONE, "expm1_from_exp", lambda u: f("expm1", u)),
+    ("cos", -ONE, "cos_minus_one", lambda u: F.neg(scale(f("square", f("sin", scale(u, HALF))), TWO))),
+    ("cos", ONE, "one_plus_cos", lambda u: scale(f("square", f("cos", scale(u, HALF))), TWO)),
+    ("cosh", -ONE, "cosh_minus_one", lambda u: scale(f("square", f("sinh", scale(u, HALF))), TWO)),
+    ("sigmoid", -ONE, "sigmoid_complement", lambda u: F.neg(f("sigmoid", F.neg(u)))),
+    ("sigmoid", -HALF, "tanh_from_sigmoid", lambda u: scale(f("tanh", scale(u, HALF)), HALF)),
+    ("tanh", ONE, "tanh_plus_one", lambda u: scale(f("sigmoid", scale(u, TWO)), TWO)),
+    ("tanh", -ONE, "tanh_minus_one", lambda u: F.neg(scale(f("sigmoid", scale(u, -TWO)), TWO))),
+    ("erf", -ONE, "erfc_from_erf", lambda u: F.neg(f("erfc", u))),
+    ("erf", ONE, "erfc_from_one_plus_erf", lambda u: f("erfc", F.neg(u))),
+    ("erfc", -ONE, "erf_from_erfc", lambda u: F.neg(f("erf", u))),
+]
+
+
+def _register_special(op: str, c: Fraction, name: str, build: Callable[[Node], Node]) -> None:
+    def fire(node: Node) -> Node | None:
+        view = view_of(node)
+        if view is None or view.const == 0:
+            return None
+        for coef, term in view.terms:
+            if term.op == op and view.const == coef * c:
+                rep = scale(build(term.inputs[0]), coef)
+                rest = SumView(view.without(term).terms, Fraction(0))
+                return with_rest(rest, [], rep, node)
+        return None
+
+    fire.__doc__ = f"{op}(u) {'+' if c > 0 else '-'} {abs(c)} -> {name.replace('_', ' ')} (see SPECIAL_CONSTANTS)"
+    stability_rule(name, SUM_OPS, needs=(op,))(fire)
+
+
+for _op, _c, _name, _build in SPECIAL_CONSTANTS:
+    _register_special(_op, _c, _name, _build)
+
+
+@stability_rule("pow1p_minus_one", SUM_OPS, needs=('where',))
+def pow1p_minus_one(node: Node) -> Node | None:
+    """(1 + x)**y - 1 -> expm1(y * log1p(x)) where |y * log1p(x)| < 1 (else the compensated power - 1)."""
+    view = view_of(node)
+    if view is None or view.const == 0:
+        return None
+    for coef, term in view.terms:
+        info = F.origin(term)
+        if info and info[0] == "pow1p" and view.const == -coef and info[1] is not None:
+            x, y = info[1], info[2]
+            z = mul(y, f("log1p", x))
+            naive = F.freeze(sub(term, k(1.0, term)))
+            rep = scale(F.where(f("abs", z) < k(1.0, z), f("expm1", z), naive), coef)
+            return with_rest(SumView(view.without(term).terms, Fraction(0)), [], rep, node)
+    return None

@@ -1,0 +1,372 @@
+"""Stability rules on sums, part 2: differences of two related terms.
+
+Conjugates (``sqrt(a) - sqrt(b)``, ``cbrt``), common denominators, squares (``x*x - y*y``),
+trigonometric and hyperbolic differences (``sin(x + e) - sin(x)``, ``exp(u) - exp(-u)``), log
+differences and the two-pass variance.  Each finds its pair of terms in the sum view of the node
+(:func:`exprc.rewrite.forms.sum_view`), so the other terms of a longer sum are kept as they are.
+"""
+
+from __future__ import annotations
+
+import math
+from fractions import Fraction
+
+from exprc.graph import Node
+from exprc.rewrite import forms as F
+from exprc.rewrite.forms import SumView, build_sum, make, same_up_to_scale, scale
+from exprc.rewrite.rules.stability._common import (
+    HALF,
+    ONE,
+    SUM_OPS,
+    TWO,
+    add,
+    diff_view,
+    div,
+    exact_sqrt,
+    f,
+    guarded,
+    k,
+    mul,
+    negated,
+    sqrt_of,
+    stability_rule,
+    sub,
+    view_of,
+    with_rest,
+)
+
+
+def _pairs(view: SumView, op_a: str, op_b: str | None = None, opposite: bool = True):
+    op_b = op_b or op_a
+    for i, (ca, ta) in enumerate(view.terms):
+        if ta.op != op_a:
+            continue
+        for j, (cb, tb) in enumerate(view.terms):
+            if j == i or tb.op != op_b:
+                continue
+            if (cb == -ca) if opposite else (cb == ca and j > i):
+                yield ca, ta, tb
+
+
+@stability_rule("sinh_from_exp", SUM_OPS, needs=('exp',))
+def sinh_from_exp(node: Node) -> Node | None:
+    """exp(u) - exp(-u) -> 2 sinh(u) (no cancellation near 0)."""
+    view = view_of(node)
+    if view is None:
+        return None
+    for c, ta, tb in _pairs(view, "exp"):
+        va, vb = view_of(ta.inputs[0]), view_of(tb.inputs[0])
+        if va is not None and vb is not None and negated(va, vb):
+            return with_rest(view, [ta, tb], scale(f("sinh", ta.inputs[0]), 2 * c), node)
+    return None
+
+
+@stability_rule("cosh_from_exp", SUM_OPS, needs=('exp',))
+def cosh_from_exp(node: Node) -> Node | None:
+    """exp(u) + exp(-u) -> 2 cosh(u) (so that cosh(u) - 1 and log(cosh u) are found too)."""
+    view = view_of(node)
+    if view is None:
+        return None
+    for c, ta, tb in _pairs(view, "exp", opposite=False):
+        va, vb = view_of(ta.inputs[0]), view_of(tb.inputs[0])
+        if va is not None and vb is not None and negated(va, vb):
+            return with_rest(view, [ta, tb], scale(f("cosh", ta.inputs[0]), 2 * c), node)
+    return None
+
+
+@stability_rule("cos_double_angle", SUM_OPS, needs=('square',))
+def cos_double_angle(node: Node) -> Node | None:
+    """cos(u)**2 - sin(u)**2 -> cos(2u)."""
+    view = view_of(node)
+    if view is None:
+        return None
+    for c, ta, tb in _pairs(view, "square"):
+        if ta.inputs[0].op == "cos" and tb.inputs[0].op == "sin" and ta.inputs[0].inputs[0] is tb.inputs[0].inputs[0]:
+            return with_rest(view, [ta, tb], scale(f("cos", scale(ta.inputs[0].inputs[0], TWO)), c), node)
+    return None
+
+
+
+@stability_rule("difference_of_squares", SUM_OPS, needs=('square',))
+def difference_of_squares(node: Node) -> Node | None:
+    """x*x - y*y -> (x - y) * (x + y); x*x - 1 -> (x - 1) * (x + 1) (no cancellation, later overflow)."""
+    view = view_of(node)
+    if view is None:
+        return None
+    for c, ta, tb in _pairs(view, "square"):
+        return with_rest(view, [ta, tb], scale(_factor(ta.inputs[0], tb.inputs[0]), c), node)
+    if len(view.terms) == 1 and view.const != 0:
+        c, t = view.terms[0]
+        r = exact_sqrt(-view.const / c) if t.op == "square" else None
+        r = r if r is not None and Fraction(float(r)) == r else None
+        if r is not None:
+            one = k(float(r), node)
+            return scale(_factor(t.inputs[0], one), c)
+    return None
+
+
+def _factor(x: Node, y: Node) -> Node:
+    """(x - y) * (x + y), with x - y simplified when terms cancel."""
+    vx, vy = view_of(x), view_of(y)
+    if vx is not None and vy is not None:
+        d, s = vx.plus(vy, -ONE), vx.plus(vy)
+        return mul(build_sum(d, x), build_sum(s, x))
+    return mul(sub(x, y), add(x, y))
+
+
+@stability_rule("sqrt_conjugate", SUM_OPS, needs=('sqrt', 'hypot'))
+def sqrt_conjugate(node: Node) -> Node | None:
+    """sqrt(a) - sqrt(b) -> (a - b) / (sqrt a + sqrt b); sqrt(x + 1) - 1 -> x / (sqrt(x + 1) + 1);
+    sqrt(b*b - 4ac) - b -> -4ac / (sqrt(b*b - 4ac) + b) where b > 0 (the stable root of the
+    quadratic formula; either sign of the root)."""
+    view = view_of(node)
+    if view is None:
+        return None
+    for c, t in view.terms:
+        A = sqrt_of(t)
+        if A is None:
+            continue
+        rest = view.without(t)
+        B = rest.scaled(-1 / c)  # node = c * (sqrt(A) - B)
+        one = B.single()
+        positive = None
+        bb = sqrt_of(one[1]) if one is not None and one[0] == 1 else None
+        if bb is not None:  # sqrt(a) - sqrt(b)
+            num = A.plus(bb, -ONE)
+        elif B.is_const and B.const > 0 and Fraction(float(B.const * B.const)) == B.const * B.const:  # sqrt(a) - c
+            num = A.plus(SumView((), B.const * B.const), -ONE)
+        else:  # sqrt(m t^2 + r) - s t  with s^2 = m
+            num = None
+            for m, sq in A.terms:
+                if sq.op != "square":
+                    continue
+                tv = view_of(sq.inputs[0])
+                s = same_up_to_scale(B, tv) if tv is not None else None
+                if s is not None and s * s == m:
+                    num = A.without(sq)
+                    positive = build_sum(B, node)
+                    break
+            if num is None:
+                continue
+        bnode = build_sum(B, node)
+        den = F.freeze(add(t, bnode))  # no cancellation where it is used: do not "fix" it
+        stable = scale(div(build_sum(num, node), den), c)
+        safe = f("isfinite", stable)  # 0/0 (a = b = 0) and inf/inf (an infinite a or b): the formula
+        if positive is not None:
+            safe = safe & (positive > k(0.0, positive))
+        return guarded(stable, node, safe)
+    return None
+
+
+@stability_rule("cbrt_conjugate", SUM_OPS, needs=('cbrt',))
+def cbrt_conjugate(node: Node) -> Node | None:
+    """cbrt(a) - cbrt(b) -> (a - b) / (cbrt(a)^2 + cbrt(a) cbrt(b) + cbrt(b)^2)."""
+    view = view_of(node)
+    if view is None:
+        return None
+    for c, ta, tb in _pairs(view, "cbrt"):
+        if len(view.terms) != 2 or view.const != 0:
+            return None
+        va, vb = view_of(ta.inputs[0]), view_of(tb.inputs[0])
+        if va is None or vb is None:
+            return None
+        den = add(add(f("square", ta), mul(ta, tb)), f("square", tb))
+        stable = scale(div(build_sum(va.plus(vb, -ONE), node), den), c)
+        return guarded(stable, node, (den > k(0.0, den)) & (den < k(math.inf, den)))
+    return None
+
+
+@stability_rule("common_denominator", SUM_OPS, needs=('truediv',))
+def common_denominator(node: Node) -> Node | None:
+    """1/a - 1/b -> ((b - a) / a) / b and x/(x+1) - 1 -> -1/(x+1) when the numerator simplifies."""
+    view = view_of(node)
+    if view is None:
+        return None
+    parts: list[tuple[Fraction, SumView, Node | None]] = []
+    for c, t in view.terms:
+        if t.op == "truediv":
+            nv = view_of(t.inputs[0])
+            if nv is None:
+                return None
+            parts.append((c, nv, t.inputs[1]))
+        else:
+            return None
+    if view.const != 0:
+        parts.append((ONE, SumView((), view.const), None))
+    if len(parts) != 2 or all(p[2] is None for p in parts):
+        return None
+    (c1, n1, d1), (c2, n2, d2) = parts
+    dv1 = view_of(d1) if d1 is not None else SumView((), ONE)
+    dv2 = view_of(d2) if d2 is not None else SumView((), ONE)
+    if dv1 is None or dv2 is None:
+        return None
+    if d2 is not None and not n1.is_const or d1 is not None and not n2.is_const:
+        return None  # the numerator would not be linear
+    t1 = dv2.scaled(c1 * n1.const) if d2 is not None else n1.scaled(c1)
+    t2 = dv1.scaled(c2 * n2.const) if d1 is not None else n2.scaled(c2)
+    num = t1.plus(t2)
+    if not num.cancelled:
+        return None
+    stable = build_sum(num, node)
+    for d in (d1, d2):
+        if d is not None:
+            stable = div(stable, d)
+    return guarded(stable, node)
+
+
+def _two_function_terms(view: SumView, op: str):
+    for c, ta, tb in _pairs(view, op):
+        d = diff_view(ta.inputs[0], tb.inputs[0])
+        if d is not None:
+            yield c, ta, tb, d
+
+
+@stability_rule("sin_difference", SUM_OPS, needs=('sin',))
+def sin_difference(node: Node) -> Node | None:
+    """sin(x + e) - sin(x) -> cos(x) sin(e) - 2 sin(x) sin(e/2)^2 (x + e is never rounded)."""
+    view = view_of(node)
+    if view is None:
+        return None
+    for c, ta, tb, d in _two_function_terms(view, "sin"):
+        x, e = tb.inputs[0], build_sum(d, node)
+        s2 = f("square", f("sin", scale(e, HALF)))
+        rep = sub(mul(f("cos", x), f("sin", e)), scale(mul(f("sin", x), s2), TWO))
+        return with_rest(view, [ta, tb], scale(rep, c), node)
+    return None
+
+
+@stability_rule("cos_difference", SUM_OPS, needs=('cos',))
+def cos_difference(node: Node) -> Node | None:
+    """cos(x + e) - cos(x) -> -(sin(x) sin(e) + 2 cos(x) sin(e/2)^2) (x + e is never rounded)."""
+    view = view_of(node)
+    if view is None:
+        return None
+    for c, ta, tb, d in _two_function_terms(view, "cos"):
+        x, e = tb.inputs[0], build_sum(d, node)
+        s2 = f("square", f("sin", scale(e, HALF)))
+        rep = add(mul(f("sin", x), f("sin", e)), scale(mul(f("cos", x), s2), TWO))
+        return with_rest(view, [ta, tb], scale(rep, -c), node)
+    return None
+
+
+@stability_rule("tan_difference", SUM_OPS, needs=('tan',))
+def tan_difference(node: Node) -> Node | None:
+    """tan(x + e) - tan(x) -> sin(e) / (cos(x + e) cos(x))."""
+    view = view_of(node)
+    if view is None:
+        return None
+    for c, ta, tb, d in _two_function_terms(view, "tan"):
+        e = build_sum(d, node)
+        rep = div(f("sin", e), mul(f("cos", ta.inputs[0]), f("cos", tb.inputs[0])))
+        return with_rest(view, [ta, tb], scale(rep, c), node)
+    return None
+
+
+@stability_rule("arctan_difference", SUM_OPS, needs=('arctan',))
+def arctan_difference(node: Node) -> Node | None:
+    """arctan(x + e) - arctan(x) -> arctan(e / (1 + (x + e) x)) where (x + e) x > -1."""
+    view = view_of(node)
+    if view is None or len(view.terms) != 2 or view.const != 0:
+        return None
+    for c, ta, tb, d in _two_function_terms(view, "arctan"):
+        u, v = ta.inputs[0], tb.inputs[0]
+        uv = mul(u, v)
+        stable = scale(f("arctan", div(build_sum(d, node), add(uv, k(1.0, uv)))), c)
+        return guarded(stable, node, uv > k(-1.0, uv))
+    return None
+
+
+@stability_rule("exp_difference", SUM_OPS, needs=('exp',))
+def exp_difference(node: Node) -> Node | None:
+    """exp(x + e) - exp(x) -> exp(x) * expm1(e)."""
+    view = view_of(node)
+    if view is None:
+        return None
+    for c, ta, tb, d in _two_function_terms(view, "exp"):
+        rep = scale(mul(tb, f("expm1", build_sum(d, node))), c)
+        return with_rest(view, [ta, tb], rep, node)
+    return None
+
+
+@stability_rule("arctanh_from_log1p", SUM_OPS, needs=('log1p',))
+def arctanh_from_log1p(node: Node) -> Node | None:
+    """log1p(x) - log1p(-x) -> 2 arctanh(x)."""
+    view = view_of(node)
+    if view is None:
+        return None
+    for c, ta, tb in _pairs(view, "log1p"):
+        va, vb = view_of(ta.inputs[0]), view_of(tb.inputs[0])
+        if va is not None and vb is not None and negated(va, vb):
+            return with_rest(view, [ta, tb], scale(f("arctanh", ta.inputs[0]), 2 * c), node)
+    return None
+
+
+def _log_argument(t: Node) -> SumView | None:
+    """The view of ``u`` for log(u), of ``1 + u`` for log1p(u)."""
+    v = view_of(t.inputs[0]) if t.op in ("log", "log1p") else None
+    if v is not None and t.op == "log1p":
+        v = v.plus(SumView((), ONE))
+    return v
+
+
+@stability_rule("log_difference", SUM_OPS, needs=('log', 'log1p'))
+def log_difference(node: Node) -> Node | None:
+    """log(x + e) - log(x) -> log1p(e / x) (for x > 0; log1p(x) counts as log(1 + x)); any other
+    log(u) - log(v) -> log1p((u - v)/v) where 1/2 < u/v < 2 (u - v from the sum views)."""
+    view = view_of(node)
+    if view is None or len(view.terms) != 2 or view.const != 0:
+        return None
+    (c1, t1), (c2, t2) = view.terms
+    if c1 != -c2:
+        return None
+    if c1 < 0:
+        (c1, t1), (c2, t2) = (c2, t2), (c1, t1)
+    a, b = _log_argument(t1), _log_argument(t2)
+    if a is None or b is None:
+        return None
+    d = a.plus(b, -ONE)
+    v = build_sum(b, node) if t2.op == "log1p" else t2.inputs[0]
+    stable = scale(f("log1p", div(build_sum(d, node), v)), c1)
+    if not d.cancelled or len(d.terms) >= len(a.terms) + len(b.terms):
+        # Nothing cancels symbolically, but log(u) - log(v) still cancels where u is near v
+        # (log p - log(1 - p) near p = 1/2): there u - v is exact (Sterbenz), so use it.
+        u = build_sum(a, node) if t1.op == "log1p" else t1.inputs[0]
+        r = div(u, v)
+        near = (r > k(0.5, r)) & (r < k(2.0, r)) & (v > k(0.0, v))
+        return F.where(near, stable, F.freeze(node))
+    return guarded(stable, node, (v > k(0.0, v)) & f("isfinite", stable))
+
+
+@stability_rule("softplus_minus_identity", SUM_OPS, needs=('softplus',))
+def softplus_minus_identity(node: Node) -> Node | None:
+    """softplus(x) - x -> softplus(-x)."""
+    view = view_of(node)
+    if view is None:
+        return None
+    for c, t in view.terms:
+        if t.op != "softplus":
+            continue
+        u = view_of(t.inputs[0])
+        rest = view.without(t)
+        if u is not None and same_up_to_scale(rest, u) == -c:
+            return scale(f("softplus", F.neg(t.inputs[0])), c)
+    return None
+
+
+@stability_rule("variance_two_pass", SUM_OPS, needs=('mean',))
+def variance_two_pass(node: Node) -> Node | None:
+    """mean(x**2) - mean(x)**2 -> mean((x - mean(x))**2) (no cancellation, never negative)."""
+    view = view_of(node)
+    if view is None or len(view.terms) != 2 or view.const != 0:
+        return None
+    for c, ta, tb in _pairs(view, "mean", "square"):
+        if ta.inputs[0].op != "square" or tb.inputs[0].op != "mean":
+            continue
+        x = ta.inputs[0].inputs[0]
+        m = tb.inputs[0]
+        if m.inputs[0] is not x or m.attrs != ta.attrs:
+            continue
+        axes = ta.arg("axis")
+        centered = sub(x, make("mean", x, axis=axes, keepdims=True))
+        return scale(make("mean", f("square", centered), axis=axes, keepdims=ta.arg("keepdims")), c)
+    return None

@@ -1,0 +1,57 @@
+"""Stability rules on ``log1p``, ``exp`` and ``expm1`` of each other: inverse pairs and their
+complements (``log1p(exp x) -> softplus``, ``expm1(log1p x) -> x`` keeping the domain's NaN)."""
+
+from __future__ import annotations
+
+from exprc.graph import Node
+from exprc.rewrite import forms as F
+from exprc.rewrite.core import P, X
+from exprc.rewrite.rules.stability._common import (
+    f,
+    k,
+    nan_where,
+    single,
+    stability_rule,
+)
+
+
+@stability_rule("softplus_from_log1p_exp", P("log1p", P("exp", X("x"))))
+def softplus_from_log1p_exp(node: Node, x: Node) -> Node:
+    """log1p(exp(x)) -> softplus(x) (i.e. log(1 + exp(x)))."""
+    return f("softplus", x)
+
+
+@stability_rule("log1mexp_from_log1p", P("log1p", X("a")))
+def log1mexp_from_log1p(node: Node, a: Node) -> Node | None:
+    """log1p(-exp(x)) -> log1mexp(x)."""
+    one = single(a)
+    if one and one[0] == -1 and one[1].op == "exp":
+        return f("log1mexp", one[1].inputs[0])
+    return None
+
+
+@stability_rule("log1p_neg_sigmoid", P("log1p", X("a")))
+def log1p_neg_sigmoid(node: Node, a: Node) -> Node | None:
+    """log1p(-sigmoid(x)) -> -softplus(x) (i.e. log(1 - sigmoid(x)))."""
+    one = single(a)
+    if one and one[0] == -1 and one[1].op == "sigmoid":
+        return F.neg(f("softplus", one[1].inputs[0]))
+    return None
+
+
+@stability_rule("log1p_expm1", P("log1p", P("expm1", X("x"))))
+def log1p_expm1(node: Node, x: Node) -> Node:
+    """log1p(expm1(x)) -> x."""
+    return x
+
+
+@stability_rule("exp_log", P("exp", P("log", X("x"))))
+def exp_log(node: Node, x: Node) -> Node:
+    """exp(log(x)) -> x, NaN for x < 0 (the domain of log is kept)."""
+    return nan_where(x < k(0.0, x), x)
+
+
+@stability_rule("expm1_log1p", P("expm1", P("log1p", X("x"))))
+def expm1_log1p(node: Node, x: Node) -> Node:
+    """expm1(log1p(x)) -> x, NaN for x < -1."""
+    return nan_where(x < k(-1.0, x), x)

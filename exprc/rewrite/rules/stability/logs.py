@@ -1,0 +1,329 @@
+"""Stability rules on ``log(...)``: log/exp forms, log-sum-exp, inverse hyperbolics, overflow.
+
+``log(1 + x) -> log1p(x)``, ``log(sum(exp x)) -> logsumexp``, ``log(x + sqrt(x*x + 1)) ->
+arcsinh(x)``, ``log(x*y)`` where the product over- or underflows.  Rules made with
+:func:`_log_rule` also look through a guard that an earlier rule put on the argument (see
+:func:`~exprc.rewrite.rules.stability._common.guarded`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from fractions import Fraction
+
+import numpy as np
+
+from exprc.graph import Node
+from exprc.rewrite import forms as F
+from exprc.rewrite.core import P, X
+from exprc.rewrite.forms import SumView, build_sum, make, scale
+from exprc.rewrite.rules.stability._common import (
+    HALF,
+    LN2,
+    ONE,
+    TWO,
+    add,
+    div,
+    f,
+    guarded,
+    k,
+    max_shifted,
+    mul,
+    nan_where,
+    negated,
+    single,
+    sqrt_of,
+    stability_rule,
+    sub,
+    sum_of_exp,
+    unguard,
+    view_of,
+)
+
+
+def _log_rule(name: str) -> Callable:
+    """A rule on log(a); it also tries the formula behind a guarded ``a`` (log(x + sqrt(x*x + 1))
+    is still arcsinh after sqrt_conjugate guarded the sum)."""
+
+    def deco(fn: Callable[..., Node | None]) -> Callable[..., Node | None]:
+        def both(node: Node, a: Node) -> Node | None:
+            naive = unguard(a)
+            out = fn(node, naive) if naive is not None else None
+            return out if out is not None else fn(node, a)
+
+        both.__doc__ = fn.__doc__
+        stability_rule(name, P("log", X("a")))(both)
+        return fn
+
+    return deco
+
+
+@stability_rule("log_exp", P("log", P("exp", X("x"))))
+def log_exp(node: Node, x: Node) -> Node:
+    """log(exp(x)) -> x (no overflow for x > 709)."""
+    return x
+
+
+def _lse(x: Node, axes: tuple) -> Node:
+    """log(sum(exp(x))) over ``axes`` (keepdims) as m + log1p(T): m is the maximum (0 when it is
+    not finite, so ±inf stay exact) and T = sum(exp(x - m)) - 1 computed without rounding the 1
+    in: the terms at the maximum are counted, not added.  Accurate also when the result is tiny
+    (log_softmax of a confident prediction)."""
+    shift, _, l1p = _lse_parts(x, axes)
+    return add(shift, l1p)
+
+
+def _lse_parts(x: Node, axes: tuple) -> tuple[Node, Node, Node]:
+    """(m, x - m, log1p(T)) of _lse: log_softmax is (x - m) - log1p(T), exact at the maximum."""
+    m = make("max", x, axis=axes, keepdims=True)
+    shift = F.where(f("isfinite", m), m, k(0.0, x))
+    y = sub(x, shift)
+    top = make("eq", y, k(0.0, y))
+    others = make("sum", F.where(top, k(0.0, y), f("exp", y)), axis=axes, keepdims=True)
+    count = make("sum", make("cast", top, dtype=x.dtype), axis=axes, keepdims=True)
+    return shift, y, f("log1p", add(others, sub(count, k(1.0, x))))
+
+
+@stability_rule("logsumexp_from_log", P("log", P(("sum", "mean"), P("exp", X("x")), name="s")))
+def logsumexp_from_log(node: Node, s: Node, x: Node) -> Node | None:
+    """log(sum(exp(x))) -> logsumexp(x) (max-shifted, exact for ±inf); log(mean(exp x)) likewise."""
+    if max_shifted(x):
+        return None
+    from exprc import api
+
+    axes, keep = s.arg("axis"), s.arg("keepdims")
+    out = _lse(x, axes)
+    if not keep:
+        out = api.squeeze(out, axes) if axes else out
+    if s.op == "mean":
+        out = sub(out, f("log", api._count(x, axes).astype(node.dtype)))
+    return out
+
+
+def _log_softmax_from_log(node: Node, a: Node) -> Node | None:
+    """log(exp(x) / sum(exp(x))) -> x - logsumexp(x) (log_softmax; see _lse)."""
+    if a.op != "truediv" or a.inputs[0].op != "exp":
+        return None
+    x, s = a.inputs[0].inputs[0], a.inputs[1]
+    se = sum_of_exp(s)
+    if se is None or se[0] is not x:
+        return None
+    _, y, l1p = _lse_parts(x, se[1])
+    return sub(y, l1p)
+
+
+log_softmax_from_log = _log_rule("log_softmax_from_log")(_log_softmax_from_log)
+
+
+@_log_rule("arctanh_from_log")
+def arctanh_from_log(node: Node, a: Node) -> Node | None:
+    """log((1 + x) / (1 - x)) -> 2 arctanh(x)."""
+    if a.op != "truediv":
+        return None
+    vn, vd = view_of(a.inputs[0]), view_of(a.inputs[1])
+    if vn is None or vd is None or vn.const != 1 or vd.const != 1:
+        return None
+    sn, sd = SumView(vn.terms, Fraction(0)), SumView(vd.terms, Fraction(0))
+    if len(sn.terms) != 1 or not negated(sn, sd):
+        return None
+    return scale(f("arctanh", build_sum(sn, node)), TWO)
+
+
+
+def _is_square_of(view: SumView | None, t: Node, const: Fraction) -> bool:
+    if view is None or view.const != const or len(view.terms) != 1:
+        return False
+    c, sq = view.terms[0]
+    return c == 1 and sq.op == "square" and sq.inputs[0] is t
+
+
+@_log_rule("arcsinh_from_log")
+def arcsinh_from_log(node: Node, a: Node) -> Node | None:
+    """log(x + sqrt(x*x + 1)) -> arcsinh(x) (also with hypot(x, 1))."""
+    v = view_of(a)
+    if v is None or len(v.terms) != 2 or v.const != 0:
+        return None
+    for (c1, t), (c2, r) in (v.terms, v.terms[::-1]):
+        if c1 == 1 and c2 == 1 and _is_square_of(sqrt_of(r), t, ONE):
+            return f("arcsinh", t)
+    return None
+
+
+@_log_rule("arccosh_from_log")
+def arccosh_from_log(node: Node, a: Node) -> Node | None:
+    """log(x + sqrt(x*x - 1)) -> arccosh(x) (also sqrt((x - 1) * (x + 1)))."""
+    v = view_of(a)
+    if v is None or len(v.terms) != 2 or v.const != 0:
+        return None
+    for (c1, t), (c2, r) in (v.terms, v.terms[::-1]):
+        if c1 == 1 and c2 == 1 and r.op == "sqrt" and _is_square_of(sqrt_of(r), t, -ONE):
+            return f("arccosh", t)
+    return None
+
+
+@_log_rule("log1p_from_log")
+def log1p_from_log(node: Node, a: Node) -> Node | None:
+    """log(1 + x) -> log1p(x); log(1 - x) -> log1p(-x) (any spelling)."""
+    v = view_of(a)
+    if v is None or v.const != 1 or not v.terms:
+        return None
+    rest = SumView(v.terms, Fraction(0))
+    if not F.broadcast_safe([t for _, t in rest.terms], node):
+        return None
+    return f("log1p", build_sum(rest, a))
+
+
+@_log_rule("log1mexp_from_log")
+def log1mexp_from_log(node: Node, a: Node) -> Node | None:
+    """log(-expm1(x)) -> log1mexp(x) (i.e. log(1 - exp(x)), after expm1_from_exp)."""
+    one = single(a)
+    if one and one[0] == -1 and one[1].op == "expm1":
+        return f("log1mexp", one[1].inputs[0])
+    return None
+
+
+@_log_rule("log_expm1")
+def log_expm1(node: Node, a: Node) -> Node | None:
+    """log(expm1(x)) -> x + log1p(-exp(-x)) for x > 30 (i.e. log(exp(x) - 1); no overflow for x > 709)."""
+    if a.op != "expm1":
+        return None
+    x = a.inputs[0]
+    large = add(x, f("log1p", F.neg(f("exp", F.neg(x)))))
+    return F.where(x > k(30.0, x), large, F.freeze(node))
+
+
+@_log_rule("logaddexp_from_log")
+def logaddexp_from_log(node: Node, a: Node) -> Node | None:
+    """log(exp(a) + exp(b)) -> logaddexp(a, b); more terms chain; a constant c > 0 counts as exp(log c)."""
+    v = view_of(a)
+    if v is None or v.const < 0:
+        return None
+    args = []
+    for c, t in v.terms:
+        if t.op != "exp" or c <= 0:
+            return None
+        args.append(t.inputs[0] if c == 1 else add(t.inputs[0], k(math.log(float(c)), node)))
+    if v.const > 0:
+        args.append(k(math.log(float(v.const)), node))
+    if len(args) < 2:
+        return None
+    out = args[0]
+    for x in args[1:]:
+        out = make("logaddexp", out, x)
+    return out
+
+
+@_log_rule("log_exp_difference")
+def log_exp_difference(node: Node, a: Node) -> Node | None:
+    """log(exp(a) - exp(b)) -> a + log1mexp(b - a)."""
+    v = view_of(a)
+    if v is None or len(v.terms) != 2 or v.const != 0:
+        return None
+    (c1, t1), (c2, t2) = v.terms
+    if t1.op != "exp" or t2.op != "exp" or c1 != -c2 or c1 < 0 and c2 < 0:
+        return None
+    if c1 < 0:
+        (c1, t1), (c2, t2) = (c2, t2), (c1, t1)
+    x, y = t1.inputs[0], t2.inputs[0]
+    out = add(x, f("log1mexp", sub(y, x)))
+    out = out if c1 == 1 else add(out, k(math.log(float(c1)), node))
+    same = make("eq", x, y)  # log(0) = -inf, also for x = y = -inf (inf - inf would be NaN)
+    return F.where(same, F.where(x < k(math.inf, x), k(-math.inf, x), k(math.nan, x)), out)
+
+
+@stability_rule("log_sigmoid", P("log", P("sigmoid", X("x"))))
+def log_sigmoid(node: Node, x: Node) -> Node:
+    """log(sigmoid(x)) -> -softplus(-x)."""
+    return F.neg(f("softplus", F.neg(x)))
+
+
+@stability_rule("log_cosh", P("log", P("cosh", X("x"))))
+def log_cosh(node: Node, x: Node) -> Node:
+    """log(cosh(x)) -> log1p(2 sinh(x/2)^2) for |x| < 20, |x| - ln 2 + log1p(exp(-2|x|)) beyond."""
+    ax = f("abs", x)
+    small = F.freeze(f("log1p", scale(f("square", f("sinh", scale(x, HALF))), TWO)))  # |x| < 20: no overflow
+    large = add(sub(ax, k(LN2, x)), f("log1p", f("exp", scale(ax, -TWO))))
+    return F.where(ax < k(20.0, x), small, large)
+
+
+@stability_rule("log_sinh", P("log", P("sinh", X("x"))))
+def log_sinh(node: Node, x: Node) -> Node:
+    """log(sinh(x)) -> x - ln 2 + log1p(-exp(-2x)) for x > 20 (no overflow)."""
+    large = add(sub(x, k(LN2, x)), f("log1p", F.neg(f("exp", scale(x, -TWO)))))
+    return F.where(x > k(20.0, x), large, F.freeze(node))
+
+
+@stability_rule("log_sqrt", P("log", P("sqrt", X("x"))))
+def log_sqrt(node: Node, x: Node) -> Node:
+    """log(sqrt(x)) -> 0.5 log(x) (exact near 1, one op fewer)."""
+    return scale(f("log", x), HALF)
+
+
+@stability_rule("log_square", P("log", P("square", X("x"))))
+def log_square(node: Node, x: Node) -> Node:
+    """log(x*x) -> 2 log|x| (no overflow for |x| > 1e154)."""
+    return scale(f("log", f("abs", x)), TWO)
+
+
+@stability_rule("log1p_square", P("log1p", X("a")))
+def log1p_square(node: Node, a: Node) -> Node | None:
+    """log1p(c x*x) (log(1 + c x**2), c > 0) -> 2 log|x| + log(c) + log1p(1/(c x*x)) where c x*x
+    overflows (|x| > 1e150; the Cauchy log-density log(1 + x**2)); log1p(c x*x) elsewhere."""
+    one = single(a)
+    if not one or one[0] <= 0 or one[1].op != "square":
+        return None
+    c, x = one[0], one[1].inputs[0]
+    tail = F.freeze(f("log1p", scale(f("square", div(k(1.0, x), x)), Fraction(1) / Fraction(c))))  # not again
+    big = scale(f("log", f("abs", x)), TWO)
+    big = add(add(big, k(math.log(c), node)), tail) if c != 1 else add(big, tail)
+    return F.where(f("abs", x) > k(1e150, x), big, F.freeze(node))
+
+
+@stability_rule("log_pow", P("log", P("pow", X("x"), X("p"))))
+def log_pow(node: Node, x: Node, p: Node) -> Node | None:
+    """log(x**p) -> p log(x) (p log|x| for an even integer p; x > 0 for a variable p)."""
+    pv = F.scalar_const(p) if p.op == "constant" else None
+    if p.op == "constant":
+        if pv is None or not math.isfinite(pv) or pv == 0:
+            return None
+        if float(pv).is_integer() and int(pv) % 2 == 0:
+            return mul(f("log", f("abs", x)), p)
+        return mul(f("log", x), p)
+    return guarded(mul(p, f("log", x)), node, x > k(0.0, x))
+
+
+def _log_product(node: Node, a: Node, quotient: bool) -> Node | None:
+    x, y = a.inputs
+    info = np.finfo(node.dtype)
+    la, lb = f("log", f("abs", x)), f("log", f("abs", y))
+    wide = sub(la, lb) if quotient else add(la, lb)
+    nonzero = make("ne", x, k(0.0, x)) & make("ne", y, k(0.0, y)) & f("isfinite", x) & f("isfinite", y)
+    negative = make("ne", x < k(0.0, x), y < k(0.0, y)) & nonzero  # x*y < 0 however small: log is NaN
+    fallback = nan_where(negative, wide)
+    safe = (a >= k(float(info.tiny), a)) & (a <= k(float(info.max), a))
+    return F.where(safe, F.freeze(node), fallback)
+
+
+@_log_rule("log_mul")
+def log_mul(node: Node, a: Node) -> Node | None:
+    """log(x*y) -> log|x| + log|y| where x*y over- or underflows (log(x*y) elsewhere)."""
+    if a.op != "mul":
+        return None
+    return _log_product(node, a, quotient=False)
+
+
+@_log_rule("log_div")
+def log_div(node: Node, a: Node) -> Node | None:
+    """log(x/y) -> log1p((x - y)/y) where 1/2 < x/y < 2, with x - y taken from the sum views
+    (log(p/(1 - p)) -> log1p((2p - 1)/(1 - p)); log((x + 1)/x) -> log1p(1/x)): log near 1 turns the
+    quotient's rounding into all of its error, and x - y is exact there (Sterbenz);
+    log|x| - log|y| where x/y over- or underflows; log(x/y) elsewhere."""
+    if a.op != "truediv":
+        return None
+    out = _log_product(node, a, quotient=True)
+    x, y = a.inputs
+    vx, vy = view_of(x), view_of(y)
+    num = build_sum(vx.plus(vy, -ONE), node) if vx is not None and vy is not None else sub(x, y)
+    near_one = (a > k(0.5, a)) & (a < k(2.0, a))
+    return F.where(near_one, f("log1p", div(num, y)), out)

@@ -1,0 +1,68 @@
+"""Stability rules on ``sqrt`` and ``pow``: no overflow in ``sqrt(x*x + y*y)`` (hypot), and a base
+whose rounding a large exponent would amplify (``(1 + 1/n)**n``) gets its rounding error back."""
+
+from __future__ import annotations
+
+import math
+
+from exprc.graph import Node
+from exprc.rewrite import forms as F
+from exprc.rewrite.core import P, X
+from exprc.rewrite.forms import make, scale
+from exprc.rewrite.rules.stability._common import (
+    add,
+    div,
+    exact_sqrt,
+    f,
+    k,
+    mul,
+    stability_rule,
+    sub,
+    view_of,
+)
+
+
+@stability_rule("sqrt_square", P("sqrt", P("square", X("x"))))
+def sqrt_square(node: Node, x: Node) -> Node:
+    """sqrt(x*x) -> |x| (no overflow or underflow)."""
+    return f("abs", x)
+
+
+@stability_rule("hypot_from_sqrt", P("sqrt", X("a")))
+def hypot_from_sqrt(node: Node, a: Node) -> Node | None:
+    """sqrt(x*x + y*y) -> hypot(x, y); sqrt(x*x + c) -> hypot(x, sqrt c) (no overflow/underflow)."""
+    v = view_of(a)
+    if v is None or v.const < 0:
+        return None
+    parts = []
+    for c, t in v.terms:
+        r = exact_sqrt(c)
+        if t.op != "square" or r is None:
+            return None
+        parts.append(scale(t.inputs[0], r))
+    if v.const > 0:
+        parts.append(k(math.sqrt(float(v.const)), node))
+    if len(parts) < 2:
+        return None
+    out = parts[0]
+    for p in parts[1:]:
+        out = make("hypot", out, p)
+    return out
+
+
+@stability_rule("pow_compensated_base", P("pow", P("add", X("p"), X("q"), name="s"), X("y")))
+def pow_compensated_base(node: Node, s: Node, p: Node, q: Node, y: Node) -> Node | None:
+    """(p + q)**y -> pow(s, y) * exp(y * err / s), s = fl(p + q), err its exact rounding error
+    (TwoSum): the rounding of the base is not amplified by a large y ((1 + 1/n)**n)."""
+    yv = F.scalar_const(y) if y.op == "constant" else None
+    if yv is not None and abs(yv) <= 4:
+        return None
+    fz = F.freeze  # an error-free transformation: no rule may "simplify" it
+    bb = fz(sub(s, p))
+    err = fz(add(fz(sub(p, fz(sub(s, bb)))), fz(sub(q, bb))))
+    kk = mul(y, div(err, s))
+    out = F.where(f("isfinite", kk), mul(node, f("exp", kk)), node)
+    F.freeze(node)
+    vq, vp = F.scalar_const(q) if q.op == "constant" else None, F.scalar_const(p) if p.op == "constant" else None
+    x = p if vq == 1.0 else (q if vp == 1.0 else None)
+    return F.set_origin(out, ("pow1p", x, y))

@@ -1,0 +1,363 @@
+"""Stability rules on products and quotients: sigmoid, softmax, exp products, overflow.
+
+``1/(1 + exp(-x))`` becomes ``sigmoid(x)`` (also inside a product and in powers of it), exps
+that overflow in a product or a quotient are joined, ``exp(x)/sum(exp(x))`` is max-shifted,
+factors that meet themselves in the denominator cancel.  Products are read through
+:func:`exprc.rewrite.forms.product_view` (coefficient, factors with exponents).
+"""
+
+from __future__ import annotations
+
+from fractions import Fraction
+
+import numpy as np
+
+from exprc.graph import Node
+from exprc.rewrite import forms as F
+from exprc.rewrite.core import P, X
+from exprc.rewrite.forms import SumView, make, same_up_to_scale, scale
+from exprc.rewrite.rules.stability._common import (
+    FLOATS,
+    HALF,
+    ONE,
+    SUM_OPS,
+    add,
+    div,
+    f,
+    k,
+    max_shifted,
+    mul,
+    nan_where,
+    single,
+    stability_rule,
+    sub,
+    sum_of_exp,
+    view_of,
+)
+
+
+def _one_plus_exp(node: Node) -> tuple[Node, Fraction] | None:
+    """``(a, c)`` when ``node`` is c * (1 + exp(a))."""
+    v = view_of(node)
+    if v is None or v.const == 0 or len(v.terms) != 1 or v.terms[0][0] != v.const or v.terms[0][1].op != "exp":
+        return None
+    return v.terms[0][1].inputs[0], v.const
+
+
+def _product(coef: Fraction | int, factors: list[tuple[Node, int]], like: Node) -> Node:
+    num = [F.power(t, e) for t, e in factors if e > 0]
+    den = [F.power(t, -e) for t, e in factors if e < 0]
+    top = None
+    for t in num:
+        top = t if top is None else mul(top, t)
+    bottom = None
+    for t in den:
+        bottom = t if bottom is None else mul(bottom, t)
+    if top is None:
+        return div(k(float(coef), like), bottom) if bottom is not None else k(float(coef), like)
+    return scale(top if bottom is None else div(top, bottom), coef)
+
+
+@stability_rule("sigmoid_from_exp", ("mul", "truediv", "pow"))
+def sigmoid_from_exp(node: Node) -> Node | None:
+    """1/(1 + exp(-x)) -> sigmoid(x); exp(x)/(1 + exp(x)) -> sigmoid(x); c/(1 + exp(x)) -> c sigmoid(-x);
+    expm1(x)/(1 + exp(x)) -> tanh(x/2); also inside a product (x/(1 + exp(-x)) -> x sigmoid(x)); and
+    powers: exp(x)**p/(1 + exp(x))**n -> sigmoid(x)**p sigmoid(-x)**(n-p) for p <= n <= 4 (the logistic
+    density exp(-x)/(1 + exp(-x))**2 -> sigmoid(x) sigmoid(-x), no inf/inf for x < -710)."""
+    if node.op == "mul" and not {"truediv", "sigmoid", "mul", "pow", "square"} & {node.inputs[0].op, node.inputs[1].op}:
+        return None
+    if node.op == "pow" and (node.inputs[1].op != "constant" or node.inputs[0].op not in ("add", "mul")):
+        return None
+    pv = F.product_view(node)
+    if pv is None:
+        return None
+    coef, factors, _, guards = pv
+    for sg, e in factors:  # sigmoid(b)**m * exp(-b)**p -> sigmoid(b)**(m-p) sigmoid(-b)**p (p <= m)
+        if sg.op != "sigmoid" or not (int(e) == e and 1 <= e <= 4):
+            continue
+        vb = view_of(sg.inputs[0])
+        for t, p in factors:
+            sc = same_up_to_scale(view_of(t.inputs[0]) or SumView((), ONE), vb) \
+                if t.op == "exp" and vb is not None else None
+            q = -sc * p if sc is not None else 0
+            if int(q) == q and 1 <= q <= e:  # exp(-2b) = exp(-b)**2
+                rest = [(u, r) for u, r in factors if u is not sg and u is not t]
+                parts = [(sg, int(e - q)), (f("sigmoid", F.neg(sg.inputs[0])), int(q))]
+                rep = _product(1, [(u, r) for u, r in parts if r], node)
+                if not F.broadcast_safe([u for u, _ in rest] + [rep], node):
+                    return None
+                return _guard_nan(scale(rep if not rest else mul(_product(1, rest, node), rep), coef), guards)
+    for d, e in factors:
+        if d.op == "pow" and d.inputs[1].op == "constant":  # (1 + exp(a)) ** 3.0: the view keeps pow
+            k3 = F.scalar_const(d.inputs[1])
+            if k3 is not None and float(k3).is_integer() and 0 < abs(k3) <= 4:
+                d, e = d.inputs[0], e * int(k3)
+        n = -int(e) if e < 0 and int(e) == e else 0  # d**-n, d = c (1 + exp(a))
+        ac = _one_plus_exp(d) if 1 <= n <= 4 else None
+        if ac is None:
+            continue
+        a, c = ac
+        rest = [(t, p) for t, p in factors if t is not d and not (t.op == "pow" and t.inputs[0] is d)]
+        va = view_of(a)
+        up, rep = 0, None  # exp(a)**up / (1 + exp(a))**n = sigmoid(a)**up sigmoid(-a)**(n - up)
+        for t, p in rest:
+            if t.op not in ("exp", "expm1"):
+                continue
+            sc = 1 if t.inputs[0] is a else (same_up_to_scale(view_of(t.inputs[0]) or SumView((), ONE), va)
+                                              if va is not None else None)
+            if sc is None:
+                continue
+            if t.op == "exp" and int(sc * p) == sc * p and 1 <= sc * p <= n:  # exp(2x) = exp(x)**2
+                up = int(sc * p)
+            elif t.op == "expm1" and sc == 1 and p == 1 and n == 1:
+                rep = f("tanh", scale(a, HALF))
+            else:
+                continue
+            rest = [(u, q) for u, q in rest if u is not t]
+            break
+        if rep is None:
+            parts = [(f("sigmoid", a), up), (f("sigmoid", F.neg(a)), n - up)]
+            rep = _product(1, [(t, q) for t, q in parts if q], node)
+        if not F.broadcast_safe([t for t, _ in rest] + [rep], node):
+            return None
+        out = rep if not rest else mul(_product(1, rest, node), rep)
+        return _guard_nan(scale(out, Fraction(coef) / c ** n), guards)
+    return None
+
+
+@stability_rule("sqrt_product", P("sqrt", X("m")))
+def sqrt_product(node: Node, m: Node) -> Node | None:
+    """sqrt(x*y) -> sqrt|x| sqrt|y|, NaN where x and y have opposite signs: the product overflows or
+    underflows where its root is representable (the geometric mean of 1e200 and 1e300)."""
+    if m.op != "mul" or F.is_frozen(m):
+        return None
+    x, y = m.inputs
+    if x is y or x.op == "constant" or y.op == "constant" or not F.broadcast_safe([x, y], node):
+        return None  # x*x is sqrt_square's; c*x has nothing to gain
+    if x.op in SUM_OPS or y.op in SUM_OPS:
+        return None  # (x - 1)(x + 1) is x*x - 1 factored: sqrt_conjugate's, and no overflow to avoid
+    zero = k(0.0, node)
+    opposite = make("and", make("ne", make("lt", x, zero), make("lt", y, zero)),
+                    make("and", make("ne", x, zero), make("ne", y, zero)))
+    return nan_where(opposite, mul(f("sqrt", f("abs", x)), f("sqrt", f("abs", y))))
+
+
+#: Below this magnitude exp(u) is a normal, finite float64 (exp(709.78) overflows, exp(-708.4) is
+#: subnormal): the naive forms of the exp rules below are exact enough there, so they keep them.
+EXP_SAFE = 700.0
+
+
+def _exp_safe(*args: Node) -> Node:
+    safe = None
+    for a in args:
+        c = f("abs", a) < k(EXP_SAFE, a)
+        safe = c if safe is None else make("and", safe, c)
+    return safe
+
+
+@stability_rule("exp_product", ("mul", "truediv"))
+def exp_product(node: Node) -> Node | None:
+    """exp(a) exp(b) -> exp(a + b), exp(a)/exp(b) -> exp(a - b) where an exp over- or underflows
+    (|a| or |b| > 700: inf/inf, 0*inf); the naive form elsewhere, which does not round a + b."""
+    if node.op == "mul" and "exp" not in (node.inputs[0].op, node.inputs[1].op):
+        return None
+    pv = F.product_view(node)
+    if pv is None:
+        return None
+    coef, factors, _, guards = pv
+    exps = [(t, p) for t, p in factors if t.op == "exp" and p in (1, -1)]
+    if len(exps) != 2 or guards:
+        return None
+    (ta, pa), (tb, pb) = exps
+    a, b = ta.inputs[0], tb.inputs[0]
+    arg = add(a, b) if pa == pb else (sub(a, b) if pa == 1 else sub(b, a))
+    joined = f("exp", arg if pa == 1 or pa != pb else F.neg(arg))
+    rest = [(t, p) for t, p in factors if t is not ta and t is not tb]
+    if not F.broadcast_safe([t for t, _ in rest] + [joined], node):
+        return None
+    stable = joined if not rest else mul(_product(1, rest, node), joined)
+    return F.where(_exp_safe(a, b), F.freeze(node), scale(stable, coef))
+
+
+@stability_rule("softmax_pair", ("mul", "truediv"))
+def softmax_pair(node: Node) -> Node | None:
+    """exp(a)/(exp(a) + exp(b)) -> sigmoid(a - b) where an exp over- or underflows (|a| or |b| > 700:
+    inf/inf, 0/0); the naive form elsewhere, which does not round a - b."""
+    pv = F.product_view(node)
+    if pv is None:
+        return None
+    coef, factors, _, guards = pv
+    for d, e in factors:
+        v = view_of(d) if e == -1 else None
+        if v is None or v.const != 0 or len(v.terms) != 2 or guards:
+            continue
+        (ca, ta), (cb, tb) = v.terms
+        if ca != cb or ta.op != "exp" or tb.op != "exp":
+            continue
+        for top, other in ((ta, tb), (tb, ta)):
+            num = [(t, p) for t, p in factors if t is top and p == 1]
+            if not num:
+                continue
+            rest = [(t, p) for t, p in factors if t is not d and t is not top]
+            a, b = top.inputs[0], other.inputs[0]
+            rep = f("sigmoid", sub(a, b))
+            if not F.broadcast_safe([t for t, _ in rest] + [rep], node):
+                return None
+            stable = rep if not rest else mul(_product(1, rest, node), rep)
+            return F.where(_exp_safe(a, b), F.freeze(node), scale(stable, Fraction(coef) / ca))
+    return None
+
+
+def _power_of_two(c: Fraction) -> bool:
+    n, d = abs(c.numerator), c.denominator
+    return n > 0 and n & (n - 1) == 0 and d & (d - 1) == 0
+
+
+def _square_error(u: Node, hi: Node) -> Node:
+    """``u*u - hi`` exactly, for ``hi`` = fl(u*u) (Dekker's product, Veltkamp's split).  Every node is
+    frozen: the sum views would otherwise simplify ``t - (t - u)`` back to ``u``."""
+    split = k(134217729.0 if u.dtype == "float64" else 4097.0, u)  # 2**27 + 1, 2**12 + 1
+
+    def fz(op: str, *xs: Node) -> Node:
+        return F.freeze(make(op, *xs))
+
+    t = fz("mul", u, split)
+    uh = fz("sub", t, fz("sub", t, u))
+    ul = fz("sub", u, uh)
+    hh = fz("mul", uh, uh)
+    cross = fz("mul", fz("mul", uh, ul), k(2.0, u))
+    return fz("add", fz("add", fz("sub", hh, hi), cross), fz("mul", ul, ul))
+
+
+@stability_rule("exp_exact_square", P("exp", X("a")), late=True)  # after log(exp(...)), logsumexp ...
+def exp_exact_square(node: Node, a: Node) -> Node | None:
+    """exp(c u**2) -> exp(c hi) (1 + c lo) with u**2 = hi + lo exactly (c a power of two, so c hi is exact):
+    the rounding of u**2 alone costs c u**2 ulps of the result (9 bits for the Gaussian exp(-x**2/2) at
+    x = 38).  For |u| < 1e150 (the split overflows beyond, where the result is 0 or inf anyway)."""
+    v = view_of(a)
+    if v is None or v.const != 0 or len(v.terms) != 1:
+        return None
+    c, sq = v.terms[0]
+    if sq.op != "square" or sq.dtype not in FLOATS or sq.dtype != node.dtype or not _power_of_two(Fraction(c)):
+        return None
+    u = sq.inputs[0]
+    lo = _square_error(u, sq)
+    fixed = mul(F.freeze(node), add(k(1.0, node), scale(lo, c)))
+    return F.where(f("abs", u) < k(1e150 if u.dtype == "float64" else 1e18, u), fixed, F.freeze(node))
+
+
+@stability_rule("tanh_from_sinh_cosh", P("truediv", X("n"), X("d")))
+def tanh_from_sinh_cosh(node: Node, n: Node, d: Node) -> Node | None:
+    """sinh(x)/cosh(x) -> tanh(x) (no inf/inf for |x| > 710)."""
+    sn, sd = single(n), single(d)
+    if sn and sd and sn[1].op == "sinh" and sd[1].op == "cosh" and sn[1].inputs[0] is sd[1].inputs[0]:
+        return scale(f("tanh", sn[1].inputs[0]), sn[0] / sd[0])
+    return None
+
+
+@stability_rule("exp_over_expm1", P("truediv", X("n"), X("d")))
+def exp_over_expm1(node: Node, n: Node, d: Node) -> Node | None:
+    """exp(x)/expm1(x) -> -1/expm1(-x) for x > 0 (no inf/inf for large x)."""
+    sn, sd = single(n), single(d)
+    if sn and sd and sn[1].op == "exp" and sd[1].op == "expm1" and sn[1].inputs[0] is sd[1].inputs[0]:
+        x = sn[1].inputs[0]
+        stable = scale(div(k(1.0, node), f("expm1", F.neg(x))), -sn[0] / sd[0])
+        return F.where(x > k(0.0, x), stable, F.freeze(node))
+    return None
+
+
+
+
+@stability_rule("softmax_from_exp", P("truediv", P("exp", X("x")), X("s")))
+def softmax_from_exp(node: Node, x: Node, s: Node) -> Node | None:
+    """exp(x) / sum(exp(x)) -> exp(x - max x) / sum(exp(x - max x)) (no overflow; the rounding of
+    x - max x is compensated, so tiny probabilities keep their relative accuracy)."""
+    se = sum_of_exp(s)
+    if se is None or se[0] is not x or max_shifted(x):
+        return None
+    axes = se[1]
+    m = make("max", x, axis=axes, keepdims=True)
+    fz = F.freeze  # TwoSum: x - m = d + err exactly, and exp(x - m) = exp(d) (1 + err) to first order
+    d = fz(sub(x, m))
+    bb = fz(sub(d, x))
+    err = fz(add(fz(sub(x, fz(sub(d, bb)))), fz(sub(F.neg(m), bb))))
+    ed = f("exp", d)
+    e = add(ed, mul(ed, F.where(f("isfinite", err), err, k(0.0, err))))  # (-inf entries: err is NaN)
+    out = div(e, make("sum", e, axis=axes, keepdims=True))
+    return F.set_origin(out, ("guard", node))  # log(softmax) rules still see exp(x) / sum(exp(x))
+
+
+@stability_rule("product_cancel", ("mul", "truediv"))
+def product_cancel(node: Node) -> Node | None:
+    """(1/u) * u * v -> v + 0*u; (a*c)/(2a) -> c/2 + 0*a: a factor of the numerator that meets
+    itself in the denominator is cancelled.  NaN or infinite u still gives NaN; u = 0 gives NaN too
+    unless u is nonzero in exact arithmetic (exp, sigmoid, ...), where its float value is 0 only by
+    underflow: a gradient's 1/sigmoid(x) * sigmoid(x) * ... then stays finite."""
+    if node.op == "mul" and node.inputs[0].op not in ("mul", "truediv") and node.inputs[1].op not in ("mul", "truediv"):
+        return None  # two plain factors: nothing to cancel
+    pv = F.product_view(node)
+    if pv is None or not pv[2]:
+        return None
+    coef, factors, _, vanished = pv
+    out = _product(coef, factors, node)
+    for u in dict.fromkeys(vanished):
+        if not _never_zero(u):  # (x*y)/y is NaN at y = 0 in IEEE arithmetic (and NumPy): keep that
+            out = nan_where(make("eq", u, k(0.0, u)), out)
+    return _guard_nan(out, vanished)
+
+
+def _never_zero(u: Node) -> bool:
+    """True when ``u`` is nonzero in exact arithmetic (its float value may still underflow to 0,
+    which is exactly when cancelling it helps: 1/sigmoid(x) * sigmoid(x) at x = -800)."""
+    if u.op == "constant":
+        return bool(np.all(u.value != 0))
+    if u.op in ("exp", "exp2", "sigmoid", "cosh", "softplus"):
+        return True
+    if u.op in ("square", "abs", "neg", "sqrt"):
+        return _never_zero(u.inputs[0])
+    if u.op in ("mul", "truediv"):
+        return all(_never_zero(i) for i in u.inputs)
+    return False
+
+
+def _guard_nan(out: Node, vanished: list[Node]) -> Node:
+    """``out + 0*u`` for each cancelled u: NaN or infinite u still gives NaN (as u/u does), u = 0
+    gives the limit; product views read through these guards (see forms.product_view)."""
+    for t in dict.fromkeys(vanished):
+        out = add(out, mul(t, k(0.0, t)))
+    return out
+
+
+@stability_rule("constant_factors", ("mul", "truediv"))
+def constant_factors(node: Node) -> Node | None:
+    """(2 * x) * 0.5 -> x; (x / 3) * 6 -> x * 2: nested constant factors are merged."""
+    a, b = node.inputs
+    if node.op == "mul":
+        c = F.exact(F.scalar_const(b)) if b.op == "constant" else None
+        other = a
+        if c is None and a.op == "constant":
+            c, other = F.exact(F.scalar_const(a)), b
+    else:
+        c = F.exact(F.scalar_const(b)) if b.op == "constant" else None
+        c = 1 / c if c else None
+        other = a
+    if not c or other.op not in ("mul", "neg", "truediv"):
+        return None
+    inner = other
+    kk = Fraction(1)
+    while True:
+        if inner.op == "neg":
+            inner, kk = inner.inputs[0], -kk
+        elif inner.op == "mul" and inner.inputs[1].op == "constant" and F.exact(F.scalar_const(inner.inputs[1])):
+            inner, kk = inner.inputs[0], kk * F.exact(F.scalar_const(inner.inputs[1]))
+        elif inner.op == "truediv" and inner.inputs[1].op == "constant" and F.exact(F.scalar_const(inner.inputs[1])):
+            inner, kk = inner.inputs[0], kk / F.exact(F.scalar_const(inner.inputs[1]))
+        else:
+            break
+    if kk == 1 or (kk == -1 and other.op == "neg" and other.inputs[0] is inner):
+        return None
+    total = kk * c
+    info = np.finfo(node.dtype)
+    if total != 0 and not (float(info.tiny) <= abs(float(total)) <= float(info.max)):
+        return None
+    return scale(inner, total)
