@@ -1,4 +1,5 @@
-"""Packaging for exprc.  ``templates/`` is installed as the package ``exprc.templates``."""
+"""Packaging for exprc.  Each native backend's source skeletons ship as package data of its folder
+(``exprc/backends/<name>/templates/``) and are read through importlib.resources."""
 
 import re
 from pathlib import Path
@@ -20,9 +21,9 @@ setup(
     long_description=(HERE / "README.md").read_text(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=find_packages(include=["exprc", "exprc.*"]) + ["exprc.templates"],
-    package_dir={"exprc.templates": "templates"},
-    package_data={"exprc.templates": ["*.c", "*.h", "*.cu", "*.cuh"]},
+    packages=find_packages(include=["exprc", "exprc.*"]),
+    package_data={"exprc.backends.c": ["templates/*.c", "templates/*.h"],
+                  "exprc.backends.cuda": ["templates/*.cu", "templates/*.cuh"]},
     install_requires=["numpy>=2.0", "cffi>=1.16", "networkx>=3.0", "sympy>=1.12"],
     extras_require={
         # NVRTC (no GPU or driver needed; installs in seconds) lets the GPU-less suite compile every CUDA source.

@@ -23,7 +23,7 @@ CHILD = r"""
 import json, sys, time
 import numpy as np
 import exprc
-import exprc.runtime, exprc.compile.cc, exprc.cache  # lazy imports of the C backend, excluded from timing
+import exprc.backends.c.kernel, exprc.backends.c.compile, exprc.cache  # lazy imports of the C backend, excluded from timing
 from exprc import cache
 
 x = exprc.vector("x"); y = exprc.vector("y")

@@ -187,7 +187,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:  # pragma: no cover - needs
     import numpy as np
 
     import exprc
-    from exprc.cuda_runtime import DeviceArray, get_driver
+    from exprc.backends.cuda.kernel import DeviceArray, get_driver
 
     drv = get_driver()
     sync = _sync_fn(drv)
@@ -267,7 +267,7 @@ def _launch_overhead(drv: Any, sync: Callable[[], None], systems: Sequence[str],
     """Microseconds per call of E1 on 1000-element float32 arrays (call + launch, no sync per call)."""
     import numpy as np
 
-    from exprc.cuda_runtime import DeviceArray
+    from exprc.backends.cuda.kernel import DeviceArray
 
     fn = expressions()["E1"]
     dev = [DeviceArray.from_numpy(np.ones(1000, np.float32), drv) for _ in range(3)]

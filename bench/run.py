@@ -431,7 +431,7 @@ t0 = perf()
 import numpy as np
 import exprc
 try:  # modules the C backend imports lazily: import time, not compile time
-    import cffi, exprc.runtime, exprc.compile.cc, exprc.codegen.c  # noqa: F401
+    import cffi, exprc.backends.c.kernel, exprc.backends.c.compile, exprc.backends.c.render  # noqa: F401
 except ImportError:
     pass
 t1 = perf()

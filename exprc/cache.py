@@ -7,8 +7,8 @@ Layout of :func:`root` (one folder per exprc version, Python ABI and platform)::
         <name>.so           the shared library (<name>.cubin or <name>.ptx for the CUDA backend)
         meta.json           key parts, timestamps, hits, sizes, sha256 of the library (no pickle)
     locks/<key>.lock        flock-ed only while that entry compiles (released when a process dies)
-    toolchain/<id>.json     compiler probe results (see :mod:`exprc.compile.cc`)
-    dispatch/<id>/          the call dispatcher extension (see :mod:`exprc.compile.dispatch`)
+    toolchain/<id>.json     compiler probe results (see :mod:`exprc.backends.c.compile`)
+    dispatch/<id>/          the call dispatcher extension (see :mod:`exprc.backends.c.dispatch`)
     .tmp-<key>-XXXX/        an entry being built, or what a killed build left (never loaded)
     .trash-<key>-XXXX/      an entry being deleted
 

@@ -45,7 +45,7 @@ def _function_graph(graph: Any, cfg: Config) -> Any:
 
 def render(graph: Any, config: Config | None = None) -> tuple[str, Any, Any]:
     """(CUDA source, layout, lowered program) of ``graph`` (see :func:`compile_only`)."""
-    from exprc.codegen.cuda import CUDARenderer
+    from exprc.backends.cuda.render import CUDARenderer
     from exprc.fusion import lower
     from exprc.printing import pprint
 
@@ -67,8 +67,8 @@ def compile_only(graph: Any, arch: str = "sm_90", config: Config | None = None,
     (``exprc cache list`` shows backend ``cuda``).  Raises :class:`~exprc.errors.CompileError`
     with NVRTC's log, :class:`~exprc.errors.BackendUnavailable` when NVRTC cannot be loaded.
     """
-    from exprc.codegen.cuda import kernel_names
-    from exprc.compile import nvrtc
+    from exprc.backends.cuda import compile as nvrtc
+    from exprc.backends.cuda.render import kernel_names
     from exprc.errors import BackendUnavailable
 
     why = nvrtc.probe()
@@ -84,7 +84,7 @@ def compile_only(graph: Any, arch: str = "sm_90", config: Config | None = None,
 
 def unavailable_reason(config: Config | None = None) -> str | None:
     """None when ``backend="cuda"`` can run here, else why not."""
-    from exprc.cuda_device import probe
+    from exprc.backends.cuda.device import probe
 
     return probe(resolve(config))
 
@@ -95,7 +95,7 @@ def is_available(config: Config | None = None) -> bool:
 
 def __getattr__(name: str) -> Any:
     if name == "DeviceArray":  # imported on first use (numpy only; cuda-bindings when used)
-        from exprc.cuda_device import DeviceArray
+        from exprc.backends.cuda.device import DeviceArray
 
         return DeviceArray
     raise AttributeError(f"module 'exprc.cuda' has no attribute {name!r}")

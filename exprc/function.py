@@ -1,8 +1,12 @@
-"""``exprc.function`` and ``@exprc.jit``: optimize -> lower/render -> compile -> wrap.
+"""``exprc.function`` and ``@exprc.jit``: optimize -> build on a backend -> wrap.
 
-The :class:`Function` wrapper owns argument validation (dtype, ndim, static
-sizes, safe casts) so that no backend ever receives an array it did not
-declare.
+:func:`function` reads top-down as the pipeline: check the inputs, substitute ``givens``,
+optimize (:func:`exprc.pipeline.optimize`), optionally search for more accurate forms, then
+hand the graph to the chosen backend (:func:`exprc.backends.build`: lower, render, compile
+through the disk cache, load) and wrap the kernel.  The :class:`Function` wrapper owns
+argument validation (dtype, ndim, static sizes, safe casts) so that no backend ever receives an
+array it did not declare; it speaks to the kernel only through the protocol written down in
+:mod:`exprc.backends`, and names no backend.
 """
 
 from __future__ import annotations
@@ -112,12 +116,12 @@ class Function:
         self.allow_downcast = allow_downcast
         self._kernel = kernel
         self._single = single
-        # The C dispatcher is attached on the second call: a function called once should not
-        # pay for it (building it the first time on a machine takes a compiler run).
-        self._make_fast = getattr(kernel, "fast_path", None)
+        # The kernel's fast path (the C dispatcher) is attached on the second call: a function called
+        # once should not pay for it (building it the first time on a machine takes a compiler run).
+        self._make_fast = kernel.fast_path
         self._fast = None
         self._n = len(inputs)
-        device = getattr(kernel, "device_input", None)  # CUDA: accepts __cuda_array_interface__ objects
+        device = kernel.device_input if kernel.device_arrays else None  # __cuda_array_interface__ objects
         self._convert = [_make_converter(i, v, allow_downcast, device) for i, v in enumerate(inputs)]
         self._positions: dict[str, int | None] = {}
         for i, v in enumerate(inputs):
@@ -161,13 +165,14 @@ class Function:
     @property
     def cache_path(self) -> str | None:
         """The cache entry folder of the compiled library (None: NumPy backend or cache off)."""
-        entry = getattr(self._kernel, "cache_entry", None)
+        entry = self._kernel.cache_entry
         return None if entry is None else str(entry)
 
     def __call__(self, *args: Any, out: Any = None, to_numpy: bool | None = None, **kwargs: Any) -> Any:
-        """Run the function.  ``out=`` (an array, or a list for several outputs) receives
-        the results in place (C backend), saving the allocation of fresh outputs.
-        ``to_numpy=True``: the CUDA backend returns NumPy arrays instead of device arrays."""
+        """Run the function.  ``out=`` (an array, or a list for several outputs; None entries get
+        fresh arrays) receives the results in place, saving the allocation of fresh outputs (the C
+        backend computes straight into them).  ``to_numpy=True``: a device backend (CUDA) returns
+        NumPy arrays instead of device arrays."""
         fast = self._fast
         if fast is not None and not kwargs and to_numpy is None:
             if out is None:
@@ -189,20 +194,12 @@ class Function:
             if self._calls >= 2:
                 self._fast, self._make_fast = make_fast(self._single), None
         if out is not None:
-            outs = self._call_out(arrays, [out] if self._single else list(out))
-        elif to_numpy is not None and self.backend == "cuda":
+            outs = self._kernel(*arrays, out=[out] if self._single else list(out), to_numpy=to_numpy)
+        elif to_numpy is not None:
             outs = self._kernel(*arrays, to_numpy=to_numpy)
         else:
             outs = self._kernel(*arrays)
         return outs[0] if self._single else outs
-
-    def _call_out(self, arrays: list, out: list) -> list:
-        if len(out) != len(self.outputs):
-            raise InputTypeError(f"out: expected {len(self.outputs)} arrays, got {len(out)}")
-        if hasattr(self._kernel, "program"):  # native kernels write into out= directly
-            return self._kernel(*arrays, out=out)
-        copy_into(out, self._kernel(*arrays))
-        return list(out)
 
     def __reduce__(self) -> tuple:
         """Pickling stores the graph in exprc's JSON format (never the binary); unpickling
@@ -218,31 +215,6 @@ class Function:
 
 
 _MISSING = object()
-
-
-def check_out(j: int, dst: Any, shape: tuple, dtype: Any) -> None:
-    """Raise unless ``dst`` can receive output ``j`` (an ndarray of that dtype and shape, writeable)."""
-    if not isinstance(dst, np.ndarray) or dst.dtype != np.dtype(dtype) or dst.shape != tuple(shape):
-        got = f"{dst.dtype} array of shape {shape_str(dst.shape)}" if isinstance(dst, np.ndarray) else \
-            type(dst).__name__
-        raise InputTypeError(f"out[{j}]: expected a {np.dtype(dtype)} array of shape {shape_str(shape)}, got {got}")
-    if not dst.flags.writeable:
-        raise InputTypeError(f"out[{j}]: the array is read-only")
-
-
-def copy_into(out: Sequence[Any], results: list) -> list:
-    """Copy computed ``results`` into the caller's ``out=`` arrays, checking each one; a ``None``
-    in ``out`` keeps the computed array.  Returns what the call returns."""
-    outs = []
-    for j, (dst, src) in enumerate(zip(out, results)):
-        if dst is None:
-            outs.append(src)
-            continue
-        src = np.asarray(src)
-        check_out(j, dst, src.shape, src.dtype)
-        np.copyto(dst, src)
-        outs.append(dst)
-    return outs
 
 
 def _as_outputs(outputs: Any) -> tuple[tuple[Node, ...], bool]:
@@ -273,7 +245,9 @@ def function(inputs: Sequence[Node], outputs: Node | Sequence[Node], backend: st
              updates: Any = None, givens: Any = None, accuracy: Any = "default", domain: Any = None) -> Function:
     """Compile ``outputs`` as a function of ``inputs``.
 
-    ``backend``: ``"c"``, ``"numpy"`` or None (C when a compiler works).
+    ``backend``: ``"c"`` (fused C loops), ``"numpy"`` (the reference), ``"cuda"`` (NVIDIA GPUs,
+    with ``exprc[cuda]``) or None (``Config.backend``, else C when a compiler works, else NumPy
+    with a warning); :func:`exprc.backends.names` lists them.
     ``exclude``: rewrite names or tags to skip.  ``allow_downcast``: accept
     lossy casts of call arguments (float64 data into a float32 input).
     ``updates``: ``[(shared_variable, new_value_expression), ...]`` (or a dict),
@@ -348,11 +322,11 @@ def _wrap(ins: tuple, outs: tuple, single: bool, graph: FunctionGraph, kernel: A
     return fn
 
 
-#: In-process memo of compiled kernels: (inputs, outputs, requested backend, config) -> (backend, optimized
-#: graph, kernel).
-#: Each ``function`` call still returns a new :class:`Function` (own argument handling, own
+#: In-process memo of compiled kernels, keyed by everything that decides the kernel: (inputs, outputs after
+#: givens, updates, requested backend, config, rule-registry generation, search settings, search domain) ->
+#: (backend, optimized graph, kernel, shared variables read, accuracy report).  Each ``function`` call still returns a new :class:`Function` (own argument handling, own
 #: attributes); only the immutable graph and the compiled kernel are shared.  Off with ``Config(cache=False)``.
-_MEMO: OrderedDict[tuple, tuple[str, FunctionGraph, Any]] = OrderedDict()
+_MEMO: OrderedDict[tuple, tuple] = OrderedDict()
 _MEMO_MAX = 256
 _MEMO_LOCK = threading.Lock()
 

@@ -8,9 +8,15 @@
   (max, then the fused exp-sub-sum) that read ``x`` twice and allocate nothing.
 * Independent groups over the same static shape merge into one multi-output
   kernel.
-* Views (dimshuffle, getitem, broadcast_to, reshape) cost nothing: the runtime
-  turns them into strides.  Ops the C renderer has no loop for (matmul,
-  argmax, concatenate, shape) run as NumPy steps between native segments.
+* Views (dimshuffle, getitem, broadcast_to, reshape) cost nothing: the host
+  planner turns them into strides.
+* With ``native_matmul`` (the C backend, when NumPy's OpenBLAS is found) a 1-d/2-d
+  float ``matmul`` is a kernel of its own that calls BLAS from the generated code.
+  Ops no renderer has a loop for (batched or integer matmul, argmax, concatenate,
+  shape, sum_to …) run as NumPy steps between native segments.
+
+The step graph is scheduled with networkx, imported when a program is lowered (not
+at ``import exprc``).
 
 Excluding the tag ``fusion`` gives every elementwise node its own kernel.
 """
@@ -20,8 +26,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-
-import networkx as nx
+from typing import Any
 
 from exprc.graph import Node, toposort
 from exprc.ops import OPS
@@ -197,8 +202,10 @@ def lower(outputs: Sequence[Node], inputs: Sequence[Node], fuse: bool = True,
     return Program(tuple(inputs), tuple(outputs), steps, materialized)
 
 
-def _dependencies(steps: list[Kernel | Step]) -> nx.DiGraph:
-    """Edges j -> i when step i reads what step j produces (seen through view chains)."""
+def _dependencies(steps: list[Kernel | Step]) -> Any:
+    """Edges j -> i when step i reads what step j produces (seen through view chains): a networkx DiGraph."""
+    import networkx as nx
+
     produced = {}
     for i, s in enumerate(steps):
         for o in (s.outputs if isinstance(s, Kernel) else [s.node]):
@@ -222,12 +229,16 @@ def _dependencies(steps: list[Kernel | Step]) -> nx.DiGraph:
 
 def _schedule(steps: list[Kernel | Step]) -> list[Kernel | Step]:
     """Order steps so each runs after what it reads (groups are convex, so this is a DAG)."""
+    import networkx as nx
+
     dag = _dependencies(steps)
     return [steps[i] for i in nx.lexicographical_topological_sort(dag)]
 
 
 def _merge_siblings(steps: list[Kernel | Step]) -> list[Kernel | Step]:
     """Merge independent elementwise kernels of one static shape into one loop."""
+    import networkx as nx
+
     dag = _dependencies(steps)
     merged_into: dict[int, int] = {}
     for i, s in enumerate(steps):

@@ -41,7 +41,7 @@ import numpy as np
 
 from exprc import graph as _graph
 from exprc.errors import DTypeError, InputTypeError, ShapeError, UpdateError
-from exprc.function import Function, copy_into
+from exprc.function import Function
 from exprc.graph import Node, substitute
 from exprc.types import TensorType, as_dtype, shape_str
 
@@ -261,7 +261,7 @@ class SharedFunction(Function):
         self._boxes = tuple(v._c for v in self._targets)
         self._nout = len(outputs)
         self._locks = tuple(lock_order(self._targets))
-        self._native_out = hasattr(kernel, "program")
+        self._into_spares = kernel.writes_out  # big updates computed into the spare buffers
         self._ncalls = 0
 
     def __call__(self, *args: Any, out: Any = None, **kwargs: Any) -> Any:
@@ -294,7 +294,7 @@ class SharedFunction(Function):
         try:
             arrays += [c.value for c in self._hidden]
             nout = self._nout
-            if self._native_out and any(c.value.nbytes >= SWAP_BYTES for c in self._boxes):
+            if self._into_spares and any(c.value.nbytes >= SWAP_BYTES for c in self._boxes):
                 res = self._run_swap(arrays, out)
             else:
                 res = self._run(arrays, out)
@@ -325,11 +325,7 @@ class SharedFunction(Function):
                     if self._ncalls >= 2:
                         self._fast, self._make_fast = make_fast(False), None
             return self._kernel(*arrays)
-        if self._native_out:  # the declared outputs into out=, fresh arrays for the updates
-            return self._kernel(*arrays, out=out + [None] * len(self._targets))
-        res = self._kernel(*arrays)
-        copy_into(out, res)
-        return out + res[self._nout:]
+        return self._kernel(*arrays, out=out + [None] * len(self._targets))  # fresh arrays for the updates
 
     def _run_swap(self, arrays: list, out: list | None) -> list:
         """One call of the kernel writing each big update into its variable's spare buffer

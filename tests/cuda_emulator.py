@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from exprc.codegen.cuda import BLOCK, arg_words
-from exprc.runtime import _FFI, CKernel
+from exprc.backends.c.kernel import _FFI, CKernel
+from exprc.backends.cuda.render import BLOCK, arg_words
 
 
 class EmulatedDriver:

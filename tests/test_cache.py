@@ -17,7 +17,7 @@ import pytest
 
 import exprc
 from exprc import cache
-from exprc.compile import cc
+from exprc.backends.c import compile as cc
 from exprc.config import Config, current
 from exprc.errors import CacheError
 from exprc.function import clear_memo
@@ -125,7 +125,7 @@ RACER = """
     go = sys.argv[1]
     import numpy as np
     import exprc
-    import exprc.runtime
+    import exprc.backends.c.kernel
     from exprc import cache
     x = exprc.vector("x")
     expr = exprc.log1p(exprc.exp(x)) * 3 - x
@@ -163,7 +163,7 @@ KILLED = """
     import sys, time
     from pathlib import Path
     from exprc import cache
-    from exprc.compile import cc
+    from exprc.backends.c import compile as cc
     from exprc.config import current
     ready = Path(sys.argv[1])
     def build(d):

@@ -20,8 +20,8 @@ from typing import Any
 
 import pytest
 
+from exprc.backends.c import compile as cc
 from exprc.cli import main
-from exprc.compile import cc
 from exprc.config import Config
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import exprc
-from exprc.codegen.c import CRenderer, c_literal
+from exprc.backends.c.render import CRenderer, c_literal
 from exprc.fusion import lower
 from exprc.pipeline import FunctionGraph, optimize
 
@@ -118,7 +118,7 @@ def test_vector_math_is_used(tmp_path, monkeypatch):
     # Helpers (sigmoid, logaddexp) must stay branch-free or the whole loop falls back to scalar calls.
     f = exprc.function([a, b], exprc.exp(a) * exprc.sin(a) + exprc.hypot(a, b) * exprc.sigmoid(b)
                        + exprc.logaddexp(a, b))
-    from exprc.compile import cc
+    from exprc.backends.c import compile as cc
 
     if not cc.has_vector_math(f.config):
         pytest.skip("no libmvec on this machine")

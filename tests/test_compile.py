@@ -9,7 +9,7 @@ import pytest
 
 import exprc
 from exprc import backends
-from exprc.compile import cc
+from exprc.backends.c import compile as cc
 from exprc.errors import BackendUnavailable, CompileError
 
 

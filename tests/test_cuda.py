@@ -22,7 +22,8 @@ from hypothesis import given, settings
 import exprc
 import exprc.cuda
 from exprc import Config
-from exprc.compile import cc, nvrtc
+from exprc.backends.c import compile as cc
+from exprc.backends.cuda import compile as nvrtc
 from exprc.errors import BackendUnavailable, CompileError, InputTypeError
 from exprc.pipeline import FunctionGraph
 
@@ -32,7 +33,7 @@ needs_nvrtc = pytest.mark.skipif(NVRTC_MISSING is not None, reason=f"NVRTC unava
 
 
 def _device_reason() -> str | None:
-    from exprc.cuda_runtime import probe, set_driver
+    from exprc.backends.cuda.kernel import probe, set_driver
 
     set_driver(None)
     return probe()
@@ -126,8 +127,8 @@ def test_golden_cuda_sources(name):
 
 
 def test_renderer_shares_the_c_layout_and_differs_where_it_must():
-    from exprc.codegen.c import CRenderer
-    from exprc.codegen.cuda import CUDARenderer
+    from exprc.backends.c.render import CRenderer
+    from exprc.backends.cuda.render import CUDARenderer
     from exprc.fusion import lower
 
     x, y = exprc.vector("x", "float32"), exprc.matrix("y", "float32")
@@ -202,7 +203,7 @@ def test_backend_unavailable_without_a_device():
 def emulated():
     from cuda_emulator import EmulatedDriver
 
-    from exprc.cuda_runtime import set_driver
+    from exprc.backends.cuda.kernel import set_driver
 
     drv = EmulatedDriver()
     set_driver(drv)
@@ -223,7 +224,7 @@ def _cuda_function(drv, inputs, outputs, **cfg):
 def test_emulated_runtime_matches_numpy(case):
     from cuda_emulator import EmulatedDriver
 
-    from exprc.cuda_runtime import set_driver
+    from exprc.backends.cuda.kernel import set_driver
 
     drv = EmulatedDriver()
     set_driver(drv)
@@ -287,7 +288,7 @@ def test_emulated_views_broadcasting_and_odd_shapes(emulated):
 
 @needs_emulator
 def test_emulated_inputs_outputs_and_conversions(emulated):
-    from exprc.cuda_runtime import DeviceArray
+    from exprc.backends.cuda.kernel import DeviceArray
 
     x = exprc.vector("x", "float32")
     f = _cuda_function(emulated, [x], [x * 2, exprc.sum(x), x])
@@ -328,7 +329,7 @@ def test_cuda_kernels_execute_on_the_host():
     block reductions with warp shuffles, chunked reductions and their second pass."""
     from cuda_emulator import EmulatedDriver
 
-    from exprc.cuda_runtime import set_driver
+    from exprc.backends.cuda.kernel import set_driver
 
     drv = EmulatedDriver(kernels="cuda")
     set_driver(drv)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import exprc
-from exprc.compile import dispatch
+from exprc.backends.c import dispatch
 from exprc.errors import InputTypeError
 
 

@@ -1,4 +1,4 @@
-"""Packaging: templates ship with the package and are found through importlib.resources."""
+"""Packaging: every backend's templates ship inside the package and are found through importlib.resources."""
 
 import os
 import subprocess
@@ -9,13 +9,21 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
-PROBE = """
+TEMPLATES = sorted((p.parent.parent.name, p.name) for p in REPO.glob("exprc/backends/*/templates/*") if p.is_file())
+
+PROBE = f"""
 import exprc, pathlib, sys
-from importlib import resources
-p = resources.files("exprc.templates").joinpath("c_prelude.h")
+from exprc.backends.templates import read
 print(pathlib.Path(exprc.__file__).resolve().parent)
-print(len(p.read_text()))
+for backend, name in {TEMPLATES!r}:
+    print(backend, name, len(read(backend, name)))
 """
+
+
+def test_every_backend_has_its_templates():
+    assert {b for b, _ in TEMPLATES} == {"c", "cuda"}
+    assert ("c", "numpy_semantics.h") in TEMPLATES and ("cuda", "cuda_module.cu") in TEMPLATES
+    assert not (REPO / "templates").exists()  # no second copy outside the package
 
 
 def test_templates_found_from_the_installed_package(tmp_path):
@@ -24,18 +32,21 @@ def test_templates_found_from_the_installed_package(tmp_path):
     if r.returncode != 0 and "No module named 'exprc'" in r.stderr:
         pytest.skip("exprc is not installed in this interpreter (running from a source tree)")
     assert r.returncode == 0, r.stderr
-    location, size = r.stdout.split()
-    assert int(size) > 1000
-    # A normal install puts the package outside the checkout; the template came from there.
+    location, *rows = r.stdout.splitlines()
+    assert len(rows) == len(TEMPLATES)
+    for (backend, name), row in zip(TEMPLATES, rows):
+        assert row.split()[:2] == [backend, name] and int(row.split()[2]) > 0
+    # A normal install puts the package outside the checkout; the templates came from there.
     if Path(location).parent != REPO:
-        assert (Path(location) / "templates" / "c_prelude.h").is_file()
+        for backend, name in TEMPLATES:
+            assert (Path(location) / "backends" / backend / "templates" / name).is_file()
 
 
 def test_template_helper_reads_every_skeleton():
-    from exprc.codegen.c import template
+    from exprc.backends.templates import read
 
-    for name in ("c_prelude.h", "c_module.c"):
-        assert template(name) == (REPO / "templates" / name).read_text()
+    for backend, name in TEMPLATES:
+        assert read(backend, name) == (REPO / "exprc" / "backends" / backend / "templates" / name).read_text()
 
 
 def test_console_script_and_module_entry_agree():

@@ -193,13 +193,13 @@ def test_fusion_can_be_excluded():
 
 
 def test_many_shapes_do_not_keep_unbounded_plans():
-    from exprc import runtime
+    from exprc.backends.c.kernel import MAX_SIGNATURES
 
     a = exprc.vector("a")
     f = exprc.function([a], exprc.exp(a) * 2)
-    for n in range(1, 3 * runtime._MAX_SIGNATURES):
+    for n in range(1, 3 * MAX_SIGNATURES):
         np.testing.assert_allclose(f(np.ones(n)), np.full(n, 2 * np.e))
-    assert len(f._kernel._pools) <= runtime._MAX_SIGNATURES
+    assert len(f._kernel.pool.plans) <= MAX_SIGNATURES
 
 
 MATMUL_CASES = [
@@ -212,7 +212,7 @@ MATMUL_CASES = [
 @pytest.mark.parametrize(("sa", "sb"), MATMUL_CASES)
 @pytest.mark.parametrize("layout", ["c", "transposed", "strided"])
 def test_matmul_runs_blas_inside_the_native_call(sa, sb, dtype, layout):
-    from exprc import runtime
+    from exprc.backends.c.blas import blas_pointers
 
     rng = np.random.default_rng(7)
     a_var = exprc.tensor("a", dtype, ndim=len(sa))
@@ -224,7 +224,7 @@ def test_matmul_runs_blas_inside_the_native_call(sa, sb, dtype, layout):
     if layout == "strided" and a.ndim == 2:
         a = np.repeat(a, 2, axis=1)[:, ::2]  # no unit stride: the plain loop
     f = both([a_var, b_var], exprc.tanh(a_var @ b_var) * 2, a, b, ulps=64)
-    if runtime._blas() is not None:
+    if blas_pointers() is not None:
         assert f.kernels[0]["kind"] == "matmul"
         assert "exprc_sgemm" in f.source if dtype == "float32" else "exprc_dgemm" in f.source
 
@@ -241,15 +241,15 @@ def test_shape_only_steps_run_once_per_plan():
     m = exprc.matrix("m")
     n = exprc.cast(m.shape[0], "float64") if hasattr(exprc, "cast") else m.shape[0].astype("float64")
     f = exprc.function([m], exprc.sum(m, axis=0) / n)
-    k = f._kernel
-    assert k._plan_time and all(s not in k.segments for s in k._plan_time)
+    planner = f._kernel.planner
+    assert planner.plan_time and all(s not in planner.segments for s in planner.plan_time)
     for shape in [(4, 3), (7, 3), (4, 3)]:
         a = np.random.default_rng(9).normal(size=shape)
         np.testing.assert_allclose(f(a), a.sum(axis=0) / shape[0])
 
 
 def _plans(f):
-    return [p for pool in f._kernel._pools.values() for p in pool]
+    return [p for pool in f._kernel.pool.plans.values() for p in pool]
 
 
 def test_views_and_identity_sums_of_computed_buffers_cost_no_step():
@@ -267,7 +267,7 @@ def test_views_and_identity_sums_of_computed_buffers_cost_no_step():
     ops = sorted(s.node.op for s in f._kernel.program.steps if not hasattr(s, "outputs"))
     assert ops == ["dimshuffle", "sum_to", "sum_to"]  # what the plans have to remove
     for B, steps in [(rng.normal(size=(5, 4)), []), (rng.normal(size=(1, 4)), ["sum_to"])]:
-        f._kernel._pools.clear()
+        f._kernel.pool.plans.clear()
         want = exprc.function([a, b, v, w], outs, backend="numpy")(A, B, V, W)
         for _ in range(3):  # the Python path, then the C dispatcher
             got = f(A, B, V, W)

@@ -15,7 +15,6 @@ and the options.
 from __future__ import annotations
 
 import functools
-import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -132,10 +131,10 @@ def build(source: str, workdir: Path, name: str, arch: str, target: str, cfg: Co
 
 
 def templates_hash() -> str:
-    from exprc.codegen.c import prelude, template
+    """Hash of the CUDA templates (a cache key part: template edits invalidate entries)."""
+    from exprc.backends.templates import digest, prelude, read
 
-    text = prelude("cuda_prelude.cuh") + template("cuda_module.cu")
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+    return digest(prelude("cuda", "cuda_prelude.cuh"), read("cuda", "cuda_module.cu"))
 
 
 def cached_compile(source: str, name: str, arch: str, target: str, cfg: Config,

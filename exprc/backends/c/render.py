@@ -17,12 +17,11 @@ from __future__ import annotations
 import math
 import string
 from dataclasses import dataclass, field
-from importlib import resources
-from pathlib import Path
 
 import numpy as np
 
 from exprc._version import __version__
+from exprc.backends.templates import prelude, read
 from exprc.fusion import Kernel, Program
 from exprc.graph import Node
 from exprc.ops import OPS
@@ -65,20 +64,6 @@ def parallel_threshold(k: Kernel) -> int:
     return max(1 << 12, min(1 << 18, PARALLEL_WORK // max(cost, 1)))
 
 
-def template(name: str) -> str:
-    """A file from ``templates/`` (installed as ``exprc.templates``)."""
-    try:
-        return resources.files("exprc.templates").joinpath(name).read_text()
-    except (ModuleNotFoundError, FileNotFoundError):
-        return (Path(__file__).resolve().parents[2] / "templates" / name).read_text()
-
-
-_SPLICE = "/* exprc: numpy_semantics.h is spliced in here by the renderer */\n"
-
-
-def prelude(name: str) -> str:
-    """A target's prelude template with the shared NumPy-semantics helpers spliced in."""
-    return template(name).replace(_SPLICE, template("numpy_semantics.h"))
 
 
 def c_literal(value: object, dtype: str) -> str:
@@ -459,12 +444,12 @@ class CRenderer:
         kernels = "\n\n".join(self.render_kernel(kl) for kl in lay.kernels)
         calls = "\n".join(f"    if (first <= {i} && {i} < last) {kl.kernel.name}(ptrs, P, nthreads);"
                           for i, kl in enumerate(lay.kernels)) or "    (void)ptrs; (void)P; (void)nthreads;"
-        prelude_text = prelude("c_prelude.h")
+        prelude_text = prelude("c", "c_prelude.h")
         if any(k.matmul is not None for k in program.kernels):
             prelude_text += BLAS_DECLARATIONS
         if self.precise_math:
             prelude_text = "#define EXPRC_PRECISE_MATH 1\n" + prelude_text
-        src = string.Template(template("c_module.c")).substitute(
+        src = string.Template(read("c", "c_module.c")).substitute(
             version=__version__, summary=comment(summary).replace("\n", "; "), prelude=prelude_text,
             kernels=kernels, dispatch=calls)
         return src, lay

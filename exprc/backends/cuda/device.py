@@ -156,7 +156,7 @@ def probe(cfg: Config | None = None) -> str | None:
             else:
                 why = f"the CUDA driver could not be initialized ({text})"
     if why is None:
-        from exprc.compile import nvrtc
+        from exprc.backends.cuda import compile as nvrtc
 
         nv = nvrtc.probe()
         why = f"NVRTC is unusable: {nv}" if nv else None

@@ -1,7 +1,7 @@
 """The CUDA renderer: a lowered :class:`~exprc.fusion.Program` to one CUDA C++ file for NVRTC.
 
-:class:`CUDARenderer` subclasses :class:`~exprc.codegen.c.CRenderer` and keeps its op table
-(``expr``), its statement emitter (``body``), its loads and its :class:`~exprc.codegen.c.Layout`
+:class:`CUDARenderer` subclasses :class:`~exprc.backends.c.render.CRenderer` and keeps its op table
+(``expr``), its statement emitter (``body``), its loads and its :class:`~exprc.backends.c.render.Layout`
 (the same parameter block ``P`` of sizes and byte strides, filled by the same planner).  What it
 overrides is what differs on a GPU:
 
@@ -47,7 +47,8 @@ from __future__ import annotations
 import string
 
 from exprc._version import __version__
-from exprc.codegen.c import CRenderer, KernelLayout, Layout, c_literal, comment, prelude, template
+from exprc.backends.c.render import CRenderer, KernelLayout, Layout, c_literal, comment
+from exprc.backends.templates import prelude, read
 from exprc.fusion import Program
 from exprc.graph import Node
 from exprc.ops import OPS
@@ -284,9 +285,9 @@ class CUDARenderer(CRenderer):
 
         lay = self.layout(program)
         kernels = "\n\n".join(self.render_kernel(kl) for kl in lay.kernels)
-        src = string.Template(template("cuda_module.cu")).substitute(
+        src = string.Template(read("cuda", "cuda_module.cu")).substitute(
             version=__version__, summary=comment(summary).replace("\n", "; "), block=self.block,
-            prelude=prelude("cuda_prelude.cuh"), kernels=kernels)
+            prelude=prelude("cuda", "cuda_prelude.cuh"), kernels=kernels)
         return src, lay
 
 

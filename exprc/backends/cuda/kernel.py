@@ -1,11 +1,11 @@
 """The CUDA backend's runtime: lower -> render CUDA -> NVRTC (cached) -> launch with the driver API.
 
-* **Driver.**  :mod:`exprc.cuda_device` wraps the handful of driver calls made (cuda-bindings) on
+* **Driver.**  :mod:`exprc.backends.cuda.device` wraps the handful of driver calls made (cuda-bindings) on
   the device's *primary* context (the one CuPy and PyTorch use, so their memory is ours to read).
   All work goes to the **legacy default stream**, which orders itself with the default streams
   of CuPy and PyTorch; ``DeviceArray`` advertises it (``stream: 1``) and inputs that name another
   stream are synchronized first.
-* **Plans.**  The C backend's planner (:meth:`~exprc.runtime.CKernel._make_plan`) runs on host
+* **Plans.**  The host planner shared with the C backend (:mod:`exprc.backends.plan`) runs on host
   *shadows* of the inputs (same shape and strides over lazily zeroed memory, never read), so
   sizes, byte strides, view offsets and scratch shapes are exactly the C backend's.  Per input
   signature the plan holds the device scratch buffers, the reduction partials and, per kernel,
@@ -17,7 +17,7 @@
 * **Launch configuration** from the device's SM count and threads per SM: elementwise grids
   of at most 4 waves of resident blocks (grid-stride loops do the rest); reductions split the
   reduced axis into chunks so that (kept outputs x chunks) fills one wave, then a second pass
-  combines the partials in order (see :mod:`exprc.codegen.cuda`).
+  combines the partials in order (see :mod:`exprc.backends.cuda.render`).
 * **NumPy steps** (ops without a CUDA loop: ``matmul``, ``argmax``, ``concatenate``, views of
   intermediates, ``shape``) run between kernels.  ``matmul`` runs on the device through
   ``cupy.matmul`` (cuBLAS) when CuPy is installed; otherwise, and for every other step, the
@@ -33,15 +33,20 @@ from typing import Any
 
 import numpy as np
 
-from exprc.codegen.cuda import BLOCK, CUDARenderer, arg_words, kernel_names
+from exprc.backends import Kernel
+from exprc.backends.cuda import compile as nvrtc
+from exprc.backends.cuda.device import DeviceArray, Driver, _extent, get_driver, probe, set_driver
+from exprc.backends.cuda.render import BLOCK, CUDARenderer, arg_words, kernel_names
+from exprc.backends.outputs import check_count, check_out
+from exprc.backends.plan import Planner, PlanPool, Unsupported, describe
 from exprc.config import Config
-from exprc.cuda_device import DeviceArray, Driver, _extent, get_driver, probe, set_driver
 from exprc.errors import InputTypeError
-from exprc.fusion import VIEW_OPS, Kernel, lower
+from exprc.fusion import VIEW_OPS, lower
+from exprc.fusion import Kernel as Loop
 from exprc.graph import Node
 from exprc.ops import OPS
 from exprc.pipeline import FunctionGraph
-from exprc.runtime import CKernel, _check_out, _Unsupported
+from exprc.printing import pprint
 from exprc.types import shape_str
 
 #: Waves of resident blocks an elementwise grid may have (grid-stride loops cover the rest).
@@ -87,16 +92,13 @@ class _Plan:
         self.launches: list[_Launch] = []
 
 
-class CUDAKernel(CKernel):
-    """A compiled CUDA-backend function: ``__call__(*arrays, out=None, to_numpy=None) -> list``."""
+class CUDAKernel(Kernel):
+    """A compiled CUDA-backend function (the :class:`~exprc.backends.Kernel` protocol); its results
+    are :class:`DeviceArray` unless ``to_numpy`` (or ``Config(return_numpy=True)``)."""
 
-    backend = "cuda"
-    _alias_steps = False  # device scratch is allocated per step; no host-side aliases
+    device_arrays = True
 
     def __init__(self, fg: FunctionGraph, cfg: Config, fuse: bool = True, driver: Any = None):
-        from exprc.compile import nvrtc
-        from exprc.printing import pprint
-
         self.driver = driver or get_driver()
         self.driver.make_current()
         self.cfg = cfg
@@ -104,18 +106,18 @@ class CUDAKernel(CKernel):
         summary = pprint(list(fg.outputs), max_inline=10_000)
         renderer = CUDARenderer(precise_math=cfg.precise_math, fast_math=cfg.fast_math)
         self.source, self.layout = renderer.render(self.program, summary[:2000])
-        self._slot = {n: i for i, n in enumerate(self.layout.slots)}
         name = self.program.kernels[0].name if self.program.kernels else "k_empty"
         self.binary, self.cache_entry = nvrtc.cached_compile(self.source, name, self.driver.arch,
                                                              self.driver.binary_target, cfg, summary)
         names = kernel_names(self.layout)
         self._functions = self.driver.load(self.binary, names) if names else {}
-        self.segments: list[Any] = [(i, i + 1) if isinstance(s, Kernel) else s
-                                    for i, s in enumerate(self.program.steps)]  # read by the C planner
-        self._bind(fg)
-
-    def fast_path(self, single: bool) -> None:
-        return None  # no C dispatcher for GPU calls
+        # Device scratch is allocated per step: every NumPy step runs, none becomes a host alias.
+        self.planner = Planner(self.program, self.layout, fg.inputs, fg.outputs, resolve_steps=False)
+        self.kernels = describe(self.layout)
+        self.pool = PlanPool()
+        self._inputs = list(fg.inputs)
+        self._outputs = list(fg.outputs)
+        self._slot = self.planner.slot
 
     # -- arguments ---------------------------------------------------------------------------------------------
     def device_input(self, value: Any, var: Node, label: str) -> DeviceArray:
@@ -137,7 +139,7 @@ class CUDAKernel(CKernel):
     def _plan(self, dev: list[DeviceArray]) -> _Plan:
         drv = self.driver
         shadows = [_shadow(d) for d in dev]
-        host = self._make_plan(shadows, None)  # the C planner: raises _Unsupported like the C backend
+        host = self.planner.make_plan(shadows, None)  # raises Unsupported like the C backend
         plan = _Plan()
         plan.out_specs = host.out_specs
         plan.input_views = host.input_views
@@ -146,12 +148,12 @@ class CUDAKernel(CKernel):
             plan.scratch[n] = DeviceArray.empty(arr.shape, arr.dtype, drv)
             if n in self._slot:
                 plan.static[self._slot[n]] = plan.scratch[n].ptr
-        dynamic = {s for s in range(self._n_in)} | {s for _, s, _, _ in plan.out_specs}
+        dynamic = set(range(len(self._inputs))) | {s for _, s, _, _ in plan.out_specs}
         dynamic |= {s for s, _, _ in plan.input_views} | {s for s, _ in plan.copied_views}
         env = dict(zip(self._inputs, shadows))
         for n, slot in self._slot.items():  # constants and views of constants: uploaded once per plan
-            if slot not in dynamic and slot not in plan.static and n not in self._written:
-                arr = DeviceArray.from_numpy(np.ascontiguousarray(self._value(n, env)), drv)
+            if slot not in dynamic and slot not in plan.static and n not in self.planner.written:
+                arr = DeviceArray.from_numpy(np.ascontiguousarray(self.planner.value(n, env)), drv)
                 plan.keep.append(arr)
                 plan.static[slot] = arr.ptr
         P = host.P
@@ -193,19 +195,17 @@ class CUDAKernel(CKernel):
         drv.make_current()
         dev = [self._to_device(a) for a in arrays]
         key = tuple((d.shape, d.strides) for d in dev)
-        plan = self._take_plan(key)
+        plan = self.pool.take(key)
         if plan is None:
             try:
                 plan = self._plan(dev)
-            except _Unsupported:
+            except Unsupported:
                 return self._finish(self._host_fallback(dev), out, to_numpy)
-            if key not in self._pools and len(self._pools) >= 32:
-                self._pools.clear()
-            self._pools.setdefault(key, [])
+            self.pool.made(key)
         try:
             results = self._execute_cuda(plan, dev)
         finally:
-            self._pools[key].append(plan)
+            self.pool.give(key, plan)
         return self._finish(results, out, to_numpy)
 
     def _execute_cuda(self, plan: _Plan, dev: list[DeviceArray]) -> list[DeviceArray]:
@@ -226,11 +226,11 @@ class CUDAKernel(CKernel):
         if plan.copied_views:
             host_env = self._host_env(plan, dev, results)
             for slot, n in plan.copied_views:
-                live.append(DeviceArray.from_numpy(np.ascontiguousarray(self._value(n, host_env)), drv))
+                live.append(DeviceArray.from_numpy(np.ascontiguousarray(self.planner.value(n, host_env)), drv))
                 ptrs[slot] = live[-1].ptr
         k = 0
         for s in self.program.steps:
-            if isinstance(s, Kernel):
+            if isinstance(s, Loop):
                 plan.launches[k].run(drv, ptrs)
                 k += 1
             else:
@@ -243,7 +243,7 @@ class CUDAKernel(CKernel):
             elif res is not None:
                 outs.append(res.copy())
             else:  # an input, a constant or a view of one: computed on the host
-                val = self._value(o, self._host_env(plan, dev, results))
+                val = self.planner.value(o, self._host_env(plan, dev, results))
                 outs.append(DeviceArray.from_numpy(np.asarray(val, dtype=o.dtype), drv))
         del live
         return outs
@@ -263,7 +263,7 @@ class CUDAKernel(CKernel):
             return
         env = self._host_env(plan, dev, results)
         with np.errstate(all="ignore"):
-            val = OPS[node.op].impl(*[self._value(i, env) for i in node.inputs], **dict(node.attrs))
+            val = OPS[node.op].impl(*[self.planner.value(i, env) for i in node.inputs], **dict(node.attrs))
         host = np.empty(dest.shape, dest.dtype)
         np.copyto(host, val, casting="unsafe")
         if host.nbytes:
@@ -296,35 +296,31 @@ class CUDAKernel(CKernel):
             return False
 
     def _host_fallback(self, dev: list[DeviceArray]) -> list[DeviceArray]:
-        from exprc.codegen.python import NumpyKernel
-
-        if not hasattr(self, "_numpy"):
-            self._numpy = NumpyKernel(FunctionGraph(tuple(self._inputs), tuple(self._outputs)))
-        return [DeviceArray.from_numpy(r, self.driver) for r in self._numpy(*[d.get() for d in dev])]
+        results = self.planner.reference().run([d.get() for d in dev])
+        return [DeviceArray.from_numpy(r, self.driver) for r in results]
 
     def _finish(self, results: list[DeviceArray], out: Sequence[Any] | None, to_numpy: bool | None) -> list:
-        if out is not None:
-            if len(out) != len(results):
-                raise InputTypeError(f"out: expected {len(results)} arrays, got {len(out)}")
-            for j, (dst, res) in enumerate(zip(out, results)):
-                if isinstance(dst, np.ndarray):
-                    _check_out(j, dst, res.shape, res.dtype.name)
-                    np.copyto(dst, res.get())
-                    continue
-                d = DeviceArray.from_cuda_array(dst, self.driver)
-                if d.shape != res.shape or d.dtype != res.dtype or not d.c_contiguous:
-                    raise InputTypeError(f"out[{j}]: expected a C-contiguous {res.dtype} array of shape "
-                                         f"{shape_str(res.shape)}, got {d.dtype} {shape_str(d.shape)}")
-                if res.nbytes:
-                    self.driver.dtod(d.ptr, res.ptr, res.nbytes)
-            return list(out)
-        if to_numpy or (to_numpy is None and self.cfg.return_numpy):
-            return [r.get() for r in results]
-        return results
+        host = to_numpy or (to_numpy is None and self.cfg.return_numpy)
+        if out is None:
+            return [r.get() for r in results] if host else results
+        check_count(out, len(results))
+        outs: list = []
+        for j, (dst, res) in enumerate(zip(out, results)):
+            if dst is None:  # no array given for this output: a fresh one
+                outs.append(res.get() if host else res)
+                continue
+            outs.append(dst)
+            if isinstance(dst, np.ndarray):
+                check_out(j, dst, res.shape, res.dtype.name)
+                np.copyto(dst, res.get())
+                continue
+            d = DeviceArray.from_cuda_array(dst, self.driver)
+            if d.shape != res.shape or d.dtype != res.dtype or not d.c_contiguous:
+                raise InputTypeError(f"out[{j}]: expected a C-contiguous {res.dtype} array of shape "
+                                     f"{shape_str(res.shape)}, got {d.dtype} {shape_str(d.shape)}")
+            if res.nbytes:
+                self.driver.dtod(d.ptr, res.ptr, res.nbytes)
+        return outs
 
 
-def factory(fg: FunctionGraph, cfg: Config) -> CUDAKernel:
-    return CUDAKernel(fg, cfg, fuse="fusion" not in cfg.exclude)
-
-
-__all__ = ["CUDAKernel", "DeviceArray", "Driver", "factory", "get_driver", "probe", "set_driver"]
+__all__ = ["CUDAKernel", "DeviceArray", "Driver", "get_driver", "probe", "set_driver"]

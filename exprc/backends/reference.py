@@ -1,5 +1,6 @@
 """The NumPy reference backend: renders a graph as a readable Python listing of
-NumPy calls and executes it.  Every other backend is tested against this one.
+NumPy calls and executes it.  Every other backend is tested against this one, and the native
+backends fall back to it for an input signature their loops do not cover.
 
 Variable names never reach the source: inputs are ``v0, v1, …`` in argument
 order (their names appear only inside ``repr``-escaped comments), constants are
@@ -15,6 +16,9 @@ from typing import Any
 
 import numpy as np
 
+from exprc.backends import Kernel
+from exprc.backends.outputs import check_count, copy_into
+from exprc.config import Config
 from exprc.graph import Node
 from exprc.ops import OPS
 from exprc.pipeline import FunctionGraph
@@ -57,10 +61,8 @@ def render(fg: FunctionGraph) -> tuple[str, dict[str, Any]]:
     return "\n".join(lines) + "\n", ns
 
 
-class NumpyKernel:
-    """A compiled NumPy-backend function: ``__call__(*arrays) -> tuple of arrays``."""
-
-    backend = "numpy"
+class NumpyKernel(Kernel):
+    """A compiled NumPy-backend function (the :class:`~exprc.backends.Kernel` protocol)."""
 
     def __init__(self, fg: FunctionGraph):
         self.source, ns = render(fg)
@@ -70,8 +72,17 @@ class NumpyKernel:
         self._dtypes = [np.dtype(o.dtype) for o in fg.outputs]
         self._copy = [not o.inputs for o in fg.outputs]
         self.kernels: list = []
+        self._n = len(fg.outputs)
 
-    def __call__(self, *arrays: np.ndarray) -> list[np.ndarray]:
+    def __call__(self, *arrays: np.ndarray, out: list | None = None, to_numpy: bool | None = None) -> list:
+        outs = self.run(arrays)
+        if out is None:
+            return outs
+        check_count(out, self._n)
+        return copy_into(out, outs)
+
+    def run(self, arrays: tuple | list) -> list[np.ndarray]:
+        """Fresh output arrays (never views of the inputs or constants)."""
         with np.errstate(all="ignore"):
             raw = self._fn(*arrays)
         outs = []
@@ -83,3 +94,11 @@ class NumpyKernel:
                 a = a.astype(dt)
             outs.append(a)
         return outs
+
+
+def make(fg: FunctionGraph, cfg: Config) -> NumpyKernel:
+    return NumpyKernel(fg)
+
+
+def probe(cfg: Config) -> str | None:
+    return None  # NumPy is always there

@@ -61,12 +61,12 @@ def _build(source: str, folder: Path, cc: str) -> Path:
 
 def load(cfg: Config) -> ModuleType | None:
     """The dispatcher module, building it on first use; None when it cannot be built."""
-    from exprc.codegen.c import template
-    from exprc.compile import cc
+    from exprc.backends.c import compile as cc
+    from exprc.backends.templates import read
 
     if os.environ.get("EXPRC_NO_DISPATCH"):
         return None
-    source = template("dispatch.c")
+    source = read("c", "dispatch.c")
     ident = _identity(source)
     if ident in _MODULE:
         return _MODULE[ident]

@@ -1,0 +1,131 @@
+"""Backends: where a compiled function runs, and the one protocol the front end speaks to them.
+
+A backend is a folder (``reference.py`` for NumPy, ``c/``, ``cuda/``) registered below with
+one :func:`register_backend` line: its name and the module that holds two functions,
+
+* ``make(graph, config) -> Kernel`` builds the kernel of an optimized
+  :class:`~exprc.pipeline.FunctionGraph` (lower, render, compile through the cache, load);
+* ``probe(config) -> str | None``: None when the backend can run here, else why not (no
+  compiler, no GPU …).  It must be cheap after its first call.
+
+The module is imported on first use, so ``import exprc`` loads no compiler bindings.
+
+The kernel protocol
+-------------------
+:class:`Kernel` lists everything :mod:`exprc.function` (and :mod:`exprc.shared`) may ask of a
+kernel; nothing else is probed.  Subclass it to inherit the defaults.
+
+``source``
+    The generated code (C, CUDA, or the Python listing of the reference backend).
+``kernels``
+    One dict per fused loop (``name``, ``kind``, ``ops``, ``outputs``), in run order.
+``cache_entry``
+    The disk-cache folder holding the binary, or None (nothing compiled, or the cache is off).
+``__call__(*arrays, out=None, to_numpy=None) -> list``
+    Run once.  ``arrays`` are what :class:`~exprc.function.Function` validated: one per graph
+    input, of the declared dtype and ndim (device arrays where ``device_arrays``).  ``out``, when
+    given, has one entry per output: an array to write that output into, or None for a fresh
+    one; the kernel checks each (:func:`exprc.backends.outputs.check_out`) and returns the list it
+    wrote.  ``to_numpy``: a kernel whose results live on a device returns host arrays when true;
+    host backends ignore it.
+``writes_out``
+    True when the kernels compute straight into ``out=`` arrays (no temporary, no copy):
+    :class:`~exprc.shared.SharedFunction` then hands a variable's spare buffer as ``out=`` for
+    its update instead of allocating one per call.
+``fast_path(single) -> callable | None``
+    An optional C-level callable for the common call (validated arguments, fresh outputs,
+    updates): ``fn(*args)``, ``fn.into(args, out)`` and ``fn.update(args, hidden, boxes,
+    locks)``, each returning None for anything it does not take, so the Python path then runs.
+    ``Function`` asks for it on its second call.  Default: None.
+``device_arrays`` / ``device_input(value, var, label)``
+    Whether arguments with ``__cuda_array_interface__`` are taken as they are;
+    ``device_input`` checks one against its variable (raising an ``exprc.errors`` error that
+    names ``label``) and returns what ``__call__`` accepts.
+"""
+
+from __future__ import annotations
+
+import importlib
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from exprc.config import Config
+from exprc.errors import BackendUnavailable
+
+if TYPE_CHECKING:  # (annotations only: the registry imports no pass or graph module)
+    from exprc.pipeline import FunctionGraph
+
+
+class Kernel:
+    """The compiled form of one optimized graph on one backend (see the module docstring)."""
+
+    source: str = ""
+    kernels: list[dict] = []  # noqa: RUF012 - replaced per instance, never mutated
+    cache_entry: Path | None = None
+    writes_out: bool = False
+    device_arrays: bool = False
+
+    def __call__(self, *arrays: Any, out: list | None = None, to_numpy: bool | None = None) -> list:
+        raise NotImplementedError
+
+    def fast_path(self, single: bool) -> Any:
+        return None
+
+    def device_input(self, value: Any, var: Any, label: str) -> Any:
+        raise NotImplementedError(f"{type(self).__name__} takes no device arrays")
+
+
+_MODULES: dict[str, str] = {}
+_WARNED: set[str] = set()
+
+
+def register_backend(name: str, module: str) -> None:
+    """Register backend ``name``, implemented by ``module`` (its ``make`` and ``probe``)."""
+    _MODULES[name] = module
+
+
+def names() -> list[str]:
+    """The registered backends, sorted."""
+    return sorted(_MODULES)
+
+
+def _module(name: str) -> Any:
+    return importlib.import_module(_MODULES[name])
+
+
+def unavailable_reason(name: str, cfg: Config) -> str | None:
+    """None when backend ``name`` can run here, else why not."""
+    if name not in _MODULES:
+        return f"unknown backend {name!r}; choose one of {', '.join(names())}"
+    return _module(name).probe(cfg)
+
+
+def choose(requested: str | None, cfg: Config) -> str:
+    """The backend to use: the requested one, or "c" when it works, else "numpy"."""
+    name = requested or cfg.backend
+    if name:
+        why = unavailable_reason(name, cfg)
+        if why:
+            raise BackendUnavailable(f"backend {name!r} is unavailable: {why}")
+        return name
+    why = unavailable_reason("c", cfg)
+    if why is None:
+        return "c"
+    if why not in _WARNED:
+        _WARNED.add(why)
+        warnings.warn(f"exprc: falling back to the NumPy backend because the C backend is unavailable: {why}",
+                      RuntimeWarning, stacklevel=3)
+    return "numpy"
+
+
+def build(name: str, fg: FunctionGraph, cfg: Config) -> Kernel:
+    """The kernel of ``fg`` on backend ``name`` (one that :func:`choose` returned)."""
+    return _module(name).make(fg, cfg)
+
+
+register_backend("numpy", "exprc.backends.reference")
+register_backend("c", "exprc.backends.c")
+register_backend("cuda", "exprc.backends.cuda")
+
+__all__ = ["Kernel", "build", "choose", "names", "register_backend", "unavailable_reason"]

@@ -1,0 +1,27 @@
+"""The C backend: fused loops rendered as C99 (``render``), built with the system compiler into a
+plain shared library (``compile``), loaded with cffi and run through host plans (``kernel``);
+``dispatch`` is the small CPython extension that runs the common call without Python, ``blas``
+finds NumPy's OpenBLAS for matmul.  Skeletons live in ``templates/``.
+
+This module only names the backend's two entry points; it imports nothing heavy.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from exprc.config import Config
+
+
+def make(fg: Any, cfg: Config) -> Any:
+    """The :class:`~exprc.backends.c.kernel.CKernel` of optimized graph ``fg``."""
+    from exprc.backends.c.kernel import CKernel
+
+    return CKernel(fg, cfg, fuse="fusion" not in cfg.exclude)
+
+
+def probe(cfg: Config) -> str | None:
+    """None when a working C compiler is configured, else why not."""
+    from exprc.backends.c import compile as cc
+
+    return cc.probe(cfg)

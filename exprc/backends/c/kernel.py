@@ -1,0 +1,279 @@
+"""The C backend's kernel: lower -> render -> compile (cached) -> one native call.
+
+Per distinct input signature (shapes and strides) the host planner
+(:mod:`exprc.backends.plan`) works out, once, the sizes and byte strides of every
+kernel access in one int64 block ``P`` and the scratch buffers for intermediates
+(reused across calls); this module turns that plan into a cffi pointer table.  A call
+then only fills the pointers of its inputs and fresh outputs and enters ``exprc_run``
+— once when the program has no NumPy steps.  Plans are taken from a per-signature
+pool, so concurrent calls from several threads never share scratch buffers.  cffi
+releases the GIL during the call.  From a function's second call on, the C dispatcher
+(:mod:`exprc.backends.c.dispatch`) takes over the common call path.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+import cffi
+import numpy as np
+
+from exprc import cache
+from exprc.backends import Kernel
+from exprc.backends.c import compile as cc
+from exprc.backends.c.blas import blas_pointers
+from exprc.backends.c.render import CRenderer, Layout
+from exprc.backends.outputs import check_count, check_out, copy_into, overlapping
+from exprc.backends.plan import HostPlan, Planner, PlanPool, Unsupported, describe
+from exprc.backends.templates import digest, prelude, read
+from exprc.config import Config
+from exprc.fusion import Program, lower
+from exprc.ops import OPS
+from exprc.pipeline import FunctionGraph
+from exprc.printing import pprint
+
+_FFI = cffi.FFI()
+_FFI.cdef("void exprc_run(char **ptrs, const int64_t *P, int64_t first, int64_t last, int nthreads);"
+          "void exprc_set_blas(void *dgemm, void *sgemm);")
+_CHAR_ARRAY = _FFI.typeof("char[]")
+_backend_fb = _FFI._backend.from_buffer  # skips cffi's Python-level wrapper (~1 us per array)
+
+
+def _fb(a: Any) -> Any:
+    return _backend_fb(_CHAR_ARRAY, a, False)
+
+
+_LOAD_LOCK = threading.Lock()
+
+# libgomp hangs in a forked child that starts a parallel region after the parent
+# used one (multiprocessing forks on Linux): children run kernels on one thread.
+_SERIAL = [False]
+#: Plans (each with its scratch buffers) kept per function before old ones are dropped.
+MAX_SIGNATURES = 32
+
+
+def _after_fork_in_child() -> None:
+    _SERIAL[0] = True
+    from exprc.backends.c import dispatch
+
+    for module in dispatch._MODULE.values():
+        if module is not None:
+            module.set_serial()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _pointer(a: np.ndarray) -> Any:
+    try:
+        return _fb(a)  # C-contiguous arrays: the cheapest way to a pointer
+    except (ValueError, TypeError, BufferError):
+        return _FFI.cast("char *", a.__array_interface__["data"][0])
+
+
+class Plan(HostPlan):
+    """A host plan with its cffi pointer table (``ptrs``) and the address of ``P``."""
+
+    def __init__(self, nslots: int, p_size: int):
+        super().__init__(p_size)
+        self.P_ptr = _FFI.cast("int64_t *", _fb(self.P))
+        self.ptrs = _FFI.new(f"char *[{max(nslots, 1)}]")
+        self.keep: list[Any] = []  # arrays whose pointers sit in ``ptrs``
+
+
+_TEMPLATES_HASH: list[str] = []
+
+
+def templates_hash() -> str:
+    """Hash of the C templates (a cache key part: template edits invalidate entries)."""
+    if not _TEMPLATES_HASH:
+        _TEMPLATES_HASH.append(digest(prelude("c", "c_prelude.h"), read("c", "c_module.c")))
+    return _TEMPLATES_HASH[0]
+
+
+class CKernel(Kernel):
+    """A compiled C-backend function (the :class:`~exprc.backends.Kernel` protocol)."""
+
+    writes_out = True
+
+    def __init__(self, fg: FunctionGraph, cfg: Config, fuse: bool = True, native_matmul: bool = True):
+        self.cfg = cfg
+        blas = blas_pointers() if native_matmul else None
+        self.program: Program = lower(list(fg.outputs), list(fg.inputs), fuse=fuse, native_matmul=blas is not None)
+        summary = pprint(list(fg.outputs), max_inline=10_000)
+        renderer = CRenderer(precise_math=cfg.precise_math)
+        self.source, self.layout = renderer.render(self.program, summary[:2000])
+        self.layout: Layout
+        name = self.program.kernels[0].name if self.program.kernels else "k_empty"
+        parts = {"compiler": cc.compiler(cfg), "compiler_version": cc.version(cfg),
+                 "flags": " ".join(cc.flags(cfg)), "templates": templates_hash(), "cpu": cc.cpu_features()}
+        self.lib, self.cache_entry = cache.load(
+            name, self.source, parts, lambda d: cc.compile_library(self.source, d, name, cfg), _dlopen, cfg,
+            {"backend": "c", "summary": summary[:500]})
+        self._run = self.lib.exprc_run
+        if any(k.matmul is not None for k in self.program.kernels):
+            self.lib.exprc_set_blas(*blas)
+        self.nthreads = cfg.num_threads or os.cpu_count() or 1
+        self.planner = Planner(self.program, self.layout, fg.inputs, fg.outputs, resolve_steps=True)
+        self.kernels = describe(self.layout)
+        self.pool = PlanPool(MAX_SIGNATURES)
+        self._inputs = list(fg.inputs)
+        self._outputs = list(fg.outputs)
+        self._slot = self.planner.slot
+        self._nkernels = len(self.layout.kernels)
+        self._dispatchers: list[Any] = []
+        self._offered: dict[int, set] = {}
+
+    def _make_plan(self, arrays: Sequence[np.ndarray], out: Sequence[np.ndarray] | None) -> Plan:
+        plan = Plan(len(self.layout.slots), self.layout.p_size)
+        self.planner.make_plan(arrays, out, plan)
+        for slot, arr in plan.fixed.items():
+            plan.ptrs[slot] = _pointer(arr)
+            plan.keep.append(arr)
+        return plan
+
+    # -- calls --------------------------------------------------------------------
+    def __call__(self, *arrays: np.ndarray, out: Sequence[np.ndarray] | None = None,
+                 to_numpy: bool | None = None) -> list[np.ndarray]:
+        key = tuple([a.shape for a in arrays] + [a.strides for a in arrays])
+        if out is not None:
+            check_count(out, len(self._outputs))
+            if overlapping(out, arrays):
+                return copy_into(out, self(*arrays))
+            key += ("out",) + tuple((getattr(o, "shape", None), getattr(o, "strides", None)) for o in out)
+        plan = self.pool.take(key)
+        if plan is None:
+            try:
+                plan = self._make_plan(arrays, out)
+            except Unsupported:
+                return self._fallback(arrays, out)
+            self.pool.made(key)
+        try:
+            if plan.simple and out is None:
+                try:
+                    return self._execute_simple(plan, arrays)
+                except ValueError:  # a non-contiguous input: from_buffer refuses it
+                    pass
+            return self._execute(plan, arrays, out)
+        finally:
+            # A dispatcher without a plan for these shapes takes this one over (the
+            # Python path makes itself another plan when it needs one).
+            if not (plan.simple and self._dispatchers and _contiguous_outs(out) and self._offer(plan, arrays)):
+                self.pool.give(key, plan)
+
+    # -- the C dispatcher -----------------------------------------------------------
+    def fast_path(self, single: bool) -> Any:
+        """A C callable running the common call path, or None (no dispatcher here).
+
+        It returns None for anything it does not handle, and then the Python path runs."""
+        from exprc.backends.c import dispatch
+
+        for flag, d in self._dispatchers:
+            if flag == single:
+                return d  # shared by every Function over this kernel (calls are thread-safe)
+        module = dispatch.load(self.cfg)
+        if module is None or len(self._inputs) > 64 or len(self.layout.slots) > 256:
+            return None
+        fn = int(_FFI.cast("uintptr_t", self._run))
+        types = tuple((np.dtype(x.dtype).num, x.ndim) for x in self._inputs)
+        d = module.Dispatcher(fn, types, max(len(self.layout.slots), 1), self._nkernels, self.nthreads, single)
+        self._dispatchers.append((single, d))
+        return d
+
+    def _offer(self, plan: Plan, arrays: Sequence[np.ndarray]) -> bool:
+        """Give a simple plan to a dispatcher that has no plan for these shapes yet."""
+        shapes = tuple(tuple(a.shape) for a in arrays)
+        if not all(a.flags.c_contiguous for a in arrays):
+            return False
+        specs = tuple((slot, tuple(shape), np.dtype(dt).num) for _, slot, shape, dt in plan.out_specs)
+        views = tuple(tuple(int(x) for x in v) for v in plan.input_views)
+        P = int(_FFI.cast("uintptr_t", plan.P_ptr))
+        ptrs = int(_FFI.cast("uintptr_t", plan.ptrs))
+        for _, d in self._dispatchers:
+            if shapes not in self._offered.setdefault(id(d), set()) and d.add_plan(shapes, P, ptrs, specs, views,
+                                                                                   plan):
+                self._offered[id(d)].add(shapes)
+                return True
+        return False
+
+    def _execute_simple(self, plan: Plan, arrays: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """The common case (no NumPy steps, contiguous inputs): fill pointers, one call."""
+        ptrs = plan.ptrs
+        fb, char_array = _backend_fb, _CHAR_ARRAY
+        for i, a in enumerate(arrays):
+            ptrs[i] = fb(char_array, a, False)
+        outs = []
+        for _, slot, shape, dt in plan.out_specs:
+            res = np.empty(shape, dt)
+            ptrs[slot] = fb(char_array, res, False)
+            outs.append(res)
+        for slot, base, off in plan.input_views:
+            ptrs[slot] = ptrs[base] + off
+        self._run(ptrs, plan.P_ptr, 0, self._nkernels, 1 if _SERIAL[0] else self.nthreads)
+        return outs
+
+    def _execute(self, plan: Plan, arrays: Sequence[np.ndarray], out: Sequence[np.ndarray] | None) -> list:
+        ptrs = plan.ptrs
+        for i, a in enumerate(arrays):
+            ptrs[i] = _pointer(a)
+        results: dict[int, np.ndarray] = {}
+        for j, slot, shape, dt in plan.out_specs:
+            res = out[j] if out is not None and out[j] is not None else np.empty(shape, dt)
+            results[slot] = res
+            ptrs[slot] = _pointer(res)
+        for slot, base, off in plan.input_views:
+            ptrs[slot] = ptrs[base] + off
+        live = []
+        for slot, n in plan.copied_views:
+            arr = np.ascontiguousarray(self.planner.value(n, dict(zip(self._inputs, arrays))))
+            live.append(arr)
+            ptrs[slot] = _pointer(arr)
+        env = None
+        for seg in plan.segments:
+            if isinstance(seg, tuple):
+                self._run(ptrs, plan.P_ptr, seg[0], seg[1], 1 if _SERIAL[0] else self.nthreads)
+            else:
+                if env is None:
+                    env = self.planner.host_env(plan, arrays, results)
+                node = seg.node
+                with np.errstate(all="ignore"):
+                    val = OPS[node.op].impl(*[self.planner.value(i, env) for i in node.inputs], **dict(node.attrs))
+                dest = env[node]
+                np.copyto(dest, val, casting="unsafe")
+        outs = []
+        for j, o in enumerate(self._outputs):
+            slot = self._slot[o]
+            res = results.get(slot)
+            if res is not None and all(o is not p for p in self._outputs[:j]):
+                outs.append(res)
+                continue
+            if env is None:
+                env = self.planner.host_env(plan, arrays, results)
+            val = self.planner.value(o, env) if res is None else res
+            if out is not None and out[j] is not None:
+                check_out(j, out[j], np.shape(val), o.dtype)
+                np.copyto(out[j], val, casting="unsafe")
+                outs.append(out[j])
+            else:
+                outs.append(np.array(val, dtype=o.dtype, copy=True))
+        return outs
+
+    def _fallback(self, arrays: Sequence[np.ndarray], out: Sequence[np.ndarray] | None) -> list[np.ndarray]:
+        res = self.planner.reference().run(arrays)
+        return res if out is None else copy_into(out, res)
+
+
+def _contiguous_outs(out: Sequence[Any] | None) -> bool:
+    """Whether a plan made for these ``out=`` arrays also serves fresh C-contiguous outputs."""
+    return out is None or all(o is None or (isinstance(o, np.ndarray) and o.flags.c_contiguous) for o in out)
+
+
+def _dlopen(path: Any) -> Any:
+    with _LOAD_LOCK:
+        return _FFI.dlopen(str(path))
+
+
+__all__ = ["CKernel", "Plan", "templates_hash"]

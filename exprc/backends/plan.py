@@ -1,0 +1,470 @@
+"""The host planner shared by the native backends: shapes, strides, views and aliases per signature.
+
+A lowered :class:`~exprc.fusion.Program` runs its kernels over arrays whose shapes and strides
+are known only at call time.  For each input signature (shapes and strides of the arguments, and
+of the ``out=`` arrays) :meth:`Planner.make_plan` works out, once, on the host:
+
+* the shape of every value the kernels and NumPy steps produce (broadcasting, reductions,
+  matmul; a NumPy step's shape by running it on zeros);
+* the parameter block ``P`` every kernel reads: loop sizes in the kernel's axis order, byte
+  strides of each access (0 where broadcast) and the flag of its contiguous fast path;
+* the scratch buffers for intermediates, and the arrays whose address is fixed for the plan
+  (``fixed``: scratch, constants, views of constants);
+* views of arguments and outputs as byte offsets from their base slot (``input_views``), or as
+  copies made per call (``copied_views``) where NumPy cannot give a view;
+* with ``resolve_steps`` (the C backend, whose buffers live on the host): the NumPy steps that
+  are views of another buffer for this signature (``aliases``: they cost nothing per call) and
+  the steps whose value depends on shapes only (run once, here);
+* ``segments``: runs of consecutive native kernels with the NumPy steps between them.
+
+A backend turns the plan into its own pointer table (cffi pointers for C, device pointers for
+CUDA, which plans on host *shadows* of its device arrays).  Signatures the generated loops do not
+cover raise :class:`Unsupported`; the backend then runs the reference backend.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from exprc.backends.outputs import check_out
+from exprc.errors import ShapeError
+from exprc.fusion import VIEW_OPS, Kernel, Program, Step
+from exprc.graph import Node, toposort
+from exprc.ops import OPS
+from exprc.types import shape_str
+
+#: NumPy steps that may turn out to be views of their first operand (decided per plan, by
+#: whether NumPy returns a view for that signature): ``sum_to`` where nothing was broadcast,
+#: transposes and reshapes of computed buffers.  They then cost nothing per call and do not
+#: split the native call.
+ALIAS_OPS = VIEW_OPS | {"sum_to", "reshape_like", "split_part"}
+
+
+class HostPlan:
+    """Everything one input signature needs, in host terms (see the module docstring)."""
+
+    def __init__(self, p_size: int):
+        self.P = np.zeros(max(p_size, 1), dtype=np.int64)
+        #: slot -> array whose address is fixed for this plan (scratch, constants, static views).
+        self.fixed: dict[int, np.ndarray] = {}
+        self.out_specs: list[tuple[int, int, tuple, np.dtype]] = []  # (output, slot, shape, dtype) of fresh outputs
+        self.input_views: list[tuple[int, int, int]] = []  # (slot, base slot, byte offset)
+        self.copied_views: list[tuple[int, Node]] = []  # views NumPy must copy on every call
+        self.scratch: dict[Node, np.ndarray] = {}
+        #: NumPy steps that are views of another buffer for this signature, in program order:
+        #: (node, the node it views); they run no code per call.
+        self.aliases: list[tuple[Node, Node]] = []
+        #: (buffer, output, buffer shape): a kernel writes the buffer straight into the output
+        #: that is its identity (or a reshape of it).
+        self.redirects: list[tuple[Node, Node, tuple]] = []
+        #: What a call runs: (first, last) ranges of native kernels and the NumPy steps between.
+        self.segments: list[tuple[int, int] | Step] = []
+        self.simple = False  # one native call, no NumPy step or copied view: the fast call path applies
+
+
+class Planner:
+    """Plans for one lowered program and its rendered layout (shared by every signature)."""
+
+    def __init__(self, program: Program, layout: Any, inputs: Sequence[Node], outputs: Sequence[Node],
+                 resolve_steps: bool):
+        self.program = program
+        self.layout = layout
+        self.inputs = list(inputs)
+        self.outputs = list(outputs)
+        self.resolve_steps = resolve_steps
+        self.slot = {n: i for i, n in enumerate(layout.slots)}
+        self.written = {n for s in program.steps for n in (s.outputs if isinstance(s, Kernel) else [s.node])}
+        # NumPy steps that depend on nothing but shapes (``x.shape[0]``, element counts) run
+        # once per plan, when it is made: their values are fixed for one input signature.
+        self.plan_time = shape_only_steps(program, set(outputs)) if resolve_steps else []
+        #: Consecutive kernels run in one native call; NumPy steps in between (a plan may drop
+        #: more steps: see _find_aliases).
+        self.segments = segments(program, {s.node for s in self.plan_time})
+        self._reference: Any = None
+
+    def reference(self) -> Any:
+        """The NumPy reference kernel of the same graph, for signatures the loops do not cover."""
+        if self._reference is None:
+            from exprc.backends.reference import NumpyKernel
+            from exprc.pipeline import FunctionGraph
+
+            self._reference = NumpyKernel(FunctionGraph(tuple(self.inputs), tuple(self.outputs)))
+        return self._reference
+
+    def value(self, node: Node, env: dict[Node, np.ndarray]) -> np.ndarray:
+        """The array of ``node`` in ``env``, resolving view chains with NumPy."""
+        chain = []
+        while node not in env:
+            if node.op == "constant":
+                env[node] = node.value
+                break
+            chain.append(node)
+            node = node.inputs[0]
+            if node.op not in VIEW_OPS and node not in env and node.op != "constant":
+                raise KeyError(node)
+        for n in reversed(chain):
+            env[n] = np.asarray(OPS[n.op].impl(env[n.inputs[0]], **dict(n.attrs)))
+        return env[chain[0]] if chain else env[node]
+
+    def shape(self, node: Node, env: dict, shapes: dict[Node, tuple]) -> tuple:
+        """The shape of ``node`` for the arrays in ``env`` (memoized in ``shapes``)."""
+        if node in shapes:
+            return shapes[node]
+        if node in env or node.op == "constant" or node.op in VIEW_OPS and node not in self.written:
+            shp = self.value(node, env).shape
+        elif OPS[node.op].kind == "elemwise":
+            shp = _broadcast([self.shape(i, env, shapes) for i in node.inputs], node.op)
+        elif OPS[node.op].kind == "reduce":
+            src = self.shape(node.inputs[0], env, shapes)
+            axes, keep = node.arg("axis"), node.arg("keepdims")
+            if node.op in ("max", "min", "argmax", "argmin") and any(src[a] == 0 for a in axes):
+                raise ShapeError(f"{node.op}: zero-size reduction over axis {axes} of shape {shape_str(src)}")
+            shp = tuple(1 if d in axes else n for d, n in enumerate(src) if keep or d not in axes)
+        elif node.op == "matmul":
+            a, b = (self.shape(i, env, shapes) for i in node.inputs)
+            ka, kb = a[-1], (b[0] if len(b) == 1 else b[-2])
+            if ka != kb:
+                raise ShapeError(f"matmul: shapes {shape_str(a)} and {shape_str(b)} are not aligned: "
+                                 f"{ka} (last axis of the first) != {kb}")
+            shp = a[:-1] + (b[-1:] if len(b) == 2 else ())
+        else:
+            raise LookupError(node.op)  # NumPy steps: shape found by running them
+        shapes[node] = shp
+        return shp
+
+    def make_plan(self, arrays: Sequence[np.ndarray], out: Sequence[np.ndarray] | None,
+                  plan: HostPlan | None = None) -> HostPlan:
+        """Fill ``plan`` (a new :class:`HostPlan` when None) for these arguments and ``out=`` arrays."""
+        lay = self.layout
+        plan = HostPlan(lay.p_size) if plan is None else plan
+        env: dict[Node, np.ndarray] = dict(zip(self.inputs, arrays))
+        shapes: dict[Node, tuple] = {}
+        outputs = set(self.outputs)
+        # Shapes of everything the kernels and steps produce, in program order.
+        for s in self.program.steps:
+            if isinstance(s, Step):
+                ins = [self._step_input(i, env, shapes) for i in s.node.inputs]
+                with np.errstate(all="ignore"):
+                    shapes[s.node] = np.shape(OPS[s.node.op].impl(*ins, **dict(s.node.attrs)))
+                env[s.node] = np.zeros(shapes[s.node], s.node.dtype)
+                continue
+            for o in s.outputs:
+                self.shape(o, env, shapes)
+                env[o] = np.zeros(shapes[o], o.dtype)
+        # Scratch buffers for intermediates; fresh arrays (or the caller's out=) for outputs.
+        for j, o in enumerate(self.outputs):
+            if o in self.written and all(o is not p for p in self.outputs[:j]):
+                plan.out_specs.append((j, self.slot[o], shapes[o], np.dtype(o.dtype)))
+                if out is not None and out[j] is not None:  # None: a fresh array
+                    check_out(j, out[j], shapes[o], o.dtype)
+                    env[o] = out[j]
+        for n in self.program.materialized:
+            if n not in outputs:
+                plan.scratch[n] = np.empty(shapes[n], n.dtype)
+                env[n] = plan.scratch[n]
+        if self.resolve_steps:
+            self._find_aliases(plan, env, outputs)
+        for n, arr in plan.scratch.items():
+            if n in self.slot:
+                plan.fixed[self.slot[n]] = arr
+        for step in self.plan_time:
+            node = step.node
+            with np.errstate(all="ignore"):
+                value = OPS[node.op].impl(*[self.value(i, env) for i in node.inputs], **dict(node.attrs))
+            np.copyto(env[node], value, casting="unsafe")
+        # Views of inputs and constants: an offset from their base, or a copy per call.
+        for n, slot in self.slot.items():
+            if n.op == "constant":
+                arr = np.ascontiguousarray(n.value)
+                plan.fixed[slot] = arr
+                env[n] = arr
+            elif n.op in VIEW_OPS and n not in self.written:
+                view = self.value(n, env)
+                base = n
+                while base.op in VIEW_OPS:
+                    base = base.inputs[0]
+                root = self.value(base, env)
+                lo = root.__array_interface__["data"][0]
+                off = view.__array_interface__["data"][0] - lo
+                aliases = view.size > 0 and root.size > 0 and np.shares_memory(view, root)
+                if base in self.slot and base.op != "constant" and aliases:
+                    plan.input_views.append((slot, self.slot[base], off))
+                elif base.op == "constant" or view.size == 0:
+                    arr = np.ascontiguousarray(view)
+                    plan.fixed[slot] = arr
+                    env[n] = arr
+                else:
+                    plan.copied_views.append((slot, n))
+                    env[n] = np.ascontiguousarray(view)
+        # Sizes, strides and fast-path flags of every kernel access.
+        P = plan.P
+        for kl in lay.kernels:
+            k = kl.kernel
+            if k.matmul is not None:
+                for o in k.outputs:
+                    self.shape(o, env, shapes)
+                matmul_params(kl, [env[n] for n, _, _ in kl.accesses], P)
+                continue
+            if k.reduce is not None:
+                src = k.reduce.inputs[0]
+                space = self.shape(src, env, shapes)
+            else:
+                space = shapes[k.outputs[0]]
+                for o in k.outputs:
+                    if shapes[o] != space:
+                        raise Unsupported("outputs of one fused loop differ in shape at run time")
+            loop = tuple(space[d] for d in kl.perm)
+            P[kl.p_dims:kl.p_dims + kl.ndim] = loop
+            fast = k.reduce is None or kl.nkept == 0
+            for j, (node, slot, pi) in enumerate(kl.accesses):
+                arr = env[node]
+                if k.reduce is not None and node is k.reduce:
+                    st = self._reduce_out_strides(k.reduce, arr, len(space))
+                else:
+                    st = _strides(arr.shape, arr.strides, space)
+                    if node.ndim and not (arr.shape == tuple(space) and _contiguous(arr.shape, arr.strides,
+                                                                                      arr.itemsize)):
+                        fast = False
+                P[pi:pi + kl.ndim] = [st[d] for d in kl.perm]
+            P[kl.p_flag] = 1 if fast else 0
+        plan.segments = (segments(self.program, {s.node for s in self.plan_time} | {n for n, _ in plan.aliases})
+                         if plan.aliases else self.segments)
+        plan.simple = (len(plan.segments) <= 1 and all(isinstance(g, tuple) for g in plan.segments)
+                       and not plan.copied_views
+                       and len(plan.out_specs) == len(self.outputs)
+                       and all(a.size for a in arrays) and all(math.prod(shapes[o]) for o in self.outputs))
+        return plan
+
+    def _find_aliases(self, plan: HostPlan, env: dict[Node, np.ndarray], outputs: set[Node]) -> None:
+        """Turn the NumPy steps that are views of another buffer, for this signature, into
+        aliases: no buffer of their own, no work per call, their slot points into the other one.
+
+        * An output that is the identity of a scratch buffer (``sum_to`` where nothing was
+          broadcast, a reshape): the kernel writing that buffer writes into the output array.
+        * Any other view of a scratch buffer: a fixed pointer into it.
+        * A view of an argument or an output (a new array each call): a fixed byte offset
+          from its pointer (the plan's shapes and strides fix it), in ``input_views``.
+        """
+        plan_time = {s.node for s in self.plan_time}
+        steps = [s.node for s in self.program.steps
+                 if isinstance(s, Step) and s.node.op in ALIAS_OPS and s.node not in plan_time]
+        if not steps:
+            return
+        slot = self.slot
+        dynamic = {n for n in self.inputs if n in slot} | {self.layout.slots[s] for _, s, _, _ in plan.out_specs}
+
+        def view_of(node: Node) -> np.ndarray | None:
+            src = env[node.inputs[0]]
+            view = OPS[node.op].impl(src, *[env[i] for i in node.inputs[1:]], **dict(node.attrs))
+            ok = (isinstance(view, np.ndarray) and view.dtype == np.dtype(node.dtype)
+                  and view.shape == env[node].shape and view.size > 0 and np.shares_memory(view, src))
+            return view if ok else None
+
+        def address(a: np.ndarray) -> int:
+            return a.__array_interface__["data"][0]
+
+        for node in steps:  # outputs first: they decide which scratch buffers become dynamic
+            base = node.inputs[0]
+            # (not a value computed once per plan: nothing would write it into each call's output)
+            if (node not in dynamic or base not in plan.scratch or base in outputs or base not in slot
+                    or base in plan_time):
+                continue
+            view, out, buf = view_of(node), env[node], env[base]
+            # The output must hold the buffer's elements at the same places: then the buffer can
+            # be the output's memory, reshaped (e.g. a dropped axis of length 1).
+            if (view is None or view.strides != out.strides or address(view) != address(buf)
+                    or buf.size != out.size or not (buf.flags.c_contiguous and out.flags.c_contiguous)):
+                continue
+            del plan.scratch[base]
+            env[base] = out.reshape(buf.shape)
+            dynamic.add(base)
+            plan.input_views.append((slot[base], slot[node], 0))
+            plan.redirects.append((base, node, buf.shape))
+            plan.aliases.append((node, base))
+        root: dict[Node, Node] = {}  # a dynamic alias -> the buffer with a slot that it views
+        for node in steps:
+            base = node.inputs[0]
+            if node in outputs or node in dynamic or not (base in plan.scratch or base in dynamic):
+                continue
+            view = view_of(node)
+            if view is None:
+                continue
+            plan.scratch.pop(node, None)
+            env[node] = view
+            plan.aliases.append((node, base))
+            if base in dynamic:
+                dynamic.add(node)
+                r = root[node] = root.get(base, base)  # base may be an alias without a slot
+                if node in slot:
+                    plan.input_views.append((slot[node], slot[r], address(view) - address(env[r])))
+            elif node in slot:
+                plan.fixed[slot[node]] = view
+
+    def _step_input(self, node: Node, env: dict, shapes: dict) -> np.ndarray:
+        try:
+            return self.value(node, env)
+        except KeyError:
+            return np.zeros(self.shape(node, env, shapes), node.dtype)
+
+    @staticmethod
+    def _reduce_out_strides(r: Node, arr: np.ndarray, nd: int) -> list[int]:
+        axes, keep = r.arg("axis"), r.arg("keepdims")
+        out, j = [], 0
+        for d in range(nd):
+            if d in axes:
+                out.append(0)
+                j += 1 if keep else 0
+            else:
+                out.append(arr.strides[j])
+                j += 1
+        return out
+
+    def host_env(self, plan: HostPlan, arrays: Sequence[np.ndarray], results: dict[int, np.ndarray]) -> dict:
+        """The arrays of everything a NumPy step may read: arguments, scratch, outputs, aliases."""
+        env: dict[Node, np.ndarray] = dict(zip(self.inputs, arrays))
+        env.update(plan.scratch)
+        for slot, arr in results.items():
+            env[self.layout.slots[slot]] = arr
+        for node, out, shape in plan.redirects:
+            env[node] = env[out].reshape(shape)
+        for node, base in plan.aliases:
+            if node not in env:
+                env[node] = OPS[node.op].impl(env[base], *[self.value(i, env) for i in node.inputs[1:]],
+                                              **dict(node.attrs))
+        return env
+
+
+
+def _broadcast(shapes: Sequence[tuple], what: str) -> tuple:
+    try:
+        return tuple(np.broadcast_shapes(*shapes))
+    except ValueError:
+        raise ShapeError(f"{what}: shapes {' and '.join(shape_str(s) for s in shapes)} cannot be broadcast "
+                         "together") from None
+
+
+def _strides(arr_shape: tuple, arr_strides: tuple, space: tuple) -> list[int]:
+    """Byte strides of an array read in iteration ``space`` (0 where broadcast)."""
+    pad = len(space) - len(arr_shape)
+    out = [0] * pad
+    for n, s, full in zip(arr_shape, arr_strides, space[pad:]):
+        out.append(0 if (n == 1 and full != 1) else s)
+    return out
+
+
+def _contiguous(shape: tuple, strides: Sequence[int], itemsize: int) -> bool:
+    expect = itemsize
+    for n, s in zip(reversed(shape), reversed(list(strides))):
+        if n != 1 and s != expect:
+            return False
+        expect *= n
+    return True
+
+
+def segments(program: Program, skip: set[Node]) -> list[tuple[int, int] | Step]:
+    """(first, last) ranges of consecutive native kernels and the NumPy steps between them, minus the
+    steps whose nodes are in ``skip`` (run once per plan, or views the plan resolved)."""
+    segments: list[tuple[int, int] | Step] = []
+    k = 0
+    for s in program.steps:
+        if isinstance(s, Kernel):
+            if segments and isinstance(segments[-1], tuple):
+                segments[-1] = (segments[-1][0], k + 1)
+            else:
+                segments.append((k, k + 1))
+            k += 1
+        elif s.node not in skip:
+            segments.append(s)
+    return segments
+
+
+class PlanPool:
+    """Free plans per signature.  A call takes one and gives it back afterwards, so concurrent calls
+    never share scratch buffers; past ``max_signatures`` signatures the old plans are dropped."""
+
+    def __init__(self, max_signatures: int = 32):
+        self.max_signatures = max_signatures
+        self.plans: dict[tuple, list[Any]] = {}
+
+    def take(self, key: tuple) -> Any:
+        """A free plan for this signature, or None."""
+        pool = self.plans.get(key)
+        try:
+            return pool.pop() if pool else None
+        except IndexError:  # another thread took the last one
+            return None
+
+    def made(self, key: tuple) -> None:
+        """A plan was made for ``key``: make room for its signature."""
+        if key not in self.plans and len(self.plans) >= self.max_signatures:
+            self.plans.clear()  # many shapes seen: drop old plans and their scratch buffers
+        self.plans.setdefault(key, [])
+
+    def give(self, key: tuple, plan: Any) -> None:
+        self.plans.setdefault(key, []).append(plan)
+
+
+def describe(layout: Any) -> list[dict]:
+    """What ``Function.kernels`` shows: one dict per fused loop, in run order."""
+    return [{"name": kl.kernel.name, "kind": kl.kernel.kind, "ops": kl.kernel.ops, "outputs": len(kl.kernel.outputs)}
+            for kl in layout.kernels]
+
+
+class Unsupported(Exception):
+    """This input signature needs something the generated loops do not do."""
+
+
+def shape_only_steps(program: Program, outputs: set[Node]) -> list[Step]:
+    """The NumPy steps whose values depend only on input shapes (not data), outputs excluded."""
+    steps = [s for s in program.steps if isinstance(s, Step) and s.node not in outputs]
+    if not steps:
+        return []
+    shape_only: dict[Node, bool] = {}
+    for n in toposort([s.node for s in steps]):
+        if n.op == "shape" or n.op == "constant":
+            shape_only[n] = True
+        elif n.op == "input" or not n.inputs:
+            shape_only[n] = False
+        else:
+            shape_only[n] = all(shape_only[i] for i in n.inputs)
+    return [s for s in steps if shape_only[s.node]]
+
+
+def matmul_params(kl: Any, arrays: list[np.ndarray], P: np.ndarray) -> None:
+    """Fill a matmul kernel's block: sizes, BLAS transposes and leading dimensions (flag 1),
+    or only byte strides for the plain loop (flag 0: a layout BLAS cannot take, or empty)."""
+    A, B, C = arrays
+    isz = A.itemsize
+    M, K = (1, A.shape[0]) if A.ndim == 1 else A.shape
+    N = 1 if B.ndim == 1 else B.shape[1]
+    a = (0, A.strides[0]) if A.ndim == 1 else A.strides
+    b = (B.strides[0], 0) if B.ndim == 1 else B.strides
+    if C.ndim == 2:
+        c = C.strides
+    elif C.ndim == 1:
+        c = (C.strides[0], 0) if B.ndim == 1 else (0, C.strides[0])
+    else:
+        c = (0, 0)
+
+    def blas(s0: int, s1: int, rows: int, cols: int) -> tuple[int, int] | None:
+        """(CblasNoTrans=111 | CblasTrans=112, leading dimension) for a row-major call."""
+        if (s1 == isz or cols == 1) and (rows == 1 or (s0 > 0 and s0 % isz == 0 and s0 // isz >= cols)):
+            return 111, (s0 // isz if rows > 1 else max(cols, 1))
+        if (s0 == isz or rows == 1) and (cols == 1 or (s1 > 0 and s1 % isz == 0 and s1 // isz >= rows)):
+            return 112, (s1 // isz if cols > 1 else max(rows, 1))
+        return None
+
+    ta, tb, tc = blas(*a, M, K), blas(*b, K, N), blas(*c, M, N)
+    ok = min(M, N, K) > 0 and ta is not None and tb is not None and tc is not None and tc[0] == 111
+    base = kl.p_flag
+    P[base:base + 9] = [1 if ok else 0, M, N, K, *(ta or (0, 0)), *(tb or (0, 0)), (tc or (0, 0))[1]]
+    for (_, _, pi), st in zip(kl.accesses, (a, b, c)):
+        P[pi:pi + 2] = st
+
+
+__all__ = ["ALIAS_OPS", "HostPlan", "PlanPool", "Planner", "Unsupported", "describe", "matmul_params", "segments",
+           "shape_only_steps"]

@@ -1,1 +1,0 @@
-"""Source generation, one renderer per target."""

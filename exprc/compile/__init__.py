@@ -1,1 +1,0 @@
-"""Native compilers behind one narrow interface: source in, loadable binary out."""

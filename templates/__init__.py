@@ -1,1 +1,0 @@
-"""C and CUDA source skeletons, installed with exprc as ``exprc.templates``."""
