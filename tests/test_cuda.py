@@ -319,6 +319,28 @@ def test_emulated_inputs_outputs_and_conversions(emulated):
         f(host, out=[out_host, DeviceArray.empty((2,), np.float64, emulated), same_dev])
 
 
+@needs_emulator
+def test_emulated_out_with_fresh_entries_and_shared_updates(emulated):
+    """out= may leave an output to a fresh array (None), as on every backend; updates of shared
+    variables go through the same protocol (fresh device results, installed on the host)."""
+    x = exprc.vector("x")
+    f = _cuda_function(emulated, [x], [x * 2, exprc.sum(x)])
+    host = np.arange(5.0)
+    buf = np.empty(5)
+    doubled, total = f(host, out=[buf, None])
+    assert doubled is buf and np.array_equal(buf, host * 2)
+    assert isinstance(total, exprc.cuda.DeviceArray) and float(total.get()) == 10.0
+    doubled, total = f(host, out=[None, np.empty(())], to_numpy=True)
+    assert isinstance(doubled, np.ndarray) and np.array_equal(doubled, host * 2) and float(total) == 10.0
+    w = exprc.shared(np.zeros(5), name="w")
+    step = exprc.function([x], exprc.sum(w * x), updates=[(w, w + x)], backend="cuda",
+                          config=NOCACHE.replace(return_numpy=True))
+    emulated.attach(step._kernel)
+    for i in range(3):
+        assert float(step(host)) == pytest.approx(i * float(host @ host))
+    np.testing.assert_array_equal(w.get_value(), 3 * host)
+
+
 GXX = __import__("shutil").which("g++")
 
 
