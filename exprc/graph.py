@@ -16,7 +16,7 @@ import itertools
 import threading
 import weakref
 from _weakref import _remove_dead_weakref
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import networkx as nx
@@ -240,6 +240,17 @@ def clients(order: Sequence[Node]) -> dict[Node, int]:
     return count
 
 
+# The op table's node builder, ``make(op, inputs, attrs) -> Node`` (type rule included), installed
+# by exprc.ops.table when it loads: the table sits above this module.
+_make: Callable[[str, tuple, dict], Node] | None = None
+
+
+def install_type_rules(make: Callable[[str, tuple, dict], Node]) -> None:
+    """Let :func:`rebuild` re-derive node types with ``make(op, inputs, attrs)`` (the op table's)."""
+    global _make
+    _make = make
+
+
 def rebuild(node: Node, inputs: Sequence[Node]) -> Node:
     """``node`` with new operands, re-deriving its type through the op table."""
     inputs = tuple(inputs)
@@ -248,9 +259,9 @@ def rebuild(node: Node, inputs: Sequence[Node]) -> Node:
     if all(a.type == b.type for a, b in zip(inputs, node.inputs)):
         # A type rule depends only on operand types and attributes: same types, same node type.
         return Node(node.op, inputs, node.attrs, node.type)
-    from exprc.ops import OPS
-
-    return OPS[node.op].make(inputs, dict(node.attrs))
+    if _make is None:
+        raise RuntimeError(f"cannot rebuild a {node.op} node: no op table is loaded (import exprc)")
+    return _make(node.op, inputs, dict(node.attrs))
 
 
 def substitute(outputs: Sequence[Node], mapping: dict[Node, Node]) -> list[Node]:

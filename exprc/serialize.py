@@ -31,7 +31,8 @@ Nodes::
 ``dtype`` is one of ``bool int32 int64 float32 float64``; a ``shape`` entry is a
 size or ``null`` (known at call time).  ``op`` is the name of a registered op
 (built-in or made with :func:`exprc.custom_op` in the loading process: a file
-cannot define ops).  Attributes by op: reductions ``axis`` (sorted distinct axes)
+cannot define ops).  Attributes by op (each op row declares its names, ``Op.attr_names``, and
+loading checks them): reductions ``axis`` (sorted distinct axes)
 and ``keepdims``; ``cast`` ``dtype``; ``dimshuffle`` ``order`` (axes and ``"x"``);
 ``reshape`` / ``broadcast_to`` ``shape``; ``concatenate`` ``axis``; ``getitem`` /
 ``inc_subtensor`` ``index`` (items ``["i", k]``, ``["n"]``, ``["s", start, stop,
@@ -72,13 +73,6 @@ MAX_DEPTH = 64
 MAX_DIM = 1 << 40
 MAX_ELEMENTS = 1 << 48
 MAX_NAME = 1024
-_REDUCE = ("sum", "prod", "mean", "max", "min", "all", "any", "argmax", "argmin")
-#: Attribute names each op takes (ops absent here take none).
-ATTRS: dict[str, tuple[str, ...]] = {
-    **{r: ("axis", "keepdims") for r in _REDUCE},
-    "cast": ("dtype",), "dimshuffle": ("order",), "reshape": ("shape",), "broadcast_to": ("shape",),
-    "concatenate": ("axis",), "getitem": ("index",), "inc_subtensor": ("index",), "split_part": ("axis", "which"),
-}
 
 
 # -- writing ----------------------------------------------------------------------------------------
@@ -310,7 +304,7 @@ def _decode_attr(value: Any, where: str, depth: int = 0) -> Any:
 
 def _check_attrs(op: str, attrs: dict, inputs: list[Node], where: str) -> None:
     """Attributes the op's type rule relies on being canonical (as exprc's API builds them)."""
-    allowed = ATTRS.get(op, ())
+    allowed = OPS[op].attr_names  # the op row's attribute schema
     extra = set(attrs) - set(allowed)
     if extra or set(allowed) - set(attrs):
         raise SerializationError(f"{where}: op {op!r} takes the attributes {list(allowed)}, got {sorted(attrs)}")
@@ -321,7 +315,7 @@ def _check_attrs(op: str, attrs: dict, inputs: list[Node], where: str) -> None:
                                                 for a in axes) and list(axes) == sorted(set(axes)))
 
     bad = None
-    if op in _REDUCE:
+    if OPS[op].kind == "reduce":
         if not axes_ok(attrs["axis"], nd) or not isinstance(attrs["keepdims"], bool):
             bad = "axis must be sorted distinct axes of the operand, keepdims a bool"
         elif op in ("argmax", "argmin") and len(attrs["axis"]) != 1 and len(attrs["axis"]) != nd:

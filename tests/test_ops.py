@@ -286,3 +286,67 @@ def test_constants_and_arithmetic_on_them():
     assert math.isclose(float((exprc.constant(2.0) ** 0.5).eval()), math.sqrt(2.0))
     assert_close((np.float32(2.0) * exprc.vector("v", "float32")).eval({"v": np.ones(2, np.float32)}),
                  np.full(2, 2.0, np.float32))
+
+
+# -- facts declared next to the rows ------------------------------------------------------------
+DTYPES = ["bool", "int32", "int64", "float32", "float64"]
+
+
+def _samples(dtype):
+    if dtype == "bool":
+        return np.array([False, True])
+    if dtype.startswith("int"):
+        info = np.iinfo(dtype)
+        return np.array([info.min, -3, 0, 7, info.max], dtype=dtype)
+    return np.array([-np.inf, -2.5, -0.0, 0.0, 1.5, np.inf], dtype=dtype)
+
+
+@pytest.mark.parametrize("op", sorted(exprc.ops.REDUCTIONS))
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_reduction_identity_is_the_identity_of_its_combine(op, dtype):
+    from exprc.ops import OPS, REDUCTIONS
+
+    red = REDUCTIONS[op]
+    assert OPS[op].kind == "reduce" and OPS[red.combine].kind == "elemwise"
+    acc = red.accumulator(dtype)
+    assert np.can_cast(dtype, acc) if red.accumulate != "flag" else acc == "bool"
+    x = _samples(dtype).astype(acc) if red.accumulate != "flag" else _samples(dtype) != 0
+    e = np.asarray(red.identity(dtype), dtype=acc)
+    got = OPS[red.combine].impl(e, x)
+    np.testing.assert_array_equal(got, x)
+    np.testing.assert_array_equal(OPS[red.combine].impl(x, e), x)
+
+
+def test_reduction_facts_spelled_in_c():
+    from exprc.ops import REDUCTIONS
+
+    spelled = {(op, dt): REDUCTIONS[op].c_identity(dt) for op in REDUCTIONS for dt in DTYPES}
+    assert spelled["max", "float32"] == "-INFINITY" and spelled["min", "float64"] == "INFINITY"
+    assert spelled["max", "int32"] == "INT32_MIN" and spelled["min", "int64"] == "INT64_MAX"
+    assert spelled["max", "bool"] == "0" and spelled["min", "bool"] == "1"
+    assert spelled["sum", "float32"] == "0" and spelled["prod", "int32"] == "1"
+    assert spelled["all", "float64"] == "1" and spelled["any", "int64"] == "0"
+    assert REDUCTIONS["sum"].accumulator("float32") == "float64"  # float32 sums accumulate in double
+    assert REDUCTIONS["mean"].mean and not REDUCTIONS["sum"].mean
+    assert [op for op in REDUCTIONS if REDUCTIONS[op].tracks_nan("float64")] == ["max", "min"]
+    assert not REDUCTIONS["max"].tracks_nan("int64")
+
+
+def test_every_node_carries_the_attributes_its_row_declares():
+    from exprc.graph import toposort
+    from exprc.ops import OPS
+
+    x, m = exprc.vector("x"), exprc.matrix("m")
+    outs = [exprc.sum(m, axis=0), exprc.argmax(m, axis=1), m.astype("float32"), m.T, m.reshape(-1),
+            exprc.broadcast_to(exprc.vector("b", shape=(4,)), (3, 4)),
+            exprc.concatenate([x, x]), m[1:, 0], exprc.stack([x, x]), m.shape]
+    outs += exprc.grad(exprc.sum(exprc.concatenate([x, x])[1:] * m[0, :].sum()), [x, m])
+    seen = set()
+    for n in toposort(outs):
+        assert {k for k, _ in n.attrs} == set(OPS[n.op].attr_names), n.op
+        seen.add(n.op)
+    assert {"sum", "argmax", "cast", "dimshuffle", "reshape", "broadcast_to", "concatenate", "getitem",
+            "inc_subtensor", "input", "constant"} <= seen
+    with_attrs = {name for name, row in OPS.items() if row.attr_names}
+    assert {"cast", "dimshuffle", "split_part", "sum", "argmin"} <= with_attrs
+    assert "add" not in with_attrs and "matmul" not in with_attrs

@@ -1,0 +1,168 @@
+"""Elementwise rows: arithmetic, comparisons, bitwise and transcendental functions, ``where``,
+``cast`` and ``fill``.
+
+Elementwise ops receive operands already cast to their compute dtype (the type rule
+:func:`~exprc.ops.table._elemwise` inserts ``cast`` nodes), so neither the reference nor the
+native renderers ever see mixed dtypes inside one elementwise op.  The tables below are one line
+per op; their order is the registration order of the op table.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import numpy as np
+
+from exprc.ops.table import Op, _elemwise, _errstate, cast, register
+from exprc.types import TensorType, broadcast_shapes, promote
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x)
+    e = np.exp(-np.abs(x))
+    return np.where(x >= 0, 1 / (1 + e), e / (1 + e)).astype(x.dtype)
+
+
+def _softplus(x: np.ndarray) -> np.ndarray:
+    return np.logaddexp(np.zeros((), np.asarray(x).dtype), x)
+
+
+def _log1mexp(x: np.ndarray) -> np.ndarray:
+    """log(1 - exp(x)) without cancellation (Maechler 2012): NaN for x > 0, -inf at 0."""
+    x = np.asarray(x)
+    return np.where(x > -math.log(2), np.log(-np.expm1(x)), np.log1p(-np.exp(x))).astype(x.dtype)
+
+
+def _from_math(fn: Callable[[float], float]) -> Callable:
+    ufunc = np.frompyfunc(fn, 1, 1)
+
+    def impl(x: np.ndarray) -> np.ndarray:
+        x = np.asarray(x)
+        return np.asarray(ufunc(x.astype(np.float64)), dtype=np.float64).astype(x.dtype)
+
+    impl.__name__ = fn.__name__
+    return impl
+
+
+def _float_floordiv(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return np.floor_divide(a, b)
+
+
+def _sign(x: np.ndarray) -> np.ndarray:
+    return np.sign(x)
+
+
+def _cast(x: np.ndarray, dtype: str) -> np.ndarray:
+    return np.asarray(x).astype(dtype)
+
+
+def _where(c: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return np.where(c, a, b)
+
+
+# -- elementwise rows ----------------------------------------------------------
+_BINARY = [
+    # name, numpy, dtype rule, C, C for ints, infix, prec, commutative
+    ("add", np.add, "any", "({0} + {1})", "({0} + {1})", "+", 9, True),
+    ("sub", np.subtract, "numeric", "({0} - {1})", None, "-", 9, False),
+    ("mul", np.multiply, "any", "({0} * {1})", "({0} * {1})", "*", 10, True),
+    ("truediv", np.true_divide, "float", "({0} / {1})", None, "/", 10, False),
+    ("floordiv", np.floor_divide, "numeric", "exprc_floordiv{f}({0}, {1})", "exprc_ifloordiv_{T}({0}, {1})", "//", 10, False),
+    ("mod", np.remainder, "numeric", "exprc_mod{f}({0}, {1})", "exprc_imod_{T}({0}, {1})", "%", 10, False),
+    ("pow", np.power, "numeric", "pow{f}({0}, {1})", "exprc_ipow_{T}({0}, {1})", "**", 12, False),
+    ("maximum", np.maximum, "any", "exprc_max{f}({0}, {1})", "(({0}) > ({1}) ? ({0}) : ({1}))", None, 100, True),
+    ("minimum", np.minimum, "any", "exprc_min{f}({0}, {1})", "(({0}) < ({1}) ? ({0}) : ({1}))", None, 100, True),
+    ("arctan2", np.arctan2, "float", "atan2{f}({0}, {1})", None, None, 100, False),
+    ("hypot", np.hypot, "float", "hypot{f}({0}, {1})", None, None, 100, True),
+    ("logaddexp", np.logaddexp, "float", "exprc_logaddexp{f}({0}, {1})", None, None, 100, True),
+    ("lt", np.less, "bool", "({0} < {1})", None, "<", 4, False),
+    ("le", np.less_equal, "bool", "({0} <= {1})", None, "<=", 4, False),
+    ("gt", np.greater, "bool", "({0} > {1})", None, ">", 4, False),
+    ("ge", np.greater_equal, "bool", "({0} >= {1})", None, ">=", 4, False),
+    ("eq", np.equal, "bool", "({0} == {1})", None, "==", 4, True),
+    ("ne", np.not_equal, "bool", "({0} != {1})", None, "!=", 4, True),
+    ("and", np.bitwise_and, "integral", None, "({0} & {1})", "&", 7, True),
+    ("or", np.bitwise_or, "integral", None, "({0} | {1})", "|", 5, True),
+    ("xor", np.bitwise_xor, "integral", None, "({0} ^ {1})", "^", 6, True),
+]
+
+_UNARY = [
+    # name, numpy, dtype rule, C (float), C for ints
+    ("neg", np.negative, "numeric", "(-{0})", "(-{0})"),
+    ("abs", np.abs, "any", "fabs{f}({0})", "exprc_iabs_{T}({0})"),
+    ("invert", np.invert, "integral", None, "exprc_invert_{T}({0})"),
+    ("square", np.square, "numeric", "({0} * {0})", "({0} * {0})"),
+    ("sign", _sign, "numeric", "exprc_sign{f}({0})", "(({0} > 0) - ({0} < 0))"),
+    ("floor", np.floor, "any", "floor{f}({0})", "({0})"),
+    ("ceil", np.ceil, "any", "ceil{f}({0})", "({0})"),
+    ("round", np.rint, "numeric", "nearbyint{f}({0})", "({0})"),
+    ("reciprocal", np.reciprocal, "float", "(1 / {0})", None),
+    ("exp", np.exp, "float", "exp{f}({0})", None),
+    ("exp2", np.exp2, "float", "exp2{f}({0})", None),
+    ("expm1", np.expm1, "float", "expm1{f}({0})", None),
+    ("log", np.log, "float", "log{f}({0})", None),
+    ("log2", np.log2, "float", "log2{f}({0})", None),
+    ("log10", np.log10, "float", "log10{f}({0})", None),
+    ("log1p", np.log1p, "float", "log1p{f}({0})", None),
+    ("sqrt", np.sqrt, "float", "sqrt{f}({0})", None),
+    ("cbrt", np.cbrt, "float", "cbrt{f}({0})", None),
+    ("sin", np.sin, "float", "sin{f}({0})", None),
+    ("cos", np.cos, "float", "cos{f}({0})", None),
+    ("tan", np.tan, "float", "tan{f}({0})", None),
+    ("arcsin", np.arcsin, "float", "asin{f}({0})", None),
+    ("arccos", np.arccos, "float", "acos{f}({0})", None),
+    ("arctan", np.arctan, "float", "atan{f}({0})", None),
+    ("sinh", np.sinh, "float", "sinh{f}({0})", None),
+    ("cosh", np.cosh, "float", "cosh{f}({0})", None),
+    ("tanh", np.tanh, "float", "tanh{f}({0})", None),
+    ("arcsinh", np.arcsinh, "float", "asinh{f}({0})", None),
+    ("arccosh", np.arccosh, "float", "acosh{f}({0})", None),
+    ("arctanh", np.arctanh, "float", "atanh{f}({0})", None),
+    ("sigmoid", _sigmoid, "float", "exprc_sigmoid{f}({0})", None),
+    ("softplus", _softplus, "float", "exprc_softplus{f}({0})", None),
+    ("log1mexp", _log1mexp, "float", "exprc_log1mexp{f}({0})", None),
+    ("erf", _from_math(math.erf), "float", "erf{f}({0})", None),
+    ("erfc", _from_math(math.erfc), "float", "erfc{f}({0})", None),
+    ("isnan", np.isnan, "float_bool", "(isnan({0}) != 0)", None),
+    ("isinf", np.isinf, "float_bool", "(isinf({0}) != 0)", None),
+    ("isfinite", np.isfinite, "float_bool", "(isfinite({0}) != 0)", None),
+]
+
+for _name, _fn, _rule, _c, _ci, _infix, _prec, _comm in _BINARY:
+    register(Op(_name, "elemwise", _errstate(_fn), _elemwise(_name, _rule), c=_c, c_int=_ci,
+                infix=_infix, prec=_prec, commutative=_comm))
+for _name, _fn, _rule, _c, _ci in _UNARY:
+    register(Op(_name, "elemwise", _errstate(_fn), _elemwise(_name, _rule), c=_c, c_int=_ci,
+                infix="-" if _name == "neg" else ("~" if _name == "invert" else None),
+                prec=11 if _name in ("neg", "invert") else 100))
+
+
+def _infer_where(inputs: tuple, attrs: dict) -> tuple[tuple, TensorType]:
+    c, a, b = inputs
+    dt = promote(a.dtype, b.dtype)
+    inputs = (cast(c, "bool"), cast(a, dt), cast(b, dt))
+    return inputs, TensorType(dt, broadcast_shapes([i.type.shape for i in inputs], "where"))
+
+
+def _infer_cast(inputs: tuple, attrs: dict) -> tuple[tuple, TensorType]:
+    (x,) = inputs
+    return inputs, TensorType(attrs["dtype"], x.type.shape)
+
+
+register(Op("where", "elemwise", _errstate(_where), _infer_where, c="({0} ? {1} : {2})"))
+register(Op("cast", "elemwise", _errstate(_cast), _infer_cast, c="(({T}){0})", attr_names=("dtype",)))
+
+
+def _infer_fill(inputs: tuple, attrs: dict) -> tuple[tuple, TensorType]:
+    model, value = inputs
+    return inputs, TensorType(value.dtype, broadcast_shapes([model.type.shape, value.type.shape], "fill"))
+
+
+def _fill(model: np.ndarray, value: np.ndarray) -> np.ndarray:
+    return np.broadcast_to(value, np.broadcast_shapes(np.shape(model), np.shape(value)))
+
+
+# fill(model, value): ``value`` broadcast to the shape of ``model`` (whose values are not read), as
+# Theano's fill.  Elementwise, so it fuses: gradients use it to broadcast to a shape known at call time.
+register(Op("fill", "elemwise", _fill, _infer_fill, c="({1})", c_int="({1})"))

@@ -1,0 +1,233 @@
+"""Gradient rules: ``grad(node, g) -> one gradient per operand`` for every built-in op.
+
+A rule maps the gradient ``g`` of a node's result to one entry per operand: its gradient, None
+(zero), or a function of no arguments building it (called only for operands that need one).
+:mod:`exprc.autodiff` applies the rules in reverse topological order; for elementwise ops it
+also sums each result over the axes its operand was broadcast along and casts it to the
+operand's dtype.
+
+Rules build graphs with the user API (:mod:`exprc.api`), which itself sits on the op rows, so
+the rules live here, above both, and are attached to the rows (:func:`~exprc.ops.table.grad_rule`)
+when :mod:`exprc.autodiff` imports this module: the rows never import the API.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import numpy as np
+
+from exprc import api as A
+from exprc.graph import Node
+from exprc.ops.gradshape import count, sum_to, zeros_like
+from exprc.ops.table import OPS, GradRule, cast, grad_rule
+
+
+# -- elementwise -------------------------------------------------------------------------------
+def _unary_rule(deriv: Callable[[Node, Node], Node]) -> GradRule:
+    """The rule ``g * f'(x)`` of a unary op; ``deriv(x, y)`` gets the operand and the result."""
+    return lambda node, g: (g * deriv(node.inputs[0], node),)
+
+
+_TWO_OVER_SQRT_PI = 2 / math.sqrt(math.pi)
+_DERIVATIVES: dict[str, Callable[[Node, Node], Node]] = {  # f'(x), given x and y = f(x)
+    "abs": lambda x, y: A.sign(x),  # subgradient 0 at 0
+    "square": lambda x, y: 2.0 * x,
+    "reciprocal": lambda x, y: -A.square(y),
+    "exp": lambda x, y: y,
+    "exp2": lambda x, y: y * math.log(2),
+    "expm1": lambda x, y: y + 1.0,
+    "log": lambda x, y: 1.0 / x,
+    "log2": lambda x, y: 1.0 / (x * math.log(2)),
+    "log10": lambda x, y: 1.0 / (x * math.log(10)),
+    "log1p": lambda x, y: 1.0 / (x + 1.0),
+    "sqrt": lambda x, y: 0.5 / y,
+    "cbrt": lambda x, y: 1.0 / (3.0 * A.square(y)),
+    "sin": lambda x, y: A.cos(x),
+    "cos": lambda x, y: -A.sin(x),
+    "tan": lambda x, y: 1.0 + A.square(y),
+    "arcsin": lambda x, y: 1.0 / A.sqrt((1.0 - x) * (1.0 + x)),
+    "arccos": lambda x, y: -1.0 / A.sqrt((1.0 - x) * (1.0 + x)),
+    "arctan": lambda x, y: 1.0 / (1.0 + A.square(x)),
+    "sinh": lambda x, y: A.cosh(x),
+    "cosh": lambda x, y: A.sinh(x),
+    "tanh": lambda x, y: 1.0 - A.square(y),
+    "arcsinh": lambda x, y: 1.0 / A.hypot(x, 1.0),
+    "arccosh": lambda x, y: 1.0 / A.sqrt((x - 1.0) * (x + 1.0)),
+    "arctanh": lambda x, y: 1.0 / ((1.0 - x) * (1.0 + x)),
+    "sigmoid": lambda x, y: y * (1.0 - y),
+    "softplus": lambda x, y: A.sigmoid(x),  # exactly 1 and 0 far out, no overflow
+    "erf": lambda x, y: _TWO_OVER_SQRT_PI * A.exp(-A.square(x)),
+    "erfc": lambda x, y: -_TWO_OVER_SQRT_PI * A.exp(-A.square(x)),
+}
+if "log1mexp" in OPS:  # log(1 - exp(x)): d/dx = -1 / expm1(-x), no cancellation near 0
+    _DERIVATIVES["log1mexp"] = lambda x, y: -1.0 / A.expm1(-x)
+for _name, _deriv in _DERIVATIVES.items():
+    grad_rule(_name)(_unary_rule(_deriv))
+# Piecewise constant, or bool/integer results: zero gradient.
+grad_rule("sign", "floor", "ceil", "round", "isnan", "isinf", "isfinite", "invert")(lambda node, g: (None,))
+grad_rule("floordiv", "lt", "le", "gt", "ge", "eq", "ne", "and", "or", "xor")(lambda node, g: (None, None))
+grad_rule("neg")(lambda node, g: (-g,))
+grad_rule("add")(lambda node, g: (g, g))
+grad_rule("sub")(lambda node, g: (g, lambda: -g))
+grad_rule("mul")(lambda node, g: (lambda: g * node.inputs[1], lambda: g * node.inputs[0]))
+grad_rule("truediv")(lambda node, g: (lambda: g / node.inputs[1], lambda: -(g * node) / node.inputs[1]))
+grad_rule("mod")(lambda node, g: (g, lambda: -(g * A.floor_divide(*node.inputs))))
+grad_rule("hypot")(lambda node, g: (lambda: g * (node.inputs[0] / node), lambda: g * (node.inputs[1] / node)))
+grad_rule("logaddexp")(lambda node, g: (lambda: g * A.exp(node.inputs[0] - node),
+                                        lambda: g * A.exp(node.inputs[1] - node)))
+
+
+@grad_rule("pow")
+def _grad_pow(node: Node, g: Node) -> tuple:
+    """d/dx = y x**(y-1) (0 where y == 0); d/dy = log(x) x**y (0 where x == 0, as JAX)."""
+    x, y = node.inputs
+    return (lambda: g * A.where(A.equal(y, 0), 0.0, y * x ** (y - 1.0)),
+            lambda: g * (node * A.log(A.where(A.equal(x, 0), 1.0, x))))
+
+
+@grad_rule("arctan2")
+def _grad_arctan2(node: Node, g: Node) -> tuple:
+    """arctan2(y, x): d/dy = x / r**2, d/dx = -y / r**2 with r = hypot(x, y) (no overflow)."""
+    y, x = node.inputs
+    return lambda: g * (x / A.hypot(x, y) / A.hypot(x, y)), lambda: g * (-y / A.hypot(x, y) / A.hypot(x, y))
+
+
+@grad_rule("maximum", "minimum")
+def _grad_extremum(node: Node, g: Node) -> tuple:
+    """The selected operand gets the gradient; at a tie each operand gets half (as JAX)."""
+    a, b = node.inputs
+    wins = A.greater(a, b) if node.op == "maximum" else A.less(a, b)
+    loses = A.less(a, b) if node.op == "maximum" else A.greater(a, b)
+    return (lambda: A.where(wins, g, A.where(A.equal(a, b), g * 0.5, 0.0)),
+            lambda: A.where(loses, g, A.where(A.equal(a, b), g * 0.5, 0.0)))
+
+
+# -- where, cast, fill -------------------------------------------------------------------------
+grad_rule("where")(lambda node, g: (None, lambda: A.where(node.inputs[0], g, 0.0),
+                                    lambda: A.where(node.inputs[0], 0.0, g)))
+grad_rule("cast")(lambda node, g: (g if node.inputs[0].dtype in ("float32", "float64") else None,))
+grad_rule("fill")(lambda node, g: (None, g))
+
+
+# -- reductions --------------------------------------------------------------------------------
+def _keep(node: Node, v: Node) -> Node:
+    """``v`` (broadcasting to the result of the reduction ``node``) made to broadcast to its
+    operand: the reduced axes kept as size 1 (a 0-d ``v`` broadcasts to anything already)."""
+    return v if node.arg("keepdims") or v.ndim == 0 else A.expand_dims(v, node.arg("axis"))
+
+
+@grad_rule("sum", "mean")
+def _grad_sum(node: Node, g: Node) -> tuple:
+    """The gradient broadcast back over the reduced axes (kept 0-d when it can: autodiff
+    broadcasts gradients lazily, so no array of the operand's shape is built for it)."""
+    if node.op == "mean":
+        g = g / cast(count(node.inputs[0], node.arg("axis")), g.dtype)
+    return (_keep(node, g),)
+
+
+@grad_rule("max", "min")
+def _grad_max(node: Node, g: Node) -> tuple:
+    """Subgradient: the gradient is split evenly among the elements equal to the extremum (as JAX)."""
+    x, axes = node.inputs[0], node.arg("axis")
+    mask = cast(A.equal(x, _keep(node, node)), x.dtype)
+    return (_keep(node, g) * (mask / A.sum(mask, axes, keepdims=True)),)
+
+
+@grad_rule("prod")
+def _grad_prod(node: Node, g: Node) -> tuple:
+    """prod(x)/x_i without dividing by zero: exact with one zero (the product of the others), 0 with more."""
+    x, axes = node.inputs[0], node.arg("axis")
+    zero = A.equal(x, 0)
+    nzeros = A.sum(zero, axes, keepdims=True)
+    others = A.prod(A.where(zero, 1.0, x), axes, keepdims=True)
+    d = A.where(zero, A.where(A.equal(nzeros, 1), others, 0.0), A.where(A.equal(nzeros, 0), _keep(node, node) / x, 0.0))
+    return (_keep(node, g) * d,)
+
+
+grad_rule("all", "any", "argmax", "argmin")(lambda node, g: (None,))
+
+
+# -- shape ops ---------------------------------------------------------------------------------
+@grad_rule("dimshuffle")
+def _grad_dimshuffle(node: Node, g: Node) -> tuple:
+    """The inverse dimshuffle: inserted axes dropped, permuted axes put back, dropped axes re-inserted."""
+    if g.ndim == 0:
+        return (g,)
+    where_ = {o: j for j, o in enumerate(node.arg("order")) if o != "x"}
+    return (A.dimshuffle(g, [where_.get(d, "x") for d in range(node.inputs[0].ndim)]),)
+
+
+@grad_rule("reshape", "reshape_like")
+def _grad_reshape(node: Node, g: Node) -> tuple:
+    x = node.inputs[0]
+    if x.type.shape.count(None) <= 1:
+        return (A.reshape(g, [-1 if s is None else s for s in x.type.shape]),) + (None,) * (len(node.inputs) - 1)
+    return (OPS["reshape_like"].make((g, x), {}),) + (None,) * (len(node.inputs) - 1)
+
+
+@grad_rule("broadcast_to")
+def _grad_broadcast_to(node: Node, g: Node) -> tuple:
+    return (sum_to(g, node.inputs[0]),)
+
+
+grad_rule("sum_to")(lambda node, g: (g, None))  # g, of the model's shape, broadcasts to the operand's
+
+
+@grad_rule("concatenate", "split_part")
+def _grad_concatenate(node: Node, g: Node) -> tuple:
+    """Slices of the gradient (views when sizes are static; split_part otherwise).  The gradient of
+    split_part is its part placed among zeros."""
+    axis = node.arg("axis")
+    if node.op == "split_part":
+        parts, which = list(node.inputs[1:]), node.arg("which")
+        pieces = [g if j == which else zeros_like(p, g.dtype) for j, p in enumerate(parts)]
+        return (A.concatenate(pieces, axis),) + (None,) * len(parts)
+    sizes = [i.type.shape[axis] for i in node.inputs]
+    if None in sizes:
+        return tuple((lambda j=j: OPS["split_part"].make((g, *node.inputs), {"axis": axis, "which": j}))
+                     for j in range(len(sizes)))
+    ends = np.cumsum(sizes).tolist()
+    return tuple((lambda n=n, e=e: A.getitem(g, (slice(None),) * axis + (slice(e - n, e),)))
+                 for n, e in zip(sizes, ends))
+
+
+@grad_rule("getitem")
+def _grad_getitem(node: Node, g: Node) -> tuple:
+    """Scatter-add into zeros of the operand's shape."""
+    return (OPS["inc_subtensor"].make((zeros_like(node.inputs[0]), g), dict(node.attrs)),)
+
+
+@grad_rule("inc_subtensor")
+def _grad_inc_subtensor(node: Node, g: Node) -> tuple:
+    return g, lambda: sum_to(OPS["getitem"].make((g,), dict(node.attrs)), node.inputs[1])
+
+
+grad_rule("shape")(lambda node, g: (None,))
+
+
+# -- linear algebra ----------------------------------------------------------------------------
+@grad_rule("matmul")
+def _grad_matmul(node: Node, g: Node) -> tuple:
+    """G @ B^T and A^T @ G on the operands promoted to matrices, summed over broadcast batch axes."""
+    a, b = node.inputs
+    if a.ndim == 1 and b.ndim == 1:
+        return (lambda: g * b), (lambda: g * a)
+    a2 = a if a.ndim > 1 else A.expand_dims(a, 0)
+    b2 = b if b.ndim > 1 else A.expand_dims(b, -1)
+    g2 = g if a.ndim > 1 else A.expand_dims(g, g.ndim - (1 if b.ndim > 1 else 0))
+    g2 = g2 if b.ndim > 1 else A.expand_dims(g2, g2.ndim)
+
+    def swap(t: Node) -> Node:
+        return A.dimshuffle(t, list(range(t.ndim - 2)) + [t.ndim - 1, t.ndim - 2])
+
+    def ga() -> Node:
+        r = sum_to(A.matmul(g2, swap(b2)), a2, dynamic_axes=range(a2.ndim - 2))
+        return r if a.ndim > 1 else A.squeeze(r, 0)
+
+    def gb() -> Node:
+        r = sum_to(A.matmul(swap(a2), g2), b2, dynamic_axes=range(b2.ndim - 2))
+        return r if b.ndim > 1 else A.squeeze(r, -1)
+
+    return ga, gb

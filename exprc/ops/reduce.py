@@ -1,0 +1,182 @@
+"""Reduction rows, and next to them what every renderer needs to compute a reduction.
+
+A row gives the NumPy reference and the type rule of the result.  A :class:`Reduction` in
+:data:`REDUCTIONS` gives the facts a native renderer needs (C and CUDA read the same ones, so a
+reduction cannot start from ``-inf`` on one target and from ``-DBL_MAX`` on another):
+
+* ``combine``: the binary elementwise op (a row name) that folds an element into the running
+  value and merges two partial results (threads, blocks, chunks).  ``c_operator`` spells it in
+  C: the infix operator, or for the selecting combines (max/min) the comparison by which an
+  element replaces the running value; ``omp`` is its OpenMP ``reduction(...)`` identifier.
+* ``identity(dtype)``: the value a reduction of nothing starts from, per operand dtype (max of
+  float64 starts from -inf, of int32 from the dtype's minimum, of bool from False);
+  ``c_identity(dtype)`` spells it with ``<math.h>``/``<stdint.h>`` names.
+* ``accumulator(dtype)``: the dtype the running value is kept in: sums and products of floats
+  in float64 (a float32 sum accumulates in double), of integers and bools in int64 (NumPy's
+  widening); max/min in the operand's dtype; all/any as a truth flag (``"bool"``; renderers
+  pick the C type of a flag: ``accumulate == "flag"``).
+* ``mean``: the result is the accumulated sum divided by the element count;
+  ``tracks_nan(dtype)``: a comparison drops NaN, so a selecting combine over floats must carry
+  a NaN flag (or let NaN win the comparison) to return NaN as NumPy does.
+
+``argmax``/``argmin`` have rows but no :class:`Reduction`: they run as NumPy steps (the keys of
+:data:`REDUCTIONS` are the reductions a native kernel computes).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from exprc.errors import ShapeError
+from exprc.graph import Node
+from exprc.ops.table import Op, _errstate, cast, register
+from exprc.types import TensorType, float_dtype, is_float, shape_str
+
+
+def _reduced_shape(x: Node, axes: tuple[int, ...], keepdims: bool) -> tuple:
+    return tuple((1 if keepdims else None) if i in axes else s for i, s in enumerate(x.type.shape)
+                 if keepdims or i not in axes)
+
+
+def _reduce_infer(name: str, rule: str) -> Callable:
+    def infer(inputs: tuple, attrs: dict) -> tuple[tuple, TensorType]:
+        (x,) = inputs
+        axes, keep = attrs["axis"], attrs["keepdims"]
+        dt = x.dtype
+        if rule == "accumulate":  # sum/prod: NumPy widens bool and int32 to int64
+            dt = "int64" if dt in ("bool", "int32") else dt
+        elif rule == "float":
+            dt = float_dtype(dt)
+        elif rule == "bool":
+            x, dt = cast(x, "bool"), "bool"
+        elif rule == "index":
+            dt = "int64"
+        shape = _reduced_shape(x, axes, keep)
+        if rule == "same" and x.type.shape and any(x.type.shape[a] == 0 for a in axes):
+            raise ShapeError(f"{name}: zero-size reduction over axis {axes} of shape {shape_str(x.type.shape)} "
+                             "has no identity")
+        return (x,), TensorType(dt, shape)
+
+    return infer
+
+
+def _np_reduce(fn: Callable, dtype: str | None = None) -> Callable:
+    def impl(x: np.ndarray, axis: tuple, keepdims: bool) -> np.ndarray:
+        kw = {"dtype": dtype} if dtype else {}
+        return fn(x, axis=axis, keepdims=keepdims, **kw)
+
+    impl.__name__ = fn.__name__
+    return _errstate(impl)
+
+
+def _np_sum(x: np.ndarray, axis: tuple, keepdims: bool) -> np.ndarray:
+    dt = np.int64 if x.dtype in (np.bool_, np.int32) else x.dtype
+    return np.sum(x, axis=axis, keepdims=keepdims, dtype=dt)
+
+
+def _np_prod(x: np.ndarray, axis: tuple, keepdims: bool) -> np.ndarray:
+    dt = np.int64 if x.dtype in (np.bool_, np.int32) else x.dtype
+    return np.prod(x, axis=axis, keepdims=keepdims, dtype=dt)
+
+
+def _np_mean(x: np.ndarray, axis: tuple, keepdims: bool) -> np.ndarray:
+    dt = x.dtype if x.dtype.kind == "f" else np.float64
+    return np.mean(x, axis=axis, keepdims=keepdims, dtype=dt)
+
+
+def _np_arg(fn: Callable) -> Callable:
+    def impl(x: np.ndarray, axis: tuple, keepdims: bool) -> np.ndarray:
+        if len(axis) == x.ndim and x.ndim != 1:
+            r = fn(x.reshape(-1), axis=0)
+            return np.reshape(r, (1,) * x.ndim) if keepdims else r
+        return fn(x, axis=axis[0], keepdims=keepdims)
+
+    impl.__name__ = fn.__name__
+    return impl
+
+
+_REDUCE = [
+    # name, NumPy reference, type rule
+    ("sum", _errstate(_np_sum), "accumulate"),
+    ("prod", _errstate(_np_prod), "accumulate"),
+    ("mean", _errstate(_np_mean), "float"),
+    ("max", _np_reduce(np.max), "same"),
+    ("min", _np_reduce(np.min), "same"),
+    ("all", _np_reduce(np.all), "bool"),
+    ("any", _np_reduce(np.any), "bool"),
+    ("argmax", _errstate(_np_arg(np.argmax)), "index"),
+    ("argmin", _errstate(_np_arg(np.argmin)), "index"),
+]
+for _name, _fn, _rule in _REDUCE:
+    register(Op(_name, "reduce", _fn, _reduce_infer(_name, _rule), attr_names=("axis", "keepdims")))
+
+
+# -- what renderers need: identity, accumulator, combine ------------------------------------------
+@dataclass(frozen=True)
+class Reduction:
+    """How a native kernel computes one reduction (see the module docstring)."""
+
+    op: str
+    combine: str  #: binary elementwise row merging two partial results
+    c_operator: str  #: C infix operator of the combine; for max/min the comparison selecting v over acc
+    omp: str  #: OpenMP reduction identifier of the combine
+    accumulate: str  #: "wide" (float64 / int64), "same" (the operand's dtype) or "flag" (a truth value)
+    initial: bool | int | str  #: the identity: a value, or "lowest" / "highest" of the operand's dtype
+    mean: bool = False  #: divide the accumulated sum by the element count
+
+    @property
+    def selects(self) -> bool:
+        """The combine picks one of its operands (max/min) rather than computing a new value."""
+        return self.combine in ("maximum", "minimum")
+
+    def accumulator(self, dtype: str) -> str:
+        """The dtype the running value is kept in, for an operand of ``dtype``."""
+        if self.accumulate == "wide":
+            return "float64" if is_float(dtype) else "int64"
+        return "bool" if self.accumulate == "flag" else dtype
+
+    def identity(self, dtype: str) -> bool | int | float:
+        """The start value for an operand of ``dtype`` (a Python value of the accumulator's kind)."""
+        acc = self.accumulator(dtype)
+        if isinstance(self.initial, str):  # the extremes of the dtype
+            lowest = self.initial == "lowest"
+            if is_float(acc):
+                return -math.inf if lowest else math.inf
+            if acc == "bool":
+                return not lowest
+            info = np.iinfo(acc)
+            return int(info.min if lowest else info.max)
+        if acc == "bool":
+            return bool(self.initial)
+        return float(self.initial) if is_float(acc) else int(self.initial)
+
+    def c_identity(self, dtype: str) -> str:
+        """The identity as C source: ``INFINITY``/``-INFINITY``, ``INT64_MIN``-style names for the
+        integer extremes, else the plain number (``0``, ``1``)."""
+        v = self.identity(dtype)
+        if isinstance(v, float) and math.isinf(v):
+            return "INFINITY" if v > 0 else "-INFINITY"
+        acc = self.accumulator(dtype)
+        if acc in ("int32", "int64") and isinstance(self.initial, str):
+            return f"INT{acc[3:]}_{'MIN' if self.initial == 'lowest' else 'MAX'}"
+        return str(int(v))
+
+    def tracks_nan(self, dtype: str) -> bool:
+        """Whether the kernel must carry NaN explicitly: a comparison drops it, arithmetic does not."""
+        return self.selects and is_float(dtype)
+
+
+#: The reductions native kernels compute, by row name.
+REDUCTIONS: dict[str, Reduction] = {r.op: r for r in (
+    Reduction("sum", "add", "+", "+", "wide", 0),
+    Reduction("prod", "mul", "*", "*", "wide", 1),
+    Reduction("mean", "add", "+", "+", "wide", 0, mean=True),
+    Reduction("max", "maximum", ">", "max", "same", "lowest"),
+    Reduction("min", "minimum", "<", "min", "same", "highest"),
+    Reduction("all", "and", "&", "&", "flag", True),
+    Reduction("any", "or", "|", "|", "flag", False),
+)}
