@@ -122,7 +122,8 @@ from exprc.autodiff import grad, hessian, jacobian, jvp, vjp
 from exprc.config import Config, config
 from exprc.custom import custom_op, register_rewrite, rewrite_rule
 from exprc.function import Function, function, jit
-from exprc.graph import Node, from_networkx, to_networkx
+from exprc.graph import Node
+from exprc.nxbridge import from_networkx, to_networkx
 from exprc.pipeline import FunctionGraph, optimize
 from exprc.printing import debugprint, pprint, to_dot
 from exprc.serialize import dumps, load, loads, save

@@ -1,5 +1,10 @@
 """The user-facing, NumPy-like API: variables, elementwise functions, reductions,
-linear algebra and shape operations.  Everything returns graph nodes."""
+linear algebra and shape operations.  Everything returns graph nodes.
+
+Importing this module installs NumPy-style operators (``x + y``, ``x[1:]``), methods
+(``x.sum()``) and the ``.shape``, ``.T`` and ``.eval`` members on :class:`~exprc.graph.Node`:
+the node class sits below the op table and this API, so they are attached from here.
+"""
 
 from __future__ import annotations
 
@@ -515,7 +520,18 @@ def install_operators(cls: type) -> None:
     cls.squeeze = squeeze
     cls.flatten = flatten
     cls.clip = clip
+    # Properties and methods that need this API (graph.py sits below it and cannot import it).
+    cls.shape = property(shape, doc="The symbolic shape: an int64 vector node (folded when sizes are static).")
+    cls.T = property(lambda self: transpose(self), doc="The transpose (axes reversed).")
+    cls.eval = _eval
 
+
+def _eval(self: Node, inputs: dict | None = None, **kwargs: Any) -> np.ndarray:
+    """Evaluate through the NumPy reference backend: ``expr.eval({x: array})``."""
+    # exprc.function compiles (it sits above the whole front end): loaded on the first eval.
+    from exprc.function import evaluate
+
+    return evaluate(self, inputs or {}, **kwargs)
 
 
 install_operators(Node)

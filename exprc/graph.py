@@ -8,6 +8,11 @@ elementwise comparison.
 
 All traversals use explicit stacks: a chain of 100,000 nodes must build,
 print, optimize and evaluate without touching Python's recursion limit.
+
+This module is the bottom of the package: it imports nothing above :mod:`exprc.types`.  What
+needs the layers above is installed from there: operators, ``.shape``, ``.T`` and ``.eval`` by
+:mod:`exprc.api`, ``repr`` by :mod:`exprc.printing`, and the type rules :func:`rebuild` uses by
+the op table (:func:`install_type_rules`).  networkx conversion lives in :mod:`exprc.nxbridge`.
 """
 
 from __future__ import annotations
@@ -19,7 +24,6 @@ from _weakref import _remove_dead_weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
-import networkx as nx
 import numpy as np
 
 from exprc.types import _KNOWN, TensorType, as_dtype
@@ -139,19 +143,6 @@ class Node:
             raise AttributeError(f"{self.op} node has no constant value")
         return self.arg("value").array
 
-    @property
-    def shape(self) -> Node:
-        """The symbolic shape: an int64 vector node (folded when sizes are static)."""
-        from exprc import api
-
-        return api.shape(self)
-
-    @property
-    def T(self) -> Node:
-        from exprc import api
-
-        return api.transpose(self)
-
     # Identity semantics (nodes are interned), with object's C implementations: hashing nodes
     # is the inner loop of every rewrite pass.
     __hash__ = object.__hash__
@@ -171,17 +162,6 @@ class Node:
 
     def __iter__(self):
         raise TypeError("exprc expressions are not iterable; index them explicitly")
-
-    def __repr__(self) -> str:
-        from exprc.printing import short_repr
-
-        return short_repr(self)
-
-    def eval(self, inputs: dict | None = None, **kwargs: Any) -> np.ndarray:
-        """Evaluate through the NumPy reference backend: ``expr.eval({x: array})``."""
-        from exprc.function import evaluate
-
-        return evaluate(self, inputs or {}, **kwargs)
 
 
 def input_node(name: str | None, dtype: str, shape: tuple) -> Node:
@@ -275,47 +255,6 @@ def substitute(outputs: Sequence[Node], mapping: dict[Node, Node]) -> list[Node]
     return [memo[o] for o in outputs]
 
 
-# -- networkx bridge ----------------------------------------------------------
-def to_networkx(outputs: Sequence[Node]) -> nx.MultiDiGraph:
-    """A ``MultiDiGraph`` with integer node ids in topological order.
-
-    Each graph node carries ``node`` (the :class:`Node`); each edge carries
-    ``pos``, the operand position, so ``x*x`` keeps two edges and ``x-y`` keeps
-    its order.  ``graph.graph['outputs']`` lists the ids of the outputs.
-    """
-    order = toposort(outputs)
-    ids = {n: i for i, n in enumerate(order)}
-    g = nx.MultiDiGraph()
-    for n, i in ids.items():
-        g.add_node(i, node=n, op=n.op)
-    for n, i in ids.items():
-        for pos, src in enumerate(n.inputs):
-            g.add_edge(ids[src], i, key=pos, pos=pos)
-    g.graph["outputs"] = [ids[o] for o in outputs]
-    return g
-
-
-def from_networkx(g: nx.MultiDiGraph) -> list[Node]:
-    """Rebuild the outputs of a graph made by :func:`to_networkx` (possibly edited).
-
-    Operands come from the in-edges ordered by ``pos``; a graph node's own
-    ``node`` attribute supplies op, attributes and (for leaves) identity.
-    """
-    built: dict[int, Node] = {}
-    for i in nx.lexicographical_topological_sort(g):
-        proto: Node = g.nodes[i]["node"]
-        edges = sorted(g.in_edges(i, data="pos"), key=lambda e: e[2])
-        if not edges:
-            built[i] = proto
-        else:
-            built[i] = rebuild(proto, [built[src] for src, _, _ in edges])
-    return [built[i] for i in g.graph["outputs"]]
-
-
 def iter_nodes(outputs: Sequence[Node]) -> Iterator[Node]:
     return iter(toposort(outputs))
 
-
-# Operators on nodes live in exprc.api, which installs them on Node when it is
-# imported; importing it last here breaks the import cycle.
-import exprc.api  # noqa: F401

@@ -7,14 +7,16 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-
-import networkx as nx
+from typing import TYPE_CHECKING
 
 from exprc.config import Config, current
-from exprc.graph import Node, to_networkx, toposort
+from exprc.graph import Node, toposort
 from exprc.rewrite import TraceEntry, rewrite, select
 from exprc.rewrite.core import check_exclude
 from exprc.rewrite.forms import scope
+
+if TYPE_CHECKING:
+    import networkx as nx
 
 #: (pass name, rule tag, tags of helper rules that also run in the pass, tags of rules the pass
 #: leaves to a later one).  Fusion happens later, in lowering (see exprc.fusion).  The stabilize
@@ -43,6 +45,10 @@ class FunctionGraph:
         return toposort(self.outputs)
 
     def to_networkx(self) -> nx.MultiDiGraph:
+        """The graph as a networkx ``MultiDiGraph`` (see :func:`exprc.nxbridge.to_networkx`)."""
+        # networkx costs ~0.2 s to import: only a caller who asks for it pays.
+        from exprc.nxbridge import to_networkx
+
         return to_networkx(list(self.outputs))
 
     @property

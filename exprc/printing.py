@@ -194,3 +194,7 @@ def short_repr(node: Node) -> str:
         if len(text) > 120:
             text = text[:117] + "..."
     return f"Tensor({node.type}, {text!r})"
+
+
+# The node class sits below this module: its repr is installed from here.
+Node.__repr__ = short_repr  # type: ignore[method-assign]
