@@ -33,8 +33,8 @@ must be short ASCII identifiers.  Loading a saved graph (:func:`exprc.load`)
 never defines ops: a file naming an op this process has not registered is
 refused.
 
-Rewrite rules: :func:`rewrite_rule` (``exprc.rewrite.rule``) registers a named,
-tagged ``pattern -> replacement``; see its docstring.
+Rewrite rules: :func:`exprc.rewrite_rule` (defined in :mod:`exprc.rewrite.core`, re-exported
+here and from ``exprc``) registers a named, tagged ``pattern -> replacement``; see its docstring.
 """
 
 from __future__ import annotations
@@ -43,11 +43,12 @@ import keyword
 import re
 import string
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from exprc.graph import Node
 from exprc.ops import OPS, Op, _elemwise, _errstate, register
+from exprc.rewrite.core import rewrite_rule
 
 #: Type rules an elementwise op may use (see :func:`custom_op`).
 DTYPE_RULES = ("float", "any", "numeric", "integral", "bool", "float_bool")
@@ -226,29 +227,10 @@ def custom_ops() -> list[str]:
     return sorted(_CUSTOM)
 
 
-def rewrite_rule(name: str, tags: Iterable[str], pattern: Any = None) -> Callable:
-    """Decorator registering a rewrite rule (``exprc.rewrite.rule``)::
-
-        from exprc.rewrite import P, X, C
-
-        @exprc.rewrite_rule("swish_of_zero", tags=["canonicalize", "mylib"], pattern=P("swish", C(0.0)))
-        def _(node, **captures):
-            return exprc.constant(0.0, node.dtype)
-
-    The replacement receives ``node`` (the matched root) and the captures as keyword
-    arguments and returns a node of the same type, or None to decline.  A rule runs
-    in the optimizer pass whose tag it carries: ``"canonicalize"``, ``"stability"``
-    or ``"specialize"``; any further tags (``"mylib"``) let users switch the rule off
-    with ``exclude=`` (by name or tag) as for the built-in rules.  Names are unique.
-    """
-    from exprc.rewrite.core import rule
-
-    return rule(name, tuple(tags), pattern)
-
-
 def register_rewrite(name: str, tags: Sequence[str], replace: Callable[..., Node | None],
                      pattern: Any = None) -> None:
-    """The function form of :func:`rewrite_rule`."""
+    """The call form of :func:`exprc.rewrite_rule` (kept for existing callers):
+    ``register_rewrite(name, tags, fn, pattern)`` is ``rewrite_rule(name, tags, pattern)(fn)``."""
     rewrite_rule(name, tags, pattern)(replace)
 
 

@@ -327,19 +327,48 @@ class Rule:
 REGISTRY: dict[str, Rule] = {}
 
 
-def rule(name: str, tags: Iterable[str], pattern: P | None = None, operands: Iterable[str] | None = None) -> Callable:
-    """Decorator registering ``fn`` as the replacement of a new rule (``operands``: see Rule)."""
+def rewrite_rule(name: str, tags: Iterable[str], pattern: P | None = None, *,
+                 operands: Iterable[str] | None = None, ops: Iterable[str] | None = None,
+                 needs: Iterable[str] | None = None) -> Callable:
+    """Register the decorated function as the replacement of a new rewrite rule: the one public
+    way to add a rule (``exprc.rewrite_rule``; the built-in rules use it too)::
+
+        from exprc.rewrite import C, P, X
+
+        @exprc.rewrite_rule("swish_of_zero", tags=["canonicalize", "mylib"], pattern=P("swish", C(0.0)))
+        def _(node, **captures):
+            return exprc.constant(0.0, node.dtype)
+
+    The replacement receives ``node`` (the matched root) and the captures as keyword arguments and
+    returns a node of the same type, or None to decline.  A rule runs in the optimizer pass whose
+    tag it carries (``"canonicalize"``, ``"stability"``, ``"specialize"``; see
+    :data:`exprc.pipeline.PASSES`); any further tags (``"mylib"``) let users switch it off with
+    ``exclude=``, by name or by tag.  Names are unique; at a node, rules are tried in registration
+    order.  Without a ``pattern`` the function decides alone, on every node or on nodes whose op is
+    in ``ops``.  ``operands`` and ``needs`` are cheap pre-checks the driver makes without calling
+    the rule (see :class:`Rule`).  The function's docstring is the rule's ``doc``.
+
+    Older spellings are aliases: ``exprc.rewrite.rule`` is this function, and
+    ``exprc.register_rewrite(name, tags, fn, pattern)`` its call form.
+    """
 
     def deco(fn: Callable[..., Node | None]) -> Callable[..., Node | None]:
         register_rule(Rule(name, frozenset(tags), pattern, fn, (fn.__doc__ or "").strip(),
+                           ops=None if ops is None else tuple(ops),
+                           needs=frozenset(needs) if needs else None,
                            operands=None if operands is None else frozenset(operands)))
         return fn
 
     return deco
 
 
+#: The former name of :func:`rewrite_rule` (the same function).
+rule = rewrite_rule
+
+
 def register_rule(r: Rule) -> Rule:
-    """Add a rule to the registry (names are unique)."""
+    """Add a built :class:`Rule` to the registry (names are unique): what :func:`rewrite_rule`
+    does underneath; use that to add a rule."""
     if r.name in REGISTRY:
         raise ValueError(f"a rewrite named {r.name!r} is already registered")
     REGISTRY[r.name] = r

@@ -8,25 +8,25 @@ import numpy as np
 
 from exprc.graph import Node
 from exprc.ops import OPS, cast
-from exprc.rewrite.core import C, P, X, constant_value, rule
+from exprc.rewrite.core import C, P, X, constant_value, rewrite_rule
 from exprc.types import is_float
 
 _CANON = ("canonicalize", "algebra")
 
 
-@rule("neg_neg", _CANON, P("neg", P("neg", X("x"))))
+@rewrite_rule("neg_neg", _CANON, P("neg", P("neg", X("x"))))
 def neg_neg(node: Node, x: Node) -> Node:
     """--x -> x"""
     return x
 
 
-@rule("mul_one", _CANON, P("mul", X("x"), C(1)))
+@rewrite_rule("mul_one", _CANON, P("mul", X("x"), C(1)))
 def mul_one(node: Node, x: Node) -> Node:
     """x * 1 -> x"""
     return x
 
 
-@rule("add_zero", _CANON, P("add", X("x"), C(0, name="zero")))
+@rewrite_rule("add_zero", _CANON, P("add", X("x"), C(0, name="zero")))
 def add_zero(node: Node, x: Node, zero: Node) -> Node | None:
     """x + (-0.0) -> x for floats; x + 0 -> x for integers."""
     if is_float(node.dtype) and not np.signbit(constant_value(zero)):
@@ -34,37 +34,37 @@ def add_zero(node: Node, x: Node, zero: Node) -> Node | None:
     return x
 
 
-@rule("sub_zero", _CANON, P("sub", X("x"), C(0, signbit=False)))
+@rewrite_rule("sub_zero", _CANON, P("sub", X("x"), C(0, signbit=False)))
 def sub_zero(node: Node, x: Node) -> Node:
     """x - (+0) -> x"""
     return x
 
 
-@rule("div_one", _CANON, P("truediv", X("x"), C(1)))
+@rewrite_rule("div_one", _CANON, P("truediv", X("x"), C(1)))
 def div_one(node: Node, x: Node) -> Node:
     """x / 1 -> x"""
     return x
 
 
-@rule("pow_one", _CANON, P("pow", X("x"), C(1)))
+@rewrite_rule("pow_one", _CANON, P("pow", X("x"), C(1)))
 def pow_one(node: Node, x: Node) -> Node:
     """x ** 1 -> x"""
     return x
 
 
-@rule("pow_two", _CANON, P("pow", X("x"), C(2)))
+@rewrite_rule("pow_two", _CANON, P("pow", X("x"), C(2)))
 def pow_two(node: Node, x: Node) -> Node:
     """x ** 2 -> square(x) (correctly rounded, and cheaper)"""
     return OPS["square"].make((x,), {})
 
 
-@rule("reduce_no_axes", _CANON, P(("sum", "prod", "mean", "max", "min", "all", "any"), X("x")))
+@rewrite_rule("reduce_no_axes", _CANON, P(("sum", "prod", "mean", "max", "min", "all", "any"), X("x")))
 def reduce_no_axes(node: Node, x: Node) -> Node | None:
     """A reduction over no axis is a cast."""
     return cast(x, node.dtype) if node.arg("axis") == () else None
 
 
-@rule("dimshuffle_compose", _CANON, P("dimshuffle", P("dimshuffle", X("x"), name="inner")))
+@rewrite_rule("dimshuffle_compose", _CANON, P("dimshuffle", P("dimshuffle", X("x"), name="inner")))
 def dimshuffle_compose(node: Node, inner: Node, x: Node) -> Node:
     """dimshuffle(dimshuffle(x, a), b) -> dimshuffle(x, a∘b), or x when that is the identity."""
     a, b = inner.arg("order"), node.arg("order")
@@ -74,13 +74,13 @@ def dimshuffle_compose(node: Node, inner: Node, x: Node) -> Node:
     return OPS["dimshuffle"].make((x,), {"order": order})
 
 
-@rule("where_constant_condition", _CANON, P("where", C(name="c"), X("a"), X("b")))
+@rewrite_rule("where_constant_condition", _CANON, P("where", C(name="c"), X("a"), X("b")))
 def where_constant_condition(node: Node, c: Node, a: Node, b: Node) -> Node:
     """where(True, a, b) -> a; where(False, a, b) -> b (the other branch is dead code)."""
     return a if constant_value(c) else b
 
 
-@rule("cast_cast_widen", _CANON, P("cast", P("cast", X("x"), name="inner")))
+@rewrite_rule("cast_cast_widen", _CANON, P("cast", P("cast", X("x"), name="inner")))
 def cast_cast_widen(node: Node, inner: Node, x: Node) -> Node | None:
     """cast(cast(x, wider), t) -> cast(x, t) when the inner cast loses nothing."""
     lossless = {("bool", "int32"), ("bool", "int64"), ("bool", "float32"), ("bool", "float64"),

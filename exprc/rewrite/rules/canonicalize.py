@@ -31,7 +31,7 @@ import math
 import numpy as np
 
 from exprc.graph import Node
-from exprc.rewrite.core import C, P, X, constant_value, rule
+from exprc.rewrite.core import C, P, X, constant_value, rewrite_rule
 from exprc.rewrite.forms import const, make
 from exprc.types import is_float
 
@@ -49,7 +49,7 @@ def _node(op: str, inputs: tuple, like: Node) -> Node:
     return Node(op, inputs, (), like.type)
 
 
-@rule("sub_to_add_neg", _CANON, P("sub", X("x"), X("y")))
+@rewrite_rule("sub_to_add_neg", _CANON, P("sub", X("x"), X("y")))
 def sub_to_add_neg(node: Node, x: Node, y: Node) -> Node | None:
     """x - y -> x + neg(y) (exact: both round x - y once)."""
     if _k(x) and _k(y):
@@ -58,31 +58,31 @@ def sub_to_add_neg(node: Node, x: Node, y: Node) -> Node | None:
     return _node("add", (x, ny), node)
 
 
-@rule("reciprocal_to_div", _CANON, P("reciprocal", X("x")))
+@rewrite_rule("reciprocal_to_div", _CANON, P("reciprocal", X("x")))
 def reciprocal_to_div(node: Node, x: Node) -> Node:
     """reciprocal(x) -> 1 / x (the same C expression)."""
     return make("truediv", const(1.0, node), x)
 
 
-@rule("pow_minus_one_to_div", _CANON, P("pow", X("x"), C(-1)))
+@rewrite_rule("pow_minus_one_to_div", _CANON, P("pow", X("x"), C(-1)))
 def pow_minus_one_to_div(node: Node, x: Node) -> Node | None:
     """x ** -1 -> 1 / x (floats; pow is correctly rounded there, as is the division)."""
     return make("truediv", const(1.0, node), x) if is_float(node.dtype) else None
 
 
-@rule("mul_self_to_square", _CANON, P("mul", X("x"), X("x")))
+@rewrite_rule("mul_self_to_square", _CANON, P("mul", X("x"), X("x")))
 def mul_self_to_square(node: Node, x: Node) -> Node:
     """x * x -> square(x) (square renders as x * x)."""
     return make("square", x) if node.dtype != "bool" else None
 
 
-@rule("mul_minus_one_to_neg", _CANON, P("mul", X("x"), C(-1)))
+@rewrite_rule("mul_minus_one_to_neg", _CANON, P("mul", X("x"), C(-1)))
 def mul_minus_one_to_neg(node: Node, x: Node) -> Node | None:
     """x * -1 -> neg(x) (the canonical negation; never the other way round)."""
     return make("neg", x) if not _k(x) else None
 
 
-@rule("neg_out_of_mul", _CANON, P("mul", P("neg", X("a")), X("b")))
+@rewrite_rule("neg_out_of_mul", _CANON, P("mul", P("neg", X("a")), X("b")))
 def neg_out_of_mul(node: Node, a: Node, b: Node) -> Node | None:
     """(-a) * b -> -(a * b); (-a) * (-b) -> a * b; (-a) * c -> a * (-c).  Exact: the sign of
     a product is the exclusive or of the operand signs."""
@@ -93,7 +93,7 @@ def neg_out_of_mul(node: Node, a: Node, b: Node) -> Node | None:
     return make("neg", make("mul", a, b))
 
 
-@rule("neg_out_of_div", _CANON, P("truediv", X("a"), X("b")))
+@rewrite_rule("neg_out_of_div", _CANON, P("truediv", X("a"), X("b")))
 def neg_out_of_div(node: Node, a: Node, b: Node) -> Node | None:
     """(-a) / b -> -(a / b); a / (-b) -> -(a / b); (-a) / (-b) -> a / b (exact)."""
     na, nb = a.op == "neg", b.op == "neg"
@@ -110,7 +110,7 @@ def neg_out_of_div(node: Node, a: Node, b: Node) -> Node | None:
     return None
 
 
-@rule("div_pow2_to_mul", _CANON, P("truediv", X("x"), C(name="c")))
+@rewrite_rule("div_pow2_to_mul", _CANON, P("truediv", X("x"), C(name="c")))
 def div_pow2_to_mul(node: Node, x: Node, c: Node) -> Node | None:
     """x / 2**k -> x * 2**-k when both constants are normal numbers (exact)."""
     v = constant_value(c)
@@ -124,7 +124,7 @@ def div_pow2_to_mul(node: Node, x: Node, c: Node) -> Node | None:
     return make("mul", x, const(inv, node))
 
 
-@rule("constant_to_right", _CANON, P(("add", "mul"), C(name="c"), X("x")))
+@rewrite_rule("constant_to_right", _CANON, P(("add", "mul"), C(name="c"), X("x")))
 def constant_to_right(node: Node, c: Node, x: Node) -> Node | None:
     """c + x -> x + c, c * x -> x * c (one canonical operand order)."""
     if node.inputs[0] is not c or _k(x):
@@ -135,7 +135,7 @@ def constant_to_right(node: Node, c: Node, x: Node) -> Node | None:
 _NONNEGATIVE = ("exp", "exp2", "cosh", "square", "sigmoid", "softplus", "abs")
 
 
-@rule("abs_of_nonnegative", _CANON, P("abs", X("x")))
+@rewrite_rule("abs_of_nonnegative", _CANON, P("abs", X("x")))
 def abs_of_nonnegative(node: Node, x: Node) -> Node | None:
     """abs(x) -> x where x cannot be negative (exp, square, …); abs(-x) -> abs(x)."""
     if x.op in _NONNEGATIVE and is_float(node.dtype):
@@ -146,13 +146,13 @@ def abs_of_nonnegative(node: Node, x: Node) -> Node | None:
 
 
 # -- specialize: back to the cheapest equivalent form -------------------------------------
-@rule("add_neg_to_sub", _SPEC, P("add", X("x"), P("neg", X("y"))))
+@rewrite_rule("add_neg_to_sub", _SPEC, P("add", X("x"), P("neg", X("y"))))
 def add_neg_to_sub(node: Node, x: Node, y: Node) -> Node:
     """x + neg(y) -> x - y (the same bits, one op fewer)."""
     return _node("sub", (x, y), node)
 
 
-@rule("add_negative_constant_to_sub", _SPEC, P("add", X("x"), C(name="c", signbit=True)))
+@rewrite_rule("add_negative_constant_to_sub", _SPEC, P("add", X("x"), C(name="c", signbit=True)))
 def add_negative_constant_to_sub(node: Node, x: Node, c: Node) -> Node | None:
     """x + (-c) -> x - c for a constant c > 0 (exact; reads as written)."""
     v = constant_value(c)

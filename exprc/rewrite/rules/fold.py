@@ -6,13 +6,13 @@ import numpy as np
 
 from exprc.graph import Node, constant_node
 from exprc.ops import OPS
-from exprc.rewrite.core import rule
+from exprc.rewrite.core import rewrite_rule
 
 #: Results larger than this stay in the graph (folding must not bloat the binary).
 MAX_FOLDED_ELEMENTS = 1 << 16
 
 
-@rule("constant_fold", tags=("canonicalize", "fold"), operands=("constant",))
+@rewrite_rule("constant_fold", tags=("canonicalize", "fold"), operands=("constant",))
 def constant_fold(node: Node) -> Node | None:
     """op(constants...) -> constant, evaluated with the op's NumPy reference."""
     if not node.inputs or not all(i.op == "constant" for i in node.inputs):

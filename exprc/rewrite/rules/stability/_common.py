@@ -1,11 +1,11 @@
 """What every stability rule shares: the registering decorator, small builders, guards, views.
 
-:func:`stability_rule` is the one way a rule of this package is registered: it makes the rule
-fire on float nodes only and never on a frozen node (a subexpression an earlier rule built with
-care, such as an error-free transformation).  :func:`guarded` is the contract's safety net: the
-stable form where it is finite (or where ``safe`` holds), else the naive formula, frozen.
-The helpers at the end read a node as a sum of terms (:func:`view_of`) and are used by more than
-one family.
+:func:`stability_rule` registers a rule of this package (through
+:func:`exprc.rewrite.core.rewrite_rule`, as every rule): the rule fires on float nodes only and
+never on a frozen node (a subexpression an earlier rule built with care, such as an error-free
+transformation).  :func:`guarded` is the contract's safety net: the stable form where it is
+finite (or where ``safe`` holds), else the naive formula, frozen.  The helpers at the end read a
+node as a sum of terms (:func:`view_of`) and are used by more than one family.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from fractions import Fraction
 
 from exprc.graph import Node
 from exprc.rewrite import forms as F
-from exprc.rewrite.core import P, Rule, register_rule
+from exprc.rewrite.core import P, rewrite_rule
 from exprc.rewrite.forms import SumView, build_sum, const, make, same_up_to_scale, sum_view
 
 TAGS = ("stability",)
@@ -32,8 +32,7 @@ def stability_rule(name: str, pattern: P | str | tuple[str, ...], needs: tuple[s
     ``pattern`` is a :class:`P` or just root op name(s): then ``fn(node)`` decides alone.
     ``needs``: ops of which one must be a term of the node's sum view (a cheap pre-check).
     ``late``: run in the pass after the other stability rules (see exprc.pipeline.PASSES)."""
-    need = frozenset(needs)
-    tags = frozenset(TAGS + (("late",) if late else ()))
+    tags = TAGS + (("late",) if late else ())
 
     def deco(fn: Callable[..., Node | None]) -> Callable[..., Node | None]:
         def replace(node: Node, **caps: Node) -> Node | None:
@@ -41,12 +40,11 @@ def stability_rule(name: str, pattern: P | str | tuple[str, ...], needs: tuple[s
                 return None
             return fn(node, **caps)
 
-        doc = (fn.__doc__ or "").strip()
+        replace.__doc__ = fn.__doc__
         if isinstance(pattern, P):
-            register_rule(Rule(name, tags, pattern, replace, doc, needs=need or None))
+            rewrite_rule(name, tags, pattern, needs=needs)(replace)
         else:
-            ops = (pattern,) if isinstance(pattern, str) else tuple(pattern)
-            register_rule(Rule(name, tags, None, replace, doc, ops=ops, needs=need or None))
+            rewrite_rule(name, tags, ops=(pattern,) if isinstance(pattern, str) else pattern, needs=needs)(replace)
         return fn
 
     return deco
