@@ -61,10 +61,15 @@ from typing import Any
 
 import numpy as np
 
+from exprc import backends
 from exprc._version import __version__
+from exprc.config import current
 from exprc.errors import ExprcError, SerializationError
+from exprc.function import Function, function
 from exprc.graph import Node, constant_node, input_node, toposort
 from exprc.ops import OPS
+from exprc.pipeline import FunctionGraph
+from exprc.shared import shared
 from exprc.types import DTYPES
 
 FORMAT = "exprc-graph"
@@ -95,9 +100,6 @@ def to_dict(obj: Any, shared_refs: list | None = None) -> dict:
     ``shared_refs``: when a list, shared variables are written as ``{"op": "shared",
     "ref": k}`` and appended to it instead of embedding their values (pickling uses
     this to keep one variable shared between several pickled functions)."""
-    from exprc.function import Function
-    from exprc.pipeline import FunctionGraph
-
     doc: dict[str, Any] = {"format": FORMAT, "version": VERSION, "exprc": __version__}
     inputs: Sequence[Node] = ()
     updates: Sequence[tuple[Node, Node]] = ()
@@ -370,8 +372,6 @@ def _check_attrs(op: str, attrs: dict, inputs: list[Node], where: str) -> None:
 
 def from_dict(doc: dict, max_nodes: int = 10_000_000, shared_refs: Sequence[Node] | None = None) -> Any:
     """Rebuild an expression, a list of them or a compiled function from a parsed document."""
-    from exprc.shared import shared
-
     kind = doc.get("kind")
     if kind not in ("expression", "function"):
         raise SerializationError(f"not an exprc graph: \"kind\" must be \"expression\" or \"function\", got {kind!r}")
@@ -457,10 +457,6 @@ def from_dict(doc: dict, max_nodes: int = 10_000_000, shared_refs: Sequence[Node
 
 
 def _compile(inputs: list[Node], outputs: Any, updates: list, options: dict) -> Any:
-    from exprc import backends
-    from exprc.config import current
-    from exprc.function import function
-
     cfg = current()
     changes: dict[str, Any] = {}
     for key in ("precise_math", "fast_math"):
