@@ -59,6 +59,26 @@ def _to_table() -> dict[str, Callable[..., Any]]:
     }
 
 
+#: Ops :func:`to_sympy` has no SymPy function for, and why (tests/test_op_facts.py checks that every op
+#: is in :func:`sympy_ops` or here).
+NO_SYMPY: dict[str, str] = {
+    **dict.fromkeys(("and", "or", "xor", "invert", "round", "isnan", "isinf", "isfinite", "log1mexp", "fill"),
+                    "no SymPy counterpart: an undefined SymPy function of the same name, which from_sympy maps "
+                    "back (SymPy cannot simplify through it)"),
+    **dict.fromkeys(("sum", "prod", "mean", "max", "min", "all", "any", "argmax", "argmin"),
+                    "a reduction: not an elementwise formula (to_sympy raises TypeError)"),
+    **dict.fromkeys(("dimshuffle", "reshape", "reshape_like", "broadcast_to", "concatenate", "getitem", "shape",
+                     "inc_subtensor", "sum_to", "split_part"),
+                    "a shape op: not an elementwise formula (to_sympy raises TypeError)"),
+    "matmul": "linear algebra: not an elementwise formula (to_sympy raises TypeError)",
+}
+
+
+def sympy_ops() -> frozenset[str]:
+    """The ops :func:`to_sympy` maps to a SymPy expression of their own (imports SymPy)."""
+    return frozenset(_to_table()) | {"cast"}  # (a widening cast: the same real number)
+
+
 def _const_to_sympy(node: Node) -> Any:
     sp = _sympy()
     arr = node.value

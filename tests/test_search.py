@@ -15,7 +15,7 @@ import pytest
 
 import exprc
 from exprc import search
-from exprc.accuracy import bits_lost, reference, sample
+from exprc.accuracy import bits_lost, candidates, reference, sample, scoring
 from exprc.errors import DomainError, DTypeError
 from exprc.graph import toposort
 
@@ -270,16 +270,16 @@ def test_sympy_work_is_a_count_and_time_boxed_searches_are_not_cached() -> None:
 def test_numeric_taylor_coefficients_match_the_series() -> None:
     import sympy as sp
 
-    ctx = search._Context([], [], [], np.zeros((1, 2)), 1, search.Settings(), exprc.Config())
+    ctx = scoring.Context([], [], [], np.zeros((1, 2)), 1, search.Settings(), exprc.Config())
     v = sp.Symbol("v0", real=True)
-    atan = search._taylor_coefficients(ctx, sp.atan(v) - v, v, 40)
+    atan = candidates.taylor_coefficients(ctx, sp.atan(v) - v, v, 40)
     want = [0.0, 0.0] + [0.0 if k % 2 == 0 else (-1) ** ((k - 1) // 2) / k for k in range(2, 41)]
     assert atan == pytest.approx(want, rel=1e-15, abs=0.0)  # zeros exactly zero: no stray low-order terms
     # tanh(x)/x has a removable singularity at 0: the circle never touches it.
-    th = search._taylor_coefficients(ctx, sp.tanh(v) / v, v, 12)
+    th = candidates.taylor_coefficients(ctx, sp.tanh(v) / v, v, 12)
     exact = sp.Poly(sp.series(sp.tanh(v) / v, v, 0, 13).removeO(), v).all_coeffs()[::-1]
     assert th == pytest.approx([float(c) for c in exact] + [0.0] * (13 - len(exact)), rel=1e-15, abs=0.0)
-    assert search._taylor_coefficients(ctx, sp.sqrt(v), v, 8) is None  # a branch point at 0: no Taylor series
+    assert candidates.taylor_coefficients(ctx, sp.sqrt(v), v, 8) is None  # a branch point at 0: no Taylor series
 
 
 def test_log_transforms_give_forms_the_rules_fix() -> None:
@@ -287,7 +287,7 @@ def test_log_transforms_give_forms_the_rules_fix() -> None:
     import sympy as sp
 
     v = sp.Symbol("v0", real=True)
-    forms = dict(search._transforms())
+    forms = dict(candidates.transforms())
     combined = forms["sympy.logcombine"](sp.log(v) - sp.log(1 - v))
     assert sp.simplify(combined - sp.log(v / (1 - v))) == 0 and combined.func == sp.log
     near = forms["sympy.log(u)->log1p(cancel(u-1))"](sp.log(v / (1 - v)))

@@ -3,7 +3,8 @@
 One formula is written once as ``fn(m, *args)`` where ``m`` is a namespace of
 math functions: :data:`exprc` builds the graph, NumPy evaluates it naively, and
 :func:`reference` evaluates it in mpmath with a few hundred bits, point by point
-(a domain error or a complex result is NaN, as in IEEE arithmetic).
+(a domain error or a complex result is NaN, as in IEEE arithmetic).  The
+namespace's functions are the ops of the one exact table, :mod:`exprc.accuracy.exact`.
 
 ``bits_lost(got, ref)`` is Herbie's measure: ``log2(1 + n)`` where ``n`` is the
 number of floating-point values between the result and the correctly rounded
@@ -19,6 +20,8 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
+
+from exprc.accuracy.exact import mp, real, table
 
 #: Working precision of the reference, in bits.
 PREC = 1200
@@ -50,27 +53,15 @@ def bits_lost(got: Any, ref: Any) -> np.ndarray:
 
 
 # -- the mpmath namespace -------------------------------------------------------------------
-def _mp() -> Any:
-    import mpmath
-
-    return mpmath
-
-
-def _real(v: Any) -> Any:
-    mp = _mp()
-    if isinstance(v, mp.mpc):
-        return v.real if v.imag == 0 else mp.mpf("nan")
-    return v
-
-
 def _lift(fn: Callable) -> Callable:
-    """A scalar mpmath function that also maps over object arrays; complex results are NaN."""
+    """A scalar mpmath function that also maps over object arrays; complex results are NaN, and so
+    are complex arguments (what the formula's own operators make of a domain error: ``(-1) ** 0.5``)."""
 
     def scalar(*xs: Any) -> Any:
         try:
-            return _real(fn(*xs))
-        except (ZeroDivisionError, ValueError, OverflowError):
-            return _mp().mpf("nan")
+            return real(fn(*[real(x) for x in xs]))
+        except (ZeroDivisionError, ValueError, OverflowError, TypeError):
+            return mp().nan
 
     vec = np.vectorize(scalar, otypes=[object])
 
@@ -82,26 +73,14 @@ def _lift(fn: Callable) -> Callable:
     return lifted
 
 
+#: The functions of the namespace that are ops of the exact table (the same names).
+ELEMENTWISE = ("exp", "expm1", "exp2", "log", "log1p", "log2", "log10", "sqrt", "cbrt", "square", "abs",
+               "sin", "cos", "tan", "arcsin", "arccos", "arctan", "sinh", "cosh", "tanh", "arcsinh", "arccosh",
+               "arctanh", "erf", "erfc", "sigmoid", "softplus", "log1mexp", "logaddexp", "hypot")
+
+
 def _mp_namespace() -> types.SimpleNamespace:
-    mp = _mp()
-
-    def cbrt(x: Any) -> Any:
-        return mp.sign(x) * mp.cbrt(abs(x)) if x != 0 else x
-
-    def sigmoid(x: Any) -> Any:
-        return 1 / (1 + mp.exp(-x))
-
-    def softplus(x: Any) -> Any:
-        return mp.log(1 + mp.exp(x))
-
-    def log1mexp(x: Any) -> Any:
-        return mp.log(1 - mp.exp(x))
-
-    def logaddexp(a: Any, b: Any) -> Any:
-        return mp.log(mp.exp(a) + mp.exp(b))
-
-    def hypot(a: Any, b: Any) -> Any:
-        return mp.sqrt(a * a + b * b)
+    ops = table()
 
     def _sum(x: Any, axis: Any = None, keepdims: bool = False) -> Any:
         return np.sum(x, axis=axis, keepdims=keepdims)
@@ -114,18 +93,8 @@ def _mp_namespace() -> types.SimpleNamespace:
         n = np.size(x) // max(np.size(s), 1)
         return s / n
 
-    ns = {name: _lift(getattr(mp, src)) for name, src in [
-        ("exp", "exp"), ("expm1", "expm1"), ("log", "log"), ("log1p", "log1p"), ("sqrt", "sqrt"),
-        ("sin", "sin"), ("cos", "cos"), ("tan", "tan"), ("arcsin", "asin"), ("arccos", "acos"),
-        ("arctan", "atan"), ("sinh", "sinh"), ("cosh", "cosh"), ("tanh", "tanh"), ("arcsinh", "asinh"),
-        ("arccosh", "acosh"), ("arctanh", "atanh"), ("erf", "erf"), ("erfc", "erfc"), ("log2", "log"),
-        ("exp2", "exp")]}
-    ns["log2"] = _lift(lambda x: mp.log(x, 2))
-    ns["exp2"] = _lift(lambda x: mp.power(2, x))
-    ns["log10"] = _lift(lambda x: mp.log(x, 10))
-    ns.update(cbrt=_lift(cbrt), sigmoid=_lift(sigmoid), softplus=_lift(softplus), log1mexp=_lift(log1mexp),
-              logaddexp=_lift(logaddexp), hypot=_lift(hypot), square=_lift(lambda x: x * x),
-              abs=_lift(abs), sum=_sum, max=_max, mean=_mean, pi=mp.pi)
+    ns: dict[str, Any] = {name: _lift(ops[name]) for name in ELEMENTWISE}
+    ns.update(sum=_sum, max=_max, mean=_mean, pi=mp().pi)
     ns["logsumexp"] = lambda x, axis=None, keepdims=False: ns["log"](_sum(ns["exp"](x), axis, keepdims))
     ns["softmax"] = lambda x, axis=-1: ns["exp"](x) / _sum(ns["exp"](x), axis, True)
     ns["log_softmax"] = lambda x, axis=-1: ns["log"](ns["softmax"](x, axis))
@@ -136,7 +105,8 @@ _MP_NS: types.SimpleNamespace | None = None
 
 
 def mp_namespace() -> types.SimpleNamespace:
-    """The mpmath namespace (``m.exp``, ``m.sum`` …) that formulas are evaluated in."""
+    """The mpmath namespace (``m.exp``, ``m.sum`` …) that formulas are evaluated in: the elementwise
+    functions are the exact table's (:mod:`exprc.accuracy.exact`), without saturation."""
     global _MP_NS
     if _MP_NS is None:
         _MP_NS = _mp_namespace()
@@ -148,23 +118,23 @@ class _Undefined(Exception):
 
 
 def _eval_point(formula: Callable, pts: list, prec: int) -> np.ndarray:
-    mp = _mp()
-    with mp.workprec(prec):
+    m = mp()
+    with m.workprec(prec):
         try:
             with np.errstate(all="ignore"):
                 v = formula(mp_namespace(), *[_to_mp(p) for p in pts])
         except ZeroDivisionError as e:
             raise _Undefined from e
         except (ValueError, OverflowError):
-            v = mp.mpf("nan")
-        return np.array([float(_real(x)) for x in np.asarray(v, dtype=object).ravel()], dtype=np.float64)
+            v = m.nan
+        return np.array([float(real(x)) for x in np.asarray(v, dtype=object).ravel()], dtype=np.float64)
 
 
 def _to_mp(p: Any) -> Any:
-    mp = _mp()
+    m = mp()
     if isinstance(p, np.ndarray):
-        return np.array([mp.mpf(float(v)) for v in p.ravel()], dtype=object).reshape(p.shape)
-    return mp.mpf(float(p))
+        return np.array([m.mpf(float(v)) for v in p.ravel()], dtype=object).reshape(p.shape)
+    return m.mpf(float(p))
 
 
 def reference(formula: Callable, args: Sequence[np.ndarray], prec: int = PREC, rows: bool = False,
