@@ -29,10 +29,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from exprc.graph import Node, toposort
-from exprc.ops import OPS
+from exprc.ops import OPS, REDUCTIONS
 
 VIEW_OPS = frozenset({"dimshuffle", "getitem", "broadcast_to", "reshape"})
-NATIVE_REDUCE = frozenset({"sum", "prod", "mean", "max", "min", "all", "any"})
+#: Reductions a native kernel computes: those whose identity, accumulator and combine are declared.
+NATIVE_REDUCE = frozenset(REDUCTIONS)
 
 
 @dataclass

@@ -24,7 +24,7 @@ from exprc._version import __version__
 from exprc.backends.templates import prelude, read
 from exprc.fusion import Kernel, Program
 from exprc.graph import Node
-from exprc.ops import OPS
+from exprc.ops import OPS, REDUCTIONS
 from exprc.types import C_TYPES
 
 #: Entries of a matmul kernel's parameter block after its flag (see render_matmul).
@@ -323,30 +323,20 @@ class CRenderer:
         return flat, main
 
     def _accumulator(self, r: Node) -> tuple[str, str, str, str, str]:
-        """(acc C type, init, combine statement on ``v``, OpenMP reduction clause, finalize expr)."""
-        src = r.inputs[0].dtype
-        flt = src in ("float32", "float64")
-        acc = "double" if flt else ("uint8_t" if src == "bool" and r.op in ("max", "min", "all", "any")
-                                    else "int64_t")
-        if r.op in ("sum", "mean"):
-            fin = "acc" if r.op == "sum" else "acc / (double)red_total"
-            return acc, "0", "acc += v;", "reduction(+:acc)", fin
-        if r.op == "prod":
-            return acc, "1", "acc *= v;", "reduction(*:acc)", "acc"
-        if r.op == "all":
-            return "int", "1", "acc &= (v != 0);", "reduction(&:acc)", "acc"
-        if r.op == "any":
-            return "int", "0", "acc |= (v != 0);", "reduction(|:acc)", "acc"
-        ct = C_TYPES[src]
-        big = {"float64": "INFINITY", "float32": "INFINITY", "int64": "INT64_MAX", "int32": "INT32_MAX",
-               "bool": "1"}[src]
-        small = {"float64": "-INFINITY", "float32": "-INFINITY", "int64": "INT64_MIN", "int32": "INT32_MIN",
-                 "bool": "0"}[src]
-        cmp, init, kind = (">", small, "max") if r.op == "max" else ("<", big, "min")
-        if flt:
-            return (ct, init, f"acc = v {cmp} acc ? v : acc; nanf |= (v != v);",
-                    f"reduction({kind}:acc) reduction(|:nanf)", "(nanf ? NAN : acc)")
-        return ct, init, f"acc = v {cmp} acc ? v : acc;", f"reduction({kind}:acc)", "acc"
+        """(acc C type, init, combine statement on ``v``, OpenMP reduction clause, finalize expr),
+        spelled from the reduction's facts in :data:`exprc.ops.REDUCTIONS`."""
+        red, src = REDUCTIONS[r.op], r.inputs[0].dtype
+        acc_t = "int" if red.accumulate == "flag" else C_TYPES[red.accumulator(src)]
+        init = red.c_identity(src)
+        if red.selects:
+            step = f"acc = v {red.c_operator} acc ? v : acc;"
+            if red.tracks_nan(src):  # a comparison drops NaN: carry a flag, NaN wins as in NumPy
+                return (acc_t, init, step + " nanf |= (v != v);", f"reduction({red.omp}:acc) reduction(|:nanf)",
+                        "(nanf ? NAN : acc)")
+            return acc_t, init, step, f"reduction({red.omp}:acc)", "acc"
+        v = "(v != 0)" if red.accumulate == "flag" else "v"
+        fin = "acc / (double)red_total" if red.mean else "acc"
+        return acc_t, init, f"acc {red.c_operator}= {v};", f"reduction({red.omp}:acc)", fin
 
     def render_reduce(self, kl: KernelLayout) -> tuple[list[str], list[str]]:
         k, r = kl.kernel, kl.kernel.reduce

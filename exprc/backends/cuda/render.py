@@ -51,7 +51,7 @@ from exprc.backends.c.render import CRenderer, KernelLayout, Layout, c_literal, 
 from exprc.backends.templates import prelude, read
 from exprc.fusion import Program
 from exprc.graph import Node
-from exprc.ops import OPS
+from exprc.ops import OPS, REDUCTIONS
 from exprc.types import C_TYPES
 
 #: Threads per block (compiled into ``__launch_bounds__``; a multiple of the warp size).
@@ -175,22 +175,18 @@ class CUDARenderer(CRenderer):
 
     @staticmethod
     def reduction(r: Node) -> tuple[str, str, str, str]:
-        """(acc type, identity, combine expression of ``acc`` and ``v``, finalize expression)."""
-        src = r.inputs[0].dtype
-        flt = src in ("float32", "float64")
-        if r.op in ("sum", "mean", "prod"):
-            acc = "double" if flt else "int64_t"
-            fin = "acc / (double)red_total" if r.op == "mean" else "acc"
-            return (acc, "0", "acc + v", fin) if r.op != "prod" else (acc, "1", "acc * v", fin)
-        if r.op in ("all", "any"):
-            return ("int", "1", "acc & (v != 0)", "acc") if r.op == "all" else ("int", "0", "acc | (v != 0)", "acc")
-        acc = "int" if src == "bool" else C_TYPES[src]
-        big = {"float64": "INFINITY", "float32": "INFINITY", "int64": "INT64_MAX", "int32": "INT32_MAX", "bool": "1"}
-        small = {"float64": "(-INFINITY)", "float32": "(-INFINITY)", "int64": "INT64_MIN", "int32": "INT32_MIN",
-                 "bool": "0"}
-        cmp, init = (">", small[src]) if r.op == "max" else ("<", big[src])
-        nan = "v != v || " if flt else ""  # NaN wins, as in NumPy
-        return acc, init, f"({nan}v {cmp} acc) ? v : acc", "acc"
+        """(acc type, identity, combine expression of ``acc`` and ``v``, finalize expression), spelled
+        from the reduction's facts in :data:`exprc.ops.REDUCTIONS` (the C renderer reads the same)."""
+        red, src = REDUCTIONS[r.op], r.inputs[0].dtype
+        acc = red.accumulator(src)
+        acc_t = "int" if acc == "bool" else C_TYPES[acc]
+        init = red.c_identity(src)
+        init = f"({init})" if init.startswith("-") else init  # it is pasted into expressions
+        if red.selects:
+            nan = "v != v || " if red.tracks_nan(src) else ""  # NaN wins, as in NumPy
+            return acc_t, init, f"({nan}v {red.c_operator} acc) ? v : acc", "acc"
+        v = "(v != 0)" if red.accumulate == "flag" else "v"
+        return acc_t, init, f"acc {red.c_operator} {v}", "acc / (double)red_total" if red.mean else "acc"
 
     def _store_result(self, kl: KernelLayout, out_t: str, fin: str, indent: str) -> list[str]:
         """Write ``fin`` to the output element of kept index ``kk``."""
