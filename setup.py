@@ -14,6 +14,10 @@ VERSION = re.search(r'__version__ = "([^"]+)"', (HERE / "exprc" / "_version.py")
 _GPU_OS = "platform_system == 'Linux' or platform_system == 'Windows'"
 CUDA = [f"cuda-bindings>=12.8,<13; {_GPU_OS}", f"nvidia-cuda-nvrtc-cu12>=12.8; {_GPU_OS}"]
 
+# Every backend folder's templates/ ships with it: adding a backend needs no line here.
+TEMPLATES = {f"exprc.backends.{d.name}": ["templates/*"]
+             for d in sorted((HERE / "exprc" / "backends").iterdir()) if (d / "templates").is_dir()}
+
 setup(
     name="exprc",
     version=VERSION,
@@ -22,8 +26,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["exprc", "exprc.*"]),
-    package_data={"exprc.backends.c": ["templates/*.c", "templates/*.h"],
-                  "exprc.backends.cuda": ["templates/*.cu", "templates/*.cuh"]},
+    package_data=TEMPLATES,
     install_requires=["numpy>=2.0", "cffi>=1.16", "networkx>=3.0", "sympy>=1.12"],
     extras_require={
         # NVRTC (no GPU or driver needed; installs in seconds) lets the GPU-less suite compile every CUDA source.

@@ -19,7 +19,8 @@ import sys
 import time
 
 # Small matrices: BLAS threads cost more than they save (and on a busy machine far more); both the
-# exprc model (whose matmuls are NumPy steps) and the NumPy-by-hand one use the same single thread.
+# exprc model (whose matmuls call the same OpenBLAS from the generated C) and the NumPy-by-hand one use the
+# same single thread.
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
