@@ -15,7 +15,7 @@ that array to anyone else).  Each variable keeps a spare buffer — its value be
 the current one — and the kernel writes the new value straight into it when no one
 else holds a reference to it; the two are then swapped, so a training step allocates
 nothing.  From a function's second call on the C dispatcher does this for every
-update (``Dispatcher.update`` in ``templates/dispatch.c``); the Python path (first
+update (``Dispatcher.update`` in ``backends/c/templates/dispatch.c``); the Python path (first
 call, ``out=``, arguments the dispatcher refuses) does it for values of
 :data:`SWAP_BYTES` or more, whose fresh blocks would come from mmap and page-fault on
 first touch, and takes fresh arrays for smaller ones.  Calls that

@@ -142,7 +142,7 @@ register(Op("getitem", "shape", _np_getitem, _infer_getitem, attr_names=("index"
 register(Op("shape", "shape", lambda x: np.array(np.shape(x), dtype=np.int64), _infer_shape))
 
 
-# -- ops that gradients need (run as NumPy steps by the C backend) ---------------------------
+# -- ops that gradients need (NumPy steps on every native backend; the C planner makes them views where it can) --
 def _index_key(index: tuple) -> tuple:
     return tuple(item[1] if item[0] == "i" else (None if item[0] == "n" else slice(*item[1:])) for item in index)
 

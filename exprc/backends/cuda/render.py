@@ -39,7 +39,8 @@ overrides is what differs on a GPU:
   ``--use_fast_math``.  An op row's ``cuda`` column, when set, replaces its C expression.
 
 The prelude (``templates/cuda_prelude.cuh``) defines ``EXPRC_INLINE`` as ``__device__`` and
-splices in the NumPy-semantics helpers shared with C (``templates/numpy_semantics.h``); ``templates/cuda_module.cu`` is the file skeleton.
+splices in the NumPy-semantics helpers shared with C (``backends/c/templates/numpy_semantics.h``);
+``templates/cuda_module.cu`` is the file skeleton.
 """
 
 from __future__ import annotations
