@@ -430,8 +430,8 @@ perf = time.perf_counter
 t0 = perf()
 import numpy as np
 import exprc
-try:  # modules the C backend imports lazily: import time, not compile time
-    import cffi, exprc.backends.c.kernel, exprc.backends.c.compile, exprc.backends.c.render  # noqa: F401
+try:  # modules the C backend imports lazily (networkx: fusion's scheduler): import time, not compile time
+    import cffi, networkx, exprc.backends.c.kernel, exprc.backends.c.compile, exprc.backends.c.render  # noqa: F401
 except ImportError:
     pass
 t1 = perf()
