@@ -382,6 +382,31 @@ def test_cuda_kernels_execute_on_the_host():
         set_driver(None)
 
 
+@needs_nvrtc
+@pytest.mark.skipif(GXX is None, reason="g++ (C++20) is needed to run CUDA kernels on the host")
+def test_cuda_integer_mean_accumulates_in_float64():
+    """The CUDA renderer reads the mean's float64 accumulator from REDUCTIONS, as C does: an int64
+    accumulator wraps (issue 13), in the one-block and in the chunked (two-pass) reduction."""
+    from cuda_emulator import EmulatedDriver
+
+    from exprc.backends.cuda.kernel import set_driver
+
+    drv = EmulatedDriver(kernels="cuda")
+    set_driver(drv)
+    try:
+        x, m = exprc.vector("x", "int64"), exprc.matrix("m", "int64")
+        f = _cuda_function(drv, [x, m], [exprc.mean(x), exprc.mean(m, axis=1)], return_numpy=True)
+        for n in (4, 3000):
+            big = np.full(n, 2**62, dtype=np.int64)
+            big[-1] = 1
+            rows = np.stack([big, -big])
+            got = f(big, rows)
+            assert_close(got[0], big.mean())
+            assert_close(got[1], rows.mean(axis=1))
+    finally:
+        set_driver(None)
+
+
 # -- on a GPU ---------------------------------------------------------------------------------------------------
 @needs_device
 @pytest.mark.parametrize("dtype", ["float32", "float64"])

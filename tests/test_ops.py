@@ -143,6 +143,25 @@ def test_reductions_per_dtype(dtype, name):
         assert_close(getattr(exprc, name)(x, axis=axis).eval({x: data}), getattr(np, name)(data, axis=axis))
 
 
+@pytest.mark.parametrize("backend", ["c", "numpy"])
+def test_integer_mean_accumulates_in_float64(backend):
+    """NumPy's mean of ints and bools sums in float64: an int64 accumulator wraps (issue 13)."""
+    big = np.array([2**62] * 3 + [1], dtype=np.int64)
+    rows = np.stack([big, big[::-1], -big]).astype(np.int64)
+    x, m = exprc.vector("x", "int64"), exprc.matrix("m", "int64")
+    f = exprc.function([x, m], [exprc.mean(x), exprc.mean(m, axis=1), exprc.mean(m, axis=0), exprc.mean(m)],
+                       backend=backend)
+    for got, want in zip(f(big, rows), [big.mean(), rows.mean(axis=1), rows.mean(axis=0), rows.mean()]):
+        assert_close(got, want)
+    assert float(f(big, rows)[0]) > 0
+    i32, b = exprc.vector("i", "int32"), exprc.vector("b", "bool")
+    top = np.full(5, np.iinfo(np.int32).max, dtype=np.int32)
+    g = exprc.function([i32, b], [exprc.mean(i32), exprc.mean(b)], backend=backend)
+    got = g(top, np.array([True, False, True]))
+    assert_close(got[0], top.mean())
+    assert_close(got[1], np.array([True, False, True]).mean())
+
+
 @pytest.mark.parametrize("axis", [None, 0, 1, -1])
 @pytest.mark.parametrize("keepdims", [False, True])
 def test_argmax_argmin(axis, keepdims):
@@ -328,6 +347,7 @@ def test_reduction_facts_spelled_in_c():
     assert spelled["all", "float64"] == "1" and spelled["any", "int64"] == "0"
     assert REDUCTIONS["sum"].accumulator("float32") == "float64"  # float32 sums accumulate in double
     assert REDUCTIONS["mean"].mean and not REDUCTIONS["sum"].mean
+    assert {REDUCTIONS["mean"].accumulator(dt) for dt in DTYPES} == {"float64"}  # NumPy's mean of ints
     assert [op for op in REDUCTIONS if REDUCTIONS[op].tracks_nan("float64")] == ["max", "min"]
     assert not REDUCTIONS["max"].tracks_nan("int64")
 

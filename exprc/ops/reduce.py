@@ -13,8 +13,9 @@ reduction cannot start from ``-inf`` on one target and from ``-DBL_MAX`` on anot
   ``c_identity(dtype)`` spells it with ``<math.h>``/``<stdint.h>`` names.
 * ``accumulator(dtype)``: the dtype the running value is kept in: sums and products of floats
   in float64 (a float32 sum accumulates in double), of integers and bools in int64 (NumPy's
-  widening); max/min in the operand's dtype; all/any as a truth flag (``"bool"``; renderers
-  pick the C type of a flag: ``accumulate == "flag"``).
+  widening); a mean in float64 for every dtype (NumPy's ``mean`` of ints sums in float64: an
+  int64 accumulator would wrap, ``mean([2**62] * 4)`` negative); max/min in the operand's dtype;
+  all/any as a truth flag (``"bool"``; renderers pick the C type of a flag: ``accumulate == "flag"``).
 * ``mean``: the result is the accumulated sum divided by the element count;
   ``tracks_nan(dtype)``: a comparison drops NaN, so a selecting combine over floats must carry
   a NaN flag (or let NaN win the comparison) to return NaN as NumPy does.
@@ -124,7 +125,8 @@ class Reduction:
     combine: str  #: binary elementwise row merging two partial results
     c_operator: str  #: C infix operator of the combine; for max/min the comparison selecting v over acc
     omp: str  #: OpenMP reduction identifier of the combine
-    accumulate: str  #: "wide" (float64 / int64), "same" (the operand's dtype) or "flag" (a truth value)
+    #: "wide" (float64 / int64), "float" (float64), "same" (the operand's dtype) or "flag" (a truth value)
+    accumulate: str
     initial: bool | int | str  #: the identity: a value, or "lowest" / "highest" of the operand's dtype
     mean: bool = False  #: divide the accumulated sum by the element count
 
@@ -137,6 +139,8 @@ class Reduction:
         """The dtype the running value is kept in, for an operand of ``dtype``."""
         if self.accumulate == "wide":
             return "float64" if is_float(dtype) else "int64"
+        if self.accumulate == "float":
+            return "float64"
         return "bool" if self.accumulate == "flag" else dtype
 
     def identity(self, dtype: str) -> bool | int | float:
@@ -174,7 +178,7 @@ class Reduction:
 REDUCTIONS: dict[str, Reduction] = {r.op: r for r in (
     Reduction("sum", "add", "+", "+", "wide", 0),
     Reduction("prod", "mul", "*", "*", "wide", 1),
-    Reduction("mean", "add", "+", "+", "wide", 0, mean=True),
+    Reduction("mean", "add", "+", "+", "float", 0, mean=True),
     Reduction("max", "maximum", ">", "max", "same", "lowest"),
     Reduction("min", "minimum", "<", "min", "same", "highest"),
     Reduction("all", "and", "&", "&", "flag", True),
