@@ -111,30 +111,56 @@ class Planner:
         return env[chain[0]] if chain else env[node]
 
     def shape(self, node: Node, env: dict, shapes: dict[Node, tuple]) -> tuple:
-        """The shape of ``node`` for the arrays in ``env`` (memoized in ``shapes``)."""
+        """The shape of ``node`` for the arrays in ``env`` (memoized in ``shapes``).
+
+        Iterative (an explicit stack, operands left to right, each before its user): an elemwise
+        chain thousands of nodes deep must plan without Python's recursion limit.  The order is
+        the one a recursive walk would take, so the first error raised is the same.
+        """
         if node in shapes:
             return shapes[node]
-        if node in env or node.op == "constant" or node.op in VIEW_OPS and node not in self.written:
-            shp = self.value(node, env).shape
-        elif OPS[node.op].kind == "elemwise":
-            shp = _broadcast([self.shape(i, env, shapes) for i in node.inputs], node.op)
-        elif OPS[node.op].kind == "reduce":
-            src = self.shape(node.inputs[0], env, shapes)
+        stack: list[tuple[Node, int]] = [(node, 0)]
+        while stack:
+            n, i = stack[-1]
+            if i == 0:
+                if n in shapes:
+                    stack.pop()
+                    continue
+                if n in env or n.op == "constant" or n.op in VIEW_OPS and n not in self.written:
+                    shapes[n] = self.value(n, env).shape
+                    stack.pop()
+                    continue
+                if OPS[n.op].kind not in ("elemwise", "reduce") and n.op != "matmul":
+                    raise LookupError(n.op)  # NumPy steps: shape found by running them
+            # operands whose shape the node needs: all of them (a reduction reads only the first)
+            need = 1 if OPS[n.op].kind == "reduce" else len(n.inputs)
+            if i < need:
+                stack[-1] = (n, i + 1)
+                child = n.inputs[i]
+                if child not in shapes:
+                    stack.append((child, 0))
+                continue
+            stack.pop()
+            shapes[n] = self._shape_from_operands(n, shapes)
+        return shapes[node]
+
+    @staticmethod
+    def _shape_from_operands(node: Node, shapes: dict[Node, tuple]) -> tuple:
+        """The shape of an elemwise, reduce or matmul node whose operands' shapes are known."""
+        if OPS[node.op].kind == "elemwise":
+            return _broadcast([shapes[i] for i in node.inputs], node.op)
+        if OPS[node.op].kind == "reduce":
+            src = shapes[node.inputs[0]]
             axes, keep = node.arg("axis"), node.arg("keepdims")
             if node.op in ("max", "min", "argmax", "argmin") and any(src[a] == 0 for a in axes):
                 raise ShapeError(f"{node.op}: zero-size reduction over axis {axes} of shape {shape_str(src)}")
-            shp = tuple(1 if d in axes else n for d, n in enumerate(src) if keep or d not in axes)
-        elif node.op == "matmul":
-            a, b = (self.shape(i, env, shapes) for i in node.inputs)
-            ka, kb = a[-1], (b[0] if len(b) == 1 else b[-2])
-            if ka != kb:
-                raise ShapeError(f"matmul: shapes {shape_str(a)} and {shape_str(b)} are not aligned: "
-                                 f"{ka} (last axis of the first) != {kb}")
-            shp = a[:-1] + (b[-1:] if len(b) == 2 else ())
-        else:
-            raise LookupError(node.op)  # NumPy steps: shape found by running them
-        shapes[node] = shp
-        return shp
+            return tuple(1 if d in axes else n for d, n in enumerate(src) if keep or d not in axes)
+        a, b = (shapes[i] for i in node.inputs)  # matmul
+        ka, kb = a[-1], (b[0] if len(b) == 1 else b[-2])
+        if ka != kb:
+            raise ShapeError(f"matmul: shapes {shape_str(a)} and {shape_str(b)} are not aligned: "
+                             f"{ka} (last axis of the first) != {kb}")
+        return a[:-1] + (b[-1:] if len(b) == 2 else ())
 
     def make_plan(self, arrays: Sequence[np.ndarray], out: Sequence[np.ndarray] | None,
                   plan: HostPlan | None = None) -> HostPlan:
