@@ -283,8 +283,10 @@ def var(x: TensorLike, axis: Any = None, keepdims: bool = False, ddof: int = 0) 
     sq = square(centered)
     if ddof == 0:
         return mean(sq, axes, keepdims)
-    n = _count(x, axes)
-    return sum(sq, axes, keepdims) / cast(n - ddof, sq.dtype)
+    # NumPy divides by max(n - ddof, 0): ddof >= n gives NaN (0/0) or inf, never -0.0 or a
+    # negative variance (constant-folded when n is static).
+    dof = maximum(_count(x, axes) - ddof, 0.0)
+    return sum(sq, axes, keepdims) / cast(dof, sq.dtype)
 
 
 def std(x: TensorLike, axis: Any = None, keepdims: bool = False, ddof: int = 0) -> Node:

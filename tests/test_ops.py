@@ -1,6 +1,7 @@
 """Every op of the API evaluated against NumPy (values and dtypes)."""
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -194,6 +195,25 @@ def test_var_std_ddof():
         assert_close(exprc.var(x, axis=1, ddof=ddof).eval({x: X}), np.var(X, axis=1, ddof=ddof))
         assert_close(exprc.std(x, ddof=ddof).eval({x: X}), np.std(X, ddof=ddof))
 
+
+
+@pytest.mark.parametrize("backend", ["c", "numpy"])
+@pytest.mark.parametrize("static", [False, True], ids=["dynamic_n", "static_n"])
+def test_var_std_ddof_at_least_n_follow_numpy(backend, static):
+    """NumPy divides by max(n - ddof, 0): NaN (0/0) or inf, never -0.0 or a negative variance."""
+    data = np.array([[1.0, 2.0, 4.0], [3.0, 3.0, 3.0]])
+    x = exprc.matrix("x", shape=data.shape if static else (None, None))
+    for ddof in (2, 3, 4, 7):
+        outs = [exprc.var(x, ddof=ddof), exprc.std(x, ddof=ddof), exprc.var(x, axis=1, ddof=ddof),
+                exprc.std(x, axis=0, ddof=ddof), exprc.var(x.astype("float32"), axis=1, ddof=ddof)]
+        f = exprc.function([x], outs, backend=backend)
+        with np.errstate(all="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # NumPy's "Degrees of freedom <= 0"
+            want = [np.var(data, ddof=ddof), np.std(data, ddof=ddof), np.var(data, axis=1, ddof=ddof),
+                    np.std(data, axis=0, ddof=ddof), np.var(data.astype(np.float32), axis=1, ddof=ddof)]
+        for got, w in zip(f(data), want):
+            assert_close(got, w)
+            np.testing.assert_array_equal(np.signbit(got), np.signbit(w))
 
 @pytest.mark.parametrize("sa,sb", [((3,), (3,)), ((2, 3), (3,)), ((3,), (3, 4)), ((2, 3), (3, 4)), ((), (3,))])
 def test_dot_and_matmul(sa, sb):
