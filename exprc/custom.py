@@ -21,8 +21,14 @@ is cached on disk, constant-folds, differentiates, prints and serializes like
 Templates (the op table's conventions): ``{0}``, ``{1}`` … are the operands as C
 expressions (already cast to the op's compute dtype), ``{f}`` is ``f`` for float32
 and empty for float64 (``exp{f}`` is ``expf`` or ``exp``), ``{T}`` is the C type.
-A template must be one C expression: balanced parentheses, no braces, ``;``,
-``#``, comments, quotes, backslashes or non-printable characters.
+A template must be one arithmetic C expression: balanced parentheses; no braces, ``;``,
+``#``, comments, quotes, backslashes or non-printable characters, nor their digraph
+(``<% %> <: :> %:``) and trigraph (``??<`` …) spellings; no assignments, ``&``/``*``
+on addresses or pointer casts; names only of math.h functions (called, not taken as
+pointers), exprc's prelude helpers (``exprc_sigmoid`` …), arithmetic types in casts
+(``(double)``, ``({T})``) and math constants (``M_PI``, ``NAN`` …).  Generated C is
+compiled with ``-Werror=implicit-function-declaration``, so a name no header declares
+does not compile either.
 
 Trust model: the C and CUDA templates are code written by the author of the
 library that defines the op, compiled and run in the calling process with its
@@ -113,7 +119,122 @@ def check_template(template: str | None, nin: int, what: str) -> str | None:
         raise ValueError(f"custom_op: {what} {template!r} never uses operand(s) {missing}")
     if not re.fullmatch(r"[A-Za-z0-9_ .+\-*/%<>=!&|^~?:,()]*", text):
         raise ValueError(f"custom_op: {what} {template!r} contains characters outside a C expression")
+    _check_tokens(template, fields, what)
     return template
+
+
+# Digraphs and trigraphs are other spellings of braces, brackets and '#' (gcc honours trigraphs under
+# -std=c99): "<% system(0); %>" would get around the checks on the characters themselves.
+def _words(text: str) -> frozenset[str]:
+    return frozenset(text.split())
+
+
+_DIGRAPHS = {"<%": "{", "%>": "}", "<:": "[", ":>": "]", "%:": "#"}
+_MATH = _words("""
+    acos acosh asin asinh atan atan2 atanh cbrt ceil copysign cos cosh erf erfc exp exp2 expm1 fabs fdim
+    floor fma fmax fmin fmod hypot ilogb ldexp lgamma llrint llround log log10 log1p log2 logb lrint lround
+    nearbyint nextafter nexttoward pow remainder rint round scalbln scalbn sin sinh sqrt tan tanh tgamma trunc
+""")
+_MATH_MACROS = _words("""isnan isinf isfinite isnormal signbit fpclassify isgreater isgreaterequal isless
+    islessequal islessgreater isunordered""")
+# CUDA's device math library (templates for the ``cuda=`` argument only).
+_CUDA_MATH = _words("""rsqrt rcbrt sinpi cospi exp10 erfinv erfcinv normcdf normcdfinv __expf __logf __sinf
+    __cosf __tanf __powf __exp10f __log2f __log10f __fdividef __saturatef max min""")
+_HELPER = re.compile(r"exprc_(sigmoid|softplus|logaddexp|log1mexp|min|max|mod|floordiv|sign)f?\Z")
+_INT_HELPER = re.compile(r"exprc_(iabs|ifloordiv|imod|invert|ipow|imin|imax)_[A-Za-z0-9_]*\Z")
+_TYPES = _words("""double float int long short char signed unsigned _Bool bool int8_t int16_t int32_t int64_t
+    uint8_t uint16_t uint32_t uint64_t""")
+_CONSTANT = re.compile(r"(M_(E|LOG2E|LOG10E|LN2|LN10|PI|PI_2|PI_4|1_PI|2_PI|2_SQRTPI|SQRT2|SQRT1_2)|INFINITY|NAN"
+                       r"|HUGE_VALF?|(FLT|DBL)_[A-Z_]+|U?INT(8|16|32|64)_(MAX|MIN))\Z")
+# Placeholders become markers: \x01 an operand, \x02 {f}, \x03 {T}.
+_TOKEN = re.compile(r"""\s*(?:
+    (?P<num>\.?[0-9](?:[eEpP][+-]|[0-9A-Za-z_.\x02])*)
+  | (?P<name>[A-Za-z_\x02\x03][A-Za-z0-9_\x02\x03]*)
+  | (?P<operand>\x01)
+  | (?P<assign>(?:<<|>>|[-+*/%&|^])=|\+\+|--|->|=(?!=))
+  | (?P<op><<|>>|<=|>=|==|!=|&&|\|\||[-+*/%<>!&|^~?:,().]))""", re.VERBOSE)
+
+
+def _is_function(name: str, what: str) -> bool:
+    base = name[:-1] if name[-1:] in "fl" and name[:-1] in _MATH else name
+    return (base in _MATH or name in _MATH_MACROS or bool(_HELPER.match(name) or _INT_HELPER.match(name))
+            or (what == "cuda" and name in _CUDA_MATH))
+
+
+def _check_tokens(template: str, fields: list, what: str) -> None:
+    """Accept only an arithmetic expression: operands, numbers, calls of math functions and exprc helpers,
+    casts to arithmetic types, math constants and operators (no assignment, address or pointer)."""
+    def fail(why: str) -> ValueError:
+        return ValueError(f"custom_op: {what} {template!r} {why}; a template is an arithmetic C expression of its "
+                          "operands (math.h functions and exprc_* helpers, casts like (double), constants like "
+                          "M_PI)")
+
+    marked = "".join(lit + ("" if field is None else "\x02" if field == "f" else "\x03" if field == "T" else "\x01")
+                     for lit, field, _, _ in fields)
+    # Empty substitutions ({f} for float64) can join characters into a digraph or trigraph: check both spellings.
+    for text in (template, marked.replace("\x02", "").replace("\x03", "").replace("\x01", " ")):
+        if "??" in text:
+            raise fail("contains '??' (trigraphs like '??<' spell braces and '#')")
+        for dig, real in _DIGRAPHS.items():
+            if dig in text:
+                raise fail(f"contains the digraph {dig!r} (another spelling of {real!r})")
+    tokens: list[tuple[str, str]] = []
+    pos = 0
+    while pos < len(marked):
+        m = _TOKEN.match(marked, pos)
+        if m is None:
+            if not marked[pos:].strip():
+                break
+            raise fail(f"has an unexpected character {marked[pos]!r}")
+        kind = m.lastgroup or ""
+        tokens.append((kind, m.group(kind)))
+        pos = m.end()
+    parens: list[str] = []
+    value = False  # whether the previous token ends an operand (then & and * are binary)
+    for i, (kind, tok) in enumerate(tokens):
+        nxt = tokens[i + 1] if i + 1 < len(tokens) else ("", "")
+        prev = tokens[i - 1] if i else ("", "")
+        if kind == "assign":
+            raise fail(f"contains {tok!r} (assignments, increments and member access are not arithmetic)")
+        if kind in ("num", "operand"):
+            value = True
+        elif kind == "name":
+            name = tok.replace("\x02", "").replace("\x03", "")
+            known = name in _TYPES or name == "" or _is_function(name, what) or _CONSTANT.match(name)
+            if not known:
+                raise fail(f"uses the name {name!r}, which is not a math.h function, exprc helper, arithmetic type "
+                           "or math constant")
+            if re.search(r"[\x02\x03].", tok) or ("\x03" in tok and name and not _INT_HELPER.match(name)):
+                raise fail("puts a {f} or {T} placeholder inside a name ({f} ends a function name, {T} ends an "
+                           "exprc_i*_ helper or stands alone as a type)")
+            if name in _TYPES or name == "":
+                # A type name only in a cast "(double)" / "(unsigned int)": no pointer or function types.
+                if prev[1] not in ("(",) and not _is_type_token(prev) or nxt[1] != ")" and not _is_type_token(nxt):
+                    raise fail(f"uses the type name {name or '{T}'!r} outside a cast to an arithmetic type like "
+                               "(double)")
+                value = False
+            elif _is_function(name, what):
+                if nxt[1] != "(":
+                    raise fail(f"names the function {name!r} without calling it (functions must be called)")
+                value = False
+            else:  # a constant
+                value = True
+        elif tok == "(":
+            cast = nxt[0] == "name" and _is_type_token(nxt)
+            parens.append("cast" if cast else "group")
+            value = False
+        elif tok == ")":
+            value = not parens or parens.pop() != "cast"
+        elif tok == ".":
+            raise fail("contains '.' outside a number (member access is not arithmetic)")
+        elif tok in ("&", "*") and not value:
+            raise fail("takes an address-of ('&') or dereference ('*'): a template works on values, not pointers")
+        else:
+            value = False
+
+
+def _is_type_token(tok: tuple[str, str]) -> bool:
+    return tok[0] == "name" and tok[1].replace("\x02", "").replace("\x03", "") in _TYPES | {""}
 
 
 def _operand_count(template: str | None) -> int | None:

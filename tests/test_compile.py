@@ -58,3 +58,12 @@ def test_precise_math_uses_scalar_libm(tmp_path, monkeypatch):
     assert "#define EXPRC_PRECISE_MATH 1" in f.source
     v = np.linspace(-5, 5, 1001)
     np.testing.assert_array_max_ulp(f(v), np.exp(v), maxulp=1)  # correctly rounded scalar libm
+
+
+def test_undeclared_functions_do_not_compile(tmp_path):
+    # A template that slipped past exprc.custom's checks must not reach libc through an implicit declaration.
+    assert "-Werror=implicit-function-declaration" in cc.flags(exprc.Config())
+    with pytest.raises(CompileError, match="C compilation failed") as info:
+        cc.compile_library("double f(double x) { return x + system(0); }\n", tmp_path, "implicit",
+                           exprc.Config(cache=False))
+    assert "implicit" in info.value.log

@@ -1,5 +1,7 @@
 """Custom elementwise ops and rewrite rules, written as an outside library would (public API only)."""
 
+import string
+
 import numpy as np
 import pytest
 
@@ -127,6 +129,64 @@ def test_redefinition_and_name_validation():
 def test_templates_are_single_c_expressions(template, why):
     with pytest.raises(ValueError, match=why):
         exprc.custom_op("bad_template", numpy=np.exp, c=template, nin=1)
+
+
+@pytest.mark.parametrize("template, why", [
+    # digraphs and trigraphs spell braces, brackets and '#' without those characters
+    ("(((double<::>)<% {0}, system(0) %>)<:0:>)", "digraph"),  # a compound literal calling system()
+    ("(({0}) ? 0 <: 1 :> : 0)", "digraph"),
+    ("%:define X {0}", "digraph"),
+    ("({0} ??< 0 ??>)", "trigraph"),
+    ("({0} ??( 0 ??))", "trigraph"),
+    ("exp(<{f}: {0})", "digraph"),                   # '<' '{f}' ':' is '<:' for float64
+    # identifiers that are not math.h functions, exprc helpers, types or math constants
+    ("(system(0) + {0})", "system"),
+    ("(exit(1) + {0})", "exit"),
+    ("(abort() , {0})", "abort"),
+    ("(__asm__ ({0}))", "__asm__"),
+    ("(_Pragma ({0}))", "_Pragma"),
+    ("(__builtin_trap(), {0})", "__builtin_trap"),
+    ("(exprc_run(0, 0) + {0})", "exprc_run"),
+    ("(sys{f}tem(0) + {0})", "system"),
+    # pointers: address-of, dereference, pointer and function-pointer casts, function designators
+    ("(*(&{0} + 100))", "address-of|dereference"),
+    ("(((double (*)(double))4096)({0}))", "type name"),
+    ("(*(double *)4096 + {0})", "type name|dereference"),
+    ("((double)&{0})", "address-of"),
+    ("(exp + 1, {0})", "must be called"),
+    ("((*exp)({0}))", "dereference|must be called"),
+])
+def test_templates_cannot_leave_arithmetic(template, why):
+    with pytest.raises(ValueError, match=why) as info:
+        exprc.custom.check_template(template, 1, "c")
+    assert str(info.value).startswith("custom_op: c ")  # names the argument
+    with pytest.raises(ValueError, match=why) as info:
+        exprc.custom_op("bad_template", numpy=np.exp, cuda=template, nin=1)
+    assert str(info.value).startswith("custom_op: cuda ")
+    assert "bad_template" not in exprc.custom.custom_ops()
+
+
+@pytest.mark.parametrize("template", [
+    "({0} * exprc_sigmoid{f}({0}))", "exprc_logaddexp{f}({0}, {1})", "exprc_min{f}(exprc_max{f}({0}, 0), 1)",
+    "(({0}) < 0 ? 0 : (({0}) > 1 ? 1 : ({0})))", "({0} * {0} * {0})", "(({T}){0} + 1.5e-3{f})",
+    "(expf({0}) * M_PI + (double)(int64_t){1})", "(isnan({0}) ? NAN : fma({0}, {1}, -0x1p-3))",
+    "(({0} & 3) | ({1} << 2)) ^ ~{0}", "exprc_ipow_{T}({0}, {1})", "({0} * -{1} - +{1} / !{1})",
+])
+def test_arithmetic_templates_pass(template):
+    nin = 2 if "{1}" in template else 1
+    assert exprc.custom.check_template(template, nin, "c") == template
+
+
+def test_builtin_op_templates_pass_the_custom_checks():
+    from exprc.ops import OPS
+
+    for op in list(OPS.values()):
+        for what in ("c", "c_int", "cuda"):
+            t = getattr(op, what, None)
+            if op.kind == "elemwise" and isinstance(t, str) and op.name not in exprc.custom.custom_ops():
+                used = {int(f) for _, f, _, _ in string.Formatter().parse(t) if f and f.isdigit()}
+                if used == set(range(len(used))):  # `fill` ignores its first operand
+                    exprc.custom.check_template(t, len(used), f"{op.name}.{what}")
 
 
 def test_unused_operand_and_bad_arguments():
