@@ -163,6 +163,36 @@ class Node:
     def __iter__(self):
         raise TypeError("exprc expressions are not iterable; index them explicitly")
 
+    def __reduce__(self) -> tuple:
+        """Pickle flat: a deep expression must pickle without recursion (pickle's default walk
+        of ``inputs`` recursed once per level and failed near depth 1,000).
+
+        An input pickles as a fresh input of the same name and type (as a pickled function's
+        inputs do); a constant as its array.  Any other node pickles as its whole subgraph:
+        the leaves (pickled as objects, so pickle's memo keeps one new input, or one shared
+        variable, per original within one pickle) and one row per inner node, operands first,
+        rebuilt by :func:`_unpickle_graph` in one loop.
+        """
+        if self.op == "input":
+            return _unpickle_input, (self.arg("name"), self.dtype, self.type.shape)
+        if self.op == "constant":
+            return constant_node, (self.value, self.dtype)
+        if not self.inputs:
+            return _unpickle_graph, ((), ((self.op, (), self.attrs, self.dtype, self.type.shape),))
+        order = toposort([self])
+        index: dict[Node, int] = {}
+        leaves = []
+        for n in order:
+            if not n.inputs:
+                index[n] = len(leaves)
+                leaves.append(n)
+        rows = []
+        for n in order:
+            if n.inputs:
+                index[n] = len(leaves) + len(rows)
+                rows.append((n.op, tuple(index[i] for i in n.inputs), n.attrs, n.dtype, n.type.shape))
+        return _unpickle_graph, (tuple(leaves), tuple(rows))
+
 
 def input_node(name: str | None, dtype: str, shape: tuple) -> Node:
     """A fresh graph input (never interned with another input)."""
@@ -180,6 +210,18 @@ def constant_node(value: object, dtype: str | None = None) -> Node:
             arr = arr.astype(np.float64)
         name = as_dtype(arr.dtype, "constant")
     return Node("constant", (), {"value": ConstValue(arr)}, TensorType(name, arr.shape))
+
+
+def _unpickle_input(name: str | None, dtype: str, shape: tuple) -> Node:
+    return input_node(name, dtype, shape)
+
+
+def _unpickle_graph(leaves: tuple, rows: tuple) -> Node:
+    """Rebuild what :meth:`Node.__reduce__` wrote: rows in order, operands before users."""
+    built = list(leaves)
+    for op, refs, attrs, dtype, shape in rows:
+        built.append(Node(op, tuple(built[i] for i in refs), attrs, TensorType(dtype, tuple(shape))))
+    return built[-1]
 
 
 # -- traversal ----------------------------------------------------------------

@@ -137,6 +137,30 @@ def test_pickle_stores_the_graph_and_keeps_shared_variables_shared(backend):
         assert train2.cache_path == train.cache_path  # unpickling hit the cache
 
 
+def test_pickle_of_expressions_is_flat_and_keeps_inputs_and_shared_variables_shared():
+    # Nodes pickled by pickle's default walk of their operands: a RecursionError near depth
+    # 1,000 (and no node could be unpickled: Node.__new__ takes the op, operands, attributes).
+    x = exprc.vector("x")
+    w = exprc.shared(np.full(3, 0.5), "w")
+    e = x
+    for i in range(3000):
+        e = exprc.sin(e) * 2.0 if i % 2 else e + w * x
+    x2, e2, w2, small = pickle.loads(pickle.dumps((x, e, w, exprc.exp(x) - 1.0)))
+    # one new input and one new shared variable per pickle, used by everything in it
+    assert x2 is not x and x2.name == "x" and x2.type == x.type
+    assert w2 is not w and isinstance(w2, exprc.SharedVariable)
+    assert exprc.graph.graph_inputs([e2]) == [x2, w2] and exprc.graph.graph_inputs([small]) == [x2]
+    assert e2.type == e.type and len(exprc.graph.toposort([e2])) == len(exprc.graph.toposort([e]))
+    data = np.linspace(-1, 1, 3)
+    np.testing.assert_array_equal(exprc.function([x2], e2, backend="numpy")(data),
+                                  exprc.function([x], e, backend="numpy")(data))
+    w2.set_value(np.zeros(3))
+    np.testing.assert_array_equal(w.get_value(), np.full(3, 0.5))  # the original is untouched
+    # constants and interior nodes are interned: rebuilt in the same process, the same nodes
+    c = exprc.constant(np.arange(4.0)) * 2.0
+    assert pickle.loads(pickle.dumps(c)) is c
+
+
 def test_functions_work_in_spawned_processes():
     x = exprc.vector("x")
     f = exprc.function([x], exprc.softplus(x) * 2 - exprc.sum(x))
