@@ -390,3 +390,76 @@ def test_every_node_carries_the_attributes_its_row_declares():
     with_attrs = {name for name, row in OPS.items() if row.attr_names}
     assert {"cast", "dimshuffle", "split_part", "sum", "argmin"} <= with_attrs
     assert "add" not in with_attrs and "matmul" not in with_attrs
+
+
+# -- where the C and reference backends must agree, and where exprc deliberately differs from NumPy ---------
+# (README, "Deviations from NumPy"; issue 13)
+BACKENDS = ["c", "numpy"]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", ["int32", "int64"])
+def test_integer_to_negative_integer_power(backend, dtype):
+    """A negative constant exponent is refused when the graph is built (NumPy raises ValueError at
+    call time; a native kernel has no way to raise).  Exponents only known at call time give C's
+    truncated integer result on every backend: 1 for base 1, +-1 for base -1, else 0."""
+    x, y = exprc.vector("x", dtype), exprc.vector("y", dtype)
+    for exponent in (-1, np.array([2, -3], dtype=dtype)):
+        with pytest.raises(exprc.errors.DTypeError, match=r"pow: .*negative"):
+            x ** exponent
+    with pytest.raises(exprc.errors.DTypeError, match=r"pow: .*negative"):
+        exprc.power(exprc.constant(np.array([2, 3], dtype=dtype)), -2)
+    assert_close((x ** -1.0).eval({x: np.array([2], dtype=dtype)}), np.array([0.5]))  # float exponent: fine
+    base = np.array([1, -1, -1, 0, 2, -3, 7, 3, -2], dtype=dtype)
+    expo = np.array([-5, -1, -2, -1, -1, -2, 0, 3, 5], dtype=dtype)
+    got = exprc.function([x, y], x ** y, backend=backend)(base, expo)
+    assert_close(got, np.array([1, -1, 1, 0, 0, 0, 1, 27, -32], dtype=dtype))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_sign_of_zeros_and_nan_follows_numpy(backend, dtype):
+    data = np.array([-0.0, 0.0, np.nan, -np.nan, -2.0, 3.0, -np.inf, np.inf, 1e-310], dtype=dtype)
+    x = exprc.vector("x", dtype)
+    got = exprc.function([x], exprc.sign(x), backend=backend)(data)
+    assert_close(got, np.sign(data))
+    np.testing.assert_array_equal(np.signbit(got), np.signbit(np.sign(data)))  # sign(-0.0) is +0.0
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("name", ["floor", "ceil", "round"])
+@pytest.mark.parametrize("dtype", ["bool", "int32", "int64"])
+def test_rounding_bools_and_ints_is_the_identity(backend, name, dtype):
+    """floor/ceil/round of bools and ints return the operand unchanged, in its dtype, on every backend
+    and whatever the NumPy version (np.floor(bool) is float16 before NumPy 2.3, np.rint(int) float64)."""
+    from exprc.ops import OPS
+
+    data = np.array([True, False, True]) if dtype == "bool" else np.array([-3, 0, 2**31 - 1], dtype=dtype)
+    x = exprc.vector("x", dtype)
+    if name == "round" and dtype == "bool":
+        with pytest.raises(exprc.errors.DTypeError):
+            exprc.round(x)
+        return
+    got = exprc.function([x], getattr(exprc, name)(x), backend=backend)(data)
+    assert_close(got, data)
+    ref = OPS[name].impl(data)  # the reference row itself (constant folding uses it too)
+    assert ref.dtype == data.dtype and np.array_equal(ref, data)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_float32_sum_prod_mean_accumulate_in_float64(backend):
+    """Deliberate deviation: float32 sum/prod/mean keep their running value in float64 and round once
+    (NumPy keeps float32).  The float32 product of 10,000 numbers near 1 whose exact product is
+    1.2e-200 is 0 here; NumPy's float32 product stalls at the smallest subnormal, 1e-45."""
+    a = np.random.default_rng(0).uniform(0.5, 1.5, 10_000).astype(np.float32)
+    x, m = exprc.vector("x", "float32"), exprc.matrix("m", "float32")
+    f = exprc.function([x, m], [exprc.prod(x), exprc.sum(x), exprc.mean(x), exprc.prod(m, axis=1)],
+                       backend=backend)
+    rows = a.reshape(4, -1)
+    wide = a.astype(np.float64)
+    got = f(a, rows)
+    assert np.prod(a) > 0 and got[0] == 0  # NumPy: 1e-45; the float64 product rounds to 0 in float32
+    assert_close(got[0], np.float32(np.prod(wide)))
+    assert_close(got[1], np.float32(np.sum(wide)), ulps=1)
+    assert_close(got[2], np.float32(np.mean(wide)), ulps=1)
+    assert_close(got[3], np.prod(rows.astype(np.float64), axis=1).astype(np.float32), ulps=1)

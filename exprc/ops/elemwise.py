@@ -14,6 +14,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from exprc.errors import DTypeError
 from exprc.ops.table import Op, _elemwise, _errstate, cast, register
 from exprc.types import TensorType, broadcast_shapes, promote
 
@@ -50,7 +51,34 @@ def _float_floordiv(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def _sign(x: np.ndarray) -> np.ndarray:
-    return np.sign(x)
+    return np.sign(x)  # sign(-0.0) is +0.0, sign(NaN) NaN: numpy_semantics.h's exprc_sign matches
+
+
+def _integral_identity(fn: Callable) -> Callable:
+    """floor/ceil/round: bools and ints come back unchanged in their own dtype, as the type rule and
+    the C expression ``({0})`` say, whatever the NumPy version (np.floor(bool) is float16 before
+    NumPy 2.3, np.rint(int32) is float64)."""
+
+    def impl(x: np.ndarray) -> np.ndarray:
+        x = np.asarray(x)
+        return x.copy() if x.dtype.kind in "biu" else fn(x)
+
+    impl.__name__ = fn.__name__
+    return impl
+
+
+def _power(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """np.power, except integers to negative integer powers: NumPy raises at call time, which a
+    native kernel cannot do, so every backend gives C's truncated quotient 1 / a**-b instead (1 for
+    a = 1, +-1 for a = -1, else 0; exprc_ipow in numpy_semantics.h).  A negative *constant* exponent
+    is refused when the node is built (:func:`_infer_pow`)."""
+    a, b = np.asarray(a), np.asarray(b)
+    if b.dtype.kind not in "iu" or not (b < 0).any():
+        return np.power(a, b)
+    a, b = np.broadcast_arrays(a, b)
+    pos = np.power(a, np.where(b < 0, 0, b))
+    neg = np.where(a == 1, 1, np.where(a == -1, np.where(b % 2 == 1, -1, 1), 0)).astype(a.dtype)
+    return np.where(b < 0, neg, pos)
 
 
 def _cast(x: np.ndarray, dtype: str) -> np.ndarray:
@@ -70,7 +98,7 @@ _BINARY = [
     ("truediv", np.true_divide, "float", "({0} / {1})", None, "/", 10, False),
     ("floordiv", np.floor_divide, "numeric", "exprc_floordiv{f}({0}, {1})", "exprc_ifloordiv_{T}({0}, {1})", "//", 10, False),
     ("mod", np.remainder, "numeric", "exprc_mod{f}({0}, {1})", "exprc_imod_{T}({0}, {1})", "%", 10, False),
-    ("pow", np.power, "numeric", "pow{f}({0}, {1})", "exprc_ipow_{T}({0}, {1})", "**", 12, False),
+    ("pow", _power, "numeric", "pow{f}({0}, {1})", "exprc_ipow_{T}({0}, {1})", "**", 12, False),
     ("maximum", np.maximum, "any", "exprc_max{f}({0}, {1})", "(({0}) > ({1}) ? ({0}) : ({1}))", None, 100, True),
     ("minimum", np.minimum, "any", "exprc_min{f}({0}, {1})", "(({0}) < ({1}) ? ({0}) : ({1}))", None, 100, True),
     ("arctan2", np.arctan2, "float", "atan2{f}({0}, {1})", None, None, 100, False),
@@ -94,9 +122,9 @@ _UNARY = [
     ("invert", np.invert, "integral", None, "exprc_invert_{T}({0})"),
     ("square", np.square, "numeric", "({0} * {0})", "({0} * {0})"),
     ("sign", _sign, "numeric", "exprc_sign{f}({0})", "(({0} > 0) - ({0} < 0))"),
-    ("floor", np.floor, "any", "floor{f}({0})", "({0})"),
-    ("ceil", np.ceil, "any", "ceil{f}({0})", "({0})"),
-    ("round", np.rint, "numeric", "nearbyint{f}({0})", "({0})"),
+    ("floor", _integral_identity(np.floor), "any", "floor{f}({0})", "({0})"),
+    ("ceil", _integral_identity(np.ceil), "any", "ceil{f}({0})", "({0})"),
+    ("round", _integral_identity(np.rint), "numeric", "nearbyint{f}({0})", "({0})"),
     ("reciprocal", np.reciprocal, "float", "(1 / {0})", None),
     ("exp", np.exp, "float", "exp{f}({0})", None),
     ("exp2", np.exp2, "float", "exp2{f}({0})", None),
@@ -129,9 +157,20 @@ _UNARY = [
     ("isfinite", np.isfinite, "float_bool", "(isfinite({0}) != 0)", None),
 ]
 
+def _infer_pow(inputs: tuple, attrs: dict) -> tuple[tuple, TensorType]:
+    """The elementwise type rule, and integers to negative constant powers refused here: NumPy
+    raises at call time, a native kernel cannot (see :func:`_power` for exponents known later)."""
+    inputs, typ = _elemwise("pow", "numeric")(inputs, attrs)
+    b = inputs[1]
+    if typ.dtype in ("int32", "int64") and b.op == "constant" and bool((b.value < 0).any()):
+        raise DTypeError(f"pow: {typ.dtype} to a negative integer power ({b.value.min()}) is not an integer "
+                         "(NumPy raises ValueError); use a float exponent or cast the base to float64")
+    return inputs, typ
+
+
 for _name, _fn, _rule, _c, _ci, _infix, _prec, _comm in _BINARY:
-    register(Op(_name, "elemwise", _errstate(_fn), _elemwise(_name, _rule), c=_c, c_int=_ci,
-                infix=_infix, prec=_prec, commutative=_comm))
+    register(Op(_name, "elemwise", _errstate(_fn), _infer_pow if _name == "pow" else _elemwise(_name, _rule),
+                c=_c, c_int=_ci, infix=_infix, prec=_prec, commutative=_comm))
 for _name, _fn, _rule, _c, _ci in _UNARY:
     register(Op(_name, "elemwise", _errstate(_fn), _elemwise(_name, _rule), c=_c, c_int=_ci,
                 infix="-" if _name == "neg" else ("~" if _name == "invert" else None),

@@ -74,19 +74,22 @@ def _np_reduce(fn: Callable, dtype: str | None = None) -> Callable:
     return _errstate(impl)
 
 
+# The references keep the running value in the accumulator REDUCTIONS declares, as the native
+# kernels do: a float32 sum/prod/mean runs in float64 and is rounded once (NumPy keeps float32; a
+# deliberate deviation, README "Deviations from NumPy"), ints and bools widen to int64 (mean: float64).
 def _np_sum(x: np.ndarray, axis: tuple, keepdims: bool) -> np.ndarray:
-    dt = np.int64 if x.dtype in (np.bool_, np.int32) else x.dtype
-    return np.sum(x, axis=axis, keepdims=keepdims, dtype=dt)
+    acc = np.float64 if x.dtype.kind == "f" else np.int64
+    return np.sum(x, axis=axis, keepdims=keepdims, dtype=acc).astype(x.dtype if acc is np.float64 else acc, copy=False)
 
 
 def _np_prod(x: np.ndarray, axis: tuple, keepdims: bool) -> np.ndarray:
-    dt = np.int64 if x.dtype in (np.bool_, np.int32) else x.dtype
-    return np.prod(x, axis=axis, keepdims=keepdims, dtype=dt)
+    acc = np.float64 if x.dtype.kind == "f" else np.int64
+    return np.prod(x, axis=axis, keepdims=keepdims, dtype=acc).astype(x.dtype if acc is np.float64 else acc, copy=False)
 
 
 def _np_mean(x: np.ndarray, axis: tuple, keepdims: bool) -> np.ndarray:
     dt = x.dtype if x.dtype.kind == "f" else np.float64
-    return np.mean(x, axis=axis, keepdims=keepdims, dtype=dt)
+    return np.mean(x, axis=axis, keepdims=keepdims, dtype=np.float64).astype(dt, copy=False)
 
 
 def _np_arg(fn: Callable) -> Callable:

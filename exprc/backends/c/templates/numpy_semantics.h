@@ -20,7 +20,8 @@ EXPRC_INLINE T exprc_floordiv##S(T a, T b) {                                    
 }                                                                                         \
 EXPRC_INLINE T exprc_max##S(T a, T b) { return (a != a || a > b) ? a : b; }               \
 EXPRC_INLINE T exprc_min##S(T a, T b) { return (a != a || a < b) ? a : b; }               \
-EXPRC_INLINE T exprc_sign##S(T x) { return x > 0 ? (T)1 : (x < 0 ? (T)-1 : x); }          \
+/* sign: x + 0 makes sign(-0.0) +0.0 as NumPy's (and keeps NaN); without -ffast-math it is not folded. */ \
+EXPRC_INLINE T exprc_sign##S(T x) { return x > 0 ? (T)1 : (x < 0 ? (T)-1 : x + (T)0); }   \
 /* Branch-free (selects, not jumps), so loops calling these still vectorize. */          \
 EXPRC_INLINE T exprc_sigmoid##S(T x) {                                                    \
     T e = exp##S(-fabs##S(x));                                                            \
