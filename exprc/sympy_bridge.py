@@ -22,6 +22,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from exprc import api
+from exprc.errors import ExprcError
 from exprc.graph import Node, toposort
 from exprc.ops import OPS
 
@@ -98,16 +99,34 @@ def _const_to_sympy(node: Node) -> Any:
     return sp.Float(v, 17) if node.dtype == "float64" else sp.Float(v, 9)
 
 
-def to_sympy(expr: Node, symbols: Mapping[Node, Any] | None = None) -> Any:
+#: The deepest expression :func:`to_sympy` converts by default.  exprc's side is iterative, but
+#: SymPy builds, compares and prints expressions recursively: at Python's default recursion limit
+#: building a chain of ``sin`` fails between depth 200 and 300 (the frames in use decide), and
+#: ``str()`` of a chain near depth 150 (printing is SymPy's: convert, then print if it fits).
+MAX_SYMPY_DEPTH = 200
+
+
+def to_sympy(expr: Node, symbols: Mapping[Node, Any] | None = None, max_depth: int = MAX_SYMPY_DEPTH) -> Any:
     """The SymPy expression of the elementwise exprc expression ``expr``.
 
     ``symbols`` maps graph inputs to SymPy symbols; inputs not in it become
-    ``sympy.Symbol(name)`` (unnamed inputs: ``_x<uid>``)."""
+    ``sympy.Symbol(name)`` (unnamed inputs: ``_x<uid>``).  The expression is built bottom-up;
+    one deeper than ``max_depth`` operations raises :class:`~exprc.errors.ExprcError` before any
+    SymPy call (SymPy itself recurses: raise ``sys.setrecursionlimit`` with ``max_depth``)."""
     sp = _sympy()
     expr = api.as_node(expr)
     table = _to_table()
+    order = toposort([expr])
+    depth: dict[Node, int] = {}  # operations on the longest path down to a leaf
+    for n in order:
+        depth[n] = 1 + max([depth[i] for i in n.inputs]) if n.inputs else 0
+    if depth[expr] > max_depth:
+        raise ExprcError(f"to_sympy: the expression is {depth[expr]} operations deep, more than "
+                         f"max_depth={max_depth} (SymPy builds expressions recursively and fails between depth "
+                         f"200 and 300 at Python's default recursion limit); pass a larger max_depth= together "
+                         f"with sys.setrecursionlimit, or keep the expression in exprc")
     done: dict[Node, Any] = {}
-    for n in toposort([expr]):
+    for n in order:
         if n.op == "input":
             if symbols is not None and n in symbols:
                 done[n] = symbols[n]

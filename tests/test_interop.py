@@ -119,6 +119,24 @@ def test_moderately_deep_sympy_expressions():
     assert abs(exprc.function([x], back)(0.3) - exprc.function([x], e)(0.3)) < 1e-12
 
 
+def test_deep_expressions_are_refused_by_to_sympy_with_the_depth_and_the_limit():
+    # SymPy recursed (RecursionError from inside SymPy) on a 3,000-deep chain; now a clear error
+    # before any SymPy call, naming the depth and the limit, which can be raised.
+    x = exprc.scalar("x")
+    e = x
+    for i in range(3000):
+        e = exprc.sin(e) if i % 2 else e * 0.5
+    with pytest.raises(exprc.errors.ExprcError, match=r"3000 operations deep, more than max_depth=200"):
+        exprc.to_sympy(e)
+    shallow = x
+    for _ in range(200):
+        shallow = exprc.sin(shallow)
+    back = exprc.from_sympy(exprc.to_sympy(shallow), {x_: x})  # at the limit: converts both ways
+    assert abs(exprc.function([x], back)(0.3) - exprc.function([x], shallow)(0.3)) < 1e-12
+    with pytest.raises(exprc.errors.ExprcError, match="more than max_depth=150"):
+        exprc.to_sympy(shallow, max_depth=150)
+
+
 # -- pickling ---------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("backend", ["numpy", "c"])
 def test_pickle_stores_the_graph_and_keeps_shared_variables_shared(backend):
