@@ -8,7 +8,8 @@ Layout of :func:`root` (one folder per exprc version, Python ABI and platform)::
         meta.json           key parts, timestamps, hits, sizes, sha256 of the library (no pickle)
     locks/<key>.lock        flock-ed only while that entry compiles (released when a process dies)
     toolchain/<id>.json     compiler probe results (see :mod:`exprc.backends.c.compile`)
-    dispatch/<id>/          the call dispatcher extension (see :mod:`exprc.backends.c.dispatch`)
+    dispatch/<name>-<hash12>/  the call dispatcher extension (:mod:`exprc.backends.c.dispatch`): an entry
+                            like the others (meta.json, sha256, the same checks) in its own area
     .tmp-<key>-XXXX/        an entry being built, or what a killed build left (never loaded)
     .trash-<key>-XXXX/      an entry being deleted
 
@@ -17,7 +18,20 @@ without any lock; on a miss take that entry's lock (never a global one), look
 again, build into a temporary folder, write ``meta.json`` and ``os.replace``
 the folder into place.  A library whose sha256 does not match ``meta.json``,
 or an entry whose ``meta.json`` cannot be read, is evicted with a warning and
-rebuilt.  The cache refuses folders that other users can write to or own.
+rebuilt.  The cache refuses folders that other users can write to or own (the
+root, ``locks/``, ``dispatch/`` and every entry).
+
+Files in the cache are opened only as regular files: never through a symbolic
+link (``O_NOFOLLOW``, entry folders opened with ``O_DIRECTORY`` and read
+relative to that handle), never blocking on a FIFO (``O_NONBLOCK`` then
+``fstat``), and read no further than the size ``meta.json`` records (meta.json
+itself at most :data:`META_MAX_BYTES`).  Anything else makes the entry corrupt:
+evicted and rebuilt.
+
+A cache that cannot be written (read-only or full disk, ``EXPRC_CACHE_DIR``
+naming a file) does not stop a compile: :func:`load` warns once per folder and
+builds into a private temporary folder, as with ``Config(cache=False)``.
+Unsafe permissions are not that case: they raise :class:`CacheError`.
 """
 
 from __future__ import annotations
@@ -53,6 +67,15 @@ FORMAT = 1
 _ENTRY_RE = re.compile(r"^[A-Za-z0-9_.]+-[0-9a-f]{12}$")
 _REQUIRED = {"key": str, "library": str, "sha256": str, "created": (int, float), "last_used": (int, float),
              "hits": int, "size_bytes": int}
+
+#: meta.json is a few KiB (the summary is capped at 500 characters); anything larger is not ours.
+META_MAX_BYTES = 1 << 20
+#: Cap on a read through :func:`read_file` when the caller knows no recorded size.
+FILE_MAX_BYTES = 1 << 30
+#: errno values that mean "this folder cannot be written" (then :func:`load` builds privately).
+_WRITE_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.ENOTDIR, errno.EEXIST,
+                 errno.EMLINK}
+_WARNED: set[str] = set()
 
 #: Per-process counters (tests and benchmarks read them): compiles, hits, evictions.
 STATS = {"compiles": 0, "hits": 0, "evictions": 0}
@@ -131,6 +154,17 @@ def ensure_root(cfg: Config) -> Path:
     return r
 
 
+def ensure_folder(r: Path, name: str, what: str) -> Path:
+    """``<root>/<name>`` (``locks``, ``dispatch``, ``toolchain``), created private when missing, after the
+    same ownership and permission checks as the root: a lock or dispatcher folder other users can write
+    to would let them swap in a library the next process (maybe root's) loads."""
+    path = r / name
+    if not path.is_dir():
+        _make_private_dir(path)
+    check_safe(path, what)
+    return path
+
+
 # -- keys ---------------------------------------------------------------------------------------------------------
 def entry_key(name: str, source: str, parts: dict[str, str]) -> str:
     """``<name>-<hash12>``: sha256 over the sorted named parts and the source (stable across processes)."""
@@ -152,12 +186,9 @@ def entry_lock(r: Path, key: str) -> Iterator[None]:
     """Hold ``<root>/locks/<key>.lock`` (flock, blocking).  The holder unlinks the file before releasing,
     so a waiter that wakes on an unlinked file retries on a fresh one; a killed holder's lock is
     released by the kernel and its leftover file is reused."""
-    locks = r / "locks"
-    if not locks.is_dir():
-        _make_private_dir(locks)
-    path = locks / f"{key}.lock"
+    path = ensure_folder(r, "locks", "lock folder") / f"{key}.lock"
     while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             try:
@@ -181,8 +212,10 @@ def entry_lock(r: Path, key: str) -> Iterator[None]:
 def lock_is_held(path: Path) -> bool:
     """True when some process holds the flock on ``path``."""
     try:
-        fd = os.open(path, os.O_RDWR)
+        fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
+        return False
+    except OSError:  # a symlink or a special file: not a lock anybody holds
         return False
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -200,8 +233,8 @@ def remove_unheld_locks(r: Path) -> list[Path]:
     removed = []
     for path in sorted((r / "locks").glob("*.lock")):
         try:
-            fd = os.open(path, os.O_RDWR)
-        except FileNotFoundError:
+            fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError:  # vanished, or a symlink/special file (never followed)
             continue
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -212,22 +245,121 @@ def remove_unheld_locks(r: Path) -> list[Path]:
             if os.stat(path).st_ino == os.fstat(fd).st_ino:
                 os.unlink(path)
                 removed.append(path)
-        except FileNotFoundError:
+        except OSError:  # vanished, or a read-only folder: the file stays, and is not reported removed
             pass
         finally:
             os.close(fd)
     return removed
 
 
+# -- reading files safely -------------------------------------------------------------------------------------------
+class _BadFile(Exception):
+    """A file in the cache that must not be read (the message completes "<file> ...")."""
+
+
+_KINDS = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+          (stat.S_ISSOCK, "a socket"), (stat.S_ISDIR, "a folder"))
+_READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+
+
+def _open_regular(name: str | Path, dir_fd: int | None = None) -> tuple[int, os.stat_result]:
+    """An fd on a regular file: no symlink followed (O_NOFOLLOW), no wait on a FIFO (O_NONBLOCK), fstat-checked."""
+    try:
+        fd = os.open(name, _READ_FLAGS, dir_fd=dir_fd)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise _BadFile("is a symbolic link (links are never followed inside the cache)") from None
+        if exc.errno == errno.ENXIO:
+            raise _BadFile("is not a regular file (a socket)") from None
+        raise
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        kind = next((k for test, k in _KINDS if test(st.st_mode)), "a special file")
+        raise _BadFile(f"is not a regular file ({kind})")
+    return fd, st
+
+
+def _chunks(fd: int, st: os.stat_result, limit: int) -> Iterator[bytes]:
+    """The file's bytes, at most ``limit`` (checked on the size first, then while reading)."""
+    if st.st_size > limit:
+        raise _BadFile(f"is larger than recorded ({st.st_size} bytes, at most {limit} expected)")
+    total = 0
+    while True:
+        b = os.read(fd, min(1 << 20, limit + 1 - total))
+        if not b:
+            return
+        total += len(b)
+        if total > limit:
+            raise _BadFile(f"grew past the recorded size ({limit} bytes) while being read")
+        yield b
+
+
+def _read_at(name: str | Path, limit: int, dir_fd: int | None = None) -> bytes:
+    fd, st = _open_regular(name, dir_fd)
+    try:
+        return b"".join(_chunks(fd, st, limit))
+    finally:
+        os.close(fd)
+
+
+def _sha256_at(name: str | Path, limit: int, dir_fd: int | None = None, private: bool = False) -> str:
+    """sha256 of a regular file; ``private``: also refuse one other users own or can write (in place)."""
+    fd, st = _open_regular(name, dir_fd)
+    try:
+        if private and (st.st_uid != os.getuid() or st.st_mode & 0o022):
+            raise _BadFile(f"is owned by uid {st.st_uid} or writable by other users (mode "
+                           f"{stat.S_IMODE(st.st_mode):o}): its contents could be replaced")
+        h = hashlib.sha256()
+        for b in _chunks(fd, st, limit):
+            h.update(b)
+        return h.hexdigest()
+    finally:
+        os.close(fd)
+
+
+def read_file(path: Path, limit: int = FILE_MAX_BYTES, what: str = "cache file") -> bytes:
+    """The bytes of ``path``, a regular file of at most ``limit`` bytes (no symlink, FIFO or device):
+    raises :class:`CacheError` naming the file otherwise, ``OSError`` when it cannot be read."""
+    try:
+        return _read_at(path, limit)
+    except _BadFile as exc:
+        raise CacheError(f"exprc: refusing to read the {what} {path}: it {exc}. Remove it (`exprc cache verify "
+                         "--fix` removes broken entries).") from None
+
+
+@contextlib.contextmanager
+def _entry_fd(folder: Path) -> Iterator[int | None]:
+    """A handle on the entry folder itself (not through a symlink), or None when it does not exist."""
+    try:
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        yield None
+        return
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+            kind = "a symbolic link" if folder.is_symlink() else "not a folder"
+            raise _BadFile(f"the entry is {kind} (links are never followed inside the cache)") from None
+        raise
+    try:
+        yield fd
+    finally:
+        os.close(fd)
+
+
 # -- entries ------------------------------------------------------------------------------------------------------
 def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+    return _sha256_at(path, FILE_MAX_BYTES)
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     try:
-        tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()  # left by a killed process with our pid
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(json.dumps(data, indent=1, sort_keys=True))
         os.replace(tmp, path)
     finally:
         with contextlib.suppress(FileNotFoundError):
@@ -237,9 +369,23 @@ def write_json_atomic(path: Path, data: Any) -> None:
 def read_meta(folder: Path) -> tuple[dict[str, Any] | None, str | None]:
     """(meta, None) or (None, why it is unusable) or (None, None) when the entry does not exist."""
     try:
-        raw = (folder / "meta.json").read_bytes()
+        with _entry_fd(folder) as dfd:
+            if dfd is None:
+                return None, None
+            return _read_meta_at(folder, dfd)
+    except _BadFile as exc:
+        return None, str(exc)
+    except OSError as exc:
+        return None, f"the entry is unreadable ({exc.strerror})"
+
+
+def _read_meta_at(folder: Path, dfd: int) -> tuple[dict[str, Any] | None, str | None]:
+    try:
+        raw = _read_at("meta.json", META_MAX_BYTES, dfd)
     except FileNotFoundError:
-        return None, ("meta.json is missing" if folder.is_dir() else None)
+        return None, "meta.json is missing"
+    except _BadFile as exc:
+        return None, f"meta.json {exc}"
     except OSError as exc:
         return None, f"meta.json is unreadable ({exc.strerror})"
     try:
@@ -261,41 +407,68 @@ def read_meta(folder: Path) -> tuple[dict[str, Any] | None, str | None]:
 
 
 def check_entry(folder: Path, deep: bool = False) -> tuple[dict[str, Any] | None, str | None]:
-    """Like :func:`read_meta`, plus the library's sha256 (and with ``deep`` the source's)."""
-    meta, why = read_meta(folder)
+    """Like :func:`read_meta`, plus the library's sha256 (and with ``deep`` the source's).  Every file is
+    read through one handle on the entry folder, as a regular file, no further than its recorded size."""
+    try:
+        with _entry_fd(folder) as dfd:
+            if dfd is None:
+                return None, None
+            return _check_at(folder, dfd, deep)
+    except _BadFile as exc:
+        return None, str(exc)
+    except OSError as exc:
+        return None, f"the entry is unreadable ({exc.strerror})"
+
+
+def _check_at(folder: Path, dfd: int, deep: bool) -> tuple[dict[str, Any] | None, str | None]:
+    meta, why = _read_meta_at(folder, dfd)
     if meta is None:
         return None, why
+    lib = meta["library"]
+    limit = meta.get("library_bytes") if isinstance(meta.get("library_bytes"), int) else meta["size_bytes"]
     try:
-        if _sha256(folder / meta["library"]) != meta["sha256"]:
+        if _sha256_at(lib, limit, dfd, private=True) != meta["sha256"]:
             return None, "the library's sha256 does not match meta.json (truncated or modified)"
     except FileNotFoundError:
-        return None, f"the library {meta['library']} is missing"
+        return None, f"the library {lib} is missing"
+    except _BadFile as exc:
+        return None, f"the library {lib} {exc}"
     except OSError as exc:
         return None, f"the library is unreadable ({exc.strerror})"
-    if deep and meta.get("source") and meta.get("source_sha256"):
+    src = meta.get("source")
+    if deep and isinstance(src, str) and meta.get("source_sha256") and "/" not in src and not src.startswith("."):
         try:
-            if _sha256(folder / meta["source"]) != meta["source_sha256"]:
+            if _sha256_at(src, meta["size_bytes"], dfd) != meta["source_sha256"]:
                 return None, "the source's sha256 does not match meta.json"
+        except _BadFile as exc:
+            return None, f"the source {src} {exc}"
         except OSError:
-            return None, f"the source {meta['source']} is missing or unreadable"
+            return None, f"the source {src} is missing or unreadable"
     return meta, None
 
 
-def evict(folder: Path) -> bool:
-    """Remove an entry: rename it away first (it disappears atomically), then delete it."""
+def evict(folder: Path, errors: list[str] | None = None) -> bool:
+    """Remove an entry: rename it away first (it disappears atomically), then delete it.  True when it is
+    gone because of this call; when it could not be removed, why is appended to ``errors``."""
     try:
         trash = Path(tempfile.mkdtemp(prefix=f".trash-{folder.name}-", dir=folder.parent))
-    except OSError:
+    except OSError as exc:
+        if errors is not None and os.path.lexists(folder):
+            errors.append(f"{folder.name}: {exc.strerror or exc}")
         return False
     try:
         os.replace(folder, trash / folder.name)
     except FileNotFoundError:
         shutil.rmtree(trash, ignore_errors=True)
         return False
-    except OSError:
+    except OSError as exc:
         shutil.rmtree(trash, ignore_errors=True)
         shutil.rmtree(folder, ignore_errors=True)
-        return not folder.exists()
+        if os.path.lexists(folder):
+            if errors is not None:
+                errors.append(f"{folder.name}: {exc.strerror or exc}")
+            return False
+        return True
     shutil.rmtree(trash, ignore_errors=True)
     _count("evictions")
     return True
@@ -343,41 +516,78 @@ def _remove_stale_temps(r: Path, key: str) -> None:
 
 
 def load(name: str, source: str, parts: dict[str, str], build: Callable[[Path], Path],
-         loader: Callable[[Path], T], cfg: Config, meta: dict[str, Any] | None = None) -> tuple[T, Path | None]:
+         loader: Callable[[Path], T], cfg: Config, meta: dict[str, Any] | None = None,
+         area: str = "") -> tuple[T, Path | None]:
     """Load the library for ``source``, building it with ``build(folder) -> lib path`` when absent.
 
     ``parts`` are the named key parts besides the source (compiler, version, flags, …); ``meta``
-    adds fields to meta.json (``backend``, ``summary``).  Returns the loaded object and the entry
-    folder (None when ``cfg.cache`` is off: then the build happens in a temporary folder that is
+    adds fields to meta.json (``backend``, ``summary``); ``area`` puts the entry in a subfolder of
+    the root (``"dispatch"``: the dispatcher, kept out of ``exprc cache list`` and the size limit)
+    with the same checks.  Returns the loaded object and the entry folder (None when ``cfg.cache`` is
+    off or the cache cannot be written: then the build happens in a temporary folder that is
     deleted afterwards).
     """
     if not cfg.cache:
-        with tempfile.TemporaryDirectory(prefix="exprc-") as tmp:
-            return loader(build(Path(tmp))), None
-    r = ensure_root(cfg)
+        return _private(build, loader), None
+    try:
+        r = ensure_root(cfg)
+        where = ensure_folder(r, area, f"cache folder {area}/") if area else r
+    except OSError as exc:  # cannot create the folder: read-only, full, EXPRC_CACHE_DIR is a file, ...
+        return _unwritable(base_dir(cfg), exc, build, loader), None
     key = entry_key(name, source, parts)
-    folder = r / key
+    folder = where / key
     state, loaded, _ = _try_load(folder, loader)
     if state == "ok":
         return loaded, folder  # type: ignore[return-value]
-    with entry_lock(r, key):
-        state, loaded, why = _try_load(folder, loader)  # built by the process we waited for?
-        if state == "ok":
-            return loaded, folder  # type: ignore[return-value]
-        if state == "bad":
-            warnings.warn(f"exprc: evicting the corrupted cache entry {folder} ({why}); rebuilding it",
-                          RuntimeWarning, stacklevel=4)
-            evict(folder)
-        _remove_stale_temps(r, key)
-        _build(r, folder, name, source, parts, build, meta or {})
-        _count("compiles")
-        state, loaded, why = _try_load(folder, loader, hit=False)
-        if state != "ok":
-            raise CacheError(f"exprc: the freshly built cache entry {folder} cannot be used: {why or 'missing'}")
-    if cfg.cache_max_bytes:
+    try:
+        with entry_lock(r, key):
+            state, loaded, why = _try_load(folder, loader)  # built by the process we waited for?
+            if state == "ok":
+                return loaded, folder  # type: ignore[return-value]
+            if state == "bad":
+                warnings.warn(f"exprc: evicting the corrupted cache entry {folder} ({why}); rebuilding it",
+                              RuntimeWarning, stacklevel=4)
+                evict(folder)
+            _remove_stale_temps(where, key)
+            _build(where, folder, name, source, parts, build, meta or {})
+            _count("compiles")
+            state, loaded, why = _try_load(folder, loader, hit=False)
+            if state != "ok":
+                raise CacheError(f"exprc: the freshly built cache entry {folder} cannot be used: {why or 'missing'}")
+    except OSError as exc:
+        if exc.errno not in _WRITE_ERRNOS:
+            raise
+        return _unwritable(where, exc, build, loader), None
+    if cfg.cache_max_bytes and not area:
         with contextlib.suppress(OSError):
             enforce_limit(r, cfg.cache_max_bytes, keep={key})
     return loaded, folder  # type: ignore[return-value]
+
+
+def _private(build: Callable[[Path], Path], loader: Callable[[Path], T]) -> T:
+    """Build in a temporary folder deleted afterwards (a loaded library stays mapped)."""
+    with tempfile.TemporaryDirectory(prefix="exprc-") as tmp:
+        return loader(build(Path(tmp)))
+
+
+def _unwritable(folder: Path, exc: OSError, build: Callable[[Path], Path], loader: Callable[[Path], T]) -> T:
+    """The cache cannot be written: warn once per folder, then build privately (as with cache=False)."""
+    with _STATS_LOCK:
+        first = str(folder) not in _WARNED
+        _WARNED.add(str(folder))
+    if first:
+        warnings.warn(f"exprc: cannot write the compile cache {folder} ({exc.strerror or exc}); compiling into a "
+                      "private temporary folder instead (nothing is reused across processes). Fix: make it a "
+                      "writable folder you own, free disk space, set EXPRC_CACHE_DIR to another folder, or pass "
+                      "Config(cache=False) to go without the cache.", RuntimeWarning, stacklevel=4)
+    try:
+        return _private(build, loader)
+    except OSError as exc2:
+        if exc2.errno not in _WRITE_ERRNOS:
+            raise
+        raise CacheError(f"exprc: cannot write the compile cache {folder} ({exc.strerror or exc}) nor a temporary "
+                         f"folder ({exc2}): free disk space, or set EXPRC_CACHE_DIR and TMPDIR to writable "
+                         "folders") from exc2
 
 
 def _build(r: Path, folder: Path, name: str, source: str, parts: dict[str, str], build: Callable[[Path], Path],
@@ -402,6 +612,7 @@ def _build(r: Path, folder: Path, name: str, source: str, parts: dict[str, str],
         meta = {k: v for k, v in extra.items() if isinstance(v, (str, int, float, bool, type(None), list, dict))}
         meta.update({
             "format": FORMAT, "key": key, "name": name, "parts": dict(parts), "library": lib_name,
+            "library_bytes": (tmp / lib_name).stat().st_size,
             "source": src.name, "sha256": _sha256(tmp / lib_name), "source_sha256": _sha256(src),
             "created": now, "last_used": now, "hits": 0, "compile_seconds": round(seconds, 4),
             "exprc_version": __version__, "compile_id": uuid.uuid4().hex, "pid": os.getpid(),
@@ -459,7 +670,7 @@ def entries(r: Path, deep: bool = False) -> list[Entry]:
         return []
     for n in names:
         p = r / n
-        if not is_entry_name(n) or not p.is_dir():
+        if not is_entry_name(n) or not (p.is_dir() or p.is_symlink()):  # a symlink is listed as broken
             continue
         meta, why = check_entry(p, deep=True) if deep else read_meta(p)
         if meta is None and why is None:

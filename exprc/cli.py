@@ -177,7 +177,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     src = e.path / str(meta.get("source", ""))
     if meta.get("source") and src.is_file():
         print(f"--- source: {src.name} ---")
-        print(src.read_text(errors="replace"), end="")
+        print(cache.read_file(src, int(meta["size_bytes"]), "source").decode(errors="replace"), end="")
     return 0
 
 

@@ -258,6 +258,58 @@ def test_corrupted_entry_is_evicted_and_rebuilt(cache_dir, damage):
     assert new.get("compile_id") != meta.get("compile_id")
 
 
+def _limited_memory() -> None:
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_AS, (3 << 30, 3 << 30))  # an unbounded read fails fast, not the machine
+
+
+def _fifo_meta(folder, meta):
+    (folder / "meta.json").unlink()
+    os.mkfifo(folder / "meta.json")
+
+
+def _library_is_dev_zero(folder, meta):
+    (folder / meta["library"]).unlink()
+    (folder / meta["library"]).symlink_to("/dev/zero")
+
+
+def _library_is_symlink(folder, meta):
+    lib = folder / meta["library"]
+    outside = folder.parent.parent / "outside.so"
+    lib.rename(outside)
+    lib.symlink_to(outside)
+
+
+def _entry_is_symlink(folder, meta):
+    outside = folder.parent.parent / "outside-entry"
+    folder.rename(outside)
+    folder.symlink_to(outside)
+
+
+@pytest.mark.parametrize("damage", [_fifo_meta, _library_is_dev_zero, _library_is_symlink, _entry_is_symlink])
+def test_special_files_in_an_entry_are_never_read(cache_dir, damage):
+    """A FIFO blocks an open for reading; /dev/zero never ends: the entry is corrupt, evicted and rebuilt."""
+    folder = cache.root(current()) / run_py(BUILD, cache_dir)["key"]
+    damage(folder, json.loads((folder / "meta.json").read_text()))
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "EXPRC_CACHE_DIR": str(cache_dir), "PYTHONWARNINGS": "always"}
+    out = subprocess.run([sys.executable, "-c", textwrap.dedent(BUILD)], env=env, capture_output=True, text=True,
+                         timeout=60, check=False, preexec_fn=_limited_memory)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert json.loads(out.stdout.strip().splitlines()[-1])["compiles"] == 1
+    assert "corrupted cache entry" in out.stderr
+    assert not folder.is_symlink() and cache.check_entry(folder, deep=True)[1] is None
+
+
+def test_fifo_toolchain_record_is_replaced_not_read(cache_dir):
+    run_py(BUILD, cache_dir)
+    (record,) = (cache.root(current()) / "toolchain").glob("*.json")
+    record.unlink()
+    os.mkfifo(record)
+    assert run_py(BUILD, cache_dir, timeout=60)["hits"] == 1  # probed again instead of waiting on the FIFO
+    assert record.is_file() and json.loads(record.read_text())["version"]
+
+
 def test_hit_bookkeeping_failure_does_not_fail_the_call(cache_dir, monkeypatch):
     folder = _fn()._kernel.cache_entry
     clear_memo()

@@ -28,12 +28,12 @@ ROOT = Path(__file__).resolve().parents[1]
 SUBCOMMANDS = ["path", "list", "show", "stats", "verify", "prune", "clear", "unlock"]
 
 
-def exprc_cli(cache_dir: Path, *args: str, stdin: str | None = None, real: bool = False) -> Any:
+def exprc_cli(cache_dir: Path, *args: str, stdin: str | None = None, real: bool = False, timeout: float = 120) -> Any:
     """Run ``exprc *args`` on ``cache_dir``; ``stdin=None`` means an empty stdin (EOF)."""
     if real:
         env = {**os.environ, "PYTHONPATH": str(ROOT), "EXPRC_CACHE_DIR": str(cache_dir), "COLUMNS": "200"}
         return subprocess.run([sys.executable, "-m", "exprc", *args], env=env, input=stdin, capture_output=True,
-                              text=True, timeout=120, check=False,
+                              text=True, timeout=timeout, check=False,
                               stdin=subprocess.DEVNULL if stdin is None else None)
     out, err = io.StringIO(), io.StringIO()
     with pytest.MonkeyPatch.context() as mp:
@@ -185,6 +185,25 @@ def test_verify_reports_and_fixes_corruption(populated):
     assert [p.name for p in _entries(populated)] == [es[2].name] and not tmp_left.exists()
     r = exprc_cli(populated, "cache", "verify")
     assert r.returncode == 0 and "all good" in r.stdout
+
+
+def test_special_files_are_reported_not_read(populated):
+    es = _entries(populated)
+    (es[0] / "meta.json").unlink()
+    os.mkfifo(es[0] / "meta.json")  # opening a FIFO for reading waits for a writer: forever
+    lib = next(es[1].glob("*.so"))
+    lib.unlink()
+    lib.symlink_to("/dev/zero")
+    for args in (["list"], ["stats"], ["verify"], ["show", es[0].name], ["show", es[1].name]):
+        r = exprc_cli(populated, "cache", *args, real=True, timeout=30)
+        assert "Traceback" not in r.stderr, r.stderr  # finishes (timeout=) with a plain report
+    assert "is not a regular file (a FIFO)" in exprc_cli(populated, "cache", "list").stdout
+    r = exprc_cli(populated, "cache", "verify", real=True, timeout=30)
+    assert r.returncode == 1
+    assert f"BAD {es[0].name}: meta.json is not a regular file (a FIFO)" in r.stdout
+    assert f"BAD {es[1].name}: the library {lib.name} is a symbolic link" in r.stdout
+    r = exprc_cli(populated, "cache", "verify", "--fix", real=True, timeout=30)
+    assert r.returncode == 0 and [p.name for p in _entries(populated)] == [p.name for p in es[2:]]
 
 
 def test_unsafe_cache_folder_is_refused(populated):

@@ -7,6 +7,7 @@ milliseconds, and it is loaded with cffi's ABI mode.  Failures raise
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
@@ -17,7 +18,7 @@ import tempfile
 from pathlib import Path
 
 from exprc.config import Config
-from exprc.errors import CompileError
+from exprc.errors import CacheError, CompileError
 
 # -O2, not -O3: the hot loops carry `#pragma omp simd`, which -O2 vectorizes (libmvec calls
 # included) just as well, and gcc takes about half the time (0.14 s vs 0.26 s for a 20-op kernel).
@@ -82,15 +83,21 @@ def _facts(cfg: Config) -> tuple[str | None, str, bool, bool]:
     real = os.path.realpath(exe)
     st = os.stat(real)
     ident = hashlib.sha256(f"{cc}\n{real}\n{st.st_size}\n{st.st_mtime_ns}".encode()).hexdigest()[:16]
-    path = cache.ensure_root(cfg) / "toolchain" / f"{ident}.json"
     try:
-        d = json.loads(path.read_text())
+        path = cache.ensure_folder(cache.ensure_root(cfg), "toolchain", "toolchain folder") / f"{ident}.json"
+    except OSError:  # the cache cannot be written: probe (cache.load warns and builds privately)
+        _FACTS[fast_key] = facts = _probe(cc)
+        return facts
+    try:
+        # a regular file of a few hundred bytes: a FIFO or a symlink here must not hang or redirect the read
+        d = json.loads(cache.read_file(path, 1 << 16, "toolchain record"))
         facts = (None, str(d["version"]), bool(d["openmp"]), bool(d["mvec"]))
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError, CacheError):
         facts = _probe(cc)
         if facts[0] is None:
             try:
-                path.parent.mkdir(exist_ok=True)
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()  # whatever was there (a FIFO, a symlink) is replaced by a regular file
                 cache.write_json_atomic(path, {"cc": cc, "executable": real, "version": facts[1],
                                                "openmp": facts[2], "mvec": facts[3]})
             except OSError:

@@ -146,5 +146,5 @@ def cached_compile(source: str, name: str, arch: str, target: str, cfg: Config,
     parts = {"compiler": "nvrtc", "compiler_version": version(), "arch": arch, "target": target,
              "flags": " ".join(options(cfg, arch, target)), "templates": templates_hash()}
     return cache.load(name, source, parts, lambda d: build(source, d, name, arch, target, cfg),
-                      lambda p: Path(p).read_bytes(), cfg,
+                      lambda p: cache.read_file(Path(p), what="CUDA binary"), cfg,
                       {"backend": "cuda", "arch": arch, "target": target, "summary": summary[:500]})
