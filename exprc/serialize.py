@@ -370,6 +370,24 @@ def _check_attrs(op: str, attrs: dict, inputs: list[Node], where: str) -> None:
         raise SerializationError(f"{where}: bad attributes for {op!r}: {bad}")
 
 
+_TEMPLATE_OPERAND = re.compile(r"\{(\d+)\}")
+
+
+def arity(row: Any) -> tuple[int, int | None]:
+    """(fewest, most) operands of an op row (most None: no bound): the row's ``nin``, or derived:
+    an elementwise row uses operands ``{0}`` … ``{n-1}`` of its C template (custom ops' templates
+    must use every operand), a reduction takes one."""
+    if row.nin is not None:
+        return row.nin
+    if row.kind == "reduce":
+        return 1, 1
+    if row.kind == "elemwise":
+        used = [int(k) for t in (row.c, row.c_int, row.cuda) if t for k in _TEMPLATE_OPERAND.findall(t)]
+        if used:
+            return max(used) + 1, max(used) + 1
+    return 1, None  # a row that says nothing: the 1 to 64 operands every node may have
+
+
 def from_dict(doc: dict, max_nodes: int = 10_000_000, shared_refs: Sequence[Node] | None = None) -> Any:
     """Rebuild an expression, a list of them or a compiled function from a parsed document."""
     kind = doc.get("kind")
@@ -414,6 +432,11 @@ def from_dict(doc: dict, max_nodes: int = 10_000_000, shared_refs: Sequence[Node
             refs = _field(entry, "inputs", list, where)
             if not refs or len(refs) > 64:
                 raise SerializationError(f"{where}: expected 1 to 64 operands")
+            lo, hi = arity(row)
+            if not lo <= len(refs) <= (64 if hi is None else hi):
+                want = str(lo) if lo == hi else (f"at least {lo}" if hi is None else f"{lo} to {hi}")
+                raise SerializationError(f"node {i}: op {op!r} takes {want} operand{'s' if want != '1' else ''}, "
+                                         f"got {len(refs)}")
             inputs = [built[_int(r, f"{where}: operand", 0, i - 1)] for r in refs]
             raw_attrs = _field(entry, "attrs", dict, where, optional=True) or {}
             attrs = {k: _decode_attr(v, where) for k, v in raw_attrs.items()}
@@ -511,4 +534,4 @@ def _unpickle_function(text: str, shared_refs: tuple) -> Any:
     return from_dict(parse(text), shared_refs=list(shared_refs))
 
 
-__all__ = ["FORMAT", "VERSION", "dumps", "from_dict", "load", "loads", "parse", "save", "to_dict"]
+__all__ = ["FORMAT", "VERSION", "arity", "dumps", "from_dict", "load", "loads", "parse", "save", "to_dict"]

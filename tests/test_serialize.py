@@ -165,6 +165,38 @@ def test_malformed_or_hostile_files_give_a_clear_error(case, tmp_path, capfd):
         exprc.load(path)
 
 
+@pytest.mark.parametrize(("build", "op", "refs", "want"), [
+    (lambda x: x * x, "mul", [0], "takes 2 operands, got 1"),  # crashed a rewrite (IndexError)
+    (lambda x: x + x, "add", [0, 0, 0, 0], "takes 2 operands, got 4"),  # computed x + x on C
+    (lambda x: exprc.exp(x), "exp", [0, 0], "takes 1 operand, got 2"),  # loaded
+    (lambda x: exprc.where(x > 0, x, x), "where", [1, 0], "takes 3 operands, got 2"),
+    (lambda x: exprc.sum(x), "sum", [0, 0], "takes 1 operand, got 2"),
+    (lambda x: exprc.reshape(x, (-1,)), "reshape", [0, 0], "takes 1 operand, got 2"),
+    (lambda x: exprc.matmul(x, x), "matmul", [0, 0, 0], "takes 2 operands, got 3"),
+])
+def test_operand_counts_are_checked_on_load(build, op, refs, want):
+    x = exprc.vector("x")
+    doc = json.loads(exprc.dumps(build(x)))
+    last = len(doc["nodes"]) - 1
+    assert doc["nodes"][last]["op"] == op
+    doc["nodes"][last]["inputs"] = refs
+    with pytest.raises(SerializationError, match=f"node {last}: op '{op}' {want}"):
+        exprc.loads(json.dumps(doc))
+
+
+def test_every_op_row_knows_its_operand_count():
+    from exprc.ops import OPS
+    from exprc.serialize import arity
+
+    counts = {name: arity(row) for name, row in OPS.items() if row.kind != "leaf"}
+    assert {n for n, (lo, hi) in counts.items() if hi is None} == {"concatenate", "split_part"}
+    assert counts["where"] == (3, 3) and counts["fill"] == (2, 2) and counts["neg"] == (1, 1)
+    x = exprc.vector("x")
+    for e in (exprc.concatenate([x, x, x]), exprc.sum(exprc.exp(x) * x), exprc.log1p(x) ** 2):
+        back = exprc.loads(exprc.dumps(e))  # what exprc writes still loads
+        assert exprc.pprint(back) == exprc.pprint(e) and back.type == e.type
+
+
 def test_broadcast_to_a_huge_shape_is_refused():
     x = exprc.scalar("x")
     doc = json.loads(exprc.dumps(exprc.broadcast_to(x, (2, 3))))

@@ -34,4 +34,4 @@ def _infer_matmul(inputs: tuple, attrs: dict) -> tuple[tuple, TensorType]:
     return (a, b), TensorType(dt, shape)
 
 
-register(Op("matmul", "linalg", _errstate(np.matmul), _infer_matmul, infix="@", prec=10))
+register(Op("matmul", "linalg", _errstate(np.matmul), _infer_matmul, infix="@", prec=10, nin=(2, 2)))

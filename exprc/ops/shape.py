@@ -132,14 +132,15 @@ def _infer_shape(inputs: tuple, attrs: dict) -> tuple[tuple, TensorType]:
     return inputs, TensorType("int64", (x.ndim,))
 
 
-register(Op("dimshuffle", "shape", _np_dimshuffle, _infer_dimshuffle, attr_names=("order",)))
-register(Op("reshape", "shape", lambda x, shape: np.reshape(x, shape), _infer_reshape, attr_names=("shape",)))
+register(Op("dimshuffle", "shape", _np_dimshuffle, _infer_dimshuffle, attr_names=("order",), nin=(1, 1)))
+register(Op("reshape", "shape", lambda x, shape: np.reshape(x, shape), _infer_reshape, attr_names=("shape",),
+            nin=(1, 1)))
 register(Op("broadcast_to", "shape", lambda x, shape: np.broadcast_to(x, shape), _infer_broadcast_to,
-            attr_names=("shape",)))
+            attr_names=("shape",), nin=(1, 1)))
 register(Op("concatenate", "shape", lambda *xs, axis: np.concatenate(xs, axis=axis), _infer_concatenate,
-            attr_names=("axis",)))
-register(Op("getitem", "shape", _np_getitem, _infer_getitem, attr_names=("index",)))
-register(Op("shape", "shape", lambda x: np.array(np.shape(x), dtype=np.int64), _infer_shape))
+            attr_names=("axis",), nin=(1, None)))
+register(Op("getitem", "shape", _np_getitem, _infer_getitem, attr_names=("index",), nin=(1, 1)))
+register(Op("shape", "shape", lambda x: np.array(np.shape(x), dtype=np.int64), _infer_shape, nin=(1, 1)))
 
 
 # -- ops that gradients need (NumPy steps on every native backend; the C planner makes them views where it can) --
@@ -187,11 +188,11 @@ def _split_part(x: np.ndarray, *models: np.ndarray, axis: int, which: int) -> np
 
 
 # inc_subtensor(x, y, index): x with y added into x[index] (the gradient of getitem scatters into zeros).
-register(Op("inc_subtensor", "shape", _inc_subtensor, _infer_inc_subtensor, attr_names=("index",)))
+register(Op("inc_subtensor", "shape", _inc_subtensor, _infer_inc_subtensor, attr_names=("index",), nin=(2, 2)))
 # sum_to(x, model): x summed over the axes along which ``model`` was broadcast to x's shape (and
 # broadcast over those where x is smaller: gradients may be): the result has ``model``'s shape.
-register(Op("sum_to", "shape", _errstate(_sum_to), _infer_like))
+register(Op("sum_to", "shape", _errstate(_sum_to), _infer_like, nin=(2, 2)))
 # reshape_like(x, model): x reshaped to the shape of ``model`` (sizes known at call time).
-register(Op("reshape_like", "shape", lambda x, model: np.reshape(x, np.shape(model)), _infer_like))
+register(Op("reshape_like", "shape", lambda x, model: np.reshape(x, np.shape(model)), _infer_like, nin=(2, 2)))
 # split_part(x, *models, axis, which): the part of x that concatenate(models, axis) took from models[which].
-register(Op("split_part", "shape", _split_part, _infer_split_part, attr_names=("axis", "which")))
+register(Op("split_part", "shape", _split_part, _infer_split_part, attr_names=("axis", "which"), nin=(2, None)))

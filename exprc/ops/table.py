@@ -53,6 +53,9 @@ class Op:
     #: The attribute names a node of this op carries (all of them, always): the schema that
     #: serialize checks a saved node against.
     attr_names: tuple[str, ...] = ()
+    #: The operand count (fewest, most; most None: no bound), which loading a saved graph checks;
+    #: None: derived (elementwise rows from their C template, reductions take one).
+    nin: tuple[int, int | None] | None = None
 
     def make(self, inputs: tuple, attrs: dict) -> Node:
         """Build the node: coerce operands, infer the output type, intern."""
