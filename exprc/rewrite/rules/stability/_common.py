@@ -75,9 +75,62 @@ def k(v: float, like: Node) -> Node:
     return const(v, like)
 
 
-def nan_where(cond: Node, x: Node) -> Node:
-    """NaN where ``cond`` holds, else ``x``."""
-    return F.where(cond, k(math.nan, x), x)
+def nan_where(cond: Node | None, x: Node) -> Node:
+    """NaN where ``cond`` holds, else ``x`` (``None``: never)."""
+    return x if cond is None else F.where(cond, k(math.nan, x), x)
+
+
+def _and(a: Node | None, b: Node | None) -> Node | None:
+    return None if a is None or b is None else make("and", a, b)
+
+
+def _or(a: Node | None, b: Node | None) -> Node | None:
+    return b if a is None else (a if b is None else make("or", a, b))
+
+
+#: Ops that are > 0 in exact arithmetic for every argument but -inf (exp(-inf) = 0 is a limit):
+#: their float value may still be 0 or inf by under- or overflow, so comparing it with 0 misreads
+#: the sign (-2 * exp(-800) is -0.0 in floats but negative, and log of it is NaN, not -inf).
+POSITIVE_OPS = ("exp", "exp2", "sigmoid", "softplus")
+
+
+def exact_sign(t: Node, depth: int = 3) -> tuple[Node | None, Node | None]:
+    """``(t > 0, t < 0)`` in exact arithmetic as boolean nodes (``None``: never), read through
+    exp-like factors, square, abs, neg and (up to ``depth`` levels) products; a plain float
+    comparison elsewhere.  NaN is neither (comparisons are false)."""
+    if t.op in POSITIVE_OPS:
+        a = t.inputs[0]
+        return a > k(-math.inf, a), None
+    if t.op in ("square", "abs"):  # zero in exact arithmetic only where the argument is
+        a = t.inputs[0]
+        return make("ne", a, k(0.0, a)), None
+    if t.op == "neg":
+        pos, neg = exact_sign(t.inputs[0], depth)
+        return neg, pos
+    if t.op == "mul" and depth > 0:
+        (pa, na), (pb, nb) = exact_sign(t.inputs[0], depth - 1), exact_sign(t.inputs[1], depth - 1)
+        return _or(_and(pa, pb), _and(na, nb)), _or(_and(pa, nb), _and(na, pb))
+    return t > k(0.0, t), t < k(0.0, t)
+
+
+def exact_finite(t: Node) -> Node:
+    """``t`` is finite in exact arithmetic (exp(800) is, though it overflows to inf)."""
+    if t.op in POSITIVE_OPS:
+        a = t.inputs[0]
+        return a < k(math.inf, a)
+    if t.op in ("neg", "abs", "square"):
+        return exact_finite(t.inputs[0])
+    return f("isfinite", t)
+
+
+def negative_product(x: Node, y: Node, quotient: bool = False) -> Node | None:
+    """Where ``x*y`` (``x/y``) is < 0 in exact arithmetic, however it rounds (-0.0, -inf): log and
+    sqrt of it are NaN there, whatever log|x| + log|y| says.  A quotient by an infinite ``y`` is a
+    limit, 0 (log gives -inf, as NumPy's log(-0.0)), so it counts only where ``y`` is finite.
+    ``None``: never (``x`` and ``y`` cannot have opposite signs)."""
+    (px, nx), (py, ny) = exact_sign(x), exact_sign(y)
+    out = _or(_and(px, ny), _and(nx, py))
+    return _and(out, exact_finite(y)) if quotient else out
 
 
 def guarded(stable: Node, naive: Node, safe: Node | None = None) -> Node:

@@ -32,6 +32,7 @@ from exprc.rewrite.rules.stability._common import (
     mul,
     nan_where,
     negated,
+    negative_product,
     single,
     sqrt_of,
     stability_rule,
@@ -298,9 +299,8 @@ def _log_product(node: Node, a: Node, quotient: bool) -> Node | None:
     info = np.finfo(node.dtype)
     la, lb = f("log", f("abs", x)), f("log", f("abs", y))
     wide = sub(la, lb) if quotient else add(la, lb)
-    nonzero = make("ne", x, k(0.0, x)) & make("ne", y, k(0.0, y)) & f("isfinite", x) & f("isfinite", y)
-    negative = make("ne", x < k(0.0, x), y < k(0.0, y)) & nonzero  # x*y < 0 however small: log is NaN
-    fallback = nan_where(negative, wide)
+    # x*y < 0 however it rounds (-0.0 by underflow, -inf by overflow, exp(v) = 0 or inf): log is NaN
+    fallback = nan_where(negative_product(x, y, quotient), wide)
     safe = (a >= k(float(info.tiny), a)) & (a <= k(float(info.max), a))
     return F.where(safe, F.freeze(node), fallback)
 

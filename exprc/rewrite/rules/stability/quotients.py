@@ -28,6 +28,7 @@ from exprc.rewrite.rules.stability._common import (
     max_shifted,
     mul,
     nan_where,
+    negative_product,
     single,
     stability_rule,
     sub,
@@ -136,10 +137,7 @@ def sqrt_product(node: Node, m: Node) -> Node | None:
         return None  # x*x is sqrt_square's; c*x has nothing to gain
     if x.op in SUM_OPS or y.op in SUM_OPS:
         return None  # (x - 1)(x + 1) is x*x - 1 factored: sqrt_conjugate's, and no overflow to avoid
-    zero = k(0.0, node)
-    opposite = make("and", make("ne", make("lt", x, zero), make("lt", y, zero)),
-                    make("and", make("ne", x, zero), make("ne", y, zero)))
-    return nan_where(opposite, mul(f("sqrt", f("abs", x)), f("sqrt", f("abs", y))))
+    return nan_where(negative_product(x, y), mul(f("sqrt", f("abs", x)), f("sqrt", f("abs", y))))
 
 
 #: Below this magnitude exp(u) is a normal, finite float64 (exp(709.78) overflows, exp(-708.4) is
