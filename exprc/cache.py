@@ -684,6 +684,21 @@ def entries(r: Path, deep: bool = False) -> list[Entry]:
     return out
 
 
+#: Sub-folders of the root and what they are called in messages (checked like the root).
+SUBFOLDERS = (("locks", "lock folder"), ("dispatch", "cache folder dispatch/"), ("toolchain", "toolchain folder"))
+
+
+def check_folders(r: Path) -> list[tuple[Path, str]]:
+    """(folder, problem) for each existing sub-folder of root ``r`` that other users own or can write to."""
+    out = []
+    for name, what in SUBFOLDERS:
+        try:
+            check_safe(r / name, what)
+        except CacheError as exc:
+            out.append((r / name, str(exc)))
+    return out
+
+
 def leftovers(r: Path) -> list[Path]:
     """Temporary and trash folders whose build or deletion is not running (nobody holds the key's lock)."""
     out = []
@@ -720,12 +735,15 @@ __all__ = [
     "CacheError",
     "Entry",
     "check_entry",
+    "check_folders",
     "check_safe",
     "enforce_limit",
+    "ensure_folder",
     "ensure_root",
     "entries",
     "entry_key",
     "evict",
     "load",
+    "read_file",
     "root",
 ]

@@ -212,28 +212,51 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
     r = _root()
     es = _load_entries(r, deep=True)
-    left = cache.leftovers(r)
     if not r.exists():
         print(f"The exprc cache is empty: {r} does not exist yet; nothing to verify.")
         return 0
-    bad = [e for e in es if e.problem]
-    for e in bad:
+    # The dispatcher extension lives in dispatch/ and is checked like the kernels' entries (sha256, owner).
+    disp = cache.entries(r / "dispatch", deep=True) if (r / "dispatch").is_dir() else []
+    left = cache.leftovers(r) + (cache.leftovers(r / "dispatch") if (r / "dispatch").is_dir() else [])
+    folders = cache.check_folders(r)
+    labelled = [(e.key, e) for e in es] + [(f"dispatch/{e.key}", e) for e in disp]
+    bad = [(label, e) for label, e in labelled if e.problem]
+    unfixed = 0
+    for folder, problem in folders:
+        print(f"BAD {folder}: {problem}" + (" (--fix does not change permissions)" if args.fix else ""))
+        unfixed += 1
+    for label, e in bad:
         if args.fix:
-            cache.evict(e.path)
-            print(f"evicted {e.key}: {e.problem}")
+            errors: list[str] = []
+            if cache.evict(e.path, errors) or not e.path.exists():
+                print(f"evicted {label}: {e.problem}")
+            else:
+                print(f"could not evict {label}: {'; '.join(errors) or 'unknown error'}")
+                unfixed += 1
         else:
-            print(f"BAD {e.key}: {e.problem}")
+            print(f"BAD {label}: {e.problem}")
     for p in left:
         if args.fix:
             shutil.rmtree(p, ignore_errors=True)
-            print(f"removed leftover {p.name}")
+            if p.exists():
+                print(f"could not remove leftover {p.name}")
+                unfixed += 1
+            else:
+                print(f"removed leftover {p.name}")
         else:
             print(f"leftover {p.name} (from an interrupted build or deletion)")
-    problems = len(bad) + len(left)
-    print(f"verified {len(es)} entries in {r}: " + (
-        "all good" if not problems else f"{len(bad)} bad, {len(left)} leftover(s)"
-        + (" — fixed" if args.fix else "; run `exprc cache verify --fix` to remove them")))
-    return 0 if (not problems or args.fix) else 1
+    problems = len(bad) + len(left) + len(folders)
+    what = f"{len(es)} entries" + (" and the dispatcher" if len(disp) == 1 else
+                                   f" and {len(disp)} dispatcher builds" if disp else "")
+    if not problems:
+        summary = "all good"
+    elif args.fix:
+        summary = "fixed" if not unfixed else f"{unfixed} problem(s) remain"
+    else:
+        summary = (f"{len(bad)} bad, {len(left)} leftover(s), {len(folders)} unsafe folder(s); run "
+                   "`exprc cache verify --fix` to remove bad entries and leftovers")
+    print(f"verified {what} in {r}: {summary}")
+    return 0 if (not problems or (args.fix and not unfixed)) else 1
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
@@ -286,11 +309,16 @@ def cmd_clear(args: argparse.Namespace) -> int:
         if answer.strip().lower() not in ("y", "yes"):
             print("\naborted; nothing removed" if not answer.endswith("\n") else "aborted; nothing removed")
             return 1
-    n = sum(cache.evict(e.path) for e in es)
+    errors: list[str] = []
+    n = sum(cache.evict(e.path, errors) for e in es)
     for p in left:
         shutil.rmtree(p, ignore_errors=True)
     cache.remove_unheld_locks(r)
     print(f"removed {n} entries from {r}")
+    if errors:  # say what stayed (a read-only or full file system), never count it as removed
+        print(f"could not remove {len(errors)} entries: {'; '.join(errors[:5])}" + ("; …" if len(errors) > 5 else "")
+              + f". Is {r} read-only? Remove it with the rights to, or set EXPRC_CACHE_DIR to another folder.")
+        return 1
     return 0
 
 

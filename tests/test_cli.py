@@ -68,6 +68,8 @@ def populated_template(tmp_path_factory):
         x = exprc.vector("x")
         for e in (exprc.exp(x) + 1, exprc.sin(x) * 2, exprc.log1p(x * x)):
             exprc.function([x], e, backend="c")(np.ones(3))
+        f = exprc.function([x], exprc.exp(x) + 1, backend="c")
+        f(np.ones(3)); f(np.ones(3))  # the second call builds the dispatcher
         exprc.function([x], exprc.exp(x) + 1, backend="c", config=exprc.Config(cache_max_bytes=1 << 30))(np.ones(3))
     """
     env = {**os.environ, "PYTHONPATH": str(ROOT), "EXPRC_CACHE_DIR": str(d)}
@@ -204,6 +206,68 @@ def test_special_files_are_reported_not_read(populated):
     assert f"BAD {es[1].name}: the library {lib.name} is a symbolic link" in r.stdout
     r = exprc_cli(populated, "cache", "verify", "--fix", real=True, timeout=30)
     assert r.returncode == 0 and [p.name for p in _entries(populated)] == [p.name for p in es[2:]]
+
+
+def _dispatcher(cache_dir: Path) -> Path:
+    (lib,) = (_root(cache_dir) / "dispatch").glob("*/*.so")
+    return lib
+
+
+def test_verify_covers_the_dispatcher(populated):
+    r = exprc_cli(populated, "cache", "verify")
+    assert r.returncode == 0 and "all good" in r.stdout and "dispatcher" in r.stdout
+    lib = _dispatcher(populated)
+    lib.write_bytes(lib.read_bytes()[:-10] + b"0123456789")  # replaced by someone else's code
+    r = exprc_cli(populated, "cache", "verify", real=True)
+    assert r.returncode == 1
+    assert f"BAD dispatch/{lib.parent.name}: the library's sha256 does not match" in r.stdout
+    r = exprc_cli(populated, "cache", "verify", "--fix")
+    assert r.returncode == 0 and f"evicted dispatch/{lib.parent.name}" in r.stdout and not lib.exists()
+    r = exprc_cli(populated, "cache", "verify")
+    assert r.returncode == 0 and "all good" in r.stdout
+
+
+@pytest.mark.parametrize("where", ["dispatch", "locks", "dispatcher entry"])
+def test_verify_reports_folders_other_users_can_write(populated, where):
+    lib = _dispatcher(populated)
+    (_root(populated) / "locks").mkdir(exist_ok=True)
+    folder = {"dispatch": lib.parent.parent, "locks": _root(populated) / "locks", "dispatcher entry": lib.parent}[where]
+    os.chmod(folder, 0o777)
+    try:
+        r = exprc_cli(populated, "cache", "verify")
+        assert r.returncode == 1 and "writable by other users" in r.stdout and str(folder) in r.stdout, r.stdout
+        r = exprc_cli(populated, "cache", "verify", "--fix")
+        if where == "dispatcher entry":  # an entry others could write is evicted (rebuilt on next use)
+            assert r.returncode == 0 and "evicted dispatch/" in r.stdout and not folder.exists()
+        else:  # --fix does not change a folder's permissions: the message says how
+            assert r.returncode == 1 and "chmod go-w" in r.stdout
+    finally:
+        if folder.exists():
+            os.chmod(folder, 0o755)
+
+
+def test_clear_on_a_read_only_cache_says_what_stayed(populated, monkeypatch):
+    import errno
+    import tempfile
+
+    n = len(_entries(populated))
+    real = tempfile.mkdtemp
+
+    def read_only(*a, dir=None, **k):
+        if dir is not None and str(populated) in str(dir):
+            raise OSError(errno.EROFS, "Read-only file system")
+        return real(*a, dir=dir, **k)
+
+    monkeypatch.setattr(tempfile, "mkdtemp", read_only)
+    r = exprc_cli(populated, "cache", "clear", "-y")
+    assert r.returncode == 1 and "removed 0 entries" in r.stdout, r.stdout
+    assert f"could not remove {n} entries" in r.stdout + r.stderr and "Read-only file system" in r.stdout + r.stderr
+    assert len(_entries(populated)) == n
+    es = _entries(populated)
+    (es[0] / "meta.json").write_text("garbage")
+    r = exprc_cli(populated, "cache", "verify", "--fix")
+    assert r.returncode == 1 and f"evicted {es[0].name}" not in r.stdout
+    assert f"could not evict {es[0].name}" in r.stdout + r.stderr
 
 
 def test_unsafe_cache_folder_is_refused(populated):

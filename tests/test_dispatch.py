@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import os
+import subprocess
+import sys
+import sysconfig
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -149,3 +154,81 @@ def test_out_arrays_that_overlap_the_arguments_get_numpy_semantics():
         want_w = np.exp(w[2:7]) - np.exp(w[2:7]).sum()
         g(w[2:7], out=w[1:6])  # shifted overlap
         np.testing.assert_allclose(w[1:6], want_w)
+
+
+# -- the cached extension: integrity and ownership (issue 13) ------------------------------------------------------------
+ROOT = Path(__file__).resolve().parents[1]
+TWO_CALLS = """
+import json, warnings
+import numpy as np
+import exprc
+from exprc.backends.c import dispatch
+from exprc.errors import CacheError
+warnings.simplefilter("always")
+a = exprc.vector("a")
+f = exprc.function([a], a * 2 + 1, backend="c")
+try:
+    f(np.ones(3)); f(np.ones(3))
+    print(json.dumps({"fast": f._fast is not None, "unavailable": dispatch.UNAVAILABLE}))
+except CacheError as exc:
+    print(json.dumps({"error": str(exc)}))
+"""
+
+
+def _two_calls(cache_dir: Path, **env: str) -> dict:
+    e = {**os.environ, "PYTHONPATH": str(ROOT), "EXPRC_CACHE_DIR": str(cache_dir), **env}
+    e.pop("EXPRC_NO_DISPATCH", None)
+    out = subprocess.run([sys.executable, "-c", TWO_CALLS], env=e, capture_output=True, text=True, timeout=300,
+                         check=False)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return {**json.loads(out.stdout.strip().splitlines()[-1]), "stderr": out.stderr}
+
+
+HOSTILE = """
+#include <Python.h>
+#include <stdio.h>
+#include <stdlib.h>
+static struct PyModuleDef def = {PyModuleDef_HEAD_INIT, "exprc_dispatch", NULL, -1, NULL};
+PyMODINIT_FUNC PyInit_exprc_dispatch(void) {
+    FILE *f = fopen(getenv("EXPRC_TEST_MARKER"), "w");
+    if (f) fclose(f);
+    return PyModule_Create(&def);
+}
+"""
+
+
+def test_replaced_dispatcher_is_detected_and_rebuilt(tmp_path):
+    d = tmp_path / "cache"
+    assert _two_calls(d)["fast"]
+    (lib,) = [p for p in d.rglob("*.so") if "dispatch" in str(p.relative_to(d))]
+    # Another user's extension with the same init function, put where the dispatcher was.
+    src = tmp_path / "hostile.c"
+    src.write_text(HOSTILE)
+    subprocess.run(["cc", "-shared", "-fPIC", f"-I{sysconfig.get_paths()['include']}", "-o", str(lib), str(src)],
+                   check=True, timeout=120)
+    marker = tmp_path / "pwned"
+    r = _two_calls(d, EXPRC_TEST_MARKER=str(marker))
+    assert not marker.exists(), "the replaced dispatcher ran"
+    assert r["fast"] and "corrupted cache entry" in r["stderr"] and "sha256" in r["stderr"]
+
+
+@pytest.mark.parametrize("where", ["dispatch", "entry", "locks"])
+def test_dispatcher_folders_writable_by_others_are_refused(tmp_path, where):
+    d = tmp_path / "cache"
+    assert _two_calls(d)["fast"]
+    (lib,) = [p for p in d.rglob("*.so") if "dispatch" in str(p.relative_to(d))]
+    folder = {"dispatch": lib.parent.parent, "entry": lib.parent, "locks": lib.parent.parent.parent / "locks"}[where]
+    os.chmod(folder, 0o777)
+    try:
+        if where == "locks":  # a compile takes a lock: another user could plant a symlink there
+            code = TWO_CALLS.replace("a * 2 + 1", "a * 3 + 1")
+            e = {**os.environ, "PYTHONPATH": str(ROOT), "EXPRC_CACHE_DIR": str(d)}
+            out = subprocess.run([sys.executable, "-c", code], env=e, capture_output=True, text=True, timeout=300,
+                                 check=False)
+            assert "CacheError" in out.stderr and "lock folder" in out.stderr and str(folder) in out.stderr
+        else:
+            r = _two_calls(d)
+            assert "writable by other users" in r.get("error", ""), r
+            assert str(folder) in r["error"]
+    finally:
+        os.chmod(folder, 0o755)

@@ -8,6 +8,14 @@ read their values, write each new value into the variable's spare buffer, swap
 (``Dispatcher.update``).  Building it
 needs ``Python.h`` and NumPy's headers; where that fails exprc keeps the pure
 Python call path, which is slower per call but equivalent.
+
+The built extension is a cache entry like a kernel's, in the cache's ``dispatch/``
+area (:func:`exprc.cache.load` with ``area="dispatch"``): meta.json with its sha256,
+checked before every import, ownership and permission checks on ``dispatch/``,
+the entry and ``locks/``, and ``exprc cache verify`` covers it.  A tampered
+extension is evicted and rebuilt; an unsafe folder raises
+:class:`~exprc.errors.CacheError` (importing someone else's extension would run
+their code in this process).
 """
 
 from __future__ import annotations
@@ -15,7 +23,6 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
-import shutil
 import subprocess
 import sys
 import sysconfig
@@ -27,6 +34,7 @@ from types import ModuleType
 import numpy as np
 
 from exprc.config import Config
+from exprc.errors import CacheError
 
 _LOCK = threading.Lock()
 _MODULE: dict[str, ModuleType | None] = {}
@@ -47,11 +55,15 @@ def _import(path: Path) -> ModuleType:
     return module
 
 
+#: Compiler flags of the extension (a cache key part).
+FLAGS = ("-O2", "-shared", "-fPIC", "-std=c99", "-Werror=implicit-function-declaration")
+
+
 def _build(source: str, folder: Path, cc: str) -> Path:
-    src = folder / "dispatch.c"
+    src = folder / "exprc_dispatch.c"
     src.write_text(source)
     out = folder / f"exprc_dispatch{sysconfig.get_config_var('EXT_SUFFIX') or '.so'}"
-    cmd = [*cc.split(), "-O2", "-shared", "-fPIC", "-std=c99", f"-I{sysconfig.get_paths()['include']}",
+    cmd = [*cc.split(), *FLAGS, f"-I{sysconfig.get_paths()['include']}",
            f"-I{np.get_include()}", "-o", str(out), str(src)]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
     if r.returncode != 0:
@@ -78,20 +90,18 @@ def load(cfg: Config) -> ModuleType | None:
             if cfg.cache:
                 from exprc import cache
 
-                folder = cache.ensure_root(cfg) / "dispatch" / ident
-                lib = folder / f"exprc_dispatch{sysconfig.get_config_var('EXT_SUFFIX') or '.so'}"
-                if not lib.exists():
-                    folder.parent.mkdir(parents=True, exist_ok=True)
-                    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=folder.parent))
-                    _build(source, tmp, cc.compiler(cfg))
-                    try:
-                        os.replace(tmp, folder)
-                    except OSError:  # another process built it first
-                        shutil.rmtree(tmp, ignore_errors=True)
-                module = _import(lib)
+                compiler = cc.compiler(cfg)
+                parts = {"python": sys.version, "numpy": np.__version__,
+                         "ext_suffix": sysconfig.get_config_var("EXT_SUFFIX") or "", "compiler": compiler,
+                         "flags": " ".join(FLAGS)}
+                module, _ = cache.load("exprc_dispatch", source, parts, lambda d: _build(source, d, compiler),
+                                       _import, cfg, {"backend": "dispatch", "summary": "the C call dispatcher"},
+                                       area="dispatch")
             else:
                 with tempfile.TemporaryDirectory(prefix="exprc-dispatch-") as tmp:
                     module = _import(_build(source, Path(tmp), cc.compiler(cfg)))
+        except CacheError:
+            raise  # unsafe permissions: refuse, as for kernels (and try again on the next call)
         except Exception as exc:  # noqa: BLE001 - any failure means: use the Python path
             UNAVAILABLE.append(f"{type(exc).__name__}: {exc}")
             module = None
