@@ -61,7 +61,11 @@ def pow_compensated_base(node: Node, s: Node, p: Node, q: Node, y: Node) -> Node
     bb = fz(sub(s, p))
     err = fz(add(fz(sub(p, fz(sub(s, bb)))), fz(sub(q, bb))))
     kk = mul(y, div(err, s))
-    out = F.where(f("isfinite", kk), mul(node, f("exp", kk)), node)
+    # Only a finite, nonzero power is corrected: where s**y has under- or overflowed, exp(kk) may
+    # have overflowed the other way ((1 - 8e-4)**1e20 is 0 and exp(kk) inf), and 0 * inf is NaN
+    # where the answer is 0 (or inf * 0 where it is inf); the power alone is right there.
+    ok = make("and", f("isfinite", kk), make("and", f("isfinite", node), make("ne", node, k(0.0, node))))
+    out = F.where(ok, mul(node, f("exp", kk)), node)
     F.freeze(node)
     vq, vp = F.scalar_const(q) if q.op == "constant" else None, F.scalar_const(p) if p.op == "constant" else None
     x = p if vq == 1.0 else (q if vp == 1.0 else None)
