@@ -3,13 +3,16 @@ permissions, size limit, the in-process memo.  Each test uses its own cache fold
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -366,6 +369,42 @@ def test_new_cache_folders_are_not_group_writable(cache_dir):
     r = cache.root(current())
     for p in (cache_dir, r, r / "locks"):
         assert not p.stat().st_mode & 0o022, p
+
+
+# -- a cache that cannot be written: warn once, build privately -----------------------------------------------------------
+def test_cache_dir_that_is_a_file_builds_privately(cache_dir, monkeypatch):
+    monkeypatch.setattr(cache, "_WARNED", set())
+    cache_dir.write_text("not a folder")
+    with pytest.warns(RuntimeWarning, match=f"cannot write the compile cache {cache_dir}.*private temporary.*"
+                                            "EXPRC_CACHE_DIR"):
+        f = _fn()
+    assert f._kernel.cache_entry is None and np.allclose(f(np.zeros(2)), [3.0, 3.0])
+    clear_memo()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # once per folder and process
+        g = _fn(lambda x: exprc.sin(x) + 1)
+        assert np.allclose(g(np.zeros(2)), [1.0, 1.0]) and np.allclose(g(np.zeros(2)), [1.0, 1.0])
+    assert cache_dir.read_text() == "not a folder"
+
+
+@pytest.mark.parametrize("code", [errno.EROFS, errno.ENOSPC])
+def test_read_only_or_full_cache_builds_privately(cache_dir, monkeypatch, code):
+    monkeypatch.setattr(cache, "_WARNED", set())
+    hit = _fn()  # an entry written before the cache became read-only still loads
+    clear_memo()
+    real = tempfile.mkdtemp
+
+    def cannot_write(suffix=None, prefix=None, dir=None):
+        if dir is not None and str(cache_dir) in str(dir):
+            raise OSError(code, os.strerror(code))
+        return real(suffix, prefix, dir)
+
+    monkeypatch.setattr(tempfile, "mkdtemp", cannot_write)
+    assert _fn()._kernel.cache_entry == hit._kernel.cache_entry
+    with pytest.warns(RuntimeWarning, match=f"cannot write the compile cache .*{os.strerror(code)}"):
+        f = _fn(lambda x: exprc.cos(x) * 3)
+    assert f._kernel.cache_entry is None and np.allclose(f(np.zeros(2)), [3.0, 3.0])
+    assert len(_entry_dirs(cache.root(current()))) == 1
 
 
 # -- size limit --------------------------------------------------------------------------------------------------------------
