@@ -47,22 +47,41 @@ def sum_cancel(node: Node) -> Node | None:
 
 
 def _degree(t: Node, u: Node) -> int | None:
-    """d when ``t`` is the monomial u**d (u, square(u), u*square(u), u**3 …), else None."""
-    if t is u:
-        return 1
-    if t.op == "square":
-        d = _degree(t.inputs[0], u)
-        return None if d is None else 2 * d
-    if t.op == "mul":
-        a, b = _degree(t.inputs[0], u), _degree(t.inputs[1], u)
-        return None if a is None or b is None else a + b
-    if t.op == "pow" and t.inputs[1].op == "constant":
-        p = F.scalar_const(t.inputs[1])
-        d = _degree(t.inputs[0], u)
-        if p is not None and d is not None and float(p).is_integer() and 0 < p < 64:
-            return int(p) * d
-    return None
-
+    """d when ``t`` is the monomial u**d (u, square(u), u*square(u), u**3 …), else None.
+    Iterative (post-order with an explicit stack, each node computed once): a monomial can be a
+    chain thousands of nodes deep."""
+    memo: dict[int, int] = {}
+    stack = [t]
+    while stack:
+        n = stack[-1]
+        if id(n) in memo:
+            stack.pop()
+            continue
+        if n is u:
+            memo[id(n)] = 1
+            stack.pop()
+            continue
+        if n.op in ("square", "mul"):
+            kids = n.inputs
+        elif n.op == "pow" and n.inputs[1].op == "constant":
+            p = F.scalar_const(n.inputs[1])
+            if p is None or not float(p).is_integer() or not 0 < p < 64:
+                return None
+            kids = n.inputs[:1]
+        else:
+            return None  # one factor that is not a power of u: t is no monomial in u
+        todo = [c for c in kids if id(c) not in memo]
+        if todo:
+            stack.extend(todo)
+            continue
+        stack.pop()
+        if n.op == "square":
+            memo[id(n)] = 2 * memo[id(n.inputs[0])]
+        elif n.op == "mul":
+            memo[id(n)] = memo[id(n.inputs[0])] + memo[id(n.inputs[1])]
+        else:
+            memo[id(n)] = int(F.scalar_const(n.inputs[1])) * memo[id(n.inputs[0])]
+    return memo[id(t)]
 
 
 @stability_rule("taylor_cancellation", SUM_OPS, needs=tuple(SERIES.FUNCTIONS))

@@ -306,16 +306,27 @@ def product_cancel(node: Node) -> Node | None:
 
 def _never_zero(u: Node) -> bool:
     """True when ``u`` is nonzero in exact arithmetic (its float value may still underflow to 0,
-    which is exactly when cancelling it helps: 1/sigmoid(x) * sigmoid(x) at x = -800)."""
-    if u.op == "constant":
-        return bool(np.all(u.value != 0))
-    if u.op in ("exp", "exp2", "sigmoid", "cosh", "softplus"):
-        return True
-    if u.op in ("square", "abs", "neg", "sqrt"):
-        return _never_zero(u.inputs[0])
-    if u.op in ("mul", "truediv"):
-        return all(_never_zero(i) for i in u.inputs)
-    return False
+    which is exactly when cancelling it helps: 1/sigmoid(x) * sigmoid(x) at x = -800).
+    Iterative (an explicit stack over the DAG, each node once): factors can be chains thousands
+    of nodes deep."""
+    stack, seen = [u], set()
+    while stack:
+        n = stack.pop()
+        if id(n) in seen:
+            continue
+        seen.add(id(n))
+        if n.op == "constant":
+            if not np.all(n.value != 0):
+                return False
+        elif n.op in ("exp", "exp2", "sigmoid", "cosh", "softplus"):
+            continue
+        elif n.op in ("square", "abs", "neg", "sqrt"):
+            stack.append(n.inputs[0])
+        elif n.op in ("mul", "truediv"):
+            stack.extend(n.inputs)
+        else:
+            return False
+    return True
 
 
 def _guard_nan(out: Node, vanished: list[Node]) -> Node:
