@@ -201,3 +201,50 @@ def test_gil_is_released_while_native_kernels_run(path):
 
     progress, took = _progress_during(call)
     assert progress > 0, f"no Python progress during {took:.3f} s of native work"
+
+
+# -- results do not depend on the thread count (issue 13) ----------------------------------------------------
+#: Sizes around the fixed chunks of a contiguous full reduction (one chunk up to 8,192 elements, then
+#: 8,192-element chunks up to 256 of them, then 256 equal chunks; c_prelude.h) and around the parallel
+#: thresholds (4,096 to 2**18 elements by the kernel's cost).
+THREAD_SIZES = [1, 7, 4096, 8191, 8192, 8193, 16_385, 2**18 - 1, 2**18 + 1, 256 * 8192 - 1, 256 * 8192,
+                256 * 8192 + 1, 3_000_017]
+
+
+def _by_thread_count(inputs, outputs, args):
+    """Every output at 1, 2, 3 and 4 threads (one compiled binary: the count is a call argument)."""
+    return {k: exprc.function(inputs, outputs, config=exprc.Config(num_threads=k))(*args) for k in (1, 2, 3, 4)}
+
+
+def _assert_same_bits(results):
+    first = results[1]
+    for k, outs in results.items():
+        for i, (a, b) in enumerate(zip(outs, first)):
+            assert a.dtype == b.dtype and a.tobytes() == b.tobytes(), f"output {i}: {k} threads != 1 thread"
+
+
+@pytest.mark.parametrize("n", THREAD_SIZES)
+def test_full_reductions_do_not_depend_on_the_thread_count(n):
+    rng = np.random.default_rng(n)
+    x, x32 = exprc.vector("x"), exprc.vector("x32", "float32")
+    a = rng.standard_normal(n)
+    outs = [exprc.sum(x), exprc.mean(x), exprc.prod(1 + x * 1e-3), exprc.max(x), exprc.min(x),
+            exprc.sum(exprc.exp(x - exprc.max(x))), exprc.sum(x32), exprc.mean(x32), exprc.prod(1 + x32 * 1e-3)]
+    got = _by_thread_count([x, x32], outs, (a, a.astype(np.float32)))
+    _assert_same_bits(got)
+    np.testing.assert_allclose(got[1][0], np.sum(a), rtol=1e-12, atol=1e-12 * np.abs(a).sum())
+
+
+@pytest.mark.parametrize("shape", [(3, 2**18 + 5), (2**18 + 5, 3), (700, 1001), (2, 256 * 8192 + 3)])
+def test_axis_reductions_and_elementwise_do_not_depend_on_the_thread_count(shape):
+    """Axis reductions give each output to one thread, reduced in order; elementwise loops split the
+    elements (already deterministic: checked here too)."""
+    rng = np.random.default_rng(shape[0])
+    m, v = exprc.matrix("m"), exprc.vector("v")
+    data = rng.standard_normal(shape)
+    outs = [exprc.sum(m, axis=0), exprc.sum(m, axis=1), exprc.mean(m, axis=1), exprc.prod(1 + m * 1e-3, axis=0),
+            exprc.max(m, axis=1), exprc.sum(m.T, axis=1), exprc.exp(m) * 2 + m, exprc.tanh(v) * 3 - v,
+            exprc.sum(m[:, ::-1])]
+    got = _by_thread_count([m, v], outs, (data, data.reshape(-1)))
+    _assert_same_bits(got)
+    np.testing.assert_allclose(got[3][1], data.sum(axis=1), rtol=1e-12, atol=1e-9)

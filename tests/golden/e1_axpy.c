@@ -20,15 +20,22 @@ static void k0_mul_add(char **restrict ptrs, const int64_t *restrict P, int nthr
     const int64_t n0 = P[1];
     const int64_t total = n0;
     if (P[0]) {
+        const int64_t size = exprc_chunk_size(total), nchunks = exprc_chunk_count(total, size);
         if (nthreads > 1 && total > 104857) {
             #pragma omp parallel num_threads(nthreads < EXPRC_MAX_THREADS ? nthreads : EXPRC_MAX_THREADS)
             {
-                EXPRC_THREAD_RANGE(total, lo, hi, id)
-                (void)id; k0_mul_add_flat(ptrs, lo, hi);
+                EXPRC_THREAD_RANGE(nchunks, clo, chi, id)
+                (void)id;
+                for (int64_t c = clo; c < chi; c++) {
+                    const int64_t lo = c * size, hi = lo + size < total ? lo + size : total;
+                    k0_mul_add_flat(ptrs, lo, hi);
+                }
             }
         } else {
-            const int64_t lo = 0, hi = total, id = 0;
-            (void)id; k0_mul_add_flat(ptrs, lo, hi);
+            for (int64_t c = 0; c < nchunks; c++) {
+                const int64_t lo = c * size, hi = lo + size < total ? lo + size : total;
+                k0_mul_add_flat(ptrs, lo, hi);
+            }
         }
         return;
     }

@@ -25,22 +25,29 @@ static void k0_mul_tanh_sum(char **restrict ptrs, const int64_t *restrict P, int
     const int64_t red_total = n1;
     (void)kept_total;
     if (P[0]) {
-        double part[EXPRC_MAX_THREADS]; int pnan[EXPRC_MAX_THREADS]; int used = 1;
+        double part[EXPRC_MAX_CHUNKS]; int pnan[EXPRC_MAX_CHUNKS];
+        const int64_t size = exprc_chunk_size(red_total), nchunks = exprc_chunk_count(red_total, size);
         if (nthreads > 1 && red_total > 37449) {
             #pragma omp parallel num_threads(nthreads < EXPRC_MAX_THREADS ? nthreads : EXPRC_MAX_THREADS)
             {
-                EXPRC_THREAD_RANGE(red_total, lo, hi, id)
-                pnan[id] = 0; part[id] = k0_mul_tanh_sum_flat(ptrs, lo, hi, &pnan[id]); if (id == 0) used = EXPRC_NUM_THREADS_USED();
+                EXPRC_THREAD_RANGE(nchunks, clo, chi, id)
+                (void)id;
+                for (int64_t c = clo; c < chi; c++) {
+                    const int64_t lo = c * size, hi = lo + size < red_total ? lo + size : red_total;
+                    pnan[c] = 0; part[c] = k0_mul_tanh_sum_flat(ptrs, lo, hi, &pnan[c]);
+                }
             }
         } else {
-            const int64_t lo = 0, hi = red_total, id = 0;
-            pnan[id] = 0; part[id] = k0_mul_tanh_sum_flat(ptrs, lo, hi, &pnan[id]); if (id == 0) used = EXPRC_NUM_THREADS_USED();
+            for (int64_t c = 0; c < nchunks; c++) {
+                const int64_t lo = c * size, hi = lo + size < red_total ? lo + size : red_total;
+                pnan[c] = 0; part[c] = k0_mul_tanh_sum_flat(ptrs, lo, hi, &pnan[c]);
+            }
         }
         double acc = 0; int nanf = 0;
-        for (int t = 0; t < used; t++) {
-            const double v = part[t];
+        for (int64_t c = 0; c < nchunks; c++) {
+            const double v = part[c];
             acc += v;
-            nanf |= pnan[t];
+            nanf |= pnan[c];
         }
         (void)nanf;
         *(float *)ptrs[2] = (float)(acc);

@@ -278,16 +278,26 @@ class CRenderer:
         return lines
 
     def _split(self, kl: KernelLayout, total: str, call: str, indent: str = "        ") -> list[str]:
-        """Run ``call`` (using lo, hi, id) over [0, total) on nthreads threads when worth it."""
-        return [f"{indent}if (nthreads > 1 && {total} > {parallel_threshold(kl.kernel)}) {{",
+        """Run ``call`` (using lo, hi and the chunk index c) on every fixed chunk of [0, total), on
+        nthreads threads when worth it.  The chunks depend on ``total`` alone (c_prelude.h), so which
+        elements share a SIMD loop, and the order a reduction's partials are combined in, do not
+        depend on the thread count: results are the same bits with 1 or 16 threads."""
+        chunk = (f"{indent}        const int64_t lo = c * size, hi = lo + size < {total} ? lo + size : {total};",
+                 f"{indent}        {call}")
+        return [f"{indent}const int64_t size = exprc_chunk_size({total}), nchunks = exprc_chunk_count({total}, size);",
+                f"{indent}if (nthreads > 1 && {total} > {parallel_threshold(kl.kernel)}) {{",
                 f"{indent}    #pragma omp parallel num_threads(nthreads < EXPRC_MAX_THREADS ? nthreads : EXPRC_MAX_THREADS)",
                 f"{indent}    {{",
-                f"{indent}        EXPRC_THREAD_RANGE({total}, lo, hi, id)",
-                f"{indent}        {call}",
+                f"{indent}        EXPRC_THREAD_RANGE(nchunks, clo, chi, id)",
+                f"{indent}        (void)id;",
+                f"{indent}        for (int64_t c = clo; c < chi; c++) {{",
+                *["    " + line for line in chunk],
+                f"{indent}        }}",
                 f"{indent}    }}",
                 f"{indent}}} else {{",
-                f"{indent}    const int64_t lo = 0, hi = {total}, id = 0;",
-                f"{indent}    {call}",
+                f"{indent}    for (int64_t c = 0; c < nchunks; c++) {{",
+                *chunk,
+                f"{indent}    }}",
                 f"{indent}}}"]
 
     def render_elemwise(self, kl: KernelLayout) -> tuple[list[str], list[str]]:
@@ -308,7 +318,7 @@ class CRenderer:
         main = self._dims(kl)
         main.append(f"    const int64_t total = {' * '.join(f'n{d}' for d in range(nd)) or '1'};")
         main.append(f"    if (P[{kl.p_flag}]) {{")
-        main += self._split(kl, "total", f"(void)id; {k.name}_flat(ptrs, lo, hi);")
+        main += self._split(kl, "total", f"{k.name}_flat(ptrs, lo, hi);")
         main += ["        return;", "    }"]
         # Strided path: broadcasting, views, negative strides, 0-d.
         names = {}
@@ -352,7 +362,7 @@ class CRenderer:
             v = names[src] if src in names else c_literal(src.value.reshape(-1)[0], src.dtype)
             return body + [f"{indent}const {C_TYPES[src.dtype]} v = {v};", f"{indent}{combine}"]
 
-        # Contiguous full reduction: per-thread SIMD partials, combined in thread order.
+        # Contiguous full reduction: one SIMD partial per fixed chunk, combined in chunk order.
         names: dict[Node, str] = {}
         flat = [f"static inline {acc_t} {k.name}_flat(char **restrict ptrs, int64_t lo, int64_t hi, int *nan_out)",
                 "{"]
@@ -368,14 +378,13 @@ class CRenderer:
         main.append(f"    const int64_t red_total = {' * '.join(f'n{d}' for d in range(nk, nd)) or '1'};")
         main.append("    (void)kept_total;")
         main += [f"    if (P[{kl.p_flag}]) {{",
-                 f"        {acc_t} part[EXPRC_MAX_THREADS]; int pnan[EXPRC_MAX_THREADS]; int used = 1;"]
-        main += self._split(kl, "red_total", f"pnan[id] = 0; part[id] = {k.name}_flat(ptrs, lo, hi, &pnan[id]); "
-                            "if (id == 0) used = EXPRC_NUM_THREADS_USED();")
+                 f"        {acc_t} part[EXPRC_MAX_CHUNKS]; int pnan[EXPRC_MAX_CHUNKS];"]
+        main += self._split(kl, "red_total", f"pnan[c] = 0; part[c] = {k.name}_flat(ptrs, lo, hi, &pnan[c]);")
         main += [f"        {acc_t} acc = {init}; int nanf = 0;",
-                 "        for (int t = 0; t < used; t++) {",
-                 f"            const {acc_t} v = part[t];",
+                 "        for (int64_t c = 0; c < nchunks; c++) {",
+                 f"            const {acc_t} v = part[c];",
                  f"            {combine}",
-                 "            nanf |= pnan[t];",
+                 "            nanf |= pnan[c];",
                  "        }",
                  "        (void)nanf;",
                  f"        *({out_t} *)ptrs[{out_s}] = ({out_t})({fin});",

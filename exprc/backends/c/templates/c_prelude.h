@@ -21,18 +21,34 @@ EXPRC_D2(pow) EXPRC_D2(atan2) EXPRC_D2(hypot)
 
 /* exprc: numpy_semantics.h is spliced in here by the renderer */
 
-/* Split [0, total) evenly between the threads of a parallel region (static, so
- * results do not depend on timing; per-thread partial reductions are combined
- * in thread order). */
+/* Contiguous loops run over fixed chunks: the partition of [0, total) depends on total alone, never
+ * on the thread count.  Chunks are EXPRC_CHUNK_MIN elements (one chunk up to that), grown in steps
+ * of 64 elements so there are at most EXPRC_MAX_CHUNKS; every chunk starts on a multiple of 64
+ * elements.  Threads take whole chunks (EXPRC_THREAD_RANGE over chunk indices, static), each chunk
+ * runs one SIMD loop, and a reduction combines its per-chunk partials in chunk order after the
+ * parallel region: so every element goes through the same code (vector body or scalar tail: libmvec
+ * and the scalar libm differ by ulps) and every sum is added in the same order with 1 or 16 threads. */
+#define EXPRC_CHUNK_MIN 8192
+#define EXPRC_MAX_CHUNKS 256
+EXPRC_INLINE int64_t exprc_chunk_size(int64_t total)
+{
+    const int64_t even = (total + EXPRC_MAX_CHUNKS - 1) / EXPRC_MAX_CHUNKS;
+    return even <= EXPRC_CHUNK_MIN ? EXPRC_CHUNK_MIN : (even + 63) / 64 * 64;
+}
+EXPRC_INLINE int64_t exprc_chunk_count(int64_t total, int64_t size)
+{
+    return total <= 0 ? 1 : (total + size - 1) / size;
+}
+
+/* Split [0, total) evenly between the threads of a parallel region (static, so the split does not
+ * depend on timing; contiguous loops split chunk indices, see above). */
 #ifdef _OPENMP
 #include <omp.h>
 #define EXPRC_THREAD_RANGE(total, lo, hi, id)                                         \
     const int64_t id = omp_get_thread_num(), nt_ = omp_get_num_threads();            \
     const int64_t lo = (int64_t)((__int128)(total) * id / nt_);                        \
     const int64_t hi = (int64_t)((__int128)(total) * (id + 1) / nt_);
-#define EXPRC_NUM_THREADS_USED() omp_get_num_threads()
 #else
 #define EXPRC_THREAD_RANGE(total, lo, hi, id) const int64_t id = 0, lo = 0, hi = (total);
-#define EXPRC_NUM_THREADS_USED() 1
 #endif
 #define EXPRC_MAX_THREADS 256
