@@ -77,6 +77,8 @@ def _build(saturate: bool) -> dict[str, Callable[..., Any]]:
         return -inf if x == 0 else (nan if x < 0 else m.log(x))
 
     def power(a: Any, b: Any) -> Any:
+        if a < 0 and m.isfinite(b) and b != m.floor(b):
+            return nan  # a negative base to a non-integer power has no real value, however large
         if a != 0 and m.isfinite(a) and m.isfinite(b) and abs(b * m.log(abs(a), 2)) > BIG:
             if b * m.log(abs(a), 2) < 0:
                 return m.mpf(0)
