@@ -253,10 +253,10 @@ def test_clear_on_a_read_only_cache_says_what_stayed(populated, monkeypatch):
     n = len(_entries(populated))
     real = tempfile.mkdtemp
 
-    def read_only(*a, dir=None, **k):
+    def read_only(suffix=None, prefix=None, dir=None):
         if dir is not None and str(populated) in str(dir):
             raise OSError(errno.EROFS, "Read-only file system")
-        return real(*a, dir=dir, **k)
+        return real(suffix, prefix, dir)
 
     monkeypatch.setattr(tempfile, "mkdtemp", read_only)
     r = exprc_cli(populated, "cache", "clear", "-y")
