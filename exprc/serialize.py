@@ -397,6 +397,8 @@ def from_dict(doc: dict, max_nodes: int = 10_000_000, shared_refs: Sequence[Node
     if len(entries) > max_nodes:
         raise SerializationError(f"not loaded: {len(entries)} nodes, more than max_nodes={max_nodes}")
     built: list[Node] = []
+    arities: dict[str, tuple[int, int | None]] = {}
+    known: dict[tuple, Any] = {}  # (op, attributes, operand types) -> the node type its rule gave
     for i, entry in enumerate(entries):  # operands come first: one pass, no recursion
         where = f"node {i}"
         if not isinstance(entry, dict):
@@ -432,17 +434,29 @@ def from_dict(doc: dict, max_nodes: int = 10_000_000, shared_refs: Sequence[Node
             refs = _field(entry, "inputs", list, where)
             if not refs or len(refs) > 64:
                 raise SerializationError(f"{where}: expected 1 to 64 operands")
-            lo, hi = arity(row)
+            lo, hi = arities[op] if op in arities else arities.setdefault(op, arity(row))
             if not lo <= len(refs) <= (64 if hi is None else hi):
                 want = str(lo) if lo == hi else (f"at least {lo}" if hi is None else f"{lo} to {hi}")
                 raise SerializationError(f"node {i}: op {op!r} takes {want} operand{'s' if want != '1' else ''}, "
                                          f"got {len(refs)}")
-            inputs = [built[_int(r, f"{where}: operand", 0, i - 1)] for r in refs]
+            inputs = tuple(built[r] if type(r) is int and 0 <= r < i else built[_int(r, f"{where}: operand", 0, i - 1)]
+                           for r in refs)
             raw_attrs = _field(entry, "attrs", dict, where, optional=True) or {}
-            attrs = {k: _decode_attr(v, where) for k, v in raw_attrs.items()}
-            _check_attrs(op, attrs, inputs, where)
+            attrs = {k: _decode_attr(v, where) for k, v in raw_attrs.items()} if raw_attrs else {}
+            # A type rule (and the attribute check) depends only on the operands' types and the
+            # attributes: a signature seen before, whose rule inserted no cast, gives the same
+            # type without running them again (a saved chain repeats a few signatures).
             try:
-                node = row.make(tuple(inputs), attrs)
+                key = (op, tuple(sorted(attrs.items())), tuple((n.type.dtype, n.type.shape) for n in inputs))
+                typ = known.get(key)
+            except TypeError:  # an unhashable attribute value: checked (and refused) the slow way
+                key, typ = None, None
+            if typ is not None:
+                built.append(Node(op, inputs, key[1], typ))
+                continue
+            _check_attrs(op, attrs, list(inputs), where)
+            try:
+                node = row.make(inputs, attrs)
             except ExprcError as exc:
                 raise SerializationError(f"{where}: {exc}") from None
             except (TypeError, ValueError, KeyError, IndexError, OverflowError) as exc:
@@ -451,6 +465,8 @@ def from_dict(doc: dict, max_nodes: int = 10_000_000, shared_refs: Sequence[Node
             for dim in node.type.shape:
                 if dim is not None and dim > MAX_DIM:
                     raise SerializationError(f"{where}: result shape is too large")
+            if key is not None and node.inputs == inputs:
+                known[key] = node.type
             built.append(node)
     n = len(built)
 

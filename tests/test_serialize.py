@@ -215,3 +215,33 @@ def test_size_limits_and_unreadable_files(tmp_path):
         exprc.load(tmp_path / "missing.json")
     with pytest.raises(TypeError, match="expected an expression"):
         exprc.dumps(object())
+
+
+def test_loading_a_long_chain_runs_each_type_rule_once_per_signature(monkeypatch):
+    # Loading a saved 1M-node chain took over 60 s: every node re-ran its type rule (promotion,
+    # casts, broadcasting).  A rule depends only on operand types and attributes: once per signature.
+    import dataclasses
+
+    from exprc.ops import OPS
+
+    x = exprc.vector("x")
+    e = x
+    for i in range(20_000):
+        e = exprc.sin(e) if i % 2 else e * 0.5
+    text = exprc.dumps(e)
+    calls = {"sin": 0, "mul": 0}
+    for name in calls:
+        row = OPS[name]
+
+        def counting(inputs, attrs, _infer=row.infer, _name=name):
+            calls[_name] += 1
+            return _infer(inputs, attrs)
+
+        monkeypatch.setitem(OPS, name, dataclasses.replace(row, infer=counting))
+    back = exprc.loads(text)
+    assert calls == {"sin": 1, "mul": 1}
+    assert back.type == e.type and exprc.pprint(back, max_nodes=20) == exprc.pprint(e, max_nodes=20)
+    doc = json.loads(text)
+    doc["nodes"][-1]["inputs"] = [0, 0]  # a signature seen before, with a wrong count: still refused
+    with pytest.raises(SerializationError, match="takes 1 operand, got 2"):
+        exprc.loads(json.dumps(doc))
