@@ -82,12 +82,23 @@ def node_text(node: Node, args: Sequence[tuple[str, int]]) -> tuple[str, int]:
     return f"{node.op}({', '.join(texts + extras)})", _ATOM
 
 
-def pprint(expr: Node | Sequence[Node], max_inline: int = 60) -> str:
+def pprint(expr: Node | Sequence[Node], max_inline: int = 60, max_nodes: int | None = None) -> str:
     """Infix text of an expression, e.g. ``log1p(x) * y``.
 
-    Long subexpressions used more than once become bindings listed first.
+    Long subexpressions used more than once become bindings listed first.  ``max_nodes``: print
+    at most that many nodes, those nearest the outputs; deeper operands print as ``…``, shared
+    subexpressions longer than 60 characters become bindings and the text stops at
+    ``40 * max_nodes`` characters (the work is then bounded too: a summary of a huge graph, as in
+    a generated kernel's comment, costs O(max_nodes), not the whole graph).  A graph of at most
+    ``max_nodes`` nodes prints as without it.
     """
     outputs = [expr] if isinstance(expr, Node) else list(expr)
+    if max_nodes is not None:
+        return _pprint_bounded(outputs, max_inline, max_nodes)
+    return _pprint_all(outputs, max_inline)
+
+
+def _pprint_all(outputs: list[Node], max_inline: int) -> str:
     order = toposort(outputs)
     uses = clients(order)
     # Each node's text is kept as pieces (strings and operand nodes) and joined once at the
@@ -110,6 +121,61 @@ def pprint(expr: Node | Sequence[Node], max_inline: int = 60) -> str:
         parts[n] = (pieces, prec, length)
     body = ", ".join(_join(parts[o][0], parts) for o in outputs)
     return "\n".join(bindings + [body])
+
+
+def _pprint_bounded(outputs: list[Node], max_inline: int, max_nodes: int) -> str:
+    """pprint of the ``max_nodes`` nodes nearest the outputs (breadth first); the rest is ``…``."""
+    kept: dict[Node, None] = dict.fromkeys(outputs)
+    queue, head = list(kept), 0
+    while head < len(queue) and len(kept) < max_nodes:
+        for i in queue[head].inputs:
+            if i not in kept and len(kept) < max_nodes:
+                kept[i] = None
+                queue.append(i)
+        head += 1
+    if all(i in kept for n in kept for i in n.inputs):
+        return _pprint_all(outputs, max_inline)  # the whole graph fits: the plain text
+    # Elided operands become placeholder inputs named "…" (of their type: a reduction prints its
+    # axes by its operand's ndim), then the plain printer runs.
+    elided: dict = {}
+
+    def placeholder(i: Node) -> Node:
+        if i.type not in elided:
+            elided[i.type] = Node("input", (), {"name": "…", "uid": -1}, i.type)
+        return elided[i.type]
+
+    memo: dict[Node, Node] = {}
+    for n in toposort_within(outputs, kept):
+        memo[n] = n if not n.inputs else Node(
+            n.op, tuple(memo[i] if i in memo else placeholder(i) for i in n.inputs), n.attrs, n.type)
+    # Shared operands inline up to max_inline characters each: a DAG of max_nodes nodes could
+    # still print exponentially long, so bindings start at 60 characters and the text is capped.
+    text = _pprint_all([memo[o] for o in outputs], min(max_inline, 60))
+    cap = 40 * max_nodes
+    return text if len(text) <= cap else text[:cap - 1] + "…"
+
+
+def toposort_within(outputs: Sequence[Node], kept: dict[Node, None]) -> list[Node]:
+    """Nodes of ``kept`` reachable from ``outputs`` through ``kept``, operands first (iterative)."""
+    order: list[Node] = []
+    seen: set[Node] = set()
+    for root in outputs:
+        if root in seen:
+            continue
+        seen.add(root)
+        stack: list[tuple[Node, int]] = [(root, 0)]
+        while stack:
+            node, i = stack[-1]
+            if i < len(node.inputs):
+                stack[-1] = (node, i + 1)
+                child = node.inputs[i]
+                if child in kept and child not in seen:
+                    seen.add(child)
+                    stack.append((child, 0))
+            else:
+                stack.pop()
+                order.append(node)
+    return order
 
 
 def _join(pieces: list, parts: dict) -> str:

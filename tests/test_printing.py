@@ -99,3 +99,20 @@ def test_special_constants_print_as_python():
     x = exprc.scalar("x")
     text = exprc.pprint(exprc.maximum(x, float("-inf")) + float("inf"))
     assert "float('-inf')" in text and "float('inf')" in text
+
+
+def test_pprint_max_nodes_prints_the_nodes_nearest_the_outputs_in_bounded_work():
+    # A generated kernel's comment printed everything upstream of the kernel: on a chain through
+    # reductions, O(depth) per kernel and megabytes of C.  max_nodes bounds the text and the work.
+    x = exprc.matrix("x")
+    y = x
+    for i in range(20_000):
+        y = exprc.sin(y) if i % 2 else y * 0.5
+        if i % 500 == 499:
+            y = y - exprc.sum(y, axis=1, keepdims=True) + exprc.mean(y, axis=0)
+    text = exprc.pprint(y, max_nodes=50)
+    assert text.endswith(")") and "…" in text and len(text) <= 40 * 50
+    assert text.startswith("sin(sin(") or "mean(" in text
+    small = exprc.log1p(x) * exprc.sum(x, axis=0)
+    assert exprc.pprint(small, max_nodes=50) == exprc.pprint(small)  # fits: the plain text
+    assert exprc.pprint(exprc.exp(exprc.exp(exprc.exp(x))), max_nodes=2) == "exp(exp(…))"
