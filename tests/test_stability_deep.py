@@ -59,3 +59,16 @@ def test_taylor_cancellation_reads_a_deep_monomial():
     xs = np.array([0.5, -0.25, 0.9])
     with np.errstate(all="ignore"):
         np.testing.assert_allclose(f(xs), xs - np.sin(xs), rtol=1e-12)  # x**d underflows to 0
+
+
+def test_log_quotient_guard_reads_a_deep_divisor():
+    """log_div's sign guard (exact_sign / exact_finite) walks abs/square/neg chains without recursion."""
+    x, y = exprc.vector("x"), exprc.vector("y")
+    s = exprc.exp(y)
+    for i in range(DEPTH):
+        s = abs(s) if i % 2 else exprc.square(s)
+    f = exprc.function([x, y], exprc.log(x / s), backend="numpy")
+    assert "log_div" in f.rewrites
+    with np.errstate(all="ignore"):
+        r = f(np.array([-2.0, 2.0]), np.array([-1.0, 0.0]))
+    assert np.isnan(r[0]) and r[1] == np.log(2.0)  # s underflows to 0 but is > 0: log of a negative

@@ -96,30 +96,33 @@ POSITIVE_OPS = ("exp", "exp2", "sigmoid", "softplus")
 
 def exact_sign(t: Node, depth: int = 3) -> tuple[Node | None, Node | None]:
     """``(t > 0, t < 0)`` in exact arithmetic as boolean nodes (``None``: never), read through
-    exp-like factors, square, abs, neg and (up to ``depth`` levels) products; a plain float
-    comparison elsewhere.  NaN is neither (comparisons are false)."""
+    chains of neg, square and abs (a loop: they can be thousands deep), exp-like factors and (up
+    to ``depth`` levels, so the guard stays small) products; a plain float comparison elsewhere.
+    NaN is neither (comparisons are false).  square(exp(-400)) is 0 in floats but > 0."""
+    outer = []
+    while t.op in ("neg", "square", "abs"):
+        outer.append(t.op)
+        t = t.inputs[0]
     if t.op in POSITIVE_OPS:
         a = t.inputs[0]
-        return a > k(-math.inf, a), None
-    if t.op in ("square", "abs"):  # zero in exact arithmetic only where the argument is
-        a = t.inputs[0]
-        return make("ne", a, k(0.0, a)), None
-    if t.op == "neg":
-        pos, neg = exact_sign(t.inputs[0], depth)
-        return neg, pos
-    if t.op == "mul" and depth > 0:
+        pos, neg = a > k(-math.inf, a), None
+    elif t.op == "mul" and depth > 0:
         (pa, na), (pb, nb) = exact_sign(t.inputs[0], depth - 1), exact_sign(t.inputs[1], depth - 1)
-        return _or(_and(pa, pb), _and(na, nb)), _or(_and(pa, nb), _and(na, pb))
-    return t > k(0.0, t), t < k(0.0, t)
+        pos, neg = _or(_and(pa, pb), _and(na, nb)), _or(_and(pa, nb), _and(na, pb))
+    else:
+        pos, neg = t > k(0.0, t), t < k(0.0, t)
+    for op in reversed(outer):  # innermost first
+        pos, neg = (neg, pos) if op == "neg" else (_or(pos, neg), None)  # square, abs: > 0 where nonzero
+    return pos, neg
 
 
 def exact_finite(t: Node) -> Node:
     """``t`` is finite in exact arithmetic (exp(800) is, though it overflows to inf)."""
+    while t.op in ("neg", "abs", "square"):  # (a loop: such chains can be deep)
+        t = t.inputs[0]
     if t.op in POSITIVE_OPS:
         a = t.inputs[0]
         return a < k(math.inf, a)
-    if t.op in ("neg", "abs", "square"):
-        return exact_finite(t.inputs[0])
     return f("isfinite", t)
 
 

@@ -367,6 +367,7 @@ def constant_factors(node: Node) -> Node | None:
         return None
     total = kk * c
     info = np.finfo(node.dtype)
-    if total != 0 and not (float(info.tiny) <= abs(float(total)) <= float(info.max)):
+    # (compared as fractions: float(total) overflows for a huge total, e.g. 2**2500 from a deep chain)
+    if total != 0 and not (Fraction(float(info.tiny)) <= abs(total) <= Fraction(float(info.max))):
         return None
     return scale(inner, total)
