@@ -24,8 +24,9 @@ Each batch is checked three ways:
   never create or hide an undefined point).
 
 A value mismatch is *explained* when it lies within the formula's own rounding noise: the
-reference is evaluated again eight times with every floating-point intermediate perturbed by a
-random relative error of up to 4 ulp, and an element agrees when exprc's value is inside the spread
+reference is evaluated again ten times with every inexact intermediate perturbed by a relative
+error of up to 4 ulp (all up, all down, and eight random mixes), and an element agrees when exprc's
+value is inside the spread
 of those runs (NaN matching NaN, an infinity matching the same infinity) — so a ``floor`` or a
 comparison on a value one rounding from its threshold, or ``tan`` near a pole, is not a bug.  Every
 other mismatch is reported with its seed and graph.
@@ -202,7 +203,24 @@ def make_batch(seed: int, width: int = 16, max_ops: int = 6) -> Batch:
 
 
 # -- reference evaluation -------------------------------------------------------------------------------------
-def _perturb(rng: np.random.Generator | None, v: object, operands: list = ()) -> object:
+class _Extreme:
+    """A stand-in generator whose every perturbation is the largest, upwards or downwards: with the random
+    runs, the envelope then always spans a monotone formula's full rounding range."""
+
+    def __init__(self, sign: int):
+        self.sign = sign
+
+    def uniform(self, lo: float, hi: float, shape: tuple) -> np.ndarray:
+        return np.full(shape, hi if self.sign > 0 else lo)
+
+
+def _perturbations(seed: int) -> list:
+    """The generators of the envelope runs: both extremes, then PERTURB_RUNS random ones."""
+    rng = np.random.default_rng(seed)
+    return [_Extreme(1), _Extreme(-1)] + [rng] * PERTURB_RUNS
+
+
+def _perturb(rng: np.random.Generator | _Extreme | None, v: object, operands: list = ()) -> object:
     """``v`` times (1 + e), |e| up to ULPS units of the coarsest float among ``v`` and the operands (a step
     that computes in float32 and returns float64 carries float32 rounding)."""
     if rng is None:
@@ -236,7 +254,7 @@ class _Perturbing:
     """:data:`NP` whose inexact functions (exp, tan, sum …) return results perturbed by a few ulp: the
     rounding noise of every elementary function inside a step, where C and NumPy may differ."""
 
-    def __init__(self, rng: np.random.Generator):
+    def __init__(self, rng: np.random.Generator | _Extreme):
         self._rng = rng
 
     def __getattr__(self, name: str) -> object:
@@ -247,7 +265,7 @@ class _Perturbing:
         return lambda *a, **k: _perturb(rng, fn(*a, **k), list(a))
 
 
-def run_steps(graph: Graph, args: list, rng: np.random.Generator | None = None) -> np.ndarray:
+def run_steps(graph: Graph, args: list, rng: np.random.Generator | _Extreme | None = None) -> np.ndarray:
     """NumPy's answer for ``graph``; with ``rng``, every inexact intermediate is perturbed (see
     :class:`_Perturbing`) and so is each step's result (operators such as ``**``)."""
     vals: list = [np.array(a, copy=True) for a in args]
@@ -263,7 +281,7 @@ def run_steps(graph: Graph, args: list, rng: np.random.Generator | None = None) 
     return np.asarray(vals[graph.out])
 
 
-def run_nodes(order: list, inputs: list, args: list, rng: np.random.Generator | None = None) -> dict:
+def run_nodes(order: list, inputs: list, args: list, rng: np.random.Generator | _Extreme | None = None) -> dict:
     """Every node of an (optimized) graph evaluated with its op's NumPy reference, perturbed likewise."""
     vals = dict(zip(inputs, args))
     with np.errstate(all="ignore"):
@@ -386,9 +404,8 @@ def check_batch(batch: Batch, cfg: exprc.Config) -> list[Mismatch]:
             continue
         for k, i in enumerate(live):
             g = batch.graphs[i]
-            rng = np.random.default_rng(batch.seed * 1000 + i)
-            why = compare(got[k], refs[i], lambda g=g, rng=rng: [run_steps(g, batch.args, rng)
-                                                                    for _ in range(PERTURB_RUNS)])
+            why = compare(got[k], refs[i], lambda g=g, s=batch.seed * 1000 + i: [
+                run_steps(g, batch.args, r) for r in _perturbations(s)])
             if why:
                 out.append(Mismatch(batch.seed, i, label, why, g.names()))
     try:
@@ -408,10 +425,9 @@ def check_batch(batch: Batch, cfg: exprc.Config) -> list[Mismatch]:
     ref_vals = run_nodes(order, list(f.graph.inputs), batch.args)
     for k, i in enumerate(live):
         node = f.graph.outputs[k]
-        rng = np.random.default_rng(batch.seed * 1000 + 500 + i)
         why = compare(got[k], np.asarray(ref_vals[node]),
-                      lambda node=node, rng=rng: [run_nodes(order, list(f.graph.inputs), batch.args, rng)[node]
-                                                  for _ in range(PERTURB_RUNS)])
+                      lambda node=node, s=batch.seed * 1000 + 500 + i: [
+                          run_nodes(order, list(f.graph.inputs), batch.args, r)[node] for r in _perturbations(s)])
         if why:
             out.append(Mismatch(batch.seed, i, "backends (optimized graph, C vs reference)", why,
                                 batch.graphs[i].names()))
