@@ -26,10 +26,9 @@ Each batch is checked three ways:
 A value mismatch is *explained* when it lies within the formula's own rounding noise: the
 reference is evaluated again ten times with every inexact intermediate perturbed by a relative
 error of up to 4 ulp (all up, all down, and eight random mixes), and an element agrees when exprc's
-value is inside the spread
-of those runs (NaN matching NaN, an infinity matching the same infinity) — so a ``floor`` or a
-comparison on a value one rounding from its threshold, or ``tan`` near a pole, is not a bug.  Every
-other mismatch is reported with its seed and graph.
+value is inside the spread of those runs (NaN matching NaN, an infinity matching the same infinity)
+— so a ``floor`` or a comparison on a value one rounding from its threshold, or ``tan`` near a pole,
+is not a bug.  Every other mismatch is reported with its seed and graph.
 
     python tests/fuzz.py --graphs 10000            # the long mode (also: python bench/fuzz.py)
     python tests/fuzz.py --seed 1234 --graphs 1 -v # replay one batch
