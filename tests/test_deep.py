@@ -44,3 +44,153 @@ def test_planner_shape_of_a_2000_deep_fused_chain():
                       [x, z], [y + z], resolve_steps=False)
     with pytest.raises(exprc.errors.ShapeError, match=r"add: shapes \(7,\) and \(3,\)"):
         planner.shape(y + z, {x: np.zeros(7), z: np.zeros(3)}, {})
+
+
+# -- a 5,000-deep chain through every public entry point ----------------------------------------------
+DEPTH = 5000
+
+
+def mixed_chain(x: exprc.Node, n: int = DEPTH) -> exprc.Node:
+    """``n`` operations on matrix ``x``: elementwise ops, broadcasts of a row vector and, every
+    few hundred, a reduction broadcast back (so fusion, planning and rewriting all run)."""
+    y = x
+    for i in range(n - 2 * (n // 400)):
+        k = i % 6
+        if k == 0:
+            y = exprc.sin(y)
+        elif k == 1:
+            y = y * 0.5
+        elif k == 2:
+            y = exprc.tanh(y) + 0.25
+        elif k == 3:
+            y = y - exprc.cos(x[0])  # a broadcast row
+        elif k == 4:
+            y = exprc.exp(-y * y)
+        else:
+            y = y + 1.0
+        if i % 400 == 399:
+            y = y - exprc.mean(y, axis=1, keepdims=True)
+    return y
+
+
+def depth_of(expr: exprc.Node) -> int:
+    depth: dict = {}
+    for n in exprc.graph.toposort([expr]):
+        depth[n] = 1 + max([depth[i] for i in n.inputs]) if n.inputs else 0
+    return depth[expr]
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory):
+    mp = pytest.MonkeyPatch()
+    path = tmp_path_factory.mktemp("deep-cache")
+    mp.setenv("EXPRC_CACHE_DIR", str(path))
+    yield path
+    mp.undo()
+
+
+@pytest.fixture(scope="module")
+def deep(cache_dir):
+    x = exprc.matrix("x")
+    y = mixed_chain(x)
+    assert depth_of(y) >= DEPTH - 100
+    data = np.random.default_rng(0).uniform(-1, 1, size=(3, 4))
+    want = exprc.function([x], y, backend="numpy")(data)
+    return types.SimpleNamespace(x=x, y=y, data=data, want=want)
+
+
+def test_deep_printing(deep):
+    assert repr(deep.y).startswith("Tensor(float64[?, ?]")
+    assert exprc.pprint(deep.y).count("sin(") >= DEPTH // 7
+    assert exprc.pprint(deep.y, max_nodes=100).count("…") >= 1
+    assert exprc.debugprint(deep.y).count("\n") >= DEPTH
+    assert exprc.to_dot(deep.y).startswith("digraph")
+
+
+def test_deep_optimize_compile_call_eval(deep):
+    (opt,) = exprc.optimize([deep.y]).outputs
+    assert depth_of(opt) > 1000
+    f = exprc.function([deep.x], deep.y, backend="c")
+    np.testing.assert_allclose(f(deep.data), deep.want, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(deep.y.eval({deep.x: deep.data}), deep.want, rtol=1e-12, atol=1e-12)
+    jitted = exprc.jit(lambda a: mixed_chain(a), backend="numpy")
+    np.testing.assert_allclose(jitted(deep.data), deep.want, rtol=1e-12, atol=1e-12)
+
+
+def test_deep_gradients(deep):
+    cost = exprc.sum(deep.y)
+    g = exprc.grad(cost, deep.x)
+    # numpy backend: on C, each of the gradient's ~5 kernels per level prints everything upstream
+    # in its comment (backends/c/render.py: render_kernel's pprint; 210 MB of C at depth 400)
+    fg = exprc.function([deep.x], g, backend="numpy")
+    eps = 1e-6
+    d = np.zeros_like(deep.data)
+    d[1, 2] = eps
+    f = exprc.function([deep.x], cost, backend="numpy")
+    fd = (f(deep.data + d) - f(deep.data - d)) / (2 * eps)
+    assert abs(fg(deep.data)[1, 2] - fd) < 1e-5 * max(1.0, abs(fd))
+    # jvp and vjp of a (shorter: one sweep each) deep chain
+    v = exprc.vector("v", shape=(2,))
+    chain = v
+    for i in range(DEPTH):
+        chain = exprc.sin(chain) if i % 2 else chain * 0.999
+    t = exprc.vector("t", shape=(2,))
+    tangent = exprc.jvp(chain, v, t)
+    cot = exprc.vjp(chain, v, t)
+    fv = exprc.function([v, t], [tangent, cot], backend="numpy")
+    a, b = fv(np.array([0.3, 0.7]), np.ones(2))
+    np.testing.assert_allclose(a, b, rtol=1e-12)  # elementwise: J is diagonal
+    jac = exprc.function([v], exprc.jacobian(chain, v), backend="numpy")(np.array([0.3, 0.7]))
+    np.testing.assert_allclose(np.diag(jac), a, rtol=1e-12)
+
+
+def test_deep_save_load_pickle(deep, tmp_path):
+    exprc.save(deep.y, tmp_path / "deep.json")
+    back = exprc.load(tmp_path / "deep.json")
+    (x2,) = exprc.graph.graph_inputs([back])
+    np.testing.assert_allclose(back.eval({x2: deep.data}), deep.want, rtol=1e-12, atol=1e-12)
+    again = exprc.loads(exprc.dumps([deep.y, deep.x]))
+    assert again[0].type == deep.y.type
+    import pickle
+
+    x3, y3 = pickle.loads(pickle.dumps((deep.x, deep.y)))
+    np.testing.assert_allclose(y3.eval({x3: deep.data}), deep.want, rtol=1e-12, atol=1e-12)
+    f = exprc.function([deep.x], deep.y, backend="numpy")
+    f2 = pickle.loads(pickle.dumps(f))
+    np.testing.assert_allclose(f2(deep.data), deep.want, rtol=1e-12, atol=1e-12)
+
+
+def test_deep_sympy_and_networkx(deep):
+    with pytest.raises(exprc.errors.ExprcError, match=r"operations deep, more than max_depth=200"):
+        exprc.to_sympy(deep.y)
+    g = exprc.to_networkx([deep.y])
+    (back,) = exprc.from_networkx(g)
+    assert back is deep.y
+
+
+def test_deep_cuda_render_and_compile_only(deep):
+    source, _layout, program = exprc.cuda.render([deep.y])
+    assert "__global__" in source and len(program.kernels) >= 2
+    if exprc.cuda.unavailable_reason() is None or "NVRTC" not in (exprc.cuda.unavailable_reason() or ""):
+        compiled = exprc.cuda.compile_only([deep.y])
+        assert compiled.ptx
+
+
+def test_deep_accuracy_search_is_bounded(deep):
+    f = exprc.function([deep.x], deep.y, backend="numpy", accuracy="search")
+    np.testing.assert_allclose(f(deep.data), deep.want, rtol=1e-9, atol=1e-9)
+    assert f.accuracy_report is not None
+
+
+def test_deep_shared_updates_and_cache_list(deep, cache_dir):
+    import subprocess
+
+    w = exprc.shared(np.zeros((3, 4)), "w")
+    step = exprc.function([deep.x], exprc.sum(deep.y), updates=[(w, w + deep.y)], backend="c")
+    step(deep.data)
+    step(deep.data)
+    np.testing.assert_allclose(w.get_value(), 2 * deep.want, rtol=1e-12, atol=1e-12)
+    out = subprocess.run([sys.executable, "-m", "exprc", "cache", "list"], check=False, capture_output=True, text=True,
+                         timeout=120, env={**__import__("os").environ, "EXPRC_CACHE_DIR": str(cache_dir)})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.count("\n") >= 2
