@@ -53,7 +53,7 @@ def render(graph: Any, config: Config | None = None) -> tuple[str, Any, Any]:
     fg = _function_graph(graph, cfg)
     program = lower(list(fg.outputs), list(fg.inputs), fuse="fusion" not in cfg.exclude)
     renderer = CUDARenderer(precise_math=cfg.precise_math, fast_math=cfg.fast_math)
-    source, layout = renderer.render(program, pprint(list(fg.outputs), max_inline=10_000)[:2000])
+    source, layout = renderer.render(program, pprint(list(fg.outputs), max_inline=10_000, max_nodes=200)[:2000])
     return source, layout, program
 
 

@@ -103,7 +103,7 @@ class CKernel(Kernel):
         self.cfg = cfg
         blas = blas_pointers() if native_matmul else None
         self.program: Program = lower(list(fg.outputs), list(fg.inputs), fuse=fuse, native_matmul=blas is not None)
-        summary = pprint(list(fg.outputs), max_inline=10_000)
+        summary = pprint(list(fg.outputs), max_inline=10_000, max_nodes=200)
         renderer = CRenderer(precise_math=cfg.precise_math)
         self.source, self.layout = renderer.render(self.program, summary[:2000])
         self.layout: Layout

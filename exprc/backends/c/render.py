@@ -212,7 +212,7 @@ class CRenderer:
         from exprc.printing import pprint
 
         k = kl.kernel
-        title = comment(pprint(k.outputs if k.reduce is None else [k.reduce], max_inline=10_000))
+        title = comment(pprint(k.outputs if k.reduce is None else [k.reduce], max_inline=10_000, max_nodes=200))
         head = [f"/* {k.name}: {title.replace(chr(10), '; ')} */"]
         if k.matmul is not None:
             flat, main = [], self.render_matmul(kl)

@@ -103,7 +103,7 @@ class CUDAKernel(Kernel):
         self.driver.make_current()
         self.cfg = cfg
         self.program = lower(list(fg.outputs), list(fg.inputs), fuse=fuse)
-        summary = pprint(list(fg.outputs), max_inline=10_000)
+        summary = pprint(list(fg.outputs), max_inline=10_000, max_nodes=200)
         renderer = CUDARenderer(precise_math=cfg.precise_math, fast_math=cfg.fast_math)
         self.source, self.layout = renderer.render(self.program, summary[:2000])
         name = self.program.kernels[0].name if self.program.kernels else "k_empty"

@@ -112,7 +112,7 @@ class CUDARenderer(CRenderer):
         from exprc.printing import pprint
 
         k = kl.kernel
-        title = comment(pprint(k.outputs if k.reduce is None else [k.reduce], max_inline=10_000))
+        title = comment(pprint(k.outputs if k.reduce is None else [k.reduce], max_inline=10_000, max_nodes=200))
         n_ptr, n_par = arg_words(kl)
         head = [f"/* {k.name}: {title.replace(chr(10), '; ')} */",
                 f"struct {k.name}_args {{ char *ptr[{n_ptr}]; int64_t P[{n_par}]; }};"]
