@@ -119,6 +119,10 @@ def test_other_canonical_rules():
     f = exprc.function([m], m.T.T, backend="numpy")
     assert "dimshuffle_compose" in f.rewrites and _ops(f) == []
     f = exprc.function([m], exprc.sum(m, axis=()), backend="numpy")
+    assert "reduce_no_axes" in f.rewrites and _ops(f) == ["add"]  # + 0.0: NumPy's sum of -0.0 is +0.0
+    d = np.array([[-0.0, 1.5]])
+    assert np.array_equal(np.signbit(f(d)), np.signbit(np.sum(d, axis=())))
+    f = exprc.function([m], exprc.max(m, axis=()), backend="numpy")
     assert "reduce_no_axes" in f.rewrites and _ops(f) == []
 
 

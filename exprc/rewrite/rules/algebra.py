@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from exprc.graph import Node
+from exprc.graph import Node, constant_node
 from exprc.ops import OPS, cast
 from exprc.rewrite.core import C, P, X, constant_value, rewrite_rule
 from exprc.types import is_float
@@ -60,8 +60,14 @@ def pow_two(node: Node, x: Node) -> Node:
 
 @rewrite_rule("reduce_no_axes", _CANON, P(("sum", "prod", "mean", "max", "min", "all", "any"), X("x")))
 def reduce_no_axes(node: Node, x: Node) -> Node | None:
-    """A reduction over no axis is a cast."""
-    return cast(x, node.dtype) if node.arg("axis") == () else None
+    """A reduction over no axis is a cast; a float sum or mean also adds its identity 0.0, as NumPy's
+    does, which turns -0.0 into +0.0 (``x + 0.0`` is never simplified for floats)."""
+    if node.arg("axis") != ():
+        return None
+    y = cast(x, node.dtype)
+    if node.op in ("sum", "mean") and is_float(node.dtype):
+        return OPS["add"].make((y, constant_node(np.zeros((), node.dtype))), {})
+    return y
 
 
 @rewrite_rule("dimshuffle_compose", _CANON, P("dimshuffle", P("dimshuffle", X("x"), name="inner")))
