@@ -185,10 +185,9 @@ def test_operand_counts_are_checked_on_load(build, op, refs, want):
 
 
 def test_every_op_row_knows_its_operand_count():
+    import exprc.custom
     from exprc.ops import OPS
     from exprc.serialize import arity
-
-    import exprc.custom
 
     custom = set(exprc.custom.custom_ops())  # ops other test modules made in this process
     counts = {name: arity(row) for name, row in OPS.items() if row.kind != "leaf" and name not in custom}
