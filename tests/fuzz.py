@@ -439,32 +439,6 @@ _NOT_POINTWISE = {"sum", "prod", "mean", "max", "min", "all", "any", "argmax", "
                   "inc_subtensor"}
 
 
-def exact_pointwise(order: list, inputs: list, points: np.ndarray, prec: int = 256) -> dict:
-    """Every node at each point (columns of ``points``) from the exact table without saturation (so
-    ``tan(log(exp(x) + 1))`` at a huge ``x`` is a number, as it is), rounded to float64."""
-    from exprc.accuracy import exact
-
-    m, ops = exact.mp(), exact.table(saturate=False)
-    pos = {v: i for i, v in enumerate(inputs)}
-    out = {n: np.empty(points.shape[1]) for n in order}
-    for j in range(points.shape[1]):
-        with m.workprec(prec):
-            vals: dict = {}
-            for n in order:
-                if n.op == "input":
-                    vals[n] = m.mpf(float(points[pos[n], j]))
-                elif n.op == "constant":
-                    c = n.value.item()
-                    vals[n] = c if isinstance(c, bool) else m.mpf(float(c))
-                else:
-                    try:
-                        vals[n] = exact.real(ops[n.op](*[vals[i] for i in n.inputs]))
-                    except (ZeroDivisionError, ValueError, OverflowError, TypeError):
-                        vals[n] = m.nan
-                out[n][j] = float(vals[n])
-    return out
-
-
 def nan_contract(batch: Batch, node: object, got: object, naive: np.ndarray) -> str | None:
     """Where the exact value is NaN and so is NumPy's naive one, exprc must give NaN; where the exact value
     is a number and the naive one is not NaN, exprc must not give NaN (elementwise float graphs only)."""
@@ -482,7 +456,9 @@ def nan_contract(batch: Batch, node: object, got: object, naive: np.ndarray) -> 
         return None
     if not used:
         return None
-    exact = exact_pointwise(order, used, points)[node].reshape(shape)
+    from exprc.accuracy.exact import exact_values
+
+    exact = np.asarray(exact_values(order, used, points, saturate=False)[node]).reshape(shape)
     naive = np.broadcast_to(np.asarray(naive, np.float64), shape)
     g = got.astype(np.float64)
     lost = np.isnan(exact) & np.isnan(naive) & ~np.isnan(g)

@@ -168,14 +168,15 @@ def _value(op: str, args: list, ops: dict) -> Any:
 
 
 def exact_values(order: Sequence[Node], inputs: Sequence[Node], points: np.ndarray, prec: int = 160,
-                 max_prec: int = 1 << 13) -> dict[Node, np.ndarray]:
+                 max_prec: int = 1 << 13, saturate: bool = True) -> dict[Node, np.ndarray]:
     """Every node of ``order`` at each point (columns of ``points``), exactly rounded to float64 (bools as
-    0/1), with the saturating table: each point is evaluated at ``prec`` bits (plus four times the
+    0/1), with the saturating table (the search's; ``saturate=False``: the plain one, for a formula that
+    brings a huge exponent back, as the fuzzer's NaN checks need): each point is evaluated at ``prec`` bits (plus four times the
     largest binary exponent of its coordinates) and twice that, doubling until all nodes agree and no
     addition cancelled more bits than the precision holds (an exact 0 from nonzero terms is pursued up
     to ``max_prec``)."""
     m = mp()
-    ops = table(saturate=True)
+    ops = table(saturate=saturate)
     pos = {v: i for i, v in enumerate(inputs)}
     k = points.shape[1]
     out = np.empty((len(order), k))
