@@ -26,9 +26,11 @@ _erfc = np.vectorize(math.erfc, otypes=[np.float64])
 
 
 def _keep(fn):
+    """``fn`` at float precision: float results keep the operand's dtype; integers are made float64
+    first, as exprc does (negating int64's minimum in its own dtype wraps: sigmoid(-2**63) came out 1)."""
     def wrapped(x):
         x = np.asarray(x)
-        return fn(x).astype(x.dtype) if x.dtype.kind == "f" else fn(x)
+        return fn(x).astype(x.dtype) if x.dtype.kind == "f" else fn(x.astype(np.float64))
     return wrapped
 
 

@@ -151,7 +151,9 @@ def sqrt_conjugate(node: Node) -> Node | None:
         bnode = build_sum(B, node)
         den = F.freeze(add(t, bnode))  # no cancellation where it is used: do not "fix" it
         stable = scale(div(build_sum(num, node), den), c)
-        safe = f("isfinite", stable)  # 0/0 (a = b = 0) and inf/inf (an infinite a or b): the formula
+        # Where the quotient is 0/0 (a = b = 0), inf/inf, or c/inf (sqrt(inf**2 + c) - inf is
+        # inf - inf, NaN, not the limit 0: fuzzer seed 100110), the original formula is used.
+        safe = f("isfinite", stable) & f("isfinite", den)
         if positive is not None:
             safe = safe & (positive > k(0.0, positive))
         return guarded(stable, node, safe)

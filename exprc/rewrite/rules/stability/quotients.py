@@ -8,6 +8,7 @@ factors that meet themselves in the denominator cancel.  Products are read throu
 
 from __future__ import annotations
 
+import math
 from fractions import Fraction
 
 import numpy as np
@@ -20,6 +21,7 @@ from exprc.rewrite.rules.stability._common import (
     FLOATS,
     HALF,
     ONE,
+    POSITIVE_OPS,
     SUM_OPS,
     add,
     div,
@@ -65,7 +67,8 @@ def sigmoid_from_exp(node: Node) -> Node | None:
     expm1(x)/(1 + exp(x)) -> tanh(x/2); also inside a product (x/(1 + exp(-x)) -> x sigmoid(x)); and
     powers: exp(x)**p/(1 + exp(x))**n -> sigmoid(x)**p sigmoid(-x)**(n-p) for p <= n <= 4 (the logistic
     density exp(-x)/(1 + exp(-x))**2 -> sigmoid(x) sigmoid(-x), no inf/inf for x < -710)."""
-    if node.op == "mul" and not {"truediv", "sigmoid", "mul", "pow", "square"} & {node.inputs[0].op, node.inputs[1].op}:
+    if node.op == "mul" and not {"truediv", "sigmoid", "mul", "pow", "square"} & {node.inputs[0].op, node.inputs[1].op} \
+            and not any(i.op == "add" and F.is_nan_guard(i.inputs[1]) for i in node.inputs):
         return None
     if node.op == "pow" and (node.inputs[1].op != "constant" or node.inputs[0].op not in ("add", "mul")):
         return None
@@ -298,18 +301,31 @@ def product_cancel(node: Node) -> Node | None:
         return None
     coef, factors, _, vanished = pv
     out = _product(coef, factors, node)
+    guards = list(vanished)
     for u in dict.fromkeys(vanished):
-        if not _never_zero(u):  # (x*y)/y is NaN at y = 0 in IEEE arithmetic (and NumPy): keep that
+        limits = _zero_only_at_minus_inf(u)
+        if limits is None:  # (x*y)/y is NaN at y = 0 in IEEE arithmetic (and NumPy): keep that
             out = nan_where(make("eq", u, k(0.0, u)), out)
-    return _guard_nan(out, vanished)
+        else:  # exp(v)/exp(v) is 0/0 at v = -inf in exact arithmetic too: NaN there, 1 at v = -800.
+            # Guarded as a NaN-guard term (0 * (NaN where v = -inf, else 0)), which product views
+            # read through, so later rules still see the cancelled product.
+            guards += [nan_where(make("eq", v, k(-math.inf, v)), k(0.0, v)) for v in limits]
+    return _guard_nan(out, guards)
 
 
 def _never_zero(u: Node) -> bool:
-    """True when ``u`` is nonzero in exact arithmetic (its float value may still underflow to 0,
-    which is exactly when cancelling it helps: 1/sigmoid(x) * sigmoid(x) at x = -800).
-    Iterative (an explicit stack over the DAG, each node once): factors can be chains thousands
-    of nodes deep."""
-    stack, seen = [u], set()
+    """True when ``u`` is nonzero in exact arithmetic for finite arguments (see
+    :func:`_zero_only_at_minus_inf`)."""
+    return _zero_only_at_minus_inf(u) is not None
+
+
+def _zero_only_at_minus_inf(u: Node) -> list[Node] | None:
+    """The arguments v of the exp-like ops in ``u`` when ``u`` is nonzero in exact arithmetic except
+    where such a v is -inf (exp(-inf) = 0 exactly); None when ``u`` may be zero otherwise.  Its float
+    value may still underflow to 0, which is exactly when cancelling it helps: 1/sigmoid(x) *
+    sigmoid(x) at x = -800.  Iterative (an explicit stack over the DAG, each node once): factors can
+    be chains thousands of nodes deep."""
+    stack, seen, limits = [u], set(), {}
     while stack:
         n = stack.pop()
         if id(n) in seen:
@@ -317,16 +333,18 @@ def _never_zero(u: Node) -> bool:
         seen.add(id(n))
         if n.op == "constant":
             if not np.all(n.value != 0):
-                return False
-        elif n.op in ("exp", "exp2", "sigmoid", "cosh", "softplus"):
+                return None
+        elif n.op in POSITIVE_OPS:
+            limits[n.inputs[0]] = None
+        elif n.op == "cosh":
             continue
         elif n.op in ("square", "abs", "neg", "sqrt"):
             stack.append(n.inputs[0])
         elif n.op in ("mul", "truediv"):
             stack.extend(n.inputs)
         else:
-            return False
-    return True
+            return None
+    return list(limits)  # traversal order: deterministic
 
 
 def _guard_nan(out: Node, vanished: list[Node]) -> Node:
