@@ -118,7 +118,7 @@ from exprc.api import (
     vector,
     where,
 )
-from exprc.autodiff import grad, hessian, jacobian, jvp, vjp
+from exprc.autodiff import disconnected_grad, grad, hessian, jacobian, jvp, stop_gradient, vjp, zero_grad
 from exprc.config import Config, config
 from exprc.custom import custom_op, register_rewrite, rewrite_rule
 from exprc.function import Function, function, jit

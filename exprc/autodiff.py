@@ -35,13 +35,21 @@ elements; ``maximum``/``minimum`` (and so ``clip``) give half to each operand at
 tie; ``abs`` has subgradient 0 at 0.  ``jvp`` is the transpose of ``vjp`` (the
 "double vjp" trick: the vjp is linear in its cotangent, so differentiating it
 with respect to the cotangent gives the jvp); no forward rules are needed.
+
+Steering the sweep (as Theano's ``grad``): no gradient flows from a ``stop_gradient`` node
+(:func:`stop_gradient`, alias ``zero_grad``/``disconnected_grad``) or from a node listed in
+``consider_constant`` into its operands, and what depends on a variable only through them is not
+differentiated at all.  ``known_grads={node: g}`` seeds the sweep at intermediate nodes: each
+seed is added to what flows into its node (the nodes are extra outputs of the sweep, with their
+seeds as cotangents), so ``cost`` may be None.  The sweep runs on the graph as built, never an
+optimized one: ``stop_gradient`` is removed only by the optimizer, after differentiation.
 """
 
 from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -56,6 +64,8 @@ from exprc.rewrite.core import C, P, X, match
 from exprc.types import float_dtype, is_float, shape_str
 
 _DISCONNECTED = ("raise", "zero", "warn")
+#: Theano's spelling of the same modes (``grad(disconnected_inputs=...)``): "ignore" is "zero".
+_DISCONNECTED_INPUTS = {"raise": "raise", "warn": "warn", "ignore": "zero"}
 
 
 #: Ops whose rules accept a gradient that merely broadcasts to the result's shape.
@@ -92,9 +102,17 @@ def stable_forms(outputs: Sequence[Node], keep: Iterable[Node] = (), order: list
     Nodes in ``keep`` (the variables differentiated with respect to) are never
     rewritten away.  ``order`` is ``toposort(outputs)`` when the caller has it.
     """
+    return _stable(outputs, keep, order)[0]
+
+
+def _stable(outputs: Sequence[Node], keep: Iterable[Node] = (),
+            order: list[Node] | None = None) -> tuple[list[Node], dict[int, Node]]:
+    """:func:`stable_forms`, and what became of each node of ``order`` (by ``id``; empty when
+    the graph has no ``log``/``log1p``, so nothing can change).  A kept node is never rewritten away, but it is rebuilt when something
+    below it was: callers find it (a ``wrt``, a constant, a seed) in the new graph through this map."""
     order = toposort(outputs) if order is None else order
     if not any(n.op in ("log", "log1p") for n in order):
-        return list(outputs)
+        return list(outputs), {}
     keep_ids = {id(k) for k in keep}
     memo: dict[int, Node] = {}
     for n in order:
@@ -112,7 +130,7 @@ def stable_forms(outputs: Sequence[Node], keep: Iterable[Node] = (), order: list
                         new = out
                         break
         memo[id(n)] = new
-    return [memo[id(o)] for o in outputs]
+    return [memo[id(o)] for o in outputs], memo
 
 
 def _touches(root: Node, caps: dict[str, Node], keep_ids: set[int]) -> bool:
@@ -133,9 +151,11 @@ def _touches(root: Node, caps: dict[str, Node], keep_ids: set[int]) -> bool:
 
 # -- the reverse sweep --------------------------------------------------------------------
 def _backprop(outputs: Sequence[Node], cotangents: Sequence[Node | None], wrt: Sequence[Node],
-              order: list[Node] | None = None) -> dict[Node, Node]:
+              order: list[Node] | None = None, cut: set[int] | frozenset[int] = frozenset()) -> dict[Node, Node]:
     """Gradients of ``sum(<output, cotangent>)`` for the nodes of ``wrt`` that receive one.
 
+    No gradient flows from a node of ``cut`` (ids: ``consider_constant``) or a ``stop_gradient``
+    node into its operands; what depends on a target only through them is not differentiated.
     Nodes are keyed by ``id`` (``order`` keeps them alive): hashing a node calls Python code.
     """
     order = toposort(outputs) if order is None else order
@@ -146,7 +166,7 @@ def _backprop(outputs: Sequence[Node], cotangents: Sequence[Node | None], wrt: S
         i = id(n)
         if i in targets:
             depends.add(i)
-        else:
+        elif i not in cut and n.op != "stop_gradient":
             for x in n.inputs:
                 if id(x) in depends:
                     depends.add(i)
@@ -165,7 +185,7 @@ def _backprop(outputs: Sequence[Node], cotangents: Sequence[Node | None], wrt: S
                 continue
             if id(n) in targets:
                 found[n] = full(g, n)
-            if any(id(x) in active for x in n.inputs):
+            if n.op != "stop_gradient" and id(n) not in cut and any(id(x) in active for x in n.inputs):
                 _apply_rule(n, g, active, acc)
     return found
 
@@ -207,24 +227,69 @@ def _zero_gradient(w: Node) -> Node:
     return zeros_like(w, float_dtype(w.dtype))
 
 
-def _vjp(outputs: list[Node], cotangents: list[Node | None], wrt: list[Node], disconnected: str,
-         what: str) -> list[Node]:
-    if disconnected not in _DISCONNECTED:
+def _mode(disconnected: str, what: str) -> str:
+    if not isinstance(disconnected, str) or disconnected not in _DISCONNECTED:
         raise ValueError(f"{what}: disconnected must be one of {', '.join(map(repr, _DISCONNECTED))}, "
                          f"got {disconnected!r}")
+    return disconnected
+
+
+def _describe(n: Node) -> str:
+    """A short name for a node in messages: an input's name, else the start of its formula."""
+    if n.op == "input" and n.arg("name"):
+        return f"{n.arg('name')!r} ({n.type})"
+    from exprc.printing import pprint  # (printing sits above autodiff's imports)
+
+    text = pprint(n, max_nodes=12)
+    return f"{text if len(text) <= 60 else text[:57] + '...'} ({n.type})"
+
+
+def _nodes(xs: Any, what: str) -> list[Node]:
+    """``consider_constant``: None, a node or an iterable of nodes."""
+    if xs is None:
+        return []
+    if isinstance(xs, Node):
+        return [xs]
+    if isinstance(xs, (str, bytes)) or not isinstance(xs, Iterable):
+        raise TypeError(f"{what}: expected an exprc expression or a list of them, got {type(xs).__name__}")
+    out = list(xs)
+    for i, x in enumerate(out):
+        if not isinstance(x, Node):
+            raise TypeError(f"{what}[{i}]: expected an exprc expression, got {type(x).__name__}")
+    return out
+
+
+def _reached(outputs: Sequence[Node], order: list[Node], cut: set[int]) -> set[int]:
+    """Ids of the nodes of ``order`` the outputs reach without passing through a node of ``cut``."""
+    seen = {id(o) for o in outputs}
+    for n in reversed(order):  # users before their operands
+        i = id(n)
+        if i in seen and i not in cut:
+            seen.update(id(x) for x in n.inputs)
+    return seen
+
+
+def _vjp(outputs: list[Node], cotangents: list[Node | None], wrt: list[Node], disconnected: str,
+         what: str, consider_constant: Sequence[Node] = ()) -> list[Node]:
+    disconnected = _mode(disconnected, what)
     order = toposort(outputs)
-    reached = {id(n) for n in order}
+    cut = {id(n) for n in consider_constant}
+    reached = _reached(outputs, order, cut) if cut else {id(n) for n in order}
     missing = [w for w in wrt if id(w) not in reached]
     if missing and disconnected != "zero":
         names = ", ".join(f"{w.arg('name') or repr(w)} ({w.type})" for w in missing)
-        msg = (f"{what}: the output does not depend on {names}; pass disconnected='zero' (or 'warn') to get "
-               "zero gradients")
+        through = " (other than through consider_constant)" if cut else ""
+        msg = (f"{what}: the output does not depend on {names}{through}; pass disconnected='zero' (or 'warn') "
+               "to get zero gradients")
         if disconnected == "raise":
             raise DisconnectedInputError(msg)
         warnings.warn(msg, RuntimeWarning, stacklevel=3)
-    stable = stable_forms(outputs, keep=wrt, order=order)
-    found = _backprop(stable, cotangents, wrt, order if all(a is b for a, b in zip(stable, outputs)) else None)
-    return [found[w] if w in found else _zero_gradient(w) for w in wrt]
+    stable, memo = _stable(outputs, keep=[*wrt, *consider_constant], order=order)
+    # The stable forms may rebuild a kept node (something below it changed): use its new self.
+    targets = [memo.get(id(w), w) for w in wrt]
+    cut = {id(memo.get(id(n), n)) for n in consider_constant}
+    found = _backprop(stable, cotangents, targets, order if all(a is b for a, b in zip(stable, outputs)) else None, cut)
+    return [found[t] if t in found else _zero_gradient(w) for w, t in zip(wrt, targets)]
 
 
 def _as_outputs(outputs: Any, what: str) -> tuple[list[Node], Any]:
@@ -250,45 +315,127 @@ def _cotangent(c: Any, o: Node, what: str) -> Node | None:
 
 
 # -- public API ------------------------------------------------------------------------
-def grad(cost: Any, wrt: Any, disconnected: str = "raise") -> Any:
+def stop_gradient(x: Any) -> Node:
+    """``x`` unchanged, through which no gradient flows: :func:`grad` and its relatives treat it
+    as a constant (JAX's ``stop_gradient``; Theano's ``zero_grad``, also exported under that name
+    and as ``disconnected_grad``).  A variable the cost reaches only through it gets a zero
+    gradient, not a :class:`~exprc.errors.DisconnectedInputError` (as JAX and Theano's
+    ``zero_grad``; Theano's ``disconnected_grad`` would raise).  The optimizer removes the node
+    (rule ``stop_gradient_to_identity``), so compiled code does not pay for it."""
+    return OPS["stop_gradient"].make((api.as_node(x),), {})
+
+
+#: Theano's names for :func:`stop_gradient` (``theano.gradient.zero_grad`` / ``disconnected_grad``).
+zero_grad = stop_gradient
+disconnected_grad = stop_gradient
+
+
+def _known_grad(var: Any, g: Any) -> Node:
+    """The seed ``g`` of ``known_grads[var]``, checked, cast and given ``var``'s shape."""
+    if not isinstance(var, Node):
+        raise TypeError(f"grad: known_grads: the keys must be exprc expressions, got {type(var).__name__}")
+    if not is_float(var.dtype):
+        raise DTypeError(f"grad: known_grads for {_describe(var)}: only float nodes carry gradients")
+    try:
+        g = api.as_node(g, var)
+    except TypeError as e:
+        raise TypeError(f"grad: known_grads for {_describe(var)}: {e}") from None
+    if g.dtype == "bool":
+        raise DTypeError(f"grad: known_grads for {_describe(var)}: the gradient is bool; give a float expression")
+    gs, vs = g.type.shape, var.type.shape
+    if any(a is not None and b is not None and a != b and a != 1 and b != 1 for a, b in zip(gs[::-1], vs[::-1])):
+        raise ShapeError(f"grad: known_grads for {_describe(var)}: a gradient of shape {shape_str(gs)} does not match "
+                         f"the variable's shape {shape_str(vs)} (nor broadcast with it)")
+    g = cast(g, var.dtype)
+    if gs != vs:
+        g = sum_to(g, var)  # axes the variable was broadcast along (size 1, or leading) are summed
+        if g.type.shape != vs:
+            g = fill(var, g)
+    return g
+
+
+def grad(cost: Any, wrt: Any, disconnected: str | None = None, *, consider_constant: Any = None,
+         known_grads: Any = None, disconnected_inputs: str | None = None) -> Any:
     """The gradient of the scalar ``cost`` with respect to ``wrt`` (a variable or a list of them;
     the result has the same structure, each gradient of its variable's shape).
 
     ``wrt`` may be any node of the graph (an input or an intermediate result).  A ``wrt`` the
     cost does not depend on raises :class:`~exprc.errors.DisconnectedInputError` unless
     ``disconnected`` is ``"zero"`` or ``"warn"`` (zeros, with a warning for ``"warn"``).
-    Integer and bool variables get float64 zeros.
+    ``disconnected_inputs`` is Theano's spelling of the same option: ``"raise"``, ``"warn"`` or
+    ``"ignore"`` (= ``"zero"``); give one or the other.  Integer and bool variables get float64 zeros.
+
+    As Theano's ``grad``:
+
+    * ``consider_constant``: nodes (a node or a list) treated as constants: no gradient flows
+      through them into their operands (a ``wrt`` reached only through them is disconnected).
+      Nodes are interned, so an expression equal to a listed one is the same node.
+    * ``known_grads``: a mapping ``{node: gradient}`` of gradients known at intermediate nodes
+      (or inputs).  Each is added to whatever flows into its node from ``cost``, and the backward
+      sweep starts from those nodes too; ``cost`` may then be None.  A known gradient has its
+      node's shape, or broadcasts with it (axes along which the node is of size 1 are summed);
+      it is cast to the node's dtype.
     """
-    cost = api.as_node(cost)
-    if cost.ndim != 0:
-        raise ShapeError(f"grad: the cost must be a scalar, got an expression of shape {shape_str(cost.type.shape)}; "
-                         "reduce it (exprc.sum, exprc.mean) or use exprc.vjp / exprc.jacobian")
-    if not is_float(cost.dtype):
-        raise DTypeError(f"grad: the cost must be a float expression, got {cost.dtype}")
+    if disconnected_inputs is not None:
+        if not isinstance(disconnected_inputs, str) or disconnected_inputs not in _DISCONNECTED_INPUTS:
+            raise ValueError(f"grad: disconnected_inputs must be one of {', '.join(map(repr, _DISCONNECTED_INPUTS))}, "
+                             f"got {disconnected_inputs!r}")
+        mode = _DISCONNECTED_INPUTS[disconnected_inputs]
+        if disconnected is not None and _mode(disconnected, "grad") != mode:
+            raise ValueError(f"grad: disconnected={disconnected!r} and disconnected_inputs={disconnected_inputs!r} "
+                             "disagree; pass one of them")
+        disconnected = mode
+    disconnected = "raise" if disconnected is None else disconnected
+    outs: list[Node] = []
+    seeds: list[Node | None] = []
+    if cost is not None:
+        cost = api.as_node(cost)
+        if cost.ndim != 0:
+            raise ShapeError(f"grad: the cost must be a scalar, got an expression of shape "
+                             f"{shape_str(cost.type.shape)}; reduce it (exprc.sum, exprc.mean) or use exprc.vjp / "
+                             "exprc.jacobian")
+        if not is_float(cost.dtype):
+            raise DTypeError(f"grad: the cost must be a float expression, got {cost.dtype}")
+        outs.append(cost)
+        seeds.append(constant_node(1, cost.dtype))
+    if known_grads is not None:
+        if not isinstance(known_grads, Mapping):
+            raise TypeError(f"grad: known_grads must be a mapping {{node: gradient}}, got {type(known_grads).__name__}")
+        for var, g in known_grads.items():
+            seeds.append(_known_grad(var, g))
+            outs.append(var)
+    if not outs:
+        raise ValueError("grad: cost is None and there are no known_grads: nothing to differentiate")
     ws, back = _structure(wrt, "grad: wrt")
-    return back(_vjp([cost], [constant_node(1, cost.dtype)], ws, disconnected, "grad"))
+    cc = _nodes(consider_constant, "grad: consider_constant")
+    return back(_vjp(outs, seeds, ws, disconnected, "grad", cc))
 
 
-def vjp(outputs: Any, wrt: Any, cotangents: Any, disconnected: str = "raise") -> Any:
+def vjp(outputs: Any, wrt: Any, cotangents: Any, disconnected: str = "raise", *,
+        consider_constant: Any = None) -> Any:
     """Vector-Jacobian product: the gradient of ``sum(output * cotangent)`` (summed over the
     outputs) with respect to ``wrt``.  ``outputs`` and ``cotangents`` are an expression or
-    lists of the same length; a cotangent broadcasts to its output's shape (None: zero)."""
+    lists of the same length; a cotangent broadcasts to its output's shape (None: zero).
+    ``disconnected`` and ``consider_constant`` are as for :func:`grad` (outputs may be
+    intermediate nodes of each other: that is what ``grad``'s ``known_grads`` does)."""
     outs, kind = _as_outputs(outputs, "vjp")
     cts = list(cotangents) if kind is not None else [cotangents]
     if len(cts) != len(outs):
         raise ValueError(f"vjp: {len(outs)} outputs but {len(cts)} cotangents")
     ws, back = _structure(wrt, "vjp: wrt")
     cts = [_cotangent(c, o, "vjp") for c, o in zip(cts, outs)]
-    return back(_vjp(outs, cts, ws, disconnected, "vjp"))
+    return back(_vjp(outs, cts, ws, disconnected, "vjp", _nodes(consider_constant, "vjp: consider_constant")))
 
 
-def jvp(outputs: Any, wrt: Any, tangents: Any, disconnected: str = "raise") -> Any:
+def jvp(outputs: Any, wrt: Any, tangents: Any, disconnected: str = "raise", *,
+        consider_constant: Any = None) -> Any:
     """Jacobian-vector product: the directional derivative of ``outputs`` (an expression or a
     list) when ``wrt`` moves along ``tangents`` (same structure as ``wrt``).
 
     Built as the transpose of :func:`vjp`: with a placeholder cotangent ``u``, ``vjp(u)`` is
     linear in ``u``, and the vjp of ``vjp(u)`` along ``tangents`` is the jvp (whose values do
     not depend on ``u``; what remains of ``u``, a shape, is taken from the output).
+    ``disconnected`` and ``consider_constant`` are as for :func:`grad`.
     """
     outs, kind = _as_outputs(outputs, "jvp")
     ws, _ = _structure(wrt, "jvp: wrt")
@@ -297,7 +444,7 @@ def jvp(outputs: Any, wrt: Any, tangents: Any, disconnected: str = "raise") -> A
         raise ValueError(f"jvp: {len(ws)} variables but {len(ts)} tangents")
     ts = [_cotangent(t, w, "jvp") for t, w in zip(ts, ws)]
     us = [api.tensor("jvp_u", o.dtype, shape=o.type.shape) if is_float(o.dtype) else None for o in outs]
-    pulled = _vjp(outs, us, ws, disconnected, "jvp")
+    pulled = _vjp(outs, us, ws, disconnected, "jvp", _nodes(consider_constant, "jvp: consider_constant"))
     float_ws = [(p, t) for p, t, w in zip(pulled, ts, ws) if t is not None and is_float(w.dtype)]
     results = []
     forward = _backprop([p for p, _ in float_ws], [t for _, t in float_ws], [u for u in us if u is not None])
@@ -310,14 +457,16 @@ def jvp(outputs: Any, wrt: Any, tangents: Any, disconnected: str = "raise") -> A
     return kind(results) if kind is not None else results[0]
 
 
-def jacobian(expr: Any, wrt: Any, disconnected: str = "raise") -> Any:
+def jacobian(expr: Any, wrt: Any, disconnected: str = "raise", *, consider_constant: Any = None) -> Any:
     """The Jacobian of ``expr``: for each variable, an expression of shape
     ``expr.shape + variable.shape``.  ``expr`` needs a static size (one reverse sweep per
-    element, sharing the forward graph)."""
+    element, sharing the forward graph).  ``disconnected`` and ``consider_constant`` are as for
+    :func:`grad`."""
     expr = api.as_node(expr)
     ws, back = _structure(wrt, "jacobian: wrt")
+    cc = _nodes(consider_constant, "jacobian: consider_constant")
     if expr.ndim == 0:
-        return back(_vjp([expr], [constant_node(1, expr.dtype)], ws, disconnected, "jacobian"))
+        return back(_vjp([expr], [constant_node(1, expr.dtype)], ws, disconnected, "jacobian", cc))
     if None in expr.type.shape:
         raise ShapeError(f"jacobian: the expression's shape {shape_str(expr.type.shape)} must be static")
     if not is_float(expr.dtype):
@@ -328,7 +477,7 @@ def jacobian(expr: Any, wrt: Any, disconnected: str = "raise") -> Any:
         onehot = np.zeros(size, dtype=expr.dtype)
         onehot[k] = 1
         ct = constant_node(onehot.reshape(expr.type.shape), expr.dtype)
-        rows.append(_vjp([expr], [ct], ws, disconnected if k == 0 else "zero", "jacobian"))
+        rows.append(_vjp([expr], [ct], ws, disconnected if k == 0 else "zero", "jacobian", cc))
     out = []
     for j in range(len(ws)):
         blocks = [r[j] for r in rows]
@@ -338,17 +487,19 @@ def jacobian(expr: Any, wrt: Any, disconnected: str = "raise") -> Any:
     return back(out)
 
 
-def hessian(cost: Any, wrt: Any, disconnected: str = "raise") -> Any:
+def hessian(cost: Any, wrt: Any, disconnected: str = "raise", *, consider_constant: Any = None) -> Any:
     """The Hessian of the scalar ``cost`` with respect to each variable of ``wrt`` (shape
-    ``variable.shape * 2``); for a list, the list of the diagonal blocks (as Theano)."""
+    ``variable.shape * 2``); for a list, the list of the diagonal blocks (as Theano).
+    ``consider_constant`` holds for both differentiations."""
     ws, back = _structure(wrt, "hessian: wrt")
+    cc = _nodes(consider_constant, "hessian: consider_constant")
     out = []
     for w in ws:
         if None in w.type.shape:
             raise ShapeError(f"hessian: the variable's shape {shape_str(w.type.shape)} must be static")
-        out.append(jacobian(grad(cost, w, disconnected), w, "zero"))
+        out.append(jacobian(grad(cost, w, disconnected, consider_constant=cc), w, "zero", consider_constant=cc))
     return back(out)
 
 
-__all__ = ["Extents", "count", "fill", "full", "grad", "hessian", "jacobian", "jvp", "model_of", "stable_forms", "sum_to",
-           "vjp", "zeros_like"]
+__all__ = ["Extents", "count", "disconnected_grad", "fill", "full", "grad", "hessian", "jacobian", "jvp", "model_of",
+           "stable_forms", "stop_gradient", "sum_to", "vjp", "zero_grad", "zeros_like"]

@@ -57,6 +57,7 @@ def _to_table() -> dict[str, Callable[..., Any]]:
         "floor": sp.floor, "ceil": sp.ceiling, "maximum": sp.Max, "minimum": sp.Min,
         "lt": sp.Lt, "le": sp.Le, "gt": sp.Gt, "ge": sp.Ge, "eq": sp.Eq, "ne": sp.Ne,
         "where": lambda c, a, b: sp.Piecewise((a, c), (b, True)),
+        "stop_gradient": lambda a: a,  # the identity on values (it only steers exprc.grad)
     }
 
 

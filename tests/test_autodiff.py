@@ -494,3 +494,277 @@ def test_log1mexp_rule():
     if not hasattr(exprc, "log1mexp"):
         pytest.skip("no log1mexp op")
     check_grads(exprc.log1mexp, [-draw((2, 3), POS, 3)])
+
+
+# == issue 14 item 5: Theano's grad options (consider_constant, known_grads, disconnected_inputs) ==========
+# == and stop_gradient / zero_grad / disconnected_grad ====================================================
+def _has_op(outputs, op):
+    outputs = [outputs] if isinstance(outputs, exprc.Node) else list(outputs)
+    return any(n.op == op for n in toposort(outputs))
+
+
+def test_stop_gradient_is_the_identity_with_a_zero_gradient():
+    x = exprc.vector("x")
+    sg = exprc.stop_gradient
+    assert exprc.zero_grad is sg and exprc.disconnected_grad is sg
+    xv = draw((4,), R, 11)
+    assert_close(sg(x).eval({x: xv}), xv)
+    # d/dx sum(x * sg(x)) = sg(x) = x, not 2x
+    g = exprc.grad(exprc.sum(x * sg(x)), x)
+    assert_close(g.eval({x: xv}), xv)
+    # grad takes the graph as built: the stop_gradient is still there (nothing optimized first)
+    assert _has_op(g, "stop_gradient")
+    # d/dx sum(sin(x) * sg(exp(x)) + sg(x)**2) = cos(x) exp(x)
+    g = exprc.grad(exprc.sum(exprc.sin(x) * sg(exprc.exp(x)) + sg(x) ** 2), x)
+    assert_close(g.eval({x: xv}), np.cos(xv) * np.exp(xv), ulps=4)
+    # reached only through stop_gradient: connected, zero gradient (JAX, Theano's zero_grad); no error
+    assert_close(exprc.grad(exprc.sum(sg(exprc.exp(x))), x).eval({x: xv}), np.zeros(4))
+    # integers, constants, printing, SymPy
+    n = exprc.vector("n", "int64")
+    assert sg(n).dtype == "int64" and sg(n).type == n.type
+    assert_close(sg(2.5).eval({}), np.float64(2.5))
+    assert exprc.pprint(sg(x) * 2) == "stop_gradient(x) * 2.0"
+    pytest.importorskip("sympy")
+    assert str(exprc.to_sympy(sg(exprc.scalar("s")) + 1)) == "s + 1"
+
+
+def test_stop_gradient_second_order_and_vjp_jvp():
+    x = exprc.vector("x", shape=(3,))
+    xv = draw((3,), R, 12)
+    # grad of sum(x**2 * sg(x)) is 2 x sg(x); its derivative is diag(2 sg(x)) = diag(2x)
+    h = exprc.hessian(exprc.sum(x ** 2 * exprc.stop_gradient(x)), x)
+    assert_close(h.eval({x: xv}), np.diag(2 * xv), ulps=4)
+    y = exprc.sin(x) * exprc.stop_gradient(exprc.cos(x))
+    ct = draw((3,), R, 13)
+    assert_close(exprc.vjp(y, x, ct).eval({x: xv}), ct * np.cos(xv) * np.cos(xv), ulps=4)
+    assert_close(exprc.jvp(y, x, ct).eval({x: xv}), ct * np.cos(xv) * np.cos(xv), ulps=4)
+
+
+def test_stop_gradient_costs_nothing_after_optimize():
+    x, y = exprc.matrix("x"), exprc.vector("y")
+    sg = exprc.stop_gradient
+    with_sg = exprc.sum(x * sg(x), axis=0) + exprc.exp(sg(y)) * sg(y * 2.0) + sg(exprc.sum(x, axis=0) > 0)
+    without = exprc.sum(x * x, axis=0) + exprc.exp(y) * (y * 2.0) + (exprc.sum(x, axis=0) > 0)
+    opt = exprc.optimize(with_sg)
+    assert not _has_op(opt.outputs, "stop_gradient")
+    assert opt.outputs[0] is exprc.optimize(without).outputs[0]
+    assert {(t.pass_name, t.rule) for t in opt.trace if t.before.op == "stop_gradient"} == {
+        ("canonicalize", "stop_gradient_to_identity")}
+    f1 = exprc.function([x, y], with_sg, backend="c")
+    f2 = exprc.function([x, y], without, backend="c")
+    assert f1.source == f2.source  # the generated C is the same
+    # gradients of it: no stop_gradient left once compiled
+    g = exprc.grad(exprc.sum(with_sg), [x, y])
+    assert _has_op(g, "stop_gradient") and not _has_op(exprc.optimize(g).outputs, "stop_gradient")
+
+
+@pytest.mark.parametrize("backend", ["numpy", "c"])
+def test_stop_gradient_kept_by_exclude_still_compiles(backend):
+    x = exprc.matrix("x")
+    e = exprc.exp(exprc.stop_gradient(x)) + exprc.stop_gradient(exprc.astype(x > 0, "int64"))
+    xv = draw((2, 3), R, 14)
+    f = exprc.function([x], e, backend=backend, exclude=["stop_gradient_to_identity"])
+    assert _has_op(f.graph.outputs, "stop_gradient")
+    assert_close(f(xv), np.exp(xv) + (xv > 0), ulps=2)
+    # a stop_gradient of an input as the whole output
+    assert_close(exprc.function([x], exprc.stop_gradient(x), backend=backend)(xv), xv)
+
+
+def test_stop_gradient_serializes():
+    x = exprc.matrix("x")
+    e = exprc.sum(x * exprc.stop_gradient(exprc.sin(x)))
+    back = exprc.loads(exprc.dumps(e))
+    assert exprc.pprint(back) == exprc.pprint(e) == "sum(x * stop_gradient(sin(x)))" and back.type == e.type
+    (xb,) = [n for n in toposort([back]) if n.op == "input"]
+    xv = draw((2, 2), R, 15)
+    assert_close(exprc.grad(back, xb).eval({xb: xv}), np.sin(xv))  # still stops the gradient once loaded
+    import pickle
+
+    assert exprc.pprint(pickle.loads(pickle.dumps(e))) == exprc.pprint(e)
+
+
+def test_stop_gradient_in_a_3000_deep_chain():
+    x = exprc.vector("x")
+    h = x
+    for _ in range(1500):
+        h = exprc.sin(h) + x
+    t = exprc.stop_gradient(h)
+    for _ in range(1500):
+        t = exprc.sin(t) * 0.5 + x * 0.001
+    g = exprc.grad(exprc.sum(t), x)
+    f = exprc.function([x], [t, g], backend="numpy")
+    assert not _has_op(f.graph.outputs, "stop_gradient")
+    xv = np.array([0.3, -1.2])
+    tv, gv = f(xv)
+    # by hand, forward mode, with the stopped value constant
+    hv = xv.copy()
+    for _ in range(1500):
+        hv = np.sin(hv) + xv
+    tt, dt = hv, np.zeros(2)
+    for _ in range(1500):
+        tt, dt = np.sin(tt) * 0.5 + xv * 0.001, np.cos(tt) * 0.5 * dt + 0.001
+    np.testing.assert_allclose(tv, tt, rtol=1e-12)
+    np.testing.assert_allclose(gv, dt, rtol=1e-12)
+
+
+def test_consider_constant():
+    x = exprc.vector("x")
+    xv = draw((5,), R, 16)
+    h = exprc.sin(x)
+    e = exprc.exp(h)
+    # the constant intermediate: d/dx sum(e * h) with e constant is e cos(x)
+    g = exprc.grad(exprc.sum(e * h), x, consider_constant=[e])
+    assert_close(g.eval({x: xv}), np.exp(np.sin(xv)) * np.cos(xv), ulps=4)
+    # the same as stop_gradient there, and the other paths through h still count
+    cost = exprc.sum(h * h) + exprc.sum(e)
+    g1 = exprc.grad(cost, x, consider_constant=e)
+    g2 = exprc.grad(exprc.sum(h * h) + exprc.sum(exprc.stop_gradient(e)), x)
+    assert_close(g1.eval({x: xv}), 2 * np.sin(xv) * np.cos(xv), ulps=4)
+    assert_close(g1.eval({x: xv}), g2.eval({x: xv}))
+    # finite differences of the function with e frozen at its value
+    ev = np.exp(np.sin(xv))
+    (want,) = fd_grads(lambda v: float(np.sum(np.sin(v) ** 2) + np.sum(ev)), [xv])
+    np.testing.assert_allclose(g1.eval({x: xv}), want, rtol=1e-6, atol=1e-8)
+    # a variable reached only through constants is disconnected (as Theano)
+    with pytest.raises(DisconnectedInputError, match="consider_constant"):
+        exprc.grad(exprc.sum(e), x, consider_constant=[h])
+    assert_close(exprc.grad(exprc.sum(e), x, consider_constant=[h], disconnected="zero").eval({x: xv}), np.zeros(5))
+    # the gradient at a constant node itself is still computed
+    assert_close(exprc.grad(exprc.sum(e), h, consider_constant=[h]).eval({x: xv}), np.exp(np.sin(xv)))
+    with pytest.raises(TypeError, match="consider_constant"):
+        exprc.grad(exprc.sum(e), x, consider_constant=["e"])
+
+
+def test_consider_constant_survives_the_stable_forms():
+    # log(sigmoid(z)) is differentiated as -softplus(-z): a constant sigmoid(z) must not be rewritten away.
+    z = exprc.vector("z")
+    s = exprc.sigmoid(z)
+    zv = draw((4,), R, 17)
+    cost = exprc.sum(exprc.log(s)) + exprc.sum(z * 3.0)
+    g = exprc.grad(cost, z, consider_constant=[s])
+    assert_close(g.eval({z: zv}), np.full(4, 3.0))
+    # a wrt above a rewritten composition is found in the rebuilt graph (it used to get zeros)
+    y = exprc.exp(exprc.log(s))
+    assert_close(exprc.grad(exprc.sum(y * 2.0), y).eval({z: zv}), np.full(4, 2.0))
+    # and a consider_constant node above one still stops the gradient
+    g = exprc.grad(exprc.sum(y * z), z, consider_constant=[y])
+    assert_close(g.eval({z: zv}), expit(zv), ulps=8)
+
+
+def test_consider_constant_in_vjp_jvp_jacobian_hessian():
+    x = exprc.vector("x", shape=(3,))
+    xv = draw((3,), R, 18)
+    c = exprc.cos(x)
+    y = exprc.sin(x) * c
+    ct = draw((3,), R, 19)
+    assert_close(exprc.vjp(y, x, ct, consider_constant=[c]).eval({x: xv}), ct * np.cos(xv) ** 2, ulps=4)
+    assert_close(exprc.jvp(y, x, ct, consider_constant=[c]).eval({x: xv}), ct * np.cos(xv) ** 2, ulps=4)
+    assert_close(exprc.jacobian(y, x, consider_constant=[c]).eval({x: xv}), np.diag(np.cos(xv) ** 2), ulps=4)
+    h = exprc.hessian(exprc.sum(x ** 2 * c), x, consider_constant=c)
+    assert_close(h.eval({x: xv}), np.diag(2 * np.cos(xv)), ulps=4)
+
+
+def test_known_grads():
+    x = exprc.vector("x", shape=(4,))
+    w = exprc.vector("w", shape=(4,))
+    xv, wv, gv = draw((4,), R, 20), draw((4,), R, 21), draw((4,), R, 22)
+    h = exprc.tanh(x * w)
+    dh = 1 - np.tanh(xv * wv) ** 2
+    vals = {x: xv, w: wv}
+    # alone (cost None): the backward sweep starts at h
+    gx, gw = exprc.grad(None, [x, w], known_grads={h: gv})
+    assert_close(gx.eval(vals), gv * dh * wv, ulps=8)
+    assert_close(gw.eval(vals), gv * dh * xv, ulps=8)
+    # with a cost: added to what flows into h from the cost
+    cost = exprc.sum(h ** 2)
+    gx = exprc.grad(cost, x, known_grads={h: gv})
+    assert_close(gx.eval(vals), (2 * np.tanh(xv * wv) + gv) * dh * wv, ulps=8)
+    # against finite differences of cost + <h, gv>
+    want = fd_grads(lambda a: float(np.sum(np.tanh(a * wv) ** 2) + np.sum(np.tanh(a * wv) * gv)), [xv])[0]
+    np.testing.assert_allclose(gx.eval(vals), want, rtol=1e-6, atol=1e-8)
+    # on an input, a symbolic seed, a scalar seed broadcast, several seeds
+    assert_close(exprc.grad(None, x, known_grads={x: gv}).eval({}), gv)
+    seed = exprc.vector("seed", shape=(4,))
+    assert_close(exprc.grad(None, x, known_grads={h: seed * 2.0}).eval({**vals, seed: gv}), 2 * gv * dh * wv, ulps=8)
+    assert_close(exprc.grad(None, x, known_grads={h: 1.0}).eval(vals), dh * wv, ulps=8)
+    u = exprc.exp(h)
+    g = exprc.grad(None, x, known_grads={u: gv, h: 1.0})
+    assert_close(g.eval(vals), (gv * np.exp(np.tanh(xv * wv)) + 1) * dh * wv, ulps=8)
+    # with consider_constant: the seed at u does not pass the constant u
+    g = exprc.grad(exprc.sum(h), x, known_grads={u: gv}, consider_constant=[u])
+    assert_close(g.eval(vals), dh * wv, ulps=8)
+
+
+def test_known_grads_broadcast_and_dtypes():
+    x = exprc.matrix("x", shape=(1, 3))
+    big = exprc.matrix("big", shape=(4, 3))
+    xv, bv = draw((1, 3), R, 23), draw((4, 3), R, 24)
+    h = exprc.sin(x)
+    # a seed of shape (4, 3) for a (1, 3) node: summed over the broadcast axis
+    g = exprc.grad(None, x, known_grads={h: big})
+    assert g.type.shape == (1, 3)
+    assert_close(g.eval({x: xv, big: bv}), bv.sum(0, keepdims=True) * np.cos(xv), ulps=8)
+    # float32 node, float64 seed: cast
+    y = exprc.vector("y", "float32", shape=(2,))
+    g = exprc.grad(None, y, known_grads={y * 3.0: np.array([1.0, 2.0])})
+    assert g.dtype == "float32"
+    assert_close(g.eval({y: np.ones(2, "float32")}), np.array([3.0, 6.0], "float32"))
+
+
+def test_known_grads_errors_name_the_variable():
+    x = exprc.matrix("x", shape=(2, 3))
+    h = exprc.sin(x)
+    with pytest.raises(ShapeError, match=r"known_grads for sin\(x\).*\(3, 2\).*\(2, 3\)"):
+        exprc.grad(None, x, known_grads={h: np.ones((3, 2))})
+    with pytest.raises(ShapeError, match="known_grads for 'x'"):
+        exprc.grad(exprc.sum(h), x, known_grads={x: np.ones(4)})
+    assert issubclass(ShapeError, exprc.errors.ExprcError)
+    with pytest.raises(DTypeError, match="known_grads for 'n'"):
+        exprc.grad(None, x, known_grads={exprc.vector("n", "int64"): np.ones(2)}, disconnected="zero")
+    with pytest.raises(DTypeError, match="bool"):
+        exprc.grad(None, x, known_grads={h: np.ones((2, 3), bool)})
+    with pytest.raises(TypeError, match="mapping"):
+        exprc.grad(None, x, known_grads=[(h, 1.0)])
+    with pytest.raises(TypeError, match="keys"):
+        exprc.grad(None, x, known_grads={"h": 1.0})
+    with pytest.raises(ValueError, match="nothing to differentiate"):
+        exprc.grad(None, x)
+    with pytest.raises(DisconnectedInputError):
+        exprc.grad(None, x, known_grads={exprc.vector("other"): 1.0})
+
+
+def test_disconnected_inputs_is_theanos_spelling():
+    x, y = exprc.vector("x"), exprc.vector("y")
+    cost = exprc.sum(x)
+    with pytest.raises(DisconnectedInputError):
+        exprc.grad(cost, [x, y], disconnected_inputs="raise")
+    _, gy = exprc.grad(cost, [x, y], disconnected_inputs="ignore")
+    assert_close(gy.eval({y: np.ones(2)}), np.zeros(2))
+    with pytest.warns(RuntimeWarning, match="does not depend"):
+        exprc.grad(cost, y, disconnected_inputs="warn")
+    exprc.grad(cost, y, disconnected="zero", disconnected_inputs="ignore")  # the same mode twice is fine
+    with pytest.raises(ValueError, match="disagree"):
+        exprc.grad(cost, y, disconnected="raise", disconnected_inputs="ignore")
+    with pytest.raises(ValueError, match="disconnected_inputs"):
+        exprc.grad(cost, y, disconnected_inputs="zero")  # Theano's values only: raise, warn, ignore
+    exprc.grad(cost, y, "zero")  # disconnected= stays positional
+
+
+def test_grad_options_c_backend_matches_numpy():
+    x, w = exprc.matrix("x"), exprc.matrix("w")
+    h = exprc.tanh(x @ w)
+    e = exprc.exp(-h)
+    seed = exprc.matrix("seed")
+    cost = exprc.sum(h * exprc.stop_gradient(h)) + exprc.mean(e * h)
+    grads = exprc.grad(cost, [x, w], consider_constant=[e], known_grads={h: seed})
+    data = [draw((3, 4), R, 25), draw((4, 2), R, 26), draw((3, 2), R, 27)]
+    want = exprc.function([x, w, seed], grads, backend="numpy")(*data)
+    got = exprc.function([x, w, seed], grads, backend="c")(*data)
+    for g, v in zip(got, want):
+        assert_close(g, v, ulps=64)
+    # by hand: dcost/dh = sg(h) + e / h.size (e constant) + seed
+    xv, wv, sv = data
+    hv = np.tanh(xv @ wv)
+    dh = (hv + np.exp(-hv) / hv.size + sv) * (1 - hv ** 2)
+    np.testing.assert_allclose(want[0], dh @ wv.T, rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(want[1], xv.T @ dh, rtol=1e-12, atol=1e-14)

@@ -1,5 +1,5 @@
 """Elementwise rows: arithmetic, comparisons, bitwise and transcendental functions, ``where``,
-``cast`` and ``fill``.
+``cast``, ``fill`` and ``stop_gradient`` (the identity with a zero gradient).
 
 Elementwise ops receive operands already cast to their compute dtype (the type rule
 :func:`~exprc.ops.table._elemwise` inserts ``cast`` nodes), so neither the reference nor the
@@ -205,3 +205,22 @@ def _fill(model: np.ndarray, value: np.ndarray) -> np.ndarray:
 # fill(model, value): ``value`` broadcast to the shape of ``model`` (whose values are not read), as
 # Theano's fill.  Elementwise, so it fuses: gradients use it to broadcast to a shape known at call time.
 register(Op("fill", "elemwise", _fill, _infer_fill, c="({1})", c_int="({1})"))
+
+
+# -- stop_gradient ---------------------------------------------------------------------------
+def _infer_identity(inputs: tuple, attrs: dict) -> tuple[tuple, TensorType]:
+    if len(inputs) != 1:
+        raise TypeError(f"stop_gradient takes one operand, got {len(inputs)}")
+    return inputs, inputs[0].type
+
+
+def _identity(x: np.ndarray) -> np.ndarray:
+    return np.array(x, copy=True)  # a fresh array, as every other op returns
+
+
+# stop_gradient(x): the identity on values, with a zero gradient (JAX's stop_gradient, Theano's
+# zero_grad / disconnected_grad; :func:`exprc.stop_gradient`).  Its C expression ``({0})`` lets a graph
+# that keeps it (no optimizer, or exclude=["stop_gradient_to_identity"]) compile on every backend; the
+# canonicalize pass removes it, so after optimization it costs nothing.  Gradients are taken on
+# unoptimized graphs, where it is still present (its rule, no gradient, is in exprc.ops.grad).
+register(Op("stop_gradient", "elemwise", _identity, _infer_identity, c="({0})", c_int="({0})", nin=(1, 1)))

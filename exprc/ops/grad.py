@@ -231,3 +231,9 @@ def _grad_matmul(node: Node, g: Node) -> tuple:
         return r if b.ndim > 1 else A.squeeze(r, -1)
 
     return ga, gb
+
+
+# -- stop_gradient (issue 14) ------------------------------------------------------------------
+# The identity with a zero gradient.  exprc.autodiff already stops its sweep at these nodes (what
+# lies only below one is not differentiated at all); the rule is for anyone applying rules directly.
+grad_rule("stop_gradient")(lambda node, g: (None,))

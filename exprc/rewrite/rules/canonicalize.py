@@ -15,6 +15,8 @@ included), so canonicalization never changes a result.  The canonical form:
   (``x / 2`` is ``x * 0.5``); ``reciprocal(x)`` and ``x ** -1`` become ``1 / x``.
 * ``x * x`` is ``square(x)``; a constant operand of ``+`` or ``*`` goes on the
   right; ``abs`` of a result that cannot be negative (``exp``, ``square`` …) is dropped.
+* ``stop_gradient(x)`` is ``x`` (it matters only to :func:`exprc.grad`, which differentiates
+  the graph before any optimization).
 * sums and products are **not** reassociated in the graph (that would change
   rounding); instead :func:`exprc.rewrite.forms.sum_view` flattens ``+``, ``-``,
   ``neg`` and constant factors and gathers the constants, exactly, when a rule
@@ -143,6 +145,13 @@ def abs_of_nonnegative(node: Node, x: Node) -> Node | None:
     if x.op == "neg":
         return make("abs", x.inputs[0])
     return None
+
+
+@rewrite_rule("stop_gradient_to_identity", _CANON, P("stop_gradient", X("x")))
+def stop_gradient_to_identity(node: Node, x: Node) -> Node:
+    """stop_gradient(x) -> x: the identity on values (it only steers exprc.grad, which runs on
+    unoptimized graphs), so compiled code never pays for it."""
+    return x
 
 
 # -- specialize: back to the cheapest equivalent form -------------------------------------
