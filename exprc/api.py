@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from exprc.config import current
 from exprc.errors import ShapeError
 from exprc.graph import Node, constant_node, input_node
 from exprc.ops import OPS, cast
@@ -36,33 +37,35 @@ def _shape_arg(ndim: int | None, shape: Sequence[int | None] | None, default_ndi
     return (None,) * (default_ndim if ndim is None else int(ndim))
 
 
-def tensor(name: str | None = None, dtype: Any = "float64", ndim: int | None = None,
+def tensor(name: str | None = None, dtype: Any = None, ndim: int | None = None,
            shape: Sequence[int | None] | None = None) -> Node:
-    """A graph input.  ``shape`` entries are sizes or ``None`` (known at call time)."""
+    """A graph input.  ``shape`` entries are sizes or ``None`` (known at call time).  ``dtype``
+    None: ``Config.float_dtype`` (float64 unless configured; Theano's ``floatX``)."""
     if name is not None and not isinstance(name, str):
         raise TypeError(f"name must be a string, got {type(name).__name__}")
     if ndim is None and shape is None:
         raise TypeError("tensor(): give ndim= or shape=")
-    return input_node(name, as_dtype(dtype), _shape_arg(ndim, shape, 0, "tensor"))
+    return input_node(name, as_dtype(current().float_dtype if dtype is None else dtype),
+                      _shape_arg(ndim, shape, 0, "tensor"))
 
 
-def scalar(name: str | None = None, dtype: Any = "float64") -> Node:
-    """A 0-d input."""
+def scalar(name: str | None = None, dtype: Any = None) -> Node:
+    """A 0-d input (``dtype`` None: ``Config.float_dtype``)."""
     return tensor(name, dtype, shape=())
 
 
-def vector(name: str | None = None, dtype: Any = "float64", shape: Sequence[int | None] | None = None) -> Node:
-    """A 1-d input."""
+def vector(name: str | None = None, dtype: Any = None, shape: Sequence[int | None] | None = None) -> Node:
+    """A 1-d input (``dtype`` None: ``Config.float_dtype``)."""
     return tensor(name, dtype, ndim=1, shape=shape)
 
 
-def matrix(name: str | None = None, dtype: Any = "float64", shape: Sequence[int | None] | None = None) -> Node:
-    """A 2-d input."""
+def matrix(name: str | None = None, dtype: Any = None, shape: Sequence[int | None] | None = None) -> Node:
+    """A 2-d input (``dtype`` None: ``Config.float_dtype``)."""
     return tensor(name, dtype, ndim=2, shape=shape)
 
 
-def tensor3(name: str | None = None, dtype: Any = "float64", shape: Sequence[int | None] | None = None) -> Node:
-    """A 3-d input."""
+def tensor3(name: str | None = None, dtype: Any = None, shape: Sequence[int | None] | None = None) -> Node:
+    """A 3-d input (``dtype`` None: ``Config.float_dtype``)."""
     return tensor(name, dtype, ndim=3, shape=shape)
 
 
@@ -329,18 +332,32 @@ def matmul(a: TensorLike, b: TensorLike) -> Node:
 
 
 def dot(a: TensorLike, b: TensorLike) -> Node:
-    """``numpy.dot`` for operands of ndim <= 2 (use :func:`matmul` for batches)."""
+    """``numpy.dot`` for every ndim: a product with a 0-d operand; else the sum over the last axis
+    of ``a`` and the only axis of a 1-d ``b`` or the second-to-last of ``b``, the result's shape
+    ``a.shape[:-1] + b.shape[:-2] + b.shape[-1:]`` (unlike :func:`matmul`, batch axes do not pair up)."""
     a, b = _operands(a, b)
     if a.ndim == 0 or b.ndim == 0:
         return a * b
-    if a.ndim > 2 or b.ndim > 2:
-        raise ShapeError(f"dot: operands of ndim {a.ndim} and {b.ndim} (shapes {shape_str(a.type.shape)} and "
-                         f"{shape_str(b.type.shape)}); dot supports ndim <= 2, use matmul for stacks")
-    ka, kb = a.type.shape[-1], b.type.shape[0]
+    ka, kb = a.type.shape[-1], b.type.shape[-1 if b.ndim == 1 else -2]
     if ka is not None and kb is not None and ka != kb:
+        which = "only axis" if b.ndim == 1 else "axis -2"
         raise ShapeError(f"dot: shapes {shape_str(a.type.shape)} and {shape_str(b.type.shape)} are not aligned: "
-                         f"{ka} (last axis of the first) != {kb} (first axis of the second)")
-    return matmul(a, b)
+                         f"{ka} (last axis of the first) != {kb} ({which} of the second)")
+    if a.ndim <= 2 or b.ndim <= 2:
+        # matmul's broadcasting gives np.dot here: a 1-d or 2-d b pairs with every row of a, and
+        # a 1-d a drops its axis; a 2-d a is one matrix against each of b's stacked matrices.
+        out = matmul(a, b)
+        if a.ndim == 2 and b.ndim > 2:  # (B..., n, m) -> (n, B..., m)
+            nb = b.ndim - 2
+            out = dimshuffle(out, [nb] + list(range(nb)) + [nb + 1])
+        return out
+    # a (A..., n, k) and b (B..., k, m): a's leading axes go in front of b's stack axes, its last
+    # row axis stays a matrix axis, so each product is (n, k) @ (k, m): (A..., B..., n, m), then
+    # n moves after A.
+    na, nb = a.ndim - 2, b.ndim - 2
+    a4 = dimshuffle(a, list(range(na)) + ["x"] * nb + [na, na + 1])
+    out = matmul(a4, b)
+    return dimshuffle(out, list(range(na)) + [na + nb] + list(range(na, na + nb)) + [na + nb + 1])
 
 
 # -- shape operations ---------------------------------------------------------------------
@@ -519,6 +536,8 @@ def install_operators(cls: type) -> None:
         axes[0], (int, np.integer)) else axes) or None)
     cls.astype = astype
     cls.dot = dot
+    cls.dimshuffle = lambda self, *order: dimshuffle(self, order[0] if len(order) == 1 and isinstance(
+        order[0], (list, tuple)) else order)
     cls.squeeze = squeeze
     cls.flatten = flatten
     cls.clip = clip

@@ -5,7 +5,8 @@ Precedence: explicit ``config=``/keyword arguments > ``with exprc.config(...)`` 
 environment variables (read once, at import) > defaults.
 
 Environment variables: ``EXPRC_BACKEND``, ``EXPRC_NUM_THREADS``, ``EXPRC_CACHE_DIR``,
-``EXPRC_CACHE`` (``0`` disables the disk cache), ``CC``.
+``EXPRC_CACHE`` (``0`` disables the disk cache), ``EXPRC_FLOAT_DTYPE`` (``float32`` or
+``float64``), ``CC``.
 """
 
 from __future__ import annotations
@@ -17,6 +18,9 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
+
+#: The values ``Config.float_dtype`` (and ``$EXPRC_FLOAT_DTYPE``) accept.
+FLOAT_DTYPES = ("float32", "float64")
 
 
 @dataclass(frozen=True)
@@ -35,6 +39,16 @@ class Config:
     max_rewrite_rounds: int = 16
     exclude: tuple[str, ...] = field(default=())  #: rewrite names or tags to skip
     return_numpy: bool = False  #: CUDA backend: return NumPy arrays instead of exprc.cuda.DeviceArray
+    #: The dtype of variables (``exprc.vector()``...) and creation functions (``zeros``, ``eye``...)
+    #: given no dtype, and of their Python float values: Theano's ``floatX``.  Promotion does not
+    #: change (``int32_var + 2.5`` is float64; a Python float next to float32 stays float32).
+    float_dtype: str = "float64"
+
+    def __post_init__(self) -> None:
+        name = getattr(self.float_dtype, "__name__", None) or str(self.float_dtype)  # np.float32, np.dtype(...)
+        if name not in FLOAT_DTYPES:
+            raise ValueError(f"Config: float_dtype must be one of {', '.join(FLOAT_DTYPES)}, got {self.float_dtype!r}")
+        object.__setattr__(self, "float_dtype", name)
 
     def replace(self, **changes: Any) -> Config:
         return dataclasses.replace(self, **changes)
@@ -52,6 +66,11 @@ def _from_environment(env: os._Environ | dict) -> Config:
         kw["cache"] = False
     if env.get("CC"):
         kw["cc"] = env["CC"]
+    if env.get("EXPRC_FLOAT_DTYPE"):
+        if env["EXPRC_FLOAT_DTYPE"] not in FLOAT_DTYPES:
+            raise ValueError(f"EXPRC_FLOAT_DTYPE must be one of {', '.join(FLOAT_DTYPES)}, "
+                             f"got {env['EXPRC_FLOAT_DTYPE']!r}")
+        kw["float_dtype"] = env["EXPRC_FLOAT_DTYPE"]
     return Config(**kw)
 
 

@@ -34,7 +34,7 @@ size or ``null`` (known at call time).  ``op`` is the name of a registered op
 cannot define ops).  Attributes by op (each op row declares its names, ``Op.attr_names``, and
 loading checks them): reductions ``axis`` (sorted distinct axes)
 and ``keepdims``; ``cast`` ``dtype``; ``dimshuffle`` ``order`` (axes and ``"x"``);
-``reshape`` / ``broadcast_to`` ``shape``; ``concatenate`` ``axis``; ``getitem`` /
+``reshape`` / ``broadcast_to`` ``shape``; ``arange`` ``dtype`` (not bool); ``concatenate`` ``axis``; ``getitem`` /
 ``inc_subtensor`` ``index`` (items ``["i", k]``, ``["n"]``, ``["s", start, stop,
 step]``); ``split_part`` ``axis`` and ``which``; other ops take none.  Inputs get
 fresh identities when loaded; shared variables become new shared variables
@@ -325,6 +325,9 @@ def _check_attrs(op: str, attrs: dict, inputs: list[Node], where: str) -> None:
     elif op == "cast":
         if attrs["dtype"] not in DTYPES:
             bad = f"dtype must be one of {', '.join(DTYPES)}"
+    elif op == "arange":
+        if attrs["dtype"] not in DTYPES or attrs["dtype"] == "bool":
+            bad = f"dtype must be one of {', '.join(DTYPES[1:])}"
     elif op == "dimshuffle":
         order = attrs["order"]
         kept = [o for o in order if o != "x"] if isinstance(order, tuple) else None

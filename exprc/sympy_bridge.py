@@ -73,6 +73,7 @@ NO_SYMPY: dict[str, str] = {
                      "inc_subtensor", "sum_to", "split_part"),
                     "a shape op: not an elementwise formula (to_sympy raises TypeError)"),
     "matmul": "linear algebra: not an elementwise formula (to_sympy raises TypeError)",
+    **dict.fromkeys(("alloc", "arange"), "a creation op: not an elementwise formula (to_sympy raises TypeError)"),
 }
 
 

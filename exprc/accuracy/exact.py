@@ -39,6 +39,8 @@ NO_MPMATH: dict[str, str] = {
                      "inc_subtensor", "sum_to", "split_part"),
                     "a shape op: it moves (or sums) values over an array, not point by point"),
     "matmul": "linear algebra: a sum of products over an axis, not elementwise",
+    **dict.fromkeys(("alloc", "arange"), "a creation op: it lays out values over a shape given by its sizes, "
+                                         "not point by point"),
     "invert": "bitwise not of integers or bools: exact in its own dtype, no real-number meaning",
 }
 

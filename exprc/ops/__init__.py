@@ -3,7 +3,8 @@
 Importing the package registers the rows, in this order (the order of ``OPS``):
 :mod:`~exprc.ops.elemwise`, :mod:`~exprc.ops.leaf`, :mod:`~exprc.ops.reduce` (with the
 reduction facts renderers read, :data:`REDUCTIONS`), :mod:`~exprc.ops.shape` (with each op's
-attribute schema) and :mod:`~exprc.ops.linalg`.  Gradient rules (:mod:`exprc.ops.grad`) are not
+attribute schema), :mod:`~exprc.ops.linalg` and :mod:`~exprc.ops.creation` (``alloc`` and
+``arange`` with sizes known at call time).  Gradient rules (:mod:`exprc.ops.grad`) are not
 imported here: they build graphs with :mod:`exprc.api`, which imports this package, so
 :mod:`exprc.autodiff` imports them (last).  The names below are those the rest of exprc imports
 from ``exprc.ops``.
@@ -20,11 +21,12 @@ from exprc.ops import leaf
 from exprc.ops import reduce
 from exprc.ops import shape
 from exprc.ops import linalg
+from exprc.ops import creation
 # isort: on
 
 from exprc.ops.elemwise import _BINARY as _BINARY  # the CUDA tests list the unary and binary rows
 from exprc.ops.elemwise import _UNARY as _UNARY
 from exprc.ops.reduce import REDUCTIONS, Reduction
 
-__all__ = ["OPS", "REDUCTIONS", "GradRule", "Op", "Reduction", "cast", "elemwise", "grad_rule", "leaf", "linalg",
-           "rebuild", "reduce", "register", "shape", "substitute"]
+__all__ = ["OPS", "REDUCTIONS", "GradRule", "Op", "Reduction", "cast", "creation", "elemwise", "grad_rule", "leaf",
+           "linalg", "rebuild", "reduce", "register", "shape", "substitute"]

@@ -237,3 +237,22 @@ def _grad_matmul(node: Node, g: Node) -> tuple:
 # The identity with a zero gradient.  exprc.autodiff already stops its sweep at these nodes (what
 # lies only below one is not differentiated at all); the rule is for anyone applying rules directly.
 grad_rule("stop_gradient")(lambda node, g: (None,))
+
+
+# -- creation ops: alloc, arange (issue 14 item 4) --------------------------------------------
+# Sizes get no gradient.  alloc broadcasts its value: the value's gradient is g summed back to it.
+grad_rule("alloc")(lambda node, g: (lambda: sum_to(g, node.inputs[0]),) + (None,) * (len(node.inputs) - 1))
+
+
+@grad_rule("arange")
+def _grad_arange(node: Node, g: Node) -> tuple:
+    """A float arange is ``start + i * step``: ``sum(g)`` for start, ``sum(g * i)`` for step, none
+    for stop (it only decides the length), as Theano's; an integer one has no gradient."""
+    if node.dtype not in ("float32", "float64"):
+        return None, None, None
+
+    def for_step() -> Node:
+        i = OPS["arange"].make((A.constant(0, "int64"), A.shape(node)[0], A.constant(1, "int64")), {"dtype": node.dtype})
+        return A.sum(g * i)
+
+    return (lambda: A.sum(g)), None, for_step
