@@ -124,6 +124,7 @@ from exprc.creation import alloc, arange, eye, fill, full, full_like, one_hot, o
 from exprc.custom import custom_op, register_rewrite, rewrite_rule
 from exprc.function import Function, function, jit
 from exprc.graph import Node
+from exprc.indexing import inc_subtensor, set_subtensor
 from exprc.nxbridge import from_networkx, to_networkx
 from exprc.pipeline import FunctionGraph, optimize
 from exprc.printing import debugprint, pprint, to_dot

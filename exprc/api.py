@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from exprc import indexing
 from exprc.config import current
 from exprc.errors import ShapeError
 from exprc.graph import Node, constant_node, input_node
@@ -469,8 +470,12 @@ def stack(xs: Sequence[TensorLike], axis: int = 0) -> Node:
 
 
 def getitem(x: TensorLike, key: Any) -> Node:
-    """Basic indexing: ints, slices, ``None`` and ``...`` with static values."""
+    """NumPy indexing.  Static ints, slices, ``None`` and ``...`` give a view (``getitem``); int
+    expressions, symbolic slice bounds, integer arrays (gather) and boolean masks give a
+    ``subtensor`` (:mod:`exprc.indexing`)."""
     x = as_node(x)
+    if not indexing.is_static_key(key):
+        return indexing.dynamic_getitem(x, key)
     key = key if isinstance(key, tuple) else (key,)
     n_ell = builtins.sum(1 for k in key if k is Ellipsis)
     if n_ell > 1:
@@ -526,6 +531,7 @@ def install_operators(cls: type) -> None:
     cls.__abs__ = lambda self: abs(self)
     cls.__invert__ = lambda self: invert(self)
     cls.__getitem__ = getitem
+    cls.at = property(lambda self: indexing.At(self), doc="JAX-style updates: ``x.at[idx].set(v)`` / ``.add(v)``")
     cls.__array_ufunc__ = None  # ndarray (op) node defers to the node's reflected operator
     for name, fn in [("sum", sum), ("prod", prod), ("mean", mean), ("max", max), ("min", min),
                      ("all", all), ("any", any), ("var", var), ("std", std), ("argmax", argmax),

@@ -16,6 +16,11 @@ class ShapeError(ExprcError, ValueError):
     """Shapes that cannot work together (known at build time or at call time)."""
 
 
+class IndexOutOfBounds(ExprcError, IndexError):
+    """An index (int, array entry, mask) does not fit the axis it indexes: at build time when
+    both are static, else when the function is called (never an out-of-bounds read)."""
+
+
 class DTypeError(ExprcError, TypeError):
     """A dtype that an operation or an input does not accept."""
 

@@ -38,13 +38,21 @@ def _leaf_text(node: Node) -> tuple[str, int]:
         arr, separator=", "), _ATOM
 
 
-def _index_text(index: tuple) -> str:
+def _index_text(index: tuple, texts: Sequence[str] = ()) -> str:
+    """NumPy's spelling of an index; operand items (exprc.ops.index) print their operand's text."""
     parts = []
     for item in index:
-        if item[0] == "i":
+        kind = item[0]
+        if kind == "i":
             parts.append(str(item[1]))
-        elif item[0] == "n":
+        elif kind == "n":
             parts.append("None")
+        elif kind in ("I", "A", "M"):
+            parts.append(texts[item[1]])
+        elif kind == "S":
+            a, b, c = (None if j is None else texts[j] for j in item[1:])
+            s = f"{'' if a is None else a}:{'' if b is None else b}"
+            parts.append(s + (f":{c}" if c is not None else ""))
         else:
             a, b, c = item[1:]
             s = f"{'' if a is None else a}:{'' if b is None else b}"
@@ -71,9 +79,12 @@ def node_text(node: Node, args: Sequence[tuple[str, int]]) -> tuple[str, int]:
         return f"{op.infix}{t if p >= op.prec else f'({t})'}", op.prec
     if node.op == "cast":
         return f"{texts[0] if args[0][1] >= _ATOM else f'({texts[0]})'}.astype({node.arg('dtype')})", _ATOM
-    if node.op == "getitem":
+    if node.op in ("getitem", "subtensor"):
         t = texts[0] if args[0][1] >= _ATOM else f"({texts[0]})"
-        return f"{t}[{_index_text(node.arg('index'))}]", _ATOM
+        return f"{t}[{_index_text(node.arg('index'), texts)}]", _ATOM
+    if node.op == "scatter":  # Theano's spelling: inc_subtensor(x[idx], v)
+        t = texts[0] if args[0][1] >= _ATOM else f"({texts[0]})"
+        return f"{node.arg('mode')}_subtensor({t}[{_index_text(node.arg('index'), texts)}], {texts[1]})", _ATOM
     if op.kind == "reduce":
         extra = f", axis={node.arg('axis')}" if node.arg("axis") != tuple(range(node.inputs[0].ndim)) else ""
         extra += ", keepdims=True" if node.arg("keepdims") else ""

@@ -304,6 +304,36 @@ def _decode_attr(value: Any, where: str, depth: int = 0) -> Any:
     raise SerializationError(f"{where}: unexpected attribute value {value!r}")
 
 
+def _index_attrs_problem(op: str, attrs: dict, nin: int) -> str | None:
+    """What is wrong with a subtensor/scatter node's attributes (see exprc.ops.index), or None."""
+    first = 1 if op == "subtensor" else 2
+    index, labels = attrs["index"], attrs["labels"]
+    if op == "scatter" and attrs["mode"] not in ("set", "inc"):
+        return "mode must be 'set' or 'inc'"
+    if not isinstance(labels, tuple) or len(labels) > nin or not all(isinstance(t, str) for t in labels):
+        return "labels must be a list of short strings, at most one per operand"
+    if not isinstance(index, tuple) or len(index) > 64:
+        return "index must be a list of items"
+
+    def static(p: Any) -> bool:
+        return p is None or (isinstance(p, int) and not isinstance(p, bool))
+
+    def ref(p: Any) -> bool:
+        return isinstance(p, int) and not isinstance(p, bool) and first <= p < nin
+
+    for item in index:
+        kind = item[0] if isinstance(item, tuple) and item else None
+        ok = (kind == "n" and len(item) == 1
+              or kind == "i" and len(item) == 2 and static(item[1]) and item[1] is not None
+              or kind == "s" and len(item) == 4 and all(static(p) for p in item[1:]) and item[3] not in (None, 0)
+              or kind in ("I", "A", "M") and len(item) == 2 and ref(item[1])
+              or kind == "S" and len(item) == 4 and all(p is None or ref(p) for p in item[1:]))
+        if not ok:
+            return ("index must be a list of ['n'], ['i', k], ['s', start, stop, step], ['I', j], ['A', j], ['M', j] "
+                    "and ['S', j, j, j] items (j: an operand position)")
+    return None
+
+
 def _check_attrs(op: str, attrs: dict, inputs: list[Node], where: str) -> None:
     """Attributes the op's type rule relies on being canonical (as exprc's API builds them)."""
     allowed = OPS[op].attr_names  # the op row's attribute schema
@@ -364,6 +394,8 @@ def _check_attrs(op: str, attrs: dict, inputs: list[Node], where: str) -> None:
                 used += 1
         if not ok or used > nd:
             bad = "index must be a list of ['i', k], ['n'] and ['s', start, stop, step] items"
+    elif op in ("subtensor", "scatter"):
+        bad = _index_attrs_problem(op, attrs, len(inputs))
     elif op == "split_part":
         axis, which = attrs["axis"], attrs["which"]
         if not (isinstance(axis, int) and not isinstance(axis, bool) and 0 <= axis < nd

@@ -74,6 +74,7 @@ NO_SYMPY: dict[str, str] = {
                     "a shape op: not an elementwise formula (to_sympy raises TypeError)"),
     "matmul": "linear algebra: not an elementwise formula (to_sympy raises TypeError)",
     **dict.fromkeys(("alloc", "arange"), "a creation op: not an elementwise formula (to_sympy raises TypeError)"),
+    **dict.fromkeys(("subtensor", "scatter"), "an index op: not an elementwise formula (to_sympy raises TypeError)"),
 }
 
 

@@ -468,3 +468,27 @@ def test_device_zero_copy_with_cupy_and_torch():
         tried += 1
     if not tried:
         pytest.skip("neither CuPy nor PyTorch (with CUDA) is installed")
+
+
+@needs_emulator
+def test_emulated_gather_scatter_and_staged_slices(emulated):
+    """Index steps (gather, scatter-add, symbolic slices run in stages) on the CUDA runtime."""
+    x, idx, i = exprc.matrix("x"), exprc.vector("idx", "int64"), exprc.scalar("i", "int64")
+    X = np.arange(30.0).reshape(6, 5)
+    I = np.array([4, 4, -1, 0])
+    outs = [exprc.exp(x[idx]) * 2, exprc.inc_subtensor(x[idx], 1.0), exprc.grad(exprc.sum(x[idx] ** 2), x)]
+    f = _cuda_function(emulated, [x, idx], outs, return_numpy=True)
+    got = f(X, I)
+    want_inc = X.copy()
+    np.add.at(want_inc, I, 1.0)
+    want_grad = np.zeros_like(X)
+    np.add.at(want_grad, I, 2 * X[I])
+    np.testing.assert_allclose(got[0], np.exp(X[I]) * 2, rtol=1e-15)
+    np.testing.assert_array_equal(got[1], want_inc)
+    np.testing.assert_array_equal(got[2], want_grad)
+    g = exprc.function([x, i], exprc.sum(x[i:i + 2] * 3), backend="cuda", config=NOCACHE.replace(return_numpy=True))
+    for stage in g._kernel.stages:
+        if stage.kernel is not None and hasattr(stage.kernel, "program"):
+            emulated.attach(stage.kernel)
+    for k in range(-7, 7):
+        np.testing.assert_allclose(g(X, k), np.sum(X[k:k + 2] * 3), rtol=1e-15)

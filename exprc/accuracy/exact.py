@@ -41,6 +41,7 @@ NO_MPMATH: dict[str, str] = {
     "matmul": "linear algebra: a sum of products over an axis, not elementwise",
     **dict.fromkeys(("alloc", "arange"), "a creation op: it lays out values over a shape given by its sizes, "
                                          "not point by point"),
+    **dict.fromkeys(("subtensor", "scatter"), "an index op: it picks or writes values by position, not point by point"),
     "invert": "bitwise not of integers or bools: exact in its own dtype, no real-number meaning",
 }
 

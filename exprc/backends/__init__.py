@@ -6,7 +6,9 @@ one :func:`register_backend` line: its name and the module that holds two functi
 * ``make(graph, config) -> Kernel`` builds the kernel of an optimized
   :class:`~exprc.pipeline.FunctionGraph` (lower, render, compile through the cache, load);
 * ``probe(config) -> str | None``: None when the backend can run here, else why not (no
-  compiler, no GPU …).  It must be cheap after its first call.
+  compiler, no GPU …).  It must be cheap after its first call;
+* optionally ``VALUE_SHAPES = True`` when its kernels take graphs whose shapes depend on values
+  (symbolic slice bounds, masks); otherwise such graphs run in stages of its kernels.
 
 The module is imported on first use, so ``import exprc`` loads no compiler bindings.
 
@@ -120,8 +122,16 @@ def choose(requested: str | None, cfg: Config) -> str:
 
 
 def build(name: str, fg: FunctionGraph, cfg: Config) -> Kernel:
-    """The kernel of ``fg`` on backend ``name`` (one that :func:`choose` returned)."""
-    return _module(name).make(fg, cfg)
+    """The kernel of ``fg`` on backend ``name`` (one that :func:`choose` returned).  A graph with
+    value-dependent shapes runs in stages (:mod:`exprc.backends.staged`) unless the backend's
+    module says it plans shapes per call itself (``VALUE_SHAPES = True``, the NumPy backend)."""
+    module = _module(name)
+    if not getattr(module, "VALUE_SHAPES", False):
+        from exprc.backends.staged import StagedKernel, needs_stages
+
+        if needs_stages(fg.outputs):
+            return StagedKernel(fg, lambda stage: module.make(stage, cfg))
+    return module.make(fg, cfg)
 
 
 register_backend("numpy", "exprc.backends.reference")

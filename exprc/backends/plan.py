@@ -173,9 +173,15 @@ class Planner:
         # Shapes of everything the kernels and steps produce, in program order.
         for s in self.program.steps:
             if isinstance(s, Step):
-                ins = [self._step_input(i, env, shapes) for i in s.node.inputs]
-                with np.errstate(all="ignore"):
-                    shapes[s.node] = np.shape(OPS[s.node.op].impl(*ins, **dict(s.node.attrs)))
+                rule = OPS[s.node.op].step_shape
+                if rule is not None:  # (placeholder zeros would be wrong index values)
+                    known = {j: self.value(i, env) for j, i in enumerate(s.node.inputs) if i in env or i.op == "constant"}
+                    shapes[s.node] = rule(s.node, [shapes[i] if i in shapes else self.shape(i, env, shapes)
+                                                   for i in s.node.inputs], known)
+                else:
+                    ins = [self._step_input(i, env, shapes) for i in s.node.inputs]
+                    with np.errstate(all="ignore"):
+                        shapes[s.node] = np.shape(OPS[s.node.op].impl(*ins, **dict(s.node.attrs)))
                 env[s.node] = np.zeros(shapes[s.node], s.node.dtype)
                 continue
             for o in s.outputs:
@@ -194,6 +200,7 @@ class Planner:
                 env[n] = plan.scratch[n]
         if self.resolve_steps:
             self._find_aliases(plan, env, outputs)
+            self._donate(plan, env, outputs)
         for n, arr in plan.scratch.items():
             if n in self.slot:
                 plan.fixed[self.slot[n]] = arr
@@ -329,6 +336,36 @@ class Planner:
                     plan.input_views.append((slot[node], slot[r], address(view) - address(env[r])))
             elif node in slot:
                 plan.fixed[slot[node]] = view
+
+    def _donate(self, plan: HostPlan, env: dict[Node, np.ndarray], outputs: set[Node]) -> None:
+        """Let a NumPy step that updates its first operand (``Op.in_place``: scatter) work in that
+        operand's buffer when nothing else reads it: the gradient of a gather, a scatter into
+        zeros, then costs one pass over the array (the zeros) instead of three (zeros, a copy, the
+        update).  The operand's buffer becomes the step's (its output, or its scratch)."""
+        readers: dict[Node, int] = {}
+        for s in self.program.steps:
+            body = s.body if isinstance(s, Kernel) else [s.node]
+            inside = set(body)
+            for m in body:
+                for x in m.inputs:
+                    if x not in inside:
+                        readers[x] = readers.get(x, 0) + 1
+        dynamic = {self.layout.slots[s] for _, s, _, _ in plan.out_specs}
+        for s in self.program.steps:
+            if not isinstance(s, Step) or not OPS[s.node.op].in_place:
+                continue
+            node, x = s.node, s.node.inputs[0]
+            if (x not in plan.scratch or x in outputs or readers.get(x) != 1 or x not in self.slot
+                    or env[x].shape != env[node].shape or env[x].dtype != env[node].dtype):
+                continue
+            if node in plan.scratch:
+                del plan.scratch[x]
+                plan.scratch[x] = env[x] = plan.scratch[node]
+            elif node in dynamic and node in self.slot and env[node].flags.c_contiguous:
+                del plan.scratch[x]
+                env[x] = env[node]
+                plan.input_views.append((self.slot[x], self.slot[node], 0))
+                plan.redirects.append((x, node, env[node].shape))
 
     def _step_input(self, node: Node, env: dict, shapes: dict) -> np.ndarray:
         try:

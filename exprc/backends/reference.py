@@ -96,6 +96,10 @@ class NumpyKernel(Kernel):
         return outs
 
 
+#: Evaluated node by node: shapes that depend on values need no stages (exprc.backends.staged).
+VALUE_SHAPES = True
+
+
 def make(fg: FunctionGraph, cfg: Config) -> NumpyKernel:
     return NumpyKernel(fg)
 

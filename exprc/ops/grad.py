@@ -207,6 +207,45 @@ def _grad_inc_subtensor(node: Node, g: Node) -> tuple:
 grad_rule("shape")(lambda node, g: (None,))
 
 
+def _shifted(index: tuple, by: int) -> tuple:
+    """``index`` with its operand positions moved by ``by`` (scatter has the value before them)."""
+    return tuple(it if it[0] not in ("I", "S", "A", "M") else (it[0], *(None if j is None else j + by for j in it[1:]))
+                 for it in index)
+
+
+@grad_rule("subtensor")
+def _grad_subtensor(node: Node, g: Node) -> tuple:
+    """Scatter-add into zeros of the operand's shape (repeated indices accumulate); none for indices."""
+    x, ops = node.inputs[0], node.inputs[1:]
+    labels = node.arg("labels")
+    attrs = {"index": _shifted(node.arg("index"), 1), "mode": "inc",
+             "labels": (labels[0], "gradient", *labels[1:]) if labels else ()}
+    return (lambda: OPS["scatter"].make((zeros_like(x), g, *ops), attrs), *([None] * len(ops)))
+
+
+@grad_rule("scatter")
+def _grad_scatter(node: Node, g: Node) -> tuple:
+    """inc: g flows to x unchanged; set: to x except at the index (overwritten).  The value gets
+    g at the index, summed over what it was broadcast along.  (With repeated indices, "set" keeps
+    the last write: the value's gradient then counts every write, as Theano's does.)"""
+    v, ops = node.inputs[1], node.inputs[2:]
+    labels = node.arg("labels")
+    part_attrs = {"index": _shifted(node.arg("index"), -1),
+                  "labels": (labels[0], *labels[2:]) if labels else ()}
+
+    def for_x() -> Node:
+        if node.arg("mode") == "inc":
+            return g
+        return OPS["scatter"].make((g, zeros_like(v), *ops), dict(node.attrs))
+
+    def for_v() -> Node:
+        index = part_attrs["index"]
+        part = OPS["subtensor"].make((g, *ops), part_attrs) if ops else OPS["getitem"].make((g,), {"index": index})
+        return sum_to(part, v)
+
+    return (for_x, for_v, *([None] * len(ops)))
+
+
 # -- linear algebra ----------------------------------------------------------------------------
 @grad_rule("matmul")
 def _grad_matmul(node: Node, g: Node) -> tuple:

@@ -72,8 +72,8 @@ class Extents:
         elif n.op == "dimshuffle":
             src = memo[n.inputs[0]]
             out = [1 if o == "x" else src[o] for o in n.arg("order")]
-        elif n.op in ("sum_to", "reshape_like", "inc_subtensor", "split_part"):
-            out = list(memo[n.inputs[0 if n.op == "inc_subtensor" else 1 + n.arg("which", 0)]])
+        elif n.op in ("sum_to", "reshape_like", "inc_subtensor", "scatter", "split_part"):
+            out = list(memo[n.inputs[0 if n.op in ("inc_subtensor", "scatter") else 1 + n.arg("which", 0)]])
         else:
             out = [frozenset([(n, k)]) for k in range(n.ndim)]
         return tuple(s if s is not None else e for s, e in zip(n.type.shape, out))

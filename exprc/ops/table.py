@@ -56,6 +56,25 @@ class Op:
     #: The operand count (fewest, most; most None: no bound), which loading a saved graph checks;
     #: None: derived (elementwise rows from their C template, reductions take one).
     nin: tuple[int, int | None] | None = None
+    #: The output's shape depends on operand *values* (a symbolic slice bound, a symbolic size):
+    #: such nodes split a native program into stages run one after the other
+    #: (:mod:`exprc.backends.staged`); their inferred shape has None where it is not static.
+    #: A predicate ``fn(node) -> bool`` instead of True when only some nodes of the op are.
+    value_shape: bool | Callable[[Node], bool] = False
+    #: NumPy steps only: ``into(out, *operands, **attrs)`` writes the result into an existing
+    #: array (the native backends' step buffer), saving a temporary and a copy.
+    into: Callable[..., None] | None = field(default=None, compare=False)
+    #: NumPy steps only: ``step_shape(node, operand shapes, {operand position: value known on the
+    #: host})`` gives the result's shape, so that the planner does not run the step on placeholder
+    #: zeros (an index whose bounds are computed would read zeros there).
+    step_shape: Callable[..., tuple] | None = field(default=None, compare=False)
+    #: NumPy steps with ``into`` only: the result is the first operand updated, and ``into`` may
+    #: be handed that operand's own buffer as ``out`` (the planner does so when nothing else reads it).
+    in_place: bool = False
+
+    def value_shaped(self, node: Node) -> bool:
+        """Whether this node's shape depends on operand values (see ``value_shape``)."""
+        return self.value_shape(node) if callable(self.value_shape) else bool(self.value_shape)
 
     def make(self, inputs: tuple, attrs: dict) -> Node:
         """Build the node: coerce operands, infer the output type, intern."""

@@ -25,12 +25,13 @@ from exprc import cache
 from exprc.backends import Kernel
 from exprc.backends.c import compile as cc
 from exprc.backends.c.blas import blas_pointers
+from exprc.backends.c.indexlib import make_into
 from exprc.backends.c.render import CRenderer, Layout
 from exprc.backends.outputs import check_count, check_out, copy_into, overlapping
 from exprc.backends.plan import HostPlan, Planner, PlanPool, Unsupported, describe
 from exprc.backends.templates import digest, prelude, read
 from exprc.config import Config
-from exprc.fusion import Program, lower
+from exprc.fusion import Program, Step, lower
 from exprc.ops import OPS
 from exprc.pipeline import FunctionGraph
 from exprc.printing import pprint
@@ -126,6 +127,8 @@ class CKernel(Kernel):
         self._nkernels = len(self.layout.kernels)
         self._dispatchers: list[Any] = []
         self._offered: dict[int, set] = {}
+        index_steps = any(isinstance(s, Step) and s.node.op in ("subtensor", "scatter") for s in self.program.steps)
+        self._into = make_into(cfg) if index_steps else {}
 
     def _make_plan(self, arrays: Sequence[np.ndarray], out: Sequence[np.ndarray] | None) -> Plan:
         plan = Plan(len(self.layout.slots), self.layout.p_size)
@@ -239,9 +242,16 @@ class CKernel(Kernel):
                 if env is None:
                     env = self.planner.host_env(plan, arrays, results)
                 node = seg.node
+                op, dest = OPS[node.op], env[node]
+                fast = self._into.get(node.op)
+                if fast is not None:  # row gathers/scatters in C (backends/c/indexlib.py)
+                    fast(node, dest, *[self.planner.value(i, env) for i in node.inputs])
+                    continue
                 with np.errstate(all="ignore"):
-                    val = OPS[node.op].impl(*[self.planner.value(i, env) for i in node.inputs], **dict(node.attrs))
-                dest = env[node]
+                    if op.into is not None:  # (index steps write their buffer: no temporary)
+                        op.into(dest, *[self.planner.value(i, env) for i in node.inputs], **dict(node.attrs))
+                        continue
+                    val = op.impl(*[self.planner.value(i, env) for i in node.inputs], **dict(node.attrs))
                 np.copyto(dest, val, casting="unsafe")
         outs = []
         for j, o in enumerate(self._outputs):

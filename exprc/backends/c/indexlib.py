@@ -1,0 +1,138 @@
+"""Row gathers and scatter-adds in C for the C backend's index steps (``templates/index_rows.c``).
+
+``W[idx]`` with one integer array on the first axis (an embedding lookup, ``lp[idx]``) and
+``inc_subtensor(x[idx], v)`` of whole rows (its gradient) are the index steps that dominate
+Theano-style training.  NumPy's ``take`` is fast but ``np.add.at`` is not (~5 us per row of 128
+floats); these loops copy or add whole rows, check every index first (a bad one raises naming
+the index operand; nothing is read or written out of bounds), and add in index order, so repeated
+rows give np.add.at's result bit for bit.  The library is built once per compiler into the cache
+(a kernel-like entry).  Any other index, layout or dtype takes the NumPy step (``Op.into``).
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from typing import Any
+
+import cffi
+import numpy as np
+
+from exprc.config import Config
+from exprc.errors import IndexOutOfBounds
+from exprc.ops import OPS
+
+_FFI = cffi.FFI()
+_FFI.cdef("""
+int64_t exprc_gather_rows(char *out, const char *x, int64_t rows, int64_t sx, const int64_t *idx, int64_t n,
+                          int64_t row_bytes);
+int64_t exprc_scatter_add_rows_f64(char *, int64_t, int64_t, const char *, int64_t, const int64_t *, int64_t, int64_t);
+int64_t exprc_scatter_add_rows_f32(char *, int64_t, int64_t, const char *, int64_t, const int64_t *, int64_t, int64_t);
+int64_t exprc_scatter_add_rows_i64(char *, int64_t, int64_t, const char *, int64_t, const int64_t *, int64_t, int64_t);
+int64_t exprc_scatter_add_rows_i32(char *, int64_t, int64_t, const char *, int64_t, const int64_t *, int64_t, int64_t);
+""")
+_CHARP = _FFI.typeof("char *")
+_INT64P = _FFI.typeof("int64_t *")
+_LOCK = threading.Lock()
+_LIB: list[Any] = []
+_ADD = {"float64": "f64", "float32": "f32", "int64": "i64", "int32": "i32"}
+
+
+def _load(cfg: Config) -> Any:
+    """The helper library (built on first use); None when it cannot be built."""
+    if _LIB:
+        return _LIB[0]
+    with _LOCK:
+        if not _LIB:
+            lib = None
+            try:
+                from exprc import cache
+                from exprc.backends.c import compile as cc
+                from exprc.backends.templates import read
+
+                source = read("c", "index_rows.c")
+                parts = {"compiler": cc.compiler(cfg), "compiler_version": cc.version(cfg), "flags": " ".join(cc.flags(cfg))}
+                lib, _ = cache.load("exprc_index_rows", source, parts,
+                                    lambda d: cc.compile_library(source, d, "exprc_index_rows", cfg),
+                                    lambda p: _FFI.dlopen(str(p)), cfg,
+                                    {"backend": "c", "summary": "row gather/scatter-add helpers"})
+            except Exception:  # noqa: BLE001 - the NumPy step does the same work, slower
+                lib = None
+            _LIB.append(lib)
+    return _LIB[0]
+
+
+def _ptr(a: np.ndarray) -> Any:
+    return _FFI.cast(_CHARP, a.__array_interface__["data"][0])
+
+
+def _rows_contiguous(a: np.ndarray) -> bool:
+    """Each row (a[i]) is one contiguous block of memory."""
+    expect = a.itemsize
+    for n, s in zip(reversed(a.shape[1:]), reversed(a.strides[1:])):
+        if n != 1 and s != expect:
+            return False
+        expect *= n
+    return True
+
+
+def _raise(node: Any, bad: int, idx: np.ndarray, rows: int, j: int) -> None:
+    labels = node.arg("labels") or ()
+    name = labels[j] if j < len(labels) and labels[j] else f"index operand {j}"
+    raise IndexOutOfBounds(f"{name}: index {int(idx[bad])} is out of bounds for axis 0 with size {rows}")
+
+
+def make_into(cfg: Config) -> dict[str, Any]:
+    """``{op: into(node, out, *operands)}`` for the C backend's NumPy steps (fast paths first)."""
+
+    def gather(node: Any, out: np.ndarray, x: np.ndarray, *ops: Any) -> None:
+        idx = ops[0] if len(ops) == 1 else None
+        lib = _load(cfg) if node.arg("index") == (("A", 1),) else None
+        if (lib is not None and isinstance(x, np.ndarray) and isinstance(idx, np.ndarray) and idx.ndim == 1
+                and x.ndim >= 1 and out.flags.c_contiguous and _rows_contiguous(x)):
+            ix = np.ascontiguousarray(idx, dtype=np.int64)
+            row = math.prod(x.shape[1:]) * x.itemsize
+            bad = lib.exprc_gather_rows(_ptr(out), _ptr(x), x.shape[0], x.strides[0] if x.shape[0] > 1 else 0,
+                                        _FFI.cast(_INT64P, ix.__array_interface__["data"][0]), ix.size, row)
+            if bad >= 0:
+                _raise(node, bad, ix, x.shape[0], 1)
+            return
+        with np.errstate(all="ignore"):
+            OPS["subtensor"].into(out, x, *ops, **dict(node.attrs))
+
+    def scatter(node: Any, out: np.ndarray, x: np.ndarray, v: Any, *ops: Any) -> None:
+        idx = ops[0] if len(ops) == 1 else None
+        fn = _ADD.get(str(out.dtype))
+        lib = _load(cfg) if node.arg("index") == (("A", 2),) and node.arg("mode") == "inc" and fn else None
+        v = np.asarray(v)
+        if (lib is not None and isinstance(idx, np.ndarray) and idx.ndim == 1 and out.ndim >= 1
+                and out.flags.c_contiguous and v.dtype == out.dtype and not np.may_share_memory(out, v)
+                and not np.may_share_memory(out, idx)):
+            n, row = idx.size, out.shape[1:]
+            sv = None
+            if v.shape == (n, *row) and _rows_contiguous(v):
+                sv = v.strides[0] if n > 1 else 0
+            elif v.ndim <= len(row) or (v.ndim == len(row) + 1 and v.shape[0] == 1):
+                try:  # one row for every index
+                    v, sv = np.ascontiguousarray(np.broadcast_to(v.reshape(v.shape[v.ndim - len(row):]) if
+                                                                 v.ndim > len(row) else v, row)), 0
+                except ValueError:
+                    sv = None
+            if sv is not None:
+                ix = np.ascontiguousarray(idx, dtype=np.int64)
+                if not (out.shape == x.shape and out.strides == x.strides
+                        and out.__array_interface__["data"][0] == x.__array_interface__["data"][0]):
+                    np.copyto(out, x)
+                add = getattr(lib, f"exprc_scatter_add_rows_{fn}")
+                bad = add(_ptr(out), out.shape[0], out.strides[0] if out.shape[0] > 1 else 0, _ptr(v), sv,
+                          _FFI.cast(_INT64P, ix.__array_interface__["data"][0]), ix.size, math.prod(row))
+                if bad >= 0:
+                    _raise(node, bad, ix, out.shape[0], 2)
+                return
+        with np.errstate(all="ignore"):
+            OPS["scatter"].into(out, x, v, *ops, **dict(node.attrs))
+
+    return {"subtensor": gather, "scatter": scatter}
+
+
+__all__ = ["make_into"]

@@ -1,0 +1,125 @@
+"""Staged execution of graphs whose shapes depend on values (``Op.value_shape``).
+
+A native program is planned per input signature: every shape follows from the argument shapes.
+``x[i*bs:(i+1)*bs]`` breaks that (its length depends on ``i``), as do boolean masks and sizes
+given by expressions.  Such a graph runs in stages, each an ordinary kernel of the chosen
+backend:
+
+1. a kernel computes the operands of the first value-shaped nodes (``i*bs``, the array sliced);
+2. those nodes run on the host as NumPy steps (a slice is a view: no copy);
+3. the rest of the graph is a kernel whose inputs include their results; repeat while value-shaped
+   nodes remain.
+
+Each stage is planned per signature as usual (a last, shorter minibatch is one more signature).
+A stage boundary costs one more kernel call (a few microseconds) and, on CUDA, a round trip of the
+boundary values through the host.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from exprc.backends import Kernel
+from exprc.graph import Node, input_node, substitute, toposort
+from exprc.ops import OPS
+
+
+def value_shaped(node: Node) -> bool:
+    return node.op in OPS and OPS[node.op].value_shaped(node)
+
+
+def needs_stages(outputs: Sequence[Node]) -> bool:
+    """Whether a graph has a node whose shape depends on operand values."""
+    return any(value_shaped(n) for n in toposort(list(outputs)))
+
+
+class _Stage:
+    def __init__(self, kernel: Kernel | None, inputs: list[Node], outputs: list[Node], cuts: list[Node]):
+        self.kernel, self.inputs, self.outputs, self.cuts = kernel, inputs, outputs, cuts
+
+
+class StagedKernel(Kernel):
+    """The kernel protocol over a sequence of stage kernels and host steps (module docstring)."""
+
+    def __init__(self, fg: Any, make: Callable[[Any], Kernel]):
+        from exprc.backends.reference import NumpyKernel
+        from exprc.pipeline import FunctionGraph
+
+        self.inputs = list(fg.inputs)
+        self.outputs = list(fg.outputs)
+        known: dict[Node, None] = dict.fromkeys(self.inputs)
+        self.stages: list[_Stage] = []
+        while True:
+            order = toposort(self.outputs)
+            tainted: set[Node] = set()  # depends on a value-shaped node not yet computed
+            cuts: list[Node] = []
+            for n in order:
+                if n in known or n.op == "constant":
+                    continue
+                if any(i in tainted for i in n.inputs):
+                    tainted.add(n)
+                elif value_shaped(n):
+                    cuts.append(n)
+                    tainted.add(n)
+            wanted = cuts if cuts else self.outputs
+            targets = list(dict.fromkeys(i for c in cuts for i in c.inputs)) if cuts else list(self.outputs)
+            compute = [t for t in targets if t not in known and t.op != "constant"]
+            kernel, ins = None, []
+            if compute:
+                reach = set(toposort(compute))
+                ins = [n for n in known if n in reach]
+                k = len(self.stages)
+                fresh = {n: input_node(f"stage{k}_in{j}", n.dtype, n.type.shape)
+                         for j, n in enumerate(ins) if n not in self.inputs}
+                outs = substitute(compute, fresh) if fresh else compute
+                graph_ins = [fresh.get(n, n) for n in ins]
+                stage_fg = FunctionGraph(tuple(graph_ins), tuple(outs))
+                # Index arithmetic (i*bs, (i+1)*bs) is a few scalars: NumPy evaluates it in
+                # microseconds, where a compiled stage would cost a compile.
+                kernel = NumpyKernel(stage_fg) if cuts and all(o.ndim == 0 for o in outs) else make(stage_fg)
+            self.stages.append(_Stage(kernel, ins, compute, cuts))
+            known.update(dict.fromkeys(compute))
+            if not cuts:
+                break
+            known.update(dict.fromkeys(wanted))
+        self.source = "\n\n".join(f"/* stage {k} */\n{s.kernel.source}" for k, s in enumerate(self.stages)
+                                  if s.kernel is not None)
+        self.kernels = [d for s in self.stages if s.kernel is not None for d in s.kernel.kernels]
+        last = next((s.kernel for s in reversed(self.stages) if s.kernel is not None), None)
+        self.cache_entry = last.cache_entry if last is not None else None
+
+    def __call__(self, *arrays: Any, out: list | None = None, to_numpy: bool | None = None) -> list:
+        env: dict[Node, Any] = dict(zip(self.inputs, arrays))
+        for k, s in enumerate(self.stages):
+            final = k == len(self.stages) - 1
+            if s.kernel is not None:
+                args = [env[n] for n in s.inputs]
+                res = s.kernel(*args, to_numpy=True) if not final else None
+                if final:
+                    want = [None if out is None else out[self.outputs.index(o)] for o in s.outputs]
+                    res = s.kernel(*args, out=want if out is not None else None, to_numpy=to_numpy)
+                env.update(zip(s.outputs, res))
+            for c in s.cuts:
+                vals = [c.inputs[j].value if c.inputs[j].op == "constant" else env[c.inputs[j]]
+                        for j in range(len(c.inputs))]
+                with np.errstate(all="ignore"):
+                    env[c] = np.asarray(OPS[c.op].impl(*vals, **dict(c.attrs)))
+        results = []
+        for j, o in enumerate(self.outputs):
+            val = o.value if o.op == "constant" else env[o]
+            if out is not None and out[j] is not None and val is not out[j]:
+                from exprc.backends.outputs import check_out
+
+                check_out(j, out[j], np.shape(val), o.dtype)
+                np.copyto(out[j], val, casting="unsafe")
+                val = out[j]
+            elif o in env and (o in self.inputs or any(o in s.cuts for s in self.stages)):
+                val = np.array(val, copy=True)  # never hand back an argument or a view of one
+            results.append(val)
+        return results
+
+
+__all__ = ["StagedKernel", "needs_stages", "value_shaped"]

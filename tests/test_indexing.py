@@ -1,0 +1,392 @@
+"""Indexing with symbolic ints and slice bounds, integer arrays (gather), boolean masks, and
+writing into an index (set_subtensor / inc_subtensor / x.at[...]): every result against NumPy on
+the NumPy and C backends, errors at call time naming the index, gradients against NumPy's
+scatter-add, staged execution of value-dependent shapes, serialization."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+
+import exprc
+from exprc.errors import IndexOutOfBounds, SerializationError
+
+BACKENDS = ["numpy", "c"]
+RNG = np.random.default_rng(20261203)
+W = RNG.standard_normal((6, 5))
+
+
+def run(inputs, outputs, args, backend, **kw):
+    return exprc.function(inputs, outputs, backend=backend, **kw)(*args)
+
+
+# -- symbolic ints and slices -----------------------------------------------------------------------
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_symbolic_int_index_every_position_and_negative(backend):
+    x, i = exprc.matrix("x"), exprc.scalar("i", "int64")
+    f = exprc.function([x, i], [x[i], exprc.exp(x[-1 - i]) + x[i]], backend=backend)
+    cols = exprc.function([x, i], [x[:, i], x[i, i]], backend=backend)
+    for k in range(-6, 6):
+        got = f(W, k)
+        np.testing.assert_array_equal(got[0], W[k])
+        np.testing.assert_allclose(got[1], np.exp(W[-1 - k]) + W[k], rtol=1e-15)
+        if -5 <= k < 5:
+            np.testing.assert_array_equal(cols(W, k)[0], W[:, k])
+            np.testing.assert_array_equal(cols(W, k)[1], W[k, k])
+    for k in (6, -7, 100):
+        with pytest.raises(IndexOutOfBounds, match=rf"i = {k} is out of bounds for axis 0 with size 6"):
+            f(W, k)
+    with pytest.raises(IndexOutOfBounds, match="i = 5 is out of bounds for axis 1 with size 5"):
+        cols(W, 5)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_symbolic_slices_match_numpy_including_clipping_and_steps(backend):
+    x = exprc.matrix("x")
+    a, b, c = (exprc.scalar(n, "int64") for n in "abc")
+    f = exprc.function([x, a, b, c], [x[a:b:c], 2 * x[a:b, 1:], x[:, a:], x[b::c]], backend=backend)
+    for av, bv, cv in itertools.product([-8, -3, 0, 2, 5, 9], [-9, -1, 0, 3, 6, 20], [1, 2, -1, -3]):
+        got = f(W, av, bv, cv)
+        np.testing.assert_array_equal(got[0], W[av:bv:cv])
+        np.testing.assert_array_equal(got[1], 2 * W[av:bv, 1:])
+        np.testing.assert_array_equal(got[2], W[:, av:])
+        np.testing.assert_array_equal(got[3], W[bv::cv])
+    with pytest.raises(ValueError, match="slice step cannot be zero"):
+        f(W, 0, 1, 0)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_minibatch_givens_over_a_shared_dataset(backend):
+    """Theano's classic: givens={x: data[i*bs:(i+1)*bs]}, the last batch shorter; with gradients."""
+    data = np.arange(70.0).reshape(14, 5) / 10
+    ds = exprc.shared(data, name="ds")
+    i, bs = exprc.scalar("i", "int64"), 4
+    x, w = exprc.matrix("x"), exprc.vector("w")
+    cost = exprc.mean(exprc.log1p(exprc.exp(x @ w)))
+    f = exprc.function([i, w], [cost, exprc.grad(cost, w)], givens={x: ds[i * bs:(i + 1) * bs]}, backend=backend)
+    wv = np.linspace(-1, 1, 5)
+    for k in range(4):
+        xb = data[k * bs:(k + 1) * bs]
+        z = xb @ wv
+        c, g = f(k, wv)
+        np.testing.assert_allclose(c, np.mean(np.log1p(np.exp(z))), rtol=1e-13)
+        np.testing.assert_allclose(g, xb.T @ (1 / (1 + np.exp(-z))) / len(xb), rtol=1e-12)
+
+
+def test_static_out_of_range_raises_when_built():
+    x = exprc.tensor("x", shape=(4, 3))
+    with pytest.raises(IndexError, match="out of bounds"):
+        x[4]
+    with pytest.raises(IndexOutOfBounds, match="too many indices"):
+        x[exprc.scalar("i", "int64"), 0, 0]
+    with pytest.raises(IndexOutOfBounds, match="integer"):
+        x[exprc.vector("f")]
+
+
+# -- gather -------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("idt", ["int32", "int64"])
+def test_gather_matches_numpy(backend, idt):
+    x = exprc.tensor("x", ndim=3)
+    p, q = exprc.vector("p", idt), exprc.matrix("q", idt)
+    X = RNG.standard_normal((5, 4, 3))
+    P = np.array([0, -1, 3, 3, 1], idt)
+    Q = np.array([[0, 2], [-3, 1]], idt)
+    cases = [
+        (lambda x, p, q: x[p], None),
+        (lambda x, p, q: x[:, q], None),
+        (lambda x, p, q: x[..., p[:2]], None),
+        (lambda x, p, q: x[p, 1:3], None),
+        (lambda x, p, q: x[q, :, 0], None),  # separated: broadcast axes first
+        (lambda x, p, q: x[q, q, 1], None),  # several arrays broadcast
+        (lambda x, p, q: x[1, :, p[:2]], None),  # int + array separated by a slice
+        (lambda x, p, q: x[p[:2], :, 1], None),
+        (lambda x, p, q: x[None, p, None], None),
+        (lambda x, p, q: x[p][:, q], None),
+        (lambda x, p, q: exprc.exp(x[p]) * 2 + x[p], None),
+    ]
+    for spell, _ in cases:
+        got = run([x, p, q], spell(x, p, q), [X, P, Q], backend)
+        want = spell(X, P, Q) if spell is not cases[-1][0] else np.exp(X[P]) * 2 + X[P]
+        np.testing.assert_allclose(got, want, rtol=1e-14)  # exact but for C's exp (an ulp)
+        assert got.shape == want.shape
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_gather_constant_arrays_lists_and_empty(backend):
+    x = exprc.matrix("x")
+    got = run([x], [x[[2, 0, 2]], x[np.array([], np.int64)], x[:, [4, -5]], x[[[1], [2]], [0, 1]]], [W], backend)
+    for g, w in zip(got, [W[[2, 0, 2]], W[np.array([], np.int64)], W[:, [4, -5]], W[[[1], [2]], [0, 1]]]):
+        assert g.shape == w.shape
+        np.testing.assert_array_equal(g, w)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_picking_log_probabilities_by_label(backend):
+    """LP[arange(n), y]: the negative log-likelihood of the logistic-regression tutorial."""
+    lp, y = exprc.matrix("lp"), exprc.vector("y", "int32")
+    n = exprc.shape(lp)[0] if False else None
+    LP = np.log(RNG.dirichlet(np.ones(5), size=7))
+    Y = RNG.integers(0, 5, 7).astype(np.int32)
+    nll = -exprc.mean(lp[np.arange(7), y])
+    np.testing.assert_allclose(run([lp, y], nll, [LP, Y], backend), -np.mean(LP[np.arange(7), Y]), rtol=1e-15)
+    assert n is None
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_bad_array_indices_raise_at_call_time_naming_the_argument(backend):
+    x, idx = exprc.matrix("x"), exprc.vector("idx", "int64")
+    f = exprc.function([x, idx], x[idx] * 2, backend=backend)
+    with pytest.raises(IndexOutOfBounds, match=r"idx: index 6 is out of bounds for axis 0 with size 6"):
+        f(W, np.array([0, 6]))
+    with pytest.raises(IndexOutOfBounds, match=r"idx: index -7 is out of bounds"):
+        f(W, np.array([-7]))
+    g = exprc.function([x, idx], x[:, idx], backend=backend)
+    with pytest.raises(IndexOutOfBounds, match="axis 1 with size 5"):
+        g(W, np.array([5]))
+
+
+# -- boolean masks (value-dependent shape: staged on native backends) -----------------------------------
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_boolean_masks(backend):
+    x = exprc.matrix("x")
+    got = run([x], [x[x > 0], exprc.sum(x[x > 0.5]), x[np.array([True, False, True, False, False, True])]],
+              [W], backend)
+    np.testing.assert_array_equal(got[0], W[W > 0])
+    np.testing.assert_allclose(got[1], np.sum(W[W > 0.5]), rtol=1e-14)
+    np.testing.assert_array_equal(got[2], W[[0, 2, 5]])
+    with pytest.raises(IndexOutOfBounds):
+        exprc.function([x], x[np.array([True, False])], backend=backend)(W)
+
+
+# -- writing into an index ------------------------------------------------------------------------------
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_set_and_inc_subtensor_match_numpy_with_repeats(backend):
+    x, v, idx = exprc.matrix("x"), exprc.matrix("v"), exprc.vector("idx", "int64")
+    i = exprc.scalar("i", "int64")
+    I = np.array([3, 0, 3, -1, 3])
+    V = RNG.standard_normal((5, 5))
+    outs = [exprc.inc_subtensor(x[idx], v), exprc.set_subtensor(x[idx, 1:3], 0.0),
+            x.at[i:i + 2].add(1.0), x.at[idx].set(v[0]), exprc.inc_subtensor(x[1], v[0]) * 2]
+    got = run([x, v, idx, i], outs, [W, V, I, 2], backend)
+    want = [W.copy() for _ in outs]
+    np.add.at(want[0], I, V)
+    want[1][I, 1:3] = 0.0
+    want[2][2:4] += 1.0
+    want[3][I] = V[0]
+    want[4][1] += V[0]
+    want[4] *= 2
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g, w, rtol=1e-15, atol=1e-15)
+    np.testing.assert_array_equal(got[0], run([x, v, idx, i], outs[0], [W, V, I, 2], backend))  # deterministic
+
+
+def test_write_needs_an_indexed_expression():
+    x = exprc.matrix("x")
+    with pytest.raises(TypeError, match="indexed expression"):
+        exprc.set_subtensor(np.zeros(3), 1.0)
+    # x[:] is x itself: writing into it fills or adds everywhere
+    np.testing.assert_array_equal(exprc.set_subtensor(x[:], 2.0).eval({x: W}), np.full_like(W, 2.0))
+    with pytest.raises(exprc.errors.ShapeError):
+        exprc.inc_subtensor(x[exprc.vector("i", "int64")], exprc.tensor("v", ndim=3))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_gradients_of_gather_and_scatter(backend):
+    x, v, idx = exprc.matrix("x"), exprc.matrix("v"), exprc.vector("idx", "int64")
+    i = exprc.scalar("i", "int64")
+    I = np.array([1, 4, 1, -2])
+    V = RNG.standard_normal((4, 5))
+    cost = exprc.sum(exprc.square(x[idx]) * v) + exprc.sum(exprc.sin(x[i:i + 3, 2]))
+    gx, gv = exprc.grad(cost, [x, v])
+    got = run([x, v, idx, i], [gx, gv], [W, V, I, 1], backend)
+    want = np.zeros_like(W)
+    np.add.at(want, I, 2 * W[I] * V)
+    want[1:4, 2] += np.cos(W[1:4, 2])
+    np.testing.assert_allclose(got[0], want, rtol=1e-14)
+    np.testing.assert_allclose(got[1], np.square(W[I]), rtol=1e-15)
+    # through set/inc: d/dx sum(set_subtensor(x[idx], v) * c) zeroes the set rows; d/dv gathers c
+    c = RNG.standard_normal(W.shape)
+    cost2 = exprc.sum(exprc.set_subtensor(x[idx], v) * c) + exprc.sum(exprc.inc_subtensor(x[idx], v) * c)
+    gx2, gv2 = run([x, v, idx], exprc.grad(cost2, [x, v]), [W, V, I], backend)
+    wx = c.copy()
+    wx[I] = 0
+    np.testing.assert_allclose(gx2, wx + c, rtol=1e-15)
+    np.testing.assert_allclose(gv2, 2 * c[I], rtol=1e-15)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_shared_update_through_inc_subtensor(backend):
+    """SGD on an embedding table: only the looked-up rows move, repeated rows accumulate."""
+    table = exprc.shared(W.copy(), name="table")
+    idx = exprc.vector("idx", "int64")
+    cost = exprc.sum(exprc.square(table[idx]))
+    g = exprc.grad(cost, table)
+    step = exprc.function([idx], cost, updates={table: table - 0.1 * g}, backend=backend)
+    step(np.array([0, 0, 5]))
+    want = W.copy()
+    want[0] -= 0.1 * 2 * 2 * W[0]
+    want[5] -= 0.1 * 2 * W[5]
+    np.testing.assert_allclose(table.get_value(), want, rtol=1e-15)
+
+
+def test_strided_and_broadcast_inputs():
+    x, idx = exprc.matrix("x"), exprc.vector("idx", "int64")
+    X = np.asfortranarray(RNG.standard_normal((8, 6)))[::2, ::-1]
+    I = np.arange(10)[::3][:2]
+    f = exprc.function([x, idx], [x[idx] + 1, exprc.inc_subtensor(x[idx], 1.0)], backend="c")
+    got = f(X, I)
+    np.testing.assert_array_equal(got[0], X[I] + 1)
+    want = X.copy()
+    np.add.at(want, I, 1.0)
+    np.testing.assert_array_equal(got[1], want)
+
+
+# -- differential: random keys against NumPy -------------------------------------------------------------
+def _random_key(rng: np.random.Generator, shape: tuple) -> tuple[list, list]:
+    """A NumPy key and the exprc key (symbolic parts as inputs), for an array of ``shape``."""
+    np_key, ex_key, args, ins = [], [], [], []
+    for d, n in enumerate(shape):
+        kind = rng.choice(["int", "sym_int", "slice", "sym_slice", "array", "full"])
+        if kind in ("int", "sym_int"):
+            k = int(rng.integers(-n, n))
+            np_key.append(k)
+            if kind == "int":
+                ex_key.append(k)
+            else:
+                v = exprc.scalar(f"k{d}", "int64")
+                ins.append(v)
+                args.append(np.int64(k))
+                ex_key.append(v)
+        elif kind in ("slice", "sym_slice"):
+            a, b = (int(t) for t in rng.integers(-n - 2, n + 3, 2))
+            c = int(rng.choice([1, 2, -1, -2]))
+            np_key.append(slice(a, b, c))
+            if kind == "slice":
+                ex_key.append(slice(a, b, c))
+            else:
+                va, vb = exprc.scalar(f"a{d}", "int64"), exprc.scalar(f"b{d}", "int64")
+                ins += [va, vb]
+                args += [np.int64(a), np.int64(b)]
+                ex_key.append(slice(va, vb, c))
+        elif kind == "array":
+            arr = rng.integers(-n, n, int(rng.integers(0, 4))) if n else np.zeros(0, np.int64)
+            v = exprc.vector(f"p{d}", "int64")
+            ins.append(v)
+            args.append(arr)
+            np_key.append(arr)
+            ex_key.append(v)
+        else:
+            np_key.append(slice(None))
+            ex_key.append(slice(None))
+    return np_key, ex_key, ins, args
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_random_keys_against_numpy(backend):
+    rng = np.random.default_rng(7)
+    checked = 0
+    for trial in range(40):
+        shape = tuple(int(s) for s in rng.integers(1, 5, int(rng.integers(1, 4))))
+        X = rng.standard_normal(shape)
+        np_key, ex_key, ins, args = _random_key(rng, shape)
+        try:
+            want = X[tuple(np_key)]
+        except IndexError:
+            continue
+        x = exprc.tensor("x", ndim=len(shape))
+        e = x[tuple(ex_key)]
+        got = exprc.function([x, *ins], [e * 1.0, exprc.inc_subtensor(e, 1.0)], backend=backend)(X, *args)
+        np.testing.assert_array_equal(got[0], want, err_msg=str((shape, np_key)))
+        inc = X.copy()
+        np.add.at(inc, tuple(np_key), 1.0)
+        np.testing.assert_array_equal(got[1], inc, err_msg=str((shape, np_key)))
+        checked += 1
+    assert checked >= 25
+
+
+# -- serialization ---------------------------------------------------------------------------------------
+def test_save_load_round_trip_and_hostile_attributes():
+    x, idx, i = exprc.matrix("x"), exprc.vector("idx", "int64"), exprc.scalar("i", "int64")
+    e = exprc.inc_subtensor(x[idx], 1.0) + x[i:i + 6][::-1] + x[x > 0].sum()
+    e2 = exprc.loads(exprc.dumps(e))
+    ins = sorted((n for n in exprc.graph.toposort([e2]) if n.op == "input"), key=lambda n: n.arg("name"))
+    f = exprc.function(ins, e2, backend="numpy")
+    got = f(np.int64(0), np.array([1, 1]), W)
+    want = W.copy()
+    np.add.at(want, [1, 1], 1.0)
+    np.testing.assert_allclose(got, want + W[0:6][::-1] + W[W > 0].sum(), rtol=1e-14)
+    text = exprc.dumps(x[idx])
+    for bad in ('["A", 1]', ):
+        assert bad.replace(" ", "") in text.replace(" ", "")
+        for evil in ('["A", 0]', '["A", 7]', '["Z", 1]', '["S", 1, 1, 1, 1]'):
+            with pytest.raises(SerializationError):
+                exprc.loads(text.replace(" ", "").replace(bad.replace(" ", ""), evil.replace(" ", "")))
+
+
+# -- the C backend's row loops (exprc/backends/c/indexlib.py) and the in-place scatter ------------------
+@pytest.mark.parametrize("dtype", ["float64", "float32", "int64", "int32"])
+def test_row_gather_and_scatter_add_in_c_match_numpy_bit_for_bit(dtype):
+    x, idx = exprc.tensor("x", dtype, ndim=3), exprc.vector("idx", "int32")
+    v = exprc.tensor("v", dtype, ndim=3)
+    X = (RNG.standard_normal((7, 3, 2)) * 100).astype(dtype)
+    V = (RNG.standard_normal((9, 3, 2)) * 100).astype(dtype)
+    I = np.array([6, 0, 6, -1, 2, 6, 0, -7, 3], np.int32)
+    f = exprc.function([x, idx, v], [x[idx], exprc.inc_subtensor(x[idx], v), exprc.inc_subtensor(x[idx], v[0]),
+                                     exprc.inc_subtensor(x[idx], v[:1])], backend="c")
+    assert "subtensor" in f._kernel._into  # the C row loops are in use
+    got = f(X, I, V)
+    np.testing.assert_array_equal(got[0], X[I])
+    for g, val in zip(got[1:], [V, V[0], V[:1]]):
+        want = X.copy()
+        np.add.at(want, I, val)
+        np.testing.assert_array_equal(g, want)  # same additions in the same order
+    with pytest.raises(IndexOutOfBounds, match=r"idx: index 7 is out of bounds for axis 0 with size 7"):
+        f(X, np.array([0, 7], np.int32), V[:2])
+    empty = exprc.function([x, idx, v], [x[idx], exprc.inc_subtensor(x[idx], v)], backend="c")(
+        X, np.zeros(0, np.int32), V[:0])
+    assert empty[0].shape == (0, 3, 2)
+    np.testing.assert_array_equal(empty[1], X)
+
+
+def test_row_loops_on_strided_tables_and_fallbacks():
+    x, idx, v = exprc.matrix("x"), exprc.vector("idx", "int64"), exprc.matrix("v")
+    f = exprc.function([x, idx, v], [x[idx], exprc.inc_subtensor(x[idx], v), exprc.set_subtensor(x[idx], v)],
+                       backend="c")
+    X = RNG.standard_normal((10, 8))
+    for table in (X[::2], X[::-1], X[:, ::2], np.asfortranarray(X)):
+        I = np.array([1, 1, 0, -1])
+        V = RNG.standard_normal((4, table.shape[1]))
+        got = f(table, I, V)
+        np.testing.assert_array_equal(got[0], table[I])
+        want = table.copy()
+        np.add.at(want, I, V)
+        np.testing.assert_array_equal(got[1], want)
+        want = table.copy()
+        want[I] = V
+        np.testing.assert_array_equal(got[2], want)
+
+
+def test_gradient_of_a_gather_scatters_in_place_into_its_zeros():
+    """The zeros of the gradient are the scatter's buffer: one pass over the table, not three."""
+    w, idx, g = exprc.matrix("W"), exprc.vector("idx", "int64"), exprc.matrix("G")
+    f = exprc.function([w, idx, g], exprc.grad(exprc.sum(w[idx] * g), w), backend="c")
+    assert [k["ops"] for k in f.kernels] == [["fill"]]  # the zeros; no copy kernel around the scatter
+    Wv, I, G = RNG.standard_normal((30, 4)), np.array([3, 3, 29, 0]), RNG.standard_normal((4, 4))
+    want = np.zeros_like(Wv)
+    np.add.at(want, I, G)
+    for _ in range(3):  # the buffer is refilled every call
+        np.testing.assert_array_equal(f(Wv, I, G), want)
+    (plans,) = f._kernel.pool.plans.values()
+    assert plans and all(p.redirects for p in plans), "the zeros should be written into the output"
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_value_that_does_not_fit_its_index_is_a_shape_error(backend):
+    x, idx, v = exprc.matrix("x"), exprc.vector("idx", "int64"), exprc.matrix("v")
+    f = exprc.function([x, idx, v], exprc.inc_subtensor(x[idx], v), backend=backend)
+    with pytest.raises(exprc.errors.ShapeError, match=r"cannot put a value of shape \(3, 5\) into a part of "
+                                                      r"shape \(4, 5\)"):
+        f(W, np.array([0, 1, 2, 3]), np.ones((3, 5)))
