@@ -1,0 +1,64 @@
+"""Staged execution (exprc/backends/staged.py): graphs whose shapes depend on values run as stage
+kernels with host steps between them on the native backends; results equal NumPy's."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import exprc
+from exprc.backends.reference import NumpyKernel
+from exprc.backends.staged import StagedKernel, needs_stages
+
+X = np.arange(42.0).reshape(7, 6) / 7
+
+
+def test_static_graphs_are_not_staged():
+    x, i, idx = exprc.matrix("x"), exprc.scalar("i", "int64"), exprc.vector("idx", "int64")
+    assert not needs_stages([x[i] + x[idx][0], x[1:3], x[exprc.constant(1):exprc.constant(3)]])
+    assert needs_stages([x[i:]]) and needs_stages([x[x > 0]]) and needs_stages([exprc.arange(i)])
+    f = exprc.function([x, i], x[i] * 2, backend="c")
+    assert not isinstance(f._kernel, StagedKernel)
+
+
+def test_stage_structure_and_index_arithmetic_on_numpy():
+    x, i = exprc.matrix("x"), exprc.scalar("i", "int64")
+    f = exprc.function([x, i], exprc.exp(x[i * 2:(i + 1) * 2]).sum(axis=0), backend="c")
+    k = f._kernel
+    assert isinstance(k, StagedKernel) and len(k.stages) == 2
+    assert isinstance(k.stages[0].kernel, NumpyKernel)  # i*2, (i+1)*2: no compile for scalars
+    assert [c.op for c in k.stages[0].cuts] == ["subtensor"]
+    assert "/* stage 1 */" in f.source
+    for j in range(-5, 6):
+        np.testing.assert_allclose(f(X, j), np.exp(X[j * 2:(j + 1) * 2]).sum(axis=0), rtol=1e-14)
+
+
+@pytest.mark.parametrize("backend", ["c", "numpy"])
+def test_chained_value_shapes_outputs_and_out(backend):
+    x, a, b = exprc.matrix("x"), exprc.scalar("a", "int64"), exprc.scalar("b", "int64")
+    y = exprc.sin(x)[a:][:b]  # two levels of value-dependent shapes
+    outs = [y, y.sum(), x[a:], exprc.arange(a * b).astype("float64") + 1]
+    f = exprc.function([x, a, b], outs, backend=backend)
+    for av, bv in [(0, 3), (2, 1), (5, 9), (-3, 2), (7, 0)]:
+        got = f(X, av, bv)
+        want = [np.sin(X)[av:][:bv], np.sin(X)[av:][:bv].sum(), X[av:], np.arange(max(av * bv, 0)) + 1.0]
+        for g, w in zip(got, want):
+            np.testing.assert_allclose(g, w, rtol=1e-14)
+    got = f(X, 1, 2)
+    assert got[2] is not X and not np.shares_memory(got[2], X)  # a view of an argument is copied
+    out = np.empty(())
+    res = exprc.function([x, a, b], y.sum(), backend=backend)(X, 1, 2, out=out)
+    assert res is out and np.isclose(out, np.sin(X)[1:][:2].sum())
+
+
+def test_symbolic_sizes_on_the_c_backend():
+    x, n, y = exprc.matrix("x"), exprc.scalar("n", "int64"), exprc.vector("y", "int32")
+    f = exprc.function([x, n, y], [exprc.zeros(x.shape) + x, exprc.arange(n) * 2, exprc.eye(n),
+                                   exprc.sum(exprc.log_softmax(x)[exprc.arange(y.shape[0]), y])], backend="c")
+    Y = np.array([1, 0, 5, 2, 2, 0, 1], np.int32)
+    got = f(X, 4, Y)
+    np.testing.assert_array_equal(got[0], X)
+    np.testing.assert_array_equal(got[1], np.arange(4) * 2)
+    np.testing.assert_array_equal(got[2], np.eye(4))
+    ls = X - np.log(np.exp(X).sum(axis=1, keepdims=True))
+    np.testing.assert_allclose(got[3], ls[np.arange(7), Y].sum(), rtol=1e-14)
