@@ -62,3 +62,20 @@ def test_symbolic_sizes_on_the_c_backend():
     np.testing.assert_array_equal(got[2], np.eye(4))
     ls = X - np.log(np.exp(X).sum(axis=1, keepdims=True))
     np.testing.assert_allclose(got[3], ls[np.arange(7), Y].sum(), rtol=1e-14)
+
+
+def test_a_chain_of_150_dynamic_slices_compiles_once_and_matches_numpy():
+    """Each level of value-dependent shape is a stage; the small ones in between run on NumPy, so a
+    deep chain costs one compile (it cost one per level: 150 C compiles, ~2 minutes here)."""
+    x, i = exprc.vector("x"), exprc.scalar("i", "int64")
+    z = x
+    for k in range(300):
+        z = z[i:] if k % 2 == 0 else exprc.cos(z)
+    f = exprc.function([x, i], z.sum(), backend="c")
+    compiled = [s.kernel for s in f._kernel.stages if s.kernel is not None and not isinstance(s.kernel, NumpyKernel)]
+    assert len(f._kernel.stages) == 151 and len(compiled) == 1
+    v = np.linspace(0, 1, 1000)
+    want = v
+    for k in range(300):
+        want = want[1:] if k % 2 == 0 else np.cos(want)
+    np.testing.assert_allclose(f(v, 1), want.sum(), rtol=1e-13)

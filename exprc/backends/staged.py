@@ -26,6 +26,9 @@ from exprc.backends import Kernel
 from exprc.graph import Node, input_node, substitute, toposort
 from exprc.ops import OPS
 
+#: Intermediate stages of at most this many ops run on NumPy (see StagedKernel).
+SMALL_STAGE = 2
+
 
 def value_shaped(node: Node) -> bool:
     return node.op in OPS and OPS[node.op].value_shaped(node)
@@ -77,9 +80,12 @@ class StagedKernel(Kernel):
                 outs = substitute(compute, fresh) if fresh else compute
                 graph_ins = [fresh.get(n, n) for n in ins]
                 stage_fg = FunctionGraph(tuple(graph_ins), tuple(outs))
-                # Index arithmetic (i*bs, (i+1)*bs) is a few scalars: NumPy evaluates it in
-                # microseconds, where a compiled stage would cost a compile.
-                kernel = NumpyKernel(stage_fg) if cuts and all(o.ndim == 0 for o in outs) else make(stage_fg)
+                # Index arithmetic (i*bs, (i+1)*bs) is a few scalars, and a stage of one or two ops
+                # between value-shaped nodes fuses nothing: NumPy runs them at its own speed where
+                # a compiled stage would cost a compile (a chain of 150 dynamic slices: 150).
+                ops = sum(1 for m in toposort(outs) if m.op not in ("input", "constant"))
+                small = all(o.ndim == 0 for o in outs) or ops <= SMALL_STAGE
+                kernel = NumpyKernel(stage_fg) if cuts and small else make(stage_fg)
             self.stages.append(_Stage(kernel, ins, compute, cuts))
             known.update(dict.fromkeys(compute))
             if not cuts:
