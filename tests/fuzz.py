@@ -507,6 +507,9 @@ def run(seeds: range, width: int = 16, cfg: exprc.Config | None = None, verbose:
         if verbose:
             for m in found:
                 print(m, flush=True)
+            if (seed - seeds.start + 1) % 25 == 0:  # progress of a long run (bench/fuzz.py -v)
+                print(f"[{seed - seeds.start + 1}/{len(seeds)} batches: {graphs} graphs, {len(mismatches)} unexplained, "
+                      f"{time.perf_counter() - t0:.0f} s]", flush=True)
     return {"batches": len(seeds), "graphs": graphs, "mismatches": mismatches,
             "seconds": time.perf_counter() - t0}
 
