@@ -33,6 +33,9 @@ int64_t exprc_scatter_add_rows_i32(char *, int64_t, int64_t, const char *, int64
 """)
 _CHARP = _FFI.typeof("char *")
 _INT64P = _FFI.typeof("int64_t *")
+_CHARS = _FFI.typeof("char[]")
+_INT64S = _FFI.typeof("int64_t[]")
+_fb = _FFI._backend.from_buffer  # contiguous arrays: skips cffi's Python-level wrapper
 _LOCK = threading.Lock()
 _LIB: list[Any] = []
 _ADD = {"float64": "f64", "float32": "f32", "int64": "i64", "int32": "i32"}
@@ -85,15 +88,20 @@ def _raise(node: Any, bad: int, idx: np.ndarray, rows: int, j: int) -> None:
 def make_into(cfg: Config) -> dict[str, Any]:
     """``{op: into(node, out, *operands)}`` for the C backend's NumPy steps (fast paths first)."""
 
+    rows_only: dict[Any, bool] = {}  # node -> its index is one integer array on axis 0
+
     def gather(node: Any, out: np.ndarray, x: np.ndarray, *ops: Any) -> None:
-        idx = ops[0] if len(ops) == 1 else None
-        lib = _load(cfg) if node.arg("index") == (("A", 1),) else None
-        if (lib is not None and isinstance(x, np.ndarray) and isinstance(idx, np.ndarray) and idx.ndim == 1
-                and x.ndim >= 1 and out.flags.c_contiguous and _rows_contiguous(x)):
-            ix = np.ascontiguousarray(idx, dtype=np.int64)
+        simple = rows_only.get(node)
+        if simple is None:
+            simple = rows_only[node] = node.arg("index") == (("A", 1),) and _load(cfg) is not None
+        idx = ops[0]
+        if (simple and type(x) is np.ndarray and type(idx) is np.ndarray and idx.ndim == 1 and x.ndim >= 1
+                and out.flags.c_contiguous and _rows_contiguous(x)):
+            ix = idx if idx.dtype == np.int64 and idx.flags.c_contiguous else np.ascontiguousarray(idx, np.int64)
             row = math.prod(x.shape[1:]) * x.itemsize
-            bad = lib.exprc_gather_rows(_ptr(out), _ptr(x), x.shape[0], x.strides[0] if x.shape[0] > 1 else 0,
-                                        _FFI.cast(_INT64P, ix.__array_interface__["data"][0]), ix.size, row)
+            bad = _LIB[0].exprc_gather_rows(_fb(_CHARS, out, False), _ptr(x), x.shape[0],
+                                            x.strides[0] if x.shape[0] > 1 else 0,
+                                            _fb(_INT64S, ix, False), ix.size, row)
             if bad >= 0:
                 _raise(node, bad, ix, x.shape[0], 1)
             return
