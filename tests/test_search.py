@@ -297,3 +297,22 @@ def test_log_transforms_give_forms_the_rules_fix() -> None:
     x = np.linspace(0.499, 0.501, 101)
     got = exprc.function([p], rebuilt, backend="numpy")(x)
     assert bits_lost(got, reference(lambda m, p: m.log(p / (1 - p)), [x])).max() <= 2.0
+
+
+def test_plain_exact_table_saturates_an_exp_of_an_exp():
+    """exp(exp(710)) has no float value; mpmath would need 2**1000 bits of ln 2 for the next exp (the
+    fuzzer's NaN check hung there, seed ~100210).  The plain table saturates beyond 2**1100 and keeps
+    what a float can bring back (log(exp(1e300)) is 1e300)."""
+    import time
+
+    from exprc.accuracy.exact import exact_values
+
+    x = exprc.vector("x")
+    e, back = exprc.softplus(exprc.exp(exprc.exp(x))), exprc.log(exprc.exp(x))
+    order = exprc.graph.toposort([e, back])
+    t = time.perf_counter()
+    r = exact_values(order, [x], np.array([[710.0, 1.0, -800.0, 1e300]]), saturate=False)
+    assert time.perf_counter() - t < 60  # (a hang, not a timing claim: it never returned)
+    np.testing.assert_array_equal(r[e][[0, 3]], [np.inf, np.inf])
+    np.testing.assert_allclose(r[e][1:3], np.log1p(np.exp(np.exp(np.exp([1.0, -800.0])))), rtol=1e-15)
+    np.testing.assert_array_equal(r[back], [710.0, 1.0, -800.0, 1e300])

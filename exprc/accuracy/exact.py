@@ -29,6 +29,8 @@ from exprc.graph import Node
 
 #: Beyond |x| > BIG, exp-like results are 0 or inf in every float format (see ``saturate``).
 BIG = 1e5
+#: Beyond |x| > HUGE (far past the largest float, 1.8e308), even the plain table saturates exp-like ops.
+HUGE = 2 ** 1100  # an int: mpmath compares it exactly
 
 #: Ops without an exact (mpmath) evaluation, by reason.  The search leaves a graph holding one of
 #: them as the default pipeline made it.
@@ -66,7 +68,10 @@ def _build(saturate: bool) -> dict[str, Callable[..., Any]]:
     inf, nan = m.inf, m.nan
 
     def big(x: Any) -> bool:
-        return saturate and m.isfinite(x) and abs(x) > BIG
+        # The plain table saturates too, beyond HUGE: such an argument is no float, only the exact
+        # value of an exp of an exp (exp(exp(710))), and its exp would need 2**1000 bits of ln 2
+        # (the fuzzer's NaN check hung there).  Saturated, it is still inf or 0, never NaN.
+        return m.isfinite(x) and abs(x) > (BIG if saturate else HUGE)
 
     def exp(x: Any) -> Any:
         return (inf if x > 0 else m.mpf(0)) if big(x) else m.exp(x)
