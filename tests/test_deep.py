@@ -73,6 +73,33 @@ def mixed_chain(x: exprc.Node, n: int = DEPTH) -> exprc.Node:
     return y
 
 
+def _lowered(program) -> tuple[int, ...]:
+    """(steps, kernels, reduction kernels, kernels with several outputs, outputs of kernels)."""
+    ks = program.kernels
+    return (len(program.steps), len(ks), sum(k.kind == "reduce" for k in ks),
+            sum(len(k.outputs) > 1 for k in ks), sum(len(k.outputs) for k in ks))
+
+
+@pytest.mark.parametrize(("shape", "fused", "unfused"), [
+    ((3, 4), (3515, 3514, 511, 0, 3514), (9001, 9000, 511, 2488, 11488)),
+    ((None, None), (4018, 3515, 511, 1, 3516), (10997, 10494, 511, 996, 11491)),
+])
+def test_lowering_a_3000_deep_chain_through_reductions_and_broadcasts(shape, fused, unfused):
+    # Merging independent kernels asked networkx for a path between every pair of steps: cubic in
+    # the steps (61 s of an 800-deep gradient's compile, 0.5 s now).  The kernels are the same: the
+    # chain's fused ones were counted with the old pass, the other counts match it at depths up to
+    # 400 (at 3,000 it would take hours; tests/test_fusion.py compares the two definitions).
+    x = exprc.matrix("x", shape=shape)
+    y = mixed_chain(x, 3000)
+    program = lower([y], [x])
+    assert "".join(k.kind[0] for k in program.kernels) == "ee" + "re" * 7  # cos(x[0]), then a mean every 400
+    assert [len(k.body) for k in program.kernels] == [1, 599, 1, 601, 1, 602, 1, 600, 1, 601, 1, 602, 1, 600, 1, 280]
+    assert len(lower([y], [x], fuse=False).kernels) == 4493  # one kernel an op, none merged
+    g = exprc.grad(exprc.sum(y), x)
+    assert _lowered(lower([g], [x])) == fused
+    assert _lowered(lower([g], [x], fuse=False)) == unfused
+
+
 def depth_of(expr: exprc.Node) -> int:
     depth: dict = {}
     for n in exprc.graph.toposort([expr]):
@@ -95,8 +122,14 @@ def deep(cache_dir):
     y = mixed_chain(x)
     assert depth_of(y) >= DEPTH - 100
     data = np.random.default_rng(0).uniform(-1, 1, size=(3, 4))
-    want = exprc.function([x], y, backend="numpy")(data)
-    return types.SimpleNamespace(x=x, y=y, data=data, want=want)
+    f_numpy = exprc.function([x], y, backend="numpy")
+    return types.SimpleNamespace(x=x, y=y, data=data, want=f_numpy(data), f_numpy=f_numpy)
+
+
+@pytest.fixture(scope="module")
+def deep_c(deep):
+    """The chain compiled on C (gcc takes ~12 s of it): called here, compiled only for CUDA there."""
+    return exprc.function([deep.x], deep.y, backend="c")
 
 
 def test_deep_printing(deep):
@@ -107,11 +140,10 @@ def test_deep_printing(deep):
     assert exprc.to_dot(deep.y).startswith("digraph")
 
 
-def test_deep_optimize_compile_call_eval(deep):
+def test_deep_optimize_compile_call_eval(deep, deep_c):
     (opt,) = exprc.optimize([deep.y]).outputs
     assert depth_of(opt) > 1000
-    f = exprc.function([deep.x], deep.y, backend="c")
-    np.testing.assert_allclose(f(deep.data), deep.want, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(deep_c(deep.data), deep.want, rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(deep.y.eval({deep.x: deep.data}), deep.want, rtol=1e-12, atol=1e-12)
     jitted = exprc.jit(lambda a: mixed_chain(a), backend="numpy")
     np.testing.assert_allclose(jitted(deep.data), deep.want, rtol=1e-12, atol=1e-12)
@@ -120,8 +152,8 @@ def test_deep_optimize_compile_call_eval(deep):
 def test_deep_gradients(deep):
     cost = exprc.sum(deep.y)
     g = exprc.grad(cost, deep.x)
-    # numpy backend: on C, each of the gradient's ~5 kernels per level prints everything upstream
-    # in its comment (backends/c/render.py: render_kernel's pprint; 210 MB of C at depth 400)
+    # numpy backend: on C, ~1.2 kernels a level take the C compiler ~0.12 s a level (depth 1,600:
+    # 188 s to compile, 0.55 s of it lowering), ~10 minutes here
     fg = exprc.function([deep.x], g, backend="numpy")
     eps = 1e-6
     d = np.zeros_like(deep.data)
@@ -155,8 +187,7 @@ def test_deep_save_load_pickle(deep, tmp_path):
 
     x3, y3 = pickle.loads(pickle.dumps((deep.x, deep.y)))
     np.testing.assert_allclose(y3.eval({x3: deep.data}), deep.want, rtol=1e-12, atol=1e-12)
-    f = exprc.function([deep.x], deep.y, backend="numpy")
-    f2 = pickle.loads(pickle.dumps(f))
+    f2 = pickle.loads(pickle.dumps(deep.f_numpy))
     np.testing.assert_allclose(f2(deep.data), deep.want, rtol=1e-12, atol=1e-12)
 
 
@@ -168,12 +199,12 @@ def test_deep_sympy_and_networkx(deep):
     assert back is deep.y
 
 
-def test_deep_cuda_render_and_compile_only(deep):
+def test_deep_cuda_render_and_compile_only(deep, deep_c):
     source, _layout, program = exprc.cuda.render([deep.y])
     assert "__global__" in source and len(program.kernels) >= 2
     if exprc.cuda.unavailable_reason() is None or "NVRTC" not in (exprc.cuda.unavailable_reason() or ""):
-        compiled = exprc.cuda.compile_only([deep.y])
-        assert compiled.ptx
+        compiled = exprc.cuda.compile_only(deep_c)  # a compiled Function: its graph is not optimized again
+        assert compiled.ptx and compiled.source == source
 
 
 def test_deep_accuracy_search_is_bounded(deep):
@@ -186,7 +217,9 @@ def test_deep_shared_updates_and_cache_list(deep, cache_dir):
     import subprocess
 
     w = exprc.shared(np.zeros((3, 4)), "w")
-    step = exprc.function([deep.x], exprc.sum(deep.y), updates=[(w, w + deep.y)], backend="c")
+    # -O0: gcc takes 3 s on this source instead of 12 s at the default -O2 (deep_c compiles with that)
+    with exprc.config(extra_cflags=("-O0",)):
+        step = exprc.function([deep.x], exprc.sum(deep.y), updates=[(w, w + deep.y)], backend="c")
     step(deep.data)
     step(deep.data)
     np.testing.assert_allclose(w.get_value(), 2 * deep.want, rtol=1e-12, atol=1e-12)
