@@ -473,40 +473,7 @@ def getitem(x: TensorLike, key: Any) -> Node:
     """NumPy indexing.  Static ints, slices, ``None`` and ``...`` give a view (``getitem``); int
     expressions, symbolic slice bounds, integer arrays (gather) and boolean masks give a
     ``subtensor`` (:mod:`exprc.indexing`)."""
-    x = as_node(x)
-    if not indexing.is_static_key(key):
-        return indexing.dynamic_getitem(x, key)
-    key = key if isinstance(key, tuple) else (key,)
-    n_ell = builtins.sum(1 for k in key if k is Ellipsis)
-    if n_ell > 1:
-        raise IndexError("an index can only have a single ellipsis ('...')")
-    used = builtins.sum(1 for k in key if k is not None and k is not Ellipsis)
-    if used > x.ndim:
-        raise IndexError(f"too many indices for an expression of ndim {x.ndim}: {used} were given")
-    items: list[tuple] = []
-    for k in key:
-        if k is Ellipsis:
-            items.extend(("s", None, None, 1) for _ in range(x.ndim - used))
-        elif k is None:
-            items.append(("n",))
-        elif isinstance(k, (bool, np.bool_)):
-            raise IndexError("boolean indices are not supported (use exprc.where)")
-        elif isinstance(k, (int, np.integer)):
-            items.append(("i", int(k)))
-        elif isinstance(k, slice):
-            parts = [k.start, k.stop, k.step]
-            for p in parts:
-                if p is not None and not isinstance(p, (int, np.integer)):
-                    raise IndexError(f"slice bounds must be static ints, got {k!r}")
-            if k.step == 0:
-                raise ValueError("slice step cannot be zero")
-            items.append(("s", *(None if p is None else int(p) for p in parts[:2]),
-                          1 if k.step is None else int(k.step)))
-        else:
-            raise IndexError(f"only ints, slices, None and ... are supported as indices, got {type(k).__name__}")
-    if builtins.all(i == ("s", None, None, 1) for i in items):
-        return x
-    return OPS["getitem"].make((x,), {"index": tuple(items)})
+    return indexing.getitem(as_node(x), key)
 
 
 # -- operators on nodes ------------------------------------------------------------------

@@ -19,18 +19,6 @@ from exprc.graph import Node, constant_node
 from exprc.ops import OPS
 
 
-def is_static_key(key: Any) -> bool:
-    """Whether ``key`` is made of static ints, slices with static bounds, None and ``...`` only."""
-    key = key if isinstance(key, tuple) else (key,)
-    for k in key:
-        if isinstance(k, slice):
-            if builtins.any(isinstance(p, (Node, np.ndarray)) for p in (k.start, k.stop, k.step)):
-                return False
-        elif isinstance(k, (Node, np.ndarray, list)):
-            return False
-    return True
-
-
 def _label(n: Node) -> str:
     """What an index error calls operand ``n`` (short: saved graphs keep attribute strings short)."""
     if n.op == "input":
@@ -59,8 +47,9 @@ def _array_index(k: Any) -> Node:
     return constant_node(a)
 
 
-def dynamic_getitem(x: Node, key: Any) -> Node:
-    """``x[key]`` for a key with symbolic or array parts: a ``subtensor`` node."""
+def getitem(x: Node, key: Any) -> Node:
+    """``x[key]``: ``x`` itself for a key of full slices, a ``getitem`` view for static ints,
+    slices, None and ``...`` (constant arrays and masks too, as constants), else a ``subtensor``."""
     key = key if isinstance(key, tuple) else (key,)
     if builtins.sum(1 for k in key if k is Ellipsis) > 1:
         raise IndexError("an index can only have a single ellipsis ('...')")
@@ -113,9 +102,11 @@ def dynamic_getitem(x: Node, key: Any) -> Node:
         else:
             raise IndexError(f"only ints, slices, None, ..., integer or boolean arrays and expressions are valid "
                              f"indices, got {type(k).__name__}")
-    labels = tuple(_label(n) for n in operands)
-    if len(operands) == 1:  # a static mask or array became constants; nothing symbolic is left
+    if len(operands) == 1:  # static: a view
+        if builtins.all(i == ("s", None, None, 1) for i in items):
+            return x
         return OPS["getitem"].make((x,), {"index": tuple(items)})
+    labels = tuple(_label(n) for n in operands)
     return OPS["subtensor"].make(tuple(operands), {"index": tuple(items), "labels": labels})
 
 
@@ -174,4 +165,4 @@ class At:
         return _AtIndex(self._x, key)
 
 
-__all__ = ["At", "dynamic_getitem", "inc_subtensor", "is_static_key", "set_subtensor"]
+__all__ = ["At", "getitem", "inc_subtensor", "set_subtensor"]

@@ -15,6 +15,7 @@ import sys
 import numpy as np
 import pytest
 from conftest import assert_close
+from test_autodiff import fd_grads
 
 import exprc
 from exprc.errors import DTypeError, SerializationError, ShapeError
@@ -489,21 +490,6 @@ def test_dot_gradients_match_finite_differences():
 
 
 # -- gradients ---------------------------------------------------------------------------------------------
-def fd_grads(f, arrays, eps=1e-6):
-    """Central finite differences of the scalar function ``f(*arrays)`` for every array."""
-    out = []
-    for i, a in enumerate(arrays):
-        g = np.zeros_like(a)
-        for k in np.ndindex(a.shape):
-            plus = [x.copy() for x in arrays]
-            minus = [x.copy() for x in arrays]
-            plus[i][k] += eps
-            minus[i][k] -= eps
-            g[k] = (f(*plus) - f(*minus)) / (2 * eps)
-        out.append(g)
-    return out
-
-
 def check_grads(build, arrays, extra=(), extra_values=(), backend="numpy"):
     """grad of sum(build(*vars) * W) against finite differences (the variables' sizes unknown)."""
     vs = [exprc.tensor(f"v{i}", "float64", ndim=a.ndim) for i, a in enumerate(arrays)]
@@ -514,7 +500,7 @@ def check_grads(build, arrays, extra=(), extra_values=(), backend="numpy"):
     f = exprc.function([*vs, *extra], cost, backend="numpy")
     grads = exprc.grad(cost, vs)
     got = exprc.function([*vs, *extra], grads, backend=backend)(*arrays, *extra_values)
-    want = fd_grads(lambda *xs: float(f(*xs, *extra_values)), arrays)
+    want = fd_grads(lambda *xs: float(f(*xs, *extra_values)), arrays, eps=1e-6)
     for i, (g, w) in enumerate(zip(got, want)):
         assert g.shape == w.shape, (i, g.shape, w.shape)
         np.testing.assert_allclose(g, w, rtol=1e-6, atol=1e-7 * max(1.0, np.abs(w).max()), err_msg=f"input {i}")

@@ -69,13 +69,18 @@ def sgd_optimization(learning_rate: float = 0.13, n_epochs: int = 5, batch_size:
                 y: train_set_y[index * batch_size:(index + 1) * batch_size]})
     if verbose:
         print(f"compiled the training step in {time.perf_counter() - t0:.3f} s")
+    return train(train_model, n_train_batches, n_epochs, verbose, "loss")
+
+
+def train(train_model, n_train_batches: int, n_epochs: int, verbose: bool, what: str) -> list[float]:
+    """Run ``n_epochs`` passes over the minibatches; the mean minibatch ``what`` of each epoch."""
     losses = []
     for epoch in range(n_epochs):
         t0 = time.perf_counter()
         batch = [float(train_model(i)) for i in range(n_train_batches)]
         losses.append(float(np.mean(batch)))
         if verbose:
-            print(f"epoch {epoch + 1}: mean minibatch loss {losses[-1]:.6f} ({time.perf_counter() - t0:.4f} s)")
+            print(f"epoch {epoch + 1}: mean minibatch {what} {losses[-1]:.6f} ({time.perf_counter() - t0:.4f} s)")
     return losses
 
 

@@ -21,7 +21,7 @@ import exprc
 import exprc as T
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from logistic_sgd import LogisticRegression, make_data
+from logistic_sgd import LogisticRegression, make_data, train
 
 
 def init_weights(rng: np.random.Generator, n_in: int, n_out: int) -> np.ndarray:
@@ -68,14 +68,7 @@ def test_mlp(learning_rate: float = 0.01, L1_reg: float = 0.00, L2_reg: float = 
                 y: train_set_y[index * batch_size:(index + 1) * batch_size]})
     if verbose:
         print(f"compiled the training step in {time.perf_counter() - t0:.3f} s")
-    losses = []
-    for epoch in range(n_epochs):
-        t0 = time.perf_counter()
-        batch = [float(train_model(i)) for i in range(n_train_batches)]
-        losses.append(float(np.mean(batch)))
-        if verbose:
-            print(f"epoch {epoch + 1}: mean minibatch cost {losses[-1]:.6f} ({time.perf_counter() - t0:.4f} s)")
-    return losses
+    return train(train_model, n_train_batches, n_epochs, verbose, "cost")
 
 
 def numpy_reference(learning_rate: float = 0.01, L1_reg: float = 0.00, L2_reg: float = 0.0001, n_epochs: int = 3,
