@@ -56,11 +56,25 @@ def getitem(x: Node, key: Any) -> Node:
     operands: list[Node] = [x]
     items: list[tuple] = []
     parsed: list[Any] = []
+    axis: int | None = 0  # the axis the next item indexes (None after an ellipsis)
     for k in key:  # convert arrays first: a mask uses as many axes as it has dimensions
-        if isinstance(k, (Node, np.ndarray, list)) and not isinstance(k, slice):
+        if isinstance(k, (np.ndarray, list)) and np.asarray(k).dtype == bool and np.ndim(k) > 0:
+            m = np.asarray(k)
+            dims = x.type.shape[axis:axis + m.ndim] if axis is not None else ()
+            if len(dims) == m.ndim and None not in dims:  # A constant mask over static axes is its
+                if dims != m.shape:  # nonzero() arrays (as NumPy reads it): a static shape, no stages
+                    raise IndexOutOfBounds(f"boolean index of shape {m.shape} does not match axes {axis}.. of "
+                                           f"shape {x.type.shape}")
+                parsed.extend(constant_node(a.astype(np.int64)) for a in np.nonzero(m))
+            else:
+                parsed.append(constant_node(m))
+        elif isinstance(k, (Node, np.ndarray, list)):
             parsed.append(_array_index(k) if not (isinstance(k, Node) and k.ndim == 0) else k)
         else:
             parsed.append(k)
+        if axis is not None and k is not None:
+            axis = None if k is Ellipsis else axis + (np.ndim(k) if np.asarray(k).dtype == bool and not isinstance(
+                k, (bool, np.bool_, Node)) else (k.ndim if isinstance(k, Node) and k.dtype == "bool" else 1))
     used = builtins.sum(p.ndim if isinstance(p, Node) and p.dtype == "bool" else
                         (0 if p is None or p is Ellipsis else 1) for p in parsed)
     if used > x.ndim:

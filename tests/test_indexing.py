@@ -390,3 +390,24 @@ def test_a_value_that_does_not_fit_its_index_is_a_shape_error(backend):
     with pytest.raises(exprc.errors.ShapeError, match=r"cannot put a value of shape \(3, 5\) into a part of "
                                                       r"shape \(4, 5\)"):
         f(W, np.array([0, 1, 2, 3]), np.ones((3, 5)))
+
+
+def test_constant_masks_over_static_axes_are_index_arrays():
+    """NumPy reads x[mask] as x[mask.nonzero()]: over axes of static size the shape is static (no
+    stages); over axes known only at call time the mask is checked when called."""
+    from exprc.backends.staged import StagedKernel
+
+    X = np.arange(12.0).reshape(3, 4)
+    m2 = np.array([[True, False, True, False], [False] * 4, [True] * 4])
+    keys = [m2, (np.array([True, False, True]),), (slice(None), np.array([True, False, False, True])),
+            (np.array([True, False, True]), 1), (Ellipsis, np.array([True, False, False, True]))]
+    for x, staged in ((exprc.tensor("x", shape=(3, 4)), False), (exprc.matrix("x"), True)):
+        for key in keys:
+            e = x[key]
+            f = exprc.function([x], e * 1.0, backend="c")
+            np.testing.assert_array_equal(f(X), X[key])
+            assert isinstance(f._kernel, StagedKernel) == (staged or key[0] is Ellipsis)
+            if not staged and key[0] is not Ellipsis:
+                assert None not in e.type.shape
+        with pytest.raises(IndexOutOfBounds):
+            x[np.array([True, False])].eval({x: X})
