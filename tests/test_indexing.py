@@ -411,3 +411,23 @@ def test_constant_masks_over_static_axes_are_index_arrays():
                 assert None not in e.type.shape
         with pytest.raises(IndexOutOfBounds):
             x[np.array([True, False])].eval({x: X})
+
+
+def test_a_lone_row_gather_skips_the_planner_and_keeps_every_check():
+    """exprc.function([W, idx], W[idx]) (an embedding lookup) calls the C row gather directly."""
+    w, idx = exprc.matrix("W"), exprc.vector("idx", "int64")
+    f = exprc.function([w, idx], w[idx], backend="c")
+    assert f._kernel._direct is not None
+    X = np.arange(30.0).reshape(6, 5)
+    for table, I in [(X, np.array([5, 0, 5, -6])), (X[::-2], np.array([2, -1])), (X[:, ::2], np.array([1])),
+                     (np.asfortranarray(X), np.array([3, 3])), (np.zeros((0, 5)), np.zeros(0, np.int64)),
+                     (X, np.zeros(0, np.int64))]:
+        got = f(table, I)
+        assert got.shape == table[I].shape and got.flags.c_contiguous
+        np.testing.assert_array_equal(got, table[I])
+        assert not np.shares_memory(got, table)
+    with pytest.raises(IndexOutOfBounds, match=r"idx: index 6 is out of bounds for axis 0 with size 6"):
+        f(X, np.array([0, 6]))
+    with pytest.raises(IndexOutOfBounds, match="size 0"):
+        f(np.zeros((0, 5)), np.array([0]))
+    np.testing.assert_array_equal(f(X, np.array([1, 2], np.int64), out=np.empty((2, 5))), X[[1, 2]])  # out=: planner

@@ -25,7 +25,7 @@ from exprc import cache
 from exprc.backends import Kernel
 from exprc.backends.c import compile as cc
 from exprc.backends.c.blas import blas_pointers
-from exprc.backends.c.indexlib import make_into
+from exprc.backends.c.indexlib import direct_gather, make_into
 from exprc.backends.c.render import CRenderer, Layout
 from exprc.backends.outputs import check_count, check_out, copy_into, overlapping
 from exprc.backends.plan import HostPlan, Planner, PlanPool, Unsupported, describe
@@ -129,6 +129,12 @@ class CKernel(Kernel):
         self._offered: dict[int, set] = {}
         index_steps = any(isinstance(s, Step) and s.node.op in ("subtensor", "scatter") for s in self.program.steps)
         self._into = make_into(cfg) if index_steps else {}
+        # A program that is only x[idx] of its two arguments skips the planner (embedding lookups).
+        steps = self.program.steps
+        self._direct = None
+        if (index_steps and len(steps) == 1 and isinstance(steps[0], Step) and self._outputs == [steps[0].node]
+                and list(steps[0].node.inputs) == self._inputs):
+            self._direct = direct_gather(cfg, steps[0].node)
 
     def _make_plan(self, arrays: Sequence[np.ndarray], out: Sequence[np.ndarray] | None) -> Plan:
         plan = Plan(len(self.layout.slots), self.layout.p_size)
@@ -141,6 +147,10 @@ class CKernel(Kernel):
     # -- calls --------------------------------------------------------------------
     def __call__(self, *arrays: np.ndarray, out: Sequence[np.ndarray] | None = None,
                  to_numpy: bool | None = None) -> list[np.ndarray]:
+        if self._direct is not None and out is None:
+            res = self._direct(*arrays)
+            if res is not None:
+                return [res]
         key = tuple([a.shape for a in arrays] + [a.strides for a in arrays])
         if out is not None:
             check_count(out, len(self._outputs))
