@@ -17,6 +17,7 @@ import numpy as np
 from exprc.errors import IndexOutOfBounds
 from exprc.graph import Node, constant_node
 from exprc.ops import OPS
+from exprc.ops.index import shift_index
 
 
 def _label(n: Node) -> str:
@@ -134,8 +135,7 @@ def _write(part: Node, v: Any, mode: str, what: str) -> Node:
     v = v if isinstance(v, Node) else constant_node(np.asarray(v, dtype=x.dtype))
     labels = part.arg("labels") or tuple(_label(n) for n in part.inputs)
     labels = (labels[0], "value", *labels[1:])
-    index = tuple(it if it[0] not in ("I", "S", "A", "M") else
-                  (it[0], *(None if j is None else j + 1 for j in it[1:])) for it in part.arg("index"))
+    index = shift_index(part.arg("index"), 1)
     return OPS["scatter"].make((x, v, *part.inputs[1:]), {"index": index, "mode": mode, "labels": labels})
 
 

@@ -342,6 +342,8 @@ class Planner:
         operand's buffer when nothing else reads it: the gradient of a gather, a scatter into
         zeros, then costs one pass over the array (the zeros) instead of three (zeros, a copy, the
         update).  The operand's buffer becomes the step's (its output, or its scratch)."""
+        if not any(isinstance(s, Step) and OPS[s.node.op].in_place for s in self.program.steps):
+            return
         readers: dict[Node, int] = {}
         for s in self.program.steps:
             body = s.body if isinstance(s, Kernel) else [s.node]

@@ -21,6 +21,7 @@ import numpy as np
 from exprc import api as A
 from exprc.graph import Node
 from exprc.ops.gradshape import count, sum_to, zeros_like
+from exprc.ops.index import shift_index
 from exprc.ops.table import OPS, GradRule, cast, grad_rule
 
 
@@ -207,18 +208,12 @@ def _grad_inc_subtensor(node: Node, g: Node) -> tuple:
 grad_rule("shape")(lambda node, g: (None,))
 
 
-def _shifted(index: tuple, by: int) -> tuple:
-    """``index`` with its operand positions moved by ``by`` (scatter has the value before them)."""
-    return tuple(it if it[0] not in ("I", "S", "A", "M") else (it[0], *(None if j is None else j + by for j in it[1:]))
-                 for it in index)
-
-
 @grad_rule("subtensor")
 def _grad_subtensor(node: Node, g: Node) -> tuple:
     """Scatter-add into zeros of the operand's shape (repeated indices accumulate); none for indices."""
     x, ops = node.inputs[0], node.inputs[1:]
     labels = node.arg("labels")
-    attrs = {"index": _shifted(node.arg("index"), 1), "mode": "inc",
+    attrs = {"index": shift_index(node.arg("index"), 1), "mode": "inc",
              "labels": (labels[0], "gradient", *labels[1:]) if labels else ()}
     return (lambda: OPS["scatter"].make((zeros_like(x), g, *ops), attrs), *([None] * len(ops)))
 
@@ -230,7 +225,7 @@ def _grad_scatter(node: Node, g: Node) -> tuple:
     the last write: the value's gradient then counts every write, as Theano's does.)"""
     v, ops = node.inputs[1], node.inputs[2:]
     labels = node.arg("labels")
-    part_attrs = {"index": _shifted(node.arg("index"), -1),
+    part_attrs = {"index": shift_index(node.arg("index"), -1),
                   "labels": (labels[0], *labels[2:]) if labels else ()}
 
     def for_x() -> Node:

@@ -235,42 +235,21 @@ def _scatter_into(out: np.ndarray, x: np.ndarray, v: np.ndarray, *operands: Any,
     _check_value(mode, x.shape, index, (None, v, *operands), v.shape)
     if np.may_share_memory(out, v) or any(isinstance(k, np.ndarray) and np.may_share_memory(out, k) for k in key):
         v, key = v.copy(), tuple(k.copy() if isinstance(k, np.ndarray) else k for k in key)  # out= over an operand
-    if not _same_buffer(out, x):  # (in place when the planner handed x's own buffer)
+    if not same_buffer(out, x):  # (in place when the planner handed x's own buffer)
         np.copyto(out, x)
     if mode == "set":
         out[key] = v
         return
-    arrays = [k for k in key if isinstance(k, np.ndarray)]
-    if not arrays:  # basic indexing: each element once
+    if not any(isinstance(k, np.ndarray) for k in key):  # basic indexing: each element once
         out[key] += v
         return
-    if len(key) == 1 and arrays[0].ndim == 1 and arrays[0].dtype.kind in "iu" and out.ndim >= 1:
-        _add_rows(out, arrays[0], v)
-        return
-    np.add.at(out, key, v)
+    np.add.at(out, key, v)  # repeats accumulate in index order: what the C row loop does, bit for bit
 
 
-def _same_buffer(a: np.ndarray, b: np.ndarray) -> bool:
+def same_buffer(a: np.ndarray, b: np.ndarray) -> bool:
+    """Whether ``a`` and ``b`` are the same memory seen the same way (an in-place step)."""
     return (a.shape == b.shape and a.strides == b.strides
             and a.__array_interface__["data"][0] == b.__array_interface__["data"][0])
-
-
-def _add_rows(out: np.ndarray, idx: np.ndarray, v: np.ndarray) -> None:
-    """out[idx] += v with repeated rows accumulating (np.add.at), faster for row gathers: rows
-    sorted (stable), each run of equal indices summed in its original order, then added once."""
-    n = out.shape[0]
-    idx = np.where(idx < 0, idx + n, idx)
-    v = np.broadcast_to(v, (idx.size, *out.shape[1:]))
-    if idx.size < 2:
-        out[idx] += v
-        return
-    order = np.argsort(idx, kind="stable")
-    s = idx[order]
-    starts = np.flatnonzero(np.concatenate(([True], s[1:] != s[:-1])))
-    if starts.size == s.size:  # no repeats
-        out[s] += v[order]
-        return
-    out[s[starts]] += np.add.reduceat(v[order], starts, axis=0)
 
 
 def _scatter(x: np.ndarray, v: np.ndarray, *operands: Any, index: tuple, mode: str, labels: tuple = ()) -> np.ndarray:
@@ -290,12 +269,23 @@ def _subtensor_value_shaped(node: Node) -> bool:
     return False
 
 
+def _known(values: dict[int, Any]) -> tuple[dict, dict]:
+    """From operand values known on the host: the 0-d ints, and each mask's count of True."""
+    const = {j: int(v) for j, v in values.items() if np.ndim(v) == 0}
+    masks = {j: int(np.count_nonzero(v)) for j, v in values.items() if np.ndim(v) and np.asarray(v).dtype == bool}
+    return const, masks
+
+
+def shift_index(index: tuple, by: int) -> tuple:
+    """``index`` with its operand positions moved by ``by`` (scatter's value sits before them)."""
+    return tuple(it if it[0] not in _OPERAND_KINDS else (it[0], *(None if j is None else j + by for j in it[1:]))
+                 for it in index)
+
+
 def _check_value(mode: str, x_shape: tuple, index: tuple, operands: Sequence[Any], v: tuple) -> None:
     """A value must broadcast to the indexed part (ShapeError naming both shapes, on every backend)."""
     vals = {j: o for j, o in enumerate(operands) if j >= 2}
-    const = {j: int(o) for j, o in vals.items() if np.ndim(o) == 0}
-    masks = {j: int(np.count_nonzero(o)) for j, o in vals.items() if np.ndim(o) and np.asarray(o).dtype == bool}
-    part = index_shape(tuple(x_shape), index, {j: np.shape(o) for j, o in vals.items()}, const, masks)
+    part = index_shape(tuple(x_shape), index, {j: np.shape(o) for j, o in vals.items()}, *_known(vals))
     if None not in part and (len(v) > len(part) or any(a not in (1, b) for a, b in zip(reversed(v), reversed(part)))):
         raise ShapeError(f"{mode}_subtensor: cannot put a value of shape {shape_str(v)} into a part of "
                          f"shape {shape_str(part)}")
@@ -304,10 +294,8 @@ def _check_value(mode: str, x_shape: tuple, index: tuple, operands: Sequence[Any
 def subtensor_step_shape(node: Node, shapes: Sequence[tuple], values: dict[int, Any]) -> tuple:
     """The shape of a subtensor/scatter step from its operands' shapes (and the values of 0-d
     operands when known): the planner's rule, so that it never runs a step on placeholder zeros."""
-    const = {j: int(v) for j, v in values.items() if np.ndim(v) == 0}
-    masks = {j: int(np.count_nonzero(v)) for j, v in values.items() if np.ndim(v) and np.asarray(v).dtype == bool}
     if node.op == "subtensor":
-        return index_shape(tuple(shapes[0]), node.arg("index"), dict(enumerate(shapes)), const, masks)
+        return index_shape(tuple(shapes[0]), node.arg("index"), dict(enumerate(shapes)), *_known(values))
     return tuple(shapes[0])
 
 

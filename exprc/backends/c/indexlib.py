@@ -21,6 +21,7 @@ import numpy as np
 from exprc.config import Config
 from exprc.errors import IndexOutOfBounds
 from exprc.ops import OPS
+from exprc.ops.index import same_buffer
 
 _FFI = cffi.FFI()
 _FFI.cdef("""
@@ -32,7 +33,6 @@ int64_t exprc_scatter_add_rows_i64(char *, int64_t, int64_t, const char *, int64
 int64_t exprc_scatter_add_rows_i32(char *, int64_t, int64_t, const char *, int64_t, const int64_t *, int64_t, int64_t);
 """)
 _CHARP = _FFI.typeof("char *")
-_INT64P = _FFI.typeof("int64_t *")
 _CHARS = _FFI.typeof("char[]")
 _INT64S = _FFI.typeof("int64_t[]")
 _fb = _FFI._backend.from_buffer  # contiguous arrays: skips cffi's Python-level wrapper
@@ -96,19 +96,9 @@ def make_into(cfg: Config) -> dict[str, Any]:
         simple = rows_only.get(node)
         if simple is None:
             simple = rows_only[node] = node.arg("index") == (("A", 1),) and _load(cfg) is not None
-        idx = ops[0]
-        if (simple and type(x) is np.ndarray and type(idx) is np.ndarray and idx.ndim == 1 and x.ndim >= 1
-                and out.flags.c_contiguous and _rows_contiguous(x)):
-            ix = idx if idx.dtype == np.int64 and idx.flags.c_contiguous else np.ascontiguousarray(idx, np.int64)
-            row = math.prod(x.shape[1:]) * x.itemsize
-            bad = _LIB[0].exprc_gather_rows(_fb(_CHARS, out, False), _ptr(x), x.shape[0],
-                                            x.strides[0] if x.shape[0] > 1 else 0,
-                                            _fb(_INT64S, ix, False), ix.size, row)
-            if bad >= 0:
-                _raise(node, bad, ix, x.shape[0], 1)
-            return
-        with np.errstate(all="ignore"):
-            OPS["subtensor"].into(out, x, *ops, **dict(node.attrs))
+        if not (simple and type(x) is np.ndarray and out.flags.c_contiguous and _gather_rows(node, out, x, ops[0])):
+            with np.errstate(all="ignore"):
+                OPS["subtensor"].into(out, x, *ops, **dict(node.attrs))
 
     def scatter(node: Any, out: np.ndarray, x: np.ndarray, v: Any, *ops: Any) -> None:
         idx = ops[0] if len(ops) == 1 else None
@@ -130,12 +120,11 @@ def make_into(cfg: Config) -> dict[str, Any]:
                     sv = None
             if sv is not None:
                 ix = np.ascontiguousarray(idx, dtype=np.int64)
-                if not (out.shape == x.shape and out.strides == x.strides
-                        and out.__array_interface__["data"][0] == x.__array_interface__["data"][0]):
+                if not same_buffer(out, x):
                     np.copyto(out, x)
                 add = getattr(lib, f"exprc_scatter_add_rows_{fn}")
                 bad = add(_ptr(out), out.shape[0], out.strides[0] if out.shape[0] > 1 else 0, _ptr(v), sv,
-                          _FFI.cast(_INT64P, ix.__array_interface__["data"][0]), ix.size, math.prod(row))
+                          _fb(_INT64S, ix, False), ix.size, math.prod(row))
                 if bad >= 0:
                     _raise(node, bad, ix, out.shape[0], 2)
                 return
@@ -145,24 +134,32 @@ def make_into(cfg: Config) -> dict[str, Any]:
     return {"subtensor": gather, "scatter": scatter}
 
 
+def _gather_rows(node: Any, out: np.ndarray, x: np.ndarray, idx: Any) -> bool:
+    """out (C-contiguous, len(idx) rows) = x[idx] by the C loop; False when the layout is not one it
+    takes (then nothing was written).  A bad index raises, naming the index operand."""
+    if type(idx) is not np.ndarray or idx.ndim != 1 or x.ndim < 1 or not _rows_contiguous(x):
+        return False
+    ix = idx if idx.dtype == np.int64 and idx.flags.c_contiguous else np.ascontiguousarray(idx, np.int64)
+    bad = _LIB[0].exprc_gather_rows(_fb(_CHARS, out, False), _ptr(x), x.shape[0],
+                                    x.strides[0] if x.shape[0] > 1 else 0, _fb(_INT64S, ix, False), ix.size,
+                                    x.itemsize * math.prod(x.shape[1:]))
+    if bad >= 0:
+        _raise(node, bad, ix, x.shape[0], 1)
+    return True
+
+
 def direct_gather(cfg: Config, node: Any) -> Any:
     """For a program that is only ``x[idx]`` of two arguments (an embedding lookup): a callable
     ``fn(x, idx) -> array or None`` that skips the planner (None: not a whole-row gather this
     time; the caller takes the general path)."""
     if node.op != "subtensor" or node.arg("index") != (("A", 1),) or _load(cfg) is None:
         return None
-    lib = _LIB[0]
 
     def fn(x: np.ndarray, idx: np.ndarray) -> np.ndarray | None:
-        if idx.ndim != 1 or x.ndim < 1 or not _rows_contiguous(x):
+        if idx.ndim != 1 or x.ndim < 1:
             return None
-        ix = idx if idx.dtype == np.int64 and idx.flags.c_contiguous else np.ascontiguousarray(idx, np.int64)
-        out = np.empty((ix.size, *x.shape[1:]), x.dtype)
-        bad = lib.exprc_gather_rows(_fb(_CHARS, out, False), _ptr(x), x.shape[0], x.strides[0] if x.shape[0] > 1 else 0,
-                                    _fb(_INT64S, ix, False), ix.size, out.itemsize * math.prod(x.shape[1:]))
-        if bad >= 0:
-            _raise(node, bad, ix, x.shape[0], 1)
-        return out
+        out = np.empty((idx.size, *x.shape[1:]), x.dtype)
+        return out if _gather_rows(node, out, x, idx) else None
 
     return fn
 
