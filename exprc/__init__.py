@@ -120,6 +120,7 @@ from exprc.api import (
 )
 from exprc.autodiff import disconnected_grad, grad, hessian, jacobian, jvp, stop_gradient, vjp, zero_grad
 from exprc.config import Config, config
+from exprc.control import fori_loop, ifelse, scan, switch, until, while_loop
 from exprc.creation import alloc, arange, eye, fill, full, full_like, one_hot, ones, ones_like, zeros, zeros_like
 from exprc.custom import custom_op, register_rewrite, rewrite_rule
 from exprc.function import Function, function, jit

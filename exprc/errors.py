@@ -77,3 +77,8 @@ class SerializationError(ExprcError, ValueError):
 class DomainError(ExprcError, ValueError):
     """``accuracy=`` / ``domain=`` of ``exprc.function`` are malformed (unknown mode, a bound that is not an
     input, lo >= hi, a domain without the search)."""
+
+
+class ControlFlowError(ExprcError, ValueError):
+    """A loop or condition is malformed or was given bad values: negative ``n_steps``, sequences of
+    different lengths, a body whose result does not match its ``outputs_info``."""

@@ -75,6 +75,8 @@ NO_SYMPY: dict[str, str] = {
     "matmul": "linear algebra: not an elementwise formula (to_sympy raises TypeError)",
     **dict.fromkeys(("alloc", "arange"), "a creation op: not an elementwise formula (to_sympy raises TypeError)"),
     **dict.fromkeys(("subtensor", "scatter"), "an index op: not an elementwise formula (to_sympy raises TypeError)"),
+    **dict.fromkeys(("scan", "scan_output", "ifelse"), "control flow: not an elementwise formula (to_sympy raises "
+                                                       "TypeError)"),
 }
 
 

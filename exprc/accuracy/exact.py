@@ -44,6 +44,8 @@ NO_MPMATH: dict[str, str] = {
     **dict.fromkeys(("alloc", "arange"), "a creation op: it lays out values over a shape given by its sizes, "
                                          "not point by point"),
     **dict.fromkeys(("subtensor", "scatter"), "an index op: it picks or writes values by position, not point by point"),
+    **dict.fromkeys(("scan", "scan_output", "ifelse"), "control flow: a loop or a choice between graphs, whose "
+                                                       "bodies' ops have their own entries"),
     "invert": "bitwise not of integers or bools: exact in its own dtype, no real-number meaning",
 }
 

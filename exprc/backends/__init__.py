@@ -124,13 +124,18 @@ def choose(requested: str | None, cfg: Config) -> str:
 def build(name: str, fg: FunctionGraph, cfg: Config) -> Kernel:
     """The kernel of ``fg`` on backend ``name`` (one that :func:`choose` returned).  A graph with
     value-dependent shapes runs in stages (:mod:`exprc.backends.staged`) unless the backend's
-    module says it plans shapes per call itself (``VALUE_SHAPES = True``, the NumPy backend)."""
-    module = _module(name)
-    if not getattr(module, "VALUE_SHAPES", False):
-        from exprc.backends.staged import StagedKernel, needs_stages
+    module says it plans shapes per call itself (``VALUE_SHAPES = True``, the NumPy backend); a
+    graph with loops or conditions always does (their bodies are kernels of their own)."""
+    from exprc.backends.staged import StagedKernel, needs_stages
 
-        if needs_stages(fg.outputs):
-            return StagedKernel(fg, lambda stage: module.make(stage, cfg))
+    module = _module(name)
+    if needs_stages(fg.outputs, control_only=getattr(module, "VALUE_SHAPES", False)):
+        def body(inputs: tuple, outputs: tuple) -> Kernel:  # a loop's or a branch's graph
+            from exprc.pipeline import FunctionGraph, optimize
+
+            return build(name, optimize(FunctionGraph(inputs, outputs), cfg), cfg)
+
+        return StagedKernel(fg, lambda stage: module.make(stage, cfg), body, name)
     return module.make(fg, cfg)
 
 

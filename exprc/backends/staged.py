@@ -34,9 +34,28 @@ def value_shaped(node: Node) -> bool:
     return node.op in OPS and OPS[node.op].value_shaped(node)
 
 
-def needs_stages(outputs: Sequence[Node]) -> bool:
-    """Whether a graph has a node whose shape depends on operand values."""
+def needs_stages(outputs: Sequence[Node], control_only: bool = False) -> bool:
+    """Whether a graph has a node whose shape depends on operand values (``control_only``: a
+    control node, a loop or a condition, which every backend runs in stages)."""
+    if control_only:
+        return any(n.op in OPS and OPS[n.op].kind == "control" for n in toposort(list(outputs)))
     return any(value_shaped(n) for n in toposort(list(outputs)))
+
+
+def _reached(outputs: list[Node], known: dict[Node, None]) -> set[Node]:
+    """The nodes ``outputs`` reach without passing through a node of ``known`` (which they may
+    reach: those are the stage's inputs; what lies behind them, such as the loop node behind a
+    loop's result, is not)."""
+    seen: set[Node] = set()
+    todo = list(outputs)
+    while todo:
+        n = todo.pop()
+        if n in seen:
+            continue
+        seen.add(n)
+        if n not in known:
+            todo.extend(n.inputs)
+    return seen
 
 
 class _Stage:
@@ -47,7 +66,8 @@ class _Stage:
 class StagedKernel(Kernel):
     """The kernel protocol over a sequence of stage kernels and host steps (module docstring)."""
 
-    def __init__(self, fg: Any, make: Callable[[Any], Kernel]):
+    def __init__(self, fg: Any, make: Callable[[Any], Kernel], body: Callable[[tuple, tuple], Kernel] | None = None,
+                 backend: str = "numpy"):
         from exprc.backends.reference import NumpyKernel
         from exprc.pipeline import FunctionGraph
 
@@ -55,6 +75,9 @@ class StagedKernel(Kernel):
         self.outputs = list(fg.outputs)
         known: dict[Node, None] = dict.fromkeys(self.inputs)
         self.stages: list[_Stage] = []
+        #: Control nodes (loops, conditions) run by the backend's runner (exprc.backends.loops);
+        #: ``body(inputs, outputs)`` compiles one of their bodies.
+        self.runners: dict[Node, Callable[..., Any]] = {}
         while True:
             order = toposort(self.outputs)
             tainted: set[Node] = set()  # depends on a value-shaped node not yet computed
@@ -72,7 +95,7 @@ class StagedKernel(Kernel):
             compute = [t for t in targets if t not in known and t.op != "constant"]
             kernel, ins = None, []
             if compute:
-                reach = set(toposort(compute))
+                reach = _reached(compute, known)
                 ins = [n for n in known if n in reach]
                 k = len(self.stages)
                 fresh = {n: input_node(f"stage{k}_in{j}", n.dtype, n.type.shape)
@@ -86,6 +109,11 @@ class StagedKernel(Kernel):
                 ops = sum(1 for m in toposort(outs) if m.op not in ("input", "constant"))
                 small = all(o.ndim == 0 for o in outs) or ops <= SMALL_STAGE
                 kernel = NumpyKernel(stage_fg) if cuts and small else make(stage_fg)
+            for c in cuts:
+                if OPS[c.op].kind == "control":
+                    from exprc.backends.loops import make_runner
+
+                    self.runners[c] = make_runner(c, body or _reference_body, backend)
             self.stages.append(_Stage(kernel, ins, compute, cuts))
             known.update(dict.fromkeys(compute))
             if not cuts:
@@ -111,6 +139,10 @@ class StagedKernel(Kernel):
             for c in s.cuts:
                 vals = [c.inputs[j].value if c.inputs[j].op == "constant" else env[c.inputs[j]]
                         for j in range(len(c.inputs))]
+                runner = self.runners.get(c)
+                if runner is not None:
+                    env[c] = runner(*vals)
+                    continue
                 with np.errstate(all="ignore"):
                     env[c] = np.asarray(OPS[c.op].impl(*vals, **dict(c.attrs)))
         results = []
@@ -126,6 +158,15 @@ class StagedKernel(Kernel):
                 val = np.array(val, copy=True)  # never hand back an argument or a view of one
             results.append(val)
         return results
+
+
+def _reference_body(inputs: tuple, outputs: tuple) -> Kernel:
+    from exprc.backends import build
+    from exprc.config import current
+    from exprc.pipeline import FunctionGraph, optimize
+
+    cfg = current()
+    return build("numpy", optimize(FunctionGraph(inputs, outputs), cfg), cfg)
 
 
 __all__ = ["StagedKernel", "needs_stages", "value_shaped"]

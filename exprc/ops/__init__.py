@@ -23,11 +23,12 @@ from exprc.ops import shape
 from exprc.ops import linalg
 from exprc.ops import creation
 from exprc.ops import index
+from exprc.ops import control
 # isort: on
 
 from exprc.ops.elemwise import _BINARY as _BINARY  # the CUDA tests list the unary and binary rows
 from exprc.ops.elemwise import _UNARY as _UNARY
 from exprc.ops.reduce import REDUCTIONS, Reduction
 
-__all__ = ["OPS", "REDUCTIONS", "GradRule", "Op", "Reduction", "cast", "creation", "elemwise", "grad_rule", "index",
+__all__ = ["OPS", "REDUCTIONS", "GradRule", "Op", "Reduction", "cast", "control", "creation", "elemwise", "grad_rule", "index",
            "leaf", "linalg", "rebuild", "reduce", "register", "shape", "substitute"]

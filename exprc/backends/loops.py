@@ -1,0 +1,222 @@
+"""Running control nodes (:mod:`exprc.ops.control`) over a backend's compiled bodies.
+
+:class:`LoopRunner` runs a ``scan``: it checks ``n_steps`` and the sequences, preallocates one
+buffer per result (the stacked rows of every step, or a ring of ``depth + 1`` rows when only the
+last value is kept) with the initial values in its first rows, and calls the body's kernel once
+per step on views of those buffers: step ``t`` reads its sequence rows and the rows its taps
+name and writes row ``t + depth`` in place, so a step allocates nothing and the state needs no
+copy between steps.  A backend may hand over a *native* stepper (the C backend runs every step of
+a simple body in one C call: :mod:`exprc.backends.c.looplib`); this module's Python loop is the
+path for everything else, and the reference.
+
+:func:`make_runner` gives the runner of any control node for the backend whose ``compile``
+builds body kernels; :class:`~exprc.backends.staged.StagedKernel` calls it for every control node
+it meets.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from exprc.errors import ControlFlowError, ExprcError, ShapeError
+from exprc.graph import Node
+from exprc.ops.control import Branches, Loop, check_condition, run_branch, steps_of
+from exprc.types import shape_str
+
+#: ``native(runner) -> stepper | None``: backends register how to run a loop's steps natively.
+NATIVE: dict[str, Callable[..., Any]] = {}
+
+
+class LoopRunner:
+    """Runs one loop over its body's compiled kernel (see the module docstring)."""
+
+    def __init__(self, loop: Loop, kernel: Any, native: Any = None):
+        self.loop = loop
+        self.kernel = kernel
+        self.writes_out = bool(getattr(kernel, "writes_out", False))
+        self.native = native  # a callable (runner, state) -> steps done, or None
+        self.dtypes = [np.dtype(o.dtype) for o in loop.outputs]
+
+    def label(self, k: int) -> str:
+        loop = self.loop
+        return loop.labels[k] if k < len(loop.labels) else f"output {k}"
+
+    # -- one call -------------------------------------------------------------------------
+    def __call__(self, n_arg: Any, *rest: Any) -> tuple:
+        loop = self.loop
+        ns, nr = loop.n_seqs, len(loop.recurrent)
+        seqs = [np.asarray(s) for s in rest[:ns]]
+        if loop.go_backwards:
+            seqs = [s[::-1] for s in seqs]
+        inits = [np.asarray(x) for x in rest[ns:ns + nr]]
+        invariants = [np.asarray(x) for x in rest[ns + nr:]]
+        n = steps_of(loop, n_arg, seqs)
+        state = _State(self, n, seqs, inits, invariants)
+        done = 0
+        if n > 0:
+            done = self._first_step(state)
+            if done == 0 and n > 1:
+                done = self.native(self, state) if self.native is not None else None
+                if done is None:  # (the native stepper declined this call)
+                    done = self._steps(state, 1)
+        return state.results(done)
+
+    def _inputs(self, st: _State, t: int) -> list[np.ndarray]:
+        loop = self.loop
+        ins: list[np.ndarray] = []
+        for j, s in enumerate(st.seqs):
+            lo = loop.seq_taps[j][0]
+            ins.extend(s[t + tap - lo, ...] for tap in loop.seq_taps[j])
+        for k in loop.recurrent:
+            buf, m, r = st.bufs[k]
+            ins.extend(buf[(t + m + tap) % r, ...] for tap in loop.state_taps[k])
+        return ins + st.invariants
+
+    def _first_step(self, st: _State) -> int:
+        """Step 0, without ``out=``: its results' shapes size the buffers of the results that
+        are not fed back, and are checked against the initial values.  Returns 1 when ``until``
+        stopped the loop, else 0."""
+        outs = self._call(self._inputs(st, 0), None)
+        st.allocate(outs)
+        for k, o in enumerate(outs[:self.loop.n_results]):
+            st.dest(k, 0)[...] = o
+        return 1 if self.loop.until and check_condition(outs[-1], f"{self.loop.name}: until") else 0
+
+    def _steps(self, st: _State, start: int) -> int:
+        """Steps ``start``..n-1 (the Python loop); returns the number of steps done in all."""
+        loop, n = self.loop, st.n
+        for t in range(start, n):
+            ins = self._inputs(st, t)
+            dests = [st.dest(k, t) for k in range(loop.n_results)]
+            if loop.until:
+                dests.append(st.cond)
+            if self.writes_out:
+                try:
+                    self.kernel(*ins, out=dests, to_numpy=True)
+                except ExprcError as e:  # a body whose shapes depend on values changed them
+                    raise ShapeError(f"{loop.name}: step {t}: {e}") from e
+            else:
+                for d, o in zip(dests, self._call(ins, t)):
+                    d[...] = o
+            if loop.until and check_condition(st.cond, f"{loop.name}: until"):
+                return t + 1
+        return n
+
+    def _call(self, ins: list, t: int | None) -> list[np.ndarray]:
+        outs = [np.asarray(o) for o in self.kernel(*ins, to_numpy=True)]
+        loop = self.loop
+        for k in loop.recurrent:
+            want = ins[self._state_position(k)].shape
+            if outs[k].shape != want:
+                raise ShapeError(f"{loop.name}: the body's result {self.label(k)} has shape {shape_str(outs[k].shape)} "
+                                 f"but its initial value gives {shape_str(want)}"
+                                 + (f" (step {t})" if t else ""))
+        return outs
+
+    def _state_position(self, k: int) -> int:
+        """Where the first tap of recurrent result ``k`` sits among the body's inputs."""
+        loop = self.loop
+        pos = sum(len(t) for t in loop.seq_taps)
+        for q in loop.recurrent:
+            if q == k:
+                return pos
+            pos += len(loop.state_taps[q])
+        raise KeyError(k)
+
+
+class _State:
+    """The buffers of one call of a loop."""
+
+    def __init__(self, runner: LoopRunner, n: int, seqs: list, inits: list, invariants: list):
+        loop = runner.loop
+        self.runner, self.loop, self.n = runner, loop, n
+        self.seqs, self.invariants = seqs, invariants
+        self.bufs: dict[int, tuple[np.ndarray, int, int]] = {}  # k -> (rows, depth, ring size)
+        for init, k in zip(inits, loop.recurrent):
+            m, taps = loop.depth(k), loop.state_taps[k]
+            if taps == (-1,):
+                rows = init[None]
+            elif init.ndim == 0 or init.shape[0] < m:
+                raise ControlFlowError(f"{loop.name}: {runner.label(k)} has taps {list(taps)}: its initial value needs "
+                                       f"at least {m} rows along axis 0, got shape {shape_str(init.shape)}")
+            else:
+                rows = init[init.shape[0] - m:]
+            r = m + n if loop.keep[k] == "all" else m + 1
+            buf = np.empty((r, *rows.shape[1:]), dtype=runner.dtypes[k])
+            buf[:m] = rows
+            self.bufs[k] = (buf, m, r)
+        self.stacks: dict[int, np.ndarray] = {}  # results that are not fed back
+        self.cond = np.zeros((), dtype=bool)
+
+    def allocate(self, outs: list[np.ndarray]) -> None:
+        loop = self.loop
+        for k in range(loop.n_results):
+            if k not in self.bufs:
+                rows = self.n if loop.keep[k] == "all" else 1
+                self.stacks[k] = np.empty((rows, *np.shape(outs[k])), dtype=self.runner.dtypes[k])
+
+    def dest(self, k: int, t: int) -> np.ndarray:
+        if k in self.bufs:
+            buf, m, r = self.bufs[k]
+            return buf[(t + m) % r, ...]  # (a view even for 0-d rows)
+        stack = self.stacks[k]
+        return stack[t, ...] if self.loop.keep[k] == "all" else stack[0, ...]
+
+    def results(self, done: int) -> tuple:
+        loop, out = self.loop, []
+        if done == 0 and self.stacks == {} and any(k not in self.bufs for k in range(loop.n_results)):
+            self._shapes_without_steps()
+        for k in range(loop.n_results):
+            if k in self.bufs:
+                buf, m, r = self.bufs[k]
+                out.append(buf[m:m + done] if loop.keep[k] == "all" else buf[(done - 1 + m) % r, ...])
+            else:
+                stack = self.stacks[k]
+                out.append(stack[:done] if loop.keep[k] == "all" else stack[0, ...])
+        return tuple(out)
+
+    def _shapes_without_steps(self) -> None:
+        """Zero steps: the results that are not fed back still need a shape (0, ...): run the body
+        once on zeros of its inputs' shapes (the body has no side effects) and keep only shapes."""
+        loop, runner = self.loop, self.runner
+        ins = [np.zeros(s.shape[1:], s.dtype) for j, s in enumerate(self.seqs) for _ in loop.seq_taps[j]]
+        for k in loop.recurrent:
+            buf = self.bufs[k][0]
+            ins.extend(np.zeros(buf.shape[1:], buf.dtype) for _ in loop.state_taps[k])
+        with np.errstate(all="ignore"):
+            outs = [np.asarray(o) for o in runner.kernel(*(ins + self.invariants), to_numpy=True)]
+        self.n = 0
+        self.allocate(outs)
+        for k in self.stacks:
+            if loop.keep[k] == "last":
+                self.stacks[k][...] = 0
+
+
+def make_runner(node: Node, compile: Callable[[tuple, tuple], Any], backend: str) -> Callable[..., Any]:
+    """The callable evaluating control node ``node`` from its operands' values on ``backend``,
+    whose ``compile(inputs, outputs)`` builds (optimizes, compiles) a body's kernel."""
+    if node.op == "scan":
+        loop: Loop = node.arg("loop")
+        runner = LoopRunner(loop, compile(loop.inputs, loop.outputs))
+        native = NATIVE.get(backend)
+        if native is not None:
+            runner.native = native(runner)
+        return runner
+    if node.op == "ifelse":
+        b: Branches = node.arg("branches")
+        kernels = (compile(b.inputs, (b.then,)), compile(b.inputs, (b.orelse,)))
+
+        def branch(cond: Any, *captured: Any) -> Any:
+            return np.asarray(run_branch(b, kernels, cond, list(captured)))
+
+        return branch
+    if node.op == "scan_output":
+        k = node.arg("k")
+        return lambda packed: packed[k]
+    raise KeyError(node.op)
+
+
+__all__ = ["NATIVE", "LoopRunner", "make_runner"]

@@ -1,0 +1,404 @@
+"""Loops and conditions: :func:`scan` (Theano's names and semantics), :func:`fori_loop` /
+:func:`while_loop` (JAX's), :func:`ifelse` (lazy) and :func:`switch` (elementwise).
+
+``scan`` calls the user's function once, on placeholders standing for one step's values, and
+keeps what it returns as the loop's body graph (:class:`~exprc.ops.control.Loop`).  Everything
+the body reads from outside that does not change between steps (weights, shared variables, the
+``non_sequences``, any outer expression) is hoisted: computed once before the loop and handed to
+every step, as Theano's scan does with the variables its function closes over.  The body is
+optimized and compiled as a function of its own when the outer function is (stability and fusion
+rules apply inside it), and the loop runs over that kernel without Python per step on the C
+backend (:mod:`exprc.backends.loops`).
+
+Gradients flow through loops as a reverse loop (backpropagation through time, below) and through
+``ifelse`` as an ``ifelse`` of the branches' gradients.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from exprc import api
+from exprc.errors import ControlFlowError, DTypeError, ShapeError
+from exprc.graph import Node, constant_node, input_node, substitute, toposort
+from exprc.ops import OPS
+from exprc.ops.control import Branches, Loop
+from exprc.types import shape_str
+
+__all__ = ["fori_loop", "ifelse", "scan", "switch", "until", "while_loop"]
+
+#: ``n_steps`` of a loop bounded only by its ``until`` condition.
+UNBOUNDED = 2**62
+
+
+class until:
+    """Returned by a :func:`scan` function (with its outputs): stop after the step where
+    ``condition`` holds.  The stacked outputs then have as many rows as steps ran."""
+
+    def __init__(self, condition: Any):
+        self.condition = _condition(condition, "until")
+
+
+def _condition(c: Any, what: str) -> Node:
+    c = api.as_node(c)
+    if c.ndim != 0:
+        raise ShapeError(f"{what}: expected a scalar condition, got shape {shape_str(c.type.shape)}")
+    if c.dtype.startswith("float"):
+        raise DTypeError(f"{what}: expected a bool (or integer) condition, got {c.dtype}; compare it first "
+                         "(e.g. x > 0)")
+    return c
+
+
+def switch(condition: Any, x: Any, y: Any) -> Node:
+    """Theano's ``switch``: elementwise ``x`` where ``condition`` holds, else ``y`` (both are
+    computed; :func:`ifelse` computes one)."""
+    return api.where(condition, x, y)
+
+
+# -- closure conversion ---------------------------------------------------------------------------
+def _hoist(outputs: list[Node], placeholders: Sequence[Node]) -> tuple[list[Node], list[Node], list[Node]]:
+    """Split a body into what changes per step and what does not.
+
+    Returns ``(outputs, invariant placeholders, invariant values)``: every maximal subexpression
+    that reads no placeholder but some graph input becomes a new placeholder, and its outer
+    expression an operand of the loop (computed once).  Constants stay in the body."""
+    varying = {id(p) for p in placeholders}
+    has_input: set[int] = set()
+    order = toposort(outputs)
+    for n in order:
+        if id(n) in varying:
+            continue
+        if n.op == "input":
+            has_input.add(id(n))
+        elif any(id(i) in varying for i in n.inputs):
+            varying.add(id(n))
+        elif any(id(i) in has_input for i in n.inputs):
+            has_input.add(id(n))
+    hoisted: dict[Node, None] = {}
+    for n in order:
+        if id(n) in varying:
+            for i in n.inputs:
+                if id(i) in has_input:
+                    hoisted[i] = None
+    for o in outputs:
+        if id(o) in has_input:
+            hoisted[o] = None
+    values = list(hoisted)
+    holders = [input_node(f"invariant{j}", v.dtype, v.type.shape) for j, v in enumerate(values)]
+    new = substitute(outputs, dict(zip(values, holders))) if values else list(outputs)
+    return new, holders, values
+
+
+# -- scan ------------------------------------------------------------------------------------------
+def _taps(entry: Any, key: str, default: list[int], what: str) -> tuple[Any, tuple[int, ...]]:
+    if isinstance(entry, Mapping):
+        unknown = set(entry) - {key, "taps"}
+        if unknown:
+            raise ControlFlowError(f"{what}: unknown keys {sorted(unknown)}; expected {key!r} and 'taps'")
+        if key not in entry:
+            raise ControlFlowError(f"{what}: a dict entry needs {key!r}")
+        taps = entry.get("taps", default)
+        taps = [taps] if isinstance(taps, (int, np.integer)) else taps
+        if taps is None:
+            return entry[key], ()
+        if not taps or not all(isinstance(t, (int, np.integer)) for t in taps) or len(set(taps)) != len(taps):
+            raise ControlFlowError(f"{what}: taps must be distinct ints, got {taps!r}")
+        return entry[key], tuple(sorted(int(t) for t in taps))
+    return entry, tuple(default)
+
+
+def _as_list(x: Any) -> list:
+    if x is None:
+        return []
+    return list(x) if isinstance(x, (list, tuple)) else [x]
+
+
+def _split_return(ret: Any) -> tuple[list[Any], dict, Node | None, bool]:
+    """A scan function's return: outputs, updates and an ``until``, in any order (Theano)."""
+    updates: dict = {}
+    cond = None
+    if isinstance(ret, until):
+        return [], {}, ret.condition, False
+    if isinstance(ret, tuple) and any(isinstance(r, (until, Mapping)) for r in ret):
+        outs: list[Any] = []
+        single = False
+        for r in ret:
+            if isinstance(r, until):
+                cond = r.condition
+            elif isinstance(r, Mapping):
+                updates = dict(r)
+            else:
+                single = not isinstance(r, (list, tuple))
+                outs = _as_list(r)
+        return outs, updates, cond, single
+    if isinstance(ret, Mapping):
+        return [], dict(ret), None, False
+    return _as_list(ret), {}, None, not isinstance(ret, (list, tuple))
+
+
+def scan(fn: Callable[..., Any], sequences: Any = None, outputs_info: Any = None, non_sequences: Any = None,
+         n_steps: Any = None, go_backwards: bool = False, name: str | None = None,
+         return_list: bool = False, keep: str = "all") -> tuple[Any, dict]:
+    """Theano's ``scan``: ``fn`` applied step by step along the sequences' first axis.
+
+    ``fn`` receives, in order: one slice per tap of each sequence, one value per tap of each
+    recurrent output (the entries of ``outputs_info`` that are not None), then the
+    ``non_sequences``.  It returns the step's outputs (one per ``outputs_info`` entry), and
+    optionally a dict of shared-variable updates and an :class:`until` condition.
+
+    * ``sequences``: expressions, or dicts ``{"input": x, "taps": [-1, 0]}``: tap ``k`` at step
+      ``t`` reads ``x[t + k - min(taps)]``.
+    * ``outputs_info``: per output, None (not fed back), an initial value (tap ``-1``), or
+      ``{"initial": x0, "taps": [-2, -1]}`` where ``x0`` has one row per step back.
+    * ``n_steps``: an int or a 0-d integer expression; by default the sequences' common length
+      (sequences of different lengths raise).
+    * ``go_backwards``: iterate the sequences from their end.
+    * ``keep="last"``: return each output's final value instead of the stacked values of every
+      step (the loop then keeps two buffers per state, whatever ``n_steps``; after zero steps a
+      recurrent output's final value is its initial value).
+
+    Returns ``(outputs, updates)``: the stacked outputs (one array of ``n_steps`` rows per
+    output; a single expression when there is one output, unless ``return_list``) and the
+    updates to pass to :func:`exprc.function` (shared variables the body updated get their value
+    after the last step)."""
+    label = name or "scan"
+    seq_entries = _as_list(sequences)
+    out_entries = _as_list(outputs_info)
+    nonseqs = [api.as_node(x) for x in _as_list(non_sequences)]
+
+    seqs, seq_taps, args = [], [], []
+    for j, entry in enumerate(seq_entries):
+        x, taps = _taps(entry, "input", [0], f"{label}: sequences[{j}]")
+        x = api.as_node(x)
+        if x.ndim == 0:
+            raise ShapeError(f"{label}: sequences[{j}] must have at least one axis, got a scalar")
+        if not taps:
+            raise ControlFlowError(f"{label}: sequences[{j}] needs at least one tap")
+        seqs.append(x)
+        seq_taps.append(taps)
+        args.extend(input_node(f"{label}.sequences[{j}][t{t:+d}]", x.dtype, x.type.shape[1:]) for t in taps)
+    n_seq_args = len(args)
+
+    inits, state_taps = [], []
+    for k, entry in enumerate(out_entries):
+        if entry is None:
+            state_taps.append(None)
+            continue
+        x, taps = _taps(entry, "initial", [-1], f"{label}: outputs_info[{k}]")
+        if x is None or not taps:
+            state_taps.append(None)
+            continue
+        if any(t >= 0 for t in taps):
+            raise ControlFlowError(f"{label}: outputs_info[{k}]: output taps must be negative, got {list(taps)}")
+        x = api.as_node(x)
+        shape = x.type.shape if taps == (-1,) else x.type.shape[1:]
+        if taps != (-1,) and x.ndim == 0:
+            raise ShapeError(f"{label}: outputs_info[{k}] has taps {list(taps)}: its initial value needs one row "
+                             f"per step back, got a scalar")
+        inits.append(x)
+        state_taps.append(taps)
+        args.extend(input_node(f"{label}.outputs_info[{k}][t{t:+d}]", x.dtype, shape) for t in taps)
+    n_state_args = len(args) - n_seq_args
+
+    ret = fn(*args, *nonseqs)
+    outs, updates, cond, _ = _split_return(ret)
+    outs = [api.as_node(o) for o in outs]
+    if out_entries and len(outs) != len(out_entries):
+        raise ControlFlowError(f"{label}: the function returned {len(outs)} outputs but outputs_info has "
+                               f"{len(out_entries)} entries")
+    while len(state_taps) < len(outs):
+        state_taps.append(None)
+    labels = [f"outputs_info[{k}]" for k in range(len(outs))]
+    if keep not in ("all", "last"):
+        raise ControlFlowError(f"{label}: keep must be 'all' or 'last', got {keep!r}")
+    if keep == "last" and any(t is None for t in state_taps):
+        raise ControlFlowError(f"{label}: keep='last' needs every output fed back (an initial value in outputs_info)")
+    keeps = [keep] * len(outs)
+
+    # Shared variables the body updates are states: their value after the last step is the update.
+    from exprc.shared import is_shared
+
+    upd_vars = []
+    for v, e in updates.items():
+        if not is_shared(v):
+            raise ControlFlowError(f"{label}: updates may only name shared variables, got {v!r}")
+        e = api.as_node(e)
+        if e.dtype != v.dtype:
+            e = api.astype(e, v.dtype)
+        upd_vars.append(v)
+        outs.append(e)
+        state_taps.append((-1,))
+        keeps.append("last")
+        inits.append(v)
+        labels.append(f"updates[{v.arg('name') or 'shared'}]")
+    upd_holders = [input_node(f"{label}.{lb}", v.dtype, v.type.shape) for v, lb in
+                   zip(upd_vars, labels[len(labels) - len(upd_vars):])]
+    if upd_vars:
+        outs = substitute(outs + ([cond] if cond is not None else []), dict(zip(upd_vars, upd_holders)))
+        if cond is not None:
+            cond = outs.pop()
+
+    # The states' placeholders in the order: recurrent outputs' taps, then updated shared variables.
+    state_args = args[n_seq_args:n_seq_args + n_state_args] + upd_holders
+    _check_results(label, outs, state_taps, inits, labels)
+
+    body_outs = outs + ([cond] if cond is not None else [])
+    body_outs, inv_holders, inv_values = _hoist(body_outs, args[:n_seq_args] + state_args)
+
+    from_seqs = n_steps is None
+    if n_steps is None:
+        if not seqs:
+            if cond is None:
+                raise ControlFlowError(f"{label}: n_steps is needed when there are no sequences")
+            n_node = constant_node(UNBOUNDED)
+            from_seqs = False
+        else:
+            n_node = constant_node(-1)
+            static = {s.type.shape[0] - (t[-1] - t[0]) for s, t in zip(seqs, seq_taps) if s.type.shape[0] is not None}
+            if len(static) > 1:
+                desc = ", ".join(f"sequences[{j}] gives {s.type.shape[0] - (t[-1] - t[0])}"
+                                 for j, (s, t) in enumerate(zip(seqs, seq_taps)) if s.type.shape[0] is not None)
+                raise ControlFlowError(f"{label}: the sequences have different lengths ({desc} steps)")
+    else:
+        n_node = _steps_node(n_steps, label)
+
+    loop = Loop(inputs=tuple(args[:n_seq_args] + state_args + inv_holders), outputs=tuple(body_outs),
+                seq_taps=tuple(seq_taps), state_taps=tuple(state_taps), keep=tuple(keeps),
+                n_invariants=len(inv_holders), until=cond is not None, go_backwards=bool(go_backwards),
+                from_sequences=from_seqs, labels=tuple(labels), name=label)
+    node = OPS["scan"].make((n_node, *seqs, *inits, *inv_values), {"loop": loop})
+    results = [OPS["scan_output"].make((node,), {"k": k}) for k in range(len(outs))]
+    n_user = len(outs) - len(upd_vars)
+    user, upd = results[:n_user], dict(zip(upd_vars, results[n_user:]))
+    if return_list or n_user != 1:
+        return user, upd
+    return user[0], upd
+
+
+def _steps_node(n_steps: Any, label: str) -> Node:
+    if isinstance(n_steps, (bool, np.bool_)) or (not isinstance(n_steps, (Node, int, np.integer))):
+        raise DTypeError(f"{label}: n_steps must be an int or a 0-d integer expression, got {n_steps!r}")
+    n = api.as_node(n_steps)
+    if n.ndim != 0 or n.dtype not in ("int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64"):
+        raise DTypeError(f"{label}: n_steps must be a 0-d integer, got {n.type}")
+    if n.op == "constant" and int(n.value) < 0:
+        raise ControlFlowError(f"{label}: n_steps must be >= 0, got {int(n.value)}")
+    return api.astype(n, "int64")
+
+
+def _check_results(label: str, outs: list[Node], state_taps: list, inits: list[Node], labels: list[str]) -> None:
+    """A recurrent result must have its initial value's dtype and shape (static parts now, the
+    rest when the loop runs)."""
+    i = 0
+    for k, (o, taps) in enumerate(zip(outs, state_taps)):
+        if taps is None:
+            continue
+        init = inits[i]
+        i += 1
+        shape = init.type.shape if taps == (-1,) else init.type.shape[1:]
+        if o.dtype != init.dtype:
+            raise DTypeError(f"{label}: the function's result for {labels[k]} is {o.dtype} but its initial value is "
+                             f"{init.dtype}; give both the same dtype (astype)")
+        if o.ndim != len(shape) or any(a is not None and b is not None and a != b for a, b in zip(o.type.shape, shape)):
+            raise ShapeError(f"{label}: the function's result for {labels[k]} has shape {shape_str(o.type.shape)} but "
+                             f"its initial value gives {shape_str(shape)}")
+
+
+# -- fori_loop / while_loop ------------------------------------------------------------------------
+def _flatten(val: Any) -> tuple[list[Node], Callable[[list], Any]]:
+    if isinstance(val, (list, tuple)):
+        kind = type(val)
+        return [api.as_node(v) for v in val], lambda xs: kind(xs)
+    return [api.as_node(val)], lambda xs: xs[0]
+
+
+def fori_loop(lower: Any, upper: Any, body_fun: Callable[[Node, Any], Any], init_val: Any) -> Any:
+    """JAX's ``fori_loop``: ``val = body_fun(i, val)`` for ``i`` in ``range(lower, upper)``;
+    returns the final ``val`` (a node, or a list/tuple of nodes, as ``init_val``).  Only the
+    last value is kept (two buffers per state, whatever the number of steps)."""
+    vals, back = _flatten(init_val)
+    lo = api.astype(api.as_node(lower), "int64") if not isinstance(lower, int) else constant_node(lower)
+    hi = api.astype(api.as_node(upper), "int64") if not isinstance(upper, int) else constant_node(upper)
+    n = api.maximum(hi - lo, 0)
+
+    def step(i: Node, *xs: Node) -> list[Node]:
+        new, _ = _flatten(body_fun(i, back(list(xs))))
+        if len(new) != len(xs):
+            raise ControlFlowError(f"fori_loop: body_fun returned {len(new)} values for {len(xs)} in init_val")
+        return [i + 1, *new]
+
+    outs, _ = scan(step, outputs_info=[lo, *vals], n_steps=n, name="fori_loop", return_list=True, keep="last")
+    return back(outs[1:])
+
+
+def while_loop(cond_fun: Callable[[Any], Any], body_fun: Callable[[Any], Any], init_val: Any,
+               max_steps: int | Node | None = None) -> Any:
+    """JAX's ``while_loop``: ``while cond_fun(val): val = body_fun(val)``; returns the final
+    ``val``.  ``max_steps`` bounds the iterations (default: none).
+
+    One loop step tests the condition on its state and then keeps the state or applies the body
+    (both are computed, the test picks): the loop stops after the step that kept it, so a state
+    whose condition is false at once comes back unchanged."""
+    vals, back = _flatten(init_val)
+
+    def step(*xs: Node) -> tuple:
+        go = _condition(cond_fun(back(list(xs))), "while_loop: cond_fun")
+        go = go if go.dtype == "bool" else api.not_equal(go, 0)
+        new, _ = _flatten(body_fun(back(list(xs))))
+        if len(new) != len(xs):
+            raise ControlFlowError(f"while_loop: body_fun returned {len(new)} values for {len(xs)} in init_val")
+        return [api.where(go, b, x) for b, x in zip(new, xs)], until(api.logical_not(go))
+
+    outs, _ = scan(step, outputs_info=vals, n_steps=UNBOUNDED if max_steps is None else max_steps,
+                   name="while_loop", return_list=True, keep="last")
+    return back(outs)
+
+
+# -- ifelse ----------------------------------------------------------------------------------------
+def _capture(outputs: list[Node], boundary: Sequence[Node] = ()) -> tuple[list[Node], list[Node], list[Node]]:
+    """Closure conversion for a branch: the graph inputs it reads (and the ``boundary`` nodes)
+    become placeholders; everything else stays inside the branch (computed only if taken)."""
+    stop = {id(b) for b in boundary}
+    found: dict[Node, None] = {}
+    seen: set[int] = set()
+    todo = list(outputs)
+    while todo:  # from the outputs down, not past a boundary node
+        n = todo.pop()
+        if id(n) in seen:
+            continue
+        seen.add(id(n))
+        if id(n) in stop or n.op == "input":
+            found[n] = None
+        else:
+            todo.extend(n.inputs)
+    values = sorted(found, key=[*toposort(outputs)].index)  # a deterministic order
+    holders = [input_node(f"captured{j}", v.dtype, v.type.shape) for j, v in enumerate(values)]
+    return substitute(outputs, dict(zip(values, holders))), holders, values
+
+
+def ifelse(condition: Any, then_branch: Any, else_branch: Any, name: str | None = None,
+           boundary: Sequence[Node] = ()) -> Any:
+    """``then_branch`` if the scalar ``condition`` holds, else ``else_branch``: lazily, only the
+    chosen branch is computed (each is compiled on its own).  Branches are expressions or lists
+    of them (pairwise of one dtype and ndim; shapes may differ).  ``boundary``: outer nodes the
+    branches read that should be computed before the choice (by default only the graph inputs
+    the branches read are)."""
+    what = name or "ifelse"
+    cond = _condition(condition, f"{what}: condition")
+    a_list, back = _flatten(then_branch)
+    b_list, _ = _flatten(else_branch)
+    if len(a_list) != len(b_list):
+        raise ControlFlowError(f"{what}: then_branch has {len(a_list)} outputs, else_branch {len(b_list)}")
+    out = []
+    for k, (a, b) in enumerate(zip(a_list, b_list)):
+        if a.ndim != b.ndim:
+            raise ShapeError(f"{what}: output {k}: then_branch has {a.ndim} dimensions, else_branch {b.ndim}")
+        if a.dtype != b.dtype:
+            common = np.promote_types(a.dtype, b.dtype).name
+            a, b = api.astype(a, common), api.astype(b, common)
+        (ta, tb), holders, values = _capture([a, b], boundary)
+        out.append(OPS["ifelse"].make((cond, *values), {"branches": Branches(tuple(holders), ta, tb)}))
+    return back(out)
