@@ -70,6 +70,10 @@ _DISCONNECTED_INPUTS = {"raise": "raise", "warn": "warn", "ignore": "zero"}
 
 #: Ops whose rules accept a gradient that merely broadcasts to the result's shape.
 _LAZY_KINDS = ("elemwise", "reduce")
+#: Nodes of several results (a loop): their value is a tuple that projection nodes pick from.  A
+#: projection's rule gives its operand the dict ``{result: gradient}``; the dicts are merged and
+#: the tuple node's rule receives one dict with every result's gradient.
+_TUPLES = frozenset({"scan"})
 _LAZY_OPS = frozenset({"dimshuffle", "getitem", "broadcast_to", "sum_to"})
 
 
@@ -171,7 +175,7 @@ def _backprop(outputs: Sequence[Node], cotangents: Sequence[Node | None], wrt: S
                 if id(x) in depends:
                     depends.add(i)
                     break
-        if i in depends and n.type.dtype in ("float32", "float64"):
+        if i in depends and (n.type.dtype in ("float32", "float64") or n.op in _TUPLES):
             active.add(i)
     acc: dict[int, Node] = {}
     for o, c in zip(outputs, cotangents):
@@ -190,12 +194,15 @@ def _backprop(outputs: Sequence[Node], cotangents: Sequence[Node | None], wrt: S
     return found
 
 
-def _apply_rule(n: Node, g: Node, active: set[int], acc: dict[int, Node]) -> None:
-    """Add the contributions of ``n``'s rule, given the gradient ``g`` of ``n``, to its operands'."""
+def _apply_rule(n: Node, g: Node | dict[int, Node], active: set[int], acc: dict[int, Node]) -> None:
+    """Add the contributions of ``n``'s rule, given the gradient ``g`` of ``n``, to its operands'
+    (for a node of several results, a dict of their gradients by result)."""
     op = OPS[n.op]
     if op.grad is None:
         raise NotImplementedError(f"no gradient rule for op {n.op!r}")
-    if op.kind not in _LAZY_KINDS and n.op not in _LAZY_OPS or (op.kind != "elemwise" and 0 < g.ndim < n.ndim):
+    if isinstance(g, dict):
+        pass
+    elif op.kind not in _LAZY_KINDS and n.op not in _LAZY_OPS or (op.kind != "elemwise" and 0 < g.ndim < n.ndim):
         g = full(g, n)
     grads = op.grad(n, g)
     if len(grads) != len(n.inputs):
@@ -205,8 +212,13 @@ def _apply_rule(n: Node, g: Node, active: set[int], acc: dict[int, Node]) -> Non
             continue
         if callable(gx):
             gx = gx()
-        gx = _fit(gx, x, n)
         i = id(x)
+        if isinstance(gx, dict):  # gradients of some results of a node of several (a loop)
+            box = acc.setdefault(i, {})
+            for k, part in gx.items():
+                box[k] = box[k] + part if k in box else part
+            continue
+        gx = _fit(gx, x, n)
         acc[i] = acc[i] + gx if i in acc else gx
 
 

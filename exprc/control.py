@@ -24,7 +24,7 @@ import numpy as np
 from exprc import api
 from exprc.errors import ControlFlowError, DTypeError, ShapeError
 from exprc.graph import Node, constant_node, input_node, substitute, toposort
-from exprc.ops import OPS
+from exprc.ops import OPS, grad_rule
 from exprc.ops.control import Branches, Loop
 from exprc.types import shape_str
 
@@ -141,7 +141,7 @@ def _split_return(ret: Any) -> tuple[list[Any], dict, Node | None, bool]:
 
 def scan(fn: Callable[..., Any], sequences: Any = None, outputs_info: Any = None, non_sequences: Any = None,
          n_steps: Any = None, go_backwards: bool = False, name: str | None = None,
-         return_list: bool = False, keep: str = "all") -> tuple[Any, dict]:
+         return_list: bool = False, keep: str | Sequence[str] = "all") -> tuple[Any, dict]:
     """Theano's ``scan``: ``fn`` applied step by step along the sequences' first axis.
 
     ``fn`` receives, in order: one slice per tap of each sequence, one value per tap of each
@@ -212,11 +212,11 @@ def scan(fn: Callable[..., Any], sequences: Any = None, outputs_info: Any = None
     while len(state_taps) < len(outs):
         state_taps.append(None)
     labels = [f"outputs_info[{k}]" for k in range(len(outs))]
-    if keep not in ("all", "last"):
-        raise ControlFlowError(f"{label}: keep must be 'all' or 'last', got {keep!r}")
-    if keep == "last" and any(t is None for t in state_taps):
-        raise ControlFlowError(f"{label}: keep='last' needs every output fed back (an initial value in outputs_info)")
-    keeps = [keep] * len(outs)
+    keeps = [keep] * len(outs) if isinstance(keep, str) else list(keep)
+    if len(keeps) != len(outs) or any(k not in ("all", "last") for k in keeps):
+        raise ControlFlowError(f"{label}: keep must be 'all', 'last' or a list of them, one per output; got {keep!r}")
+    if any(k == "last" and t is None for k, t in zip(keeps, state_taps)):
+        raise ControlFlowError(f"{label}: keep='last' needs the output fed back (an initial value in outputs_info)")
 
     # Shared variables the body updates are states: their value after the last step is the update.
     from exprc.shared import is_shared
@@ -402,3 +402,153 @@ def ifelse(condition: Any, then_branch: Any, else_branch: Any, name: str | None 
         (ta, tb), holders, values = _capture([a, b], boundary)
         out.append(OPS["ifelse"].make((cond, *values), {"branches": Branches(tuple(holders), ta, tb)}))
     return back(out)
+
+
+# -- gradients -------------------------------------------------------------------------------------
+def _zeros_like(x: Node) -> Node:
+    from exprc.creation import zeros_like
+
+    return zeros_like(x)
+
+
+def _is_float(n: Node) -> bool:
+    return n.dtype in ("float32", "float64")
+
+
+@grad_rule("scan_output")
+def _scan_output_grad(node: Node, g: Node) -> list:
+    """A loop result's gradient goes to the loop node keyed by the result (autodiff merges them)."""
+    from exprc.ops.gradshape import full
+
+    return [{node.arg("k"): full(g, node)}]
+
+
+@grad_rule("ifelse")
+def _ifelse_grad(node: Node, g: Node) -> list:
+    """The gradient of each captured operand is the ``ifelse`` of the branches' gradients (each
+    branch differentiated on its own, so the untaken one's backward pass does not run either)."""
+    from exprc.autodiff import _vjp
+
+    b: Branches = node.arg("branches")
+    cond, captured = node.inputs[0], list(node.inputs[1:])
+    then, orelse = substitute([b.then, b.orelse], dict(zip(b.inputs, captured)))
+    wrt = [c for c in captured if _is_float(c)]
+    ga = _vjp([then], [g], wrt, "zero", "grad")
+    gb = _vjp([orelse], [g], wrt, "zero", "grad")
+    found = dict(zip(map(id, wrt), zip(ga, gb)))
+    out: list = [None]
+    for c in captured:
+        pair = found.get(id(c))
+        out.append(None if pair is None else ifelse(cond, pair[0], pair[1], boundary=[*captured, g]))
+    return out
+
+
+@grad_rule("scan")
+def _scan_grad(node: Node, cts: dict[int, Node]) -> list:
+    """Backpropagation through time: a reverse loop over the forward loop's steps.
+
+    Step ``t`` of the reverse loop recomputes step ``t`` of the body from the states it read
+    (the forward results shifted by one, with the initial value in front) and the sequence rows,
+    and takes the body's vector-Jacobian product with the gradient reaching its results (the
+    gradient of the stacked output's row ``t`` plus what step ``t + 1`` sent back through the
+    state).  It sends back the gradient of the states it read, emits the gradients of its
+    sequence rows (stacked) and adds those of the loop invariants into accumulators (only their
+    final value kept).  A forward loop that kept only final values runs once more keeping every
+    step (the reverse loop needs the states of every step)."""
+    import dataclasses
+
+    from exprc.autodiff import _vjp
+
+    loop: Loop = node.arg("loop")
+    if loop.until:
+        raise NotImplementedError(f"{loop.name}: no gradient through a loop stopped by until (a while_loop); "
+                                  "bound it with n_steps instead")
+    ns, nr = loop.n_seqs, len(loop.recurrent)
+    if any(loop.state_taps[k] != (-1,) for k in loop.recurrent):
+        raise NotImplementedError(f"{loop.name}: the gradient through outputs with taps other than [-1] is not "
+                                  "implemented")
+    n_node, seqs = node.inputs[0], list(node.inputs[1:1 + ns])
+    inits, invs = list(node.inputs[1 + ns:1 + ns + nr]), list(node.inputs[1 + ns + nr:])
+    if loop.from_sequences:
+        s0, t0 = seqs[0], loop.seq_taps[0]
+        n_node = api.astype(api.shape(s0)[0], "int64") - (t0[-1] - t0[0])
+    if loop.go_backwards:
+        seqs = [s[::-1] for s in seqs]
+    # The stacked states of every step (the forward results, or a rerun keeping them all).
+    if all(loop.keep[k] == "all" for k in loop.recurrent):
+        history = node
+    else:
+        rerun = dataclasses.replace(loop, keep=("all",) * loop.n_results)
+        history = OPS["scan"].make(node.inputs, {"loop": rerun})
+    stacked = {k: OPS["scan_output"].make((history,), {"k": k}) for k in loop.recurrent}
+
+    # The reverse loop's sequences (read from the last step to the first).
+    rev_seqs: list[Node] = []
+    g_all = [k for k in range(loop.n_results) if loop.keep[k] == "all" and k in cts]
+    rev_seqs += [cts[k] for k in g_all]
+    rows = []  # (sequence j, tap): the rows step t reads
+    for j, s in enumerate(seqs):
+        lo = loop.seq_taps[j][0]
+        for tap in loop.seq_taps[j]:
+            rows.append((j, tap))
+            rev_seqs.append(s[tap - lo:tap - lo + n_node] if loop.seq_taps[j] != (0,) else s)
+    prev = {k: api.concatenate([api.expand_dims(x0, 0), stacked[k][:-1]], 0) for k, x0 in zip(loop.recurrent, inits)}
+    rev_seqs += [prev[k] for k in loop.recurrent]
+    carried = [k for k in loop.recurrent if _is_float(loop.outputs[k])]
+    inv_wrt = [w for w in invs if _is_float(w)]
+    carry0 = [cts[k] if loop.keep[k] == "last" and k in cts else _zeros_like(x0)
+              for k, x0 in zip(loop.recurrent, inits) if k in carried]
+    acc0 = [_zeros_like(w) for w in inv_wrt]
+    seq_wrt = [i for i, (j, _) in enumerate(rows) if _is_float(seqs[j])]
+
+    def step(*args: Node) -> list[Node]:
+        it = iter(args)
+        g_rows = {k: next(it) for k in g_all}
+        x_rows = [next(it) for _ in rows]
+        s_prev = {k: next(it) for k in loop.recurrent}
+        carry = {k: next(it) for k in carried}
+        accs = [next(it) for _ in inv_wrt]
+        # The forward step t, over this step's rows: placeholders -> values.
+        mapping = dict(zip(loop.inputs[:len(rows)], x_rows))
+        mapping.update(zip(loop.inputs[len(rows):len(rows) + nr], [s_prev[k] for k in loop.recurrent]))
+        mapping.update(zip(loop.inputs[len(rows) + nr:], invs))
+        outs = substitute(list(loop.outputs[:loop.n_results]), mapping)
+        cot: list[Node | None] = []
+        for k in range(loop.n_results):
+            parts = [p for p in (g_rows.get(k), carry.get(k)) if p is not None]
+            cot.append(None if not parts or not _is_float(outs[k]) else (parts[0] + parts[1] if len(parts) == 2
+                                                                          else parts[0]))
+        wrt = [x_rows[i] for i in seq_wrt] + [s_prev[k] for k in carried] + inv_wrt
+        grads = _vjp(outs, cot, wrt, "zero", "grad") if wrt else []
+        gx = grads[:len(seq_wrt)]
+        gs = grads[len(seq_wrt):len(seq_wrt) + len(carried)]
+        gw = grads[len(seq_wrt) + len(carried):]
+        return [*gx, *gs, *[a + b for a, b in zip(accs, gw)]]
+
+    n_gx = len(seq_wrt)
+    res, _ = scan(step, sequences=rev_seqs, outputs_info=[None] * n_gx + carry0 + acc0, n_steps=n_node,
+                  go_backwards=True, name=f"{loop.name}.grad", return_list=True,
+                  keep=["all"] * n_gx + ["last"] * (len(carry0) + len(acc0)))
+    g_rowsets, g_carry, g_acc = res[:n_gx], res[n_gx:n_gx + len(carried)], res[n_gx + len(carried):]
+
+    from exprc.indexing import inc_subtensor
+
+    out: list[Node | None] = [None] * len(node.inputs)
+    g_seq: dict[int, Node] = {}
+    for i, gr in zip(seq_wrt, g_rowsets):
+        j, tap = rows[i]
+        lo = loop.seq_taps[j][0]
+        forward = gr[::-1]  # the reverse loop stacked them last step first
+        if loop.seq_taps[j] == (0,) and j not in g_seq:
+            base = _zeros_like(seqs[j])
+            g_seq[j] = inc_subtensor(base[:n_node], forward)
+        else:
+            base = g_seq.get(j, _zeros_like(seqs[j]))
+            g_seq[j] = inc_subtensor(base[tap - lo:tap - lo + n_node], forward)
+    for j, g in g_seq.items():
+        out[1 + j] = g[::-1] if loop.go_backwards else g
+    for k, g in zip(carried, g_carry):
+        out[1 + ns + loop.recurrent.index(k)] = g
+    for w, g in zip(inv_wrt, g_acc):
+        out[1 + ns + nr + invs.index(w)] = g
+    return out
