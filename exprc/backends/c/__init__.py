@@ -20,6 +20,16 @@ def make(fg: Any, cfg: Config) -> Any:
     return CKernel(fg, cfg, fuse="fusion" not in cfg.exclude)
 
 
+def _register_loop_stepper() -> None:
+    from exprc.backends.c.looplib import stepper
+    from exprc.backends.loops import NATIVE
+
+    NATIVE["c"] = stepper
+
+
+_register_loop_stepper()
+
+
 def probe(cfg: Config) -> str | None:
     """None when a working C compiler is configured, else why not."""
     from exprc.backends.c import compile as cc

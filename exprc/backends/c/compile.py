@@ -16,6 +16,7 @@ import shutil
 import subprocess
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from exprc.config import Config
 from exprc.errors import CacheError, CompileError
@@ -172,3 +173,20 @@ def cpu_features() -> str:
     except OSError:
         pass
     return f"{platform.machine()}-{hashlib.sha256(flags_line.encode()).hexdigest()[:12]}"
+
+
+def helper_library(name: str, template: str, load: Any, cfg: Config, summary: str) -> Any:
+    """A fixed helper library of the C backend (``templates/<template>``: row gathers, the loop
+    stepper), compiled once per compiler into the cache and loaded with ``load(path)``; None when
+    it cannot be built (callers then take their NumPy/Python path, which computes the same)."""
+    try:
+        from exprc import cache
+        from exprc.backends.templates import read
+
+        source = read("c", template)
+        parts = {"compiler": compiler(cfg), "compiler_version": version(cfg), "flags": " ".join(flags(cfg))}
+        lib, _ = cache.load(name, source, parts, lambda d: compile_library(source, d, name, cfg), load, cfg,
+                            {"backend": "c", "summary": summary})
+        return lib
+    except Exception:  # noqa: BLE001 - the slower path computes the same
+        return None

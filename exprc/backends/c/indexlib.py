@@ -47,21 +47,10 @@ def _load(cfg: Config) -> Any:
         return _LIB[0]
     with _LOCK:
         if not _LIB:
-            lib = None
-            try:
-                from exprc import cache
-                from exprc.backends.c import compile as cc
-                from exprc.backends.templates import read
+            from exprc.backends.c.compile import helper_library
 
-                source = read("c", "index_rows.c")
-                parts = {"compiler": cc.compiler(cfg), "compiler_version": cc.version(cfg), "flags": " ".join(cc.flags(cfg))}
-                lib, _ = cache.load("exprc_index_rows", source, parts,
-                                    lambda d: cc.compile_library(source, d, "exprc_index_rows", cfg),
-                                    lambda p: _FFI.dlopen(str(p)), cfg,
-                                    {"backend": "c", "summary": "row gather/scatter-add helpers"})
-            except Exception:  # noqa: BLE001 - the NumPy step does the same work, slower
-                lib = None
-            _LIB.append(lib)
+            _LIB.append(helper_library("exprc_index_rows", "index_rows.c", lambda p: _FFI.dlopen(str(p)), cfg,
+                                       "row gather/scatter-add helpers"))
     return _LIB[0]
 
 
