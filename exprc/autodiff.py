@@ -471,18 +471,20 @@ def jvp(outputs: Any, wrt: Any, tangents: Any, disconnected: str = "raise", *,
 
 def jacobian(expr: Any, wrt: Any, disconnected: str = "raise", *, consider_constant: Any = None) -> Any:
     """The Jacobian of ``expr``: for each variable, an expression of shape
-    ``expr.shape + variable.shape``.  ``expr`` needs a static size (one reverse sweep per
-    element, sharing the forward graph).  ``disconnected`` and ``consider_constant`` are as for
+    ``expr.shape + variable.shape``.  A static size gives one reverse sweep per element (sharing
+    the forward graph); a size known only at call time gives a loop over the elements
+    (:func:`exprc.scan`).  ``disconnected`` and ``consider_constant`` are as for
     :func:`grad`."""
     expr = api.as_node(expr)
     ws, back = _structure(wrt, "jacobian: wrt")
     cc = _nodes(consider_constant, "jacobian: consider_constant")
     if expr.ndim == 0:
         return back(_vjp([expr], [constant_node(1, expr.dtype)], ws, disconnected, "jacobian", cc))
-    if None in expr.type.shape:
-        raise ShapeError(f"jacobian: the expression's shape {shape_str(expr.type.shape)} must be static")
     if not is_float(expr.dtype):
         raise DTypeError(f"jacobian: expected a float expression, got {expr.dtype}")
+    if None in expr.type.shape:
+        _vjp([api.sum(expr)], [constant_node(1, expr.dtype)], ws, disconnected, "jacobian", cc)  # (the checks)
+        return back(_jacobian_loop(expr, ws, cc))
     size = math.prod(expr.type.shape)
     rows: list[list[Node]] = []
     for k in range(size):
@@ -499,6 +501,20 @@ def jacobian(expr: Any, wrt: Any, disconnected: str = "raise", *, consider_const
     return back(out)
 
 
+def _jacobian_loop(expr: Node, ws: list[Node], cc: list[Node]) -> list[Node]:
+    """The Jacobian of an expression whose size is known at call time, as Theano builds it: a loop
+    over the first axis whose step is the Jacobian of one row (down to a scalar's gradient).  The
+    forward expression does not depend on the step: the loop computes it once (hoisted)."""
+    if expr.ndim == 0:
+        return _vjp([expr], [constant_node(1, expr.dtype)], ws, "zero", "jacobian", cc)
+    from exprc.control import scan
+    from exprc.creation import arange
+
+    rows, _ = scan(lambda i: _jacobian_loop(expr[i], ws, cc), sequences=[arange(api.shape(expr)[0])],
+                   name="jacobian", return_list=True)
+    return rows
+
+
 def hessian(cost: Any, wrt: Any, disconnected: str = "raise", *, consider_constant: Any = None) -> Any:
     """The Hessian of the scalar ``cost`` with respect to each variable of ``wrt`` (shape
     ``variable.shape * 2``); for a list, the list of the diagonal blocks (as Theano).
@@ -507,8 +523,6 @@ def hessian(cost: Any, wrt: Any, disconnected: str = "raise", *, consider_consta
     cc = _nodes(consider_constant, "hessian: consider_constant")
     out = []
     for w in ws:
-        if None in w.type.shape:
-            raise ShapeError(f"hessian: the variable's shape {shape_str(w.type.shape)} must be static")
         out.append(jacobian(grad(cost, w, disconnected, consider_constant=cc), w, "zero", consider_constant=cc))
     return back(out)
 
