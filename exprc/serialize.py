@@ -90,6 +90,9 @@ def _encode_attr(value: Any) -> Any:
         return [_encode_attr(v) for v in value]
     if value is None or isinstance(value, (bool, int, str)):
         return value
+    if type(value).__name__ in ("Loop", "Branches"):
+        raise SerializationError(f"cannot save a graph with a loop or a condition (scan, ifelse; {value!r}) yet: "
+                                 "save the inputs and rebuild the graph with the code that made it")
     raise SerializationError(f"cannot save the attribute value {value!r}")
 
 

@@ -492,3 +492,50 @@ def test_emulated_gather_scatter_and_staged_slices(emulated):
             emulated.attach(stage.kernel)
     for k in range(-7, 7):
         np.testing.assert_allclose(g(X, k), np.sum(X[k:k + 2] * 3), rtol=1e-15)
+
+
+def _attach_all(drv, kernel):
+    """Attach every kernel a staged function runs (stages, loop bodies, ifelse branches)."""
+    for stage in getattr(kernel, "stages", []):
+        if stage.kernel is not None:
+            _attach_all(drv, stage.kernel)
+    for runner in getattr(kernel, "runners", {}).values():
+        for k in [getattr(runner, "kernel", None), *getattr(runner, "kernels", ())]:
+            if k is not None:
+                _attach_all(drv, k)
+    if hasattr(kernel, "program"):
+        drv.attach(kernel)
+
+
+@needs_emulator
+def test_emulated_scan_ifelse_and_bptt(emulated):
+    """Loops (a host loop of launches over the body's CUDA kernels), ifelse and the gradient
+    through a scan on the CUDA runtime, against NumPy loops."""
+    X, W, h0 = exprc.matrix("X"), exprc.matrix("W"), exprc.vector("h0")
+    hs, _ = exprc.scan(lambda x, h, W: exprc.tanh(x + h @ W), sequences=[X], outputs_info=[h0], non_sequences=[W])
+    cost = exprc.sum(hs ** 2)
+    c = exprc.scalar("c", "bool")
+    pick = exprc.ifelse(c, exprc.sum(exprc.exp(h0)), exprc.sum(h0) * 3)
+    f = exprc.function([X, W, h0, c], [hs, cost, exprc.grad(cost, W), pick], backend="cuda",
+                       config=NOCACHE.replace(return_numpy=True))
+    _attach_all(emulated, f._kernel)
+    rng = np.random.default_rng(3)
+    xv, wv, hv = rng.normal(size=(6, 4)), rng.normal(size=(4, 4)) * 0.5, rng.normal(size=4)
+    h, states, gw = hv, [], np.zeros((4, 4))
+    for x in xv:
+        h = np.tanh(x + h @ wv)
+        states.append(h)
+    states = np.array(states)
+    g = np.zeros(4)  # BPTT by hand
+    for t in range(len(xv) - 1, -1, -1):
+        g = g + 2 * states[t]
+        pre = g * (1 - states[t] ** 2)
+        prev = states[t - 1] if t else hv
+        gw += np.outer(prev, pre)
+        g = pre @ wv.T
+    for cv in (True, False):
+        got = f(xv, wv, hv, cv)
+        np.testing.assert_allclose(got[0], states, rtol=1e-13)
+        np.testing.assert_allclose(got[1], np.sum(states ** 2), rtol=1e-13)
+        np.testing.assert_allclose(got[2], gw, rtol=1e-12, atol=1e-14)
+        np.testing.assert_allclose(got[3], np.exp(hv).sum() if cv else hv.sum() * 3, rtol=1e-14)

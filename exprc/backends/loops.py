@@ -212,6 +212,7 @@ def make_runner(node: Node, compile: Callable[[tuple, tuple], Any], backend: str
         def branch(cond: Any, *captured: Any) -> Any:
             return np.asarray(run_branch(b, kernels, cond, list(captured)))
 
+        branch.kernels = kernels  # type: ignore[attr-defined]
         return branch
     if node.op == "scan_output":
         k = node.arg("k")
