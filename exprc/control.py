@@ -330,6 +330,13 @@ def fori_loop(lower: Any, upper: Any, body_fun: Callable[[Node, Any], Any], init
             raise ControlFlowError(f"fori_loop: body_fun returned {len(new)} values for {len(xs)} in init_val")
         return [i + 1, *new]
 
+    # A body that ignores the index needs no counter state (one pointer less to move per step).
+    probe = input_node("fori_loop.i", "int64", ())
+    uses_i = any(n is probe for n in toposort(step(probe, *vals)[1:]))
+    if not uses_i:
+        outs, _ = scan(lambda *xs: step(probe, *xs)[1:], outputs_info=vals, n_steps=n, name="fori_loop",
+                       return_list=True, keep="last")
+        return back(outs)
     outs, _ = scan(step, outputs_info=[lo, *vals], n_steps=n, name="fori_loop", return_list=True, keep="last")
     return back(outs[1:])
 

@@ -140,9 +140,10 @@ class CStepper:
         nthreads = 1 if self.kmod._SERIAL[0] else kernel.nthreads
         ptrs_c = _FFI.cast("char **", int(kffi.cast("uintptr_t", ptrs)))
         p_c = _FFI.cast("int64_t *", int(kffi.cast("uintptr_t", plan.P_ptr)))
-        return int(self.lib.exprc_loop_steps(self.run, ptrs_c, p_c, kernel._nkernels, nthreads, 1, st.n,
+        done = int(self.lib.exprc_loop_steps(self.run, ptrs_c, p_c, kernel._nkernels, nthreads, 1, st.n,
                                               n, slot_a, base_a, stride_a, off_a, mod_a,
                                               len(views), vslot, vbase, voff, cond))
+        return None if done < 0 else done
 
 
 def stepper(runner: Any) -> Any:
