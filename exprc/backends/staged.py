@@ -68,9 +68,6 @@ class StagedKernel(Kernel):
 
     def __init__(self, fg: Any, make: Callable[[Any], Kernel], body: Callable[[tuple, tuple], Kernel] | None = None,
                  backend: str = "numpy"):
-        from exprc.backends.reference import NumpyKernel
-        from exprc.pipeline import FunctionGraph
-
         self.inputs = list(fg.inputs)
         self.outputs = list(fg.outputs)
         known: dict[Node, None] = dict.fromkeys(self.inputs)
@@ -78,6 +75,24 @@ class StagedKernel(Kernel):
         #: Control nodes (loops, conditions) run by the backend's runner (exprc.backends.loops);
         #: ``body(inputs, outputs)`` compiles one of their bodies.
         self.runners: dict[Node, Callable[..., Any]] = {}
+        from exprc.backends.builds import overlapped
+
+        with overlapped():  # the stages' and bodies' libraries compile at the same time
+            self._make_stages(make, body, backend, known)
+        self.source = "\n\n".join(f"/* stage {k} */\n{s.kernel.source}" for k, s in enumerate(self.stages)
+                                  if s.kernel is not None)
+        self.kernels = [d for s in self.stages if s.kernel is not None for d in s.kernel.kernels]
+
+    @property
+    def cache_entry(self) -> Any:  # (read when asked: a nested stage kernel's build may still run)
+        last = next((s.kernel for s in reversed(self.stages) if s.kernel is not None), None)
+        return last.cache_entry if last is not None else None
+
+    def _make_stages(self, make: Callable[[Any], Kernel], body: Callable[[tuple, tuple], Kernel] | None,
+                     backend: str, known: dict[Node, None]) -> None:
+        from exprc.backends.reference import NumpyKernel
+        from exprc.pipeline import FunctionGraph
+
         while True:
             order = toposort(self.outputs)
             tainted: set[Node] = set()  # depends on a value-shaped node not yet computed
@@ -119,11 +134,6 @@ class StagedKernel(Kernel):
             if not cuts:
                 break
             known.update(dict.fromkeys(wanted))
-        self.source = "\n\n".join(f"/* stage {k} */\n{s.kernel.source}" for k, s in enumerate(self.stages)
-                                  if s.kernel is not None)
-        self.kernels = [d for s in self.stages if s.kernel is not None for d in s.kernel.kernels]
-        last = next((s.kernel for s in reversed(self.stages) if s.kernel is not None), None)
-        self.cache_entry = last.cache_entry if last is not None else None
 
     def __call__(self, *arrays: Any, out: list | None = None, to_numpy: bool | None = None) -> list:
         env: dict[Node, Any] = dict(zip(self.inputs, arrays))

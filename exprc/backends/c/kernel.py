@@ -22,7 +22,7 @@ import cffi
 import numpy as np
 
 from exprc import cache
-from exprc.backends import Kernel
+from exprc.backends import Kernel, builds
 from exprc.backends.c import compile as cc
 from exprc.backends.c.blas import blas_pointers
 from exprc.backends.c.indexlib import direct_gather, make_into
@@ -111,12 +111,12 @@ class CKernel(Kernel):
         name = self.program.kernels[0].name if self.program.kernels else "k_empty"
         parts = {"compiler": cc.compiler(cfg), "compiler_version": cc.version(cfg),
                  "flags": " ".join(cc.flags(cfg)), "templates": templates_hash(), "cpu": cc.cpu_features()}
-        self.lib, self.cache_entry = cache.load(
-            name, self.source, parts, lambda d: cc.compile_library(self.source, d, name, cfg), _dlopen, cfg,
-            {"backend": "c", "summary": summary[:500]})
-        self._run = self.lib.exprc_run
-        if any(k.matmul is not None for k in self.program.kernels):
-            self.lib.exprc_set_blas(*blas)
+        source = self.source
+        # (a build may overlap with the function's other kernels': see backends/builds.py)
+        self._built = builds.submit(lambda: cache.load(
+            name, source, parts, lambda d: cc.compile_library(source, d, name, cfg), _dlopen, cfg,
+            {"backend": "c", "summary": summary[:500]}))
+        self._blas = blas if any(k.matmul is not None for k in self.program.kernels) else None
         self.nthreads = cfg.num_threads or os.cpu_count() or 1
         self.planner = Planner(self.program, self.layout, fg.inputs, fg.outputs, resolve_steps=True)
         self.kernels = describe(self.layout)
@@ -135,6 +135,21 @@ class CKernel(Kernel):
         if (index_steps and len(steps) == 1 and isinstance(steps[0], Step) and self._outputs == [steps[0].node]
                 and list(steps[0].node.inputs) == self._inputs):
             self._direct = direct_gather(cfg, steps[0].node)
+
+    def __getattr__(self, name: str) -> Any:
+        # The library and what comes from it exist once its build is done: the first access waits
+        # for it and stores them as plain attributes (later accesses never come here).
+        if name in ("lib", "_entry", "_run") and "_built" in self.__dict__:
+            lib, entry = self.__dict__.pop("_built").result()
+            if self._blas is not None:
+                lib.exprc_set_blas(*self._blas)
+            self.lib, self._entry, self._run = lib, entry, lib.exprc_run
+            return getattr(self, name)
+        raise AttributeError(name)
+
+    @property
+    def cache_entry(self) -> Any:  # type: ignore[override]
+        return self._entry
 
     def _make_plan(self, arrays: Sequence[np.ndarray], out: Sequence[np.ndarray] | None) -> Plan:
         plan = Plan(len(self.layout.slots), self.layout.p_size)

@@ -62,13 +62,15 @@ class CStepper:
         from exprc.backends.c import kernel as kmod
 
         self.kmod = kmod  # (its cffi instance owns the kernel's pointer table: addresses cross over)
-        self.run = _FFI.cast("void *", int(kmod._FFI.cast("uintptr_t", kernel._run)))
+        self.run: Any = None  # the body's entry point, once its library is built (first call)
         self._plans: dict[tuple, Any] = {}
         self._lock = threading.Lock()
 
     def __call__(self, runner: Any, st: Any) -> int | None:
         if self.lib is None:
             return None
+        if self.run is None:
+            self.run = _FFI.cast("void *", int(self.kmod._FFI.cast("uintptr_t", self.kernel._run)))
         loop = runner.loop
         ins = runner._inputs(st, 1)
         dests = [st.dest(k, 1) for k in range(loop.n_results)] + ([st.cond] if loop.until else [])
