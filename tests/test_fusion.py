@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import random
 
+import numpy as np
 import pytest
 
 import exprc
@@ -20,7 +21,9 @@ def _pairwise_merge_siblings(steps):
     """The definition, as the pass was written before issue 13: networkx path queries per pair."""
     import networkx as nx
 
-    dag = fusion._dependencies(steps)
+    dag = nx.DiGraph()
+    dag.add_nodes_from(range(len(steps)))
+    dag.add_edges_from(sorted(fusion._edges(steps)))
     merged_into: dict[int, int] = {}
     for i, s in enumerate(steps):
         if not isinstance(s, Kernel) or s.kind != "elemwise":
@@ -158,3 +161,24 @@ def test_which_siblings_merge():
     assert len(lower([exprc.sin(u), exprc.exp(v)], [u, v]).kernels) == 2
     (k,) = lower([exprc.sin(u), exprc.exp(u)], [u]).kernels
     assert len(k.outputs) == 2
+
+
+def test_schedule_is_networkx_lexicographic_topological_order():
+    """fusion._schedule (Kahn's algorithm, lowest step first) orders steps exactly as networkx's
+    lexicographical_topological_sort did, on graphs with many independent steps."""
+    import networkx as nx
+
+    rng = np.random.default_rng(5)
+    xs = [exprc.vector(f"x{i}") for i in range(6)]
+    outs = []
+    for _ in range(12):
+        a, b = rng.choice(6, 2)
+        outs.append(exprc.sum(exprc.exp(xs[a]) * xs[b]) + exprc.max(xs[b] - xs[a]))
+    program = lower(outs, xs, fuse=False)
+    steps = program.steps[::-1]  # any order of the same steps
+    dag = nx.DiGraph()
+    dag.add_nodes_from(range(len(steps)))
+    dag.add_edges_from(fusion._edges(steps))
+    want = [steps[i] for i in nx.lexicographical_topological_sort(dag)]
+    assert fusion._schedule(steps) == want
+    assert len(want) > 20
