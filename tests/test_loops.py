@@ -1,0 +1,127 @@
+"""The loop runtime (exprc/backends/loops.py) and the C backend's native stepper
+(exprc/backends/c/looplib.py): the stepper runs every step after the first in one C call, gives
+the Python loop's results bit for bit, is safe from several threads, and the body is optimized
+like any function (stability rules apply inside it).  Semantics of scan/ifelse are in
+tests/test_control.py."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+import exprc
+from exprc.backends import loops
+from exprc.backends.c import looplib
+
+
+def _rnn():
+    X, W, h0 = exprc.matrix("X"), exprc.matrix("W"), exprc.vector("h0")
+    hs, _ = exprc.scan(lambda x, h, W: exprc.tanh(x + h @ W), sequences=[X], outputs_info=[h0], non_sequences=[W])
+    return [X, W, h0], hs
+
+
+def _numpy_rnn(xv, wv, hv):
+    out, h = [], hv
+    for x in xv:
+        h = np.tanh(x + h @ wv)
+        out.append(h)
+    return np.array(out).reshape(len(xv), -1)
+
+
+@pytest.fixture
+def stepper_calls(monkeypatch):
+    calls = []
+    original = looplib.CStepper.__call__
+
+    def spy(self, runner, st):
+        done = original(self, runner, st)
+        calls.append((runner.loop.name, st.n, done))
+        return done
+
+    monkeypatch.setattr(looplib.CStepper, "__call__", spy)
+    return calls
+
+
+def test_native_stepper_runs_the_steps_and_matches_the_python_loop(stepper_calls, monkeypatch):
+    ins, hs = _rnn()
+    rng = np.random.default_rng(0)
+    xv, wv, hv = rng.normal(size=(50, 8)), rng.normal(size=(8, 8)) * 0.4, rng.normal(size=8)
+    native = exprc.function(ins, hs, backend="c")(xv, wv, hv)
+    assert stepper_calls == [("scan", 50, 50)]  # steps 1..49 in one C call
+    monkeypatch.setitem(loops.NATIVE, "c", lambda runner: None)  # the Python loop over the same kernel
+    python = exprc.function(ins, hs * 1.0, backend="c")(xv, wv, hv)
+    np.testing.assert_array_equal(native, python)
+    np.testing.assert_allclose(native, _numpy_rnn(xv, wv, hv), rtol=1e-13, atol=1e-15)
+
+
+def test_stepper_handles_rings_taps_strides_and_until(stepper_calls):
+    x = exprc.vector("x")
+    a0 = exprc.vector("a0")
+    fib, _ = exprc.scan(lambda a, b: a + b, outputs_info=[{"initial": a0, "taps": [-2, -1]}], n_steps=30)
+    last = exprc.fori_loop(0, 40, lambda i, v: v * 0.5 + exprc.astype(i, "float64"), exprc.scalar("s"))
+    def step(xm, xp, acc):
+        new = acc + xm * xp
+        return new, exprc.until(new > 50)
+
+    sums, _ = exprc.scan(step, sequences=[{"input": x, "taps": [-1, 1]}], outputs_info=[exprc.constant(0.0)])
+    s = next(n for n in exprc.graph.graph_inputs([last]) if n.name == "s")
+    f = exprc.function([a0, x, s], [fib, sums, last], backend="c")
+    xs = np.arange(40.0)[::2]  # a strided sequence
+    got_fib, got_sums, got_last = f(np.array([0.0, 1.0]), xs, 3.0)
+    want = [0.0, 1.0]
+    for _ in range(30):
+        want.append(want[-1] + want[-2])
+    np.testing.assert_array_equal(got_fib, want[2:])
+    acc, rows = 0.0, []
+    for t in range(len(xs) - 2):
+        acc += xs[t] * xs[t + 2]
+        rows.append(acc)
+        if acc > 50:
+            break
+    np.testing.assert_array_equal(got_sums, rows)
+    v = 3.0
+    for i in range(40):
+        v = v * 0.5 + i
+    assert got_last == v
+    assert {name for name, _, _ in stepper_calls} == {"scan", "fori_loop"}
+    assert all(done == n or name == "scan" for name, n, done in stepper_calls)
+
+
+def test_loop_from_several_threads():
+    ins, hs = _rnn()
+    f = exprc.function(ins, hs, backend="c")
+    rng = np.random.default_rng(1)
+    cases = [(rng.normal(size=(n, 6)), rng.normal(size=(6, 6)) * 0.3, rng.normal(size=6)) for n in (20, 31, 20, 7)]
+    errors = []
+
+    def work(case):
+        try:
+            for _ in range(20):
+                np.testing.assert_allclose(f(*case), _numpy_rnn(*case), rtol=1e-13, atol=1e-15)
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(c,)) for c in cases]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors[0]
+
+
+def test_body_is_optimized_and_compiles_once_for_any_length():
+    x, h0 = exprc.vector("x"), exprc.scalar("h0")
+    hs, _ = exprc.scan(lambda xt, h: h + exprc.log(1 + exprc.exp(xt)), sequences=[x], outputs_info=[h0])
+    f = exprc.function([x, h0], hs, backend="c")
+    body = next(r for n, r in f._kernel.runners.items() if n.op == "scan").kernel
+    assert "log1p" in body.source  # softplus rewritten in the body: exact for large x
+    big = np.array([800.0, -800.0, 1e-20])
+    np.testing.assert_allclose(f(big, 0.0), np.cumsum(np.logaddexp(0, big)), rtol=1e-15)
+    entries = {body.cache_entry}
+    for n in (1, 10, 1000):
+        g = exprc.function([x, h0], hs, backend="c")
+        g(np.zeros(n), 0.0)
+        entries.add(next(r for m, r in g._kernel.runners.items() if m.op == "scan").kernel.cache_entry)
+    assert len(entries) == 1  # one body library whatever the number of steps
