@@ -13,7 +13,7 @@ import pytest
 
 import exprc
 from exprc.backends import loops
-from exprc.backends.c import looplib
+from exprc.backends.c import loopkernel, looplib
 
 
 def _rnn():
@@ -85,8 +85,8 @@ def test_stepper_handles_rings_taps_strides_and_until(stepper_calls):
     for i in range(40):
         v = v * 0.5 + i
     assert got_last == v
-    assert {name for name, _, _ in stepper_calls} == {"scan", "fori_loop"}
-    assert all(done == n or name == "scan" for name, n, done in stepper_calls)
+    # (the fori_loop's body is elementwise: it runs with the loop inside, not through the stepper)
+    assert sorted(name for name, _, _ in stepper_calls) == ["scan", "scan"]
 
 
 def test_loop_from_several_threads():
@@ -125,3 +125,76 @@ def test_body_is_optimized_and_compiles_once_for_any_length():
         g(np.zeros(n), 0.0)
         entries.add(next(r for m, r in g._kernel.runners.items() if m.op == "scan").kernel.cache_entry)
     assert len(entries) == 1  # one body library whatever the number of steps
+
+
+@pytest.fixture
+def whole_calls(monkeypatch):
+    calls = []
+    original = loopkernel.ElementwiseLoop.__call__
+
+    def spy(self, runner, st):
+        done = original(self, runner, st)
+        calls.append(done)
+        return done
+
+    monkeypatch.setattr(loopkernel.ElementwiseLoop, "__call__", spy)
+    return calls
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_elementwise_body_runs_with_the_loop_inside(whole_calls, stepper_calls, monkeypatch, dtype):
+    """States, a sequence, an invariant, a scalar and a counter: element i's recurrence is
+    independent of the others, so the C function loops over elements outside and steps inside.
+    Arithmetic only: the result equals the stepper's (and NumPy's loop) bit for bit."""
+    X, s0, a, c = exprc.matrix("X", dtype), exprc.vector("s0", dtype), exprc.vector("a", dtype), exprc.scalar("c", dtype)
+
+    def step(x, s, k, a, c):
+        return s * a + x * c - s * a * 0.125, k + 1, s - x
+
+    (ss, ks, ds), _ = exprc.scan(step, sequences=[X], outputs_info=[s0, exprc.constant(0), None], non_sequences=[a, c])
+    last = exprc.fori_loop(0, 7, lambda i, v: v * a + c, s0)
+    ins = [X, s0, a, c]
+    rng = np.random.default_rng(2)
+    vals = [rng.normal(size=(25, 5)).astype(dtype), rng.normal(size=5).astype(dtype),
+            rng.uniform(0.5, 1, 5).astype(dtype), np.asarray(0.3, dtype)]
+    got = exprc.function(ins, [ss, ks, ds, last], backend="c")(*vals)
+    assert whole_calls == [25, 7] and stepper_calls == []
+    xv, sv, av, cv = vals
+    want_s, want_d, s = [], [], sv
+    for x in xv:
+        want_d.append(s - x)
+        s = s * av + x * cv - s * av * dtype_scalar(dtype, 0.125)
+        want_s.append(s)
+    np.testing.assert_array_equal(got[0], np.array(want_s))
+    np.testing.assert_array_equal(got[1], np.arange(1, 26))
+    np.testing.assert_array_equal(got[2], np.array(want_d))
+    v = sv
+    for _ in range(7):
+        v = v * av + cv
+    np.testing.assert_array_equal(got[3], v)
+    monkeypatch.setitem(loops.WHOLE, "c", lambda loop, cfg: None)  # the stepper over the same body
+    again = exprc.function(ins, [ss * 1, ks, ds, last * 1], backend="c")(*vals)
+    for g, h in zip(got, again):
+        np.testing.assert_array_equal(g, h)
+
+
+def dtype_scalar(dtype, v):
+    return np.asarray(v, dtype)[()]
+
+
+def test_elementwise_loop_declines_what_it_cannot_take(whole_calls):
+    """A non-contiguous invariant or operands of different shapes go to the stepper (same results)."""
+    s0, a = exprc.vector("s0"), exprc.vector("a")
+    ss, _ = exprc.scan(lambda s, a: s * a + 1, outputs_info=[s0], non_sequences=[a], n_steps=6)
+    f = exprc.function([s0, a], ss, backend="c")
+    av = np.linspace(0.1, 0.9, 10)[::2]  # strided
+    want, s = [], np.ones(5)
+    for _ in range(6):
+        s = s * av + 1
+        want.append(s)
+    np.testing.assert_array_equal(f(np.ones(5), av), np.array(want))
+    assert whole_calls == [None]
+    np.testing.assert_array_equal(f(np.ones(5), np.ascontiguousarray(av)), np.array(want))
+    assert whole_calls == [None, 6]
+    zero = f(np.ones(5), np.ascontiguousarray(av)) if False else exprc.function([s0, a], ss[:0], backend="c")
+    assert zero(np.ones(5), av).shape == (0, 5)

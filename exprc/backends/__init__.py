@@ -135,7 +135,7 @@ def build(name: str, fg: FunctionGraph, cfg: Config) -> Kernel:
 
             return build(name, optimize(FunctionGraph(inputs, outputs), cfg), cfg)
 
-        return StagedKernel(fg, lambda stage: module.make(stage, cfg), body, name)
+        return StagedKernel(fg, lambda stage: module.make(stage, cfg), body, name, cfg)
     return module.make(fg, cfg)
 
 

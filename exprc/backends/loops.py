@@ -28,6 +28,9 @@ from exprc.types import shape_str
 
 #: ``native(runner) -> stepper | None``: backends register how to run a loop's steps natively.
 NATIVE: dict[str, Callable[..., Any]] = {}
+#: ``whole(loop, config) -> callable(runner, state) -> steps done | None``, or None: backends
+#: register how to run a whole loop in one call (the C backend: elementwise bodies, loop inside).
+WHOLE: dict[str, Callable[..., Any]] = {}
 
 
 class LoopRunner:
@@ -38,6 +41,7 @@ class LoopRunner:
         self.kernel = kernel
         self.writes_out = bool(getattr(kernel, "writes_out", False))
         self.native = native  # a callable (runner, state) -> steps done, or None
+        self.whole: Any = None  # the same for the whole loop (every step, step 0 included)
         self.dtypes = [np.dtype(o.dtype) for o in loop.outputs]
 
     def label(self, k: int) -> str:
@@ -56,9 +60,13 @@ class LoopRunner:
         n = steps_of(loop, n_arg, seqs)
         state = _State(self, n, seqs, inits, invariants)
         done = 0
+        if n > 0 and self.whole is not None:
+            whole = self.whole(self, state)
+            if whole is not None:
+                return state.results(whole)
         if n > 0:
-            done = self._first_step(state)
-            if done == 0 and n > 1:
+            done = 1  # after step 0 (which an until may end)
+            if not self._first_step(state) and n > 1:
                 done = self.native(self, state) if self.native is not None else None
                 if done is None:  # (the native stepper declined this call)
                     done = self._steps(state, 1)
@@ -75,15 +83,15 @@ class LoopRunner:
             ins.extend(buf[(t + m + tap) % r, ...] for tap in loop.state_taps[k])
         return ins + st.invariants
 
-    def _first_step(self, st: _State) -> int:
+    def _first_step(self, st: _State) -> bool:
         """Step 0, without ``out=``: its results' shapes size the buffers of the results that
-        are not fed back, and are checked against the initial values.  Returns 1 when ``until``
-        stopped the loop, else 0."""
+        are not fed back, and are checked against the initial values.  Returns whether ``until``
+        stopped the loop."""
         outs = self._call(self._inputs(st, 0), None)
         st.allocate(outs)
         for k, o in enumerate(outs[:self.loop.n_results]):
             st.dest(k, 0)[...] = o
-        return 1 if self.loop.until and check_condition(outs[-1], f"{self.loop.name}: until") else 0
+        return self.loop.until and check_condition(outs[-1], f"{self.loop.name}: until")
 
     def _steps(self, st: _State, start: int) -> int:
         """Steps ``start``..n-1 (the Python loop); returns the number of steps done in all."""
@@ -195,7 +203,7 @@ class _State:
                 self.stacks[k][...] = 0
 
 
-def make_runner(node: Node, compile: Callable[[tuple, tuple], Any], backend: str) -> Callable[..., Any]:
+def make_runner(node: Node, compile: Callable[[tuple, tuple], Any], backend: str, cfg: Any = None) -> Callable[..., Any]:
     """The callable evaluating control node ``node`` from its operands' values on ``backend``,
     whose ``compile(inputs, outputs)`` builds (optimizes, compiles) a body's kernel."""
     if node.op == "scan":
@@ -204,6 +212,9 @@ def make_runner(node: Node, compile: Callable[[tuple, tuple], Any], backend: str
         native = NATIVE.get(backend)
         if native is not None:
             runner.native = native(runner)
+        whole = WHOLE.get(backend)
+        if whole is not None and cfg is not None:
+            runner.whole = whole(loop, cfg)
         return runner
     if node.op == "ifelse":
         b: Branches = node.arg("branches")
@@ -220,4 +231,4 @@ def make_runner(node: Node, compile: Callable[[tuple, tuple], Any], backend: str
     raise KeyError(node.op)
 
 
-__all__ = ["NATIVE", "LoopRunner", "make_runner"]
+__all__ = ["NATIVE", "WHOLE", "LoopRunner", "make_runner"]

@@ -67,7 +67,8 @@ class StagedKernel(Kernel):
     """The kernel protocol over a sequence of stage kernels and host steps (module docstring)."""
 
     def __init__(self, fg: Any, make: Callable[[Any], Kernel], body: Callable[[tuple, tuple], Kernel] | None = None,
-                 backend: str = "numpy"):
+                 backend: str = "numpy", cfg: Any = None):
+        self.cfg = cfg
         self.inputs = list(fg.inputs)
         self.outputs = list(fg.outputs)
         known: dict[Node, None] = dict.fromkeys(self.inputs)
@@ -128,7 +129,7 @@ class StagedKernel(Kernel):
                 if OPS[c.op].kind == "control":
                     from exprc.backends.loops import make_runner
 
-                    self.runners[c] = make_runner(c, body or _reference_body, backend)
+                    self.runners[c] = make_runner(c, body or _reference_body, backend, self.cfg)
             self.stages.append(_Stage(kernel, ins, compute, cuts))
             known.update(dict.fromkeys(compute))
             if not cuts:

@@ -22,9 +22,17 @@ def make(fg: Any, cfg: Config) -> Any:
 
 def _register_loop_stepper() -> None:
     from exprc.backends.c.looplib import stepper
-    from exprc.backends.loops import NATIVE
+    from exprc.backends.loops import NATIVE, WHOLE
 
     NATIVE["c"] = stepper
+    WHOLE["c"] = _whole_loop
+
+
+def _whole_loop(loop: Any, cfg: Config) -> Any:
+    """An elementwise loop body runs with the loop inside (backends/c/loopkernel.py), or None."""
+    from exprc.backends.c.loopkernel import build
+
+    return build(loop, cfg)
 
 
 _register_loop_stepper()

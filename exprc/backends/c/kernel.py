@@ -48,6 +48,7 @@ def _fb(a: Any) -> Any:
 
 
 _LOAD_LOCK = threading.Lock()
+_RESOLVE_LOCK = threading.Lock()  # (not _LOAD_LOCK: the build being waited for takes that one)
 
 # libgomp hangs in a forked child that starts a parallel region after the parent
 # used one (multiprocessing forks on Linux): children run kernels on one thread.
@@ -140,11 +141,15 @@ class CKernel(Kernel):
         # The library and what comes from it exist once its build is done: the first access waits
         # for it and stores them as plain attributes (later accesses never come here).
         if name in ("lib", "_entry", "_run") and "_built" in self.__dict__:
-            lib, entry = self.__dict__.pop("_built").result()
-            if self._blas is not None:
-                lib.exprc_set_blas(*self._blas)
-            self.lib, self._entry, self._run = lib, entry, lib.exprc_run
-            return getattr(self, name)
+            with _RESOLVE_LOCK:  # (two threads' first calls: one resolves, the other finds it done)
+                built = self.__dict__.get("_built")
+                if built is not None:
+                    lib, entry = built.result()
+                    if self._blas is not None:
+                        lib.exprc_set_blas(*self._blas)
+                    self.lib, self._entry, self._run = lib, entry, lib.exprc_run
+                    del self.__dict__["_built"]
+            return self.__dict__[name]
         raise AttributeError(name)
 
     @property
