@@ -346,9 +346,11 @@ def while_loop(cond_fun: Callable[[Any], Any], body_fun: Callable[[Any], Any], i
     """JAX's ``while_loop``: ``while cond_fun(val): val = body_fun(val)``; returns the final
     ``val``.  ``max_steps`` bounds the iterations (default: none).
 
-    One loop step tests the condition on its state and then keeps the state or applies the body
-    (both are computed, the test picks): the loop stops after the step that kept it, so a state
-    whose condition is false at once comes back unchanged."""
+    One loop step tests the condition on its state and then keeps the state or applies the body:
+    the loop stops after the step that kept it, so a state whose condition is false at once comes
+    back unchanged.  A body of arithmetic only is computed in that last step too and its result
+    dropped (``where``: the step stays one native call); a body that can raise at call time (an
+    index, a nested loop, a size) is an :func:`ifelse` branch, never run on a false condition."""
     vals, back = _flatten(init_val)
 
     def step(*xs: Node) -> tuple:
@@ -357,11 +359,28 @@ def while_loop(cond_fun: Callable[[Any], Any], body_fun: Callable[[Any], Any], i
         new, _ = _flatten(body_fun(back(list(xs))))
         if len(new) != len(xs):
             raise ControlFlowError(f"while_loop: body_fun returned {len(new)} values for {len(xs)} in init_val")
-        return [api.where(go, b, x) for b, x in zip(new, xs)], until(api.logical_not(go))
+        new = [api.as_node(b) for b in new]
+        pick = ifelse if _may_raise(new, xs) else api.where
+        return [pick(go, b, x) for b, x in zip(new, xs)], until(api.logical_not(go))
 
     outs, _ = scan(step, outputs_info=vals, n_steps=UNBOUNDED if max_steps is None else max_steps,
                    name="while_loop", return_list=True, keep="last")
     return back(outs)
+
+
+#: Ops that cannot raise at call time, whatever the values (NaN and inf are values).
+_TOTAL_OPS = frozenset({"matmul", "getitem", "dimshuffle", "broadcast_to", "cast", "stop_gradient"})
+
+
+def _may_raise(outputs: list[Node], stop: Sequence[Node]) -> bool:
+    """Whether computing ``outputs`` from ``stop`` may raise at call time (index, size, loop)."""
+    seen = {id(s) for s in stop}
+    for n in toposort(outputs):
+        if id(n) in seen or n.op in ("input", "constant") or n.op in _TOTAL_OPS:
+            continue
+        if OPS[n.op].kind not in ("elemwise", "reduce"):
+            return True
+    return False
 
 
 # -- ifelse ----------------------------------------------------------------------------------------

@@ -74,8 +74,11 @@ def getitem(x: Node, key: Any) -> Node:
         else:
             parsed.append(k)
         if axis is not None and k is not None:
-            axis = None if k is Ellipsis else axis + (np.ndim(k) if np.asarray(k).dtype == bool and not isinstance(
-                k, (bool, np.bool_, Node)) else (k.ndim if isinstance(k, Node) and k.dtype == "bool" else 1))
+            if isinstance(k, Node):  # (before np.asarray: a node of static shape is iterable)
+                axis += k.ndim if k.dtype == "bool" else 1
+            else:
+                axis = None if k is Ellipsis else axis + (
+                    np.ndim(k) if not isinstance(k, (bool, np.bool_)) and np.asarray(k).dtype == bool else 1)
     used = builtins.sum(p.ndim if isinstance(p, Node) and p.dtype == "bool" else
                         (0 if p is None or p is Ellipsis else 1) for p in parsed)
     if used > x.ndim:

@@ -198,3 +198,18 @@ def test_elementwise_loop_declines_what_it_cannot_take(whole_calls):
     assert whole_calls == [None, 6]
     zero = f(np.ones(5), np.ascontiguousarray(av)) if False else exprc.function([s0, a], ss[:0], backend="c")
     assert zero(np.ones(5), av).shape == (0, 5)
+
+
+@pytest.mark.parametrize("be", ["numpy", "c"])
+def test_while_loop_never_runs_a_raising_body_on_a_false_condition(be):
+    """A body that indexes with the state is an ifelse branch: the last step (condition false)
+    does not evaluate x[len(x)], which would raise."""
+    x = exprc.vector("x")
+    i, total = exprc.while_loop(lambda s: s[0] < exprc.shape(x)[0], lambda s: (s[0] + 1, s[1] + x[s[0]]),
+                                (exprc.constant(0), exprc.constant(0.0)))
+    f = exprc.function([x], [i, total], backend=be)
+    for n in (0, 1, 5):
+        xv = np.arange(n) * 1.5
+        got = f(xv)
+        assert int(got[0]) == n
+        assert float(got[1]) == xv.sum()
