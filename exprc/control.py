@@ -39,7 +39,8 @@ class until:
     ``condition`` holds.  The stacked outputs then have as many rows as steps ran."""
 
     def __init__(self, condition: Any):
-        self.condition = _condition(condition, "until")
+        c = _condition(condition, "until")
+        self.condition = c if c.dtype == "bool" else api.not_equal(c, 0)
 
 
 def _condition(c: Any, what: str) -> Node:

@@ -35,9 +35,9 @@ def stepper_calls(monkeypatch):
     calls = []
     original = looplib.CStepper.__call__
 
-    def spy(self, runner, st):
-        done = original(self, runner, st)
-        calls.append((runner.loop.name, st.n, done))
+    def spy(self, runner, st, start, end):
+        done = original(self, runner, st, start, end)
+        calls.append((runner.loop.name, end, done))
         return done
 
     monkeypatch.setattr(looplib.CStepper, "__call__", spy)
@@ -213,3 +213,22 @@ def test_while_loop_never_runs_a_raising_body_on_a_false_condition(be):
         got = f(xv)
         assert int(got[0]) == n
         assert float(got[1]) == xv.sum()
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_until_without_a_bound_grows_its_rows(native, monkeypatch):
+    """until with neither n_steps nor sequences: rows are allocated 1024 at a time and doubled (the
+    bound is 2**62), natively in chunks or in the Python loop."""
+    if not native:
+        monkeypatch.setitem(loops.NATIVE, "c", lambda runner: None)
+    h0, lim = exprc.scalar("h0"), exprc.scalar("lim")
+
+    def step(h):
+        new = h + 1.0
+        return new, exprc.until(new >= lim)
+
+    res, _ = exprc.scan(step, outputs_info=h0)
+    f = exprc.function([h0, lim], res, backend="c")
+    for limit in (3.0, 1024.0, 1025.0, 5000.0):
+        got = f(0.0, limit)
+        np.testing.assert_array_equal(got, np.arange(1.0, limit + 1))

@@ -26,6 +26,8 @@ from exprc.graph import Node
 from exprc.ops.control import Branches, Loop, check_condition, run_branch, steps_of
 from exprc.types import shape_str
 
+#: Rows a loop that ``until`` ends allocates first (then doubling).
+GROW_FROM = 1024
 #: ``native(runner) -> stepper | None``: backends register how to run a loop's steps natively.
 NATIVE: dict[str, Callable[..., Any]] = {}
 #: ``whole(loop, config) -> callable(runner, state) -> steps done | None``, or None: backends
@@ -67,9 +69,7 @@ class LoopRunner:
         if n > 0:
             done = 1  # after step 0 (which an until may end)
             if not self._first_step(state) and n > 1:
-                done = self.native(self, state) if self.native is not None else None
-                if done is None:  # (the native stepper declined this call)
-                    done = self._steps(state, 1)
+                done = self._run_from(state, 1)
         return state.results(done)
 
     def _inputs(self, st: _State, t: int) -> list[np.ndarray]:
@@ -93,10 +93,26 @@ class LoopRunner:
             st.dest(k, 0)[...] = o
         return self.loop.until and check_condition(outs[-1], f"{self.loop.name}: until")
 
+    def _run_from(self, st: _State, start: int) -> int:
+        """Steps ``start``..n-1, natively when the backend can, in chunks of the buffers'
+        capacity (a loop ended by ``until`` grows them); returns the number of steps done."""
+        while self.native is not None:
+            end = min(st.capacity, st.n)
+            done = self.native(self, st, start, end)
+            if done is None:  # (the native stepper declined this call)
+                break
+            if done < end or end >= st.n or (self.loop.until and bool(st.cond)):  # (until ended it at end - 1)
+                return done
+            st.grow()
+            start = end
+        return self._steps(st, start)
+
     def _steps(self, st: _State, start: int) -> int:
         """Steps ``start``..n-1 (the Python loop); returns the number of steps done in all."""
         loop, n = self.loop, st.n
         for t in range(start, n):
+            if t >= st.capacity:
+                st.grow()
             ins = self._inputs(st, t)
             dests = [st.dest(k, t) for k in range(loop.n_results)]
             if loop.until:
@@ -104,18 +120,33 @@ class LoopRunner:
             if self.writes_out:
                 try:
                     self.kernel(*ins, out=dests, to_numpy=True)
-                except ExprcError as e:  # a body whose shapes depend on values changed them
-                    raise ShapeError(f"{loop.name}: step {t}: {e}") from e
+                except ShapeError:  # a result's shape changed (the body's shapes depend on values)
+                    self._check_rows(self._call(ins, t), dests, t)
+                    raise
+                except ExprcError as e:  # (an index out of bounds stays one, naming the step)
+                    raise type(e)(f"{loop.name}: step {t}: {e}") from e
             else:
-                for d, o in zip(dests, self._call(ins, t)):
+                outs = self._call(ins, t)
+                self._check_rows(outs, dests, t)
+                for d, o in zip(dests, outs):
                     d[...] = o
             if loop.until and check_condition(st.cond, f"{loop.name}: until"):
                 return t + 1
         return n
 
+    def _check_rows(self, outs: list[np.ndarray], dests: list[np.ndarray], t: int) -> None:
+        """Every result of step ``t`` has the shape of its row (no broadcasting into it)."""
+        for k, (o, d) in enumerate(zip(outs[:self.loop.n_results], dests)):
+            if o.shape != d.shape:
+                raise ShapeError(f"{self.loop.name}: step {t}: the body's result {self.label(k)} has shape "
+                                 f"{shape_str(o.shape)} but {shape_str(d.shape)} at the steps before")
+
     def _call(self, ins: list, t: int | None) -> list[np.ndarray]:
-        outs = [np.asarray(o) for o in self.kernel(*ins, to_numpy=True)]
         loop = self.loop
+        try:
+            outs = [np.asarray(o) for o in self.kernel(*ins, to_numpy=True)]
+        except ExprcError as e:
+            raise type(e)(f"{loop.name}: step {t or 0}: {e}") from e
         for k in loop.recurrent:
             want = ins[self._state_position(k)].shape
             if outs[k].shape != want:
@@ -142,6 +173,9 @@ class _State:
         loop = runner.loop
         self.runner, self.loop, self.n = runner, loop, n
         self.seqs, self.invariants = seqs, invariants
+        #: Rows allocated for stacked results: every step, except for a loop that ``until`` may end
+        #: early, whose rows grow (doubling) as it runs (n_steps may be 2**62 there).
+        self.capacity = min(n, GROW_FROM) if loop.until else n
         self.bufs: dict[int, tuple[np.ndarray, int, int]] = {}  # k -> (rows, depth, ring size)
         for init, k in zip(inits, loop.recurrent):
             m, taps = loop.depth(k), loop.state_taps[k]
@@ -152,19 +186,35 @@ class _State:
                                        f"at least {m} rows along axis 0, got shape {shape_str(init.shape)}")
             else:
                 rows = init[init.shape[0] - m:]
-            r = m + n if loop.keep[k] == "all" else m + 1
+            r = m + self.capacity if loop.keep[k] == "all" else m + 1
             buf = np.empty((r, *rows.shape[1:]), dtype=runner.dtypes[k])
             buf[:m] = rows
             self.bufs[k] = (buf, m, r)
         self.stacks: dict[int, np.ndarray] = {}  # results that are not fed back
         self.cond = np.zeros((), dtype=bool)
 
-    def allocate(self, outs: list[np.ndarray]) -> None:
+    def allocate(self, outs: list[Any]) -> None:
+        """Buffers of the results that are not fed back, given one step's results (or shapes)."""
         loop = self.loop
         for k in range(loop.n_results):
             if k not in self.bufs:
-                rows = self.n if loop.keep[k] == "all" else 1
+                rows = self.capacity if loop.keep[k] == "all" else 1
                 self.stacks[k] = np.empty((rows, *np.shape(outs[k])), dtype=self.runner.dtypes[k])
+
+    def grow(self) -> None:
+        """Double the rows of the stacked results (a loop that until ends), keeping what is there."""
+        new = min(self.n, 2 * self.capacity)
+        for k, (buf, m, r) in list(self.bufs.items()):
+            if self.loop.keep[k] == "all":
+                bigger = np.empty((m + new, *buf.shape[1:]), buf.dtype)
+                bigger[:r] = buf
+                self.bufs[k] = (bigger, m, m + new)
+        for k, stack in list(self.stacks.items()):
+            if self.loop.keep[k] == "all":
+                bigger = np.empty((new, *stack.shape[1:]), stack.dtype)
+                bigger[:len(stack)] = stack
+                self.stacks[k] = bigger
+        self.capacity = new
 
     def dest(self, k: int, t: int) -> np.ndarray:
         if k in self.bufs:
@@ -187,17 +237,26 @@ class _State:
         return tuple(out)
 
     def _shapes_without_steps(self) -> None:
-        """Zero steps: the results that are not fed back still need a shape (0, ...): run the body
-        once on zeros of its inputs' shapes (the body has no side effects) and keep only shapes."""
+        """Zero steps: the results that are not fed back still need a shape (0, ...): the static
+        one when the graph fixes it, else the body's, run once on zeros of its inputs' shapes (it
+        has no side effects; an error there means the shape depends on values no step computed)."""
         loop, runner = self.loop, self.runner
-        ins = [np.zeros(s.shape[1:], s.dtype) for j, s in enumerate(self.seqs) for _ in loop.seq_taps[j]]
-        for k in loop.recurrent:
-            buf = self.bufs[k][0]
-            ins.extend(np.zeros(buf.shape[1:], buf.dtype) for _ in loop.state_taps[k])
-        with np.errstate(all="ignore"):
-            outs = [np.asarray(o) for o in runner.kernel(*(ins + self.invariants), to_numpy=True)]
-        self.n = 0
-        self.allocate(outs)
+        self.n = self.capacity = 0
+        static = [o.type.shape for o in loop.outputs]
+        if all(None not in static[k] for k in range(loop.n_results) if k not in self.bufs):
+            self.allocate([np.empty(s, dtype=bool) if None not in s else None for s in static])
+        else:
+            ins = [np.zeros(s.shape[1:], s.dtype) for j, s in enumerate(self.seqs) for _ in loop.seq_taps[j]]
+            for k in loop.recurrent:
+                buf = self.bufs[k][0]
+                ins.extend(np.zeros(buf.shape[1:], buf.dtype) for _ in loop.state_taps[k])
+            try:
+                with np.errstate(all="ignore"):
+                    outs = [np.asarray(o) for o in runner.kernel(*(ins + self.invariants), to_numpy=True)]
+            except ExprcError as e:
+                raise ShapeError(f"{loop.name}: zero steps, and the shape of a result depends on values no step "
+                                 f"computed ({e})") from e
+            self.allocate(outs)
         for k in self.stacks:
             if loop.keep[k] == "last":
                 self.stacks[k][...] = 0

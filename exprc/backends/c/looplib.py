@@ -66,7 +66,9 @@ class CStepper:
         self._plans: dict[tuple, Any] = {}
         self._lock = threading.Lock()
 
-    def __call__(self, runner: Any, st: Any) -> int | None:
+    def __call__(self, runner: Any, st: Any, start: int, end: int) -> int | None:
+        """Steps ``start``..``end``-1 (``end`` <= n: the buffers' capacity); the steps done in
+        all, or None when this call is not one it takes."""
         if self.lib is None:
             return None
         if self.run is None:
@@ -89,7 +91,7 @@ class CStepper:
                     self._plans[key] = plan
             if plan is False:
                 return None
-            return self._steps(runner, st, plan)
+            return self._steps(runner, st, plan, start, end)
         finally:
             if mine:
                 self._lock.release()
@@ -100,7 +102,7 @@ class CStepper:
         return (plan.simple and len(slots) == n_out and len(set(slots)) == n_out
                 and all(s >= n_in for s in slots))
 
-    def _steps(self, runner: Any, st: Any, plan: Any) -> int:
+    def _steps(self, runner: Any, st: Any, plan: Any, start: int, end: int) -> int | None:
         loop = runner.loop
         moves: list[tuple[int, int, int, int, int]] = []  # slot, base address, stride, offset, ring
         p = 0
@@ -142,7 +144,7 @@ class CStepper:
         nthreads = 1 if self.kmod._SERIAL[0] else kernel.nthreads
         ptrs_c = _FFI.cast("char **", int(kffi.cast("uintptr_t", ptrs)))
         p_c = _FFI.cast("int64_t *", int(kffi.cast("uintptr_t", plan.P_ptr)))
-        done = int(self.lib.exprc_loop_steps(self.run, ptrs_c, p_c, kernel._nkernels, nthreads, 1, st.n,
+        done = int(self.lib.exprc_loop_steps(self.run, ptrs_c, p_c, kernel._nkernels, nthreads, start, end,
                                               n, slot_a, base_a, stride_a, off_a, mod_a,
                                               len(views), vslot, vbase, voff, cond))
         return None if done < 0 else done
