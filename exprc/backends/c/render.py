@@ -15,6 +15,7 @@ comment is the ``pprint`` of what it computes with ``*/`` defused.
 from __future__ import annotations
 
 import math
+import re
 import string
 from dataclasses import dataclass, field
 
@@ -86,9 +87,12 @@ def c_literal(value: object, dtype: str) -> str:
     return f"INT{bits}_C({v})" if bits == 64 else f"({v})"
 
 
+_NOT_PRINTABLE = re.compile(r"[^ -~]")
+
+
 def comment(text: str) -> str:
     """Text safe inside a C block comment."""
-    text = "".join(ch if " " <= ch <= "~" else " " for ch in text)  # printable ASCII only
+    text = _NOT_PRINTABLE.sub(" ", text)  # printable ASCII only (one regex pass: titles are long)
     return text.replace("*/", "* /").replace("/*", "/ *").replace("\\", "/")
 
 
