@@ -142,7 +142,8 @@ def _split_return(ret: Any) -> tuple[list[Any], dict, Node | None, bool]:
 
 def scan(fn: Callable[..., Any], sequences: Any = None, outputs_info: Any = None, non_sequences: Any = None,
          n_steps: Any = None, go_backwards: bool = False, name: str | None = None,
-         return_list: bool = False, keep: str | Sequence[str] = "all") -> tuple[Any, dict]:
+         return_list: bool = False, keep: str | Sequence[str] = "all", truncate_gradient: int = -1,
+         strict: bool = False, mode: Any = None, profile: bool = False, allow_gc: Any = None) -> tuple[Any, dict]:
     """Theano's ``scan``: ``fn`` applied step by step along the sequences' first axis.
 
     ``fn`` receives, in order: one slice per tap of each sequence, one value per tap of each
@@ -161,11 +162,18 @@ def scan(fn: Callable[..., Any], sequences: Any = None, outputs_info: Any = None
       step (the loop then keeps two buffers per state, whatever ``n_steps``; after zero steps a
       recurrent output's final value is its initial value).
 
+    * Theano's ``strict=True``: the function may read only its arguments (and constants); an
+      outer variable it closes over raises.  ``truncate_gradient`` must be -1 (the whole
+      history); ``mode``, ``profile`` and ``allow_gc`` are accepted and have no effect.
+
     Returns ``(outputs, updates)``: the stacked outputs (one array of ``n_steps`` rows per
     output; a single expression when there is one output, unless ``return_list``) and the
     updates to pass to :func:`exprc.function` (shared variables the body updated get their value
     after the last step)."""
     label = name or "scan"
+    if truncate_gradient != -1:
+        raise NotImplementedError(f"{label}: truncate_gradient={truncate_gradient!r}: only -1 (backpropagation "
+                                  "through every step) is implemented")
     seq_entries = _as_list(sequences)
     out_entries = _as_list(outputs_info)
     nonseqs = [api.as_node(x) for x in _as_list(non_sequences)]
@@ -248,6 +256,14 @@ def scan(fn: Callable[..., Any], sequences: Any = None, outputs_info: Any = None
 
     body_outs = outs + ([cond] if cond is not None else [])
     body_outs, inv_holders, inv_values = _hoist(body_outs, args[:n_seq_args] + state_args)
+    if strict:
+        allowed = {id(v) for v in nonseqs} | {id(v) for v in upd_vars}
+        free = [v for v in inv_values if id(v) not in allowed]
+        if free:
+            names = ", ".join(str(v.arg("name") or v.op) if v.op == "input" else f"an expression ({v.type})"
+                              for v in free[:5])
+            raise ControlFlowError(f"{label}: strict=True but the function reads {names} from outside; pass "
+                                   "it in non_sequences")
 
     from_seqs = n_steps is None
     if n_steps is None:

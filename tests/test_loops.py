@@ -232,3 +232,16 @@ def test_until_without_a_bound_grows_its_rows(native, monkeypatch):
     for limit in (3.0, 1024.0, 1025.0, 5000.0):
         got = f(0.0, limit)
         np.testing.assert_array_equal(got, np.arange(1.0, limit + 1))
+
+
+def test_theano_scan_keywords():
+    """strict=True refuses variables the function closes over (listed in non_sequences they are
+    fine); truncate_gradient other than -1 says it is not implemented; mode/profile/allow_gc pass."""
+    x, w, h0 = exprc.vector("x"), exprc.scalar("w"), exprc.scalar("h0")
+    with pytest.raises(exprc.errors.ControlFlowError, match="strict=True.*'?w"):
+        exprc.scan(lambda xt, h: h * w + xt, sequences=[x], outputs_info=[h0], strict=True)
+    hs, _ = exprc.scan(lambda xt, h, w: h * w + xt, sequences=[x], outputs_info=[h0], non_sequences=[w],
+                       strict=True, mode="FAST_RUN", profile=False, allow_gc=True)
+    np.testing.assert_array_equal(exprc.function([x, w, h0], hs)(np.ones(3), 2.0, 0.0), [1.0, 3.0, 7.0])
+    with pytest.raises(NotImplementedError, match="truncate_gradient"):
+        exprc.scan(lambda xt, h: h + xt, sequences=[x], outputs_info=[h0], truncate_gradient=5)
