@@ -36,15 +36,40 @@ loading checks them): reductions ``axis`` (sorted distinct axes)
 and ``keepdims``; ``cast`` ``dtype``; ``dimshuffle`` ``order`` (axes and ``"x"``);
 ``reshape`` / ``broadcast_to`` ``shape``; ``arange`` ``dtype`` (not bool); ``concatenate`` ``axis``; ``getitem`` /
 ``inc_subtensor`` ``index`` (items ``["i", k]``, ``["n"]``, ``["s", start, stop,
-step]``); ``split_part`` ``axis`` and ``which``; other ops take none.  Inputs get
-fresh identities when loaded; shared variables become new shared variables
-holding the saved values (one per saved variable).
+step]``); ``split_part`` ``axis`` and ``which``; ``scan_output`` ``k`` (a result of its
+loop); other ops take none.  Inputs get fresh identities when loaded; shared variables
+become new shared variables holding the saved values (one per saved variable).
+
+Loops and conditions (:mod:`exprc.ops.control`): the attribute of a ``scan`` or ``ifelse``
+node holds its body as a graph document of its own, in the same node-table encoding, whose
+``inputs`` are its placeholders (``input`` nodes, fresh when loaded: never the outer graph's)::
+
+    {"op": "scan", "inputs": [n_steps, *sequences, *initial states, *invariants],
+     "attrs": {"loop": {"body": {"nodes": [...], "inputs": [placeholders], "outputs": [results, (until)]},
+                        "seq_taps": [[-1, 0]], "state_taps": [[-1], null], "keep": ["all", "last"],
+                        "n_invariants": 1, "until": false, "go_backwards": false,
+                        "from_sequences": true, "labels": ["outputs_info[0]", ...], "name": "scan"}}}
+    {"op": "ifelse", "inputs": [cond, *captured],
+     "attrs": {"branches": {"body": {"nodes": [...], "inputs": [placeholders], "outputs": [then, else]}}}}
+
+Loading checks a loop against its body and its node: taps are ascending distinct integers
+(state taps negative), ``keep`` is ``"all"`` or ``"last"`` (only for a result fed back), the
+counts of placeholders, results and operands agree, each placeholder stands for its operand's
+dtype and shape, a fed-back result keeps its state's type, the ``until`` condition and an
+``ifelse`` condition are 0-d bool or integer, both branches have one dtype and rank, a body's
+only inputs are its placeholders and it holds no shared variable (loops and conditions take
+what they read as operands), and only ``scan_output`` nodes read a ``scan`` node.  Documents
+written before loops could be saved hold none and load as before (same format version).
 
 Limits that keep a hostile file harmless: the text is at most ``max_bytes``
 (default 1 GiB) with JSON nesting at most 64 deep (checked before parsing, so no
 recursion), at most ``max_nodes`` nodes, sizes at most 2**40 per axis and 2**48
 elements per array, names of at most 1024 characters, and constants whose data
-length must match their shape.
+length must match their shape; loops and conditions nest at most ``MAX_NESTING`` (10)
+deep, ``max_nodes`` counts the nodes of every body, a tap is at most 2**20 steps away, a
+loop's name and labels are at most 2048 characters, and a constant ``n_steps`` is at most
+2**40 unless an ``until`` condition stops the loop (loading never runs a loop; a loop whose
+``until`` never holds runs until stopped, as when built with exprc.while_loop).
 """
 
 from __future__ import annotations
@@ -68,9 +93,10 @@ from exprc.errors import ExprcError, SerializationError
 from exprc.function import Function, function
 from exprc.graph import Node, constant_node, input_node, toposort
 from exprc.ops import OPS
+from exprc.ops.control import Branches, Loop
 from exprc.pipeline import FunctionGraph
 from exprc.shared import shared
-from exprc.types import DTYPES
+from exprc.types import DTYPES, TensorType
 
 FORMAT = "exprc-graph"
 VERSION = 1
@@ -78,6 +104,11 @@ MAX_DEPTH = 64
 MAX_DIM = 1 << 40
 MAX_ELEMENTS = 1 << 48
 MAX_NAME = 1024
+MAX_NESTING = 10  # loops and conditions inside loop bodies and branches
+MAX_TAP = 1 << 20  # |tap| of a loop's sequence or state
+MAX_LABEL = 2048  # a loop's name and result labels
+MAX_CONTROL_OPERANDS = 4096  # a scan's or ifelse's operands (other nodes: 64)
+MAX_STEPS = 1 << 62  # a constant n_steps (exprc.control.UNBOUNDED: a loop its until condition stops)
 
 
 # -- writing ----------------------------------------------------------------------------------------
@@ -85,15 +116,49 @@ def _encode_array(arr: np.ndarray) -> str:
     return base64.b64encode(np.ascontiguousarray(arr).astype(arr.dtype.newbyteorder("<")).tobytes()).decode()
 
 
-def _encode_attr(value: Any) -> Any:
+def _encode_attr(value: Any, depth: int = 0) -> Any:
     if isinstance(value, tuple):
         return [_encode_attr(v) for v in value]
     if value is None or isinstance(value, (bool, int, str)):
         return value
-    if type(value).__name__ in ("Loop", "Branches"):
-        raise SerializationError(f"cannot save a graph with a loop or a condition (scan, ifelse; {value!r}) yet: "
-                                 "save the inputs and rebuild the graph with the code that made it")
+    if isinstance(value, Loop):
+        return _encode_loop(value, depth)
+    if isinstance(value, Branches):
+        return {"body": _encode_body(value.inputs, (value.then, value.orelse), depth, "ifelse")}
     raise SerializationError(f"cannot save the attribute value {value!r}")
+
+
+def _encode_graph(roots: Sequence[Node], shared_refs: list | None, depth: int) -> tuple[list[dict], dict[Node, int]]:
+    """The node table of everything ``roots`` reach (operands before users)."""
+    index: dict[Node, int] = {}
+    nodes: list[dict] = []
+    for n in toposort(roots):
+        index[n] = len(nodes)
+        nodes.append(_node_entry(n, index, shared_refs, depth))
+    return nodes, index
+
+
+def _encode_body(inputs: Sequence[Node], outputs: Sequence[Node], depth: int, what: str) -> dict:
+    """A loop body or the branches of a condition: a graph document of its own (placeholders
+    ``inputs``, results ``outputs``) in the same node-table encoding."""
+    if depth + 1 > MAX_NESTING:
+        raise SerializationError(f"cannot save loops and conditions nested more than {MAX_NESTING} deep ({what})")
+    nodes, index = _encode_graph(list(outputs) + list(inputs), None, depth + 1)
+    declared = set(inputs)
+    for n in index:
+        if n.op == "input" and n not in declared:
+            raise SerializationError(f"cannot save {what}: its body reads {n.arg('name') or 'an input'!r}, which is "
+                                     "not one of its placeholders")
+    return {"nodes": nodes, "inputs": [index[i] for i in inputs], "outputs": [index[o] for o in outputs]}
+
+
+def _encode_loop(loop: Loop, depth: int) -> dict:
+    return {"body": _encode_body(loop.inputs, loop.outputs, depth, f"loop {loop.name!r}"),
+            "seq_taps": [list(t) for t in loop.seq_taps],
+            "state_taps": [None if t is None else list(t) for t in loop.state_taps],
+            "keep": list(loop.keep), "n_invariants": loop.n_invariants, "until": bool(loop.until),
+            "go_backwards": bool(loop.go_backwards), "from_sequences": bool(loop.from_sequences),
+            "labels": list(loop.labels), "name": loop.name}
 
 
 def to_dict(obj: Any, shared_refs: list | None = None) -> dict:
@@ -126,11 +191,7 @@ def to_dict(obj: Any, shared_refs: list | None = None) -> dict:
         raise TypeError(f"exprc.save: expected an expression, a list of expressions or a compiled function, got "
                         f"{type(obj).__name__}")
     roots = list(outputs) + [e for _, e in updates] + [v for v, _ in updates] + list(inputs)
-    index: dict[Node, int] = {}
-    nodes: list[dict] = []
-    for n in toposort(roots):
-        index[n] = len(nodes)
-        nodes.append(_node_entry(n, index, shared_refs))
+    nodes, index = _encode_graph(roots, shared_refs, 0)
     doc["nodes"] = nodes
     doc["outputs"] = [index[o] for o in outputs]
     doc["single"] = single
@@ -140,10 +201,13 @@ def to_dict(obj: Any, shared_refs: list | None = None) -> dict:
     return doc
 
 
-def _node_entry(n: Node, index: dict[Node, int], shared_refs: list | None) -> dict:
+def _node_entry(n: Node, index: dict[Node, int], shared_refs: list | None, depth: int = 0) -> dict:
     if n.op == "input":
         entry: dict[str, Any] = {"op": "input", "name": n.arg("name"), "dtype": n.dtype, "shape": list(n.type.shape)}
         if hasattr(n, "get_value"):
+            if depth:  # (exprc.scan and exprc.ifelse hoist them: the loop node's operands)
+                raise SerializationError(f"cannot save a loop or condition whose body reads the shared variable "
+                                         f"{n.arg('name') or '<unnamed>'!r} directly")
             entry["op"] = "shared"
             if shared_refs is not None:
                 if n not in shared_refs:
@@ -157,7 +221,7 @@ def _node_entry(n: Node, index: dict[Node, int], shared_refs: list | None) -> di
         return {"op": "constant", "dtype": n.dtype, "shape": list(n.type.shape), "data": _encode_array(n.value)}
     entry = {"op": n.op, "inputs": [index[i] for i in n.inputs]}
     if n.attrs:
-        entry["attrs"] = {k: _encode_attr(v) for k, v in n.attrs}
+        entry["attrs"] = {k: _encode_attr(v, depth) for k, v in n.attrs}
     return entry
 
 
@@ -399,6 +463,12 @@ def _check_attrs(op: str, attrs: dict, inputs: list[Node], where: str) -> None:
             bad = "index must be a list of ['i', k], ['n'] and ['s', start, stop, step] items"
     elif op in ("subtensor", "scatter"):
         bad = _index_attrs_problem(op, attrs, len(inputs))
+    elif op == "scan_output":
+        k, scan = attrs["k"], inputs[0]
+        if scan.op != "scan":
+            bad = "the operand must be a loop (a scan node)"
+        elif not (isinstance(k, int) and not isinstance(k, bool) and 0 <= k < scan.arg("loop").n_results):
+            bad = f"k must be one of the loop's {scan.arg('loop').n_results} results (0 up), got {k!r}"
     elif op == "split_part":
         axis, which = attrs["axis"], attrs["which"]
         if not (isinstance(axis, int) and not isinstance(axis, bool) and 0 <= axis < nd
@@ -426,92 +496,304 @@ def arity(row: Any) -> tuple[int, int | None]:
     return 1, None  # a row that says nothing: the 1 to 64 operands every node may have
 
 
+class _Loader:
+    """What loading one document shares across its node tables (the top-level graph and the
+    loop bodies and branches nested in it): the node budget, shared variables by reference and
+    the caches of operand counts and types."""
+
+    def __init__(self, max_nodes: int, shared_refs: Sequence[Node] | None):
+        self.max_nodes, self.shared_refs, self.total = max_nodes, shared_refs, 0
+        self.arities: dict[str, tuple[int, int | None]] = {}
+        self.known: dict[tuple, Any] = {}  # (op, attributes, operand types) -> the node type its rule gave
+
+    def count(self, n: int, where: str) -> None:
+        self.total += n
+        if self.total > self.max_nodes:
+            raise SerializationError(f"not loaded: {where}{self.total} nodes (counting loop bodies and branches), "
+                                     f"more than max_nodes={self.max_nodes}")
+
+    def nodes(self, entries: list, depth: int, prefix: str) -> list[Node]:
+        """Build one node table (operands come first: one pass, no recursion but into the
+        bodies of loops and conditions, at most MAX_NESTING deep)."""
+        built: list[Node] = []
+        arities, known = self.arities, self.known
+        for i, entry in enumerate(entries):
+            where = f"{prefix}node {i}"
+            if not isinstance(entry, dict):
+                raise SerializationError(f"{where}: expected a JSON object")
+            op = _field(entry, "op", str, where)
+            where = f"{prefix}node {i} ({op[:40]})"
+            if op == "input":
+                built.append(input_node(_name(entry, where), _dtype(entry, where),
+                                        _shape(_field(entry, "shape", list, where), where, True)))
+            elif op == "shared":
+                if depth:
+                    raise SerializationError(f"{where}: a loop body or branch cannot hold a shared variable (the "
+                                             "loop's or condition's operands carry the values it reads)")
+                if "ref" in entry:
+                    if self.shared_refs is None:
+                        raise SerializationError(f"{where}: a shared variable by reference is only valid inside a "
+                                                 "pickle")
+                    built.append(self.shared_refs[_int(entry["ref"], where, 0, len(self.shared_refs) - 1)])
+                    continue
+                dtype = _dtype(entry, where)
+                static = _shape(_field(entry, "shape", list, where), where, True)
+                value = _field(entry, "value", dict, where)
+                vshape = _shape(_field(value, "shape", list, where), where, False)
+                if len(vshape) != len(static) or any(s is not None and s != v for s, v in zip(static, vshape)):
+                    raise SerializationError(f"{where}: value of shape {list(vshape)} does not fit shape "
+                                             f"{list(static)}")
+                arr = _array(value.get("data"), dtype, vshape, where)
+                built.append(shared(arr, _name(entry, where), borrow=True, shape=static))
+            elif op == "constant":
+                dtype = _dtype(entry, where)
+                shp = _shape(_field(entry, "shape", list, where), where, False)
+                built.append(constant_node(_array(entry.get("data"), dtype, shp, where), dtype))
+            else:
+                row = OPS.get(op)
+                if row is None or row.kind == "leaf" or row.infer is None:
+                    raise SerializationError(f"{where}: unknown op {op!r} (ops made with exprc.custom_op must be "
+                                             "registered before loading)")
+                control = row.kind == "control"
+                refs = _field(entry, "inputs", list, where)
+                cap = MAX_CONTROL_OPERANDS if control else 64
+                if not refs or len(refs) > cap:
+                    raise SerializationError(f"{where}: expected 1 to {cap} operands")
+                lo, hi = arities[op] if op in arities else arities.setdefault(op, arity(row))
+                if not lo <= len(refs) <= (cap if hi is None else hi):
+                    want = str(lo) if lo == hi else (f"at least {lo}" if hi is None else f"{lo} to {hi}")
+                    raise SerializationError(f"{prefix}node {i}: op {op!r} takes {want} "
+                                             f"operand{'s' if want != '1' else ''}, got {len(refs)}")
+                inputs = tuple(built[r] if type(r) is int and 0 <= r < i
+                               else built[_int(r, f"{where}: operand", 0, i - 1)] for r in refs)
+                if op != "scan_output":
+                    for r, x in zip(refs, inputs):
+                        if x.op == "scan":
+                            raise SerializationError(f"{where}: reads the loop node {r} directly (only scan_output "
+                                                     "nodes may)")
+                raw_attrs = _field(entry, "attrs", dict, where, optional=True) or {}
+                if op in ("scan", "ifelse"):
+                    attrs = self.control_attrs(op, raw_attrs, inputs, depth, where)
+                else:
+                    attrs = {k: _decode_attr(v, where) for k, v in raw_attrs.items()} if raw_attrs else {}
+                # A type rule (and the attribute check) depends only on the operands' types and the
+                # attributes: a signature seen before, whose rule inserted no cast, gives the same
+                # type without running them again (a saved chain repeats a few signatures).  Not
+                # for control nodes: a loop result's type is its loop's (behind an operand typed
+                # 0-d bool), a loop's or condition's attribute is new for every node.
+                key, typ = None, None
+                if not control:
+                    try:
+                        key = (op, tuple(sorted(attrs.items())), tuple((n.type.dtype, n.type.shape) for n in inputs))
+                        typ = known.get(key)
+                    except TypeError:  # an unhashable attribute value: checked (and refused) the slow way
+                        key, typ = None, None
+                if typ is not None:
+                    built.append(Node(op, inputs, key[1], typ))
+                    continue
+                _check_attrs(op, attrs, list(inputs), where)
+                try:
+                    node = row.make(inputs, attrs)
+                except ExprcError as exc:
+                    raise SerializationError(f"{where}: {exc}") from None
+                except (TypeError, ValueError, KeyError, IndexError, OverflowError) as exc:
+                    raise SerializationError(f"{where}: invalid operands or attributes ({type(exc).__name__}: "
+                                             f"{exc})") from None
+                for dim in node.type.shape:
+                    if dim is not None and dim > MAX_DIM:
+                        raise SerializationError(f"{where}: result shape is too large")
+                if key is not None and node.inputs == inputs:
+                    known[key] = node.type
+                built.append(node)
+        return built
+
+    # -- loops and conditions ---------------------------------------------------------------------
+    def control_attrs(self, op: str, raw: dict, operands: tuple, depth: int, where: str) -> dict:
+        name = "loop" if op == "scan" else "branches"
+        if set(raw) != {name}:
+            raise SerializationError(f"{where}: op {op!r} takes the attributes [{name!r}], got {sorted(raw)}")
+        if not isinstance(raw[name], dict):
+            raise SerializationError(f"{where}: attribute {name!r} must be a JSON object")
+        if op == "scan":
+            return {"loop": self.loop(raw["loop"], operands, depth, where)}
+        return {"branches": self.branches(raw["branches"], operands, depth, where)}
+
+    def body(self, raw: Any, depth: int, where: str) -> tuple[list[Node], list[Node]]:
+        """A nested graph document: (placeholders, outputs)."""
+        if depth + 1 > MAX_NESTING:
+            raise SerializationError(f"{where}: loops and conditions nested more than {MAX_NESTING} deep")
+        if not isinstance(raw, dict) or set(raw) != {"nodes", "inputs", "outputs"}:
+            raise SerializationError(f"{where}: the body must be an object with 'nodes', 'inputs' and 'outputs'")
+        entries = _field(raw, "nodes", list, where)
+        self.count(len(entries), f"{where}: ")
+        built = self.nodes(entries, depth + 1, f"{where} body: ")
+        n = len(built)
+        ins = [_int(r, f"{where}: body inputs", 0, n - 1) for r in _field(raw, "inputs", list, where)]
+        outs = [_int(r, f"{where}: body outputs", 0, n - 1) for r in _field(raw, "outputs", list, where)]
+        if len(set(ins)) != len(ins):
+            raise SerializationError(f"{where}: the body's inputs repeat a node")
+        for r in ins:
+            if built[r].op != "input":
+                raise SerializationError(f"{where}: body input {r} is not an input node (a {built[r].op!r} node)")
+        declared = set(ins)
+        for j, node in enumerate(built):
+            if node.op == "input" and j not in declared:
+                raise SerializationError(f"{where}: body node {j} is an input that is not one of the body's inputs")
+        for r in outs:
+            if built[r].op == "scan":
+                raise SerializationError(f"{where}: body output {r} is a loop node (only its scan_output nodes are "
+                                         "values)")
+        return [built[r] for r in ins], [built[r] for r in outs]
+
+    def loop(self, raw: dict, operands: tuple, depth: int, where: str) -> Loop:
+        fields = ("body", "seq_taps", "state_taps", "keep", "n_invariants", "until", "go_backwards",
+                  "from_sequences", "labels", "name")
+        if set(raw) != set(fields):
+            raise SerializationError(f"{where}: a loop has the fields {list(fields)}, got {sorted(raw)}")
+
+        def bad(what: str) -> SerializationError:
+            return SerializationError(f"{where}: bad loop: {what}")
+
+        def taps(v: Any, what: str, negative: bool) -> tuple[int, ...]:
+            lo, hi = -MAX_TAP, (-1 if negative else MAX_TAP)
+            if not isinstance(v, list) or not v or len(v) > MAX_CONTROL_OPERANDS or not all(
+                    type(t) is int and lo <= t <= hi for t in v) or v != sorted(set(v)):
+                raise bad(f"{what} must be a non-empty ascending list of distinct integers in [{lo}, {hi}], "
+                          f"got {str(v)[:80]}")
+            return tuple(v)
+
+        seq_raw = _field(raw, "seq_taps", list, where)
+        state_raw = _field(raw, "state_taps", list, where)
+        if len(seq_raw) > len(operands) or len(state_raw) > MAX_CONTROL_OPERANDS:
+            raise bad("more sequences or results than operands allow")
+        seq_taps = tuple(taps(t, f"seq_taps[{j}]", False) for j, t in enumerate(seq_raw))
+        state_taps = tuple(None if t is None else taps(t, f"state_taps[{k}]", True) for k, t in enumerate(state_raw))
+        nres = len(state_taps)
+        keep = _field(raw, "keep", list, where)
+        if len(keep) != nres or not all(isinstance(k, str) and k in ("all", "last") for k in keep):
+            raise bad(f"keep must list 'all' or 'last' for each of the {nres} results")
+        if any(k == "last" and t is None for k, t in zip(keep, state_taps)):
+            raise bad("keep 'last' is only for a result that is fed back (state_taps not null)")
+        n_inv = _int(_field(raw, "n_invariants", int, where), f"{where}: bad loop: n_invariants", 0,
+                     MAX_CONTROL_OPERANDS)
+        flags = {k: _field(raw, k, bool, where) for k in ("until", "go_backwards", "from_sequences")}
+        labels = _field(raw, "labels", list, where)
+        if len(labels) > nres or not all(isinstance(t, str) and len(t) <= MAX_LABEL for t in labels):
+            raise bad(f"labels must be at most one string (of at most {MAX_LABEL} characters) per result")
+        name = _field(raw, "name", str, where)
+        if len(name) > MAX_LABEL:
+            raise bad(f"name longer than {MAX_LABEL} characters")
+        ns, recurrent = len(seq_taps), [k for k, t in enumerate(state_taps) if t is not None]
+        want = 1 + ns + len(recurrent) + n_inv
+        if len(operands) != want:
+            raise bad(f"{ns} sequences, {len(recurrent)} fed-back results and {n_inv} invariants need "
+                      f"{want} operands (n_steps first), got {len(operands)}")
+        if flags["from_sequences"] and not ns:
+            raise bad("from_sequences needs at least one sequence")
+        n_op = operands[0]
+        if n_op.ndim != 0 or n_op.dtype not in ("int32", "int64"):
+            raise bad(f"n_steps (operand 0) must be a 0-d integer, got {n_op.type}")
+        if not flags["from_sequences"] and n_op.op == "constant" and not (
+                0 <= int(n_op.value) <= (MAX_STEPS if flags["until"] else MAX_DIM)):
+            raise bad(f"n_steps (operand 0) is the constant {int(n_op.value)}"
+                      + ("" if flags["until"] or int(n_op.value) < 0 else
+                         f": more than {MAX_DIM} steps is only for a loop that an until condition stops"))
+
+        ins, outs = self.body(raw["body"], depth, where)
+        n_taps = sum(map(len, seq_taps)) + sum(len(state_taps[k]) for k in recurrent)  # type: ignore[arg-type]
+        if len(ins) != n_taps + n_inv:
+            raise bad(f"the body has {len(ins)} inputs; the taps and invariants need {n_taps + n_inv}")
+        if len(outs) != nres + flags["until"]:
+            raise bad(f"the body has {len(outs)} outputs; {nres} results" + (" and the until condition"
+                                                                             if flags["until"] else "")
+                      + f" need {nres + flags['until']}")
+        it = iter(ins)
+        for j, taps_j in enumerate(seq_taps):
+            seq = operands[1 + j]
+            if seq.ndim == 0:
+                raise bad(f"sequence {j} (operand {1 + j}) is 0-d")
+            for tap in taps_j:
+                _fits(next(it), seq.dtype, seq.type.shape[1:], f"{where}: bad loop: the placeholder of sequence {j} "
+                      f"tap {tap}")
+        for q, k in enumerate(recurrent):
+            init, taps_k = operands[1 + ns + q], state_taps[k]
+            if taps_k != (-1,) and init.ndim == 0:
+                raise bad(f"result {k} has taps {list(taps_k)}: its initial value (operand {1 + ns + q}) needs an "  # type: ignore[arg-type]
+                          "axis of past values")
+            shape = init.type.shape if taps_k == (-1,) else init.type.shape[1:]
+            for tap in taps_k:  # type: ignore[union-attr]
+                _fits(next(it), init.dtype, shape, f"{where}: bad loop: the placeholder of result {k} tap {tap}")
+            o = outs[k]
+            if o.dtype != init.dtype or o.ndim != len(shape) or any(
+                    a is not None and b is not None and a != b for a, b in zip(o.type.shape, shape)):
+                raise bad(f"the body's result {k} is {o.type} but its state (initial value {init.type}) needs "
+                          f"{init.dtype} of shape {list(shape)}")
+        for q in range(n_inv):
+            w = operands[1 + ns + len(recurrent) + q]
+            _fits(next(it), w.dtype, w.type.shape, f"{where}: bad loop: the placeholder of invariant {q}")
+        if flags["until"]:
+            c = outs[-1]
+            if c.ndim != 0 or c.dtype.startswith("float"):
+                raise bad(f"the until condition must be a 0-d bool or integer, got {c.type}")
+        return Loop(inputs=tuple(ins), outputs=tuple(outs), seq_taps=seq_taps, state_taps=state_taps,
+                    keep=tuple(keep), n_invariants=n_inv, until=flags["until"], go_backwards=flags["go_backwards"],
+                    from_sequences=flags["from_sequences"], labels=tuple(labels), name=name)
+
+    def branches(self, raw: dict, operands: tuple, depth: int, where: str) -> Branches:
+        if set(raw) != {"body"}:
+            raise SerializationError(f"{where}: a condition's branches have the field ['body'], got {sorted(raw)}")
+        cond = operands[0]
+        if cond.ndim != 0 or cond.dtype.startswith("float"):
+            raise SerializationError(f"{where}: bad branches: the condition (operand 0) must be a 0-d bool or "
+                                     f"integer, got {cond.type}")
+        ins, outs = self.body(raw["body"], depth, where)
+        if len(outs) != 2:
+            raise SerializationError(f"{where}: bad branches: the body needs 2 outputs (then, else), got {len(outs)}")
+        if len(ins) != len(operands) - 1:
+            raise SerializationError(f"{where}: bad branches: {len(ins)} placeholders for {len(operands) - 1} "
+                                     "captured operands")
+        for j, (h, v) in enumerate(zip(ins, operands[1:])):
+            _fits(h, v.dtype, v.type.shape, f"{where}: bad branches: the placeholder of operand {j + 1}")
+        a, b = outs
+        if a.dtype != b.dtype or a.ndim != b.ndim:
+            raise SerializationError(f"{where}: bad branches: then is {a.type} but else is {b.type} (one dtype and "
+                                     "number of dimensions)")
+        return Branches(tuple(ins), a, b)
+
+
+def _fits(placeholder: Node, dtype: str, shape: tuple, what: str) -> None:
+    """A placeholder must stand for values of ``dtype`` and ``shape`` (a size it fixes, the value fixes too)."""
+    t = placeholder.type
+    if t.dtype != dtype or len(t.shape) != len(shape) or any(p is not None and p != s for p, s in zip(t.shape, shape)):
+        raise SerializationError(f"{what} is {t} but its operand gives {TensorType(dtype, tuple(shape))}")
+
+
+def _not_a_loop(nodes: list[Node], what: str) -> None:
+    for n in nodes:
+        if n.op == "scan":
+            raise SerializationError(f"graph: {what} is a loop node (only its scan_output nodes are values)")
+
+
 def from_dict(doc: dict, max_nodes: int = 10_000_000, shared_refs: Sequence[Node] | None = None) -> Any:
     """Rebuild an expression, a list of them or a compiled function from a parsed document."""
+    if not isinstance(doc, dict):
+        raise SerializationError("not an exprc graph: expected a JSON object")
     kind = doc.get("kind")
     if kind not in ("expression", "function"):
         raise SerializationError(f"not an exprc graph: \"kind\" must be \"expression\" or \"function\", got {kind!r}")
     entries = _field(doc, "nodes", list, "graph")
     if len(entries) > max_nodes:
         raise SerializationError(f"not loaded: {len(entries)} nodes, more than max_nodes={max_nodes}")
-    built: list[Node] = []
-    arities: dict[str, tuple[int, int | None]] = {}
-    known: dict[tuple, Any] = {}  # (op, attributes, operand types) -> the node type its rule gave
-    for i, entry in enumerate(entries):  # operands come first: one pass, no recursion
-        where = f"node {i}"
-        if not isinstance(entry, dict):
-            raise SerializationError(f"{where}: expected a JSON object")
-        op = _field(entry, "op", str, where)
-        where = f"node {i} ({op[:40]})"
-        if op == "input":
-            built.append(input_node(_name(entry, where), _dtype(entry, where),
-                                    _shape(_field(entry, "shape", list, where), where, True)))
-        elif op == "shared":
-            if "ref" in entry:
-                if shared_refs is None:
-                    raise SerializationError(f"{where}: a shared variable by reference is only valid inside a pickle")
-                built.append(shared_refs[_int(entry["ref"], where, 0, len(shared_refs) - 1)])
-                continue
-            dtype = _dtype(entry, where)
-            static = _shape(_field(entry, "shape", list, where), where, True)
-            value = _field(entry, "value", dict, where)
-            vshape = _shape(_field(value, "shape", list, where), where, False)
-            if len(vshape) != len(static) or any(s is not None and s != v for s, v in zip(static, vshape)):
-                raise SerializationError(f"{where}: value of shape {list(vshape)} does not fit shape {list(static)}")
-            arr = _array(value.get("data"), dtype, vshape, where)
-            built.append(shared(arr, _name(entry, where), borrow=True, shape=static))
-        elif op == "constant":
-            dtype = _dtype(entry, where)
-            shp = _shape(_field(entry, "shape", list, where), where, False)
-            built.append(constant_node(_array(entry.get("data"), dtype, shp, where), dtype))
-        else:
-            row = OPS.get(op)
-            if row is None or row.kind == "leaf" or row.infer is None:
-                raise SerializationError(f"{where}: unknown op {op!r} (ops made with exprc.custom_op must be "
-                                         "registered before loading)")
-            refs = _field(entry, "inputs", list, where)
-            if not refs or len(refs) > 64:
-                raise SerializationError(f"{where}: expected 1 to 64 operands")
-            lo, hi = arities[op] if op in arities else arities.setdefault(op, arity(row))
-            if not lo <= len(refs) <= (64 if hi is None else hi):
-                want = str(lo) if lo == hi else (f"at least {lo}" if hi is None else f"{lo} to {hi}")
-                raise SerializationError(f"node {i}: op {op!r} takes {want} operand{'s' if want != '1' else ''}, "
-                                         f"got {len(refs)}")
-            inputs = tuple(built[r] if type(r) is int and 0 <= r < i else built[_int(r, f"{where}: operand", 0, i - 1)]
-                           for r in refs)
-            raw_attrs = _field(entry, "attrs", dict, where, optional=True) or {}
-            attrs = {k: _decode_attr(v, where) for k, v in raw_attrs.items()} if raw_attrs else {}
-            # A type rule (and the attribute check) depends only on the operands' types and the
-            # attributes: a signature seen before, whose rule inserted no cast, gives the same
-            # type without running them again (a saved chain repeats a few signatures).
-            try:
-                key = (op, tuple(sorted(attrs.items())), tuple((n.type.dtype, n.type.shape) for n in inputs))
-                typ = known.get(key)
-            except TypeError:  # an unhashable attribute value: checked (and refused) the slow way
-                key, typ = None, None
-            if typ is not None:
-                built.append(Node(op, inputs, key[1], typ))
-                continue
-            _check_attrs(op, attrs, list(inputs), where)
-            try:
-                node = row.make(inputs, attrs)
-            except ExprcError as exc:
-                raise SerializationError(f"{where}: {exc}") from None
-            except (TypeError, ValueError, KeyError, IndexError, OverflowError) as exc:
-                raise SerializationError(f"{where}: invalid operands or attributes ({type(exc).__name__}: {exc})") \
-                    from None
-            for dim in node.type.shape:
-                if dim is not None and dim > MAX_DIM:
-                    raise SerializationError(f"{where}: result shape is too large")
-            if key is not None and node.inputs == inputs:
-                known[key] = node.type
-            built.append(node)
+    loader = _Loader(max_nodes, shared_refs)
+    loader.count(len(entries), "")
+    built = loader.nodes(entries, 0, "")
     n = len(built)
 
     def refs_of(key: str) -> list[Node]:
         return [built[_int(r, f"graph: {key}", 0, n - 1)] for r in _field(doc, key, list, "graph")]
 
     outputs = refs_of("outputs")
+    _not_a_loop(outputs, "an output")
     single = _field(doc, "single", bool, "graph")
     if kind == "expression":
         if single:
@@ -528,6 +810,7 @@ def from_dict(doc: dict, max_nodes: int = 10_000_000, shared_refs: Sequence[Node
         if not isinstance(pair, list) or len(pair) != 2:
             raise SerializationError("graph: each update is a [shared, expression] pair")
         var, expr = (built[_int(r, "graph: updates", 0, n - 1)] for r in pair)
+        _not_a_loop([expr], "an update")
         updates.append((var, expr))
     options = _field(doc, "options", dict, "graph")
     return _compile(inputs, outputs[0] if single else outputs, updates, options)
