@@ -273,12 +273,17 @@ def install_type_rules(make: Callable[[str, tuple, dict], Node]) -> None:
     _make = make
 
 
+#: Ops whose type depends on more than their operands' types (a loop's result: on the loop's
+#: operands), which :func:`rebuild` always re-derives.  Rows register here (ops.control).
+RETYPE_ALWAYS: set[str] = set()
+
+
 def rebuild(node: Node, inputs: Sequence[Node]) -> Node:
     """``node`` with new operands, re-deriving its type through the op table."""
     inputs = tuple(inputs)
     if inputs == node.inputs:
         return node
-    if all(a.type == b.type for a, b in zip(inputs, node.inputs)):
+    if node.op not in RETYPE_ALWAYS and all(a.type == b.type for a, b in zip(inputs, node.inputs)):
         # A type rule depends only on operand types and attributes: same types, same node type.
         return Node(node.op, inputs, node.attrs, node.type)
     if _make is None:

@@ -245,3 +245,29 @@ def test_theano_scan_keywords():
     np.testing.assert_array_equal(exprc.function([x, w, h0], hs)(np.ones(3), 2.0, 0.0), [1.0, 3.0, 7.0])
     with pytest.raises(NotImplementedError, match="truncate_gradient"):
         exprc.scan(lambda xt, h: h + xt, sequences=[x], outputs_info=[h0], truncate_gradient=5)
+
+
+def test_substituting_a_loop_operand_retypes_its_results_and_loops_pickle_after_running():
+    import pickle
+
+    x = exprc.vector("x", shape=(5,))
+    ys, _ = exprc.scan(lambda a: a * 2, sequences=x)
+    y = exprc.vector("y", shape=(7,))
+    (z,) = exprc.graph.substitute([ys], {x: y})
+    assert z.type.shape == (7,)
+    assert exprc.function([y], z.sum() + exprc.shape(z)[0])(np.ones(7)) == 21.0
+    loop = ys.inputs[0].arg("loop")
+    exprc.ops.OPS["scan"].impl(np.int64(-1), np.ones(5), loop=loop)  # caches a NumPy kernel on the loop
+    again = pickle.loads(pickle.dumps(ys))
+    np.testing.assert_array_equal(exprc.function([again.inputs[0].inputs[1]], again)(np.arange(5.0)),
+                                  np.arange(5.0) * 2)
+
+
+@pytest.mark.parametrize("be", ["numpy", "c"])
+def test_gradient_through_one_step(be):
+    x, h0 = exprc.vector("x"), exprc.scalar("h0")
+    hs, _ = exprc.scan(lambda xt, h: h * xt + xt ** 2, sequences=[x], outputs_info=[h0])
+    gx, gh = exprc.grad(exprc.sum(hs), [x, h0])
+    got = exprc.function([x, h0], [gx, gh], backend=be)(np.array([3.0]), 2.0)
+    np.testing.assert_array_equal(got[0], [2.0 + 6.0])
+    assert got[1] == 3.0

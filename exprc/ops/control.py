@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from exprc import graph
 from exprc.errors import ControlFlowError, ShapeError
 from exprc.graph import Node, toposort
 from exprc.ops.table import Op, register
@@ -59,6 +60,10 @@ class Loop:
     from_sequences: bool = False  # n_steps is the sequences' common length
     labels: tuple[str, ...] = ()  # per result, for messages ("outputs_info[1]")
     name: str = "scan"
+
+    def __getstate__(self) -> dict:
+        # (compiled kernels cached on the object by the reference runner are not part of it)
+        return {k: v for k, v in self.__dict__.items() if not k.startswith("_")}
 
     @property
     def n_seqs(self) -> int:
@@ -97,6 +102,9 @@ class Branches:
     inputs: tuple[Node, ...]
     then: Node
     orelse: Node
+
+    def __getstate__(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if not k.startswith("_")}
 
     def __repr__(self) -> str:
         return f"Branches({len(self.inputs)} inputs)"
@@ -214,6 +222,8 @@ def _infer_ifelse(inputs: tuple, attrs: dict) -> tuple[tuple, TensorType]:
 #: How a backend runs a control node: ``runner(node, compile) -> callable(*operand values)``,
 #: where ``compile(inputs, outputs)`` gives the backend's kernel of a body graph.
 RUNNERS: dict[str, Callable[..., Any]] = {}
+
+graph.RETYPE_ALWAYS.add("scan_output")  # (its shape follows the loop's operands, not the loop node's type)
 
 register(Op("scan", "control", _scan_impl, _infer_scan, attr_names=("loop",), nin=(1, None), value_shape=True))
 register(Op("scan_output", "control", _scan_output, _infer_scan_output, attr_names=("k",), nin=(1, 1),
