@@ -288,8 +288,8 @@ def _native_report(f, *args) -> str:
 
     orig, seen = looplib.CStepper.__call__, []
 
-    def spy(self, runner, st):
-        r = orig(self, runner, st)
+    def spy(self, runner, st, start, end):
+        r = orig(self, runner, st, start, end)
         seen.append(f"{runner.loop.name}: {'native' if r is not None else 'Python loop'}")
         return r
 
