@@ -23,7 +23,7 @@ import numpy as np
 
 from exprc import api
 from exprc.errors import ControlFlowError, DTypeError, ShapeError
-from exprc.graph import Node, constant_node, input_node, substitute, toposort
+from exprc.graph import Node, constant_node, input_node, rebuild, substitute, toposort
 from exprc.ops import OPS, grad_rule
 from exprc.ops.control import Branches, Loop
 from exprc.types import shape_str
@@ -538,7 +538,18 @@ def _scan_grad(node: Node, cts: dict[int, Node]) -> list:
     prev = {k: api.concatenate([api.expand_dims(x0, 0), stacked[k][:-1]], 0) for k, x0 in zip(loop.recurrent, inits)}
     rev_seqs += [prev[k] for k in loop.recurrent]
     carried = [k for k in loop.recurrent if _is_float(loop.outputs[k])]
-    inv_wrt = [w for w in invs if _is_float(w)]
+    # The body, its slices pushed into what they slice (so the gates of an LSTM are four matmuls
+    # of weight slices: no scatter of their gradients into one array inside the reverse loop),
+    # and the loop-invariant subexpressions its varying part reads (weights, their slices): the
+    # reverse loop accumulates *their* gradients; what they are made of is differentiated once,
+    # after it.
+    n_inv_from = len(rows) + nr
+    fwd_outs = _push_slices(list(loop.outputs[:loop.n_results]))
+    inv_holders = set(loop.inputs[n_inv_from:])
+    inv_sub = _invariant_parts(fwd_outs, set(loop.inputs[:n_inv_from]), inv_holders)
+    to_outer = dict(zip(loop.inputs[n_inv_from:], invs))
+    inv_outer = substitute(inv_sub, to_outer) if inv_sub else []
+    inv_wrt = [w for w in inv_outer if _is_float(w)]
     carry0 = [cts[k] if loop.keep[k] == "last" and k in cts else _zeros_like(x0)
               for k, x0 in zip(loop.recurrent, inits) if k in carried]
     acc0 = [_zeros_like(w) for w in inv_wrt]
@@ -554,8 +565,8 @@ def _scan_grad(node: Node, cts: dict[int, Node]) -> list:
         # The forward step t, over this step's rows: placeholders -> values.
         mapping = dict(zip(loop.inputs[:len(rows)], x_rows))
         mapping.update(zip(loop.inputs[len(rows):len(rows) + nr], [s_prev[k] for k in loop.recurrent]))
-        mapping.update(zip(loop.inputs[len(rows) + nr:], invs))
-        outs = substitute(list(loop.outputs[:loop.n_results]), mapping)
+        mapping.update(to_outer)
+        outs = substitute(fwd_outs, mapping)
         cot: list[Node | None] = []
         for k in range(loop.n_results):
             parts = [p for p in (g_rows.get(k), carry.get(k)) if p is not None]
@@ -592,6 +603,97 @@ def _scan_grad(node: Node, cts: dict[int, Node]) -> list:
         out[1 + j] = g[::-1] if loop.go_backwards else g
     for k, g in zip(carried, g_carry):
         out[1 + ns + loop.recurrent.index(k)] = g
-    for w, g in zip(inv_wrt, g_acc):
-        out[1 + ns + nr + invs.index(w)] = g
+    float_invs = [w for w in invs if _is_float(w)]
+    if inv_wrt and float_invs:  # from the invariant parts' gradients to the loop's operands
+        for w, g in zip(float_invs, _vjp(inv_wrt, g_acc, float_invs, "zero", "grad")):
+            out[1 + ns + nr + invs.index(w)] = g
     return out
+
+
+def _invariant_parts(outputs: list[Node], varying: set[Node], holders: set[Node]) -> list[Node]:
+    """The maximal subexpressions of a body that read invariant placeholders and no varying one,
+    as its varying nodes (or its outputs) read them, in a deterministic order."""
+    vary: set[int] = {id(v) for v in varying}
+    inv: set[int] = {id(h) for h in holders}
+    order = toposort(outputs)
+    for n in order:
+        if id(n) in vary or id(n) in inv or not n.inputs:
+            continue
+        if any(id(i) in vary for i in n.inputs):
+            vary.add(id(n))
+        elif any(id(i) in inv for i in n.inputs):
+            inv.add(id(n))
+    found: dict[Node, None] = {}
+    for n in order:
+        if id(n) in vary:
+            for i in n.inputs:
+                if id(i) in inv:
+                    found[i] = None
+    for o in outputs:
+        if id(o) in inv:
+            found[o] = None
+    return list(found)
+
+
+#: How far _push_slices follows one slice down a chain of ops.
+_PUSH_DEPTH = 64
+
+
+def _whole(item: tuple) -> bool:
+    return item[0] == "s" and item[1] is None and item[2] is None and item[3] in (None, 1)
+
+
+def _push_slices(outputs: list[Node]) -> list[Node]:
+    """``op(a, b)[s]`` -> ``op(a[s'], b[s'])`` for static slices (no ints, no new axes) of
+    elementwise results (each operand sliced along the axes it has, a broadcast axis of size 1
+    kept whole), and ``(A @ B)[r, c]`` -> ``A[r] @ B[:, c]`` for 2-d ``A`` and ``B``.  The values
+    are the same; the slices end up on the operands (loop invariants there: hoisted)."""
+    memo: dict[Node, Node] = {}
+
+    def push(n: Node, depth: int) -> Node:
+        key = n
+        if key in memo:
+            return memo[key]
+        res = n
+        if depth < _PUSH_DEPTH and n.op == "getitem" and all(it[0] == "s" for it in n.arg("index")):
+            z = n.inputs[0]
+            idx = list(n.arg("index")) + [("s", None, None, 1)] * (z.ndim - len(n.arg("index")))
+            row = OPS.get(z.op)
+            if row is not None and row.kind == "elemwise" and z.inputs:
+                parts = []
+                for o in z.inputs:
+                    off = z.ndim - o.ndim
+                    items = []
+                    for d in range(o.ndim):
+                        od, zd = o.type.shape[d], z.type.shape[d + off]
+                        if _whole(idx[d + off]):
+                            items.append(idx[d + off])  # the whole axis, broadcast or not
+                        elif od == 1 and zd != 1:
+                            items.append(("s", None, None, None))  # broadcast: the whole axis
+                        elif od is not None and od == zd:
+                            items.append(idx[d + off])
+                        else:
+                            parts = None  # a size unknown here: is it broadcast? leave it
+                            break
+                    if parts is None:
+                        break
+                    parts.append(push(OPS["getitem"].make((o,), {"index": tuple(items)}), depth + 1)
+                                 if o.ndim and not all(map(_whole, items)) else o)
+                if parts is not None:
+                    res = rebuild(z, parts)
+            elif z.op == "matmul" and z.ndim == 2 and all(i.ndim == 2 for i in z.inputs):
+                a, b = z.inputs
+                full = ("s", None, None, 1)
+                a2 = a if _whole(idx[0]) else push(OPS["getitem"].make((a,), {"index": (idx[0],)}), depth + 1)
+                b2 = b if _whole(idx[1]) else push(OPS["getitem"].make((b,), {"index": (full, idx[1])}), depth + 1)
+                res = rebuild(z, [a2, b2])
+        memo[key] = res
+        return res
+
+    mapping: dict[Node, Node] = {}
+    for n in toposort(outputs):
+        if n.op == "getitem":
+            new = push(n, 0)
+            if new is not n:
+                mapping[n] = new
+    return substitute(outputs, mapping) if mapping else list(outputs)

@@ -271,3 +271,75 @@ def test_gradient_through_one_step(be):
     got = exprc.function([x, h0], [gx, gh], backend=be)(np.array([3.0]), 2.0)
     np.testing.assert_array_equal(got[0], [2.0 + 6.0])
     assert got[1] == 3.0
+
+
+def _lstm_numpy(xv, wv, uv, bv, H):
+    def sig(v):
+        return 1 / (1 + np.exp(-v))
+
+    h = np.zeros((xv.shape[1], H))
+    c = np.zeros_like(h)
+    total = 0.0
+    for x in xv:
+        z = x @ wv + h @ uv + bv
+        i, f, o, g = sig(z[:, :H]), sig(z[:, H:2 * H]), sig(z[:, 2 * H:3 * H]), np.tanh(z[:, 3 * H:])
+        c = f * c + i * g
+        h = o * np.tanh(c)
+        total += np.sum(h ** 2)
+    return total
+
+
+def test_lstm_gradient_with_static_shapes_runs_both_loops_natively(stepper_calls):
+    """The gate slices of z = x@W + h@U + b move onto the weights' slices in the reverse loop
+    (static shapes: no operand can be a broadcast), whose gradients it accumulates; the weights'
+    own gradients are assembled once after it.  No scatter is left in the reverse body, so it
+    runs in the C stepper.  Gradients match central differences."""
+    T, B, H = 6, 3, 4
+    X = exprc.tensor3("X", shape=(T, B, H))
+    W, U, b = exprc.matrix("W", shape=(H, 4 * H)), exprc.matrix("U", shape=(H, 4 * H)), exprc.vector("b", shape=(4 * H,))
+
+    def step(x, h, c, W, U, b):
+        z = x @ W + h @ U + b
+        i, f = exprc.sigmoid(z[:, :H]), exprc.sigmoid(z[:, H:2 * H])
+        o, g = exprc.sigmoid(z[:, 2 * H:3 * H]), exprc.tanh(z[:, 3 * H:])
+        c2 = f * c + i * g
+        return o * exprc.tanh(c2), c2
+
+    (hs, _), _ = exprc.scan(step, sequences=[X], outputs_info=[exprc.zeros((B, H)), exprc.zeros((B, H))],
+                            non_sequences=[W, U, b])
+    loss = exprc.sum(hs ** 2)
+    f = exprc.function([X, W, U, b], [loss, *exprc.grad(loss, [X, W, U, b])], backend="c")
+    rng = np.random.default_rng(4)
+    vals = [rng.normal(size=(T, B, H)), rng.normal(size=(H, 4 * H)) * 0.4, rng.normal(size=(H, 4 * H)) * 0.4,
+            rng.normal(size=4 * H) * 0.4]
+    got = f(*vals)
+    assert sorted(name for name, _, done in stepper_calls if done is not None) == ["scan", "scan.grad"]
+    assert got[0] == pytest.approx(_lstm_numpy(*vals, H), rel=1e-13)
+    eps = 1e-6
+    for j in range(4):
+        fd = np.zeros_like(vals[j])
+        for idx in np.ndindex(vals[j].shape):
+            up = [v.copy() for v in vals]
+            dn = [v.copy() for v in vals]
+            up[j][idx] += eps
+            dn[j][idx] -= eps
+            fd[idx] = (_lstm_numpy(*up, H) - _lstm_numpy(*dn, H)) / (2 * eps)
+        np.testing.assert_allclose(got[1 + j], fd, rtol=1e-6, atol=1e-8)
+
+
+def test_push_slices_keeps_values_and_leaves_possible_broadcasts_alone():
+    from exprc.control import _push_slices
+
+    A, B = exprc.matrix("A", shape=(3, 4)), exprc.matrix("B", shape=(4, 6))
+    row, col = exprc.matrix("row", shape=(1, 6)), exprc.matrix("any")
+    z = exprc.exp(A @ B + row)
+    (pushed,) = _push_slices([z[1:, 2:5]])
+    ops = [n.op for n in exprc.graph.toposort([pushed])]
+    # A[1:], B[:, 2:5] and row[:, 2:5] (its axis 0 is a broadcast of size 1: kept whole)
+    assert ops.count("getitem") == 3 and pushed.op == "exp"
+    assert any(n.op == "getitem" and n.inputs[0] is row and n.type.shape == (1, 3)
+               for n in exprc.graph.toposort([pushed]))
+    vals = {A: np.arange(12.0).reshape(3, 4) / 10, B: np.arange(24.0).reshape(4, 6) / 10, row: np.ones((1, 6))}
+    np.testing.assert_allclose(pushed.eval(vals), z[1:, 2:5].eval(vals), rtol=1e-15)
+    unknown = (A @ B + col)[:, 2:5]  # col's size is not static: it could be a broadcast (1 column)
+    assert _push_slices([unknown])[0] is unknown
