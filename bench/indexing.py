@@ -7,6 +7,9 @@ and the cold compile of the Theano tutorial's logistic-SGD step.  Run:  python b
 * scatter: the gradient of ``sum(W[idx] * G)`` with respect to W (a fresh 50,000 x 128 array with
   the rows of G added at idx, repeats accumulating) vs ``np.zeros`` + ``np.add.at``; and
   ``inc_subtensor(X[idx], G)`` (a copy of X with G added) vs ``X.copy()`` + ``np.add.at``.
+  exprc allocates the gradient as ``np.zeros`` does (no fill kernel) and adds the rows in C, so
+  both sides pay the same first-write zeroing of the pages the rows land on (NumPy asks for 2 MiB
+  pages: with 64 random rows, most of the 51 MB table), which dominates the 64-row time.
 * compile: the logistic-SGD step of examples/theano_tutorials compiled with an empty cache
   directory, in a process that has already imported exprc and compiled something else (so imports
   are not counted); then again from the warm cache.

@@ -383,6 +383,110 @@ def test_gradient_of_a_gather_scatters_in_place_into_its_zeros():
     assert plans and all(p.redirects for p in plans), "the zeros should be written into the output"
 
 
+def _counting_runs(f, *args):
+    """Wrap the C kernel's native entry point: the (first, last) kernel ranges each call runs.
+    (Two calls first: the second makes the function's C dispatcher, which takes the real entry.)"""
+    f(*args)
+    f(*args)
+    k = f._kernel
+    runs, real = [], k._run
+
+    def run(ptrs, P, first, last, nthreads):
+        runs.append((first, last))
+        return real(ptrs, P, first, last, nthreads)
+
+    k._run = run
+    return runs
+
+
+def test_gradient_of_a_gather_allocates_zeros_instead_of_filling_them():
+    """grad(sum(W[idx] * G), W) into a fresh output: the output is allocated zeroed (untouched pages
+    of a fresh block cost nothing) and the fill kernel does not run; the gather W[idx], whose value
+    nothing reads (only its shape, for sum_to), does not run either but still checks its indices.
+    out= arrays, scratch buffers and repeated or concurrent calls keep NumPy's results exactly."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    w, idx, g = exprc.matrix("W"), exprc.vector("idx", "int64"), exprc.matrix("G")
+    grad = exprc.grad(exprc.sum(w[idx] * g), w)
+    f = exprc.function([w, idx, g], grad, backend="c")
+
+    def want(Wv, I, G):
+        z = np.zeros_like(Wv)
+        np.add.at(z, I, G)
+        return z
+
+    Wv, G = RNG.standard_normal((40, 6)), RNG.standard_normal((5, 6))
+    I = np.array([3, 3, 39, 0, -1])
+    runs = _counting_runs(f, Wv, I, G)
+    for _ in range(3):
+        got = f(Wv, I, G)
+        np.testing.assert_array_equal(got, want(Wv, I, G))
+        got[:] = np.nan  # a caller writing into its result changes nothing for the next call
+    assert runs == [], "the fill kernel should not run for a fresh output"
+    (plans,) = f._kernel.pool.plans.values()
+    (plan,) = plans
+    assert plan.zeroed == {0} and plan.skipped_kernels == {0}
+    assert [n.op for n in plan.models] == ["subtensor"] and not plan.scratch
+    with pytest.raises(IndexOutOfBounds, match=r"idx: index 40 is out of bounds for axis 0 with size 40"):
+        f(Wv, np.array([0, 1, 2, 3, 40]), G)
+    with pytest.raises(IndexOutOfBounds, match=r"idx: index -41 is out of bounds"):
+        f(Wv, np.array([0, 1, 2, 3, -41]), G)
+    # out=: the caller's array holds anything; the fill runs into it
+    dirty = np.full_like(Wv, np.nan)
+    assert f(Wv, I, G, out=dirty) is dirty
+    np.testing.assert_array_equal(dirty, want(Wv, I, G))
+    assert runs == [(0, 1)]
+    # out=[None]: a fresh array again, zeroed
+    runs.clear()
+    np.testing.assert_array_equal(f._kernel(Wv, I, G, out=[None])[0], want(Wv, I, G))
+    assert runs == []
+    # concurrent calls: each its own plan and zeros
+    def call(seed):
+        r = np.random.default_rng(seed)
+        Ii, Gi = r.integers(-40, 40, 7), r.standard_normal((7, 6))
+        return all(np.array_equal(f(Wv, Ii, Gi), want(Wv, Ii, Gi)) for _ in range(20))
+
+    with ThreadPoolExecutor(8) as pool:
+        assert all(pool.map(call, range(16)))
+    assert runs == []
+
+
+def test_zeros_of_a_scatter_stay_correct_when_read_again_or_static():
+    """Where the scatter's buffer is scratch (an SGD step reads the gradient), the fill still runs
+    every call (the buffer is reused); an output also read by a later kernel is zeroed on
+    allocation; zeros of a static shape (a constant) are the fresh output already."""
+    w, idx, g = exprc.matrix("W"), exprc.vector("idx", "int64"), exprc.matrix("G")
+    grad = exprc.grad(exprc.sum(w[idx] * g), w)
+    step = exprc.function([w, idx, g], w - 0.5 * grad, backend="c")
+    both = exprc.function([w, idx, g], [grad, w - 0.5 * grad], backend="c")
+    Wv = RNG.standard_normal((20, 3))
+    for seed in range(4):  # different rows each call: stale rows of the last call would show
+        r = np.random.default_rng(seed)
+        I, G = r.integers(0, 20, 6), r.standard_normal((6, 3))
+        z = np.zeros_like(Wv)
+        np.add.at(z, I, G)
+        np.testing.assert_array_equal(step(Wv, I, G), Wv - 0.5 * z)
+        got = both(Wv, I, G)
+        np.testing.assert_array_equal(got[0], z)
+        np.testing.assert_array_equal(got[1], Wv - 0.5 * z)
+    for k, zeroed in ((step, set()), (both, {0})):
+        (plans,) = k._kernel.pool.plans.values()
+        assert plans[0].zeroed == zeroed
+    ws = exprc.tensor("W", shape=(30, 4))
+    f = exprc.function([ws, idx, g], exprc.grad(exprc.sum(ws[idx] * g), ws), backend="c")
+    Wv, I, G = RNG.standard_normal((30, 4)), np.array([1, 29, 1]), RNG.standard_normal((3, 4))
+    z = np.zeros_like(Wv)
+    np.add.at(z, I, G)
+    for _ in range(2):
+        got = f(Wv, I, G)
+        np.testing.assert_array_equal(got, z)
+        got[:] = 7.0
+    dirty = np.full_like(Wv, np.nan)
+    f(Wv, I, G, out=dirty)
+    np.testing.assert_array_equal(dirty, z)
+    assert sorted(len(p.zeroed) for ps in f._kernel.pool.plans.values() for p in ps) == [0, 1]  # out=: none
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_a_value_that_does_not_fit_its_index_is_a_shape_error(backend):
     x, idx, v = exprc.matrix("x"), exprc.vector("idx", "int64"), exprc.matrix("v")

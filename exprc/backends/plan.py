@@ -15,6 +15,10 @@ of the ``out=`` arrays) :meth:`Planner.make_plan` works out, once, on the host:
 * with ``resolve_steps`` (the C backend, whose buffers live on the host): the NumPy steps that
   are views of another buffer for this signature (``aliases``: they cost nothing per call) and
   the steps whose value depends on shapes only (run once, here);
+* with ``resolve_steps``: a scatter's buffer donated to it by its operand (``_donate``): a
+  scatter into zeros whose result is a fresh output gets that output allocated zeroed and its
+  fill kernel skipped (``zeroed``, ``skipped_kernels``); and the gathers nothing reads but for
+  their shape (``models``: only their index checks run);
 * ``segments``: runs of consecutive native kernels with the NumPy steps between them.
 
 A backend turns the plan into its own pointer table (cffi pointers for C, device pointers for
@@ -25,7 +29,7 @@ cover raise :class:`Unsupported`; the backend then runs the reference backend.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 import numpy as np
@@ -61,6 +65,15 @@ class HostPlan:
         #: (buffer, output, buffer shape): a kernel writes the buffer straight into the output
         #: that is its identity (or a reshape of it).
         self.redirects: list[tuple[Node, Node, tuple]] = []
+        #: Fresh outputs (by output index) that must read as zeros before the steps run: a scatter
+        #: into zeros writes into them, and the kernel that filled the zeros is skipped.
+        self.zeroed: set[int] = set()
+        #: Kernels (by position in ``program.kernels``) this plan does not run (zero fills whose
+        #: buffers are allocated zeroed, in ``zeroed``).
+        self.skipped_kernels: set[int] = set()
+        #: NumPy steps whose value only lends its shape (the model of a ``sum_to``): a zero-stride
+        #: array of that shape, no buffer, no work per call but the step's index checks.
+        self.models: dict[Node, np.ndarray] = {}
         #: What a call runs: (first, last) ranges of native kernels and the NumPy steps between.
         self.segments: list[tuple[int, int] | Step] = []
         self.simple = False  # one native call, no NumPy step or copied view: the fast call path applies
@@ -81,6 +94,14 @@ class Planner:
         # NumPy steps that depend on nothing but shapes (``x.shape[0]``, element counts) run
         # once per plan, when it is made: their values are fixed for one input signature.
         self.plan_time = shape_only_steps(program, set(outputs)) if resolve_steps else []
+        #: Index steps whose value nothing reads, only its shape (see HostPlan.models).
+        self.shape_models = shape_models(program, set(outputs)) if resolve_steps else set()
+        self._kernel_number = {id(k): j for j, k in enumerate(program.kernels)}
+        self._producer = {o: k for k in program.kernels for o in k.outputs}
+        self._consumers: dict[Node, int] = {}  # over the whole graph (views of leaves are in no step)
+        for n in toposort(list(outputs)):
+            for i in dict.fromkeys(n.inputs):
+                self._consumers[i] = self._consumers.get(i, 0) + 1
         #: Consecutive kernels run in one native call; NumPy steps in between (a plan may drop
         #: more steps: see _find_aliases).
         self.segments = segments(program, {s.node for s in self.plan_time})
@@ -195,12 +216,14 @@ class Planner:
                     check_out(j, out[j], shapes[o], o.dtype)
                     env[o] = out[j]
         for n in self.program.materialized:
-            if n not in outputs:
+            if n in self.shape_models:
+                plan.models[n] = env[n] = np.broadcast_to(np.zeros((), n.dtype), shapes[n])
+            elif n not in outputs:
                 plan.scratch[n] = np.empty(shapes[n], n.dtype)
                 env[n] = plan.scratch[n]
         if self.resolve_steps:
             self._find_aliases(plan, env, outputs)
-            self._donate(plan, env, outputs)
+            self._donate(plan, env, outputs, out)
         for n, arr in plan.scratch.items():
             if n in self.slot:
                 plan.fixed[self.slot[n]] = arr
@@ -264,10 +287,11 @@ class Planner:
                         fast = False
                 P[pi:pi + kl.ndim] = [st[d] for d in kl.perm]
             P[kl.p_flag] = 1 if fast else 0
-        plan.segments = (segments(self.program, {s.node for s in self.plan_time} | {n for n, _ in plan.aliases})
-                         if plan.aliases else self.segments)
+        plan.segments = (segments(self.program, {s.node for s in self.plan_time} | {n for n, _ in plan.aliases},
+                                  plan.skipped_kernels)
+                         if plan.aliases or plan.skipped_kernels else self.segments)
         plan.simple = (len(plan.segments) <= 1 and all(isinstance(g, tuple) for g in plan.segments)
-                       and not plan.copied_views
+                       and not plan.copied_views and not plan.zeroed
                        and len(plan.out_specs) == len(self.outputs)
                        and all(a.size for a in arrays) and all(math.prod(shapes[o]) for o in self.outputs))
         return plan
@@ -337,11 +361,18 @@ class Planner:
             elif node in slot:
                 plan.fixed[slot[node]] = view
 
-    def _donate(self, plan: HostPlan, env: dict[Node, np.ndarray], outputs: set[Node]) -> None:
+    def _donate(self, plan: HostPlan, env: dict[Node, np.ndarray], outputs: set[Node],
+                out: Sequence[np.ndarray | None] | None) -> None:
         """Let a NumPy step that updates its first operand (``Op.in_place``: scatter) work in that
         operand's buffer when nothing else reads it: the gradient of a gather, a scatter into
         zeros, then costs one pass over the array (the zeros) instead of three (zeros, a copy, the
-        update).  The operand's buffer becomes the step's (its output, or its scratch)."""
+        update).  The operand's buffer becomes the step's (its output, or its scratch).
+
+        When that operand is zeros (a kernel that only fills zeros, or a view of a zero constant)
+        and the step's buffer is a fresh output, not even that pass runs: the output is allocated
+        zeroed (``HostPlan.zeroed``: untouched pages of a large fresh block cost nothing) and the
+        fill kernel is skipped.  An ``out=`` array or a scratch buffer (reused by the next call)
+        keeps its fill."""
         if not any(isinstance(s, Step) and OPS[s.node.op].in_place for s in self.program.steps):
             return
         readers: dict[Node, int] = {}
@@ -353,10 +384,19 @@ class Planner:
                     if x not in inside:
                         readers[x] = readers.get(x, 0) + 1
         dynamic = {self.layout.slots[s] for _, s, _, _ in plan.out_specs}
+        fresh = {self.layout.slots[s]: j for j, s, _, _ in plan.out_specs if out is None or out[j] is None}
+        zero_fills: dict[Node, int] = {}  # a zero fill donated to a fresh output -> that output
         for s in self.program.steps:
             if not isinstance(s, Step) or not OPS[s.node.op].in_place:
                 continue
             node, x = s.node, s.node.inputs[0]
+            if (node in fresh and x not in outputs and x not in self.written and self._consumers.get(x) == 1
+                    and _zero_constant(x) and x.dtype == node.dtype
+                    and self.value(x, dict(env)).shape == env[node].shape):
+                # zeros of a static shape (a view of a zero constant): the fresh output already is them
+                plan.zeroed.add(fresh[node])
+                plan.redirects.append((x, node, env[node].shape))
+                continue
             if (x not in plan.scratch or x in outputs or readers.get(x) != 1 or x not in self.slot
                     or env[x].shape != env[node].shape or env[x].dtype != env[node].dtype):
                 continue
@@ -368,6 +408,12 @@ class Planner:
                 env[x] = env[node]
                 plan.input_views.append((self.slot[x], self.slot[node], 0))
                 plan.redirects.append((x, node, env[node].shape))
+                if node in fresh and _zero_fill(x):
+                    zero_fills[x] = fresh[node]
+        for k in {id(self._producer[x]): self._producer[x] for x in zero_fills}.values():
+            if all(o in zero_fills for o in k.outputs):  # (a kernel merged with other loops still runs)
+                plan.skipped_kernels.add(self._kernel_number[id(k)])
+                plan.zeroed.update(zero_fills[o] for o in k.outputs)
 
     def _step_input(self, node: Node, env: dict, shapes: dict) -> np.ndarray:
         try:
@@ -392,6 +438,7 @@ class Planner:
         """The arrays of everything a NumPy step may read: arguments, scratch, outputs, aliases."""
         env: dict[Node, np.ndarray] = dict(zip(self.inputs, arrays))
         env.update(plan.scratch)
+        env.update(plan.models)
         for slot, arr in results.items():
             env[self.layout.slots[slot]] = arr
         for node, out, shape in plan.redirects:
@@ -430,21 +477,24 @@ def _contiguous(shape: tuple, strides: Sequence[int], itemsize: int) -> bool:
     return True
 
 
-def segments(program: Program, skip: set[Node]) -> list[tuple[int, int] | Step]:
+def segments(program: Program, skip: set[Node], skip_kernels: Collection[int] = ()) -> list[tuple[int, int] | Step]:
     """(first, last) ranges of consecutive native kernels and the NumPy steps between them, minus the
-    steps whose nodes are in ``skip`` (run once per plan, or views the plan resolved)."""
+    steps whose nodes are in ``skip`` (run once per plan, or views the plan resolved) and the
+    kernels numbered in ``skip_kernels`` (zero fills of buffers allocated zeroed)."""
     segments: list[tuple[int, int] | Step] = []
     k = 0
     for s in program.steps:
         if isinstance(s, Kernel):
-            if segments and isinstance(segments[-1], tuple):
+            if k in skip_kernels:
+                segments.append(None)  # (splits the range; dropped below)
+            elif segments and isinstance(segments[-1], tuple):
                 segments[-1] = (segments[-1][0], k + 1)
             else:
                 segments.append((k, k + 1))
             k += 1
         elif s.node not in skip:
             segments.append(s)
-    return segments
+    return [g for g in segments if g is not None]
 
 
 class PlanPool:
@@ -499,6 +549,47 @@ def shape_only_steps(program: Program, outputs: set[Node]) -> list[Step]:
     return [s for s in steps if shape_only[s.node]]
 
 
+#: Readers that take only the shape of an operand, by op: the operand positions (None: all
+#: but the first).  ``shape`` is listed whole.
+_SHAPE_READERS = {"sum_to": (1,), "reshape_like": (1,), "split_part": None, "shape": (0,)}
+
+
+def shape_models(program: Program, outputs: set[Node]) -> set[Node]:
+    """Index steps (``subtensor``: a gather) that nothing reads but for their shape: the model of a
+    ``sum_to`` in the gradient of ``W[idx] * G``.  Their shape follows from the operands' shapes
+    (``Op.step_shape``), so a call runs only their index checks (the same errors, no gather)."""
+    candidates = {s.node for s in program.steps if isinstance(s, Step) and s.node.op == "subtensor"
+                  and s.node not in outputs and not OPS["subtensor"].value_shaped(s.node)}
+    if not candidates:
+        return set()
+    for s in program.steps:
+        body = s.body if isinstance(s, Kernel) else [s.node]
+        inside = set(body)
+        for m in body:
+            pos = _SHAPE_READERS.get(m.op, ()) if isinstance(s, Step) else ()
+            for j, x in enumerate(m.inputs):
+                if x in candidates and x not in inside and not (j in pos if pos is not None else j > 0):
+                    candidates.discard(x)  # its values are read
+    return candidates
+
+
+def _zero_constant(x: Node) -> bool:
+    """``x`` is a constant, or a view of one, holding only zeros (+0.0: what fresh pages read as)."""
+    while x.op in VIEW_OPS:
+        x = x.inputs[0]
+    return x.op == "constant" and _all_zero_bits(x.value)
+
+
+def _all_zero_bits(v: Any) -> bool:
+    v = np.asarray(v)
+    return v.dtype.kind in "biuf" and not np.any(v) and not (v.dtype.kind == "f" and np.signbit(v).any())
+
+
+def _zero_fill(x: Node) -> bool:
+    """``x`` is ``fill(model, 0)``: a kernel output whose every element is +0."""
+    return x.op == "fill" and x.inputs[1].op == "constant" and _all_zero_bits(x.inputs[1].value)
+
+
 def matmul_params(kl: Any, arrays: list[np.ndarray], P: np.ndarray) -> None:
     """Fill a matmul kernel's block: sizes, BLAS transposes and leading dimensions (flag 1),
     or only byte strides for the plain loop (flag 0: a layout BLAS cannot take, or empty)."""
@@ -532,4 +623,4 @@ def matmul_params(kl: Any, arrays: list[np.ndarray], P: np.ndarray) -> None:
 
 
 __all__ = ["ALIAS_OPS", "HostPlan", "PlanPool", "Planner", "Unsupported", "describe", "matmul_params", "segments",
-           "shape_only_steps"]
+           "shape_models", "shape_only_steps"]

@@ -246,6 +246,12 @@ def _scatter_into(out: np.ndarray, x: np.ndarray, v: np.ndarray, *operands: Any,
     np.add.at(out, key, v)  # repeats accumulate in index order: what the C row loop does, bit for bit
 
 
+def check_index(node: Node, x: np.ndarray, *operands: Any) -> None:
+    """The errors ``subtensor`` ``node`` would raise for these operands, without gathering (the
+    planner skips a gather whose value nothing reads, only its shape)."""
+    index_key(node.arg("index"), (None, *operands), np.shape(x), node.arg("labels") or ())
+
+
 def same_buffer(a: np.ndarray, b: np.ndarray) -> bool:
     """Whether ``a`` and ``b`` are the same memory seen the same way (an in-place step)."""
     return (a.shape == b.shape and a.strides == b.strides

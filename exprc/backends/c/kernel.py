@@ -33,6 +33,7 @@ from exprc.backends.templates import digest, prelude, read
 from exprc.config import Config
 from exprc.fusion import Program, Step, lower
 from exprc.ops import OPS
+from exprc.ops.index import check_index
 from exprc.pipeline import FunctionGraph
 from exprc.printing import pprint
 
@@ -253,8 +254,14 @@ class CKernel(Kernel):
         for i, a in enumerate(arrays):
             ptrs[i] = _pointer(a)
         results: dict[int, np.ndarray] = {}
+        zeroed = plan.zeroed
         for j, slot, shape, dt in plan.out_specs:
-            res = out[j] if out is not None and out[j] is not None else np.empty(shape, dt)
+            if out is not None and out[j] is not None:
+                res = out[j]
+            elif j in zeroed:  # a scatter into zeros writes here and their fill kernel is skipped:
+                res = np.zeros(shape, dt)  # (a large block is fresh pages that read as zeros, unfilled)
+            else:
+                res = np.empty(shape, dt)
             results[slot] = res
             ptrs[slot] = _pointer(res)
         for slot, base, off in plan.input_views:
@@ -272,6 +279,9 @@ class CKernel(Kernel):
                 if env is None:
                     env = self.planner.host_env(plan, arrays, results)
                 node = seg.node
+                if node in plan.models:  # only its shape is read: its index checks, no gather
+                    check_index(node, *[self.planner.value(i, env) for i in node.inputs])
+                    continue
                 op, dest = OPS[node.op], env[node]
                 fast = self._into.get(node.op)
                 if fast is not None:  # row gathers/scatters in C (backends/c/indexlib.py)
