@@ -66,28 +66,7 @@ def _hoist(outputs: list[Node], placeholders: Sequence[Node]) -> tuple[list[Node
     Returns ``(outputs, invariant placeholders, invariant values)``: every maximal subexpression
     that reads no placeholder but some graph input becomes a new placeholder, and its outer
     expression an operand of the loop (computed once).  Constants stay in the body."""
-    varying = {id(p) for p in placeholders}
-    has_input: set[int] = set()
-    order = toposort(outputs)
-    for n in order:
-        if id(n) in varying:
-            continue
-        if n.op == "input":
-            has_input.add(id(n))
-        elif any(id(i) in varying for i in n.inputs):
-            varying.add(id(n))
-        elif any(id(i) in has_input for i in n.inputs):
-            has_input.add(id(n))
-    hoisted: dict[Node, None] = {}
-    for n in order:
-        if id(n) in varying:
-            for i in n.inputs:
-                if id(i) in has_input:
-                    hoisted[i] = None
-    for o in outputs:
-        if id(o) in has_input:
-            hoisted[o] = None
-    values = list(hoisted)
+    values = _invariant_parts(outputs, set(placeholders), lambda n: n.op == "input")
     holders = [input_node(f"invariant{j}", v.dtype, v.type.shape) for j, v in enumerate(values)]
     new = substitute(outputs, dict(zip(values, holders))) if values else list(outputs)
     return new, holders, values
@@ -546,7 +525,7 @@ def _scan_grad(node: Node, cts: dict[int, Node]) -> list:
     n_inv_from = len(rows) + nr
     fwd_outs = _push_slices(list(loop.outputs[:loop.n_results]))
     inv_holders = set(loop.inputs[n_inv_from:])
-    inv_sub = _invariant_parts(fwd_outs, set(loop.inputs[:n_inv_from]), inv_holders)
+    inv_sub = _invariant_parts(fwd_outs, set(loop.inputs[:n_inv_from]), inv_holders.__contains__)
     to_outer = dict(zip(loop.inputs[n_inv_from:], invs))
     inv_outer = substitute(inv_sub, to_outer) if inv_sub else []
     inv_wrt = [w for w in inv_outer if _is_float(w)]
@@ -610,16 +589,19 @@ def _scan_grad(node: Node, cts: dict[int, Node]) -> list:
     return out
 
 
-def _invariant_parts(outputs: list[Node], varying: set[Node], holders: set[Node]) -> list[Node]:
-    """The maximal subexpressions of a body that read invariant placeholders and no varying one,
-    as its varying nodes (or its outputs) read them, in a deterministic order."""
+def _invariant_parts(outputs: list[Node], varying: set[Node], source: Callable[[Node], bool]) -> list[Node]:
+    """The maximal subexpressions of ``outputs`` that read a ``source`` leaf and no ``varying``
+    node, as the varying nodes (or the outputs) read them, in a deterministic order."""
     vary: set[int] = {id(v) for v in varying}
-    inv: set[int] = {id(h) for h in holders}
+    inv: set[int] = set()
     order = toposort(outputs)
     for n in order:
-        if id(n) in vary or id(n) in inv or not n.inputs:
+        if id(n) in vary:
             continue
-        if any(id(i) in vary for i in n.inputs):
+        if not n.inputs:
+            if source(n):
+                inv.add(id(n))
+        elif any(id(i) in vary for i in n.inputs):
             vary.add(id(n))
         elif any(id(i) in inv for i in n.inputs):
             inv.add(id(n))

@@ -15,6 +15,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -175,10 +176,23 @@ def cpu_features() -> str:
     return f"{platform.machine()}-{hashlib.sha256(flags_line.encode()).hexdigest()[:12]}"
 
 
+_HELPERS: dict[str, Any] = {}
+_HELPERS_LOCK = threading.Lock()
+
+
 def helper_library(name: str, template: str, load: Any, cfg: Config, summary: str) -> Any:
     """A fixed helper library of the C backend (``templates/<template>``: row gathers, the loop
-    stepper), compiled once per compiler into the cache and loaded with ``load(path)``; None when
-    it cannot be built (callers then take their NumPy/Python path, which computes the same)."""
+    stepper), compiled once per compiler into the cache and loaded with ``load(path)`` once per
+    process; None when it cannot be built (callers then take their NumPy/Python path, which
+    computes the same)."""
+    if name not in _HELPERS:
+        with _HELPERS_LOCK:
+            if name not in _HELPERS:
+                _HELPERS[name] = _build_helper(name, template, load, cfg, summary)
+    return _HELPERS[name]
+
+
+def _build_helper(name: str, template: str, load: Any, cfg: Config, summary: str) -> Any:
     try:
         from exprc import cache
         from exprc.backends.templates import read

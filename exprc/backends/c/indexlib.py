@@ -12,7 +12,6 @@ rows give np.add.at's result bit for bit.  The library is built once per compile
 from __future__ import annotations
 
 import math
-import threading
 from typing import Any
 
 import cffi
@@ -36,21 +35,17 @@ _CHARP = _FFI.typeof("char *")
 _CHARS = _FFI.typeof("char[]")
 _INT64S = _FFI.typeof("int64_t[]")
 _fb = _FFI._backend.from_buffer  # contiguous arrays: skips cffi's Python-level wrapper
-_LOCK = threading.Lock()
 _LIB: list[Any] = []
 _ADD = {"float64": "f64", "float32": "f32", "int64": "i64", "int32": "i32"}
 
 
 def _load(cfg: Config) -> Any:
     """The helper library (built on first use); None when it cannot be built."""
-    if _LIB:
-        return _LIB[0]
-    with _LOCK:
-        if not _LIB:
-            from exprc.backends.c.compile import helper_library
+    from exprc.backends.c.compile import helper_library
 
-            _LIB.append(helper_library("exprc_index_rows", "index_rows.c", lambda p: _FFI.dlopen(str(p)), cfg,
-                                       "row gather/scatter-add helpers"))
+    if not _LIB:  # (the row loops read it as _LIB[0] once a caller has loaded it)
+        _LIB.append(helper_library("exprc_index_rows", "index_rows.c", lambda p: _FFI.dlopen(str(p)), cfg,
+                                   "row gather/scatter-add helpers"))
     return _LIB[0]
 
 

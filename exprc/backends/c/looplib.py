@@ -34,19 +34,14 @@ int64_t exprc_loop_steps(void *run, char **ptrs, const int64_t *P, int64_t nkern
                          int64_t nviews, const int64_t *vslot, const int64_t *vbase, const int64_t *voff,
                          const char *cond);
 """)
-_LOCK = threading.Lock()
-_LIB: list[Any] = []
 
 
 def _load(cfg: Any) -> Any:
-    if not _LIB:
-        with _LOCK:
-            if not _LIB:
-                from exprc.backends.c.compile import helper_library
+    """The helper library (built on first use); None when it cannot be built."""
+    from exprc.backends.c.compile import helper_library
 
-                _LIB.append(helper_library("exprc_loop_steps", "loop_steps.c", lambda p: _FFI.dlopen(str(p)), cfg,
-                                           "loop stepper"))
-    return _LIB[0]
+    return helper_library("exprc_loop_steps", "loop_steps.c", lambda p: _FFI.dlopen(str(p)), cfg,
+                          "loop stepper")
 
 
 def _addr(a: np.ndarray) -> int:
