@@ -130,10 +130,15 @@ def build(name: str, fg: FunctionGraph, cfg: Config) -> Kernel:
 
     module = _module(name)
     if needs_stages(fg.outputs, control_only=getattr(module, "VALUE_SHAPES", False)):
+        # A loop's body runs once per step on one step's arrays: on one thread (no fork and join
+        # per kernel per step, and half the compile); BLAS keeps its own threads, and an
+        # elementwise loop runs its elements on every thread (loopkernel, built with ``cfg``).
+        body_cfg = cfg.replace(num_threads=1) if cfg.num_threads == 0 else cfg
+
         def body(inputs: tuple, outputs: tuple) -> Kernel:  # a loop's or a branch's graph
             from exprc.pipeline import FunctionGraph, optimize
 
-            return build(name, optimize(FunctionGraph(inputs, outputs), cfg), cfg)
+            return build(name, optimize(FunctionGraph(inputs, outputs), body_cfg), body_cfg)
 
         return StagedKernel(fg, lambda stage: module.make(stage, cfg), body, name, cfg)
     return module.make(fg, cfg)
