@@ -29,6 +29,9 @@ class Config:
 
     backend: str | None = None  #: None picks "c" when a C compiler works, else "numpy"
     num_threads: int = 0  #: 0 means one per core
+    #: False builds without the OpenMP runtime (serial code, the same bits; half the compile of a
+    #: large library): what exprc uses for loop bodies, which run one step's arrays at a time.
+    openmp: bool = True
     cache: bool = True  #: False compiles into a temporary folder and keeps nothing
     cache_dir: str | None = None  #: None: $EXPRC_CACHE_DIR or the user cache folder
     cache_max_bytes: int = 1 << 30

@@ -133,7 +133,7 @@ def build(name: str, fg: FunctionGraph, cfg: Config) -> Kernel:
         # A loop's body runs once per step on one step's arrays: on one thread (no fork and join
         # per kernel per step, and half the compile); BLAS keeps its own threads, and an
         # elementwise loop runs its elements on every thread (loopkernel, built with ``cfg``).
-        body_cfg = cfg.replace(num_threads=1) if cfg.num_threads == 0 else cfg
+        body_cfg = cfg.replace(num_threads=1, openmp=False)
 
         def body(inputs: tuple, outputs: tuple) -> Kernel:  # a loop's or a branch's graph
             from exprc.pipeline import FunctionGraph, optimize

@@ -117,10 +117,10 @@ def flags(cfg: Config) -> list[str]:
     """Compiler flags for ``cfg`` (part of the cache key)."""
     _, _, has_omp, has_mvec = _facts(cfg)
     out = list(BASE_FLAGS)
-    # One thread needs no OpenMP runtime: the parallel branches compile as plain loops (the
-    # chunks do not depend on the thread count, so the bits are the same) and gcc skips outlining
-    # them, which halves the compile of a large library.
-    if has_omp and cfg.num_threads != 1:
+    # Without OpenMP (cfg.openmp False: loop bodies) the parallel branches compile as plain loops
+    # (the chunks do not depend on the thread count, so the bits are the same) and gcc skips
+    # outlining them, which halves the compile of a large library.
+    if has_omp and cfg.openmp:
         out.append("-fopenmp")
     else:
         out.append("-fopenmp-simd")
