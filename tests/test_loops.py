@@ -196,8 +196,9 @@ def test_elementwise_loop_declines_what_it_cannot_take(whole_calls):
     assert whole_calls == [None]
     np.testing.assert_array_equal(f(np.ones(5), np.ascontiguousarray(av)), np.array(want))
     assert whole_calls == [None, 6]
-    zero = f(np.ones(5), np.ascontiguousarray(av)) if False else exprc.function([s0, a], ss[:0], backend="c")
-    assert zero(np.ones(5), av).shape == (0, 5)
+    none, _ = exprc.scan(lambda s, a: s * a + 1, outputs_info=[s0], non_sequences=[a], n_steps=0)
+    assert exprc.function([s0, a], none, backend="c")(np.ones(5), np.ascontiguousarray(av)).shape == (0, 5)
+    assert whole_calls == [None, 6]  # zero steps: nothing to run, the runner returns the empty rows
 
 
 @pytest.mark.parametrize("be", ["numpy", "c"])
