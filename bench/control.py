@@ -39,6 +39,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from timing import best  # (bench/, the script's folder)
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 EXAMPLES = ROOT / "examples" / "theano_tutorials"
@@ -67,18 +69,6 @@ def _paths() -> None:
     for p in (str(ROOT), str(EXAMPLES)):
         if p not in sys.path:
             sys.path.insert(0, p)
-
-
-def best(fns: dict, n: int, rounds: int) -> dict:
-    times = {k: [] for k in fns}
-    for _ in range(rounds):
-        for k, fn in fns.items():
-            fn()
-            t = time.perf_counter()
-            for _ in range(n):
-                fn()
-            times[k].append((time.perf_counter() - t) / n)
-    return {k: min(v) for k, v in times.items()}
 
 
 # -- the LSTM in each system -------------------------------------------------------------------------
@@ -283,21 +273,28 @@ def bench_lstm_step(systems: list[str], rounds: int) -> list[dict]:
 
 
 def _native_report(f, *args) -> str:
-    """Which loops of ``f`` ran in the C stepper (one call, instrumented)."""
-    from exprc.backends.c import looplib
+    """How each loop of ``f`` ran (one call, instrumented): the C stepper, the elementwise C loop
+    (loop inside), or the Python loop."""
+    from exprc.backends.c import loopkernel, looplib
 
-    orig, seen = looplib.CStepper.__call__, []
+    step, whole, seen = looplib.CStepper.__call__, loopkernel.ElementwiseLoop.__call__, []
 
-    def spy(self, runner, st, start, end):
-        r = orig(self, runner, st, start, end)
+    def spy_step(self, runner, st, start, end):
+        r = step(self, runner, st, start, end)
         seen.append(f"{runner.loop.name}: {'native' if r is not None else 'Python loop'}")
         return r
 
-    looplib.CStepper.__call__ = spy
+    def spy_whole(self, runner, st):
+        r = whole(self, runner, st)
+        if r is not None:
+            seen.append(f"{runner.loop.name}: elementwise C loop")
+        return r
+
+    looplib.CStepper.__call__, loopkernel.ElementwiseLoop.__call__ = spy_step, spy_whole
     try:
         f(*args)
     finally:
-        looplib.CStepper.__call__ = orig
+        looplib.CStepper.__call__, loopkernel.ElementwiseLoop.__call__ = step, whole
     return "; ".join(seen) or "no loop stepped natively or in Python (n <= 1?)"
 
 

@@ -26,24 +26,13 @@ import time
 from pathlib import Path
 
 import numpy as np
+from timing import best  # (bench/, the script's folder)
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "examples" / "theano_tutorials"))
 
 import exprc
-
-
-def best(fns: dict, n: int, rounds: int = 7) -> dict:
-    times = {k: [] for k in fns}
-    for _ in range(rounds):
-        for k, fn in fns.items():
-            fn()
-            t = time.perf_counter()
-            for _ in range(n):
-                fn()
-            times[k].append((time.perf_counter() - t) / n)
-    return {k: min(v) for k, v in times.items()}
 
 
 def main() -> None:

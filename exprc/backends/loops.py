@@ -38,12 +38,14 @@ WHOLE: dict[str, Callable[..., Any]] = {}
 class LoopRunner:
     """Runs one loop over its body's compiled kernel (see the module docstring)."""
 
-    def __init__(self, loop: Loop, kernel: Any, native: Any = None):
+    def __init__(self, loop: Loop, kernel: Any):
         self.loop = loop
         self.kernel = kernel
         self.writes_out = bool(getattr(kernel, "writes_out", False))
-        self.native = native  # a callable (runner, state) -> steps done, or None
-        self.whole: Any = None  # the same for the whole loop (every step, step 0 included)
+        #: The backend's stepper: (runner, state, start, end) -> steps done in all, or None.
+        self.native: Any = None
+        #: The backend's whole-loop run: (runner, state) -> steps done, or None (it declined).
+        self.whole: Any = None
         self.dtypes = [np.dtype(o.dtype) for o in loop.outputs]
 
     def label(self, k: int) -> str:
@@ -262,7 +264,7 @@ class _State:
                 self.stacks[k][...] = 0
 
 
-def make_runner(node: Node, compile: Callable[[tuple, tuple], Any], backend: str, cfg: Any = None) -> Callable[..., Any]:
+def make_runner(node: Node, compile: Callable[[tuple, tuple], Any], backend: str, cfg: Any) -> Callable[..., Any]:
     """The callable evaluating control node ``node`` from its operands' values on ``backend``,
     whose ``compile(inputs, outputs)`` builds (optimizes, compiles) a body's kernel."""
     if node.op == "scan":
@@ -272,7 +274,7 @@ def make_runner(node: Node, compile: Callable[[tuple, tuple], Any], backend: str
         if native is not None:
             runner.native = native(runner)
         whole = WHOLE.get(backend)
-        if whole is not None and cfg is not None:
+        if whole is not None:
             runner.whole = whole(loop, cfg)
         return runner
     if node.op == "ifelse":

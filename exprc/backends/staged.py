@@ -66,8 +66,8 @@ class _Stage:
 class StagedKernel(Kernel):
     """The kernel protocol over a sequence of stage kernels and host steps (module docstring)."""
 
-    def __init__(self, fg: Any, make: Callable[[Any], Kernel], body: Callable[[tuple, tuple], Kernel] | None = None,
-                 backend: str = "numpy", cfg: Any = None):
+    def __init__(self, fg: Any, make: Callable[[Any], Kernel], body: Callable[[tuple, tuple], Kernel],
+                 backend: str, cfg: Any):
         self.cfg = cfg
         self.inputs = list(fg.inputs)
         self.outputs = list(fg.outputs)
@@ -89,7 +89,7 @@ class StagedKernel(Kernel):
         last = next((s.kernel for s in reversed(self.stages) if s.kernel is not None), None)
         return last.cache_entry if last is not None else None
 
-    def _make_stages(self, make: Callable[[Any], Kernel], body: Callable[[tuple, tuple], Kernel] | None,
+    def _make_stages(self, make: Callable[[Any], Kernel], body: Callable[[tuple, tuple], Kernel],
                      backend: str, known: dict[Node, None]) -> None:
         from exprc.backends.reference import NumpyKernel
         from exprc.pipeline import FunctionGraph
@@ -129,7 +129,7 @@ class StagedKernel(Kernel):
                 if OPS[c.op].kind == "control":
                     from exprc.backends.loops import make_runner
 
-                    self.runners[c] = make_runner(c, body or _reference_body, backend, self.cfg)
+                    self.runners[c] = make_runner(c, body, backend, self.cfg)
             self.stages.append(_Stage(kernel, ins, compute, cuts))
             known.update(dict.fromkeys(compute))
             if not cuts:
@@ -169,15 +169,6 @@ class StagedKernel(Kernel):
                 val = np.array(val, copy=True)  # never hand back an argument or a view of one
             results.append(val)
         return results
-
-
-def _reference_body(inputs: tuple, outputs: tuple) -> Kernel:
-    from exprc.backends import build
-    from exprc.config import current
-    from exprc.pipeline import FunctionGraph, optimize
-
-    cfg = current()
-    return build("numpy", optimize(FunctionGraph(inputs, outputs), cfg), cfg)
 
 
 __all__ = ["StagedKernel", "needs_stages", "value_shaped"]

@@ -25,7 +25,6 @@ constant folding's callers never see a loop node any other way).
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -219,10 +218,6 @@ def _infer_ifelse(inputs: tuple, attrs: dict) -> tuple[tuple, TensorType]:
     return inputs, TensorType(a.dtype, shape)
 
 
-#: How a backend runs a control node: ``runner(node, compile) -> callable(*operand values)``,
-#: where ``compile(inputs, outputs)`` gives the backend's kernel of a body graph.
-RUNNERS: dict[str, Callable[..., Any]] = {}
-
 graph.RETYPE_ALWAYS.add("scan_output")  # (its shape follows the loop's operands, not the loop node's type)
 
 register(Op("scan", "control", _scan_impl, _infer_scan, attr_names=("loop",), nin=(1, None), value_shape=True))
@@ -231,4 +226,4 @@ register(Op("scan_output", "control", _scan_output, _infer_scan_output, attr_nam
 register(Op("ifelse", "control", _ifelse_impl, _infer_ifelse, attr_names=("branches",), nin=(1, None),
             value_shape=True))
 
-__all__ = ["RUNNERS", "Branches", "Loop", "check_condition", "run_branch", "static_steps", "steps_of"]
+__all__ = ["Branches", "Loop", "check_condition", "run_branch", "static_steps", "steps_of"]

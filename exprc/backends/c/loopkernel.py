@@ -82,6 +82,12 @@ def eligible(loop: Loop, body: list[Node]) -> bool:
     return all(o.dtype in C_TYPES for o in body)
 
 
+def eligible_ops(outputs: tuple[Node, ...] | list[Node]) -> bool:
+    """Whether every op in a graph is elementwise (or a leaf): the part of :func:`eligible` that
+    does not depend on optimization."""
+    return all(n.op in ("input", "constant") or OPS[n.op].kind == "elemwise" for n in toposort(list(outputs)))
+
+
 def _may_equal(a: tuple, b: tuple) -> bool:
     return len(a) == len(b) and all(x is None or y is None or x == y for x, y in zip(a, b))
 
@@ -229,6 +235,10 @@ def build(loop: Loop, cfg: Any) -> ElementwiseLoop | None:
     """The elementwise loop of ``loop`` when its optimized body qualifies, else None."""
     from exprc.pipeline import FunctionGraph, optimize
 
+    # Optimizing never turns a matmul, reduction, index or loop into elementwise code: such a
+    # body is declined before it is optimized a second time (the stepper's kernel optimized it).
+    if not eligible_ops(loop.outputs):
+        return None
     fg = optimize(FunctionGraph(loop.inputs, loop.outputs), cfg)
     body = list(fg.outputs)
     if not eligible(loop, body):
