@@ -9,7 +9,7 @@ call the result like a NumPy function::
     f([0.0, 1000.0])
 """
 
-from exprc import cuda, errors
+from exprc import cuda, errors, random
 from exprc._version import __version__
 from exprc.api import (
     abs,

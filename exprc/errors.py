@@ -79,6 +79,11 @@ class DomainError(ExprcError, ValueError):
     input, lo >= hi, a domain without the search)."""
 
 
+class ParameterError(ExprcError, ValueError):
+    """A distribution's parameter is outside its domain (``p`` outside [0, 1], ``low >= high``, a negative
+    ``std``, ``n`` out of range) or a seed is out of range; the message names the parameter."""
+
+
 class ControlFlowError(ExprcError, ValueError):
     """A loop or condition is malformed or was given bad values: negative ``n_steps``, sequences of
     different lengths, a body whose result does not match its ``outputs_info``."""

@@ -110,8 +110,8 @@ def lower(outputs: Sequence[Node], inputs: Sequence[Node], fuse: bool = True,
     is_output = set(outputs)
 
     def elemwise(n: Node) -> bool:
-        return OPS[n.op].kind == "elemwise" and OPS[n.op].c is not None or (
-            OPS[n.op].kind == "elemwise" and OPS[n.op].c_int is not None)
+        op = OPS[n.op]
+        return op.kind == "elemwise" and (op.c is not None or op.c_int is not None or op.c_call is not None)
 
     # 1. Elementwise groups, built from the outputs backwards.
     group: dict[Node, int] = {}

@@ -49,10 +49,13 @@ from exprc.types import TensorType, as_dtype, shape_str
 class _Container:
     """Where a shared variable's value lives (nodes are immutable; this is not)."""
 
-    __slots__ = ("lock", "spare", "value")
+    __slots__ = ("default_update", "lock", "spare", "value")
 
     def __init__(self, value: np.ndarray):
         self.value = value
+        #: Theano's ``default_update``: the update every function reading the variable applies when
+        #: its ``updates=`` does not name it (a random stream's counter).
+        self.default_update: Node | None = None
         self.spare: np.ndarray | None = None  # a buffer the next big update may be written into
         self.lock = threading.Lock()  # held by calls that update the value, and by set_value
 
@@ -220,6 +223,13 @@ def check_updates(updates: Any, givens: dict[Node, Node]) -> tuple[tuple[SharedV
     return tuple(out)
 
 
+def default_updates(exprs: Sequence[Node], updates: tuple) -> tuple[tuple[SharedVariable, Node], ...]:
+    """The default updates of the shared variables ``exprs`` read that ``updates`` does not update."""
+    named = {v for v, _ in updates}
+    return tuple((v, v._c.default_update) for v in _graph.graph_inputs(exprs)
+                 if isinstance(v, SharedVariable) and v._c.default_update is not None and v not in named)
+
+
 def install(targets: Sequence[SharedVariable], new: list[np.ndarray], others: Sequence[Any]) -> None:
     """Check every new value against its variable, then install them all (callers hold the locks).
 
@@ -355,4 +365,5 @@ class SharedFunction(Function):
 SWAP_BYTES = 16 << 20
 
 
-__all__ = ["SharedFunction", "SharedVariable", "check_givens", "check_updates", "is_shared", "shared"]
+__all__ = ["SharedFunction", "SharedVariable", "check_givens", "check_updates", "default_updates", "is_shared",
+           "shared"]

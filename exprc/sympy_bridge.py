@@ -77,6 +77,8 @@ NO_SYMPY: dict[str, str] = {
     **dict.fromkeys(("subtensor", "scatter"), "an index op: not an elementwise formula (to_sympy raises TypeError)"),
     **dict.fromkeys(("scan", "scan_output", "ifelse"), "control flow: not an elementwise formula (to_sympy raises "
                                                        "TypeError)"),
+    **dict.fromkeys(("random_uniform", "random_normal", "random_integers", "random_binomial", "random_permutation",
+                     "random_model"), "a random draw: not a formula of its operands (to_sympy raises on it)"),
 }
 
 

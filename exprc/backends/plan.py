@@ -273,6 +273,9 @@ class Planner:
                 for o in k.outputs:
                     if shapes[o] != space:
                         raise Unsupported("outputs of one fused loop differ in shape at run time")
+            for d in kl.draws:  # a draw's values follow its element index: it must span the loop
+                if self.shape(d, env, shapes) != tuple(space):
+                    raise Unsupported("a random draw is broadcast inside a fused loop")
             loop = tuple(space[d] for d in kl.perm)
             P[kl.p_dims:kl.p_dims + kl.ndim] = loop
             fast = k.reduce is None or kl.nkept == 0
@@ -282,8 +285,8 @@ class Planner:
                     st = self._reduce_out_strides(k.reduce, arr, len(space))
                 else:
                     st = _strides(arr.shape, arr.strides, space)
-                    if node.ndim and not (arr.shape == tuple(space) and _contiguous(arr.shape, arr.strides,
-                                                                                      arr.itemsize)):
+                    if node.ndim and j not in kl.models and not (
+                            arr.shape == tuple(space) and _contiguous(arr.shape, arr.strides, arr.itemsize)):
                         fast = False
                 P[pi:pi + kl.ndim] = [st[d] for d in kl.perm]
             P[kl.p_flag] = 1 if fast else 0

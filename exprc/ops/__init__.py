@@ -24,6 +24,7 @@ from exprc.ops import linalg
 from exprc.ops import creation
 from exprc.ops import index
 from exprc.ops import control
+from exprc.ops import random
 # isort: on
 
 from exprc.ops.elemwise import _BINARY as _BINARY  # the CUDA tests list the unary and binary rows
@@ -31,4 +32,4 @@ from exprc.ops.elemwise import _UNARY as _UNARY
 from exprc.ops.reduce import REDUCTIONS, Reduction
 
 __all__ = ["OPS", "REDUCTIONS", "GradRule", "Op", "Reduction", "cast", "control", "creation", "elemwise", "grad_rule", "index",
-           "leaf", "linalg", "rebuild", "reduce", "register", "shape", "substitute"]
+           "leaf", "linalg", "random", "rebuild", "reduce", "register", "shape", "substitute"]

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from exprc._version import __version__
-from exprc.backends.templates import prelude, read
+from exprc.backends.templates import prelude, random_helpers, read
 from exprc.fusion import Kernel, Program
 from exprc.graph import Node
 from exprc.ops import OPS, REDUCTIONS
@@ -67,6 +67,23 @@ def parallel_threshold(k: Kernel) -> int:
 
 
 
+def model_operands(k: Kernel) -> set[Node]:
+    """The operands of ``k`` it reads only as the shape model of ``c_call`` ops (random draws)."""
+    models = {n.inputs[0] for n in k.body if OPS[n.op].c_call is not None}
+    if not models:
+        return models
+    for n in k.body:
+        for j, x in enumerate(n.inputs):
+            if x in models and not (j == 0 and OPS[n.op].c_call is not None):
+                models.discard(x)
+    return models & set(k.operands) - set(k.outputs)
+
+
+def uses_draws(program: Program) -> bool:
+    """Whether a kernel of ``program`` has an op rendered by ``c_call`` (so needs random.h)."""
+    return any(OPS[n.op].c_call is not None for k in program.kernels for n in k.body)
+
+
 def c_literal(value: object, dtype: str) -> str:
     """An exact C literal: hex floats round-trip, NaN/Inf and integer extremes handled."""
     if dtype in ("float32", "float64"):
@@ -106,6 +123,11 @@ class KernelLayout:
     nkept: int
     perm: tuple[int, ...]  # iteration dims in loop order (reductions: kept dims first)
     accesses: list[tuple[Node, int, int]] = field(default_factory=list)  # (node, slot, P index of strides)
+    #: Accesses read only for their shape (the model operand of a random draw): never loaded, and
+    #: the contiguous path does not need them contiguous (a model is often a zero-strided view).
+    models: frozenset[int] = frozenset()
+    #: The kernel's ops rendered by ``c_call`` (draws): each must span the whole loop (the planner checks).
+    draws: tuple[Node, ...] = ()
 
     @property
     def p_dims(self) -> int:
@@ -129,15 +151,23 @@ class CRenderer:
 
     def __init__(self, precise_math: bool = False):
         self.precise_math = precise_math
+        #: The C expression of the current element's flat (C-order) index, for ops with ``c_call``.
+        self.index = "i"
 
     # -- expressions ---------------------------------------------------------
     def expr(self, node: Node, args: list[str]) -> str:
         """The C expression computing elementwise ``node`` from operand expressions."""
         op = OPS[node.op]
+        if op.c_call is not None:
+            return op.c_call(node, args, self.index)
         operand_dtype = node.inputs[0].dtype if node.op != "where" else node.inputs[1].dtype
         if node.op == "cast":
             if node.dtype == "bool":
                 return f"({args[0]} != 0)"
+            if operand_dtype == "bool" and node.dtype in ("float32", "float64"):
+                # a select, not a conversion: gcc does not vectorize uint8 -> double conversions
+                one, zero = ("1.0f", "0.0f") if node.dtype == "float32" else ("1.0", "0.0")
+                return f"({args[0]} ? {one} : {zero})"
             return f"(({C_TYPES[node.dtype]}){args[0]})"
         if operand_dtype == "bool":
             special = {"add": "({0} | {1})", "mul": "({0} & {1})", "maximum": "({0} | {1})",
@@ -197,6 +227,9 @@ class CRenderer:
             for n in k.outputs:
                 kl.accesses.append((n, slot(n), p))
                 p += nd
+            models = model_operands(k)
+            kl.models = frozenset(j for j, (n, _, _) in enumerate(kl.accesses[:len(k.operands)]) if n in models)
+            kl.draws = tuple(n for n in k.body if OPS[n.op].c_call is not None)
             kls.append(kl)
         return Layout(slots, kls, p)
 
@@ -207,7 +240,9 @@ class CRenderer:
         for n in k.body:
             if n is k.reduce:
                 continue
-            args = [names[i] if i in names else c_literal(i.value.reshape(-1)[0], i.dtype) for i in n.inputs]
+            args = [("0" if j == 0 and OPS[n.op].c_call is not None  # a draw's shape model: never read
+                     else names[i] if i in names else c_literal(i.value.reshape(-1)[0], i.dtype))
+                    for j, i in enumerate(n.inputs)]
             names[n] = f"t{len(names)}"
             lines.append(f"{indent}const {C_TYPES[n.dtype]} {names[n]} = {self.expr(n, args)};")
         return lines
@@ -224,6 +259,18 @@ class CRenderer:
             flat, main = self.render_reduce(kl) if k.reduce is not None else self.render_elemwise(kl)
         signature = f"static void {k.name}(char **restrict ptrs, const int64_t *restrict P, int nthreads)"
         return "\n".join([*head, *flat, signature, "{", *main, "}"])
+
+    def _index_line(self, kl: KernelLayout, indent: str) -> list[str]:
+        """In a loop nest over ``i<d>``: the element's flat C-order index as ``ridx``, for kernels
+        with ops that read it (nothing otherwise)."""
+        if not any(OPS[n.op].c_call is not None for n in kl.kernel.body):
+            return []
+        pos = [kl.perm.index(d) for d in range(kl.ndim)]
+        expr = "0"
+        for d, p in enumerate(pos):
+            expr = f"i{p}" if d == 0 else f"({expr}) * n{p} + i{p}"
+        self.index = "ridx"
+        return [f"{indent}const int64_t ridx = {expr};"]
 
     # -- where arrays and parameters live (the CUDA renderer passes them differently) --
     def ptr(self, kl: KernelLayout, j: int) -> str:
@@ -264,6 +311,9 @@ class CRenderer:
     def _load(self, kl: KernelLayout, j: int, where: str, indent: str, names: dict[Node, str]) -> str:
         node = kl.accesses[j][0]
         ct = C_TYPES[node.dtype]
+        if j in kl.models:
+            names[node] = "0"
+            return f"{indent}/* a{j}: read for its shape only */"
         names[node] = f"a{j}"
         if where == "flat" and node.ndim:
             return f"{indent}const {ct} a{j} = p{j}[i];"
@@ -275,6 +325,8 @@ class CRenderer:
         lines = []
         for j, (node, _, _) in enumerate(kl.accesses):
             ct = C_TYPES[node.dtype]
+            if j in kl.models:
+                continue
             if j < n_in and node.ndim:
                 lines.append(f"    const {ct} *{self.restrict} p{j} = (const {ct} *){self.ptr(kl, j)};")
             elif j >= n_in:
@@ -315,6 +367,7 @@ class CRenderer:
         flat += [self._load(kl, j, "", "    ", names) for j in range(n_in) if kl.accesses[j][0].ndim == 0]
         flat += ["    #pragma omp simd", "    for (int64_t i = lo; i < hi; i++) {"]
         flat += [self._load(kl, j, "flat", "        ", names) for j in range(n_in) if kl.accesses[j][0].ndim]
+        self.index = "i"
         flat += self.body(k, names, "        ")
         for j, (node, s, _) in enumerate(kl.accesses[n_in:], start=n_in):
             flat.append(f"        p{j}[i] = {names[node]};")
@@ -330,6 +383,7 @@ class CRenderer:
         nest, indent = self._nest(kl, range(nd), "    ", "total", addr)
         main += nest
         main += [self._load(kl, j, addr.get(j, ""), indent, names) for j in range(n_in)]
+        main += self._index_line(kl, indent)
         main += self.body(k, names, indent)
         for j, (node, s, _) in enumerate(kl.accesses[n_in:], start=n_in):
             main.append(f"{indent}*({C_TYPES[node.dtype]} *)({addr[j]}) = {names[node]};")
@@ -375,6 +429,7 @@ class CRenderer:
         flat += [f"    {acc_t} acc = {init};", "    int nanf = 0;",
                  f"    #pragma omp simd {clause}", "    for (int64_t i = lo; i < hi; i++) {"]
         flat += [self._load(kl, j, "flat", "        ", names) for j in range(n_in) if kl.accesses[j][0].ndim]
+        self.index = "i"
         flat += value(names, "        ")
         flat += ["    }", "    *nan_out |= nanf;", "    return acc;", "}"]
         main = self._dims(kl)
@@ -404,6 +459,7 @@ class CRenderer:
         nest, indent = self._nest(kl, range(nk, nd), indent, None, red_addr)
         main += nest
         main += [self._load(kl, j, red_addr.get(j, ""), indent, names) for j in range(n_in)]
+        main += self._index_line(kl, indent)
         main += value(names, indent)
         close, indent = self._close(range(nk, nd), indent)
         main += close
@@ -448,6 +504,8 @@ class CRenderer:
         calls = "\n".join(f"    if (first <= {i} && {i} < last) {kl.kernel.name}(ptrs, P, nthreads);"
                           for i, kl in enumerate(lay.kernels)) or "    (void)ptrs; (void)P; (void)nthreads;"
         prelude_text = prelude("c", "c_prelude.h")
+        if uses_draws(program):
+            prelude_text += random_helpers()
         if any(k.matmul is not None for k in program.kernels):
             prelude_text += BLAS_DECLARATIONS
         if self.precise_math:

@@ -48,8 +48,8 @@ from __future__ import annotations
 import string
 
 from exprc._version import __version__
-from exprc.backends.c.render import CRenderer, KernelLayout, Layout, c_literal, comment
-from exprc.backends.templates import prelude, read
+from exprc.backends.c.render import CRenderer, KernelLayout, Layout, c_literal, comment, uses_draws
+from exprc.backends.templates import prelude, random_helpers, read
 from exprc.fusion import Program
 from exprc.graph import Node
 from exprc.ops import OPS, REDUCTIONS
@@ -157,6 +157,7 @@ class CUDARenderer(CRenderer):
         lines += [self._load(kl, j, "", "        ", names) for j in range(n_in) if kl.accesses[j][0].ndim == 0]
         lines.append("        for (int64_t i = first; i < total; i += step) {")
         lines += [self._load(kl, j, "flat", "            ", names) for j in range(n_in) if kl.accesses[j][0].ndim]
+        self.index = "i"
         lines += self.body(k, names, "            ")
         lines += [f"            p{j}[i] = {names[kl.accesses[j][0]]};" for j in outs]
         lines += ["        }", "        return;", "    }"]
@@ -167,6 +168,7 @@ class CUDARenderer(CRenderer):
         lines += self._unravel("i", range(nd), "        ")
         lines += [self._load(kl, j, self._address(kl, j, range(nd)), "        ", names)
                   for j in range(n_in) if kl.accesses[j][0].ndim]
+        lines += self._index_line(kl, "        ")
         lines += self.body(k, names, "        ")
         for j in outs:
             node = kl.accesses[j][0]
@@ -241,18 +243,20 @@ class CUDARenderer(CRenderer):
         lines += [self._load(kl, j, "", "            ", names) for j in range(n_in) if kl.accesses[j][0].ndim == 0]
         lines.append("            for (int64_t i = lo + threadIdx.x; i < hi; i += blockDim.x) {")
         lines += [self._load(kl, j, "flat", "                ", names) for j in range(n_in) if kl.accesses[j][0].ndim]
+        self.index = "i"
         lines += value(names, "                ")
         lines += ["            }", "        } else {"]
         # General path: kept coordinates from kk (once per block), reduced ones from i.
         names = {}
         lines += self._unravel("kk", range(nk), "            ", "rk")
-        strided = [j for j in range(n_in) if kl.accesses[j][0].ndim]
+        strided = [j for j in range(n_in) if kl.accesses[j][0].ndim and j not in kl.models]
         lines += [f"            const char *b{j} = {self._address(kl, j, range(nk))};" for j in strided]
         lines += [self._load(kl, j, "", "            ", names) for j in range(n_in) if kl.accesses[j][0].ndim == 0]
         lines.append("            for (int64_t i = lo + threadIdx.x; i < hi; i += blockDim.x) {")
         lines += self._unravel("i", range(nk, nd), "                ")
         lines += [self._load(kl, j, self._address(kl, j, range(nk, nd), f"b{j}"), "                ", names)
                   for j in strided]
+        lines += self._index_line(kl, "                ")
         lines += value(names, "                ")
         lines += ["            }", "        }",
                   f"        acc = exprc_block_reduce<{acc_t}>(acc, {init}, shared, op);",
@@ -284,7 +288,8 @@ class CUDARenderer(CRenderer):
         kernels = "\n\n".join(self.render_kernel(kl) for kl in lay.kernels)
         src = string.Template(read("cuda", "cuda_module.cu")).substitute(
             version=__version__, summary=comment(summary).replace("\n", "; "), block=self.block,
-            prelude=prelude("cuda", "cuda_prelude.cuh"), kernels=kernels)
+            prelude=prelude("cuda", "cuda_prelude.cuh") + (random_helpers() if uses_draws(program) else ""),
+            kernels=kernels)
         return src, lay
 
 
