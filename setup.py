@@ -30,7 +30,8 @@ setup(
     install_requires=["numpy>=2.0", "cffi>=1.16", "networkx>=3.0", "sympy>=1.12"],
     extras_require={
         # NVRTC (no GPU or driver needed; installs in seconds) lets the GPU-less suite compile every CUDA source.
-        "test": ["pytest>=7", "hypothesis>=6.80", "mpmath>=1.3", "ruff", *CUDA],
+        # scipy: the random-stream tests check draws against scipy.stats' distributions (KS, chi-square).
+        "test": ["pytest>=7", "hypothesis>=6.80", "mpmath>=1.3", "scipy>=1.10", "ruff", *CUDA],
         "bench": ["numexpr", "numba"],
         "examples": ["scikit-learn"],
         "cuda": CUDA,

@@ -234,6 +234,11 @@ def scan(fn: Callable[..., Any], sequences: Any = None, outputs_info: Any = None
     _check_results(label, outs, state_taps, inits, labels)
 
     body_outs = outs + ([cond] if cond is not None else [])
+    if any(n.op.startswith("random_") for n in toposort(body_outs)):
+        # A draw's key does not change from step to step: every step would draw the same numbers.
+        raise ControlFlowError(f"{label}: random draws inside a loop body are not supported (each step would "
+                               "draw the same numbers); draw them for all steps before the loop (size=(n_steps, "
+                               "...)) and pass them in sequences")
     body_outs, inv_holders, inv_values = _hoist(body_outs, args[:n_seq_args] + state_args)
     if strict:
         allowed = {id(v) for v in nonseqs} | {id(v) for v in upd_vars}

@@ -279,7 +279,7 @@ def function(inputs: Sequence[Node], outputs: Node | Sequence[Node], backend: st
         upd = check_updates(updates, given)
     shared_mod = sys.modules.get("exprc.shared")
     if shared_mod is not None:  # (no shared variable exists before exprc.shared is imported)
-        upd += shared_mod.default_updates(outs + tuple(e for _, e in upd), upd)
+        upd += shared_mod.default_updates(outs + tuple(e for _, e in upd), updates, ins)
     memo_key = (ins, outs, upd, backend, cfg, _rules.GENERATION[0], settings, dom)
     with _MEMO_LOCK:
         hit = _MEMO.get(memo_key)

@@ -223,9 +223,14 @@ def check_updates(updates: Any, givens: dict[Node, Node]) -> tuple[tuple[SharedV
     return tuple(out)
 
 
-def default_updates(exprs: Sequence[Node], updates: tuple) -> tuple[tuple[SharedVariable, Node], ...]:
-    """The default updates of the shared variables ``exprs`` read that ``updates`` does not update."""
-    named = {v for v, _ in updates}
+def default_updates(exprs: Sequence[Node], updates: Any, inputs: Sequence[Node] = ()
+                    ) -> tuple[tuple[SharedVariable, Node], ...]:
+    """The default updates of the shared variables ``exprs`` read that ``updates`` (as given to
+    ``exprc.function``, already checked) does not name and that are not explicit ``inputs`` (as in
+    ``.eval()``, which passes their values); naming a variable with itself as its new value turns
+    its default update off."""
+    pairs = list(updates.items()) if isinstance(updates, Mapping) else list(updates or ())
+    named = {v for v, _ in pairs} | set(inputs)
     return tuple((v, v._c.default_update) for v in _graph.graph_inputs(exprs)
                  if isinstance(v, SharedVariable) and v._c.default_update is not None and v not in named)
 

@@ -57,15 +57,11 @@ TWO_PI = 2 * math.pi
 
 
 # -- the NumPy reference ---------------------------------------------------------------------------
-def philox(seed: int, ctr: int, idx: np.ndarray, draw: int, sub: int = 0) -> tuple[np.ndarray, ...]:
-    """The four 32-bit words (as uint64 arrays) of Philox4x32-10 for every element index in ``idx``."""
-    i = idx.astype(np.uint64)
-    c, s = int(ctr) & (2**64 - 1), int(seed) & (2**64 - 1)
-    c0 = i & _U32
-    c1 = ((i >> np.uint64(32)) & np.uint64(0xFFFF)) | np.uint64((sub << 16) & 0xFFFFFFFF)
-    c2 = np.full_like(i, (draw & 0xFFFFF) | (((c >> 32) << 20) & 0xFFFFFFFF))
-    c3 = np.full_like(i, c & 0xFFFFFFFF)
-    k0, k1 = s & 0xFFFFFFFF, s >> 32
+def philox_words(c0: np.ndarray, c1: np.ndarray, c2: np.ndarray, c3: np.ndarray, k0: int, k1: int
+                 ) -> tuple[np.ndarray, ...]:
+    """Philox4x32-10 of the counters (c0, c1, c2, c3) under the key (k0, k1): 32-bit values held in
+    uint64 arrays (the products of two 32-bit words fit)."""
+    c0, c1, c2, c3 = (np.asarray(c, np.uint64) for c in (c0, c1, c2, c3))
     m0, m1 = np.uint64(M0), np.uint64(M1)
     for _ in range(10):
         p0, p1 = c0 * m0, c2 * m1
@@ -73,6 +69,17 @@ def philox(seed: int, ctr: int, idx: np.ndarray, draw: int, sub: int = 0) -> tup
                           (p0 >> np.uint64(32)) ^ c3 ^ np.uint64(k1), p0 & _U32)
         k0, k1 = (k0 + W0) & 0xFFFFFFFF, (k1 + W1) & 0xFFFFFFFF
     return c0, c1, c2, c3
+
+
+def philox(seed: int, ctr: int, idx: np.ndarray, draw: int, sub: int = 0) -> tuple[np.ndarray, ...]:
+    """The four 32-bit words (as uint64 arrays) of element indices ``idx`` of a draw, as ``exprc_philox``:
+    counter (idx bits 0-31, idx bits 32-47 | sub << 16, draw | ctr bits 32-43 << 20, ctr bits 0-31),
+    key (seed bits 0-31, seed bits 32-63)."""
+    i = idx.astype(np.uint64)
+    c, s = int(ctr) & (2**64 - 1), int(seed) & (2**64 - 1)
+    c1 = ((i >> np.uint64(32)) & np.uint64(0xFFFF)) | np.uint64((sub << 16) & 0xFFFFFFFF)
+    c2 = np.full_like(i, (draw & 0xFFFFF) | (((c >> 32) << 20) & 0xFFFFFFFF))
+    return philox_words(i & _U32, c1, c2, np.full_like(i, c & 0xFFFFFFFF), s & 0xFFFFFFFF, s >> 32)
 
 
 def unit52(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
@@ -316,4 +323,4 @@ register(Op("random_model", "shape", _model, _infer_model, nin=(1, 32), value_sh
 #: The draws rendered inside fused loops (their first operand is a shape model, never read).
 DRAWS = frozenset({"random_uniform", "random_normal", "random_integers", "random_binomial"})
 
-__all__ = ["DRAWS", "MAX_DRAWS", "MAX_TRIALS", "c_helpers", "philox", "rcos2pi", "rlog", "unit23", "unit52"]
+__all__ = ["DRAWS", "MAX_DRAWS", "MAX_TRIALS", "c_helpers", "philox", "philox_words", "rcos2pi", "rlog", "unit23", "unit52"]
