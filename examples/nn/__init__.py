@@ -10,12 +10,15 @@ compiled call that also updates every parameter.
     step, predict = nn.compile_classifier(net, nn.Adam(lr=1e-3))
     for xb, yb in nn.minibatches(x, y_onehot, 64, rng):
         loss = step(xb, yb)
+
+``nn.MLP(..., dropout=0.5)`` adds inverted dropout after every hidden layer: active in ``step``
+(a new mask drawn inside the compiled call each time), the identity in ``predict``.
 """
 
-from nn.layers import MLP, Dense, relu, sigmoid, softmax, tanh
+from nn.layers import MLP, Dense, Dropout, dropout, relu, sigmoid, softmax, tanh
 from nn.losses import accuracy, one_hot, softmax_cross_entropy
 from nn.optim import SGD, Adam
 from nn.train import compile_classifier, minibatches
 
-__all__ = ["MLP", "SGD", "Adam", "Dense", "accuracy", "compile_classifier", "minibatches", "one_hot", "relu",
-           "sigmoid", "softmax", "softmax_cross_entropy", "tanh"]
+__all__ = ["MLP", "SGD", "Adam", "Dense", "Dropout", "accuracy", "compile_classifier", "dropout", "minibatches",
+           "one_hot", "relu", "sigmoid", "softmax", "softmax_cross_entropy", "tanh"]
