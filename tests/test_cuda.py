@@ -109,10 +109,12 @@ def golden_cases():
     a, b, c = exprc.vector("a"), exprc.vector("b"), exprc.vector("c")
     x = exprc.vector("x")
     m, v = exprc.matrix("m", "float32"), exprc.vector("v", "float32")
+    key = exprc.vector("key", "int64")
     return {
         "e1_axpy": [a * b + c],
         "logsumexp_reduce": [exprc.sum(exprc.exp(x - exprc.max(x)))],
         "float32_broadcast_rowsum": [exprc.sum(exprc.tanh(m * v), axis=1)],
+        "dropout_draw": [x * exprc.random.bernoulli(key, size=x.shape, p=0.8, dtype="float64") / 0.8],
     }
 
 

@@ -16,7 +16,7 @@ from scipy import stats
 import exprc
 from exprc import Config
 from exprc.errors import ControlFlowError, DTypeError, ParameterError, ShapeError
-from exprc.ops.random import philox_words, rcos2pi, rlog
+from exprc.ops.random import philox_words, rlog, rsincos2pi
 
 NOCACHE = Config(cache=False)
 
@@ -57,9 +57,10 @@ def test_log_and_cos_polynomials_are_accurate():
     mpmath.mp.prec = 100
     assert _ulps(rlog(u), [mpmath.log(mpmath.mpf(float(x))) for x in u]).max() <= 2
     v = np.concatenate([rng.random(2000), np.arange(8) / 8, np.nextafter(np.arange(1, 8) / 8, 0), [1 - 2.0 ** -52]])
-    exact = [mpmath.cos(2 * mpmath.pi * mpmath.mpf(float(x))) for x in v]
-    err = np.abs(rcos2pi(v) - np.array([float(e) for e in exact]))
-    assert err.max() <= 4e-16  # absolute: cos(2 pi u) crosses 0, where relative error means nothing
+    for odd, fn in ((0, mpmath.cos), (1, mpmath.sin)):
+        exact = [fn(2 * mpmath.pi * mpmath.mpf(float(x))) for x in v]
+        err = np.abs(rsincos2pi(v, odd) - np.array([float(e) for e in exact]))
+        assert err.max() <= 4e-16  # absolute: the curves cross 0, where relative error means nothing
 
 
 # -- bit-identical backends ------------------------------------------------------------------------------

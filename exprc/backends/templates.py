@@ -34,7 +34,7 @@ def random_helpers() -> str:
     return "\n" + text.replace(_RANDOM_SPLICE, c_helpers())
 
 
-_RANDOM_SPLICE = ("/* exprc: the polynomial helpers (exprc_rlog, exprc_rcos2pi) are spliced in here from "
+_RANDOM_SPLICE = ("/* exprc: the polynomial helpers (exprc_rlog, exprc_rcossin2pi) are spliced in here from "
                   "exprc/ops/random.py */\n")
 
 

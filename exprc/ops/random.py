@@ -11,12 +11,14 @@ Operands: ``model`` (whose *shape* is the draw's; its values are never read, so 
 not load it), ``seed`` and ``ctr`` (0-d int64: the stream's key), then parameters.  Attributes:
 ``draw`` (the draw's number in its stream, 0 <= draw < 2**20) and the rest below.
 
-* ``random_uniform(model, seed, ctr; draw, dtype)``: [0, 1), 52 random bits (23 for float32).
-* ``random_normal(model, seed, ctr; draw, dtype)``: standard normal by Box-Muller from one block,
-  with a log and a cos of our own (polynomials in + - * / only, so NumPy, gcc and NVRTC round
-  every step the same way; within a few ulps of the true values); float32 is the float64 value
-  rounded.
-* ``random_integers(model, seed, ctr; draw, low, high, dtype)``: [low, high) by multiply-shift.
+* ``random_uniform(model, seed, ctr; draw, dtype)``: [0, 1), 52 random bits (23 for float32); two
+  float64 (four float32) elements per Philox block.
+* ``random_normal(model, seed, ctr; draw, dtype)``: standard normal by Box-Muller, a pair of elements
+  per block (cos for the even one, sin for the odd one), with a log and a cos/sin of our own
+  (polynomials in + - * / only, so NumPy, gcc and NVRTC round every step the same way; within a
+  few ulps of the true values); float32 is the float64 value rounded.
+* ``random_integers(model, seed, ctr; draw, low, high, dtype)``: [low, high) by multiply-shift on 64
+  bits, two elements per block.
 * ``random_binomial(model, seed, ctr, p; draw, n, dtype)``: successes in ``n`` trials, one block
   per trial (``n`` < 2**16).
 * ``random_permutation(n, seed, ctr; draw)``: a NumPy step, the stable argsort of ``n`` uniform keys.
@@ -71,20 +73,25 @@ def philox_words(c0: np.ndarray, c1: np.ndarray, c2: np.ndarray, c3: np.ndarray,
     return c0, c1, c2, c3
 
 
-def philox(seed: int, ctr: int, idx: np.ndarray, draw: int, sub: int = 0) -> tuple[np.ndarray, ...]:
-    """The four 32-bit words (as uint64 arrays) of element indices ``idx`` of a draw, as ``exprc_philox``:
-    counter (idx bits 0-31, idx bits 32-47 | sub << 16, draw | ctr bits 32-43 << 20, ctr bits 0-31),
-    key (seed bits 0-31, seed bits 32-63)."""
-    i = idx.astype(np.uint64)
+def philox(seed: int, ctr: int, blk: np.ndarray, draw: int, sub: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Blocks ``blk`` of a draw as ``exprc_philox``: the 64-bit halves (a, b) = (w1:w0, w3:w2) of
+    Philox4x32-10 with counter (blk bits 0-31, blk bits 32-47 | sub << 16, draw | ctr bits 32-43 << 20,
+    ctr bits 0-31) and key (seed bits 0-31, seed bits 32-63)."""
+    i = blk.astype(np.uint64)
     c, s = int(ctr) & (2**64 - 1), int(seed) & (2**64 - 1)
     c1 = ((i >> np.uint64(32)) & np.uint64(0xFFFF)) | np.uint64((sub << 16) & 0xFFFFFFFF)
     c2 = np.full_like(i, (draw & 0xFFFFF) | (((c >> 32) << 20) & 0xFFFFFFFF))
-    return philox_words(i & _U32, c1, c2, np.full_like(i, c & 0xFFFFFFFF), s & 0xFFFFFFFF, s >> 32)
+    w = philox_words(i & _U32, c1, c2, np.full_like(i, c & 0xFFFFFFFF), s & 0xFFFFFFFF, s >> 32)
+    return (w[1] << np.uint64(32)) | w[0], (w[3] << np.uint64(32)) | w[2]
 
 
-def unit52(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
-    """Doubles in [0, 1) from 52 bits, as ``exprc_unit52``."""
-    x = (hi << np.uint64(32)) | lo
+def element_bits(seed: int, ctr: int, idx: np.ndarray, draw: int, shift: int) -> tuple[np.ndarray, np.ndarray]:
+    """The bits (a, b) of elements ``idx``: their block ``idx >> shift`` (as ``exprc_rbits_at``)."""
+    return philox(seed, ctr, idx >> np.uint64(shift), draw)
+
+
+def unit52(x: np.ndarray) -> np.ndarray:
+    """Doubles in [0, 1) from the top 52 of 64 bits, as ``exprc_unit52``."""
     return ((x >> np.uint64(12)) | np.uint64(0x3FF0000000000000)).view(np.float64) - 1.0
 
 
@@ -111,8 +118,10 @@ def rlog(u: np.ndarray) -> np.ndarray:
     return e * LN2_HI + (hs + hs * (z * r) + e * LN2_LO)
 
 
-def rcos2pi(u: np.ndarray) -> np.ndarray:
-    """cos(2 pi u) for u in [0, 1), as ``exprc_rcos2pi``."""
+def rsincos2pi(u: np.ndarray, odd: np.ndarray | int = 0) -> np.ndarray:
+    """cos(2 pi u) (sin where ``odd``) for u in [0, 1), as ``exprc_rcossin2pi``: u = q/4 + f with
+    |f| <= 1/8 (exact), a = 2 pi f, then the Taylor series of cos or sin on [-pi/4, pi/4] by the
+    quadrant (q + 3 odd) mod 4 (sin x = cos(x - pi/2))."""
     q = np.floor(4.0 * u + 0.5)
     a = (u - q * 0.25) * TWO_PI
     z = a * a
@@ -123,7 +132,8 @@ def rcos2pi(u: np.ndarray) -> np.ndarray:
     for k in SIN_COEFFS[1:]:
         s = k + z * s
     cv, sv = 1.0 + z * c, a + a * (z * s)
-    q = np.where(q == 4.0, 0.0, q)
+    q = np.where(q == 4.0, 0.0, q) + 3.0 * np.asarray(odd, np.float64)
+    q = np.where(q >= 4.0, q - 4.0, q)
     return np.where(q == 0.0, cv, np.where(q == 1.0, -sv, np.where(q == 2.0, -cv, sv)))
 
 
@@ -143,22 +153,32 @@ def _key(seed: np.ndarray, ctr: np.ndarray) -> tuple[int, int]:
     return int(np.asarray(seed)), int(np.asarray(ctr))
 
 
+def _bits(model, seed, ctr, draw, shift):
+    idx = _indices(model)
+    return idx, *element_bits(*_key(seed, ctr), idx, draw, shift)
+
+
 def _uniform(model, seed, ctr, draw, dtype):
-    w = philox(*_key(seed, ctr), _indices(model), draw)
-    u = unit23(w[0]) if dtype == "float32" else unit52(w[0], w[1])
+    if dtype == "float32":
+        idx, a, b = _bits(model, seed, ctr, draw, 2)
+        x = np.where(idx & np.uint64(2), b, a)
+        u = unit23(np.where(idx & np.uint64(1), x >> np.uint64(32), x & _U32))
+    else:
+        idx, a, b = _bits(model, seed, ctr, draw, 1)
+        u = unit52(np.where(idx & np.uint64(1), b, a))
     return u.reshape(np.shape(model))
 
 
 def _normal(model, seed, ctr, draw, dtype):
-    w = philox(*_key(seed, ctr), _indices(model), draw)
-    u1, u2 = 1.0 - unit52(w[0], w[1]), unit52(w[2], w[3])
-    z = np.sqrt(-2.0 * rlog(u1)) * rcos2pi(u2)
+    idx, a, b = _bits(model, seed, ctr, draw, 1)
+    u1, u2 = 1.0 - unit52(a), unit52(b)
+    z = np.sqrt(-2.0 * rlog(u1)) * rsincos2pi(u2, (idx & np.uint64(1)).astype(np.int64))
     return z.astype(dtype).reshape(np.shape(model))
 
 
 def _integers(model, seed, ctr, draw, low, high, dtype):
-    w = philox(*_key(seed, ctr), _indices(model), draw)
-    x = (w[1] << np.uint64(32)) | w[0]
+    idx, a, b = _bits(model, seed, ctr, draw, 1)
+    x = np.where(idx & np.uint64(1), b, a)
     v = (np.uint64(low & (2**64 - 1)) + _mulhi64(x, (high - low) & (2**64 - 1))).view(np.int64)
     return v.astype(dtype).reshape(np.shape(model))
 
@@ -168,8 +188,7 @@ def _binomial(model, seed, ctr, p, draw, n, dtype):
     p = np.broadcast_to(np.asarray(p, np.float64), np.shape(model)).reshape(-1)
     count = np.zeros(idx.shape, np.int64)
     for k in range(n):
-        w = philox(*_key(seed, ctr), idx, draw, k)
-        count += unit52(w[0], w[1]) < p
+        count += unit52(philox(*_key(seed, ctr), idx, draw, k)[0]) < p
     return count.astype(dtype).reshape(np.shape(model))
 
 
@@ -177,8 +196,8 @@ def _permutation(n, seed, ctr, draw):
     size = int(np.asarray(n))
     if size < 0:
         raise ShapeError(f"permutation: n is {size}: sizes must be >= 0")
-    w = philox(*_key(seed, ctr), np.arange(size, dtype=np.uint64), draw)
-    return np.argsort((w[1] << np.uint64(32)) | w[0], kind="stable").astype(np.int64)
+    a, _ = philox(*_key(seed, ctr), np.arange(size, dtype=np.uint64), draw)
+    return np.argsort(a, kind="stable").astype(np.int64)
 
 
 def _model(*sizes):
@@ -239,31 +258,49 @@ def _infer_model(inputs: tuple, attrs: dict) -> tuple[tuple, TensorType]:
 
 
 # -- C expressions -------------------------------------------------------------------------------
-def _block(args: list[str], idx: str, node: Node, sub: str = "0u") -> str:
-    return f"exprc_philox({args[1]}, {args[2]}, {idx}, {node.arg('draw')}u, {sub})"
+def shift(node: Node) -> int:
+    """Elements per block of a draw, as a power of 2 (binomials use one block per trial: 0)."""
+    if node.op == "random_binomial":
+        return 0
+    return 2 if node.op == "random_uniform" and node.dtype == "float32" else 1
 
 
-def _c_uniform(node: Node, args: list[str], idx: str) -> str:
-    b = _block(args, idx, node)
+def batch_kind(node: Node) -> tuple[int, str] | None:
+    """(kind, member) of ``exprc_rbatch`` for a draw, None for draws computed per element (binomials)."""
+    if node.op == "random_normal":
+        return 3, "z"
+    if node.op == "random_uniform" and node.dtype == "float32":
+        return 2, "w"
+    return (1, "x") if node.op in ("random_uniform", "random_integers") else None
+
+
+def _bits_expr(node: Node, args: list[str], idx: str) -> str:
+    return f"exprc_rbits_at({args[1]}, {args[2]}, {idx}, {node.arg('draw')}u, {shift(node)})"
+
+
+def _c_uniform(node: Node, args: list[str], idx: str, batch: str | None = None) -> str:
     if node.dtype == "float32":
-        return f"exprc_unit23({b}.w0)"
-    return f"exprc_runiform({b})"
+        return f"exprc_unit23({batch.format('w')})" if batch else f"exprc_runiformf({_bits_expr(node, args, idx)}, {idx})"
+    return f"exprc_unit52({batch.format('x')})" if batch else f"exprc_runiform({_bits_expr(node, args, idx)}, {idx})"
 
 
-def _c_normal(node: Node, args: list[str], idx: str) -> str:
-    z = f"exprc_rnormal({_block(args, idx, node)})"
+def _c_normal(node: Node, args: list[str], idx: str, batch: str | None = None) -> str:
+    z = batch.format("z") if batch else f"exprc_rnormal({_bits_expr(node, args, idx)}, {idx})"
     return f"((float){z})" if node.dtype == "float32" else z
 
 
-def _c_integers(node: Node, args: list[str], idx: str) -> str:
+def _c_integers(node: Node, args: list[str], idx: str, batch: str | None = None) -> str:
     low, high = node.arg("low"), node.arg("high")
-    v = f"exprc_rinteger({_block(args, idx, node)}, (int64_t){low & (2**64 - 1)}ull, {(high - low) & (2**64 - 1)}ull)"
+    x = batch.format("x") if batch else f"exprc_rbits_at({args[1]}, {args[2]}, {idx}, {node.arg('draw')}u, 1)"
+    fn = "exprc_rinteger_x" if batch else "exprc_rinteger"
+    tail = "" if batch else f", {idx}"
+    v = f"{fn}({x}{tail}, (int64_t){low & (2**64 - 1)}ull, {(high - low) & (2**64 - 1)}ull)"
     return f"((int32_t){v})" if node.dtype == "int32" else v
 
 
-def _c_binomial(node: Node, args: list[str], idx: str) -> str:
+def _c_binomial(node: Node, args: list[str], idx: str, batch: str | None = None) -> str:
     v = f"exprc_rbinomial({args[1]}, {args[2]}, {idx}, {node.arg('draw')}u, INT64_C({node.arg('n')}), (double){args[3]})"
-    return f"(({'int32_t' if node.dtype == 'int32' else 'int64_t'}){v})" if node.dtype != "int64" else v
+    return f"((int32_t){v})" if node.dtype == "int32" else v
 
 
 def _zero_grad(node: Node, g: Node) -> list[None]:
@@ -271,7 +308,7 @@ def _zero_grad(node: Node, g: Node) -> list[None]:
 
 
 def c_helpers() -> str:
-    """The C definitions of ``exprc_rlog`` and ``exprc_rcos2pi`` from the coefficient lists above."""
+    """The C definitions of ``exprc_rlog`` and ``exprc_rcossin2pi`` from the coefficient lists above."""
 
     def horner(var: str, coeffs: list[float], indent: str = "    ") -> list[str]:
         lines = [f"{indent}double {var} = {coeffs[0].hex()};"]
@@ -293,7 +330,7 @@ def c_helpers() -> str:
         f"    return e * {LN2_HI.hex()} + (hs + hs * (z * r) + e * {LN2_LO.hex()});",
         "}",
         "",
-        "EXPRC_INLINE double exprc_rcos2pi(double u)",
+        "EXPRC_INLINE void exprc_rcossin2pi(double u, double *cos_out, double *sin_out)",
         "{",
         "    double q = floor(4.0 * u + 0.5);",
         f"    const double a = (u - q * 0.25) * {TWO_PI.hex()}, z = a * a;",
@@ -301,7 +338,8 @@ def c_helpers() -> str:
         *horner("s", SIN_COEFFS),
         "    const double cv = 1.0 + z * c, sv = a + a * (z * s);",
         "    q = q == 4.0 ? 0.0 : q;",
-        "    return q == 0.0 ? cv : (q == 1.0 ? -sv : (q == 2.0 ? -cv : sv));",
+        "    *cos_out = q == 0.0 ? cv : (q == 1.0 ? -sv : (q == 2.0 ? -cv : sv));",
+        "    *sin_out = q == 0.0 ? sv : (q == 1.0 ? cv : (q == 2.0 ? -sv : -cv));",
         "}",
         "",
     ])
@@ -323,4 +361,18 @@ register(Op("random_model", "shape", _model, _infer_model, nin=(1, 32), value_sh
 #: The draws rendered inside fused loops (their first operand is a shape model, never read).
 DRAWS = frozenset({"random_uniform", "random_normal", "random_integers", "random_binomial"})
 
-__all__ = ["DRAWS", "MAX_DRAWS", "MAX_TRIALS", "c_helpers", "philox", "philox_words", "rcos2pi", "rlog", "unit23", "unit52"]
+__all__ = [
+    "DRAWS",
+    "MAX_DRAWS",
+    "MAX_TRIALS",
+    "batch_kind",
+    "c_helpers",
+    "element_bits",
+    "philox",
+    "philox_words",
+    "rlog",
+    "rsincos2pi",
+    "shift",
+    "unit23",
+    "unit52",
+]

@@ -72,10 +72,11 @@ class Op:
     #: be handed that operand's own buffer as ``out`` (the planner does so when nothing else reads it).
     in_place: bool = False
     #: Elementwise ops whose C expression depends on attributes or on the element's position (random
-    #: draws): ``c_call(node, operand expressions, flat index expression) -> C expression``, used by
-    #: every renderer instead of ``c``.  Such an op's first operand only gives the shape: renderers do
+    #: draws): ``c_call(node, operand expressions, flat index expression, bits) -> C expression``, used
+    #: by every renderer instead of ``c`` (``bits``: a draw's bits already computed by a batched loop,
+    #: or None).  Such an op's first operand only gives the shape: renderers do
     #: not load it and the planner does not require it contiguous.
-    c_call: Callable[[Node, list, str], str] | None = field(default=None, compare=False)
+    c_call: Callable[[Node, list, str, str | None], str] | None = field(default=None, compare=False)
 
     def value_shaped(self, node: Node) -> bool:
         """Whether this node's shape depends on operand values (see ``value_shape``)."""

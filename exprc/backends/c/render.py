@@ -61,7 +61,8 @@ def parallel_threshold(k: Kernel) -> int:
     """Elements above which kernel ``k`` is worth splitting between threads."""
     cost = 2 * (len(k.operands) + len(k.outputs))
     for n in k.body:
-        cost += 20 if n.op in _EXPENSIVE else (4 if n.op in ("truediv", "sqrt", "reciprocal") else 1)
+        cost += 20 if n.op in _EXPENSIVE or OPS[n.op].c_call is not None else (
+            4 if n.op in ("truediv", "sqrt", "reciprocal") else 1)
     return max(1 << 12, min(1 << 18, PARALLEL_WORK // max(cost, 1)))
 
 
@@ -153,13 +154,15 @@ class CRenderer:
         self.precise_math = precise_math
         #: The C expression of the current element's flat (C-order) index, for ops with ``c_call``.
         self.index = "i"
+        #: Draws whose bits a batched loop computed (see ``_flat_loop``): the C expression reading them.
+        self.bits: dict[Node, str] = {}
 
     # -- expressions ---------------------------------------------------------
     def expr(self, node: Node, args: list[str]) -> str:
         """The C expression computing elementwise ``node`` from operand expressions."""
         op = OPS[node.op]
         if op.c_call is not None:
-            return op.c_call(node, args, self.index)
+            return op.c_call(node, args, self.index, self.bits.get(node))
         operand_dtype = node.inputs[0].dtype if node.op != "where" else node.inputs[1].dtype
         if node.op == "cast":
             if node.dtype == "bool":
@@ -259,6 +262,35 @@ class CRenderer:
             flat, main = self.render_reduce(kl) if k.reduce is not None else self.render_elemwise(kl)
         signature = f"static void {k.name}(char **restrict ptrs, const int64_t *restrict P, int nthreads)"
         return "\n".join([*head, *flat, signature, "{", *main, "}"])
+
+    def _flat_loop(self, kl: KernelLayout, names: dict[Node, str], clause: str) -> tuple[list[str], list[str]]:
+        """The opening and closing lines of a contiguous path's element loop ``i`` in [lo, hi).
+
+        A kernel that draws random numbers (with its key loaded before the loop) runs it in
+        batches: before each EXPRC_RBATCH elements, ``exprc_rfill`` computes every draw's bits in a
+        loop of its own (hand-vectorized Philox), and the element loop reads them (``self.bits``)."""
+        from exprc.ops.random import batch_kind
+
+        batched = []
+        for n in kl.kernel.body:
+            if OPS[n.op].c_call is None or batch_kind(n) is None:
+                continue
+            key = [names.get(x) or (c_literal(x.value.reshape(-1)[0], x.dtype) if x.op == "constant" else None)
+                   for x in n.inputs[1:3]]
+            if None not in key:
+                batched.append((n, key))
+        if not batched:
+            return [f"    #pragma omp simd{clause}", "    for (int64_t i = lo; i < hi; i++) {"], ["    }"]
+        head = [f"    exprc_rbatch {', '.join(f'rb{j}' for j in range(len(batched)))};",
+                "    for (int64_t b0 = lo; b0 < hi; b0 += EXPRC_RBATCH) {",
+                "        const int64_t b1 = b0 + EXPRC_RBATCH < hi ? b0 + EXPRC_RBATCH : hi;"]
+        self.bits = {}
+        for j, (n, (seed, ctr)) in enumerate(batched):
+            kind, _ = batch_kind(n)
+            head.append(f"        exprc_rfill(&rb{j}, {seed}, {ctr}, b0, b1 - b0, {n.arg('draw')}u, {kind});")
+            self.bits[n] = f"rb{j}.u.{{}}[rb{j}.off + (i - b0)]"
+        head += [f"    #pragma omp simd{clause}", "    for (int64_t i = b0; i < b1; i++) {"]
+        return head, ["    }", "    }"]
 
     def _index_line(self, kl: KernelLayout, indent: str) -> list[str]:
         """In a loop nest over ``i<d>``: the element's flat C-order index as ``ridx``, for kernels
@@ -365,13 +397,15 @@ class CRenderer:
         flat = [f"static inline void {k.name}_flat(char **restrict ptrs, int64_t lo, int64_t hi)", "{"]
         flat += self._flat_pointers(kl, n_in)
         flat += [self._load(kl, j, "", "    ", names) for j in range(n_in) if kl.accesses[j][0].ndim == 0]
-        flat += ["    #pragma omp simd", "    for (int64_t i = lo; i < hi; i++) {"]
+        head, tail = self._flat_loop(kl, names, "")
+        flat += head
         flat += [self._load(kl, j, "flat", "        ", names) for j in range(n_in) if kl.accesses[j][0].ndim]
         self.index = "i"
         flat += self.body(k, names, "        ")
         for j, (node, s, _) in enumerate(kl.accesses[n_in:], start=n_in):
             flat.append(f"        p{j}[i] = {names[node]};")
-        flat += ["    }", "}"]
+        self.bits = {}
+        flat += [*tail, "}"]
         main = self._dims(kl)
         main.append(f"    const int64_t total = {' * '.join(f'n{d}' for d in range(nd)) or '1'};")
         main.append(f"    if (P[{kl.p_flag}]) {{")
@@ -426,12 +460,14 @@ class CRenderer:
                 "{"]
         flat += self._flat_pointers(kl, n_in)[: n_in]
         flat += [self._load(kl, j, "", "    ", names) for j in range(n_in) if kl.accesses[j][0].ndim == 0]
-        flat += [f"    {acc_t} acc = {init};", "    int nanf = 0;",
-                 f"    #pragma omp simd {clause}", "    for (int64_t i = lo; i < hi; i++) {"]
+        flat += [f"    {acc_t} acc = {init};", "    int nanf = 0;"]
+        head, tail = self._flat_loop(kl, names, " " + clause)
+        flat += head
         flat += [self._load(kl, j, "flat", "        ", names) for j in range(n_in) if kl.accesses[j][0].ndim]
         self.index = "i"
         flat += value(names, "        ")
-        flat += ["    }", "    *nan_out |= nanf;", "    return acc;", "}"]
+        self.bits = {}
+        flat += [*tail, "    *nan_out |= nanf;", "    return acc;", "}"]
         main = self._dims(kl)
         main.append(f"    const int64_t kept_total = {' * '.join(f'n{d}' for d in range(nk)) or '1'};")
         main.append(f"    const int64_t red_total = {' * '.join(f'n{d}' for d in range(nk, nd)) or '1'};")

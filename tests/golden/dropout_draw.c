@@ -1,0 +1,69 @@
+/* k0_randomuniform_lt_mul_truediv: x * (random_uniform(x, key[0], key[1], draw=0, dtype='float64') < 0.8).astype(float64) / 0.8 */
+static inline void k0_randomuniform_lt_mul_truediv_flat(char **restrict ptrs, int64_t lo, int64_t hi)
+{
+    const double *restrict p0 = (const double *)ptrs[0];
+    double *restrict p3 = (double *)ptrs[2];
+    const int64_t a1 = *(const int64_t *)(ptrs[3]);
+    const int64_t a2 = *(const int64_t *)(ptrs[4]);
+    exprc_rbatch rb0;
+    for (int64_t b0 = lo; b0 < hi; b0 += EXPRC_RBATCH) {
+        const int64_t b1 = b0 + EXPRC_RBATCH < hi ? b0 + EXPRC_RBATCH : hi;
+        exprc_rfill(&rb0, a1, a2, b0, b1 - b0, 0u, 1);
+    #pragma omp simd
+    for (int64_t i = b0; i < b1; i++) {
+        const double a0 = p0[i];
+        const double t3 = exprc_unit52(rb0.u.x[rb0.off + (i - b0)]);
+        const uint8_t t4 = (t3 < (0x1.999999999999ap-1));
+        const double t5 = (t4 ? 1.0 : 0.0);
+        const double t6 = (a0 * t5);
+        const double t7 = (t6 / (0x1.999999999999ap-1));
+        p3[i] = t7;
+    }
+    }
+}
+static void k0_randomuniform_lt_mul_truediv(char **restrict ptrs, const int64_t *restrict P, int nthreads)
+{
+    const int64_t n0 = P[1];
+    const int64_t total = n0;
+    if (P[0]) {
+        const int64_t size = exprc_chunk_size(total), nchunks = exprc_chunk_count(total, size);
+        if (nthreads > 1 && total > 29959) {
+            #pragma omp parallel num_threads(nthreads < EXPRC_MAX_THREADS ? nthreads : EXPRC_MAX_THREADS)
+            {
+                EXPRC_THREAD_RANGE(nchunks, clo, chi, id)
+                (void)id;
+                for (int64_t c = clo; c < chi; c++) {
+                    const int64_t lo = c * size, hi = lo + size < total ? lo + size : total;
+                    k0_randomuniform_lt_mul_truediv_flat(ptrs, lo, hi);
+                }
+            }
+        } else {
+            for (int64_t c = 0; c < nchunks; c++) {
+                const int64_t lo = c * size, hi = lo + size < total ? lo + size : total;
+                k0_randomuniform_lt_mul_truediv_flat(ptrs, lo, hi);
+            }
+        }
+        return;
+    }
+    #pragma omp parallel for if(total > 29959) num_threads(nthreads) schedule(static)
+    for (int64_t i0 = 0; i0 < n0; i0++) {
+        char *q0_0 = ptrs[0] + i0 * P[2];
+        char *q3_0 = ptrs[2] + i0 * P[5];
+        const double a0 = *(const double *)(q0_0);
+        const int64_t a1 = *(const int64_t *)(ptrs[3]);
+        const int64_t a2 = *(const int64_t *)(ptrs[4]);
+        const int64_t ridx = i0;
+        const double t3 = exprc_runiform(exprc_rbits_at(a1, a2, ridx, 0u, 1), ridx);
+        const uint8_t t4 = (t3 < (0x1.999999999999ap-1));
+        const double t5 = (t4 ? 1.0 : 0.0);
+        const double t6 = (a0 * t5);
+        const double t7 = (t6 / (0x1.999999999999ap-1));
+        *(double *)(q3_0) = t7;
+    }
+}
+
+/* The single entry point: run kernels [first, last) with nthreads threads. */
+void exprc_run(char **restrict ptrs, const int64_t *restrict P, int64_t first, int64_t last, int nthreads)
+{
+    if (first <= 0 && 0 < last) k0_randomuniform_lt_mul_truediv(ptrs, P, nthreads);
+}
