@@ -175,7 +175,9 @@ def test_cuda_source_draws_the_same_bits():
     key = exprc.vector("key", "int64")
     outs = [exprc.random.normal(key, size=x.shape) * x, exprc.random.uniform(key, size=x.shape, draw=1, dtype="float32"),
             exprc.random.integers(key, size=x.shape, low=-3, high=1000, draw=2).T,
-            exprc.sum(exprc.random.binomial(key, size=x.shape, n=3, p=0.4, draw=3), axis=1)]
+            exprc.sum(exprc.random.binomial(key, size=x.shape, n=3, p=0.4, draw=3), axis=1),
+            exprc.max(exprc.random.normal(key, size=x.shape, draw=4), axis=0),
+            exprc.min(exprc.random.uniform(key, size=x.shape, draw=5))]
     drv = EmulatedDriver(kernels="cuda")
     set_driver(drv)
     try:
@@ -391,3 +393,35 @@ def test_graphs_with_draws_save_and_load():
         return exprc.function([xs[0], key], expr, backend="numpy")(np.arange(6.0), k)
 
     assert_same_bits(run(back), run(out))
+
+
+def test_draws_in_axis_reductions_and_several_draws_in_one_loop():
+    # A reduction over a leading axis runs its loops in (kept, reduced) order: the draw's index must
+    # still be its C-order position. max/min select, so C and NumPy must agree exactly.
+    key = exprc.vector("key", "int64")
+    x = exprc.tensor3("x")
+    z = exprc.random.normal(key, size=x.shape)
+    two = exprc.random.uniform(key, size=x.shape, draw=1) + exprc.random.normal(key, size=x.shape, draw=2)
+    outs = [exprc.max(z, axis=0), exprc.min(z, axis=(0, 2), keepdims=True), exprc.max(z * x, axis=1),
+            x * two, exprc.argmax(exprc.random.uniform(key, size=x.shape, draw=3), axis=0)]
+    f = exprc.function([x, key], outs, config=NOCACHE)
+    g = exprc.function([x, key], outs, backend="numpy")
+    for shape in [(4, 5, 6), (1, 300, 3), (70, 3, 1000)]:
+        xv, k = np.ones(shape), exprc.random.key(shape[0])
+        for a, b in zip(f(xv, k), g(xv, k)):
+            assert_same_bits(a, b)
+
+
+def test_the_same_graph_gives_the_same_source_in_another_process():
+    import subprocess
+    import sys
+
+    script = ("import exprc, hashlib\n"
+              "rng = exprc.random.Stream(3)\n"
+              "x = exprc.matrix('x')\n"
+              "f = exprc.function([x], [x * rng.bernoulli(size=x.shape, p=0.5, dtype='float64'), "
+              "exprc.sum(rng.normal(size=(4, 5)), axis=0)])\n"
+              "print(hashlib.sha256(f.source.encode()).hexdigest())\n")
+    runs = {subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
+            for _ in range(2)}
+    assert len(runs) == 1 and len(runs.pop().strip()) == 64
