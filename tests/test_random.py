@@ -425,3 +425,26 @@ def test_the_same_graph_gives_the_same_source_in_another_process():
     runs = {subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
             for _ in range(2)}
     assert len(runs) == 1 and len(runs.pop().strip()) == 64
+
+
+def test_draws_on_broadcast_and_strided_loops_run_in_batches():
+    # relu(x + b) * mask reads b broadcast: the strided loop, its last axis filled in batches (rows
+    # longer than a batch, a 1-d strided vector split over threads, 3-d with a broadcast middle axis).
+    key = exprc.vector("key", "int64")
+    x, b, v = exprc.matrix("x"), exprc.vector("b"), exprc.vector("v")
+    t = exprc.tensor3("t")
+    outs = [exprc.maximum(x + b, 0.0) * exprc.random.bernoulli(key, size=x.shape, p=0.5, dtype="float64"),
+            v * exprc.random.normal(key, size=v.shape, draw=1),
+            (t + b) * exprc.random.uniform(key, size=t.shape, draw=2, dtype="float32"),
+            exprc.random.integers(key, size=x.shape, low=0, high=7, draw=3) + b.astype("int64")]
+    f = exprc.function([x, b, v, t, key], outs, config=NOCACHE)
+    assert "exprc_rfill(&rb0, a" in f.source and "rrow" in f.source
+    g = exprc.function([x, b, v, t, key], outs, backend="numpy")
+    rng = np.random.default_rng(0)
+    for n, m in [(3, 5), (300, 1000), (7, 257)]:
+        args = [rng.normal(size=(n, m)), rng.normal(size=m), rng.normal(size=2 * n * m)[::2],
+                np.ones((2, 1, m)), exprc.random.key(n)]
+        for threads in (1, 2):
+            got = exprc.function([x, b, v, t, key], outs, config=NOCACHE.replace(num_threads=threads))(*args)
+            for a, w in zip(got, g(*args)):
+                assert_same_bits(a, w)

@@ -263,30 +263,38 @@ class CRenderer:
         signature = f"static void {k.name}(char **restrict ptrs, const int64_t *restrict P, int nthreads)"
         return "\n".join([*head, *flat, signature, "{", *main, "}"])
 
+    def _batchable(self, kl: KernelLayout, names: dict[Node, str], strided: bool = False) -> list:
+        """(draw, (seed, ctr) C expressions, batch kind) of the kernel's draws that a loop can fill in
+        batches: those whose key is loaded before the loop (``names``) or constant.  ``strided``:
+        whether any draw could be (the keys are not loaded yet)."""
+        from exprc.ops.random import batch_kind
+
+        out = []
+        for n in kl.kernel.body:
+            if OPS[n.op].c_call is None or batch_kind(n) is None:
+                continue
+            if strided:
+                return [n] if all(x in kl.kernel.operands or x.op == "constant" for x in n.inputs[1:3]) else []
+            key = [names.get(x) or (c_literal(x.value.reshape(-1)[0], x.dtype) if x.op == "constant" else None)
+                   for x in n.inputs[1:3]]
+            if None not in key:
+                out.append((n, key, batch_kind(n)[0]))
+        return out
+
     def _flat_loop(self, kl: KernelLayout, names: dict[Node, str], clause: str) -> tuple[list[str], list[str]]:
         """The opening and closing lines of a contiguous path's element loop ``i`` in [lo, hi).
 
         A kernel that draws random numbers (with its key loaded before the loop) runs it in
         batches: before each EXPRC_RBATCH elements, ``exprc_rfill`` computes every draw's bits in a
         loop of its own (hand-vectorized Philox), and the element loop reads them (``self.bits``)."""
-        from exprc.ops.random import batch_kind
-
-        batched = []
-        for n in kl.kernel.body:
-            if OPS[n.op].c_call is None or batch_kind(n) is None:
-                continue
-            key = [names.get(x) or (c_literal(x.value.reshape(-1)[0], x.dtype) if x.op == "constant" else None)
-                   for x in n.inputs[1:3]]
-            if None not in key:
-                batched.append((n, key))
+        batched = self._batchable(kl, names)
         if not batched:
             return [f"    #pragma omp simd{clause}", "    for (int64_t i = lo; i < hi; i++) {"], ["    }"]
         head = [f"    exprc_rbatch {', '.join(f'rb{j}' for j in range(len(batched)))};",
                 "    for (int64_t b0 = lo; b0 < hi; b0 += EXPRC_RBATCH) {",
                 "        const int64_t b1 = b0 + EXPRC_RBATCH < hi ? b0 + EXPRC_RBATCH : hi;"]
         self.bits = {}
-        for j, (n, (seed, ctr)) in enumerate(batched):
-            kind, _ = batch_kind(n)
+        for j, (n, (seed, ctr), kind) in enumerate(batched):
             head.append(f"        exprc_rfill(&rb{j}, {seed}, {ctr}, b0, b1 - b0, {n.arg('draw')}u, {kind});")
             self.bits[n] = f"rb{j}.u.{{}}[rb{j}.off + (i - b0)]"
         head += [f"    #pragma omp simd{clause}", "    for (int64_t i = b0; i < b1; i++) {"]
@@ -414,6 +422,9 @@ class CRenderer:
         # Strided path: broadcasting, views, negative strides, 0-d.
         names = {}
         addr = {j: f"ptrs[{s}]" for j, (node, s, _) in enumerate(kl.accesses) if node.ndim or j >= n_in}
+        if nd and self._batchable(kl, {}, strided=True):
+            main += self._strided_batched(kl, addr)
+            return flat, main
         nest, indent = self._nest(kl, range(nd), "    ", "total", addr)
         main += nest
         main += [self._load(kl, j, addr.get(j, ""), indent, names) for j in range(n_in)]
@@ -423,6 +434,49 @@ class CRenderer:
             main.append(f"{indent}*({C_TYPES[node.dtype]} *)({addr[j]}) = {names[node]};")
         main += self._close(range(nd), indent)[0]
         return flat, main
+
+    def _strided_batched(self, kl: KernelLayout, addr: dict[int, str]) -> list[str]:
+        """The strided path of an elementwise kernel that draws: the innermost axis (the last, whose
+        elements have consecutive flat indices) runs in batches of EXPRC_RBATCH, each draw's bits
+        filled by ``exprc_rfill`` before the batch, as on the contiguous path (a dense layer's
+        ``relu(x @ W + b) * mask`` reads ``b`` broadcast, so it takes this path)."""
+        k = kl.kernel
+        nd, n_in, last = kl.ndim, len(k.operands), kl.ndim - 1
+        names: dict[Node, str] = {}
+        nest, indent = self._nest(kl, range(last), "    ", "total", addr)
+        lines = list(nest)
+        lines += [self._load(kl, j, "", indent, names) for j in range(n_in) if kl.accesses[j][0].ndim == 0]
+        batched = self._batchable(kl, names)
+        row = "0"
+        for d in range(last):
+            row = f"i{d}" if d == 0 else f"({row}) * n{d} + i{d}"
+        if nd == 1:
+            lines.append(f"{indent}#pragma omp parallel for if(total > {parallel_threshold(k)}) num_threads(nthreads) "
+                         "schedule(static)")
+        lines += [f"{indent}for (int64_t c{last} = 0; c{last} < n{last}; c{last} += EXPRC_RBATCH) {{",
+                  f"{indent}    const int64_t e{last} = c{last} + EXPRC_RBATCH < n{last} ? c{last} + EXPRC_RBATCH : n{last};",
+                  f"{indent}    const int64_t rrow = ({row}) * n{last} + c{last};",
+                  f"{indent}    exprc_rbatch {', '.join(f'rb{j}' for j in range(len(batched)))};"]
+        self.bits = {}
+        for j, (n, (seed, ctr), kind) in enumerate(batched):
+            lines.append(f"{indent}    exprc_rfill(&rb{j}, {seed}, {ctr}, rrow, e{last} - c{last}, {n.arg('draw')}u, {kind});")
+            self.bits[n] = f"rb{j}.u.{{}}[rb{j}.off + (i{last} - c{last})]"
+        indent += "    "
+        lines.append(f"{indent}for (int64_t i{last} = c{last}; i{last} < e{last}; i{last}++) {{")
+        indent += "    "
+        for j, (node, s, pi) in enumerate(kl.accesses):
+            if j in addr:
+                lines.append(f"{indent}char *q{j}_{last} = {addr[j]} + i{last} * P[{pi + last}];")
+                addr[j] = f"q{j}_{last}"
+        lines += [self._load(kl, j, addr[j], indent, names) for j in range(n_in) if kl.accesses[j][0].ndim]
+        lines += self._index_line(kl, indent)
+        lines += self.body(k, names, indent)
+        for j, (node, s, _) in enumerate(kl.accesses[n_in:], start=n_in):
+            lines.append(f"{indent}*({C_TYPES[node.dtype]} *)({addr[j]}) = {names[node]};")
+        self.bits = {}
+        lines += [f"{indent[:-4]}}}", f"{indent[:-8]}}}"]
+        lines += self._close(range(last), indent[:-8])[0]
+        return lines
 
     def _accumulator(self, r: Node) -> tuple[str, str, str, str, str]:
         """(acc C type, init, combine statement on ``v``, OpenMP reduction clause, finalize expr),
