@@ -284,7 +284,7 @@ class Stream:
         from exprc.shared import shared
 
         self.state = shared(key(seed), name=name or "random_state", shape=(2,))
-        self.state._c.default_update = self.state + constant_node(np.array([0, 1], np.int64), "int64")
+        self.state.default_update = self.state + constant_node(np.array([0, 1], np.int64), "int64")
         self._draws = 0
         self._lock = threading.Lock()
 

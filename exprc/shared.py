@@ -85,6 +85,24 @@ class SharedVariable(Node):
         """A copy of the current value (``get_value()``)."""
         return self.get_value()
 
+    @property
+    def default_update(self) -> Node | None:
+        """Theano's ``default_update``: the new value every function that reads the variable installs
+        when its ``updates=`` does not name the variable (a random stream's counter), or None."""
+        return self._c.default_update
+
+    @default_update.setter
+    def default_update(self, expr: Node | None) -> None:
+        if expr is not None:  # checked as an update (dtype, ndim); an update to itself is no update
+            (_, expr), = check_updates([(self, expr)], {}) or ((self, None),)
+        self._c.default_update = expr
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name == "default_update":  # the one settable attribute (nodes are immutable otherwise)
+            SharedVariable.default_update.fset(self, value)  # type: ignore[attr-defined]
+            return
+        super().__setattr__(name, value)
+
     def __reduce__(self) -> Any:
         """Pickled by value: unpickling makes a new shared variable holding a copy of the value
         (pickle's memo keeps one variable per pickle, however many functions use it)."""

@@ -309,3 +309,27 @@ def test_update_edge_cases_on_the_c_path():
             del both
     for out, copy in held:
         np.testing.assert_array_equal(out, copy)
+
+
+def test_default_update_applies_unless_updates_name_the_variable():
+    # Theano's default_update: every function reading the variable installs it, unless its updates=
+    # names the variable (an update to itself turns it off); explicit inputs (eval) are left alone.
+    w = exprc.shared(np.zeros(2), "w")
+    w.default_update = w + 1.0
+    f = exprc.function([], w * 2)
+    f()
+    np.testing.assert_array_equal(f(), [2.0, 2.0])
+    np.testing.assert_array_equal(w.get_value(), [2.0, 2.0])
+    exprc.function([], w * 2, updates=[(w, w * 10)])()
+    np.testing.assert_array_equal(w.get_value(), [20.0, 20.0])
+    exprc.function([], w * 2, updates=[(w, w)])()
+    np.testing.assert_array_equal(w.get_value(), [20.0, 20.0])
+    (w * 2).eval()
+    np.testing.assert_array_equal(w.get_value(), [20.0, 20.0])
+    with pytest.raises(exprc.errors.DTypeError, match="update is int64"):
+        w.default_update = exprc.vector("q", "int64")
+    w.default_update = None  # for functions compiled from now on (f keeps the update it was built with)
+    exprc.function([], w * 2)()
+    np.testing.assert_array_equal(w.get_value(), [20.0, 20.0])
+    f()
+    np.testing.assert_array_equal(w.get_value(), [21.0, 21.0])

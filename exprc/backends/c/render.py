@@ -154,7 +154,8 @@ class CRenderer:
         self.precise_math = precise_math
         #: The C expression of the current element's flat (C-order) index, for ops with ``c_call``.
         self.index = "i"
-        #: Draws whose bits a batched loop computed (see ``_flat_loop``): the C expression reading them.
+        #: Draws whose bits a batched loop computed (see ``_flat_loop``): the C expression reading them,
+        #: with ``{}`` for the batch member (x, w or z).
         self.bits: dict[Node, str] = {}
 
     # -- expressions ---------------------------------------------------------
@@ -263,23 +264,30 @@ class CRenderer:
         signature = f"static void {k.name}(char **restrict ptrs, const int64_t *restrict P, int nthreads)"
         return "\n".join([*head, *flat, signature, "{", *main, "}"])
 
-    def _batchable(self, kl: KernelLayout, names: dict[Node, str], strided: bool = False) -> list:
+    def _batchable(self, kl: KernelLayout, names: dict[Node, str]) -> list:
         """(draw, (seed, ctr) C expressions, batch kind) of the kernel's draws that a loop can fill in
-        batches: those whose key is loaded before the loop (``names``) or constant.  ``strided``:
-        whether any draw could be (the keys are not loaded yet)."""
+        batches: those whose key is loaded before the loop (``names``) or constant."""
         from exprc.ops.random import batch_kind
 
         out = []
         for n in kl.kernel.body:
             if OPS[n.op].c_call is None or batch_kind(n) is None:
                 continue
-            if strided:
-                return [n] if all(x in kl.kernel.operands or x.op == "constant" for x in n.inputs[1:3]) else []
             key = [names.get(x) or (c_literal(x.value.reshape(-1)[0], x.dtype) if x.op == "constant" else None)
                    for x in n.inputs[1:3]]
             if None not in key:
                 out.append((n, key, batch_kind(n)[0]))
         return out
+
+    @staticmethod
+    def _may_batch(kl: KernelLayout) -> bool:
+        """Whether a draw of the kernel has its key among the kernel's operands (0-d: loaded once) or
+        constant, so that a strided loop can fill it in batches."""
+        from exprc.ops.random import batch_kind
+
+        return any(OPS[n.op].c_call is not None and batch_kind(n) is not None
+                   and all(x in kl.kernel.operands or x.op == "constant" for x in n.inputs[1:3])
+                   for n in kl.kernel.body)
 
     def _flat_loop(self, kl: KernelLayout, names: dict[Node, str], clause: str) -> tuple[list[str], list[str]]:
         """The opening and closing lines of a contiguous path's element loop ``i`` in [lo, hi).
@@ -422,7 +430,7 @@ class CRenderer:
         # Strided path: broadcasting, views, negative strides, 0-d.
         names = {}
         addr = {j: f"ptrs[{s}]" for j, (node, s, _) in enumerate(kl.accesses) if node.ndim or j >= n_in}
-        if nd and self._batchable(kl, {}, strided=True):
+        if nd and self._may_batch(kl):
             main += self._strided_batched(kl, addr)
             return flat, main
         nest, indent = self._nest(kl, range(nd), "    ", "total", addr)
