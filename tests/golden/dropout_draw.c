@@ -45,20 +45,26 @@ static void k0_randomuniform_lt_mul_truediv(char **restrict ptrs, const int64_t 
         }
         return;
     }
+    const int64_t a1 = *(const int64_t *)(ptrs[3]);
+    const int64_t a2 = *(const int64_t *)(ptrs[4]);
     #pragma omp parallel for if(total > 29959) num_threads(nthreads) schedule(static)
-    for (int64_t i0 = 0; i0 < n0; i0++) {
-        char *q0_0 = ptrs[0] + i0 * P[2];
-        char *q3_0 = ptrs[2] + i0 * P[5];
-        const double a0 = *(const double *)(q0_0);
-        const int64_t a1 = *(const int64_t *)(ptrs[3]);
-        const int64_t a2 = *(const int64_t *)(ptrs[4]);
-        const int64_t ridx = i0;
-        const double t3 = exprc_runiform(exprc_rbits_at(a1, a2, ridx, 0u, 1), ridx);
-        const uint8_t t4 = (t3 < (0x1.999999999999ap-1));
-        const double t5 = (t4 ? 1.0 : 0.0);
-        const double t6 = (a0 * t5);
-        const double t7 = (t6 / (0x1.999999999999ap-1));
-        *(double *)(q3_0) = t7;
+    for (int64_t c0 = 0; c0 < n0; c0 += EXPRC_RBATCH) {
+        const int64_t e0 = c0 + EXPRC_RBATCH < n0 ? c0 + EXPRC_RBATCH : n0;
+        const int64_t rrow = (0) * n0 + c0;
+        exprc_rbatch rb0;
+        exprc_rfill(&rb0, a1, a2, rrow, e0 - c0, 0u, 1);
+        for (int64_t i0 = c0; i0 < e0; i0++) {
+            char *q0_0 = ptrs[0] + i0 * P[2];
+            char *q3_0 = ptrs[2] + i0 * P[5];
+            const double a0 = *(const double *)(q0_0);
+            const int64_t ridx = i0;
+            const double t3 = exprc_unit52(rb0.u.x[rb0.off + (i0 - c0)]);
+            const uint8_t t4 = (t3 < (0x1.999999999999ap-1));
+            const double t5 = (t4 ? 1.0 : 0.0);
+            const double t6 = (a0 * t5);
+            const double t7 = (t6 / (0x1.999999999999ap-1));
+            *(double *)(q3_0) = t7;
+        }
     }
 }
 

@@ -48,7 +48,7 @@ from __future__ import annotations
 import string
 
 from exprc._version import __version__
-from exprc.backends.c.render import CRenderer, KernelLayout, Layout, c_literal, comment, uses_draws
+from exprc.backends.c.render import CRenderer, KernelLayout, Layout, c_literal, comment, kernel_title, uses_draws
 from exprc.backends.templates import prelude, random_helpers, read
 from exprc.fusion import Program
 from exprc.graph import Node
@@ -109,10 +109,8 @@ class CUDARenderer(CRenderer):
 
     # -- kernels ----------------------------------------------------------------------------
     def render_kernel(self, kl: KernelLayout) -> str:
-        from exprc.printing import pprint
-
         k = kl.kernel
-        title = comment(pprint(k.outputs if k.reduce is None else [k.reduce], max_inline=10_000, max_nodes=200))
+        title = kernel_title(k)
         n_ptr, n_par = arg_words(kl)
         head = [f"/* {k.name}: {title.replace(chr(10), '; ')} */",
                 f"struct {k.name}_args {{ char *ptr[{n_ptr}]; int64_t P[{n_par}]; }};"]
