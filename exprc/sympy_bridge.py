@@ -58,6 +58,7 @@ def _to_table() -> dict[str, Callable[..., Any]]:
         "lt": sp.Lt, "le": sp.Le, "gt": sp.Gt, "ge": sp.Ge, "eq": sp.Eq, "ne": sp.Ne,
         "where": lambda c, a, b: sp.Piecewise((a, c), (b, True)),
         "stop_gradient": lambda a: a,  # the identity on values (it only steers exprc.grad)
+        "rare": lambda a: a,  # the identity on values (it only steers code generation)
     }
 
 

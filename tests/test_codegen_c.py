@@ -129,3 +129,32 @@ def test_vector_math_is_used(tmp_path, monkeypatch):
     called = set(re.findall(r"call\s+\S+\s+<(\w+)@plt>", dis))
     for fn in ("exp", "sin", "hypot", "log1p"):
         assert any(c.startswith("_ZGV") and c.endswith("_" + fn) for c in called), (fn, sorted(called))
+
+
+def test_guards_skip_their_rare_branch_with_the_same_bits():
+    """where(rare(c), slow, fast) from a stability rule: a chunk where no element meets c runs a loop
+    without the slow branch (_flat_fast), a chunk with one runs the full loop; both give the same bits
+    (the chunks are 8192 elements: the second repeats the first but for its rare element)."""
+    a, b, c = exprc.vector("a"), exprc.vector("b"), exprc.vector("c")
+    outs = [exprc.exp(-a * a) * exprc.sin(b) + exprc.log1p(c * c), exprc.exp(a * 400.0) * exprc.exp(b * 400.0)]
+    f = exprc.function([a, b, c], outs, config=exprc.Config(cache=False))
+    assert "_flat_fast" in f.source and "_flat_rare" in f.source
+    rng = np.random.default_rng(1)
+    half = [rng.uniform(-3, 3, 8192) for _ in range(3)]
+    half[2][5], half[0][7] = 1e200, 2.0  # rare: |c| > 1e150 (log1p_square); 400 a > 700 (exp_product)
+    half[1][11] = np.nan
+    full = [np.concatenate([h, h]) for h in half]
+    full[2][8192 + 5], full[0][8192 + 7] = 0.5, 0.5
+    for threads in (1, 2):
+        got = exprc.function([a, b, c], outs, config=exprc.Config(cache=False, num_threads=threads))(*full)
+        for g in got:
+            same = np.ones(8192, bool)
+            same[[5, 7]] = False
+            assert np.array_equal(g[:8192][same].view(np.uint64), g[8192:][same].view(np.uint64))
+    ref = exprc.function([a, b, c], outs, backend="numpy")(*full)
+    for g, r in zip(got, ref):
+        np.testing.assert_allclose(g, r, rtol=1e-12, atol=1e-15, equal_nan=True)  # libmvec vs NumPy: ulps
+    want = 2 * np.log(1e200) + np.exp(-full[0][5] ** 2) * np.sin(full[1][5])  # log1p(c*c) overflows: the slow branch
+    assert np.isfinite(got[0][5]) and abs(got[0][5] - want) < 1e-13 * want
+    want = np.exp(400.0 * 2.0 + 400.0 * full[1][7])  # exp(800) overflows alone: the joined exp
+    assert np.isfinite(got[1][7]) and abs(got[1][7] - want) < 1e-12 * want

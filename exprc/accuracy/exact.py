@@ -158,6 +158,7 @@ def _build(saturate: bool) -> dict[str, Callable[..., Any]]:
         "isnan": fb(m.isnan), "isinf": fb(m.isinf), "isfinite": fb(m.isfinite),
         "where": lambda c, a, b: a if c else b, "fill": lambda s, v: v, "cast": cast,
         "stop_gradient": lambda a: a,  # the identity on values (it only steers exprc.grad)
+        "rare": lambda a: a,  # the identity on values (it only steers code generation)
     }
 
 

@@ -224,3 +224,16 @@ def _identity(x: np.ndarray) -> np.ndarray:
 # canonicalize pass removes it, so after optimization it costs nothing.  Gradients are taken on
 # unoptimized graphs, where it is still present (its rule, no gradient, is in exprc.ops.grad).
 register(Op("stop_gradient", "elemwise", _identity, _infer_identity, c="({0})", c_int="({0})", nin=(1, 1)))
+
+
+def _infer_rare(inputs: tuple, attrs: dict) -> tuple[tuple, TensorType]:
+    if len(inputs) != 1 or inputs[0].dtype != "bool":
+        raise TypeError(f"rare takes one bool operand, got {[i.type for i in inputs]}")
+    return inputs, inputs[0].type
+
+
+# rare(c): the identity on a bool condition that says it is almost never true.  Stability rules guard
+# their rare branch with it, ``where(rare(|x| > 1e150), slow, fast)``, and the C renderer then runs a
+# contiguous chunk's loop without the slow branch when no element of the chunk meets the condition
+# (a pre-pass computes only the conditions): the same bits, at the cost of the fast branch.
+register(Op("rare", "elemwise", _identity, _infer_rare, c="({0})", c_int="({0})", nin=(1, 1)))

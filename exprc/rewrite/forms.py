@@ -231,6 +231,12 @@ def where(c: Node, a: Node, b: Node) -> Node:
     return make("where", c, a, b)
 
 
+def guard(rare_cond: Node, slow: Node, fast: Node) -> Node:
+    """``where(rare_cond, slow, fast)`` for a condition almost never true (an overflow or underflow
+    range): marked ``rare`` so that loops skip ``slow`` in chunks where it does not hold."""
+    return make("where", make("rare", rare_cond), slow, fast)
+
+
 def fn(op: str, x: Node) -> Node:
     return make(op, x)
 

@@ -68,6 +68,18 @@ def parallel_threshold(k: Kernel) -> int:
 
 
 
+@dataclass
+class _Only:
+    """A one-node stand-in for a kernel, for :meth:`CRenderer.body` (the guarded loops emit a subset)."""
+
+    node: Node
+    reduce: Node | None = None
+
+    @property
+    def body(self) -> list[Node]:
+        return [self.node]
+
+
 def model_operands(k: Kernel) -> set[Node]:
     """The operands of ``k`` it reads only as the shape model of ``c_call`` ops (random draws)."""
     models = {n.inputs[0] for n in k.body if OPS[n.op].c_call is not None}
@@ -435,10 +447,15 @@ class CRenderer:
             flat.append(f"        p{j}[i] = {names[node]};")
         self.bits = {}
         flat += [*tail, "}"]
+        call = f"{k.name}_flat(ptrs, lo, hi);"
+        guards = [n for n in k.body if n.op == "where" and n.inputs[0].op == "rare"] if not kl.draws else []
+        if guards:
+            flat += self._guarded_flat(kl, guards)
+            call = f"if ({k.name}_flat_rare(ptrs, lo, hi)) {k.name}_flat(ptrs, lo, hi); else {k.name}_flat_fast(ptrs, lo, hi);"
         main = self._dims(kl)
         main.append(f"    const int64_t total = {' * '.join(f'n{d}' for d in range(nd)) or '1'};")
         main.append(f"    if (P[{kl.p_flag}]) {{")
-        main += self._split(kl, "total", f"{k.name}_flat(ptrs, lo, hi);")
+        main += self._split(kl, "total", call)
         main += ["        return;", "    }"]
         # Strided path: broadcasting, views, negative strides, 0-d.
         names = {}
@@ -455,6 +472,64 @@ class CRenderer:
             main.append(f"{indent}*({C_TYPES[node.dtype]} *)({addr[j]}) = {names[node]};")
         main += self._close(range(nd), indent)[0]
         return flat, main
+
+    def _guarded_flat(self, kl: KernelLayout, guards: list[Node]) -> list[str]:
+        """Two more contiguous loops for a kernel with guards ``where(rare(c), slow, fast)``:
+        ``_flat_rare`` computes only the rare conditions and tells whether any holds in [lo, hi);
+        ``_flat_fast`` computes the kernel with every guard replaced by its fast branch.  The chunk
+        runs the fast loop when no condition holds and the full loop otherwise: the same values as
+        the full loop everywhere (a guard whose condition is false selects its fast branch), without
+        the slow branches' cost in the common case."""
+        k = kl.kernel
+        n_in = len(k.operands)
+        inside = set(k.body)
+
+        def needed(roots: list[Node], bypass: bool) -> set[Node]:
+            seen: set[Node] = set()
+            stack = [r for r in roots if r in inside]
+            while stack:
+                n = stack.pop()
+                if n in seen:
+                    continue
+                seen.add(n)
+                ins = (n.inputs[2],) if bypass and n in guard_set else n.inputs
+                stack += [i for i in ins if i in inside and i not in seen]
+            return seen
+
+        guard_set = set(guards)
+        conds = [g.inputs[0] for g in guards]
+        out: list[str] = []
+        for suffix, keep, alias in (("rare", needed(conds, False), {}),
+                                    ("fast", needed(list(k.outputs), True), {g: g.inputs[2] for g in guards})):
+            names: dict[Node, str] = {}
+            ret = "int" if suffix == "rare" else "void"
+            lines = [f"static inline {ret} {k.name}_flat_{suffix}(char **restrict ptrs, int64_t lo, int64_t hi)", "{"]
+            lines += self._flat_pointers(kl, n_in) if suffix == "fast" else self._flat_pointers(kl, n_in)[:n_in]
+            lines += [self._load(kl, j, "", "    ", names) for j in range(n_in) if kl.accesses[j][0].ndim == 0]
+            if suffix == "rare":
+                lines += ["    int any = 0;", "    #pragma omp simd reduction(|:any)"]
+            else:
+                lines.append("    #pragma omp simd")
+            lines.append("    for (int64_t i = lo; i < hi; i++) {")
+            lines += [self._load(kl, j, "flat", "        ", names) for j in range(n_in) if kl.accesses[j][0].ndim]
+            self.index = "i"
+            for n in k.body:
+                if n not in keep:
+                    continue
+                if n in alias:
+                    names[n] = names[alias[n]] if alias[n] in names else c_literal(
+                        alias[n].value.reshape(-1)[0], alias[n].dtype)
+                    continue
+                lines += self.body(_Only(n), names, "        ")
+            if suffix == "rare":
+                lines += [f"        any |= {names[c]};" for c in dict.fromkeys(conds)]
+                lines += ["    }", "    return any;", "}"]
+            else:
+                lines += [f"        p{j}[i] = {names[node]};" for j, (node, _, _) in
+                          enumerate(kl.accesses[n_in:], start=n_in)]
+                lines += ["    }", "}"]
+            out += lines
+        return out
 
     def _strided_batched(self, kl: KernelLayout, addr: dict[int, str]) -> list[str]:
         """The strided path of an elementwise kernel that draws: the innermost axis (the last, whose

@@ -278,7 +278,7 @@ def log1p_square(node: Node, a: Node) -> Node | None:
     tail = F.freeze(f("log1p", scale(f("square", div(k(1.0, x), x)), Fraction(1) / Fraction(c))))  # not again
     big = scale(f("log", f("abs", x)), TWO)
     big = add(add(big, k(math.log(c), node)), tail) if c != 1 else add(big, tail)
-    return F.where(f("abs", x) > k(1e150, x), big, F.freeze(node))
+    return F.guard(f("abs", x) > k(1e150, x), big, F.freeze(node))
 
 
 @stability_rule("log_pow", P("log", P("pow", X("x"), X("p"))))

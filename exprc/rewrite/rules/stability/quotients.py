@@ -177,7 +177,7 @@ def exp_product(node: Node) -> Node | None:
     if not F.broadcast_safe([t for t, _ in rest] + [joined], node):
         return None
     stable = joined if not rest else mul(_product(1, rest, node), joined)
-    return F.where(_exp_safe(a, b), F.freeze(node), scale(stable, coef))
+    return F.guard(f("invert", _exp_safe(a, b)), scale(stable, coef), F.freeze(node))
 
 
 @stability_rule("softmax_pair", ("mul", "truediv"))
@@ -205,7 +205,7 @@ def softmax_pair(node: Node) -> Node | None:
             if not F.broadcast_safe([t for t, _ in rest] + [rep], node):
                 return None
             stable = rep if not rest else mul(_product(1, rest, node), rep)
-            return F.where(_exp_safe(a, b), F.freeze(node), scale(stable, Fraction(coef) / ca))
+            return F.guard(f("invert", _exp_safe(a, b)), scale(stable, Fraction(coef) / ca), F.freeze(node))
     return None
 
 
