@@ -71,8 +71,8 @@ def main(argv: list[str] | None = None) -> int:
         f = exprc.function(variables, expr)
         g = exprc.function(variables, expr, exclude=("stability",))
         with np.errstate(all="ignore"):
-            t = best({"numpy": lambda: case.fn(accuracy.NP, *xs), "exprc": lambda: f(*xs),
-                      "nostab": lambda: g(*xs)}, 3 if args.quick else 5, rounds)
+            t = best({"numpy": lambda fn=case.fn, xs=xs: fn(accuracy.NP, *xs), "exprc": lambda f=f, xs=xs: f(*xs),
+                      "nostab": lambda g=g, xs=xs: g(*xs)}, 3 if args.quick else 5, rounds)
         ratio = t["exprc"] / t["nostab"]
         mark = "  <-- over" if ratio > LIMIT else ""
         kernels = "+".join(k["name"].split("_", 1)[0] for k in f.kernels)
