@@ -21,11 +21,18 @@ def make(fg: Any, cfg: Config) -> Any:
 
 
 def _register_loop_stepper() -> None:
-    from exprc.backends.c.looplib import stepper
     from exprc.backends.loops import NATIVE, WHOLE
 
-    NATIVE["c"] = stepper
+    NATIVE["c"] = _stepper
     WHOLE["c"] = _whole_loop
+
+
+def _stepper(runner: Any) -> Any:
+    """The native stepper of a loop (backends/c/looplib.py), imported when a loop first runs: its
+    cffi declarations cost a C parse that a function without loops should not pay at start-up."""
+    from exprc.backends.c.looplib import stepper
+
+    return stepper(runner)
 
 
 def _whole_loop(loop: Any, cfg: Config) -> Any:
