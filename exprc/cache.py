@@ -77,7 +77,8 @@ _WRITE_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQ
                  errno.EMLINK}
 _WARNED: set[str] = set()
 
-#: Per-process counters (tests and benchmarks read them): compiles, hits, evictions.
+#: Per-process counters (tests and benchmarks read them): compiles, hits, evictions of kernel entries
+#: (the ``dispatch/`` area's dispatcher and declarations are not counted).
 STATS = {"compiles": 0, "hits": 0, "evictions": 0}
 _STATS_LOCK = threading.Lock()
 
@@ -536,12 +537,12 @@ def load(name: str, source: str, parts: dict[str, str], build: Callable[[Path], 
         return _unwritable(base_dir(cfg), exc, build, loader), None
     key = entry_key(name, source, parts)
     folder = where / key
-    state, loaded, _ = _try_load(folder, loader)
+    state, loaded, _ = _try_load(folder, loader, hit=not area)
     if state == "ok":
         return loaded, folder  # type: ignore[return-value]
     try:
         with entry_lock(r, key):
-            state, loaded, why = _try_load(folder, loader)  # built by the process we waited for?
+            state, loaded, why = _try_load(folder, loader, hit=not area)  # built by the process we waited for?
             if state == "ok":
                 return loaded, folder  # type: ignore[return-value]
             if state == "bad":
@@ -550,7 +551,8 @@ def load(name: str, source: str, parts: dict[str, str], build: Callable[[Path], 
                 evict(folder)
             _remove_stale_temps(where, key)
             _build(where, folder, name, source, parts, build, meta or {})
-            _count("compiles")
+            if not area:
+                _count("compiles")
             state, loaded, why = _try_load(folder, loader, hit=False)
             if state != "ok":
                 raise CacheError(f"exprc: the freshly built cache entry {folder} cannot be used: {why or 'missing'}")

@@ -20,7 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from exprc.backends.c.kernel import _FFI, CKernel
+from exprc.backends.c import kernel as ckernel
+from exprc.backends.c.kernel import CKernel
 from exprc.backends.cuda.render import BLOCK, arg_words
 
 
@@ -102,13 +103,14 @@ class EmulatedDriver:
         if reduce:
             assert nchunks >= 1 and chunk >= 1 and (nchunks == 1 or words[n_ptr - 1] in self.memory)
         self.launches.append((name, grid, nchunks))
-        ptrs = _FFI.new(f"char *[{max(len(lay.slots), 1)}]")
+        ffi = ckernel._FFI  # (set by the first CKernel: the one being run here exists)
+        ptrs = ffi.new(f"char *[{max(len(lay.slots), 1)}]")
         for j, (_, slot, _) in enumerate(kl.accesses):
-            ptrs[slot] = _FFI.cast("char *", int(words[j]))
+            ptrs[slot] = ffi.cast("char *", int(words[j]))
         P = np.zeros(max(lay.p_size, 1), np.int64)
         base = n_par - (2 if reduce else 0)
         P[kl.p_flag:kl.p_flag + base] = words[n_ptr:n_ptr + base]
-        ck._run(ptrs, _FFI.cast("int64_t *", P.ctypes.data), i, i + 1, 1)
+        ck._run(ptrs, ffi.cast("int64_t *", P.ctypes.data), i, i + 1, 1)
 
 
 _HOST_LIBS: list = []

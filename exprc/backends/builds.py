@@ -18,8 +18,10 @@ import contextlib
 import contextvars
 import os
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # (concurrent.futures loads only when builds overlap: not in a warm start)
+    from concurrent.futures import Future, ThreadPoolExecutor
 
 _PENDING: contextvars.ContextVar[list[Future] | None] = contextvars.ContextVar("exprc_pending_builds", default=None)
 _POOL: list[ThreadPoolExecutor] = []
@@ -41,6 +43,8 @@ def submit(fn: Callable[[], Any]) -> Any:
     if pending is None:
         return _Done(fn)
     if not _POOL:
+        from concurrent.futures import ThreadPoolExecutor
+
         _POOL.append(ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 1), thread_name_prefix="exprc-build"))
     future = _POOL[0].submit(fn)
     pending.append(future)

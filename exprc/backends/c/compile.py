@@ -13,7 +13,6 @@ import hashlib
 import json
 import os
 import shutil
-import subprocess
 import tempfile
 import threading
 from pathlib import Path
@@ -39,6 +38,8 @@ def compiler(cfg: Config) -> str:
 @functools.lru_cache(maxsize=8)
 def _probe(cc: str) -> tuple[str | None, str, bool, bool]:
     """(why unusable or None, version line, has OpenMP, has libmvec) for compiler ``cc``."""
+    import subprocess  # (here and below: not at import, a warm start reads the probe from disk)
+
     exe = shutil.which(cc.split()[0]) if cc else None
     if exe is None:
         return (f"no C compiler found (looked for {cc!r}); install gcc or clang, or set CC", "", False, False)
@@ -151,6 +152,8 @@ def compile_library(source: str, workdir: Path, name: str, cfg: Config) -> Path:
     # Libraries must follow the source on the command line.
     libs = [x for x in f if x.startswith("-l")]
     cmd = [*compiler(cfg).split(), *[x for x in f if not x.startswith("-l")], "-o", str(lib), str(src), *libs]
+    import subprocess
+
     try:
         r = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=600,
                            env={**os.environ, "LC_ALL": "C"})

@@ -23,7 +23,6 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
-import subprocess
 import sys
 import sysconfig
 import tempfile
@@ -63,6 +62,8 @@ def _build(source: str, folder: Path, cc: str) -> Path:
     src = folder / "exprc_dispatch.c"
     src.write_text(source)
     out = folder / f"exprc_dispatch{sysconfig.get_config_var('EXT_SUFFIX') or '.so'}"
+    import subprocess  # (a build only: a warm process imports the cached extension)
+
     cmd = [*cc.split(), *FLAGS, f"-I{sysconfig.get_paths()['include']}",
            f"-I{np.get_include()}", "-o", str(out), str(src)]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)

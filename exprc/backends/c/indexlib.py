@@ -14,27 +14,20 @@ from __future__ import annotations
 import math
 from typing import Any
 
-import cffi
 import numpy as np
 
+from exprc.backends.c import ffi
 from exprc.config import Config
 from exprc.errors import IndexOutOfBounds
 from exprc.ops import OPS
 from exprc.ops.index import same_buffer
 
-_FFI = cffi.FFI()
-_FFI.cdef("""
-int64_t exprc_gather_rows(char *out, const char *x, int64_t rows, int64_t sx, const int64_t *idx, int64_t n,
-                          int64_t row_bytes);
-int64_t exprc_scatter_add_rows_f64(char *, int64_t, int64_t, const char *, int64_t, const int64_t *, int64_t, int64_t);
-int64_t exprc_scatter_add_rows_f32(char *, int64_t, int64_t, const char *, int64_t, const int64_t *, int64_t, int64_t);
-int64_t exprc_scatter_add_rows_i64(char *, int64_t, int64_t, const char *, int64_t, const int64_t *, int64_t, int64_t);
-int64_t exprc_scatter_add_rows_i32(char *, int64_t, int64_t, const char *, int64_t, const int64_t *, int64_t, int64_t);
-""")
-_CHARP = _FFI.typeof("char *")
-_CHARS = _FFI.typeof("char[]")
-_INT64S = _FFI.typeof("int64_t[]")
-_fb = _FFI._backend.from_buffer  # contiguous arrays: skips cffi's Python-level wrapper
+# The shared FFI (backends/c/ffi.py) and its types, set when the helper library is first loaded.
+_FFI: Any = None
+_CHARP: Any = None
+_CHARS: Any = None
+_INT64S: Any = None
+_fb: Any = None  # from_buffer without cffi's Python-level wrapper (contiguous arrays)
 _LIB: list[Any] = []
 _ADD = {"float64": "f64", "float32": "f32", "int64": "i64", "int32": "i32"}
 
@@ -43,8 +36,12 @@ def _load(cfg: Config) -> Any:
     """The helper library (built on first use); None when it cannot be built."""
     from exprc.backends.c.compile import helper_library
 
+    global _FFI, _CHARP, _CHARS, _INT64S, _fb
     if not _LIB:  # (the row loops read it as _LIB[0] once a caller has loaded it)
-        _LIB.append(helper_library("exprc_index_rows", "index_rows.c", lambda p: _FFI.dlopen(str(p)), cfg,
+        f = ffi.get(cfg)
+        _CHARP, _CHARS, _INT64S, _fb = f.typeof("char *"), f.typeof("char[]"), f.typeof("int64_t[]"), ffi.from_buffer(f)
+        _FFI = f
+        _LIB.append(helper_library("exprc_index_rows", "index_rows.c", lambda p: f.dlopen(str(p)), cfg,
                                    "row gather/scatter-add helpers"))
     return _LIB[0]
 

@@ -18,12 +18,12 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
-import cffi
 import numpy as np
 
 from exprc import cache
 from exprc.backends import Kernel, builds
 from exprc.backends.c import compile as cc
+from exprc.backends.c import ffi
 from exprc.backends.c.blas import blas_pointers
 from exprc.backends.c.indexlib import direct_gather, make_into
 from exprc.backends.c.render import CRenderer, Layout
@@ -37,11 +37,19 @@ from exprc.ops.index import check_index
 from exprc.pipeline import FunctionGraph
 from exprc.printing import pprint
 
-_FFI = cffi.FFI()
-_FFI.cdef("void exprc_run(char **ptrs, const int64_t *P, int64_t first, int64_t last, int nthreads);"
-          "void exprc_set_blas(void *dgemm, void *sgemm);")
-_CHAR_ARRAY = _FFI.typeof("char[]")
-_backend_fb = _FFI._backend.from_buffer  # skips cffi's Python-level wrapper (~1 us per array)
+# The FFI (backends/c/ffi.py) and what the hot paths take from it, set by the first CKernel (loading
+# them reads the cache: not at import).
+_FFI: Any = None
+_CHAR_ARRAY: Any = None
+_backend_fb: Any = None  # from_buffer without cffi's Python-level wrapper
+
+
+def _init_ffi(cfg: Config) -> None:
+    global _FFI, _CHAR_ARRAY, _backend_fb
+    if _FFI is None:
+        f = ffi.get(cfg)
+        _CHAR_ARRAY, _backend_fb = f.typeof("char[]"), ffi.from_buffer(f)
+        _FFI = f
 
 
 def _fb(a: Any) -> Any:
@@ -104,7 +112,8 @@ class CKernel(Kernel):
 
     def __init__(self, fg: FunctionGraph, cfg: Config, fuse: bool = True, native_matmul: bool = True):
         self.cfg = cfg
-        blas = blas_pointers() if native_matmul else None
+        _init_ffi(cfg)
+        blas = blas_pointers(_FFI) if native_matmul else None
         self.program: Program = lower(list(fg.outputs), list(fg.inputs), fuse=fuse, native_matmul=blas is not None)
         summary = pprint(list(fg.outputs), max_inline=10_000, max_nodes=200)
         renderer = CRenderer(precise_math=cfg.precise_math)
