@@ -2,9 +2,9 @@
 static inline void k0_randomuniform_lt_mul_truediv_flat(char **restrict ptrs, int64_t lo, int64_t hi)
 {
     const double *restrict p0 = (const double *)ptrs[0];
-    double *restrict p3 = (double *)ptrs[2];
-    const int64_t a1 = *(const int64_t *)(ptrs[3]);
-    const int64_t a2 = *(const int64_t *)(ptrs[4]);
+    double *restrict p3 = (double *)ptrs[3];
+    const int64_t a1 = *(const int64_t *)(ptrs[1]);
+    const int64_t a2 = *(const int64_t *)(ptrs[2]);
     exprc_rbatch rb0;
     for (int64_t b0 = lo; b0 < hi; b0 += EXPRC_RBATCH) {
         const int64_t b1 = b0 + EXPRC_RBATCH < hi ? b0 + EXPRC_RBATCH : hi;
@@ -45,8 +45,8 @@ static void k0_randomuniform_lt_mul_truediv(char **restrict ptrs, const int64_t 
         }
         return;
     }
-    const int64_t a1 = *(const int64_t *)(ptrs[3]);
-    const int64_t a2 = *(const int64_t *)(ptrs[4]);
+    const int64_t a1 = *(const int64_t *)(ptrs[1]);
+    const int64_t a2 = *(const int64_t *)(ptrs[2]);
     #pragma omp parallel for if(total > 29959) num_threads(nthreads) schedule(static)
     for (int64_t c0 = 0; c0 < n0; c0 += EXPRC_RBATCH) {
         const int64_t e0 = c0 + EXPRC_RBATCH < n0 ? c0 + EXPRC_RBATCH : n0;
@@ -55,7 +55,7 @@ static void k0_randomuniform_lt_mul_truediv(char **restrict ptrs, const int64_t 
         exprc_rfill(&rb0, a1, a2, rrow, e0 - c0, 0u, 1);
         for (int64_t i0 = c0; i0 < e0; i0++) {
             char *q0_0 = ptrs[0] + i0 * P[2];
-            char *q3_0 = ptrs[2] + i0 * P[5];
+            char *q3_0 = ptrs[3] + i0 * P[5];
             const double a0 = *(const double *)(q0_0);
             const int64_t ridx = i0;
             const double t3 = exprc_unit52(rb0.u.x[rb0.off + (i0 - c0)]);
@@ -71,5 +71,5 @@ static void k0_randomuniform_lt_mul_truediv(char **restrict ptrs, const int64_t 
 /* The single entry point: run kernels [first, last) with nthreads threads. */
 void exprc_run(char **restrict ptrs, const int64_t *restrict P, int64_t first, int64_t last, int nthreads)
 {
-    if (first <= 0 && 0 < last) k0_randomuniform_lt_mul_truediv(ptrs, P, nthreads);
+    if (first <= 0 && 0 < last) { char *a[] = {ptrs[0], ptrs[3], ptrs[4], ptrs[2]}; k0_randomuniform_lt_mul_truediv(a, P + 0, nthreads); }
 }

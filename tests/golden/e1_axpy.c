@@ -57,5 +57,5 @@ static void k0_mul_add(char **restrict ptrs, const int64_t *restrict P, int nthr
 /* The single entry point: run kernels [first, last) with nthreads threads. */
 void exprc_run(char **restrict ptrs, const int64_t *restrict P, int64_t first, int64_t last, int nthreads)
 {
-    if (first <= 0 && 0 < last) k0_mul_add(ptrs, P, nthreads);
+    if (first <= 0 && 0 < last) { char *a[] = {ptrs[0], ptrs[1], ptrs[2], ptrs[3]}; k0_mul_add(a, P + 0, nthreads); }
 }

@@ -45,7 +45,7 @@ static void k0_max(char **restrict ptrs, const int64_t *restrict P, int nthreads
             nanf |= pnan[c];
         }
         (void)nanf;
-        *(double *)ptrs[2] = (double)((nanf ? NAN : acc));
+        *(double *)ptrs[1] = (double)((nanf ? NAN : acc));
         return;
     }
     double acc = -INFINITY; int nanf = 0; (void)nanf;
@@ -55,15 +55,15 @@ static void k0_max(char **restrict ptrs, const int64_t *restrict P, int nthreads
         const double v = a0;
         acc = v > acc ? v : acc; nanf |= (v != v);
     }
-    *(double *)(ptrs[2]) = (double)((nanf ? NAN : acc));
+    *(double *)(ptrs[1]) = (double)((nanf ? NAN : acc));
 }
 
 /* k1_sub_exp_sum: sum(exp(x - max(x))) */
 static inline double k1_sub_exp_sum_flat(char **restrict ptrs, int64_t lo, int64_t hi, int *nan_out)
 {
     const double *restrict p0 = (const double *)ptrs[0];
-    double *restrict p2 = (double *)ptrs[1];
-    const double a1 = *(const double *)(ptrs[2]);
+    double *restrict p2 = (double *)ptrs[2];
+    const double a1 = *(const double *)(ptrs[1]);
     double acc = 0;
     int nanf = 0;
     #pragma omp simd reduction(+:acc)
@@ -79,11 +79,11 @@ static inline double k1_sub_exp_sum_flat(char **restrict ptrs, int64_t lo, int64
 }
 static void k1_sub_exp_sum(char **restrict ptrs, const int64_t *restrict P, int nthreads)
 {
-    const int64_t n0 = P[5];
+    const int64_t n0 = P[1];
     const int64_t kept_total = 1;
     const int64_t red_total = n0;
     (void)kept_total;
-    if (P[4]) {
+    if (P[0]) {
         double part[EXPRC_MAX_CHUNKS]; int pnan[EXPRC_MAX_CHUNKS];
         const int64_t size = exprc_chunk_size(red_total), nchunks = exprc_chunk_count(red_total, size);
         if (nthreads > 1 && red_total > 37449) {
@@ -109,25 +109,25 @@ static void k1_sub_exp_sum(char **restrict ptrs, const int64_t *restrict P, int 
             nanf |= pnan[c];
         }
         (void)nanf;
-        *(double *)ptrs[1] = (double)(acc);
+        *(double *)ptrs[2] = (double)(acc);
         return;
     }
     double acc = 0; int nanf = 0; (void)nanf;
     for (int64_t i0 = 0; i0 < n0; i0++) {
-        char *q0_0 = ptrs[0] + i0 * P[6];
+        char *q0_0 = ptrs[0] + i0 * P[2];
         const double a0 = *(const double *)(q0_0);
-        const double a1 = *(const double *)(ptrs[2]);
+        const double a1 = *(const double *)(ptrs[1]);
         const double t2 = (a0 - a1);
         const double t3 = exp(t2);
         const double v = t3;
         acc += v;
     }
-    *(double *)(ptrs[1]) = (double)(acc);
+    *(double *)(ptrs[2]) = (double)(acc);
 }
 
 /* The single entry point: run kernels [first, last) with nthreads threads. */
 void exprc_run(char **restrict ptrs, const int64_t *restrict P, int64_t first, int64_t last, int nthreads)
 {
-    if (first <= 0 && 0 < last) k0_max(ptrs, P, nthreads);
-    if (first <= 1 && 1 < last) k1_sub_exp_sum(ptrs, P, nthreads);
+    if (first <= 0 && 0 < last) { char *a[] = {ptrs[0], ptrs[2]}; k0_max(a, P + 0, nthreads); }
+    if (first <= 1 && 1 < last) { char *a[] = {ptrs[0], ptrs[2], ptrs[1]}; k1_sub_exp_sum(a, P + 4, nthreads); }
 }

@@ -7,7 +7,7 @@ negative strides, views, 0-d and zero-size arrays).  Sizes and strides are
 read from the parameter block ``P`` filled by the runtime, so one binary serves
 every shape.  ``exprc_run`` calls the kernels in order.
 
-Nothing the user names reaches the source: arrays are ``ptrs[slot]``, values
+Nothing the user names reaches the source: arrays are ``ptrs[j]`` (a kernel's own accesses), values
 ``t<i>``, constants are printed as hex floats, and each kernel's header
 comment is the ``pprint`` of what it computes with ``*/`` defused.
 """
@@ -348,11 +348,11 @@ class CRenderer:
     # -- where arrays and parameters live (the CUDA renderer passes them differently) --
     def ptr(self, kl: KernelLayout, j: int) -> str:
         """The expression for the start of access ``j``'s array (a ``char *``)."""
-        return f"ptrs[{kl.accesses[j][1]}]"
+        return f"ptrs[{j}]"
 
     def param(self, kl: KernelLayout, i: int) -> str:
         """The expression for entry ``i`` of the parameter block ``P``."""
-        return f"P[{i}]"
+        return f"P[{i - kl.p_flag}]"
 
     def _dims(self, kl: KernelLayout) -> list[str]:
         return [f"    const int64_t n{d} = {self.param(kl, kl.p_dims + d)};" for d in range(kl.ndim)]
@@ -370,7 +370,7 @@ class CRenderer:
             indent += "    "
             for j, (node, s, pi) in enumerate(kl.accesses):
                 if j in addr:
-                    lines.append(f"{indent}char *q{j}_{d} = {addr[j]} + i{d} * P[{pi + d}];")
+                    lines.append(f"{indent}char *q{j}_{d} = {addr[j]} + i{d} * {self.param(kl, pi + d)};")
                     addr[j] = f"q{j}_{d}"
         return lines, indent
 
@@ -454,12 +454,12 @@ class CRenderer:
             call = f"if ({k.name}_flat_rare(ptrs, lo, hi)) {k.name}_flat(ptrs, lo, hi); else {k.name}_flat_fast(ptrs, lo, hi);"
         main = self._dims(kl)
         main.append(f"    const int64_t total = {' * '.join(f'n{d}' for d in range(nd)) or '1'};")
-        main.append(f"    if (P[{kl.p_flag}]) {{")
+        main.append(f"    if ({self.param(kl, kl.p_flag)}) {{")
         main += self._split(kl, "total", call)
         main += ["        return;", "    }"]
         # Strided path: broadcasting, views, negative strides, 0-d.
         names = {}
-        addr = {j: f"ptrs[{s}]" for j, (node, s, _) in enumerate(kl.accesses) if node.ndim or j >= n_in}
+        addr = {j: self.ptr(kl, j) for j, (node, s, _) in enumerate(kl.accesses) if node.ndim or j >= n_in}
         if nd and self._may_batch(kl):
             main += self._strided_batched(kl, addr)
             return flat, main
@@ -562,7 +562,7 @@ class CRenderer:
         indent += "    "
         for j, (node, s, pi) in enumerate(kl.accesses):
             if j in addr:
-                lines.append(f"{indent}char *q{j}_{last} = {addr[j]} + i{last} * P[{pi + last}];")
+                lines.append(f"{indent}char *q{j}_{last} = {addr[j]} + i{last} * {self.param(kl, pi + last)};")
                 addr[j] = f"q{j}_{last}"
         lines += [self._load(kl, j, addr[j], indent, names) for j in range(n_in) if kl.accesses[j][0].ndim]
         lines += self._index_line(kl, indent)
@@ -597,7 +597,6 @@ class CRenderer:
         out_t = C_TYPES[r.dtype]
         src = r.inputs[0]
         out_j = len(kl.accesses) - 1
-        out_s = kl.accesses[out_j][1]
 
         def value(names: dict[Node, str], indent: str) -> list[str]:
             body = self.body(k, names, indent)
@@ -622,7 +621,7 @@ class CRenderer:
         main.append(f"    const int64_t kept_total = {' * '.join(f'n{d}' for d in range(nk)) or '1'};")
         main.append(f"    const int64_t red_total = {' * '.join(f'n{d}' for d in range(nk, nd)) or '1'};")
         main.append("    (void)kept_total;")
-        main += [f"    if (P[{kl.p_flag}]) {{",
+        main += [f"    if ({self.param(kl, kl.p_flag)}) {{",
                  f"        {acc_t} part[EXPRC_MAX_CHUNKS]; int pnan[EXPRC_MAX_CHUNKS];"]
         main += self._split(kl, "red_total", f"pnan[c] = 0; part[c] = {k.name}_flat(ptrs, lo, hi, &pnan[c]);")
         main += [f"        {acc_t} acc = {init}; int nanf = 0;",
@@ -632,11 +631,11 @@ class CRenderer:
                  "            nanf |= pnan[c];",
                  "        }",
                  "        (void)nanf;",
-                 f"        *({out_t} *)ptrs[{out_s}] = ({out_t})({fin});",
+                 f"        *({out_t} *){self.ptr(kl, out_j)} = ({out_t})({fin});",
                  "        return;", "    }"]
         # General path: kept dims outside (parallel), reduced dims inside.
         names = {}
-        addr = {j: f"ptrs[{s}]" for j, (node, s, _) in enumerate(kl.accesses) if node.ndim or j == out_j}
+        addr = {j: self.ptr(kl, j) for j, (node, s, _) in enumerate(kl.accesses) if node.ndim or j == out_j}
         nest, indent = self._nest(kl, range(nk), "    ", "kept_total" if nk else None, addr)
         main += nest
         main.append(f"{indent}{acc_t} acc = {init}; int nanf = 0; (void)nanf;")
@@ -686,9 +685,24 @@ class CRenderer:
     def render(self, program: Program, summary: str = "") -> tuple[str, Layout]:
 
         lay = self.layout(program)
-        kernels = "\n\n".join(self.render_kernel(kl) for kl in lay.kernels)
-        calls = "\n".join(f"    if (first <= {i} && {i} < last) {kl.kernel.name}(ptrs, P, nthreads);"
-                          for i, kl in enumerate(lay.kernels)) or "    (void)ptrs; (void)P; (void)nthreads;"
+        # A kernel reads its arrays as ptrs[j] (its own accesses, in order) and its sizes and strides
+        # as P[i] (its own slice of the block), so kernels that compute the same thing on other
+        # arrays render to the same text: each is written once (an unrolled loop's steps, the
+        # matching kernels of a gradient) and called with its own pointers and slice.
+        texts, functions, calls = [], {}, []
+        for i, kl in enumerate(lay.kernels):
+            name = kl.kernel.name
+            text = self.render_kernel(kl)
+            key = text[text.index("\n") + 1:].replace(name, "@")  # (the first line is the header comment)
+            fn = functions.setdefault(key, name)
+            if fn == name:
+                texts.append(text)
+            accesses = ", ".join(f"ptrs[{slot}]" for _, slot, _ in kl.accesses)
+            same = "" if fn == name else f" /* {name}: {comment(kernel_title(kl.kernel))[:200]} */"
+            calls.append(f"    if (first <= {i} && {i} < last) {{ char *a[] = {{{accesses}}}; "
+                         f"{fn}(a, P + {kl.p_flag}, nthreads); }}{same}")
+        kernels = "\n\n".join(texts)
+        calls = "\n".join(calls) or "    (void)ptrs; (void)P; (void)nthreads;"
         prelude_text = prelude("c", "c_prelude.h")
         if uses_draws(program):
             prelude_text += random_helpers()
