@@ -129,7 +129,7 @@ def kernel_title(k: Kernel) -> str:
     """The header comment text of kernel ``k``: what it computes, bounded in size and in work."""
     from exprc.printing import pprint
 
-    text = pprint(k.outputs if k.reduce is None else [k.reduce], max_inline=10_000, max_nodes=24)
+    text = pprint(k.outputs if k.reduce is None else [k.reduce], max_inline=10_000, max_nodes=16)
     text = text.replace("\n", "; ")
     if len(text) > TITLE_CHARS:
         text = text[:TITLE_CHARS - 4] + " ..."
@@ -698,7 +698,7 @@ class CRenderer:
             if fn == name:
                 texts.append(text)
             accesses = ", ".join(f"ptrs[{slot}]" for _, slot, _ in kl.accesses)
-            same = "" if fn == name else f" /* {name}: {comment(kernel_title(kl.kernel))[:200]} */"
+            same = "" if fn == name else f" /* {name} */"
             calls.append(f"    if (first <= {i} && {i} < last) {{ char *a[] = {{{accesses}}}; "
                          f"{fn}(a, P + {kl.p_flag}, nthreads); }}{same}")
         kernels = "\n\n".join(texts)
