@@ -43,7 +43,7 @@ def _run(cache_dir: Path) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def test_a_warm_process_does_not_parse_c_and_a_tampered_module_is_rebuilt(tmp_path):
+def test_a_warm_process_does_not_parse_c_and_a_tampered_module_is_rebuilt(tmp_path, monkeypatch):
     first = _run(tmp_path)  # writes the declarations module (parsing them once)
     assert first["ok"] and first["why"] == []
     second = _run(tmp_path)
@@ -52,8 +52,9 @@ def test_a_warm_process_does_not_parse_c_and_a_tampered_module_is_rebuilt(tmp_pa
     module.write_text("raise SystemExit('tampered declarations were executed')\n")
     from exprc.backends.c import ffi
 
+    monkeypatch.setenv("EXPRC_CACHE_DIR", str(tmp_path))  # (it wins over Config.cache_dir)
     with pytest.warns(RuntimeWarning, match="evicting"):  # (in this process: the same checks as a fresh one)
-        got = ffi._load(Config(cache_dir=str(tmp_path)))
+        got = ffi._load(Config())
     assert type(got).__module__ == "_cffi_backend" and "SystemExit" not in module.read_text()
     assert _run(tmp_path)["ok"]
 
