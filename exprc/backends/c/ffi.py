@@ -8,8 +8,6 @@ cache's ``dispatch/`` area (an entry like the dispatcher's: sha256-checked befor
 keyed by the declarations, cffi's and Python's versions), writing it on first use; without a
 cache, or when anything fails, it falls back to ``cdef`` (same declarations, same behaviour).
 
-The looping helpers (``looplib``, ``loopkernel``) keep their own ``cdef``: they load only when a
-loop runs.
 """
 
 from __future__ import annotations
@@ -25,8 +23,8 @@ from typing import Any
 
 from exprc.config import Config
 
-#: Every C function the kernel runtime and the index helpers call (one FFI serves every library;
-#: the BLAS gemms are added from backends/c/blas.py).
+#: Every C function the runtime calls: kernels, the index helpers, the loop stepper and the
+#: elementwise loops (one FFI serves every library; the BLAS gemms are added from backends/c/blas.py).
 CDEF = """
 void exprc_run(char **ptrs, const int64_t *P, int64_t first, int64_t last, int nthreads);
 void exprc_set_blas(void *dgemm, void *sgemm);
@@ -36,6 +34,13 @@ int64_t exprc_scatter_add_rows_f64(char *, int64_t, int64_t, const char *, int64
 int64_t exprc_scatter_add_rows_f32(char *, int64_t, int64_t, const char *, int64_t, const int64_t *, int64_t, int64_t);
 int64_t exprc_scatter_add_rows_i64(char *, int64_t, int64_t, const char *, int64_t, const int64_t *, int64_t, int64_t);
 int64_t exprc_scatter_add_rows_i32(char *, int64_t, int64_t, const char *, int64_t, const int64_t *, int64_t, int64_t);
+int64_t exprc_loop_steps(void *run, char **ptrs, const int64_t *P, int64_t nkernels, int nthreads,
+                         int64_t start, int64_t n,
+                         int64_t nmoves, const int64_t *slot, char *const *base, const int64_t *stride,
+                         const int64_t *off, const int64_t *mod,
+                         int64_t nviews, const int64_t *vslot, const int64_t *vbase, const int64_t *voff,
+                         const char *cond);
+void exprc_loop(char **ptrs, const int64_t *rows, const int64_t *es, int64_t n, int64_t total, int nthreads);
 """
 
 def _declarations() -> str:

@@ -20,28 +20,21 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-import cffi
 import numpy as np
 
 from exprc.backends.plan import Unsupported
 
-_FFI = cffi.FFI()
-_FFI.cdef("""
-int64_t exprc_loop_steps(void *run, char **ptrs, const int64_t *P, int64_t nkernels, int nthreads,
-                         int64_t start, int64_t n,
-                         int64_t nmoves, const int64_t *slot, char *const *base, const int64_t *stride,
-                         const int64_t *off, const int64_t *mod,
-                         int64_t nviews, const int64_t *vslot, const int64_t *vbase, const int64_t *voff,
-                         const char *cond);
-""")
+_FFI: Any = None  # the shared FFI (backends/c/ffi.py), set by the first _load
 
 
 def _load(cfg: Any) -> Any:
     """The helper library (built on first use); None when it cannot be built."""
+    global _FFI
+    from exprc.backends.c import ffi
     from exprc.backends.c.compile import helper_library
 
-    return helper_library("exprc_loop_steps", "loop_steps.c", lambda p: _FFI.dlopen(str(p)), cfg,
-                          "loop stepper")
+    f = _FFI = ffi.get(cfg)
+    return helper_library("exprc_loop_steps", "loop_steps.c", lambda p: f.dlopen(str(p)), cfg, "loop stepper")
 
 
 def _addr(a: np.ndarray) -> int:
