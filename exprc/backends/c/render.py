@@ -368,11 +368,17 @@ class CRenderer:
                              "num_threads(nthreads) schedule(static)")
             lines.append(f"{indent}for (int64_t i{d} = 0; i{d} < n{d}; i{d}++) {{")
             indent += "    "
-            for j, (node, s, pi) in enumerate(kl.accesses):
-                if j in addr:
-                    lines.append(f"{indent}char *q{j}_{d} = {addr[j]} + i{d} * {self.param(kl, pi + d)};")
-                    addr[j] = f"q{j}_{d}"
+            lines += self._advance(kl, d, indent, addr)
         return lines, indent
+
+    def _advance(self, kl: KernelLayout, d: int, indent: str, addr: dict[int, str]) -> list[str]:
+        """Inside the loop over ``i<d>``: each tracked address moved to the loop's element."""
+        lines = []
+        for j, (_, _, pi) in enumerate(kl.accesses):
+            if j in addr:
+                lines.append(f"{indent}char *q{j}_{d} = {addr[j]} + i{d} * {self.param(kl, pi + d)};")
+                addr[j] = f"q{j}_{d}"
+        return lines
 
     def _close(self, levels: range, indent: str) -> tuple[list[str], str]:
         lines = []
@@ -560,10 +566,7 @@ class CRenderer:
         indent += "    "
         lines.append(f"{indent}for (int64_t i{last} = c{last}; i{last} < e{last}; i{last}++) {{")
         indent += "    "
-        for j, (node, s, pi) in enumerate(kl.accesses):
-            if j in addr:
-                lines.append(f"{indent}char *q{j}_{last} = {addr[j]} + i{last} * {self.param(kl, pi + last)};")
-                addr[j] = f"q{j}_{last}"
+        lines += self._advance(kl, last, indent, addr)
         lines += [self._load(kl, j, addr[j], indent, names) for j in range(n_in) if kl.accesses[j][0].ndim]
         lines += self._index_line(kl, indent)
         lines += self.body(k, names, indent)
