@@ -68,3 +68,32 @@ def test_without_a_cache_the_declarations_are_parsed_in_process():
     assert got.typeof("char[]") is not None and lib_fn is not None
     f = exprc.function([x := exprc.vector("x")], x + 1.0, config=Config(cache=False))
     np.testing.assert_array_equal(f(np.arange(3.0)), [1.0, 2.0, 3.0])
+
+
+GOMP = """
+    import gc, time
+    import numpy as np
+    import exprc
+    from exprc import Config
+    x = exprc.vector("x")
+    g = exprc.function([x], x * 3.0, config=Config(num_threads=1))  # (built without libgomp)
+    g(np.ones(3))
+    for _ in range(3):
+        f = exprc.function([x], exprc.exp(x) * 2.0, config=Config(cache=False, num_threads=2))
+        f(np.ones(1 << 20))  # a parallel region: libgomp's worker threads
+        del f
+        gc.collect()
+        time.sleep(0.1)
+    print(g(np.ones(3)).sum())
+"""
+
+
+def test_collected_functions_do_not_unload_libgomp_under_its_threads(tmp_path):
+    # cffi's out-of-line FFI closes a library when its lib object is collected: closing the last
+    # library linked with libgomp unloaded libgomp while its (spinning) workers still ran: a
+    # segfault in CI. Libraries are opened RTLD_NODELETE; the process must run and exit cleanly.
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "EXPRC_CACHE_DIR": str(tmp_path), "OMP_WAIT_POLICY": "ACTIVE"}
+    out = subprocess.run([sys.executable, "-c", textwrap.dedent(GOMP)], env=env, capture_output=True, text=True,
+                         timeout=120, check=False)
+    assert out.returncode == 0, (out.returncode, out.stderr[-2000:])
+    assert out.stdout.strip().endswith("9.0")

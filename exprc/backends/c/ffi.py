@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import io
+import os
 import sys
 import threading
 from pathlib import Path
@@ -66,6 +67,14 @@ def get(cfg: Config) -> Any:
     return _FFI[0]
 
 
+def dlopen(ffi: Any, path: Any) -> Any:
+    """``ffi.dlopen(path)`` with ``RTLD_NODELETE``: the library stays loaded for the life of the
+    process.  cffi's out-of-line FFI closes a library when its lib object is collected (the in-line
+    one never did), and closing the last library linked with libgomp unloads libgomp under its idle
+    worker threads, which then crash (tests/test_ffi.py shows it)."""
+    return ffi.dlopen(str(path), os.RTLD_NOW | getattr(os, "RTLD_NODELETE", 0))
+
+
 def from_buffer(ffi: Any) -> Any:
     """``from_buffer(ctype, buffer, require_writable)`` without cffi's Python-level wrapper (~1 us
     per array) where there is one (the in-line FFI); the out-of-line FFI's is already C."""
@@ -115,4 +124,4 @@ def _import(path: Path) -> ModuleType:
     return module
 
 
-__all__ = ["CDEF", "from_buffer", "get"]
+__all__ = ["CDEF", "dlopen", "from_buffer", "get"]

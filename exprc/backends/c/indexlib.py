@@ -41,7 +41,7 @@ def _load(cfg: Config) -> Any:
         f = ffi.get(cfg)
         _CHARP, _CHARS, _INT64S, _fb = f.typeof("char *"), f.typeof("char[]"), f.typeof("int64_t[]"), ffi.from_buffer(f)
         _FFI = f
-        _LIB.append(helper_library("exprc_index_rows", "index_rows.c", lambda p: f.dlopen(str(p)), cfg,
+        _LIB.append(helper_library("exprc_index_rows", "index_rows.c", lambda p: ffi.dlopen(f, p), cfg,
                                    "row gather/scatter-add helpers"))
     return _LIB[0]
 

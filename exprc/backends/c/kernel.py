@@ -332,7 +332,7 @@ def _contiguous_outs(out: Sequence[Any] | None) -> bool:
 
 def _dlopen(path: Any) -> Any:
     with _LOAD_LOCK:
-        return _FFI.dlopen(str(path))
+        return ffi.dlopen(_FFI, path)
 
 
 __all__ = ["CKernel", "Plan", "templates_hash"]

@@ -176,7 +176,7 @@ class ElementwiseLoop:
         f = _FFI = ffi.get(cfg)
         self._built = builds.submit(lambda: cache.load(
             "loop_elementwise", source, parts, lambda d: cc.compile_library(source, d, "loop_elementwise", cfg),
-            lambda p: f.dlopen(str(p)), cfg, {"backend": "c", "summary": "elementwise loop"}))
+            lambda p: ffi.dlopen(f, p), cfg, {"backend": "c", "summary": "elementwise loop"}))
         self.lib: Any = None
         self.nthreads = cfg.num_threads or os.cpu_count() or 1
 

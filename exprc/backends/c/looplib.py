@@ -34,7 +34,7 @@ def _load(cfg: Any) -> Any:
     from exprc.backends.c.compile import helper_library
 
     f = _FFI = ffi.get(cfg)
-    return helper_library("exprc_loop_steps", "loop_steps.c", lambda p: f.dlopen(str(p)), cfg, "loop stepper")
+    return helper_library("exprc_loop_steps", "loop_steps.c", lambda p: ffi.dlopen(f, p), cfg, "loop stepper")
 
 
 def _addr(a: np.ndarray) -> int:
