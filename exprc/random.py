@@ -194,7 +194,7 @@ def binomial(key: Any, size: Any = None, n: int = 1, p: Any = 0.5, dtype: Any = 
         raise DTypeError("binomial: dtype bool holds only n <= 1")
     p_n = _prob(p, "binomial")
     model = _model(size, [p_n], "binomial")
-    if n == 1:  # the first block of each element: the same bits as the n-trial loop's first trial
+    if n == 1:  # a uniform draw (two elements per block, batched in C loops) compared with p
         out = _raw("random_uniform", key, model, draw, dtype="float64") < p_n
     else:
         out = _raw("random_binomial", key, model, draw, (p_n,), n=int(n), dtype="int64")
