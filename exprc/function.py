@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import functools
 import inspect
-import sys
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
@@ -277,9 +276,9 @@ def function(inputs: Sequence[Node], outputs: Node | Sequence[Node], backend: st
         if given:
             outs = tuple(substitute(list(outs), given))
         upd = check_updates(updates, given)
-    shared_mod = sys.modules.get("exprc.shared")
-    if shared_mod is not None:  # (no shared variable exists before exprc.shared is imported)
-        upd += shared_mod.default_updates(outs + tuple(e for _, e in upd), updates, ins)
+    from exprc.shared import default_updates  # (shared imports this module: not at the top)
+
+    upd += default_updates(outs + tuple(e for _, e in upd), updates, ins)
     memo_key = (ins, outs, upd, backend, cfg, _rules.GENERATION[0], settings, dom)
     with _MEMO_LOCK:
         hit = _MEMO.get(memo_key)

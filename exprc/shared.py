@@ -45,6 +45,9 @@ from exprc.function import Function
 from exprc.graph import Node, substitute
 from exprc.types import TensorType, as_dtype, shape_str
 
+#: Whether any shared variable was ever given a default update (until then function() skips the search).
+_WITH_DEFAULT_UPDATE = [False]
+
 
 class _Container:
     """Where a shared variable's value lives (nodes are immutable; this is not)."""
@@ -94,7 +97,10 @@ class SharedVariable(Node):
     @default_update.setter
     def default_update(self, expr: Node | None) -> None:
         if expr is not None:  # checked as an update (dtype, ndim); an update to itself is no update
-            (_, expr), = check_updates([(self, expr)], {}) or ((self, None),)
+            checked = check_updates([(self, expr)], {})
+            expr = checked[0][1] if checked else None
+        if expr is not None:
+            _WITH_DEFAULT_UPDATE[0] = True
         self._c.default_update = expr
 
     def __setattr__(self, name: str, value: Any) -> None:
@@ -247,6 +253,8 @@ def default_updates(exprs: Sequence[Node], updates: Any, inputs: Sequence[Node] 
     ``exprc.function``, already checked) does not name and that are not explicit ``inputs`` (as in
     ``.eval()``, which passes their values); naming a variable with itself as its new value turns
     its default update off."""
+    if not _WITH_DEFAULT_UPDATE[0]:  # (the common case: no graph walk on every exprc.function)
+        return ()
     pairs = list(updates.items()) if isinstance(updates, Mapping) else list(updates or ())
     named = {v for v, _ in pairs} | set(inputs)
     return tuple((v, v._c.default_update) for v in _graph.graph_inputs(exprs)

@@ -358,11 +358,7 @@ register(Op("random_permutation", "shape", _permutation, _infer_permutation, att
             value_shape=lambda node: node.inputs[0].op != "constant", grad=_zero_grad))
 register(Op("random_model", "shape", _model, _infer_model, nin=(1, 32), value_shape=True, grad=_zero_grad))
 
-#: The draws rendered inside fused loops (their first operand is a shape model, never read).
-DRAWS = frozenset({"random_uniform", "random_normal", "random_integers", "random_binomial"})
-
 __all__ = [
-    "DRAWS",
     "MAX_DRAWS",
     "MAX_TRIALS",
     "batch_kind",

@@ -68,18 +68,6 @@ def parallel_threshold(k: Kernel) -> int:
 
 
 
-@dataclass
-class _Only:
-    """A one-node stand-in for a kernel, for :meth:`CRenderer.body` (the guarded loops emit a subset)."""
-
-    node: Node
-    reduce: Node | None = None
-
-    @property
-    def body(self) -> list[Node]:
-        return [self.node]
-
-
 def model_operands(k: Kernel) -> set[Node]:
     """The operands of ``k`` it reads only as the shape model of ``c_call`` ops (random draws)."""
     models = {n.inputs[0] for n in k.body if OPS[n.op].c_call is not None}
@@ -268,10 +256,12 @@ class CRenderer:
     # -- kernels ----------------------------------------------------------------
     def body(self, k: Kernel, names: dict[Node, str], indent: str) -> list[str]:
         """Statements computing every elementwise node of the kernel into locals."""
+        return self.statements([n for n in k.body if n is not k.reduce], names, indent)
+
+    def statements(self, nodes: list[Node], names: dict[Node, str], indent: str) -> list[str]:
+        """Statements computing elementwise ``nodes`` (in order) into locals named in ``names``."""
         lines = []
-        for n in k.body:
-            if n is k.reduce:
-                continue
+        for n in nodes:
             args = [("0" if j == 0 and OPS[n.op].c_call is not None  # a draw's shape model: never read
                      else names[i] if i in names else c_literal(i.value.reshape(-1)[0], i.dtype))
                     for j, i in enumerate(n.inputs)]
@@ -295,24 +285,17 @@ class CRenderer:
         from exprc.ops.random import batch_kind
 
         out = []
-        for n in kl.kernel.body:
-            if OPS[n.op].c_call is None or batch_kind(n) is None:
-                continue
+        for n in kl.draws:
             key = [names.get(x) or (c_literal(x.value.reshape(-1)[0], x.dtype) if x.op == "constant" else None)
                    for x in n.inputs[1:3]]
-            if None not in key:
+            if batch_kind(n) is not None and None not in key:
                 out.append((n, key, batch_kind(n)[0]))
         return out
 
-    @staticmethod
-    def _may_batch(kl: KernelLayout) -> bool:
-        """Whether a draw of the kernel has its key among the kernel's operands (0-d: loaded once) or
-        constant, so that a strided loop can fill it in batches."""
-        from exprc.ops.random import batch_kind
-
-        return any(OPS[n.op].c_call is not None and batch_kind(n) is not None
-                   and all(x in kl.kernel.operands or x.op == "constant" for x in n.inputs[1:3])
-                   for n in kl.kernel.body)
+    def _may_batch(self, kl: KernelLayout) -> bool:
+        """Whether a strided loop can fill a draw in batches: its key is among the kernel's operands
+        (0-d: loaded once, before the batches) or constant."""
+        return bool(self._batchable(kl, dict.fromkeys(kl.kernel.operands, "key")))
 
     def _flat_loop(self, kl: KernelLayout, names: dict[Node, str], clause: str) -> tuple[list[str], list[str]]:
         """The opening and closing lines of a contiguous path's element loop ``i`` in [lo, hi).
@@ -336,7 +319,7 @@ class CRenderer:
     def _index_line(self, kl: KernelLayout, indent: str) -> list[str]:
         """In a loop nest over ``i<d>``: the element's flat C-order index as ``ridx``, for kernels
         with ops that read it (nothing otherwise)."""
-        if not any(OPS[n.op].c_call is not None for n in kl.kernel.body):
+        if not kl.draws:
             return []
         pos = [kl.perm.index(d) for d in range(kl.ndim)]
         expr = "0"
@@ -526,7 +509,7 @@ class CRenderer:
                     names[n] = names[alias[n]] if alias[n] in names else c_literal(
                         alias[n].value.reshape(-1)[0], alias[n].dtype)
                     continue
-                lines += self.body(_Only(n), names, "        ")
+                lines += self.statements([n], names, "        ")
             if suffix == "rare":
                 lines += [f"        any |= {names[c]};" for c in dict.fromkeys(conds)]
                 lines += ["    }", "    return any;", "}"]
