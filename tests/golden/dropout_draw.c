@@ -21,28 +21,17 @@ static inline void k0_randomuniform_lt_mul_truediv_flat(char **restrict ptrs, in
     }
     }
 }
-static void k0_randomuniform_lt_mul_truediv(char **restrict ptrs, const int64_t *restrict P, int nthreads)
+EXPRC_CHUNK(k0_randomuniform_lt_mul_truediv_chunk)
+{
+    (void)P; (void)c; (void)part; (void)pnan;
+    k0_randomuniform_lt_mul_truediv_flat(ptrs, lo, hi);
+}
+EXPRC_HIDDEN void k0_randomuniform_lt_mul_truediv(char **restrict ptrs, const int64_t *restrict P, int nthreads)
 {
     const int64_t n0 = P[1];
     const int64_t total = n0;
     if (P[0]) {
-        const int64_t size = exprc_chunk_size(total), nchunks = exprc_chunk_count(total, size);
-        if (nthreads > 1 && total > 29959) {
-            #pragma omp parallel num_threads(nthreads < EXPRC_MAX_THREADS ? nthreads : EXPRC_MAX_THREADS)
-            {
-                EXPRC_THREAD_RANGE(nchunks, clo, chi, id)
-                (void)id;
-                for (int64_t c = clo; c < chi; c++) {
-                    const int64_t lo = c * size, hi = lo + size < total ? lo + size : total;
-                    k0_randomuniform_lt_mul_truediv_flat(ptrs, lo, hi);
-                }
-            }
-        } else {
-            for (int64_t c = 0; c < nchunks; c++) {
-                const int64_t lo = c * size, hi = lo + size < total ? lo + size : total;
-                k0_randomuniform_lt_mul_truediv_flat(ptrs, lo, hi);
-            }
-        }
+        exprc_chunks(k0_randomuniform_lt_mul_truediv_chunk, ptrs, P, total, 29959, nthreads, 0, 0);
         return;
     }
     const int64_t a1 = *(const int64_t *)(ptrs[1]);
@@ -67,6 +56,9 @@ static void k0_randomuniform_lt_mul_truediv(char **restrict ptrs, const int64_t 
         }
     }
 }
+
+/* exprc: unit */
+EXPRC_HIDDEN void k0_randomuniform_lt_mul_truediv(char **restrict ptrs, const int64_t *restrict P, int nthreads);
 
 /* The single entry point: run kernels [first, last) with nthreads threads. */
 void exprc_run(char **restrict ptrs, const int64_t *restrict P, int64_t first, int64_t last, int nthreads)

@@ -15,32 +15,15 @@ static inline void k0_mul_add_flat(char **restrict ptrs, int64_t lo, int64_t hi)
         p3[i] = t4;
     }
 }
-static void k0_mul_add(char **restrict ptrs, const int64_t *restrict P, int nthreads)
+EXPRC_CHUNK(k0_mul_add_chunk)
+{
+    (void)P; (void)c; (void)part; (void)pnan;
+    k0_mul_add_flat(ptrs, lo, hi);
+}
+EXPRC_RANGE(k0_mul_add_rows)
 {
     const int64_t n0 = P[1];
-    const int64_t total = n0;
-    if (P[0]) {
-        const int64_t size = exprc_chunk_size(total), nchunks = exprc_chunk_count(total, size);
-        if (nthreads > 1 && total > 104857) {
-            #pragma omp parallel num_threads(nthreads < EXPRC_MAX_THREADS ? nthreads : EXPRC_MAX_THREADS)
-            {
-                EXPRC_THREAD_RANGE(nchunks, clo, chi, id)
-                (void)id;
-                for (int64_t c = clo; c < chi; c++) {
-                    const int64_t lo = c * size, hi = lo + size < total ? lo + size : total;
-                    k0_mul_add_flat(ptrs, lo, hi);
-                }
-            }
-        } else {
-            for (int64_t c = 0; c < nchunks; c++) {
-                const int64_t lo = c * size, hi = lo + size < total ? lo + size : total;
-                k0_mul_add_flat(ptrs, lo, hi);
-            }
-        }
-        return;
-    }
-    #pragma omp parallel for if(total > 104857) num_threads(nthreads) schedule(static)
-    for (int64_t i0 = 0; i0 < n0; i0++) {
+    for (int64_t i0 = lo; i0 < hi; i0++) {
         char *q0_0 = ptrs[0] + i0 * P[2];
         char *q1_0 = ptrs[1] + i0 * P[3];
         char *q2_0 = ptrs[2] + i0 * P[4];
@@ -53,6 +36,19 @@ static void k0_mul_add(char **restrict ptrs, const int64_t *restrict P, int nthr
         *(double *)(q3_0) = t4;
     }
 }
+EXPRC_HIDDEN void k0_mul_add(char **restrict ptrs, const int64_t *restrict P, int nthreads)
+{
+    const int64_t n0 = P[1];
+    const int64_t total = n0;
+    if (P[0]) {
+        exprc_chunks(k0_mul_add_chunk, ptrs, P, total, 104857, nthreads, 0, 0);
+        return;
+    }
+    exprc_range(k0_mul_add_rows, ptrs, P, n0, total > 104857, nthreads);
+}
+
+/* exprc: unit */
+EXPRC_HIDDEN void k0_mul_add(char **restrict ptrs, const int64_t *restrict P, int nthreads);
 
 /* The single entry point: run kernels [first, last) with nthreads threads. */
 void exprc_run(char **restrict ptrs, const int64_t *restrict P, int64_t first, int64_t last, int nthreads)

@@ -17,44 +17,18 @@ static inline double k0_mul_tanh_sum_flat(char **restrict ptrs, int64_t lo, int6
     *nan_out |= nanf;
     return acc;
 }
-static void k0_mul_tanh_sum(char **restrict ptrs, const int64_t *restrict P, int nthreads)
+EXPRC_CHUNK(k0_mul_tanh_sum_chunk)
+{
+    (void)P; (void)c; (void)part; (void)pnan;
+    pnan[c] = 0; ((double *)part)[c] = k0_mul_tanh_sum_flat(ptrs, lo, hi, &pnan[c]);
+}
+EXPRC_RANGE(k0_mul_tanh_sum_rows)
 {
     const int64_t n0 = P[1];
     const int64_t n1 = P[2];
-    const int64_t kept_total = n0;
     const int64_t red_total = n1;
-    (void)kept_total;
-    if (P[0]) {
-        double part[EXPRC_MAX_CHUNKS]; int pnan[EXPRC_MAX_CHUNKS];
-        const int64_t size = exprc_chunk_size(red_total), nchunks = exprc_chunk_count(red_total, size);
-        if (nthreads > 1 && red_total > 37449) {
-            #pragma omp parallel num_threads(nthreads < EXPRC_MAX_THREADS ? nthreads : EXPRC_MAX_THREADS)
-            {
-                EXPRC_THREAD_RANGE(nchunks, clo, chi, id)
-                (void)id;
-                for (int64_t c = clo; c < chi; c++) {
-                    const int64_t lo = c * size, hi = lo + size < red_total ? lo + size : red_total;
-                    pnan[c] = 0; part[c] = k0_mul_tanh_sum_flat(ptrs, lo, hi, &pnan[c]);
-                }
-            }
-        } else {
-            for (int64_t c = 0; c < nchunks; c++) {
-                const int64_t lo = c * size, hi = lo + size < red_total ? lo + size : red_total;
-                pnan[c] = 0; part[c] = k0_mul_tanh_sum_flat(ptrs, lo, hi, &pnan[c]);
-            }
-        }
-        double acc = 0; int nanf = 0;
-        for (int64_t c = 0; c < nchunks; c++) {
-            const double v = part[c];
-            acc += v;
-            nanf |= pnan[c];
-        }
-        (void)nanf;
-        *(float *)ptrs[2] = (float)(acc);
-        return;
-    }
-    #pragma omp parallel for if(kept_total > 37449) num_threads(nthreads) schedule(static)
-    for (int64_t i0 = 0; i0 < n0; i0++) {
+    (void)red_total;
+    for (int64_t i0 = lo; i0 < hi; i0++) {
         char *q0_0 = ptrs[0] + i0 * P[3];
         char *q1_0 = ptrs[1] + i0 * P[5];
         char *q2_0 = ptrs[2] + i0 * P[7];
@@ -72,6 +46,32 @@ static void k0_mul_tanh_sum(char **restrict ptrs, const int64_t *restrict P, int
         *(float *)(q2_0) = (float)(acc);
     }
 }
+EXPRC_HIDDEN void k0_mul_tanh_sum(char **restrict ptrs, const int64_t *restrict P, int nthreads)
+{
+    const int64_t n0 = P[1];
+    const int64_t n1 = P[2];
+    const int64_t kept_total = n0;
+    const int64_t red_total = n1;
+    (void)kept_total;
+    if (P[0]) {
+        double part[EXPRC_MAX_CHUNKS]; int pnan[EXPRC_MAX_CHUNKS];
+        const int64_t nchunks = exprc_chunk_count(red_total, exprc_chunk_size(red_total));
+        exprc_chunks(k0_mul_tanh_sum_chunk, ptrs, P, red_total, 37449, nthreads, part, pnan);
+        double acc = 0; int nanf = 0;
+        for (int64_t c = 0; c < nchunks; c++) {
+            const double v = part[c];
+            acc += v;
+            nanf |= pnan[c];
+        }
+        (void)nanf;
+        *(float *)ptrs[2] = (float)(acc);
+        return;
+    }
+    exprc_range(k0_mul_tanh_sum_rows, ptrs, P, n0, kept_total > 37449, nthreads);
+}
+
+/* exprc: unit */
+EXPRC_HIDDEN void k0_mul_tanh_sum(char **restrict ptrs, const int64_t *restrict P, int nthreads);
 
 /* The single entry point: run kernels [first, last) with nthreads threads. */
 void exprc_run(char **restrict ptrs, const int64_t *restrict P, int64_t first, int64_t last, int nthreads)

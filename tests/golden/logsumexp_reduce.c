@@ -13,7 +13,12 @@ static inline double k0_max_flat(char **restrict ptrs, int64_t lo, int64_t hi, i
     *nan_out |= nanf;
     return acc;
 }
-static void k0_max(char **restrict ptrs, const int64_t *restrict P, int nthreads)
+EXPRC_CHUNK(k0_max_chunk)
+{
+    (void)P; (void)c; (void)part; (void)pnan;
+    pnan[c] = 0; ((double *)part)[c] = k0_max_flat(ptrs, lo, hi, &pnan[c]);
+}
+EXPRC_HIDDEN void k0_max(char **restrict ptrs, const int64_t *restrict P, int nthreads)
 {
     const int64_t n0 = P[1];
     const int64_t kept_total = 1;
@@ -21,23 +26,8 @@ static void k0_max(char **restrict ptrs, const int64_t *restrict P, int nthreads
     (void)kept_total;
     if (P[0]) {
         double part[EXPRC_MAX_CHUNKS]; int pnan[EXPRC_MAX_CHUNKS];
-        const int64_t size = exprc_chunk_size(red_total), nchunks = exprc_chunk_count(red_total, size);
-        if (nthreads > 1 && red_total > 209715) {
-            #pragma omp parallel num_threads(nthreads < EXPRC_MAX_THREADS ? nthreads : EXPRC_MAX_THREADS)
-            {
-                EXPRC_THREAD_RANGE(nchunks, clo, chi, id)
-                (void)id;
-                for (int64_t c = clo; c < chi; c++) {
-                    const int64_t lo = c * size, hi = lo + size < red_total ? lo + size : red_total;
-                    pnan[c] = 0; part[c] = k0_max_flat(ptrs, lo, hi, &pnan[c]);
-                }
-            }
-        } else {
-            for (int64_t c = 0; c < nchunks; c++) {
-                const int64_t lo = c * size, hi = lo + size < red_total ? lo + size : red_total;
-                pnan[c] = 0; part[c] = k0_max_flat(ptrs, lo, hi, &pnan[c]);
-            }
-        }
+        const int64_t nchunks = exprc_chunk_count(red_total, exprc_chunk_size(red_total));
+        exprc_chunks(k0_max_chunk, ptrs, P, red_total, 209715, nthreads, part, pnan);
         double acc = -INFINITY; int nanf = 0;
         for (int64_t c = 0; c < nchunks; c++) {
             const double v = part[c];
@@ -58,6 +48,7 @@ static void k0_max(char **restrict ptrs, const int64_t *restrict P, int nthreads
     *(double *)(ptrs[1]) = (double)((nanf ? NAN : acc));
 }
 
+/* exprc: unit */
 /* k1_sub_exp_sum: sum(exp(x - max(x))) */
 static inline double k1_sub_exp_sum_flat(char **restrict ptrs, int64_t lo, int64_t hi, int *nan_out)
 {
@@ -77,7 +68,12 @@ static inline double k1_sub_exp_sum_flat(char **restrict ptrs, int64_t lo, int64
     *nan_out |= nanf;
     return acc;
 }
-static void k1_sub_exp_sum(char **restrict ptrs, const int64_t *restrict P, int nthreads)
+EXPRC_CHUNK(k1_sub_exp_sum_chunk)
+{
+    (void)P; (void)c; (void)part; (void)pnan;
+    pnan[c] = 0; ((double *)part)[c] = k1_sub_exp_sum_flat(ptrs, lo, hi, &pnan[c]);
+}
+EXPRC_HIDDEN void k1_sub_exp_sum(char **restrict ptrs, const int64_t *restrict P, int nthreads)
 {
     const int64_t n0 = P[1];
     const int64_t kept_total = 1;
@@ -85,23 +81,8 @@ static void k1_sub_exp_sum(char **restrict ptrs, const int64_t *restrict P, int 
     (void)kept_total;
     if (P[0]) {
         double part[EXPRC_MAX_CHUNKS]; int pnan[EXPRC_MAX_CHUNKS];
-        const int64_t size = exprc_chunk_size(red_total), nchunks = exprc_chunk_count(red_total, size);
-        if (nthreads > 1 && red_total > 37449) {
-            #pragma omp parallel num_threads(nthreads < EXPRC_MAX_THREADS ? nthreads : EXPRC_MAX_THREADS)
-            {
-                EXPRC_THREAD_RANGE(nchunks, clo, chi, id)
-                (void)id;
-                for (int64_t c = clo; c < chi; c++) {
-                    const int64_t lo = c * size, hi = lo + size < red_total ? lo + size : red_total;
-                    pnan[c] = 0; part[c] = k1_sub_exp_sum_flat(ptrs, lo, hi, &pnan[c]);
-                }
-            }
-        } else {
-            for (int64_t c = 0; c < nchunks; c++) {
-                const int64_t lo = c * size, hi = lo + size < red_total ? lo + size : red_total;
-                pnan[c] = 0; part[c] = k1_sub_exp_sum_flat(ptrs, lo, hi, &pnan[c]);
-            }
-        }
+        const int64_t nchunks = exprc_chunk_count(red_total, exprc_chunk_size(red_total));
+        exprc_chunks(k1_sub_exp_sum_chunk, ptrs, P, red_total, 37449, nthreads, part, pnan);
         double acc = 0; int nanf = 0;
         for (int64_t c = 0; c < nchunks; c++) {
             const double v = part[c];
@@ -124,6 +105,10 @@ static void k1_sub_exp_sum(char **restrict ptrs, const int64_t *restrict P, int 
     }
     *(double *)(ptrs[2]) = (double)(acc);
 }
+
+/* exprc: unit */
+EXPRC_HIDDEN void k0_max(char **restrict ptrs, const int64_t *restrict P, int nthreads);
+EXPRC_HIDDEN void k1_sub_exp_sum(char **restrict ptrs, const int64_t *restrict P, int nthreads);
 
 /* The single entry point: run kernels [first, last) with nthreads threads. */
 void exprc_run(char **restrict ptrs, const int64_t *restrict P, int64_t first, int64_t last, int nthreads)

@@ -31,21 +31,32 @@ from exprc.types import C_TYPES
 #: Entries of a matmul kernel's parameter block after its flag (see render_matmul).
 MATMUL_PARAMS = 8
 
-#: Function pointers to cblas_[ds]gemm with 64-bit integers, installed by the runtime.
+#: Function pointers to cblas_[ds]gemm with 64-bit integers, installed by the runtime: declared in
+#: every translation unit (a module may be compiled as several, see compile.py), defined in the
+#: one that holds ``exprc_run``.
 BLAS_DECLARATIONS = """
 /* BLAS (cblas_dgemm/sgemm, ILP64), installed by the runtime through exprc_set_blas. */
 typedef void (*exprc_dgemm_t)(int, int, int, int64_t, int64_t, int64_t, double, const double *, int64_t,
                               const double *, int64_t, double, double *, int64_t);
 typedef void (*exprc_sgemm_t)(int, int, int, int64_t, int64_t, int64_t, float, const float *, int64_t,
                               const float *, int64_t, float, float *, int64_t);
-static exprc_dgemm_t exprc_dgemm = 0;
-static exprc_sgemm_t exprc_sgemm = 0;
+extern EXPRC_HIDDEN exprc_dgemm_t exprc_dgemm;
+extern EXPRC_HIDDEN exprc_sgemm_t exprc_sgemm;
+"""
+BLAS_DEFINITIONS = """
+EXPRC_HIDDEN exprc_dgemm_t exprc_dgemm = 0;
+EXPRC_HIDDEN exprc_sgemm_t exprc_sgemm = 0;
 void exprc_set_blas(void *dgemm, void *sgemm)
 {
     exprc_dgemm = (exprc_dgemm_t)dgemm;
     exprc_sgemm = (exprc_sgemm_t)sgemm;
 }
 """
+#: Between two kernels of a module: where compile.py may cut it into translation units.
+UNIT_MARK = "/* exprc: unit */"
+#: A kernel's entry point (called by ``exprc_run``, possibly from another translation unit).
+KERNEL_SIGNATURE = "EXPRC_HIDDEN void {}(char **restrict ptrs, const int64_t *restrict P, int nthreads)"
+
 
 #: A loop runs on several threads when (elements x estimated cost per element) exceeds this:
 #: waking threads costs microseconds on an idle machine and a scheduler slice on a busy one,
@@ -276,8 +287,7 @@ class CRenderer:
             flat, main = [], self.render_matmul(kl)
         else:
             flat, main = self.render_reduce(kl) if k.reduce is not None else self.render_elemwise(kl)
-        signature = f"static void {k.name}(char **restrict ptrs, const int64_t *restrict P, int nthreads)"
-        return "\n".join([*head, *flat, signature, "{", *main, "}"])
+        return "\n".join([*head, *flat, KERNEL_SIGNATURE.format(k.name), "{", *main, "}"])
 
     def _batchable(self, kl: KernelLayout, names: dict[Node, str]) -> list:
         """(draw, (seed, ctr) C expressions, batch kind) of the kernel's draws that a loop can fill in
@@ -341,15 +351,17 @@ class CRenderer:
         return [f"    const int64_t n{d} = {self.param(kl, kl.p_dims + d)};" for d in range(kl.ndim)]
 
     def _nest(self, kl: KernelLayout, levels: range, indent: str, parallel: str | None,
-              addr: dict[int, str]) -> tuple[list[str], str]:
+              addr: dict[int, str], ranged: bool = False) -> tuple[list[str], str]:
         """Open one loop per iteration dim in ``levels``; ``addr[j]`` tracks the byte
-        address of access ``j`` (``q<j>_<d>`` = previous address + i<d> * stride)."""
+        address of access ``j`` (``q<j>_<d>`` = previous address + i<d> * stride).  ``ranged``: the
+        outer loop runs over [lo, hi) (in a range function, see :meth:`_rows`)."""
         lines = []
         for d in levels:
             if parallel and d == levels[0]:
                 lines.append(f"{indent}#pragma omp parallel for if({parallel} > {parallel_threshold(kl.kernel)}) "
                              "num_threads(nthreads) schedule(static)")
-            lines.append(f"{indent}for (int64_t i{d} = 0; i{d} < n{d}; i{d}++) {{")
+            lo, hi = ("lo", "hi") if ranged and d == levels[0] else ("0", f"n{d}")
+            lines.append(f"{indent}for (int64_t i{d} = {lo}; i{d} < {hi}; i{d}++) {{")
             indent += "    "
             lines += self._advance(kl, d, indent, addr)
         return lines, indent
@@ -395,28 +407,23 @@ class CRenderer:
                 lines.append(f"    {ct} *{self.restrict} p{j} = ({ct} *){self.ptr(kl, j)};")
         return lines
 
-    def _split(self, kl: KernelLayout, total: str, call: str, indent: str = "        ") -> list[str]:
-        """Run ``call`` (using lo, hi and the chunk index c) on every fixed chunk of [0, total), on
-        nthreads threads when worth it.  The chunks depend on ``total`` alone (c_prelude.h), so which
+    def _chunks(self, kl: KernelLayout, total: str, call: str, part: str = "0, 0") -> tuple[list[str], list[str]]:
+        """(the chunk function running ``call`` on chunk ``c`` = [lo, hi), the line running it on every
+        fixed chunk of [0, total)).  The chunks depend on ``total`` alone (c_prelude.h), so which
         elements share a SIMD loop, and the order a reduction's partials are combined in, do not
         depend on the thread count: results are the same bits with 1 or 16 threads."""
-        chunk = (f"{indent}        const int64_t lo = c * size, hi = lo + size < {total} ? lo + size : {total};",
-                 f"{indent}        {call}")
-        return [f"{indent}const int64_t size = exprc_chunk_size({total}), nchunks = exprc_chunk_count({total}, size);",
-                f"{indent}if (nthreads > 1 && {total} > {parallel_threshold(kl.kernel)}) {{",
-                f"{indent}    #pragma omp parallel num_threads(nthreads < EXPRC_MAX_THREADS ? nthreads : EXPRC_MAX_THREADS)",
-                f"{indent}    {{",
-                f"{indent}        EXPRC_THREAD_RANGE(nchunks, clo, chi, id)",
-                f"{indent}        (void)id;",
-                f"{indent}        for (int64_t c = clo; c < chi; c++) {{",
-                *["    " + line for line in chunk],
-                f"{indent}        }}",
-                f"{indent}    }}",
-                f"{indent}}} else {{",
-                f"{indent}    for (int64_t c = 0; c < nchunks; c++) {{",
-                *chunk,
-                f"{indent}    }}",
-                f"{indent}}}"]
+        name = f"{kl.kernel.name}_chunk"
+        fn = [f"EXPRC_CHUNK({name})", "{", "    (void)P; (void)c; (void)part; (void)pnan;", f"    {call}", "}"]
+        run = f"exprc_chunks({name}, ptrs, P, {total}, {parallel_threshold(kl.kernel)}, nthreads, {part});"
+        return fn, [run]
+
+    def _rows(self, kl: KernelLayout, lines: list[str], total: str, head: list[str]) -> tuple[list[str], list[str]]:
+        """(a range function running the loop nest ``lines``, whose outer loop is over [lo, hi), the
+        line running it over the outer dimension, split between threads when ``total`` exceeds the
+        kernel's threshold).  ``head`` declares what the nest reads besides the sizes."""
+        name = f"{kl.kernel.name}_rows"
+        fn = [f"EXPRC_RANGE({name})", "{", *self._dims(kl), *head, *lines, "}"]
+        return fn, [f"    exprc_range({name}, ptrs, P, n0, {total} > {parallel_threshold(kl.kernel)}, nthreads);"]
 
     def render_elemwise(self, kl: KernelLayout) -> tuple[list[str], list[str]]:
         k = kl.kernel
@@ -441,26 +448,28 @@ class CRenderer:
         if guards:
             flat += self._guarded_flat(kl, guards)
             call = f"if ({k.name}_flat_rare(ptrs, lo, hi)) {k.name}_flat(ptrs, lo, hi); else {k.name}_flat_fast(ptrs, lo, hi);"
+        chunk, run = self._chunks(kl, "total", call)
+        flat += chunk
         main = self._dims(kl)
         main.append(f"    const int64_t total = {' * '.join(f'n{d}' for d in range(nd)) or '1'};")
-        main.append(f"    if ({self.param(kl, kl.p_flag)}) {{")
-        main += self._split(kl, "total", call)
-        main += ["        return;", "    }"]
+        main += [f"    if ({self.param(kl, kl.p_flag)}) {{", *["        " + x for x in run], "        return;", "    }"]
         # Strided path: broadcasting, views, negative strides, 0-d.
         names = {}
         addr = {j: self.ptr(kl, j) for j, (node, s, _) in enumerate(kl.accesses) if node.ndim or j >= n_in}
         if nd and self._may_batch(kl):
             main += self._strided_batched(kl, addr)
             return flat, main
-        nest, indent = self._nest(kl, range(nd), "    ", "total", addr)
-        main += nest
-        main += [self._load(kl, j, addr.get(j, ""), indent, names) for j in range(n_in)]
-        main += self._index_line(kl, indent)
-        main += self.body(k, names, indent)
+        nest, indent = self._nest(kl, range(nd), "    ", None, addr, ranged=True)
+        nest += [self._load(kl, j, addr.get(j, ""), indent, names) for j in range(n_in)]
+        nest += self._index_line(kl, indent)
+        nest += self.body(k, names, indent)
         for j, (node, s, _) in enumerate(kl.accesses[n_in:], start=n_in):
-            main.append(f"{indent}*({C_TYPES[node.dtype]} *)({addr[j]}) = {names[node]};")
-        main += self._close(range(nd), indent)[0]
-        return flat, main
+            nest.append(f"{indent}*({C_TYPES[node.dtype]} *)({addr[j]}) = {names[node]};")
+        nest += self._close(range(nd), indent)[0]
+        if not nd:
+            return flat, main + nest
+        rows, run = self._rows(kl, nest, "total", [])
+        return flat + rows, main + run
 
     def _guarded_flat(self, kl: KernelLayout, guards: list[Node]) -> list[str]:
         """Two more contiguous loops for a kernel with guards ``where(rare(c), slow, fast)``:
@@ -605,11 +614,15 @@ class CRenderer:
         flat += [*tail, "    *nan_out |= nanf;", "    return acc;", "}"]
         main = self._dims(kl)
         main.append(f"    const int64_t kept_total = {' * '.join(f'n{d}' for d in range(nk)) or '1'};")
-        main.append(f"    const int64_t red_total = {' * '.join(f'n{d}' for d in range(nk, nd)) or '1'};")
+        main.append(f"    const int64_t red_total = {' * '.join(f'n{d}' for d in range(nk, nd)) or '1'};")  # (also in _rows)
         main.append("    (void)kept_total;")
+        chunk, run = self._chunks(kl, "red_total", f"pnan[c] = 0; (({acc_t} *)part)[c] = {k.name}_flat(ptrs, lo, hi, "
+                                  "&pnan[c]);", "part, pnan")
+        flat += chunk
         main += [f"    if ({self.param(kl, kl.p_flag)}) {{",
-                 f"        {acc_t} part[EXPRC_MAX_CHUNKS]; int pnan[EXPRC_MAX_CHUNKS];"]
-        main += self._split(kl, "red_total", f"pnan[c] = 0; part[c] = {k.name}_flat(ptrs, lo, hi, &pnan[c]);")
+                 f"        {acc_t} part[EXPRC_MAX_CHUNKS]; int pnan[EXPRC_MAX_CHUNKS];",
+                 "        const int64_t nchunks = exprc_chunk_count(red_total, exprc_chunk_size(red_total));",
+                 *["        " + x for x in run]]
         main += [f"        {acc_t} acc = {init}; int nanf = 0;",
                  "        for (int64_t c = 0; c < nchunks; c++) {",
                  f"            const {acc_t} v = part[c];",
@@ -622,21 +635,25 @@ class CRenderer:
         # General path: kept dims outside (parallel), reduced dims inside.
         names = {}
         addr = {j: self.ptr(kl, j) for j, (node, s, _) in enumerate(kl.accesses) if node.ndim or j == out_j}
-        nest, indent = self._nest(kl, range(nk), "    ", "kept_total" if nk else None, addr)
-        main += nest
-        main.append(f"{indent}{acc_t} acc = {init}; int nanf = 0; (void)nanf;")
+        lines, indent = self._nest(kl, range(nk), "    ", None, addr, ranged=True)
+        lines.append(f"{indent}{acc_t} acc = {init}; int nanf = 0; (void)nanf;")
         out_addr = addr[out_j]
         red_addr = {j: a for j, a in addr.items() if j != out_j}
         nest, indent = self._nest(kl, range(nk, nd), indent, None, red_addr)
-        main += nest
-        main += [self._load(kl, j, red_addr.get(j, ""), indent, names) for j in range(n_in)]
-        main += self._index_line(kl, indent)
-        main += value(names, indent)
+        lines += nest
+        lines += [self._load(kl, j, red_addr.get(j, ""), indent, names) for j in range(n_in)]
+        lines += self._index_line(kl, indent)
+        lines += value(names, indent)
         close, indent = self._close(range(nk, nd), indent)
-        main += close
-        main.append(f"{indent}*({out_t} *)({out_addr}) = ({out_t})({fin});")
-        main += self._close(range(nk), indent)[0]
-        return flat, main
+        lines += close
+        lines.append(f"{indent}*({out_t} *)({out_addr}) = ({out_t})({fin});")
+        lines += self._close(range(nk), indent)[0]
+        if not nk:
+            return flat, main + lines
+        red_total = " * ".join(f"n{d}" for d in range(nk, nd)) or "1"
+        rows, run = self._rows(kl, lines, "kept_total", [f"    const int64_t red_total = {red_total};",
+                                                         "    (void)red_total;"])
+        return flat + rows, main + run
 
     def render_matmul(self, kl: KernelLayout) -> list[str]:
         """C = A @ B through the BLAS the runtime installed (``exprc_set_blas``); a plain
@@ -687,16 +704,18 @@ class CRenderer:
             same = "" if fn == name else f" /* {name} */"
             calls.append(f"    if (first <= {i} && {i} < last) {{ char *a[] = {{{accesses}}}; "
                          f"{fn}(a, P + {kl.p_flag}, nthreads); }}{same}")
-        kernels = "\n\n".join(texts)
+        kernels = f"\n\n{UNIT_MARK}\n".join(texts)
         calls = "\n".join(calls) or "    (void)ptrs; (void)P; (void)nthreads;"
+        declarations = "".join(f"{KERNEL_SIGNATURE.format(fn)};\n" for fn in functions.values())
         prelude_text = prelude("c", "c_prelude.h")
         if uses_draws(program):
             prelude_text += random_helpers()
         if any(k.matmul is not None for k in program.kernels):
             prelude_text += BLAS_DECLARATIONS
+            declarations += BLAS_DEFINITIONS
         if self.precise_math:
             prelude_text = "#define EXPRC_PRECISE_MATH 1\n" + prelude_text
         src = string.Template(read("c", "c_module.c")).substitute(
             version=__version__, summary=comment(summary).replace("\n", "; "), prelude=prelude_text,
-            kernels=kernels, dispatch=calls)
+            kernels=f"{UNIT_MARK}\n{kernels}", unit=UNIT_MARK, declarations=declarations, dispatch=calls)
         return src, lay

@@ -4,6 +4,8 @@ $prelude
 
 $kernels
 
+$unit
+$declarations
 /* The single entry point: run kernels [first, last) with nthreads threads. */
 void exprc_run(char **restrict ptrs, const int64_t *restrict P, int64_t first, int64_t last, int nthreads)
 {

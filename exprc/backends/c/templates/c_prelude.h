@@ -18,6 +18,7 @@ EXPRC_D2(pow) EXPRC_D2(atan2) EXPRC_D2(hypot)
 #endif
 
 #define EXPRC_INLINE static inline __attribute__((always_inline))
+#define EXPRC_HIDDEN __attribute__((visibility("hidden")))
 
 /* exprc: numpy_semantics.h is spliced in here by the renderer */
 
@@ -52,3 +53,66 @@ EXPRC_INLINE int64_t exprc_chunk_count(int64_t total, int64_t size)
 #define EXPRC_THREAD_RANGE(total, lo, hi, id) const int64_t id = 0, lo = 0, hi = (total);
 #endif
 #define EXPRC_MAX_THREADS 256
+
+/* The parallel regions of a module.  A kernel's contiguous path is a chunk function (chunk c is
+ * [lo, hi); a reduction stores its partial in part[c] and its NaN flag in pnan[c]) and its strided
+ * path a range function (outer-loop indices [lo, hi)); these two runners split them between threads.
+ * Kernels hold no OpenMP region of their own: gcc outlines and compiles each region it meets (half
+ * the compile time of a module of small kernels was that), and a serial call goes straight to the
+ * function instead of through the OpenMP runtime. */
+typedef void (*exprc_chunk_fn)(char **restrict ptrs, const int64_t *restrict P, int64_t c, int64_t lo,
+                               int64_t hi, void *part, int *pnan);
+typedef void (*exprc_range_fn)(char **restrict ptrs, const int64_t *restrict P, int64_t lo, int64_t hi);
+#define EXPRC_CHUNK(name)                                                                                 \
+    static void name(char **restrict ptrs, const int64_t *restrict P, int64_t c, int64_t lo, int64_t hi, \
+                     void *part, int *pnan)
+#define EXPRC_RANGE(name) static void name(char **restrict ptrs, const int64_t *restrict P, int64_t lo, int64_t hi)
+
+/* Run fn on every fixed chunk of [0, total), on nthreads threads when total > threshold. */
+__attribute__((unused)) static void exprc_chunks(exprc_chunk_fn fn, char **restrict ptrs, const int64_t *restrict P,
+                                                 int64_t total, int64_t threshold, int nthreads, void *part, int *pnan)
+{
+    const int64_t size = exprc_chunk_size(total), nchunks = exprc_chunk_count(total, size);
+#ifdef _OPENMP
+    if (nthreads > 1 && total > threshold) {
+        #pragma omp parallel num_threads(nthreads < EXPRC_MAX_THREADS ? nthreads : EXPRC_MAX_THREADS)
+        {
+            EXPRC_THREAD_RANGE(nchunks, clo, chi, id)
+            (void)id;
+            for (int64_t c = clo; c < chi; c++) {
+                const int64_t lo = c * size, hi = lo + size < total ? lo + size : total;
+                fn(ptrs, P, c, lo, hi, part, pnan);
+            }
+        }
+        return;
+    }
+#else
+    (void)threshold; (void)nthreads;
+#endif
+    for (int64_t c = 0; c < nchunks; c++) {
+        const int64_t lo = c * size, hi = lo + size < total ? lo + size : total;
+        fn(ptrs, P, c, lo, hi, part, pnan);
+    }
+}
+
+/* Run fn on [0, n) of a loop nest's outer index, split evenly between nthreads threads when parallel
+ * (each index is one thread's whole work, so the split does not change results). */
+__attribute__((unused)) static void exprc_range(exprc_range_fn fn, char **restrict ptrs, const int64_t *restrict P,
+                                                int64_t n, int parallel, int nthreads)
+{
+#ifdef _OPENMP
+    if (parallel && nthreads > 1 && n > 1) {
+        #pragma omp parallel num_threads(nthreads < EXPRC_MAX_THREADS ? nthreads : EXPRC_MAX_THREADS)
+        {
+            EXPRC_THREAD_RANGE(n, lo, hi, id)
+            (void)id;
+            if (lo < hi)
+                fn(ptrs, P, lo, hi);
+        }
+        return;
+    }
+#else
+    (void)parallel; (void)nthreads;
+#endif
+    fn(ptrs, P, 0, n);
+}
