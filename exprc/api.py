@@ -298,6 +298,11 @@ def std(x: TensorLike, axis: Any = None, keepdims: bool = False, ddof: int = 0) 
     return sqrt(var(x, axis, keepdims, ddof))
 
 
+def _stop_gradient(x: Node) -> Node:
+    """``x`` with no gradient flowing through it (exprc.stop_gradient; autodiff imports this module)."""
+    return OPS["stop_gradient"].make((x,), {})
+
+
 def logsumexp(x: TensorLike, axis: Any = None, keepdims: bool = False) -> Node:
     """``log(sum(exp(x)))`` shifted by the maximum: no overflow, exact for +-inf."""
     x = as_node(x)
@@ -305,8 +310,10 @@ def logsumexp(x: TensorLike, axis: Any = None, keepdims: bool = False) -> Node:
         x = cast(x, "float64")
     axes = normalize_axis(axis, x.ndim, "logsumexp")
     m = max(x, axes, keepdims=True)
-    # A non-finite max (all -inf, or +inf) would give inf - inf = NaN; shift by 0 instead.
-    shift = where(isfinite(m), m, 0)
+    # A non-finite max (all -inf, or +inf) would give inf - inf = NaN; shift by 0 instead.  No
+    # gradient flows through the shift (as in JAX): its terms cancel exactly in the derivative, and
+    # computed they add rounding noise and a route through the max (an argmax mask) to every step.
+    shift = _stop_gradient(where(isfinite(m), m, 0))
     out = log(sum(exp(x - shift), axes, keepdims=True)) + shift
     return out if keepdims else squeeze(out, axes) if axes else out
 
@@ -316,7 +323,7 @@ def softmax(x: TensorLike, axis: int = -1) -> Node:
     x = as_node(x)
     if x.dtype not in ("float32", "float64"):
         x = cast(x, "float64")
-    e = exp(x - max(x, axis, keepdims=True))
+    e = exp(x - _stop_gradient(max(x, axis, keepdims=True)))  # (see logsumexp)
     return e / sum(e, axis, keepdims=True)
 
 

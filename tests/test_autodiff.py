@@ -443,6 +443,27 @@ def test_stable_gradients_in_the_tails(backend):
     assert_close(g, np.array([1.0, 1e-300, 2.0]))
 
 
+def test_softmax_and_logsumexp_gradients_do_not_route_through_the_max():
+    """The max shift of softmax/logsumexp is stop_gradient'ed (as JAX does): its derivative terms
+    cancel exactly, so the gradient graph has no argmax mask (``eq``) and one reduction fewer,
+    and the gradient of the mean cross-entropy is exactly (softmax - Y) / n where NumPy's is."""
+    z, Y = exprc.matrix("z"), exprc.matrix("Y")
+    for loss in (-exprc.mean(exprc.sum(Y * exprc.log(exprc.softmax(z, axis=1)), axis=1)),
+                 exprc.sum(exprc.logsumexp(z, axis=1)) - exprc.sum(Y * z)):
+        g = exprc.grad(loss, z)
+        ops = {n.op for n in toposort(exprc.optimize([g]).outputs)}
+        assert "eq" not in ops and "max" in ops, ops
+    rng = np.random.default_rng(5)
+    zv = rng.standard_normal((6, 4)) * 30
+    yv = np.eye(4)[rng.integers(0, 4, 6)]
+    p = np.exp(zv - zv.max(axis=1, keepdims=True))
+    p /= p.sum(axis=1, keepdims=True)
+    for backend in BACKENDS:
+        g = exprc.function([z, Y], exprc.grad(exprc.sum(exprc.logsumexp(z, axis=1)) - exprc.sum(Y * z), z),
+                           backend=backend)(zv, yv)
+        assert_close(g, p - yv, ulps=16)
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_binary_cross_entropy_on_logits(backend):
     z, t = exprc.vector("z"), exprc.vector("t")

@@ -406,6 +406,30 @@ def test_log_softmax_and_softmax_of_a_confident_prediction():
             assert bits_lost(got, ref).max() <= 4, (backend, got, ref)
 
 
+def test_log_of_softmax_finds_the_row_maximum_once():
+    """log(softmax(z)): softmax already subtracted the row maximum, so the log-softmax form reads it
+    (one max per row, not two) and gives what the twice-shifted form gives, non-finite rows included."""
+    z = exprc.matrix("z")
+    e = exprc.log(exprc.softmax(z, axis=1))
+    fg = exprc.optimize([e])
+    assert sum(n.op == "max" for n in exprc.graph.toposort(fg.outputs)) == 1
+    rows = np.array([[7.0, 15.3, -31.8, 49.2, -572.0], [0.0, -40.0, -40.0, -745.0, -800.0],
+                     [1.0, np.inf, 2.0, 3.0, 4.0], [-np.inf] * 5, [1.0, np.nan, 2.0, 3.0, 4.0],
+                     [-np.inf, 0.0, -np.inf, 1.0, -0.0], [5.0, 5.0, 5.0, 5.0, 5.0]])
+    x = exprc.matrix("x")
+    twice = exprc.log(exprc.exp(x) / exprc.sum(exprc.exp(x), axis=1, keepdims=True))  # its own max
+    with np.errstate(invalid="ignore"):
+        shifted_rows = rows - rows.max(axis=1, keepdims=True)
+    for backend in ("numpy", "c"):
+        got = exprc.function([z], e, backend=backend)(rows)
+        want = exprc.function([x], twice, backend=backend)(shifted_rows)
+        np.testing.assert_array_equal(got[:2], want[:2])
+        np.testing.assert_array_equal(got[5:], want[5:])
+        assert np.isnan(got[2:5]).all()  # as NumPy's log(softmax): inf - inf and NaN rows are NaN
+        shifted = rows[:2] - rows[:2].max(axis=1, keepdims=True)  # softmax's own (rounded) shift
+        assert bits_lost(got[:2], reference(lambda m, x: m.log_softmax(x), [shifted], rows=True)).max() <= 4
+
+
 def test_cancelled_factors_keep_nan_at_zero():
     """x/x and (x*y)/y are NaN at 0 in IEEE arithmetic and NumPy; only factors that are nonzero in
     exact arithmetic (sigmoid underflowing to 0) cancel to their limit."""

@@ -75,11 +75,35 @@ def _lse(x: Node, axes: tuple) -> Node:
     return add(shift, l1p)
 
 
+def _shifted_by_max(x: Node, axes: tuple) -> bool:
+    """``x`` is ``z - max(z)`` over ``axes`` (softmax's own shift): its maximum over ``axes`` is
+    exactly 0 where ``max(z)`` is finite and NaN where it is not (inf - inf, NaN - NaN), so the
+    shift :func:`_lse_parts` would subtract is 0 either way."""
+    if x.op == "sub":
+        pairs = [x.inputs]
+    elif x.op == "add":  # z + (-m) in either order: canonical graphs spell subtraction so
+        pairs = [(z, n.inputs[0]) for z, n in (x.inputs, x.inputs[::-1]) if n.op == "neg"]
+    else:
+        return False
+    for z, m in pairs:
+        while m.op == "dimshuffle":
+            m = m.inputs[0]
+        if m.op == "max" and m.inputs[0] is z and tuple(m.arg("axis")) == tuple(axes):
+            return True
+    return False
+
+
 def _lse_parts(x: Node, axes: tuple) -> tuple[Node, Node, Node]:
-    """(m, x - m, log1p(T)) of _lse: log_softmax is (x - m) - log1p(T), exact at the maximum."""
-    m = make("max", x, axis=axes, keepdims=True)
-    shift = F.where(f("isfinite", m), m, k(0.0, x))
-    y = sub(x, shift)
+    """(m, x - m, log1p(T)) of _lse: log_softmax is (x - m) - log1p(T), exact at the maximum.
+
+    When ``x`` is already shifted by its maximum (``z - max(z)``) that shift is 0, so x - m is ``x``
+    to the bit and is not computed again: log(softmax(z)) finds the row maximum once, not twice."""
+    if _shifted_by_max(x, axes):
+        shift, y = k(0.0, x), x
+    else:
+        m = make("max", x, axis=axes, keepdims=True)
+        shift = F.where(f("isfinite", m), m, k(0.0, x))
+        y = sub(x, shift)
     top = make("eq", y, k(0.0, y))
     others = make("sum", F.where(top, k(0.0, y), f("exp", y)), axis=axes, keepdims=True)
     count = make("sum", make("cast", top, dtype=x.dtype), axis=axes, keepdims=True)
