@@ -109,7 +109,7 @@ def pprint(expr: Node | Sequence[Node], max_inline: int = 60, max_nodes: int | N
     return _pprint_all(outputs, max_inline)
 
 
-def _pprint_all(outputs: list[Node], max_inline: int) -> str:
+def _pprint_all(outputs: list[Node], max_inline: int, limit: int | None = None) -> str:
     order = toposort(outputs)
     uses = clients(order)
     # Each node's text is kept as pieces (strings and operand nodes) and joined once at the
@@ -127,11 +127,17 @@ def _pprint_all(outputs: list[Node], max_inline: int) -> str:
             length = builtins.sum(len(p) if isinstance(p, str) else parts[p][2] for p in pieces)
         if n.inputs and uses.get(n, 0) > 1 and length > max_inline:
             name = f"t{len(bindings)}"
-            bindings.append(f"{name} = {_join(pieces, parts)}")
+            bindings.append(f"{name} = {_join(pieces, parts, limit)}")
             pieces, prec, length = [name], _ATOM, len(name)
         parts[n] = (pieces, prec, length)
-    body = ", ".join(_join(parts[o][0], parts) for o in outputs)
-    return "\n".join(bindings + [body])
+    texts: list[str] = []
+    size = builtins.sum(len(b) + 1 for b in bindings)
+    for o in outputs:  # (with a limit, outputs past it are not expanded)
+        if limit is not None and size > limit:
+            break
+        texts.append(_join(parts[o][0], parts, None if limit is None else limit - size))
+        size += len(texts[-1]) + 2
+    return "\n".join(bindings + [", ".join(texts)])
 
 
 def _pprint_bounded(outputs: list[Node], max_inline: int, max_nodes: int) -> str:
@@ -144,8 +150,10 @@ def _pprint_bounded(outputs: list[Node], max_inline: int, max_nodes: int) -> str
                 kept[i] = None
                 queue.append(i)
         head += 1
-    if all(i in kept for n in kept for i in n.inputs):
-        return _pprint_all(outputs, max_inline)  # the whole graph fits: the plain text
+    cap = 40 * max_nodes
+    if all(i in kept for n in kept for i in n.inputs):  # the whole graph fits: the plain text (capped)
+        text = _pprint_all(outputs, max_inline, cap)
+        return text if len(text) <= cap else text[:cap - 1] + "…"
     # Elided operands become placeholder inputs named "…" (of their type: a reduction prints its
     # axes by its operand's ndim), then the plain printer runs.
     elided: dict = {}
@@ -161,8 +169,7 @@ def _pprint_bounded(outputs: list[Node], max_inline: int, max_nodes: int) -> str
             n.op, tuple(memo[i] if i in memo else placeholder(i) for i in n.inputs), n.attrs, n.type)
     # Shared operands inline up to max_inline characters each: a DAG of max_nodes nodes could
     # still print exponentially long, so bindings start at 60 characters and the text is capped.
-    text = _pprint_all([memo[o] for o in outputs], min(max_inline, 60))
-    cap = 40 * max_nodes
+    text = _pprint_all([memo[o] for o in outputs], min(max_inline, 60), cap)
     return text if len(text) <= cap else text[:cap - 1] + "…"
 
 
@@ -189,14 +196,19 @@ def toposort_within(outputs: Sequence[Node], kept: dict[Node, None]) -> list[Nod
     return order
 
 
-def _join(pieces: list, parts: dict) -> str:
-    """Expand pieces (strings and nodes whose pieces are in ``parts``) iteratively."""
+def _join(pieces: list, parts: dict, limit: int | None = None) -> str:
+    """Expand pieces (strings and nodes whose pieces are in ``parts``) iteratively; stop once the
+    text is longer than ``limit`` (the caller cuts it: a bounded summary need not expand it all)."""
     out: list[str] = []
+    size = 0
     stack = list(reversed(pieces))
     while stack:
         p = stack.pop()
         if isinstance(p, str):
             out.append(p)
+            size += len(p)
+            if limit is not None and size > limit:
+                break
         else:
             stack.extend(reversed(parts[p][0]))
     return "".join(out)

@@ -13,6 +13,7 @@ releases the GIL during the call.  From a function's second call on, the C dispa
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 from collections.abc import Sequence
@@ -115,18 +116,23 @@ class CKernel(Kernel):
         _init_ffi(cfg)
         blas = blas_pointers(_FFI) if native_matmul else None
         self.program: Program = lower(list(fg.outputs), list(fg.inputs), fuse=fuse, native_matmul=blas is not None)
-        summary = pprint(list(fg.outputs), max_inline=10_000, max_nodes=200)
-        renderer = CRenderer(precise_math=cfg.precise_math)
-        self.source, self.layout = renderer.render(self.program, summary[:2000])
+        # The cache key hashes the source without its comments (kernel titles, the summary: pprint
+        # work that was a fifth of a warm LSTM's function()); the library is built from the source
+        # with them, which is what the entry keeps and what .source shows.
+        keyed, self.layout = CRenderer(precise_math=cfg.precise_math, titles=False).render(self.program)
         self.layout: Layout
+        self._fg = fg
         name = self.program.kernels[0].name if self.program.kernels else "k_empty"
         parts = {"compiler": cc.compiler(cfg), "compiler_version": cc.version(cfg),
                  "flags": " ".join(cc.flags(cfg)), "templates": templates_hash(), "cpu": cc.cpu_features()}
-        source = self.source
+        meta = {"backend": "c"}
+
+        def build(d: Any) -> Any:
+            meta["summary"] = self._summary()[:500]  # (cache.load writes meta after the build)
+            return cc.compile_library(self.source, d, name, cfg)
+
         # (a build may overlap with the function's other kernels': see backends/builds.py)
-        self._built = builds.submit(lambda: cache.load(
-            name, source, parts, lambda d: cc.compile_library(source, d, name, cfg), _dlopen, cfg,
-            {"backend": "c", "summary": summary[:500]}))
+        self._built = builds.submit(lambda: cache.load(name, keyed, parts, build, _dlopen, cfg, meta))
         self._blas = blas if any(k.matmul is not None for k in self.program.kernels) else None
         self.nthreads = cfg.num_threads or os.cpu_count() or 1
         self.planner = Planner(self.program, self.layout, fg.inputs, fg.outputs, resolve_steps=True)
@@ -161,6 +167,14 @@ class CKernel(Kernel):
                     del self.__dict__["_built"]
             return self.__dict__[name]
         raise AttributeError(name)
+
+    def _summary(self) -> str:
+        return pprint(list(self._fg.outputs), max_inline=10_000, max_nodes=200)
+
+    @functools.cached_property
+    def source(self) -> str:
+        """The generated C, comments included (rendered on first use: a warm start needs none of it)."""
+        return CRenderer(precise_math=self.cfg.precise_math).render(self.program, self._summary()[:2000])[0]
 
     @property
     def cache_entry(self) -> Any:  # type: ignore[override]

@@ -177,8 +177,11 @@ class CRenderer:
     target = "c"
     restrict = "restrict"
 
-    def __init__(self, precise_math: bool = False):
+    def __init__(self, precise_math: bool = False, titles: bool = True):
         self.precise_math = precise_math
+        #: Kernel header comments say what each kernel computes (``pprint``); without, only its name:
+        #: the text a cache key hashes, which comments do not change (see CKernel).
+        self.titles = titles
         #: The C expression of the current element's flat (C-order) index, for ops with ``c_call``.
         self.index = "i"
         #: Draws whose bits a batched loop computed (see ``_flat_loop``): the C expression reading them,
@@ -282,7 +285,7 @@ class CRenderer:
 
     def render_kernel(self, kl: KernelLayout) -> str:
         k = kl.kernel
-        head = [f"/* {k.name}: {kernel_title(k)} */"]
+        head = [f"/* {k.name}: {kernel_title(k)} */" if self.titles else f"/* {k.name} */"]
         if k.matmul is not None:
             flat, main = [], self.render_matmul(kl)
         else:
