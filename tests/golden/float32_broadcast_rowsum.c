@@ -1,27 +1,4 @@
 /* k0_mul_tanh_sum: sum(tanh(m * v), axis=(1,)) */
-static inline double k0_mul_tanh_sum_flat(char **restrict ptrs, int64_t lo, int64_t hi, int *nan_out)
-{
-    const float *restrict p0 = (const float *)ptrs[0];
-    const float *restrict p1 = (const float *)ptrs[1];
-    double acc = 0;
-    int nanf = 0;
-    #pragma omp simd reduction(+:acc)
-    for (int64_t i = lo; i < hi; i++) {
-        const float a0 = p0[i];
-        const float a1 = p1[i];
-        const float t2 = (a0 * a1);
-        const float t3 = tanhf(t2);
-        const float v = t3;
-        acc += v;
-    }
-    *nan_out |= nanf;
-    return acc;
-}
-EXPRC_CHUNK(k0_mul_tanh_sum_chunk)
-{
-    (void)P; (void)c; (void)part; (void)pnan;
-    pnan[c] = 0; ((double *)part)[c] = k0_mul_tanh_sum_flat(ptrs, lo, hi, &pnan[c]);
-}
 EXPRC_RANGE(k0_mul_tanh_sum_rows)
 {
     const int64_t n0 = P[1];
@@ -53,20 +30,6 @@ EXPRC_HIDDEN void k0_mul_tanh_sum(char **restrict ptrs, const int64_t *restrict 
     const int64_t kept_total = n0;
     const int64_t red_total = n1;
     (void)kept_total;
-    if (P[0]) {
-        double part[EXPRC_MAX_CHUNKS]; int pnan[EXPRC_MAX_CHUNKS];
-        const int64_t nchunks = exprc_chunk_count(red_total, exprc_chunk_size(red_total));
-        exprc_chunks(k0_mul_tanh_sum_chunk, ptrs, P, red_total, 37449, nthreads, part, pnan);
-        double acc = 0; int nanf = 0;
-        for (int64_t c = 0; c < nchunks; c++) {
-            const double v = part[c];
-            acc += v;
-            nanf |= pnan[c];
-        }
-        (void)nanf;
-        *(float *)ptrs[2] = (float)(acc);
-        return;
-    }
     exprc_range(k0_mul_tanh_sum_rows, ptrs, P, n0, kept_total > 37449, nthreads);
 }
 

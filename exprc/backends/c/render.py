@@ -433,29 +433,13 @@ class CRenderer:
         nd, n_in = kl.ndim, len(k.operands)
         # Contiguous path: a flat loop over restrict pointers that gcc vectorizes
         # (libmvec for transcendentals); 0-d operands are loaded once.
-        names: dict[Node, str] = {}
-        flat = [f"static inline void {k.name}_flat(char **restrict ptrs, int64_t lo, int64_t hi)", "{"]
-        flat += self._flat_pointers(kl, n_in)
-        flat += [self._load(kl, j, "", "    ", names) for j in range(n_in) if kl.accesses[j][0].ndim == 0]
-        head, tail = self._flat_loop(kl, names, "")
-        flat += head
-        flat += [self._load(kl, j, "flat", "        ", names) for j in range(n_in) if kl.accesses[j][0].ndim]
-        self.index = "i"
-        flat += self.body(k, names, "        ")
-        for j, (node, s, _) in enumerate(kl.accesses[n_in:], start=n_in):
-            flat.append(f"        p{j}[i] = {names[node]};")
-        self.bits = {}
-        flat += [*tail, "}"]
-        call = f"{k.name}_flat(ptrs, lo, hi);"
-        guards = [n for n in k.body if n.op == "where" and n.inputs[0].op == "rare"] if not kl.draws else []
-        if guards:
-            flat += self._guarded_flat(kl, guards)
-            call = f"if ({k.name}_flat_rare(ptrs, lo, hi)) {k.name}_flat(ptrs, lo, hi); else {k.name}_flat_fast(ptrs, lo, hi);"
-        chunk, run = self._chunks(kl, "total", call)
-        flat += chunk
         main = self._dims(kl)
         main.append(f"    const int64_t total = {' * '.join(f'n{d}' for d in range(nd)) or '1'};")
-        main += [f"    if ({self.param(kl, kl.p_flag)}) {{", *["        " + x for x in run], "        return;", "    }"]
+        flat: list[str] = []
+        if self._flat_possible(kl):
+            flat, run = self._flat_elemwise(kl)
+            main += [f"    if ({self.param(kl, kl.p_flag)}) {{", *["        " + x for x in run], "        return;",
+                     "    }"]
         # Strided path: broadcasting, views, negative strides, 0-d.
         names = {}
         addr = {j: self.ptr(kl, j) for j, (node, s, _) in enumerate(kl.accesses) if node.ndim or j >= n_in}
@@ -473,6 +457,49 @@ class CRenderer:
             return flat, main + nest
         rows, run = self._rows(kl, nest, "total", [])
         return flat + rows, main + run
+
+    def _flat_possible(self, kl: KernelLayout) -> bool:
+        """Whether the planner can set kernel ``kl``'s contiguous flag (plan.py: for a reduction that
+        keeps no axis; for an elementwise loop whose every array operand has the loop's shape).
+        Where it cannot, the contiguous path is dead code and is not rendered (gcc's time)."""
+        k = kl.kernel
+        if k.reduce is not None:
+            return kl.nkept == 0
+        shape = k.outputs[0].type.shape
+        for j, (node, _, _) in enumerate(kl.accesses[:len(k.operands)]):
+            if node.ndim == 0 or j in kl.models:
+                continue
+            if node.ndim != len(shape) or any(a == 1 and b is not None and b != 1
+                                              for a, b in zip(node.type.shape, shape)):
+                return False  # broadcast along a dimension, always: never the loop's shape
+        return True
+
+    def _flat_elemwise(self, kl: KernelLayout) -> tuple[list[str], list[str]]:
+        """(the contiguous path's functions, the line running it on every chunk) of an elementwise
+        kernel: a flat loop over restrict pointers that gcc vectorizes (libmvec for
+        transcendentals); 0-d operands are loaded once."""
+        k = kl.kernel
+        n_in = len(k.operands)
+        names: dict[Node, str] = {}
+        flat = [f"static inline void {k.name}_flat(char **restrict ptrs, int64_t lo, int64_t hi)", "{"]
+        flat += self._flat_pointers(kl, n_in)
+        flat += [self._load(kl, j, "", "    ", names) for j in range(n_in) if kl.accesses[j][0].ndim == 0]
+        head, tail = self._flat_loop(kl, names, "")
+        flat += head
+        flat += [self._load(kl, j, "flat", "        ", names) for j in range(n_in) if kl.accesses[j][0].ndim]
+        self.index = "i"
+        flat += self.body(k, names, "        ")
+        for j, (node, _, _) in enumerate(kl.accesses[n_in:], start=n_in):
+            flat.append(f"        p{j}[i] = {names[node]};")
+        self.bits = {}
+        flat += [*tail, "}"]
+        call = f"{k.name}_flat(ptrs, lo, hi);"
+        guards = [n for n in k.body if n.op == "where" and n.inputs[0].op == "rare"] if not kl.draws else []
+        if guards:
+            flat += self._guarded_flat(kl, guards)
+            call = f"if ({k.name}_flat_rare(ptrs, lo, hi)) {k.name}_flat(ptrs, lo, hi); else {k.name}_flat_fast(ptrs, lo, hi);"
+        chunk, run = self._chunks(kl, "total", call)
+        return flat + chunk, run
 
     def _guarded_flat(self, kl: KernelLayout, guards: list[Node]) -> list[str]:
         """Two more contiguous loops for a kernel with guards ``where(rare(c), slow, fast)``:
@@ -601,40 +628,42 @@ class CRenderer:
             v = names[src] if src in names else c_literal(src.value.reshape(-1)[0], src.dtype)
             return body + [f"{indent}const {C_TYPES[src.dtype]} v = {v};", f"{indent}{combine}"]
 
-        # Contiguous full reduction: one SIMD partial per fixed chunk, combined in chunk order.
-        names: dict[Node, str] = {}
-        flat = [f"static inline {acc_t} {k.name}_flat(char **restrict ptrs, int64_t lo, int64_t hi, int *nan_out)",
-                "{"]
-        flat += self._flat_pointers(kl, n_in)[: n_in]
-        flat += [self._load(kl, j, "", "    ", names) for j in range(n_in) if kl.accesses[j][0].ndim == 0]
-        flat += [f"    {acc_t} acc = {init};", "    int nanf = 0;"]
-        head, tail = self._flat_loop(kl, names, " " + clause)
-        flat += head
-        flat += [self._load(kl, j, "flat", "        ", names) for j in range(n_in) if kl.accesses[j][0].ndim]
-        self.index = "i"
-        flat += value(names, "        ")
-        self.bits = {}
-        flat += [*tail, "    *nan_out |= nanf;", "    return acc;", "}"]
         main = self._dims(kl)
         main.append(f"    const int64_t kept_total = {' * '.join(f'n{d}' for d in range(nk)) or '1'};")
         main.append(f"    const int64_t red_total = {' * '.join(f'n{d}' for d in range(nk, nd)) or '1'};")  # (also in _rows)
         main.append("    (void)kept_total;")
-        chunk, run = self._chunks(kl, "red_total", f"pnan[c] = 0; (({acc_t} *)part)[c] = {k.name}_flat(ptrs, lo, hi, "
-                                  "&pnan[c]);", "part, pnan")
-        flat += chunk
-        main += [f"    if ({self.param(kl, kl.p_flag)}) {{",
-                 f"        {acc_t} part[EXPRC_MAX_CHUNKS]; int pnan[EXPRC_MAX_CHUNKS];",
-                 "        const int64_t nchunks = exprc_chunk_count(red_total, exprc_chunk_size(red_total));",
-                 *["        " + x for x in run]]
-        main += [f"        {acc_t} acc = {init}; int nanf = 0;",
-                 "        for (int64_t c = 0; c < nchunks; c++) {",
-                 f"            const {acc_t} v = part[c];",
-                 f"            {combine}",
-                 "            nanf |= pnan[c];",
-                 "        }",
-                 "        (void)nanf;",
-                 f"        *({out_t} *){self.ptr(kl, out_j)} = ({out_t})({fin});",
-                 "        return;", "    }"]
+        flat: list[str] = []
+        if self._flat_possible(kl):
+            # Contiguous full reduction: one SIMD partial per fixed chunk, combined in chunk order.
+            names: dict[Node, str] = {}
+            signature = f"static inline {acc_t} {k.name}_flat(char **restrict ptrs, int64_t lo, int64_t hi, int *nan_out)"
+            flat = [signature, "{"]
+            flat += self._flat_pointers(kl, n_in)[: n_in]
+            flat += [self._load(kl, j, "", "    ", names) for j in range(n_in) if kl.accesses[j][0].ndim == 0]
+            flat += [f"    {acc_t} acc = {init};", "    int nanf = 0;"]
+            head, tail = self._flat_loop(kl, names, " " + clause)
+            flat += head
+            flat += [self._load(kl, j, "flat", "        ", names) for j in range(n_in) if kl.accesses[j][0].ndim]
+            self.index = "i"
+            flat += value(names, "        ")
+            self.bits = {}
+            flat += [*tail, "    *nan_out |= nanf;", "    return acc;", "}"]
+            chunk, run = self._chunks(kl, "red_total", f"pnan[c] = 0; (({acc_t} *)part)[c] = "
+                                      f"{k.name}_flat(ptrs, lo, hi, &pnan[c]);", "part, pnan")
+            flat += chunk
+            main += [f"    if ({self.param(kl, kl.p_flag)}) {{",
+                     f"        {acc_t} part[EXPRC_MAX_CHUNKS]; int pnan[EXPRC_MAX_CHUNKS];",
+                     "        const int64_t nchunks = exprc_chunk_count(red_total, exprc_chunk_size(red_total));",
+                     *["        " + x for x in run]]
+            main += [f"        {acc_t} acc = {init}; int nanf = 0;",
+                     "        for (int64_t c = 0; c < nchunks; c++) {",
+                     f"            const {acc_t} v = part[c];",
+                     f"            {combine}",
+                     "            nanf |= pnan[c];",
+                     "        }",
+                     "        (void)nanf;",
+                     f"        *({out_t} *){self.ptr(kl, out_j)} = ({out_t})({fin});",
+                     "        return;", "    }"]
         # General path: kept dims outside (parallel), reduced dims inside.
         names = {}
         addr = {j: self.ptr(kl, j) for j, (node, s, _) in enumerate(kl.accesses) if node.ndim or j == out_j}
