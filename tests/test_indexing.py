@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import exprc
-from exprc.errors import IndexOutOfBounds, SerializationError
+from exprc.errors import IndexOutOfBounds, InputTypeError, SerializationError
 
 BACKENDS = ["numpy", "c"]
 RNG = np.random.default_rng(20261203)
@@ -535,3 +535,20 @@ def test_a_lone_row_gather_skips_the_planner_and_keeps_every_check():
     with pytest.raises(IndexOutOfBounds, match="size 0"):
         f(np.zeros((0, 5)), np.array([0]))
     np.testing.assert_array_equal(f(X, np.array([1, 2], np.int64), out=np.empty((2, 5))), X[[1, 2]])  # out=: planner
+    # After two calls the Function calls the gather without converting its arguments: only when they
+    # already are arrays of the inputs' dtypes and ndims; everything else still goes through the checks.
+    assert f._fast is not None
+    np.testing.assert_array_equal(f(X, np.array([4, 1], np.int32)), X[[4, 1]])  # int32: converted
+    np.testing.assert_array_equal(f(X.tolist(), [4, -1]), X[[4, -1]])
+    np.testing.assert_array_equal(f(X[::-2], np.array([2])), X[::-2][[2]])
+    with pytest.raises(IndexOutOfBounds, match="idx: index -7"):
+        f(X, np.array([-7]))
+    with pytest.raises(InputTypeError, match="expected 2 arguments"):
+        f(X)
+    with pytest.raises(InputTypeError, match="idx"):
+        f(X, np.array([0.0]))
+    with pytest.raises(InputTypeError, match="W"):
+        f(X[0], np.array([0]))
+    wf = exprc.matrix("W", shape=(6, 5))
+    fixed = exprc.function([wf, idx], wf[idx], backend="c")
+    assert fixed._kernel.fast_path(True) is None  # static sizes are checked on the general path

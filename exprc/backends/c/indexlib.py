@@ -118,7 +118,8 @@ def make_into(cfg: Config) -> dict[str, Any]:
 def _gather_rows(node: Any, out: np.ndarray, x: np.ndarray, idx: Any) -> bool:
     """out (C-contiguous, len(idx) rows) = x[idx] by the C loop; False when the layout is not one it
     takes (then nothing was written).  A bad index raises, naming the index operand."""
-    if type(idx) is not np.ndarray or idx.ndim != 1 or x.ndim < 1 or not _rows_contiguous(x):
+    if type(idx) is not np.ndarray or idx.ndim != 1 or x.ndim < 1 or not (x.flags.c_contiguous or
+                                                                            _rows_contiguous(x)):
         return False
     ix = idx if idx.dtype == np.int64 and idx.flags.c_contiguous else np.ascontiguousarray(idx, np.int64)
     bad = _LIB[0].exprc_gather_rows(_fb(_CHARS, out, False), _ptr(x), x.shape[0],
@@ -129,20 +130,54 @@ def _gather_rows(node: Any, out: np.ndarray, x: np.ndarray, idx: Any) -> bool:
     return True
 
 
-def direct_gather(cfg: Config, node: Any) -> Any:
-    """For a program that is only ``x[idx]`` of two arguments (an embedding lookup): a callable
-    ``fn(x, idx) -> array or None`` that skips the planner (None: not a whole-row gather this
-    time; the caller takes the general path)."""
+def direct_gather(cfg: Config, node: Any, inputs: Any) -> DirectGather | None:
+    """For a program that is only ``x[idx]`` of its two arguments (an embedding lookup, ``inputs``
+    in that order): a :class:`DirectGather` that skips the planner; None when the index is not
+    one integer array on the first axis or the helper library cannot be built."""
     if node.op != "subtensor" or node.arg("index") != (("A", 1),) or _load(cfg) is None:
         return None
+    return DirectGather(node, inputs)
 
-    def fn(x: np.ndarray, idx: np.ndarray) -> np.ndarray | None:
+
+class DirectGather:
+    """``fn(x, idx) -> array or None`` (None: not a whole-row gather this time, and nothing was
+    written; the caller takes the general path)."""
+
+    def __init__(self, node: Any, inputs: Any):
+        self.node = node
+        self.inputs = inputs
+
+    def __call__(self, x: np.ndarray, idx: np.ndarray) -> np.ndarray | None:
         if idx.ndim != 1 or x.ndim < 1:
             return None
         out = np.empty((idx.size, *x.shape[1:]), x.dtype)
-        return out if _gather_rows(node, out, x, idx) else None
+        return out if _gather_rows(self.node, out, x, idx) else None
 
-    return fn
+    def fast_path(self, single: bool) -> Any:
+        """The Function-level call (``exprc.function``'s dispatcher protocol): with arguments that
+        already are arrays of exactly the inputs' dtypes and ndims, nothing to convert or check
+        (inputs with static sizes are not taken), so a lookup costs what the row copy costs plus a
+        few attribute reads; anything else returns None and the checked path runs."""
+        (x_in, i_in) = self.inputs
+        if i_in.ndim != 1 or any(d is not None for v in self.inputs for d in v.type.shape):
+            return None
+        dx, nx, di = np.dtype(x_in.dtype), x_in.ndim, np.dtype(i_in.dtype)
+        node = self.node
+
+        def fast(*args: Any) -> Any:
+            if len(args) != 2:
+                return None
+            x, idx = args
+            if (type(x) is not np.ndarray or type(idx) is not np.ndarray or x.dtype != dx or idx.dtype != di
+                    or x.ndim != nx or idx.ndim != 1):
+                return None
+            out = np.empty((idx.size, *x.shape[1:]), dx)
+            if not _gather_rows(node, out, x, idx):
+                return None
+            return out if single else [out]
+
+        fast.into = lambda args, outs: None  # type: ignore[attr-defined]  # (out=: the checked path)
+        return fast
 
 
-__all__ = ["direct_gather", "make_into"]
+__all__ = ["DirectGather", "direct_gather", "make_into"]

@@ -151,7 +151,7 @@ class CKernel(Kernel):
         self._direct = None
         if (index_steps and len(steps) == 1 and isinstance(steps[0], Step) and self._outputs == [steps[0].node]
                 and list(steps[0].node.inputs) == self._inputs):
-            self._direct = direct_gather(cfg, steps[0].node)
+            self._direct = direct_gather(cfg, steps[0].node, self._inputs)
 
     def __getattr__(self, name: str) -> Any:
         # The library and what comes from it exist once its build is done: the first access waits
@@ -228,6 +228,8 @@ class CKernel(Kernel):
         It returns None for anything it does not handle, and then the Python path runs."""
         from exprc.backends.c import dispatch
 
+        if self._direct is not None:
+            return self._direct.fast_path(single)
         for flag, d in self._dispatchers:
             if flag == single:
                 return d  # shared by every Function over this kernel (calls are thread-safe)
