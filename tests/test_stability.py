@@ -111,6 +111,15 @@ RULES = [
       absent={"log", "exp"}),
     R("softplus_minus_identity", [lambda m, x: m.log(1 + m.exp(x)) - x, lambda m, x: -x + m.softplus(x)],
       {"softplus"}, [(L, -40, 800)]),
+    R("softplus_linear", [lambda m, x, y: m.log(1 + m.exp(x)) - x * y, lambda m, x, y: y * x - m.softplus(x),
+                          lambda m, x, y: m.softplus(x) - x * y + 2 * y],  # (the loss written out, labels near 1)
+      {"softplus"}, [(L, -700, 700), (L, 0.999, 1.0)]),
+    R("softplus_linear", [lambda m, x, y: m.log(1 + m.exp(x)) - (0.75 * x + x * y)],  # two terms grow with x
+      {"softplus", "where"}, [(L, -700, 700), (L, 0.2, 0.25)]),
+    R("logaddexp_minus_argument", [lambda m, x, y: x - m.log(m.exp(x) + m.exp(y)),
+                                   lambda m, x, y: m.log(m.exp(y) + m.exp(x)) - x,
+                                   lambda m, x, y: 2 * x + y - m.log(m.exp(x) + m.exp(y)) - x],
+      {"softplus"}, [(L, -700, 700), (L, -700, 700)], absent={"log"}),
     R("log_sigmoid", [lambda m, z, y: -(y * m.log(sig(m, z)) + (1 - y) * m.log(1 - sig(m, z)))],  # BCE on logits
       {"softplus"}, [(L, -50, 50), (L, 0, 1)], absent={"log", "sigmoid", "exp"}),
     R("logsumexp_from_log", [lambda m, x: m.log(m.sum(m.exp(x), axis=-1))], {"max", "log1p"},

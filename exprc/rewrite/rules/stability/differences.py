@@ -355,6 +355,87 @@ def softplus_minus_identity(node: Node) -> Node | None:
     return None
 
 
+def _grows_with(t: Node, u: Node) -> bool:
+    """``t`` is ``u`` or a product with ``u`` as a factor (``u*y``): it grows with ``u``."""
+    return t is u or (t.op == "mul" and u in t.inputs)
+
+
+@stability_rule("softplus_linear", SUM_OPS, needs=('softplus',))
+def softplus_linear(node: Node) -> Node | None:
+    """softplus(u) - u*y -> u*([u > 0] - y) + softplus(-|u|) (logistic regression's loss written
+    out; any other terms kept): for large |u| softplus(u) is max(u, 0) plus a part too small to
+    survive the difference with the terms growing with u (u, or u times a cofactor).  Split, u is
+    factored out of the large parts, which then meet in one rounding (1 - y is exact near y = 1),
+    and the small part is added last; other growing terms are summed with max(u, 0) first.
+    (softplus(u) - u alone is softplus_minus_identity's.)"""
+    view = view_of(node)
+    if view is None:
+        return None
+    for c, t in view.terms:
+        if t.op != "softplus":
+            continue
+        u = t.inputs[0]
+        rest = view.without(t)
+        u_view = view_of(u)
+        growing = [(d, r) for d, r in rest.terms if _grows_with(r, u)]
+        if not growing or (u_view is not None and same_up_to_scale(rest, u_view) == -c):
+            continue
+        if all(r is u or len(r.inputs) == 2 for _, r in growing):  # u times (c [u > 0] + the cofactors)
+            step = F.where(u > k(0.0, u), k(1.0, u), k(0.0, u))
+            cofactors = [(d, r.inputs[1] if r.inputs[0] is u else r.inputs[0]) for d, r in growing if r is not u]
+            # c [u > 0] and the constants first (exact for the usual small constants), then the cofactors
+            factor = build_sum(SumView(((c, step),), sum((d for d, r in growing if r is u), Fraction(0))), node)
+            if cofactors:
+                factor = add(factor, build_sum(SumView(tuple(cofactors), Fraction(0)), node))
+            others = rest.without(*[r for _, r in growing])
+            large = SumView(((ONE, mul(u, factor)), *others.terms), others.const)
+        else:
+            large = SumView(((c, make("maximum", u, k(0.0, u))), *rest.terms), rest.const)
+        if not F.broadcast_safe([x for _, x in large.terms], node):
+            continue
+        return add(build_sum(large, node), scale(f("softplus", F.neg(f("abs", u))), c))
+    return None
+
+
+def _difference_error(q: Node, p: Node) -> tuple[Node, Node]:
+    """(s, e) with s = fl(q - p) and q - p = s + e exactly (Knuth's TwoSum; finite s).  Frozen:
+    the sum views would otherwise simplify the error terms back to 0."""
+    def fz(op: str, *xs: Node) -> Node:
+        return F.freeze(make(op, *xs))
+
+    s = fz("sub", q, p)
+    qq = fz("add", s, p)  # the part of s that came from q
+    return s, fz("add", fz("sub", q, qq), fz("sub", fz("sub", qq, s), p))
+
+
+@stability_rule("logaddexp_minus_argument", SUM_OPS, needs=('logaddexp',))
+def logaddexp_minus_argument(node: Node) -> Node | None:
+    """x - logaddexp(x, y) -> -softplus(y - x) (either argument, any other terms kept): for large
+    x and y the logaddexp is x plus a part the difference would cancel; c*logaddexp(p, q) is
+    c*p + c*softplus(q - p) exactly, and c*p cancels symbolically against the other terms.  The
+    rounding of q - p is carried (TwoSum, first order: softplus' = sigmoid): where softplus(q - p) is
+    e**-600 the argument's last bit is worth 9 bits of the result."""
+    view = view_of(node)
+    if view is None:
+        return None
+    for c, t in view.terms:
+        if t.op != "logaddexp":
+            continue
+        rest = view.without(t)
+        for p, q in (t.inputs, t.inputs[::-1]):
+            pv = view_of(p)
+            if pv is None or not pv.terms or any(rest.coef(term) != -c * kp for kp, term in pv.terms):
+                continue
+            left = rest.plus(pv, c)
+            s, e = _difference_error(q, p)
+            carried = F.where(f("isfinite", e), mul(e, f("sigmoid", s)), k(0.0, s))
+            small = scale(add(f("softplus", s), carried), c)
+            if not F.broadcast_safe([small, *[r for _, r in left.terms]], node):
+                continue
+            return small if left.is_const and left.const == 0 else add(build_sum(left, node), small)
+    return None
+
+
 @stability_rule("variance_two_pass", SUM_OPS, needs=('mean',))
 def variance_two_pass(node: Node) -> Node | None:
     """mean(x**2) - mean(x)**2 -> mean((x - mean(x))**2) (no cancellation, never negative)."""
