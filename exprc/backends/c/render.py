@@ -1,11 +1,13 @@
 """The C renderer: a lowered :class:`~exprc.fusion.Program` to one C99 file.
 
-Each kernel becomes a ``static void`` function with two paths: a contiguous
-path (flat loop over ``restrict`` pointers, ``#pragma omp simd``, vector math)
-and a strided path (nested loops over byte strides; covers broadcasting,
-negative strides, views, 0-d and zero-size arrays).  Sizes and strides are
-read from the parameter block ``P`` filled by the runtime, so one binary serves
-every shape.  ``exprc_run`` calls the kernels in order.
+Each kernel becomes a function with two paths: a contiguous path (flat loop over ``restrict``
+pointers, ``#pragma omp simd``, vector math; not rendered where the planner can never take it)
+and a strided path (nested loops over byte strides; covers broadcasting, negative strides, views,
+0-d and zero-size arrays).  Sizes and strides are read from the parameter block ``P`` filled by
+the runtime, so one binary serves every shape.  ``exprc_run`` calls the kernels in order.  Kernels
+hold no OpenMP region: their chunk and row functions run through the prelude's two runners
+(``exprc_chunks``, ``exprc_range``), and a mark between kernels lets compile.py build a large
+module as several translation units at once.
 
 Nothing the user names reaches the source: arrays are ``ptrs[j]`` (a kernel's own accesses), values
 ``t<i>``, constants are printed as hex floats, and each kernel's header
