@@ -158,3 +158,35 @@ def test_guards_skip_their_rare_branch_with_the_same_bits():
     assert np.isfinite(got[0][5]) and abs(got[0][5] - want) < 1e-13 * want
     want = np.exp(400.0 * 2.0 + 400.0 * full[1][7])  # exp(800) overflows alone: the joined exp
     assert np.isfinite(got[1][7]) and abs(got[1][7] - want) < 1e-12 * want
+
+
+def test_a_reduction_keeping_the_last_axis_reads_rows_and_keeps_the_bits():
+    """sum(x, axis=0) and its kind (the last axis kept) run with that axis innermost, an accumulator
+    per element: each output still adds its elements in order, so the result is NumPy's sequential
+    row-by-row reduction to the bit, and the same on one thread or two."""
+    x, t = exprc.matrix("x"), exprc.tensor("t", "float64", ndim=3)
+    outs = [exprc.sum(x, axis=0), exprc.max(x * 2.0, axis=0), exprc.mean(exprc.exp(x), axis=0),
+            exprc.sum(x.astype("float32"), axis=0), exprc.min(x, axis=0, keepdims=True)]
+    funcs = {n: exprc.function([x], outs, config=exprc.Config(num_threads=n)) for n in (1, 2)}
+    assert "EXPRC_CBLOCK" in funcs[1].source
+    rng = np.random.default_rng(7)
+    for shape in [(128, 128), (7, 600), (1, 257), (3000, 300), (1000, 3), (300, 513), (50, 9000)]:  # (threads: 9000)
+        a = rng.standard_normal(shape)
+        a[rng.integers(0, shape[0]), rng.integers(0, shape[1])] = np.nan
+        got = funcs[1](a)
+        np.testing.assert_array_equal(got[0], np.add.reduce(a, axis=0))
+        np.testing.assert_array_equal(got[1], np.maximum.reduce(a * 2.0, axis=0))
+        np.testing.assert_allclose(got[2], np.exp(a).mean(axis=0), rtol=1e-14)
+        np.testing.assert_allclose(got[3], a.astype(np.float32).sum(axis=0, dtype=np.float64).astype(np.float32),
+                                   rtol=1e-6)
+        np.testing.assert_array_equal(got[4], a.min(axis=0, keepdims=True))
+        for g, h in zip(got, funcs[2](a)):
+            np.testing.assert_array_equal(g, h)
+        for view in (a[::-1, ::2], a[:, 1:]):  # strided rows, offsets
+            np.testing.assert_array_equal(funcs[2](view)[0], np.add.reduce(np.ascontiguousarray(view), axis=0))
+    np.testing.assert_array_equal(exprc.function([x], exprc.sum(x, axis=0))(np.zeros((0, 4))), np.zeros(4))
+    f3 = exprc.function([t], [exprc.sum(t, axis=(0, 1)), exprc.sum(t * t, axis=0)])
+    c = rng.standard_normal((4, 5, 300))
+    got = f3(c)
+    np.testing.assert_array_equal(got[0], np.add.reduce(c.reshape(20, 300), axis=0))
+    np.testing.assert_array_equal(got[1], np.add.reduce(c * c, axis=0))

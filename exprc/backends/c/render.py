@@ -20,6 +20,7 @@ import math
 import re
 import string
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -422,13 +423,14 @@ class CRenderer:
         run = f"exprc_chunks({name}, ptrs, P, {total}, {parallel_threshold(kl.kernel)}, nthreads, {part});"
         return fn, [run]
 
-    def _rows(self, kl: KernelLayout, lines: list[str], total: str, head: list[str]) -> tuple[list[str], list[str]]:
+    def _rows(self, kl: KernelLayout, lines: list[str], total: str, head: list[str],
+              count: str = "n0") -> tuple[list[str], list[str]]:
         """(a range function running the loop nest ``lines``, whose outer loop is over [lo, hi), the
-        line running it over the outer dimension, split between threads when ``total`` exceeds the
-        kernel's threshold).  ``head`` declares what the nest reads besides the sizes."""
+        line running it over [0, count) (the outer dimension), split between threads when ``total``
+        exceeds the kernel's threshold).  ``head`` declares what the nest reads besides the sizes."""
         name = f"{kl.kernel.name}_rows"
         fn = [f"EXPRC_RANGE({name})", "{", *self._dims(kl), *head, *lines, "}"]
-        return fn, [f"    exprc_range({name}, ptrs, P, n0, {total} > {parallel_threshold(kl.kernel)}, nthreads);"]
+        return fn, [f"    exprc_range({name}, ptrs, P, {count}, {total} > {parallel_threshold(kl.kernel)}, nthreads);"]
 
     def render_elemwise(self, kl: KernelLayout) -> tuple[list[str], list[str]]:
         k = kl.kernel
@@ -666,9 +668,16 @@ class CRenderer:
                      "        (void)nanf;",
                      f"        *({out_t} *){self.ptr(kl, out_j)} = ({out_t})({fin});",
                      "        return;", "    }"]
-        # General path: kept dims outside (parallel), reduced dims inside.
+        red_total = " * ".join(f"n{d}" for d in range(nk, nd)) or "1"
+        red_head = [f"    const int64_t red_total = {red_total};", "    (void)red_total;"]
         names = {}
         addr = {j: self.ptr(kl, j) for j, (node, s, _) in enumerate(kl.accesses) if node.ndim or j == out_j}
+        if nk and nd > nk and kl.perm[nk - 1] == nd - 1 and not kl.draws:
+            lines = self._column_nest(kl, addr, value, (acc_t, init, fin, out_t))
+            count = "(n0 + EXPRC_CBLOCK - 1) / EXPRC_CBLOCK" if nk == 1 else "n0"
+            rows, run = self._rows(kl, lines, "kept_total", red_head, count)
+            return flat + rows, main + run
+        # General path: kept dims outside (parallel), reduced dims inside.
         lines, indent = self._nest(kl, range(nk), "    ", None, addr, ranged=True)
         lines.append(f"{indent}{acc_t} acc = {init}; int nanf = 0; (void)nanf;")
         out_addr = addr[out_j]
@@ -684,10 +693,43 @@ class CRenderer:
         lines += self._close(range(nk), indent)[0]
         if not nk:
             return flat, main + lines
-        red_total = " * ".join(f"n{d}" for d in range(nk, nd)) or "1"
-        rows, run = self._rows(kl, lines, "kept_total", [f"    const int64_t red_total = {red_total};",
-                                                         "    (void)red_total;"])
+        rows, run = self._rows(kl, lines, "kept_total", red_head)
         return flat + rows, main + run
+
+    def _column_nest(self, kl: KernelLayout, addr: dict[int, str], value: Any, acc: tuple[str, ...]) -> list[str]:
+        """The strided path of a reduction that keeps the source's last axis (``sum(x, axis=0)`` of a
+        matrix: a bias gradient): that axis innermost, in blocks of EXPRC_CBLOCK elements with an
+        accumulator each, so a C-contiguous operand is read row after row, not column after column
+        (a stride of a whole row per element).  Each output element still combines its elements in
+        the same order: the same bits as the kept-outside nest.  The range is over the first kept
+        dimension, or over the blocks when that is the only one."""
+        acc_t, init, fin, out_t = acc
+        nk, nd, n_in, last = kl.nkept, kl.ndim, len(kl.kernel.operands), kl.nkept - 1
+        out_j = len(kl.accesses) - 1
+        names: dict[Node, str] = {}
+        lines, indent = self._nest(kl, range(last), "    ", None, addr, ranged=True)
+        lo, hi = ("lo", "hi") if last == 0 else ("0", f"(n{last} + EXPRC_CBLOCK - 1) / EXPRC_CBLOCK")
+        block = f"const int64_t jb = cb * EXPRC_CBLOCK, jn = n{last} - jb < EXPRC_CBLOCK ? n{last} - jb : EXPRC_CBLOCK;"
+        lines += [f"{indent}for (int64_t cb = {lo}; cb < {hi}; cb++) {{", f"{indent}    {block}",
+                  f"{indent}    {acc_t} accv[EXPRC_CBLOCK]; int nanv[EXPRC_CBLOCK];",
+                  f"{indent}    for (int64_t jj = 0; jj < jn; jj++) {{ accv[jj] = {init}; nanv[jj] = 0; }}"]
+        indent += "    "
+        red_addr = {j: a for j, a in addr.items() if j != out_j}
+        nest, red_indent = self._nest(kl, range(nk, nd), indent, None, red_addr)
+        inner = red_indent + "    "
+        lines += [*nest, f"{red_indent}for (int64_t jj = 0; jj < jn; jj++) {{", f"{inner}const int64_t i{last} = jb + jj;"]
+        lines += self._advance(kl, last, inner, red_addr)
+        lines.append(f"{inner}{acc_t} acc = accv[jj]; int nanf = nanv[jj]; (void)nanf;")
+        lines += [self._load(kl, j, red_addr.get(j, ""), inner, names) for j in range(n_in)]
+        lines += [*value(names, inner), f"{inner}accv[jj] = acc; nanv[jj] = nanf;", f"{red_indent}}}"]
+        lines += self._close(range(nk, nd), red_indent)[0]
+        out_addr = {out_j: addr[out_j]}
+        lines += [f"{indent}for (int64_t jj = 0; jj < jn; jj++) {{", f"{indent}    const int64_t i{last} = jb + jj;"]
+        lines += self._advance(kl, last, indent + "    ", out_addr)
+        lines += [f"{indent}    const {acc_t} acc = accv[jj]; const int nanf = nanv[jj]; (void)nanf;",
+                  f"{indent}    *({out_t} *)({out_addr[out_j]}) = ({out_t})({fin});", f"{indent}}}"]
+        lines.append(f"{indent[:-4]}}}")
+        return lines + self._close(range(last), indent[:-4])[0]
 
     def render_matmul(self, kl: KernelLayout) -> list[str]:
         """C = A @ B through the BLAS the runtime installed (``exprc_set_blas``); a plain

@@ -53,6 +53,8 @@ EXPRC_INLINE int64_t exprc_chunk_count(int64_t total, int64_t size)
 #define EXPRC_THREAD_RANGE(total, lo, hi, id) const int64_t id = 0, lo = 0, hi = (total);
 #endif
 #define EXPRC_MAX_THREADS 256
+/* Elements of the kept last axis a column reduction (sum(x, axis=0)) accumulates at once. */
+#define EXPRC_CBLOCK 256
 
 /* The parallel regions of a module.  A kernel's contiguous path is a chunk function (chunk c is
  * [lo, hi); a reduction stores its partial in part[c] and its NaN flag in pnan[c]) and its strided
