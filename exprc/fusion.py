@@ -55,8 +55,13 @@ class Kernel:
 
     @property
     def name(self) -> str:
-        ops = [re.sub(r"[^A-Za-z0-9]", "", n.op) for n in self.body if n.op != "cast"][:4] or ["copy"]
-        return f"k{self.index}_" + "_".join(ops)
+        ops = []
+        for n in self.body:  # (the first four: a body can be 10,000 nodes long)
+            if n.op != "cast":
+                ops.append(re.sub(r"[^A-Za-z0-9]", "", n.op))
+                if len(ops) == 4:
+                    break
+        return f"k{self.index}_" + "_".join(ops or ["copy"])
 
     @property
     def ops(self) -> list[str]:
