@@ -463,9 +463,13 @@ class CRenderer:
         return flat + rows, main + run
 
     def _flat_possible(self, kl: KernelLayout) -> bool:
-        """Whether the planner can set kernel ``kl``'s contiguous flag (plan.py: for a reduction that
-        keeps no axis; for an elementwise loop whose every array operand has the loop's shape).
-        Where it cannot, the contiguous path is dead code and is not rendered (gcc's time)."""
+        """Whether kernel ``kl`` gets a contiguous path: the planner sets its flag only for a
+        reduction that keeps no axis and for an elementwise loop whose every array operand has the
+        loop's shape.  An operand of lower ndim never has it; one with a static size of 1 where the
+        loop's size is not known to be 1 (a keepdims row statistic: ``z - max(z, axis=1)``) has it
+        only in the degenerate case of a loop of that size 1, which the strided path also computes.
+        A path that is dead or nearly so is not rendered: it was a third of gcc's time on a
+        softmax training step."""
         k = kl.kernel
         if k.reduce is not None:
             return kl.nkept == 0
@@ -473,9 +477,8 @@ class CRenderer:
         for j, (node, _, _) in enumerate(kl.accesses[:len(k.operands)]):
             if node.ndim == 0 or j in kl.models:
                 continue
-            if node.ndim != len(shape) or any(a == 1 and b is not None and b != 1
-                                              for a, b in zip(node.type.shape, shape)):
-                return False  # broadcast along a dimension, always: never the loop's shape
+            if node.ndim != len(shape) or any(a == 1 and b != 1 for a, b in zip(node.type.shape, shape)):
+                return False
         return True
 
     def _flat_elemwise(self, kl: KernelLayout) -> tuple[list[str], list[str]]:
