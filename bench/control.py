@@ -39,7 +39,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from timing import best  # (bench/, the script's folder)
+from timing import best, set_threads, try_import  # (bench/, the script's folder)
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -47,22 +47,6 @@ EXAMPLES = ROOT / "examples" / "theano_tutorials"
 
 V, E, H, B, T_STEPS = 20, 32, 128, 16, 10  # vocabulary, embedding, hidden, batch, sequence length
 R, X0, N_MAP = 3.7, 0.5, 1_000_000
-
-
-def _set_threads(n: int) -> None:
-    """Before numpy/exprc/jax are imported."""
-    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "EXPRC_NUM_THREADS"):
-        os.environ[var] = str(n)
-    if n == 1:
-        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
-                                   " --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1").strip()
-
-
-def _try_import(name: str):
-    try:
-        return __import__(name)
-    except Exception:  # noqa: BLE001 - an optional system that does not import is skipped
-        return None
 
 
 def _paths() -> None:
@@ -404,7 +388,7 @@ def main() -> None:
     ap.add_argument("--no-json", action="store_true")
     ap.add_argument("--_compile-child", nargs=2, metavar=("SYSTEM", "N_STEPS"), help=argparse.SUPPRESS)
     args = ap.parse_args()
-    _set_threads(args.threads)
+    set_threads(args.threads)
     if args._compile_child:
         compile_child(args._compile_child[0], int(args._compile_child[1]))
         return
@@ -413,7 +397,7 @@ def main() -> None:
     systems = args.systems.split(",")
     missing = []
     for opt in ("jax", "pytensor"):
-        if opt in systems and _try_import(opt) is None:
+        if opt in systems and try_import(opt) is None:
             systems.remove(opt)
             missing.append(opt)
     if missing:
@@ -423,7 +407,7 @@ def main() -> None:
                  "cpus": os.cpu_count(), "threads": args.threads, "load_start": os.getloadavg()[0],
                  "skipped_systems": missing, "python": platform.python_version()}
     for mod in ("numpy", "jax", "pytensor"):
-        m = _try_import(mod)
+        m = try_import(mod)
         if m is not None:
             res[f"{mod}_version"] = m.__version__
     if "compile" not in skip:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 
@@ -19,3 +20,20 @@ def best(fns: dict[str, Callable[[], object]], n: int, rounds: int = 7) -> dict[
                 fn()
             times[k].append((time.perf_counter() - t) / n)
     return {k: min(v) for k, v in times.items()}
+
+
+def set_threads(n: int) -> None:
+    """OpenBLAS, OpenMP, MKL, exprc and XLA to ``n`` threads (before numpy/exprc/jax are imported)."""
+    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "EXPRC_NUM_THREADS"):
+        os.environ[var] = str(n)
+    if n == 1:
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                                   " --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1").strip()
+
+
+def try_import(name: str):
+    """The module, or None when it does not import (an optional system is then skipped)."""
+    try:
+        return __import__(name)
+    except Exception:  # noqa: BLE001 - any failure means the system is not available
+        return None

@@ -37,27 +37,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from timing import best  # (bench/, the script's folder)
+from timing import best, set_threads, try_import  # (bench/, the script's folder)
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 N, D, HID, C, LR = 128, 64, 128, 10, 0.1
-
-
-def _set_threads(n: int) -> None:
-    """Before numpy/exprc/jax are imported."""
-    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "EXPRC_NUM_THREADS"):
-        os.environ[var] = str(n)
-    if n == 1:
-        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
-                                   " --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1").strip()
-
-
-def _try_import(name: str):
-    try:
-        return __import__(name)
-    except Exception:  # noqa: BLE001 - an optional system that does not import is skipped
-        return None
 
 
 def data(model: str):
@@ -210,13 +194,13 @@ def main() -> None:
     ap.add_argument("--json", default=None)
     ap.add_argument("--_compile-child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
-    _set_threads(args.threads)
+    set_threads(args.threads)
     if str(ROOT) not in sys.path:
         sys.path.insert(0, str(ROOT))
     if args._compile_child:
         compile_child()
         return
-    systems = [s for s in args.systems.split(",") if s in ("exprc", "numpy") or _try_import(s) is not None]
+    systems = [s for s in args.systems.split(",") if s in ("exprc", "numpy") or try_import(s) is not None]
     rows = bench_steps(systems, 3 if args.quick else 9)
     print(f"training steps, {args.threads} thread(s), load average {os.getloadavg()[0]:.2f}; "
           "us per step (time / NumPy time)")

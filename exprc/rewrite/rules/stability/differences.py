@@ -342,17 +342,21 @@ def log_difference(node: Node) -> Node | None:
 @stability_rule("softplus_minus_identity", SUM_OPS, needs=('softplus',))
 def softplus_minus_identity(node: Node) -> Node | None:
     """softplus(x) - x -> softplus(-x)."""
-    view = view_of(node)
-    if view is None:
-        return None
-    for c, t in view.terms:
-        if t.op != "softplus":
-            continue
+    for view, c, t in _terms(node, "softplus"):
         u = view_of(t.inputs[0])
         rest = view.without(t)
         if u is not None and same_up_to_scale(rest, u) == -c:
             return scale(f("softplus", F.neg(t.inputs[0])), c)
     return None
+
+
+def _terms(node: Node, op: str):
+    """(view, c, t) for each term c*t of ``node``'s sum view whose op is ``op``."""
+    view = view_of(node)
+    if view is not None:
+        for c, t in view.terms:
+            if t.op == op:
+                yield view, c, t
 
 
 def _grows_with(t: Node, u: Node) -> bool:
@@ -368,12 +372,7 @@ def softplus_linear(node: Node) -> Node | None:
     factored out of the large parts, which then meet in one rounding (1 - y is exact near y = 1),
     and the small part is added last; other growing terms are summed with max(u, 0) first.
     (softplus(u) - u alone is softplus_minus_identity's.)"""
-    view = view_of(node)
-    if view is None:
-        return None
-    for c, t in view.terms:
-        if t.op != "softplus":
-            continue
+    for view, c, t in _terms(node, "softplus"):
         u = t.inputs[0]
         rest = view.without(t)
         u_view = view_of(u)
@@ -415,12 +414,7 @@ def logaddexp_minus_argument(node: Node) -> Node | None:
     c*p + c*softplus(q - p) exactly, and c*p cancels symbolically against the other terms.  The
     rounding of q - p is carried (TwoSum, first order: softplus' = sigmoid): where softplus(q - p) is
     e**-600 the argument's last bit is worth 9 bits of the result."""
-    view = view_of(node)
-    if view is None:
-        return None
-    for c, t in view.terms:
-        if t.op != "logaddexp":
-            continue
+    for view, c, t in _terms(node, "logaddexp"):
         rest = view.without(t)
         for p, q in (t.inputs, t.inputs[::-1]):
             pv = view_of(p)
