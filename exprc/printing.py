@@ -101,7 +101,7 @@ def pprint(expr: Node | Sequence[Node], max_inline: int = 60, max_nodes: int | N
     subexpressions longer than 60 characters become bindings and the text stops at
     ``40 * max_nodes`` characters (the work is then bounded too: a summary of a huge graph, as in
     a generated kernel's comment, costs O(max_nodes), not the whole graph).  A graph of at most
-    ``max_nodes`` nodes prints as without it.
+    ``max_nodes`` nodes prints as without it, up to that length.
     """
     outputs = [expr] if isinstance(expr, Node) else list(expr)
     if max_nodes is not None:

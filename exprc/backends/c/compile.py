@@ -222,6 +222,7 @@ def _run(cmds: list[list[str]], src: Path) -> None:
     except (OSError, subprocess.TimeoutExpired) as exc:
         for _, p in procs:
             p.kill()
+            p.wait()
         raise CompileError(f"could not run the C compiler: {exc}", str(src), "") from exc
     for cmd, (out, err), rc in results:
         if rc != 0:
