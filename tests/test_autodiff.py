@@ -464,6 +464,35 @@ def test_softmax_and_logsumexp_gradients_do_not_route_through_the_max():
         assert_close(g, p - yv, ulps=16)
 
 
+def test_the_gradient_of_an_operand_of_an_operand_is_one_sum_to():
+    """sum_to(sum_to(g, a), b) with b an operand of a is one sum_to (rule sum_to_twice): an MLP step's
+    plan is then one native call (the nested one ran as a NumPy step every call), and gradients are
+    right when broadcasting happens at call time (b given as 1 x k)."""
+    x, W, b, V, c, Y = (exprc.matrix(n) for n in ("x", "W", "b", "V", "c", "Y"))
+    h = exprc.tanh(x @ W + b)
+    loss = exprc.sum((h @ V + c) * Y)
+    grads = exprc.grad(loss, [W, b, V, c])
+    nested = [n for n in toposort(exprc.optimize(grads).outputs)
+              if n.op == "sum_to" and n.inputs[0].op == "sum_to"]
+    assert not nested
+    rng = np.random.default_rng(2)
+    xv, Wv, Vv, Yv = (rng.standard_normal(s) for s in ((5, 3), (3, 4), (4, 2), (5, 2)))
+    for bv, cv in [(rng.standard_normal((1, 4)), rng.standard_normal((1, 2))),
+                   (rng.standard_normal((5, 4)), rng.standard_normal((5, 2)))]:
+        hv_full = np.tanh(xv @ Wv + bv)
+        dz = (Yv @ Vv.T) * (1 - hv_full ** 2)
+        want = [xv.T @ dz, dz.sum(0, keepdims=True) if bv.shape[0] == 1 else dz, hv_full.T @ Yv,
+                Yv.sum(0, keepdims=True) if cv.shape[0] == 1 else Yv]
+        for backend in BACKENDS:
+            f = exprc.function([x, W, b, V, c, Y], grads, backend=backend)
+            for g, w in zip(f(xv, Wv, bv, Vv, cv, Yv), want):
+                np.testing.assert_allclose(g, w, rtol=1e-12, atol=1e-14)
+    step = [p - 0.1 * g for p, g in zip([W, b, V, c], grads)]  # an SGD step's outputs
+    f = exprc.function([x, W, b, V, c, Y], [loss, *step], backend="c")
+    assert f._kernel._make_plan([xv, Wv, rng.standard_normal((5, 4)), Vv, rng.standard_normal((5, 2)), Yv],
+                                None).simple
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_binary_cross_entropy_on_logits(backend):
     z, t = exprc.vector("z"), exprc.vector("t")

@@ -33,6 +33,7 @@ import math
 import numpy as np
 
 from exprc.graph import Node
+from exprc.ops import OPS
 from exprc.rewrite.core import C, P, X, constant_value, rewrite_rule
 from exprc.rewrite.forms import const, make
 from exprc.types import is_float
@@ -152,6 +153,28 @@ def stop_gradient_to_identity(node: Node, x: Node) -> Node:
     """stop_gradient(x) -> x: the identity on values (it only steers exprc.grad, which runs on
     unoptimized graphs), so compiled code never pays for it."""
     return x
+
+
+def _operand_of(b: Node, a: Node, depth: int = 8) -> bool:
+    """``b`` is ``a`` or (within ``depth`` levels) an operand of elementwise ``a``: its shape
+    broadcasts to ``a``'s."""
+    level = [a]
+    for _ in range(depth + 1):
+        if any(n is b for n in level):
+            return True
+        level = [i for n in level if OPS[n.op].kind == "elemwise" for i in n.inputs]
+        if not level:
+            return False
+    return False
+
+
+@rewrite_rule("sum_to_twice", _CANON, P("sum_to", P("sum_to", X("g"), X("a")), X("b")))
+def sum_to_twice(node: Node, g: Node, a: Node, b: Node) -> Node | None:
+    """sum_to(sum_to(g, a), b) -> sum_to(g, b) when b broadcasts to a (the gradient of an operand
+    of an operand): the axes a was broadcast along are among b's, so one reduction does both.  A
+    gradient step then has one call-time decision instead of two in a row, which the C planner
+    can turn into an alias (nested, the outer one ran as a NumPy step on every call)."""
+    return make("sum_to", g, b) if _operand_of(b, a) else None
 
 
 # -- specialize: back to the cheapest equivalent form -------------------------------------
