@@ -259,6 +259,53 @@ def run_case(case: Case, systems: dict, n: int, seed: int) -> dict:
     return out
 
 
+def run_grad(case: Case, n: int, seed: int) -> dict:
+    """Bits lost by ``exprc.grad`` of the case's formula (default pipeline, C backend) against
+    mpmath's derivative at the same points: the gradient of the sum of the formula with respect to
+    each input, the worst input per point.  Cases that reduce over rows are skipped."""
+    if case.rows:
+        return {"skipped": "reduces over rows"}
+    import mpmath
+
+    args = _inputs(case, n, seed)
+    vars_ = [exprc.vector(f"x{i}") for i in range(len(case.ranges))]
+    try:
+        f = exprc.function(vars_, exprc.grad(exprc.sum(case.fn(exprc, *vars_)), vars_))
+        with np.errstate(all="ignore"):
+            got = [np.asarray(g, dtype=np.float64) for g in f(*args)]
+    except Exception as e:  # noqa: BLE001
+        return {"error": f"{type(e).__name__}: {e}"[:200]}
+    lost = []
+    for k, g in enumerate(got):
+        def derivative(m, *pts, k=k):
+            return mpmath.diff(lambda t: case.fn(m, *pts[:k], t, *pts[k + 1:]), pts[k])
+
+        lost.append(bits_lost(np.broadcast_to(g, args[k].shape), reference(derivative, args)))
+    b = np.max(lost, axis=0)
+    return {"median": float(np.median(b)), "max": float(np.max(b)), "fixed": bool(np.max(b) <= FIXED_BITS)}
+
+
+def grad_table(cases: list, values: dict, n: int, seed: int) -> dict:
+    """Print and return the gradient column: per case the bits lost by exprc.grad, and how many of
+    the cases whose values the default pipeline fixes have a gradient within 4 bits too."""
+    print(f"\ngradients: exprc.grad of each formula (default pipeline, C backend) against mpmath's derivative, "
+          f"{n} points per case")
+    out: dict = {}
+    for case in cases:
+        r = out[case.name] = run_grad(case, n, seed)
+        cell = r.get("skipped") or r.get("error") or f"{r['median']:6.1f} /{r['max']:5.1f} {'ok' if r['fixed'] else ''}"
+        print(f"  {case.name:24s} {cell}", flush=True)
+    done = [c for c in out if "max" in out[c]]
+    fixed_values = [c for c in done if values.get(c, {}).get("systems", {}).get("exprc", {}).get("fixed")]
+    summary = {"cases": len(done), "fixed": sum(out[c]["fixed"] for c in done),
+               "value_fixed_cases": len(fixed_values), "value_fixed_with_gradient_fixed":
+               sum(out[c]["fixed"] for c in fixed_values)}
+    print(f"gradients within 4 bits: {summary['fixed']} / {summary['cases']} cases; of the "
+          f"{summary['value_fixed_cases']} whose values are fixed by default: "
+          f"{summary['value_fixed_with_gradient_fixed']}")
+    return {"cases": out, "summary": summary}
+
+
 # -- the 1,000-node rewrite time -----------------------------------------------------------------
 def big_graph(n_nodes: int = 1000, seed: int = 0) -> list:
     """A random elementwise graph of about ``n_nodes`` nodes mixing plain arithmetic with the
@@ -313,6 +360,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", help="where to write the results (default bench/results/accuracy-<timestamp>.json)")
     ap.add_argument("--no-json", action="store_true")
     ap.add_argument("--timing-only", action="store_true")
+    ap.add_argument("--grad-points", type=int, default=200,
+                    help="points per case for the gradient table (mpmath derivatives; 0 skips it)")
     args = ap.parse_args(argv)
 
     timing = rewrite_time()
@@ -353,6 +402,8 @@ def main(argv: list[str] | None = None) -> int:
         for n, s in summary.items():
             print(f"{n:14s} {s['fixed']:>22d} / {s['cases']:<5d} {s['median_of_max_bits']:>20.1f} "
                   f"{s['median_of_median_bits']:>18.2f} {s['max_bits']:>7.1f}")
+        if args.grad_points:
+            results["gradients"] = grad_table(cases, results["cases"], args.grad_points, args.seed)
     if SEARCH_TIMES:
         cold = [t["search_seconds"] for t in SEARCH_TIMES.values() if not t["skipped"]]
         warm = [t["cached_compile_seconds"] for t in SEARCH_TIMES.values()]

@@ -307,10 +307,12 @@ def test_prune_by_age_and_size(populated):
     r = exprc_cli(populated, "cache", "prune", "--older-than", "30d")
     assert r.returncode == 0 and "removed 1 entries" in r.stdout
     assert [p.name for p in _entries(populated)] == [p.name for p in es[1:]]
-    r = exprc_cli(populated, "cache", "prune", "--max-size", "30k")
+    sizes = [row["size_bytes"] for row in json.loads(exprc_cli(populated, "cache", "list", "--json").stdout)]
+    limit = max(sizes) + min(sizes) // 2  # room for one entry (the biggest), not for two
+    r = exprc_cli(populated, "cache", "prune", "--max-size", str(limit))
     assert r.returncode == 0
     rows = json.loads(exprc_cli(populated, "cache", "list", "--json").stdout)
-    assert len(rows) == 1 and sum(row["size_bytes"] for row in rows) <= 30 * 1024
+    assert len(rows) == 1 and sum(row["size_bytes"] for row in rows) <= limit
 
 
 def test_unlock_removes_only_unheld_locks(populated):
