@@ -111,6 +111,7 @@ RULES = [
       absent={"log", "exp"}),
     R("softplus_minus_identity", [lambda m, x: m.log(1 + m.exp(x)) - x, lambda m, x: -x + m.softplus(x)],
       {"softplus"}, [(L, -40, 800)]),
+    R("swish_tail", [lambda m, x: x / (1 + m.exp(-x)), lambda m, x: x * m.sigmoid(x)], {"where"}, [(L, -800, -700)]),
     R("softplus_linear", [lambda m, x, y: m.log(1 + m.exp(x)) - x * y, lambda m, x, y: y * x - m.softplus(x),
                           lambda m, x, y: m.softplus(x) - x * y + 2 * y],  # (the loss written out, labels near 1)
       {"softplus"}, [(L, -700, 700), (L, 0.999, 1.0)]),
@@ -238,7 +239,7 @@ RULES = [
     R("product_cancel", [lambda m, x, y: (x * y) / y, lambda m, x, y: (x / y) * y, lambda m, x, y: y * x / y],
       set(), [(G, 1e100, 1e200), (G, 1e150, 1e300)], absent={"truediv"}),
     R("sigmoid_from_exp", [lambda m, x: x / (1 + m.exp(-x)), lambda m, x: x * (1 / (1 + m.exp(-x)))],
-      {"sigmoid"}, [(L, -700, 800)], absent={"exp"}, naive_fails=False),  # swish: x sigmoid(x)
+      {"sigmoid"}, [(L, -700, 800)], absent={"truediv"}, naive_fails=False),  # swish: x sigmoid(x) (swish_tail)
     R("sum_cancel", [lambda m, x: (x + 1e16) - 1e16, lambda m, x: -1e16 + (1e16 + x)], set(), [(L, -1, 1)],
       absent={"add", "sub"}),
     R("sum_cancel", [lambda m, x, y: (x + y) - x, lambda m, x, y: -x + (y + x)], set(),

@@ -161,6 +161,17 @@ def with_rest(view: SumView, drop: list[Node], replacement: Node, like: Node) ->
     return add(replacement, build_sum(rest, like))
 
 
+def two_sum(a: Node, b: Node) -> tuple[Node, Node]:
+    """(s, e) with s = fl(a + b) and a + b = s + e exactly (Knuth's TwoSum; finite s).  Frozen: the
+    sum views would otherwise simplify the error terms back to 0."""
+    def fz(op: str, *xs: Node) -> Node:
+        return F.freeze(make(op, *xs))
+
+    s = fz("add", a, b)
+    aa = fz("sub", s, b)  # the part of s that came from a
+    return s, fz("add", fz("sub", a, aa), fz("sub", b, fz("sub", s, aa)))
+
+
 def view_of(node: Node) -> SumView | None:
     return sum_view(node)
 

@@ -31,6 +31,7 @@ from exprc.rewrite.rules.stability._common import (
     sqrt_of,
     stability_rule,
     sub,
+    two_sum,
     view_of,
     with_rest,
 )
@@ -396,17 +397,6 @@ def softplus_linear(node: Node) -> Node | None:
     return None
 
 
-def _difference_error(q: Node, p: Node) -> tuple[Node, Node]:
-    """(s, e) with s = fl(q - p) and q - p = s + e exactly (Knuth's TwoSum; finite s).  Frozen:
-    the sum views would otherwise simplify the error terms back to 0."""
-    def fz(op: str, *xs: Node) -> Node:
-        return F.freeze(make(op, *xs))
-
-    s = fz("sub", q, p)
-    qq = fz("add", s, p)  # the part of s that came from q
-    return s, fz("add", fz("sub", q, qq), fz("sub", fz("sub", qq, s), p))
-
-
 @stability_rule("logaddexp_minus_argument", SUM_OPS, needs=('logaddexp',))
 def logaddexp_minus_argument(node: Node) -> Node | None:
     """x - logaddexp(x, y) -> -softplus(y - x) (either argument, any other terms kept): for large
@@ -421,7 +411,7 @@ def logaddexp_minus_argument(node: Node) -> Node | None:
             if pv is None or not pv.terms or any(rest.coef(term) != -c * kp for kp, term in pv.terms):
                 continue
             left = rest.plus(pv, c)
-            s, e = _difference_error(q, p)
+            s, e = two_sum(q, F.neg(p))  # q - p, its rounding carried
             carried = F.where(f("isfinite", e), mul(e, f("sigmoid", s)), k(0.0, s))
             small = scale(add(f("softplus", s), carried), c)
             if not F.broadcast_safe([small, *[r for _, r in left.terms]], node):

@@ -35,6 +35,7 @@ from exprc.rewrite.rules.stability._common import (
     stability_rule,
     sub,
     sum_of_exp,
+    two_sum,
     view_of,
 )
 
@@ -228,6 +229,21 @@ def _square_error(u: Node, hi: Node) -> Node:
     hh = fz("mul", uh, uh)
     cross = fz("mul", fz("mul", uh, ul), k(2.0, u))
     return fz("add", fz("add", fz("sub", hh, hi), cross), fz("mul", ul, ul))
+
+
+@stability_rule("swish_tail", P("mul", X("a"), X("b")))
+def swish_tail(node: Node, a: Node, b: Node) -> Node | None:
+    """u * sigmoid(u) (swish, SiLU) -> -exp(u + log(-u)) for u < -708: there sigmoid(u) = exp(u) is
+    subnormal, with few significant bits, and the product by |u| (up to 745) scales its rounding
+    error up to 8 bits of the result.  Summed in the exponent (the sum's rounding carried by
+    TwoSum: exp(s + e) = exp(s) (1 + e)), the tail is right to a few ulps."""
+    for u, sg in ((a, b), (b, a)):
+        if sg.op == "sigmoid" and sg.inputs[0] is u and u.dtype == "float64":
+            s, e = two_sum(u, f("log", F.neg(u)))
+            es = f("exp", s)
+            tail = F.neg(add(es, mul(es, e)))  # (e not in a sum: a sum view would cancel its terms)
+            return F.guard(u < k(-708.0, u), tail, F.freeze(node))
+    return None
 
 
 @stability_rule("exp_exact_square", P("exp", X("a")), late=True)  # after log(exp(...)), logsumexp ...
