@@ -146,6 +146,9 @@ RULES = [
       [(L, 0, 800), (L, -800, -1e-3)], absent={"log", "exp"}),
     R("log_expm1", [lambda m, x: m.log(m.exp(x) - 1), lambda m, x: m.log(m.expm1(x))], {"log1mexp"},
       [(G, 1e-10, 800)], tol=6.0),  # log(expm1 x) has a root at ln 2: ~6 bits are lost there by any form
+    R("tan_arctan", [lambda m, x: m.tan(m.arctan(x))], set(), [(S, 1e3, 1e300)], absent={"tan", "arctan"}),
+    R("sinh_arcsinh", [lambda m, x: m.sinh(m.arcsinh(x))], set(), [(S, 1e10, 1e300)], absent={"sinh", "arcsinh"}),
+    R("cosh_arccosh", [lambda m, x: m.cosh(m.arccosh(x))], {"where"}, [(G, 1e10, 1e300)], absent={"cosh", "arccosh"}),
     R("log1p_expm1", [lambda m, x: m.log1p(m.expm1(x))], set(), [(L, -800, 800)], absent={"log1p", "expm1"}),
     R("expm1_log1p", [lambda m, x: m.expm1(m.log1p(x))], set(), [(G, 1e-300, 1e300)], absent={"log1p", "expm1"},
       naive_fails=False),

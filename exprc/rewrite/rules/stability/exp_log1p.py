@@ -1,5 +1,7 @@
 """Stability rules on ``log1p``, ``exp`` and ``expm1`` of each other: inverse pairs and their
-complements (``log1p(exp x) -> softplus``, ``expm1(log1p x) -> x`` keeping the domain's NaN)."""
+complements (``log1p(exp x) -> softplus``, ``expm1(log1p x) -> x`` keeping the domain's NaN); and
+the other inverse pairs whose composition amplifies the inner function's rounding (``tan(arctan x)``
+near pi/2, ``sinh(arcsinh x)`` and ``cosh(arccosh x)`` for large x)."""
 
 from __future__ import annotations
 
@@ -55,3 +57,22 @@ def exp_log(node: Node, x: Node) -> Node:
 def expm1_log1p(node: Node, x: Node) -> Node:
     """expm1(log1p(x)) -> x, NaN for x < -1."""
     return nan_where(x < k(-1.0, x), x)
+
+
+@stability_rule("tan_arctan", P("tan", P("arctan", X("x"))))
+def tan_arctan(node: Node, x: Node) -> Node:
+    """tan(arctan(x)) -> x (for large x, arctan(x) rounds to a neighbour of pi/2, where tan is off by
+    up to 62 bits; +-inf stays +-inf, the limit)."""
+    return x
+
+
+@stability_rule("sinh_arcsinh", P("sinh", P("arcsinh", X("x"))))
+def sinh_arcsinh(node: Node, x: Node) -> Node:
+    """sinh(arcsinh(x)) -> x (the rounding of arcsinh(x) ~ log(2x) is worth 9 bits of the result at 1e300)."""
+    return x
+
+
+@stability_rule("cosh_arccosh", P("cosh", P("arccosh", X("x"))))
+def cosh_arccosh(node: Node, x: Node) -> Node:
+    """cosh(arccosh(x)) -> x, NaN for x < 1 (the domain of arccosh is kept; 9 bits at 1e300)."""
+    return nan_where(x < k(1.0, x), x)
