@@ -326,7 +326,9 @@ def _log_product(node: Node, a: Node, quotient: bool) -> Node | None:
     # x*y < 0 however it rounds (-0.0 by underflow, -inf by overflow, exp(v) = 0 or inf): log is NaN
     fallback = nan_where(negative_product(x, y, quotient), wide)
     safe = (a >= k(float(info.tiny), a)) & (a <= k(float(info.max), a))
-    return F.where(safe, F.freeze(node), fallback)
+    # a guard marked rare: a loop chunk where the product neither over- nor underflows computes
+    # log(x*y) alone, not also the two logs of the fallback (the same values)
+    return F.guard(f("invert", safe), fallback, F.freeze(node))
 
 
 @_log_rule("log_mul")
