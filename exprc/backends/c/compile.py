@@ -18,6 +18,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from exprc.backends.c import render
 from exprc.config import Config
 from exprc.errors import CacheError, CompileError
 
@@ -143,8 +144,8 @@ def has_vector_math(cfg: Config) -> bool:
     return _facts(cfg)[3] and not cfg.precise_math
 
 
-#: The renderer's mark between two kernels (render.UNIT_MARK): a module may be cut there.
-UNIT_MARK = "/* exprc: unit */\n"
+#: The renderer's mark between two kernels, with its line end: a module may be cut there.
+UNIT_MARK = render.UNIT_MARK + "\n"
 #: Kernel text per translation unit below which a module is not cut: each unit parses the prelude
 #: again and starts a compiler (~0.05 s), while gcc spends ~0.15 s per 10 KB of kernels.
 UNIT_BYTES = 12_000

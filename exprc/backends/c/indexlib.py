@@ -162,19 +162,16 @@ class DirectGather:
         if i_in.ndim != 1 or any(d is not None for v in self.inputs for d in v.type.shape):
             return None
         dx, nx, di = np.dtype(x_in.dtype), x_in.ndim, np.dtype(i_in.dtype)
-        node = self.node
 
         def fast(*args: Any) -> Any:
             if len(args) != 2:
                 return None
             x, idx = args
             if (type(x) is not np.ndarray or type(idx) is not np.ndarray or x.dtype != dx or idx.dtype != di
-                    or x.ndim != nx or idx.ndim != 1):
+                    or x.ndim != nx):
                 return None
-            out = np.empty((idx.size, *x.shape[1:]), dx)
-            if not _gather_rows(node, out, x, idx):
-                return None
-            return out if single else [out]
+            out = self(x, idx)
+            return out if single or out is None else [out]
 
         fast.into = lambda args, outs: None  # type: ignore[attr-defined]  # (out=: the checked path)
         return fast

@@ -41,38 +41,23 @@ def log1p_neg_sigmoid(node: Node, a: Node) -> Node | None:
     return None
 
 
-@stability_rule("log1p_expm1", P("log1p", P("expm1", X("x"))))
-def log1p_expm1(node: Node, x: Node) -> Node:
-    """log1p(expm1(x)) -> x."""
-    return x
+def _inverse_pair(name: str, outer: str, inner: str, low: float | None, doc: str) -> None:
+    """Register ``outer(inner(x)) -> x``, NaN for ``x < low`` (inner's domain kept; None: all reals)."""
+
+    def rule(node: Node, x: Node) -> Node:
+        return x if low is None else nan_where(x < k(low, x), x)
+
+    rule.__doc__ = doc
+    stability_rule(name, P(outer, P(inner, X("x"))))(rule)
 
 
-@stability_rule("exp_log", P("exp", P("log", X("x"))))
-def exp_log(node: Node, x: Node) -> Node:
-    """exp(log(x)) -> x, NaN for x < 0 (the domain of log is kept)."""
-    return nan_where(x < k(0.0, x), x)
-
-
-@stability_rule("expm1_log1p", P("expm1", P("log1p", X("x"))))
-def expm1_log1p(node: Node, x: Node) -> Node:
-    """expm1(log1p(x)) -> x, NaN for x < -1."""
-    return nan_where(x < k(-1.0, x), x)
-
-
-@stability_rule("tan_arctan", P("tan", P("arctan", X("x"))))
-def tan_arctan(node: Node, x: Node) -> Node:
-    """tan(arctan(x)) -> x (for large x, arctan(x) rounds to a neighbour of pi/2, where tan is off by
-    up to 62 bits; +-inf stays +-inf, the limit)."""
-    return x
-
-
-@stability_rule("sinh_arcsinh", P("sinh", P("arcsinh", X("x"))))
-def sinh_arcsinh(node: Node, x: Node) -> Node:
-    """sinh(arcsinh(x)) -> x (the rounding of arcsinh(x) ~ log(2x) is worth 9 bits of the result at 1e300)."""
-    return x
-
-
-@stability_rule("cosh_arccosh", P("cosh", P("arccosh", X("x"))))
-def cosh_arccosh(node: Node, x: Node) -> Node:
-    """cosh(arccosh(x)) -> x, NaN for x < 1 (the domain of arccosh is kept; 9 bits at 1e300)."""
-    return nan_where(x < k(1.0, x), x)
+_inverse_pair("log1p_expm1", "log1p", "expm1", None, "log1p(expm1(x)) -> x.")
+_inverse_pair("exp_log", "exp", "log", 0.0, "exp(log(x)) -> x, NaN for x < 0 (the domain of log is kept).")
+_inverse_pair("expm1_log1p", "expm1", "log1p", -1.0, "expm1(log1p(x)) -> x, NaN for x < -1.")
+_inverse_pair("tan_arctan", "tan", "arctan", None,
+              "tan(arctan(x)) -> x (for large x, arctan(x) rounds to a neighbour of pi/2, where tan is off by up "
+              "to 62 bits; +-inf stays +-inf, the limit).")
+_inverse_pair("sinh_arcsinh", "sinh", "arcsinh", None,
+              "sinh(arcsinh(x)) -> x (the rounding of arcsinh(x) ~ log(2x) is worth 9 bits of the result at 1e300).")
+_inverse_pair("cosh_arccosh", "cosh", "arccosh", 1.0,
+              "cosh(arccosh(x)) -> x, NaN for x < 1 (the domain of arccosh is kept; 9 bits at 1e300).")
