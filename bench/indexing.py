@@ -10,6 +10,10 @@ and the cold compile of the Theano tutorial's logistic-SGD step.  Run:  python b
   exprc allocates the gradient as ``np.zeros`` does (no fill kernel) and adds the rows in C, so
   both sides pay the same first-write zeroing of the pages the rows land on (NumPy asks for 2 MiB
   pages: with 64 random rows, most of the 51 MB table), which dominates the 64-row time.
+* update in place: ``updates={W: inc_subtensor(W[idx], G)}`` and the SGD step
+  ``updates={W: W - lr * grad(sum(W[idx] * G), W)}`` of a shared 50,000 x 128 table (the rule
+  ``sparse_update`` makes the step ``inc_subtensor(W[idx], -lr * G)``, and the update runs where
+  W lies) vs ``np.add.at(W, idx, G)`` on the table in place: no table-sized pass on either side.
 * compile: the logistic-SGD step of examples/theano_tutorials compiled with an empty cache
   directory, in a process that has already imported exprc and compiled something else (so imports
   are not counted); then again from the warm cache.
@@ -74,6 +78,28 @@ def main() -> None:
               f"ratio {t['numpy'] / t['exprc']:.2f}x")
         t = best({"exprc": lambda I=I, G=G: inc(W, I, G), "numpy": copy_add_at}, 20)
         print(f"  inc    {n:5d} rows: exprc {t['exprc'] * 1e6:9.1f}  copy+add.at  {t['numpy'] * 1e6:9.1f}  "
+              f"ratio {t['numpy'] / t['exprc']:.2f}x")
+        table = exprc.shared(W.copy(), "table")
+        upd = exprc.function([idx, g], [], updates={table: exprc.inc_subtensor(table[idx], g)})
+        sgd = exprc.function([idx, g], [], updates={table: table - 0.5 * exprc.grad(exprc.sum(table[idx] * g),
+                                                                                     table)})
+        ref3, dense = W.copy(), W.copy()
+        upd(I, G)
+        np.add.at(ref3, I, G)
+        assert np.array_equal(table.get_value(borrow=True), ref3)
+        table.set_value(W)
+        sgd(I, G)
+        np.add.at(dense_g := np.zeros_like(W), I, G)
+        assert np.allclose(table.get_value(borrow=True), dense - 0.5 * dense_g, rtol=1e-14, atol=1e-14)
+        Wn = W.copy()
+        t = best({"exprc": lambda I=I, G=G, f=upd: f(I, G), "numpy": lambda I=I, G=G, Wn=Wn: np.add.at(Wn, I, G)},
+                 reps)
+        print(f"  update in place {n:5d} rows: exprc {t['exprc'] * 1e6:9.1f}  np.add.at {t['numpy'] * 1e6:9.1f}  "
+              f"ratio {t['numpy'] / t['exprc']:.2f}x")
+        t = best({"exprc": lambda I=I, G=G, f=sgd: f(I, G),
+                  "numpy": lambda I=I, G=G, Wn=Wn: np.add.at(Wn, I, -0.5 * G)},
+                 reps)
+        print(f"  SGD step        {n:5d} rows: exprc {t['exprc'] * 1e6:9.1f}  np.add.at {t['numpy'] * 1e6:9.1f}  "
               f"ratio {t['numpy'] / t['exprc']:.2f}x")
 
     import logistic_sgd

@@ -52,7 +52,7 @@ _WITH_DEFAULT_UPDATE = [False]
 class _Container:
     """Where a shared variable's value lives (nodes are immutable; this is not)."""
 
-    __slots__ = ("default_update", "lock", "spare", "value")
+    __slots__ = ("default_update", "in_place", "lock", "spare", "value")
 
     def __init__(self, value: np.ndarray):
         self.value = value
@@ -61,6 +61,9 @@ class _Container:
         self.default_update: Node | None = None
         self.spare: np.ndarray | None = None  # a buffer the next big update may be written into
         self.lock = threading.Lock()  # held by calls that update the value, and by set_value
+        #: Some function updates the value where it lies (``SharedFunction``): readers in other
+        #: threads then take ``lock`` to read it, so none sees an update half done.
+        self.in_place = False
 
 
 class SharedVariable(Node):
@@ -72,8 +75,13 @@ class SharedVariable(Node):
 
     def get_value(self, borrow: bool = False) -> np.ndarray:
         """The current value (a copy unless ``borrow=True``)."""
-        v = self._c.value
-        return v if borrow else v.copy()
+        c = self._c
+        if borrow:
+            return c.value
+        if c.in_place:
+            with c.lock:
+                return c.value.copy()
+        return c.value.copy()
 
     def set_value(self, value: Any, borrow: bool = False) -> None:
         """Replace the value.  The dtype and ndim are fixed when the variable is made; data
@@ -304,10 +312,23 @@ class SharedFunction(Function):
         self._locks = tuple(lock_order(self._targets))
         self._into_spares = kernel.writes_out  # big updates computed into the spare buffers
         self._ncalls = 0
+        # Updates the kernel may compute where the variable's value lies (a sparse update:
+        # inc_subtensor(W[idx], v) of a big table touches its rows, not a copy of it):
+        # update number -> the kernel input holding the variable's value.
+        first = len(inputs)
+        slot = {id(c): first + k for k, c in enumerate(self._hidden)}
+        pairs = getattr(kernel, "in_place", {})  # (a wrapped kernel may not have it)
+        self._in_place = {k: slot[id(c)] for k, c in enumerate(self._boxes)
+                          if id(c) in slot and pairs.get(self._nout + k) == slot[id(c)]}
+        for k in self._in_place:
+            self._boxes[k].in_place = True
+        # Shared variables read (not updated) that some function updates in place: read under
+        # their lock, before this call takes its own (one lock at a time: no deadlock).
+        self._locked_reads = tuple(j for j, c in enumerate(self._hidden) if c not in self._boxes)
 
     def __call__(self, *args: Any, out: Any = None, **kwargs: Any) -> Any:
         fast = self._fast
-        if fast is not None and out is None and not kwargs and self._targets:
+        if fast is not None and out is None and not kwargs and self._targets and not self._in_place:
             # The common training-step call, all in the C dispatcher (under the locks): each new
             # value written into its variable's spare buffer, then installed.  None: it does not
             # take these arguments, and the Python path raises the precise errors.
@@ -326,16 +347,27 @@ class SharedFunction(Function):
             out = [out] if self._single else list(out)
             if len(out) != self._nout:
                 raise InputTypeError(f"out: expected {self._nout} arrays, got {len(out)}")
+        hidden = self._hidden
+        values = [c.value for c in hidden]
+        for j in self._locked_reads:
+            c = hidden[j]
+            if c.in_place:
+                with c.lock:
+                    values[j] = c.value
         if not self._targets:
-            res = self._run(arrays + [c.value for c in self._hidden], out)
+            res = self._run(arrays + values, out)
             return res[0] if self._single else res
         locks = self._locks
         for lock in locks:
             lock.acquire()
         try:
-            arrays += [c.value for c in self._hidden]
+            for j, c in enumerate(hidden):
+                if j not in self._locked_reads:  # (the values this call updates, read under its locks)
+                    values[j] = c.value
+            arrays += values
+            del values
             nout = self._nout
-            if self._into_spares and any(c.value.nbytes >= SWAP_BYTES for c in self._boxes):
+            if self._in_place or (self._into_spares and any(c.value.nbytes >= SWAP_BYTES for c in self._boxes)):
                 res = self._run_swap(arrays, out)
             else:
                 res = self._run(arrays, out)
@@ -371,9 +403,18 @@ class SharedFunction(Function):
     def _run_swap(self, arrays: list, out: list | None) -> list:
         """One call of the kernel writing each big update into its variable's spare buffer
         (the previous value, when nobody else holds it), so big values are not
-        allocated and page-faulted afresh on every call."""
+        allocated and page-faulted afresh on every call; and each update the kernel can
+        compute in place (``self._in_place``) into the value itself, when nobody else holds it."""
         spares: list[Any] = []
-        for c in self._boxes:
+        pairs: list[tuple[int, int]] = []
+        for k, c in enumerate(self._boxes):
+            i = self._in_place.get(k)
+            # 4 references: the container, ``arrays``, ``cur`` and getrefcount's argument.  More:
+            # someone holds it (and must not see it change); a view: whoever holds its base does.
+            if i is not None and arrays[i] is (cur := c.value) and sys.getrefcount(cur) == 4 and cur.base is None:
+                spares.append(cur)
+                pairs.append((self._nout + k, i))
+                continue
             sp, cur = c.spare, c.value
             # 3 references: the slot, ``sp`` and getrefcount's argument.  More: someone holds it (a view:
             # whoever holds its base holds the memory).
@@ -382,11 +423,16 @@ class SharedFunction(Function):
                 sp = None if cur.nbytes < SWAP_BYTES else np.empty_like(cur, order="C")
             spares.append(sp)
         try:
-            res = self._kernel(*arrays, out=(out or [None] * self._nout) + spares)
+            if pairs:
+                res = self._kernel(*arrays, out=(out or [None] * self._nout) + spares, in_place=pairs)
+            else:
+                res = self._kernel(*arrays, out=(out or [None] * self._nout) + spares)
         except InputTypeError:  # an update of the wrong shape: let install() name the variable
             return self._run(arrays, out)
-        for c in self._boxes:
-            c.spare = c.value
+        done = {j - self._nout for j, _ in pairs}
+        for k, c in enumerate(self._boxes):
+            if k not in done:  # (an update in place keeps its value, and its spare)
+                c.spare = c.value
         return res
 
 

@@ -457,8 +457,9 @@ def test_zeros_of_a_scatter_stay_correct_when_read_again_or_static():
     allocation; zeros of a static shape (a constant) are the fresh output already."""
     w, idx, g = exprc.matrix("W"), exprc.vector("idx", "int64"), exprc.matrix("G")
     grad = exprc.grad(exprc.sum(w[idx] * g), w)
-    step = exprc.function([w, idx, g], w - 0.5 * grad, backend="c")
-    both = exprc.function([w, idx, g], [grad, w - 0.5 * grad], backend="c")
+    # (sparse_update would make the step inc_subtensor(W[idx], ...): no zeros to check)
+    step = exprc.function([w, idx, g], w - 0.5 * grad, backend="c", exclude=["sparse_update"])
+    both = exprc.function([w, idx, g], [grad, w - 0.5 * grad], backend="c", exclude=["sparse_update"])
     Wv = RNG.standard_normal((20, 3))
     for seed in range(4):  # different rows each call: stale rows of the last call would show
         r = np.random.default_rng(seed)
@@ -552,3 +553,60 @@ def test_a_lone_row_gather_skips_the_planner_and_keeps_every_check():
     wf = exprc.matrix("W", shape=(6, 5))
     fixed = exprc.function([wf, idx], wf[idx], backend="c")
     assert fixed._kernel.fast_path(True) is None  # static sizes are checked on the general path
+
+
+# -- sparse_update: W - lr * (gradient of a gather) changes only the rows gathered ------------------
+def _sparse_forms(w, idx, g):
+    grad = exprc.grad(exprc.sum(w[idx] * g), w)
+    return {"sub_mul": w - 0.5 * grad, "sub_rmul": w - grad * 3.0, "sub_div": w - grad / 3.0,
+            "sub_bare": w - grad, "add_negative": w + grad * -0.5, "add_negative_left": -0.5 * grad + w}
+
+
+@pytest.mark.parametrize("form", ["sub_mul", "sub_rmul", "sub_div", "sub_bare", "add_negative", "add_negative_left"])
+def test_sparse_update_rule_gives_the_dense_steps_bits_with_distinct_rows(form):
+    """Distinct indices: the same bits as the dense step (NumPy), signed zeros, NaN and inf
+    included; the optimized graph has no table of zeros left."""
+    w, idx, g = exprc.matrix("W"), exprc.vector("idx", "int64"), exprc.matrix("G")
+    expr = _sparse_forms(w, idx, g)[form]
+    f = exprc.function([w, idx, g], expr, backend="c")
+    assert "sparse_update" in f.graph.rewrites
+    assert not any(n.op == "fill" for n in f.graph.nodes)
+    dense = exprc.function([w, idx, g], expr, backend="numpy", exclude=["sparse_update"])
+    Wv = RNG.standard_normal((12, 4))
+    Wv[0, 0] = Wv[5, 1] = -0.0
+    Wv[2, 2], Wv[3, 3] = np.inf, np.nan
+    G = RNG.standard_normal((5, 4))
+    G[0, 0] = G[1, 1] = -0.0
+    G[2, 2], G[3, 0] = np.nan, -np.inf
+    I = np.array([0, 5, -3, 7, 2])
+    want = dense(Wv, I, G)
+    got = f(Wv, I, G)
+    np.testing.assert_array_equal(got, want)
+    real = ~np.isnan(want)  # (a NaN's sign means nothing in IEEE arithmetic)
+    assert np.array_equal(np.signbit(got)[real], np.signbit(want)[real])
+
+
+def test_sparse_update_rule_with_repeated_rows_is_np_add_at_on_the_table():
+    w, idx, g = exprc.matrix("W"), exprc.vector("idx", "int64"), exprc.matrix("G")
+    f = exprc.function([w, idx, g], _sparse_forms(w, idx, g)["sub_mul"], backend="c")
+    Wv, I, G = RNG.standard_normal((8, 3)), np.array([1, 1, 6, 1]), RNG.standard_normal((4, 3))
+    ref = Wv.copy()
+    np.add.at(ref, I, -(G * 0.5))
+    np.testing.assert_array_equal(f(Wv, I, G), ref)
+    z = np.zeros_like(Wv)
+    np.add.at(z, I, G)
+    np.testing.assert_allclose(f(Wv, I, G), Wv - 0.5 * z, rtol=1e-15, atol=1e-15)
+
+
+def test_sparse_update_rule_declines_what_it_would_change():
+    """Not rewritten: a c whose zero term would change a -0.0 (W - grad * -c, W + grad * c,
+    W + grad), a symbolic c (it could be inf: 0 * inf is NaN), set_subtensor (a repeated row
+    takes the last value), a table other than the one the zeros are shaped like."""
+    w, u, idx, g, c = (exprc.matrix("W"), exprc.matrix("U"), exprc.vector("idx", "int64"), exprc.matrix("G"),
+                       exprc.scalar("c"))
+    grad = exprc.grad(exprc.sum(w[idx] * g), w)
+    for expr in [w - grad * -0.5, w + grad * 0.5, w + grad, w - c * grad, u - 0.5 * grad,
+                 w - exprc.set_subtensor(exprc.zeros_like(w)[idx], g)]:
+        fg = exprc.optimize(expr)
+        assert "sparse_update" not in fg.rewrites, exprc.pprint(expr)
+        assert any(n.op == "fill" for n in fg.nodes)

@@ -333,3 +333,132 @@ def test_default_update_applies_unless_updates_name_the_variable():
     np.testing.assert_array_equal(w.get_value(), [20.0, 20.0])
     f()
     np.testing.assert_array_equal(w.get_value(), [21.0, 21.0])
+
+
+# -- sparse updates where the value lies -----------------------------------------------------------
+def _address(var):
+    return var.get_value(borrow=True).__array_interface__["data"][0]
+
+
+def test_sparse_update_runs_in_place_and_matches_numpy():
+    """inc_subtensor(W[idx], v) as W's update (and the SGD step the sparse_update rule makes of
+    W - lr * grad) changes W where it lies, with np.add.at's values; outputs read the old W."""
+    rng = np.random.default_rng(5)
+    W0 = rng.standard_normal((40, 6))
+    W = exprc.shared(W0.copy(), "W")
+    idx, g = exprc.vector("idx", "int64"), exprc.matrix("G")
+    loss = exprc.sum(W[idx] * g)
+    add = exprc.function([idx, g], exprc.sum(W), updates={W: exprc.inc_subtensor(W[idx], g)}, backend="c")
+    sgd = exprc.function([idx, g], loss, updates={W: W - 0.25 * exprc.grad(loss, W)}, backend="c")
+    assert add._in_place and sgd._in_place
+    ref = W0.copy()
+    where = _address(W)
+    for seed in range(6):
+        r = np.random.default_rng(seed)
+        I, G = r.integers(-40, 40, 9), r.standard_normal((9, 6))
+        I[3] = I[0]  # a repeated row accumulates
+        before = W.get_value()
+        assert add(I, G) == pytest.approx(before.sum(), rel=1e-15)  # (the old W)
+        np.add.at(ref, I, G)
+        np.testing.assert_array_equal(W.get_value(), ref)
+        assert sgd(I, G) == pytest.approx(np.sum(ref[I] * G), rel=1e-14)
+        np.add.at(ref, I, -0.25 * G)  # (the rule adds each row's step in turn, as np.add.at does)
+        np.testing.assert_allclose(W.get_value(), ref, rtol=1e-15, atol=1e-15)
+        ref = W.get_value()
+    assert _address(W) == where  # never copied
+
+
+def test_sparse_update_never_changes_an_array_someone_holds():
+    """A value handed out with borrow=True (or set with borrow=True and still held) is not
+    written: the update then goes to a new array, as every other update does."""
+    W = exprc.shared(np.zeros((5, 2)), "W")
+    idx = exprc.vector("idx", "int64")
+    f = exprc.function([idx], [], updates={W: exprc.inc_subtensor(W[idx], 1.0)}, backend="c")
+    held = W.get_value(borrow=True)
+    f(np.array([0, 0, 4]))
+    assert not held.any()
+    np.testing.assert_array_equal(W.get_value()[:, 0], [2, 0, 0, 0, 1])
+    mine = np.zeros((5, 2))
+    W.set_value(mine, borrow=True)
+    f(np.array([1]))
+    assert not mine.any() and W.get_value()[1, 0] == 1
+    view = np.zeros((10, 2))[::2]  # a view: whoever holds the base holds the memory
+    W.set_value(view, borrow=True)
+    f(np.array([2]))
+    assert not view.any()
+    del held, mine
+    where = _address(W)
+    f(np.array([3]))
+    assert _address(W) == where and W.get_value()[3, 0] == 1  # nobody holds it now: in place
+
+
+def test_sparse_update_bad_index_leaves_the_value_unchanged():
+    W = exprc.shared(np.arange(8.0).reshape(4, 2), "W")
+    idx = exprc.vector("idx", "int64")
+    f = exprc.function([idx], [], updates={W: exprc.inc_subtensor(W[idx], 1.0)}, backend="c")
+    with pytest.raises(exprc.errors.IndexOutOfBounds, match="idx"):
+        f(np.array([0, 1, 4]))
+    np.testing.assert_array_equal(W.get_value(), np.arange(8.0).reshape(4, 2))
+
+
+@pytest.mark.parametrize("case", ["output_is_w", "output_view", "value_view", "late_reader", "two_tables"])
+def test_sparse_update_with_other_readers_of_the_variable(case):
+    """Outputs and other updates see the old value however the function reads it; in place only
+    where that holds (the answer is checked either way)."""
+    rng = np.random.default_rng(1)
+    A0, B0 = rng.standard_normal((6, 3)), rng.standard_normal((6, 3))
+    A, B = exprc.shared(A0.copy(), "A"), exprc.shared(B0.copy(), "B")
+    idx = exprc.vector("idx", "int64")
+    I = np.array([1, 4, 1])
+    newA = A0.copy()
+    if case == "value_view":
+        upd = {A: exprc.inc_subtensor(A[idx], A[0:3])}
+        np.add.at(newA, I, A0[0:3])
+        outs, want = [], []
+    else:
+        upd = {A: exprc.inc_subtensor(A[idx], 2.0)}
+        np.add.at(newA, I, 2.0)
+        outs, want = {"output_is_w": ([A], [A0]), "output_view": ([A.T], [A0.T]),
+                      "late_reader": ([exprc.sum(A * B, axis=0)], [np.sum(A0 * B0, axis=0)]),
+                      "two_tables": ([], [])}[case]
+    newB = B0.copy()
+    if case == "two_tables":
+        upd[B] = exprc.inc_subtensor(B[idx], A[idx] * 3.0)
+        np.add.at(newB, I, A0[I] * 3.0)
+    f = exprc.function([idx], outs, updates=upd, backend="c")
+    for _ in range(2):
+        got = f(I)
+        for g, w in zip(got, want):
+            np.testing.assert_array_equal(g, w)
+        np.testing.assert_array_equal(A.get_value(), newA)
+        np.testing.assert_array_equal(B.get_value(), newB)
+        A.set_value(A0)
+        B.set_value(B0)
+
+
+def test_readers_in_other_threads_never_see_a_sparse_update_half_done():
+    """A function reading W from another thread sees W before or after each update, never
+    between: every row gets +1 per update, so any read is a whole number of updates."""
+    import threading
+
+    W = exprc.shared(np.zeros((200_000, 4)), "W")
+    idx = exprc.vector("idx", "int64")
+    step = exprc.function([idx], [], updates={W: exprc.inc_subtensor(W[idx], 1.0)}, backend="c")
+    read = exprc.function([], exprc.sum(W), backend="c")
+    rows = np.arange(200_000)
+    done, seen = threading.Event(), []
+
+    def reader():
+        while not done.is_set():
+            seen.append(float(read()))
+
+    t = threading.Thread(target=reader)
+    t.start()
+    try:
+        for _ in range(40):
+            step(rows)
+    finally:
+        done.set()
+        t.join()
+    assert seen and all(s % 800_000 == 0 for s in seen), sorted(set(seen))[:5]
+    assert W.get_value()[0, 0] == 40

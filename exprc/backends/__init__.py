@@ -34,6 +34,11 @@ kernel; nothing else is probed.  Subclass it to inherit the defaults.
     True when the kernels compute straight into ``out=`` arrays (no temporary, no copy):
     :class:`~exprc.shared.SharedFunction` then hands a variable's spare buffer as ``out=`` for
     its update instead of allocating one per call.
+``in_place`` / ``__call__(..., in_place=pairs)``
+    ``{output j: input i}``: outputs the kernel can compute in their input's own buffer, where
+    that cannot be seen (:func:`exprc.backends.plan.in_place_outputs`: a scatter as the last
+    writer of its operand).  A caller passing ``out[j]`` that *is* ``arrays[i]`` and ``(j, i)`` in
+    ``in_place`` gets it updated where it lies (a shared variable's sparse update).  Default: {}.
 ``fast_path(single) -> callable | None``
     An optional C-level callable for the common call (validated arguments, fresh outputs,
     updates): ``fn(*args)``, ``fn.into(args, out)`` and ``fn.update(args, hidden, boxes,
@@ -67,6 +72,7 @@ class Kernel:
     cache_entry: Path | None = None
     writes_out: bool = False
     device_arrays: bool = False
+    in_place: dict[int, int] = {}  # noqa: RUF012 - replaced per instance, never mutated
 
     def __call__(self, *arrays: Any, out: list | None = None, to_numpy: bool | None = None) -> list:
         raise NotImplementedError

@@ -62,6 +62,9 @@ class HostPlan:
         #: NumPy steps that are views of another buffer for this signature, in program order:
         #: (node, the node it views); they run no code per call.
         self.aliases: list[tuple[Node, Node]] = []
+        #: The aliases that are their node's buffer seen the same way (``sum_to`` where nothing was
+        #: broadcast): a NumPy step reads the buffer itself, with no view made per call.
+        self.identities: set[Node] = set()
         #: (buffer, output, buffer shape): a kernel writes the buffer straight into the output
         #: that is its identity (or a reshape of it).
         self.redirects: list[tuple[Node, Node, tuple]] = []
@@ -356,6 +359,9 @@ class Planner:
             plan.scratch.pop(node, None)
             env[node] = view
             plan.aliases.append((node, base))
+            src = env[base]
+            if view.shape == src.shape and view.strides == src.strides and address(view) == address(src):
+                plan.identities.add(node)
             if base in dynamic:
                 dynamic.add(node)
                 r = root[node] = root.get(base, base)  # base may be an alias without a slot
@@ -446,8 +452,11 @@ class Planner:
             env[self.layout.slots[slot]] = arr
         for node, out, shape in plan.redirects:
             env[node] = env[out].reshape(shape)
+        identities = plan.identities
         for node, base in plan.aliases:
-            if node not in env:
+            if node in identities:
+                env[node] = env[base]
+            elif node not in env:
                 env[node] = OPS[node.op].impl(env[base], *[self.value(i, env) for i in node.inputs[1:]],
                                               **dict(node.attrs))
         return env
@@ -576,6 +585,36 @@ def shape_models(program: Program, outputs: set[Node]) -> set[Node]:
     return candidates
 
 
+def in_place_outputs(program: Program, inputs: Sequence[Node], outputs: Sequence[Node]) -> dict[int, int]:
+    """``{output index: input index}``: outputs that may be computed in their input's own buffer
+    (``inc_subtensor(W[idx], v)`` as the update of a shared ``W``: a sparse step touches its rows,
+    not a copy of the table).  A pair is listed only when that is invisible: the output is a
+    NumPy step updating its first operand (``Op.in_place``: scatter), that operand is the input;
+    every other step reading the input or a view of it runs before the scatter; the scatter's
+    other operands and every output are not views of it; the output is returned once; and only
+    native kernels and views, which cannot raise, run after it (an error never leaves a
+    half-updated input: the scatter itself checks every index before it writes)."""
+    pos = {s.node: p for p, s in enumerate(program.steps) if isinstance(s, Step)}
+    order = toposort(list(outputs))
+    found: dict[int, int] = {}
+    for j, u in enumerate(outputs):
+        x = u.inputs[0] if u.inputs else None
+        late = program.steps[pos[u] + 1:] if u in pos else []
+        if (not OPS[u.op].in_place or x not in inputs or u not in pos or list(outputs).count(u) != 1
+                or any(isinstance(s, Step) and s.node.op not in ALIAS_OPS for s in late)):
+            continue
+        views = {x}  # x and whatever may share its memory
+        for n in order:
+            if n.op in ALIAS_OPS and n.inputs[0] in views:
+                views.add(n)
+        if views & set(outputs) or views & set(u.inputs[1:]):
+            continue
+        if any(views & set(s.operands if isinstance(s, Kernel) else s.node.inputs) for s in late):
+            continue
+        found[j] = list(inputs).index(x)
+    return found
+
+
 def _zero_constant(x: Node) -> bool:
     """``x`` is a constant, or a view of one, holding only zeros (+0.0: what fresh pages read as)."""
     while x.op in VIEW_OPS:
@@ -625,5 +664,5 @@ def matmul_params(kl: Any, arrays: list[np.ndarray], P: np.ndarray) -> None:
         P[pi:pi + 2] = st
 
 
-__all__ = ["ALIAS_OPS", "HostPlan", "PlanPool", "Planner", "Unsupported", "describe", "matmul_params", "segments",
-           "shape_models", "shape_only_steps"]
+__all__ = ["ALIAS_OPS", "HostPlan", "PlanPool", "Planner", "Unsupported", "describe", "in_place_outputs",
+           "matmul_params", "segments", "shape_models", "shape_only_steps"]

@@ -254,8 +254,8 @@ def check_index(node: Node, x: np.ndarray, *operands: Any) -> None:
 
 def same_buffer(a: np.ndarray, b: np.ndarray) -> bool:
     """Whether ``a`` and ``b`` are the same memory seen the same way (an in-place step)."""
-    return (a.shape == b.shape and a.strides == b.strides
-            and a.__array_interface__["data"][0] == b.__array_interface__["data"][0])
+    return a is b or (a.shape == b.shape and a.strides == b.strides
+                      and a.__array_interface__["data"][0] == b.__array_interface__["data"][0])
 
 
 def _scatter(x: np.ndarray, v: np.ndarray, *operands: Any, index: tuple, mode: str, labels: tuple = ()) -> np.ndarray:

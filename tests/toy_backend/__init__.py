@@ -14,7 +14,7 @@ from exprc.backends.reference import NumpyKernel
 
 CALLS: list[tuple] = []
 AVAILABLE = [True]
-PROTOCOL = {"source", "kernels", "cache_entry", "writes_out", "device_arrays", "fast_path", "device_input",
+PROTOCOL = {"source", "kernels", "cache_entry", "writes_out", "device_arrays", "fast_path", "device_input", "in_place",
             "__call__"}
 
 

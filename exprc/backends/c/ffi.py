@@ -30,7 +30,7 @@ CDEF = """
 void exprc_run(char **ptrs, const int64_t *P, int64_t first, int64_t last, int nthreads);
 void exprc_set_blas(void *dgemm, void *sgemm);
 int64_t exprc_gather_rows(char *out, const char *x, int64_t rows, int64_t sx, const int64_t *idx, int64_t n,
-                          int64_t row_bytes);
+                          int64_t row_bytes, int nthreads);
 int64_t exprc_scatter_add_rows_f64(char *, int64_t, int64_t, const char *, int64_t, const int64_t *, int64_t, int64_t);
 int64_t exprc_scatter_add_rows_f32(char *, int64_t, int64_t, const char *, int64_t, const int64_t *, int64_t, int64_t);
 int64_t exprc_scatter_add_rows_i64(char *, int64_t, int64_t, const char *, int64_t, const int64_t *, int64_t, int64_t);

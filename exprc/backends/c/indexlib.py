@@ -12,6 +12,7 @@ rows give np.add.at's result bit for bit.  The library is built once per compile
 from __future__ import annotations
 
 import math
+import os
 from typing import Any
 
 import numpy as np
@@ -29,15 +30,19 @@ _CHARS: Any = None
 _INT64S: Any = None
 _fb: Any = None  # from_buffer without cffi's Python-level wrapper (contiguous arrays)
 _LIB: list[Any] = []
-_ADD = {"float64": "f64", "float32": "f32", "int64": "i64", "int32": "i32"}
+_SERIAL: list[bool] = [False]  # kernel.py's flag (set in a forked child: no OpenMP there), once loaded
+_ADD = {np.dtype(t): f for t, f in (("float64", "f64"), ("float32", "f32"), ("int64", "i64"), ("int32", "i32"))}
 
 
 def _load(cfg: Config) -> Any:
     """The helper library (built on first use); None when it cannot be built."""
     from exprc.backends.c.compile import helper_library
 
-    global _FFI, _CHARP, _CHARS, _INT64S, _fb
+    global _FFI, _CHARP, _CHARS, _INT64S, _fb, _SERIAL
     if not _LIB:  # (the row loops read it as _LIB[0] once a caller has loaded it)
+        from exprc.backends.c import kernel  # (it imports this module)
+
+        _SERIAL = kernel._SERIAL
         f = ffi.get(cfg)
         _CHARP, _CHARS, _INT64S, _fb = f.typeof("char *"), f.typeof("char[]"), f.typeof("int64_t[]"), ffi.from_buffer(f)
         _FFI = f
@@ -72,18 +77,20 @@ def make_into(cfg: Config) -> dict[str, Any]:
     """``{op: into(node, out, *operands)}`` for the C backend's NumPy steps (fast paths first)."""
 
     rows_only: dict[Any, bool] = {}  # node -> its index is one integer array on axis 0
+    nthreads = threads(cfg)
 
     def gather(node: Any, out: np.ndarray, x: np.ndarray, *ops: Any) -> None:
         simple = rows_only.get(node)
         if simple is None:
             simple = rows_only[node] = node.arg("index") == (("A", 1),) and _load(cfg) is not None
-        if not (simple and type(x) is np.ndarray and out.flags.c_contiguous and _gather_rows(node, out, x, ops[0])):
+        if not (simple and type(x) is np.ndarray and out.flags.c_contiguous
+                and _gather_rows(node, out, x, ops[0], nthreads)):
             with np.errstate(all="ignore"):
                 OPS["subtensor"].into(out, x, *ops, **dict(node.attrs))
 
     def scatter(node: Any, out: np.ndarray, x: np.ndarray, v: Any, *ops: Any) -> None:
         idx = ops[0] if len(ops) == 1 else None
-        fn = _ADD.get(str(out.dtype))
+        fn = _ADD.get(out.dtype)
         lib = _load(cfg) if node.arg("index") == (("A", 2),) and node.arg("mode") == "inc" and fn else None
         v = np.asarray(v)
         if (lib is not None and isinstance(idx, np.ndarray) and idx.ndim == 1 and out.ndim >= 1
@@ -115,7 +122,12 @@ def make_into(cfg: Config) -> dict[str, Any]:
     return {"subtensor": gather, "scatter": scatter}
 
 
-def _gather_rows(node: Any, out: np.ndarray, x: np.ndarray, idx: Any) -> bool:
+def threads(cfg: Config) -> int:
+    """The threads a row gather may use (as the kernels: ``Config.num_threads``, else every core)."""
+    return cfg.num_threads or os.cpu_count() or 1
+
+
+def _gather_rows(node: Any, out: np.ndarray, x: np.ndarray, idx: Any, nthreads: int) -> bool:
     """out (C-contiguous, len(idx) rows) = x[idx] by the C loop; False when the layout is not one it
     takes (then nothing was written).  A bad index raises, naming the index operand."""
     if type(idx) is not np.ndarray or idx.ndim != 1 or x.ndim < 1 or not (x.flags.c_contiguous or
@@ -124,7 +136,7 @@ def _gather_rows(node: Any, out: np.ndarray, x: np.ndarray, idx: Any) -> bool:
     ix = idx if idx.dtype == np.int64 and idx.flags.c_contiguous else np.ascontiguousarray(idx, np.int64)
     bad = _LIB[0].exprc_gather_rows(_fb(_CHARS, out, False), _ptr(x), x.shape[0],
                                     x.strides[0] if x.shape[0] > 1 else 0, _fb(_INT64S, ix, False), ix.size,
-                                    x.itemsize * math.prod(x.shape[1:]))
+                                    x.itemsize * math.prod(x.shape[1:]), 1 if _SERIAL[0] else nthreads)
     if bad >= 0:
         _raise(node, bad, ix, x.shape[0], 1)
     return True
@@ -136,22 +148,23 @@ def direct_gather(cfg: Config, node: Any, inputs: Any) -> DirectGather | None:
     one integer array on the first axis or the helper library cannot be built."""
     if node.op != "subtensor" or node.arg("index") != (("A", 1),) or _load(cfg) is None:
         return None
-    return DirectGather(node, inputs)
+    return DirectGather(node, inputs, threads(cfg))
 
 
 class DirectGather:
     """``fn(x, idx) -> array or None`` (None: not a whole-row gather this time, and nothing was
     written; the caller takes the general path)."""
 
-    def __init__(self, node: Any, inputs: Any):
+    def __init__(self, node: Any, inputs: Any, nthreads: int):
         self.node = node
         self.inputs = inputs
+        self.nthreads = nthreads
 
     def __call__(self, x: np.ndarray, idx: np.ndarray) -> np.ndarray | None:
         if idx.ndim != 1 or x.ndim < 1:
             return None
         out = np.empty((idx.size, *x.shape[1:]), x.dtype)
-        return out if _gather_rows(self.node, out, x, idx) else None
+        return out if _gather_rows(self.node, out, x, idx, self.nthreads) else None
 
     def fast_path(self, single: bool) -> Any:
         """The Function-level call (``exprc.function``'s dispatcher protocol): with arguments that

@@ -29,7 +29,7 @@ from exprc.backends.c.blas import blas_pointers
 from exprc.backends.c.indexlib import direct_gather, make_into
 from exprc.backends.c.render import CRenderer, Layout
 from exprc.backends.outputs import check_count, check_out, copy_into, overlapping
-from exprc.backends.plan import HostPlan, Planner, PlanPool, Unsupported, describe
+from exprc.backends.plan import HostPlan, Planner, PlanPool, Unsupported, describe, in_place_outputs
 from exprc.backends.templates import digest, prelude, read
 from exprc.config import Config
 from exprc.fusion import Program, Step, lower
@@ -146,6 +146,8 @@ class CKernel(Kernel):
         self._offered: dict[int, set] = {}
         index_steps = any(isinstance(s, Step) and s.node.op in ("subtensor", "scatter") for s in self.program.steps)
         self._into = make_into(cfg) if index_steps else {}
+        #: {output: input} pairs a caller may compute in place (``__call__``'s ``in_place``).
+        self.in_place = in_place_outputs(self.program, self._inputs, self._outputs) if index_steps else {}
         # A program that is only x[idx] of its two arguments skips the planner (embedding lookups).
         steps = self.program.steps
         self._direct = None
@@ -190,7 +192,7 @@ class CKernel(Kernel):
 
     # -- calls --------------------------------------------------------------------
     def __call__(self, *arrays: np.ndarray, out: Sequence[np.ndarray] | None = None,
-                 to_numpy: bool | None = None) -> list[np.ndarray]:
+                 to_numpy: bool | None = None, in_place: Sequence[tuple[int, int]] = ()) -> list[np.ndarray]:
         if self._direct is not None and out is None:
             res = self._direct(*arrays)
             if res is not None:
@@ -198,7 +200,12 @@ class CKernel(Kernel):
         key = tuple([a.shape for a in arrays] + [a.strides for a in arrays])
         if out is not None:
             check_count(out, len(self._outputs))
-            if overlapping(out, arrays):
+            if in_place and self._in_place_ok(in_place, arrays, out):
+                # out[j] *is* arrays[i] for each pair: the scatter updates it where it lies
+                others = [o for j, o in enumerate(out) if all(j != p for p, _ in in_place)]
+                if overlapping(others, arrays):
+                    return copy_into(out, self(*arrays))
+            elif overlapping(out, arrays):
                 return copy_into(out, self(*arrays))
             key += ("out",) + tuple((getattr(o, "shape", None), getattr(o, "strides", None)) for o in out)
         plan = self.pool.take(key)
@@ -220,6 +227,17 @@ class CKernel(Kernel):
             # Python path makes itself another plan when it needs one).
             if not (plan.simple and self._dispatchers and _contiguous_outs(out) and self._offer(plan, arrays)):
                 self.pool.give(key, plan)
+
+    def _in_place_ok(self, pairs: Sequence[tuple[int, int]], arrays: Sequence[np.ndarray],
+                     out: Sequence[Any]) -> bool:
+        """Each (output j, input i) pair is one of ``self.in_place``, ``out[j]`` is ``arrays[i]``
+        itself, and that array shares no memory with any other argument."""
+        for j, i in pairs:
+            a = arrays[i]
+            if (self.in_place.get(j) != i or out[j] is not a or not a.flags.writeable
+                    or any(b is not a and np.may_share_memory(a, b) for b in arrays)):
+                return False
+        return True
 
     # -- the C dispatcher -----------------------------------------------------------
     def fast_path(self, single: bool) -> Any:

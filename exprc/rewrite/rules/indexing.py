@@ -1,0 +1,60 @@
+"""Rewrites of index steps: a dense update by a sparse gradient becomes a sparse update.
+
+The gradient of ``W[idx]`` is ``inc_subtensor(zeros_like(W)[idx], g)``: a table of zeros with a
+few rows added.  ``W - lr * that`` then costs a pass over a zeroed table and another over ``W``
+for an SGD step that changes a few rows.  ``inc_subtensor(W[idx], -(lr * g))`` changes only those
+rows, and as the update of a shared ``W`` runs where ``W`` lies (see
+:func:`exprc.backends.plan.in_place_outputs`)."""
+
+from __future__ import annotations
+
+import math
+
+from exprc.graph import Node
+from exprc.rewrite.core import constant_value, rewrite_rule
+from exprc.rewrite.forms import const, make
+from exprc.types import is_float
+
+
+def _zeros_like(z: Node, a: Node) -> bool:
+    """``z`` is ``fill(a, +0)``: zeros of exactly ``a``'s shape."""
+    return (z.op == "fill" and z.inputs[0] is a and z.inputs[1].op == "constant"
+            and constant_value(z.inputs[1]) == 0 and not math.copysign(1.0, constant_value(z.inputs[1])) < 0)
+
+
+@rewrite_rule("sparse_update", ("specialize", "indexing"), ops=("sub", "add"))
+def sparse_update(node: Node) -> Node | None:
+    """a - inc_subtensor(zeros_like(a)[i], v) * c -> inc_subtensor(a[i], -((v + 0.0) * c)) for a
+    constant c > 0 (or no c; also ``/ c``), and a + inc_subtensor(zeros_like(a)[i], v) * c ->
+    inc_subtensor(a[i], (v + 0.0) * c) for a constant c < 0: an SGD step by the gradient of a
+    gather then changes only the rows gathered.  With distinct indices the result is the same
+    bits: the rows not indexed get a - (+0) or a + (-0), which is a, -0.0 included (hence the
+    signs of c); ``v + 0.0`` turns a -0.0 into the +0.0 that ``0 + v`` gave; a - w is a + (-w).
+    Where an index repeats, the original adds the rows' contributions first and the rewritten
+    form adds them to a one at a time: each is rounded once more (as np.add.at on the table
+    would be), not the same bits."""
+    for a, y in ((node.inputs[0], node.inputs[1]),) if node.op == "sub" else (node.inputs, node.inputs[::-1]):
+        new = _sparse(node, a, y)
+        if new is not None:
+            return new
+    return None
+
+
+def _sparse(node: Node, a: Node, y: Node) -> Node | None:
+    s, c, cv = y, None, 1.0
+    if y.op in ("mul", "truediv"):
+        s, c = y.inputs
+        if s.op == "constant" and y.op == "mul":
+            s, c = c, s
+        cv = constant_value(c)
+        if c.op != "constant" or cv is None or not 0 < abs(cv) < math.inf or y.type != s.type:
+            return None
+    if ((cv < 0) != (node.op == "add") or s.op != "scatter" or s.arg("mode") != "inc" or node.type != a.type
+            or s.type != a.type or not _zeros_like(s.inputs[0], a)):
+        return None
+    v = s.inputs[1]
+    if is_float(v.dtype):
+        v = make("add", v, const(0.0, v))
+    if c is not None:
+        v = make(y.op, v, const(cv, v))
+    return make("scatter", a, make("neg", v) if node.op == "sub" else v, *s.inputs[2:], **dict(s.attrs))
