@@ -35,7 +35,9 @@ def golden_cases():
     x = exprc.vector("x")
     m, v = exprc.matrix("m", "float32"), exprc.vector("v", "float32")
     key = exprc.vector("key", "int64")
+    rows, bias = exprc.matrix("rows"), exprc.vector("bias")
     return {
+        "bias_tanh_rows": ([rows, bias], [exprc.tanh(rows + bias)]),
         "e1_axpy": ([a, b, c], [a * b + c]),
         "logsumexp_reduce": ([x], [exprc.sum(exprc.exp(x - exprc.max(x)))]),
         "float32_broadcast_rowsum": ([m, v], [exprc.sum(exprc.tanh(m * v), axis=1)]),
@@ -190,3 +192,61 @@ def test_a_reduction_keeping_the_last_axis_reads_rows_and_keeps_the_bits():
     got = f3(c)
     np.testing.assert_array_equal(got[0], np.add.reduce(c.reshape(20, 300), axis=0))
     np.testing.assert_array_equal(got[1], np.add.reduce(c * c, axis=0))
+
+
+ROWFLAT_CASES = {
+    "column_slice": lambda X: X[:, 3:11],
+    "reversed_rows": lambda X: X[::-1, 1:9],
+    "every_other_row": lambda X: X[::2, :8],
+    "contiguous": lambda X: np.ascontiguousarray(X[:, :8]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(ROWFLAT_CASES))
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_rows_of_wider_arrays_take_the_vector_loop_with_the_contiguous_bits(case, dtype):
+    """A 2-d elementwise loop over row slices (LSTM gate slices), a row vector broadcast down the
+    rows and a 0-d operand runs the flat loop per row (flag 2): the same bits as the same values
+    laid out contiguously, NaN/inf/-0.0 included; a column broadcast or a transposed operand keeps
+    the strided nest, with NumPy's values."""
+    rng = np.random.default_rng(3)
+    X = rng.standard_normal((37, 16)).astype(dtype) * 30
+    X[0, 3], X[1, 4], X[2, 5], X[5, 3] = np.nan, np.inf, -np.inf, -0.0
+    b = rng.standard_normal(8).astype(dtype)
+    m, v, s = exprc.matrix("m", dtype), exprc.vector("v", dtype), exprc.scalar("s", dtype)
+    e = [exprc.tanh(m + v) * s, exprc.softplus(m) - v, exprc.sigmoid(m) * exprc.exp(-m * m)]
+    f = exprc.function([m, v, s], e, backend="c")
+    view = ROWFLAT_CASES[case](X)
+    got = f(view, b, np.asarray(0.5, dtype))
+    want = f(np.ascontiguousarray(view), b, np.asarray(0.5, dtype))
+    for g, w in zip(got, want):
+        assert g.tobytes() == w.tobytes()
+    with np.errstate(all="ignore"):
+        ref = [np.tanh(view + b) * dtype_(0.5, dtype), np.logaddexp(0, view) - b,
+               1 / (1 + np.exp(-view)) * np.exp(-view * view)]
+    for g, r in zip(got, ref):
+        np.testing.assert_allclose(g, r, rtol=5e-6 if dtype == "float32" else 1e-13,
+                                   atol=1e-5 if dtype == "float32" else 1e-13)  # (softplus(m) - v cancels)
+    kl = [k for k in f._kernel.layout.kernels if k.kernel.reduce is None and k.kernel.matmul is None]
+    assert kl and all(k.rowflat for k in kl)
+
+
+def dtype_(v, dtype):
+    return np.asarray(v, dtype)
+
+
+def test_column_broadcast_and_transposed_operands_keep_the_strided_nest():
+    rng = np.random.default_rng(4)
+    A, c = rng.standard_normal((9, 7)), rng.standard_normal((9, 1))
+    m, col = exprc.matrix("m"), exprc.matrix("c")
+    f = exprc.function([m, col], exprc.exp(m) * col, backend="c")
+    for a, cc in ((A, c), (A.T.copy().T, c), (np.asfortranarray(A), c), (A[:, :1], c), (A[:0], c[:0])):
+        np.testing.assert_allclose(f(a, cc), np.exp(a) * cc, rtol=1e-15)
+    plan = f._kernel._make_plan([np.asfortranarray(A), c], None)
+    assert plan.P[f._kernel.layout.kernels[0].p_flag] == 0
+    plan = f._kernel._make_plan([A[:, 2:6], np.ones((9, 4))[:, :1].copy()], None)
+    assert plan.P[f._kernel.layout.kernels[0].p_flag] == 0  # (c broadcasts along the rows: stride 0)
+    v = exprc.vector("v")
+    g = exprc.function([m, v], exprc.exp(m) * v, backend="c")
+    plan = g._kernel._make_plan([A[:, 2:6], np.ones(4)], None)
+    assert plan.P[g._kernel.layout.kernels[0].p_flag] == 2

@@ -292,7 +292,7 @@ class Planner:
                             arr.shape == tuple(space) and _contiguous(arr.shape, arr.strides, arr.itemsize)):
                         fast = False
                 P[pi:pi + kl.ndim] = [st[d] for d in kl.perm]
-            P[kl.p_flag] = 1 if fast else 0
+            P[kl.p_flag] = 1 if fast else 2 if kl.rowflat and _rows_contiguous(kl, P) else 0
         plan.segments = (segments(self.program, {s.node for s in self.plan_time} | {n for n, _ in plan.aliases},
                                   plan.skipped_kernels)
                          if plan.aliases or plan.skipped_kernels else self.segments)
@@ -613,6 +613,16 @@ def in_place_outputs(program: Program, inputs: Sequence[Node], outputs: Sequence
             continue
         found[j] = list(inputs).index(x)
     return found
+
+
+def _rows_contiguous(kl: Any, P: np.ndarray) -> bool:
+    """Every array access of 2-d elementwise kernel ``kl`` steps by one element along the loop's
+    inner dimension, as its strides in ``P`` say (each row is contiguous: ``exprc_rowflat`` runs
+    the flat loop once per row)."""
+    if P[kl.p_dims + 1] == 1:
+        return True
+    return all(P[pi + 1] == np.dtype(node.dtype).itemsize
+               for j, (node, _, pi) in enumerate(kl.accesses) if node.ndim and j not in kl.models)
 
 
 def _zero_constant(x: Node) -> bool:

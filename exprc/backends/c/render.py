@@ -159,6 +159,9 @@ class KernelLayout:
     models: frozenset[int] = frozenset()
     #: The kernel's ops rendered by ``c_call`` (draws): each must span the whole loop (the planner checks).
     draws: tuple[Node, ...] = ()
+    #: The kernel has a row-by-row contiguous path (a 2-d elementwise loop, flag 2: the planner sets
+    #: it when every access is contiguous along the inner dimension; see ``exprc_rowflat``).
+    rowflat: bool = False
 
     @property
     def p_dims(self) -> int:
@@ -440,8 +443,15 @@ class CRenderer:
         main = self._dims(kl)
         main.append(f"    const int64_t total = {' * '.join(f'n{d}' for d in range(nd)) or '1'};")
         flat: list[str] = []
-        if self._flat_possible(kl):
+        kl.rowflat = nd == 2 and not kl.draws
+        whole = self._flat_possible(kl)
+        if whole or kl.rowflat:
             flat, run = self._flat_elemwise(kl)
+        if kl.rowflat:
+            main += [f"    if ({self.param(kl, kl.p_flag)} == 2) {{",
+                     (f"        exprc_rowflat({k.name}_chunk, ptrs, P, {len(kl.accesses)}, n0, n1, "
+                      f"total > {parallel_threshold(k)}, nthreads);"), "        return;", "    }"]
+        if whole:
             main += [f"    if ({self.param(kl, kl.p_flag)}) {{", *["        " + x for x in run], "        return;",
                      "    }"]
         # Strided path: broadcasting, views, negative strides, 0-d.

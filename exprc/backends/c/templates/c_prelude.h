@@ -97,6 +97,43 @@ __attribute__((unused)) static void exprc_chunks(exprc_chunk_fn fn, char **restr
     }
 }
 
+/* Rows [lo, hi) of a 2-d elementwise loop through its contiguous chunk function fn: row i of access
+ * k starts at ptrs[k] + i * P[3 + 2 * k] (its outer stride; the planner chose this path because every
+ * access is contiguous along the inner dimension, or 0-d). */
+static void exprc_rowflat_range(exprc_chunk_fn fn, char **restrict ptrs, const int64_t *restrict P, int nacc,
+                                int64_t lo, int64_t hi, int64_t n1)
+{
+    char *rows[nacc];
+    for (int64_t i = lo; i < hi; i++) {
+        for (int k = 0; k < nacc; k++)
+            rows[k] = ptrs[k] + i * P[3 + 2 * k];
+        fn(rows, P, 0, 0, n1, 0, 0);
+    }
+}
+
+/* A 2-d elementwise loop whose accesses are rows of wider arrays (gate slices, a row vector
+ * broadcast down a matrix): the vectorized flat loop once per row instead of the scalar strided
+ * nest, rows split between nthreads threads when parallel (elementwise: the same values). */
+__attribute__((unused)) static void exprc_rowflat(exprc_chunk_fn fn, char **restrict ptrs,
+                                                  const int64_t *restrict P, int nacc, int64_t n0, int64_t n1,
+                                                  int parallel, int nthreads)
+{
+#ifdef _OPENMP
+    if (parallel && nthreads > 1 && n0 > 1) {
+        #pragma omp parallel num_threads(nthreads < EXPRC_MAX_THREADS ? nthreads : EXPRC_MAX_THREADS)
+        {
+            EXPRC_THREAD_RANGE(n0, lo, hi, id)
+            (void)id;
+            exprc_rowflat_range(fn, ptrs, P, nacc, lo, hi, n1);
+        }
+        return;
+    }
+#else
+    (void)parallel; (void)nthreads;
+#endif
+    exprc_rowflat_range(fn, ptrs, P, nacc, 0, n0, n1);
+}
+
 /* Run fn on [0, n) of a loop nest's outer index, split evenly between nthreads threads when parallel
  * (each index is one thread's whole work, so the split does not change results). */
 __attribute__((unused)) static void exprc_range(exprc_range_fn fn, char **restrict ptrs, const int64_t *restrict P,
