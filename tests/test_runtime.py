@@ -378,3 +378,72 @@ def test_plan_aliases_across_layouts_sizes_and_out_arrays(dtype):
                     for g, x in zip(got, want):
                         assert_close(g, x, ulps=64 if dtype == "float64" else 512)
                     assert not any(np.shares_memory(p, q) for i, p in enumerate(got) for q in got[i + 1:])
+
+
+def test_gradients_of_slices_are_written_by_their_kernels():
+    """inc_subtensor(zeros, g, slice) (the gradient of gate slices) costs no step: g's kernel
+    writes g + 0.0 into the slice of a buffer zeroed once per plan.  Exact against NumPy (0 + g:
+    -0.0 becomes +0.0), the zeros stay zeros over many calls with other values, and an output
+    gradient (a fresh array each call) keeps the step."""
+    x, w, t = exprc.matrix("x"), exprc.matrix("w"), exprc.matrix("t")
+    gates = x @ w
+    i, o = exprc.sigmoid(gates[:, 0:3]), exprc.tanh(gates[:, 3:6])
+    loss = exprc.sum(i * o * t)
+    gw = exprc.grad(loss, w)  # reads the slice gradients through a matmul: they are scratch
+    f = exprc.function([x, w, t], gw, backend="c")
+    ref = exprc.function([x, w, t], gw, backend="numpy")
+    assert "slice_grad_plus_zero" in f.graph.rewrites
+    rng = np.random.default_rng(8)
+    X, Wv = rng.normal(size=(5, 4)), rng.normal(size=(4, 8))
+    for seed in range(4):
+        T = np.random.default_rng(seed).normal(size=(5, 3))
+        T[0, 0], T[1, 1] = -0.0, np.nan
+        got, want = f(X, Wv, T), ref(X, Wv, T)
+        assert got.tobytes() == want.tobytes() or np.allclose(got, want, rtol=1e-14, equal_nan=True)
+    plan = _plans(f)[-1] if _plans(f) else f._kernel._make_plan([X, Wv, T], None)
+    assert [s.node.op for s in plan.segments if not isinstance(s, tuple)] == []
+    assert len(plan.prewritten) == 2
+    direct = exprc.function([x, w, t], exprc.grad(loss, gates), backend="c")
+    G = direct(X, Wv, T)
+    np.testing.assert_allclose(G, exprc.function([x, w, t], exprc.grad(loss, gates),
+                                                 backend="numpy")(X, Wv, T), rtol=1e-15)
+    assert not np.signbit(G[:, 6:]).any() and not G[:, 6:].any()  # (the part no slice reads)
+
+
+def test_backward_scan_over_gate_slices_is_one_native_call():
+    """The LSTM pattern: a scan whose body slices a matmul's result into gates; its gradient's
+    body (a reverse scan) runs natively, and matches finite differences."""
+    from exprc.backends.c import looplib
+
+    h0, xs, U = exprc.matrix("h0"), exprc.tensor3("xs"), exprc.matrix("U")
+
+    def step(x_t, h):
+        pre = h @ U + x_t
+        return exprc.sigmoid(pre[:, 0:4]) * exprc.tanh(pre[:, 4:8])
+
+    hs, _ = exprc.scan(step, sequences=[xs], outputs_info=[h0])
+    cost = exprc.sum(hs[-1] ** 2)
+    f = exprc.function([h0, xs, U], [cost, exprc.grad(cost, U)], backend="c")
+    rng = np.random.default_rng(2)
+    H0, XS, Uv = rng.normal(size=(3, 4)), rng.normal(size=(6, 3, 8)), rng.normal(size=(4, 8)) * 0.5
+    taken = []
+    orig = looplib.CStepper.__call__
+
+    def spy(self, runner, st, start, end):
+        r = orig(self, runner, st, start, end)
+        taken.append(r is not None)
+        return r
+
+    looplib.CStepper.__call__ = spy
+    try:
+        c, g = f(H0, XS, Uv)
+    finally:
+        looplib.CStepper.__call__ = orig
+    assert taken and all(taken)  # forward and backward loops: native
+    eps, num = 1e-6, np.zeros_like(Uv)
+    for k in np.ndindex(Uv.shape):
+        up, dn = Uv.copy(), Uv.copy()
+        up[k] += eps
+        dn[k] -= eps
+        num[k] = (f(H0, XS, up)[0] - f(H0, XS, dn)[0]) / (2 * eps)
+    np.testing.assert_allclose(g, num, rtol=1e-6, atol=1e-8)

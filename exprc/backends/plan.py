@@ -39,6 +39,7 @@ from exprc.errors import ShapeError
 from exprc.fusion import VIEW_OPS, Kernel, Program, Step
 from exprc.graph import Node, toposort
 from exprc.ops import OPS
+from exprc.ops.shape import basic_key
 from exprc.types import shape_str
 
 #: NumPy steps that may turn out to be views of their first operand (decided per plan, by
@@ -65,6 +66,9 @@ class HostPlan:
         #: The aliases that are their node's buffer seen the same way (``sum_to`` where nothing was
         #: broadcast): a NumPy step reads the buffer itself, with no view made per call.
         self.identities: set[Node] = set()
+        #: NumPy steps whose buffer the kernels write directly (see Planner._slice_writes): they
+        #: run nothing per call.
+        self.prewritten: set[Node] = set()
         #: (buffer, output, buffer shape): a kernel writes the buffer straight into the output
         #: that is its identity (or a reshape of it).
         self.redirects: list[tuple[Node, Node, tuple]] = []
@@ -227,6 +231,7 @@ class Planner:
         if self.resolve_steps:
             self._find_aliases(plan, env, outputs)
             self._donate(plan, env, outputs, out)
+            self._slice_writes(plan, env, outputs)
         for n, arr in plan.scratch.items():
             if n in self.slot:
                 plan.fixed[self.slot[n]] = arr
@@ -293,9 +298,9 @@ class Planner:
                         fast = False
                 P[pi:pi + kl.ndim] = [st[d] for d in kl.perm]
             P[kl.p_flag] = 1 if fast else 2 if kl.rowflat and _rows_contiguous(kl, P) else 0
-        plan.segments = (segments(self.program, {s.node for s in self.plan_time} | {n for n, _ in plan.aliases},
-                                  plan.skipped_kernels)
-                         if plan.aliases or plan.skipped_kernels else self.segments)
+        plan.segments = (segments(self.program, {s.node for s in self.plan_time} | {n for n, _ in plan.aliases}
+                                  | plan.prewritten, plan.skipped_kernels)
+                         if plan.aliases or plan.skipped_kernels or plan.prewritten else self.segments)
         plan.simple = (len(plan.segments) <= 1 and all(isinstance(g, tuple) for g in plan.segments)
                        and not plan.copied_views and not plan.zeroed
                        and len(plan.out_specs) == len(self.outputs)
@@ -423,6 +428,34 @@ class Planner:
             if all(o in zero_fills for o in k.outputs):  # (a kernel merged with other loops still runs)
                 plan.skipped_kernels.add(self._kernel_number[id(k)])
                 plan.zeroed.update(zero_fills[o] for o in k.outputs)
+
+    def _slice_writes(self, plan: HostPlan, env: dict[Node, np.ndarray], outputs: set[Node]) -> None:
+        """``inc_subtensor(zeros, g, static slice)`` (the gradient of a slice: an LSTM's gate
+        slices) with ``g`` computed by a kernel for it alone: the step's scratch buffer is zeroed
+        once, when the plan is made, and ``g``'s kernel writes ``g`` straight into its slice on
+        every call (nothing else ever writes the buffer, so the rest stays zero); the step runs
+        nothing, so a body made of such steps is one native call.  ``g`` must be ``h + 0.0``
+        (rule ``slice_grad_plus_zero``) or an integer: 0 + g is what the step computes, and a
+        -0.0 becomes +0.0 there."""
+        shared = {}
+        for arr in plan.scratch.values():
+            shared[id(arr)] = shared.get(id(arr), 0) + 1
+        for s in self.program.steps:
+            if not isinstance(s, Step) or s.node.op != "inc_subtensor":
+                continue
+            u = s.node
+            x, g = u.inputs
+            if (g not in self._producer or not _zero_fill(x) or not _plus_zero(g)
+                    or any(n not in plan.scratch or n in outputs for n in (u, g)) or g not in self.slot
+                    or self._consumers.get(g) != 1 or shared[id(plan.scratch[u])] != 1):
+                continue
+            buf = np.zeros_like(plan.scratch[u])
+            part = buf[basic_key(u.arg("index"))]
+            if part.shape != env[g].shape or buf.shape != env[x].shape:
+                continue
+            plan.scratch[u] = env[u] = buf
+            plan.scratch[g] = env[g] = part
+            plan.prewritten.add(u)
 
     def _step_input(self, node: Node, env: dict, shapes: dict) -> np.ndarray:
         try:
@@ -623,6 +656,14 @@ def _rows_contiguous(kl: Any, P: np.ndarray) -> bool:
         return True
     return all(P[pi + 1] == np.dtype(node.dtype).itemsize
                for j, (node, _, pi) in enumerate(kl.accesses) if node.ndim and j not in kl.models)
+
+
+def _plus_zero(g: Node) -> bool:
+    """``g`` never holds -0.0 where 0 + g would not: an integer, or ``h + (+0.0)``."""
+    if np.dtype(g.dtype).kind in "iub":
+        return True
+    return (g.op == "add" and g.inputs[1].op == "constant" and g.inputs[1].ndim == 0
+            and _all_zero_bits(g.inputs[1].value))
 
 
 def _zero_constant(x: Node) -> bool:

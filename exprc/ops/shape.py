@@ -144,7 +144,8 @@ register(Op("shape", "shape", lambda x: np.array(np.shape(x), dtype=np.int64), _
 
 
 # -- ops that gradients need (NumPy steps on every native backend; the C planner makes them views where it can) --
-def _index_key(index: tuple) -> tuple:
+def basic_key(index: tuple) -> tuple:
+    """NumPy's key for a static basic index (the encoding of ``getitem`` and ``inc_subtensor``)."""
     return tuple(item[1] if item[0] == "i" else (None if item[0] == "n" else slice(*item[1:])) for item in index)
 
 
@@ -159,7 +160,7 @@ def _infer_inc_subtensor(inputs: tuple, attrs: dict) -> tuple[tuple, TensorType]
 
 def _inc_subtensor(x: np.ndarray, y: np.ndarray, index: tuple) -> np.ndarray:
     out = np.array(x, copy=True)
-    out[_index_key(index)] += y
+    out[basic_key(index)] += y
     return out
 
 

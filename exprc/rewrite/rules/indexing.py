@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 
 from exprc.graph import Node
+from exprc.ops import OPS
 from exprc.rewrite.core import constant_value, rewrite_rule
 from exprc.rewrite.forms import const, make
 from exprc.types import is_float
@@ -58,3 +59,20 @@ def _sparse(node: Node, a: Node, y: Node) -> Node | None:
     if c is not None:
         v = make(y.op, v, const(cv, v))
     return make("scatter", a, make("neg", v) if node.op == "sub" else v, *s.inputs[2:], **dict(s.attrs))
+
+
+@rewrite_rule("slice_grad_plus_zero", ("specialize", "indexing"), ops=("inc_subtensor",))
+def slice_grad_plus_zero(node: Node) -> Node | None:
+    """inc_subtensor(zeros_like(m), g, slice) -> inc_subtensor(zeros_like(m), g + 0.0, slice) for a
+    float g computed elementwise (the gradient of a slice): the same values (0 + g turns a -0.0
+    into +0.0 and so does g + 0.0), and the C planner can then let g's kernel write g + 0.0
+    straight into the slice of the zeros, so the step runs nothing (``Planner._slice_writes``;
+    an LSTM's backward step over its four gate slices becomes one native call).  The add is
+    fused into g's kernel: it costs nothing."""
+    z, g = node.inputs
+    if not is_float(g.dtype) or OPS[g.op].kind != "elemwise" or z.op != "fill" or not _zeros_like(z, z.inputs[0]):
+        return None
+    if g.op == "add" and g.inputs[1].op == "constant" and constant_value(g.inputs[1]) == 0 and not math.copysign(
+            1.0, constant_value(g.inputs[1])) < 0:
+        return None  # (already there)
+    return make("inc_subtensor", z, make("add", g, const(0.0, g)), **dict(node.attrs))
