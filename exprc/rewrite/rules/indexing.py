@@ -1,10 +1,12 @@
-"""Rewrites of index steps: a dense update by a sparse gradient becomes a sparse update.
+"""Rewrites of index steps, so that the gradients of indexing cost what they touch.
 
-The gradient of ``W[idx]`` is ``inc_subtensor(zeros_like(W)[idx], g)``: a table of zeros with a
-few rows added.  ``W - lr * that`` then costs a pass over a zeroed table and another over ``W``
-for an SGD step that changes a few rows.  ``inc_subtensor(W[idx], -(lr * g))`` changes only those
-rows, and as the update of a shared ``W`` runs where ``W`` lies (see
-:func:`exprc.backends.plan.in_place_outputs`)."""
+* ``sparse_update``: the gradient of ``W[idx]`` is ``inc_subtensor(zeros_like(W)[idx], g)``, a
+  table of zeros with a few rows added; ``W - lr * that`` costs a pass over a zeroed table and
+  another over ``W`` for an SGD step that changes a few rows.  ``inc_subtensor(W[idx], -(lr * g))``
+  changes only those rows, and as the update of a shared ``W`` runs where ``W`` lies (see
+  :func:`exprc.backends.plan.in_place_outputs`).
+* ``slice_grad_plus_zero``: the gradient of a static slice, ``inc_subtensor(zeros, g, slice)``,
+  takes the form the C planner writes without a step (``Planner._slice_writes``)."""
 
 from __future__ import annotations
 
