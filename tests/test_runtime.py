@@ -436,7 +436,7 @@ def test_backward_scan_over_gate_slices_is_one_native_call():
 
     looplib.CStepper.__call__ = spy
     try:
-        c, g = f(H0, XS, Uv)
+        _, g = f(H0, XS, Uv)
     finally:
         looplib.CStepper.__call__ = orig
     assert taken and all(taken)  # forward and backward loops: native
