@@ -160,8 +160,10 @@ class KernelLayout:
     #: The kernel's ops rendered by ``c_call`` (draws): each must span the whole loop (the planner checks).
     draws: tuple[Node, ...] = ()
     #: The kernel has a row-by-row contiguous path (a 2-d elementwise loop, flag 2: the planner sets
-    #: it when every access is contiguous along the inner dimension; see ``exprc_rowflat``).
-    rowflat: bool = False
+    #: it when every access is contiguous along the inner dimension; see ``exprc_rowflat``).  What
+    #: the C renderer gave this kernel, not where things live: renderers without it (CUDA) share
+    #: the same layout, and their planner never sets flag 2.
+    rowflat: bool = field(default=False, compare=False)
 
     @property
     def p_dims(self) -> int:
