@@ -445,9 +445,11 @@ class CRenderer:
         main = self._dims(kl)
         main.append(f"    const int64_t total = {' * '.join(f'n{d}' for d in range(nd)) or '1'};")
         flat: list[str] = []
-        kl.rowflat = nd == 2 and not kl.draws
         whole = self._flat_possible(kl)
-        if whole or kl.rowflat:
+        # (only where the flat loop exists anyway: rendering one just for rows cost a softmax step's
+        # cold compile 0.2 s, its broadcast rows being short)
+        kl.rowflat = nd == 2 and not kl.draws and whole
+        if whole:
             flat, run = self._flat_elemwise(kl)
         if kl.rowflat:
             main += [f"    if ({self.param(kl, kl.p_flag)} == 2) {{",

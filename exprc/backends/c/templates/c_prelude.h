@@ -111,8 +111,8 @@ static void exprc_rowflat_range(exprc_chunk_fn fn, char **restrict ptrs, const i
     }
 }
 
-/* A 2-d elementwise loop whose accesses are rows of wider arrays (gate slices, a row vector
- * broadcast down a matrix): the vectorized flat loop once per row instead of the scalar strided
+/* A 2-d elementwise loop whose accesses are rows of wider arrays (gate slices, column slices): the
+ * vectorized flat loop once per row instead of the scalar strided
  * nest, rows split between nthreads threads when parallel (elementwise: the same values). */
 __attribute__((unused)) static void exprc_rowflat(exprc_chunk_fn fn, char **restrict ptrs,
                                                   const int64_t *restrict P, int nacc, int64_t n0, int64_t n1,
