@@ -455,3 +455,20 @@ def test_cancelled_factors_keep_nan_at_zero():
             assert np.isnan(r[0][0]) and r[0][1] == 1.0
             assert np.isnan(r[1][0]) and r[1][1] == 2.0
             assert r[2][2] == 3.0  # sigmoid(-800) underflows to 0; the cancelled form stays exact
+
+
+def test_series_prefixes_are_the_full_series_first_terms():
+    """taylor_cancellation compares only the first terms (the full 72-term list of tanh is slow to
+    build): a prefix must be exactly the start of the full list, and both match sympy's series."""
+    import sympy as sp
+
+    from exprc.rewrite import series
+
+    v = sp.Symbol("v")
+    for op, fn in (("tanh", sp.tanh), ("tan", sp.tan), ("log1p", lambda x: sp.log(1 + x)), ("arcsinh", sp.asinh)):
+        full = series.coefficients(op)
+        exact = sp.Poly(sp.series(fn(v), v, 0, 12).removeO(), v)
+        for n in (1, 2, 5, 12):
+            assert series.coefficients(op, n) == full[:n]
+        assert [sp.Rational(c.numerator, c.denominator) for c in full[:12]] == [exact.coeff_monomial(v ** i)
+                                                                                 for i in range(12)]

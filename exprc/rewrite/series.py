@@ -49,7 +49,8 @@ def coefficients(op: str, n: int = MAX_TERMS + 8) -> tuple[Fraction, ...]:
     if op in ("tan", "tanh"):  # f' = 1 ± f^2:  (n + 1) a_{n+1} = ± sum a_i a_{n-i}
         s = 1 if op == "tan" else -1
         a = [Fraction(0)] * n
-        a[1] = Fraction(1)
+        if n > 1:
+            a[1] = Fraction(1)
         for m in range(1, n - 1):
             a[m + 1] = s * sum((a[i] * a[m - i] for i in range(m + 1)), Fraction(0)) / (m + 1)
     return tuple(a)
