@@ -128,7 +128,7 @@ from exprc.graph import Node
 from exprc.indexing import inc_subtensor, set_subtensor
 from exprc.nxbridge import from_networkx, to_networkx
 from exprc.pipeline import FunctionGraph, optimize
-from exprc.printing import debugprint, pprint, to_dot
+from exprc.printing import Print, debugprint, pprint, to_dot
 from exprc.serialize import dumps, load, loads, save
 from exprc.shared import SharedVariable, shared
 from exprc.sympy_bridge import from_sympy, to_sympy

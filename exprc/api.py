@@ -520,11 +520,18 @@ def install_operators(cls: type) -> None:
         order[0], (list, tuple)) else order)
     cls.squeeze = squeeze
     cls.flatten = flatten
+    cls.print = lambda self, message="", summary=False: _printing().Print(self, message, summary)
     cls.clip = clip
     # Properties and methods that need this API (graph.py sits below it and cannot import it).
     cls.shape = property(shape, doc="The symbolic shape: an int64 vector node (folded when sizes are static).")
     cls.T = property(lambda self: transpose(self), doc="The transpose (axes reversed).")
     cls.eval = _eval
+
+
+def _printing() -> Any:
+    from exprc import printing  # (it imports this module's as_node lazily too)
+
+    return printing
 
 
 def _eval(self: Node, inputs: dict | None = None, **kwargs: Any) -> np.ndarray:

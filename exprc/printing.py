@@ -214,6 +214,21 @@ def _join(pieces: list, parts: dict, limit: int | None = None) -> str:
     return "".join(out)
 
 
+def Print(x: Any, message: str = "", summary: bool = False) -> Any:
+    """``x``, printing its value each time a compiled function evaluates it (Theano's ``Print``;
+    also ``x.print(message)``): ``message`` then the value, or with ``summary=True`` its shape,
+    dtype, min, max, mean and NaN/inf counts.  Only the value is materialized: the graph around
+    it fuses as before.  The gradient passes through.  Theano's spelling
+    ``Print("message")(x)`` works too."""
+    if isinstance(x, str) and message == "":
+        return lambda y: Print(y, x, summary)
+    from exprc.api import as_node  # (the API imports this module)
+
+    if not isinstance(message, str):
+        raise TypeError(f"Print: message must be a string, got {type(message).__name__}")
+    return OPS["print"].make((as_node(x),), {"message": message, "summary": bool(summary)})
+
+
 def debugprint(obj: Any, file: Any = None) -> str:
     """An indented tree with op, type and a short id per node; shared nodes are
     expanded once and referenced by id afterwards.  Accepts nodes or a Function."""

@@ -74,6 +74,7 @@ NO_SYMPY: dict[str, str] = {
                      "inc_subtensor", "sum_to", "split_part"),
                     "a shape op: not an elementwise formula (to_sympy raises TypeError)"),
     "matmul": "linear algebra: not an elementwise formula (to_sympy raises TypeError)",
+    "print": "a side effect (it prints each call), which SymPy cannot carry (to_sympy raises TypeError)",
     **dict.fromkeys(("alloc", "arange"), "a creation op: not an elementwise formula (to_sympy raises TypeError)"),
     **dict.fromkeys(("subtensor", "scatter"), "an index op: not an elementwise formula (to_sympy raises TypeError)"),
     **dict.fromkeys(("scan", "scan_output", "ifelse"), "control flow: not an elementwise formula (to_sympy raises "

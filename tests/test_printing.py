@@ -116,3 +116,53 @@ def test_pprint_max_nodes_prints_the_nodes_nearest_the_outputs_in_bounded_work()
     small = exprc.log1p(x) * exprc.sum(x, axis=0)
     assert exprc.pprint(small, max_nodes=50) == exprc.pprint(small)  # fits: the plain text
     assert exprc.pprint(exprc.exp(exprc.exp(exprc.exp(x))), max_nodes=2) == "exp(exp(…))"
+
+
+# -- Print: the identity that prints its value (Theano's Print, issue 19 item 3) -------------------
+@pytest.mark.parametrize("backend", ["numpy", "c"])
+def test_print_writes_the_value_each_call_and_changes_nothing(backend, capsys):
+    x, y = exprc.vector("x"), exprc.vector("y")
+    h = exprc.exp(x) * 2.0
+    e = [exprc.sum(exprc.Print(h, "h is") + y), (exprc.log1p(x) * y).print("lp", summary=True)]
+    plain = exprc.function([x, y], [exprc.sum(h + y), exprc.log1p(x) * y], backend=backend)
+    f = exprc.function([x, y], e, backend=backend)
+    X, Y = np.array([0.0, 1.0, np.nan, -1.0]), np.array([1.0, 2.0, 3.0, 4.0])
+    capsys.readouterr()
+    for _ in range(2):
+        got, want = f(X, Y), plain(X, Y)
+        np.testing.assert_array_equal(got[0], want[0])
+        np.testing.assert_array_equal(got[1], want[1])
+    out = capsys.readouterr().out.splitlines()
+    assert out.count(f"h is {np.array2string(np.exp(X) * 2.0)}") == 2
+    with np.errstate(all="ignore"):
+        lp = np.log1p(X) * Y
+    fin = lp[np.isfinite(lp)]
+    summary = (f"lp shape=(4,) dtype=float64 min={fin.min().item()!r} max={fin.max().item()!r} "
+               f"mean={fin.mean().item()!r} nan=1 inf=1")
+    assert out.count(summary) == 2 and len(out) == 4
+
+
+def test_print_is_never_folded_nor_run_once_per_plan(capsys):
+    """A print of a constant or of a shape prints on every call, not at compile or plan time."""
+    x = exprc.vector("x")
+    f = exprc.function([x], [x + exprc.Print(exprc.constant(np.arange(3.0)), "c"),
+                             exprc.Print(x.shape, "n") * 2], backend="c")
+    assert capsys.readouterr().out == ""
+    for _ in range(3):
+        a, b = f(np.ones(3))
+        np.testing.assert_array_equal(a, [1.0, 2.0, 3.0])
+        np.testing.assert_array_equal(b, [6])
+    out = capsys.readouterr().out.splitlines()
+    assert out.count("c [0. 1. 2.]") == 3 and out.count("n [3]") == 3
+
+
+def test_print_gradient_theano_spelling_errors_and_saving(capsys, tmp_path):
+    x = exprc.vector("x")
+    g = exprc.grad(exprc.sum(exprc.Print("x")(x) ** 2), x)
+    np.testing.assert_array_equal(exprc.function([x], g)(np.array([1.0, -2.0])), [2.0, -4.0])
+    assert "x [ 1. -2.]" in capsys.readouterr().out
+    with pytest.raises(TypeError, match="message must be a string"):
+        exprc.Print(x, 3)
+    e = exprc.Print(x * 2, "twice", summary=True)
+    back = exprc.serialize.loads(exprc.serialize.dumps(e))
+    assert back.op == "print" and back.arg("message") == "twice" and back.arg("summary") is True

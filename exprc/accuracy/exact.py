@@ -41,6 +41,7 @@ NO_MPMATH: dict[str, str] = {
                      "inc_subtensor", "sum_to", "split_part"),
                     "a shape op: it moves (or sums) values over an array, not point by point"),
     "matmul": "linear algebra: a sum of products over an axis, not elementwise",
+    "print": "a side effect (it prints each call): the search leaves it where the user put it",
     **dict.fromkeys(("alloc", "arange"), "a creation op: it lays out values over a shape given by its sizes, "
                                          "not point by point"),
     **dict.fromkeys(("subtensor", "scatter"), "an index op: it picks or writes values by position, not point by point"),

@@ -587,7 +587,7 @@ def shape_only_steps(program: Program, outputs: set[Node]) -> list[Step]:
     for n in toposort([s.node for s in steps]):
         if n.op == "shape" or n.op == "constant":
             shape_only[n] = True
-        elif n.op == "input" or not n.inputs:
+        elif n.op == "input" or not n.inputs or OPS[n.op].impure:
             shape_only[n] = False
         else:
             shape_only[n] = all(shape_only[i] for i in n.inputs)

@@ -271,6 +271,7 @@ def _grad_matmul(node: Node, g: Node) -> tuple:
 # The identity with a zero gradient.  exprc.autodiff already stops its sweep at these nodes (what
 # lies only below one is not differentiated at all); the rule is for anyone applying rules directly.
 grad_rule("stop_gradient")(lambda node, g: (None,))
+grad_rule("print")(lambda node, g: (g,))  # (the identity: what it prints is no part of the gradient)
 grad_rule("rare")(lambda node, g: (None,))  # a bool condition: no gradient
 
 

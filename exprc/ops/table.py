@@ -71,6 +71,9 @@ class Op:
     #: NumPy steps with ``into`` only: the result is the first operand updated, and ``into`` may
     #: be handed that operand's own buffer as ``out`` (the planner does so when nothing else reads it).
     in_place: bool = False
+    #: Runs for a side effect on every call (``print``): never folded into a constant, never run
+    #: once per plan as a shape-only step.
+    impure: bool = False
     #: Elementwise ops whose C expression depends on attributes or on the element's position (random
     #: draws): ``c_call(node, operand expressions, flat index expression, bits) -> C expression``, used
     #: by every renderer instead of ``c`` (``bits``: a draw's bits already computed by a batched loop,

@@ -18,7 +18,7 @@ def constant_fold(node: Node) -> Node | None:
     if not node.inputs or not all(i.op == "constant" for i in node.inputs):
         return None
     op = OPS[node.op]
-    if op.impl is None or op.kind == "leaf":
+    if op.impl is None or op.kind == "leaf" or op.impure:
         return None
     size = 1
     for s in node.type.shape:
