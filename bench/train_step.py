@@ -14,6 +14,7 @@ graph; ``jax.jit`` of ``value_and_grad`` plus the update (x64). Columns of a sys
 import are skipped (``pip install jax pytensor``).  Figures: microseconds per step (best of the
 rounds, systems interleaved, ``bench/timing.py``), **time / NumPy time** (issue 17's targets:
 softmax regression <= 0.5, MLP <= 0.8), and the number of exprc kernels (softmax regression <= 6).
+Also the exprc step with ``Config(nan_guard=True)`` against without (issue 19: <= 1.5x).
 
 Cold compile (issue 17, item 5): in a fresh process with an empty ``EXPRC_CACHE_DIR`` whose
 dispatcher and toolchain record were built by an earlier process, ``exprc.function`` of the
@@ -136,6 +137,9 @@ def bench_model(model: str, systems: list[str], rounds: int) -> dict:
         check("exprc", f(*args))
         kernels = len(f.kernels)
         fns["exprc"] = lambda: f(*args)
+        guarded = exprc.function(ins, outs, config=exprc.Config(nan_guard=True))
+        check("exprc", guarded(*args))
+        fns["exprc_guard"] = lambda: guarded(*args)
     if "pytensor" in systems:
         import pytensor
         import pytensor.tensor as pt
@@ -209,6 +213,10 @@ def main() -> None:
     for r in rows:
         cells = [f"{r['us'][n]:8.1f} ({r['vs_numpy'][n]:5.2f}x)" for n in names]
         print(f"{r['model']:10} {r['kernels'] or '':>7} " + " ".join(f"{c:>18}" for c in cells))
+    if "exprc" in systems:
+        ratios = {r["model"]: r["us"]["exprc_guard"] / r["us"]["exprc"] for r in rows}
+        print("Config(nan_guard=True) step time / plain exprc: " +
+              ", ".join(f"{m} {v:.2f}x" for m, v in ratios.items()) + " (issue 19 target <= 1.5x)")
     comp = bench_compile(1 if args.quick else 3)
     print(f"softmax-regression step + predict, exprc.function: cold {comp['cold']:.3f} s, warm {comp['warm']:.3f} s "
           "(fresh processes; dispatcher and toolchain probe already built)")

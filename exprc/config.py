@@ -46,6 +46,10 @@ class Config:
     #: given no dtype, and of their Python float values: Theano's ``floatX``.  Promotion does not
     #: change (``int32_var + 2.5`` is float64; a Python float next to float32 stays float32).
     float_dtype: str = "float64"
+    #: Theano's NanGuardMode: each call checks every output and update for NaN/Inf made from finite
+    #: inputs and raises :class:`~exprc.errors.NonFiniteError` naming the first node that made one
+    #: (:mod:`exprc.guard`).  Off: no cost.
+    nan_guard: bool = False
 
     def __post_init__(self) -> None:
         name = getattr(self.float_dtype, "__name__", None) or str(self.float_dtype)  # np.float32, np.dtype(...)

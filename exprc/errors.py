@@ -66,6 +66,11 @@ class UpdateError(ExprcError, ValueError):
     """``updates=`` of ``exprc.function`` is malformed (a variable updated twice, ...)."""
 
 
+class NonFiniteError(ExprcError, FloatingPointError):
+    """``Config(nan_guard=True)``: a compiled function produced NaN or Inf from finite inputs; the
+    message names the first node (and its fused kernel) that did, with its operands' summary."""
+
+
 class CUDAError(ExprcError, RuntimeError):
     """A CUDA driver call failed (the message names the call and the driver's error)."""
 

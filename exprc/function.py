@@ -315,6 +315,10 @@ def function(inputs: Sequence[Node], outputs: Node | Sequence[Node], backend: st
 
 def _wrap(ins: tuple, outs: tuple, single: bool, graph: FunctionGraph, kernel: Any, name: str, cfg: Config,
           allow_downcast: bool, hidden: tuple, upd: tuple, report: Any = None) -> Function:
+    if cfg.nan_guard:
+        from exprc.guard import GuardedKernel
+
+        kernel = GuardedKernel(kernel, graph)
     if not hidden and not upd:
         fn = Function(ins, outs, single, graph, kernel, name, cfg, allow_downcast)
     else:
