@@ -50,6 +50,9 @@ class Config:
     #: inputs and raises :class:`~exprc.errors.NonFiniteError` naming the first node that made one
     #: (:mod:`exprc.guard`).  Off: no cost.
     nan_guard: bool = False
+    #: Time every kernel and NumPy step of each call, and the compile by stage (:mod:`exprc.profile`;
+    #: ``Function.profile``).  Off: no cost.
+    profile: bool = False
 
     def __post_init__(self) -> None:
         name = getattr(self.float_dtype, "__name__", None) or str(self.float_dtype)  # np.float32, np.dtype(...)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import inspect
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -163,6 +164,12 @@ class Function:
         return ", ".join(str(v.arg("name") or f"<position {i}>") for i, v in enumerate(self.inputs))
 
     @property
+    def profile(self) -> Any:
+        """With ``profile=True``: an :class:`exprc.profile.Profile` of the calls so far (prints as a
+        table; ``to_dict()``); else None."""
+        return getattr(self._kernel, "profile", None)
+
+    @property
     def cache_path(self) -> str | None:
         """The cache entry folder of the compiled library (None: NumPy backend or cache off)."""
         entry = self._kernel.cache_entry
@@ -242,7 +249,8 @@ def _check_inputs(inputs: Iterable[Node]) -> tuple[Node, ...]:
 
 def function(inputs: Sequence[Node], outputs: Node | Sequence[Node], backend: str | None = None,
              exclude: Iterable[str] = (), config: Config | None = None, allow_downcast: bool = False,
-             updates: Any = None, givens: Any = None, accuracy: Any = "default", domain: Any = None) -> Function:
+             updates: Any = None, givens: Any = None, accuracy: Any = "default", domain: Any = None,
+             profile: bool = False) -> Function:
     """Compile ``outputs`` as a function of ``inputs``.
 
     ``backend``: ``"c"`` (fused C loops), ``"numpy"`` (the reference), ``"cuda"`` (NVIDIA GPUs,
@@ -257,8 +265,12 @@ def function(inputs: Sequence[Node], outputs: Node | Sequence[Node], backend: st
     ``accuracy``: ``"default"`` (the rewrite rules only) or ``"search"`` (also measure the error on
     sampled points of ``domain`` = ``{input: (lo, hi)}`` and keep more accurate forms, Herbie-style:
     see :mod:`exprc.search`; slower to compile, cached on disk).
+    ``profile``: time every kernel and NumPy step of each call, and the compile by stage
+    (``Config.profile``; the result is ``f.profile``, see :mod:`exprc.profile`).
     """
     cfg = resolve(config)
+    if profile:
+        cfg = cfg.replace(profile=True)
     if exclude:
         cfg = cfg.replace(exclude=tuple(sorted(set(cfg.exclude) | set(exclude))))
     ins = _check_inputs(inputs)
@@ -295,7 +307,9 @@ def function(inputs: Sequence[Node], outputs: Node | Sequence[Node], backend: st
         listed = ", ".join(f"{v.arg('name') or '<unnamed>'} ({v.type})" for v in missing)
         raise MissingInputError(f"the outputs depend on variables that are not among the inputs: {listed}")
     name = backends.choose(backend, cfg)
+    t_optimize = time.perf_counter()
     graph = optimize(FunctionGraph(ins + hidden, outs + tuple(e for _, e in upd)), cfg)
+    t_optimize = time.perf_counter() - t_optimize
     report = None
     if settings is not None:
         from exprc import search
@@ -305,6 +319,9 @@ def function(inputs: Sequence[Node], outputs: Node | Sequence[Node], backend: st
             raise DomainError("accuracy=\"search\" does not support updates=")
         graph, report = search.search(ins, outs, graph, dom, settings, cfg)
     kernel = backends.build(name, graph, cfg)
+    prof = getattr(kernel, "own_profile", lambda: getattr(kernel, "profile", None))() if cfg.profile else None
+    if prof is not None:  # (a staged kernel's merged profile is made per read: record in its own)
+        prof.compile = {"optimize": t_optimize, **prof.compile}
     if cfg.cache and len(order) <= _EVAL_CACHE_MAX_NODES:  # the memo must not keep big graphs alive
         with _MEMO_LOCK:
             _MEMO[memo_key] = (name, graph, kernel, hidden, report)

@@ -59,6 +59,10 @@ class GuardedKernel(Kernel):
     def cache_entry(self) -> Any:  # type: ignore[override]
         return self._inner.cache_entry
 
+    @property
+    def profile(self) -> Any:  # type: ignore[override]
+        return getattr(self._inner, "profile", None)
+
     def fast_path(self, single: bool) -> Any:
         """The wrapped kernel's fast path, its results checked: a result that is not finite makes
         it return None, and the Python path runs the call again and raises with the diagnosis."""

@@ -39,6 +39,9 @@ kernel; nothing else is probed.  Subclass it to inherit the defaults.
     that cannot be seen (:func:`exprc.backends.plan.in_place_outputs`: a scatter as the last
     writer of its operand).  A caller passing ``out[j]`` that *is* ``arrays[i]`` and ``(j, i)`` in
     ``in_place`` gets it updated where it lies (a shared variable's sparse update).  Default: {}.
+``profile``
+    With ``Config.profile``: an :class:`exprc.profile.Profile` the kernel fills on every call (the C
+    backend times each kernel and NumPy step); ``Function.profile`` returns it.  Default: None.
 ``fast_path(single) -> callable | None``
     An optional C-level callable for the common call (validated arguments, fresh outputs,
     updates): ``fn(*args)``, ``fn.into(args, out)`` and ``fn.update(args, hidden, boxes,
@@ -73,6 +76,7 @@ class Kernel:
     writes_out: bool = False
     device_arrays: bool = False
     in_place: dict[int, int] = {}  # noqa: RUF012 - replaced per instance, never mutated
+    profile: Any = None  # an exprc.profile.Profile in profile mode (Config.profile), where the backend keeps one
 
     def __call__(self, *arrays: Any, out: list | None = None, to_numpy: bool | None = None) -> list:
         raise NotImplementedError

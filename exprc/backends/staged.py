@@ -18,6 +18,7 @@ boundary values through the host.
 from __future__ import annotations
 
 import functools
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -26,6 +27,7 @@ import numpy as np
 from exprc.backends import Kernel
 from exprc.graph import Node, input_node, substitute, toposort
 from exprc.ops import OPS
+from exprc.profile import Profile
 
 #: Intermediate stages of at most this many ops run on NumPy (see StagedKernel).
 SMALL_STAGE = 2
@@ -82,6 +84,24 @@ class StagedKernel(Kernel):
         with overlapped():  # the stages' and bodies' libraries compile at the same time
             self._make_stages(make, body, backend, known)
         self.kernels = [d for s in self.stages if s.kernel is not None for d in s.kernel.kernels]
+        #: Profile mode: the time of each cut (a loop or condition as a whole, a host step).
+        self._cuts_profile = Profile() if getattr(cfg, "profile", False) else None
+
+    def own_profile(self) -> Profile | None:
+        """The profile this kernel records into itself (the cuts; a caller adds compile stages)."""
+        return self._cuts_profile
+
+    @property
+    def profile(self) -> Profile | None:  # type: ignore[override]
+        """Profile mode: the stages' kernels and the cuts between them, as one profile."""
+        if self._cuts_profile is None:
+            return None
+        total = Profile()
+        for s in self.stages:
+            if s.kernel is not None and getattr(s.kernel, "profile", None) is not None:
+                total.merge(s.kernel.profile)
+        total.merge(self._cuts_profile)
+        return total
 
     @functools.cached_property
     def source(self) -> str:  # type: ignore[override]
@@ -157,11 +177,16 @@ class StagedKernel(Kernel):
                 vals = [c.inputs[j].value if c.inputs[j].op == "constant" else env[c.inputs[j]]
                         for j in range(len(c.inputs))]
                 runner = self.runners.get(c)
+                t = time.perf_counter() if self._cuts_profile is not None else 0.0
                 if runner is not None:
                     env[c] = runner(*vals)
-                    continue
-                with np.errstate(all="ignore"):
-                    env[c] = np.asarray(OPS[c.op].impl(*vals, **dict(c.attrs)))
+                else:
+                    with np.errstate(all="ignore"):
+                        env[c] = np.asarray(OPS[c.op].impl(*vals, **dict(c.attrs)))
+                if self._cuts_profile is not None:
+                    label = getattr(c.arg("loop"), "name", None) if c.op == "scan" else None
+                    self._cuts_profile.record(f"{c.op} {label}" if label else c.op,
+                                              "loop" if c.op in ("scan", "ifelse") else "step", time.perf_counter() - t)
         results = []
         for j, o in enumerate(self.outputs):
             val = o.value if o.op == "constant" else env[o]

@@ -14,8 +14,10 @@ releases the GIL during the call.  From a function's second call on, the C dispa
 from __future__ import annotations
 
 import functools
+import math
 import os
 import threading
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -37,6 +39,7 @@ from exprc.ops import OPS
 from exprc.ops.index import check_index
 from exprc.pipeline import FunctionGraph
 from exprc.printing import pprint
+from exprc.profile import Profile
 
 # The FFI (backends/c/ffi.py) and what the hot paths take from it, set by the first CKernel (loading
 # them reads the cache: not at import).
@@ -115,11 +118,17 @@ class CKernel(Kernel):
         self.cfg = cfg
         _init_ffi(cfg)
         blas = blas_pointers(_FFI) if native_matmul else None
+        #: Profile mode (Config.profile): every kernel timed as its own call (exprc.profile).
+        self.profile = Profile() if cfg.profile else None
+        t0 = time.perf_counter()
         self.program: Program = lower(list(fg.outputs), list(fg.inputs), fuse=fuse, native_matmul=blas is not None)
+        t1 = time.perf_counter()
         # The cache key hashes the source without its comments (kernel titles, the summary: pprint
         # work that was a fifth of a warm LSTM's function()); the library is built from the source
         # with them, which is what the entry keeps and what .source shows.
         keyed, self.layout = CRenderer(precise_math=cfg.precise_math, titles=False).render(self.program)
+        if self.profile is not None:
+            self.profile.compile.update(lower=t1 - t0, render=time.perf_counter() - t1)
         self.layout: Layout
         self._fg = fg
         name = self.program.kernels[0].name if self.program.kernels else "k_empty"
@@ -129,10 +138,22 @@ class CKernel(Kernel):
 
         def build(d: Any) -> Any:
             meta["summary"] = self._summary()[:500]  # (cache.load writes meta after the build)
-            return cc.compile_library(self.source, d, name, cfg)
+            t = time.perf_counter()
+            try:
+                return cc.compile_library(self.source, d, name, cfg)
+            finally:
+                if self.profile is not None:
+                    self.profile.compile["compile"] = time.perf_counter() - t
+
+        def load(path: Any) -> Any:
+            t = time.perf_counter()
+            lib = _dlopen(path)
+            if self.profile is not None:
+                self.profile.compile["load"] = time.perf_counter() - t
+            return lib
 
         # (a build may overlap with the function's other kernels': see backends/builds.py)
-        self._built = builds.submit(lambda: cache.load(name, keyed, parts, build, _dlopen, cfg, meta))
+        self._built = builds.submit(lambda: cache.load(name, keyed, parts, build, load, cfg, meta))
         self._blas = blas if any(k.matmul is not None for k in self.program.kernels) else None
         self.nthreads = cfg.num_threads or os.cpu_count() or 1
         self.planner = Planner(self.program, self.layout, fg.inputs, fg.outputs, resolve_steps=True)
@@ -193,7 +214,7 @@ class CKernel(Kernel):
     # -- calls --------------------------------------------------------------------
     def __call__(self, *arrays: np.ndarray, out: Sequence[np.ndarray] | None = None,
                  to_numpy: bool | None = None, in_place: Sequence[tuple[int, int]] = ()) -> list[np.ndarray]:
-        if self._direct is not None and out is None:
+        if self._direct is not None and out is None and self.profile is None:
             res = self._direct(*arrays)
             if res is not None:
                 return [res]
@@ -216,7 +237,7 @@ class CKernel(Kernel):
                 return self._fallback(arrays, out)
             self.pool.made(key)
         try:
-            if plan.simple and out is None:
+            if plan.simple and out is None and self.profile is None:
                 try:
                     return self._execute_simple(plan, arrays)
                 except ValueError:  # a non-contiguous input: from_buffer refuses it
@@ -246,6 +267,8 @@ class CKernel(Kernel):
         It returns None for anything it does not handle, and then the Python path runs."""
         from exprc.backends.c import dispatch
 
+        if self.profile is not None:
+            return None  # (every call through _execute, kernel by kernel)
         if self._direct is not None:
             return self._direct.fast_path(single)
         for flag, d in self._dispatchers:
@@ -315,27 +338,19 @@ class CKernel(Kernel):
             live.append(arr)
             ptrs[slot] = _pointer(arr)
         env = None
+        prof = self.profile
         for seg in plan.segments:
             if isinstance(seg, tuple):
-                self._run(ptrs, plan.P_ptr, seg[0], seg[1], 1 if _SERIAL[0] else self.nthreads)
+                if prof is None:
+                    self._run(ptrs, plan.P_ptr, seg[0], seg[1], 1 if _SERIAL[0] else self.nthreads)
+                else:
+                    self._run_timed(ptrs, plan, seg, prof)
+            elif prof is None:
+                env = self._step(plan, seg.node, arrays, results, env)
             else:
-                if env is None:
-                    env = self.planner.host_env(plan, arrays, results)
-                node = seg.node
-                if node in plan.models:  # only its shape is read: its index checks, no gather
-                    check_index(node, *[self.planner.value(i, env) for i in node.inputs])
-                    continue
-                op, dest = OPS[node.op], env[node]
-                fast = self._into.get(node.op)
-                if fast is not None:  # row gathers/scatters in C (backends/c/indexlib.py)
-                    fast(node, dest, *[self.planner.value(i, env) for i in node.inputs])
-                    continue
-                with np.errstate(all="ignore"):
-                    if op.into is not None:  # (index steps write their buffer: no temporary)
-                        op.into(dest, *[self.planner.value(i, env) for i in node.inputs], **dict(node.attrs))
-                        continue
-                    val = op.impl(*[self.planner.value(i, env) for i in node.inputs], **dict(node.attrs))
-                np.copyto(dest, val, casting="unsafe")
+                t = time.perf_counter()
+                env = self._step(plan, seg.node, arrays, results, env)
+                prof.record(f"step {seg.node.op}", "numpy", time.perf_counter() - t)
         outs = []
         for j, o in enumerate(self._outputs):
             slot = self._slot[o]
@@ -353,6 +368,49 @@ class CKernel(Kernel):
             else:
                 outs.append(np.array(val, dtype=o.dtype, copy=True))
         return outs
+
+    def _step(self, plan: Plan, node: Any, arrays: Sequence[np.ndarray], results: dict, env: dict | None) -> dict:
+        """Run NumPy step ``node`` into its buffer (``env``: the host arrays, made on first need)."""
+        if env is None:
+            env = self.planner.host_env(plan, arrays, results)
+        if node in plan.models:  # only its shape is read: its index checks, no gather
+            check_index(node, *[self.planner.value(i, env) for i in node.inputs])
+            return env
+        op, dest = OPS[node.op], env[node]
+        fast = self._into.get(node.op)
+        if fast is not None:  # row gathers/scatters in C (backends/c/indexlib.py)
+            fast(node, dest, *[self.planner.value(i, env) for i in node.inputs])
+            return env
+        with np.errstate(all="ignore"):
+            if op.into is not None:  # (index steps write their buffer: no temporary)
+                op.into(dest, *[self.planner.value(i, env) for i in node.inputs], **dict(node.attrs))
+                return env
+            val = op.impl(*[self.planner.value(i, env) for i in node.inputs], **dict(node.attrs))
+        np.copyto(dest, val, casting="unsafe")
+        return env
+
+    def _run_timed(self, ptrs: Any, plan: Plan, seg: tuple[int, int], prof: Profile) -> None:
+        """Profile mode: kernels ``seg`` one native call each, timed, with their elements and the
+        bytes they touch (each element of each array once: a broadcast operand counts once)."""
+        P = plan.P
+        for k in range(seg[0], seg[1]):
+            kl = self.layout.kernels[k]
+            t = time.perf_counter()
+            self._run(ptrs, plan.P_ptr, k, k + 1, 1 if _SERIAL[0] else self.nthreads)
+            dt = time.perf_counter() - t
+            nbytes = 0
+            if kl.kernel.matmul is not None:
+                m, n, kk = (int(x) for x in P[kl.p_flag + 1:kl.p_flag + 4])
+                elements = m * n
+                nbytes = (m * kk + kk * n + m * n) * np.dtype(kl.kernel.matmul.dtype).itemsize
+            else:
+                loop = [int(x) for x in P[kl.p_dims:kl.p_dims + kl.ndim]]
+                elements = math.prod(loop)
+                for j, (node, _, pi) in enumerate(kl.accesses):
+                    if j not in kl.models:
+                        touched = math.prod(n for d, n in enumerate(loop) if P[pi + d] != 0 or n == 1)
+                        nbytes += touched * np.dtype(node.dtype).itemsize
+            prof.record(kl.kernel.name, kl.kernel.kind, dt, elements, nbytes)
 
     def _fallback(self, arrays: Sequence[np.ndarray], out: Sequence[np.ndarray] | None) -> list[np.ndarray]:
         res = self.planner.reference().run(arrays)
