@@ -337,6 +337,34 @@ def cmd_unlock(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    """``exprc report FILE -o OUT``: the HTML report of a function saved with ``exprc.save``."""
+    import numpy as np
+
+    from exprc import serialize
+    from exprc.errors import ExprcError
+
+    try:
+        f = serialize.load(args.file)
+    except (OSError, ExprcError, ValueError) as exc:
+        print(f"exprc report: {args.file}: {exc}", file=sys.stderr)
+        return 1
+    if not hasattr(f, "report"):
+        print(f"exprc report: {args.file} holds a {type(f).__name__}, not a compiled function", file=sys.stderr)
+        return 1
+    if args.profile:  # (a profiled copy, called on ones of each input's dtype and a small shape)
+        import exprc
+
+        g = exprc.function(list(f.inputs), f.outputs if len(f.outputs) > 1 else f.outputs[0], profile=True)
+        arrays = [np.ones(tuple(s if s is not None else 8 for s in v.type.shape), v.dtype) for v in f.inputs]
+        for _ in range(args.profile):
+            g(*arrays)
+        f = g
+    f.report(args.output)
+    print(f"wrote {args.output}")
+    return 0
+
+
 # -- parser ----------------------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
 
@@ -346,6 +374,15 @@ def build_parser() -> argparse.ArgumentParser:
     cp = sub.add_parser("cache", help="inspect and maintain the compile cache",
                         description="Inspect and maintain the compile cache (EXPRC_CACHE_DIR selects another folder).")
     cs = cp.add_subparsers(dest="cache_command", metavar="SUBCOMMAND")
+
+    p = sub.add_parser("report", help="write a function's HTML report",
+                       description="Write the self-contained HTML report (graphs, rewrites, kernels, source, "
+                                   "profile) of a function saved with exprc.save.")
+    p.add_argument("file", help="the saved function (exprc.save(f, path))")
+    p.add_argument("-o", "--output", default="report.html", help="the HTML file to write (default report.html)")
+    p.add_argument("--profile", type=int, default=0, metavar="N",
+                   help="also profile N calls on arrays of ones (unknown sizes: 8)")
+    p.set_defaults(func=cmd_report, parser=p)
 
     p = cs.add_parser("path", help="print the cache folder", description="Print the cache folder of this exprc "
                       "version (it may not exist yet).")

@@ -169,6 +169,19 @@ class Function:
         table; ``to_dict()``); else None."""
         return getattr(self._kernel, "profile", None)
 
+    def report(self, path: Any = None) -> str:
+        """This function as one self-contained HTML page (graphs before and after optimization,
+        the rewrites, the kernels and their source, the profile and the accuracy report when
+        there are; :mod:`exprc.report`); written to ``path`` when given.  Returns the HTML."""
+        from pathlib import Path
+
+        from exprc.report import render
+
+        text = render(self)
+        if path is not None:
+            Path(path).write_text(text, encoding="utf-8")
+        return text
+
     @property
     def cache_path(self) -> str | None:
         """The cache entry folder of the compiled library (None: NumPy backend or cache off)."""
