@@ -147,6 +147,10 @@ def _find(r: Path, prefix: str) -> Any:
     return matches[0]
 
 
+def _when(t: float, now: float) -> str:
+    return f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(t))} ({human_age(now - t)} ago)"
+
+
 def cmd_show(args: argparse.Namespace) -> int:
     from exprc import cache
 
@@ -156,28 +160,37 @@ def cmd_show(args: argparse.Namespace) -> int:
         return 1
     meta, problem = cache.check_entry(e.path, deep=True)
     now = time.time()
-    print(f"key:          {e.key}")
-    print(f"path:         {e.path}")
+    fields = [("key", e.key), ("path", str(e.path))]
     if meta is None:
-        print(f"problem:      {problem} (run `exprc cache verify --fix`)")
+        for k, v in [*fields, ("problem", f"{problem} (run `exprc cache verify --fix`)")]:
+            print(f"{k + ':':14}{v}")
         return 1
-    print(f"backend:      {meta.get('backend', '')}")
-    print(f"summary:      {meta.get('summary', '')}")
-    print(f"size:         {human_size(meta['size_bytes'])} ({meta['size_bytes']} bytes)")
-    print(f"created:      {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(meta['created']))} "
-          f"({human_age(now - meta['created'])} ago)")
-    print(f"last used:    {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(meta['last_used']))} "
-          f"({human_age(now - meta['last_used'])} ago)")
-    print(f"hits:         {meta['hits']}")
-    print(f"compile time: {meta.get('compile_seconds', '?')} s")
-    print(f"exprc:        {meta.get('exprc_version', '?')}")
-    print(f"library:      {meta['library']} (sha256 {meta['sha256']}, verified)")
-    for k, v in sorted(meta.get("parts", {}).items()):
-        print(f"part {k}: {v}")
+    fields += [
+        ("backend", meta.get("backend", "")),
+        ("summary", meta.get("summary", "")),
+        ("size", f"{human_size(meta['size_bytes'])} ({meta['size_bytes']} bytes)"),
+        ("created", _when(meta["created"], now)),
+        ("last used", _when(meta["last_used"], now)),
+        ("hits", meta["hits"]),
+        ("compile time", f"{meta.get('compile_seconds', '?')} s"),
+        ("exprc", meta.get("exprc_version", "?")),
+        ("library", f"{meta['library']} (sha256 {meta['sha256']}, verified)"),
+        *[(f"part {k}", v) for k, v in sorted(meta.get("parts", {}).items())],
+    ]
     src = e.path / str(meta.get("source", ""))
+    source = None
     if meta.get("source") and src.is_file():
+        source = cache.read_file(src, int(meta["size_bytes"]), "source").decode(errors="replace")
+    if args.html:
+        from exprc.report import entry_page
+
+        sys.stdout.write(entry_page(fields, source))
+        return 0
+    for k, v in fields:
+        print(f"{k + ':':14}{v}" if not k.startswith("part ") else f"{k}: {v}")
+    if source is not None:
         print(f"--- source: {src.name} ---")
-        print(cache.read_file(src, int(meta["size_bytes"]), "source").decode(errors="replace"), end="")
+        print(source, end="")
     return 0
 
 
@@ -399,6 +412,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = cs.add_parser("show", help="show one entry's metadata and source",
                       description="Show an entry's metadata and generated source; a unique key prefix is enough.")
     p.add_argument("key", metavar="KEY", help="the entry key or a unique prefix of it")
+    p.add_argument("--html", action="store_true", help="print a self-contained HTML page instead of text")
     p.set_defaults(func=cmd_show)
 
     p = cs.add_parser("stats", help="summary: entries, size, hits, oldest and newest",

@@ -150,4 +150,14 @@ def render(f: Any) -> str:
             f"<style>{_CSS}</style></head><body>{''.join(sections)}</body></html>")
 
 
-__all__ = ["MAX_DRAWN", "graph_svg", "highlight", "render"]
+def entry_page(fields: Sequence[tuple[str, Any]], source: str | None) -> str:
+    """A cache entry (``exprc cache show KEY --html``): its metadata and its source, highlighted."""
+    e = html.escape
+    rows = "".join(f"<tr><th>{e(str(k))}</th><td>{e(str(v))}</td></tr>" for k, v in fields)
+    body = f"<pre>{highlight(source)}</pre>" if source is not None else "<p>No source kept.</p>"
+    return (f"<!DOCTYPE html><html lang=en><head><meta charset=utf-8><title>exprc cache entry</title>"
+            f"<style>{_CSS}</style></head><body><h1>exprc cache entry</h1><table>{rows}</table>"
+            f"<h2>Generated source</h2>{body}</body></html>")
+
+
+__all__ = ["MAX_DRAWN", "entry_page", "graph_svg", "highlight", "render"]

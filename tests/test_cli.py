@@ -149,6 +149,10 @@ def test_show_by_unique_prefix(populated):
     assert r.returncode == 0, r.stderr
     assert f"key:          {key}" in r.stdout and "sin(x) * 2.0" in r.stdout
     assert "--- source:" in r.stdout and "exprc_run" in r.stdout and "verified" in r.stdout
+    page = exprc_cli(populated, "cache", "show", "k0_si", "--html")
+    assert page.returncode == 0 and page.stdout.startswith("<!DOCTYPE html>") and page.stdout.endswith("</html>")
+    assert f"<td>{key}</td>" in page.stdout and 'class="kw"' in page.stdout and "exprc_run" in page.stdout
+    assert "sin(x) * 2.0" in page.stdout and "<script" not in page.stdout
     r = exprc_cli(populated, "cache", "show", "k0_")
     assert r.returncode == 1 and "ambiguous" in r.stderr
     r = exprc_cli(populated, "cache", "show", "zzz")
