@@ -100,3 +100,29 @@ def test_cli_report_of_a_saved_function(tmp_path):
                        text=True, cwd=ROOT, check=False, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin",
                                                  "HOME": str(tmp_path)})
     assert r.returncode == 1 and "bad.json" in r.stderr
+
+
+def _browser() -> str | None:
+    import shutil
+
+    return next((p for p in (shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome")) if p), None)
+
+
+def test_report_loads_in_a_headless_browser_without_console_errors(tmp_path):
+    """Chromium opens the page, logs no error, and the screenshot is not blank (the diagram and
+    the tables are drawn).  Skips where no Chromium is installed."""
+    import pytest
+
+    browser = _browser()
+    if browser is None:
+        pytest.skip("no Chromium installed (apt install chromium)")
+    x = exprc.vector("x")
+    f = exprc.function([x], exprc.log(1 + exprc.exp(x)) * 2.0, profile=True)
+    f(np.ones(8))
+    page, shot = tmp_path / "r.html", tmp_path / "shot.png"
+    f.report(page)
+    r = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--enable-logging=stderr", "--v=0",
+                        f"--screenshot={shot}", "--window-size=1200,1600", page.as_uri()],
+                       capture_output=True, text=True, timeout=120, check=False)
+    assert shot.is_file() and shot.stat().st_size > 10_000, r.stderr[-2000:]
+    assert "Uncaught" not in r.stderr and "CONSOLE(" not in r.stderr, r.stderr[-2000:]
