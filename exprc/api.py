@@ -529,7 +529,7 @@ def install_operators(cls: type) -> None:
 
 
 def _printing() -> Any:
-    from exprc import printing  # (it imports this module's as_node lazily too)
+    from exprc import printing  # (on first use, as printing imports this module: no import cycle)
 
     return printing
 

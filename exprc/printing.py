@@ -222,7 +222,7 @@ def Print(x: Any, message: str = "", summary: bool = False) -> Any:
     ``Print("message")(x)`` works too."""
     if isinstance(x, str) and message == "":
         return lambda y: Print(y, x, summary)
-    from exprc.api import as_node  # (the API imports this module)
+    from exprc.api import as_node  # (on first use: this module is imported below the API, by graph reprs)
 
     if not isinstance(message, str):
         raise TypeError(f"Print: message must be a string, got {type(message).__name__}")
