@@ -63,6 +63,10 @@ class Config:
     def replace(self, **changes: Any) -> Config:
         return dataclasses.replace(self, **changes)
 
+    def threads(self) -> int:
+        """The threads native loops use: ``num_threads``, or one per core when it is 0."""
+        return self.num_threads or os.cpu_count() or 1
+
 
 def _from_environment(env: os._Environ | dict) -> Config:
     kw: dict[str, Any] = {}

@@ -39,6 +39,7 @@ from exprc.errors import ShapeError
 from exprc.fusion import VIEW_OPS, Kernel, Program, Step
 from exprc.graph import Node, toposort
 from exprc.ops import OPS
+from exprc.ops.elemwise import all_zero_bits, plus_zero, zero_fill
 from exprc.ops.shape import basic_key
 from exprc.types import shape_str
 
@@ -422,7 +423,7 @@ class Planner:
                 env[x] = env[node]
                 plan.input_views.append((self.slot[x], self.slot[node], 0))
                 plan.redirects.append((x, node, env[node].shape))
-                if node in fresh and _zero_fill(x):
+                if node in fresh and zero_fill(x):
                     zero_fills[x] = fresh[node]
         for k in {id(self._producer[x]): self._producer[x] for x in zero_fills}.values():
             if all(o in zero_fills for o in k.outputs):  # (a kernel merged with other loops still runs)
@@ -445,7 +446,7 @@ class Planner:
                 continue
             u = s.node
             x, g = u.inputs
-            if (g not in self._producer or not _zero_fill(x) or not _plus_zero(g)
+            if (g not in self._producer or not zero_fill(x) or not plus_zero(g)
                     or any(n not in plan.scratch or n in outputs for n in (u, g)) or g not in self.slot
                     or self._consumers.get(g) != 1 or shared[id(plan.scratch[u])] != 1):
                 continue
@@ -658,29 +659,11 @@ def _rows_contiguous(kl: Any, P: np.ndarray) -> bool:
                for j, (node, _, pi) in enumerate(kl.accesses) if node.ndim and j not in kl.models)
 
 
-def _plus_zero(g: Node) -> bool:
-    """``g`` never holds -0.0 where 0 + g would not: an integer, or ``h + (+0.0)``."""
-    if np.dtype(g.dtype).kind in "iub":
-        return True
-    return (g.op == "add" and g.inputs[1].op == "constant" and g.inputs[1].ndim == 0
-            and _all_zero_bits(g.inputs[1].value))
-
-
 def _zero_constant(x: Node) -> bool:
     """``x`` is a constant, or a view of one, holding only zeros (+0.0: what fresh pages read as)."""
     while x.op in VIEW_OPS:
         x = x.inputs[0]
-    return x.op == "constant" and _all_zero_bits(x.value)
-
-
-def _all_zero_bits(v: Any) -> bool:
-    v = np.asarray(v)
-    return v.dtype.kind in "biuf" and not np.any(v) and not (v.dtype.kind == "f" and np.signbit(v).any())
-
-
-def _zero_fill(x: Node) -> bool:
-    """``x`` is ``fill(model, 0)``: a kernel output whose every element is +0."""
-    return x.op == "fill" and x.inputs[1].op == "constant" and _all_zero_bits(x.inputs[1].value)
+    return x.op == "constant" and all_zero_bits(x.value)
 
 
 def matmul_params(kl: Any, arrays: list[np.ndarray], P: np.ndarray) -> None:

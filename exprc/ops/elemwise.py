@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -205,6 +206,25 @@ def _fill(model: np.ndarray, value: np.ndarray) -> np.ndarray:
 # fill(model, value): ``value`` broadcast to the shape of ``model`` (whose values are not read), as
 # Theano's fill.  Elementwise, so it fuses: gradients use it to broadcast to a shape known at call time.
 register(Op("fill", "elemwise", _fill, _infer_fill, c="({1})", c_int="({1})"))
+
+
+def all_zero_bits(v: Any) -> bool:
+    """Every element of ``v`` is a zero with the sign bit clear (+0.0: what fresh pages read as)."""
+    v = np.asarray(v)
+    return v.dtype.kind in "biuf" and not np.any(v) and not (v.dtype.kind == "f" and np.signbit(v).any())
+
+
+def zero_fill(x: Any) -> bool:
+    """``x`` is ``fill(model, +0)``: zeros of ``model``'s shape (a gradient's scatter target)."""
+    return x.op == "fill" and x.inputs[1].op == "constant" and all_zero_bits(x.inputs[1].value)
+
+
+def plus_zero(g: Any) -> bool:
+    """``g`` never holds the -0.0 that 0 + g would turn into +0.0: an integer, or ``h + (+0.0)``."""
+    if np.dtype(g.dtype).kind in "iub":
+        return True
+    return (g.op == "add" and g.inputs[1].op == "constant" and g.inputs[1].ndim == 0
+            and all_zero_bits(g.inputs[1].value))
 
 
 # -- stop_gradient ---------------------------------------------------------------------------

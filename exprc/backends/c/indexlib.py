@@ -12,7 +12,6 @@ rows give np.add.at's result bit for bit.  The library is built once per compile
 from __future__ import annotations
 
 import math
-import os
 from typing import Any
 
 import numpy as np
@@ -77,7 +76,7 @@ def make_into(cfg: Config) -> dict[str, Any]:
     """``{op: into(node, out, *operands)}`` for the C backend's NumPy steps (fast paths first)."""
 
     rows_only: dict[Any, bool] = {}  # node -> its index is one integer array on axis 0
-    nthreads = threads(cfg)
+    nthreads = cfg.threads()
 
     def gather(node: Any, out: np.ndarray, x: np.ndarray, *ops: Any) -> None:
         simple = rows_only.get(node)
@@ -122,11 +121,6 @@ def make_into(cfg: Config) -> dict[str, Any]:
     return {"subtensor": gather, "scatter": scatter}
 
 
-def threads(cfg: Config) -> int:
-    """The threads a row gather may use (as the kernels: ``Config.num_threads``, else every core)."""
-    return cfg.num_threads or os.cpu_count() or 1
-
-
 def _gather_rows(node: Any, out: np.ndarray, x: np.ndarray, idx: Any, nthreads: int) -> bool:
     """out (C-contiguous, len(idx) rows) = x[idx] by the C loop; False when the layout is not one it
     takes (then nothing was written).  A bad index raises, naming the index operand."""
@@ -148,7 +142,7 @@ def direct_gather(cfg: Config, node: Any, inputs: Any) -> DirectGather | None:
     one integer array on the first axis or the helper library cannot be built."""
     if node.op != "subtensor" or node.arg("index") != (("A", 1),) or _load(cfg) is None:
         return None
-    return DirectGather(node, inputs, threads(cfg))
+    return DirectGather(node, inputs, cfg.threads())
 
 
 class DirectGather:

@@ -155,7 +155,7 @@ class CKernel(Kernel):
         # (a build may overlap with the function's other kernels': see backends/builds.py)
         self._built = builds.submit(lambda: cache.load(name, keyed, parts, build, load, cfg, meta))
         self._blas = blas if any(k.matmul is not None for k in self.program.kernels) else None
-        self.nthreads = cfg.num_threads or os.cpu_count() or 1
+        self.nthreads = cfg.threads()
         self.planner = Planner(self.program, self.layout, fg.inputs, fg.outputs, resolve_steps=True)
         self.kernels = describe(self.layout)
         self.pool = PlanPool(MAX_SIGNATURES)

@@ -18,7 +18,6 @@ C-contiguous with the expected shape, else it takes the stepper (:mod:`~exprc.ba
 
 from __future__ import annotations
 
-import os
 import string
 from typing import Any
 
@@ -178,7 +177,7 @@ class ElementwiseLoop:
             "loop_elementwise", source, parts, lambda d: cc.compile_library(source, d, "loop_elementwise", cfg),
             lambda p: ffi.dlopen(f, p), cfg, {"backend": "c", "summary": "elementwise loop"}))
         self.lib: Any = None
-        self.nthreads = cfg.num_threads or os.cpu_count() or 1
+        self.nthreads = cfg.threads()
 
     def __call__(self, runner: Any, st: Any) -> int | None:
         loop = self.loop

@@ -14,6 +14,7 @@ import math
 
 from exprc.graph import Node
 from exprc.ops import OPS
+from exprc.ops.elemwise import plus_zero, zero_fill
 from exprc.rewrite.core import constant_value, rewrite_rule
 from exprc.rewrite.forms import const, make
 from exprc.types import is_float
@@ -21,8 +22,7 @@ from exprc.types import is_float
 
 def _zeros_like(z: Node, a: Node) -> bool:
     """``z`` is ``fill(a, +0)``: zeros of exactly ``a``'s shape."""
-    return (z.op == "fill" and z.inputs[0] is a and z.inputs[1].op == "constant"
-            and constant_value(z.inputs[1]) == 0 and not math.copysign(1.0, constant_value(z.inputs[1])) < 0)
+    return zero_fill(z) and z.inputs[0] is a
 
 
 @rewrite_rule("sparse_update", ("specialize", "indexing"), ops=("sub", "add"))
@@ -72,9 +72,6 @@ def slice_grad_plus_zero(node: Node) -> Node | None:
     an LSTM's backward step over its four gate slices becomes one native call).  The add is
     fused into g's kernel: it costs nothing."""
     z, g = node.inputs
-    if not is_float(g.dtype) or OPS[g.op].kind != "elemwise" or z.op != "fill" or not _zeros_like(z, z.inputs[0]):
-        return None
-    if g.op == "add" and g.inputs[1].op == "constant" and constant_value(g.inputs[1]) == 0 and not math.copysign(
-            1.0, constant_value(g.inputs[1])) < 0:
-        return None  # (already there)
+    if not is_float(g.dtype) or OPS[g.op].kind != "elemwise" or not zero_fill(z) or plus_zero(g):
+        return None  # (plus_zero: already there)
     return make("inc_subtensor", z, make("add", g, const(0.0, g)), **dict(node.attrs))
