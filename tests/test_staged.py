@@ -79,3 +79,25 @@ def test_a_chain_of_150_dynamic_slices_compiles_once_and_matches_numpy():
     for k in range(300):
         want = want[1:] if k % 2 == 0 else np.cos(want)
     np.testing.assert_allclose(f(v, 1), want.sum(), rtol=1e-13)
+
+
+def test_a_costly_node_is_computed_once_across_stages(capsys):
+    """``x @ w`` feeds a value-shaped slice and the rest of the graph: the first stage keeps it for
+    the second (which computes no matmul), and a ``Print`` before the cut prints once per call."""
+    from exprc.backends.staged import _reached
+
+    x, w, i = exprc.matrix("x"), exprc.matrix("w"), exprc.scalar("i", "int64")
+    m = exprc.Print("m=")(x @ w)
+    y = exprc.exp(m + 1.0)[:i].sum() + (m * 2.0).sum(axis=0)
+    f = exprc.function([x, w, i], y, backend="c")
+    k = f._kernel
+    assert isinstance(k, StagedKernel) and len(k.stages) == 2
+    later = _reached(k.stages[1].outputs, dict.fromkeys(k.stages[1].inputs)) - set(k.stages[1].inputs)
+    assert later and not any(n.op in ("matmul", "print") for n in later)
+    W = np.linspace(-1, 1, 30).reshape(6, 5)
+    for j in (0, 3, 7, -2):
+        capsys.readouterr()
+        got = f(X, W, j)
+        M = X @ W
+        np.testing.assert_allclose(got, np.exp(M + 1.0)[:j].sum() + (M * 2.0).sum(axis=0), rtol=1e-13)
+        assert capsys.readouterr().out.count("m=") == 1

@@ -61,6 +61,24 @@ def _reached(outputs: list[Node], known: dict[Node, None]) -> set[Node]:
     return seen
 
 
+#: Ops whose result a stage keeps for the later stages that read it rather than have them compute
+#: it again: a matmul, a reduction, a gather or scatter cost far more than reading their result,
+#: and an impure op (``print``) must run once.  (Elementwise nodes fuse into their readers: those
+#: are recomputed, as views are.)
+_KEEP_KINDS = ("linalg", "reduce")
+_KEEP_OPS = ("subtensor", "scatter", "concatenate", "inc_subtensor", "sum_to")
+
+
+def _shared_with_later(reach: set[Node], interior: set[Node]) -> list[Node]:
+    """The costly nodes an earlier stage computes (``interior``) that a later one reaches."""
+    out = []
+    for n in reach & interior:
+        row = OPS.get(n.op)
+        if row is not None and (row.kind in _KEEP_KINDS or n.op in _KEEP_OPS or row.impure):
+            out.append(n)
+    return out
+
+
 class _Stage:
     def __init__(self, kernel: Kernel | None, inputs: list[Node], outputs: list[Node], cuts: list[Node]):
         self.kernel, self.inputs, self.outputs, self.cuts = kernel, inputs, outputs, cuts
@@ -120,6 +138,10 @@ class StagedKernel(Kernel):
         from exprc.backends.reference import NumpyKernel
         from exprc.pipeline import FunctionGraph
 
+        # First the stages' extents (what each computes, from which inputs), then their kernels:
+        # a later stage that would recompute a costly node of an earlier one (a matmul the loop's
+        # gradient needs again) makes it an output of that stage instead (_shared_with_later).
+        plans: list[tuple[list[Node], list[Node], set[Node]]] = []  # (compute, cuts, interior)
         while True:
             order = toposort(self.outputs)
             tainted: set[Node] = set()  # depends on a value-shaped node not yet computed
@@ -135,11 +157,27 @@ class StagedKernel(Kernel):
             wanted = cuts if cuts else self.outputs
             targets = list(dict.fromkeys(i for c in cuts for i in c.inputs)) if cuts else list(self.outputs)
             compute = [t for t in targets if t not in known and t.op != "constant"]
+            if compute:
+                reach = _reached(compute, known)
+                for j, (earlier, _, interior) in enumerate(plans):
+                    again = sorted(_shared_with_later(reach, interior), key=order.index)
+                    earlier.extend(again)
+                    known.update(dict.fromkeys(again))
+                    if again:  # (what lies behind them is no longer this stage's work)
+                        reach = _reached(compute, known)
+                plans.append((compute, cuts, {n for n in reach if n not in known and n.op != "constant"}))
+            else:
+                plans.append((compute, cuts, set()))
+            known.update(dict.fromkeys(compute))
+            if not cuts:
+                break
+            known.update(dict.fromkeys(wanted))
+        known = dict.fromkeys(self.inputs)
+        for k, (compute, cuts, _) in enumerate(plans):
             kernel, ins = None, []
             if compute:
                 reach = _reached(compute, known)
                 ins = [n for n in known if n in reach]
-                k = len(self.stages)
                 fresh = {n: input_node(f"stage{k}_in{j}", n.dtype, n.type.shape)
                          for j, n in enumerate(ins) if n not in self.inputs}
                 outs = substitute(compute, fresh) if fresh else compute
@@ -158,9 +196,7 @@ class StagedKernel(Kernel):
                     self.runners[c] = make_runner(c, body, backend, self.cfg)
             self.stages.append(_Stage(kernel, ins, compute, cuts))
             known.update(dict.fromkeys(compute))
-            if not cuts:
-                break
-            known.update(dict.fromkeys(wanted))
+            known.update(dict.fromkeys(cuts))
 
     def __call__(self, *arrays: Any, out: list | None = None, to_numpy: bool | None = None) -> list:
         env: dict[Node, Any] = dict(zip(self.inputs, arrays))
