@@ -45,7 +45,7 @@ class Kernel:
     body: list[Node]
     operands: list[Node] = field(default_factory=list)
     reduce: Node | None = None
-    matmul: Node | None = None  # a BLAS call (2-d/1-d float operands)
+    matmul: Node | None = None  # BLAS calls (float operands: 1-d/2-d, or a batch of 2-d; see lower)
 
     @property
     def kind(self) -> str:
@@ -101,12 +101,21 @@ def _same_space(producer: Node, consumer: Node) -> bool:
     return all(not (p == 1 and c != 1) for p, c in zip(producer.type.shape, consumer.type.shape))
 
 
+def _blas_matmul(n: Node) -> bool:
+    """A float product the C backend's matmul kernel computes: 1-d/2-d operands, or a 3-d one
+    with a 2-d or 3-d other (a batch of 2-d products)."""
+    nd = tuple(i.ndim for i in n.inputs)
+    return n.dtype in ("float32", "float64") and (max(nd) <= 2 or nd in ((3, 2), (2, 3), (3, 3)))
+
+
 def lower(outputs: Sequence[Node], inputs: Sequence[Node], fuse: bool = True,
           native_matmul: bool = False) -> Program:
     """Partition the graph reachable from ``outputs`` into kernels and NumPy steps.
 
-    ``native_matmul``: matrix products of 1-d/2-d float operands become kernels that
-    call BLAS from the generated code (the backend found a BLAS to call)."""
+    ``native_matmul``: matrix products of 1-d/2-d float operands, and batches of 2-d ones
+    (3-d operands), become kernels that call BLAS from the generated code (the backend found a
+    BLAS to call).  ``sum(a @ b, axis=0)`` over a batch (the gradient of ``x @ W`` for a 3-d
+    ``x``) is one such kernel, the batch added up by the BLAS calls (``batch_sums``)."""
     order = toposort(outputs)
     consumers: dict[Node, list[Node]] = {n: [] for n in order}
     for n in order:
@@ -152,6 +161,18 @@ def lower(outputs: Sequence[Node], inputs: Sequence[Node], fuse: bool = True,
             if outs == [src] and consumers[src] == [n] and g not in absorbed.values():
                 absorbed[n] = g
 
+    # 2b. A float64 batch of products summed over the batch, when nothing else reads the products.
+    # (float32: a sum keeps a float64 running value, which adding through sgemm would not.)
+    batch_sums: dict[Node, Node] = {}
+    if native_matmul:
+        for n in order:
+            if (n.op == "sum" and n.arg("axis") == (0,) and not n.arg("keepdims") and n.dtype == "float64"
+                    and n.inputs[0].op == "matmul" and n.inputs[0].ndim == 3):
+                m = n.inputs[0]
+                if m.dtype == "float64" and _blas_matmul(m) and consumers[m] == [n] and m not in is_output:
+                    batch_sums[m] = n
+    summed = {n: m for m, n in batch_sums.items()}
+
     # 3. Build kernels and steps in topological order of their outputs.
     steps: list[Kernel | Step] = []
     materialized: list[Node] = []
@@ -179,13 +200,17 @@ def lower(outputs: Sequence[Node], inputs: Sequence[Node], fuse: bool = True,
             steps.append(k)
             materialized.extend(outs)
             emitted.add(g)
+        elif n in batch_sums:
+            continue  # (computed by its sum's kernel)
+        elif n in summed:
+            steps.append(Kernel(len(steps), [n], [summed[n], n], matmul=summed[n]))
+            materialized.append(n)
         elif n.op in NATIVE_REDUCE:
             body = list(members[absorbed[n]]) if n in absorbed else []
             k = Kernel(len(steps), [n], body + [n], reduce=n)
             steps.append(k)
             materialized.append(n)
-        elif (native_matmul and n.op == "matmul" and n.dtype in ("float32", "float64")
-              and all(i.ndim in (1, 2) for i in n.inputs)):
+        elif native_matmul and n.op == "matmul" and _blas_matmul(n):
             steps.append(Kernel(len(steps), [n], [n], matmul=n))
             materialized.append(n)
         else:

@@ -10,6 +10,7 @@ from hypothesis import given, settings
 
 import exprc
 from exprc.errors import InputTypeError, ShapeError
+from exprc.function import clear_memo
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -229,12 +230,76 @@ def test_matmul_runs_blas_inside_the_native_call(sa, sb, dtype, layout):
         assert "exprc_sgemm" in f.source if dtype == "float32" else "exprc_dgemm" in f.source
 
 
-def test_batched_matmul_stays_a_numpy_step():
-    t = exprc.tensor3("t")
-    m = exprc.matrix("m")
-    rng = np.random.default_rng(8)
-    f = both([t, m], t @ m, rng.normal(size=(2, 3, 4)), rng.normal(size=(4, 5)))
-    assert not any(k["kind"] == "matmul" for k in f.kernels)
+BATCH_CASES = [(3, 4, 5, 6), (1, 4, 5, 6), (0, 4, 5, 6), (3, 1, 5, 6), (3, 4, 1, 6), (3, 4, 5, 1), (3, 0, 5, 6),
+               (3, 4, 0, 6)]
+
+
+def _matmul_blocks(f):
+    """(flag, M, N, K, batch length, summed) of each matmul kernel in f's plan."""
+    from exprc.backends.plan import MATMUL_PARAMS
+
+    (plan,) = _plans(f)
+    return [tuple(int(x) for x in plan.P[kl.p_flag:kl.p_flag + 1 + MATMUL_PARAMS][[0, 1, 2, 3, 9, 10]])
+            for kl in f._kernel.layout.kernels if kl.kernel.matmul is not None]
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize(("T", "m", "k", "n"), BATCH_CASES)
+def test_batched_matmul_runs_natively(T, m, k, n, dtype):
+    """Batches of products (3-d @ 2-d, 2-d @ 3-d, 3-d @ 3-d with a batch of 1 broadcast) are matmul
+    kernels: BLAS per matrix, or one call when the batch's rows follow each other; strided and
+    reversed operands take the plain loop.  Results match NumPy's."""
+    from exprc.backends.c.blas import blas_pointers
+
+    rng = np.random.default_rng(T * 1000 + m * 100 + k * 10 + n)
+    a3, b2, b3, a2 = (exprc.tensor(nm, dtype, ndim=nd) for nm, nd in (("a", 3), ("b", 2), ("c", 3), ("d", 2)))
+    A, B = rng.normal(size=(T, m, k)).astype(dtype), rng.normal(size=(k, n)).astype(dtype)
+    D, C3 = rng.normal(size=(m, k)).astype(dtype), rng.normal(size=(T, k, n)).astype(dtype)
+    tol = {"rtol": 1e-12, "atol": 1e-12} if dtype == "float64" else {"rtol": 1e-5, "atol": 1e-5}
+    cases = [([a3, b2], a3 @ b2, [(A, B), (A[:, ::-1], B), (A[::2], np.asfortranarray(B))]),
+             ([a2, b3], a2 @ b3, [(D, C3), (D.T.copy().T, C3[:, :, ::-1])]),
+             ([a3, b3], a3 @ b3, [(A, C3), (A[:1], C3), (A, C3[:1])])]
+    for ins, out, argsets in cases:
+        f = exprc.function(ins, out, backend="c")
+        for args in argsets:
+            np.testing.assert_allclose(f(*args), np.matmul(*args), **tol)
+        if blas_pointers() is not None:
+            assert [k["kind"] for k in f.kernels] == ["matmul"]
+    clear_memo()  # (a fresh function: its one plan is this call's)
+    f = exprc.function([a3, b2], a3 @ b2, backend="c")
+    f(A, B)
+    if blas_pointers() is not None and min(T, m, k, n) > 0:
+        assert _matmul_blocks(f) == ([(1, T * m, n, k, 1, 0)] if m > 1 else [(1, m, n, k, T, 0)])
+
+
+@pytest.mark.parametrize(("T", "m", "k", "n"), BATCH_CASES)
+def test_sum_over_a_batch_of_products_is_one_kernel(T, m, k, n):
+    """sum(x^T @ g, axis=0) over a batch (the gradient of ``x @ W`` for a 3-d x) is one matmul
+    kernel: one BLAS call over the batch's rows when they follow each other, per-matrix calls
+    adding into the result otherwise, zeros for an empty batch.  float32 keeps a separate sum (its
+    running value is float64)."""
+    from exprc.backends.c.blas import blas_pointers
+
+    rng = np.random.default_rng(T * 1000 + m * 100 + k * 10 + n + 1)
+    x3, g3 = exprc.tensor3("x"), exprc.tensor3("g")
+    X, G = rng.normal(size=(T, k, m)), rng.normal(size=(T, k, n))
+    f = exprc.function([x3, g3], exprc.sum(x3.dimshuffle(0, 2, 1) @ g3, axis=0), backend="c")
+    for x, g in [(X, G), (X[:, :, ::-1], G[:, ::-1]), (X[::2], G[::2]), (X[:1], G)]:
+        want = (x.transpose(0, 2, 1) @ g).sum(axis=0)
+        np.testing.assert_allclose(f(x, g), want, rtol=1e-12, atol=1e-12)
+    clear_memo()
+    f = exprc.function([x3, g3], exprc.sum(x3.dimshuffle(0, 2, 1) @ g3, axis=0), backend="c")
+    f(X, G)
+    if blas_pointers() is not None:
+        assert [k["kind"] for k in f.kernels] == ["matmul"]
+        if min(T, m, k, n) > 0:
+            assert _matmul_blocks(f) == ([(1, m, n, T * k, 1, 1)] if k > 1 else [(1, m, n, k, T, 1)])
+    x3f, g3f = exprc.tensor3("x", "float32"), exprc.tensor3("g", "float32")
+    ff = exprc.function([x3f, g3f], exprc.sum(x3f @ g3f, axis=0), backend="c")
+    assert [k["kind"] for k in ff.kernels] == (["matmul", "reduce"] if blas_pointers() is not None
+                                                else [k["kind"] for k in ff.kernels])
+    Xf, Gf = X.transpose(0, 2, 1).astype("float32"), G.astype("float32")
+    np.testing.assert_allclose(ff(Xf, Gf), (Xf.astype("float64") @ Gf).sum(axis=0), rtol=1e-5, atol=1e-5)
 
 
 def test_shape_only_steps_run_once_per_plan():

@@ -189,7 +189,9 @@ class Planner:
         if ka != kb:
             raise ShapeError(f"matmul: shapes {shape_str(a)} and {shape_str(b)} are not aligned: "
                              f"{ka} (last axis of the first) != {kb}")
-        return a[:-1] + (b[-1:] if len(b) == 2 else ())
+        if len(a) <= 2 and len(b) <= 2:
+            return a[:-1] + (b[-1:] if len(b) == 2 else ())
+        return _broadcast([a[:-2], b[:-2]], "matmul") + (a[-2], b[-1])  # (a batch: operands >= 2-d here)
 
     def make_plan(self, arrays: Sequence[np.ndarray], out: Sequence[np.ndarray] | None,
                   plan: HostPlan | None = None) -> HostPlan:
@@ -666,21 +668,44 @@ def _zero_constant(x: Node) -> bool:
     return x.op == "constant" and all_zero_bits(x.value)
 
 
+#: Entries of a matmul kernel's parameter block after its flag: M, N, K, transA, lda, transB, ldb,
+#: ldc, the batch's length and whether it is summed; then 3 byte strides per matrix (rows, columns,
+#: batch).  The C renderer reads them in this order.
+MATMUL_PARAMS = 10
+
+
 def matmul_params(kl: Any, arrays: list[np.ndarray], P: np.ndarray) -> None:
     """Fill a matmul kernel's block: sizes, BLAS transposes and leading dimensions (flag 1),
-    or only byte strides for the plain loop (flag 0: a layout BLAS cannot take, or empty)."""
+    or only byte strides for the plain loop (flag 0: a layout BLAS cannot take, or empty); then
+    the batch: its length, whether it is summed (``sum(a @ b, axis=0)``, see fusion.lower) and
+    each matrix's byte stride along it.  A batch whose matrices follow each other the way rows
+    (or, summed, the contracted axis) do is folded into one BLAS call."""
     A, B, C = arrays
     isz = A.itemsize
-    M, K = (1, A.shape[0]) if A.ndim == 1 else A.shape
-    N = 1 if B.ndim == 1 else B.shape[1]
-    a = (0, A.strides[0]) if A.ndim == 1 else A.strides
-    b = (B.strides[0], 0) if B.ndim == 1 else B.strides
-    if C.ndim == 2:
-        c = C.strides
-    elif C.ndim == 1:
-        c = (C.strides[0], 0) if B.ndim == 1 else (0, C.strides[0])
+    summed = kl.kernel.outputs[0] is not kl.kernel.matmul
+    batched = A.ndim == 3 or B.ndim == 3
+    nb = max(A.shape[0] if A.ndim == 3 else 1, B.shape[0] if B.ndim == 3 else 1)
+    if batched and 0 in ((A.shape[0],) if A.ndim == 3 else ()) + ((B.shape[0],) if B.ndim == 3 else ()):
+        nb = 0
+    sb = [x.strides[0] if x.ndim == 3 and x.shape[0] != 1 else 0 for x in (A, B)]
+    sb.append(C.strides[0] if C.ndim == 3 and not summed else 0)
+    A2 = A[0] if A.ndim == 3 and A.shape[0] else (np.empty(A.shape[1:], A.dtype) if A.ndim == 3 else A)
+    B2 = B[0] if B.ndim == 3 and B.shape[0] else (np.empty(B.shape[1:], B.dtype) if B.ndim == 3 else B)
+    C2 = C[0] if C.ndim == 3 and C.shape[0] else (np.empty(C.shape[1:], C.dtype) if C.ndim == 3 else C)
+    M, K = (1, A2.shape[0]) if A2.ndim == 1 else A2.shape
+    N = 1 if B2.ndim == 1 else B2.shape[1]
+    a = (0, A2.strides[0]) if A2.ndim == 1 else A2.strides
+    b = (B2.strides[0], 0) if B2.ndim == 1 else B2.strides
+    if C2.ndim == 2:
+        c = C2.strides
+    elif C2.ndim == 1:
+        c = (C2.strides[0], 0) if B2.ndim == 1 else (0, C2.strides[0])
     else:
         c = (0, 0)
+    if nb > 1 and not summed and A.ndim == 3 and B.ndim == 2 and M > 1 and sb[0] == M * a[0] and sb[2] == M * c[0]:
+        M, nb, sb = M * nb, 1, [0, 0, 0]  # rows of consecutive matrices: one (nb*M, K) @ (K, N)
+    elif nb > 1 and summed and K > 1 and sb[0] == K * a[1] and sb[1] == K * b[0]:
+        K, nb, sb = K * nb, 1, [0, 0, 0]  # sum_t A_t @ B_t = [A_0 .. A_T] @ [B_0; ..; B_T]
 
     def blas(s0: int, s1: int, rows: int, cols: int) -> tuple[int, int] | None:
         """(CblasNoTrans=111 | CblasTrans=112, leading dimension) for a row-major call."""
@@ -691,12 +716,25 @@ def matmul_params(kl: Any, arrays: list[np.ndarray], P: np.ndarray) -> None:
         return None
 
     ta, tb, tc = blas(*a, M, K), blas(*b, K, N), blas(*c, M, N)
-    ok = min(M, N, K) > 0 and ta is not None and tb is not None and tc is not None and tc[0] == 111
+    ok = min(M, N, K, nb) > 0 and ta is not None and tb is not None and tc is not None and tc[0] == 111
     base = kl.p_flag
-    P[base:base + 9] = [1 if ok else 0, M, N, K, *(ta or (0, 0)), *(tb or (0, 0)), (tc or (0, 0))[1]]
-    for (_, _, pi), st in zip(kl.accesses, (a, b, c)):
-        P[pi:pi + 2] = st
+    P[base:base + 1 + MATMUL_PARAMS] = [1 if ok else 0, M, N, K, *(ta or (0, 0)), *(tb or (0, 0)),
+                                        (tc or (0, 0))[1], nb, 1 if summed else 0]
+    for (_, _, pi), st, batch in zip(kl.accesses, (a, b, c), sb):
+        P[pi:pi + 3] = (*st, batch)
 
 
-__all__ = ["ALIAS_OPS", "HostPlan", "PlanPool", "Planner", "Unsupported", "describe", "in_place_outputs",
-           "matmul_params", "segments", "shape_models", "shape_only_steps"]
+__all__ = [
+    "ALIAS_OPS",
+    "MATMUL_PARAMS",
+    "HostPlan",
+    "PlanPool",
+    "Planner",
+    "Unsupported",
+    "describe",
+    "in_place_outputs",
+    "matmul_params",
+    "segments",
+    "shape_models",
+    "shape_only_steps",
+]

@@ -401,8 +401,9 @@ class CKernel(Kernel):
             nbytes = 0
             if kl.kernel.matmul is not None:
                 m, n, kk = (int(x) for x in P[kl.p_flag + 1:kl.p_flag + 4])
-                elements = m * n
-                nbytes = (m * kk + kk * n + m * n) * np.dtype(kl.kernel.matmul.dtype).itemsize
+                nb = int(P[kl.p_flag + 9])  # (a batch of products: see plan.matmul_params)
+                elements = m * n * nb
+                nbytes = (m * kk + kk * n + m * n) * nb * np.dtype(kl.kernel.matmul.dtype).itemsize
             else:
                 loop = [int(x) for x in P[kl.p_dims:kl.p_dims + kl.ndim]]
                 elements = math.prod(loop)

@@ -25,14 +25,12 @@ from typing import Any
 import numpy as np
 
 from exprc._version import __version__
+from exprc.backends.plan import MATMUL_PARAMS
 from exprc.backends.templates import prelude, random_helpers, read
 from exprc.fusion import Kernel, Program
 from exprc.graph import Node
 from exprc.ops import OPS, REDUCTIONS
 from exprc.types import C_TYPES
-
-#: Entries of a matmul kernel's parameter block after its flag (see render_matmul).
-MATMUL_PARAMS = 8
 
 #: Function pointers to cblas_[ds]gemm with 64-bit integers, installed by the runtime: declared in
 #: every translation unit (a module may be compiled as several, see compile.py), defined in the
@@ -242,12 +240,12 @@ class CRenderer:
         kls = []
         for k in program.kernels:
             if k.matmul is not None:
-                # P: flag, M, N, K, transA, lda, transB, ldb, ldc, then 2 byte strides per matrix.
+                # P: flag, MATMUL_PARAMS entries (plan.matmul_params), 3 byte strides per matrix.
                 kl = KernelLayout(k, p, 2, 2, (0, 1))
                 p += 1 + MATMUL_PARAMS
                 for n in [*k.operands, *k.outputs]:
                     kl.accesses.append((n, slot(n), p))
-                    p += 2
+                    p += 3
                 kls.append(kl)
                 continue
             if k.reduce is not None:
@@ -756,25 +754,35 @@ class CRenderer:
         P = [self.param(kl, kl.p_flag + i) for i in range(1 + MATMUL_PARAMS)]
         pa, pb, pc = (pi for _, _, pi in kl.accesses)
         A, B, C = self.ptr(kl, 0), self.ptr(kl, 1), self.ptr(kl, 2)
-        call = (f"{gemm}(101, (int){P[4]}, (int){P[6]}, M, N, K, 1, (const {t} *){A}, {P[5]}, "
-                f"(const {t} *){B}, {P[7]}, 0, ({t} *){C}, {P[8]});")
-        st = [self.param(kl, i) for i in (pa, pa + 1, pb, pb + 1, pc, pc + 1)]
+        beta = "(sum && b > 0) ? 1 : 0"
+        call = (f"{gemm}(101, (int){P[4]}, (int){P[6]}, M, N, K, 1, (const {t} *)({A} + b * asb), {P[5]}, "
+                f"(const {t} *)({B} + b * bsb), {P[7]}, {beta}, ({t} *)({C} + b * csb), {P[8]});")
+        st = [self.param(kl, i) for i in (pa, pa + 1, pa + 2, pb, pb + 1, pb + 2, pc, pc + 1, pc + 2)]
         return [
-            f"    const int64_t M = {P[1]}, N = {P[2]}, K = {P[3]};",
+            f"    const int64_t M = {P[1]}, N = {P[2]}, K = {P[3]}, NB = {P[9]}, sum = {P[10]};",
+            (f"    const int64_t as0 = {st[0]}, as1 = {st[1]}, asb = {st[2]}, bs0 = {st[3]}, bs1 = {st[4]}, "
+            f"bsb = {st[5]};"),
+            f"    const int64_t cs0 = {st[6]}, cs1 = {st[7]}, csb = {st[8]};",
             "    (void)nthreads;",
             f"    if ({P[0]} && {gemm}) {{",
-            f"        {call}",
+            "        for (int64_t b = 0; b < NB; b++)",
+            f"            {call}",
             "        return;",
             "    }",
-            f"    const int64_t as0 = {st[0]}, as1 = {st[1]}, bs0 = {st[2]}, bs1 = {st[3]};",
-            f"    const int64_t cs0 = {st[4]}, cs1 = {st[5]};",
-            "    for (int64_t i = 0; i < M; i++)",
-            "        for (int64_t j = 0; j < N; j++) {",
-            f"            {t} acc = 0;",
-            "            for (int64_t k = 0; k < K; k++)",
-            f"                acc += *(const {t} *)({A} + i * as0 + k * as1) * *(const {t} *)({B} + k * bs0 + j * bs1);",
-            f"            *({t} *)({C} + i * cs0 + j * cs1) = acc;",
-            "        }",
+            "    if (sum && NB == 0)  /* an empty batch sums to zeros */",
+            "        for (int64_t i = 0; i < M; i++)",
+            "            for (int64_t j = 0; j < N; j++)",
+            f"                *({t} *)({C} + i * cs0 + j * cs1) = 0;",
+            "    for (int64_t b = 0; b < NB; b++)",
+            "        for (int64_t i = 0; i < M; i++)",
+            "            for (int64_t j = 0; j < N; j++) {",
+            f"                {t} acc = 0;",
+            "                for (int64_t k = 0; k < K; k++)",
+            (f"                    acc += *(const {t} *)({A} + b * asb + i * as0 + k * as1) * "
+            f"*(const {t} *)({B} + b * bsb + k * bs0 + j * bs1);"),
+            f"                {t} *c = ({t} *)({C} + b * csb + i * cs0 + j * cs1);",
+            "                *c = (sum && b > 0) ? *c + acc : acc;",
+            "            }",
         ]
 
     # -- module -----------------------------------------------------------------
