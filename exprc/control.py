@@ -501,12 +501,21 @@ def _scan_grad(node: Node, cts: dict[int, Node]) -> list:
         n_node = api.astype(api.shape(s0)[0], "int64") - (t0[-1] - t0[0])
     if loop.go_backwards:
         seqs = [s[::-1] for s in seqs]
-    # The stacked states of every step (the forward results, or a rerun keeping them all).
-    if all(loop.keep[k] == "all" for k in loop.recurrent):
+    # The stacked states of every step and the forward products the reverse step would compute
+    # again (``h @ U``: kept, as JAX's dots_saveable policy keeps them): a loop that is the
+    # forward one with these results added (the optimizer runs one loop for both, see
+    # exprc.rewrite.loops), or a rerun keeping every state when the forward kept final values.
+    n_res = loop.n_results
+    saved = _saved_products(loop)
+    if all(loop.keep[k] == "all" for k in loop.recurrent) and not saved:
         history = node
     else:
-        rerun = dataclasses.replace(loop, keep=("all",) * loop.n_results)
-        history = OPS["scan"].make(node.inputs, {"loop": rerun})
+        more = len(saved)
+        history = OPS["scan"].make(node.inputs, {"loop": dataclasses.replace(
+            loop, outputs=loop.outputs[:n_res] + tuple(saved), state_taps=loop.state_taps + (None,) * more,
+            keep=tuple("all" if loop.keep[k] == "last" and k in loop.recurrent else loop.keep[k]
+                       for k in range(n_res)) + ("all",) * more,
+            labels=loop.labels[:n_res] + tuple(f"saved[{i}]" for i in range(more)) if loop.labels else ())})
     stacked = {k: OPS["scan_output"].make((history,), {"k": k}) for k in loop.recurrent}
 
     # The reverse loop's sequences (read from the last step to the first).
@@ -518,9 +527,14 @@ def _scan_grad(node: Node, cts: dict[int, Node]) -> list:
         lo = loop.seq_taps[j][0]
         for tap in loop.seq_taps[j]:
             rows.append((j, tap))
-            rev_seqs.append(s[tap - lo:tap - lo + n_node] if loop.seq_taps[j] != (0,) else s)
+            # (A loop of fewer steps than rows reads the first n rows, or with go_backwards the
+            # last n: the reverse loop reads those, last first.  The whole sequence when its
+            # length is the step count: no slice to make at call time.)
+            whole = loop.seq_taps[j] == (0,) and loop.from_sequences
+            rev_seqs.append(s if whole else s[tap - lo:tap - lo + n_node])
     prev = {k: api.concatenate([api.expand_dims(x0, 0), stacked[k][:-1]], 0) for k, x0 in zip(loop.recurrent, inits)}
     rev_seqs += [prev[k] for k in loop.recurrent]
+    rev_seqs += [OPS["scan_output"].make((history,), {"k": n_res + i}) for i in range(len(saved))]
     carried = [k for k in loop.recurrent if _is_float(loop.outputs[k])]
     # The body, its slices pushed into what they slice (so the gates of an LSTM are four matmuls
     # of weight slices: no scatter of their gradients into one array inside the reverse loop),
@@ -529,6 +543,7 @@ def _scan_grad(node: Node, cts: dict[int, Node]) -> list:
     # after it.
     n_inv_from = len(rows) + nr
     fwd_outs = _push_slices(list(loop.outputs[:loop.n_results]))
+    pieces = _pieces(saved, fwd_outs)
     inv_holders = set(loop.inputs[n_inv_from:])
     inv_sub = _invariant_parts(fwd_outs, set(loop.inputs[:n_inv_from]), inv_holders.__contains__)
     to_outer = dict(zip(loop.inputs[n_inv_from:], invs))
@@ -536,7 +551,14 @@ def _scan_grad(node: Node, cts: dict[int, Node]) -> list:
     inv_wrt = [w for w in inv_outer if _is_float(w)]
     carry0 = [cts[k] if loop.keep[k] == "last" and k in cts else _zeros_like(x0)
               for k, x0 in zip(loop.recurrent, inits) if k in carried]
-    acc0 = [_zeros_like(w) for w in inv_wrt]
+    # Invariants read only as ``state @ w`` (a weight matrix): their gradient, the sum over the
+    # steps of state_t^T @ g_t, is one product after the loop instead of a small product and an
+    # addition per step; the loop stacks g_t (see _product_grads).
+    state_of = dict(zip(loop.inputs[len(rows):len(rows) + nr], loop.recurrent))
+    inv_parts = [w for w in inv_sub if _is_float(w)]
+    products = _product_grads(fwd_outs, inv_parts, state_of)
+    summed = [i for i in range(len(inv_wrt)) if i not in products]
+    acc0 = [_zeros_like(inv_wrt[i]) for i in summed]
     seq_wrt = [i for i, (j, _) in enumerate(rows) if _is_float(seqs[j])]
 
     def step(*args: Node) -> list[Node]:
@@ -544,30 +566,48 @@ def _scan_grad(node: Node, cts: dict[int, Node]) -> list:
         g_rows = {k: next(it) for k in g_all}
         x_rows = [next(it) for _ in rows]
         s_prev = {k: next(it) for k in loop.recurrent}
+        saved_rows = [next(it) for _ in saved]
         carry = {k: next(it) for k in carried}
-        accs = [next(it) for _ in inv_wrt]
+        accs = [next(it) for _ in summed]
         # The forward step t, over this step's rows: placeholders -> values.
         mapping = dict(zip(loop.inputs[:len(rows)], x_rows))
         mapping.update(zip(loop.inputs[len(rows):len(rows) + nr], [s_prev[k] for k in loop.recurrent]))
         mapping.update(to_outer)
         outs = substitute(fwd_outs, mapping)
+        prods = substitute([products[i][0] for i in sorted(products)], mapping)
         cot: list[Node | None] = []
         for k in range(loop.n_results):
             parts = [p for p in (g_rows.get(k), carry.get(k)) if p is not None]
             cot.append(None if not parts or not _is_float(outs[k]) else (parts[0] + parts[1] if len(parts) == 2
                                                                           else parts[0]))
-        wrt = [x_rows[i] for i in seq_wrt] + [s_prev[k] for k in carried] + inv_wrt
+        wrt = [x_rows[i] for i in seq_wrt] + [s_prev[k] for k in carried] + [inv_wrt[i] for i in summed] + prods
         grads = _vjp(outs, cot, wrt, "zero", "grad") if wrt else []
         gx = grads[:len(seq_wrt)]
         gs = grads[len(seq_wrt):len(seq_wrt) + len(carried)]
-        gw = grads[len(seq_wrt) + len(carried):]
-        return [*gx, *gs, *[a + b for a, b in zip(accs, gw)]]
+        gw = grads[len(seq_wrt) + len(carried):len(grads) - len(prods)]
+        # (+ 0.0: a gradient that is a call-time ``sum_to`` alias would make the stacked result a
+        # copy step, and the loop no longer one native call; a kernel writes this one.)
+        g_prods = [g + 0.0 for g in grads[len(grads) - len(prods):]]
+        if saved:  # what the gradients read of the saved products: the forward loop's values
+            gx, gs, gw, g_prods = _regroup(substitute([*gx, *gs, *gw, *g_prods], _saved_values(
+                pieces, mapping, saved_rows)), (len(gx), len(gs), len(gw)))
+        return [*gx, *gs, *[a + b for a, b in zip(accs, gw)], *g_prods]
 
-    n_gx = len(seq_wrt)
-    res, _ = scan(step, sequences=rev_seqs, outputs_info=[None] * n_gx + carry0 + acc0, n_steps=n_node,
-                  go_backwards=True, name=f"{loop.name}.grad", return_list=True,
-                  keep=["all"] * n_gx + ["last"] * (len(carry0) + len(acc0)))
-    g_rowsets, g_carry, g_acc = res[:n_gx], res[n_gx:n_gx + len(carried)], res[n_gx + len(carried):]
+    n_gx, n_acc = len(seq_wrt), len(carry0) + len(acc0)
+    res, _ = scan(step, sequences=rev_seqs, outputs_info=[None] * n_gx + carry0 + acc0 + [None] * len(products),
+                  n_steps=n_node, go_backwards=True, name=f"{loop.name}.grad", return_list=True,
+                  keep=["all"] * n_gx + ["last"] * n_acc + ["all"] * len(products))
+    g_rowsets, g_carry = res[:n_gx], res[n_gx:n_gx + len(carried)]
+    g_acc: list[Node] = [None] * len(inv_wrt)  # type: ignore[list-item]
+    for i, g in zip(summed, res[n_gx + len(carried):n_gx + n_acc]):
+        g_acc[i] = g
+    for i, g in zip(sorted(products), res[n_gx + n_acc:]):
+        # Row t of g (the reverse loop's step t) goes with the state of forward step n-1-t: the
+        # states last step first, in one array (a concatenate: contiguous), make the sum one GEMM.
+        k = products[i][1]
+        x0 = inits[loop.recurrent.index(k)]
+        back = api.concatenate([stacked[k][:-1][::-1], api.expand_dims(x0, 0)], 0)
+        g_acc[i] = api.sum(api.matmul(api.dimshuffle(back, [0, 2, 1]), g), axis=0)
 
     from exprc.indexing import inc_subtensor
 
@@ -577,7 +617,11 @@ def _scan_grad(node: Node, cts: dict[int, Node]) -> list:
         j, tap = rows[i]
         lo = loop.seq_taps[j][0]
         forward = gr[::-1]  # the reverse loop stacked them last step first
-        if loop.seq_taps[j] == (0,) and j not in g_seq:
+        if loop.seq_taps[j] == (0,) and j not in g_seq and loop.from_sequences:
+            # Every row is a step's (the sequences' length is the step count): no zeros around
+            # the rows' gradients.  (+ 0.0 as 0 + g gave: a -0.0 is +0.0; and a contiguous array.)
+            g_seq[j] = forward + 0.0
+        elif loop.seq_taps[j] == (0,) and j not in g_seq:
             base = _zeros_like(seqs[j])
             g_seq[j] = inc_subtensor(base[:n_node], forward)
         else:
@@ -592,6 +636,76 @@ def _scan_grad(node: Node, cts: dict[int, Node]) -> list:
         for w, g in zip(float_invs, _vjp(inv_wrt, g_acc, float_invs, "zero", "grad")):
             out[1 + ns + nr + invs.index(w)] = g
     return out
+
+
+def _saved_products(loop: Loop) -> list[Node]:
+    """The matrix products of a loop body that read a sequence or a state (``h @ U``): the reverse
+    loop of its gradient reads their values from the forward loop rather than compute them again."""
+    varying = set(loop.inputs[:len(loop.inputs) - loop.n_invariants])
+    outs = loop.outputs[:loop.n_results]
+    found, vary = [], set(varying)
+    for n in toposort(list(outs)):
+        if n.inputs and any(i in vary for i in n.inputs):
+            vary.add(n)
+            if n.op == "matmul" and _is_float(n) and n not in outs:
+                found.append(n)
+    return found
+
+
+def _pieces(saved: list[Node], outputs: list[Node]) -> dict[Node, tuple[int, tuple | None]]:
+    """``{node: (i, index)}``: the nodes of ``outputs`` that are ``saved[i]`` (index None) or a
+    slice of it that _push_slices moved onto its operands, ``A[r] @ B[:, c]`` for ``(A @ B)[r, c]``."""
+    whole = {m: i for i, m in enumerate(saved)}
+    full = ("s", None, None, 1)
+    found: dict[Node, tuple[int, tuple | None]] = {}
+    for n in toposort(outputs):
+        if n in whole:
+            found[n] = (whole[n], None)
+        elif n.op == "matmul" and n.ndim == 2:
+            (a, r), (b, c) = ((x.inputs[0], x.arg("index")) if x.op == "getitem" else (x, None) for x in n.inputs)
+            if r is not None and len(r) != 1 or c is not None and (len(c) != 2 or c[0] != full):
+                continue
+            m = OPS["matmul"].make((a, b), {}) if (r, c) != (None, None) else None
+            if m in whole:
+                found[n] = (whole[m], (r[0] if r else full, c[1] if c else full))
+    return found
+
+
+def _saved_values(pieces: dict[Node, tuple[int, tuple | None]], mapping: dict[Node, Node],
+                  rows: list[Node]) -> dict[Node, Node]:
+    """The reverse step's substitution: each saved product (or slice of one, see _pieces) over
+    this step's values -> the forward loop's row of it."""
+    nodes = list(pieces)
+    return {new: rows[i] if idx is None else OPS["getitem"].make((rows[i],), {"index": idx})
+            for new, (i, idx) in zip(substitute(nodes, mapping), (pieces[n] for n in nodes))}
+
+
+def _regroup(items: list, sizes: tuple[int, ...]) -> list[list]:
+    """``items`` cut into consecutive lists of ``sizes`` (and the rest)."""
+    out, start = [], 0
+    for n in sizes:
+        out.append(items[start:start + n])
+        start += n
+    return [*out, items[start:]]
+
+
+def _product_grads(outputs: list[Node], parts: list[Node], state_of: dict[Node, int]) -> dict[int, tuple[Node, int]]:
+    """``{i: (state @ parts[i], state's result index)}`` for the invariant parts read only as the
+    right operand of a product with a 2-d recurrent state's placeholder (an RNN's ``h @ U``).
+    Their gradient over a loop is the sum over steps of ``h_t^T @ g_t``, ``g_t`` the gradient of
+    the product: the reverse loop stacks ``g_t`` and one product after it does the sum."""
+    readers: dict[Node, list[Node]] = {w: [] for w in parts}
+    for n in toposort(outputs):
+        for i in dict.fromkeys(n.inputs):
+            if i in readers:
+                readers[i].append(n)
+    found = {}
+    for i, w in enumerate(parts):
+        (m, *more) = readers[w] or [None]
+        if (m is not None and not more and m.op == "matmul" and m.inputs[1] is w and w.ndim == 2
+                and m.inputs[0] in state_of and m.inputs[0].ndim == 2 and m not in outputs):
+            found[i] = (m, state_of[m.inputs[0]])
+    return found
 
 
 def _invariant_parts(outputs: list[Node], varying: set[Node], source: Callable[[Node], bool]) -> list[Node]:

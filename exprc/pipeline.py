@@ -14,6 +14,7 @@ from exprc.graph import Node, toposort
 from exprc.rewrite import TraceEntry, rewrite, select
 from exprc.rewrite.core import check_exclude
 from exprc.rewrite.forms import scope
+from exprc.rewrite.loops import merge_loops
 
 if TYPE_CHECKING:
     import networkx as nx
@@ -70,9 +71,11 @@ def optimize(graph: FunctionGraph | Node | Sequence[Node], config: Config | None
     if isinstance(graph, Node):
         graph = [graph]
     fg = graph if isinstance(graph, FunctionGraph) else FunctionGraph((), tuple(graph))
-    ex = check_exclude(tuple(exclude) + tuple(cfg.exclude), extra=[p[0] for p in PASSES])
+    ex = check_exclude(tuple(exclude) + tuple(cfg.exclude), extra=[p[0] for p in PASSES] + ["merge_loops"])
     trace: list[TraceEntry] = []
     outputs = list(fg.outputs)
+    if "merge_loops" not in ex:  # (two loops over the same steps: one runs; exprc.rewrite.loops)
+        outputs = merge_loops(outputs, trace)
     fixpoints: dict[str, set[Node]] = {}  # tag -> nodes where no rule of that tag fires
     for pass_name, tag, helpers, later in PASSES:
         if pass_name in ex:

@@ -8,7 +8,9 @@ the sequences, go_backwards, return_list, matrix / 0-d / float32 / int64 states,
 non-contiguous and broadcast arguments, NaN and inf, zero steps, long loops, nested loops, loop
 results in further expressions and in givens, several loops per function, repeated calls),
 until, updates of shared variables, fori_loop, while_loop, ifelse (laziness, promotion, shapes),
-switch, the errors, and the determinism of the generated source.
+switch, the errors, the determinism of the generated source, and what the gradient through scan
+runs (saved products, weight gradients summed after the reverse loop; the values against
+central differences).
 """
 
 from __future__ import annotations
@@ -1211,3 +1213,74 @@ def test_source_is_deterministic_across_processes():
         outs.append(p.stdout.strip())
     assert outs[0] == outs[1]
     assert int(outs[0].split()[1]) > 0
+
+
+# -- the gradient through scan: what the reverse loop keeps and computes ------------------------------
+def _rnn_loss(xs, h0, w, u, n, go_backwards):
+    """sum(h_t^2) + sum(h_n) for h_t = tanh(x_t @ w + h_{t-1} @ u), in NumPy."""
+    rows = xs[::-1][:n] if go_backwards else xs[:n]
+    h, total = h0, 0.0
+    for x in rows:
+        h = np.tanh(x @ w + h @ u)
+        total += np.sum(h * h)
+    return total + np.sum(h)
+
+
+@pytest.mark.parametrize("be", BACKENDS)
+@pytest.mark.parametrize(("n", "go_backwards", "keep"), [(None, False, "all"), (None, True, "all"), (3, False, "all"),
+                                                          (3, True, "all"), (0, False, "all"), (None, False, "last")])
+def test_rnn_gradient_saves_products_and_sums_the_weight_gradient_after_the_loop(be, n, go_backwards, keep):
+    """BPTT through h_t = tanh(x_t @ W + h_{t-1} @ U): the reverse loop reads the forward loop's
+    products (one forward loop runs for the cost and the gradient: the optimizer merges the loop
+    the gradient adds them to with the user's), and U's gradient, the sum of h_{t-1}^T @ g_t,
+    is one product after it.  Its body keeps three products: dh = g @ U^T, dx = g @ W^T and x's
+    part of W's gradient (6 before: h @ U and x @ W again, and h^T @ g).  Gradients match central
+    differences, on zero steps, fewer steps than rows (the reverse loop reads the rows the forward
+    one read: the first n, the last n going backwards), go_backwards and a keep='last' loop."""
+    T, B, D, H = 5, 3, 4, 6
+    xs, h0, w, u = exprc.tensor3("xs"), exprc.matrix("h0"), exprc.matrix("w"), exprc.matrix("u")
+    kw = {} if n is None else {"n_steps": n}
+    hs, _ = exprc.scan(lambda x, h, w, u: exprc.tanh(x @ w + h @ u), sequences=[xs], outputs_info=[h0],
+                       non_sequences=[w, u], go_backwards=go_backwards, keep=keep, **kw)
+    if keep == "last":
+        loss = exprc.sum(hs * hs) + exprc.sum(hs)  # (the final state only: the reference's one step)
+        steps = 1
+    else:
+        last = hs[-1] if n != 0 else h0
+        loss = exprc.sum(hs * hs) + exprc.sum(last)
+        steps = T if n is None else n
+    args = [xs, h0, w, u]
+    f = fn(args, [loss, *exprc.grad(loss, args)], be)
+    r = rng(11)
+    vals = [r.normal(size=(T, B, D)) * 0.5, r.normal(size=(B, H)) * 0.5, r.normal(size=(D, H)) * 0.5,
+            r.normal(size=(H, H)) * 0.5]
+
+    def ref(*v):
+        if keep == "last":  # sum(h_n^2) + sum(h_n) of the whole loop
+            rows = v[0][::-1] if go_backwards else v[0]
+            h = v[1]
+            for x in rows:
+                h = np.tanh(x @ v[2] + h @ v[3])
+            return np.sum(h * h) + np.sum(h)
+        return _rnn_loss(*v, steps, go_backwards)
+
+    got = f(*vals)
+    assert got[0] == pytest.approx(ref(*vals), rel=1e-13)
+    eps = 1e-6
+    for j in range(4):
+        fd = np.zeros_like(vals[j])
+        for idx in np.ndindex(vals[j].shape):
+            up, dn = [v.copy() for v in vals], [v.copy() for v in vals]
+            up[j][idx] += eps
+            dn[j][idx] -= eps
+            fd[idx] = (ref(*up) - ref(*dn)) / (2 * eps)
+        np.testing.assert_allclose(got[1 + j], fd, rtol=1e-6, atol=1e-8, err_msg=f"gradient {j}")
+    loops = [m.arg("loop") for m in f.graph.nodes if m.op == "scan"]
+    forward = [lp for lp in loops if not lp.name.endswith(".grad")]
+    (back,) = [lp for lp in loops if lp.name.endswith(".grad")]
+    # h and the two saved products; a keep='last' loop runs once more keeping every step.
+    assert [lp.n_results for lp in forward] == ([1, 3] if keep == "last" else [3])
+    from exprc.graph import toposort
+
+    assert sum(m.op == "matmul" for m in toposort(list(back.outputs))) == 3
+    assert back.keep.count("last") == 2  # the carried gradient of h and W's sum (not U's)

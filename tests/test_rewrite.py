@@ -144,3 +144,46 @@ def test_rules_have_names_tags_and_docs():
         REGISTRY)
     for name, r in REGISTRY.items():
         assert r.name == name and r.tags and r.doc
+
+
+def test_merge_loops_runs_one_loop_for_equal_and_extending_loops():
+    """Two loops over the same operands whose bodies are the same expressions (built twice) run
+    as one, and so does a loop that another extends with more results; the trace names the
+    merge; loops over other operands or with other step counts stay apart; results are unchanged
+    (and with ``exclude=("merge_loops",)`` both loops run)."""
+    import dataclasses
+
+    from exprc.ops import OPS
+
+    xs, h0 = exprc.matrix("xs"), exprc.vector("h0")
+
+    def body(x, h):
+        return exprc.tanh(x + h * 0.5)
+
+    a, _ = exprc.scan(body, sequences=[xs], outputs_info=[h0])
+    b, _ = exprc.scan(body, sequences=[xs], outputs_info=[h0])
+    assert a.inputs[0] is not b.inputs[0]  # two loop nodes
+    loop = a.inputs[0].arg("loop")
+    extra = exprc.sin(loop.outputs[0])  # a result more, over the same placeholders
+    wide = OPS["scan"].make(a.inputs[0].inputs, {"loop": dataclasses.replace(
+        loop, outputs=loop.outputs + (extra,), state_taps=loop.state_taps + (None,), keep=loop.keep + ("all",),
+        labels=())})
+    c = OPS["scan_output"].make((wide,), {"k": 1})
+    other, _ = exprc.scan(body, sequences=[xs], outputs_info=[h0], n_steps=2)
+    outs = [a.sum(), b * 2.0, c, other]
+    X, H0 = np.linspace(-1, 1, 12).reshape(4, 3), np.array([0.1, -0.2, 0.3])
+    h, rows = H0, []
+    for x in X:
+        h = np.tanh(x + h * 0.5)
+        rows.append(h)
+    want = [np.sum(rows), np.array(rows) * 2.0, np.sin(rows), np.array(rows[:2])]
+    for ex in ((), ("merge_loops",)):
+        f = exprc.function([xs, h0], outs, exclude=ex)
+        for got, w in zip(f(X, H0), want):
+            np.testing.assert_allclose(got, w, rtol=1e-13, atol=1e-15)
+        loops = [n for n in f.graph.nodes if n.op == "scan"]
+        merged = [t for t in f.graph.trace if t.rule == "merge_loops"]
+        if ex:
+            assert len(loops) == 4 and not merged
+        else:
+            assert sorted(n.arg("loop").n_results for n in loops) == [1, 2] and len(merged) == 2
