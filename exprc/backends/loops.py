@@ -47,6 +47,10 @@ class LoopRunner:
         #: The backend's whole-loop run: (runner, state) -> steps done, or None (it declined).
         self.whole: Any = None
         self.dtypes = [np.dtype(o.dtype) for o in loop.outputs]
+        #: The shapes of a step's results per shapes of its operands, from an earlier call: a call
+        #: with operands of known shapes sizes its buffers from them and runs every step natively
+        #: (step 0 through Python costs a native step's time again, and more).
+        self._result_shapes: dict[tuple, list[tuple]] = {}
 
     def label(self, k: int) -> str:
         loop = self.loop
@@ -68,6 +72,13 @@ class LoopRunner:
             whole = self.whole(self, state)
             if whole is not None:
                 return state.results(whole)
+        if n > 1 and self.native is not None and not loop.until:
+            sig = tuple((a.shape, a.dtype.num) for a in [*(s[0] for s in seqs), *inits, *invariants])
+            shapes = self._result_shapes.get(sig)
+            if shapes is not None:
+                state.allocate(shapes)
+                return state.results(self._run_from(state, 0))
+            state.first_shapes = sig
         if n > 0:
             done = 1  # after step 0 (which an until may end)
             if not self._first_step(state) and n > 1:
@@ -90,7 +101,9 @@ class LoopRunner:
         are not fed back, and are checked against the initial values.  Returns whether ``until``
         stopped the loop."""
         outs = self._call(self._inputs(st, 0), None)
-        st.allocate(outs)
+        st.allocate([np.shape(o) for o in outs])
+        if st.first_shapes is not None and len(self._result_shapes) < 16:
+            self._result_shapes[st.first_shapes] = [np.shape(o) for o in outs[:self.loop.n_results]]
         for k, o in enumerate(outs[:self.loop.n_results]):
             st.dest(k, 0)[...] = o
         return self.loop.until and check_condition(outs[-1], f"{self.loop.name}: until")
@@ -194,14 +207,15 @@ class _State:
             self.bufs[k] = (buf, m, r)
         self.stacks: dict[int, np.ndarray] = {}  # results that are not fed back
         self.cond = np.zeros((), dtype=bool)
+        self.first_shapes: tuple | None = None  # (the operands' shapes, when step 0 runs through Python)
 
-    def allocate(self, outs: list[Any]) -> None:
-        """Buffers of the results that are not fed back, given one step's results (or shapes)."""
+    def allocate(self, shapes: list[Any]) -> None:
+        """Buffers of the results that are not fed back, given the shapes of one step's results."""
         loop = self.loop
         for k in range(loop.n_results):
             if k not in self.bufs:
                 rows = self.capacity if loop.keep[k] == "all" else 1
-                self.stacks[k] = np.empty((rows, *np.shape(outs[k])), dtype=self.runner.dtypes[k])
+                self.stacks[k] = np.empty((rows, *shapes[k]), dtype=self.runner.dtypes[k])
 
     def grow(self) -> None:
         """Double the rows of the stacked results (a loop that until ends), keeping what is there."""
@@ -246,7 +260,7 @@ class _State:
         self.n = self.capacity = 0
         static = [o.type.shape for o in loop.outputs]
         if all(None not in static[k] for k in range(loop.n_results) if k not in self.bufs):
-            self.allocate([np.empty(s, dtype=bool) if None not in s else None for s in static])
+            self.allocate([s if None not in s else None for s in static])
         else:
             ins = [np.zeros(s.shape[1:], s.dtype) for j, s in enumerate(self.seqs) for _ in loop.seq_taps[j]]
             for k in loop.recurrent:
@@ -258,7 +272,7 @@ class _State:
             except ExprcError as e:
                 raise ShapeError(f"{loop.name}: zero steps, and the shape of a result depends on values no step "
                                  f"computed ({e})") from e
-            self.allocate(outs)
+            self.allocate([np.shape(o) for o in outs])
         for k in self.stacks:
             if loop.keep[k] == "last":
                 self.stacks[k][...] = 0

@@ -205,7 +205,7 @@ class ElementwiseLoop:
         shape = shape if shape is not None else ()
         if len(shape) != self.ndim or 0 in shape:
             return None
-        st.allocate([np.empty(shape if o else (), dt) for o, dt in zip(self.out_ndims, self.dtypes[len(arrays):])])
+        st.allocate([shape if o else () for o in self.out_ndims])
         for k in range(loop.n_results):
             if k in st.bufs:
                 buf, m, r = st.bufs[k]
