@@ -238,7 +238,15 @@ RULES = [
       [(S, 1e-8, 0.9)]),
     R("taylor_cancellation", [lambda m, x: m.exp(x) - 1 - x, lambda m, x: m.expm1(x) - x, lambda m, x: m.exp(x) - (1 + x)],
       {"where"}, [(S, 1e-8, 3.0)]),
-    R("taylor_cancellation", [lambda m, x: m.cos(x) - (1 - x * x / 2)], {"where"}, [(S, 1e-6, 4.0)]),
+    R("taylor_cancellation", [lambda m, x: m.cos(x) - (1 - x * x / 2),
+                              lambda m, x: m.cos(x) - 1 + x * x / 2],  # (cos - 1 rewritten first: sin(x/2)**2)
+      {"where"}, [(S, 1e-6, 4.0)]),
+    # f(u)/u**k minus a polynomial (u = 0 keeps the formula's NaN), and a polynomial in x against f(-x)
+    R("taylor_cancellation", [lambda m, x: m.sin(x) / x - 1, lambda m, x: (m.exp(x) - 1) / x - 1,
+                              lambda m, x: m.expm1(x) / x - 1, lambda m, x: (m.sinh(x) - x) / (x * x) - x / 6],
+      {"where"}, [(S, 1e-8, 4.0)]),
+    R("taylor_cancellation", [lambda m, x: m.exp(-x) - 1 + x, lambda m, x: x - (1 - m.exp(-x)),
+                              lambda m, x: m.sin(-x) + x], {"where"}, [(S, 1e-8, 4.0)]),
     R("product_cancel", [lambda m, x, y: (x * y) / y, lambda m, x, y: (x / y) * y, lambda m, x, y: y * x / y],
       set(), [(G, 1e100, 1e200), (G, 1e150, 1e300)], absent={"truediv"}),
     R("sigmoid_from_exp", [lambda m, x: x / (1 + m.exp(-x)), lambda m, x: x * (1 / (1 + m.exp(-x)))],

@@ -15,7 +15,7 @@ from fractions import Fraction
 from exprc.graph import Node
 from exprc.rewrite import forms as F
 from exprc.rewrite import series as SERIES
-from exprc.rewrite.forms import SumView, build_sum, scale
+from exprc.rewrite.forms import SumView, build_sum, make, scale
 from exprc.rewrite.rules.stability._common import (
     HALF,
     ONE,
@@ -84,39 +84,80 @@ def _degree(t: Node, u: Node) -> int | None:
     return memo[id(t)]
 
 
-@stability_rule("taylor_cancellation", SUM_OPS, needs=tuple(SERIES.FUNCTIONS))
+def _series_term(t: Node) -> tuple[str, Node, int, Fraction, Fraction] | None:
+    """(f, u, k, a, b) when term ``t`` is a * f(u) / u**k + b with f one of SERIES.FUNCTIONS: f(u)
+    itself, f(u) / u**k, or sin(u/2)**2 = (1 - cos(u)) / 2 (what cos_minus_one left of a cos(u) - 1
+    inside a longer sum, cos(x) - 1 + x**2/2)."""
+    if t.op in SERIES.FUNCTIONS:
+        return t.op, t.inputs[0], 0, ONE, Fraction(0)
+    if t.op == "truediv" and t.inputs[0].op in SERIES.FUNCTIONS:
+        fn, u = t.inputs[0], t.inputs[0].inputs[0]
+        k = _degree(t.inputs[1], u)
+        if k is not None and k >= 1:
+            return fn.op, u, k, ONE, Fraction(0)
+    if t.op == "square" and t.inputs[0].op == "sin":
+        half = t.inputs[0].inputs[0]
+        if half.op == "mul" and F.scalar_const(half.inputs[1]) == 0.5:
+            return "cos", half.inputs[0], 0, -HALF, HALF
+    return None
+
+
+def _poly_degree(m: Node, u: Node) -> tuple[int, int] | None:
+    """(d, sign) when ``m`` is sign * u**d: a monomial in u, or in x where u = -x."""
+    d = _degree(m, u)
+    if d is not None:
+        return d, 1
+    if u.op == "neg":
+        d = _degree(m, u.inputs[0])
+        if d is not None:
+            return d, (-1) ** d
+    return None
+
+
+@stability_rule("taylor_cancellation", SUM_OPS, needs=(*SERIES.FUNCTIONS, "truediv", "square"))
 def taylor_cancellation(node: Node) -> Node | None:
     """x - sin(x), tan(x) - x, log1p(x) - x, exp(x) - 1 - x …: a function minus the first terms of
-    its Taylor series -> the remaining series for |x| < r (chosen per function; the formula beyond)."""
+    its Taylor series -> the remaining series for |x| < r (chosen per function; the formula beyond).
+    Also a function over a power of its argument minus a polynomial (sin(x)/x - 1, expm1(x)/x - 1:
+    the series of f(u) - T(u), divided), and a polynomial in x against f(-x) (exp(-x) - 1 + x)."""
     view = view_of(node)
     if view is None:
         return None
     for c, t in view.terms:
-        if t.op not in SERIES.FUNCTIONS:
+        found = _series_term(t)
+        if found is None:
             continue
-        u = t.inputs[0]
-        poly: dict[int, Fraction] = {0: -view.const / c}
+        op, u, shift, a_t, b_t = found
+        # c*f(u)/u**k + sum(kk * m) + const = c/u**k * (f(u) - T(u)), T's coefficient of u**(d+k)
+        # being -kk/c for each monomial m = sign * u**d (c, const: the term's a and b taken in).
+        const, c = view.const + c * b_t, c * a_t
+        poly: dict[int, Fraction] = {shift: -const / c}
         for kk, m in view.without(t).terms:
-            d = _degree(m, u)
-            if d is None:
+            dm = _poly_degree(m, u)
+            if dm is None:
                 break
-            poly[d] = poly.get(d, Fraction(0)) - kk / c
+            d = dm[0] + shift
+            poly[d] = poly.get(d, Fraction(0)) - kk * dm[1] / c
         else:
             top = max(d for d, v in poly.items() if v != 0) if any(poly.values()) else 0
             if top < 1 or top >= SERIES.MAX_TERMS + 8:  # (the length of the full list below)
                 continue
             # (the first terms only: tanh's 72 exact terms cost 15 ms, which a warm start paid for
             # every gradient with a tanh in it though the rule almost never fires)
-            head = SERIES.coefficients(t.op, top + 1)
+            head = SERIES.coefficients(op, top + 1)
             if any(poly.get(d, 0) != head[d] for d in range(top + 1)):
                 continue
-            a = SERIES.coefficients(t.op)
-            br = SERIES.branch(t.op, top)
+            a = SERIES.coefficients(op)
+            br = SERIES.branch(op, top)
             if br is None:
                 continue
             r, n = br
-            series = scale(F.horner(u, [0] * (top + 1) + list(a[top + 1:n]), node), c)
-            return F.where(f("abs", u) < k(r, u), series, F.freeze(node))
+            # (sum_{i > top} a_i u**(i - k): the u**k it was divided by taken off each power)
+            series = scale(F.horner(u, [0] * (top + 1 - shift) + list(a[top + 1:n]), node), c)
+            near = f("abs", u) < k(r, u)
+            if shift:  # (u = 0 keeps the formula's 0/0: the series would fill the hole)
+                near = make("and", near, make("ne", u, k(0.0, u)))
+            return F.where(near, series, F.freeze(node))
     return None
 
 
