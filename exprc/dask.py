@@ -114,6 +114,9 @@ class _Kernel:
         out = self.function()(*arrays)
         return list(out)
 
+    def __dask_tokenize__(self) -> str:  # equal kernels, equal dask keys (deterministic graphs)
+        return self.key
+
 
 def _build(text: str) -> Any:
     from exprc.function import function as exprc_function  # (function.py imports this module lazily too)
@@ -128,7 +131,14 @@ def _build(text: str) -> Any:
 
 # -- task functions (module level: dask pickles them by reference) ---------------------------------
 
-class _Map:
+class _Task:
+    """What the task classes share: a deterministic dask token from their fields."""
+
+    def __dask_tokenize__(self) -> tuple:
+        return (type(self).__name__, *(repr(v) if not isinstance(v, _Kernel) else v.key for v in vars(self).values()))
+
+
+class _Map(_Task):
     """An elementwise block: the kernel's only output."""
 
     def __init__(self, kernel: _Kernel):
@@ -151,7 +161,7 @@ def _extents(blocks: Sequence[np.ndarray], arg_labels: Sequence[tuple], out_labe
     return out
 
 
-class _Partial:
+class _Partial(_Task):
     """A reduction's chunk step: the kernel's partial fields for one block (reduced axes kept, size 1).
 
     ``mode`` adds what the kernel cannot know: ``count`` appends the number of elements reduced (mean,
@@ -193,7 +203,7 @@ def _gather(parts: Any, axes: Sequence[int]) -> tuple:
     return tuple(np.concatenate([it[k] for it in items], axis=axes[0]) for k in range(len(items[0])))
 
 
-class _Combine:
+class _Combine(_Task):
     """A reduction's combine (``final=False``) or aggregate (``final=True``) step."""
 
     def __init__(self, kernel: _Kernel, axes: tuple[int, ...], mode: str, final: bool, dtypes: list[str]):
@@ -524,15 +534,16 @@ class _Lowering:
         (out,), kin, args = self._region([node], labels)
         if not args:  # only constants: folded here
             return np.asarray(out.eval(), dtype=node.dtype)
-        return self._blockwise(_Map(self._kernel(kin, [out])), labels, args, node.dtype)
+        return self._blockwise(_Map(self._kernel(kin, [out])), labels, args, node.dtype, token="exprc-map")
 
     def _blockwise(self, fn: Any, labels: tuple, args: list[tuple], dtype: str, adjust: dict | None = None,
-                   extra: Sequence[tuple] = ()) -> da.Array:
+                   extra: Sequence[tuple] = (), token: str = "exprc") -> da.Array:
         flat = [x for a, lab in list(args) + list(extra) for x in (a, lab)]
         carried = {lab for _, labs in args for lab in labs}
         new_axes = {lab: 1 for lab in labels if lab not in carried}
         return da.blockwise(fn, labels, *flat, dtype=dtype, meta=np.empty((0,) * len(labels), dtype=dtype),
-                            align_arrays=True, concatenate=True, new_axes=new_axes or None, adjust_chunks=adjust)
+                            align_arrays=True, concatenate=True, new_axes=new_axes or None, adjust_chunks=adjust,
+                            token=token)
 
     # -- reductions --------------------------------------------------------------------------------
     def _reduce(self, r: Node) -> Any:
@@ -562,8 +573,12 @@ class _Lowering:
             roots = [OPS["max" if r.op == "argmax" else "min"].make((x,), kd), OPS[r.op].make((x,), kd)]
         elif mode == "lse":
             roots = [partner, OPS["sum"].make((x,), kd)]
-        else:  # var: the chunk's mean and M2 = sum((x - mean)^2)
-            roots = [partner, OPS["sum"].make((x,), kd)]
+        else:  # var: the chunk's mean and M2 = sum((x - mean)^2), in float64 as exprc's float32 sums accumulate
+            from exprc import api
+
+            x64 = api.astype(r.inputs[0].inputs[0].inputs[0], "float64")
+            mu64 = OPS["mean"].make((x64,), kd)
+            roots = [mu64, OPS["sum"].make((api.square(x64 - mu64),), kd)]
         kout, kin, args = self._region(roots, labels, inline=frozenset(roots) | ({partner} if partner is not None else set()))
         dtypes = [o.dtype for o in kout] + (["float64"] if mode in ("count", "var", "var_mean") else [])
         if mode == "arg":
@@ -576,14 +591,15 @@ class _Lowering:
             full = tuple(int(sum(chunkss[labels[a]])) for a in axes)
         part = _Partial(self._kernel(kin, kout), [lab for _, lab in args], labels, axes, dtypes,
                         "count" if mode in ("count", "var", "var_mean") else mode, full)
-        partials = self._blockwise(part, labels, args, dtypes[0], adjust={labels[a]: 1 for a in axes}, extra=extra)
+        partials = self._blockwise(part, labels, args, dtypes[0], adjust={labels[a]: 1 for a in axes}, extra=extra,
+                                   token=f"exprc-{r.op}-chunk")
         comb = self._combine_kernel(r, mode, dtypes, axes, nd, partner)
         final_dtypes = [r.dtype] if partner is None else [partner.dtype, r.dtype]
         if mode == "arg":
             final_dtypes = ["int64"]
         res = da.reduction(partials, _identity, _Combine(comb, axes, mode, True, final_dtypes),
                            combine=_Combine(comb, axes, mode, False, final_dtypes), axis=axes, keepdims=True,
-                           dtype=final_dtypes[-1], split_every=self.split_every, concatenate=False,
+                           dtype=final_dtypes[-1], split_every=self.split_every, concatenate=False, name=f"exprc-{r.op}",
                            meta=np.empty((0,) * nd, dtype=final_dtypes[-1]))
         if len(final_dtypes) == 2:
             pv = res.map_blocks(operator.getitem, 0, dtype=final_dtypes[0], meta=np.empty((0,) * nd, final_dtypes[0]))
