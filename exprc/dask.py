@@ -327,7 +327,16 @@ def _match_lse(r: Node) -> Node | None:
     if len(leaves) != 1:
         return None
     (m,) = leaves
-    ok = (m.op == "max" and m.inputs[0] is x and m.arg("axis") == r.arg("axis") and m.arg("keepdims")
+    # keepdims, or a max over every axis (a 0-d shift, as in sum(exp(a - max(a)))) reached through
+    # elementwise ops alone (no dimshuffle to re-aim at the partials in the combine)
+    between, stack = [], [shift]
+    while stack:
+        n = stack.pop()
+        if n is not m and n.op != "constant":
+            between.append(n)
+            stack.extend(n.inputs)
+    whole = len(m.arg("axis")) == x.ndim and all(OPS[n.op].kind == "elemwise" for n in between)
+    ok = (m.op == "max" and m.inputs[0] is x and m.arg("axis") == r.arg("axis") and (m.arg("keepdims") or whole)
           and x.dtype in ("float32", "float64"))
     return m if ok else None
 
@@ -475,6 +484,7 @@ class _Lowering:
     def _region(self, roots: Sequence[Node], labels: tuple, inline: frozenset = frozenset()) -> tuple:
         """The elementwise region above ``roots`` (all with axes ``labels``) as a kernel graph: returns
         (kernel outputs, kernel inputs, [(dask array, its labels)])."""
+        self._root_labels = labels
         memo: dict[tuple, Node] = {}
         kin: list[Node] = []
         args: list[tuple] = []
@@ -505,6 +515,9 @@ class _Lowering:
             where = {o: k for k, o in enumerate(order) if o != "x"}
             # a dropped axis has size 1: a label of its own, which blockwise contracts over one block
             return [tuple(lab[where[d]] if d in where else self._dropped(node, lab, d) for d in range(x.ndim))]
+        if OPS[node.op].kind == "reduce" and not node.arg("keepdims"):
+            # (an inline max over every axis, without keepdims: its operand spans the region's axes)
+            return [self._root_labels]
         return [lab[len(lab) - c.ndim:] if c.ndim else () for c in node.inputs]
 
     def _dropped(self, node: Node, lab: tuple, d: int) -> str:
@@ -572,7 +585,7 @@ class _Lowering:
         elif mode == "arg":
             roots = [OPS["max" if r.op == "argmax" else "min"].make((x,), kd), OPS[r.op].make((x,), kd)]
         elif mode == "lse":
-            roots = [partner, OPS["sum"].make((x,), kd)]
+            roots = [OPS["max"].make((partner.inputs[0],), kd), OPS["sum"].make((x,), kd)]
         else:  # var: the chunk's mean and M2 = sum((x - mean)^2), in float64 as exprc's float32 sums accumulate
             from exprc import api
 
@@ -603,7 +616,8 @@ class _Lowering:
                            meta=np.empty((0,) * nd, dtype=final_dtypes[-1]))
         if len(final_dtypes) == 2:
             pv = res.map_blocks(operator.getitem, 0, dtype=final_dtypes[0], meta=np.empty((0,) * nd, final_dtypes[0]))
-            self.values[partner] = pv  # the max / mean the pattern computed on the way
+            # the max / mean the pattern computed on the way
+            self.values[partner] = pv if partner.arg("keepdims") else pv.squeeze(axis=axes)
             res = res.map_blocks(operator.getitem, 1, dtype=final_dtypes[1], meta=np.empty((0,) * nd, final_dtypes[1]))
         return res if r.arg("keepdims") else res.squeeze(axis=axes)
 

@@ -211,6 +211,9 @@ def test_softmax_is_two_passes_and_var_one():
     # the pattern's max is not a pass of its own; a mean absolute deviation needs its mean first
     assert _reduction_trees(ed.function([x], exprc.sum(exprc.exp(x - exprc.max(x, axis=1, keepdims=True)), axis=1)
                                         / exprc.max(x * 2))(a)) == 2
+    e4 = exprc.sum(exprc.exp(x - exprc.max(x)))  # bench E4: a 0-d shift, one pass too
+    assert _reduction_trees(ed.function([x], e4)(a)) == 1
+    _rel(ed.function([x], e4)(a).compute(), exprc.function([x], e4)(a.compute()), "float64")
     mad = exprc.mean(exprc.abs(x - exprc.mean(x, axis=1, keepdims=True)), axis=1)
     assert _reduction_trees(ed.function([x], mad)(a)) == 2
 
