@@ -211,15 +211,19 @@ class _Combine(_Task):
 
     def __call__(self, parts: Any, axis: Any = None, keepdims: bool = True, **kw: Any) -> Any:
         fields = _gather(parts, list(self.axes))
-        if self.mode == "arg" and all(np.shape(fields[0])[a] == 0 for a in self.axes):
-            raise ShapeError("argmax/argmin: attempt to get the position of an extremum of an empty sequence")
+        if any(np.shape(fields[0])[a] == 0 for a in self.axes):
+            if not self.final:  # a group of empty blocks stays an empty partial (max of nothing cannot run)
+                return fields
+            if self.mode == "arg":
+                raise ShapeError("argmax/argmin: attempt to get the position of an extremum of an empty sequence")
         out = tuple(self.kernel(*fields))
         if not self.final:
             return out
         if self.mode == "plain":
             return out[0]
-        if self.mode == "count":  # mean: sum / count
-            return (out[0] / out[1]).astype(self.dtypes[0])
+        if self.mode == "count":  # mean: sum / count (0 / 0: NaN, as the in-memory mean of nothing)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                return (out[0] / out[1]).astype(self.dtypes[0])
         if self.mode == "arg":
             return out[1].astype(np.int64)
         if self.mode == "var":  # (mean, M2)

@@ -115,6 +115,16 @@ def test_empty_arrays():
         np.testing.assert_array_equal(g, w)
 
 
+def test_empty_blocks_inside_a_nonempty_array():
+    x = exprc.vector("x")
+    outs = [exprc.max(x), exprc.argmin(x), exprc.mean(x), exprc.var(x), exprc.logsumexp(x)]
+    a = np.random.default_rng(4).normal(size=9)
+    arr = da.from_array(a, chunks=((0, 0, 0, 0, 4, 0, 0, 5, 0),))  # whole tree groups of empty blocks
+    got = dask.compute(*ed.function([x], outs, split_every=2)(arr))
+    for g, w in zip(got, exprc.function([x], outs)(a)):
+        _rel(g, w, "float64")
+
+
 def test_max_of_empty_raises_as_in_memory():
     x = exprc.vector("x")
     with pytest.raises(ShapeError):
