@@ -24,7 +24,7 @@ How a graph splits (decided per call, when the arrays' chunks are known):
   naming the op when the function is built.
 
 Compile once per worker: a task carries its kernel as the graph's JSON text (never a binary) and a
-hash of it.  The first task of a worker process that needs a kernel builds it with
+hash of it (:mod:`exprc.dask_tasks`, the worker side).  The first task of a worker process that needs a kernel builds it with
 :func:`exprc.function` -- a compile, or a load from the disk cache (``EXPRC_CACHE_DIR``; a folder
 shared by the workers is compiled into once) -- and keeps it in a per-process table; every later task
 in that process reuses it.  :func:`stats` counts both, per process.
@@ -40,207 +40,20 @@ bit-for-bit equal.  Reductions add in a different order and agree to rounding (a
 
 from __future__ import annotations
 
-import hashlib
-import json
 import operator
-import os
-import threading
 from collections.abc import Sequence
 from typing import Any
 
 import dask.array as da  # (absolute: this module is exprc.dask, the package is dask)
 import numpy as np
 
-from exprc import cache as _cache
-from exprc import serialize
 from exprc.config import Config, current
+from exprc.dask_tasks import Combine, Kernel, Map, Partial, identity, stats
 from exprc.errors import InputTypeError, NotSplittableError, ShapeError
 from exprc.graph import Node, constant_node, input_node, rebuild, substitute, toposort
 from exprc.ops import OPS
 
 __all__ = ["DaskFunction", "function", "stats"]
-
-# -- kernels as tasks carry them -------------------------------------------------------------------
-
-#: Per-process table of built kernels, by the hash of their JSON: a worker builds each kernel once.
-_BUILT: dict[str, Any] = {}
-_BUILD_LOCK = threading.Lock()
-_STATS = {"builds": 0, "reuses": 0}
-
-
-def stats() -> dict[str, int]:
-    """This process's counters: ``builds`` (kernels built from their JSON: one ``exprc.function`` each),
-    ``reuses`` (tasks that found their kernel built), and the disk cache's ``compiles`` (real compiler
-    runs) and ``cache_hits``, plus ``pid``.  Run it on workers with ``client.run(exprc.dask.stats)``."""
-    return {"builds": _STATS["builds"], "reuses": _STATS["reuses"], "compiles": _cache.STATS["compiles"],
-            "cache_hits": _cache.STATS["hits"], "pid": os.getpid()}
-
-
-class _Kernel:
-    """An exprc function as a dask task holds it: the JSON of its graph, its options and their hash.
-
-    Pickles as that text (a few KB), never as compiled code; :meth:`__call__` builds the function on
-    first use in each process (through the disk cache) and reuses it afterwards."""
-
-    __slots__ = ("key", "text")
-
-    def __init__(self, inputs: Sequence[Node], outputs: Sequence[Node], options: dict):
-        doc = {"graph": serialize.to_dict(list(outputs) + list(inputs)), "n_out": len(outputs), "options": options}
-        self.text = json.dumps(doc, sort_keys=True, separators=(",", ":"), allow_nan=False)
-        self.key = hashlib.sha256(self.text.encode()).hexdigest()[:32]
-
-    def __getstate__(self) -> tuple[str, str]:
-        return self.key, self.text
-
-    def __setstate__(self, state: tuple[str, str]) -> None:
-        self.key, self.text = state
-
-    def function(self) -> Any:
-        fn = _BUILT.get(self.key)
-        if fn is not None:
-            _STATS["reuses"] += 1
-            return fn
-        with _BUILD_LOCK:  # one build per process even when the worker runs tasks in threads
-            fn = _BUILT.get(self.key)
-            if fn is None:
-                fn = _build(self.text)
-                _BUILT[self.key] = fn
-                _STATS["builds"] += 1
-            else:
-                _STATS["reuses"] += 1
-        return fn
-
-    def __call__(self, *arrays: np.ndarray) -> list[np.ndarray]:
-        out = self.function()(*arrays)
-        return list(out)
-
-    def __dask_tokenize__(self) -> str:  # equal kernels, equal dask keys (deterministic graphs)
-        return self.key
-
-
-def _build(text: str) -> Any:
-    from exprc.function import function as exprc_function  # (function.py imports this module lazily too)
-
-    doc = json.loads(text)
-    nodes = serialize.from_dict(doc["graph"])
-    n_out = doc["n_out"]
-    opts = doc["options"]
-    cfg = current().replace(**{k: (tuple(v) if k == "exclude" else v) for k, v in opts.items()})
-    return exprc_function(nodes[n_out:], nodes[:n_out], config=cfg)
-
-
-# -- task functions (module level: dask pickles them by reference) ---------------------------------
-
-class _Task:
-    """What the task classes share: a deterministic dask token from their fields."""
-
-    def __dask_tokenize__(self) -> tuple:
-        return (type(self).__name__, *(repr(v) if not isinstance(v, _Kernel) else v.key for v in vars(self).values()))
-
-
-class _Map(_Task):
-    """An elementwise block: the kernel's only output."""
-
-    def __init__(self, kernel: _Kernel):
-        self.kernel = kernel
-
-    def __call__(self, *blocks: np.ndarray) -> np.ndarray:
-        return self.kernel(*blocks)[0]
-
-
-def _extents(blocks: Sequence[np.ndarray], arg_labels: Sequence[tuple], out_labels: tuple) -> list[int]:
-    """The size of each output axis of a block: the operands' sizes broadcast (a 0 wins over 1)."""
-    sizes: dict[Any, list[int]] = {}
-    for b, labels in zip(blocks, arg_labels):
-        for lab, s in zip(labels, np.shape(b)):
-            sizes.setdefault(lab, []).append(int(s))
-    out = []
-    for lab in out_labels:
-        ss = sizes.get(lab, [1])
-        out.append(0 if 0 in ss else max(ss))
-    return out
-
-
-class _Partial(_Task):
-    """A reduction's chunk step: the kernel's partial fields for one block (reduced axes kept, size 1).
-
-    ``mode`` adds what the kernel cannot know: ``count`` appends the number of elements reduced (mean,
-    var); ``arg`` turns the kernel's index within the block into an index into the whole array."""
-
-    def __init__(self, kernel: _Kernel, arg_labels: list[tuple], out_labels: tuple, axes: tuple[int, ...],
-                 dtypes: list[str], mode: str, full: tuple[int, ...] = ()):
-        self.kernel, self.arg_labels, self.out_labels = kernel, arg_labels, out_labels
-        self.axes, self.dtypes, self.mode, self.full = axes, dtypes, mode, full
-
-    def __call__(self, *blocks: np.ndarray) -> tuple:
-        nargs = len(self.arg_labels)
-        ext = _extents(blocks[:nargs], self.arg_labels, self.out_labels)
-        if any(ext[a] == 0 for a in self.axes):
-            # An empty block reduces to nothing: fields with no extent along the reduced axes, which the
-            # combine's concatenation skips (max of an empty array still raises there, as in memory).
-            shape = tuple(0 if k in self.axes else e for k, e in enumerate(ext))
-            return tuple(np.empty(shape, dtype=dt) for dt in self.dtypes)
-        fields = self.kernel(*blocks[:nargs])
-        shape = tuple(1 if k in self.axes else e for k, e in enumerate(ext))
-        if self.mode == "count":
-            n = float(np.prod([ext[a] for a in self.axes]))
-            fields.append(np.full(shape, n))
-        elif self.mode == "arg":
-            # offsets: one int64 array per reduced axis, the global positions of this block's elements
-            offsets = [int(o[0]) for o in blocks[nargs:]]
-            local = np.unravel_index(fields[1].astype(np.int64), [ext[a] for a in self.axes])
-            glob = [loc + off for loc, off in zip(local, offsets)]
-            fields[1] = np.ravel_multi_index(glob, [self.full[k] for k in range(len(self.axes))]).astype(np.int64)
-        return tuple(np.broadcast_to(f, shape) if np.shape(f) != shape else f for f in fields)
-
-
-def _gather(parts: Any, axes: Sequence[int]) -> tuple:
-    """Partials as dask's tree hands them over (lists nested once per reduced axis) -> one array per
-    field, concatenated along the reduced axes in block order."""
-    if isinstance(parts, tuple):
-        return parts
-    items = [_gather(p, axes[1:]) for p in parts]
-    return tuple(np.concatenate([it[k] for it in items], axis=axes[0]) for k in range(len(items[0])))
-
-
-class _Combine(_Task):
-    """A reduction's combine (``final=False``) or aggregate (``final=True``) step."""
-
-    def __init__(self, kernel: _Kernel, axes: tuple[int, ...], mode: str, final: bool, dtypes: list[str]):
-        self.kernel, self.axes, self.mode, self.final, self.dtypes = kernel, axes, mode, final, dtypes
-
-    def __call__(self, parts: Any, axis: Any = None, keepdims: bool = True, **kw: Any) -> Any:
-        fields = _gather(parts, list(self.axes))
-        if any(np.shape(fields[0])[a] == 0 for a in self.axes):
-            if not self.final:  # a group of empty blocks stays an empty partial (max of nothing cannot run)
-                return fields
-            if self.mode == "arg":
-                raise ShapeError("argmax/argmin: attempt to get the position of an extremum of an empty sequence")
-        out = tuple(self.kernel(*fields))
-        if not self.final:
-            return out
-        if self.mode == "plain":
-            return out[0]
-        if self.mode == "count":  # mean: sum / count (0 / 0: NaN, as the in-memory mean of nothing)
-            with np.errstate(divide="ignore", invalid="ignore"):
-                return (out[0] / out[1]).astype(self.dtypes[0])
-        if self.mode == "arg":
-            return out[1].astype(np.int64)
-        if self.mode == "var":  # (mean, M2)
-            mu, m2, n = out
-            return mu.astype(self.dtypes[0]), m2.astype(self.dtypes[1])
-        if self.mode == "var_mean":  # (mean, M2 / n)
-            mu, m2, n = out
-            with np.errstate(divide="ignore", invalid="ignore"):
-                return mu.astype(self.dtypes[0]), (m2 / n).astype(self.dtypes[1])
-        if self.mode == "lse":  # (max, sum of exp(x - shift))
-            return out[0].astype(self.dtypes[0]), out[1].astype(self.dtypes[1])
-        raise AssertionError(self.mode)
-
-
-def _identity(x: Any, axis: Any = None, keepdims: bool = True, **kw: Any) -> Any:
-    return x
-
 
 # -- what splits -------------------------------------------------------------------------------------
 
@@ -543,15 +356,15 @@ class _Lowering:
         args.append((v, lab))
         return var
 
-    def _kernel(self, kin: Sequence[Node], kout: Sequence[Node]) -> _Kernel:
-        return _Kernel(kin, kout, self.options)
+    def _kernel(self, kin: Sequence[Node], kout: Sequence[Node]) -> Kernel:
+        return Kernel(kin, kout, self.options)
 
     def _map(self, node: Node) -> Any:
         labels = tuple(f"i{k}" for k in range(node.ndim))
         (out,), kin, args = self._region([node], labels)
         if not args:  # only constants: folded here
             return np.asarray(out.eval(), dtype=node.dtype)
-        return self._blockwise(_Map(self._kernel(kin, [out])), labels, args, node.dtype, token="exprc-map")
+        return self._blockwise(Map(self._kernel(kin, [out])), labels, args, node.dtype, token="exprc-map")
 
     def _blockwise(self, fn: Any, labels: tuple, args: list[tuple], dtype: str, adjust: dict | None = None,
                    extra: Sequence[tuple] = (), token: str = "exprc") -> da.Array:
@@ -606,7 +419,7 @@ class _Lowering:
             extra = [(da.arange(sum(chunkss[labels[a]]), chunks=(chunkss[labels[a]],), dtype=np.int64),
                       (labels[a],)) for a in axes]
             full = tuple(int(sum(chunkss[labels[a]])) for a in axes)
-        part = _Partial(self._kernel(kin, kout), [lab for _, lab in args], labels, axes, dtypes,
+        part = Partial(self._kernel(kin, kout), [lab for _, lab in args], labels, axes, dtypes,
                         "count" if mode in ("count", "var", "var_mean") else mode, full)
         partials = self._blockwise(part, labels, args, dtypes[0], adjust={labels[a]: 1 for a in axes}, extra=extra,
                                    token=f"exprc-{r.op}-chunk")
@@ -614,8 +427,8 @@ class _Lowering:
         final_dtypes = [r.dtype] if partner is None else [partner.dtype, r.dtype]
         if mode == "arg":
             final_dtypes = ["int64"]
-        res = da.reduction(partials, _identity, _Combine(comb, axes, mode, True, final_dtypes),
-                           combine=_Combine(comb, axes, mode, False, final_dtypes), axis=axes, keepdims=True,
+        res = da.reduction(partials, identity, Combine(comb, axes, mode, True, final_dtypes),
+                           combine=Combine(comb, axes, mode, False, final_dtypes), axis=axes, keepdims=True,
                            dtype=final_dtypes[-1], split_every=self.split_every, concatenate=False, name=f"exprc-{r.op}",
                            meta=np.empty((0,) * nd, dtype=final_dtypes[-1]))
         if len(final_dtypes) == 2:
@@ -632,7 +445,7 @@ class _Lowering:
         return np.asarray(e.eval(), dtype=r.dtype)
 
     def _combine_kernel(self, r: Node, mode: str, dtypes: list[str], axes: tuple, nd: int,
-                        partner: Node | None) -> _Kernel:
+                        partner: Node | None) -> Kernel:
         """The exprc graph that merges partials (fields concatenated along ``axes``) into one partial."""
         from exprc import api
 
