@@ -49,7 +49,7 @@ import numpy as np
 
 from exprc.config import Config, current
 from exprc.dask_tasks import Combine, Kernel, Map, Partial, identity, stats
-from exprc.errors import InputTypeError, NotSplittableError, ShapeError
+from exprc.errors import InputTypeError, MissingInputError, NotSplittableError, ShapeError
 from exprc.graph import Node, constant_node, input_node, rebuild, substitute, toposort
 from exprc.ops import OPS
 
@@ -188,15 +188,13 @@ class DaskFunction:
                 raise TypeError(f"exprc.dask.function: input {i} must be a variable (exprc.vector(...)), got {v!r}")
         missing = [n for n in toposort(outs) if n.op == "input" and n not in self.inputs]
         if missing:
-            from exprc.errors import MissingInputError
-
             raise MissingInputError(f"exprc.dask.function: the outputs read {missing[0].arg('name') or 'a variable'!r}, "
                                     "which is not among the inputs")
         _check_splittable(outs)
         self.outputs = outs
+        self._folded = _foldable(outs)
         # The max (mean) that a logsumexp/softmax (var) pattern computes on the way: lowering it means
         # lowering the pattern's one-pass reduction, not a pass of its own.
-        self._folded = _foldable(outs)
         self._partners: dict[Node, Node] = {}
         for n in toposort(outs):
             p = _match_lse(n)
