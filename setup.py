@@ -13,6 +13,8 @@ VERSION = re.search(r'__version__ = "([^"]+)"', (HERE / "exprc" / "_version.py")
 # nvidia-cuda-nvrtc 13 wheel).  Linux and Windows wheels only.
 _GPU_OS = "platform_system == 'Linux' or platform_system == 'Windows'"
 CUDA = [f"cuda-bindings>=12.8,<13; {_GPU_OS}", f"nvidia-cuda-nvrtc-cu12>=12.8; {_GPU_OS}"]
+#: exprc.dask: functions on dask arrays (a distributed cluster for scale-out).
+DASK = ["dask[array]>=2024.1", "distributed>=2024.1"]
 
 # Every backend folder's templates/ ships with it: adding a backend needs no line here.
 TEMPLATES = {f"exprc.backends.{d.name}": ["templates/*"]
@@ -31,10 +33,12 @@ setup(
     extras_require={
         # NVRTC (no GPU or driver needed; installs in seconds) lets the GPU-less suite compile every CUDA source.
         # scipy: the random-stream tests check draws against scipy.stats' distributions (KS, chi-square).
-        "test": ["pytest>=7", "hypothesis>=6.80", "mpmath>=1.3", "scipy>=1.10", "ruff", *CUDA],
+        # dask: tests/test_dask.py runs exprc.dask on a two-process distributed cluster.
+        "test": ["pytest>=7", "hypothesis>=6.80", "mpmath>=1.3", "scipy>=1.10", "ruff", *CUDA, *DASK],
         "bench": ["numexpr", "numba"],
         "examples": ["scikit-learn"],
         "cuda": CUDA,
+        "dask": DASK,
     },
     entry_points={"console_scripts": ["exprc=exprc.cli:main"]},
 )

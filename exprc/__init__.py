@@ -137,9 +137,10 @@ __all__ = [name for name in dir() if not name.startswith("_")] + ["search"]
 
 
 def __getattr__(name: str) -> object:
-    # exprc.search (the accuracy search, exprc.search.Settings) loads on first use: ~30 ms of import.
-    if name == "search":
+    # exprc.search (the accuracy search, exprc.search.Settings) loads on first use: ~30 ms of import;
+    # exprc.dask (functions on dask arrays) too: dask is an optional dependency, and a heavy import.
+    if name in ("search", "dask"):
         import importlib
 
-        return importlib.import_module("exprc.search")
+        return importlib.import_module(f"exprc.{name}")
     raise AttributeError(f"module 'exprc' has no attribute {name!r}")

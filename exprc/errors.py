@@ -92,3 +92,8 @@ class ParameterError(ExprcError, ValueError):
 class ControlFlowError(ExprcError, ValueError):
     """A loop or condition is malformed or was given bad values: negative ``n_steps``, sequences of
     different lengths, a body whose result does not match its ``outputs_info``."""
+
+
+class NotSplittableError(ExprcError, ValueError):
+    """``exprc.dask``: the graph has an op that cannot run chunk by chunk on dask arrays (a scan along
+    a chunked axis, indexing, a reshape, random draws); the message names the op."""

@@ -163,6 +163,14 @@ class Function:
     def _signature(self) -> str:
         return ", ".join(str(v.arg("name") or f"<position {i}>") for i, v in enumerate(self.inputs))
 
+    def on_dask(self, split_every: int | dict | None = None, num_threads: int = 1) -> Any:
+        """This function over dask arrays: :func:`exprc.dask.function` with these inputs, outputs and
+        configuration (blockwise kernels and tree reductions, compiled once per worker process)."""
+        from exprc.dask import function as dask_function  # dask is optional: loaded on first use
+
+        return dask_function(self.inputs, self.outputs[0] if self._single else self.outputs, config=self.config,
+                             split_every=split_every, num_threads=num_threads)
+
     @property
     def profile(self) -> Any:
         """With ``profile=True``: an :class:`exprc.profile.Profile` of the calls so far (prints as a
