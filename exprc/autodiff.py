@@ -59,7 +59,7 @@ from exprc.errors import DisconnectedInputError, DTypeError, ShapeError
 from exprc.graph import Node, constant_node, rebuild, substitute, toposort
 from exprc.ops import OPS, cast
 from exprc.ops import grad as _rules  # noqa: F401  (attaches the gradient rules to the op rows)
-from exprc.ops.gradshape import Extents, count, fill, full, model_of, shared_extents, sum_to, zeros_like
+from exprc.ops.gradshape import Extents, _extents, count, fill, full, model_of, shared_extents, sum_to, zeros_like
 from exprc.rewrite.core import C, P, X, match
 from exprc.types import float_dtype, is_float, shape_str
 
@@ -182,21 +182,35 @@ def _backprop(outputs: Sequence[Node], cotangents: Sequence[Node | None], wrt: S
         if c is not None and id(o) in active:
             acc[id(o)] = acc[id(o)] + c if id(o) in acc else c
     found: dict[Node, Node] = {}
+    masks: dict[int, Node | None] = {}  # see _apply_rule
     with shared_extents():
         for n in reversed(order):
             g = acc.pop(id(n), None)
+            mask = masks.pop(id(n), None)
             if g is None:
                 continue
             if id(n) in targets:
                 found[n] = full(g, n)
             if n.op != "stop_gradient" and id(n) not in cut and any(id(x) in active for x in n.inputs):
-                _apply_rule(n, g, active, acc)
+                _apply_rule(n, g, active, acc, masks, mask)
     return found
 
 
-def _apply_rule(n: Node, g: Node | dict[int, Node], active: set[int], acc: dict[int, Node]) -> None:
+_NO_MASK = object()  # (a contribution with no mask: the operand's gradient is not masked)
+
+
+def _apply_rule(n: Node, g: Node | dict[int, Node], active: set[int], acc: dict[int, Node],
+                masks: dict[int, Any] | None = None, mask: Node | None = None) -> None:
     """Add the contributions of ``n``'s rule, given the gradient ``g`` of ``n``, to its operands'
-    (for a node of several results, a dict of their gradients by result)."""
+    (for a node of several results, a dict of their gradients by result).
+
+    Masks: the gradient of a branch of ``where(c, a, b)`` is zero where the other branch is taken,
+    but the branch's own local derivatives may be NaN or infinite there (a stable form's rare
+    branch: ``log(-x)`` for x > 0), and 0 * NaN is NaN: the chain rule would leak it into the
+    gradient of what both branches read.  So each contribution made inside a branch is masked
+    again, ``where(c, contribution, 0)``: ``masks[id(x)]`` is the condition under which every
+    contribution to ``x`` so far can be nonzero (None once one is not masked, or by another
+    condition), and ``mask`` is ``n``'s."""
     op = OPS[n.op]
     if op.grad is None:
         raise NotImplementedError(f"no gradient rule for op {n.op!r}")
@@ -207,7 +221,8 @@ def _apply_rule(n: Node, g: Node | dict[int, Node], active: set[int], acc: dict[
     grads = op.grad(n, g)
     if len(grads) != len(n.inputs):
         raise RuntimeError(f"gradient rule of {n.op} returned {len(grads)} gradients for {len(n.inputs)} operands")
-    for x, gx in zip(n.inputs, grads):
+    ext = _extents()
+    for j, (x, gx) in enumerate(zip(n.inputs, grads)):
         if gx is None or id(x) not in active:
             continue
         if callable(gx):
@@ -217,9 +232,23 @@ def _apply_rule(n: Node, g: Node | dict[int, Node], active: set[int], acc: dict[
             box = acc.setdefault(i, {})
             for k, part in gx.items():
                 box[k] = box[k] + part if k in box else part
+            if masks is not None:
+                masks[i] = None
             continue
         gx = _fit(gx, x, n)
+        cond = mask
+        if n.op == "where" and j > 0 and not isinstance(g, dict):  # (the branch taken where c is / is not)
+            c = n.inputs[0] if j == 1 else api.logical_not(n.inputs[0])
+            cond = c if cond is None else api.logical_and(cond, c)
+        if cond is not None and gx.ndim == n.ndim and cond.ndim <= gx.ndim and ext(gx) == ext(n) and all(
+                a == 1 or a == b for a, b in zip(ext(cond)[::-1], ext(gx)[::-1])):
+            gx = api.where(cond, gx, 0.0)
+        else:
+            cond = None
         acc[i] = acc[i] + gx if i in acc else gx
+        if masks is not None:
+            old = masks.get(i, _NO_MASK if i not in masks else None)
+            masks[i] = cond if old is _NO_MASK or old is cond else None
 
 
 def _structure(wrt: Any, what: str) -> tuple[list[Node], Any]:
@@ -281,9 +310,43 @@ def _reached(outputs: Sequence[Node], order: list[Node], cut: set[int]) -> set[i
     return seen
 
 
+#: Stability rules whose forms are accurate values but not good functions to differentiate: an
+#: error-free split of x*x (the derivative of Dekker's split cancels), log(x/y) as guarded log
+#: differences (a branch's derivative is NaN where it is not taken, and the guards' are not zero
+#: everywhere).  The gradient is taken of the formula as written there (accuracy bench: each
+#: made a case's gradient worse).
+VALUE_ONLY_RULES = ("exp_exact_square", "log_div", "log_difference")
+#: Graphs with these ops are differentiated as written: softmax and logsumexp stop the gradient
+#: at their max shift (stop_gradient, which optimizing removes), and the stable forms of
+#: log(softmax) shift by a max of their own whose gradient would route through it.
+AS_WRITTEN_OPS = frozenset({"max", "min", "argmax", "argmin", "stop_gradient"})
+#: Graphs up to this many nodes are differentiated in their stable forms (_stabilized); a bigger one
+#: as written (its optimization would cost seconds, which the function's own optimize pays again).
+STABILIZE_MAX_NODES = 20_000
+
+
+def _stabilized(outputs: list[Node], wrt: Sequence[Node], consider_constant: Sequence[Node]) -> list[Node]:
+    """``outputs`` with the optimizer's stability rules applied (canonicalize and stabilize, not
+    specialize), when every ``wrt`` is a variable or constant (which rewriting never touches) and
+    nothing is held constant: the gradient is then that of the stable forms (``log1p``, the
+    series branch of ``sin(x)/x - 1``, ``x * sigmoid(x)``), accurate where the naive formula's
+    derivative cancels or overflows as its value does.  (The rare branches those forms add are
+    masked in the reverse sweep: see _apply_rule.)"""
+    if consider_constant or any(w.op not in ("input", "constant") for w in wrt):
+        return outputs
+    order = toposort(outputs)
+    if len(order) > STABILIZE_MAX_NODES or any(OPS[n.op].kind == "control" or n.op in AS_WRITTEN_OPS
+                                               for n in order):
+        return outputs
+    from exprc.pipeline import optimize  # (the optimizer imports the op tables this module extends)
+
+    return list(optimize(list(outputs), exclude=("specialize", *VALUE_ONLY_RULES)).outputs)
+
+
 def _vjp(outputs: list[Node], cotangents: list[Node | None], wrt: list[Node], disconnected: str,
          what: str, consider_constant: Sequence[Node] = ()) -> list[Node]:
     disconnected = _mode(disconnected, what)
+    outputs = _stabilized(outputs, wrt, consider_constant)
     order = toposort(outputs)
     cut = {id(n) for n in consider_constant}
     reached = _reached(outputs, order, cut) if cut else {id(n) for n in order}
