@@ -7,6 +7,12 @@ again for higher orders.
 
 How a gradient is built (reverse mode, as Theano and JAX):
 
+0. An elementwise graph (no max shift, no stop_gradient, no loop, at most
+   :data:`STABILIZE_MAX_NODES` nodes) of variables is differentiated in its stable forms: the
+   optimizer's canonicalize and stabilize passes run on it first (:func:`_stabilized`), so the
+   derivative of ``sin(x)/x - 1`` near 0 is its series branch's.  A contribution made inside a
+   branch of ``where(c, a, b)`` is masked again by its condition (:func:`_apply_rule`): a branch's
+   NaN derivative where it is not taken does not become ``0 * NaN`` in the gradient.
 1. A few compositions whose local derivatives overflow are first replaced by their
    stable equivalents (exact identities): ``log(sigmoid(x)) -> -softplus(-x)``,
    ``log(1 - sigmoid(x))`` and ``log1p(-sigmoid(x)) -> -softplus(x)``,
