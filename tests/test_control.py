@@ -1284,3 +1284,47 @@ def test_rnn_gradient_saves_products_and_sums_the_weight_gradient_after_the_loop
 
     assert sum(m.op == "matmul" for m in toposort(list(back.outputs))) == 3
     assert back.keep.count("last") == 2  # the carried gradient of h and W's sum (not U's)
+
+
+@pytest.mark.parametrize("be", BACKENDS)
+def test_gru_like_gradient_with_products_of_the_state_and_of_a_gated_state(be):
+    """h_t = tanh(x_t @ W + (r * h) @ U), r = sigmoid(h @ R): R's gradient is summed after the loop
+    (read only as state @ R), U's is accumulated in it (its left operand is not the state); both
+    products are saved by the forward loop.  Gradients match central differences."""
+    T, B, D, H = 4, 2, 3, 5
+    xs, h0 = exprc.tensor3("xs"), exprc.matrix("h0")
+    w, u, rw = exprc.matrix("w"), exprc.matrix("u"), exprc.matrix("rw")
+
+    def step(x, h, w, u, rw):
+        r = exprc.sigmoid(h @ rw)
+        return exprc.tanh(x @ w + (r * h) @ u)
+
+    hs, _ = exprc.scan(step, sequences=[xs], outputs_info=[h0], non_sequences=[w, u, rw])
+    loss = exprc.sum(hs * hs)
+    args = [xs, h0, w, u, rw]
+    f = fn(args, [loss, *exprc.grad(loss, args)], be)
+    r = rng(12)
+    vals = [r.normal(size=(T, B, D)), r.normal(size=(B, H)), r.normal(size=(D, H)) * 0.5,
+            r.normal(size=(H, H)) * 0.5, r.normal(size=(H, H)) * 0.5]
+
+    def ref(xv, hv, wv, uv, rv):
+        total = 0.0
+        for x in xv:
+            gate = 1 / (1 + np.exp(-(hv @ rv)))
+            hv = np.tanh(x @ wv + (gate * hv) @ uv)
+            total += np.sum(hv * hv)
+        return total
+
+    got = f(*vals)
+    assert got[0] == pytest.approx(ref(*vals), rel=1e-13)
+    eps = 1e-6
+    for j in range(len(vals)):
+        fd = np.zeros_like(vals[j])
+        for idx in np.ndindex(vals[j].shape):
+            up, dn = [v.copy() for v in vals], [v.copy() for v in vals]
+            up[j][idx] += eps
+            dn[j][idx] -= eps
+            fd[idx] = (ref(*up) - ref(*dn)) / (2 * eps)
+        np.testing.assert_allclose(got[1 + j], fd, rtol=1e-6, atol=1e-8, err_msg=f"gradient {j}")
+    loops = [m.arg("loop") for m in f.graph.nodes if m.op == "scan"]
+    assert [lp.n_results for lp in loops if not lp.name.endswith(".grad")] == [4]  # h and 3 saved products

@@ -512,3 +512,43 @@ def test_backward_scan_over_gate_slices_is_one_native_call():
         dn[k] -= eps
         num[k] = (f(H0, XS, up)[0] - f(H0, XS, dn)[0]) / (2 * eps)
     np.testing.assert_allclose(g, num, rtol=1e-6, atol=1e-8)
+
+
+def _layout(rng, a, kind):
+    """``a``'s values in another memory layout: transposed storage, every other element, reversed
+    batch, or as is."""
+    if kind == "fortran":
+        return np.asfortranarray(a)
+    if kind == "strided":
+        big = np.repeat(np.repeat(a, 2, axis=-1), 2, axis=-2)
+        return big[..., ::2, ::2]
+    if kind == "reversed" and a.ndim == 3:
+        return np.ascontiguousarray(a[::-1])[::-1]
+    return a
+
+
+def test_batched_matmul_kernels_on_random_shapes_and_layouts():
+    """A differential run: 3-d @ 2-d, 2-d @ 3-d, 3-d @ 3-d (batch of 1 broadcast both ways) and the
+    summed batch over random sizes (0 included) and layouts, C backend against NumPy."""
+    rng = np.random.default_rng(2026)
+    a3, b3, a2, b2 = exprc.tensor3("a"), exprc.tensor3("b"), exprc.matrix("a2"), exprc.matrix("b2")
+    fns = {"32": exprc.function([a3, b2], a3 @ b2), "23": exprc.function([a2, b3], a2 @ b3),
+           "33": exprc.function([a3, b3], a3 @ b3), "sum": exprc.function([a3, b3], exprc.sum(a3 @ b3, axis=0)),
+           "sumT": exprc.function([a3, b3], exprc.sum(a3.dimshuffle(0, 2, 1) @ b3, axis=0))}
+    kinds = ["c", "fortran", "strided", "reversed"]
+    for _ in range(60):
+        T, m, k, n = (int(v) for v in rng.integers(0, 5, size=4))
+        Tb = 1 if rng.random() < 0.2 else T
+        Ta = 1 if Tb != 1 and rng.random() < 0.2 else T
+        A, B = rng.normal(size=(Ta, m, k)), rng.normal(size=(Tb, k, n))
+        A2, B2 = rng.normal(size=(m, k)), rng.normal(size=(k, n))
+        lay = [rng.choice(kinds) for _ in range(4)]
+        A_, B_ = _layout(rng, A, lay[0]), _layout(rng, B, lay[1])
+        A2_, B2_ = _layout(rng, A2, lay[2]), _layout(rng, B2, lay[3])
+        checks = [("32", (A_, B2_), A @ B2), ("23", (A2_, B_), A2 @ B), ("33", (A_, B_), A @ B),
+                  ("sum", (A_, B_), (A @ B).sum(axis=0))]
+        X = rng.normal(size=(Ta, k, m))
+        checks.append(("sumT", (_layout(rng, X, lay[0]), B_), (X.transpose(0, 2, 1) @ B).sum(axis=0)))
+        for name, args, want in checks:
+            np.testing.assert_allclose(fns[name](*args), want, rtol=1e-12, atol=1e-12,
+                                       err_msg=f"{name} T={T} Ta={Ta} Tb={Tb} m={m} k={k} n={n} {lay}")
