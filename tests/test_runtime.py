@@ -552,3 +552,12 @@ def test_batched_matmul_kernels_on_random_shapes_and_layouts():
         for name, args, want in checks:
             np.testing.assert_allclose(fns[name](*args), want, rtol=1e-12, atol=1e-12,
                                        err_msg=f"{name} T={T} Ta={Ta} Tb={Tb} m={m} k={k} n={n} {lay}")
+
+
+def test_batched_matmul_errors_name_the_shapes():
+    a3, b3 = exprc.tensor3("a"), exprc.tensor3("b")
+    f = exprc.function([a3, b3], a3 @ b3, backend="c")
+    with pytest.raises(ShapeError, match=r"matmul: the batch axes of shapes \(3, 2, 4\) and \(2, 4, 5\)"):
+        f(np.ones((3, 2, 4)), np.ones((2, 4, 5)))
+    with pytest.raises(ShapeError, match="not aligned"):
+        f(np.ones((3, 2, 4)), np.ones((3, 5, 5)))

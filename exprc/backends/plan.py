@@ -191,7 +191,12 @@ class Planner:
                              f"{ka} (last axis of the first) != {kb}")
         if len(a) <= 2 and len(b) <= 2:
             return a[:-1] + (b[-1:] if len(b) == 2 else ())
-        return _broadcast([a[:-2], b[:-2]], "matmul") + (a[-2], b[-1])  # (a batch: operands >= 2-d here)
+        try:  # (a batch: operands >= 2-d here)
+            batch = tuple(np.broadcast_shapes(a[:-2], b[:-2]))
+        except ValueError:
+            raise ShapeError(f"matmul: the batch axes of shapes {shape_str(a)} and {shape_str(b)} cannot be "
+                             f"broadcast together ({shape_str(a[:-2])} and {shape_str(b[:-2])})") from None
+        return batch + (a[-2], b[-1])
 
     def make_plan(self, arrays: Sequence[np.ndarray], out: Sequence[np.ndarray] | None,
                   plan: HostPlan | None = None) -> HostPlan:
