@@ -159,8 +159,9 @@ class StagedKernel(Kernel):
             compute = [t for t in targets if t not in known and t.op != "constant"]
             if compute:
                 reach = _reached(compute, known)
-                for j, (earlier, _, interior) in enumerate(plans):
-                    again = sorted(_shared_with_later(reach, interior), key=order.index)
+                position = {n: i for i, n in enumerate(order)} if plans else {}
+                for earlier, _, interior in plans:
+                    again = sorted(_shared_with_later(reach, interior), key=position.__getitem__)
                     earlier.extend(again)
                     known.update(dict.fromkeys(again))
                     if again:  # (what lies behind them is no longer this stage's work)
