@@ -1216,6 +1216,18 @@ def test_source_is_deterministic_across_processes():
 
 
 # -- the gradient through scan: what the reverse loop keeps and computes ------------------------------
+def _check_central_differences(grads, ref, vals, eps=1e-6):
+    """Each of ``grads`` against central differences of the NumPy function ``ref`` at ``vals``."""
+    for j, g in enumerate(grads):
+        fd = np.zeros_like(vals[j])
+        for idx in np.ndindex(vals[j].shape):
+            up, dn = [v.copy() for v in vals], [v.copy() for v in vals]
+            up[j][idx] += eps
+            dn[j][idx] -= eps
+            fd[idx] = (ref(*up) - ref(*dn)) / (2 * eps)
+        np.testing.assert_allclose(g, fd, rtol=1e-6, atol=1e-8, err_msg=f"gradient {j}")
+
+
 def _rnn_loss(xs, h0, w, u, n, go_backwards):
     """sum(h_t^2) + sum(h_n) for h_t = tanh(x_t @ w + h_{t-1} @ u), in NumPy."""
     rows = xs[::-1][:n] if go_backwards else xs[:n]
@@ -1266,15 +1278,7 @@ def test_rnn_gradient_saves_products_and_sums_the_weight_gradient_after_the_loop
 
     got = f(*vals)
     assert got[0] == pytest.approx(ref(*vals), rel=1e-13)
-    eps = 1e-6
-    for j in range(4):
-        fd = np.zeros_like(vals[j])
-        for idx in np.ndindex(vals[j].shape):
-            up, dn = [v.copy() for v in vals], [v.copy() for v in vals]
-            up[j][idx] += eps
-            dn[j][idx] -= eps
-            fd[idx] = (ref(*up) - ref(*dn)) / (2 * eps)
-        np.testing.assert_allclose(got[1 + j], fd, rtol=1e-6, atol=1e-8, err_msg=f"gradient {j}")
+    _check_central_differences(got[1:], ref, vals)
     loops = [m.arg("loop") for m in f.graph.nodes if m.op == "scan"]
     forward = [lp for lp in loops if not lp.name.endswith(".grad")]
     (back,) = [lp for lp in loops if lp.name.endswith(".grad")]
@@ -1317,14 +1321,6 @@ def test_gru_like_gradient_with_products_of_the_state_and_of_a_gated_state(be):
 
     got = f(*vals)
     assert got[0] == pytest.approx(ref(*vals), rel=1e-13)
-    eps = 1e-6
-    for j in range(len(vals)):
-        fd = np.zeros_like(vals[j])
-        for idx in np.ndindex(vals[j].shape):
-            up, dn = [v.copy() for v in vals], [v.copy() for v in vals]
-            up[j][idx] += eps
-            dn[j][idx] -= eps
-            fd[idx] = (ref(*up) - ref(*dn)) / (2 * eps)
-        np.testing.assert_allclose(got[1 + j], fd, rtol=1e-6, atol=1e-8, err_msg=f"gradient {j}")
+    _check_central_differences(got[1:], ref, vals)
     loops = [m.arg("loop") for m in f.graph.nodes if m.op == "scan"]
     assert [lp.n_results for lp in loops if not lp.name.endswith(".grad")] == [4]  # h and 3 saved products

@@ -688,23 +688,21 @@ def matmul_params(kl: Any, arrays: list[np.ndarray], P: np.ndarray) -> None:
     A, B, C = arrays
     isz = A.itemsize
     summed = kl.kernel.outputs[0] is not kl.kernel.matmul
-    batched = A.ndim == 3 or B.ndim == 3
-    nb = max(A.shape[0] if A.ndim == 3 else 1, B.shape[0] if B.ndim == 3 else 1)
-    if batched and 0 in ((A.shape[0],) if A.ndim == 3 else ()) + ((B.shape[0],) if B.ndim == 3 else ()):
-        nb = 0
+    batch = [x.shape[0] for x in (A, B) if x.ndim == 3]
+    nb = 0 if 0 in batch else max(batch, default=1)
     sb = [x.strides[0] if x.ndim == 3 and x.shape[0] != 1 else 0 for x in (A, B)]
     sb.append(C.strides[0] if C.ndim == 3 and not summed else 0)
-    A2 = A[0] if A.ndim == 3 and A.shape[0] else (np.empty(A.shape[1:], A.dtype) if A.ndim == 3 else A)
-    B2 = B[0] if B.ndim == 3 and B.shape[0] else (np.empty(B.shape[1:], B.dtype) if B.ndim == 3 else B)
-    C2 = C[0] if C.ndim == 3 and C.shape[0] else (np.empty(C.shape[1:], C.dtype) if C.ndim == 3 else C)
-    M, K = (1, A2.shape[0]) if A2.ndim == 1 else A2.shape
-    N = 1 if B2.ndim == 1 else B2.shape[1]
-    a = (0, A2.strides[0]) if A2.ndim == 1 else A2.strides
-    b = (B2.strides[0], 0) if B2.ndim == 1 else B2.strides
-    if C2.ndim == 2:
-        c = C2.strides
-    elif C2.ndim == 1:
-        c = (C2.strides[0], 0) if B2.ndim == 1 else (0, C2.strides[0])
+    # One matrix of each operand (the batch axis dropped): its shape and byte strides.
+    (sa, ta), (sbs, tb), (sc, tc) = ((x.shape[1:], x.strides[1:]) if x.ndim == 3 else (x.shape, x.strides)
+                                     for x in (A, B, C))
+    M, K = (1, sa[0]) if len(sa) == 1 else sa
+    N = 1 if len(sbs) == 1 else sbs[1]
+    a = (0, ta[0]) if len(sa) == 1 else ta
+    b = (tb[0], 0) if len(sbs) == 1 else tb
+    if len(sc) == 2:
+        c = tc
+    elif len(sc) == 1:
+        c = (tc[0], 0) if len(sbs) == 1 else (0, tc[0])
     else:
         c = (0, 0)
     if nb > 1 and not summed and A.ndim == 3 and B.ndim == 2 and M > 1 and sb[0] == M * a[0] and sb[2] == M * c[0]:
