@@ -29,13 +29,11 @@ hash of it (:mod:`exprc.dask_tasks`, the worker side).  The first task of a work
 shared by the workers is compiled into once) -- and keeps it in a per-process table; every later task
 in that process reuses it.  :func:`stats` counts both, per process.
 
-Bits: an elementwise kernel computes each element as the in-memory function does, so results are the
-same bits whenever that computation does not depend on where the element sits in the array.  It does
-with vector math (``Config.precise_math=False``, the default): glibc's vector ``exp``/``sin``/... and
-the scalar ones used for a loop's last few elements differ by an ulp or so, and chunk ends move which
-elements those are -- as they do for the in-memory function called on a slice.  With
-``precise_math=True`` (scalar libm) or arithmetic-only graphs, chunked and in-memory results are
-bit-for-bit equal.  Reductions add in a different order and agree to rounding (about 1e-15 relative).
+Bits: an elementwise kernel computes each element as the in-memory function does, and where the
+element sits does not change how: a kernel with vector math runs every element through the vector
+loop (a chunk's last few elements on a padded block, see ``render._uniform_span``), so chunked and
+in-memory elementwise results are the same bits, transcendental or not, with vector math or
+``precise_math``.  Reductions add in a different order and agree to rounding (about 1e-15 relative).
 """
 
 from __future__ import annotations

@@ -1,9 +1,8 @@
 """exprc.dask: compiled functions on dask arrays (issue 20).
 
 Every result is compared with the in-memory exprc function on the same data: bit for bit for
-elementwise graphs (arithmetic ones under the default configuration; transcendental ones with
-``precise_math=True``, where no element's result depends on its position -- see the module
-docstring of exprc.dask), within 1e-12 relative for float64 reductions (1e-5 for float32).  Most
+elementwise graphs (transcendental ones too, with vector math and with ``precise_math``: see the
+module docstring of exprc.dask), within 1e-12 relative for float64 reductions (1e-5 for float32).  Most
 tests run on dask's synchronous scheduler; the last ones on a two-process ``distributed``
 cluster bound to loopback that shares one compile-cache folder.
 """
@@ -70,14 +69,29 @@ def test_elementwise_arithmetic_bits(dtype, chunks):
     assert_same_bits(got, want)
 
 
+@pytest.mark.parametrize("config", [None, PRECISE], ids=["vector_math", "precise_math"])
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-def test_elementwise_transcendental_bits_precise_math(dtype):
+def test_elementwise_transcendental_bits(dtype, config):
     a, b, c = (exprc.vector(n, dtype=dtype) for n in "abc")
-    e2 = exprc.exp(-a * a) * exprc.sin(b) + exprc.log1p(c * c)
+    outs = [exprc.exp(-a * a) * exprc.sin(b) + exprc.log1p(c * c),
+            exprc.tanh(a) + exprc.sigmoid(b) * exprc.arctan(c) + exprc.softplus(a)]
     xs = [_special(1001, dtype, s) for s in range(3)]
-    want = exprc.function([a, b, c], e2, config=PRECISE)(*xs)
+    want = exprc.function([a, b, c], outs, config=config)(*xs)
     dx = [da.from_array(xs[0], chunks=7), da.from_array(xs[1], chunks=(1, 500, 499, 1)), da.from_array(xs[2], chunks=333)]
-    got = ed.function([a, b, c], e2, config=PRECISE)(*dx).compute()
+    got = dask.compute(*ed.function([a, b, c], outs, config=config)(*dx))
+    for g, w in zip(got, want):
+        assert_same_bits(g, w)
+
+
+@pytest.mark.parametrize("chunks", [(5, 3), ((1, 1, 7, 4), (2, 9, 1)), (13, 1)])
+def test_elementwise_transcendental_bits_2d_views(chunks):
+    """from_array's blocks are views of the array (column blocks strided): the strided path must give
+    the bits the in-memory function's flat loop gives."""
+    x, y = exprc.matrix("x"), exprc.matrix("y")
+    out = exprc.exp(x) * exprc.cos(y) - exprc.log1p(x * x)
+    a, b = _special((13, 12), "float64", 1), _special((13, 12), "float64", 2)
+    want = exprc.function([x, y], out)(a, b)
+    got = ed.function([x, y], out)(da.from_array(a, chunks=chunks), da.from_array(b, chunks=(4, 4))).compute()
     assert_same_bits(got, want)
 
 
@@ -88,8 +102,8 @@ def test_broadcast_column_row_different_chunks():
     c = _special((9, 1), "float64", 3)
     r = _special((1, 9), "float64", 4)
     vv = _special(9, "float64", 5)
-    want = exprc.function([col, row, v], outs, config=PRECISE)(c, r, vv)
-    got = dask.compute(*ed.function([col, row, v], outs, config=PRECISE)(
+    want = exprc.function([col, row, v], outs)(c, r, vv)
+    got = dask.compute(*ed.function([col, row, v], outs)(
         da.from_array(c, chunks=(2, 1)), da.from_array(r, chunks=(1, 4)), da.from_array(vv, chunks=(5, 4))))
     for g, w in zip(got, want):
         assert g.shape == w.shape
@@ -326,8 +340,8 @@ def test_cluster_results_equal_in_memory(cluster):
     a, b, c = (exprc.vector(n) for n in "abc")
     outs = [exprc.exp(-a * a) * exprc.sin(b) + exprc.log1p(c * c), exprc.logsumexp(a * b), exprc.var(c), exprc.argmax(b)]
     xs = [np.random.default_rng(s).normal(size=5000) for s in range(3)]
-    want = exprc.function([a, b, c], outs, config=PRECISE)(*xs)
-    got = client.compute(ed.function([a, b, c], outs, config=PRECISE)(*[da.from_array(v, chunks=311) for v in xs]),
+    want = exprc.function([a, b, c], outs)(*xs)
+    got = client.compute(ed.function([a, b, c], outs)(*[da.from_array(v, chunks=311) for v in xs]),
                          sync=True)
     assert_same_bits(got[0], want[0])
     _rel(got[1], want[1], "float64")

@@ -480,3 +480,14 @@ def test_series_prefixes_are_the_full_series_first_terms():
             assert series.coefficients(op, n) == full[:n]
         assert [sp.Rational(c.numerator, c.denominator) for c in full[:12]] == [exact.coeff_monomial(v ** i)
                                                                                  for i in range(12)]
+
+
+@pytest.mark.parametrize("c", [1.0, 1 / 3, 1e6])
+def test_log1p_square_guard_fires_in_float32(c):
+    """log(1 + c x*x) in float32: c x*x overflows at |x| ~ 1.8e19 / sqrt(c), so the guard's threshold is
+    float32's own (a float64 threshold of 1e150 rounds to inf there and the guard never fires)."""
+    x = exprc.vector("x", "float32")
+    f = exprc.function([x], exprc.log(1 + c * (x * x)))
+    v = np.array([1e20, -3e19, 1e30, 3.4e38, 1e15, 2.0, 1e-30, 0.0, np.inf, np.nan], np.float32)
+    want = np.log1p(c * v.astype(np.float64) ** 2).astype(np.float32)  # float64 does not overflow here
+    np.testing.assert_allclose(f(v), want, rtol=2e-6, equal_nan=True)

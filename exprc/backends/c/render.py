@@ -53,6 +53,11 @@ void exprc_set_blas(void *dgemm, void *sgemm)
     exprc_sgemm = (exprc_sgemm_t)sgemm;
 }
 """
+#: A call into vector math (libmvec) in a rendered loop: its lanes and the scalar libm may differ by an
+#: ulp, so a kernel with one runs every element through one vector loop (``_uniform_span``).
+_VECTOR_MATH = re.compile(r"\b(?:exp|log|sin|cos|tan|log1p|expm1|tanh|sinh|cosh|asin|acos|atan|asinh|acosh|"
+                          r"atanh|exp2|log2|log10|cbrt|erf|erfc|pow|atan2|hypot)f?\s*\(|"
+                          r"\bexprc_(?:sigmoid|softplus|logaddexp|log1mexp)")
 #: Between two kernels of a module: where compile.py may cut it into translation units.
 UNIT_MARK = "/* exprc: unit */"
 #: A kernel's entry point (called by ``exprc_run``, possibly from another translation unit).
@@ -447,8 +452,18 @@ class CRenderer:
         # (only where the flat loop exists anyway: rendering one just for rows cost a softmax step's
         # cold compile 0.2 s, its broadcast rows being short)
         kl.rowflat = nd == 2 and not kl.draws and whole
+        uniform = False
+        if nd and not kl.draws and not self.precise_math:
+            functions, call = self._flat_functions(kl)
+            uniform = _VECTOR_MATH.search("\n".join(functions)) is not None
+            if uniform:
+                flat, call = self._uniform_span(kl, functions, call)
         if whole:
-            flat, run = self._flat_elemwise(kl)
+            if not uniform:
+                functions, call = self._flat_functions(kl)
+                flat = functions
+            chunk, run = self._chunks(kl, "total", call)
+            flat = flat + chunk
         if kl.rowflat:
             main += [f"    if ({self.param(kl, kl.p_flag)} == 2) {{",
                      (f"        exprc_rowflat({k.name}_chunk, ptrs, P, {len(kl.accesses)}, n0, n1, "
@@ -462,6 +477,9 @@ class CRenderer:
         if nd and self._may_batch(kl):
             main += self._strided_batched(kl, addr)
             return flat, main
+        if uniform:
+            rows, run = self._rows(kl, self._strided_blocks(kl, addr), "total", [])
+            return flat + rows, main + run
         nest, indent = self._nest(kl, range(nd), "    ", None, addr, ranged=True)
         nest += [self._load(kl, j, addr.get(j, ""), indent, names) for j in range(n_in)]
         nest += self._index_line(kl, indent)
@@ -473,6 +491,72 @@ class CRenderer:
             return flat, main + nest
         rows, run = self._rows(kl, nest, "total", [])
         return flat + rows, main + run
+
+    def _uniform_span(self, kl: KernelLayout, functions: list[str], call: str) -> tuple[list[str], str]:
+        """(the functions, the call running [lo, hi)) of a kernel whose body calls vector math, so
+        that every element goes through the same machine code wherever it lies.
+
+        gcc vectorizes the flat loop with libmvec calls but finishes a count that is not a multiple
+        of the vector width with scalar libm calls, and the two differ by an ulp now and then: an
+        element's bits would depend on its position (a Dask chunk boundary, ``f(a)[:n]`` against
+        ``f(a[:n])``, a strided view against a copy).  So the flat functions are not inlined (one
+        copy of their code), run only on counts that are multiples of EXPRC_VBLOCK (a multiple of
+        every vector width), and the rest goes through them on a padded block (``_block``), as does
+        the strided path, a block of the innermost axis at a time."""
+        k = kl.kernel
+        functions = [x.replace("static inline ", "static __attribute__((noinline)) ", 1)
+                     if x.startswith("static inline ") else x for x in functions]
+        n_acc = len(kl.accesses)
+        n_in = len(k.operands)
+        arrays = [j for j, (node, _, _) in enumerate(kl.accesses) if node.ndim and j not in kl.models]
+        block = [f"static void {k.name}_block(char **restrict base, const int64_t *restrict st, int64_t m)", "{"]
+        for j in arrays:
+            block.append(f"    {C_TYPES[kl.accesses[j][0].dtype]} b{j}[EXPRC_VBLOCK] __attribute__((aligned(64)));")
+        q = ", ".join(f"(char *)b{j}" if j in arrays else f"base[{j}]" for j in range(n_acc))
+        block += [f"    char *q[{n_acc}] = {{{q}}};", "    (void)st;"]
+        for j in arrays:
+            if j < n_in:
+                ct = C_TYPES[kl.accesses[j][0].dtype]
+                # (the padding repeats the first element: values the kernel computes anyway)
+                block.append(f"    for (int64_t i = 0; i < EXPRC_VBLOCK; i++) b{j}[i] = "
+                             f"*(const {ct} *)(base[{j}] + (i < m ? i : 0) * st[{j}]);")
+        block.append("    " + call.replace("(ptrs, lo, hi)", "(q, 0, EXPRC_VBLOCK)"))
+        for j in arrays:
+            if j >= n_in:
+                ct = C_TYPES[kl.accesses[j][0].dtype]
+                block.append(f"    for (int64_t i = 0; i < m; i++) *({ct} *)(base[{j}] + i * st[{j}]) = b{j}[i];")
+        block.append("}")
+        sizes = [np.dtype(node.dtype).itemsize if j in arrays else 0 for j, (node, _, _) in enumerate(kl.accesses)]
+        span = [f"__attribute__((unused)) static void {k.name}_span(char **restrict ptrs, int64_t lo, int64_t hi)", "{",
+                "    const int64_t mid = hi - (hi - lo) % EXPRC_VBLOCK;",
+                "    if (mid > lo)", "        " + call.replace("(ptrs, lo, hi)", "(ptrs, lo, mid)"),
+                "    if (mid < hi) {",
+                "        char *base[{}] = {{{}}};".format(
+                    n_acc, ", ".join(f"ptrs[{j}] + mid * {sizes[j]}" if sizes[j] else f"ptrs[{j}]"
+                                     for j in range(n_acc))),
+                f"        const int64_t st[{n_acc}] = {{{', '.join(map(str, sizes))}}};",
+                f"        {k.name}_block(base, st, hi - mid);", "    }", "}"]
+        return functions + block + span, f"{k.name}_span(ptrs, lo, hi);"
+
+    def _strided_blocks(self, kl: KernelLayout, addr: dict[int, str]) -> list[str]:
+        """The strided path of a kernel with vector math (see :meth:`_uniform_span`): the loop nest
+        over every axis but the last, and along the last, blocks of EXPRC_VBLOCK elements gathered
+        into ``_block``'s buffers."""
+        k = kl.kernel
+        nd, last, n_acc = kl.ndim, kl.ndim - 1, len(kl.accesses)
+        lines, indent = self._nest(kl, range(last), "    ", None, addr, ranged=True)
+        lo, hi = ("lo", "hi") if nd == 1 else ("0", f"n{last}")
+        base = ", ".join(f"{addr[j]} + c * {self.param(kl, kl.accesses[j][2] + last)}"
+                         if j in addr and kl.accesses[j][0].ndim else self.ptr(kl, j) for j in range(n_acc))
+        st = ", ".join(self.param(kl, kl.accesses[j][2] + last) if j in addr and kl.accesses[j][0].ndim else "0"
+                       for j in range(n_acc))
+        lines += [f"{indent}for (int64_t c = {lo}; c < {hi}; c += EXPRC_VBLOCK) {{",
+                  f"{indent}    char *base[{n_acc}] = {{{base}}};",
+                  f"{indent}    const int64_t st[{n_acc}] = {{{st}}};",
+                  f"{indent}    {k.name}_block(base, st, ({hi} - c) < EXPRC_VBLOCK ? ({hi} - c) : EXPRC_VBLOCK);",
+                  f"{indent}}}"]
+        lines += self._close(range(last), indent)[0]
+        return lines
 
     def _flat_possible(self, kl: KernelLayout) -> bool:
         """Whether kernel ``kl`` gets a contiguous path: the planner sets its flag only for a
@@ -493,8 +577,8 @@ class CRenderer:
                 return False
         return True
 
-    def _flat_elemwise(self, kl: KernelLayout) -> tuple[list[str], list[str]]:
-        """(the contiguous path's functions, the line running it on every chunk) of an elementwise
+    def _flat_functions(self, kl: KernelLayout) -> tuple[list[str], str]:
+        """(the contiguous path's functions, the call running them on [lo, hi)) of an elementwise
         kernel: a flat loop over restrict pointers that gcc vectorizes (libmvec for
         transcendentals); 0-d operands are loaded once."""
         k = kl.kernel
@@ -517,8 +601,7 @@ class CRenderer:
         if guards:
             flat += self._guarded_flat(kl, guards)
             call = f"if ({k.name}_flat_rare(ptrs, lo, hi)) {k.name}_flat(ptrs, lo, hi); else {k.name}_flat_fast(ptrs, lo, hi);"
-        chunk, run = self._chunks(kl, "total", call)
-        return flat + chunk, run
+        return flat, call
 
     def _guarded_flat(self, kl: KernelLayout, guards: list[Node]) -> list[str]:
         """Two more contiguous loops for a kernel with guards ``where(rare(c), slow, fast)``:

@@ -17,6 +17,13 @@ EXPRC_D1(exp2) EXPRC_D1(log2) EXPRC_D1(log10) EXPRC_D1(cbrt) EXPRC_D1(erf) EXPRC
 EXPRC_D2(pow) EXPRC_D2(atan2) EXPRC_D2(hypot)
 #endif
 
+/* A loop with vector math runs only on counts that are multiples of EXPRC_VBLOCK, the rest on a padded
+ * block: every element gets the bits of the main vector loop wherever it lies (render.py,
+ * _uniform_span).  gcc's widest choice is 8 doubles or 16 floats per iteration (AVX-512, with an
+ * AVX2 epilogue of half that, whose libmvec variant is another one): 32 is a multiple of both with
+ * room to spare, and small enough that a short call pays little for the padding. */
+#define EXPRC_VBLOCK 32
+
 #define EXPRC_INLINE static inline __attribute__((always_inline))
 #define EXPRC_HIDDEN __attribute__((visibility("hidden")))
 

@@ -302,7 +302,10 @@ def log1p_square(node: Node, a: Node) -> Node | None:
     tail = F.freeze(f("log1p", scale(f("square", div(k(1.0, x), x)), Fraction(1) / Fraction(c))))  # not again
     big = scale(f("log", f("abs", x)), TWO)
     big = add(add(big, k(math.log(c), node)), tail) if c != 1 else add(big, tail)
-    return F.guard(f("abs", x) > k(1e150, x), big, F.freeze(node))
+    # c x*x overflows at |x| = sqrt(max / c): 1e154 for float64 and c = 1, 1.8e19 for float32 (whose
+    # threshold is not 1e150, which would round to inf and never fire)
+    limit = min(1e150, 1e-4 * math.sqrt(float(np.finfo(x.dtype).max) / c))
+    return F.guard(f("abs", x) > k(limit, x), big, F.freeze(node))
 
 
 @stability_rule("log_pow", P("log", P("pow", X("x"), X("p"))))
