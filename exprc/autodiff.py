@@ -321,7 +321,7 @@ def _reached(outputs: Sequence[Node], order: list[Node], cut: set[int]) -> set[i
 #: differences (a branch's derivative is NaN where it is not taken, and the guards' are not zero
 #: everywhere).  The gradient is taken of the formula as written there (accuracy bench: each
 #: made a case's gradient worse).
-VALUE_ONLY_RULES = ("exp_exact_square", "log_div", "log_difference")
+VALUE_ONLY_RULES = ("exp_exact_square", "erfc_exact_argument", "log_div", "log_difference")
 #: Graphs with these ops are differentiated as written: softmax and logsumexp stop the gradient
 #: at their max shift (stop_gradient, which optimizing removes), and the stable forms of
 #: log(softmax) shift by a max of their own whose gradient would route through it.

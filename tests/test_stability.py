@@ -181,6 +181,10 @@ RULES = [
     R("erfc_from_erf", [lambda m, x: 1 - m.erf(x)], {"erfc"}, [(L, 0, 26)], absent={"erf"}),
     R("erfc_from_one_plus_erf", [lambda m, x: 1 + m.erf(x), lambda m, x: 0.5 * (1 + m.erf(x / math.sqrt(2)))],
       {"erfc"}, [(L, -26, 0)], absent={"erf"}),
+    # the normal CDF's tail: the rounding of x / sqrt(2) costs 2 u**2 ulps of erfc(u) (10 bits at x = -37)
+    R("erfc_exact_argument", [lambda m, x: 0.5 * (1 + m.erf(x / math.sqrt(2))), lambda m, x: m.erfc(-x / math.sqrt(2)),
+                              lambda m, x: m.erfc(x * -0.7071067811865476) / 2, lambda m, x: m.erfc(x / -3.0)],
+      {"erfc", "where"}, [(L, -37.5, -10.0)]),
     R("erf_from_erfc", [lambda m, x: 1 - m.erfc(x)], {"erf"}, [(S, 1e-300, 1e-3)], absent={"erfc"}),
     R("pow_compensated_base", [lambda m, r, n: (1 + r / n) ** n], {"exp"}, [(L, 0.01, 0.2), (G, 1e3, 1e15)]),
     R("pow1p_minus_one", [lambda m, x, y: (1 + x) ** y - 1], {"expm1"}, [(S, 1e-12, 1e-3), (L, 1, 100)]),

@@ -231,6 +231,51 @@ def _square_error(u: Node, hi: Node) -> Node:
     return fz("add", fz("add", fz("sub", hh, hi), cross), fz("mul", ul, ul))
 
 
+def _product_error(u: Node, c: float, hi: Node) -> Node:
+    """``u*c - hi`` exactly, for ``hi`` = fl(u*c) and a float64 constant ``c`` (Dekker's product; the
+    constant is split here).  Frozen as in :func:`_square_error`."""
+    split = 134217729.0
+    t = c * split
+    ch = t - (t - c)
+    cl = c - ch
+
+    def fz(op: str, *xs: Node) -> Node:
+        return F.freeze(make(op, *xs))
+
+    t = fz("mul", u, k(split, u))
+    uh = fz("sub", t, fz("sub", t, u))
+    ul = fz("sub", u, uh)
+    err = fz("add", fz("sub", fz("mul", uh, k(ch, u)), hi), fz("mul", uh, k(cl, u)))
+    return fz("add", fz("add", err, fz("mul", ul, k(ch, u))), fz("mul", ul, k(cl, u)))
+
+
+@stability_rule("erfc_exact_argument", P("erfc", X("a")))
+def erfc_exact_argument(node: Node, a: Node) -> Node | None:
+    """erfc(x / c) or erfc(x * c) (c a constant, not a power of two: the normal CDF's x / sqrt(2)) ->
+    erfc(t) - 2/sqrt(pi) exp(-t**2) d, with t the rounded argument and d = x/c - t exactly (or x*c - t):
+    erfc(t) falls as exp(-t**2), so the argument's half-ulp rounding costs 2 t**2 ulps of the result
+    (10 bits at t = 26, the normal CDF at x = -37).  float64, |x| < 1e290 (the split overflows
+    beyond, where erfc is 0 or 2 anyway)."""
+    if node.dtype != "float64":
+        return None
+    sign, b = (-1.0, a.inputs[0]) if a.op == "neg" else (1.0, a)
+    if b.op not in ("truediv", "mul") or len(b.inputs) != 2 or b.inputs[1].op != "constant":
+        return None
+    x, c = b.inputs[0], F.scalar_const(b.inputs[1])
+    if x.dtype != "float64" or c is None or not math.isfinite(c) or c == 0 or _power_of_two(Fraction(c)):
+        return None
+    if b.op == "mul":
+        d = _product_error(x, c, b)
+    else:  # x - t c exactly: (x - fl(t c)) is exact (Sterbenz), less the product's rounding
+        p = F.freeze(make("mul", b, k(c, b)))
+        r = F.freeze(make("sub", F.freeze(make("sub", x, p)), _product_error(b, c, p)))
+        d = F.freeze(make("truediv", r, k(c, b)))
+    # (the correction is ulps of the result: its exp needs no exact square)
+    slope = scale(F.freeze(f("exp", F.neg(f("square", a)))), Fraction(-2.0 / math.sqrt(math.pi)) * Fraction(sign))
+    fixed = add(F.freeze(node), mul(slope, d))
+    return F.where(f("abs", x) < k(1e290, x), fixed, F.freeze(node))
+
+
 @stability_rule("swish_tail", P("mul", X("a"), X("b")))
 def swish_tail(node: Node, a: Node, b: Node) -> Node | None:
     """u * sigmoid(u) (swish, SiLU) -> -exp(u + log(-u)) for u < -708: there sigmoid(u) = exp(u) is
