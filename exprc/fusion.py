@@ -25,6 +25,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from itertools import pairwise
 
 from exprc.graph import Node, toposort
 from exprc.ops import OPS, REDUCTIONS
@@ -46,11 +47,16 @@ class Kernel:
     operands: list[Node] = field(default_factory=list)
     reduce: Node | None = None
     matmul: Node | None = None  # BLAS calls (float operands: 1-d/2-d, or a batch of 2-d; see lower)
+    #: A row kernel (see ``_row_kernels``): reductions over the last axis of a matrix and the
+    #: elementwise nodes around them, one pass over each row per reduction level.
+    rows: bool = False
 
     @property
     def kind(self) -> str:
         if self.matmul is not None:
             return "matmul"
+        if self.rows:
+            return "rows"
         return "reduce" if self.reduce is not None else "elemwise"
 
     @property
@@ -109,13 +115,16 @@ def _blas_matmul(n: Node) -> bool:
 
 
 def lower(outputs: Sequence[Node], inputs: Sequence[Node], fuse: bool = True,
-          native_matmul: bool = False) -> Program:
+          native_matmul: bool = False, rows: bool = False) -> Program:
     """Partition the graph reachable from ``outputs`` into kernels and NumPy steps.
 
     ``native_matmul``: matrix products of 1-d/2-d float operands, and batches of 2-d ones
     (3-d operands), become kernels that call BLAS from the generated code (the backend found a
     BLAS to call).  ``sum(a @ b, axis=0)`` over a batch (the gradient of ``x @ W`` for a 3-d
-    ``x``) is one such kernel, the batch added up by the BLAS calls (``batch_sums``)."""
+    ``x``) is one such kernel, the batch added up by the BLAS calls (``batch_sums``).
+
+    ``rows``: the renderer has row kernels, so reductions over a matrix's last axis merge with the
+    elementwise kernels around them (:func:`_row_kernels`)."""
     order = toposort(outputs)
     consumers: dict[Node, list[Node]] = {n: [] for n in order}
     for n in order:
@@ -217,6 +226,10 @@ def lower(outputs: Sequence[Node], inputs: Sequence[Node], fuse: bool = True,
             steps.append(Step(n))
             materialized.append(n)
 
+    if rows and fuse:
+        steps = _row_kernels(steps, order, is_output)
+        stored = {o for s in steps for o in (s.outputs if isinstance(s, Kernel) else [s.node])}
+        materialized = [n for n in materialized if n in stored]  # (a row kernel's intermediates are not)
     steps = _merge_siblings(_schedule(steps))
     for i, s in enumerate(steps):
         if isinstance(s, Kernel):
@@ -229,6 +242,164 @@ def lower(outputs: Sequence[Node], inputs: Sequence[Node], fuse: bool = True,
                         ops[x] = None
             s.operands = list(s.matmul.inputs) if s.matmul is not None else list(ops)
     return Program(tuple(inputs), tuple(outputs), steps, materialized)
+
+
+#: Reductions a row kernel computes (an accumulator per row; argmax/argmin are NumPy steps).
+ROW_REDUCTIONS = frozenset({"sum", "mean", "max", "min", "prod"})
+
+
+def _row_kernels(steps: list[Kernel | Step], order: list[Node], is_output: set[Node]) -> list[Kernel | Step]:
+    """Row-wise fusion: merge each reduction over the last axis of a matrix with the elementwise
+    kernels it reads and that read it into one *row kernel*, which runs every row to the end before
+    the next (Inductor's persistent reductions): ``softmax``, ``log_softmax``, ``logsumexp``,
+    standardization and their gradients become one loop nest per row whose passes re-read a row
+    that is still in cache, instead of a kernel and a full-size temporary per step.
+
+    The members: reduction kernels over axis 1 of a 2-d source (sum, mean, max, min, prod), and
+    elementwise kernels whose outputs are all 2-d, without random draws.  Two members merge when
+    one reads the other's output directly (a reduction merged with what reads it must keep its
+    axis, so that it broadcasts along the row), or when both read the same matrix.  A merge that would make a path leave the group
+    and come back (through a matmul, a NumPy step, another kernel) is not made, so the step graph
+    stays acyclic.  The static shapes must agree; the planner checks the shapes of each call and
+    falls back to the reference for a broadcast the kernel cannot run."""
+    position = {n: i for i, n in enumerate(order)}
+    # A gradient's sum_to(g, model) between two matrices is the identity when no axis was broadcast,
+    # which only the call's shapes tell: it may join a row kernel as an alias, the planner checking
+    # the shapes (a call where it really sums goes to the reference).
+    original, steps = steps, list(steps)
+    as_steps: dict[int, Step] = {}
+    for i, s in enumerate(steps):
+        if isinstance(s, Step) and s.node.op == "sum_to" and _row_identity(s.node):
+            as_steps[i] = s
+            steps[i] = Kernel(i, [s.node], [s.node])
+
+    def member(s: Kernel | Step) -> bool:
+        if not isinstance(s, Kernel) or s.matmul is not None or s.rows:
+            return False
+        if any(OPS[n.op].c_call is not None for n in s.body):
+            return False
+        if s.reduce is not None:
+            r = s.reduce
+            return r.op in ROW_REDUCTIONS and r.inputs[0].ndim == 2 and r.arg("axis") == (1,)
+        return all(o.ndim == 2 for o in s.outputs) and all(n.ndim == 2 for n in s.body)
+
+    live = [i for i, s in enumerate(steps) if member(s)]
+    if not any(steps[i].reduce is not None for i in live):
+        return original
+    producer = {}
+    for i, s in enumerate(steps):
+        for o in (s.outputs if isinstance(s, Kernel) else [s.node]):
+            producer[o] = i
+    succ: list[set[int]] = [set() for _ in steps]
+    for j, i in _edges(steps):
+        succ[j].add(i)
+    pred: list[set[int]] = [set() for _ in steps]
+    for j, outs in enumerate(succ):
+        for i in outs:
+            pred[i].add(j)
+    # Candidate merges: a member reading another's output directly.
+    pairs = []
+    for i in live:
+        inside = set(steps[i].body)
+        for n in steps[i].body:
+            for x in n.inputs:
+                j = producer.get(x)
+                if j is None or j == i or x in inside or not member(steps[j]):
+                    continue
+                r = steps[j].reduce
+                if r is not None and x is r and not r.arg("keepdims"):
+                    continue  # (a 1-d row result does not broadcast along the row)
+                pairs.append((j, i))
+    # Siblings: members reading the same array (the max, min and sum of one row read it in one pass).
+    readers: dict[Node, list[int]] = {}
+    for i in live:
+        inside = set(steps[i].body)
+        for x in dict.fromkeys(x for n in steps[i].body for x in n.inputs):
+            if x not in inside and x.ndim == 2 and x.type.shape[1] != 1:
+                readers.setdefault(x, []).append(i)
+    for same in readers.values():
+        pairs += list(pairwise(same))
+    group = {i: {i} for i in live}
+
+    def reach(start: set[int], nbrs: list[set[int]]) -> set[int]:
+        seen: set[int] = set()
+        stack = [m for s in start for m in nbrs[s] if m not in start]
+        while stack:
+            m = stack.pop()
+            if m in seen or m in start:
+                continue
+            seen.add(m)
+            stack.extend(nbrs[m])
+        return seen
+
+    def shapes_agree(members: set[int]) -> bool:
+        rows_, cols = set(), set()
+        for m in members:
+            for n in steps[m].body:
+                shape = n.inputs[0].type.shape if n is steps[m].reduce else n.type.shape
+                if shape[0] is not None:
+                    rows_.add(shape[0])
+                if shape[1] is not None and shape[1] != 1:
+                    cols.add(shape[1])
+        return len(rows_) <= 1 and len(cols) <= 1
+
+    for j, i in sorted(set(pairs)):
+        a, b = group[j], group[i]
+        if a is b:
+            continue
+        merged = a | b
+        if reach(merged, succ) & reach(merged, pred) or not shapes_agree(merged):
+            continue  # a path would leave the group and come back
+        for m in merged:
+            group[m] = merged
+    out: list[Kernel | Step] = []
+    done: set[int] = set()
+    for i, s in enumerate(steps):
+        g = group.get(i)
+        if g is None or len(g) == 1 or not any(steps[m].reduce is not None for m in g):
+            out.append(as_steps.get(i, s))
+            continue
+        if i in done:
+            continue
+        done |= g
+        body = sorted({n for m in g for n in steps[m].body}, key=position.__getitem__)
+        readers = {x for t, st in enumerate(steps) if t not in g
+                   for n in (st.body if isinstance(st, Kernel) else [st.node]) for x in n.inputs}
+        outs = [n for n in body if n in is_output or n in readers]
+        out.append(Kernel(s.index, outs, body, rows=True))
+    return out
+
+
+def _row_identity(n: Node) -> bool:
+    """``sum_to(g, model)`` of two matrices whose static shapes do not show a broadcast axis."""
+    g, model = n.inputs
+    return g.ndim == model.ndim == 2 and all(
+        a == b or (a is None and b != 1) or (b is None and a != 1) for a, b in zip(g.type.shape, model.type.shape))
+
+
+def row_reads(n: Node) -> tuple[Node, ...]:
+    """The inputs whose values a row kernel's node ``n`` reads (a ``sum_to`` alias: not its model)."""
+    return n.inputs[:1] if n.op == "sum_to" else n.inputs
+
+
+def row_levels(k: Kernel) -> tuple[dict[Node, bool], dict[Node, int]]:
+    """(row, level) of a row kernel's operands and body nodes.  ``row[n]``: ``n`` holds one value
+    per row (a reduction; elementwise over row values and scalars only; an operand of shape (n, 1)
+    or 0-d); else it has the row's length.  ``level[n]``: a whole-row node's pass (the first in
+    which everything it reads is ready), a row node's readiness (a reduction: one more than its
+    operand's pass)."""
+    inside = set(k.body)
+    ops = set(k.operands)
+    row: dict[Node, bool] = {x: x.ndim == 0 or (x.ndim == 2 and x.type.shape[1] == 1) for x in k.operands}
+    level: dict[Node, int] = {}
+    for n in k.body:
+        if n.op in ROW_REDUCTIONS and OPS[n.op].kind == "reduce":
+            row[n], level[n] = True, level.get(n.inputs[0], 0) + 1
+            continue
+        ins = [x for x in row_reads(n) if x in inside or x in ops]
+        row[n] = all(row[x] for x in ins)
+        level[n] = max((level.get(x, 0) for x in ins), default=0)
+    return row, level
 
 
 def _edges(steps: list[Kernel | Step]) -> set[tuple[int, int]]:

@@ -36,7 +36,7 @@ import numpy as np
 
 from exprc.backends.outputs import check_out
 from exprc.errors import ShapeError
-from exprc.fusion import VIEW_OPS, Kernel, Program, Step
+from exprc.fusion import VIEW_OPS, Kernel, Program, Step, row_levels
 from exprc.graph import Node, toposort
 from exprc.ops import OPS
 from exprc.ops.elemwise import all_zero_bits, plus_zero, zero_fill
@@ -159,7 +159,7 @@ class Planner:
                     shapes[n] = self.value(n, env).shape
                     stack.pop()
                     continue
-                if OPS[n.op].kind not in ("elemwise", "reduce") and n.op != "matmul":
+                if OPS[n.op].kind not in ("elemwise", "reduce") and n.op not in ("matmul", "sum_to"):
                     raise LookupError(n.op)  # NumPy steps: shape found by running them
             # operands whose shape the node needs: all of them (a reduction reads only the first)
             need = 1 if OPS[n.op].kind == "reduce" else len(n.inputs)
@@ -175,7 +175,9 @@ class Planner:
 
     @staticmethod
     def _shape_from_operands(node: Node, shapes: dict[Node, tuple]) -> tuple:
-        """The shape of an elemwise, reduce or matmul node whose operands' shapes are known."""
+        """The shape of an elemwise, reduce, matmul or sum_to node whose operands' shapes are known."""
+        if node.op == "sum_to":
+            return shapes[node.inputs[1]]
         if OPS[node.op].kind == "elemwise":
             return _broadcast([shapes[i] for i in node.inputs], node.op)
         if OPS[node.op].kind == "reduce":
@@ -284,6 +286,8 @@ class Planner:
             if k.reduce is not None:
                 src = k.reduce.inputs[0]
                 space = self.shape(src, env, shapes)
+            elif k.rows:
+                space = self._row_space(k, env, shapes)
             else:
                 space = shapes[k.outputs[0]]
                 for o in k.outputs:
@@ -295,8 +299,17 @@ class Planner:
             loop = tuple(space[d] for d in kl.perm)
             P[kl.p_dims:kl.p_dims + kl.ndim] = loop
             fast = k.reduce is None or kl.nkept == 0
+            if k.rows:  # contiguous along the row: every access the passes read or write per element
+                row = row_levels(k)[0]
             for j, (node, slot, pi) in enumerate(kl.accesses):
                 arr = env[node]
+                if k.rows:
+                    st = (self._reduce_out_strides(node, arr, 2) if OPS[node.op].kind == "reduce" and node.ndim == 1
+                          else _strides(arr.shape, arr.strides, space))
+                    if node.ndim and not row[node] and st[1] != arr.itemsize:
+                        fast = False
+                    P[pi:pi + 2] = st
+                    continue
                 if k.reduce is not None and node is k.reduce:
                     st = self._reduce_out_strides(k.reduce, arr, len(space))
                 else:
@@ -314,6 +327,29 @@ class Planner:
                        and len(plan.out_specs) == len(self.outputs)
                        and all(a.size for a in arrays) and all(math.prod(shapes[o]) for o in self.outputs))
         return plan
+
+    def _row_space(self, k: Any, env: dict, shapes: dict) -> tuple:
+        """The (rows, columns) a row kernel runs over for these arrays: its first reduction's operand's
+        shape; every whole-row node must have it and every row node one value per row, or the call
+        goes to the reference (a broadcast the kernel's passes cannot express)."""
+        row = row_levels(k)[0]
+        red = next(n for n in k.body if OPS[n.op].kind == "reduce")
+        space = tuple(self.shape(red.inputs[0], env, shapes))
+        for n in k.body:
+            shape = tuple(self.shape(n, env, shapes))
+            if n.op == "sum_to" and tuple(self.shape(n.inputs[0], env, shapes)) != shape:
+                raise Unsupported(f"a row kernel's sum_to reduces {self.shape(n.inputs[0], env, shapes)} to {shape}")
+            if OPS[n.op].kind == "reduce":
+                want = (space[0], 1) if n.arg("keepdims") else (space[0],)
+            else:
+                want = (space[0], 1) if row[n] else space
+            if shape != want:
+                raise Unsupported(f"a row kernel's {n.op} has shape {shape} in a ({space[0]}, {space[1]}) loop")
+        for x in k.operands:
+            shape = tuple(self.shape(x, env, shapes))
+            if row[x] and x.ndim and shape[0] not in (1, space[0]):
+                raise Unsupported(f"a row operand of shape {shape} in a ({space[0]}, {space[1]}) loop")
+        return space
 
     def _find_aliases(self, plan: HostPlan, env: dict[Node, np.ndarray], outputs: set[Node]) -> None:
         """Turn the NumPy steps that are views of another buffer, for this signature, into

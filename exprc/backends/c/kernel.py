@@ -121,7 +121,8 @@ class CKernel(Kernel):
         #: Profile mode (Config.profile): every kernel timed as its own call (exprc.profile).
         self.profile = Profile() if cfg.profile else None
         t0 = time.perf_counter()
-        self.program: Program = lower(list(fg.outputs), list(fg.inputs), fuse=fuse, native_matmul=blas is not None)
+        self.program: Program = lower(list(fg.outputs), list(fg.inputs), fuse=fuse, native_matmul=blas is not None,
+                                      rows=True)
         t1 = time.perf_counter()
         # The cache key hashes the source without its comments (kernel titles, the summary: pprint
         # work that was a fifth of a warm LSTM's function()); the library is built from the source

@@ -27,7 +27,7 @@ import numpy as np
 from exprc._version import __version__
 from exprc.backends.plan import MATMUL_PARAMS
 from exprc.backends.templates import prelude, random_helpers, read
-from exprc.fusion import Kernel, Program
+from exprc.fusion import Kernel, Program, row_levels, row_reads
 from exprc.graph import Node
 from exprc.ops import OPS, REDUCTIONS
 from exprc.types import C_TYPES
@@ -260,6 +260,8 @@ class CRenderer:
                 kept = tuple(d for d in range(nd) if d not in axes)
                 perm = kept + tuple(axes)
                 nkept = len(kept)
+            elif k.rows:
+                nd, perm, nkept = 2, (0, 1), 2
             else:
                 nd = k.outputs[0].ndim
                 perm = tuple(range(nd))
@@ -287,6 +289,10 @@ class CRenderer:
         """Statements computing elementwise ``nodes`` (in order) into locals named in ``names``."""
         lines = []
         for n in nodes:
+            if n.op == "sum_to":  # (in a row kernel: the identity, see fusion._row_kernels)
+                g = n.inputs[0]
+                names[n] = names[g] if g in names else c_literal(g.value.reshape(-1)[0], g.dtype)
+                continue
             args = [("0" if j == 0 and OPS[n.op].c_call is not None  # a draw's shape model: never read
                      else names[i] if i in names else c_literal(i.value.reshape(-1)[0], i.dtype))
                     for j, i in enumerate(n.inputs)]
@@ -299,7 +305,11 @@ class CRenderer:
         head = [f"/* {k.name}: {kernel_title(k)} */" if self.titles else f"/* {k.name} */"]
         if k.matmul is not None:
             flat, main = [], self.render_matmul(kl)
+        elif k.rows:
+            flat, main = self.render_rows(kl)
         else:
+            if any(n.op == "sum_to" for n in k.body):  # (statements() renders it as the identity)
+                raise AssertionError(f"{k.name}: a sum_to outside a row kernel")
             flat, main = self.render_reduce(kl) if k.reduce is not None else self.render_elemwise(kl)
         return "\n".join([*head, *flat, KERNEL_SIGNATURE.format(k.name), "{", *main, "}"])
 
@@ -793,6 +803,119 @@ class CRenderer:
             return flat, main + lines
         rows, run = self._rows(kl, lines, "kept_total", red_head)
         return flat + rows, main + run
+
+    def render_rows(self, kl: KernelLayout) -> tuple[list[str], list[str]]:
+        """A row kernel (``fusion._row_kernels``): for each row, the passes over its elements that its
+        reductions need, one after the other, while the row is in cache.
+
+        Each node has a pass: a reduction's result is ready after the pass that computes its operand,
+        and an elementwise node over the whole row runs in the first pass where everything it reads
+        is ready (recomputed in a later pass that needs it again: it is cheaper than a temporary).  A
+        *row* node (a reduction, or elementwise over row values and scalars only) is computed once per
+        row, between passes.  Each pass is a SIMD loop over the row's contiguous elements (flag 1,
+        every access contiguous along the row) or a strided loop, the same statements in both."""
+        k = kl.kernel
+        n_in = len(k.operands)
+        inside = set(k.body)
+        reds = [n for n in k.body if OPS[n.op].kind == "reduce"]
+        index = {n: j for j, (n, _, _) in enumerate(kl.accesses[:n_in])}
+        out_index = {n: j for j, (n, _, _) in enumerate(kl.accesses) if j >= n_in}
+        row, level = row_levels(k)
+        full_outs = [n for n in out_index if not row[n]]
+        npass = max([level[r] for r in reds] + [level[n] + 1 for n in full_outs])
+
+        def needed(roots: list[Node]) -> list[Node]:
+            seen: set[Node] = set()
+            stack = [x for x in roots if x in inside and not row[x]]
+            while stack:
+                n = stack.pop()
+                if n in seen:
+                    continue
+                seen.add(n)
+                stack += [x for x in row_reads(n) if x in inside and not row[x] and x not in seen]
+            return [n for n in k.body if n in seen]
+
+        lines = ["    const int64_t red_total = n1;", "    (void)red_total;"]
+        names: dict[Node, str] = {}
+        for x, j in index.items():
+            if x.ndim == 0:
+                names[x] = f"a{j}"
+                lines.append(f"    const {C_TYPES[x.dtype]} a{j} = *(const {C_TYPES[x.dtype]} *)({self.ptr(kl, j)});")
+        lines.append("    for (int64_t i0 = lo; i0 < hi; i0++) {")
+        for j, (node, _, pi) in enumerate(kl.accesses):
+            if node.ndim:
+                lines.append(f"        char *q{j} = {self.ptr(kl, j)} + i0 * {self.param(kl, pi)};")
+        for x, j in index.items():
+            if x.ndim and row[x]:
+                names[x] = f"a{j}"
+                lines.append(f"        const {C_TYPES[x.dtype]} a{j} = *(const {C_TYPES[x.dtype]} *)(q{j});")
+        ind = "        "
+
+        def row_nodes(t: int) -> list[str]:
+            out = []
+            for n in k.body:
+                if row[n] and n not in reds and level[n] == t:
+                    out += self.statements([n], names, ind)
+            for n, j in out_index.items():
+                if row[n] and level[n] == t:
+                    out.append(f"{ind}*({C_TYPES[n.dtype]} *)(q{j}) = {names[n]};")
+            return out
+
+        for t in range(npass + 1):
+            lines += row_nodes(t)
+            if t == npass:
+                break
+            mine = [r for r in reds if level[r] == t + 1]
+            stores = [n for n in full_outs if level[n] == t]
+            nodes = needed([r.inputs[0] for r in mine] + stores)
+            reads = sorted({index[x] for n in nodes for x in row_reads(n) if x in index and not row[x]}
+                           | {index[r.inputs[0]] for r in mine if r.inputs[0] in index})
+            accs, clauses = [], []
+            for i, r in enumerate(mine):
+                acc_t, init, combine, clause, fin = self._accumulator(r)
+                a = f"acc{len(names)}_{i}"
+                accs.append((r, a, combine, fin))
+                lines.append(f"{ind}{acc_t} {a} = {init}; int nan{a} = 0; (void)nan{a};")
+                clauses.append(re.sub(r"\bnanf\b", f"nan{a}", re.sub(r"\bacc\b", a, clause)))
+            for contiguous in (True, False):
+                local = dict(names)
+                body = []
+                for j in reads:
+                    ct = C_TYPES[kl.accesses[j][0].dtype]
+                    local[kl.accesses[j][0]] = f"a{j}"
+                    body.append(f"{ind}        const {ct} a{j} = "
+                                + (f"p{j}[i1];" if contiguous else
+                                   f"*(const {ct} *)(q{j} + i1 * {self.param(kl, kl.accesses[j][2] + 1)});"))
+                body += self.statements(nodes, local, ind + "        ")
+                for r, a, combine, _ in accs:
+                    src = r.inputs[0]
+                    v = local[src] if src in local else c_literal(src.value.reshape(-1)[0], src.dtype)
+                    step = re.sub(r"\bv\b", v, re.sub(r"\bnanf\b", f"nan{a}", re.sub(r"\bacc\b", a, combine)))
+                    body.append(f"{ind}        {step}")
+                for n in stores:
+                    j = out_index[n]
+                    ct = C_TYPES[n.dtype]
+                    body.append(f"{ind}        p{j}[i1] = {local[n]};" if contiguous else
+                                f"{ind}        *({ct} *)(q{j} + i1 * {self.param(kl, kl.accesses[j][2] + 1)}) = {local[n]};")
+                if contiguous:
+                    ptrs = [f"{ind}    const {C_TYPES[kl.accesses[j][0].dtype]} *restrict p{j} = "
+                            f"(const {C_TYPES[kl.accesses[j][0].dtype]} *)(q{j});" for j in reads]
+                    ptrs += [f"{ind}    {C_TYPES[n.dtype]} *restrict p{out_index[n]} = "
+                             f"({C_TYPES[n.dtype]} *)(q{out_index[n]});" for n in stores]
+                    lines += [f"{ind}if ({self.param(kl, kl.p_flag)}) {{", *ptrs,
+                              f"{ind}    #pragma omp simd{''.join(' ' + c for c in clauses)}",
+                              f"{ind}    for (int64_t i1 = 0; i1 < n1; i1++) {{", *body, f"{ind}    }}"]
+                else:
+                    lines += [f"{ind}}} else {{", f"{ind}    for (int64_t i1 = 0; i1 < n1; i1++) {{", *body,
+                              f"{ind}    }}", f"{ind}}}"]
+            for r, a, _, fin in accs:
+                names[r] = f"r{a}"
+                fin = re.sub(r"\bnanf\b", f"nan{a}", re.sub(r"\bacc\b", a, fin))
+                lines.append(f"{ind}const {C_TYPES[r.dtype]} r{a} = ({C_TYPES[r.dtype]})({fin});")
+        lines.append("    }")
+        main = self._dims(kl) + ["    const int64_t total = n0 * n1;"]
+        fn, run = self._rows(kl, lines, "total", [])
+        return fn, main + run
 
     def _column_nest(self, kl: KernelLayout, addr: dict[int, str], value: Any, acc: tuple[str, ...]) -> list[str]:
         """The strided path of a reduction that keeps the source's last axis (``sum(x, axis=0)`` of a
