@@ -251,6 +251,16 @@ RULES = [
       {"where"}, [(S, 1e-8, 4.0)]),
     R("taylor_cancellation", [lambda m, x: m.exp(-x) - 1 + x, lambda m, x: x - (1 - m.exp(-x)),
                               lambda m, x: m.sin(-x) + x], {"where"}, [(S, 1e-8, 4.0)]),
+    # two or more functions of one argument whose leading Taylor terms cancel: the combined series near 0
+    R("series_difference", [lambda m, x: m.tan(x) - m.sin(x), lambda m, x: -(m.sin(x) - m.tan(x)),
+                            lambda m, x: -m.sin(x) + m.tan(x), lambda m, x: (m.tan(x) - m.sin(x)) / 1.0],
+      {"where"}, [(S, 1e-8, 1.5)]),
+    R("series_difference", [lambda m, x: m.sinh(x) - m.sin(x), lambda m, x: m.sin(x) - m.sinh(x)], {"where"},
+      [(S, 1e-8, 4.0)]),
+    R("series_difference", [lambda m, x: m.exp(x) - m.cos(x), lambda m, x: m.cos(x) - m.exp(x)], {"where"},
+      [(S, 1e-8, 3.0)]),
+    R("series_difference", [lambda m, x: m.cosh(x) + m.cos(x) - 2, lambda m, x: (m.cos(x) - 2) + m.cosh(x)],
+      {"where"}, [(S, 1e-8, 4.0)]),
     R("product_cancel", [lambda m, x, y: (x * y) / y, lambda m, x, y: (x / y) * y, lambda m, x, y: y * x / y],
       set(), [(G, 1e100, 1e200), (G, 1e150, 1e300)], absent={"truediv"}),
     R("sigmoid_from_exp", [lambda m, x: x / (1 + m.exp(-x)), lambda m, x: x * (1 / (1 + m.exp(-x)))],
@@ -495,3 +505,70 @@ def test_log1p_square_guard_fires_in_float32(c):
     v = np.array([1e20, -3e19, 1e30, 3.4e38, 1e15, 2.0, 1e-30, 0.0, np.inf, np.nan], np.float32)
     want = np.log1p(c * v.astype(np.float64) ** 2).astype(np.float32)  # float64 does not overflow here
     np.testing.assert_allclose(f(v), want, rtol=2e-6, equal_nan=True)
+
+
+#: series_difference's cases: (formula, its function terms as exprc.rewrite.series.sum_branch reads them)
+SERIES_DIFFERENCES = [
+    (lambda m, x: m.tan(x) - m.sin(x), (("sin", -1), ("tan", 1))),
+    (lambda m, x: m.sinh(x) - m.sin(x), (("sin", -1), ("sinh", 1))),
+    (lambda m, x: m.exp(x) - m.cos(x), (("cos", -1), ("exp", 1))),
+    (lambda m, x: m.tan(x) - m.tanh(x), (("tan", 1), ("tanh", -1))),
+]
+
+
+@pytest.mark.parametrize("backend", ["numpy", None])
+@pytest.mark.parametrize("i", range(len(SERIES_DIFFERENCES)))
+def test_series_difference_near_its_radius_and_at_special_values(i, backend):
+    """Against mpmath over all magnitudes of both signs and on either side of the branch radius (where
+    the series hands over to the formula), and NaN, ±inf, ±0 as the formula gives them."""
+    from fractions import Fraction
+
+    from exprc.rewrite import series
+
+    formula, fns = SERIES_DIFFERENCES[i]
+    r, _ = series.sum_branch(tuple((op, Fraction(c)) for op, c in fns), ())
+    assert r < 0.9 * min(series.FUNCTIONS[op][0] for op, _ in fns)  # inside the series' convergence
+    x = exprc.vector("x")
+    f = exprc.function([x], formula(exprc, x), backend=backend)
+    assert "series_difference" in f.rewrites
+    rng = np.random.default_rng(7)
+    near = r * (1 + np.ldexp(1.0, -np.arange(1, 53)))
+    near = np.concatenate([near, r * (1 - np.ldexp(1.0, -np.arange(1, 53))), [r, np.nextafter(r, 0)]])
+    pts = np.concatenate([sample((S, 1e-300, 2 * r), 400, rng), near, -near, np.geomspace(1e-30, 1.2, 200)])
+    with np.errstate(all="ignore"):
+        got = f(pts)
+    lost = bits_lost(got, reference(formula, [pts]))
+    assert lost.max() <= 4.0, (pts[np.argmax(lost)], lost.max())
+    nonfinite, tiny = np.array([np.nan, np.inf, -np.inf]), np.array([0.0, -0.0, 5e-324, -5e-324])
+    with np.errstate(all="ignore"):
+        assert np.isnan(f(nonfinite)).all() and np.isnan(formula(NP, nonfinite)).all()  # as the formula
+        # (exactly: exp(x) - cos(x) at 5e-324 is 5e-324, where the formula gives 1 - 1 = 0; -0.0 == 0.0)
+        np.testing.assert_array_equal(f(tiny), reference(formula, [tiny]))
+
+
+def test_series_difference_only_where_leading_terms_cancel():
+    """Nothing cancels (sin + tan, exp + cos, tan - 2 sin, (tan + x) - sin), the arguments differ, or no radius works
+    (tanh(x) - sin(x) = -x**3/6 + …: the formula is within 3 bits only past 1.1, too near tanh's pole
+    at pi/2 i for the series): the rule leaves the sum alone."""
+    x = exprc.vector("x")
+    for expr in (exprc.sin(x) + exprc.tan(x), exprc.exp(x) + exprc.cos(x), exprc.tan(x) - 2 * exprc.sin(x),
+                 exprc.tan(x) - exprc.sin(2 * x), exprc.tanh(x) - exprc.sin(x), exprc.tan(x) + x - exprc.sin(x)):
+        f = exprc.function([x], expr, backend="numpy")
+        assert "series_difference" not in f.rewrites, exprc.pprint(expr)
+
+
+def test_series_difference_float32_and_gradient():
+    x32 = exprc.vector("x", dtype="float32")
+    f = exprc.function([x32], exprc.tan(x32) - exprc.sin(x32), backend="numpy")
+    pts = np.geomspace(1e-20, 1.4, 300).astype(np.float32)
+    pts = np.concatenate([pts, -pts])
+    got = f(pts)
+    assert got.dtype == np.float32 and "series_difference" in f.rewrites
+    ref = reference(lambda m, x: m.tan(x) - m.sin(x), [pts.astype(np.float64)]).astype(np.float32)
+    assert bits_lost(got, ref).max() <= 4.0
+    x = exprc.vector("x")
+    g = exprc.function([x], exprc.grad(exprc.sum(exprc.tan(x) - exprc.sin(x)), x), backend="numpy")
+    d = np.geomspace(1e-8, 1.4, 200)
+    d = np.concatenate([d, -d])
+    exact = reference(lambda m, x: 1 / m.cos(x) ** 2 - m.cos(x), [d])
+    assert bits_lost(g(d), exact).max() <= 4.0

@@ -4,7 +4,9 @@
 ``x - sin(x)``, ``tan(x) - x`` or ``log1p(x) - x`` — cancels catastrophically near 0.
 The rule in :mod:`exprc.rewrite.rules.stability.cancellation` replaces it by the remaining series
 ``sum_{n > m} a_n u^n`` for ``|u| < r`` and keeps the formula beyond ``r``; this module
-chooses ``r`` and the number of terms so that both sides lose at most ~3 bits.
+chooses ``r`` and the number of terms so that both sides lose at most ~3 bits.  :func:`sum_branch`
+does the same for several functions of one argument whose leading terms cancel (``tan(x) - sin(x)``:
+the combined series, rule ``series_difference``).
 """
 
 from __future__ import annotations
@@ -92,5 +94,88 @@ def branch(op: str, m: int) -> tuple[float, int] | None:
             tail = sum(abs(float(a[i])) * r ** i for i in range(n, min(n + 8, len(a))))
             if tail < 2.0 ** -56 * rest:
                 return r, n
+        return None
+    return None
+
+
+#: Terms of the combined series compared when checking that leading terms cancel (a prefix: the full
+#: lists are built only for a sum that does cancel).
+_HEAD = 12
+
+
+def _lowest(coeffs: tuple[Fraction, ...] | list[Fraction]) -> int | None:
+    return next((i for i, c in enumerate(coeffs) if c), None)
+
+
+@functools.cache
+def sum_branch(fns: tuple[tuple[str, Fraction], ...],
+               poly: tuple[tuple[int, Fraction], ...]) -> tuple[float, tuple[Fraction, ...]] | None:
+    """For ``S(u) = sum c * f(u) + sum p * u**d`` (``fns``: (f, c) pairs, f in :data:`FUNCTIONS`;
+    ``poly``: (d, p) pairs) whose leading Taylor terms cancel — the lowest power of ``u`` in ``S``'s
+    series is higher than the lowest power in one of its terms, as in ``tan(u) - sin(u)`` (u against
+    u^3/2) or ``exp(u) - cos(u)`` (1 against u) — ``(r, a)``: use the series ``sum a_i u**i`` for
+    ``|u| < r``, the formula beyond.  None where nothing cancels, or where no radius works.
+
+    ``r`` is chosen as in :func:`branch`, from the terms' own values and the radius of convergence of
+    the series (the smallest of the functions'): the smallest radius at which the formula loses at most
+    ~3 bits to cancellation (``sum |terms| <= 10 |S|`` at +-r and +-2r) while the truncated series,
+    evaluated in floats, loses at most ~2 (``sum |a_i u**i| <= 4 |S(u)|`` at +-r, +-r/2, +-r/4: its
+    own cancellation) and its tail stays below 2**-56 of ``|S|`` at +-r."""
+    pmap = dict(poly)
+    top = max(pmap, default=0)
+    if top >= MAX_TERMS or any(d < 0 for d in pmap):
+        return None
+    # 1. does anything cancel?  (a prefix of each series first: cheap)
+    n0 = max(_HEAD, top + 2)
+    head = [pmap.get(i, Fraction(0)) for i in range(n0)]
+    lows = [d for d, p in pmap.items() if p]
+    for op, c in fns:
+        a = coefficients(op, n0)
+        lo = _lowest(a)
+        if lo is not None:
+            lows.append(lo)
+        for i in range(n0):
+            head[i] += c * a[i]
+    lead = _lowest(head)
+    a_full = [pmap.get(i, Fraction(0)) for i in range(MAX_TERMS + 8)]
+    for op, c in fns:
+        for i, ai in enumerate(coefficients(op)):
+            a_full[i] += c * ai
+    if lead is None:
+        lead = _lowest(a_full)  # (cancels further than the prefix shows, or identically zero: then None)
+    if lead is None or not lows or lead <= min(lows):
+        return None
+    # 2. the radius
+    radius = min(FUNCTIONS[op][0] for op, _ in fns)
+    fl = [float(c) for c in a_full]
+
+    def value(v: float) -> tuple[float, float]:
+        """(|S(v)| from the terms' float values, sum of the terms' magnitudes)."""
+        parts = [float(c) * FUNCTIONS[op][1](v) for op, c in fns] + [float(p) * v ** d for d, p in pmap.items()]
+        return abs(math.fsum(parts)), math.fsum(abs(t) for t in parts)
+
+    def series_cond(v: float, n: int) -> float:
+        s = math.fsum(fl[i] * v ** i for i in range(n))
+        return math.fsum(abs(fl[i] * v ** i) for i in range(n)) / abs(s) if s else math.inf
+
+    for r in (0.125, 0.25, 0.375, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0):
+        if r >= 0.9 * radius:
+            break
+        ok = True
+        for v in (r, -r, 2 * r, -2 * r):
+            if abs(v) >= radius:
+                continue
+            rest, scale = value(v)
+            if rest == 0 or scale > 10 * rest:
+                ok = False
+        if not ok:
+            continue
+        rest = min(value(r)[0], value(-r)[0])
+        for n in range(lead + 2, MAX_TERMS + 1):
+            tail = sum(abs(fl[i]) * r ** i for i in range(n, min(n + 8, len(fl))))
+            if tail < 2.0 ** -56 * rest:
+                if any(series_cond(s * r * t, n) > 4 for s in (1, -1) for t in (1.0, 0.5, 0.25)):
+                    return None
+                return r, tuple(a_full[:n])
         return None
     return None

@@ -2,7 +2,8 @@
 
 ``(x + y) - x`` and ``(x + 1e16) - 1e16`` combine equal terms before rounding does it badly; a
 function minus the head of its Taylor series (``x - sin x``, ``exp(x) - 1 - x``) becomes the rest
-of the series near 0; ``f(u) + c`` with a special constant becomes a function that has no
+of the series near 0, and so does a sum of functions of one argument whose leading Taylor terms
+cancel (``tan x - sin x``); ``f(u) + c`` with a special constant becomes a function that has no
 cancellation there (``exp(u) - 1 -> expm1(u)``, ``1 - erf -> erfc``; the table
 :data:`SPECIAL_CONSTANTS` holds them, one rule each).
 """
@@ -159,6 +160,49 @@ def taylor_cancellation(node: Node) -> Node | None:
                 near = make("and", near, make("ne", u, k(0.0, u)))
             return F.where(near, series, F.freeze(node))
     return None
+
+
+
+def _odd_even_horner(u: Node, coeffs: tuple[Fraction, ...], like: Node) -> Node:
+    """``sum(coeffs[i] * u**i)``: ``u**lo * P(u*u)`` when the nonzero terms are all odd or all even
+    (half the multiplications and roundings: tan(u) - sin(u) is u**3 * P(u**2)), else plain Horner."""
+    nonzero = [i for i, c in enumerate(coeffs) if c]
+    lo = nonzero[0]
+    if len(nonzero) < 2 or any((i - lo) % 2 for i in nonzero):
+        return F.horner(u, coeffs, like)
+    inner = F.horner(f("square", u), [coeffs[i] for i in range(lo, len(coeffs), 2)], like)
+    return mul(inner, F.power(u, lo)) if lo else inner
+
+
+@stability_rule("series_difference", SUM_OPS, needs=tuple(SERIES.FUNCTIONS))
+def series_difference(node: Node) -> Node | None:
+    """tan(x) - sin(x), sinh(x) - sin(x), exp(x) - cos(x), cosh(x) + cos(x) - 2 …: two or more
+    functions of one argument (with constants or powers of it) whose leading Taylor terms cancel ->
+    the combined series for |x| < r (the radius from the terms' values and the series' convergence,
+    see exprc.rewrite.series.sum_branch; the formula beyond, so NaN and inf stay as written)."""
+    view = view_of(node)
+    if view is None or len(view.terms) < 2:
+        return None
+    fns = [(c, t) for c, t in view.terms if t.op in SERIES.FUNCTIONS]
+    if len(fns) < 2:
+        return None  # (one function against a polynomial: taylor_cancellation's)
+    u = fns[0][1].inputs[0]
+    if any(t.inputs[0] is not u for _, t in fns):
+        return None
+    poly: dict[int, Fraction] = {0: view.const} if view.const else {}
+    for c, t in view.terms:
+        if t.op in SERIES.FUNCTIONS:
+            continue
+        dm = _poly_degree(t, u)
+        if dm is None:
+            return None
+        poly[dm[0]] = poly.get(dm[0], Fraction(0)) + c * dm[1]
+    br = SERIES.sum_branch(tuple(sorted((t.op, c) for c, t in fns)),
+                           tuple(sorted((d, p) for d, p in poly.items() if p)))
+    if br is None:
+        return None
+    r, coeffs = br
+    return F.where(f("abs", u) < k(r, u), _odd_even_horner(u, coeffs, node), F.freeze(node))
 
 
 #: f(u) + c  ->  g(u): (op of f, c, rule name, g)
