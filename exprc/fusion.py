@@ -50,6 +50,9 @@ class Kernel:
     #: A row kernel (see ``_row_kernels``): reductions over the last axis of a matrix and the
     #: elementwise nodes around them, one pass over each row per reduction level.
     rows: bool = False
+    #: A reduction kernel's elementwise nodes over its result (``b - lr * sum(g, axis=0)``), computed
+    #: where each result element is stored (see ``_reduce_epilogues``).
+    epilogue: list[Node] = field(default_factory=list)
 
     @property
     def kind(self) -> str:
@@ -115,7 +118,7 @@ def _blas_matmul(n: Node) -> bool:
 
 
 def lower(outputs: Sequence[Node], inputs: Sequence[Node], fuse: bool = True,
-          native_matmul: bool = False, rows: bool = False) -> Program:
+          native_matmul: bool = False, rows: bool = False, host_scalars: bool = False) -> Program:
     """Partition the graph reachable from ``outputs`` into kernels and NumPy steps.
 
     ``native_matmul``: matrix products of 1-d/2-d float operands, and batches of 2-d ones
@@ -124,7 +127,11 @@ def lower(outputs: Sequence[Node], inputs: Sequence[Node], fuse: bool = True,
     ``x``) is one such kernel, the batch added up by the BLAS calls (``batch_sums``).
 
     ``rows``: the renderer has row kernels, so reductions over a matrix's last axis merge with the
-    elementwise kernels around them (:func:`_row_kernels`)."""
+    elementwise kernels around them (:func:`_row_kernels`).
+
+    ``host_scalars``: the planner computes NumPy steps that depend on shapes alone once per input
+    signature, so a 0-d elementwise kernel over such values (a mean's ``1 / n``) becomes NumPy steps
+    it computes there, not a kernel run on every call."""
     order = toposort(outputs)
     consumers: dict[Node, list[Node]] = {n: [] for n in order}
     for n in order:
@@ -226,8 +233,11 @@ def lower(outputs: Sequence[Node], inputs: Sequence[Node], fuse: bool = True,
             steps.append(Step(n))
             materialized.append(n)
 
+    if host_scalars:
+        steps = _shape_scalars(steps, order, is_output, materialized)
     if rows and fuse:
         steps = _row_kernels(steps, order, is_output)
+        steps = _reduce_epilogues(steps, is_output)
         stored = {o for s in steps for o in (s.outputs if isinstance(s, Kernel) else [s.node])}
         materialized = [n for n in materialized if n in stored]  # (a row kernel's intermediates are not)
     steps = _merge_siblings(_schedule(steps))
@@ -242,6 +252,102 @@ def lower(outputs: Sequence[Node], inputs: Sequence[Node], fuse: bool = True,
                         ops[x] = None
             s.operands = list(s.matmul.inputs) if s.matmul is not None else list(ops)
     return Program(tuple(inputs), tuple(outputs), steps, materialized)
+
+
+def _shape_scalars(steps: list[Kernel | Step], order: list[Node], is_output: set[Node],
+                   materialized: list[Node]) -> list[Kernel | Step]:
+    """0-d elementwise kernels whose values depend on input shapes alone, as one NumPy step per node
+    (which the planner computes once per signature); ``materialized`` gains their nodes."""
+    shape_only: dict[Node, bool] = {}
+    for n in order:
+        if n.op in ("shape", "constant"):
+            shape_only[n] = True
+        elif n.op == "input" or not n.inputs or OPS[n.op].impure:
+            shape_only[n] = False
+        else:
+            shape_only[n] = all(shape_only[i] for i in n.inputs)
+    out: list[Kernel | Step] = []
+    for s in steps:
+        if (isinstance(s, Kernel) and s.kind == "elemwise" and all(n.ndim == 0 for n in s.body)
+                and all(shape_only[n] for n in s.body) and not any(n in is_output for n in s.body)):
+            for n in s.body:
+                out.append(Step(n))
+                if n not in s.outputs:
+                    materialized.append(n)
+        else:
+            out.append(s)
+    return out
+
+
+#: Ops an epilogue computes: arithmetic, no vector math (where each result is stored, the loop is
+#: scalar, and glibc's scalar exp/cosh/... differ from the vector ones an elementwise kernel uses).
+EPILOGUE_OPS = frozenset({"add", "sub", "mul", "truediv", "neg", "cast", "where", "maximum", "minimum", "abs",
+                          "sqrt", "square", "reciprocal", "eq", "ne", "lt", "le", "gt", "ge", "fill", "sign",
+                          "and", "or", "xor", "invert", "isnan", "isinf", "isfinite"})
+
+
+def _reduce_epilogues(steps: list[Kernel | Step], is_output: set[Node]) -> list[Kernel | Step]:
+    """A reduction kernel takes in the elementwise kernel that reads its result when that kernel is
+    over the result's shape (its other arrays too, or 0-d) and nothing else reads the result: the
+    kernel computes it where each result is stored (a bias update ``b - lr * sum(g, axis=0)``, a
+    loss's ``-mean(...)``), one kernel and no temporary instead of two.  Not made when a path from
+    the reduction reaches the elementwise kernel through another step (the step graph stays
+    acyclic)."""
+    succ: list[set[int]] = [set() for _ in steps]
+    for j, i in _edges(steps):
+        succ[j].add(i)
+    producer = {o: i for i, s in enumerate(steps) if isinstance(s, Kernel) for o in s.outputs}
+    stepped = {s.node: i for i, s in enumerate(steps)
+               if isinstance(s, Step) and s.node.op == "sum_to" and _maybe_identity(s.node)}
+    readers: dict[Node, set[int]] = {}
+    for i, s in enumerate(steps):
+        for n in (s.body if isinstance(s, Kernel) else [s.node]):
+            for x in n.inputs:
+                readers.setdefault(x, set()).add(i)
+    merged: dict[int, int] = {}  # elementwise kernel -> the reduction kernel that took it in
+    for i, e in enumerate(steps):
+        if not isinstance(e, Kernel) or e.kind != "elemwise" or any(OPS[n.op].c_call is not None for n in e.body):
+            continue
+        inside = set(e.body)
+        ext = {x for n in e.body for x in n.inputs if x not in inside and not _is_scalar_constant(x)}
+        # (through a gradient's sum_to(r, model), the identity unless the call's shapes broadcast)
+        via = {x.inputs[0]: x for x in ext if x in stepped and readers[x] <= {i}}
+        found = [producer[x] for x in [*ext, *via] if x in producer and steps[producer[x]].kind == "reduce"]
+        if len(found) != 1 or found[0] in merged.values():
+            continue
+        j = found[0]
+        red = steps[j]
+        r = red.reduce
+        head = [via[r]] if r in via else []
+        if red.epilogue or readers[r] - {j, i, *(stepped[x] for x in head)} or red.outputs != [r]:
+            continue
+        if head:
+            ext = (ext - {head[0]}) | {r}
+        elif r not in ext:
+            continue
+        early = {x for n in red.body for x in n.inputs}  # (an array read by both would need two layouts)
+        if (inside & set(red.body) or any(x.ndim and x in early for x in ext - {r})
+                or any(n.op not in EPILOGUE_OPS for n in e.body)
+                or any(n.type.shape != r.type.shape for n in [*head, *e.body])) or any(
+                x.ndim and (x.ndim != r.ndim or any(a is not None and b is not None and a != b
+                                                    for a, b in zip(x.type.shape, r.type.shape)))
+                for x in ext):
+            continue
+        down, seen = [m for m in succ[j] if m != i and all(m != stepped[x] for x in head)], set()
+        while down:  # another path from the reduction to e: merging would make a cycle
+            m = down.pop()
+            if m not in seen:
+                seen.add(m)
+                down.extend(succ[m])
+        if i in seen:
+            continue
+        red.outputs = ([r] if r in is_output else []) + list(e.outputs)
+        red.body = red.body + head + list(e.body)
+        red.epilogue = head + list(e.body)
+        merged[i] = j
+        for x in head:
+            merged[stepped[x]] = j
+    return [s for i, s in enumerate(steps) if i not in merged]
 
 
 #: Reductions a row kernel computes (an accumulator per row; argmax/argmin are NumPy steps).
@@ -370,10 +476,25 @@ def _row_kernels(steps: list[Kernel | Step], order: list[Node], is_output: set[N
     return out
 
 
+def epilogue_arrays(k: Kernel) -> set[Node]:
+    """The nodes of reduction kernel ``k`` addressed per result element: its epilogue's nodes and
+    the operands only the epilogue reads."""
+    if not k.epilogue:
+        return set()
+    after = set(k.epilogue)
+    early = {x for n in k.body if n not in after for x in n.inputs}
+    return after | {x for x in k.operands if x not in early}
+
+
 def _row_identity(n: Node) -> bool:
     """``sum_to(g, model)`` of two matrices whose static shapes do not show a broadcast axis."""
+    return n.inputs[0].ndim == 2 and _maybe_identity(n)
+
+
+def _maybe_identity(n: Node) -> bool:
+    """``sum_to(g, model)`` of arrays of one ndim whose static shapes do not show a broadcast axis."""
     g, model = n.inputs
-    return g.ndim == model.ndim == 2 and all(
+    return g.ndim == model.ndim and all(
         a == b or (a is None and b != 1) or (b is None and a != 1) for a, b in zip(g.type.shape, model.type.shape))
 
 

@@ -22,7 +22,8 @@ GOLDEN = Path(__file__).parent / "golden"
 
 def render(inputs, outputs):
     fg = optimize(FunctionGraph(tuple(inputs), tuple(outputs)))
-    return CRenderer().render(lower(list(fg.outputs), list(fg.inputs)), exprc.pprint(list(outputs)))[0]
+    program = lower(list(fg.outputs), list(fg.inputs), rows=True, host_scalars=True)  # (as the C backend)
+    return CRenderer().render(program, exprc.pprint(list(outputs)))[0]
 
 
 def _kernels_only(src: str) -> str:
@@ -41,6 +42,7 @@ def golden_cases():
         "e1_axpy": ([a, b, c], [a * b + c]),
         "logsumexp_reduce": ([x], [exprc.sum(exprc.exp(x - exprc.max(x)))]),
         "float32_broadcast_rowsum": ([m, v], [exprc.sum(exprc.tanh(m * v), axis=1)]),
+        "softmax_rows": ([rows, bias], [exprc.softmax(rows + bias, axis=1)]),
         "dropout_draw": ([x, key], [x * exprc.random.bernoulli(key, size=x.shape, p=0.8, dtype="float64") / 0.8]),
     }
 

@@ -275,3 +275,85 @@ def test_row_kernels_match_the_unfused_kernels(name, dtype):
             want = ref(*args)
         for g, w in zip(fns[0](*args), want):
             np.testing.assert_allclose(g, w, **tol)
+
+
+# -- reduction epilogues and shape scalars -----------------------------------------------------------
+
+def _epilogue_cases():
+    g, m = exprc.matrix("g"), exprc.matrix("m")
+    b, c, v = exprc.vector("b"), exprc.vector("c"), exprc.vector("v")
+    lr = exprc.scalar("lr")
+    return {
+        "bias_update": ([g, b, lr], [b - lr * exprc.sum(g, axis=0)]),
+        "neg_mean": ([g], [-exprc.mean(g)]),
+        "row_offset": ([m, v], [v * 2.0 + exprc.max(m, axis=1)]),
+        "kept_and_used": ([g, b], [exprc.sum(g, axis=0), b - exprc.sum(g, axis=0) * 0.5]),
+        "bias_grad_step": ([g, b, c], [c - 0.1 * exprc.grad(exprc.sum(exprc.tanh(g + b)), [b])[0]]),
+    }
+
+
+@pytest.mark.parametrize("name", sorted(_epilogue_cases()))
+def test_a_reduction_computes_its_consumer_where_it_stores(name):
+    """An elementwise kernel over a reduction's result (a bias update, a loss's negation) runs in the
+    reduction kernel, where each result is stored: one kernel and no temporary; the values are the
+    reference backend's, with the shapes broadcasting at call time going to the reference."""
+    ins, outs = _epilogue_cases()[name]
+    f = exprc.function(ins, outs)
+    ref = exprc.function(ins, outs, backend="numpy")
+    reds = [k for k in f._kernel.program.kernels if k.kind == "reduce"]
+    assert [k for k in reds if k.epilogue], [k.ops for k in f._kernel.program.kernels]
+    assert not [k for k in f._kernel.program.kernels if k.kind == "elemwise" and k.outputs[0].ndim <= 1]
+    rng = np.random.default_rng(9)
+    for shape in [(6, 5), (1, 3), (300, 70), (0, 4), (4, 0)]:
+        if name == "row_offset" and shape[1] == 0:
+            continue  # (a max over an empty row raises)
+        args = []
+        for x in ins:
+            if x.ndim == 2:
+                args.append(rng.standard_normal(shape))
+            elif x.ndim == 1:
+                args.append(rng.standard_normal(shape[0] if name == "row_offset" else shape[1]))
+            else:
+                args.append(np.asarray(0.25))
+        if shape == (6, 5):
+            args[0][2, 1] = np.nan
+        for got, want in zip(f(*args), ref(*args)):
+            np.testing.assert_allclose(got, want, rtol=1e-13, atol=1e-14, equal_nan=True)
+        if shape == (300, 70):  # strided and transposed operands, and a broadcast vector
+            views = [a[::2, ::-1] if a.ndim == 2 else a for a in args]
+            views = [v[: views[0].shape[0 if name == "row_offset" else 1]] if v.ndim == 1 else v for v in views]
+            for got, want in zip(f(*views), ref(*views)):
+                np.testing.assert_allclose(got, want, rtol=1e-13, atol=1e-14)
+            bcast = [a[:1] if a.ndim == 1 else a for a in args]
+            with np.errstate(all="ignore"):
+                for got, want in zip(f(*bcast), ref(*bcast)):
+                    np.testing.assert_allclose(got, want, rtol=1e-13, atol=1e-14)
+
+
+def test_an_epilogue_keeps_vector_math_out():
+    """exp over a reduction's result stays in its own (vectorized) kernel: the epilogue loop is scalar,
+    and glibc's scalar exp is not its vector one."""
+    g = exprc.matrix("g")
+    f = exprc.function([g], exprc.exp(exprc.sum(g, axis=0)))
+    assert [k.epilogue for k in f._kernel.program.kernels if k.kind == "reduce"] == [[]]
+
+
+def test_the_softmax_regression_step_is_six_kernels_with_no_per_call_scalars():
+    """Issue 17's step (bench/train_step.py): the forward log-softmax, the loss per row and the logits'
+    gradient are one row kernel; the loss's -mean and the bias update are reduction epilogues; the
+    batch size's 1/n is computed once per signature (shape steps), not by a kernel on every call."""
+    x, y, W, b = exprc.matrix("x"), exprc.matrix("y"), exprc.matrix("W"), exprc.vector("b")
+    p = exprc.softmax(exprc.dot(x, W) + b, axis=1)
+    loss = -exprc.mean(exprc.sum(y * exprc.log(p), axis=1))
+    gW, gb = exprc.grad(loss, [W, b])
+    f = exprc.function([x, y, W, b], [loss, W - 0.1 * gW, b - 0.1 * gb])
+    kinds = sorted(k.kind for k in f._kernel.program.kernels)
+    assert kinds == ["elemwise", "matmul", "matmul", "reduce", "reduce", "rows"], kinds
+    assert not [k for k in f._kernel.program.kernels if all(o.ndim == 0 for o in k.outputs) and k.kind == "elemwise"]
+    ref = exprc.function([x, y, W, b], [loss, W - 0.1 * gW, b - 0.1 * gb], backend="numpy")
+    rng = np.random.default_rng(4)
+    for n in (128, 7, 1):  # a new batch size: a new plan and its own 1/n
+        xv, Wv, bv = rng.standard_normal((n, 64)), rng.standard_normal((64, 10)) * 0.1, rng.standard_normal(10)
+        yv = np.eye(10)[rng.integers(0, 10, n)]
+        for got, want in zip(f(xv, yv, Wv, bv), ref(xv, yv, Wv, bv)):
+            np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-14)

@@ -36,7 +36,7 @@ import numpy as np
 
 from exprc.backends.outputs import check_out
 from exprc.errors import ShapeError
-from exprc.fusion import VIEW_OPS, Kernel, Program, Step, row_levels
+from exprc.fusion import VIEW_OPS, Kernel, Program, Step, epilogue_arrays, row_levels
 from exprc.graph import Node, toposort
 from exprc.ops import OPS
 from exprc.ops.elemwise import all_zero_bits, plus_zero, zero_fill
@@ -301,6 +301,10 @@ class Planner:
             fast = k.reduce is None or kl.nkept == 0
             if k.rows:  # contiguous along the row: every access the passes read or write per element
                 row = row_levels(k)[0]
+            late = epilogue_arrays(k)
+            for n in k.epilogue:
+                if n.op == "sum_to" and tuple(self.shape(n.inputs[0], env, shapes)) != tuple(self.shape(n, env, shapes)):
+                    raise Unsupported(f"an epilogue's sum_to reduces {self.shape(n.inputs[0], env, shapes)}")
             for j, (node, slot, pi) in enumerate(kl.accesses):
                 arr = env[node]
                 if k.rows:
@@ -310,8 +314,14 @@ class Planner:
                         fast = False
                     P[pi:pi + 2] = st
                     continue
-                if k.reduce is not None and node is k.reduce:
-                    st = self._reduce_out_strides(k.reduce, arr, len(space))
+                if k.reduce is not None and (node is k.reduce or node in late):
+                    if node.ndim == 0:
+                        st = [0] * len(space)
+                    else:  # (an epilogue's array is over the reduction's result, element for element)
+                        if tuple(arr.shape) != tuple(self.shape(k.reduce, env, shapes)):
+                            raise Unsupported(f"an epilogue array of shape {arr.shape} in a reduction to "
+                                              f"{self.shape(k.reduce, env, shapes)}")
+                        st = self._reduce_out_strides(k.reduce, arr, len(space))
                 else:
                     st = _strides(arr.shape, arr.strides, space)
                     if node.ndim and j not in kl.models and not (

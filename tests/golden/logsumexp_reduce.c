@@ -35,7 +35,7 @@ EXPRC_HIDDEN void k0_max(char **restrict ptrs, const int64_t *restrict P, int nt
             nanf |= pnan[c];
         }
         (void)nanf;
-        *(double *)ptrs[1] = (double)((nanf ? NAN : acc));
+        *(double *)(ptrs[1]) = (double)((nanf ? NAN : acc));
         return;
     }
     double acc = -INFINITY; int nanf = 0; (void)nanf;
@@ -90,7 +90,7 @@ EXPRC_HIDDEN void k1_sub_exp_sum(char **restrict ptrs, const int64_t *restrict P
             nanf |= pnan[c];
         }
         (void)nanf;
-        *(double *)ptrs[2] = (double)(acc);
+        *(double *)(ptrs[2]) = (double)(acc);
         return;
     }
     double acc = 0; int nanf = 0; (void)nanf;

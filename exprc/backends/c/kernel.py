@@ -122,7 +122,7 @@ class CKernel(Kernel):
         self.profile = Profile() if cfg.profile else None
         t0 = time.perf_counter()
         self.program: Program = lower(list(fg.outputs), list(fg.inputs), fuse=fuse, native_matmul=blas is not None,
-                                      rows=True)
+                                      rows=True, host_scalars=True)
         t1 = time.perf_counter()
         # The cache key hashes the source without its comments (kernel titles, the summary: pprint
         # work that was a fifth of a warm LSTM's function()); the library is built from the source

@@ -283,7 +283,8 @@ class CRenderer:
     # -- kernels ----------------------------------------------------------------
     def body(self, k: Kernel, names: dict[Node, str], indent: str) -> list[str]:
         """Statements computing every elementwise node of the kernel into locals."""
-        return self.statements([n for n in k.body if n is not k.reduce], names, indent)
+        after = set(k.epilogue)
+        return self.statements([n for n in k.body if n is not k.reduce and n not in after], names, indent)
 
     def statements(self, nodes: list[Node], names: dict[Node, str], indent: str) -> list[str]:
         """Statements computing elementwise ``nodes`` (in order) into locals named in ``names``."""
@@ -308,8 +309,8 @@ class CRenderer:
         elif k.rows:
             flat, main = self.render_rows(kl)
         else:
-            if any(n.op == "sum_to" for n in k.body):  # (statements() renders it as the identity)
-                raise AssertionError(f"{k.name}: a sum_to outside a row kernel")
+            if any(n.op == "sum_to" and n not in k.epilogue for n in k.body):  # (statements(): the identity)
+                raise AssertionError(f"{k.name}: a sum_to outside a row kernel or an epilogue")
             flat, main = self.render_reduce(kl) if k.reduce is not None else self.render_elemwise(kl)
         return "\n".join([*head, *flat, KERNEL_SIGNATURE.format(k.name), "{", *main, "}"])
 
@@ -733,7 +734,9 @@ class CRenderer:
         acc_t, init, combine, clause, fin = self._accumulator(r)
         out_t = C_TYPES[r.dtype]
         src = r.inputs[0]
-        out_j = len(kl.accesses) - 1
+        outs = list(range(n_in, len(kl.accesses)))
+        late = self._epilogue_operands(kl)  # (read only where a result is stored)
+        loaded = [j for j in range(n_in) if j not in late]
 
         def value(names: dict[Node, str], indent: str) -> list[str]:
             body = self.body(k, names, indent)
@@ -751,7 +754,7 @@ class CRenderer:
             signature = f"static inline {acc_t} {k.name}_flat(char **restrict ptrs, int64_t lo, int64_t hi, int *nan_out)"
             flat = [signature, "{"]
             flat += self._flat_pointers(kl, n_in)[: n_in]
-            flat += [self._load(kl, j, "", "    ", names) for j in range(n_in) if kl.accesses[j][0].ndim == 0]
+            flat += [self._load(kl, j, "", "    ", names) for j in loaded if kl.accesses[j][0].ndim == 0]
             flat += [f"    {acc_t} acc = {init};", "    int nanf = 0;"]
             head, tail = self._flat_loop(kl, names, " " + clause)
             flat += head
@@ -774,12 +777,12 @@ class CRenderer:
                      "            nanf |= pnan[c];",
                      "        }",
                      "        (void)nanf;",
-                     f"        *({out_t} *){self.ptr(kl, out_j)} = ({out_t})({fin});",
+                     *self._reduce_store(kl, fin, {j: self.ptr(kl, j) for j in outs + late}, "        "),
                      "        return;", "    }"]
         red_total = " * ".join(f"n{d}" for d in range(nk, nd)) or "1"
         red_head = [f"    const int64_t red_total = {red_total};", "    (void)red_total;"]
         names = {}
-        addr = {j: self.ptr(kl, j) for j, (node, s, _) in enumerate(kl.accesses) if node.ndim or j == out_j}
+        addr = {j: self.ptr(kl, j) for j, (node, s, _) in enumerate(kl.accesses) if node.ndim or j >= n_in}
         if nk and nd > nk and kl.perm[nk - 1] == nd - 1 and not kl.draws:
             lines = self._column_nest(kl, addr, value, (acc_t, init, fin, out_t))
             count = "(n0 + EXPRC_CBLOCK - 1) / EXPRC_CBLOCK" if nk == 1 else "n0"
@@ -788,16 +791,16 @@ class CRenderer:
         # General path: kept dims outside (parallel), reduced dims inside.
         lines, indent = self._nest(kl, range(nk), "    ", None, addr, ranged=True)
         lines.append(f"{indent}{acc_t} acc = {init}; int nanf = 0; (void)nanf;")
-        out_addr = addr[out_j]
-        red_addr = {j: a for j, a in addr.items() if j != out_j}
+        where = {j: addr.get(j, self.ptr(kl, j)) for j in outs + late}
+        red_addr = {j: a for j, a in addr.items() if j in loaded}
         nest, indent = self._nest(kl, range(nk, nd), indent, None, red_addr)
         lines += nest
-        lines += [self._load(kl, j, red_addr.get(j, ""), indent, names) for j in range(n_in)]
+        lines += [self._load(kl, j, red_addr.get(j, ""), indent, names) for j in loaded]
         lines += self._index_line(kl, indent)
         lines += value(names, indent)
         close, indent = self._close(range(nk, nd), indent)
         lines += close
-        lines.append(f"{indent}*({out_t} *)({out_addr}) = ({out_t})({fin});")
+        lines += self._reduce_store(kl, fin, where, indent)
         lines += self._close(range(nk), indent)[0]
         if not nk:
             return flat, main + lines
@@ -917,6 +920,33 @@ class CRenderer:
         fn, run = self._rows(kl, lines, "total", [])
         return fn, main + run
 
+    def _epilogue_operands(self, kl: KernelLayout) -> list[int]:
+        """The operand accesses of a reduction kernel that only its epilogue reads."""
+        k = kl.kernel
+        after = set(k.epilogue)
+        early = {x for n in k.body if n not in after for x in n.inputs}
+        return [j for j, (node, _, _) in enumerate(kl.accesses[:len(k.operands)]) if node not in early]
+
+    def _reduce_store(self, kl: KernelLayout, fin: str, where: dict[int, str], indent: str) -> list[str]:
+        """Store a reduction's result ``fin`` (its outputs' and epilogue operands' element addresses in
+        ``where``), through the kernel's epilogue when it has one."""
+        k, r = kl.kernel, kl.kernel.reduce
+        out_t = C_TYPES[r.dtype]
+        n_in = len(k.operands)
+        if not k.epilogue:
+            return [f"{indent}*({out_t} *)({where[n_in]}) = ({out_t})({fin});"]
+        names: dict[Node, str] = {r: "rv"}
+        lines = [f"{indent}const {out_t} rv = ({out_t})({fin});"]
+        for j in self._epilogue_operands(kl):
+            node = kl.accesses[j][0]
+            ct = C_TYPES[node.dtype]
+            names[node] = f"e{j}"
+            lines.append(f"{indent}const {ct} e{j} = *(const {ct} *)({where.get(j, self.ptr(kl, j))});")
+        lines += self.statements(k.epilogue, names, indent)
+        for j, (node, _, _) in enumerate(kl.accesses[n_in:], start=n_in):
+            lines.append(f"{indent}*({C_TYPES[node.dtype]} *)({where[j]}) = {names[node]};")
+        return lines
+
     def _column_nest(self, kl: KernelLayout, addr: dict[int, str], value: Any, acc: tuple[str, ...]) -> list[str]:
         """The strided path of a reduction that keeps the source's last axis (``sum(x, axis=0)`` of a
         matrix: a bias gradient): that axis innermost, in blocks of EXPRC_CBLOCK elements with an
@@ -924,9 +954,9 @@ class CRenderer:
         (a stride of a whole row per element).  Each output element still combines its elements in
         the same order: the same bits as the kept-outside nest.  The range is over the first kept
         dimension, or over the blocks when that is the only one."""
-        acc_t, init, fin, out_t = acc
+        acc_t, init, fin, _ = acc
         nk, nd, n_in, last = kl.nkept, kl.ndim, len(kl.kernel.operands), kl.nkept - 1
-        out_j = len(kl.accesses) - 1
+        late = [*self._epilogue_operands(kl), *range(n_in, len(kl.accesses))]
         names: dict[Node, str] = {}
         lines, indent = self._nest(kl, range(last), "    ", None, addr, ranged=True)
         lo, hi = ("lo", "hi") if last == 0 else ("0", f"(n{last} + EXPRC_CBLOCK - 1) / EXPRC_CBLOCK")
@@ -935,20 +965,20 @@ class CRenderer:
                   f"{indent}    {acc_t} accv[EXPRC_CBLOCK]; int nanv[EXPRC_CBLOCK];",
                   f"{indent}    for (int64_t jj = 0; jj < jn; jj++) {{ accv[jj] = {init}; nanv[jj] = 0; }}"]
         indent += "    "
-        red_addr = {j: a for j, a in addr.items() if j != out_j}
+        red_addr = {j: a for j, a in addr.items() if j not in late}
         nest, red_indent = self._nest(kl, range(nk, nd), indent, None, red_addr)
         inner = red_indent + "    "
         lines += [*nest, f"{red_indent}for (int64_t jj = 0; jj < jn; jj++) {{", f"{inner}const int64_t i{last} = jb + jj;"]
         lines += self._advance(kl, last, inner, red_addr)
         lines.append(f"{inner}{acc_t} acc = accv[jj]; int nanf = nanv[jj]; (void)nanf;")
-        lines += [self._load(kl, j, red_addr.get(j, ""), inner, names) for j in range(n_in)]
+        lines += [self._load(kl, j, red_addr.get(j, ""), inner, names) for j in range(n_in) if j not in late]
         lines += [*value(names, inner), f"{inner}accv[jj] = acc; nanv[jj] = nanf;", f"{red_indent}}}"]
         lines += self._close(range(nk, nd), red_indent)[0]
-        out_addr = {out_j: addr[out_j]}
+        out_addr = {j: addr[j] for j in late if j in addr}
         lines += [f"{indent}for (int64_t jj = 0; jj < jn; jj++) {{", f"{indent}    const int64_t i{last} = jb + jj;"]
         lines += self._advance(kl, last, indent + "    ", out_addr)
         lines += [f"{indent}    const {acc_t} acc = accv[jj]; const int nanf = nanv[jj]; (void)nanf;",
-                  f"{indent}    *({out_t} *)({out_addr[out_j]}) = ({out_t})({fin});", f"{indent}}}"]
+                  *self._reduce_store(kl, fin, out_addr, indent + "    "), f"{indent}}}"]
         lines.append(f"{indent[:-4]}}}")
         return lines + self._close(range(last), indent[:-4])[0]
 
