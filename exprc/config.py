@@ -53,6 +53,12 @@ class Config:
     #: Time every kernel and NumPy step of each call, and the compile by stage (:mod:`exprc.profile`;
     #: ``Function.profile``).  Off: no cost.
     profile: bool = False
+    #: C backend: row kernels (``fusion._row_kernels``), a reduction over a matrix's last axis fused
+    #: with the elementwise work around it, one loop nest per row.  Opt-in: 2-5x faster for softmax
+    #: and layer norm at (128, 10) to (256, 1000) (figures in the README), but a row pass with several
+    #: reductions pays each one's SIMD set-up per row, which made a cross-entropy gradient over 10
+    #: classes 1.35x slower than separate kernels.
+    row_fusion: bool = False
 
     def __post_init__(self) -> None:
         name = getattr(self.float_dtype, "__name__", None) or str(self.float_dtype)  # np.float32, np.dtype(...)

@@ -118,7 +118,8 @@ def _blas_matmul(n: Node) -> bool:
 
 
 def lower(outputs: Sequence[Node], inputs: Sequence[Node], fuse: bool = True,
-          native_matmul: bool = False, rows: bool = False, host_scalars: bool = False) -> Program:
+          native_matmul: bool = False, rows: bool = False, epilogues: bool = False,
+          host_scalars: bool = False) -> Program:
     """Partition the graph reachable from ``outputs`` into kernels and NumPy steps.
 
     ``native_matmul``: matrix products of 1-d/2-d float operands, and batches of 2-d ones
@@ -127,7 +128,8 @@ def lower(outputs: Sequence[Node], inputs: Sequence[Node], fuse: bool = True,
     ``x``) is one such kernel, the batch added up by the BLAS calls (``batch_sums``).
 
     ``rows``: the renderer has row kernels, so reductions over a matrix's last axis merge with the
-    elementwise kernels around them (:func:`_row_kernels`).
+    elementwise kernels around them (:func:`_row_kernels`).  ``epilogues``: a reduction kernel
+    computes the elementwise kernel over its result where it stores it (:func:`_reduce_epilogues`).
 
     ``host_scalars``: the planner computes NumPy steps that depend on shapes alone once per input
     signature, so a 0-d elementwise kernel over such values (a mean's ``1 / n``) becomes NumPy steps
@@ -237,6 +239,7 @@ def lower(outputs: Sequence[Node], inputs: Sequence[Node], fuse: bool = True,
         steps = _shape_scalars(steps, order, is_output, materialized)
     if rows and fuse:
         steps = _row_kernels(steps, order, is_output)
+    if epilogues and fuse:
         steps = _reduce_epilogues(steps, is_output)
         stored = {o for s in steps for o in (s.outputs if isinstance(s, Kernel) else [s.node])}
         materialized = [n for n in materialized if n in stored]  # (a row kernel's intermediates are not)

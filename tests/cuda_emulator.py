@@ -77,7 +77,7 @@ class EmulatedDriver:
             return
 
         fg = FunctionGraph(tuple(kernel._inputs), tuple(kernel._outputs))
-        ck = CKernel(fg, kernel.cfg, fuse="fusion" not in kernel.cfg.exclude, native_matmul=False)
+        ck = CKernel(fg, kernel.cfg, fuse="fusion" not in kernel.cfg.exclude, native_matmul=False, c_passes=False)
         assert [k.name for k in ck.program.kernels] == [k.name for k in kernel.program.kernels]
         assert ck.layout.p_size == kernel.layout.p_size and ck.layout.slots == kernel.layout.slots
         for handle in kernel._functions.values():

@@ -22,7 +22,7 @@ GOLDEN = Path(__file__).parent / "golden"
 
 def render(inputs, outputs):
     fg = optimize(FunctionGraph(tuple(inputs), tuple(outputs)))
-    program = lower(list(fg.outputs), list(fg.inputs), rows=True, host_scalars=True)  # (as the C backend)
+    program = lower(list(fg.outputs), list(fg.inputs), rows=True, epilogues=True, host_scalars=True)  # (as C)
     return CRenderer().render(program, exprc.pprint(list(outputs)))[0]
 
 

@@ -227,7 +227,8 @@ def test_row_kernels_fuse_a_row_reduction_with_what_surrounds_it(name):
     kernel per reduction and per broadcast before; every intermediate of the row kernel stays in
     registers (only the outputs are buffers)."""
     ins, outs = _row_cases()[name]
-    prog = lower(list(exprc.function(ins, outs, backend="numpy").graph.outputs), ins, rows=True)
+    prog = lower(list(exprc.function(ins, outs, backend="numpy").graph.outputs), ins, rows=True, epilogues=True,
+                 host_scalars=True)
     rows = [k for k in prog.kernels if k.kind == "rows"]
     assert len(rows) == 1, [k.kind for k in prog.kernels]
     assert not [k for k in prog.kernels if k.kind == "reduce" and k.reduce.arg("axis") == (1,)]
@@ -242,8 +243,9 @@ def test_row_kernels_match_the_unfused_kernels(name, dtype):
     one column, none, NaN/inf rows, a transposed and a strided view, with 1 and 2 threads."""
     ins, outs = _row_cases(dtype)[name]
     ref = exprc.function(ins, outs, backend="numpy")
-    fns = [exprc.function(ins, outs, config=exprc.Config(num_threads=t)) for t in (1, 2)]
+    fns = [exprc.function(ins, outs, config=exprc.Config(num_threads=t, row_fusion=True)) for t in (1, 2)]
     assert any(k["kind"] == "rows" for k in fns[0].kernels)
+    assert not any(k["kind"] == "rows" for k in exprc.function(ins, outs).kernels)  # (opt-in)
     rng = np.random.default_rng(5)
     tol = {"rtol": 2e-4, "atol": 1e-5} if dtype == "float32" else {"rtol": 1e-12, "atol": 1e-13}
     for shape in [(7, 5), (1, 9), (9, 1), (300, 257), (0, 4), (3, 0)]:
@@ -339,14 +341,14 @@ def test_an_epilogue_keeps_vector_math_out():
 
 
 def test_the_softmax_regression_step_is_six_kernels_with_no_per_call_scalars():
-    """Issue 17's step (bench/train_step.py): the forward log-softmax, the loss per row and the logits'
-    gradient are one row kernel; the loss's -mean and the bias update are reduction epilogues; the
+    """Issue 17's step (bench/train_step.py) with Config(row_fusion=True): the forward log-softmax, the
+    loss per row and the logits' gradient are one row kernel; the loss's -mean and the bias update are reduction epilogues; the
     batch size's 1/n is computed once per signature (shape steps), not by a kernel on every call."""
     x, y, W, b = exprc.matrix("x"), exprc.matrix("y"), exprc.matrix("W"), exprc.vector("b")
     p = exprc.softmax(exprc.dot(x, W) + b, axis=1)
     loss = -exprc.mean(exprc.sum(y * exprc.log(p), axis=1))
     gW, gb = exprc.grad(loss, [W, b])
-    f = exprc.function([x, y, W, b], [loss, W - 0.1 * gW, b - 0.1 * gb])
+    f = exprc.function([x, y, W, b], [loss, W - 0.1 * gW, b - 0.1 * gb], config=exprc.Config(row_fusion=True))
     kinds = sorted(k.kind for k in f._kernel.program.kernels)
     assert kinds == ["elemwise", "matmul", "matmul", "reduce", "reduce", "rows"], kinds
     assert not [k for k in f._kernel.program.kernels if all(o.ndim == 0 for o in k.outputs) and k.kind == "elemwise"]

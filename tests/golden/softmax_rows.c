@@ -33,6 +33,7 @@ EXPRC_RANGE(k0_add_max_sub_exp_rows)
         if (P[0]) {
             const double *restrict p0 = (const double *)(q0);
             const double *restrict p1 = (const double *)(q1);
+            double *restrict p2 = (double *)(q2);
             #pragma omp simd reduction(+:acc1_0)
             for (int64_t i1 = 0; i1 < n1; i1++) {
                 const double a0 = p0[i1];
@@ -41,6 +42,7 @@ EXPRC_RANGE(k0_add_max_sub_exp_rows)
                 const double t4 = (t3 - racc0_0);
                 const double t5 = exp(t4);
                 acc1_0 += t5;
+                p2[i1] = t5;
             }
         } else {
             for (int64_t i1 = 0; i1 < n1; i1++) {
@@ -50,32 +52,23 @@ EXPRC_RANGE(k0_add_max_sub_exp_rows)
                 const double t4 = (t3 - racc0_0);
                 const double t5 = exp(t4);
                 acc1_0 += t5;
+                *(double *)(q2 + i1 * P[8]) = t5;
             }
         }
         const double racc1_0 = (double)(acc1_0);
         if (P[0]) {
-            const double *restrict p0 = (const double *)(q0);
-            const double *restrict p1 = (const double *)(q1);
             double *restrict p2 = (double *)(q2);
             #pragma omp simd
             for (int64_t i1 = 0; i1 < n1; i1++) {
-                const double a0 = p0[i1];
-                const double a1 = p1[i1];
-                const double t4 = (a0 + a1);
-                const double t5 = (t4 - racc0_0);
-                const double t6 = exp(t5);
-                const double t7 = (t6 / racc1_0);
-                p2[i1] = t7;
+                const double c2 = p2[i1];
+                const double t3 = (c2 / racc1_0);
+                p2[i1] = t3;
             }
         } else {
             for (int64_t i1 = 0; i1 < n1; i1++) {
-                const double a0 = *(const double *)(q0 + i1 * P[4]);
-                const double a1 = *(const double *)(q1 + i1 * P[6]);
-                const double t4 = (a0 + a1);
-                const double t5 = (t4 - racc0_0);
-                const double t6 = exp(t5);
-                const double t7 = (t6 / racc1_0);
-                *(double *)(q2 + i1 * P[8]) = t7;
+                const double c2 = *(const double *)(q2 + i1 * P[8]);
+                const double t3 = (c2 / racc1_0);
+                *(double *)(q2 + i1 * P[8]) = t3;
             }
         }
     }

@@ -114,7 +114,11 @@ class CKernel(Kernel):
 
     writes_out = True
 
-    def __init__(self, fg: FunctionGraph, cfg: Config, fuse: bool = True, native_matmul: bool = True):
+    def __init__(self, fg: FunctionGraph, cfg: Config, fuse: bool = True, native_matmul: bool = True,
+                 c_passes: bool = True):
+        # c_passes: the lowering passes only this backend's planner and renderer run (reduction
+        # epilogues, shape scalars, row kernels); off, the program is the CUDA backend's (the CUDA
+        # emulator in tests/ runs a CUDA program's kernels through this backend's library).
         self.cfg = cfg
         _init_ffi(cfg)
         blas = blas_pointers(_FFI) if native_matmul else None
@@ -122,7 +126,8 @@ class CKernel(Kernel):
         self.profile = Profile() if cfg.profile else None
         t0 = time.perf_counter()
         self.program: Program = lower(list(fg.outputs), list(fg.inputs), fuse=fuse, native_matmul=blas is not None,
-                                      rows=True, host_scalars=True)
+                                      rows=cfg.row_fusion and c_passes, epilogues=c_passes,
+                                      host_scalars=c_passes)
         t1 = time.perf_counter()
         # The cache key hashes the source without its comments (kernel titles, the summary: pprint
         # work that was a fifth of a warm LSTM's function()); the library is built from the source

@@ -827,7 +827,7 @@ class CRenderer:
         full_outs = [n for n in out_index if not row[n]]
         npass = max([level[r] for r in reds] + [level[n] + 1 for n in full_outs])
 
-        def needed(roots: list[Node]) -> list[Node]:
+        def needed(roots: list[Node], leaves: frozenset = frozenset()) -> list[Node]:
             seen: set[Node] = set()
             stack = [x for x in roots if x in inside and not row[x]]
             while stack:
@@ -835,8 +835,28 @@ class CRenderer:
                 if n in seen:
                     continue
                 seen.add(n)
-                stack += [x for x in row_reads(n) if x in inside and not row[x] and x not in seen]
+                if n not in leaves:
+                    stack += [x for x in row_reads(n) if x in inside and not row[x] and x not in seen]
             return [n for n in k.body if n in seen]
+
+        def roots(t: int) -> list[Node]:
+            return [r.inputs[0] for r in reds if level[r] == t + 1] + [n for n in full_outs if level[n] == t]
+
+        # An expensive value a later pass needs again (softmax's exp(x - max)) is kept in the buffer of
+        # the output that pass stores, element for element, instead of being computed twice.
+        uses: dict[Node, list[int]] = {}
+        for t in range(npass):
+            for n in needed(roots(t)):
+                uses.setdefault(n, []).append(t)
+        carry: dict[Node, tuple[int, Node]] = {}  # value -> (pass storing it, output holding it)
+        taken: set[Node] = set()
+        for n, ts in uses.items():
+            if n.op in _EXPENSIVE and len(ts) > 1 and n not in out_index:
+                holder = next((o for o in full_outs if level[o] == ts[-1] and o.dtype == n.dtype
+                               and o not in taken), None)
+                if holder is not None:
+                    taken.add(holder)
+                    carry[n] = (ts[0], holder)
 
         lines = ["    const int64_t red_total = n1;", "    (void)red_total;"]
         names: dict[Node, str] = {}
@@ -864,13 +884,20 @@ class CRenderer:
                     out.append(f"{ind}*({C_TYPES[n.dtype]} *)(q{j}) = {names[n]};")
             return out
 
+        ctype = {j: C_TYPES[kl.accesses[j][0].dtype] for j in range(len(kl.accesses))}
         for t in range(npass + 1):
             lines += row_nodes(t)
             if t == npass:
                 break
             mine = [r for r in reds if level[r] == t + 1]
             stores = [n for n in full_outs if level[n] == t]
-            nodes = needed([r.inputs[0] for r in mine] + stores)
+            kept = {n: o for n, (t0, o) in carry.items() if t0 < t}  # (read back from the output's buffer)
+            keep = {n: o for n, (t0, o) in carry.items() if t0 == t}  # (stored there in this pass)
+            nodes = needed(roots(t), frozenset(kept))
+            kept = {n: o for n, o in kept.items() if n in nodes}
+            nodes = [n for n in nodes if n not in kept]
+            keep = {n: o for n, o in keep.items() if n in nodes}
+            outs_here = stores + [o for o in [*keep.values(), *kept.values()] if o not in stores]
             reads = sorted({index[x] for n in nodes for x in row_reads(n) if x in index and not row[x]}
                            | {index[r.inputs[0]] for r in mine if r.inputs[0] in index})
             accs, clauses = [], []
@@ -880,37 +907,43 @@ class CRenderer:
                 accs.append((r, a, combine, fin))
                 lines.append(f"{ind}{acc_t} {a} = {init}; int nan{a} = 0; (void)nan{a};")
                 clauses.append(re.sub(r"\bnanf\b", f"nan{a}", re.sub(r"\bacc\b", a, clause)))
-            for contiguous in (True, False):
+            def pass_body(load: Any, store: Any, reads: list = reads, kept: dict = kept, nodes: list = nodes,
+                          accs: list = accs, stores: list = stores, keep: dict = keep) -> list[str]:
+                """One element of this pass: ``load(j)``/``store(j)`` address access j's element."""
                 local = dict(names)
                 body = []
                 for j in reads:
                     ct = C_TYPES[kl.accesses[j][0].dtype]
                     local[kl.accesses[j][0]] = f"a{j}"
-                    body.append(f"{ind}        const {ct} a{j} = "
-                                + (f"p{j}[i1];" if contiguous else
-                                   f"*(const {ct} *)(q{j} + i1 * {self.param(kl, kl.accesses[j][2] + 1)});"))
+                    body.append(f"{ind}        const {ct} a{j} = {load(j)};")
+                for n, o in kept.items():
+                    j, ct = out_index[o], C_TYPES[n.dtype]
+                    local[n] = f"c{j}"
+                    body.append(f"{ind}        const {ct} c{j} = {load(j)};")
                 body += self.statements(nodes, local, ind + "        ")
                 for r, a, combine, _ in accs:
                     src = r.inputs[0]
                     v = local[src] if src in local else c_literal(src.value.reshape(-1)[0], src.dtype)
                     step = re.sub(r"\bv\b", v, re.sub(r"\bnanf\b", f"nan{a}", re.sub(r"\bacc\b", a, combine)))
                     body.append(f"{ind}        {step}")
-                for n in stores:
-                    j = out_index[n]
-                    ct = C_TYPES[n.dtype]
-                    body.append(f"{ind}        p{j}[i1] = {local[n]};" if contiguous else
-                                f"{ind}        *({ct} *)(q{j} + i1 * {self.param(kl, kl.accesses[j][2] + 1)}) = {local[n]};")
-                if contiguous:
-                    ptrs = [f"{ind}    const {C_TYPES[kl.accesses[j][0].dtype]} *restrict p{j} = "
-                            f"(const {C_TYPES[kl.accesses[j][0].dtype]} *)(q{j});" for j in reads]
-                    ptrs += [f"{ind}    {C_TYPES[n.dtype]} *restrict p{out_index[n]} = "
-                             f"({C_TYPES[n.dtype]} *)(q{out_index[n]});" for n in stores]
-                    lines += [f"{ind}if ({self.param(kl, kl.p_flag)}) {{", *ptrs,
-                              f"{ind}    #pragma omp simd{''.join(' ' + c for c in clauses)}",
-                              f"{ind}    for (int64_t i1 = 0; i1 < n1; i1++) {{", *body, f"{ind}    }}"]
-                else:
-                    lines += [f"{ind}}} else {{", f"{ind}    for (int64_t i1 = 0; i1 < n1; i1++) {{", *body,
-                              f"{ind}    }}", f"{ind}}}"]
+                for n, o in [*((n, n) for n in stores), *keep.items()]:
+                    body.append(f"{ind}        {store(out_index[o])} = {local[n]};")
+                return body
+
+            def stride(j: int) -> str:
+                return self.param(kl, kl.accesses[j][2] + 1)
+
+            flat = pass_body(lambda j: f"p{j}[i1]", lambda j: f"p{j}[i1]")
+            ptrs = [f"{ind}    const {ctype[j]} *restrict p{j} = (const {ctype[j]} *)(q{j});" for j in reads]
+            ptrs += [f"{ind}    {ctype[out_index[n]]} *restrict p{out_index[n]} = ({ctype[out_index[n]]} *)"
+                     f"(q{out_index[n]});" for n in outs_here]
+            simd = f"{ind}    #pragma omp simd{''.join(' ' + c for c in clauses)}"
+            lines += [f"{ind}if ({self.param(kl, kl.p_flag)}) {{", *ptrs]
+            lines += [simd, f"{ind}    for (int64_t i1 = 0; i1 < n1; i1++) {{", *flat, f"{ind}    }}"]
+            strided = pass_body(lambda j: f"*(const {ctype[j]} *)(q{j} + i1 * {stride(j)})",
+                                lambda j: f"*({ctype[j]} *)(q{j} + i1 * {stride(j)})")
+            lines += [f"{ind}}} else {{", f"{ind}    for (int64_t i1 = 0; i1 < n1; i1++) {{", *strided,
+                      f"{ind}    }}", f"{ind}}}"]
             for r, a, _, fin in accs:
                 names[r] = f"r{a}"
                 fin = re.sub(r"\bnanf\b", f"nan{a}", re.sub(r"\bacc\b", a, fin))
