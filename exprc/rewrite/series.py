@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Callable
 from fractions import Fraction
 
 #: Functions with a known series at 0, their radius of convergence and a float implementation.
@@ -67,6 +68,18 @@ def _residual(op: str, m: int, u: float) -> tuple[float, float]:
     return abs(rest), abs(fu) + abs(t)
 
 
+def _mild_cancellation(r: float, radius: float, value: Callable[[float], tuple[float, float]]) -> bool:
+    """Whether the formula loses at most ~3 bits to cancellation at +-r and +-2r inside the radius of
+    convergence: ``value(v)`` is (|f(v) - T(v)|, |f(v)| + |T(v)|)."""
+    for v in (r, -r, 2 * r, -2 * r):
+        if abs(v) >= radius:
+            continue
+        rest, scale = value(v)
+        if rest == 0 or scale > 10 * rest:
+            return False
+    return True
+
+
 @functools.cache
 def branch(op: str, m: int) -> tuple[float, int] | None:
     """(r, N): use the series (terms m+1 .. N-1) for |u| < r, the formula beyond.
@@ -80,14 +93,7 @@ def branch(op: str, m: int) -> tuple[float, int] | None:
     for r in (0.125, 0.25, 0.375, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0):
         if r >= 0.9 * radius:
             break
-        ok = True
-        for v in (r, -r, 2 * r, -2 * r):
-            if abs(v) >= radius:
-                continue
-            rest, scale = _residual(op, m, v)
-            if rest == 0 or scale > 10 * rest:
-                ok = False
-        if not ok:
+        if not _mild_cancellation(r, radius, lambda v: _residual(op, m, v)):
             continue
         rest, _ = _residual(op, m, r)
         for n in range(m + 2, MAX_TERMS + 1):
@@ -161,14 +167,7 @@ def sum_branch(fns: tuple[tuple[str, Fraction], ...],
     for r in (0.125, 0.25, 0.375, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0):
         if r >= 0.9 * radius:
             break
-        ok = True
-        for v in (r, -r, 2 * r, -2 * r):
-            if abs(v) >= radius:
-                continue
-            rest, scale = value(v)
-            if rest == 0 or scale > 10 * rest:
-                ok = False
-        if not ok:
+        if not _mild_cancellation(r, radius, value):
             continue
         rest = min(value(r)[0], value(-r)[0])
         for n in range(lead + 2, MAX_TERMS + 1):
