@@ -241,8 +241,9 @@ def lower(outputs: Sequence[Node], inputs: Sequence[Node], fuse: bool = True,
         steps = _row_kernels(steps, order, is_output)
     if epilogues and fuse:
         steps = _reduce_epilogues(steps, is_output)
+    if (rows or epilogues) and fuse:  # (what a merged kernel keeps in registers has no buffer)
         stored = {o for s in steps for o in (s.outputs if isinstance(s, Kernel) else [s.node])}
-        materialized = [n for n in materialized if n in stored]  # (a row kernel's intermediates are not)
+        materialized = [n for n in materialized if n in stored]
     steps = _merge_siblings(_schedule(steps))
     for i, s in enumerate(steps):
         if isinstance(s, Kernel):
@@ -367,9 +368,9 @@ def _row_kernels(steps: list[Kernel | Step], order: list[Node], is_output: set[N
     The members: reduction kernels over axis 1 of a 2-d source (sum, mean, max, min, prod), and
     elementwise kernels whose outputs are all 2-d, without random draws.  Two members merge when
     one reads the other's output directly (a reduction merged with what reads it must keep its
-    axis, so that it broadcasts along the row), or when both read the same matrix.  A merge that would make a path leave the group
-    and come back (through a matmul, a NumPy step, another kernel) is not made, so the step graph
-    stays acyclic.  The static shapes must agree; the planner checks the shapes of each call and
+    axis, so that it broadcasts along the row), or when both read the same matrix.  A merge that
+    would make a path leave the group and come back (through a matmul, a NumPy step, another
+    kernel) is not made, so the step graph stays acyclic.  The static shapes must agree; the planner checks the shapes of each call and
     falls back to the reference for a broadcast the kernel cannot run."""
     position = {n: i for i, n in enumerate(order)}
     # A gradient's sum_to(g, model) between two matrices is the identity when no axis was broadcast,

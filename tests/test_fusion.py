@@ -205,6 +205,8 @@ def _row_cases(dtype="float64"):
                                       exprc.grad(-exprc.mean(exprc.sum(y * exprc.log(exprc.softmax(zb, axis=1)),
                                                                        axis=1)), [z])[0]]),
         "minmax": ([z], [z - exprc.min(z, axis=1, keepdims=True), exprc.max(z * 2, axis=1), exprc.prod(z, axis=1)]),
+        # a column statistic computed by another kernel, read along every row (not as a row result)
+        "column_stat": ([z], [exprc.softmax(z + exprc.sum(z * 2.0, axis=0), axis=1)]),
     }
 
 

@@ -308,8 +308,8 @@ class Planner:
             for j, (node, slot, pi) in enumerate(kl.accesses):
                 arr = env[node]
                 if k.rows:
-                    st = (self._reduce_out_strides(node, arr, 2) if OPS[node.op].kind == "reduce" and node.ndim == 1
-                          else _strides(arr.shape, arr.strides, space))
+                    out_1d = j >= len(k.operands) and OPS[node.op].kind == "reduce" and node.ndim == 1
+                    st = self._reduce_out_strides(node, arr, 2) if out_1d else _strides(arr.shape, arr.strides, space)
                     if node.ndim and not row[node] and st[1] != arr.itemsize:
                         fast = False
                     P[pi:pi + 2] = st

@@ -27,7 +27,7 @@ import numpy as np
 from exprc._version import __version__
 from exprc.backends.plan import MATMUL_PARAMS
 from exprc.backends.templates import prelude, random_helpers, read
-from exprc.fusion import Kernel, Program, row_levels, row_reads
+from exprc.fusion import Kernel, Program, epilogue_arrays, row_levels, row_reads
 from exprc.graph import Node
 from exprc.ops import OPS, REDUCTIONS
 from exprc.types import C_TYPES
@@ -955,10 +955,8 @@ class CRenderer:
 
     def _epilogue_operands(self, kl: KernelLayout) -> list[int]:
         """The operand accesses of a reduction kernel that only its epilogue reads."""
-        k = kl.kernel
-        after = set(k.epilogue)
-        early = {x for n in k.body if n not in after for x in n.inputs}
-        return [j for j, (node, _, _) in enumerate(kl.accesses[:len(k.operands)]) if node not in early]
+        late = epilogue_arrays(kl.kernel)
+        return [j for j, (node, _, _) in enumerate(kl.accesses[:len(kl.kernel.operands)]) if node in late]
 
     def _reduce_store(self, kl: KernelLayout, fin: str, where: dict[int, str], indent: str) -> list[str]:
         """Store a reduction's result ``fin`` (its outputs' and epilogue operands' element addresses in
