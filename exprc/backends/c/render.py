@@ -290,7 +290,7 @@ class CRenderer:
         """Statements computing elementwise ``nodes`` (in order) into locals named in ``names``."""
         lines = []
         for n in nodes:
-            if n.op == "sum_to":  # (in a row kernel: the identity, see fusion._row_kernels)
+            if n.op == "sum_to":  # (in a row kernel or an epilogue: the identity the planner checked)
                 g = n.inputs[0]
                 names[n] = names[g] if g in names else c_literal(g.value.reshape(-1)[0], g.dtype)
                 continue
