@@ -361,3 +361,46 @@ def test_the_softmax_regression_step_is_six_kernels_with_no_per_call_scalars():
         yv = np.eye(10)[rng.integers(0, 10, n)]
         for got, want in zip(f(xv, yv, Wv, bv), ref(xv, yv, Wv, bv)):
             np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_random_row_graphs_match_the_reference(seed):
+    """Random chains of row reductions (sum, max, min, mean, prod; keepdims), what reads them back along
+    the row, transcendentals and a third operand broadcast as a matrix, a column, a row or 1 x 1, on
+    shapes with one row or one column, NaN, and Fortran order: row kernels against the reference."""
+    import random
+
+    rng = random.Random(seed)
+    made = 0
+    for it in range(15):
+        z, b, c = exprc.matrix("z"), exprc.vector("b"), exprc.matrix("c")
+        full, rows = [z, z * 0.5 + b], []
+        for _ in range(rng.randint(2, 7)):
+            k, a = rng.random(), rng.choice(full)
+            if k < 0.35:
+                red = rng.choice(["sum", "max", "min", "mean", "prod"])
+                rows.append(getattr(exprc, red)(a if red != "prod" else exprc.tanh(a) + 1.5, axis=1, keepdims=True))
+            elif k < 0.6 and rows:
+                full.append(a - rng.choice(rows) * rng.choice([1.0, -0.5]))
+            elif k < 0.75:
+                full.append(rng.choice([exprc.exp, exprc.tanh, exprc.abs, exprc.sigmoid])(a))
+            elif k < 0.85 and rows:
+                rows.append(exprc.log1p(exprc.abs(rng.choice(rows))) + c)
+            else:
+                full.append(a * rng.choice(full) + c)
+        outs = [full[-1], exprc.sum(full[-2] * 2.0, axis=1), *rows[-1:]]
+        shape = rng.choice([(1, 1), (2, 3), (7, 5), (33, 1), (1, 40), (64, 70)])
+        npr = np.random.default_rng(seed * 100 + it)
+        zv, bv = npr.standard_normal(shape), npr.standard_normal(shape[1])
+        cv = npr.standard_normal(rng.choice([shape, (shape[0], 1), (1, shape[1]), (1, 1)]))
+        if it % 5 == 0:
+            zv[0, 0] = np.nan
+        if it % 7 == 0:
+            zv = np.asfortranarray(zv)
+        f = exprc.function([z, b, c], outs, config=exprc.Config(row_fusion=True))
+        made += any(k.kind == "rows" for k in f._kernel.program.kernels)
+        with np.errstate(all="ignore"):
+            want = exprc.function([z, b, c], outs, backend="numpy")(zv, bv, cv)
+        for g, w in zip(f(zv, bv, cv), want):
+            np.testing.assert_allclose(g, w, rtol=1e-10, atol=1e-12, equal_nan=True)
+    assert made >= 12  # (the chains do make row kernels)

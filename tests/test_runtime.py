@@ -40,6 +40,15 @@ def test_random_graphs_match_numpy_backend(case):
     assert_close(fc(*case.args), fn(*case.args), ulps=16)
 
 
+@settings(max_examples=60)
+@given(graph_cases(max_ops=7))
+def test_random_graphs_with_row_kernels_match_numpy_backend(case):
+    """Row kernels and reduction epilogues on random graphs: broadcasting, size-1 axes, mixed dtypes."""
+    fc = exprc.function(case.inputs, case.expr, backend="c", config=exprc.Config(row_fusion=True))
+    fn = exprc.function(case.inputs, case.expr, backend="numpy")
+    assert_close(fc(*case.args), fn(*case.args), ulps=16)
+
+
 def test_e2_contiguous_vectorized_and_exact_enough():
     a, b, c = exprc.vector("a"), exprc.vector("b"), exprc.vector("c")
     rng = np.random.default_rng(0)
