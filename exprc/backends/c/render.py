@@ -85,6 +85,20 @@ def parallel_threshold(k: Kernel) -> int:
 
 
 
+def _closure(roots: list[Node], inputs_of: Any, within: Any) -> set[Node]:
+    """The nodes for which ``within`` holds that ``roots`` reach through ``inputs_of`` (iterative: a
+    kernel body can be thousands of nodes deep)."""
+    seen: set[Node] = set()
+    stack = [r for r in roots if within(r)]
+    while stack:
+        n = stack.pop()
+        if n in seen:
+            continue
+        seen.add(n)
+        stack += [x for x in inputs_of(n) if within(x) and x not in seen]
+    return seen
+
+
 def model_operands(k: Kernel) -> set[Node]:
     """The operands of ``k`` it reads only as the shape model of ``c_call`` ops (random draws)."""
     models = {n.inputs[0] for n in k.body if OPS[n.op].c_call is not None}
@@ -463,16 +477,15 @@ class CRenderer:
         # (only where the flat loop exists anyway: rendering one just for rows cost a softmax step's
         # cold compile 0.2 s, its broadcast rows being short)
         kl.rowflat = nd == 2 and not kl.draws and whole
+        # (a kernel with vector math and no draws gets them even without a contiguous path: its strided
+        # path runs through them, see _uniform_span)
+        mvec = bool(nd) and not kl.draws and not self.precise_math
         uniform = False
-        if nd and not kl.draws and not self.precise_math:
+        if whole or mvec:
             functions, call = self._flat_functions(kl)
-            uniform = _VECTOR_MATH.search("\n".join(functions)) is not None
-            if uniform:
-                flat, call = self._uniform_span(kl, functions, call)
+            uniform = mvec and _VECTOR_MATH.search("\n".join(functions)) is not None
+            flat, call = self._uniform_span(kl, functions, call) if uniform else (functions if whole else [], call)
         if whole:
-            if not uniform:
-                functions, call = self._flat_functions(kl)
-                flat = functions
             chunk, run = self._chunks(kl, "total", call)
             flat = flat + chunk
         if kl.rowflat:
@@ -626,16 +639,8 @@ class CRenderer:
         inside = set(k.body)
 
         def needed(roots: list[Node], bypass: bool) -> set[Node]:
-            seen: set[Node] = set()
-            stack = [r for r in roots if r in inside]
-            while stack:
-                n = stack.pop()
-                if n in seen:
-                    continue
-                seen.add(n)
-                ins = (n.inputs[2],) if bypass and n in guard_set else n.inputs
-                stack += [i for i in ins if i in inside and i not in seen]
-            return seen
+            return _closure(roots, lambda n: (n.inputs[2],) if bypass and n in guard_set else n.inputs,
+                            inside.__contains__)
 
         guard_set = set(guards)
         conds = [g.inputs[0] for g in guards]
@@ -828,15 +833,8 @@ class CRenderer:
         npass = max([level[r] for r in reds] + [level[n] + 1 for n in full_outs])
 
         def needed(roots: list[Node], leaves: frozenset = frozenset()) -> list[Node]:
-            seen: set[Node] = set()
-            stack = [x for x in roots if x in inside and not row[x]]
-            while stack:
-                n = stack.pop()
-                if n in seen:
-                    continue
-                seen.add(n)
-                if n not in leaves:
-                    stack += [x for x in row_reads(n) if x in inside and not row[x] and x not in seen]
+            seen = _closure(roots, lambda n: () if n in leaves else row_reads(n),
+                            lambda x: x in inside and not row[x])
             return [n for n in k.body if n in seen]
 
         def roots(t: int) -> list[Node]:

@@ -162,7 +162,6 @@ def taylor_cancellation(node: Node) -> Node | None:
     return None
 
 
-
 def _odd_even_horner(u: Node, coeffs: tuple[Fraction, ...], like: Node) -> Node:
     """``sum(coeffs[i] * u**i)``: ``u**lo * P(u*u)`` when the nonzero terms are all odd or all even
     (half the multiplications and roundings: tan(u) - sin(u) is u**3 * P(u**2)), else plain Horner."""
