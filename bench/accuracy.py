@@ -163,6 +163,10 @@ CASES = [
     Case("gaussian_pdf_tail", "ml", lambda m, x: m.exp(-x * x / 2) / SQRT2PI, ((L, 0.0, 38.0),)),
     Case("logit_diff_of_logs", "ml", lambda m, p: m.log(p) - m.log(1 - p), ((L, 0.4, 0.6),)),
     Case("cauchy_log_kernel", "overflow", lambda m, x: m.log(1 + x * x), ((S, 1e-300, 1e300),)),
+    # -- issue 18 item 2: roots and powers of sums, over the whole range ---------------------------------------
+    Case("root_diff", "cancel", lambda m, x: (x + 1) ** 0.2 - x ** 0.2, ((G, 1e-300, 1e300),)),
+    Case("inv_root_diff", "cancel", lambda m, x: x ** -0.75 - (x + 1) ** -0.75, ((G, 1e-300, 1e300),)),
+    Case("xlogx_diff", "cancel", lambda m, x: (x + 1) * m.log(x + 1) - x * m.log(x) - 1, ((G, 1e-300, 1e300),)),
 ]
 
 NP = types.SimpleNamespace(**{k: getattr(np, k) for k in dir(np) if not k.startswith("_")})

@@ -241,16 +241,21 @@ def _apply_rule(n: Node, g: Node | dict[int, Node], active: set[int], acc: dict[
             if masks is not None:
                 masks[i] = None
             continue
-        gx = _fit(gx, x, n)
         cond = mask
         if n.op == "where" and j > 0 and not isinstance(g, dict):  # (the branch taken where c is / is not)
             c = n.inputs[0] if j == 1 else api.logical_not(n.inputs[0])
             cond = c if cond is None else api.logical_and(cond, c)
         if cond is not None and gx.ndim == n.ndim and cond.ndim <= gx.ndim and ext(gx) == ext(n) and all(
                 a == 1 or a == b for a, b in zip(ext(cond)[::-1], ext(gx)[::-1])):
-            gx = api.where(cond, gx, 0.0)
+            gx = _fit(api.where(cond, gx, 0.0), x, n)
+            if ext(gx) != ext(n):
+                # Summed to an operand that may have been broadcast (two vectors of unknown lengths):
+                # its contribution can be nonzero only where some element summed into it was selected,
+                # and that is the mask carried on (else exp(a)'s rule multiplies the masked 0 by
+                # exp(a) = inf in the other branch of where(|a| < 700, exp(a) / exp(b), exp(a - b))).
+                cond = api.greater(_fit(api.where(cond, 1.0, 0.0), x, n), 0.0)
         else:
-            cond = None
+            gx, cond = _fit(gx, x, n), None
         acc[i] = acc[i] + gx if i in acc else gx
         if masks is not None:
             old = masks.get(i, _NO_MASK if i not in masks else None)

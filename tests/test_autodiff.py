@@ -869,3 +869,66 @@ def test_gradient_stabilization_skips_what_it_must_not_touch():
     for outs, wrt, cc in [([exprc.logsumexp(x)], [x], []), ([exprc.sum(exprc.softmax(x) * y)], [x], []),
                           ([e], [x * 2.0], []), ([e], [x], [y])]:
         assert _stabilized(outs, wrt, cc) == outs
+
+
+def test_unary_derivatives_keep_their_accuracy_in_the_tails():
+    """expm1' = exp (not expm1 + 1, which is 0 below x = -37 and loses bits from x < -1) and
+    sigmoid' = sigmoid(x) sigmoid(-x) (not s (1 - s), 0 above x = 37), against mpmath."""
+    import mpmath
+
+    from exprc.accuracy import bits_lost
+
+    x = exprc.vector("x")
+    pts = np.array([-700.0, -300.0, -40.0, -10.0, -1.5, -1e-8, 0.0, 1e-8, 2.0, 30.0, 40.0, 300.0, 700.0])
+    for fn, exact in ((exprc.expm1, lambda t: mpmath.exp(t)),
+                      (exprc.sigmoid, lambda t: mpmath.exp(-t) / (1 + mpmath.exp(-t)) ** 2)):
+        for backend in ("numpy", "c"):
+            g = exprc.function([x], exprc.grad(exprc.sum(fn(x)), x), backend=backend)(pts)
+            ref = np.array([float(exact(mpmath.mpf(float(p)))) for p in pts])
+            assert bits_lost(g, ref).max() <= 2, (fn, backend, g, ref)
+
+
+def test_masked_branch_gradient_stays_zero_through_an_operand_of_unknown_length():
+    """where(|a| < 700 & |b| < 700, exp(a) / exp(b), exp(a - b)) with two vectors of unknown length:
+    the gradient of the quotient branch is summed to a's shape before exp(a)'s rule multiplies it by
+    exp(a) = inf where that branch is not taken; the mask is carried through the sum, so the
+    gradient there is the other branch's, not 0 * inf = NaN."""
+    a, b = exprc.vector("a"), exprc.vector("b")
+    safe = (exprc.abs(a) < 700.0) & (exprc.abs(b) < 700.0)
+    e = exprc.where(safe, exprc.exp(a) / exprc.exp(b), exprc.exp(a - b))
+    ga, gb = exprc.grad(exprc.sum(e), [a, b])
+    av, bv = np.array([705.0, 750.0, 3.0, -710.0]), np.array([10.0, 60.0, 1.0, -720.0])
+    want = np.exp(av - bv)
+    for backend in ("numpy", "c"):
+        f = exprc.function([a, b], [ga, gb], backend=backend)
+        with np.errstate(all="ignore"):
+            got_a, got_b = f(av, bv)
+        np.testing.assert_allclose(got_a, want, rtol=1e-13)
+        np.testing.assert_allclose(got_b, -want, rtol=1e-13)
+        # a broadcast operand: its gradient sums selected and unselected elements; still no NaN
+        with np.errstate(all="ignore"):
+            got_a1, _ = f(np.array([705.0]), bv[:3])
+        np.testing.assert_allclose(got_a1, np.exp(705.0 - bv[:3]).sum(keepdims=True), rtol=1e-13)
+
+
+def test_pow_derivative_with_an_exponent_whose_predecessor_rounds():
+    """d/dx x**0.2 = 0.2 x**-0.8, where 0.2 - 1 rounds: computing x**(0.2 - 1.0) costs |log x| ulps;
+    the rule uses x**0.2 / x instead (exact exponent), and keeps the plain form at 0, inf and where
+    x**0.2 is not a normal number.  Against mpmath with the exponent's exact value."""
+    import mpmath
+
+    from exprc.accuracy import bits_lost
+
+    x = exprc.vector("x")
+    pts = np.array([7e-297, 1e-200, 1e-5, 0.3, 1.0, 7.5, 1e100, 1e300])
+    for p in (0.2, 1 / 3, 1.1, -0.3, 2.5):
+        with mpmath.workprec(200):
+            ref = np.array([float(mpmath.mpf(p) * mpmath.mpf(float(t)) ** (mpmath.mpf(p) - 1)) for t in pts])
+        for backend in ("numpy", "c"):
+            with np.errstate(all="ignore"):
+                got = exprc.function([x], exprc.grad(exprc.sum(x ** p), x), backend=backend)(pts)
+                edge = exprc.function([x], exprc.grad(exprc.sum(x ** p), x), backend=backend)(
+                    np.array([0.0, np.inf, np.nan]))
+            assert bits_lost(got, ref).max() <= 2, (p, backend, got, ref)
+            with np.errstate(all="ignore"):
+                np.testing.assert_array_equal(edge, p * np.array([0.0, np.inf, np.nan]) ** (p - 1.0))

@@ -251,6 +251,22 @@ RULES = [
       {"where"}, [(S, 1e-8, 4.0)]),
     R("taylor_cancellation", [lambda m, x: m.exp(-x) - 1 + x, lambda m, x: x - (1 - m.exp(-x)),
                               lambda m, x: m.sin(-x) + x], {"where"}, [(S, 1e-8, 4.0)]),
+    # series with a radius of convergence of 1 or pi/2: the long branch (exprc.rewrite.series.LONG_TERMS)
+    R("taylor_cancellation", [lambda m, x: m.arctan(x) - x, lambda m, x: x - m.arctan(x),
+                              lambda m, x: m.arctanh(x) - x], {"where"}, [(S, 1e-8, 0.95)]),
+    R("taylor_cancellation", [lambda m, x: m.tanh(x) / x - 1, lambda m, x: m.tanh(x) - x,
+                              lambda m, x: m.tan(x) - x - x * x * x / 3], {"where"}, [(S, 1e-8, 1.5)]),
+    # a quotient by a series function whose numerator over the common denominator cancels
+    R("series_quotient", [lambda m, x: 1 - x / m.sin(x), lambda m, x: 1 / x - 1 / m.tan(x),
+                          lambda m, x: x / m.tanh(x) - 1, lambda m, x: 1 - x / m.expm1(x),
+                          lambda m, x: 2 * (x / m.sinh(x)) - 2], {"where"}, [(S, 1e-8, 1.5)]),
+    # a**p - b**p with b - a exact (roots of any order, inverse roots, fractional powers), a log a - b log b
+    R("power_difference", [lambda m, x: (x + 1) ** 0.2 - x ** 0.2, lambda m, x: 1 / m.sqrt(x) - 1 / m.sqrt(x + 1),
+                           lambda m, x: x ** -0.5 - (x + 1) ** -0.5, lambda m, x: (x + 2) ** 2.5 - x ** 2.5,
+                           lambda m, x: 1 / m.cbrt(x) - 1 / m.cbrt(x + 1), lambda m, x: (x + 1) ** (1 / 7) - x ** (1 / 7)],
+      {"expm1", "log1p"}, [(G, 1.0, 1e15)]),
+    R("xlogx_difference", [lambda m, x: (x + 1) * m.log(x + 1) - x * m.log(x) - 1,
+                           lambda m, x: x * m.log(x) - m.log(x + 1) * (x + 1)], {"log1p"}, [(G, 1.0, 1e15)]),
     # two or more functions of one argument whose leading Taylor terms cancel: the combined series near 0
     R("series_difference", [lambda m, x: m.tan(x) - m.sin(x), lambda m, x: -(m.sin(x) - m.tan(x)),
                             lambda m, x: -m.sin(x) + m.tan(x), lambda m, x: (m.tan(x) - m.sin(x)) / 1.0],
@@ -261,6 +277,12 @@ RULES = [
       [(S, 1e-8, 3.0)]),
     R("series_difference", [lambda m, x: m.cosh(x) + m.cos(x) - 2, lambda m, x: (m.cos(x) - 2) + m.cosh(x)],
       {"where"}, [(S, 1e-8, 4.0)]),
+    # ... also functions divided by powers of the argument, with negative powers (gradients of quotients)
+    R("series_difference", [lambda m, x: m.exp(x) / x - m.expm1(x) / (x * x),
+                            lambda m, x: 1 / x * m.exp(x) - m.expm1(x) / x / x,
+                            lambda m, x: m.sinh(x) / x - m.sin(x) / x,
+                            lambda m, x: m.sinh(x) / (x * x * x) - 1 / (x * x) - m.sin(x) / (x * x * x) + 1 / (x * x)],
+      {"where"}, [(S, 1e-8, 3.0)]),
     R("product_cancel", [lambda m, x, y: (x * y) / y, lambda m, x, y: (x / y) * y, lambda m, x, y: y * x / y],
       set(), [(G, 1e100, 1e200), (G, 1e150, 1e300)], absent={"truediv"}),
     R("sigmoid_from_exp", [lambda m, x: x / (1 + m.exp(-x)), lambda m, x: x * (1 / (1 + m.exp(-x)))],
@@ -543,6 +565,45 @@ def test_series_difference_near_its_radius_and_at_special_values(i, backend):
     with np.errstate(all="ignore"):
         assert np.isnan(f(nonfinite)).all() and np.isnan(formula(NP, nonfinite)).all()  # as the formula
         # (exactly: exp(x) - cos(x) at 5e-324 is 5e-324, where the formula gives 1 - 1 = 0; -0.0 == 0.0)
+        np.testing.assert_array_equal(f(tiny), reference(formula, [tiny]))
+
+
+#: Formulas the long series branch or series_quotient fix, with the series function that sets the radius.
+LONG_AND_QUOTIENT = [
+    (lambda m, x: m.arctan(x) - x, "arctan", 1), (lambda m, x: m.tanh(x) / x - 1, "tanh", 1),
+    (lambda m, x: m.arctanh(x) - x, "arctanh", 1), (lambda m, x: 1 - x / m.sin(x), "sin", 1),
+    (lambda m, x: 1 / x - 1 / m.tan(x), "tan", 1), (lambda m, x: 1 - x / m.expm1(x), "expm1", 1),
+]
+
+
+@pytest.mark.parametrize("backend", ["numpy", None])
+@pytest.mark.parametrize("i", range(len(LONG_AND_QUOTIENT)))
+def test_long_series_and_quotients_near_the_radius_and_at_special_values(i, backend):
+    """Against mpmath over all magnitudes of both signs and on either side of the radius where the
+    series hands over to the formula; NaN, ±inf, ±0 and the poles as the formula gives them."""
+    from exprc.rewrite import series
+
+    formula, op, m = LONG_AND_QUOTIENT[i]
+    r, n = series.branch(op, m)
+    assert n <= series.LONG_TERMS and r < 0.9 * series.FUNCTIONS[op][0]
+    x = exprc.vector("x")
+    f = exprc.function([x], formula(exprc, x), backend=backend)
+    assert {"taylor_cancellation", "series_quotient"} & set(f.rewrites), f.rewrites
+    rng = np.random.default_rng(11)
+    near = r * (1 + np.ldexp(1.0, -np.arange(1, 53)))
+    near = np.concatenate([near, r * (1 - np.ldexp(1.0, -np.arange(1, 53))), [r, np.nextafter(r, 0)]])
+    top = 0.999 if op == "arctanh" else 3 * r
+    pts = np.concatenate([sample((S, 1e-300, top), 400, rng), near, -near, np.geomspace(1e-30, top, 200)])
+    pts = pts[np.abs(pts) < top]
+    with np.errstate(all="ignore"):
+        got = f(pts)
+    lost = bits_lost(got, reference(formula, [pts]))
+    assert lost.max() <= 4.0, (pts[np.argmax(lost)], lost.max())
+    special = np.array([np.nan, np.inf, -np.inf, 0.0, -0.0, 1.25 * r, -1.25 * r, 4.0, 800.0, -800.0])
+    plain = exprc.function([x], formula(exprc, x), backend=backend, exclude=("taylor_cancellation", "series_quotient"))
+    with np.errstate(all="ignore"):
+        np.testing.assert_array_equal(f(special), plain(special))  # beyond r: the formula itself
+        tiny = np.array([5e-324, -5e-324, 1e-310])
         np.testing.assert_array_equal(f(tiny), reference(formula, [tiny]))
 
 

@@ -221,8 +221,11 @@ def search(inputs: Sequence[Node], outputs: Sequence[Node], default: FunctionGra
     from exprc.rewrite.core import REGISTRY  # the rule set decides the default and every candidate's form
 
     rules = hashlib.sha256(",".join(sorted(REGISTRY)).encode()).hexdigest()[:16]
+    # (the default graph too: a rule that changes what it makes under the same name — a new radius, a new
+    # form — changes the search's starting point, and a stored result could be worse than the new default)
+    start = hashlib.sha256(dumps(FunctionGraph(tuple(inputs), tuple(default.outputs))).encode()).hexdigest()[:16]
     parts = {"domain": json.dumps([list(d) for d in domain]), "settings": settings.key(), "algorithm": ALGORITHM,
-             "exclude": ",".join(sorted(cfg.exclude)), "rules": rules, "kind": "accuracy-search"}
+             "exclude": ",".join(sorted(cfg.exclude)), "rules": rules, "default": start, "kind": "accuracy-search"}
     found: dict[str, Any] = {}
 
     def build(folder: Path) -> Path:

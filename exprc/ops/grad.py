@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from fractions import Fraction
 
 import numpy as np
 
@@ -38,7 +39,7 @@ _DERIVATIVES: dict[str, Callable[[Node, Node], Node]] = {  # f'(x), given x and 
     "reciprocal": lambda x, y: -A.square(y),
     "exp": lambda x, y: y,
     "exp2": lambda x, y: y * math.log(2),
-    "expm1": lambda x, y: y + 1.0,
+    "expm1": lambda x, y: A.exp(x),  # (not y + 1: that is 0 for x < -37 and loses bits from x < -1)
     "log": lambda x, y: 1.0 / x,
     "log2": lambda x, y: 1.0 / (x * math.log(2)),
     "log10": lambda x, y: 1.0 / (x * math.log(10)),
@@ -57,7 +58,7 @@ _DERIVATIVES: dict[str, Callable[[Node, Node], Node]] = {  # f'(x), given x and 
     "arcsinh": lambda x, y: 1.0 / A.hypot(x, 1.0),
     "arccosh": lambda x, y: 1.0 / A.sqrt((x - 1.0) * (x + 1.0)),
     "arctanh": lambda x, y: 1.0 / ((1.0 - x) * (1.0 + x)),
-    "sigmoid": lambda x, y: y * (1.0 - y),
+    "sigmoid": lambda x, y: y * A.sigmoid(-x),  # (not y * (1 - y): 1 - y is 0 for x > 37 and loses bits from x > 1)
     "softplus": lambda x, y: A.sigmoid(x),  # exactly 1 and 0 far out, no overflow
     "erf": lambda x, y: _TWO_OVER_SQRT_PI * A.exp(-A.square(x)),
     "erfc": lambda x, y: -_TWO_OVER_SQRT_PI * A.exp(-A.square(x)),
@@ -84,8 +85,21 @@ grad_rule("logaddexp")(lambda node, g: (lambda: g * A.exp(node.inputs[0] - node)
 def _grad_pow(node: Node, g: Node) -> tuple:
     """d/dx = y x**(y-1) (0 where y == 0); d/dy = log(x) x**y (0 where x == 0, as JAX)."""
     x, y = node.inputs
-    return (lambda: g * A.where(A.equal(y, 0), 0.0, y * x ** (y - 1.0)),
+    return (lambda: g * _pow_derivative(node, x, y),
             lambda: g * (node * A.log(A.where(A.equal(x, 0), 1.0, x))))
+
+
+def _pow_derivative(node: Node, x: Node, y: Node) -> Node:
+    """y x**(y-1), 0 where y == 0.  For a constant exponent whose y - 1 rounds (0.2 - 1 needs 55
+    bits), y * (x**y / x) where x**y is a finite normal number: the rounding of y - 1 would cost
+    |log x| ulps (8 bits at x = 1e-296)."""
+    p = y.value.reshape(()).item() if y.op == "constant" and y.value.size == 1 and y.dtype != "bool" else None
+    plain = A.where(A.equal(y, 0), 0.0, y * x ** (y - 1.0))
+    if p is None or not math.isfinite(p) or Fraction(p) - 1 == Fraction(p - 1.0):
+        return plain  # (y - 1 is exact: 2, 0.5, -1.5 …)
+    tiny = float(np.finfo(node.dtype).tiny)
+    ok = A.isfinite(node) & (A.abs(node) >= tiny) & A.not_equal(x, 0)
+    return A.where(ok, y * (node / x), plain)
 
 
 @grad_rule("arctan2")

@@ -10,6 +10,7 @@ cancellation there (``exp(u) - 1 -> expm1(u)``, ``1 - erf -> erfc``; the table
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from fractions import Fraction
 
@@ -121,7 +122,19 @@ def taylor_cancellation(node: Node) -> Node | None:
     its Taylor series -> the remaining series for |x| < r (chosen per function; the formula beyond).
     Also a function over a power of its argument minus a polynomial (sin(x)/x - 1, expm1(x)/x - 1:
     the series of f(u) - T(u), divided), and a polynomial in x against f(-x) (exp(-x) - 1 + x)."""
-    view = view_of(node)
+    found = _taylor_series(view_of(node))
+    if found is None:
+        return None
+    u, coeffs, c, r, shift = found
+    near = f("abs", u) < k(r, u)
+    if shift:  # (u = 0 keeps the formula's 0/0: the series would fill the hole)
+        near = make("and", near, make("ne", u, k(0.0, u)))
+    return F.where(near, scale(F.horner(u, coeffs, node), c), F.freeze(node))
+
+
+def _taylor_series(view: SumView | None) -> tuple[Node, list[Fraction], Fraction, float, int] | None:
+    """(u, a, c, r, k) when ``view`` is taylor_cancellation's form: it equals ``c * sum(a_i u**i)`` for
+    |u| < r (k: the power of u the function was divided by)."""
     if view is None:
         return None
     for c, t in view.terms:
@@ -148,17 +161,13 @@ def taylor_cancellation(node: Node) -> Node | None:
             head = SERIES.coefficients(op, top + 1)
             if any(poly.get(d, 0) != head[d] for d in range(top + 1)):
                 continue
-            a = SERIES.coefficients(op)
             br = SERIES.branch(op, top)
             if br is None:
                 continue
             r, n = br
+            a = SERIES.coefficients(op, n)
             # (sum_{i > top} a_i u**(i - k): the u**k it was divided by taken off each power)
-            series = scale(F.horner(u, [0] * (top + 1 - shift) + list(a[top + 1:n]), node), c)
-            near = f("abs", u) < k(r, u)
-            if shift:  # (u = 0 keeps the formula's 0/0: the series would fill the hole)
-                near = make("and", near, make("ne", u, k(0.0, u)))
-            return F.where(near, series, F.freeze(node))
+            return u, [Fraction(0)] * (top + 1 - shift) + list(a[top + 1:n]), c, r, shift
     return None
 
 
@@ -173,35 +182,141 @@ def _odd_even_horner(u: Node, coeffs: tuple[Fraction, ...], like: Node) -> Node:
     return mul(inner, F.power(u, lo)) if lo else inner
 
 
-@stability_rule("series_difference", SUM_OPS, needs=tuple(SERIES.FUNCTIONS))
+@stability_rule("series_difference", SUM_OPS, needs=(*SERIES.FUNCTIONS, "truediv", "mul"))
 def series_difference(node: Node) -> Node | None:
     """tan(x) - sin(x), sinh(x) - sin(x), exp(x) - cos(x), cosh(x) + cos(x) - 2 …: two or more
     functions of one argument (with constants or powers of it) whose leading Taylor terms cancel ->
     the combined series for |x| < r (the radius from the terms' values and the series' convergence,
     see exprc.rewrite.series.sum_branch; the formula beyond, so NaN and inf stay as written)."""
-    view = view_of(node)
+    found = _difference_series(view_of(node))
+    if found is None:
+        return None
+    u, coeffs, r, divided = found
+    near = f("abs", u) < k(r, u)
+    if divided:  # (u = 0 keeps the formula's 0/0)
+        near = make("and", near, make("ne", u, k(0.0, u)))
+    return F.where(near, _odd_even_horner(u, coeffs, node), F.freeze(node))
+
+
+def _difference_series(view: SumView | None) -> tuple[Node, tuple[Fraction, ...], float, bool] | None:
+    """(u, a, r, divided) when ``view`` is series_difference's form: it equals ``sum(a_i u**i)`` for
+    |u| < r (``divided``: some term was divided by a power of u, so u = 0 keeps the formula's 0/0)."""
     if view is None or len(view.terms) < 2:
         return None
-    fns = [(c, t) for c, t in view.terms if t.op in SERIES.FUNCTIONS]
+    fns: list[tuple[Fraction, str, int]] = []
+    u = None
+    for c, t in view.terms:
+        found = _shifted_function(t)
+        if found is not None and (u is None or found[1] is u):
+            u = found[1]
+            fns.append((c * found[3], found[0], found[2]))
     if len(fns) < 2:
         return None  # (one function against a polynomial: taylor_cancellation's)
-    u = fns[0][1].inputs[0]
-    if any(t.inputs[0] is not u for _, t in fns):
-        return None
     poly: dict[int, Fraction] = {0: view.const} if view.const else {}
     for c, t in view.terms:
-        if t.op in SERIES.FUNCTIONS:
+        if t.op in SERIES.FUNCTIONS or _shifted_function(t) is not None:
+            if _shifted_function(t)[1] is not u:
+                return None
             continue
-        dm = _poly_degree(t, u)
+        dm = _poly_degree(t, u) or _inverse_degree(t, u)
         if dm is None:
             return None
         poly[dm[0]] = poly.get(dm[0], Fraction(0)) + c * dm[1]
-    br = SERIES.sum_branch(tuple(sorted((t.op, c) for c, t in fns)),
+    br = SERIES.sum_branch(tuple(sorted((op, c, k) if k else (op, c) for c, op, k in fns)),
                            tuple(sorted((d, p) for d, p in poly.items() if p)))
     if br is None:
         return None
     r, coeffs = br
-    return F.where(f("abs", u) < k(r, u), _odd_even_horner(u, coeffs, node), F.freeze(node))
+    divided = any(k for _, _, k in fns) or any(d < 0 for d in poly)
+    return u, coeffs, r, divided
+
+
+def _shifted_function(t: Node) -> tuple[str, Node, int, Fraction] | None:
+    """(f, u, k, s) when ``t`` is s * f(u) / u**k (k >= 0) with f one of the series functions:
+    ``f(u)``, ``f(u) / x / x``, ``(1 / x) * f(u)`` (what the gradient of a quotient looks like)."""
+    if t.op in SERIES.FUNCTIONS:
+        return t.op, t.inputs[0], 0, ONE
+    if t.op == "truediv":
+        inner = _shifted_function(t.inputs[0])
+        if inner is not None:
+            d = _degree(t.inputs[1], inner[1])
+            if d is not None:
+                return inner[0], inner[1], inner[2] + d, inner[3]
+        return None
+    if t.op == "mul":
+        for a, b in (t.inputs, t.inputs[::-1]):
+            inner = _shifted_function(a)
+            if inner is None:
+                continue
+            dm = _inverse_degree(b, inner[1])
+            if dm is not None and dm[0] <= 0:
+                return inner[0], inner[1], inner[2] - dm[0], inner[3] * dm[1]
+            c = F.scalar_const(b)
+            if c is not None and c != 0 and math.isfinite(c):
+                return inner[0], inner[1], inner[2], inner[3] * Fraction(c)
+    return None
+
+
+def _inverse_degree(t: Node, u: Node) -> tuple[int, Fraction] | None:
+    """(-d, c) when ``t`` is c / u**d (c a constant)."""
+    if t.op != "truediv":
+        return None
+    c = F.scalar_const(t.inputs[0])
+    d = _degree(t.inputs[1], u)
+    if c is None or d is None or not math.isfinite(c):
+        return None
+    return -d, Fraction(c)
+
+
+def _times(view: SumView, d: Node, like: Node) -> list[Node]:
+    """The terms of ``view * d``, a term ``a / b`` giving ``d / b`` when ``a`` is 1 (``tan(x) / x``: the
+    form taylor_cancellation reads)."""
+    out = [scale(d, view.const)] if view.const else []
+    for c, t in view.terms:
+        if t.op == "truediv" and F.scalar_const(t.inputs[0]) == 1:
+            out.append(scale(F.div(d, t.inputs[1]), c))
+        else:
+            out.append(scale(mul(t, d), c))
+    return out
+
+
+@stability_rule("series_quotient", SUM_OPS, needs=("truediv",))
+def series_quotient(node: Node) -> Node | None:
+    """1 - x/sin(x), 1/x - 1/tan(x), x/tanh(x) - 1 …: a sum with a quotient ``n / f(u)`` (f one of the
+    series functions) whose numerator over the common denominator ``f(u)`` is a Taylor cancellation
+    (``sin(x) - x``, ``tan(x)/x - 1``) -> that series over ``f(u)`` where the series applies, the formula
+    beyond (it loses no more there than the numerator's formula: multiplying every term by ``f(u)``
+    keeps the ratio of the terms' size to the sum's).  Near 0 the series is divided by ``u**j`` and
+    ``f(u)`` by ``u**j`` as well (j: the lowest power of f's series), so that neither underflows
+    (``(sin(x) - x) / sin(x)`` at x = 1e-120 is ``-x**2/6 * (x / sin(x))``)."""
+    view = view_of(node)
+    if view is None or len(view.terms) + bool(view.const) < 2:
+        return None
+    for c, t in view.terms:
+        d = t.inputs[1] if t.op == "truediv" else None
+        if d is None or d.op not in SERIES.FUNCTIONS:
+            continue
+        parts = _times(view.without(t), d, node) + [scale(t.inputs[0], c)]
+        num = parts[0]
+        for p in parts[1:]:
+            num = add(num, p)
+        nv = view_of(num)
+        found = _taylor_series(nv)
+        if found is not None:
+            u, coeffs, cc, r, _ = found
+        else:
+            found = _difference_series(nv)
+            if found is None:
+                continue
+            (u, coeffs, r, _), cc = found, ONE
+        if d.inputs[0] is not u:
+            continue
+        lo = next(i for i, a in enumerate(coeffs) if a)
+        j = min(lo, next(i for i, a in enumerate(SERIES.coefficients(d.op, 4)) if a))
+        top = scale(_odd_even_horner(u, list(coeffs[j:]), node), cc)
+        near = make("and", f("abs", u) < k(r, u), make("ne", u, k(0.0, u)))  # (0/0 at u = 0: the formula's)
+        return F.where(near, mul(top, F.div(F.power(u, j), d)) if j else F.div(top, d), F.freeze(node))
+    return None
 
 
 #: f(u) + c  ->  g(u): (op of f, c, rule name, g)

@@ -291,6 +291,101 @@ def exp_difference(node: Node) -> Node | None:
     return None
 
 
+def _power_of(t: Node) -> tuple[Node, Fraction] | None:
+    """(a, p) when ``t`` is ``a**p`` for a constant p: ``pow(a, p)``, ``sqrt(a)``, ``cbrt(a)`` or one over
+    one of them."""
+    if t.op == "truediv" and F.scalar_const(t.inputs[0]) == 1:
+        inner = _power_of(t.inputs[1])
+        return (inner[0], -inner[1]) if inner is not None else None
+    if t.op == "sqrt":
+        return t.inputs[0], HALF
+    if t.op == "cbrt":
+        return t.inputs[0], Fraction(1, 3)
+    if t.op == "pow":
+        p = F.scalar_const(t.inputs[1])
+        if p is not None and math.isfinite(p):
+            return t.inputs[0], Fraction(p)
+    return None
+
+
+@stability_rule("power_difference", SUM_OPS, needs=("pow", "truediv", "sqrt", "cbrt"))
+def power_difference(node: Node) -> Node | None:
+    """(x + 1)**p - x**p, 1/sqrt(x) - 1/sqrt(x + 1), x**-0.5 - (x + e)**-0.5 …: a**p - b**p where b - a
+    simplifies (d, terms cancel) -> -a**p * expm1(z), z = p * log1p(d / a) (p * log(b / a) for b/a far from 1),
+    where a, b > 0, |z| < 0.7 and that is finite (no cancellation left: log1p and expm1 are accurate near 0),
+    the formula elsewhere (there it cancels at most a bit; a negative base: the power is not real; a**p
+    overflows: the formula's inf or NaN).  Pairs of square roots, of cube roots and of reciprocals
+    are sqrt_conjugate's, cbrt_conjugate's and common_denominator's."""
+    view = view_of(node)
+    if view is None or len(view.terms) < 2:
+        return None
+    for ca, ta in view.terms:
+        pa = _power_of(ta)
+        if pa is None or pa[1] in (0, 1):
+            continue
+        for cb, tb in view.terms:
+            pb = _power_of(tb) if tb is not ta and cb == -ca else None
+            if pb is None or pb[1] != pa[1]:
+                continue
+            if (ta.op, tb.op) in (("sqrt", "sqrt"), ("cbrt", "cbrt")) or pa[1] == -1:
+                continue
+            d = diff_view(pb[0], pa[0])
+            if d is None:
+                continue
+            a, b, e = pa[0], pb[0], build_sum(d, node)
+            r = div(e, a)
+            # (log1p(d/a) where b/a is near 1; log(b/a) where it is not: there 1 + d/a would round away
+            # what is left of b when b << a, and b/a is as accurate as d/a)
+            z = scale(F.where(f("abs", r) < k(0.5, r), f("log1p", r), f("log", div(b, a))), pa[1])
+            stable = scale(mul(ta, f("expm1", z)), -ca)
+            # (where (b/a)**p = exp(z) is below 1/2 or above 2 the formula cancels at most 1 bit, and its
+            # gradient is the plain one: the stable form's would carry exp(z) with z's rounding amplified)
+            safe = (a > k(0.0, a)) & (b > k(0.0, b)) & (f("abs", z) < k(0.7, z)) & f("isfinite", stable)
+            rep = guarded(stable, F.freeze(sub(scale(ta, ca), scale(tb, ca))), safe)
+            return with_rest(view, [ta, tb], rep, node)
+    return None
+
+
+@stability_rule("xlogx_difference", SUM_OPS, needs=("mul",))
+def xlogx_difference(node: Node) -> Node | None:
+    """(x + 1) log(x + 1) - x log(x) - 1 for huge x (entropy, Stirling): a log(a) - b log(b) where
+    a - b simplifies (d) -> d log(a) + b log1p(d / b) where |d| < b (the formula elsewhere: nothing
+    cancels where b is small against d, and for b <= 0 it is NaN or 0 * log(0) = NaN as written)."""
+    view = view_of(node)
+    if view is None or len(view.terms) < 2:
+        return None
+
+    def xlogx(t: Node) -> Node | None:
+        """x when t is x * log(x), or x * log1p(y) with x = y + 1 (log1p_from_log's)."""
+        if t.op != "mul":
+            return None
+        for x, lg in (t.inputs, t.inputs[::-1]):
+            if lg.op == "log" and lg.inputs[0] is x:
+                return x
+            if lg.op == "log1p":
+                one = diff_view(x, lg.inputs[0])
+                if one is not None and one.is_const and one.const == 1:
+                    return x
+        return None
+
+    for ca, ta in view.terms:
+        a = xlogx(ta)
+        if a is None:
+            continue
+        for cb, tb in view.terms:
+            b = xlogx(tb) if tb is not ta and cb == -ca else None
+            if b is None:
+                continue
+            d = diff_view(a, b)
+            if d is None:
+                continue
+            e = build_sum(d, node)
+            stable = scale(add(mul(e, f("log", a)), mul(b, f("log1p", div(e, b)))), ca)
+            rep = guarded(stable, F.freeze(sub(scale(ta, ca), scale(tb, ca))), f("abs", e) < b)
+            return with_rest(view, [ta, tb], rep, node)
+    return None
+
+
 @stability_rule("arctanh_from_log1p", SUM_OPS, needs=('log1p',))
 def arctanh_from_log1p(node: Node) -> Node | None:
     """log1p(x) - log1p(-x) -> 2 arctanh(x)."""
