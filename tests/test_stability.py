@@ -92,6 +92,9 @@ RULES = [
     R("exp_exact_square", [lambda m, x: m.exp(-x * x / 2), lambda m, x: m.exp(-(x ** 2) / 2) / math.sqrt(2 * math.pi),
                            lambda m, x: m.exp(-x * x), lambda m, x: m.exp(x * x / 4)], {"where", "exp"},
       [(L, 20.0, 37.0)]),
+    # ... and where the squared argument is itself rounded (x / sqrt(2), x * 0.7): its rounding is taken in
+    R("exp_exact_square", [lambda m, x: m.exp(-(x / math.sqrt(2)) ** 2), lambda m, x: m.exp(-m.square(x * 0.7)),
+                           lambda m, x: m.exp(-m.square(-x / math.sqrt(2)))], {"where", "exp"}, [(L, 20.0, 37.0)]),
     # the logistic density / the derivative of the sigmoid, as a user writes it (inf/inf for x < -710)
     R("sigmoid_from_exp", [lambda m, x: m.exp(-x) / (1 + m.exp(-x)) ** 2, lambda m, x: m.exp(x) / (1 + m.exp(x)) ** 2,
                            lambda m, x: m.exp(-x) / ((1 + m.exp(-x)) * (1 + m.exp(-x))),
@@ -265,6 +268,8 @@ RULES = [
                            lambda m, x: x ** -0.5 - (x + 1) ** -0.5, lambda m, x: (x + 2) ** 2.5 - x ** 2.5,
                            lambda m, x: 1 / m.cbrt(x) - 1 / m.cbrt(x + 1), lambda m, x: (x + 1) ** (1 / 7) - x ** (1 / 7)],
       {"expm1", "log1p"}, [(G, 1.0, 1e15)]),
+    R("power_difference", [lambda m, x: 1 / m.sqrt(1 + x) - 1, lambda m, x: (1 + x) ** -0.3 - 1,
+                           lambda m, x: 0.5 / m.sqrt(x + 1) - 0.5], {"expm1", "log1p"}, [(S, 1e-18, 0.99)]),
     R("xlogx_difference", [lambda m, x: (x + 1) * m.log(x + 1) - x * m.log(x) - 1,
                            lambda m, x: x * m.log(x) - m.log(x + 1) * (x + 1)], {"log1p"}, [(G, 1.0, 1e15)]),
     # two or more functions of one argument whose leading Taylor terms cancel: the combined series near 0
@@ -633,3 +638,17 @@ def test_series_difference_float32_and_gradient():
     d = np.concatenate([d, -d])
     exact = reference(lambda m, x: 1 / m.cos(x) ** 2 - m.cos(x), [d])
     assert bits_lost(g(d), exact).max() <= 4.0
+
+
+def test_normal_cdf_gradient_in_the_far_tail():
+    """d/dx of 0.5 (1 + erf(x / sqrt(2))) is the normal density; its exp(-u**2) reads u = fl(x / sqrt(2)),
+    whose rounding cost 10 bits at x = -37 before exp_exact_square took it in."""
+    import mpmath
+
+    x = exprc.vector("x")
+    g = exprc.function([x], exprc.grad(exprc.sum(0.5 * (1 + exprc.erf(x / math.sqrt(2)))), x))
+    pts = np.concatenate([np.linspace(-37.5, -20.0, 150), np.linspace(-3.0, 3.0, 20)])
+    with mpmath.workprec(120):
+        ref = np.array([float(mpmath.exp(-(mpmath.mpf(float(t)) / mpmath.mpf(math.sqrt(2))) ** 2)
+                              * 2 / mpmath.sqrt(mpmath.pi) * 0.5 / mpmath.mpf(math.sqrt(2))) for t in pts])
+    assert bits_lost(g(pts), ref).max() <= 4

@@ -291,20 +291,21 @@ def exp_difference(node: Node) -> Node | None:
     return None
 
 
-def _power_of(t: Node) -> tuple[Node, Fraction] | None:
-    """(a, p) when ``t`` is ``a**p`` for a constant p: ``pow(a, p)``, ``sqrt(a)``, ``cbrt(a)`` or one over
-    one of them."""
-    if t.op == "truediv" and F.scalar_const(t.inputs[0]) == 1:
-        inner = _power_of(t.inputs[1])
-        return (inner[0], -inner[1]) if inner is not None else None
+def _power_of(t: Node) -> tuple[Node, Fraction, Fraction] | None:
+    """(a, p, s) when ``t`` is ``s * a**p`` for constants p and s: ``pow(a, p)``, ``sqrt(a)``, ``cbrt(a)``
+    or a constant over one of them (``0.5 / sqrt(x + 1)``, the gradient of sqrt)."""
+    if t.op == "truediv":
+        s = F.scalar_const(t.inputs[0])
+        inner = _power_of(t.inputs[1]) if s is not None and s != 0 and math.isfinite(s) else None
+        return (inner[0], -inner[1], Fraction(s) / inner[2]) if inner is not None else None
     if t.op == "sqrt":
-        return t.inputs[0], HALF
+        return t.inputs[0], HALF, ONE
     if t.op == "cbrt":
-        return t.inputs[0], Fraction(1, 3)
+        return t.inputs[0], Fraction(1, 3), ONE
     if t.op == "pow":
         p = F.scalar_const(t.inputs[1])
         if p is not None and math.isfinite(p):
-            return t.inputs[0], Fraction(p)
+            return t.inputs[0], Fraction(p), ONE
     return None
 
 
@@ -314,18 +315,19 @@ def power_difference(node: Node) -> Node | None:
     simplifies (d, terms cancel) -> -a**p * expm1(z), z = p * log1p(d / a) (p * log(b / a) for b/a far from 1),
     where a, b > 0, |z| < 0.7 and that is finite (no cancellation left: log1p and expm1 are accurate near 0),
     the formula elsewhere (there it cancels at most a bit; a negative base: the power is not real; a**p
-    overflows: the formula's inf or NaN).  Pairs of square roots, of cube roots and of reciprocals
-    are sqrt_conjugate's, cbrt_conjugate's and common_denominator's."""
+    overflows: the formula's inf or NaN).  Also a**p - 1 with a = 1 + d (``0.5 / sqrt(x + 1) - 0.5``, the
+    gradient of sqrt(1 + x) - x/2) -> expm1(p * log1p(d)).  Pairs of square roots, of cube roots and of
+    reciprocals, and sqrt(a) - 1, are sqrt_conjugate's, cbrt_conjugate's and common_denominator's."""
     view = view_of(node)
-    if view is None or len(view.terms) < 2:
+    if view is None or len(view.terms) + bool(view.const) < 2:
         return None
     for ca, ta in view.terms:
         pa = _power_of(ta)
         if pa is None or pa[1] in (0, 1):
             continue
         for cb, tb in view.terms:
-            pb = _power_of(tb) if tb is not ta and cb == -ca else None
-            if pb is None or pb[1] != pa[1]:
+            pb = _power_of(tb) if tb is not ta else None
+            if pb is None or pb[1] != pa[1] or cb * pb[2] != -ca * pa[2]:
                 continue
             if (ta.op, tb.op) in (("sqrt", "sqrt"), ("cbrt", "cbrt")) or pa[1] == -1:
                 continue
@@ -341,8 +343,18 @@ def power_difference(node: Node) -> Node | None:
             # (where (b/a)**p = exp(z) is below 1/2 or above 2 the formula cancels at most 1 bit, and its
             # gradient is the plain one: the stable form's would carry exp(z) with z's rounding amplified)
             safe = (a > k(0.0, a)) & (b > k(0.0, b)) & (f("abs", z) < k(0.7, z)) & f("isfinite", stable)
-            rep = guarded(stable, F.freeze(sub(scale(ta, ca), scale(tb, ca))), safe)
+            rep = guarded(stable, F.freeze(sub(scale(ta, ca), scale(tb, -cb))), safe)
             return with_rest(view, [ta, tb], rep, node)
+        av = view_of(pa[0])
+        if view.const == -ca * pa[2] and ta.op not in ("sqrt", "cbrt") and av is not None and av.const == 1 \
+                and av.terms:
+            e = build_sum(SumView(av.terms, Fraction(0)), node)
+            z = scale(f("log1p", e), pa[1])
+            stable = scale(f("expm1", z), ca * pa[2])
+            safe = (pa[0] > k(0.0, e)) & (f("abs", z) < k(0.7, z)) & f("isfinite", stable)
+            naive = F.freeze(add(scale(ta, ca), k(float(view.const), node)))
+            rest = SumView(view.without(ta).terms, Fraction(0))
+            return with_rest(rest, [], guarded(stable, naive, safe), node)
     return None
 
 

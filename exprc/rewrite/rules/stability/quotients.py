@@ -23,6 +23,7 @@ from exprc.rewrite.rules.stability._common import (
     ONE,
     POSITIVE_OPS,
     SUM_OPS,
+    TWO,
     add,
     div,
     f,
@@ -249,6 +250,22 @@ def _product_error(u: Node, c: float, hi: Node) -> Node:
     return fz("add", fz("add", err, fz("mul", ul, k(ch, u))), fz("mul", ul, k(cl, u)))
 
 
+def _argument_residual(b: Node) -> tuple[Node, Node] | None:
+    """(x, d) when ``b`` is x / c or x * c (c a float64 constant, not a power of two) in float64:
+    d = x/c - b (or x*c - b) exactly, the rounding of the argument (Dekker's product; for the quotient,
+    x - fl(b c) is exact by Sterbenz, less the product's rounding)."""
+    if b.op not in ("truediv", "mul") or len(b.inputs) != 2 or b.inputs[1].op != "constant":
+        return None
+    x, c = b.inputs[0], F.scalar_const(b.inputs[1])
+    if x.dtype != "float64" or c is None or not math.isfinite(c) or c == 0 or _power_of_two(Fraction(c)):
+        return None
+    if b.op == "mul":
+        return x, _product_error(x, c, b)
+    p = F.freeze(make("mul", b, k(c, b)))
+    r = F.freeze(make("sub", F.freeze(make("sub", x, p)), _product_error(b, c, p)))
+    return x, F.freeze(make("truediv", r, k(c, b)))
+
+
 @stability_rule("erfc_exact_argument", P("erfc", X("a")))
 def erfc_exact_argument(node: Node, a: Node) -> Node | None:
     """erfc(x / c) or erfc(x * c) (c a constant, not a power of two: the normal CDF's x / sqrt(2)) ->
@@ -259,17 +276,10 @@ def erfc_exact_argument(node: Node, a: Node) -> Node | None:
     if node.dtype != "float64":
         return None
     sign, b = (-1.0, a.inputs[0]) if a.op == "neg" else (1.0, a)
-    if b.op not in ("truediv", "mul") or len(b.inputs) != 2 or b.inputs[1].op != "constant":
+    found = _argument_residual(b)
+    if found is None:
         return None
-    x, c = b.inputs[0], F.scalar_const(b.inputs[1])
-    if x.dtype != "float64" or c is None or not math.isfinite(c) or c == 0 or _power_of_two(Fraction(c)):
-        return None
-    if b.op == "mul":
-        d = _product_error(x, c, b)
-    else:  # x - t c exactly: (x - fl(t c)) is exact (Sterbenz), less the product's rounding
-        p = F.freeze(make("mul", b, k(c, b)))
-        r = F.freeze(make("sub", F.freeze(make("sub", x, p)), _product_error(b, c, p)))
-        d = F.freeze(make("truediv", r, k(c, b)))
+    x, d = found
     # (the correction is ulps of the result: its exp needs no exact square)
     slope = scale(F.freeze(f("exp", F.neg(f("square", a)))), Fraction(-2.0 / math.sqrt(math.pi)) * Fraction(sign))
     fixed = add(F.freeze(node), mul(slope, d))
@@ -295,7 +305,8 @@ def swish_tail(node: Node, a: Node, b: Node) -> Node | None:
 def exp_exact_square(node: Node, a: Node) -> Node | None:
     """exp(c u**2) -> exp(c hi) (1 + c lo) with u**2 = hi + lo exactly (c a power of two, so c hi is exact):
     the rounding of u**2 alone costs c u**2 ulps of the result (9 bits for the Gaussian exp(-x**2/2) at
-    x = 38).  For |u| < 1e150 (the split overflows beyond, where the result is 0 or inf anyway)."""
+    x = 38).  Where u is x / k or x * k (k a constant, not a power of two: x / sqrt(2)), lo takes in u's own
+    rounding too.  For |u| < 1e150 (the split overflows beyond, where the result is 0 or inf anyway)."""
     v = view_of(a)
     if v is None or v.const != 0 or len(v.terms) != 1:
         return None
@@ -304,8 +315,17 @@ def exp_exact_square(node: Node, a: Node) -> Node | None:
         return None
     u = sq.inputs[0]
     lo = _square_error(u, sq)
+    near = f("abs", u) < k(1e150 if u.dtype == "float64" else 1e18, u)
+    b = u.inputs[0] if u.op == "neg" else u
+    found = _argument_residual(b)
+    if found is not None:
+        # u itself rounded (x / sqrt(2): the normal density, erf's derivative): u**2 exactly is
+        # hi + lo + 2 b d, d the argument's rounding, worth 2 u**2 ulps more (10 bits at u = 26)
+        x, d = found
+        lo = add(lo, scale(F.freeze(make("mul", b, d)), TWO))
+        near = make("and", near, f("abs", x) < k(1e290, x))
     fixed = mul(F.freeze(node), add(k(1.0, node), scale(lo, c)))
-    return F.where(f("abs", u) < k(1e150 if u.dtype == "float64" else 1e18, u), fixed, F.freeze(node))
+    return F.where(near, fixed, F.freeze(node))
 
 
 @stability_rule("tanh_from_sinh_cosh", P("truediv", X("n"), X("d")))
