@@ -310,6 +310,98 @@ def grad_table(cases: list, values: dict, n: int, seed: int) -> dict:
     return {"cases": out, "summary": summary}
 
 
+# -- the never-worse contract on many points (issue 18, item 6) -----------------------------------------
+#: Special values each input takes in contract mode, beside the draws over all floats and the case's range.
+SPECIALS = np.array([0.0, -0.0, 1.0, -1.0, 0.5, -0.5, 2.0, -2.0, 5e-324, -5e-324, 2.2250738585072014e-308,
+                     1e-300, -1e-300, 1e300, -1e300, 1.7976931348623157e308, -1.7976931348623157e308,
+                     np.inf, -np.inf, np.nan])
+#: Rounding noise, as in tests/test_stability.py: a point within this many bits counts as exact.
+NOISE = 2.0
+#: Two results this many bits apart or closer (4 ulps) cannot break the contract: if the naive one is off by
+#: e ulps the other is off by at most e + 4, and log2(1 + e + 4) <= max(log2(1 + e), NOISE) + 1 for every e.
+SCREEN_BITS = math.log2(5.0)
+
+
+def contract_inputs(case: Case, n: int, seed: int) -> list[np.ndarray]:
+    """n points per input: 70% log-uniform over all finite floats of either sign (1e-300 .. 1e300), 25% from
+    the case's own range (where the naive formula fails), 5% special values (0, -0, 1, subnormals, the
+    largest float, inf, NaN …)."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for spec in case.ranges:
+        wide = rng.choice([-1.0, 1.0], n) * 10.0 ** rng.uniform(-300, 300, n)
+        own = sample(spec, n, rng)
+        pick = rng.random(n)
+        out.append(np.where(pick < 0.25, own, np.where(pick < 0.95, wide, SPECIALS[rng.integers(len(SPECIALS), size=n)])))
+    return out
+
+
+def run_contract(case: Case, n: int, cap: int, seed: int) -> dict:
+    """The contract "never worse than the naive formula by more than 1 bit" (beyond NOISE) for the default
+    pipeline and the search, at n points: where a result and the naive one are within SCREEN_BITS of each
+    other the contract holds without a reference; at the other points the mpmath reference decides (up to
+    ``cap`` of them, drawn at random; the count checked is reported)."""
+    if case.rows:
+        return {"skipped": "reduces over rows"}
+    args = contract_inputs(case, n, seed)
+    with np.errstate(all="ignore"):
+        naive = np.asarray(case.fn(NP, *args), dtype=np.float64)
+    out: dict = {"points": n}
+    rng = np.random.default_rng(seed + 1)
+    for name, make in (("exprc", lambda c: _exprc_fn(c, ())), ("exprc-search", _search_fn)):
+        try:
+            with np.errstate(all="ignore"):
+                got = np.asarray(make(case)(*args), dtype=np.float64)
+        except Exception as e:  # noqa: BLE001
+            out[name] = {"error": f"{type(e).__name__}: {e}"[:200]}
+            continue
+        differ = np.flatnonzero(bits_lost(got, naive) > SCREEN_BITS)
+        checked = np.sort(rng.choice(differ, cap, replace=False)) if len(differ) > cap else differ
+        ref = reference(case.fn, [a[checked] for a in args]) if len(checked) else np.zeros(0)
+        b_got, b_naive = bits_lost(got[checked], ref), bits_lost(naive[checked], ref)
+        worse = b_got > np.maximum(b_naive, NOISE) + 1
+        r = {"differ": len(differ), "checked": len(checked), "violations": int(worse.sum())}
+        if worse.any():
+            i = int(np.argmax(np.where(worse, b_got - b_naive, -np.inf)))
+            r["worst"] = {"inputs": [float(a[checked[i]]) for a in args], "bits": float(b_got[i]),
+                          "naive_bits": float(b_naive[i]), "got": float(got[checked[i]]), "exact": float(ref[i])}
+        out[name] = r
+    return out
+
+
+def contract_table(cases: list, n: int, cap: int, seed: int) -> dict:
+    print(f"never worse than naive by more than 1 bit (beyond {NOISE:g} bits of noise): {n} points per case "
+          f"(70% log-uniform over +-[1e-300, 1e300], 25% the case's range, 5% special values); mpmath at the points "
+          f"where a result differs from the naive one by more than 4 ulps (at most {cap}, drawn at random)")
+    print(f"{'case':24s} {'exprc differ/checked/violations':>34s} {'exprc-search differ/checked/violations':>40s}")
+    out: dict = {}
+    for case in cases:
+        r = out[case.name] = run_contract(case, n, cap, seed)
+        if "skipped" in r:
+            print(f"{case.name:24s} {r['skipped']}")
+            continue
+        cells = []
+        for name, width in (("exprc", 34), ("exprc-search", 40)):
+            s = r[name]
+            cells.append(f"{'error':>{width}s}" if "error" in s else
+                         f"{s['differ']:>{width - 14}d} / {s['checked']:5d} / {s['violations']:3d}")
+        print(f"{case.name:24s} " + " ".join(cells), flush=True)
+        for name in ("exprc", "exprc-search"):
+            w = r[name].get("worst")
+            if w:
+                print(f"    {name} worst: at {w['inputs']} got {w['got']!r} ({w['bits']:.1f} bits), exact "
+                      f"{w['exact']!r}, naive {w['naive_bits']:.1f} bits")
+    done = [r for r in out.values() if "skipped" not in r]
+    summary = {name: {"cases": sum("error" not in r[name] for r in done),
+                      "cases_with_violations": sum(r[name].get("violations", 0) > 0 for r in done),
+                      "checked": sum(r[name].get("checked", 0) for r in done),
+                      "differ": sum(r[name].get("differ", 0) for r in done)} for name in ("exprc", "exprc-search")}
+    for name, s in summary.items():
+        print(f"{name}: {s['cases_with_violations']} of {s['cases']} cases break the contract; "
+              f"{s['checked']} of {s['differ']} differing points checked against mpmath")
+    return {"cases": out, "summary": summary, "points": n, "cap": cap}
+
+
 # -- the 1,000-node rewrite time -----------------------------------------------------------------
 def big_graph(n_nodes: int = 1000, seed: int = 0) -> list:
     """A random elementwise graph of about ``n_nodes`` nodes mixing plain arithmetic with the
@@ -366,7 +458,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--timing-only", action="store_true")
     ap.add_argument("--grad-points", type=int, default=200,
                     help="points per case for the gradient table (mpmath derivatives; 0 skips it)")
+    ap.add_argument("--contract", type=int, default=0, metavar="N",
+                    help="instead of the tables: the never-worse contract at N points per case (e.g. 100000)")
+    ap.add_argument("--contract-cap", type=int, default=5000,
+                    help="contract mode: at most this many differing points per case checked against mpmath")
     args = ap.parse_args(argv)
+    if args.contract:
+        cases = [c for c in CASES if not args.cases or c.name in set(args.cases.split(","))]
+        results = {"contract": contract_table(cases, args.contract, args.contract_cap, args.seed)}
+        if not args.no_json:
+            path = Path(args.json) if args.json else HERE / "results" / (
+                "accuracy-contract-" + _dt.datetime.now().strftime("%Y%m%d-%H%M%S") + ".json")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(results, indent=1, allow_nan=True))
+            print(f"results: {path}")
+        return 0
 
     timing = rewrite_time()
     results: dict = {"rewrite_1000_nodes": timing, "cases": {}}
