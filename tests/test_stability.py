@@ -95,6 +95,11 @@ RULES = [
     # ... and where the squared argument is itself rounded (x / sqrt(2), x * 0.7): its rounding is taken in
     R("exp_exact_square", [lambda m, x: m.exp(-(x / math.sqrt(2)) ** 2), lambda m, x: m.exp(-m.square(x * 0.7)),
                            lambda m, x: m.exp(-m.square(-x / math.sqrt(2)))], {"where", "exp"}, [(L, 20.0, 37.0)]),
+    # exp / sigmoid of an argument with products of variables: its roundings recovered where |p| > 8
+    R("exp_exact_argument", [lambda m, x: 0.5 * x * (1 + m.tanh(0.7978845608028654 * (x + 0.044715 * x * x * x))),
+                             lambda m, x: m.sigmoid(x - x * x * 0.3)], {"where", "sigmoid"}, [(L, -25.0, -8.0)]),
+    R("exp_exact_argument", [lambda m, x, y: m.exp(-x * y * 1.7), lambda m, x, y: m.exp(x - x * y)], {"where", "exp"},
+      [(L, 5.0, 25.0), (L, 5.0, 25.0)]),
     # the logistic density / the derivative of the sigmoid, as a user writes it (inf/inf for x < -710)
     R("sigmoid_from_exp", [lambda m, x: m.exp(-x) / (1 + m.exp(-x)) ** 2, lambda m, x: m.exp(x) / (1 + m.exp(x)) ** 2,
                            lambda m, x: m.exp(-x) / ((1 + m.exp(-x)) * (1 + m.exp(-x))),
@@ -220,7 +225,7 @@ RULES = [
       absent={"square"}),
     R("difference_of_squares", [lambda m, x: x * x - 1, lambda m, x: 1 - x ** 2], {"mul"}, [(L, 1 - 1e-6, 1 + 1e-6)],
       absent={"square"}),
-    R("cos_double_angle", [lambda m, x: m.cos(x) ** 2 - m.sin(x) ** 2], {"cos"}, [(L, 0.7, 0.87)], absent={"sin"}),
+    R("cos_double_angle", [lambda m, x: m.cos(x) ** 2 - m.sin(x) ** 2], {"cos", "where"}, [(L, 0.7, 0.87)]),
     R("sin_difference", [lambda m, x, e: m.sin(x + e) - m.sin(x), lambda m, x, e: -m.sin(x) + m.sin(e + x)],
       {"sin", "cos"}, [(L, -10, 10), (S, 1e-15, 1e-3)]),
     R("cos_difference", [lambda m, x, e: m.cos(x + e) - m.cos(x)], {"sin"}, [(L, -10, 10), (S, 1e-15, 1e-3)]),
@@ -652,3 +657,37 @@ def test_normal_cdf_gradient_in_the_far_tail():
         ref = np.array([float(mpmath.exp(-(mpmath.mpf(float(t)) / mpmath.mpf(math.sqrt(2))) ** 2)
                               * 2 / mpmath.sqrt(mpmath.pi) * 0.5 / mpmath.mpf(math.sqrt(2))) for t in pts])
     assert bits_lost(g(pts), ref).max() <= 4
+
+
+def test_exp_exact_argument_leaves_sums_and_squares_alone():
+    """No product of variables in the argument (softmax's exp(z - m), exp(x + y)): nothing to recover that
+    costs more than a few ulps, and the rule stays out; exp(c * x**2) is exp_exact_square's; float32 and the
+    gradient are left as written (value-only: the split's derivative cancels)."""
+    x, y = exprc.vector("x"), exprc.vector("y")
+    for expr in (exprc.exp(x - y), exprc.exp(x + 2.5 * y), exprc.sigmoid(x * 3.1 - y), exprc.exp(-x * x / 2)):
+        f = exprc.function([x, y], expr, backend="numpy")
+        assert "exp_exact_argument" not in f.rewrites, exprc.pprint(expr)
+    assert "exp_exact_square" in exprc.function([x], exprc.exp(-x * x / 2), backend="numpy").rewrites
+    x32 = exprc.vector("x", "float32")
+    assert "exp_exact_argument" not in exprc.function([x32], exprc.exp(x32 * x32 * 0.3), backend="numpy").rewrites
+    g = exprc.function([x, y], exprc.grad(exprc.sum(exprc.exp(-x * y * 1.7)), x), backend="numpy")
+    pts = np.array([6.0, 11.0, 20.0])
+    np.testing.assert_allclose(g(pts, pts), -1.7 * pts * np.exp(-1.7 * pts * pts), rtol=1e-12)
+
+
+def test_wrong_answers_the_contract_mode_found():
+    """bench/accuracy.py --contract found these: exp(x)·expm1(e) is 0·inf = NaN where exp(x) underflows
+    and expm1(e) overflows (exact: 0), and cos(2x) is NaN where 2x overflows (cos(x)**2 - sin(x)**2 is not)."""
+    x, e = exprc.vector("x"), exprc.vector("e")
+    for backend in ("numpy", "c"):
+        f = exprc.function([x, e], exprc.exp(x + e) - exprc.exp(x), backend=backend)
+        with np.errstate(all="ignore"):
+            got = f(np.array([-1.3351413603307875e246, -800.0, 1.0]), np.array([5.327437148808278e114, 1e-10, 1e-12]))
+        assert got[0] == 0.0 and got[1] == 0.0
+        assert bits_lost(got[2:], reference(lambda m, x, e: m.exp(x + e) - m.exp(x), [np.array([1.0]),
+                                                                                     np.array([1e-12])])).max() <= 2
+        g = exprc.function([x], exprc.cos(x) ** 2 - exprc.sin(x) ** 2, backend=backend)
+        big = np.array([1.7976931348623157e308, -1e308, 9e307])
+        want = np.cos(big) ** 2 - np.sin(big) ** 2
+        assert np.isfinite(g(big)).all()
+        np.testing.assert_allclose(g(big), want, rtol=1e-12)

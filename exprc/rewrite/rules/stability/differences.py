@@ -77,13 +77,15 @@ def cosh_from_exp(node: Node) -> Node | None:
 
 @stability_rule("cos_double_angle", SUM_OPS, needs=('square',))
 def cos_double_angle(node: Node) -> Node | None:
-    """cos(u)**2 - sin(u)**2 -> cos(2u)."""
+    """cos(u)**2 - sin(u)**2 -> cos(2u) where 2u is finite (beyond, cos(inf) would be NaN: the formula)."""
     view = view_of(node)
     if view is None:
         return None
     for c, ta, tb in _pairs(view, "square"):
         if ta.inputs[0].op == "cos" and tb.inputs[0].op == "sin" and ta.inputs[0].inputs[0] is tb.inputs[0].inputs[0]:
-            return with_rest(view, [ta, tb], scale(f("cos", scale(ta.inputs[0].inputs[0], TWO)), c), node)
+            twice = scale(ta.inputs[0].inputs[0], TWO)
+            rep = guarded(scale(f("cos", twice), c), F.freeze(sub(scale(ta, c), scale(tb, c))), f("isfinite", twice))
+            return with_rest(view, [ta, tb], rep, node)
     return None
 
 
@@ -281,12 +283,14 @@ def arctan_difference(node: Node) -> Node | None:
 
 @stability_rule("exp_difference", SUM_OPS, needs=('exp',))
 def exp_difference(node: Node) -> Node | None:
-    """exp(x + e) - exp(x) -> exp(x) * expm1(e)."""
+    """exp(x + e) - exp(x) -> exp(x) * expm1(e) (the formula where that is 0 * inf)."""
     view = view_of(node)
     if view is None:
         return None
     for c, ta, tb, d in _two_function_terms(view, "exp"):
-        rep = scale(mul(tb, f("expm1", build_sum(d, node))), c)
+        stable = scale(mul(tb, f("expm1", build_sum(d, node))), c)
+        # (0 * inf where exp(x) underflows and expm1(e) overflows: the formula there, 0 - 0)
+        rep = guarded(stable, F.freeze(sub(scale(ta, c), scale(tb, c))), ~f("isnan", stable))
         return with_rest(view, [ta, tb], rep, node)
     return None
 

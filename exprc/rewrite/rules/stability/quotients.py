@@ -328,6 +328,86 @@ def exp_exact_square(node: Node, a: Node) -> Node | None:
     return F.where(near, fixed, F.freeze(node))
 
 
+def _fz(op: str, *xs: Node) -> Node:
+    return F.freeze(make(op, *xs))
+
+
+def _split(u: Node) -> tuple[Node, Node]:
+    """Veltkamp's split of a float64 ``u`` into 26-bit halves (frozen)."""
+    t = _fz("mul", u, k(134217729.0, u))
+    hi = _fz("sub", t, _fz("sub", t, u))
+    return hi, _fz("sub", u, hi)
+
+
+def _rounding(a: Node, depth: int = 0) -> tuple[Node | None, int]:
+    """(lo, n): ``a`` (an arithmetic tree over exact leaves) is a + lo to first order, lo the error of
+    its roundings (error-free transformations: TwoSum, Dekker's products); n the products of two
+    non-constant operands in it.  None where nothing rounds (a leaf)."""
+    def plus(*xs: Node | None) -> Node | None:
+        out = None
+        for x in xs:
+            if x is not None:
+                out = x if out is None else _fz("add", out, x)
+        return out
+
+    if depth > 12 or a.op not in ("add", "sub", "neg", "mul", "square"):
+        return None, 0
+    if a.op == "neg":
+        lo, n = _rounding(a.inputs[0], depth + 1)
+        return (_fz("neg", lo) if lo is not None else None), n
+    if a.op == "square":
+        u = a.inputs[0]
+        lo, n = _rounding(u, depth + 1)
+        return plus(_square_error(u, a), _fz("mul", _fz("mul", u, lo), k(2.0, u)) if lo is not None else None), n + 1
+    b, c = a.inputs
+    lb, nb = _rounding(b, depth + 1)
+    lc, nc = _rounding(c, depth + 1)
+    if a.op in ("add", "sub"):  # Knuth's TwoSum on the node itself
+        cc = c if a.op == "add" else _fz("neg", c)
+        bb = _fz("sub", a, b)
+        err = _fz("add", _fz("sub", b, _fz("sub", a, bb)), _fz("sub", cc, bb))
+        return plus(err, lb, lc if a.op == "add" or lc is None else _fz("neg", lc)), nb + nc
+    kb, kc = F.scalar_const(b), F.scalar_const(c)
+    if kc is not None or kb is not None:  # a product by a constant
+        x, kv, lx = (b, kc, lb) if kc is not None else (c, kb, lc)
+        if not math.isfinite(kv):
+            return None, 0
+        err = None if _power_of_two(Fraction(kv)) or kv == 0 else _product_error(x, kv, a)
+        return plus(err, _fz("mul", lx, k(kv, a)) if lx is not None else None), nb + nc
+    (bh, bl), (ch, cl) = _split(b), _split(c)  # Dekker's product of two variables
+    err = _fz("add", _fz("add", _fz("add", _fz("sub", _fz("mul", bh, ch), a), _fz("mul", bh, cl)),
+                         _fz("mul", bl, ch)), _fz("mul", bl, cl))
+    return plus(err, _fz("mul", b, lc) if lc is not None else None,
+                _fz("mul", lb, c) if lb is not None else None), nb + nc + 1
+
+
+@stability_rule("exp_exact_argument", ("exp", "sigmoid"), late=True)
+def exp_exact_argument(node: Node) -> Node | None:
+    """exp(p(x)), sigmoid(p(x)) for an arithmetic argument with products of variables (GELU's tanh form
+    sigmoid(c (x + 0.044715 x**3)), exp(-x*y/s)): where |p| > 16 (sigmoid: p < -16) the roundings of p
+    cost up to |p| ulps of the result each (11 bits for GELU at x = -20); there the argument's rounding
+    error lo is recovered by error-free transformations and exp(p) (1 + lo) (sigmoid(p) (1 + lo sigmoid(-p)))
+    is returned.  A rare branch (the loop computes it only in chunks where it holds); float64; the formula
+    where the correction is not finite (a split overflows beyond 1e300)."""
+    a = node.inputs[0]
+    if node.dtype != "float64" or a.dtype != "float64":
+        return None
+    v = view_of(a)
+    if v is not None and len(v.terms) == 1 and v.const == 0 and v.terms[0][1].op == "square" \
+            and _power_of_two(Fraction(v.terms[0][0])):
+        return None  # (exp_exact_square's)
+    lo, products = _rounding(a)
+    if lo is None or products == 0:
+        return None
+    if node.op == "exp":
+        fixed = mul(F.freeze(node), add(k(1.0, node), lo))
+        rare = f("abs", a) > k(8.0, a)
+    else:
+        fixed = mul(F.freeze(node), add(k(1.0, node), mul(lo, F.freeze(f("sigmoid", F.neg(a))))))
+        rare = a < k(-8.0, a)
+    return F.guard(rare, F.where(f("isfinite", lo), fixed, F.freeze(node)), F.freeze(node))
+
+
 @stability_rule("tanh_from_sinh_cosh", P("truediv", X("n"), X("d")))
 def tanh_from_sinh_cosh(node: Node, n: Node, d: Node) -> Node | None:
     """sinh(x)/cosh(x) -> tanh(x) (no inf/inf for |x| > 710)."""
