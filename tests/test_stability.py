@@ -691,3 +691,20 @@ def test_wrong_answers_the_contract_mode_found():
         want = np.cos(big) ** 2 - np.sin(big) ** 2
         assert np.isfinite(g(big)).all()
         np.testing.assert_allclose(g(big), want, rtol=1e-12)
+
+
+def test_exp_exact_argument_only_where_the_correction_is_small():
+    """Where |p| is beyond 746, exp(p) is 0 or inf and p's rounding error is an ulp of p or more: the
+    first-order correction exp(p) (1 + lo) would flip inf to -inf ((1 + x/n)**n at x = 2e25, n = -1e300,
+    whose compensated base gives exp(2e25); found by bench/accuracy.py --contract)."""
+    x, n = exprc.vector("x"), exprc.vector("n")
+    f = exprc.function([x, n], (1 + x / n) ** n)
+    with np.errstate(all="ignore"):
+        got = f(np.array([2.0542364656561257e25, 1.0, 3.0]), np.array([-1e300, 1e6, 1e300]))
+    assert got[0] == np.inf
+    np.testing.assert_allclose(got[1:], [np.exp(1e6 * np.log1p(1e-6)), np.exp(3.0)], rtol=1e-14)
+    y = exprc.vector("y")
+    g = exprc.function([x, y], [exprc.exp(x * y * 1.5), exprc.exp(-x * y * 1.5)])
+    big = np.array([1e10, 3e200])
+    up, down = g(big, big)
+    assert (up == np.inf).all() and (down == 0.0).all()

@@ -93,10 +93,10 @@ def _pow_derivative(node: Node, x: Node, y: Node) -> Node:
     """y x**(y-1), 0 where y == 0.  For a constant exponent whose y - 1 rounds (0.2 - 1 needs 55
     bits), y * (x**y / x) where x**y is a finite normal number: the rounding of y - 1 would cost
     |log x| ulps (8 bits at x = 1e-296)."""
-    p = y.value.reshape(()).item() if y.op == "constant" and y.value.size == 1 and y.dtype != "bool" else None
+    p = y.value.reshape(()) if y.op == "constant" and y.value.size == 1 and y.dtype in ("float32", "float64") else None
     plain = A.where(A.equal(y, 0), 0.0, y * x ** (y - 1.0))
-    if p is None or not math.isfinite(p) or Fraction(p) - 1 == Fraction(p - 1.0):
-        return plain  # (y - 1 is exact: 2, 0.5, -1.5 …)
+    if p is None or not np.isfinite(p) or Fraction(float(p)) - 1 == Fraction(float(p - p.dtype.type(1))):
+        return plain  # (y - 1 is exact in y's dtype: 2, 0.5, -1.5 …)
     tiny = float(np.finfo(node.dtype).tiny)
     ok = A.isfinite(node) & (A.abs(node) >= tiny) & A.not_equal(x, 0)
     return A.where(ok, y * (node / x), plain)

@@ -311,7 +311,9 @@ def series_quotient(node: Node) -> Node | None:
             (u, coeffs, r, _), cc = found, ONE
         if d.inputs[0] is not u:
             continue
-        lo = next(i for i, a in enumerate(coeffs) if a)
+        lo = next((i for i, a in enumerate(coeffs) if a), None)
+        if lo is None:
+            continue
         j = min(lo, next(i for i, a in enumerate(SERIES.coefficients(d.op, 4)) if a))
         top = scale(_odd_even_horner(u, list(coeffs[j:]), node), cc)
         near = make("and", f("abs", u) < k(r, u), make("ne", u, k(0.0, u)))  # (0/0 at u = 0: the formula's)

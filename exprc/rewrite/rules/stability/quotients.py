@@ -384,8 +384,8 @@ def _rounding(a: Node, depth: int = 0) -> tuple[Node | None, int]:
 @stability_rule("exp_exact_argument", ("exp", "sigmoid"), late=True)
 def exp_exact_argument(node: Node) -> Node | None:
     """exp(p(x)), sigmoid(p(x)) for an arithmetic argument with products of variables (GELU's tanh form
-    sigmoid(c (x + 0.044715 x**3)), exp(-x*y/s)): where |p| > 16 (sigmoid: p < -16) the roundings of p
-    cost up to |p| ulps of the result each (11 bits for GELU at x = -20); there the argument's rounding
+    sigmoid(c (x + 0.044715 x**3)), exp(-x*y/s)): where 8 < |p| < 746 (sigmoid: -746 < p < -8) the
+    roundings of p cost up to |p| ulps of the result each (11 bits for GELU at x = -20); there the argument's rounding
     error lo is recovered by error-free transformations and exp(p) (1 + lo) (sigmoid(p) (1 + lo sigmoid(-p)))
     is returned.  A rare branch (the loop computes it only in chunks where it holds); float64; the formula
     where the correction is not finite (a split overflows beyond 1e300)."""
@@ -399,12 +399,14 @@ def exp_exact_argument(node: Node) -> Node | None:
     lo, products = _rounding(a)
     if lo is None or products == 0:
         return None
+    # (beyond |p| = 746 exp(p) is 0 or inf whatever lo is, and lo, an ulp of p or more, would no longer be
+    # a small correction: exp(p) (1 + lo) with lo < -1 is -inf where the answer is inf)
     if node.op == "exp":
         fixed = mul(F.freeze(node), add(k(1.0, node), lo))
-        rare = f("abs", a) > k(8.0, a)
+        rare = (f("abs", a) > k(8.0, a)) & (f("abs", a) < k(746.0, a))
     else:
         fixed = mul(F.freeze(node), add(k(1.0, node), mul(lo, F.freeze(f("sigmoid", F.neg(a))))))
-        rare = a < k(-8.0, a)
+        rare = (a < k(-8.0, a)) & (a > k(-746.0, a))
     return F.guard(rare, F.where(f("isfinite", lo), fixed, F.freeze(node)), F.freeze(node))
 
 
