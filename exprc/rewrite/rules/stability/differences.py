@@ -84,7 +84,9 @@ def cos_double_angle(node: Node) -> Node | None:
     for c, ta, tb in _pairs(view, "square"):
         if ta.inputs[0].op == "cos" and tb.inputs[0].op == "sin" and ta.inputs[0].inputs[0] is tb.inputs[0].inputs[0]:
             twice = scale(ta.inputs[0].inputs[0], TWO)
-            rep = guarded(scale(f("cos", twice), c), F.freeze(sub(scale(ta, c), scale(tb, c))), f("isfinite", twice))
+            # (a rare guard: the loop computes the formula only in chunks where 2u overflows)
+            rep = F.guard(f("invert", f("isfinite", twice)), F.freeze(sub(scale(ta, c), scale(tb, c))),
+                          scale(f("cos", twice), c))
             return with_rest(view, [ta, tb], rep, node)
     return None
 

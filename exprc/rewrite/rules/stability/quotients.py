@@ -342,7 +342,8 @@ def _split(u: Node) -> tuple[Node, Node]:
 def _rounding(a: Node, depth: int = 0) -> tuple[Node | None, int]:
     """(lo, n): ``a`` (an arithmetic tree over exact leaves) is a + lo to first order, lo the error of
     its roundings (error-free transformations: TwoSum, Dekker's products); n the products of two
-    non-constant operands in it.  None where nothing rounds (a leaf)."""
+    non-constant operands in it, negative where a leaf is neither an input nor a constant.  None where
+    nothing rounds (a leaf)."""
     def plus(*xs: Node | None) -> Node | None:
         out = None
         for x in xs:
@@ -351,7 +352,9 @@ def _rounding(a: Node, depth: int = 0) -> tuple[Node | None, int]:
         return out
 
     if depth > 12 or a.op not in ("add", "sub", "neg", "mul", "square"):
-        return None, 0
+        # (a leaf: exact if an input or a constant; a computed leaf, log1p(x) in exp(y * log1p(x)), has
+        # a rounding of its own that the correction would not see: -1 makes the rule decline)
+        return None, 0 if a.op in ("input", "constant") else -(1 << 20)
     if a.op == "neg":
         lo, n = _rounding(a.inputs[0], depth + 1)
         return (_fz("neg", lo) if lo is not None else None), n
@@ -397,7 +400,7 @@ def exp_exact_argument(node: Node) -> Node | None:
             and _power_of_two(Fraction(v.terms[0][0])):
         return None  # (exp_exact_square's)
     lo, products = _rounding(a)
-    if lo is None or products == 0:
+    if lo is None or products <= 0:
         return None
     # (beyond |p| = 746 exp(p) is 0 or inf whatever lo is, and lo, an ulp of p or more, would no longer be
     # a small correction: exp(p) (1 + lo) with lo < -1 is -inf where the answer is inf)
