@@ -72,3 +72,25 @@ def test_log_quotient_guard_reads_a_deep_divisor():
     with np.errstate(all="ignore"):
         r = f(np.array([-2.0, 2.0]), np.array([-1.0, 0.0]))
     assert np.isnan(r[0]) and r[1] == np.log(2.0)  # s underflows to 0 but is > 0: log of a negative
+
+
+def test_series_power_and_exact_argument_rules_on_chains_thousands_deep():
+    """series_difference/series_quotient read f(u)/u**k terms, power_difference reads s/a**p, and
+    exp_exact_argument walks an arithmetic tree: on chains 3,000 deep none recurses without bound, and the
+    results match NumPy."""
+    x = exprc.vector("x")
+    v = np.array([0.5, 0.9, 1.1])
+    e = exprc.sin(x)
+    ref = np.sin(v)
+    for _ in range(3000):
+        e, ref = e / x, ref / v
+    got = exprc.function([x], e - exprc.tan(x) / x, backend="numpy")(v)
+    np.testing.assert_allclose(got, ref - np.tan(v) / v, rtol=1e-9)
+    e, ref = x + 1.0, v + 1.0
+    for _ in range(3000):
+        e, ref = 1.0 / exprc.sqrt(e), 1.0 / np.sqrt(ref)
+    np.testing.assert_allclose(exprc.function([x], e - 1.0)(v), ref - 1.0, rtol=1e-9, atol=1e-15)
+    e, ref = x, v.copy()
+    for _ in range(3000):
+        e, ref = e * 0.999 + 0.001, ref * 0.999 + 0.001
+    np.testing.assert_allclose(exprc.function([x], exprc.exp(e * x * 30.0))(v), np.exp(ref * v * 30.0), rtol=1e-12)

@@ -204,20 +204,21 @@ def _difference_series(view: SumView | None) -> tuple[Node, tuple[Fraction, ...]
     if view is None or len(view.terms) < 2:
         return None
     fns: list[tuple[Fraction, str, int]] = []
+    others: list[tuple[Fraction, Node]] = []
     u = None
     for c, t in view.terms:
         found = _shifted_function(t)
-        if found is not None and (u is None or found[1] is u):
+        if found is None:
+            others.append((c, t))
+        elif u is None or found[1] is u:
             u = found[1]
             fns.append((c * found[3], found[0], found[2]))
+        else:
+            return None  # (functions of two arguments)
     if len(fns) < 2:
         return None  # (one function against a polynomial: taylor_cancellation's)
     poly: dict[int, Fraction] = {0: view.const} if view.const else {}
-    for c, t in view.terms:
-        if t.op in SERIES.FUNCTIONS or _shifted_function(t) is not None:
-            if _shifted_function(t)[1] is not u:
-                return None
-            continue
+    for c, t in others:
         dm = _poly_degree(t, u) or _inverse_degree(t, u)
         if dm is None:
             return None
@@ -231,13 +232,16 @@ def _difference_series(view: SumView | None) -> tuple[Node, tuple[Fraction, ...]
     return u, coeffs, r, divided
 
 
-def _shifted_function(t: Node) -> tuple[str, Node, int, Fraction] | None:
+def _shifted_function(t: Node, depth: int = 0) -> tuple[str, Node, int, Fraction] | None:
     """(f, u, k, s) when ``t`` is s * f(u) / u**k (k >= 0) with f one of the series functions:
-    ``f(u)``, ``f(u) / x / x``, ``(1 / x) * f(u)`` (what the gradient of a quotient looks like)."""
+    ``f(u)``, ``f(u) / x / x``, ``(1 / x) * f(u)`` (what the gradient of a quotient looks like).
+    At most 64 quotients and products deep (a chain thousands deep is no such term, and no recursion)."""
     if t.op in SERIES.FUNCTIONS:
         return t.op, t.inputs[0], 0, ONE
+    if depth > 64:
+        return None
     if t.op == "truediv":
-        inner = _shifted_function(t.inputs[0])
+        inner = _shifted_function(t.inputs[0], depth + 1)
         if inner is not None:
             d = _degree(t.inputs[1], inner[1])
             if d is not None:
@@ -245,7 +249,7 @@ def _shifted_function(t: Node) -> tuple[str, Node, int, Fraction] | None:
         return None
     if t.op == "mul":
         for a, b in (t.inputs, t.inputs[::-1]):
-            inner = _shifted_function(a)
+            inner = _shifted_function(a, depth + 1)
             if inner is None:
                 continue
             dm = _inverse_degree(b, inner[1])

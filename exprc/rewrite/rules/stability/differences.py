@@ -297,12 +297,13 @@ def exp_difference(node: Node) -> Node | None:
     return None
 
 
-def _power_of(t: Node) -> tuple[Node, Fraction, Fraction] | None:
+def _power_of(t: Node, nested: bool = False) -> tuple[Node, Fraction, Fraction] | None:
     """(a, p, s) when ``t`` is ``s * a**p`` for constants p and s: ``pow(a, p)``, ``sqrt(a)``, ``cbrt(a)``
-    or a constant over one of them (``0.5 / sqrt(x + 1)``, the gradient of sqrt)."""
+    or a constant over one of them (``0.5 / sqrt(x + 1)``, the gradient of sqrt; one quotient deep)."""
     if t.op == "truediv":
         s = F.scalar_const(t.inputs[0])
-        inner = _power_of(t.inputs[1]) if s is not None and s != 0 and math.isfinite(s) else None
+        ok = not nested and s is not None and s != 0 and math.isfinite(s)
+        inner = _power_of(t.inputs[1], nested=True) if ok else None
         return (inner[0], -inner[1], Fraction(s) / inner[2]) if inner is not None else None
     if t.op == "sqrt":
         return t.inputs[0], HALF, ONE

@@ -216,38 +216,35 @@ def _power_of_two(c: Fraction) -> bool:
     return n > 0 and n & (n - 1) == 0 and d & (d - 1) == 0
 
 
+def _fz(op: str, *xs: Node) -> Node:
+    """A frozen node: the sum views would otherwise simplify an error-free transformation's
+    ``t - (t - u)`` back to ``u``."""
+    return F.freeze(make(op, *xs))
+
+
+def _split(u: Node) -> tuple[Node, Node]:
+    """Veltkamp's split of ``u`` into halves whose products are exact (2**27 + 1; float32: 2**12 + 1)."""
+    t = _fz("mul", u, k(134217729.0 if u.dtype == "float64" else 4097.0, u))
+    hi = _fz("sub", t, _fz("sub", t, u))
+    return hi, _fz("sub", u, hi)
+
+
 def _square_error(u: Node, hi: Node) -> Node:
-    """``u*u - hi`` exactly, for ``hi`` = fl(u*u) (Dekker's product, Veltkamp's split).  Every node is
-    frozen: the sum views would otherwise simplify ``t - (t - u)`` back to ``u``."""
-    split = k(134217729.0 if u.dtype == "float64" else 4097.0, u)  # 2**27 + 1, 2**12 + 1
-
-    def fz(op: str, *xs: Node) -> Node:
-        return F.freeze(make(op, *xs))
-
-    t = fz("mul", u, split)
-    uh = fz("sub", t, fz("sub", t, u))
-    ul = fz("sub", u, uh)
-    hh = fz("mul", uh, uh)
-    cross = fz("mul", fz("mul", uh, ul), k(2.0, u))
-    return fz("add", fz("add", fz("sub", hh, hi), cross), fz("mul", ul, ul))
+    """``u*u - hi`` exactly, for ``hi`` = fl(u*u) (Dekker's product, Veltkamp's split)."""
+    uh, ul = _split(u)
+    cross = _fz("mul", _fz("mul", uh, ul), k(2.0, u))
+    return _fz("add", _fz("add", _fz("sub", _fz("mul", uh, uh), hi), cross), _fz("mul", ul, ul))
 
 
 def _product_error(u: Node, c: float, hi: Node) -> Node:
     """``u*c - hi`` exactly, for ``hi`` = fl(u*c) and a float64 constant ``c`` (Dekker's product; the
-    constant is split here).  Frozen as in :func:`_square_error`."""
-    split = 134217729.0
-    t = c * split
+    constant is split here)."""
+    t = c * 134217729.0
     ch = t - (t - c)
     cl = c - ch
-
-    def fz(op: str, *xs: Node) -> Node:
-        return F.freeze(make(op, *xs))
-
-    t = fz("mul", u, k(split, u))
-    uh = fz("sub", t, fz("sub", t, u))
-    ul = fz("sub", u, uh)
-    err = fz("add", fz("sub", fz("mul", uh, k(ch, u)), hi), fz("mul", uh, k(cl, u)))
-    return fz("add", fz("add", err, fz("mul", ul, k(ch, u))), fz("mul", ul, k(cl, u)))
+    uh, ul = _split(u)
+    err = _fz("add", _fz("sub", _fz("mul", uh, k(ch, u)), hi), _fz("mul", uh, k(cl, u)))
+    return _fz("add", _fz("add", err, _fz("mul", ul, k(ch, u))), _fz("mul", ul, k(cl, u)))
 
 
 def _argument_residual(b: Node) -> tuple[Node, Node] | None:
@@ -326,17 +323,6 @@ def exp_exact_square(node: Node, a: Node) -> Node | None:
         near = make("and", near, f("abs", x) < k(1e290, x))
     fixed = mul(F.freeze(node), add(k(1.0, node), scale(lo, c)))
     return F.where(near, fixed, F.freeze(node))
-
-
-def _fz(op: str, *xs: Node) -> Node:
-    return F.freeze(make(op, *xs))
-
-
-def _split(u: Node) -> tuple[Node, Node]:
-    """Veltkamp's split of a float64 ``u`` into 26-bit halves (frozen)."""
-    t = _fz("mul", u, k(134217729.0, u))
-    hi = _fz("sub", t, _fz("sub", t, u))
-    return hi, _fz("sub", u, hi)
 
 
 def _rounding(a: Node, depth: int = 0) -> tuple[Node | None, int]:
