@@ -33,6 +33,12 @@ from exprc.ops import OPS, REDUCTIONS
 VIEW_OPS = frozenset({"dimshuffle", "getitem", "broadcast_to", "reshape"})
 #: Reductions a native kernel computes: those whose identity, accumulator and combine are declared.
 NATIVE_REDUCE = frozenset(REDUCTIONS)
+#: Elementwise ops a group recomputes rather than reads from another group's temporary (see
+#: ``lower``, step 1): cheap, and exact in IEEE arithmetic, so each copy gives the same bits.
+RECOMPUTED = frozenset({"add", "sub", "mul", "neg", "abs", "eq", "ne", "lt", "le", "gt", "ge", "where",
+                        "cast", "isfinite", "isnan", "isinf", "and", "or", "invert", "xor"})
+#: The most groups one node is recomputed in (each copy is work; a bound keeps it linear).
+MAX_COPIES = 3
 
 
 @dataclass
@@ -145,28 +151,46 @@ def lower(outputs: Sequence[Node], inputs: Sequence[Node], fuse: bool = True,
         op = OPS[n.op]
         return op.kind == "elemwise" and (op.c is not None or op.c_int is not None or op.c_call is not None)
 
-    # 1. Elementwise groups, built from the outputs backwards.
+    # 1. Elementwise groups, built from the outputs backwards.  A cheap exact node (``x - max(x)``,
+    # ``y == 0``) whose consumers lie in a few different groups joins all of them: each recomputes
+    # it from what it reads, where a group of its own would write a temporary the size of the
+    # input that the others read back (logsumexp's shifted row and its mask: 6 kernels -> 4).
+    # Only ops that IEEE rounds exactly, so every copy has the same bits.
     group: dict[Node, int] = {}
+    gsets: dict[Node, frozenset[int]] = {}
+    copied: set[Node] = set()
     next_group = 0
     for n in reversed(order):
         if not elemwise(n):
             continue
         cons = consumers[n]
         target = None
-        if fuse and cons:
-            gs = {group.get(c) for c in cons}
-            if len(gs) == 1 and None not in gs and all(_same_space(n, c) for c in cons):
-                target = gs.pop()
+        if fuse and cons and all(c in gsets for c in cons) and all(_same_space(n, c) for c in cons):
+            gs = frozenset().union(*(gsets[c] for c in cons))
+            if len(gs) == 1:
+                target = gs
+            elif (not rows and n.op in RECOMPUTED and n not in is_output and len(gs) <= MAX_COPIES
+                  and n.ndim > 0):
+                target = gs
+                copied.add(n)
         if target is None:
-            target = next_group
+            target = frozenset((next_group,))
             next_group += 1
-        group[n] = target
+        gsets[n] = target
+        if n not in copied:
+            (group[n],) = target
 
     # 2. Reductions absorb a producer group used by nothing else.
     members: dict[int, list[Node]] = {}
     for n in order:
-        if n in group:
-            members.setdefault(group[n], []).append(n)
+        for g in sorted(gsets.get(n, ())):
+            members.setdefault(g, []).append(n)
+
+    def group_outputs(g: int) -> list[Node]:
+        """What group ``g`` must store: its nodes read outside it (a copied node never is)."""
+        return [m for m in members[g] if m not in copied
+                and (m in is_output or any(g not in gsets.get(c, ()) for c in consumers[m]))]
+
     absorbed: dict[Node, int] = {}
     for n in order:
         if n.op in NATIVE_REDUCE and fuse:
@@ -174,8 +198,7 @@ def lower(outputs: Sequence[Node], inputs: Sequence[Node], fuse: bool = True,
             g = group.get(src)
             if g is None or src in is_output:
                 continue
-            nodes = members[g]
-            outs = [m for m in nodes if m in is_output or any(group.get(c) != g for c in consumers[m])]
+            outs = group_outputs(g)
             if outs == [src] and consumers[src] == [n] and g not in absorbed.values():
                 absorbed[n] = g
 
@@ -207,12 +230,14 @@ def lower(outputs: Sequence[Node], inputs: Sequence[Node], fuse: bool = True,
     for n in order:
         if n.op in ("input", "constant") or (n.op in VIEW_OPS and view_of_leaves(n)):
             continue
+        if n in copied:
+            continue  # (computed inside each group that reads it)
         if n in group:
             g = group[n]
             if g in absorbed_groups or g in emitted:
                 continue
             nodes = members[g]
-            outs = [m for m in nodes if m in is_output or any(group.get(c) != g for c in consumers[m])]
+            outs = group_outputs(g)
             k = Kernel(len(steps), outs, nodes)
             kernels_by_group[g] = k
             steps.append(k)

@@ -14,6 +14,7 @@ import pytest
 
 import exprc
 from exprc import fusion
+from exprc.function import clear_memo
 from exprc.fusion import Kernel, lower
 
 
@@ -161,6 +162,61 @@ def test_which_siblings_merge():
     assert len(lower([exprc.sin(u), exprc.exp(v)], [u, v]).kernels) == 2
     (k,) = lower([exprc.sin(u), exprc.exp(u)], [u]).kernels
     assert len(k.outputs) == 2
+
+
+def test_cheap_shared_nodes_are_recomputed_not_stored(monkeypatch):
+    """logsumexp's stable form reads y = x - max(x) and its mask y == 0 in two reductions: each
+    reduction recomputes them from x (4 kernels, no (rows, n) temporary) where they used to be two
+    kernels writing two matrices (6).  An expensive shared node (exp) is still computed once."""
+    x = exprc.matrix("x")
+    lse = exprc.function([x], exprc.log(exprc.sum(exprc.exp(x), axis=-1)))
+    assert len(lse.kernels) == 4
+    program = lower(list(lse.graph.outputs), [x], epilogues=True)
+    assert not [n for n in program.materialized if n.ndim == 2 and n.type.shape[-1] != 1]  # (rows, n)
+    monkeypatch.setattr(fusion, "MAX_COPIES", 0)
+    assert len(lower(list(lse.graph.outputs), [x], epilogues=True).kernels) == 6
+    monkeypatch.undo()
+    e = exprc.exp(x)
+    program = lower([exprc.sum(e, axis=-1), e * 2.0 + 1.0], [x])
+    assert sum(n.op == "exp" for k in program.kernels for n in k.body) == 1
+    # an output is stored, never only recomputed
+    y = x - 1.0
+    program = lower([y, exprc.sum(y * y, axis=-1), exprc.max(y, axis=-1)], [x])
+    assert y in program.materialized
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_recomputed_nodes_give_the_reference_bits(threads, monkeypatch):
+    """Differential: graphs whose cheap nodes (sub, eq, where, mul, cast) feed several reductions and
+    elementwise outputs, with a broadcast operand, NaN/inf rows, empty rows and a strided view, against
+    the NumPy backend; and the same bits as without recomputing (every op copied is exact in IEEE)."""
+    x, c = exprc.matrix("x"), exprc.matrix("c")
+    y = x - exprc.max(x, axis=-1, keepdims=True)
+    top = exprc.equal(y, 0.0)
+    d = exprc.where(top, y * c, -y)
+    outs = [exprc.sum(exprc.where(top, 0.0, exprc.exp(y)), axis=-1), exprc.sum(top.astype("float64"), axis=-1),
+            exprc.min(d, axis=-1), d + y, exprc.log(exprc.sum(exprc.exp(x), axis=-1, keepdims=True)) - x]
+    rng = np.random.default_rng(5)
+    xv = rng.normal(size=(37, 13)) * 4
+    xv[3] = np.nan
+    xv[5, 2] = np.inf
+    xv[7, :] = -np.inf
+    cv = rng.normal(size=(37, 1))
+    cfg = exprc.Config(num_threads=threads)
+    f = exprc.function([x, c], outs, config=cfg)
+    ref = exprc.function([x, c], outs, backend="numpy")
+    monkeypatch.setattr(fusion, "MAX_COPIES", 0)
+    clear_memo()
+    stored = exprc.function([x, c], outs, config=cfg)  # (every shared node in a temporary)
+    monkeypatch.undo()
+    clear_memo()
+    assert len(stored.kernels) > len(f.kernels)
+    for args in ((xv, cv), (xv[:, ::2], cv), (xv[:0], cv[:0]), (np.asfortranarray(xv), cv)):
+        with np.errstate(all="ignore"):
+            got, want, before = f(*args), ref(*args), stored(*args)
+        for g, w, b in zip(got, want, before):
+            np.testing.assert_allclose(g, w, rtol=1e-13, atol=0)
+            np.testing.assert_array_equal(g, b)
 
 
 def test_schedule_is_networkx_lexicographic_topological_order():
