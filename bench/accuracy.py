@@ -41,6 +41,7 @@ from exprc.accuracy import bits_lost, reference, sample
 
 FIXED_BITS = 4.0
 SQRT2PI = math.sqrt(2 * math.pi)
+SQRT2 = math.sqrt(2)
 
 
 @dataclass(frozen=True)
@@ -167,10 +168,14 @@ CASES = [
     Case("root_diff", "cancel", lambda m, x: (x + 1) ** 0.2 - x ** 0.2, ((G, 1e-300, 1e300),)),
     Case("inv_root_diff", "cancel", lambda m, x: x ** -0.75 - (x + 1) ** -0.75, ((G, 1e-300, 1e300),)),
     Case("xlogx_diff", "cancel", lambda m, x: (x + 1) * m.log(x + 1) - x * m.log(x) - 1, ((G, 1e-300, 1e300),)),
+    # issue 18 item 3: log(erfc) and the log normal CDF to |x| = 1e150 (erfc underflows from 26.6)
+    Case("log_erfc", "ml", lambda m, x: m.log(m.erfc(x)), ((S, 1e-12, 1e150),)),
+    Case("log_normal_cdf", "ml", lambda m, x: m.log(0.5 * m.erfc(-x / SQRT2)), ((S, 1e-12, 1e150),)),
 ]
 
 NP = types.SimpleNamespace(**{k: getattr(np, k) for k in dir(np) if not k.startswith("_")})
 NP.erf = np.vectorize(math.erf, otypes=[np.float64])  # NumPy has no erf
+NP.erfc = np.vectorize(math.erfc, otypes=[np.float64])
 
 
 def _inputs(case: Case, n: int, seed: int) -> list[np.ndarray]:

@@ -45,6 +45,7 @@ from exprc.api import (
     equal,
     erf,
     erfc,
+    erfcx,
     exp,
     exp2,
     expand_dims,

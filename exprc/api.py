@@ -178,6 +178,8 @@ softplus = _unary("softplus", "log(1 + exp(x)), computed without overflow")
 log1mexp = _unary("log1mexp", "log(1 - exp(x)) for x <= 0, accurate near 0 and for large -x")
 erf = _unary("erf", "The error function")
 erfc = _unary("erfc", "1 - erf(x), accurate for large x")
+erfcx = _unary("erfcx", "exp(x*x) * erfc(x), the scaled complementary error function: finite and accurate "
+                        "where erfc underflows (x > 26.5), ~1/(x sqrt(pi)) for large x")
 isnan = _unary("isnan", "True where x is NaN")
 isinf = _unary("isinf", "True where x is +-inf")
 isfinite = _unary("isfinite", "True where x is neither NaN nor infinite")

@@ -65,7 +65,7 @@ def _to_table() -> dict[str, Callable[..., Any]]:
 #: Ops :func:`to_sympy` has no SymPy function for, and why (tests/test_op_facts.py checks that every op
 #: is in :func:`sympy_ops` or here).
 NO_SYMPY: dict[str, str] = {
-    **dict.fromkeys(("and", "or", "xor", "invert", "round", "isnan", "isinf", "isfinite", "log1mexp", "fill"),
+    **dict.fromkeys(("and", "or", "xor", "invert", "round", "isnan", "isinf", "isfinite", "log1mexp", "erfcx", "fill"),
                     "no SymPy counterpart: an undefined SymPy function of the same name, which from_sympy maps "
                     "back (SymPy cannot simplify through it)"),
     **dict.fromkeys(("sum", "prod", "mean", "max", "min", "all", "any", "argmax", "argmin"),

@@ -87,8 +87,29 @@ UNARY = [
     ("arccos", _u("arccos"), UNIT), ("arctan", _u("arctan"), R), ("sinh", _u("sinh"), R), ("cosh", _u("cosh"), R),
     ("tanh", _u("tanh"), R), ("arcsinh", _u("arcsinh"), R), ("arccosh", _u("arccosh"), BIG),
     ("arctanh", _u("arctanh"), UNIT), ("sigmoid", _u("sigmoid"), R), ("softplus", _u("softplus"), R),
-    ("erf", _u("erf"), R), ("erfc", _u("erfc"), R),
+    ("erf", _u("erf"), R), ("erfc", _u("erfc"), R), ("erfcx", _u("erfcx"), R),
 ]
+
+
+def test_erfcx_gradient_in_the_tail():
+    """erfcx'(x) = 2x erfcx(x) - 2/sqrt(pi) cancels for large x (to -1/(sqrt(pi) x**2)); from 7 up the
+    rule sums the asymptotic series instead: within 3 bits of mpmath up to 1e150, where 2x erfcx(x) - 2/sqrt(pi)
+    gives 0 or garbage."""
+    import mpmath
+
+    from exprc.accuracy import bits_lost
+
+    x = exprc.vector("x")
+    g = exprc.function([x], exprc.grad(exprc.sum(exprc.erfcx(x)), x))
+    pts = np.concatenate([np.linspace(7.0, 60.0, 60), np.geomspace(60.0, 1e150, 50)])
+    with mpmath.workprec(400):
+        def exact(v):
+            v = mpmath.mpf(float(v))
+            if v > 1e6:  # (mpmath's erfc is slow out there: the series, to v**-8)
+                return -1 / (mpmath.sqrt(mpmath.pi) * v * v) * (1 - 3 / (2 * v * v) + 15 / (4 * v ** 4))
+            return 2 * v * mpmath.exp(v * v) * mpmath.erfc(v) - 2 / mpmath.sqrt(mpmath.pi)
+        ref = np.array([float(exact(v)) for v in pts])
+    assert bits_lost(g(pts), ref).max() <= 3
 
 
 @pytest.mark.parametrize("name,fn,domain", UNARY, ids=[u[0] for u in UNARY])

@@ -60,6 +60,32 @@ def test_special_functions_against_scipy():
     assert_close(exprc.erf(x32).eval({x32: d32}), special.erf(d32).astype(np.float32), ulps=4)
 
 
+def test_erfcx_against_mpmath_on_both_backends():
+    """erfcx(x) = exp(x*x) erfc(x): within 2 bits where it is finite (the definition overflows to inf*0
+    from x = 26.6; erfcx is ~1/(x sqrt(pi)) up to 1.8e308), inf below -26.64, NaN kept; float32 is the
+    float64 value rounded."""
+    from exprc.accuracy import bits_lost, reference
+
+    rng = np.random.default_rng(3)
+    data = np.concatenate([np.linspace(-26.6, 40, 400), 10 ** rng.uniform(-300, 308, 200), -(10 ** rng.uniform(-300, 1.4, 100)),
+                           [0.0, -0.0, 9.999999999999998, 10.0, 26.5, 27.0, 1e154, 1.7976931348623157e308]])
+    ref = reference(lambda m, x: m.erfcx(x), [data])
+    x = exprc.vector("x")
+    special = np.array([np.inf, -np.inf, np.nan, -26.7, -27.0, -1e300])
+    for backend in ("numpy", "c"):
+        f = exprc.function([x], exprc.erfcx(x), backend=backend)
+        assert bits_lost(f(data), ref).max() <= 2
+        got = f(special)
+        assert got[0] == 0.0 and np.isposinf(got[1]) and np.isnan(got[2]) and np.isposinf(got[3:]).all()
+        x32 = exprc.vector("x", "float32")
+        d32 = data[np.abs(data) < 3e38].astype(np.float32)
+        g = exprc.function([x32], exprc.erfcx(x32), backend=backend)
+        with np.errstate(over="ignore"):  # (erfcx(-10) overflows float32)
+            want = f(d32.astype(np.float64)).astype(np.float32)
+        assert g(d32).dtype == np.float32
+        assert_close(g(d32), want, ulps=1)
+
+
 BINARY = [
     ("add", lambda a, b: a + b), ("subtract", lambda a, b: a - b), ("multiply", lambda a, b: a * b),
     ("true_divide", lambda a, b: a / b), ("floor_divide", lambda a, b: a // b), ("mod", lambda a, b: a % b),

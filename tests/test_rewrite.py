@@ -187,3 +187,19 @@ def test_merge_loops_runs_one_loop_for_equal_and_extending_loops():
             assert len(loops) == 4 and not merged
         else:
             assert sorted(n.arg("loop").n_results for n in loops) == [1, 2] and len(merged) == 2
+
+
+def test_product_view_reads_an_even_power_of_a_negation_as_positive():
+    """square(-u) is u**2, not -u**2: the view flipped the sign for every negation whatever its power,
+    and exp_product rebuilt square(-y) * exp(a) / exp(b) as -y**2 exp(a - b) in its overflow branch."""
+    from exprc.rewrite import forms as F
+
+    x = exprc.vector("x")
+    assert F._product_view(F.make("square", F.make("neg", x)), 8)[:2] == (1, [(x, 2)])
+    assert F._product_view(F.make("neg", F.make("square", F.make("neg", x))), 8)[:2] == (-1, [(x, 2)])
+    assert F._product_view(F.make("truediv", F.make("neg", x), F.make("square", F.make("neg", x))), 8)[:2] == (-1, [(x, -1)])
+    a, b, y = exprc.vector("a"), exprc.vector("b"), exprc.vector("y")
+    f = exprc.function([a, b, y], exprc.square(-y) * exprc.exp(a) / exprc.exp(b))
+    assert "exp_product" in f.rewrites
+    av, bv, yv = np.array([800.0, 1.0]), np.array([799.0, 0.5]), np.array([2.0, -3.0])
+    np.testing.assert_allclose(f(av, bv, yv), yv**2 * np.exp(av - bv), rtol=1e-14)

@@ -22,6 +22,7 @@ from exprc.rewrite import REGISTRY
 NP = types.SimpleNamespace(**{k: getattr(np, k) for k in dir(np) if not k.startswith("_")})
 NP.erf = np.vectorize(math.erf, otypes=[np.float64])
 NP.erfc = np.vectorize(math.erfc, otypes=[np.float64])
+NP.erfcx = lambda x: np.exp(x * x) * NP.erfc(x)  # (the definition, as written: inf * 0 from x = 26.6)
 NP.sigmoid = lambda x: 1 / (1 + np.exp(-x))
 NP.softmax = lambda x, axis=-1: np.exp(x) / np.sum(np.exp(x), axis=axis, keepdims=True)
 
@@ -193,6 +194,18 @@ RULES = [
     R("erfc_exact_argument", [lambda m, x: 0.5 * (1 + m.erf(x / math.sqrt(2))), lambda m, x: m.erfc(-x / math.sqrt(2)),
                               lambda m, x: m.erfc(x * -0.7071067811865476) / 2, lambda m, x: m.erfc(x / -3.0)],
       {"erfc", "where"}, [(L, -37.5, -10.0)]),
+    R("erfc_exact_argument", [lambda m, x: m.erfcx(x / math.sqrt(2)), lambda m, x: m.erfcx(x * -0.7071067811865476)],
+      {"erfcx", "where"}, [(L, -37.5, -20.0)]),
+    # log(erfc): 0 * inf from x = 26.6, the rounding of erfc near 1 for small x; the log normal CDF's tails
+    R("log_erfc", [lambda m, x: m.log(m.erfc(x)), lambda m, x: m.log(1 - m.erf(x))], {"erfcx", "log1p"},
+      [(S, 1e-12, 1e150)]),
+    # (the erf spelling last: mpmath cannot give 1 + erf(x) where it is exp(-1e10), the exact tests' first)
+    R("log_erfc", [lambda m, x: m.log(0.5 * m.erfc(x * -0.7071067811865476)), lambda m, x: m.log(m.erfc(-x / 3.0) / 2),
+                   lambda m, x: m.log(0.5 * (1 + m.erf(x / math.sqrt(2))))], {"erfcx", "log1p"}, [(S, 1e-12, 1e150)]),
+    # the Mills ratio (the gradient of log(erfc)): 0/0 from x = 26.6
+    R("erfc_exp_ratio", [lambda m, x: m.exp(-x * x) / m.erfc(x), lambda m, x: 3.0 * m.exp(-m.square(x)) / m.erfc(x),
+                         lambda m, x: m.exp(-(x / 3.0) ** 2) / m.erfc(-x / -3.0) * x],
+      {"erfcx"}, [(L, -20.0, 1e4)]),
     R("erf_from_erfc", [lambda m, x: 1 - m.erfc(x)], {"erf"}, [(S, 1e-300, 1e-3)], absent={"erfc"}),
     R("pow_compensated_base", [lambda m, r, n: (1 + r / n) ** n], {"exp"}, [(L, 0.01, 0.2), (G, 1e3, 1e15)]),
     R("pow1p_minus_one", [lambda m, x, y: (1 + x) ** y - 1], {"expm1"}, [(S, 1e-12, 1e-3), (L, 1, 100)]),
@@ -708,3 +721,30 @@ def test_exp_exact_argument_only_where_the_correction_is_small():
     big = np.array([1e10, 3e200])
     up, down = g(big, big)
     assert (up == np.inf).all() and (down == 0.0).all()
+
+
+def test_log_erfc_and_log_normal_cdf_gradients_in_the_tails():
+    """d/dx log(erfc(x)) = -2/sqrt(pi) exp(-x**2)/erfc(x) is 0/0 from x = 26.6; erfc_exp_ratio makes it
+    -2/sqrt(pi)/erfcx(x).  The log normal CDF's gradient likewise, to |x| = 1e150 either way: where the
+    CDF is near 1 the gradient underflows to 0 (it was NaN: erfcx's argument correction met inf - inf)."""
+    import mpmath
+
+    from exprc.accuracy.exact import _build
+
+    exact = _build(False)
+    x = exprc.vector("x")
+    c = mpmath.mpf(math.sqrt(2))
+    pts = np.concatenate([np.linspace(-40, 40, 161), np.geomspace(40, 1e150, 40), -np.geomspace(40, 1e150, 40)])
+    for e, ref in [(exprc.log(exprc.erfc(x)), lambda v: -2 / mpmath.sqrt(mpmath.pi) / exact["erfcx"](v)),
+                   (exprc.log(0.5 * exprc.erfc(-x / math.sqrt(2))),
+                    lambda v: 2 / mpmath.sqrt(mpmath.pi) / c / exact["erfcx"](-v / c)),
+                   (exprc.log(0.5 * (1 + exprc.erf(x / math.sqrt(2)))),
+                    lambda v: 2 / mpmath.sqrt(mpmath.pi) / c / exact["erfcx"](-v / c))]:
+        for backend in ("numpy", "c"):
+            g = exprc.function([x], exprc.grad(exprc.sum(e), x), backend=backend)
+            assert "erfc_exp_ratio" in g.rewrites
+            with mpmath.workprec(300):
+                want = np.array([float(ref(mpmath.mpf(float(v)))) for v in pts])
+            got = g(pts)
+            assert np.isfinite(got).all()
+            assert bits_lost(got, want).max() <= 3, (exprc.pprint(e), pts[np.argmax(bits_lost(got, want))])

@@ -76,7 +76,7 @@ def _lift(fn: Callable) -> Callable:
 #: The functions of the namespace that are ops of the exact table (the same names).
 ELEMENTWISE = ("exp", "expm1", "exp2", "log", "log1p", "log2", "log10", "sqrt", "cbrt", "square", "abs",
                "sin", "cos", "tan", "arcsin", "arccos", "arctan", "sinh", "cosh", "tanh", "arcsinh", "arccosh",
-               "arctanh", "erf", "erfc", "sigmoid", "softplus", "log1mexp", "logaddexp", "hypot")
+               "arctanh", "erf", "erfc", "erfcx", "sigmoid", "softplus", "log1mexp", "logaddexp", "hypot")
 
 
 def _mp_namespace() -> types.SimpleNamespace:

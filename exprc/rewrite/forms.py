@@ -416,7 +416,8 @@ def _product_view(node: Node, max_factors: int) -> tuple | None:
             stack.append((-p, n.inputs[1]))
             stack.append((p, n.inputs[0]))
         elif op == "neg":
-            coef = -coef
+            if p % 2:  # ((-u)**2 is u**2: square(-u) keeps the sign)
+                coef = -coef
             stack.append((p, n.inputs[0]))
         elif op == "square":
             stack.append((2 * p, n.inputs[0]))

@@ -334,10 +334,45 @@ def _log_product(node: Node, a: Node, quotient: bool) -> Node | None:
     return F.guard(f("invert", safe), fallback, F.freeze(node))
 
 
+def _scaled_erfc(a: Node) -> tuple[float, Node] | None:
+    """(c, t) when ``a`` is c * erfc(t) with c = 1 or 1/2 (the normal CDF, 0.5 * erfc(-x / sqrt 2))."""
+    pv = F.product_view(a) if a.op in ("erfc", "mul", "truediv") else None
+    if pv is None:
+        return None
+    coef, factors, _, guards = pv
+    if guards or len(factors) != 1 or factors[0][1] != 1 or factors[0][0].op != "erfc" or coef not in (1, HALF):
+        return None
+    return float(coef), factors[0][0].inputs[0]
+
+
+#: From here up erfc(t) is near the smallest normal float (it is subnormal from 26.55, 0 from 27.3).
+ERFC_TAIL = 26.0
+
+
+@_log_rule("log_erfc")
+def log_erfc(node: Node, a: Node) -> Node | None:
+    """log(erfc(t)) -> log(erfcx(t)) - t*t where erfc(t) underflows (t > 26; finite and accurate up
+    to t = 1e154, where t*t overflows), log1p(-erf(t)) for |t| < 1/2 (erfc near 1 rounds away the
+    small result); log(0.5 erfc(t)), the log of the normal CDF, the same less log 2, and
+    log1p(-erfc(-t)/2) for t < -1, where the CDF is near 1 and its log is its tiny tail."""
+    se = _scaled_erfc(a)
+    if se is None:
+        return None
+    c, t = se
+    naive = F.freeze(node)
+    far = sub(f("log", f("erfcx", t)), f("square", t))
+    if c == 1:
+        near = F.where(f("abs", t) < k(0.5, t), f("log1p", F.neg(f("erf", t))), naive)
+    else:
+        far = sub(far, k(LN2, node))
+        near = F.where(t < k(-1.0, t), f("log1p", mul(f("erfc", F.neg(t)), k(-0.5, t))), naive)
+    return F.guard(t > k(ERFC_TAIL, t), far, near)
+
+
 @_log_rule("log_mul")
 def log_mul(node: Node, a: Node) -> Node | None:
     """log(x*y) -> log|x| + log|y| where x*y over- or underflows (log(x*y) elsewhere)."""
-    if a.op != "mul":
+    if a.op != "mul" or _scaled_erfc(a) is not None:  # (log(erfc(t) / 2) is log_erfc's)
         return None
     return _log_product(node, a, quotient=False)
 
@@ -348,7 +383,7 @@ def log_div(node: Node, a: Node) -> Node | None:
     (log(p/(1 - p)) -> log1p((2p - 1)/(1 - p)); log((x + 1)/x) -> log1p(1/x)): log near 1 turns the
     quotient's rounding into all of its error, and x - y is exact there (Sterbenz);
     log|x| - log|y| where x/y over- or underflows; log(x/y) elsewhere."""
-    if a.op != "truediv":
+    if a.op != "truediv" or _scaled_erfc(a) is not None:
         return None
     out = _log_product(node, a, quotient=True)
     x, y = a.inputs

@@ -211,6 +211,38 @@ def softmax_pair(node: Node) -> Node | None:
     return None
 
 
+@stability_rule("erfc_exp_ratio", ("mul", "truediv"))
+def erfc_exp_ratio(node: Node) -> Node | None:
+    """exp(-t*t) / erfc(t) -> 1 / erfcx(t) for t > -26.6, also inside a product: 0/0 from t = 26.5 (the
+    gradient of log(erfc(t)) and of the log of the normal CDF, the Mills ratio)."""
+    if node.op == "mul" and not {"truediv", "exp", "reciprocal"} & {node.inputs[0].op, node.inputs[1].op}:
+        return None
+    pv = F.product_view(node)
+    if pv is None:
+        return None
+    coef, factors, _, guards = pv
+    for d, e in factors:
+        if d.op != "erfc" or e != -1:
+            continue
+        t = d.inputs[0]
+        tv = F.product_view(t)
+        if tv is None or tv[3]:
+            continue
+        minus_t2 = (-tv[0] ** 2, sorted(((u, 2 * q) for u, q in tv[1]), key=lambda uq: id(uq[0])))
+        for x, p in factors:
+            arg = F.product_view(x.inputs[0]) if x.op == "exp" and p == 1 else None
+            if arg is None or arg[3] or (arg[0], sorted(arg[1], key=lambda uq: id(uq[0]))) != minus_t2:
+                continue  # (not exp(-t*t), read through negations and constant factors: t = -x/sqrt 2)
+            rest = [(u, q) for u, q in factors if u is not d and u is not x]
+            rep = div(k(1.0, node), f("erfcx", t))
+            if not F.broadcast_safe([u for u, _ in rest] + [rep], node):
+                return None
+            out = rep if not rest else mul(_product(1, rest, node), rep)
+            # (erfcx(t) overflows from t = -26.64, where the quotient is subnormal: the quotient there)
+            return F.where(t > k(-26.6, t), _guard_nan(scale(out, coef), guards), F.freeze(node))
+    return None
+
+
 def _power_of_two(c: Fraction) -> bool:
     n, d = abs(c.numerator), c.denominator
     return n > 0 and n & (n - 1) == 0 and d & (d - 1) == 0
@@ -263,13 +295,14 @@ def _argument_residual(b: Node) -> tuple[Node, Node] | None:
     return x, F.freeze(make("truediv", r, k(c, b)))
 
 
-@stability_rule("erfc_exact_argument", P("erfc", X("a")))
+@stability_rule("erfc_exact_argument", P(("erfc", "erfcx"), X("a")), late=True)  # after log_erfc
 def erfc_exact_argument(node: Node, a: Node) -> Node | None:
     """erfc(x / c) or erfc(x * c) (c a constant, not a power of two: the normal CDF's x / sqrt(2)) ->
     erfc(t) - 2/sqrt(pi) exp(-t**2) d, with t the rounded argument and d = x/c - t exactly (or x*c - t):
     erfc(t) falls as exp(-t**2), so the argument's half-ulp rounding costs 2 t**2 ulps of the result
     (10 bits at t = 26, the normal CDF at x = -37).  float64, |x| < 1e290 (the split overflows
-    beyond, where erfc is 0 or 2 anyway)."""
+    beyond, where erfc is 0 or 2 anyway).  erfcx(t) likewise, + (2t erfcx(t) - 2/sqrt(pi)) d: it grows
+    as exp(t**2) for t < 0 (the log normal CDF's gradient at x = 34: 9.5 bits)."""
     if node.dtype != "float64":
         return None
     sign, b = (-1.0, a.inputs[0]) if a.op == "neg" else (1.0, a)
@@ -278,9 +311,18 @@ def erfc_exact_argument(node: Node, a: Node) -> Node | None:
         return None
     x, d = found
     # (the correction is ulps of the result: its exp needs no exact square)
-    slope = scale(F.freeze(f("exp", F.neg(f("square", a)))), Fraction(-2.0 / math.sqrt(math.pi)) * Fraction(sign))
-    fixed = add(F.freeze(node), mul(slope, d))
-    return F.where(f("abs", x) < k(1e290, x), fixed, F.freeze(node))
+    if node.op == "erfcx":  # (erfcx(t) (2t d) - 2/sqrt(pi) d: 2t erfcx(t) d would overflow first)
+        corr = sub(mul(F.freeze(node), scale(mul(a, d), TWO)), scale(d, Fraction(2.0 / math.sqrt(math.pi))))
+        corr = F.neg(corr) if sign < 0 else corr
+    else:
+        slope = scale(F.freeze(f("exp", F.neg(f("square", a)))), Fraction(-2.0 / math.sqrt(math.pi)) * Fraction(sign))
+        corr = mul(slope, d)
+    fixed = add(F.freeze(node), corr)
+    ok = f("abs", x) < k(1e290, x)
+    if node.op == "erfcx":  # (for t > 0 erfcx(t) ~ 1/(t sqrt(pi)) moves no faster than t, and there the
+        # slope cancels, 2t erfcx(t) ~ 2/sqrt(pi); below -26.64 erfcx(t) overflows: inf - inf)
+        ok = make("and", ok, (a < k(0.0, a)) & (a > k(-26.6, a)))
+    return F.where(ok, fixed, F.freeze(node))
 
 
 @stability_rule("swish_tail", P("mul", X("a"), X("b")))
