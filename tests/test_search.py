@@ -47,6 +47,8 @@ FIXED_BY_SEARCH = {
     # 0/0 at x = 0: NaN there, as the formula gives
     "x_cos_minus_sin_over_x3": (lambda m, x: (x * m.cos(x) - m.sin(x)) / (x * x * x), (-1.0, 1.0),
                                 ("slog", 1e-9, 1.0)),
+    # the Bernoulli KL divergence from 1/2 cancels to (2p - 1)**2 / 2 there: a series at p = 1/2
+    "kl_bernoulli": (lambda m, p: p * m.log(2 * p) + (1 - p) * m.log(2 * (1 - p)), (0.49, 0.51), ("lin", 0.49, 0.51)),
 }
 
 
@@ -347,3 +349,20 @@ def test_stored_search_is_keyed_by_the_default_graph(tmp_path: Path) -> None:
     before = search.STATS["searches"]
     _, report = searching.search([x], [expr], other, domain, FEW, cfg)
     assert not report.cached and search.STATS["searches"] == before + 1
+
+
+def test_series_at_a_cancellation_point_only_where_it_is_dyadic() -> None:
+    """The search expands at a zero of the formula near its worst point (a double zero too: KL at
+    p = 1/2), in h = x - x0, which is exact near x0 only when x0 is a float: log(3x) cancels at 1/3,
+    which is not, and is left to the other candidates."""
+    import sympy as sp
+
+    s = sp.Symbol("v0", real=True)
+    x = np.linspace(0.3, 0.7, 41)
+    for e, errs, want in [(s * sp.log(2 * s) + (1 - s) * sp.log(2 - 2 * s), np.abs(x - 0.5) < 0.02, [sp.Rational(1, 2)]),
+                          (sp.log(2 * s), np.abs(x - 0.5) < 0.02, [sp.Rational(1, 2)]),
+                          (sp.log(3 * s), np.abs(x - 1 / 3) < 0.02, []),
+                          (sp.exp(s), np.abs(x - 0.5) < 0.02, [])]:
+        ctx = type("Ctx", (), {"train": slice(None), "sympy_time": lambda self: __import__("contextlib").nullcontext()})()
+        current = type("Cur", (), {"errors": np.where(errs, 30.0, 0.0)})()
+        assert candidates._cancellation_points(ctx, e, s, x, current) == want, e

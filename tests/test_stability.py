@@ -202,6 +202,11 @@ RULES = [
     # (the erf spelling last: mpmath cannot give 1 + erf(x) where it is exp(-1e10), the exact tests' first)
     R("log_erfc", [lambda m, x: m.log(0.5 * m.erfc(x * -0.7071067811865476)), lambda m, x: m.log(m.erfc(-x / 3.0) / 2),
                    lambda m, x: m.log(0.5 * (1 + m.erf(x / math.sqrt(2))))], {"erfcx", "log1p"}, [(S, 1e-12, 1e150)]),
+    # log(c exp(u)): the Gaussian log-density; near u = -log(c) (x = log 3) no worse than the naive form
+    R("log_exp_scaled", [lambda m, x: m.log(m.exp(-(x * x) / 2) / math.sqrt(2 * math.pi)),
+                         lambda m, x: m.log(m.exp(x) / 3.0), lambda m, x: m.log(0.5 * m.exp(-x))],
+      {"where"}, [(L, -1000, 1000)]),
+    R("log_exp_scaled", [lambda m, x: m.log(m.exp(x) / 3.0)], set(), [(L, 1.0, 1.2)], naive_fails=False, tol=60),
     # the Mills ratio (the gradient of log(erfc)): 0/0 from x = 26.6
     R("erfc_exp_ratio", [lambda m, x: m.exp(-x * x) / m.erfc(x), lambda m, x: 3.0 * m.exp(-m.square(x)) / m.erfc(x),
                          lambda m, x: m.exp(-(x / 3.0) ** 2) / m.erfc(-x / -3.0) * x],

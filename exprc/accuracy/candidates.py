@@ -110,26 +110,40 @@ def _series(ctx: Context, e: Any, place: Node, current: Scored, mapping: dict) -
     for s in sorted(e.free_symbols, key=lambda s: s.name):
         var = mapping[s.name]
         x = ctx.points[ctx.inputs.index(var)]
-        for x0 in (0, sp.oo, -sp.oo):
+        for x0 in (0, sp.oo, -sp.oo, *_cancellation_points(ctx, e, s, x, current)):
             if x0 == 0 and not np.any(np.abs(x) < 1):
                 continue
-            if x0 != 0 and not np.any(x * (1 if x0 == sp.oo else -1) > 1e3):
+            if x0 in (sp.oo, -sp.oo) and not np.any(x * (1 if x0 == sp.oo else -1) > 1e3):
                 continue
+            # At a finite x0 != 0 the series is in h = x - x0 (exact near x0 by Sterbenz), never expanded
+            # back into powers of x, which would cancel as the formula does.
+            h = sp.Symbol(f"{s.name}_h", real=True) if x0 not in (0, sp.oo, -sp.oo) else s
+            local = {**mapping, h.name: api.sub(var, float(x0))} if h is not s else mapping
             try:  # one expansion, truncated to fewer terms below (SymPy's series is the slow part)
                 with ctx.sympy_time():
-                    full = sp.series(e, s, x0, SERIES_ORDERS[-1]).removeO()
-                terms = [(t.as_coeff_exponent(s)[1], t) for t in sp.Add.make_args(sp.expand(full))]
+                    at = (e.subs(s, x0 + h), 0) if h is not s else (e, x0)
+                    full = sp.series(at[0], h, at[1], SERIES_ORDERS[-1]).removeO()
+                terms = [(t.as_coeff_exponent(h)[1], t) for t in sp.Add.make_args(sp.expand(full))]
             except Exception:  # noqa: BLE001 - no series there, or out of time
                 terms = []
             polys: list[tuple[str, Node]] = []
             for order in SERIES_ORDERS:
                 try:
-                    keep = [t for k, t in terms if k.is_number and (k < order if x0 == 0 else k > -order)]
+                    keep = [t for k, t in terms if k.is_number and (k > -order if x0 in (sp.oo, -sp.oo) else k < order)]
                     poly = sp.Add(*keep)
                     if not keep or poly.has(sp.O) or poly.has(sp.zoo) or poly.has(sp.nan) or poly == 0 \
                             or (order != SERIES_ORDERS[-1] and len(keep) == len(terms)):
                         continue
-                    polys.append((f"series at {x0}, order {order}", from_sympy(poly, mapping)))
+                    if h is not s:  # (Horner in h: from_sympy's powers of (x - x0) are pow nodes)
+                        coeffs = [0.0] * order
+                        for t in keep:
+                            c, k = t.as_coeff_exponent(h)
+                            if not (k.is_integer and k >= 0 and c.is_number):
+                                raise ValueError("not a Taylor polynomial")
+                            coeffs[int(k)] += float(c)
+                        polys.append((f"series at {x0}, order {order}", horner(local[h.name], coeffs, var)))
+                        continue
+                    polys.append((f"series at {x0}, order {order}", from_sympy(poly, local)))
                 except Exception:  # noqa: BLE001, S112 - a coefficient with no exprc form
                     continue
             if x0 == 0 and len(e.free_symbols) == 1:
@@ -139,10 +153,11 @@ def _series(ctx: Context, e: Any, place: Node, current: Scored, mapping: dict) -
                     coeffs = taylor_coefficients(ctx, e, s, degree)
                     if coeffs is not None:
                         polys.append((f"taylor at 0, degree {degree}", horner(var, coeffs, var)))
+            finite = x0 not in (sp.oo, -sp.oo)
             for where, node in polys:
                 sign = -1.0 if x0 == -sp.oo else 1.0
-                with np.errstate(all="ignore"):  # distance to x0: |x|, or 1/x on the side of the infinity
-                    near = np.abs(x) if x0 == 0 else np.where(x * sign > 0, 1.0 / (x * sign), np.inf)
+                with np.errstate(all="ignore"):  # distance to x0: |x - x0|, or 1/x on the side of the infinity
+                    near = np.abs(x - float(x0)) if finite else np.where(x * sign > 0, 1.0 / (x * sign), np.inf)
                 cand = try_replacement(ctx, current, place, node, "series")
                 if cand is None:
                     continue
@@ -150,14 +165,54 @@ def _series(ctx: Context, e: Any, place: Node, current: Scored, mapping: dict) -
                 if gap is None:
                     continue
                 r = refine_boundary(ctx, gap, cand.outputs, current.outputs,
-                            lambda d, x0=x0, sign=sign: d if x0 == 0 else sign / d)
-                if x0 == 0:
+                                    lambda d, x0=x0, sign=sign, finite=finite: d + float(x0) if finite else sign / d)
+                if finite and x0 != 0:
+                    yield where, api.where(api.abs(api.sub(var, float(x0))) < r, node, place)
+                elif x0 == 0:
                     yield where, api.where(api.abs(var) < r, node, place)
                     # At x = 0 itself the formula may be undefined (1/x - 1/tan x): keep its NaN there.
                     yield where + ", 0 excluded", api.where((api.abs(var) < r) & api.not_equal(var, 0.0), node,
                                                             place)
                 else:
                     yield where, api.where(var * sign > 1.0 / r, node, place)
+
+
+def _cancellation_points(ctx: Context, e: Any, s: Any, x: np.ndarray, current: Scored) -> list[Any]:
+    """Finite points x0 != 0 to expand ``e`` at: a zero of ``e`` near the training point where the
+    current form loses most bits (the formula cancels to 0 there: the Bernoulli KL divergence at p = 1/2),
+    when it is a dyadic rational, so that x - x0 is exact near it.  One variable's forms only."""
+    import sympy as sp
+
+    if len(e.free_symbols) != 1:
+        return []
+    errs = np.asarray(current.errors[ctx.train], dtype=np.float64)
+    xs = x[ctx.train]
+    if not errs.size or not np.isfinite(errs).any() or np.nanmax(errs) <= 4:
+        return []
+    guess = float(xs[int(np.nanargmax(np.where(np.isfinite(errs), errs, -1.0)))])
+    mp = _mp()
+    try:
+        with ctx.sympy_time():
+            f = sp.lambdify(s, e, modules="mpmath")
+            with mp.workdps(40):
+                root = None
+                for g in (f, lambda t: mp.diff(f, t)):  # (a double zero, as KL's at 1/2: the slope's zero)
+                    try:
+                        r = mp.findroot(g, mp.mpf(guess))
+                    except (ValueError, ZeroDivisionError):
+                        continue
+                    if abs(f(r)) < mp.mpf(10) ** -30 * max(1, abs(f(mp.mpf(guess)))):
+                        root = r
+                        break
+        if root is None:
+            return []
+        root = float(mp.re(root))
+    except Exception:  # noqa: BLE001 - no root near there, or out of time
+        return []
+    x0 = sp.nsimplify(root, rational=True, tolerance=1e-12)
+    if x0 == 0 or not x0.is_Rational or x0.q & (x0.q - 1) or x0.q > 2**20 or abs(float(x0) - guess) > 1:
+        return []  # (not dyadic: x - x0 would be rounded)
+    return [x0]
 
 
 def taylor_coefficients(ctx: Context, e: Any, s: Any, degree: int) -> list[float] | None:

@@ -166,6 +166,7 @@ def _build(saturate: bool) -> dict[str, Callable[..., Any]]:
         "lt": fb(lambda a, b: a < b), "le": fb(lambda a, b: a <= b), "gt": fb(lambda a, b: a > b),
         "ge": fb(lambda a, b: a >= b), "eq": fb(lambda a, b: a == b), "ne": fb(lambda a, b: a != b),
         "and": lambda a, b: a and b, "or": lambda a, b: a or b, "xor": lambda a, b: a != b,
+        "invert": lambda a: (not a) if isinstance(a, bool) else ~int(a),  # (a rare guard's ~cond)
         "isnan": fb(m.isnan), "isinf": fb(m.isinf), "isfinite": fb(m.isfinite),
         "where": lambda c, a, b: a if c else b, "fill": lambda s, v: v, "cast": cast,
         "stop_gradient": lambda a: a,  # the identity on values (it only steers exprc.grad)

@@ -83,7 +83,7 @@ from exprc.pipeline import FunctionGraph, optimize
 MODES = ("default", "search")
 
 #: Version of the search algorithm, part of the cache key: bump it when a change alters what it chooses.
-ALGORITHM = "7"
+ALGORITHM = "11"  # (11: series at a dyadic cancellation point; rare guards (invert) are searchable)
 
 #: Never worse: no sampled point may lose more than 1 bit against the default pipeline, except that a
 #: point may go up to this many bits (3 ulps): a default that is exact at x = 1 by luck must not veto a

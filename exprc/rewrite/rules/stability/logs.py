@@ -345,6 +345,39 @@ def _scaled_erfc(a: Node) -> tuple[float, Node] | None:
     return float(coef), factors[0][0].inputs[0]
 
 
+def _scaled_exp(a: Node) -> tuple[Node, float] | None:
+    """(u, log c) when ``a`` is c * exp(u)**(+-1) with a constant 1/e**2 < c < e**2 (see log_exp_scaled)."""
+    pv = F.product_view(a) if a.op in ("mul", "truediv") else None
+    if pv is None:
+        return None
+    coef, factors, _, guards = pv
+    if guards or len(factors) != 1 or factors[0][0].op != "exp" or factors[0][1] not in (1, -1) or coef <= 0:
+        return None
+    lc = math.log(coef)
+    if not abs(lc) < 2:
+        return None
+    u = factors[0][0].inputs[0]
+    return (u if factors[0][1] == 1 else F.neg(u)), lc
+
+
+@_log_rule("log_exp_scaled")
+def log_exp_scaled(node: Node, a: Node) -> Node | None:
+    """log(c exp(u)) -> u + log(c) for a constant 1/e**2 < c < e**2 (the Gaussian log-density
+    log(exp(-x*x/2) / sqrt(2 pi))): no exp to overflow or underflow (-inf from x = 38.6) and no log.
+    Where u + log(c) cancels (|u + log c| < |log c|/2) the naive form is kept, in a rare branch: the
+    sum is exact there but log(c) is rounded, half an ulp every time, where the naive form's error
+    varies (constant folding would join a second part of log(c) into the first).  (The bound on c
+    keeps that half ulp within the naive form's error elsewhere.)"""
+    found = _scaled_exp(a)
+    if found is None:
+        return None
+    u, lc = found
+    if not lc:
+        return u
+    out = add(u, k(lc, u))
+    return F.guard(f("abs", out) < k(abs(lc) / 2, u), F.freeze(node), out)
+
+
 #: From here up erfc(t) is near the smallest normal float (it is subnormal from 26.55, 0 from 27.3).
 ERFC_TAIL = 26.0
 
@@ -372,7 +405,7 @@ def log_erfc(node: Node, a: Node) -> Node | None:
 @_log_rule("log_mul")
 def log_mul(node: Node, a: Node) -> Node | None:
     """log(x*y) -> log|x| + log|y| where x*y over- or underflows (log(x*y) elsewhere)."""
-    if a.op != "mul" or _scaled_erfc(a) is not None:  # (log(erfc(t) / 2) is log_erfc's)
+    if a.op != "mul" or _scaled_erfc(a) is not None or _scaled_exp(a) is not None:  # (log_erfc's, log_exp_scaled's)
         return None
     return _log_product(node, a, quotient=False)
 
@@ -383,7 +416,7 @@ def log_div(node: Node, a: Node) -> Node | None:
     (log(p/(1 - p)) -> log1p((2p - 1)/(1 - p)); log((x + 1)/x) -> log1p(1/x)): log near 1 turns the
     quotient's rounding into all of its error, and x - y is exact there (Sterbenz);
     log|x| - log|y| where x/y over- or underflows; log(x/y) elsewhere."""
-    if a.op != "truediv" or _scaled_erfc(a) is not None:
+    if a.op != "truediv" or _scaled_erfc(a) is not None or _scaled_exp(a) is not None:
         return None
     out = _log_product(node, a, quotient=True)
     x, y = a.inputs
