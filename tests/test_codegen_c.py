@@ -236,6 +236,56 @@ def test_a_reduction_keeping_the_last_axis_reads_rows_and_keeps_the_bits():
     np.testing.assert_array_equal(got[1], np.add.reduce(c * c, axis=0))
 
 
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_row_blocks_of_vector_math_match_numpy_and_keep_their_bits(dtype):
+    """Row reductions whose operand calls vector math, and broadcast elementwise loops with vector
+    math, run several short rows (up to EXPRC_RCHUNK / 2) through one padded SIMD block, a long row in
+    blocks of EXPRC_RCHUNK: values are NumPy's to vector-math accuracy, a reduction adds in row
+    order, and an element's bits do not depend on its row length's block, the rows it shares a block
+    with, the thread count, a view, or whether the exp sits in the reduction or an elementwise kernel."""
+    from conftest import assert_same_bits
+
+    x, c, mask = exprc.matrix("x", dtype), exprc.matrix("c", dtype), exprc.matrix("mask", "bool")
+    e = exprc.exp(x - c)
+    outs = [exprc.sum(e, axis=1), e, exprc.max(exprc.where(mask, exprc.tanh(x), -x), axis=1),
+            exprc.mean(exprc.log1p(x * x), axis=1, keepdims=True) * c]
+    funcs = {n: exprc.function([x, c, mask], outs, config=exprc.Config(num_threads=n)) for n in (1, 2)}
+    src = funcs[1].source
+    assert "EXPRC_RCHUNK / n1" in src and "ob0[p] = ob0[0]" in src
+    rng = np.random.default_rng(5)
+    tol = {"rtol": 3e-6, "atol": 1e-30} if dtype == "float32" else {"rtol": 1e-13, "atol": 1e-300}
+    empty = exprc.function([x, c], [outs[0], outs[3]])  # (empty rows: max raises, as NumPy's)
+    zero = empty(np.zeros((50, 0), dtype), np.ones((50, 1), dtype))
+    assert (zero[0] == 0).all() and np.isnan(zero[1]).all()
+    for n0, n1 in [(37, 1), (300, 7), (129, 10), (40, 127), (9, 128), (9, 129), (5, 300), (3, 600),
+                   (2, 1000)]:
+        xv = (rng.standard_normal((n0, n1)) * 5).astype(dtype)
+        if xv.size:
+            xv.flat[rng.integers(0, xv.size, 3)] = [np.nan, np.inf, -0.0]
+        cv = rng.standard_normal((n0, 1)).astype(dtype)
+        mv = rng.random((n0, n1)) < 0.5
+        got = funcs[1](xv, cv, mv)
+        with np.errstate(all="ignore"):
+            ev = np.exp(xv - cv)
+            want = [ev.sum(axis=1), ev, np.where(mv, np.tanh(xv), -xv).max(axis=1),
+                    np.log1p(xv * xv).mean(axis=1, keepdims=True) * cv]
+        for g, w in zip(got, want):
+            np.testing.assert_allclose(g, w, equal_nan=True, **tol)
+        # the sum adds the elementwise output's own values, in row order
+        seq = np.zeros(n0, dtype=np.float64 if dtype == "float64" else np.float32)
+        for j in range(n1):
+            seq = (seq + got[1][:, j]).astype(seq.dtype)
+        if dtype == "float64":
+            assert_same_bits(got[0], seq)
+        for g, h in zip(got, funcs[2](xv, cv, mv)):
+            assert_same_bits(g, h)
+        if n0 > 3:
+            for g, h in zip(funcs[1](xv[2:], cv[2:], mv[2:]), got):  # other rows share the blocks
+                assert_same_bits(g, h[2:])
+            for g, h in zip(funcs[1](np.asfortranarray(xv), cv, mv), got):
+                assert_same_bits(g, h)
+
+
 ROWFLAT_CASES = {
     "column_slice": lambda X: X[:, 3:11],
     "reversed_rows": lambda X: X[::-1, 1:9],

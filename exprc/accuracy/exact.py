@@ -47,7 +47,6 @@ NO_MPMATH: dict[str, str] = {
     **dict.fromkeys(("subtensor", "scatter"), "an index op: it picks or writes values by position, not point by point"),
     **dict.fromkeys(("scan", "scan_output", "ifelse"), "control flow: a loop or a choice between graphs, whose "
                                                        "bodies' ops have their own entries"),
-    "invert": "bitwise not of integers or bools: exact in its own dtype, no real-number meaning",
     **dict.fromkeys(("random_uniform", "random_normal", "random_integers", "random_binomial", "random_permutation",
                      "random_model"), "a random draw: its value is a bit pattern of its key, not a function of "
                                       "real numbers (tests/test_random.py checks it bit for bit and by statistics)"),

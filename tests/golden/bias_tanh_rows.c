@@ -43,6 +43,37 @@ EXPRC_RANGE(k0_mul_add_tanh_rows)
 {
     const int64_t n0 = P[1];
     const int64_t n1 = P[2];
+    if (n1 > 0 && n1 <= EXPRC_RCHUNK / 2) {
+        double b0[EXPRC_RCHUNK] __attribute__((aligned(64)));
+        double b2[EXPRC_RCHUNK] __attribute__((aligned(64)));
+        char *q[3] = {(char *)b0, ptrs[1], (char *)b2};
+        const int64_t R = EXPRC_RCHUNK / n1;
+        for (int64_t r0 = lo; r0 < hi; r0 += R) {
+            const int64_t rn = hi - r0 < R ? hi - r0 : R;
+            int64_t b = 0;
+            for (int64_t i0 = r0; i0 < r0 + rn; i0++) {
+                char *q0_0 = ptrs[0] + i0 * P[3];
+                for (int64_t i1 = 0; i1 < n1; i1++, b++) {
+                    char *q0_1 = q0_0 + i1 * P[4];
+                    b0[b] = *(const double *)(q0_1);
+                }
+            }
+            const int64_t w = (b + EXPRC_VBLOCK - 1) / EXPRC_VBLOCK * EXPRC_VBLOCK;
+            for (int64_t p = b; p < w; p++) {
+                b0[p] = b0[0];
+            }
+            k0_mul_add_tanh_flat(q, 0, w);
+            b = 0;
+            for (int64_t i0 = r0; i0 < r0 + rn; i0++) {
+                char *q2_0 = ptrs[2] + i0 * P[7];
+                for (int64_t i1 = 0; i1 < n1; i1++, b++) {
+                    char *q2_1 = q2_0 + i1 * P[8];
+                    *(double *)(q2_1) = b2[b];
+                }
+            }
+        }
+        return;
+    }
     for (int64_t i0 = lo; i0 < hi; i0++) {
         char *q0_0 = ptrs[0] + i0 * P[3];
         char *q2_0 = ptrs[2] + i0 * P[7];

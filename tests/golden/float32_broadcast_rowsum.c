@@ -5,20 +5,80 @@ EXPRC_RANGE(k0_mul_tanh_sum_rows)
     const int64_t n1 = P[2];
     const int64_t red_total = n1;
     (void)red_total;
+    float ob0[EXPRC_RCHUNK] __attribute__((aligned(64)));
+    float ob1[EXPRC_RCHUNK] __attribute__((aligned(64)));
+    float vb[EXPRC_RCHUNK] __attribute__((aligned(64)));
+    if (n1 > 0 && n1 <= EXPRC_RCHUNK / 2) {
+        const int64_t R = EXPRC_RCHUNK / n1;
+        for (int64_t r0 = lo; r0 < hi; r0 += R) {
+            const int64_t rn = hi - r0 < R ? hi - r0 : R;
+            int64_t b = 0;
+            for (int64_t i0 = r0; i0 < r0 + rn; i0++) {
+                char *q0_0 = ptrs[0] + i0 * P[3];
+                char *q1_0 = ptrs[1] + i0 * P[5];
+                for (int64_t i1 = 0; i1 < 0 + n1; i1++, b++) {
+                    char *q0_1 = q0_0 + i1 * P[4];
+                    char *q1_1 = q1_0 + i1 * P[6];
+                    ob0[b] = *(const float *)(q0_1);
+                    ob1[b] = *(const float *)(q1_1);
+                }
+            }
+            const int64_t w = (b + EXPRC_VBLOCK - 1) / EXPRC_VBLOCK * EXPRC_VBLOCK;
+            for (int64_t p = b; p < w; p++) {
+                ob0[p] = ob0[0];
+                ob1[p] = ob1[0];
+            }
+            #pragma omp simd
+            for (int64_t p = 0; p < w; p++) {
+                const float a0 = ob0[p];
+                const float a1 = ob1[p];
+                const float t2 = (a0 * a1);
+                const float t3 = tanhf(t2);
+                vb[p] = t3;
+            }
+            for (int64_t i0 = r0; i0 < r0 + rn; i0++) {
+                char *q2_0 = ptrs[2] + i0 * P[7];
+                double acc = 0; int nanf = 0; (void)nanf;
+                for (int64_t p = (i0 - r0) * n1; p < (i0 - r0) * n1 + n1; p++) {
+                    const float v = vb[p];
+                    acc += v;
+                }
+                *(float *)(q2_0) = (float)(acc);
+            }
+        }
+        return;
+    }
     for (int64_t i0 = lo; i0 < hi; i0++) {
         char *q0_0 = ptrs[0] + i0 * P[3];
         char *q1_0 = ptrs[1] + i0 * P[5];
         char *q2_0 = ptrs[2] + i0 * P[7];
         double acc = 0; int nanf = 0; (void)nanf;
-        for (int64_t i1 = 0; i1 < n1; i1++) {
-            char *q0_1 = q0_0 + i1 * P[4];
-            char *q1_1 = q1_0 + i1 * P[6];
-            const float a0 = *(const float *)(q0_1);
-            const float a1 = *(const float *)(q1_1);
-            const float t2 = (a0 * a1);
-            const float t3 = tanhf(t2);
-            const float v = t3;
-            acc += v;
+        for (int64_t c1 = 0; c1 < n1; c1 += EXPRC_RCHUNK) {
+            const int64_t m1 = n1 - c1 < EXPRC_RCHUNK ? n1 - c1 : EXPRC_RCHUNK;
+            int64_t b = 0;
+            for (int64_t i1 = c1; i1 < c1 + m1; i1++, b++) {
+                char *q0_1 = q0_0 + i1 * P[4];
+                char *q1_1 = q1_0 + i1 * P[6];
+                ob0[b] = *(const float *)(q0_1);
+                ob1[b] = *(const float *)(q1_1);
+            }
+            const int64_t w = (b + EXPRC_VBLOCK - 1) / EXPRC_VBLOCK * EXPRC_VBLOCK;
+            for (int64_t p = b; p < w; p++) {
+                ob0[p] = ob0[0];
+                ob1[p] = ob1[0];
+            }
+            #pragma omp simd
+            for (int64_t p = 0; p < w; p++) {
+                const float a0 = ob0[p];
+                const float a1 = ob1[p];
+                const float t2 = (a0 * a1);
+                const float t3 = tanhf(t2);
+                vb[p] = t3;
+            }
+            for (int64_t p = 0; p < 0 + m1; p++) {
+                const float v = vb[p];
+                acc += v;
+            }
         }
         *(float *)(q2_0) = (float)(acc);
     }

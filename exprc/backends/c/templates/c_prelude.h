@@ -23,6 +23,9 @@ EXPRC_D2(pow) EXPRC_D2(atan2) EXPRC_D2(hypot)
  * AVX2 epilogue of half that, whose libmvec variant is another one): 32 is a multiple of both with
  * room to spare, and small enough that a short call pays little for the padding. */
 #define EXPRC_VBLOCK 32
+/* The values of a row reduction computed by one SIMD loop before they are added in order (render.py,
+ * _buffered_row): 2 KB of doubles on the stack. */
+#define EXPRC_RCHUNK 256
 
 #define EXPRC_INLINE static inline __attribute__((always_inline))
 #define EXPRC_HIDDEN __attribute__((visibility("hidden")))
