@@ -159,6 +159,9 @@ RULES = [
     R("sinh_arcsinh", [lambda m, x: m.sinh(m.arcsinh(x))], set(), [(S, 1e10, 1e300)], absent={"sinh", "arcsinh"}),
     R("cosh_arccosh", [lambda m, x: m.cosh(m.arccosh(x))], {"where"}, [(G, 1e10, 1e300)], absent={"cosh", "arccosh"}),
     R("log1p_expm1", [lambda m, x: m.log1p(m.expm1(x))], set(), [(L, -800, 800)], absent={"log1p", "expm1"}),
+    R("exp_log1p", [lambda m, x: m.exp(m.log1p(x))], set(), [(G, 1e10, 1e300)], absent={"exp", "log1p"},
+      naive_fails=False),  # (see test_inverse_pairs_improve_on_the_naive_composition)
+    R("cos_arccos", [lambda m, x: m.cos(m.arccos(x))], set(), [(S, 1e-300, 1.0)], absent={"cos", "arccos"}),
     R("expm1_log1p", [lambda m, x: m.expm1(m.log1p(x))], set(), [(G, 1e-300, 1e300)], absent={"log1p", "expm1"},
       naive_fails=False),
     R("sqrt_conjugate", [lambda m, x: m.sqrt(x + 1) - m.sqrt(x), lambda m, x: -m.sqrt(x) + m.sqrt(1 + x),
@@ -753,3 +756,22 @@ def test_log_erfc_and_log_normal_cdf_gradients_in_the_tails():
             got = g(pts)
             assert np.isfinite(got).all()
             assert bits_lost(got, want).max() <= 3, (exprc.pprint(e), pts[np.argmax(bits_lost(got, want))])
+
+
+def test_inverse_pairs_improve_on_the_naive_composition():
+    """exp(log1p(x)) at large x carries log1p's rounding (up to half an ulp of 690) into the result:
+    hundreds of ulps; cos(arccos(x)) near 0 gives cos at a rounding of pi/2.  The rewrites are exact, and
+    keep the inner function's domain (NaN outside it, as the composition gives)."""
+    x = exprc.vector("x")
+    big = np.geomspace(1e10, 1e300, 400)
+    small = np.concatenate([np.geomspace(1e-300, 1e-3, 300), -np.geomspace(1e-300, 1e-3, 300)])
+    for e, naive, pts, exact, outside in [
+            (exprc.exp(exprc.log1p(x)), lambda v: np.exp(np.log1p(v)), big, lambda v: 1 + v, np.array([-1.5, -np.inf])),
+            (exprc.cos(exprc.arccos(x)), lambda v: np.cos(np.arccos(v)), small, lambda v: v, np.array([1.5, -2.0]))]:
+        for backend in ("numpy", "c"):
+            f = exprc.function([x], e, backend=backend)
+            assert bits_lost(f(pts), exact(pts)).max() == 0
+            assert bits_lost(naive(pts), exact(pts)).max() > 6
+            with np.errstate(all="ignore"):
+                assert np.isnan(f(outside)).all() and np.isnan(naive(outside)).all()
+    assert exprc.function([x], exprc.exp(exprc.log1p(x)))(np.array([-1.0]))[0] == 0.0

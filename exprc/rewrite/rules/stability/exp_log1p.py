@@ -41,11 +41,13 @@ def log1p_neg_sigmoid(node: Node, a: Node) -> Node | None:
     return None
 
 
-def _inverse_pair(name: str, outer: str, inner: str, low: float | None, doc: str) -> None:
-    """Register ``outer(inner(x)) -> x``, NaN for ``x < low`` (inner's domain kept; None: all reals)."""
+def _inverse_pair(name: str, outer: str, inner: str, low: float | None, doc: str, high: float | None = None) -> None:
+    """Register ``outer(inner(x)) -> x``, NaN for ``x < low`` or ``x > high`` (inner's domain kept;
+    None: unbounded)."""
 
     def rule(node: Node, x: Node) -> Node:
-        return x if low is None else nan_where(x < k(low, x), x)
+        out = x if low is None else nan_where(x < k(low, x), x)
+        return out if high is None else nan_where(x > k(high, x), out)
 
     rule.__doc__ = doc
     stability_rule(name, P(outer, P(inner, X("x"))))(rule)
@@ -61,3 +63,13 @@ _inverse_pair("sinh_arcsinh", "sinh", "arcsinh", None,
               "sinh(arcsinh(x)) -> x (the rounding of arcsinh(x) ~ log(2x) is worth 9 bits of the result at 1e300).")
 _inverse_pair("cosh_arccosh", "cosh", "arccosh", 1.0,
               "cosh(arccosh(x)) -> x, NaN for x < 1 (the domain of arccosh is kept; 9 bits at 1e300).")
+_inverse_pair("cos_arccos", "cos", "arccos", -1.0,
+              "cos(arccos(x)) -> x, NaN for |x| > 1 (arccos(x) rounds near pi/2, and cos there is that rounding: "
+              "6e-17 for x = 1e-20).", high=1.0)
+
+
+@stability_rule("exp_log1p", P("exp", P("log1p", X("x"))))
+def exp_log1p(node: Node, x: Node) -> Node:
+    """exp(log1p(x)) -> 1 + x, NaN for x < -1 (the rounding of log1p(x) ~ log(x) is worth 9 bits of the
+    result at 1e300; 0 at x = -1, as exp(-inf))."""
+    return nan_where(x < k(-1.0, x), F.add(x, k(1.0, x)))
