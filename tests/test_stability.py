@@ -775,3 +775,6 @@ def test_inverse_pairs_improve_on_the_naive_composition():
             with np.errstate(all="ignore"):
                 assert np.isnan(f(outside)).all() and np.isnan(naive(outside)).all()
     assert exprc.function([x], exprc.exp(exprc.log1p(x)))(np.array([-1.0]))[0] == 0.0
+    # (late: 2 exp(log1p(x)) - 2 is still exactly 2x, not (1 + x) * 2 - 2)
+    tiny = np.geomspace(1e-300, 1e-3, 50)
+    np.testing.assert_array_equal(exprc.function([x], 2 * exprc.exp(exprc.log1p(x)) - 2)(tiny), 2 * tiny)

@@ -68,8 +68,9 @@ _inverse_pair("cos_arccos", "cos", "arccos", -1.0,
               "6e-17 for x = 1e-20).", high=1.0)
 
 
-@stability_rule("exp_log1p", P("exp", P("log1p", X("x"))))
+@stability_rule("exp_log1p", P("exp", P("log1p", X("x"))), late=True)  # after c exp(log1p(x)) - c -> c x
 def exp_log1p(node: Node, x: Node) -> Node:
     """exp(log1p(x)) -> 1 + x, NaN for x < -1 (the rounding of log1p(x) ~ log(x) is worth 9 bits of the
-    result at 1e300; 0 at x = -1, as exp(-inf))."""
-    return nan_where(x < k(-1.0, x), F.add(x, k(1.0, x)))
+    result at 1e300; 0 at x = -1, as exp(-inf)).  Late: expm1_from_exp and expm1_log1p make
+    2 exp(log1p(x)) - 2 exactly 2x first, which (1 + x) * 2 - 2 would not be."""
+    return F.add(nan_where(x < k(-1.0, x), x), k(1.0, x))
