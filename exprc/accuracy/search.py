@@ -83,7 +83,7 @@ from exprc.pipeline import FunctionGraph, optimize
 MODES = ("default", "search")
 
 #: Version of the search algorithm, part of the cache key: bump it when a change alters what it chooses.
-ALGORITHM = "11"  # (11: series at a dyadic cancellation point; rare guards (invert) are searchable)
+ALGORITHM = "12"  # (12: reductions' operands; 11: series at a dyadic cancellation point; rare guards (invert) are searchable)
 
 #: Never worse: no sampled point may lose more than 1 bit against the default pipeline, except that a
 #: point may go up to this many bits (3 ulps): a default that is exact at x = 1 by luck must not veto a
@@ -275,15 +275,22 @@ def _search(inputs: list[Node], outputs: list[Node], default: FunctionGraph, dom
     report = AccuracyReport(points=settings.points, validation=settings.validation)
     final = list(default.outputs)
     todo = []
+    summed: dict[int, list[Node]] = {}  # output -> the elementwise formulas its reductions take
     for i, o in enumerate(outputs):
         why = searchable(o) or searchable(default.outputs[i])
-        if why:
+        producers = _reduced_producers(o) if why else []
+        if producers:
+            summed[i] = producers
+        elif why:
             report.skipped.append(f"output {i} ({_clip(pprint(o), 60)}): {why}")
         else:
             todo.append(i)
+    for i, producers in summed.items():
+        final[i] = _search_producers(inputs, outputs[i], default.outputs[i], producers, domain, settings, cfg,
+                                     report)
     if not todo:
         report.seconds = time.perf_counter() - t0
-        return default, report
+        return (FunctionGraph(default.inputs, tuple(final), default.trace) if summed else default), report
     # 1. points, 2. the exact reference of the user's formulas (computed once)
     train = draw_points(inputs, domain, settings.points, settings.seed)
     valid = draw_points(inputs, domain, settings.validation, settings.seed + 1)
@@ -309,6 +316,53 @@ def _search(inputs: list[Node], outputs: list[Node], default: FunctionGraph, dom
     report.sympy_calls = settings.sympy_calls - ctx.sympy_left
     report.timeouts = ctx.timeouts
     return FunctionGraph(default.inputs, tuple(final), default.trace), report
+
+
+#: At most this many reductions' operands of one output are searched (each is a search of its own).
+MAX_PRODUCERS = 4
+
+
+def _reduced_producers(output: Node) -> list[Node]:
+    """The operands of ``output``'s reductions that the search can take as formulas of their own: an
+    elementwise graph over the inputs (``sum(sqrt(1 + x) - 1 - x/2)``, ``mean(x*cos(x) - sin(x))``),
+    not an input or a constant; innermost first, at most MAX_PRODUCERS."""
+    found: list[Node] = []
+    for n in toposort([output]):
+        if OPS[n.op].kind == "reduce" and n.inputs:
+            p = n.inputs[0]
+            if p.op not in ("input", "constant") and p not in found and searchable(p) is None:
+                found.append(p)
+    return found[:MAX_PRODUCERS]
+
+
+def _search_producers(inputs: list[Node], output: Node, default: Node, producers: list[Node], domain: dict,
+                      settings: Settings, cfg: Config, report: AccuracyReport) -> Node:
+    """``output`` (whose default form is ``default``) with the formulas its reductions take searched one
+    by one, each against its own default form on points drawn for the inputs (a reduction adds values
+    that are each a function of the inputs at one point), then optimized as a whole.  The changes go
+    to ``report`` marked with the reduction's operand; its bits before and after are the operands'
+    (the worst of them), pointwise."""
+    from exprc.printing import pprint
+
+    mapping: dict[Node, Node] = {}
+    for p in producers:
+        own = optimize(FunctionGraph(tuple(inputs), (p,)), cfg)
+        found, sub = _search(inputs, [p], own, domain, settings, cfg)
+        report.sympy_calls += sub.sympy_calls
+        report.timeouts += sub.timeouts
+        report.searched += sub.searched
+        for stat in ("before_mean", "before_max", "after_mean", "after_max"):
+            setattr(report, stat, max(getattr(report, stat), getattr(sub, stat)))
+        if sub.changes and found.outputs[0] is not own.outputs[0]:
+            mapping[p] = found.outputs[0]
+            for c in sub.changes:
+                report.changes.append(dataclasses.replace(c, source=f"{c.source} (the operand of a reduction: "
+                                                                     f"{_clip(pprint(p), 60)})"))
+    if not mapping:
+        report.skipped.append(f"({_clip(pprint(output), 60)}): it holds reduce ops; their operands were searched "
+                              "as formulas of their own, and none changed")
+        return default
+    return optimize(FunctionGraph(tuple(inputs), tuple(substitute([output], mapping))), cfg).outputs[0]
 
 
 def _stats(errs: np.ndarray) -> tuple[float, float]:
