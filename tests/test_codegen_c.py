@@ -204,6 +204,30 @@ def test_vector_math_bits_do_not_depend_on_where_an_element_sits(dtype):
     np.testing.assert_allclose(G[0], ref, rtol=2e-5 if dtype == "float32" else 1e-13, atol=1e-6, equal_nan=True)
 
 
+def test_a_bool_array_keeps_every_element_in_the_vector_loop():
+    """A 1-byte array (a bool mask) makes gcc run the flat loop 64 lanes at a time: with blocks of 32,
+    half of each went through the scalar epilogue, and 49 of 60 slices below changed bits by an ulp.
+    Such kernels use blocks of EXPRC_VBLOCK_BYTE (64)."""
+    from conftest import assert_same_bits
+
+    x, m = exprc.vector("x"), exprc.vector("m", "bool")
+    f = exprc.function([x, m], [exprc.where(m, exprc.exp(x), exprc.sin(x)), exprc.tanh(x) > 0.5])
+    assert "EXPRC_VBLOCK_BYTE" in f.source
+    rng = np.random.default_rng(0)
+    a, b = rng.uniform(-5, 5, 10000), rng.random(10000) < 0.5
+    full = f(a, b)
+    for lo in (0, 1, 31, 32, 33, 64):
+        for n in (1, 31, 32, 33, 63, 64, 65, 96, 100, 1000):
+            for g, w in zip(f(a[lo:lo + n].copy(), b[lo:lo + n].copy()), full):
+                assert_same_bits(g, w[lo:lo + n])
+    X, M = exprc.matrix("X"), exprc.matrix("M", "bool")
+    g2 = exprc.function([X, M], exprc.where(M, exprc.exp(X - exprc.max(X, axis=1, keepdims=True)), 0.0))
+    A, B = a[:600].reshape(60, 10), b[:600].reshape(60, 10)
+    G = g2(A, B)
+    for view in (lambda T: T[7:], lambda T: T[::2], lambda T: np.asfortranarray(T)):  # (whole rows: their max)
+        assert_same_bits(g2(view(A), view(B)), view(G))
+
+
 def test_a_reduction_keeping_the_last_axis_reads_rows_and_keeps_the_bits():
     """sum(x, axis=0) and its kind (the last axis kept) run with that axis innermost, an accumulator
     per element: each output still adds its elements in order, so the result is NumPy's sequential

@@ -488,6 +488,11 @@ class CRenderer:
             flat_call = call
             uniform = mvec and _VECTOR_MATH.search("\n".join(functions)) is not None
             flat, call = self._uniform_span(kl, functions, call) if uniform else (functions if whole else [], call)
+        # (a 1-byte array, a bool, makes gcc run the flat loop 64 lanes at a time on AVX-512: blocks of 32
+        # would send half of each to the scalar epilogue, whose bits differ by an ulp now and then)
+        bytewide = uniform and any(np.dtype(node.dtype).itemsize == 1 for node, _, _ in kl.accesses if node.ndim)
+        if bytewide:
+            flat = [x.replace("EXPRC_VBLOCK", "EXPRC_VBLOCK_BYTE") for x in flat]
         if whole:
             chunk, run = self._chunks(kl, "total", call)
             flat = flat + chunk
@@ -505,8 +510,10 @@ class CRenderer:
             main += self._strided_batched(kl, addr)
             return flat, main
         if uniform:
-            lines = self._short_rows(kl, flat_call) if nd == 2 else []
-            rows, run = self._rows(kl, lines + self._strided_blocks(kl, addr), "total", [])
+            lines = (self._short_rows(kl, flat_call) if nd == 2 else []) + self._strided_blocks(kl, addr)
+            if bytewide:
+                lines = [x.replace("EXPRC_VBLOCK", "EXPRC_VBLOCK_BYTE") for x in lines]
+            rows, run = self._rows(kl, lines, "total", [])
             return flat + rows, main + run
         nest, indent = self._nest(kl, range(nd), "    ", None, addr, ranged=True)
         nest += [self._load(kl, j, addr.get(j, ""), indent, names) for j in range(n_in)]

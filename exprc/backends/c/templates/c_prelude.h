@@ -23,6 +23,8 @@ EXPRC_D2(pow) EXPRC_D2(atan2) EXPRC_D2(hypot)
  * AVX2 epilogue of half that, whose libmvec variant is another one): 32 is a multiple of both with
  * room to spare, and small enough that a short call pays little for the padding. */
 #define EXPRC_VBLOCK 32
+/* The same for a loop over a 1-byte array (a bool mask): gcc then runs 64 lanes at a time (AVX-512). */
+#define EXPRC_VBLOCK_BYTE 64
 /* The values of a row reduction computed by one SIMD loop before they are added in order (render.py,
  * _buffered_row): 2 KB of doubles on the stack. */
 #define EXPRC_RCHUNK 256
