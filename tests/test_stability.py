@@ -714,6 +714,28 @@ def test_wrong_answers_the_contract_mode_found():
         np.testing.assert_allclose(g(big), want, rtol=1e-12)
 
 
+def test_log_exp_difference_where_its_arguments_are_equal_only_by_rounding():
+    """log(exp(a) - exp(a - d)) with |d| << |a|: a - d rounds to a, and the rule's x == y branch gave
+    log(0) = -inf.  The sum views know y - x = -d exactly: NaN for d < 0 (exp(a) < exp(a - d), found by
+    bench/accuracy.py --contract at a = 4.6e264, d = -2.7e105) and a + log1mexp(-d) for d > 0 (log(d) to
+    first order: 109.2 at a = 800, d = 1e-300, where the naive form is inf - inf)."""
+    import mpmath
+
+    a, d, b = exprc.vector("a"), exprc.vector("d"), exprc.vector("b")
+    for backend in ("numpy", "c"):
+        f = exprc.function([a, d], exprc.log(exprc.exp(a) - exprc.exp(a - d)), backend=backend)
+        with np.errstate(all="ignore"):
+            got = f(np.array([4.57e264, 5.0, 5.0, 800.0, 30.0]), np.array([-2.68e105, 0.0, -1.0, 1e-300, 1e-17]))
+        assert np.isnan(got[0]) and got[1] == -np.inf and np.isnan(got[2])
+        want = [float(mpmath.mpf(800) + mpmath.log(-mpmath.expm1(mpmath.mpf(-1e-300)))),
+                float(mpmath.mpf(30) + mpmath.log(-mpmath.expm1(mpmath.mpf(-1e-17))))]
+        np.testing.assert_allclose(got[3:], want, rtol=1e-15)
+        g = exprc.function([a, b], exprc.log(exprc.exp(a) - exprc.exp(b)), backend=backend)
+        with np.errstate(all="ignore"):
+            got = g(np.array([-np.inf, 3.0, np.inf]), np.array([-np.inf, 3.0, np.inf]))
+        assert got[0] == -np.inf and got[1] == -np.inf and np.isnan(got[2])
+
+
 def test_exp_exact_argument_only_where_the_correction_is_small():
     """Where |p| is beyond 746, exp(p) is 0 or inf and p's rounding error is an ulp of p or more: the
     first-order correction exp(p) (1 + lo) would flip inf to -inf ((1 + x/n)**n at x = 2e25, n = -1e300,

@@ -251,9 +251,13 @@ def log_exp_difference(node: Node, a: Node) -> Node | None:
     if c1 < 0:
         (c1, t1), (c2, t2) = (c2, t2), (c1, t1)
     x, y = t1.inputs[0], t2.inputs[0]
-    out = add(x, f("log1mexp", sub(y, x)))
+    diff = sub(y, x)
+    out = add(x, f("log1mexp", diff))
     out = out if c1 == 1 else add(out, k(math.log(float(c1)), node))
-    same = make("eq", x, y)  # log(0) = -inf, also for x = y = -inf (inf - inf would be NaN)
+    # log(0) = -inf where x = y, also for x = y = -inf (inf - inf would be NaN) -- but not where x = y
+    # only by rounding and the sum views found y - x exactly: x = a, y = a - d with |d| << |a| (d < 0 is
+    # outside the domain, NaN; d > 0 is a + log(d) to first order, both from log1mexp(-d))
+    same = make("and", make("eq", x, y), make("or", make("eq", diff, k(0.0, diff)), f("isnan", diff)))
     return F.where(same, F.where(x < k(math.inf, x), k(-math.inf, x), k(math.nan, x)), out)
 
 
