@@ -17,7 +17,8 @@ the whole output gets measurably closer to the exact result.  Read :func:`search
    formula are the places to rewrite.
 4. **Candidates** for each place: SymPy transforms (``together``, ``cancel``, ``expand``, ``factor``,
    ``radsimp``, ``trigsimp``, ``expand_trig``, ``expand_log(force=True)``, ``simplify``, rewrites
-   with ``exp``, erf/erfc reflections) and Taylor series around 0 and ±∞ behind a branch
+   with ``exp``, erf/erfc reflections) and Taylor series around 0, ±∞ and a dyadic zero of the formula
+   near its worst point (in h = x - x0: the Bernoulli KL divergence at p = 1/2) behind a branch
    ``where(|x - x0| < r, series, expr)`` with ``r`` chosen on the samples.  Every candidate goes
    through :func:`exprc.optimize`, so the stability rules apply to the new form too.
 5. **Score** each candidate by the bits lost of the whole output against the exact reference of the
@@ -37,9 +38,11 @@ domain give the same result in every process.  SymPy work is bounded by a count 
 (:attr:`Settings.sympy_calls`); a time box per call (:attr:`Settings.sympy_seconds`, generous) only
 guards against a runaway call, and a search where it fired is reported (``timeouts``) and not cached.
 
-Scope: elementwise float graphs with scalar constants.  An output that holds a reduction, a shape
-operation or an op without an mpmath row is left as the default pipeline made it (and listed under
-``skipped`` in the report).  Shared variables and ``updates`` are not supported with the search.
+Scope: elementwise float graphs with scalar constants.  An output that holds reductions has the
+elementwise formulas its reductions take searched, each as an output of its own (``sum(f(x))``: f's
+search), and is then optimized as a whole; one that holds a shape operation or an op without an
+mpmath row is left as the default pipeline made it (and listed under ``skipped`` in the report).
+Shared variables and ``updates`` are not supported with the search.
 
 This module is the driver (the entry point with its cache, rounds, localization, acceptance);
 :mod:`exprc.accuracy.scoring` samples and scores, :mod:`exprc.accuracy.candidates` proposes forms,
