@@ -310,6 +310,28 @@ def test_row_blocks_of_vector_math_match_numpy_and_keep_their_bits(dtype):
                 assert_same_bits(g, h)
 
 
+def test_a_row_broadcast_under_vector_math_runs_the_flat_loop_per_row():
+    """tanh(m + b), b a row broadcast along the rows (a layer's bias): long rows (64 and more) run the
+    flat loop once per row (flag 2), short ones the strided path's packed blocks; both give the bits of
+    the same values laid out contiguously, with 1 and 2 threads, and NumPy's values."""
+    from conftest import assert_same_bits
+
+    m, b = exprc.matrix("m"), exprc.vector("b")
+    funcs = {t: exprc.function([m, b], exprc.tanh(m * 2.0 + b), config=exprc.Config(num_threads=t)) for t in (1, 2)}
+    B = exprc.matrix("B")
+    full = exprc.function([m, B], exprc.tanh(m * 2.0 + B))
+    assert "n1 >= 2 * EXPRC_VBLOCK" in funcs[1].source
+    rng = np.random.default_rng(4)
+    for n0, n1 in [(50, 128), (7, 64), (3, 1000), (40, 63), (300, 10), (2, 65)]:
+        mv, bv = rng.standard_normal((n0, n1)) * 3, rng.standard_normal(n1)
+        mv[0, 0], bv[-1] = np.nan, np.inf
+        got = funcs[1](mv, bv)
+        assert_same_bits(got, full(mv, np.ascontiguousarray(np.broadcast_to(bv, (n0, n1)))))
+        assert_same_bits(funcs[2](mv, bv), got)
+        with np.errstate(all="ignore"):
+            np.testing.assert_allclose(got, np.tanh(mv * 2.0 + bv), rtol=1e-13, atol=1e-15)
+
+
 ROWFLAT_CASES = {
     "column_slice": lambda X: X[:, 3:11],
     "reversed_rows": lambda X: X[::-1, 1:9],
@@ -360,7 +382,11 @@ def test_column_broadcast_and_transposed_operands_keep_the_strided_nest():
     v = exprc.vector("v")
     g = exprc.function([m, v], exprc.exp(m) * v, backend="c")
     plan = g._kernel._make_plan([A[:, 2:6], np.ones(4)], None)
-    assert plan.P[g._kernel.layout.kernels[0].p_flag] == 0  # (no flat loop rendered for a row vector)
+    # (a row vector under vector math: rows are contiguous, flag 2; the kernel takes the flat loop per
+    # row for rows of 64 and more, the strided path's packed blocks below)
+    assert plan.P[g._kernel.layout.kernels[0].p_flag] == 2
+    for a, vv in ((A[:, 2:6], np.ones(4) * 0.5), (np.tile(A, (1, 20)), np.linspace(-1, 1, 140))):
+        np.testing.assert_allclose(g(a, vv), np.exp(a) * vv, rtol=1e-15)
     h = exprc.function([m, col], exprc.exp(m) * col * 2.0, backend="c")
     plan = h._kernel._make_plan([A[:, 2:6], np.ones((9, 8))[:, 2:6]], None)
     assert plan.P[h._kernel.layout.kernels[0].p_flag] == 2

@@ -475,9 +475,6 @@ class CRenderer:
         main.append(f"    const int64_t total = {' * '.join(f'n{d}' for d in range(nd)) or '1'};")
         flat: list[str] = []
         whole = self._flat_possible(kl)
-        # (only where the flat loop exists anyway: rendering one just for rows cost a softmax step's
-        # cold compile 0.2 s, its broadcast rows being short)
-        kl.rowflat = nd == 2 and not kl.draws and whole
         # (a kernel with vector math and no draws gets them even without a contiguous path: its strided
         # path runs through them, see _uniform_span)
         mvec = bool(nd) and not kl.draws and not self.precise_math
@@ -493,11 +490,18 @@ class CRenderer:
         bytewide = uniform and any(np.dtype(node.dtype).itemsize == 1 for node, _, _ in kl.accesses if node.ndim)
         if bytewide:
             flat = [x.replace("EXPRC_VBLOCK", "EXPRC_VBLOCK_BYTE") for x in flat]
-        if whole:
+        # Rows of a matrix loop that are contiguous (flag 2: row slices; a row broadcast along the rows,
+        # x @ W + b under a tanh) run the flat loop once per row.  Only where the flat loop exists anyway
+        # (rendering one just for rows cost a softmax step's cold compile 0.2 s): a contiguous path, or
+        # vector math (whose flat loop the strided path runs too); for the latter only rows of 64 and
+        # more, shorter ones go to the strided path, which packs several rows into one block.
+        kl.rowflat = nd == 2 and not kl.draws and (whole or uniform)
+        if whole or kl.rowflat:
             chunk, run = self._chunks(kl, "total", call)
             flat = flat + chunk
         if kl.rowflat:
-            main += [f"    if ({self.param(kl, kl.p_flag)} == 2) {{",
+            long_rows = "" if whole else " && n1 >= 2 * EXPRC_VBLOCK"
+            main += [f"    if ({self.param(kl, kl.p_flag)} == 2{long_rows}) {{",
                      (f"        exprc_rowflat({k.name}_chunk, ptrs, P, {len(kl.accesses)}, n0, n1, "
                       f"total > {parallel_threshold(k)}, nthreads);"), "        return;", "    }"]
         if whole:
