@@ -36,8 +36,14 @@ def _log1mexp(x: np.ndarray) -> np.ndarray:
     return np.where(x > -math.log(2), np.log(-np.expm1(x)), np.log1p(-np.exp(x))).astype(x.dtype)
 
 
-#: (-1)**k (2k - 1)!! for k = 0..14: erfcx's asymptotic series in v = 1 / (2 x**2), highest first.
-ERFCX_SERIES = tuple(float((-1) ** k * math.prod(range(1, 2 * k, 2))) for k in range(14, -1, -1))
+def erfcx_series(terms: int) -> tuple[float, ...]:
+    """(-1)**k (2k - 1)!! for k = terms - 1 down to 0: the asymptotic series of x sqrt(pi) erfcx(x) in
+    v = 1 / (2 x**2), highest power first (Horner's order)."""
+    return tuple(float((-1) ** k * math.prod(range(1, 2 * k, 2))) for k in range(terms - 1, -1, -1))
+
+
+#: erfcx's series to k = 14 (numpy_semantics.h's exprc_erfcx spells the same coefficients).
+ERFCX_SERIES = erfcx_series(15)
 #: From here up erfcx is its asymptotic series (the 16th term is 2e-19 of the first at x = 10).
 ERFCX_FAR = 10.0
 
@@ -185,7 +191,7 @@ _UNARY = [
     ("softplus", _softplus, "float", "exprc_softplus{f}({0})", None),
     ("log1mexp", _log1mexp, "float", "exprc_log1mexp{f}({0})", None),
     ("erf", _from_math(math.erf), "float", "erf{f}({0})", None),
-    ("erfc", _from_math(math.erfc), "float", "erfc{f}({0})", None),
+    ("erfc", _erfc, "float", "erfc{f}({0})", None),
     ("erfcx", _erfcx, "float", "exprc_erfcx{f}({0})", None),
     ("isnan", np.isnan, "float_bool", "(isnan({0}) != 0)", None),
     ("isinf", np.isinf, "float_bool", "(isinf({0}) != 0)", None),

@@ -21,6 +21,7 @@ import numpy as np
 
 from exprc import api as A
 from exprc.graph import Node
+from exprc.ops.elemwise import erfcx_series
 from exprc.ops.gradshape import count, sum_to, zeros_like
 from exprc.ops.index import shift_index
 from exprc.ops.table import OPS, GradRule, cast, grad_rule
@@ -79,8 +80,8 @@ def _erfcx_derivative(x: Node, y: Node) -> Node:
     return A.where(x >= 7.0, _TWO_OVER_SQRT_PI * (s * v), 2.0 * x * y - _TWO_OVER_SQRT_PI)
 
 
-#: (-1)**k (2k - 1)!! for k = 30 down to 1: the asymptotic series of x sqrt(pi) erfcx(x) - 1 over v.
-_ERFCX_SLOPE = tuple(float((-1) ** k * math.prod(range(1, 2 * k, 2))) for k in range(30, 0, -1))
+#: The asymptotic series of x sqrt(pi) erfcx(x) - 1 over v: k = 30 down to 1 (its 1 left out).
+_ERFCX_SLOPE = erfcx_series(31)[:-1]
 _DERIVATIVES["erfcx"] = _erfcx_derivative
 for _name, _deriv in _DERIVATIVES.items():
     grad_rule(_name)(_unary_rule(_deriv))

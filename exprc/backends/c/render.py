@@ -202,6 +202,9 @@ class CRenderer:
 
     target = "c"
     restrict = "restrict"
+    #: The lane count the padded blocks of a kernel with vector math round to (set per kernel by
+    #: render_elemwise: EXPRC_VBLOCK_BYTE where a bool array makes gcc's loop 64 lanes wide).
+    vblock = "EXPRC_VBLOCK"
 
     def __init__(self, precise_math: bool = False, titles: bool = True):
         self.precise_math = precise_math
@@ -480,16 +483,15 @@ class CRenderer:
         mvec = bool(nd) and not kl.draws and not self.precise_math
         uniform = False
         flat_call = ""
+        # (a 1-byte array, a bool, makes gcc run the flat loop 64 lanes at a time on AVX-512: blocks of 32
+        # would send half of each to the scalar epilogue, whose bits differ by an ulp now and then)
+        bytewide = any(np.dtype(node.dtype).itemsize == 1 for node, _, _ in kl.accesses if node.ndim)
+        self.vblock = "EXPRC_VBLOCK_BYTE" if bytewide else "EXPRC_VBLOCK"
         if whole or mvec:
             functions, call = self._flat_functions(kl)
             flat_call = call
             uniform = mvec and _VECTOR_MATH.search("\n".join(functions)) is not None
             flat, call = self._uniform_span(kl, functions, call) if uniform else (functions if whole else [], call)
-        # (a 1-byte array, a bool, makes gcc run the flat loop 64 lanes at a time on AVX-512: blocks of 32
-        # would send half of each to the scalar epilogue, whose bits differ by an ulp now and then)
-        bytewide = uniform and any(np.dtype(node.dtype).itemsize == 1 for node, _, _ in kl.accesses if node.ndim)
-        if bytewide:
-            flat = [x.replace("EXPRC_VBLOCK", "EXPRC_VBLOCK_BYTE") for x in flat]
         # Rows of a matrix loop that are contiguous (flag 2: row slices; a row broadcast along the rows,
         # x @ W + b under a tanh) run the flat loop once per row.  Only where the flat loop exists anyway
         # (rendering one just for rows cost a softmax step's cold compile 0.2 s): a contiguous path, or
@@ -515,8 +517,6 @@ class CRenderer:
             return flat, main
         if uniform:
             lines = (self._short_rows(kl, flat_call) if nd == 2 else []) + self._strided_blocks(kl, addr)
-            if bytewide:
-                lines = [x.replace("EXPRC_VBLOCK", "EXPRC_VBLOCK_BYTE") for x in lines]
             rows, run = self._rows(kl, lines, "total", [])
             return flat + rows, main + run
         nest, indent = self._nest(kl, range(nd), "    ", None, addr, ranged=True)
@@ -550,16 +550,16 @@ class CRenderer:
         arrays = [j for j, (node, _, _) in enumerate(kl.accesses) if node.ndim and j not in kl.models]
         block = [f"static void {k.name}_block(char **restrict base, const int64_t *restrict st, int64_t m)", "{"]
         for j in arrays:
-            block.append(f"    {C_TYPES[kl.accesses[j][0].dtype]} b{j}[EXPRC_VBLOCK] __attribute__((aligned(64)));")
+            block.append(f"    {C_TYPES[kl.accesses[j][0].dtype]} b{j}[{self.vblock}] __attribute__((aligned(64)));")
         q = ", ".join(f"(char *)b{j}" if j in arrays else f"base[{j}]" for j in range(n_acc))
         block += [f"    char *q[{n_acc}] = {{{q}}};", "    (void)st;"]
         for j in arrays:
             if j < n_in:
                 ct = C_TYPES[kl.accesses[j][0].dtype]
                 # (the padding repeats the first element: values the kernel computes anyway)
-                block.append(f"    for (int64_t i = 0; i < EXPRC_VBLOCK; i++) b{j}[i] = "
+                block.append(f"    for (int64_t i = 0; i < {self.vblock}; i++) b{j}[i] = "
                              f"*(const {ct} *)(base[{j}] + (i < m ? i : 0) * st[{j}]);")
-        block.append("    " + call.replace("(ptrs, lo, hi)", "(q, 0, EXPRC_VBLOCK)"))
+        block.append("    " + call.replace("(ptrs, lo, hi)", f"(q, 0, {self.vblock})"))
         for j in arrays:
             if j >= n_in:
                 ct = C_TYPES[kl.accesses[j][0].dtype]
@@ -567,7 +567,7 @@ class CRenderer:
         block.append("}")
         sizes = [np.dtype(node.dtype).itemsize if j in arrays else 0 for j, (node, _, _) in enumerate(kl.accesses)]
         span = [f"__attribute__((unused)) static void {k.name}_span(char **restrict ptrs, int64_t lo, int64_t hi)", "{",
-                "    const int64_t mid = hi - (hi - lo) % EXPRC_VBLOCK;",
+                f"    const int64_t mid = hi - (hi - lo) % {self.vblock};",
                 "    if (mid > lo)", "        " + call.replace("(ptrs, lo, hi)", "(ptrs, lo, mid)"),
                 "    if (mid < hi) {",
                 "        char *base[{}] = {{{}}};".format(
@@ -606,7 +606,7 @@ class CRenderer:
                 "            const int64_t rn = hi - r0 < R ? hi - r0 : R;",
                 "            int64_t b = 0;",
                 *each("            ", ins, "b{j}[b] = *(const {t} *)(q{j}_1);"),
-                "            const int64_t w = (b + EXPRC_VBLOCK - 1) / EXPRC_VBLOCK * EXPRC_VBLOCK;",
+                f"            const int64_t w = (b + {self.vblock} - 1) / {self.vblock} * {self.vblock};",
                 "            for (int64_t p = b; p < w; p++) {",  # (the padding repeats the first element)
                 *[f"                b{j}[p] = b{j}[0];" for j in ins], "            }",
                 "            " + call.replace("(ptrs, lo, hi)", "(q, 0, w)"),
@@ -626,10 +626,10 @@ class CRenderer:
                          if j in addr and kl.accesses[j][0].ndim else self.ptr(kl, j) for j in range(n_acc))
         st = ", ".join(self.param(kl, kl.accesses[j][2] + last) if j in addr and kl.accesses[j][0].ndim else "0"
                        for j in range(n_acc))
-        lines += [f"{indent}for (int64_t c = {lo}; c < {hi}; c += EXPRC_VBLOCK) {{",
+        lines += [f"{indent}for (int64_t c = {lo}; c < {hi}; c += {self.vblock}) {{",
                   f"{indent}    char *base[{n_acc}] = {{{base}}};",
                   f"{indent}    const int64_t st[{n_acc}] = {{{st}}};",
-                  f"{indent}    {k.name}_block(base, st, ({hi} - c) < EXPRC_VBLOCK ? ({hi} - c) : EXPRC_VBLOCK);",
+                  f"{indent}    {k.name}_block(base, st, ({hi} - c) < {self.vblock} ? ({hi} - c) : {self.vblock});",
                   f"{indent}}}"]
         lines += self._close(range(last), indent)[0]
         return lines

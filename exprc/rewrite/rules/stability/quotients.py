@@ -228,10 +228,10 @@ def erfc_exp_ratio(node: Node) -> Node | None:
         tv = F.product_view(t)
         if tv is None or tv[3]:
             continue
-        minus_t2 = (-tv[0] ** 2, sorted(((u, 2 * q) for u, q in tv[1]), key=lambda uq: id(uq[0])))
+        minus_t2 = (-tv[0] ** 2, {u: 2 * q for u, q in tv[1]})
         for x, p in factors:
             arg = F.product_view(x.inputs[0]) if x.op == "exp" and p == 1 else None
-            if arg is None or arg[3] or (arg[0], sorted(arg[1], key=lambda uq: id(uq[0]))) != minus_t2:
+            if arg is None or arg[3] or (arg[0], dict(arg[1])) != minus_t2:
                 continue  # (not exp(-t*t), read through negations and constant factors: t = -x/sqrt 2)
             rest = [(u, q) for u, q in factors if u is not d and u is not x]
             rep = div(k(1.0, node), f("erfcx", t))
