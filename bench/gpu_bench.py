@@ -39,7 +39,8 @@ SYSTEMS = ("exprc", "cupy", "cupy-fuse", "torch", "torch-compile")
 #: (import name, pip name) of what gpu_check.sh needs on top of cuda-bindings, NVRTC, CuPy and PyTorch.
 REQUIRED = (("numpy", "numpy"), ("cffi", "cffi"), ("pycparser", "pycparser"), ("networkx", "networkx"),
             ("sympy", "sympy"), ("mpmath", "mpmath"), ("pytest", "pytest"), ("hypothesis", "hypothesis"),
-            ("cuda.bindings", "cuda-bindings"), ("nvidia.cuda_nvrtc", "nvidia-cuda-nvrtc-cu12"))
+            ("cuda.bindings", "cuda-bindings"), ("nvidia.cuda_nvrtc|nvidia.cu13|nvidia.cu12", "nvidia-cuda-nvrtc-cu12"))
+# An entry's modules separated by "|" are alternatives: CUDA 13's NVRTC wheel installs nvidia/cu13.
 
 
 def parse_sizes(text: str) -> list[int]:
@@ -93,10 +94,12 @@ def missing_modules(find: Callable[[str], Any] | None = None, version: Callable[
     version = version or importlib.metadata.version
     out = []
     for mod, pip_name in REQUIRED:
-        try:
-            found = find(mod) is not None
-        except (ImportError, ValueError):
-            found = False
+        found = False
+        for alternative in mod.split("|"):
+            try:
+                found = found or find(alternative) is not None
+            except (ImportError, ValueError):
+                pass
         if not found:
             out.append(pip_name)
         elif mod == "numpy" and int(version("numpy").split(".")[0]) < 2:
@@ -173,13 +176,22 @@ def _system(name: str, key: str, dtype: str, fn: Callable[..., Any], budget_left
         cupy = importlib.import_module("cupy")
         if name == "cupy":
             return lambda a, b, c: fn(cupy, a, b, c)
-        fused = cupy.fuse(lambda a, b, c: fn(cupy, a, b, c))
-        return fused
+        def expr(a: Any, b: Any, c: Any) -> Any:  # a named function: cupy.fuse names its kernel after it
+            return fn(cupy, a, b, c)
+
+        expr.__name__ = expr.__qualname__ = f"fused_{key}_{dtype}"
+        return cupy.fuse(expr)
     torch = importlib.import_module("torch")
     if name == "torch":
         return lambda a, b, c: fn(torch, a, b, c)
     if budget_left <= 0:
         return None
+    # Every expression and dtype is compiled from the same lambda's code object: without a higher
+    # limit dynamo stops recompiling after 8 and silently runs the rest eagerly.
+    dynamo = importlib.import_module("torch._dynamo")
+    for limit in ("recompile_limit", "cache_size_limit"):
+        if hasattr(dynamo.config, limit):
+            setattr(dynamo.config, limit, max(getattr(dynamo.config, limit), 256))
     return torch.compile(lambda a, b, c: fn(torch, a, b, c), dynamic=True)
 
 

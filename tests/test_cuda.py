@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -409,6 +410,50 @@ def test_cuda_integer_mean_accumulates_in_float64():
         set_driver(None)
 
 
+def _guard_cases():
+    """Graphs whose kernels hold guards ``where(rare(c), slow, fast)`` (nested in log_erfc), with
+    inputs in both branches and the special values."""
+    x, y = exprc.vector("x"), exprc.vector("y")
+    outs = [exprc.log1p(x * x), exprc.log(exprc.erfc(x)) + y, exprc.exp(-x * x) * exprc.sin(y) + exprc.log1p(y * y),
+            exprc.sum(exprc.log1p(x * x)), exprc.log1p(x * x) * 2 - exprc.log1p(y * y)]
+    rng = np.random.default_rng(5)
+    data = rng.normal(scale=3, size=3000)
+    data[::7] *= 1e160
+    data[:8] = [np.nan, np.inf, -np.inf, -0.0, 0.0, 1e308, -1e-300, 30.0]
+    return [x, y], outs, data, rng.permutation(data)
+
+
+def test_cuda_guards_run_the_rare_arm_in_a_branch():
+    """The nodes only a guard's slow arm needs are computed inside ``if (rare)`` in CUDA."""
+    _, outs, _, _ = _guard_cases()
+    src = exprc.cuda.render(outs[0])[0]
+    kernel = src[src.index("__global__ void"):]
+    assert re.search(r"if \(t\d+\) \{\n\s+const double t\d+ = log\(", kernel)
+    assert kernel.count("log1p(") == 2 * 2  # contiguous and strided paths: the fast arm, the slow arm
+    assert [x for x in exprc.cuda.render(outs[1])[0].split("\n") if x.strip().startswith("if (t")]  # nested
+
+
+@needs_nvrtc
+@pytest.mark.skipif(GXX is None, reason="g++ (C++20) is needed to run CUDA kernels on the host")
+def test_cuda_guarded_kernels_execute_on_the_host():
+    from cuda_emulator import EmulatedDriver
+
+    from exprc.backends.cuda.kernel import set_driver
+
+    drv = EmulatedDriver(kernels="cuda")
+    set_driver(drv)
+    try:
+        inputs, outs, x, y = _guard_cases()
+        f = _cuda_function(drv, inputs, outs, return_numpy=True)
+        want = exprc.function(inputs, outs, backend="numpy")(x, y)
+        for got, w in zip(f(x, y), want):
+            assert_close(got, w, ulps=8)
+        for got, w in zip(f(x[::-3], y[::-3]), exprc.function(inputs, outs, backend="numpy")(x[::-3], y[::-3])):
+            assert_close(got, w, ulps=8)  # the strided path
+    finally:
+        set_driver(None)
+
+
 # -- on a GPU ---------------------------------------------------------------------------------------------------
 @needs_device
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
@@ -429,6 +474,15 @@ def test_device_e1_to_e5(dtype):
 def test_device_property_suite_matches_numpy(case):
     f = exprc.function(case.inputs, case.expr, backend="cuda", config=Config(return_numpy=True))
     assert_close(f(*case.args), case.expected())
+
+
+@needs_device
+def test_device_guards_match_numpy():
+    inputs, outs, x, y = _guard_cases()
+    x, y = np.tile(x, 400), np.tile(y, 400)
+    got = exprc.function(inputs, outs, backend="cuda", config=Config(return_numpy=True))(x, y)
+    for g, w in zip(got, exprc.function(inputs, outs, backend="numpy")(x, y)):
+        assert_close(g, w, ulps=8)
 
 
 @needs_device

@@ -48,9 +48,18 @@ from __future__ import annotations
 import string
 
 from exprc._version import __version__
-from exprc.backends.c.render import CRenderer, KernelLayout, Layout, c_literal, comment, kernel_title, uses_draws
+from exprc.backends.c.render import (
+    CRenderer,
+    KernelLayout,
+    Layout,
+    _closure,
+    c_literal,
+    comment,
+    kernel_title,
+    uses_draws,
+)
 from exprc.backends.templates import prelude, random_helpers, read
-from exprc.fusion import Program
+from exprc.fusion import Kernel, Program
 from exprc.graph import Node
 from exprc.ops import OPS, REDUCTIONS
 from exprc.types import C_TYPES
@@ -106,6 +115,46 @@ class CUDARenderer(CRenderer):
             if tmpl is not None:
                 return tmpl.format(*args, f="f" if dt == "float32" else "", T=C_TYPES[dt])
         return super().expr(node, args)
+
+    # -- guards: the rare branch as a real branch --------------------------------------------
+    def body(self, k: Kernel, names: dict[Node, str], indent: str) -> list[str]:
+        """The C backend's statements, except that the nodes only the slow arm of a guard
+        ``where(rare(c), slow, fast)`` needs are computed inside ``if (c)``.
+
+        The C backend runs a fast copy of the loop where no element of a chunk is rare; on a GPU
+        a branch costs nothing while a warp agrees, so the slow arm (``log1p(x*x)`` for huge
+        ``x``: a log, a division and a second log1p) is skipped per element instead.  A kernel
+        that draws random bits keeps straight-line code (its draws count positions)."""
+        self._lazy = {} if any(OPS[n.op].c_call is not None for n in k.body) else _slow_arms(k)
+        try:
+            return super().body(k, names, indent)
+        finally:
+            self._lazy = {}
+
+    def statements(self, nodes: list[Node], names: dict[Node, str], indent: str) -> list[str]:
+        lazy: dict[Node, list[Node]] = getattr(self, "_lazy", {})
+        guards = [n for n in nodes if n in lazy]
+        if not guards:
+            return super().statements(nodes, names, indent)
+        inner = {m for g in guards for m in lazy[g]}  # (the arms nest: each guard's is one block)
+        lines: list[str] = []
+        for n in nodes:
+            if n in inner:
+                continue
+            if n not in lazy:
+                lines += super().statements([n], names, indent)
+                continue
+            cond, fast = self._value(n.inputs[0], names), self._value(n.inputs[2], names)
+            names[n] = name = f"t{len(names)}"
+            lines += [f"{indent}{C_TYPES[n.dtype]} {name};", f"{indent}if ({cond}) {{"]
+            lines += self.statements(lazy[n], names, indent + "    ")
+            lines += [f"{indent}    {name} = {self._value(n.inputs[1], names)};", f"{indent}}} else {{",
+                      f"{indent}    {name} = {fast};", f"{indent}}}"]
+        return lines
+
+    @staticmethod
+    def _value(x: Node, names: dict[Node, str]) -> str:
+        return names[x] if x in names else c_literal(x.value.reshape(-1)[0], x.dtype)
 
     # -- kernels ----------------------------------------------------------------------------
     def render_kernel(self, kl: KernelLayout) -> str:
@@ -289,6 +338,34 @@ class CUDARenderer(CRenderer):
             prelude=prelude("cuda", "cuda_prelude.cuh") + (random_helpers() if uses_draws(program) else ""),
             kernels=kernels)
         return src, lay
+
+
+def _slow_arms(k: Kernel) -> dict[Node, list[Node]]:
+    """For each guard ``where(rare(c), slow, fast)`` of ``k``, the body nodes (in body order) that only
+    its slow arm needs: none is a kernel output or read by any other node.  Arms nest or are
+    disjoint (a node needed only by two arms is needed only by the outer one)."""
+    body = [n for n in k.body if n is not k.reduce]
+    inside = set(body)
+    users: dict[Node, list[tuple[Node, int]]] = {}
+    for n in k.body:
+        for pos, x in enumerate(n.inputs):
+            users.setdefault(x, []).append((n, pos))
+    pinned = set(k.outputs) | set(k.epilogue)
+    out: dict[Node, list[Node]] = {}
+    for g in body:
+        if not (g.op == "where" and g.inputs[0].op == "rare"):
+            continue
+        arm = _closure([g.inputs[1]], lambda n: n.inputs, inside.__contains__)
+        changed = True
+        while changed:  # drop what something outside the arm also reads, until nothing changes
+            changed = False
+            for n in list(arm):
+                if n in pinned or any(u not in arm and not (u is g and pos == 1) for u, pos in users.get(n, ())):
+                    arm.discard(n)
+                    changed = True
+        if arm:
+            out[g] = [n for n in body if n in arm]
+    return out
 
 
 def kernel_names(lay: Layout) -> list[str]:
