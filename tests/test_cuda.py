@@ -238,6 +238,42 @@ def test_emulated_runtime_matches_numpy(case):
         set_driver(None)
 
 
+@needs_emulator
+def test_fast_call_path_takes_planned_device_arrays_only(emulated):
+    """From the third call, device-array calls whose shapes have a launch-only plan skip the checked
+    path; everything else (new shapes, strided views, wrong dtypes, host arrays, NumPy steps) still
+    goes through it and gets its checks."""
+    from exprc.backends.cuda.kernel import DeviceArray
+    from exprc.errors import InputTypeError
+
+    x, y = exprc.vector("x"), exprc.vector("y")
+    m = exprc.matrix("m")
+    f = _cuda_function(emulated, [x, y], [x * y + 1, exprc.sum(x)])
+    g = _cuda_function(emulated, [m], [m @ m.T, m * 2])  # a NumPy step (matmul): never simple
+    h = _cuda_function(emulated, [x], [x * 2, x * 2])  # one node twice: never simple
+    rng = np.random.default_rng(1)
+    for n in (5, 5, 5, 1000, 1000, 1000):
+        hx, hy = rng.normal(size=n), rng.normal(size=n)
+        dx, dy = DeviceArray.from_numpy(hx, emulated), DeviceArray.from_numpy(hy, emulated)
+        got = f(dx, dy)
+        assert_close(got[0].get(), hx * hy + 1)
+        assert_close(got[1].get(), hx.sum())
+        got = h(dx)
+        assert got[0] is not got[1] and np.array_equal(got[1].get(), 2 * hx)
+        hm = hx[: n // 5 * 5].reshape(-1, 5)
+        got = g(DeviceArray.from_numpy(hm, emulated))
+        assert_close(got[0].get(), hm @ hm.T)
+    assert f._fast is not None and f._fast(dx, dy) is not None
+    assert h._fast is not None and h._fast(dx) is None and g._fast(DeviceArray.from_numpy(hm, emulated)) is None
+    view = DeviceArray(dx.shape[:1], dx.dtype, dx.ptr, (16,), dx, emulated)  # every other element of 1000
+    view.shape = (500,)
+    assert f._fast(view, view) is None  # a new signature: planned by the checked path first
+    assert_close(f(view, view)[0].get(), hx[::2] ** 2 + 1)
+    with pytest.raises(InputTypeError, match="float32"):
+        f(DeviceArray.from_numpy(hx.astype(np.float32), emulated), dy)
+    assert_close(f(hx, hy)[0].get(), hx * hy + 1)
+
+
 def _e_cases(dtype="float64"):
     a, b, c = (exprc.vector(n, dtype) for n in "abc")
     return [a, b, c], {

@@ -21,6 +21,7 @@ extern "C" __global__ void __launch_bounds__(EXPRC_BLOCK) k0_mul_tanh_sum(const 
         if (a.P[0]) {
             const float *__restrict__ p0 = (const float *)a.ptr[0];
             const float *__restrict__ p1 = (const float *)a.ptr[1];
+            #pragma unroll 4
             for (int64_t i = lo + threadIdx.x; i < hi; i += blockDim.x) {
                 const float a0 = p0[i];
                 const float a1 = p1[i];

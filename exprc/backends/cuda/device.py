@@ -10,9 +10,10 @@ pool between calls) and freed when the last array using them goes away.
 
 from __future__ import annotations
 
+import ctypes
 import math
+import os
 import threading
-import weakref
 from collections.abc import Sequence
 from typing import Any
 
@@ -63,6 +64,7 @@ class Driver:
             except Exception:  # noqa: BLE001,S110 - an optimization only: the pool works without it
                 pass
         self.name = self._check(cu.cuDeviceGetName(256, self.device), "cuDeviceGetName").split(b"\0")[0].decode()
+        self._c = _entry_points() if os.environ.get("EXPRC_CUDA_CTYPES", "1") != "0" else None
 
     def _check(self, result: Any, what: str) -> Any:
         err, *rest = result if isinstance(result, tuple) else (result,)
@@ -79,14 +81,26 @@ class Driver:
             self._check(self.cu.cuCtxSetCurrent(self.context), "cuCtxSetCurrent")
             self._local.current = True
 
+    def _failed(self, err: int, what: str) -> None:
+        self._check((self.cu.CUresult(err),), what)
+
     def alloc(self, nbytes: int) -> int:
         if self.pooled:
+            if self._c is not None:
+                out = ctypes.c_uint64()
+                err = self._c.alloc(ctypes.byref(out), nbytes, None)
+                if err:
+                    self._failed(err, "cuMemAllocAsync")
+                return out.value
             return int(self._check(self.cu.cuMemAllocAsync(nbytes, self.stream), "cuMemAllocAsync"))
         return int(self._check(self.cu.cuMemAlloc(nbytes), "cuMemAlloc"))
 
     def free(self, ptr: int) -> None:
         if self.pooled:
-            self.cu.cuMemFreeAsync(ptr, self.stream)
+            if self._c is not None:
+                self._c.free(ptr, None)
+            else:
+                self.cu.cuMemFreeAsync(ptr, self.stream)
         else:
             self.cu.cuMemFree(ptr)
 
@@ -100,17 +114,51 @@ class Driver:
         self._check(self.cu.cuMemcpyDtoDAsync(dst, src, nbytes, self.stream), "cuMemcpyDtoDAsync")
 
     def load(self, binary: bytes, names: Sequence[str]) -> dict[str, Any]:
+        """The named kernels of a module (handles ``launch`` takes)."""
         module = self._check(self.cu.cuModuleLoadData(binary), "cuModuleLoadData")
         self._modules = getattr(self, "_modules", []) + [module]  # never unloaded: functions outlive kernels
-        return {n: self._check(self.cu.cuModuleGetFunction(module, n.encode()), f"cuModuleGetFunction({n})")
-                for n in names}
+        fns = {n: self._check(self.cu.cuModuleGetFunction(module, n.encode()), f"cuModuleGetFunction({n})")
+               for n in names}
+        if self._c is not None:  # the raw CUfunction pointers, as ctypes passes them
+            fns = {n: int(f) for n, f in fns.items()}
+        return fns
 
     def launch(self, fn: Any, grid: int, block: int, params: int) -> None:
+        """Launch ``fn`` (from :meth:`load`) on ``grid`` blocks; ``params`` is the address of its ``void*[]``."""
+        if self._c is not None:
+            err = self._c.launch(fn, grid, 1, 1, block, 1, 1, 0, None, params, None)
+            if err:
+                self._failed(err, "cuLaunchKernel")
+            return
         self._check(self.cu.cuLaunchKernel(fn, grid, 1, 1, block, 1, 1, 0, self.stream, params, 0), "cuLaunchKernel")
 
     def synchronize(self, stream: int | None = None) -> None:
         s = self.stream if stream is None else self.cu.CUstream(stream)
         self._check(self.cu.cuStreamSynchronize(s), "cuStreamSynchronize")
+
+
+class _EntryPoints:
+    """libcuda's launch and stream-ordered allocation, called through ctypes: cuda-bindings spends
+    several microseconds per call converting arguments, which is most of a small call's time."""
+
+    def __init__(self, lib: Any):
+        p, u, i = ctypes.c_void_p, ctypes.c_uint, ctypes.c_int
+        self.launch = lib.cuLaunchKernel
+        self.launch.argtypes = [p, u, u, u, u, u, u, u, p, p, p]
+        self.alloc = lib.cuMemAllocAsync
+        self.alloc.argtypes = [ctypes.POINTER(ctypes.c_uint64), ctypes.c_size_t, p]
+        self.free = lib.cuMemFreeAsync
+        self.free.argtypes = [ctypes.c_uint64, p]
+        for f in (self.launch, self.alloc, self.free):
+            f.restype = i
+
+
+def _entry_points() -> _EntryPoints | None:
+    """The ctypes entry points, or None (no loadable libcuda.so.1: cuda-bindings does the calls)."""
+    try:
+        return _EntryPoints(ctypes.CDLL("libcuda.so.1"))
+    except (OSError, AttributeError):
+        return None
 
 
 _DRIVER: list[Any] = []
@@ -185,17 +233,19 @@ def _extent(shape: tuple, strides: tuple, itemsize: int) -> tuple[int, int]:
 class _Memory:
     """Owns one device allocation; freed when the last array using it goes away."""
 
+    __slots__ = ("driver", "ptr")
+
     def __init__(self, driver: Any, nbytes: int):
+        self.ptr = 0
+        self.driver = driver
         self.ptr = driver.alloc(nbytes) if nbytes else 0
+
+    def __del__(self) -> None:  # (cheaper than weakref.finalize, which a small call would pay for)
         if self.ptr:
-            weakref.finalize(self, _free, driver, self.ptr)
-
-
-def _free(driver: Any, ptr: int) -> None:
-    try:
-        driver.free(ptr)
-    except Exception:  # noqa: BLE001,S110 - interpreter shutdown: the driver may be gone already
-        pass
+            try:
+                self.driver.free(self.ptr)
+            except Exception:  # noqa: BLE001,S110 - interpreter shutdown: the driver may be gone already
+                pass
 
 
 class DeviceArray:
@@ -221,6 +271,14 @@ class DeviceArray:
         driver = driver or get_driver()
         mem = _Memory(driver, math.prod(shape) * np.dtype(dtype).itemsize)
         return cls(shape, dtype, mem.ptr, None, mem, driver)
+
+    @classmethod
+    def _fresh(cls, shape: tuple, dtype: np.dtype, strides: tuple, nbytes: int, driver: Any) -> DeviceArray:
+        """``empty`` with the shape, dtype and strides already normalized (the fast call path)."""
+        out = cls.__new__(cls)
+        mem = _Memory(driver, nbytes)
+        out.shape, out.dtype, out.ptr, out.strides, out._owner, out._driver = shape, dtype, mem.ptr, strides, mem, driver
+        return out
 
     @classmethod
     def from_numpy(cls, array: Any, driver: Any = None) -> DeviceArray:

@@ -35,7 +35,15 @@ import numpy as np
 
 from exprc.backends import Kernel
 from exprc.backends.cuda import compile as nvrtc
-from exprc.backends.cuda.device import DeviceArray, Driver, _extent, get_driver, probe, set_driver
+from exprc.backends.cuda.device import (
+    DeviceArray,
+    Driver,
+    _contiguous_strides,
+    _extent,
+    get_driver,
+    probe,
+    set_driver,
+)
 from exprc.backends.cuda.render import BLOCK, CUDARenderer, arg_words, kernel_names
 from exprc.backends.outputs import check_count, check_out
 from exprc.backends.plan import Planner, PlanPool, Unsupported, describe
@@ -69,6 +77,7 @@ class _Launch:
         self.fn, self.final, self.slots, self.words = fn, final, slots, words
         self.grid, self.grid_final = grid, grid_final
         self.params = np.array([words.ctypes.data], dtype=np.uint64)  # the void*[1] cuLaunchKernel reads
+        self.address = self.params.ctypes.data  # (both arrays live as long as the plan)
 
     def run(self, driver: Any, ptrs: list[int]) -> None:
         if self.grid == 0:
@@ -76,9 +85,9 @@ class _Launch:
         words = self.words
         for j, s in enumerate(self.slots):
             words[j] = ptrs[s]
-        driver.launch(self.fn, self.grid, BLOCK, self.params.ctypes.data)
+        driver.launch(self.fn, self.grid, BLOCK, self.address)
         if self.final is not None:
-            driver.launch(self.final, self.grid_final, BLOCK, self.params.ctypes.data)
+            driver.launch(self.final, self.grid_final, BLOCK, self.address)
 
 
 class _Plan:
@@ -90,6 +99,11 @@ class _Plan:
         self.input_views: list[tuple[int, int, int]] = []
         self.copied_views: list[tuple[int, Node]] = []
         self.launches: list[_Launch] = []
+        # Kernel launches only (no NumPy step, no copied view, every output a distinct kernel result):
+        # the slots' fixed pointers, then (slot, shape, dtype, strides, bytes) of each output in order.
+        self.simple = False
+        self.ptrs: list[int] = []
+        self.fresh: list[tuple[int, tuple, np.dtype, tuple, int]] = []
 
 
 class CUDAKernel(Kernel):
@@ -187,7 +201,47 @@ class CUDAKernel(Kernel):
                     words[n_ptr - 1] = part.ptr
                     final = self._functions[f"{k.name}_final"]
             plan.launches.append(_Launch(self._functions[k.name], final, slots, words, grid, grid_final))
+        self._simplify(plan)
         return plan
+
+    def _simplify(self, plan: _Plan) -> None:
+        """Mark ``plan`` simple where a call is only launches (see :class:`_Plan`)."""
+        specs = {slot: (shape, np.dtype(dt)) for _, slot, shape, dt in plan.out_specs}
+        slots = [self._slot[o] for o in self._outputs]
+        if (plan.copied_views or not all(isinstance(s, Loop) for s in self.program.steps)
+                or len(set(slots)) != len(slots) or not all(s in specs for s in slots)):
+            return
+        plan.ptrs = [0] * max(len(self.layout.slots), 1)
+        for slot, p in plan.static.items():
+            plan.ptrs[slot] = p
+        for slot in slots:
+            shape, dt = specs[slot]
+            shape = tuple(int(n) for n in shape)
+            plan.fresh.append((slot, shape, dt, _contiguous_strides(shape, dt.itemsize), math.prod(shape) * dt.itemsize))
+        plan.simple = len(specs) == len(slots)
+
+    def _run_simple(self, plan: _Plan, dev: Sequence[DeviceArray]) -> list[DeviceArray]:
+        drv = self.driver
+        ptrs = plan.ptrs.copy()
+        for i, d in enumerate(dev):
+            ptrs[i] = d.ptr
+        outs = []
+        for slot, shape, dt, strides, nbytes in plan.fresh:
+            r = DeviceArray._fresh(shape, dt, strides, nbytes, drv)
+            ptrs[slot] = r.ptr
+            outs.append(r)
+        for slot, base, off in plan.input_views:
+            ptrs[slot] = ptrs[base] + off
+        for launch in plan.launches:
+            launch.run(drv, ptrs)
+        return outs
+
+    def fast_path(self, single: bool) -> Any:
+        """The common call in few Python steps (see :class:`_FastCall`); None in profile mode and where
+        results go to the host."""
+        if self.profile is not None or self.cfg.return_numpy:
+            return None
+        return _FastCall(self, single)
 
     # -- calls -------------------------------------------------------------------------------------------------
     def __call__(self, *arrays: Any, out: Sequence[Any] | None = None, to_numpy: bool | None = None) -> list:
@@ -209,6 +263,8 @@ class CUDAKernel(Kernel):
         return self._finish(results, out, to_numpy)
 
     def _execute_cuda(self, plan: _Plan, dev: list[DeviceArray]) -> list[DeviceArray]:
+        if plan.simple:
+            return self._run_simple(plan, dev)
         drv = self.driver
         ptrs = [0] * max(len(self.layout.slots), 1)
         for i, d in enumerate(dev):
@@ -321,6 +377,43 @@ class CUDAKernel(Kernel):
             if res.nbytes:
                 self.driver.dtod(d.ptr, res.ptr, res.nbytes)
         return outs
+
+
+class _FastCall:
+    """``Function``'s dispatcher for a CUDA kernel (:meth:`CUDAKernel.fast_path`): takes only
+    :class:`DeviceArray` arguments of the variables' dtypes and ndims whose shapes and strides already
+    have a simple plan, and returns None for anything else, so the checked Python path runs (it
+    makes the plan; the dispatcher then takes the next call)."""
+
+    def __init__(self, kernel: CUDAKernel, single: bool):
+        self.kernel, self.single = kernel, single
+        self.types = [(np.dtype(x.dtype), x.ndim) for x in kernel._inputs]
+
+    def __call__(self, *args: Any) -> Any:
+        if len(args) != len(self.types):
+            return None
+        for a, (dt, nd) in zip(args, self.types):
+            if type(a) is not DeviceArray or a.dtype != dt or len(a.shape) != nd:
+                return None
+        k = self.kernel
+        key = tuple((a.shape, a.strides) for a in args)
+        plan = k.pool.take(key)
+        if plan is None:
+            return None
+        try:
+            if not plan.simple:
+                return None
+            k.driver.make_current()
+            outs = k._run_simple(plan, args)
+        finally:
+            k.pool.give(key, plan)
+        return outs[0] if self.single else outs
+
+    def into(self, args: Sequence[Any], out: Sequence[Any]) -> None:
+        return None  # (out= copies into the given arrays: the Python path does it)
+
+    def update(self, args: Sequence[Any], hidden: Any, boxes: Any, locks: Any) -> None:
+        return None
 
 
 __all__ = ["CUDAKernel", "DeviceArray", "Driver", "get_driver", "probe", "set_driver"]
