@@ -11,7 +11,6 @@ extern "C" __global__ void __launch_bounds__(EXPRC_BLOCK) k0_randomuniform_lt_mu
         double *__restrict__ p3 = (double *)a.ptr[3];
         const int64_t a1 = *(const int64_t *)(a.ptr[1]);
         const int64_t a2 = *(const int64_t *)(a.ptr[2]);
-        #pragma unroll 4
         for (int64_t i = first; i < total; i += step) {
             const double a0 = p0[i];
             const double t3 = exprc_runiform(exprc_rbits_at(a1, a2, i, 0u, 1), i);

@@ -11,7 +11,6 @@ extern "C" __global__ void __launch_bounds__(EXPRC_BLOCK) k0_mul_add(const k0_mu
         const double *__restrict__ p1 = (const double *)a.ptr[1];
         const double *__restrict__ p2 = (const double *)a.ptr[2];
         double *__restrict__ p3 = (double *)a.ptr[3];
-        #pragma unroll 4
         for (int64_t i = first; i < total; i += step) {
             const double a0 = p0[i];
             const double a1 = p1[i];

@@ -19,7 +19,6 @@ extern "C" __global__ void __launch_bounds__(EXPRC_BLOCK) k0_max(const k0_max_ar
         double acc = (-INFINITY);
         if (a.P[0]) {
             const double *__restrict__ p0 = (const double *)a.ptr[0];
-            #pragma unroll 4
             for (int64_t i = lo + threadIdx.x; i < hi; i += blockDim.x) {
                 const double a0 = p0[i];
                 const double v = a0;
@@ -92,7 +91,6 @@ extern "C" __global__ void __launch_bounds__(EXPRC_BLOCK) k1_sub_exp_sum(const k
         if (a.P[0]) {
             const double *__restrict__ p0 = (const double *)a.ptr[0];
             const double a1 = *(const double *)(a.ptr[1]);
-            #pragma unroll 4
             for (int64_t i = lo + threadIdx.x; i < hi; i += blockDim.x) {
                 const double a0 = p0[i];
                 const double t2 = (a0 - a1);
