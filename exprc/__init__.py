@@ -123,25 +123,39 @@ from exprc.autodiff import disconnected_grad, grad, hessian, jacobian, jvp, stop
 from exprc.config import Config, config
 from exprc.control import fori_loop, ifelse, scan, switch, until, while_loop
 from exprc.creation import alloc, arange, eye, fill, full, full_like, one_hot, ones, ones_like, zeros, zeros_like
-from exprc.custom import custom_op, register_rewrite, rewrite_rule
 from exprc.function import Function, function, jit
 from exprc.graph import Node
 from exprc.indexing import inc_subtensor, set_subtensor
-from exprc.nxbridge import from_networkx, to_networkx
 from exprc.pipeline import FunctionGraph, optimize
 from exprc.printing import Print, debugprint, pprint, to_dot
-from exprc.serialize import dumps, load, loads, save
 from exprc.shared import SharedVariable, shared
-from exprc.sympy_bridge import from_sympy, to_sympy
 
-__all__ = [name for name in dir() if not name.startswith("_")] + ["search"]
+#: Functions that load their module on first use: a program that never saves a graph, defines an op
+#: or converts from sympy/networkx does not pay for importing those modules (json, the template
+#: checker ...) at start-up (issue 17's warm start).
+_LAZY = {
+    **dict.fromkeys(("custom_op", "register_rewrite", "rewrite_rule"), "exprc.custom"),
+    **dict.fromkeys(("from_networkx", "to_networkx"), "exprc.nxbridge"),
+    **dict.fromkeys(("dumps", "load", "loads", "save"), "exprc.serialize"),
+    **dict.fromkeys(("from_sympy", "to_sympy"), "exprc.sympy_bridge"),
+}
+
+__all__ = [name for name in dir() if not name.startswith("_")] + ["search"] + list(_LAZY)
 
 
 def __getattr__(name: str) -> object:
     # exprc.search (the accuracy search, exprc.search.Settings) loads on first use: ~30 ms of import;
     # exprc.dask (functions on dask arrays) too: dask is an optional dependency, and a heavy import.
-    if name in ("search", "dask"):
-        import importlib
+    import importlib
 
+    if name in ("search", "dask"):
         return importlib.import_module(f"exprc.{name}")
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value  # (the next access is a plain attribute)
+        return value
     raise AttributeError(f"module 'exprc' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY) | {"search", "dask"})

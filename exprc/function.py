@@ -312,6 +312,7 @@ def function(inputs: Sequence[Node], outputs: Node | Sequence[Node], backend: st
     from exprc.shared import default_updates  # (shared imports this module: not at the top)
 
     upd += default_updates(outs + tuple(e for _, e in upd), updates, ins)
+    _rules.load_rules()  # (registering the built-in rules bumps GENERATION: before the key is made)
     memo_key = (ins, outs, upd, backend, cfg, _rules.GENERATION[0], settings, dom)
     with _MEMO_LOCK:
         hit = _MEMO.get(memo_key)

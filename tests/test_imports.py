@@ -28,8 +28,10 @@ PACKAGE = ROOT / "exprc"
 GRAPH_MAY_IMPORT = {"exprc.types", "exprc.errors", "exprc.config", "exprc._version"}
 #: Leaves: modules that import nothing of exprc's but the leaves listed with them.
 LEAVES = {"exprc._version": set(), "exprc.errors": set(), "exprc.config": set(), "exprc.types": {"exprc.errors"}}
-#: Heavy optional dependencies that ``import exprc`` must not load (each is imported where used).
-NOT_ON_IMPORT = ("networkx", "sympy", "mpmath", "cffi")
+#: Heavy optional dependencies that ``import exprc`` must not load (each is imported where used),
+#: and exprc's own modules that load on first use (the built-in rules, saving, custom ops).
+NOT_ON_IMPORT = ("networkx", "sympy", "mpmath", "cffi", "json", "exprc.rewrite.rules", "exprc.serialize",
+                 "exprc.custom", "exprc.sympy_bridge", "exprc.nxbridge")
 
 
 def _modules() -> dict[str, Path]:
@@ -225,3 +227,19 @@ def test_import_exprc_loads_no_heavy_optional_dependency():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
     loaded = out.stdout.split()
     assert loaded == [], f"import exprc loaded {loaded}"
+
+
+def test_lazy_names_load_on_first_use():
+    """The names ``import exprc`` leaves unloaded are there on first use, in ``__all__`` and ``dir``,
+    and the rule registry has the built-in rules when read before any compile."""
+    code = ("import exprc, sys\n"
+            "from exprc.rewrite import REGISTRY\n"
+            "assert 'log1p_from_log' in REGISTRY and 'exprc.rewrite.rules' in sys.modules\n"
+            "assert callable(exprc.dumps) and callable(exprc.custom_op) and callable(exprc.to_sympy)\n"
+            "assert {'dumps', 'custom_op', 'from_networkx'} <= set(exprc.__all__) <= set(dir(exprc))\n"
+            "from exprc import loads, rewrite_rule\n"
+            "x = exprc.vector('x'); print(exprc.loads(exprc.dumps(x)).op)")
+    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "input"

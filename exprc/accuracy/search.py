@@ -221,7 +221,9 @@ def search(inputs: Sequence[Node], outputs: Sequence[Node], default: FunctionGra
     if len(default.inputs) != len(inputs):
         raise DomainError("accuracy=\"search\" does not support shared variables; pass them as inputs")
     source = dumps(FunctionGraph(tuple(inputs), tuple(outputs)))
-    from exprc.rewrite.core import REGISTRY  # the rule set decides the default and every candidate's form
+    from exprc.rewrite.core import REGISTRY, load_rules  # the rule set decides the default and every form
+
+    load_rules()
 
     rules = hashlib.sha256(",".join(sorted(REGISTRY)).encode()).hexdigest()[:16]
     # (the default graph too: a rule that changes what it makes under the same name — a new radius, a new

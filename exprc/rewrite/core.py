@@ -369,6 +369,7 @@ rule = rewrite_rule
 def register_rule(r: Rule) -> Rule:
     """Add a built :class:`Rule` to the registry (names are unique): what :func:`rewrite_rule`
     does underneath; use that to add a rule."""
+    load_rules()  # (a user's rule after the built-in ones, whose names it must not take)
     if r.name in REGISTRY:
         raise ValueError(f"a rewrite named {r.name!r} is already registered")
     REGISTRY[r.name] = r
@@ -380,15 +381,27 @@ def register_rule(r: Rule) -> Rule:
 #: added after a function was compiled applies to the next ``exprc.function`` call.
 GENERATION = [0]
 
+_LOADED = [False]
+
+
+def load_rules() -> None:
+    """Import the built-in rules, which register themselves, once.  Everything that reads the
+    registry calls this first, so ``import exprc`` does not pay for some 30 rule modules."""
+    if not _LOADED[0]:
+        _LOADED[0] = True
+        import exprc.rewrite.rules  # noqa: F401
+
 
 def select(tag: str, exclude: Iterable[str] = ()) -> list[Rule]:
     """Rules carrying ``tag``, minus those excluded by name or tag, in registration order."""
+    load_rules()
     ex = set(exclude)
     return [r for r in REGISTRY.values() if tag in r.tags and r.name not in ex and not (r.tags & ex)]
 
 
 def check_exclude(exclude: Iterable[str], extra: Iterable[str] = ()) -> tuple[str, ...]:
     """Validate ``exclude=`` entries: each must be a rule name, a tag or one of ``extra`` (pass names)."""
+    load_rules()
     known = set(REGISTRY) | {t for r in REGISTRY.values() for t in r.tags} | {"fusion"} | set(extra)
     ex = tuple(sorted(set(exclude)))
     for e in ex:
