@@ -9,7 +9,7 @@ static __attribute__((noinline)) void k0_mul_add_tanh_flat(char **restrict ptrs,
         const double a0 = p0[i];
         const double t2 = (a0 * (0x1.0000000000000p+1));
         const double t3 = (t2 + a1);
-        const double t4 = tanh(t3);
+        const double t4 = exprc_tanh(t3);
         p2[i] = t4;
     }
 }

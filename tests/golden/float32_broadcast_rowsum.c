@@ -33,7 +33,7 @@ EXPRC_RANGE(k0_mul_tanh_sum_rows)
                 const float a0 = ob0[p];
                 const float a1 = ob1[p];
                 const float t2 = (a0 * a1);
-                const float t3 = tanhf(t2);
+                const float t3 = exprc_tanhf(t2);
                 vb[p] = t3;
             }
             for (int64_t i0 = r0; i0 < r0 + rn; i0++) {
@@ -72,7 +72,7 @@ EXPRC_RANGE(k0_mul_tanh_sum_rows)
                 const float a0 = ob0[p];
                 const float a1 = ob1[p];
                 const float t2 = (a0 * a1);
-                const float t3 = tanhf(t2);
+                const float t3 = exprc_tanhf(t2);
                 vb[p] = t3;
             }
             for (int64_t p = 0; p < 0 + m1; p++) {

@@ -57,7 +57,7 @@ void exprc_set_blas(void *dgemm, void *sgemm)
 #: ulp, so a kernel with one runs every element through one vector loop (``_uniform_span``).
 _VECTOR_MATH = re.compile(r"\b(?:exp|log|sin|cos|tan|log1p|expm1|tanh|sinh|cosh|asin|acos|atan|asinh|acosh|"
                           r"atanh|exp2|log2|log10|cbrt|erf|erfc|pow|atan2|hypot)f?\s*\(|"
-                          r"\bexprc_(?:sigmoid|softplus|logaddexp|log1mexp|erfcx)")
+                          r"\bexprc_(?:sigmoid|softplus|logaddexp|log1mexp|erfcx|tanh)")
 #: Between two kernels of a module: where compile.py may cut it into translation units.
 UNIT_MARK = "/* exprc: unit */"
 #: A kernel's entry point (called by ``exprc_run``, possibly from another translation unit).

@@ -41,6 +41,18 @@ EXPRC_INLINE T exprc_logaddexp##S(T a, T b) {                                   
 EXPRC_FLOAT_HELPERS(double, )
 EXPRC_FLOAT_HELPERS(float, f)
 
+/* tanh(x) = -t / (2 + t) with t = expm1(-2|x|), sign of x: libmvec's vector expm1 and a division
+ * take 3/4 of the time of its vector tanh (16384 doubles, AVX-512: 23 against 31 us) within the
+ * same few ulps; -2|x| is exact, t lies in [-1, 0], 2 + t in [1, 2].  +-0, +-inf and NaN come out as
+ * tanh gives them.  With precise math (no libmvec) the C library's tanh is kept. */
+#ifdef EXPRC_PRECISE_MATH
+EXPRC_INLINE double exprc_tanh(double x) { return tanh(x); }
+EXPRC_INLINE float exprc_tanhf(float x) { return tanhf(x); }
+#else
+EXPRC_INLINE double exprc_tanh(double x) { double t = expm1(-2.0 * fabs(x)); return copysign(-t / (2.0 + t), x); }
+EXPRC_INLINE float exprc_tanhf(float x) { float t = expm1f(-2.0f * fabsf(x)); return copysignf(-t / (2.0f + t), x); }
+#endif
+
 /* Integer floor division and remainder as NumPy: division by zero gives 0. */
 #define EXPRC_INT_HELPERS(T, MIN)                                                         \
 EXPRC_INLINE T exprc_ifloordiv_##T(T a, T b) {                                            \
