@@ -239,7 +239,16 @@ def test_lazy_names_load_on_first_use():
             "assert {'dumps', 'custom_op', 'from_networkx'} <= set(exprc.__all__) <= set(dir(exprc))\n"
             "from exprc import loads, rewrite_rule\n"
             "x = exprc.vector('x'); print(exprc.loads(exprc.dumps(x)).op)")
+    # threads that read the registry while the first of them loads it all see every rule
+    threads = ("import exprc, threading\n"
+               "from exprc.rewrite import core\n"
+               "seen = []\n"
+               "ts = [threading.Thread(target=lambda: seen.append(len(core.select('stability')))) for _ in range(8)]\n"
+               "[t.start() for t in ts]; [t.join() for t in ts]\n"
+               "assert len(set(seen)) == 1 and seen[0] == len(core.select('stability')) > 50, seen\n")
     env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     out = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, env=env)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "input"
+    out = subprocess.run([sys.executable, "-c", threads], check=False, capture_output=True, text=True, env=env)
+    assert out.returncode == 0, out.stderr

@@ -9,6 +9,7 @@ are matched in both operand orders, so ``1 + x`` and ``x + 1`` hit the same rule
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -381,15 +382,26 @@ def register_rule(r: Rule) -> Rule:
 #: added after a function was compiled applies to the next ``exprc.function`` call.
 GENERATION = [0]
 
-_LOADED = [False]
+_LOADED = [False, False]  # (loaded, being loaded by the thread that holds _RULES_LOCK)
+_RULES_LOCK = threading.RLock()
 
 
 def load_rules() -> None:
     """Import the built-in rules, which register themselves, once.  Everything that reads the
-    registry calls this first, so ``import exprc`` does not pay for some 30 rule modules."""
-    if not _LOADED[0]:
+    registry calls this first, so ``import exprc`` does not pay for some 30 rule modules.  Another
+    thread waits until the import has finished (it must not see half a registry); the registrations
+    the import makes come back here and return at once."""
+    if _LOADED[0]:
+        return
+    with _RULES_LOCK:
+        if _LOADED[0] or _LOADED[1]:
+            return
+        _LOADED[1] = True
+        try:
+            import exprc.rewrite.rules  # noqa: F401
+        finally:
+            _LOADED[1] = False
         _LOADED[0] = True
-        import exprc.rewrite.rules  # noqa: F401
 
 
 def select(tag: str, exclude: Iterable[str] = ()) -> list[Rule]:
