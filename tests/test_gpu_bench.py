@@ -43,6 +43,12 @@ def test_missing_modules_names_pip_packages():
     old_numpy = gpu_bench.missing_modules(find=lambda m: object(), version=lambda _: "1.26.4")
     assert old_numpy == ["numpy>=2.0"]
     assert gpu_bench.main(["--missing"]) == 0
+    # CUDA 13's NVRTC wheel installs nvidia/cu13, not nvidia/cuda_nvrtc: either one will do
+    cu13 = gpu_bench.missing_modules(find=lambda m: None if m in ("nvidia.cuda_nvrtc", "nvidia.cu12") else object(),
+                                     version=lambda _: "2.1.0")
+    assert cu13 == []
+    none = gpu_bench.missing_modules(find=lambda m: None if m.startswith("nvidia.") else object(), version=lambda _: "2")
+    assert none == ["nvidia-cuda-nvrtc-cu12"]
 
 
 def test_bytes_and_table():
