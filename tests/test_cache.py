@@ -426,6 +426,46 @@ def test_least_recently_used_entries_are_evicted(cache_dir):
     assert total <= limit
 
 
+def test_a_build_reads_every_entry_only_when_the_running_size_says_so(cache_dir, monkeypatch, tmp_path):
+    """The running size in usage.json: a build scans the entries when the record is missing, broken or
+    hostile, every SCAN_EVERY builds, and when the total passes the limit (then it evicts as before)."""
+    scans = []
+    real = cache._enforce
+    monkeypatch.setattr(cache, "_enforce", lambda *a: scans.append(1) or real(*a))
+    monkeypatch.setattr(cache, "SCAN_EVERY", 4)
+    ops = [exprc.exp, exprc.log, exprc.sin, exprc.cos, exprc.tan, exprc.sqrt, exprc.tanh, exprc.expm1, exprc.log1p]
+    first = _fn(ops[0])
+    r = cache.root(current())
+    record = r / cache.USAGE_FILE
+    size = json.loads((first._kernel.cache_entry / "meta.json").read_text())["size_bytes"]
+    assert len(scans) == 1 and json.loads(record.read_text()) == {"bytes": size, "builds": 0}
+    for op in ops[1:4]:
+        _fn(op)
+    assert len(scans) == 1  # three builds: the record is enough
+    got = json.loads(record.read_text())
+    assert got["builds"] == 3 and got["bytes"] == sum(e.size for e in cache.entries(r))
+    _fn(ops[4])
+    assert len(scans) == 2 and json.loads(record.read_text())["builds"] == 0  # the 4th build: a scan
+    record.write_text("{not json")
+    _fn(ops[5])
+    assert len(scans) == 3  # broken record: a scan, and a good record again
+    assert json.loads(record.read_text())["bytes"] == sum(e.size for e in cache.entries(r))
+    outside = tmp_path / "outside.json"
+    outside.write_text('{"bytes": 0, "builds": 1}')
+    record.unlink()
+    record.symlink_to(outside)
+    _fn(ops[6])
+    assert len(scans) == 4 and outside.read_text() == '{"bytes": 0, "builds": 1}' and not record.is_symlink()
+    record.unlink()
+    os.mkfifo(record)  # a FIFO must not hang the build
+    _fn(ops[7])
+    assert len(scans) == 5 and record.is_file()
+    limit = sum(e.size for e in cache.entries(r)) + size // 2
+    _fn(ops[8], config=current().replace(cache_max_bytes=limit))  # past the limit: scan and evict
+    assert len(scans) == 6 and sum(e.size for e in cache.entries(r)) <= limit
+    assert json.loads(record.read_text())["bytes"] == sum(e.size for e in cache.entries(r))
+
+
 # -- in-process memo ------------------------------------------------------------------------------------------------------------
 def test_memo_returns_independent_functions_sharing_the_kernel(cache_dir):
     x = exprc.vector("x", dtype="float32")
