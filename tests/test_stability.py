@@ -818,3 +818,26 @@ def test_tan_difference_never_rounds_x_plus_e():
     b_got, b_naive = bits_lost(f(x, e), ref), bits_lost(naive, ref)
     assert b_got.max() <= 4, b_got
     assert not (b_got > np.maximum(b_naive, NOISE) + 1).any(), (b_got, b_naive)
+
+
+def test_sqrt_taylor_remainder_has_nothing_left_to_cancel():
+    """sqrt(1 + x) - 1 - x/2 = -(sqrt(1 + x) - 1)**2 / 2: within 4 bits of mpmath from x = 1e-300 to the
+    largest double (the formula returns 0 below |x| = 1e-8, and t*t would overflow at 1.8e308), never
+    worse than naive, NaN where the formula gives NaN."""
+    spell = lambda m, x: m.sqrt(1 + x) - 1 - x / 2
+    rng = np.random.default_rng(4)
+    x = np.concatenate([np.copysign(10.0 ** rng.uniform(-300, 308, 400), rng.uniform(-1, 1, 400)),
+                        rng.uniform(-1, 3, 200), [-2.0263845803062323e-16, 1.7976931348623157e308, -1.0]])
+    x = x[x >= -1]
+    xv = exprc.vector("x")
+    f = exprc.function([xv], spell(exprc, xv))
+    assert "sqrt_taylor_remainder" in f.rewrites
+    ref = reference(spell, [x])
+    with np.errstate(all="ignore"):
+        naive = spell(NP, x)
+    b_got, b_naive = bits_lost(f(x), ref), bits_lost(naive, ref)
+    assert b_got.max() <= 4, (b_got.max(), x[np.argmax(b_got)])
+    assert not (b_got > np.maximum(b_naive, NOISE) + 1).any()
+    special = np.array([np.inf, -np.inf, np.nan, -2.0])
+    with np.errstate(all="ignore"):
+        assert np.array_equal(np.isnan(f(special)), np.isnan(spell(NP, special)))

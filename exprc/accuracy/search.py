@@ -331,7 +331,7 @@ MAX_PRODUCERS = 4
 
 def _reduced_producers(output: Node) -> list[Node]:
     """The operands of ``output``'s reductions that the search can take as formulas of their own: an
-    elementwise graph over the inputs (``sum(sqrt(1 + x) - 1 - x/2)``, ``mean(x*cos(x) - sin(x))``),
+    elementwise graph over the inputs (``sum(x*cos(x) - sin(x))``, ``mean(x*cos(x) - sin(x))``),
     not an input or a constant; innermost first, at most MAX_PRODUCERS."""
     found: list[Node] = []
     for n in toposort([output]):

@@ -256,6 +256,38 @@ def cos_difference(node: Node) -> Node | None:
     return None
 
 
+def _sqrt1p_minus_one(t: Node) -> Node | None:
+    """u when ``t`` is sqrt_conjugate's sqrt(1 + u) - 1: u / (sqrt(u + 1) + 1), or that under its guard
+    where(isfinite(...), u / (sqrt(u + 1) + 1), sqrt(u + 1) - 1)."""
+    q = t.inputs[1] if t.op == "where" else t
+    if not (q.op == "truediv" and q.inputs[1].op == "add" and q.inputs[1].inputs[0].op == "sqrt"
+            and F.scalar_const(q.inputs[1].inputs[1]) == 1.0):
+        return None
+    u = q.inputs[0]
+    inner = view_of(q.inputs[1].inputs[0].inputs[0])
+    return u if inner is not None and inner.const == 1 and inner.terms == ((ONE, u),) else None
+
+
+@stability_rule("sqrt_taylor_remainder", SUM_OPS, needs=('where', 'truediv'))
+def sqrt_taylor_remainder(node: Node) -> Node | None:
+    """sqrt(1 + u) - 1 - u/2 -> -(sqrt(1 + u) - 1)**2 / 2, sqrt(1 + u) - 1 as sqrt_conjugate leaves it:
+    with s = sqrt(1 + u), s - 1 - (s*s - 1)/2 = -(s - 1)**2 / 2 exactly, so nothing cancels (the
+    formula loses everything below |u| = 1e-8: sqrt(1 + u) - 1 rounds to u/2)."""
+    view = view_of(node)
+    if view is None:
+        return None
+    for c, t in view.terms:
+        u = _sqrt1p_minus_one(t)
+        if u is None:
+            continue
+        for kk, m in view.terms:
+            if m is u and kk == -c / 2:  # (u = +-inf: the formula's NaN, as written)
+                # (t/2 * t, not t*t/2: t*t overflows at u = 1.8e308, where the result does not)
+                rep = F.where(f("isfinite", u), F.freeze(mul(scale(t, -c / 2), t)), F.freeze(add(t, scale(u, -c / 2))))
+                return with_rest(view, [t, u], rep, node)
+    return None
+
+
 @stability_rule("tan_difference", SUM_OPS, needs=('tan',))
 def tan_difference(node: Node) -> Node | None:
     """tan(x + e) - tan(x) -> sin(e) / (cos(x + e) cos(x)), x + e never rounded: with s + r = x + e exactly
