@@ -168,6 +168,9 @@ RULES = [
                          lambda m, x: -(m.sqrt(x) - m.sqrt(x + 1))], {"truediv"}, [(G, 1, 1e15)]),
     R("sqrt_conjugate", [lambda m, x: m.sqrt(1 + x) - 1, lambda m, x: -(1 - m.sqrt(x + 1))], {"truediv"},
       [(S, 1e-18, 0.9)]),
+    # (not sqrt(x + 1) - (x/2 + 1): no rule takes that grouping, sqrt_conjugate included)
+    R("sqrt_taylor_remainder", [lambda m, x: m.sqrt(1 + x) - 1 - x / 2, lambda m, x: -x / 2 + (m.sqrt(1 + x) - 1)],
+      {"truediv", "where"}, [(S, 1e-18, 0.9)]),
     R("sqrt_conjugate", [lambda m, x: m.sqrt(x * x + 1) - x, lambda m, x: m.sqrt(1 + x ** 2) - x],
       {"truediv"}, [(G, 1, 1e8)]),
     R("sqrt_conjugate", [lambda m, x: x - m.sqrt(x * x - 1)], {"truediv"}, [(G, 1.5, 1e8)]),
