@@ -550,7 +550,7 @@ def load(name: str, source: str, parts: dict[str, str], build: Callable[[Path], 
                               RuntimeWarning, stacklevel=4)
                 evict(folder)
             _remove_stale_temps(where, key)
-            _build(where, folder, name, source, parts, build, meta or {})
+            built = _build(where, folder, name, source, parts, build, meta or {})
             if not area:
                 _count("compiles")
             state, loaded, why = _try_load(folder, loader, hit=False)
@@ -562,7 +562,7 @@ def load(name: str, source: str, parts: dict[str, str], build: Callable[[Path], 
         return _unwritable(where, exc, build, loader), None
     if cfg.cache_max_bytes and not area:
         with contextlib.suppress(OSError):
-            _count_build(r, folder, cfg.cache_max_bytes)
+            _count_build(r, folder.name, built, cfg.cache_max_bytes)
     return loaded, folder  # type: ignore[return-value]
 
 
@@ -593,7 +593,8 @@ def _unwritable(folder: Path, exc: OSError, build: Callable[[Path], Path], loade
 
 
 def _build(r: Path, folder: Path, name: str, source: str, parts: dict[str, str], build: Callable[[Path], Path],
-           extra: dict[str, Any]) -> None:
+           extra: dict[str, Any]) -> int:
+    """Build entry ``folder``; its ``size_bytes``."""
 
     key = folder.name
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{key}-", dir=r))
@@ -628,6 +629,7 @@ def _build(r: Path, folder: Path, name: str, source: str, parts: dict[str, str],
             os.replace(tmp, folder)
         except OSError:
             pass  # an entry appeared without our lock (e.g. a cache copied in); the caller checks it
+        return int(meta["size_bytes"])
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
@@ -745,11 +747,9 @@ USAGE_FILE = "usage.json"
 SCAN_EVERY = 256
 
 
-def _count_build(r: Path, folder: Path, max_bytes: int) -> None:
-    """Add the entry just built in ``folder`` to the running size; evict least-recently-used entries
-    (never this one) when the total passes ``max_bytes``."""
-    meta, _ = read_meta(folder)
-    added = int(meta["size_bytes"]) if meta is not None else _folder_size(folder)
+def _count_build(r: Path, key: str, added: int, max_bytes: int) -> None:
+    """Add the ``added`` bytes of entry ``key``, just built, to the running size; evict least-recently-used
+    entries (never this one) when the total passes ``max_bytes``."""
     path = r / USAGE_FILE
     with entry_lock(r, "usage"):
         try:  # (a regular file of a few bytes: a FIFO or a symlink here must not hang or redirect the read)
@@ -759,11 +759,8 @@ def _count_build(r: Path, folder: Path, max_bytes: int) -> None:
         except (OSError, ValueError, KeyError, TypeError, CacheError):
             fresh = False
         if not fresh or total > max_bytes:
-            total, builds = _enforce(r, max_bytes, {folder.name})[1], 0
-        with contextlib.suppress(FileNotFoundError, IsADirectoryError):
-            if path.is_symlink() or not path.is_file():
-                path.unlink()  # whatever was there (a FIFO, a symlink) is replaced by a regular file
-        write_json_atomic(path, {"bytes": total, "builds": builds})
+            total, builds = _enforce(r, max_bytes, {key})[1], 0
+        write_json_atomic(path, {"bytes": total, "builds": builds})  # (a rename: replaces a FIFO or a link itself)
 
 
 __all__ = [

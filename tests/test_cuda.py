@@ -469,6 +469,24 @@ def test_cuda_guards_run_the_rare_arm_in_a_branch():
     assert [x for x in exprc.cuda.render(outs[1])[0].split("\n") if x.strip().startswith("if (t")]  # nested
 
 
+@pytest.mark.skipif(GXX is None, reason="a C preprocessor is needed")
+def test_cuda_keeps_its_own_tanh():
+    """numpy_semantics.h's exprc_tanh (the C backend's expm1 form, for libmvec) is CUDA's own tanh under
+    NVRTC, which defines __CUDACC__; the C backend gets the expm1 form."""
+    import subprocess
+
+    header = Path(exprc.__file__).parent / "backends" / "c" / "templates" / "numpy_semantics.h"
+    text = "#include <math.h>\n#define EXPRC_INLINE static\n" + header.read_text()
+
+    def body(*defines: str) -> str:
+        out = subprocess.run([GXX, "-E", "-P", "-x", "c++", *defines, "-"], input=text, capture_output=True,
+                             text=True, check=True).stdout
+        return out[out.index("exprc_tanh(double x)"):].split("}", 1)[0]
+
+    assert "return tanh(x);" in body("-D__CUDACC__") and "expm1" not in body("-D__CUDACC__")
+    assert "expm1(" in body() and "tanh(" not in body().split("{", 1)[1]
+
+
 def test_cuda_unrolls_narrow_reductions_only():
     """``#pragma unroll`` where it measured faster on an H200 (reductions over float32), not where it
     measured slower (float64 reductions, elementwise loops)."""

@@ -183,7 +183,7 @@ _UNARY = [
     ("arctan", np.arctan, "float", "atan{f}({0})", None),
     ("sinh", np.sinh, "float", "sinh{f}({0})", None),
     ("cosh", np.cosh, "float", "cosh{f}({0})", None),
-    ("tanh", np.tanh, "float", "exprc_tanh{f}({0})", None),  # (CUDA: its own tanh, below)
+    ("tanh", np.tanh, "float", "exprc_tanh{f}({0})", None),
     ("arcsinh", np.arcsinh, "float", "asinh{f}({0})", None),
     ("arccosh", np.arccosh, "float", "acosh{f}({0})", None),
     ("arctanh", np.arctanh, "float", "atanh{f}({0})", None),
@@ -215,7 +215,7 @@ for _name, _fn, _rule, _c, _ci, _infix, _prec, _comm in _BINARY:
 for _name, _fn, _rule, _c, _ci in _UNARY:
     register(Op(_name, "elemwise", _errstate(_fn), _elemwise(_name, _rule), c=_c, c_int=_ci,
                 infix="-" if _name == "neg" else ("~" if _name == "invert" else None),
-                prec=11 if _name in ("neg", "invert") else 100, cuda="tanh{f}({0})" if _name == "tanh" else None))
+                prec=11 if _name in ("neg", "invert") else 100))
 
 
 def _infer_where(inputs: tuple, attrs: dict) -> tuple[tuple, TensorType]:

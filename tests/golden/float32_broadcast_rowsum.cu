@@ -26,7 +26,7 @@ extern "C" __global__ void __launch_bounds__(EXPRC_BLOCK) k0_mul_tanh_sum(const 
                 const float a0 = p0[i];
                 const float a1 = p1[i];
                 const float t2 = (a0 * a1);
-                const float t3 = tanhf(t2);
+                const float t3 = exprc_tanhf(t2);
                 const float v = t3;
                 acc = op(acc, v);
             }
@@ -41,7 +41,7 @@ extern "C" __global__ void __launch_bounds__(EXPRC_BLOCK) k0_mul_tanh_sum(const 
                 const float a0 = *(const float *)(b0 + i1 * a.P[4]);
                 const float a1 = *(const float *)(b1 + i1 * a.P[6]);
                 const float t2 = (a0 * a1);
-                const float t3 = tanhf(t2);
+                const float t3 = exprc_tanhf(t2);
                 const float v = t3;
                 acc = op(acc, v);
             }

@@ -45,8 +45,9 @@ EXPRC_FLOAT_HELPERS(float, f)
  * division takes 3/5 of the time of one calling the C library's tanh, which gcc does not vectorize
  * (16384 doubles: 17.6 against 31 us), within 3.4 ulps (the C library's: 1.2), as libmvec's other
  * functions are within 4.  -2|x| is exact, t lies in [-1, 0], 2 + t in [1, 2]; +-0, +-inf and NaN
- * come out as tanh gives them.  With precise math (no libmvec) the C library's tanh is kept. */
-#ifdef EXPRC_PRECISE_MATH
+ * come out as tanh gives them.  With precise math (no libmvec) the C library's tanh is kept, and CUDA
+ * (NVRTC defines __CUDACC__) keeps its own. */
+#if defined(EXPRC_PRECISE_MATH) || defined(__CUDACC__)
 EXPRC_INLINE double exprc_tanh(double x) { return tanh(x); }
 EXPRC_INLINE float exprc_tanhf(float x) { return tanhf(x); }
 #else
