@@ -450,8 +450,11 @@ def _guard_cases():
     """Graphs whose kernels hold guards ``where(rare(c), slow, fast)`` (nested in log_erfc), with
     inputs in both branches and the special values."""
     x, y = exprc.vector("x"), exprc.vector("y")
+    chain = x
+    for _ in range(40):
+        chain = exprc.log1p(chain * chain) * 0.5 + y
     outs = [exprc.log1p(x * x), exprc.log(exprc.erfc(x)) + y, exprc.exp(-x * x) * exprc.sin(y) + exprc.log1p(y * y),
-            exprc.sum(exprc.log1p(x * x)), exprc.log1p(x * x) * 2 - exprc.log1p(y * y)]
+            exprc.sum(exprc.log1p(x * x)), exprc.log1p(x * x) * 2 - exprc.log1p(y * y), chain]
     rng = np.random.default_rng(5)
     data = rng.normal(scale=3, size=3000)
     data[::7] *= 1e160
@@ -494,6 +497,17 @@ def test_cuda_unrolls_narrow_reductions_only():
         x = exprc.vector("x", dtype)
         assert exprc.cuda.render(exprc.sum(x))[0].count("#pragma unroll") == want, dtype
         assert "#pragma unroll" not in exprc.cuda.render(x * 2)[0]
+
+
+def test_cuda_guards_in_a_deep_kernel():
+    """A kernel with 3000 guards in a chain renders every one as a branch (one backward pass over the
+    body: the first version of this code took 74 s for 200) and without recursion."""
+    x = exprc.vector("x")
+    e = x
+    for _ in range(3000):
+        e = exprc.log1p(e * e) * 0.5 + x
+    src = exprc.cuda.render(e)[0]
+    assert len(re.findall(r"^ +if \(t\d+\) \{$", src, re.MULTILINE)) == 2 * 3000  # contiguous and strided paths
 
 
 @needs_nvrtc

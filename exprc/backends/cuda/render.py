@@ -55,7 +55,6 @@ from exprc.backends.c.render import (
     CRenderer,
     KernelLayout,
     Layout,
-    _closure,
     c_literal,
     comment,
     kernel_title,
@@ -144,7 +143,7 @@ class CUDARenderer(CRenderer):
         guards = [n for n in nodes if n in lazy]
         if not guards:
             return super().statements(nodes, names, indent)
-        inner = {m for g in guards for m in lazy[g]}  # (the arms nest: each guard's is one block)
+        inner = {m for g in guards for m in lazy[g]}  # (a nested guard's arm: emitted in its own block)
         lines: list[str] = []
         for n in nodes:
             if n in inner:
@@ -362,31 +361,38 @@ class CUDARenderer(CRenderer):
         return src, lay
 
 
+#: The deepest a guard's if-block nests in other guards' blocks (deeper guards stay selects).
+MAX_NESTING = 16
+
+
 def _slow_arms(k: Kernel) -> dict[Node, list[Node]]:
-    """For each guard ``where(rare(c), slow, fast)`` of ``k``, the body nodes (in body order) that only
-    its slow arm needs: none is a kernel output or read by any other node.  Arms nest or are
-    disjoint (a node needed only by two arms is needed only by the outer one)."""
+    """For each guard ``where(rare(c), slow, fast)`` of ``k`` computed lazily, the body nodes (in body
+    order) that only its slow arm needs: none is a kernel output or read by anything else.  A node's
+    owner is the guard whose slow arm is its one reader, or the owner all its readers share; one pass
+    over the body backwards (readers come after what they read), so a kernel thousands of nodes deep
+    renders in linear time.  A guard owned by another is an arm node of it: its block nests in the
+    other's, at most MAX_NESTING deep."""
     body = [n for n in k.body if n is not k.reduce]
-    inside = set(body)
     users: dict[Node, list[tuple[Node, int]]] = {}
     for n in k.body:
         for pos, x in enumerate(n.inputs):
             users.setdefault(x, []).append((n, pos))
     pinned = set(k.outputs) | set(k.epilogue)
+    owner: dict[Node, Node] = {}
+    depth: dict[Node, int] = {}  # the lazy guards: how deep each one's block nests
+    for n in reversed(body):
+        if n not in pinned:
+            got = {u if pos == 1 and u in depth else owner.get(u) for u, pos in users.get(n, ())}
+            if len(got) == 1 and None not in got:
+                owner[n] = got.pop()
+        if n.op == "where" and n.inputs[0].op == "rare":
+            d = depth[owner[n]] + 1 if n in owner else 1
+            if d <= MAX_NESTING:
+                depth[n] = d
     out: dict[Node, list[Node]] = {}
-    for g in body:
-        if not (g.op == "where" and g.inputs[0].op == "rare"):
-            continue
-        arm = _closure([g.inputs[1]], lambda n: n.inputs, inside.__contains__)
-        changed = True
-        while changed:  # drop what something outside the arm also reads, until nothing changes
-            changed = False
-            for n in list(arm):
-                if n in pinned or any(u not in arm and not (u is g and pos == 1) for u, pos in users.get(n, ())):
-                    arm.discard(n)
-                    changed = True
-        if arm:
-            out[g] = [n for n in body if n in arm]
+    for n in body:
+        if n in owner:
+            out.setdefault(owner[n], []).append(n)
     return out
 
 
