@@ -10,6 +10,8 @@ Layout of :func:`root` (one folder per exprc version, Python ABI and platform)::
     toolchain/<id>.json     compiler probe results (see :mod:`exprc.backends.c.compile`)
     dispatch/<name>-<hash12>/  the call dispatcher extension (:mod:`exprc.backends.c.dispatch`): an entry
                             like the others (meta.json, sha256, the same checks) in its own area
+    graphs/<key>            the graph index (:mod:`exprc.graph_index`): which entry a user's graph
+                            compiles to, with the optimized graph and the backend's plan (sha256-checked)
     .tmp-<key>-XXXX/        an entry being built, or what a killed build left (never loaded)
     .trash-<key>-XXXX/      an entry being deleted
 
@@ -566,6 +568,21 @@ def load(name: str, source: str, parts: dict[str, str], build: Callable[[Path], 
     return loaded, folder  # type: ignore[return-value]
 
 
+def load_entry(cfg: Config, key: str, loader: Callable[[Path], T]) -> tuple[T, Path] | None:
+    """The library of the existing entry ``key`` loaded with ``loader`` (a hit, as in :func:`load`), and
+    its folder; None when the cache is off, unsafe or unreadable, or the entry is missing or corrupt
+    (nothing is built or evicted here: the caller's full path does that)."""
+    if not cfg.cache or not is_entry_name(key):
+        return None
+    try:
+        r = root(cfg)
+        check_safe(r)
+        state, loaded, _ = _try_load(r / key, loader)
+    except (OSError, CacheError):
+        return None
+    return (loaded, r / key) if state == "ok" else None  # type: ignore[return-value]
+
+
 def _private(build: Callable[[Path], Path], loader: Callable[[Path], T]) -> T:
     """Build in a temporary folder deleted afterwards (a loaded library stays mapped)."""
     with tempfile.TemporaryDirectory(prefix="exprc-") as tmp:
@@ -689,7 +706,8 @@ def entries(r: Path, deep: bool = False) -> list[Entry]:
 
 
 #: Sub-folders of the root and what they are called in messages (checked like the root).
-SUBFOLDERS = (("locks", "lock folder"), ("dispatch", "cache folder dispatch/"), ("toolchain", "toolchain folder"))
+SUBFOLDERS = (("locks", "lock folder"), ("dispatch", "cache folder dispatch/"), ("toolchain", "toolchain folder"),
+              ("graphs", "graph index folder"))
 
 
 def check_folders(r: Path) -> list[tuple[Path, str]]:
@@ -777,6 +795,7 @@ __all__ = [
     "entry_key",
     "evict",
     "load",
+    "load_entry",
     "read_file",
     "root",
 ]

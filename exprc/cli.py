@@ -327,6 +327,9 @@ def cmd_clear(args: argparse.Namespace) -> int:
     for p in left:
         shutil.rmtree(p, ignore_errors=True)
     cache.remove_unheld_locks(r)
+    from exprc import graph_index
+
+    graph_index.clear(r)  # (records of removed entries would only be misses; cleared, they take no space)
     print(f"removed {n} entries from {r}")
     if errors:  # say what stayed (a read-only or full file system), never count it as removed
         print(f"could not remove {len(errors)} entries: {'; '.join(errors[:5])}" + ("; …" if len(errors) > 5 else "")

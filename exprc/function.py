@@ -312,7 +312,7 @@ def function(inputs: Sequence[Node], outputs: Node | Sequence[Node], backend: st
     from exprc.shared import default_updates  # (shared imports this module: not at the top)
 
     upd += default_updates(outs + tuple(e for _, e in upd), updates, ins)
-    _rules.load_rules()  # (registering the built-in rules bumps GENERATION: before the key is made)
+    # (GENERATION counts the user's rule registrations; the built-in rules load when a graph is optimized)
     memo_key = (ins, outs, upd, backend, cfg, _rules.GENERATION[0], settings, dom)
     with _MEMO_LOCK:
         hit = _MEMO.get(memo_key)
@@ -329,6 +329,31 @@ def function(inputs: Sequence[Node], outputs: Node | Sequence[Node], backend: st
         listed = ", ".join(f"{v.arg('name') or '<unnamed>'} ({v.type})" for v in missing)
         raise MissingInputError(f"the outputs depend on variables that are not among the inputs: {listed}")
     name = backends.choose(backend, cfg)
+    record = restored = None
+    from exprc import graph_index  # (it imports the cache: loaded on the first compile, not at import)
+
+    if settings is None and not hidden and not upd and graph_index.enabled(cfg):
+        # A warm compile: the user's graph maps straight to its optimized graph and cached library.
+        record = graph_index.key(name, ins, outs, cfg)
+        restored = graph_index.lookup(name, record, ins, cfg) if record else None
+    if restored is not None:
+        graph, kernel = restored
+        report = None
+    else:
+        graph, kernel, report = _compile(name, ins, hidden, outs, upd, cfg, settings, dom)
+        if record:
+            graph_index.store(record, graph, kernel, ins, cfg)
+    if cfg.cache and len(order) <= _EVAL_CACHE_MAX_NODES:  # the memo must not keep big graphs alive
+        with _MEMO_LOCK:
+            _MEMO[memo_key] = (name, graph, kernel, hidden, report)
+            while len(_MEMO) > _MEMO_MAX:
+                _MEMO.popitem(last=False)
+    return _wrap(ins, outs, single, graph, kernel, name, cfg, allow_downcast, hidden, upd, report)
+
+
+def _compile(name: str, ins: tuple, hidden: tuple, outs: tuple, upd: tuple, cfg: Config, settings: Any,
+             dom: Any) -> tuple[FunctionGraph, Any, Any]:
+    """optimize -> (search) -> build: the optimized graph, its kernel and the search's report."""
     t_optimize = time.perf_counter()
     graph = optimize(FunctionGraph(ins + hidden, outs + tuple(e for _, e in upd)), cfg)
     t_optimize = time.perf_counter() - t_optimize
@@ -344,12 +369,7 @@ def function(inputs: Sequence[Node], outputs: Node | Sequence[Node], backend: st
     prof = getattr(kernel, "own_profile", lambda: getattr(kernel, "profile", None))() if cfg.profile else None
     if prof is not None:  # (a staged kernel's merged profile is made per read: record in its own)
         prof.compile = {"optimize": t_optimize, **prof.compile}
-    if cfg.cache and len(order) <= _EVAL_CACHE_MAX_NODES:  # the memo must not keep big graphs alive
-        with _MEMO_LOCK:
-            _MEMO[memo_key] = (name, graph, kernel, hidden, report)
-            while len(_MEMO) > _MEMO_MAX:
-                _MEMO.popitem(last=False)
-    return _wrap(ins, outs, single, graph, kernel, name, cfg, allow_downcast, hidden, upd, report)
+    return graph, kernel, report
 
 
 def _wrap(ins: tuple, outs: tuple, single: bool, graph: FunctionGraph, kernel: Any, name: str, cfg: Config,

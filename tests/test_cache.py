@@ -65,7 +65,7 @@ BUILD = """
 
 def _entry_dirs(r: Path) -> list[Path]:
     return sorted(p for p in r.iterdir() if p.is_dir() and not p.name.startswith(".")
-                  and p.name not in ("locks", "toolchain", "dispatch")) if r.exists() else []
+                  and p.name not in ("locks", "toolchain", "dispatch", "graphs")) if r.exists() else []
 
 
 def _fn(expr_maker=lambda x: exprc.exp(x) * 2 + 1, **kw):

@@ -299,8 +299,11 @@ def test_clear_asks_and_eof_means_no(populated):
 
 
 def test_clear_yes(populated):
+    graphs = _root(populated) / "graphs"
+    assert len(list(graphs.iterdir())) >= 3  # the graph index's records of the compiles above
     r = exprc_cli(populated, "cache", "clear", "-y")
     assert r.returncode == 0 and _entries(populated) == []
+    assert list(graphs.iterdir()) == []
 
 
 def test_prune_by_age_and_size(populated):

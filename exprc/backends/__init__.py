@@ -8,7 +8,11 @@ one :func:`register_backend` line: its name and the module that holds two functi
 * ``probe(config) -> str | None``: None when the backend can run here, else why not (no
   compiler, no GPU …).  It must be cheap after its first call;
 * optionally ``VALUE_SHAPES = True`` when its kernels take graphs whose shapes depend on values
-  (symbolic slice bounds, masks); otherwise such graphs run in stages of its kernels.
+  (symbolic slice bounds, masks); otherwise such graphs run in stages of its kernels;
+* optionally ``index_parts(cfg) -> dict`` and ``restore(graph, state, cfg) -> Kernel | None`` for
+  the graph index (:mod:`exprc.graph_index`): what besides the graph and the Config decides a
+  kernel (toolchain identity), and the kernel rebuilt from what its ``index_state()`` returned,
+  or None when that no longer works (the library's cache entry is gone).
 
 The module is imported on first use, so ``import exprc`` loads no compiler bindings.
 
@@ -47,6 +51,9 @@ kernel; nothing else is probed.  Subclass it to inherit the defaults.
     updates): ``fn(*args)``, ``fn.into(args, out)`` and ``fn.update(args, hidden, boxes,
     locks)``, each returning None for anything it does not take, so the Python path then runs.
     ``Function`` asks for it on its second call.  Default: None.
+``index_state() -> object | None``
+    What the graph index keeps to rebuild the kernel without lowering or rendering (picklable;
+    its graph nodes are pickled by the index), or None when it cannot be kept.  Default: None.
 ``device_arrays`` / ``device_input(value, var, label)``
     Whether arguments with ``__cuda_array_interface__`` are taken as they are;
     ``device_input`` checks one against its variable (raising an ``exprc.errors`` error that
@@ -84,6 +91,9 @@ class Kernel:
     def fast_path(self, single: bool) -> Any:
         return None
 
+    def index_state(self) -> Any:
+        return None
+
     def device_input(self, value: Any, var: Any, label: str) -> Any:
         raise NotImplementedError(f"{type(self).__name__} takes no device arrays")
 
@@ -102,7 +112,8 @@ def names() -> list[str]:
     return sorted(_MODULES)
 
 
-def _module(name: str) -> Any:
+def backend_module(name: str) -> Any:
+    """The module implementing registered backend ``name`` (imported on first use)."""
     return importlib.import_module(_MODULES[name])
 
 
@@ -110,7 +121,7 @@ def unavailable_reason(name: str, cfg: Config) -> str | None:
     """None when backend ``name`` can run here, else why not."""
     if name not in _MODULES:
         return f"unknown backend {name!r}; choose one of {', '.join(names())}"
-    return _module(name).probe(cfg)
+    return backend_module(name).probe(cfg)
 
 
 def choose(requested: str | None, cfg: Config) -> str:
@@ -138,7 +149,7 @@ def build(name: str, fg: FunctionGraph, cfg: Config) -> Kernel:
     graph with loops or conditions always does (their bodies are kernels of their own)."""
     from exprc.backends.staged import StagedKernel, needs_stages
 
-    module = _module(name)
+    module = backend_module(name)
     if needs_stages(fg.outputs, control_only=getattr(module, "VALUE_SHAPES", False)):
         # A loop's body runs once per step on one step's arrays: on one thread (no fork and join
         # per kernel per step, and half the compile); BLAS keeps its own threads, and an
@@ -158,4 +169,4 @@ register_backend("numpy", "exprc.backends.reference")
 register_backend("c", "exprc.backends.c")
 register_backend("cuda", "exprc.backends.cuda")
 
-__all__ = ["Kernel", "build", "choose", "names", "register_backend", "unavailable_reason"]
+__all__ = ["Kernel", "backend_module", "build", "choose", "names", "register_backend", "unavailable_reason"]

@@ -37,6 +37,11 @@ class _Done:
         return self._value
 
 
+def done(value: Any) -> Any:
+    """A build whose result is already known (``value``)."""
+    return _Done(lambda: value)
+
+
 def submit(fn: Callable[[], Any]) -> Any:
     """Run ``fn`` (a build) now, or on a worker inside :func:`overlapped`; ``.result()`` waits."""
     pending = _PENDING.get()
@@ -73,4 +78,4 @@ def overlapped() -> Iterator[None]:
             raise errors[0]
 
 
-__all__ = ["overlapped", "submit"]
+__all__ = ["done", "overlapped", "submit"]

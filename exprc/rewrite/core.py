@@ -374,12 +374,14 @@ def register_rule(r: Rule) -> Rule:
     if r.name in REGISTRY:
         raise ValueError(f"a rewrite named {r.name!r} is already registered")
     REGISTRY[r.name] = r
-    GENERATION[0] += 1
+    if not _LOADED[1]:  # (the built-in rules are what every optimize loads first: not a change)
+        GENERATION[0] += 1
     return r
 
 
-#: Bumped by every registration: part of the in-process compile memo's key, so a rule
-#: added after a function was compiled applies to the next ``exprc.function`` call.
+#: Bumped by every registration outside the built-in rules' import: part of the in-process compile
+#: memo's key, so a rule added after a function was compiled applies to the next ``exprc.function``
+#: call; the graph index (which knows exprc's code, not the user's) is off once it is not 0.
 GENERATION = [0]
 
 _LOADED = [False, False]  # (loaded, being loaded by the thread that holds _RULES_LOCK)

@@ -20,6 +20,21 @@ def make(fg: Any, cfg: Config) -> Any:
     return CKernel(fg, cfg, fuse="fusion" not in cfg.exclude)
 
 
+def index_parts(cfg: Config) -> dict[str, str]:
+    """What besides the graph and the Config decides a kernel here (the graph index's key): the
+    compiler's identity, flags, templates and CPU, as in the cache key of the library."""
+    from exprc.backends.c import compile as cc
+
+    return cc.key_parts(cfg)
+
+
+def restore(fg: Any, state: Any, cfg: Config) -> Any:
+    """The kernel of a graph-index record (:meth:`CKernel.index_state`), or None."""
+    from exprc.backends.c.kernel import CKernel
+
+    return CKernel.restore(fg, state, cfg)
+
+
 def _register_loop_stepper() -> None:
     from exprc.backends.loops import NATIVE, WHOLE
 

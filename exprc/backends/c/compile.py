@@ -18,9 +18,11 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from exprc.backends.c import render
 from exprc.config import Config
 from exprc.errors import CacheError, CompileError
+
+#: The line the renderer puts between translation units (:func:`units` splits a large source there).
+UNIT = "/* exprc: unit */"
 
 # -O2, not -O3: the hot loops carry `#pragma omp simd`, which -O2 vectorizes (libmvec calls
 # included) just as well, and gcc takes about half the time (0.14 s vs 0.26 s for a 20-op kernel).
@@ -144,8 +146,26 @@ def has_vector_math(cfg: Config) -> bool:
     return _facts(cfg)[3] and not cfg.precise_math
 
 
+_TEMPLATES_HASH: list[str] = []
+
+
+def templates_hash() -> str:
+    """Hash of the C templates (a cache key part: template edits invalidate entries)."""
+    if not _TEMPLATES_HASH:
+        from exprc.backends.templates import digest, prelude, read
+
+        _TEMPLATES_HASH.append(digest(prelude("c", "c_prelude.h"), read("c", "c_module.c")))
+    return _TEMPLATES_HASH[0]
+
+
+def key_parts(cfg: Config) -> dict[str, str]:
+    """What besides the source decides a library: the cache key's named parts (and the graph index's)."""
+    return {"compiler": compiler(cfg), "compiler_version": version(cfg), "flags": " ".join(flags(cfg)),
+            "templates": templates_hash(), "cpu": cpu_features()}
+
+
 #: The renderer's mark between two kernels, with its line end: a module may be cut there.
-UNIT_MARK = render.UNIT_MARK + "\n"
+UNIT_MARK = UNIT + "\n"
 #: Kernel text per translation unit below which a module is not cut: each unit parses the prelude
 #: again and starts a compiler (~0.05 s), while gcc spends ~0.15 s per 10 KB of kernels.
 UNIT_BYTES = 12_000

@@ -29,10 +29,9 @@ from exprc.backends.c import compile as cc
 from exprc.backends.c import ffi
 from exprc.backends.c.blas import blas_pointers
 from exprc.backends.c.indexlib import direct_gather, make_into
-from exprc.backends.c.render import CRenderer, Layout
+from exprc.backends.layout import Layout
 from exprc.backends.outputs import check_count, check_out, copy_into, overlapping
 from exprc.backends.plan import HostPlan, Planner, PlanPool, Unsupported, describe, in_place_outputs
-from exprc.backends.templates import digest, prelude, read
 from exprc.config import Config
 from exprc.fusion import Program, Step, lower
 from exprc.ops import OPS
@@ -99,67 +98,35 @@ class Plan(HostPlan):
         self.keep: list[Any] = []  # arrays whose pointers sit in ``ptrs``
 
 
-_TEMPLATES_HASH: list[str] = []
-
-
-def templates_hash() -> str:
-    """Hash of the C templates (a cache key part: template edits invalidate entries)."""
-    if not _TEMPLATES_HASH:
-        _TEMPLATES_HASH.append(digest(prelude("c", "c_prelude.h"), read("c", "c_module.c")))
-    return _TEMPLATES_HASH[0]
+templates_hash = cc.templates_hash  # (where it was before the graph index needed it without this module)
 
 
 class CKernel(Kernel):
     """A compiled C-backend function (the :class:`~exprc.backends.Kernel` protocol)."""
 
     writes_out = True
+    program: Program
+    layout: Layout
 
     def __init__(self, fg: FunctionGraph, cfg: Config, fuse: bool = True, native_matmul: bool = True,
-                 c_passes: bool = True):
+                 c_passes: bool = True, restored: tuple | None = None):
         # c_passes: the lowering passes only this backend's planner and renderer run (reduction
         # epilogues, shape scalars, row kernels); off, the program is the CUDA backend's (the CUDA
         # emulator in tests/ runs a CUDA program's kernels through this backend's library).
+        # restored: (program, layout, entry key, built) from the graph index (:meth:`restore`).
         self.cfg = cfg
         _init_ffi(cfg)
         blas = blas_pointers(_FFI) if native_matmul else None
         #: Profile mode (Config.profile): every kernel timed as its own call (exprc.profile).
         self.profile = Profile() if cfg.profile else None
-        t0 = time.perf_counter()
-        self.program: Program = lower(list(fg.outputs), list(fg.inputs), fuse=fuse, native_matmul=blas is not None,
-                                      rows=cfg.row_fusion and c_passes, epilogues=c_passes,
-                                      host_scalars=c_passes)
-        t1 = time.perf_counter()
-        # The cache key hashes the source without its comments (kernel titles, the summary: pprint
-        # work that was a fifth of a warm LSTM's function()); the library is built from the source
-        # with them, which is what the entry keeps and what .source shows.
-        keyed, self.layout = CRenderer(precise_math=cfg.precise_math, titles=False).render(self.program)
-        if self.profile is not None:
-            self.profile.compile.update(lower=t1 - t0, render=time.perf_counter() - t1)
-        self.layout: Layout
         self._fg = fg
-        name = self.program.kernels[0].name if self.program.kernels else "k_empty"
-        parts = {"compiler": cc.compiler(cfg), "compiler_version": cc.version(cfg),
-                 "flags": " ".join(cc.flags(cfg)), "templates": templates_hash(), "cpu": cc.cpu_features()}
-        meta = {"backend": "c"}
-
-        def build(d: Any) -> Any:
-            meta["summary"] = self._summary()[:500]  # (cache.load writes meta after the build)
-            t = time.perf_counter()
-            try:
-                return cc.compile_library(self.source, d, name, cfg)
-            finally:
-                if self.profile is not None:
-                    self.profile.compile["compile"] = time.perf_counter() - t
-
-        def load(path: Any) -> Any:
-            t = time.perf_counter()
-            lib = _dlopen(path)
-            if self.profile is not None:
-                self.profile.compile["load"] = time.perf_counter() - t
-            return lib
-
-        # (a build may overlap with the function's other kernels': see backends/builds.py)
-        self._built = builds.submit(lambda: cache.load(name, keyed, parts, build, load, cfg, meta))
+        self._found_blas = blas is not None
+        #: What the graph index may keep of this kernel (:meth:`index_state`): only the default lowering.
+        self._indexable = fuse == ("fusion" not in cfg.exclude) and native_matmul and c_passes
+        if restored is not None:
+            self.program, self.layout, self.entry_key, self._built = restored
+        else:
+            self._lower_and_render(fg, cfg, fuse, blas is not None, c_passes)
         self._blas = blas if any(k.matmul is not None for k in self.program.kernels) else None
         self.nthreads = cfg.threads()
         self.planner = Planner(self.program, self.layout, fg.inputs, fg.outputs, resolve_steps=True)
@@ -182,6 +149,68 @@ class CKernel(Kernel):
                 and list(steps[0].node.inputs) == self._inputs):
             self._direct = direct_gather(cfg, steps[0].node, self._inputs)
 
+    def _lower_and_render(self, fg: FunctionGraph, cfg: Config, fuse: bool, native_matmul: bool,
+                          c_passes: bool) -> None:
+        """Lower ``fg`` (fusion), render the source it is cached by, and start loading (or building) its
+        library (``self._built``)."""
+        from exprc.backends.c.render import CRenderer
+
+        t0 = time.perf_counter()
+        self.program = lower(list(fg.outputs), list(fg.inputs), fuse=fuse, native_matmul=native_matmul,
+                                      rows=cfg.row_fusion and c_passes, epilogues=c_passes,
+                                      host_scalars=c_passes)
+        t1 = time.perf_counter()
+        # The cache key hashes the source without its comments (kernel titles, the summary: pprint
+        # work that was a fifth of a warm LSTM's function()); the library is built from the source
+        # with them, which is what the entry keeps and what .source shows.
+        keyed, self.layout = CRenderer(precise_math=cfg.precise_math, titles=False).render(self.program)
+        if self.profile is not None:
+            self.profile.compile.update(lower=t1 - t0, render=time.perf_counter() - t1)
+        name = self.program.kernels[0].name if self.program.kernels else "k_empty"
+        parts = cc.key_parts(cfg)
+        meta = {"backend": "c"}
+        self.entry_key = cache.entry_key(name, keyed, parts)
+
+        def build(d: Any) -> Any:
+            meta["summary"] = self._summary()[:500]  # (cache.load writes meta after the build)
+            t = time.perf_counter()
+            try:
+                return cc.compile_library(self.source, d, name, cfg)
+            finally:
+                if self.profile is not None:
+                    self.profile.compile["compile"] = time.perf_counter() - t
+
+        def load(path: Any) -> Any:
+            t = time.perf_counter()
+            lib = _dlopen(path)
+            if self.profile is not None:
+                self.profile.compile["load"] = time.perf_counter() - t
+            return lib
+
+        # (a build may overlap with the function's other kernels': see backends/builds.py)
+        self._built = builds.submit(lambda: cache.load(name, keyed, parts, build, load, cfg, meta))
+
+    # -- the graph index (exprc/graph_index.py) ----------------------------------------
+    def index_state(self) -> tuple | None:
+        """What the graph index keeps to rebuild this kernel without lowering or rendering: the
+        program, its layout, the library's cache entry, and whether BLAS was found."""
+        if not self._indexable:
+            return None
+        return self.program, self.layout, self.entry_key, self._found_blas
+
+    @classmethod
+    def restore(cls, fg: FunctionGraph, state: tuple, cfg: Config) -> CKernel | None:
+        """The kernel :meth:`index_state` described, its library loaded from the cache; None when the
+        entry is gone or corrupt, or BLAS is (not) found where it was (the lowering depends on it)."""
+        program, layout, key, with_blas = state
+        _init_ffi(cfg)
+        if (blas_pointers(_FFI) is not None) != with_blas:
+            return None
+        found = cache.load_entry(cfg, key, _dlopen)
+        if found is None:
+            return None
+        return cls(fg, cfg, restored=(program, layout, key, builds.done(found)))
+
     def __getattr__(self, name: str) -> Any:
         # The library and what comes from it exist once its build is done: the first access waits
         # for it and stores them as plain attributes (later accesses never come here).
@@ -203,6 +232,8 @@ class CKernel(Kernel):
     @functools.cached_property
     def source(self) -> str:
         """The generated C, comments included (rendered on first use: a warm start needs none of it)."""
+        from exprc.backends.c.render import CRenderer
+
         return CRenderer(precise_math=self.cfg.precise_math).render(self.program, self._summary()[:2000])[0]
 
     @property

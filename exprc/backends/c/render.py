@@ -19,12 +19,13 @@ from __future__ import annotations
 import math
 import re
 import string
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from exprc._version import __version__
+from exprc.backends.c.compile import UNIT
+from exprc.backends.layout import KernelLayout, Layout
 from exprc.backends.plan import MATMUL_PARAMS
 from exprc.backends.templates import prelude, random_helpers, read
 from exprc.fusion import Kernel, Program, epilogue_arrays, row_levels, row_reads
@@ -59,7 +60,7 @@ _VECTOR_MATH = re.compile(r"\b(?:exp|log|sin|cos|tan|log1p|expm1|tanh|sinh|cosh|
                           r"atanh|exp2|log2|log10|cbrt|erf|erfc|pow|atan2|hypot)f?\s*\(|"
                           r"\bexprc_(?:sigmoid|softplus|logaddexp|log1mexp|erfcx|tanh)")
 #: Between two kernels of a module: where compile.py may cut it into translation units.
-UNIT_MARK = "/* exprc: unit */"
+UNIT_MARK = UNIT
 #: A kernel's entry point (called by ``exprc_run``, possibly from another translation unit).
 KERNEL_SIGNATURE = "EXPRC_HIDDEN void {}(char **restrict ptrs, const int64_t *restrict P, int nthreads)"
 
@@ -160,41 +161,6 @@ def comment(text: str) -> str:
     """Text safe inside a C block comment."""
     text = _NOT_PRINTABLE.sub(" ", text)  # printable ASCII only (one regex pass: titles are long)
     return text.replace("*/", "* /").replace("/*", "/ *").replace("\\", "/")
-
-
-@dataclass
-class KernelLayout:
-    """Where a kernel's sizes and strides live in ``P``, and which slot each access uses."""
-
-    kernel: Kernel
-    p_flag: int
-    ndim: int  # iteration ndim (for reductions: kept + reduced)
-    nkept: int
-    perm: tuple[int, ...]  # iteration dims in loop order (reductions: kept dims first)
-    accesses: list[tuple[Node, int, int]] = field(default_factory=list)  # (node, slot, P index of strides)
-    #: Accesses read only for their shape (the model operand of a random draw): never loaded, and
-    #: the contiguous path does not need them contiguous (a model is often a zero-strided view).
-    models: frozenset[int] = frozenset()
-    #: The kernel's ops rendered by ``c_call`` (draws): each must span the whole loop (the planner checks).
-    draws: tuple[Node, ...] = ()
-    #: The kernel has a row-by-row contiguous path (a 2-d elementwise loop, flag 2: the planner sets
-    #: it when every access is contiguous along the inner dimension; see ``exprc_rowflat``).  What
-    #: the C renderer gave this kernel, not where things live: renderers without it (CUDA) share
-    #: the same layout, and their planner never sets flag 2.
-    rowflat: bool = field(default=False, compare=False)
-
-    @property
-    def p_dims(self) -> int:
-        return self.p_flag + 1
-
-
-@dataclass
-class Layout:
-    """The binary interface between the generated C and the runtime."""
-
-    slots: list[Node]
-    kernels: list[KernelLayout]
-    p_size: int
 
 
 class CRenderer:

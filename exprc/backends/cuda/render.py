@@ -1,7 +1,7 @@
 """The CUDA renderer: a lowered :class:`~exprc.fusion.Program` to one CUDA C++ file for NVRTC.
 
 :class:`CUDARenderer` subclasses :class:`~exprc.backends.c.render.CRenderer` and keeps its op table
-(``expr``), its statement emitter (``body``), its loads and its :class:`~exprc.backends.c.render.Layout`
+(``expr``), its statement emitter (``body``), its loads and its :class:`~exprc.backends.layout.Layout`
 (the same parameter block ``P`` of sizes and byte strides, filled by the same planner).  What it
 overrides is what differs on a GPU:
 

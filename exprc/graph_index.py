@@ -1,0 +1,317 @@
+"""The graph index: a warm ``exprc.function`` goes from the user's graph straight to its cached library.
+
+The compile cache is keyed by the rendered source, so a process that finds its library on disk
+has still paid for every stage before it: loading the rewrite rules, optimize, lower (fusion) and
+render.  The index keys a record by what decides those stages:
+
+* the user's graph: every node's op, attributes (constants by their bytes), dtype and shape, in
+  :func:`~exprc.graph.toposort` order, inputs by their position (not their names);
+* the :class:`~exprc.config.Config` (its ``repr``: every field);
+* the backend and what its module's ``index_parts(cfg)`` names (the C backend: compiler, version,
+  flags, templates, CPU: the parts of the library's own cache key);
+* the code that runs the stages: exprc's version and the path, size and modification time of
+  every file of the package (an edited rule or renderer makes every record a miss).
+
+and a record holds what the stages made: the optimized :class:`~exprc.pipeline.FunctionGraph`
+and the kernel's ``index_state()`` (the C backend: the lowered program, its layout and the name of
+the library's cache entry).  :func:`lookup` then only unpickles and loads the library.  Anything
+wrong with a record (missing, unreadable, truncated, a checksum that does not match, an entry that
+was evicted) is a miss: the full path runs and :func:`store` writes the record again.
+
+Not indexed (the full path, every time): a process where rewrite rules were registered outside
+exprc's own (the index cannot see the user's code), graphs with custom ops, shared variables or
+updates, the accuracy search (it has its own cache), profile mode, graphs over :data:`MAX_NODES`
+nodes, attribute values of a type the key does not know, and kernels that keep no state (the
+NumPy and CUDA backends, staged graphs).
+
+Records are files ``graphs/<key>`` in the compile cache's root, which is checked private (owner,
+permissions) before anything is read from it: the index trusts that folder as the cache trusts
+the libraries it loads.  A record is ``FORMAT``, the sha256 of the payload and the payload: a
+pickle whose graph inputs are references to the caller's inputs by position, read back by an
+unpickler that resolves only exprc, NumPy and a few builtin names.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import io
+import os
+import pickle
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from exprc import cache
+from exprc._version import __version__
+from exprc.config import Config
+from exprc.errors import CacheError
+from exprc.graph import ConstValue, Node, toposort
+from exprc.types import TensorType
+
+FORMAT = b"exprc graph index 1\n"
+FOLDER = "graphs"
+#: Larger graphs are not indexed (the in-process memo has the same bound).
+MAX_NODES = 10_000
+#: A record larger than this is neither written nor read.
+RECORD_MAX_BYTES = 32 << 20
+#: When the folder holds more records than this, :func:`store` deletes the least recently written quarter.
+MAX_RECORDS = 4096
+
+
+class _Unindexable(Exception):
+    """An attribute value the key cannot write exactly."""
+
+
+def enabled(cfg: Config) -> bool:
+    """Whether ``exprc.function`` consults the index (``EXPRC_GRAPH_INDEX=0`` turns it off)."""
+    return cfg.cache and not cfg.profile and os.environ.get("EXPRC_GRAPH_INDEX", "1") != "0"
+
+
+def key(backend: str, inputs: Sequence[Node], outputs: Sequence[Node], cfg: Config) -> str | None:
+    """The record key of ``outputs`` as a function of ``inputs`` on ``backend``, or None when the
+    graph or this process is not indexed (see the module docstring)."""
+    from exprc import backends
+    from exprc.rewrite import core
+
+    module = backends.backend_module(backend)
+    if core.GENERATION[0] or not hasattr(module, "restore"):
+        return None
+    custom = sys.modules.get("exprc.custom")
+    user_ops = set(getattr(custom, "_CUSTOM", ())) if custom is not None else set()
+    order = toposort(outputs)
+    if len(order) > MAX_NODES:
+        return None
+    position = {n: i for i, n in enumerate(inputs)}
+    row: dict[Node, int] = {}
+    h = hashlib.sha256(FORMAT)
+    parts = dict(module.index_parts(cfg))
+    for head in (f"exprc {__version__}", f"code {code_fingerprint()}", f"backend {backend}", f"config {cfg!r}",
+                 *(f"{k}={parts[k]}" for k in sorted(parts))):
+        h.update(head.encode() + b"\n")
+    try:
+        for n in order:
+            if n.op == "input":
+                if n not in position:
+                    return None  # (a shared variable: not indexed)
+                text = repr(("input", position[n], n.dtype, n.type.shape))
+            elif n.op in user_ops:
+                return None
+            else:
+                text = repr((n.op, tuple(row[i] for i in n.inputs), _canon(n.attrs), n.dtype, n.type.shape))
+            row[n] = len(row)
+            h.update(text.encode() + b"\n")
+    except _Unindexable:
+        return None
+    h.update(repr(("outputs", tuple(row[o] for o in outputs))).encode())
+    return h.hexdigest()[:32]
+
+
+def _canon(value: Any) -> Any:
+    """``value`` as something whose ``repr`` is exact and the same in every process."""
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    if isinstance(value, float):
+        return ("float", value.hex())
+    if isinstance(value, (tuple, list)):
+        return (type(value).__name__, *(_canon(v) for v in value))
+    if isinstance(value, ConstValue):
+        a = value.array
+        return ("const", a.dtype.str, a.shape, hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest())
+    if isinstance(value, np.generic):
+        return ("scalar", value.dtype.str, value.tobytes().hex())
+    if isinstance(value, np.dtype):
+        return ("dtype", value.str)
+    if isinstance(value, slice):
+        return ("slice", _canon(value.start), _canon(value.stop), _canon(value.step))
+    if value is Ellipsis:
+        return ("...",)
+    if isinstance(value, TensorType):
+        return ("type", value.dtype, value.shape)
+    raise _Unindexable(type(value).__name__)
+
+
+@functools.cache
+def code_fingerprint(package: str | None = None) -> str:
+    """A hash of the path, size and modification time of every file of the exprc package (or of the
+    folder ``package``), bytecode caches left out."""
+    h = hashlib.sha256()
+    stack = [(package or os.path.dirname(os.path.abspath(__file__)), "")]
+    while stack:
+        folder, rel = stack.pop()
+        try:
+            with os.scandir(folder) as it:
+                found = sorted(it, key=lambda e: e.name)
+        except OSError:
+            continue
+        for e in found:  # (each listing in name order: the same hash in every process)
+            if e.is_dir(follow_symlinks=False):
+                if e.name != "__pycache__":
+                    stack.append((e.path, f"{rel}{e.name}/"))
+            elif not e.name.endswith((".pyc", ".pyo")):
+                try:
+                    st = e.stat()
+                except OSError:
+                    continue
+                h.update(f"{rel}{e.name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
+
+
+def _folder(cfg: Config, create: bool) -> Path | None:
+    try:
+        r = cache.ensure_root(cfg) if create else cache.root(cfg)
+        if not create:
+            cache.check_safe(r)
+            path = r / FOLDER
+            cache.check_safe(path, "graph index folder")
+            return path
+        return cache.ensure_folder(r, FOLDER, "graph index folder")
+    except (OSError, CacheError):
+        return None
+
+
+def lookup(backend: str, record: str, inputs: Sequence[Node], cfg: Config) -> tuple[Any, Any] | None:
+    """(optimized graph, kernel) from record ``record`` (a :func:`key`), its graph over ``inputs``
+    themselves; None on a miss of any kind."""
+    from exprc import backends
+
+    folder = _folder(cfg, create=False)
+    if folder is None:
+        return None
+    try:
+        data = cache.read_file(folder / record, RECORD_MAX_BYTES, "graph index record")
+    except (OSError, CacheError):
+        return None
+    head = len(FORMAT) + 65
+    if len(data) < head or not data.startswith(FORMAT):
+        return None
+    payload = data[head:]
+    if hashlib.sha256(payload).hexdigest().encode() + b"\n" != data[len(FORMAT):head]:
+        return None
+    try:
+        _nodes, (saved_record, graph, state) = _Unpickler(io.BytesIO(payload), inputs).load()
+    except Exception:  # noqa: BLE001 - any unreadable record is a miss, never an error
+        return None
+    if saved_record != record or tuple(graph.inputs) != tuple(inputs):
+        return None
+    kernel = backends.backend_module(backend).restore(graph, state, cfg)
+    return None if kernel is None else (graph, kernel)
+
+
+def store(record: str, graph: Any, kernel: Any, inputs: Sequence[Node], cfg: Config) -> bool:
+    """Write record ``record`` for ``graph`` (optimized) and its ``kernel``; True when written.
+    Nothing is raised: a cache that cannot be written, or state that does not pickle, is no record."""
+    state = kernel.index_state()
+    if state is None or tuple(graph.inputs) != tuple(inputs):
+        return False
+    buf = io.BytesIO()
+    try:
+        # The graph's nodes go first in graph order, so each node's operands are already in the
+        # pickle's memo: a deep graph pickles without deep recursion.
+        _Pickler(buf, inputs).dump((toposort(graph.outputs), (record, graph, state)))
+    except (pickle.PicklingError, RecursionError, TypeError, AttributeError):
+        return False
+    payload = buf.getvalue()
+    if len(payload) > RECORD_MAX_BYTES:
+        return False
+    folder = _folder(cfg, create=True)
+    if folder is None:
+        return False
+    data = FORMAT + hashlib.sha256(payload).hexdigest().encode() + b"\n" + payload
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            os.replace(tmp, folder / record)
+        except BaseException:
+            os.unlink(tmp)
+            raise
+        _prune(folder)
+    except OSError:
+        return False
+    return True
+
+
+def _prune(folder: Path) -> None:
+    """Keep at most :data:`MAX_RECORDS` records: delete the least recently written quarter beyond."""
+    with os.scandir(folder) as it:
+        names = [e for e in it if not e.name.startswith(".") and e.is_file(follow_symlinks=False)]
+    if len(names) <= MAX_RECORDS:
+        return
+    names.sort(key=lambda e: e.stat(follow_symlinks=False).st_mtime)
+    for e in names[:len(names) - MAX_RECORDS * 3 // 4]:
+        try:
+            os.unlink(e.path)
+        except OSError:
+            pass
+
+
+def clear(r: Path) -> int:
+    """Delete every record under cache root ``r`` (``exprc cache clear``); how many were deleted."""
+    n = 0
+    try:
+        with os.scandir(r / FOLDER) as it:
+            found = [e for e in it if e.is_file(follow_symlinks=False) or e.is_symlink()]
+    except OSError:
+        return 0
+    for e in found:
+        try:
+            os.unlink(e.path)
+            n += 1
+        except OSError:
+            pass
+    return n
+
+
+def _node(op: str, inputs: tuple, attrs: tuple, dtype: str, shape: tuple) -> Node:
+    return Node(op, inputs, attrs, TensorType(dtype, tuple(shape)))
+
+
+class _Pickler(pickle.Pickler):
+    """Nodes as rows over their operands (interned again when read); graph inputs as their position."""
+
+    def __init__(self, file: io.BytesIO, inputs: Sequence[Node]):
+        super().__init__(file, protocol=pickle.HIGHEST_PROTOCOL)
+        self._position = {id(n): i for i, n in enumerate(inputs)}
+
+    def persistent_id(self, obj: Any) -> Any:
+        if type(obj) is Node and obj.op == "input":
+            if id(obj) not in self._position:
+                raise pickle.PicklingError("a graph input that is not among the function's inputs")
+            return self._position[id(obj)]
+        return None
+
+    def reducer_override(self, obj: Any) -> Any:
+        if type(obj) is Node:
+            return _node, (obj.op, obj.inputs, obj.attrs, obj.dtype, obj.type.shape)
+        return NotImplemented
+
+
+#: The only modules a record's pickle may name (and from builtins only these names).
+_MODULES = ("exprc.", "numpy.")
+_BUILTINS = frozenset({"slice", "frozenset", "set", "tuple", "list", "dict", "complex", "Ellipsis"})
+
+
+class _Unpickler(pickle.Unpickler):
+    def __init__(self, file: io.BytesIO, inputs: Sequence[Node]):
+        super().__init__(file)
+        self._inputs = tuple(inputs)
+
+    def persistent_load(self, pid: Any) -> Node:
+        if type(pid) is not int or not 0 <= pid < len(self._inputs):
+            raise pickle.UnpicklingError("a record names an input the function does not have")
+        return self._inputs[pid]
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module == "builtins" and name in _BUILTINS) or module.startswith(_MODULES) or module in (
+                "numpy", "copyreg", "collections", "_codecs"):
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"a graph index record names {module}.{name}")
+
+
+__all__ = ["FORMAT", "MAX_NODES", "clear", "code_fingerprint", "enabled", "key", "lookup", "store"]
