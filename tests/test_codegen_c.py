@@ -135,6 +135,32 @@ def test_vector_math_is_used(tmp_path, monkeypatch):
         assert any(c.startswith("_ZGV") and c.endswith("_" + fn) for c in called), (fn, sorted(called))
 
 
+def test_sin_and_cos_of_one_argument_stay_vector_calls(tmp_path, monkeypatch):
+    """gcc merges sin(x) and cos(x) into sincos, which libmvec lacks: the loop then ran one element at a
+    time (the stable sin(x + e) - sin(x) was 15x slower than the naive one).  compile.NO_SINCOS turns that
+    off; the library must call the vector sin and cos and no sincos, also with one of them in a where()."""
+    if subprocess.run(["which", "objdump"], capture_output=True, check=False).returncode:
+        pytest.skip("objdump not available")
+    monkeypatch.setenv("EXPRC_CACHE_DIR", str(tmp_path))
+    from exprc.backends.c import compile as cc
+
+    if not cc.has_vector_math(exprc.Config()) or not cc._facts(exprc.Config())[4]:
+        pytest.skip("no libmvec, or a compiler without -fdisable-tree-sincos")
+    x, e = exprc.vector("x"), exprc.vector("e")
+    f = exprc.function([x, e], [exprc.sin(x) * e + exprc.cos(x),
+                                exprc.where(e > 0.5, exprc.sin(e) - exprc.cos(e) * x, e)])
+    lib = next(Path(f.cache_path).glob("*.so"))
+    dis = subprocess.run(["objdump", "-d", str(lib)], capture_output=True, text=True, check=False).stdout
+    called = set(re.findall(r"call\s+\S+\s+<(\w+)@plt>", dis))
+    assert not any("sincos" in c for c in called), sorted(called)
+    for fn in ("sin", "cos"):
+        assert any(c.startswith("_ZGV") and c.endswith("_" + fn) for c in called), (fn, sorted(called))
+    xs, es = np.linspace(-9, 9, 1001), np.linspace(0, 1, 1001)
+    got = f(xs, es)
+    np.testing.assert_allclose(got[0], np.sin(xs) * es + np.cos(xs), rtol=1e-14, atol=1e-15)
+    np.testing.assert_allclose(got[1], np.where(es > 0.5, np.sin(es) - np.cos(es) * xs, es), rtol=1e-14, atol=1e-15)
+
+
 def test_guards_skip_their_rare_branch_with_the_same_bits():
     """where(rare(c), slow, fast) from a stability rule: a chunk where no element meets c runs a loop
     without the slow branch (_flat_fast), a chunk with one runs the full loop; both give the same bits

@@ -31,6 +31,13 @@ UNIT = "/* exprc: unit */"
 BASE_FLAGS = ("-O2", "-march=native", "-fPIC", "-shared", "-std=c99", "-fno-math-errno",
               "-fno-trapping-math", "-fwrapv", "-Werror=implicit-function-declaration")
 LIBS = ("-lmvec", "-lm")
+#: With vector math: gcc merges sin(x) and cos(x) of one argument into a call to sincos, which has no
+#: libmvec variant, and the loop around it then runs one element at a time (cos(x)*sin(e) -
+#: sin(x)*sin(e/2)^2, the stable sin(x+e) - sin(x), took 15 ms for 1e6 elements, not 2).  This turns
+#: that pass off where the compiler knows it (gcc; the probe asks).  -fno-builtin-sin would too, but
+#: then gcc no longer knows sin has no side effects, and a loop that computes it in one arm of a
+#: where() is not vectorized at all.
+NO_SINCOS = ("-fdisable-tree-sincos",)
 
 
 def compiler(cfg: Config) -> str:
@@ -39,17 +46,18 @@ def compiler(cfg: Config) -> str:
 
 
 @functools.lru_cache(maxsize=8)
-def _probe(cc: str) -> tuple[str | None, str, bool, bool]:
-    """(why unusable or None, version line, has OpenMP, has libmvec) for compiler ``cc``."""
+def _probe(cc: str) -> tuple[str | None, str, bool, bool, bool]:
+    """(why unusable or None, version line, has OpenMP, has libmvec, takes :data:`NO_SINCOS`) for
+    compiler ``cc``."""
     import subprocess  # (here and below: not at import, a warm start reads the probe from disk)
 
     exe = shutil.which(cc.split()[0]) if cc else None
     if exe is None:
-        return (f"no C compiler found (looked for {cc!r}); install gcc or clang, or set CC", "", False, False)
+        return (f"no C compiler found (looked for {cc!r}); install gcc or clang, or set CC", "", False, False, False)
     try:
         out = subprocess.run([*cc.split(), "--version"], check=False, capture_output=True, text=True, timeout=30)
     except (OSError, subprocess.TimeoutExpired) as exc:
-        return (f"{cc} --version failed: {exc}", "", False, False)
+        return (f"{cc} --version failed: {exc}", "", False, False, False)
     version = (out.stdout or out.stderr).splitlines()[0] if (out.stdout or out.stderr) else cc
     with tempfile.TemporaryDirectory(prefix="exprc-probe-") as tmp:
         src = Path(tmp, "p.c")
@@ -60,17 +68,17 @@ def _probe(cc: str) -> tuple[str | None, str, bool, bool]:
                                check=False, capture_output=True, text=True, timeout=60)
             return r.returncode == 0
 
-        if ok("-fopenmp", "-lmvec", "-lm"):  # the usual case, settled by one compiler run
-            return (None, version, True, True)
+        if ok("-fopenmp", *NO_SINCOS, "-lmvec", "-lm"):  # the usual case (gcc), settled by one compiler run
+            return (None, version, True, True, True)
         if not ok():
-            return (f"{cc} cannot build a shared library", version, False, False)
-        return (None, version, ok("-fopenmp"), ok("-lmvec", "-lm"))
+            return (f"{cc} cannot build a shared library", version, False, False, False)
+        return (None, version, ok("-fopenmp"), ok("-lmvec", "-lm"), ok(*NO_SINCOS))
 
 
-_FACTS: dict[tuple[str, str], tuple[str | None, str, bool, bool]] = {}
+_FACTS: dict[tuple[str, str], tuple[str | None, str, bool, bool, bool]] = {}
 
 
-def _facts(cfg: Config) -> tuple[str | None, str, bool, bool]:
+def _facts(cfg: Config) -> tuple[str | None, str, bool, bool, bool]:
     """:func:`_probe`, remembered on disk in the cache's ``toolchain/`` folder so that a fresh
     process with a warm cache starts no compiler.  The record is keyed on the compiler command and
     the resolved executable's path, size and mtime (a compiler upgrade probes again)."""
@@ -97,7 +105,7 @@ def _facts(cfg: Config) -> tuple[str | None, str, bool, bool]:
     try:
         # a regular file of a few hundred bytes: a FIFO or a symlink here must not hang or redirect the read
         d = json.loads(cache.read_file(path, 1 << 16, "toolchain record"))
-        facts = (None, str(d["version"]), bool(d["openmp"]), bool(d["mvec"]))
+        facts = (None, str(d["version"]), bool(d["openmp"]), bool(d["mvec"]), bool(d["no_sincos"]))
     except (OSError, ValueError, KeyError, TypeError, CacheError):
         facts = _probe(cc)
         if facts[0] is None:
@@ -105,7 +113,7 @@ def _facts(cfg: Config) -> tuple[str | None, str, bool, bool]:
                 with contextlib.suppress(FileNotFoundError):
                     path.unlink()  # whatever was there (a FIFO, a symlink) is replaced by a regular file
                 cache.write_json_atomic(path, {"cc": cc, "executable": real, "version": facts[1],
-                                               "openmp": facts[2], "mvec": facts[3]})
+                                               "openmp": facts[2], "mvec": facts[3], "no_sincos": facts[4]})
             except OSError:
                 pass
     _FACTS[fast_key] = facts
@@ -119,7 +127,7 @@ def probe(cfg: Config) -> str | None:
 
 def flags(cfg: Config) -> list[str]:
     """Compiler flags for ``cfg`` (part of the cache key)."""
-    _, _, has_omp, has_mvec = _facts(cfg)
+    _, _, has_omp, has_mvec, no_sincos = _facts(cfg)
     out = list(BASE_FLAGS)
     # Without OpenMP (cfg.openmp False: loop bodies) the parallel branches compile as plain loops
     # (the chunks do not depend on the thread count, so the bits are the same) and gcc skips
@@ -132,6 +140,8 @@ def flags(cfg: Config) -> list[str]:
         out.append("-ffast-math")
     out += list(cfg.extra_cflags)
     if has_mvec and not cfg.precise_math:
+        if no_sincos:
+            out[len(BASE_FLAGS):len(BASE_FLAGS)] = NO_SINCOS
         out += list(LIBS)
     else:
         out.append("-lm")
