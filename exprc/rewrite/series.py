@@ -6,7 +6,9 @@ The rule in :mod:`exprc.rewrite.rules.stability.cancellation` replaces it by the
 ``sum_{n > m} a_n u^n`` for ``|u| < r`` and keeps the formula beyond ``r``; this module
 chooses ``r`` and the number of terms so that both sides lose at most ~3 bits.  :func:`sum_branch`
 does the same for several functions of one argument whose leading terms cancel (``tan(x) - sin(x)``:
-the combined series, rule ``series_difference``).
+the combined series, rule ``series_difference``).  :func:`economize` then shortens the truncated
+series for its interval (Chebyshev economization: ``arctan(x) - x`` needs 19 terms in x**2 on
+|x| < 0.75, not 61).
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ import functools
 import math
 from collections.abc import Callable
 from fractions import Fraction
+
+import numpy as np
 
 #: Functions with a known series at 0, their radius of convergence and a float implementation.
 FUNCTIONS: dict[str, tuple[float, object]] = {
@@ -116,6 +120,73 @@ def _branch(op: str, m: int, ratio: float, most: int) -> tuple[float, int] | Non
     return None
 
 
+#: The relative error :func:`economize` may add to a series (the truncation already allows 2**-56).
+ECONOMY = 2.0 ** -56
+_FIX = 384
+
+
+@functools.cache
+def economize(coeffs: tuple[Fraction, ...], r: float) -> tuple[Fraction, ...]:
+    """``sum(coeffs[i] u**i)`` on ``|u| <= r`` with fewer terms, within a relative error of
+    :data:`ECONOMY` everywhere on the interval (Lanczos' economization).
+
+    The series is ``u**lo P(t)`` with ``t = u**2`` when its terms are all odd or all even powers (then
+    ``t`` runs over [0, r**2]: shifted Chebyshev polynomials), else ``t = u`` on [-r, r].  The top term
+    ``c t**n`` is traded for the lower-degree rest of ``c T_n(t) / lead(T_n)`` while the sum of what
+    the trades cost (each at most ``|c| / lead(T_n)`` on the interval) stays below ``ECONOMY`` times
+    the smallest ``|P|`` there: the error is relative to the series' own value, since ``P(0)`` is its
+    lowest coefficient.  Returned as coefficients of powers of u, as given."""
+    nonzero = [i for i, c in enumerate(coeffs) if c]
+    if len(nonzero) < 3:
+        return coeffs
+    lo = nonzero[0]
+    step = 2 if all((i - lo) % 2 == 0 for i in nonzero) else 1
+    p = [Fraction(coeffs[i]) for i in range(lo, nonzero[-1] + 1, step)]
+    a, b = (Fraction(0), Fraction(r) ** 2) if step == 2 else (-Fraction(r), Fraction(r))
+    values = np.polyval([float(c) for c in reversed(p)], np.linspace(float(a), float(b), 257))
+    smallest = float(np.min(np.abs(values)))
+    if not smallest > 0 or np.any(np.sign(values) != np.sign(values[0])):
+        return coeffs  # (P vanishes on the interval: no relative bound to keep)
+    budget, spent = ECONOMY * smallest, 0.0
+    # Fixed point (integers scaled by 2**_FIX): exact fractions took 20-45 ms a series; what these
+    # round is below 2**-400 of the coefficients, far under the budget.
+    one = 1 << _FIX
+
+    def fix(x: Fraction) -> int:
+        return (x.numerator << _FIX) // x.denominator
+
+    q = [fix(c) for c in p]
+    # T_n(s) with s = (2t - a - b) / (b - a): the Chebyshev polynomials of the interval, in powers of t
+    lin = [fix(-(a + b) / (b - a)), fix(2 / (b - a))]
+    cheb = [[one], lin]
+    while len(cheb) < len(q):
+        prev, cur = cheb[-2], cheb[-1]
+        nxt = [0] * (len(cur) + 1)
+        for i, c in enumerate(cur):
+            for j, l in enumerate(lin):
+                nxt[i + j] += (2 * c * l) >> _FIX
+        for i, c in enumerate(prev):
+            nxt[i] -= c
+        cheb.append(nxt)
+    while len(q) > 2:
+        n = len(q) - 1
+        c, lead = q[n], cheb[n][n]  # (|T_n| <= 1 on the interval)
+        cost = abs(c / lead)
+        if spent + cost > budget:
+            break
+        spent += cost
+        for i in range(n):
+            q[i] -= (c * cheb[n][i]) // lead
+        q.pop()
+    if len(q) == len(p):
+        return coeffs
+    p = [Fraction(c, one) for c in q]
+    out = [Fraction(0)] * (lo + step * (len(p) - 1) + 1)
+    for j, c in enumerate(p):
+        out[lo + step * j] = c
+    return tuple(out)
+
+
 #: Terms of the combined series compared when checking that leading terms cancel (a prefix: the full
 #: lists are built only for a sum that does cancel).
 _HEAD = 12
@@ -198,6 +269,6 @@ def sum_branch(fns: tuple[tuple, ...],
             if tail < 2.0 ** -56 * rest:
                 if any(series_cond(s * r * t, n) > 4 for s in (1, -1) for t in (1.0, 0.5, 0.25)):
                     return None
-                return r, tuple(a_full[:n])
+                return r, economize(tuple(a_full[:n]), r)
         return None
     return None

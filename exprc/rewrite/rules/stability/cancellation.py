@@ -129,7 +129,7 @@ def taylor_cancellation(node: Node) -> Node | None:
     near = f("abs", u) < k(r, u)
     if shift:  # (u = 0 keeps the formula's 0/0: the series would fill the hole)
         near = make("and", near, make("ne", u, k(0.0, u)))
-    return F.where(near, scale(F.horner(u, coeffs, node), c), F.freeze(node))
+    return F.where(near, scale(_odd_even_horner(u, coeffs, node), c), F.freeze(node))
 
 
 def _taylor_series(view: SumView | None) -> tuple[Node, list[Fraction], Fraction, float, int] | None:
@@ -167,7 +167,8 @@ def _taylor_series(view: SumView | None) -> tuple[Node, list[Fraction], Fraction
             r, n = br
             a = SERIES.coefficients(op, n)
             # (sum_{i > top} a_i u**(i - k): the u**k it was divided by taken off each power)
-            return u, [Fraction(0)] * (top + 1 - shift) + list(a[top + 1:n]), c, r, shift
+            series = SERIES.economize(tuple([Fraction(0)] * (top + 1 - shift) + list(a[top + 1:n])), r)
+            return u, list(series), c, r, shift
     return None
 
 
