@@ -484,6 +484,20 @@ def test_gradients_of_naive_formulas_come_out_stable():
         assert bits_lost(got, reference(exact, [d])).max() <= 4, (exprc.pprint(f.graph.outputs[0]), got)
 
 
+def test_swish_gradient_in_the_subnormal_tail():
+    """d/dx x sigmoid(x) below -708, where sigmoid(x) is subnormal: swish_tail's (x h) h, h = exp(x/2),
+    differentiates into products of normal numbers (exp(x + log(-x)) lost 8 bits to the sum's rounding)."""
+    x = exprc.vector("x")
+    d = -np.exp(np.random.default_rng(3).uniform(np.log(708.0), np.log(716.0), 400))
+    for backend in ("numpy", None):
+        f = exprc.function([x], [x * exprc.sigmoid(x), exprc.grad(exprc.sum(x * exprc.sigmoid(x)), x)],
+                           backend=backend)
+        value, slope = f(d)
+        assert bits_lost(value, reference(lambda m, x: x / (1 + m.exp(-x)), [d])).max() <= 3
+        exact = reference(lambda m, x: 1 / (1 + m.exp(-x)) + x * m.exp(-x) / (1 + m.exp(-x)) ** 2, [d])
+        assert bits_lost(slope, exact).max() <= 4, backend
+
+
 def test_log_softmax_and_softmax_of_a_confident_prediction():
     """The largest logit's log-probability is -1.9e-15, not 0; a 1e-270 probability keeps its digits."""
     x = exprc.vector("x")

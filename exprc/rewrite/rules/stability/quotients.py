@@ -36,7 +36,6 @@ from exprc.rewrite.rules.stability._common import (
     stability_rule,
     sub,
     sum_of_exp,
-    two_sum,
     view_of,
 )
 
@@ -327,16 +326,16 @@ def erfc_exact_argument(node: Node, a: Node) -> Node | None:
 
 @stability_rule("swish_tail", P("mul", X("a"), X("b")))
 def swish_tail(node: Node, a: Node, b: Node) -> Node | None:
-    """u * sigmoid(u) (swish, SiLU) -> -exp(u + log(-u)) for u < -708: there sigmoid(u) = exp(u) is
-    subnormal, with few significant bits, and the product by |u| (up to 745) scales its rounding
-    error up to 8 bits of the result.  Summed in the exponent (the sum's rounding carried by
-    TwoSum: exp(s + e) = exp(s) (1 + e)), the tail is right to a few ulps."""
+    """u * sigmoid(u) (swish, SiLU) -> (u h) h with h = exp(u/2) for u < -708: there sigmoid(u) = exp(u)
+    is subnormal, with few significant bits, and the product by |u| (up to 745) scales its rounding
+    error up to 8 bits of the result.  exp(u/2) is a normal number down to u = -1416, so both products
+    round once each in the normal range (2 bits at most against mpmath over [-746, -708]), and so does
+    their derivative: the previous exp(u + log(-u)) with a TwoSum correction was as good for the value,
+    but its gradient exp(fl(u + log(-u))) lost 8 bits to the rounding of the sum."""
     for u, sg in ((a, b), (b, a)):
         if sg.op == "sigmoid" and sg.inputs[0] is u and u.dtype == "float64":
-            s, e = two_sum(u, f("log", F.neg(u)))
-            es = f("exp", s)
-            tail = F.neg(add(es, mul(es, e)))  # (e not in a sum: a sum view would cancel its terms)
-            return F.guard(u < k(-708.0, u), tail, F.freeze(node))
+            h = f("exp", scale(u, HALF))
+            return F.guard(u < k(-708.0, u), F.freeze(mul(mul(u, h), h)), F.freeze(node))
     return None
 
 
