@@ -66,3 +66,15 @@ def assert_same_bits(a, b) -> None:
 @pytest.fixture
 def close():
     return assert_close
+
+
+@pytest.fixture
+def cache_dir(tmp_path, monkeypatch):
+    """A fresh, empty compile cache ($EXPRC_CACHE_DIR) and an empty in-process memo for one test."""
+    from exprc.function import clear_memo
+
+    d = tmp_path / "cache"
+    monkeypatch.setenv("EXPRC_CACHE_DIR", str(d))
+    clear_memo()
+    yield d
+    clear_memo()

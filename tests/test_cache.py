@@ -29,15 +29,6 @@ ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.skipif(cc.probe(Config(cache=False)) is not None, reason="no working C compiler")
 
 
-@pytest.fixture
-def cache_dir(tmp_path, monkeypatch):
-    d = tmp_path / "cache"
-    monkeypatch.setenv("EXPRC_CACHE_DIR", str(d))
-    clear_memo()
-    yield d
-    clear_memo()
-
-
 def run_py(code: str, cache_dir: Path, *args: str, timeout: float = 120) -> dict:
     """Run ``code`` in a fresh interpreter on ``cache_dir``; it prints one JSON line last."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "EXPRC_CACHE_DIR": str(cache_dir)}

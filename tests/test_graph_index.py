@@ -29,16 +29,15 @@ pytestmark = pytest.mark.skipif(cc.probe(Config(cache=False)) is not None, reaso
 
 
 @pytest.fixture
-def cache_dir(tmp_path, monkeypatch):
-    d = tmp_path / "cache"
-    monkeypatch.setenv("EXPRC_CACHE_DIR", str(d))
+def index_cache(cache_dir, monkeypatch):
+    """conftest's fresh cache, with the index on whatever ran before in this process."""
     monkeypatch.delenv("EXPRC_GRAPH_INDEX", raising=False)
     # Tests that ran before in this process may have registered rules of their own, which turns the
     # index off (as it must for a user); none of them matches the graphs here.
     generation = core.GENERATION[0]
     core.GENERATION[0] = 0
     clear_memo()
-    yield d
+    yield cache_dir
     clear_memo()
     core.GENERATION[0] = generation
 
@@ -66,10 +65,10 @@ def _no_full_path(monkeypatch):
     monkeypatch.setattr(fn, "_compile", boom)
 
 
-def test_hit_skips_the_compile_and_gives_the_same_function(cache_dir, monkeypatch):
+def test_hit_skips_the_compile_and_gives_the_same_function(index_cache, monkeypatch):
     a, b, e = _graph()
     f = exprc.function([a, b], e)
-    assert len(_records(cache_dir)) == 1
+    assert len(_records(index_cache)) == 1
     x, y = np.linspace(-3, 3, 101), np.linspace(-2, 5, 101)
     expected = f(x, y)
     clear_memo()
@@ -85,7 +84,7 @@ def test_hit_skips_the_compile_and_gives_the_same_function(cache_dir, monkeypatc
     assert "exprc_run" in g.source and g.source == f.source  # rendered on demand
 
 
-def test_renamed_inputs_share_a_record_and_keep_their_own_names(cache_dir, monkeypatch):
+def test_renamed_inputs_share_a_record_and_keep_their_own_names(index_cache, monkeypatch):
     a, b, e = _graph()
     exprc.function([a, b], e)
     p, q = exprc.vector("p"), exprc.vector("q")
@@ -98,7 +97,7 @@ def test_renamed_inputs_share_a_record_and_keep_their_own_names(cache_dir, monke
         g(np.ones(3), np.ones((3, 3)))
 
 
-def test_key_follows_everything_that_decides_the_kernel(cache_dir):
+def test_key_follows_everything_that_decides_the_kernel(index_cache):
     cfg = current()
     a, b = exprc.vector("a"), exprc.vector("b")
     a32 = exprc.vector("a", dtype="float32")
@@ -128,7 +127,7 @@ def test_key_follows_everything_that_decides_the_kernel(cache_dir):
     assert key([b, a], b * 2.0 + a) == base
 
 
-def test_key_is_the_same_in_every_process(cache_dir):
+def test_key_is_the_same_in_every_process(index_cache):
     code = textwrap.dedent("""
         import exprc
         from exprc import graph_index
@@ -137,7 +136,7 @@ def test_key_is_the_same_in_every_process(cache_dir):
         out = exprc.logsumexp(b * a + 1.5, axis=1) - exprc.tanh(a).sum()
         print(graph_index.key("c", [a, b], [out], current()))
     """)
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "EXPRC_CACHE_DIR": str(cache_dir), "PYTHONHASHSEED": "0"}
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "EXPRC_CACHE_DIR": str(index_cache), "PYTHONHASHSEED": "0"}
     keys = set()
     for seed in ("1", "2"):
         env["PYTHONHASHSEED"] = seed
@@ -147,7 +146,7 @@ def test_key_is_the_same_in_every_process(cache_dir):
     assert len(keys) == 1 and len(next(iter(keys))) == 32
 
 
-def test_a_warm_process_loads_no_rules_fusion_renderer(cache_dir):
+def test_a_warm_process_loads_no_rules_fusion_renderer(index_cache):
     code = textwrap.dedent("""
         import json, sys
         import numpy as np
@@ -164,7 +163,7 @@ def test_a_warm_process_loads_no_rules_fusion_renderer(cache_dir):
                           "loaded": sorted(m for m in ("exprc.rewrite.rules", "exprc.backends.c.render",
                                                        "exprc.pipeline_passes") if m in sys.modules)}))
     """)
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "EXPRC_CACHE_DIR": str(cache_dir)}
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "EXPRC_CACHE_DIR": str(index_cache)}
     runs = [json.loads(subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                                       timeout=120, check=True).stdout.strip().splitlines()[-1]) for _ in range(2)]
     cold, warm = runs
@@ -211,11 +210,11 @@ def _corruptions(record: Path):
 @pytest.mark.parametrize("case", ["truncated", "empty", "garbage", "payload bit flipped", "checksum of other bytes",
                                   "other format", "os.system in a signed pickle", "signed pickle of another shape",
                                   "input index out of range"])
-def test_a_bad_record_is_a_miss_and_is_rewritten(cache_dir, case):
+def test_a_bad_record_is_a_miss_and_is_rewritten(index_cache, case):
     a, b, e = _graph()
     x, y = np.linspace(-3, 3, 11), np.linspace(-2, 5, 11)
     expected = exprc.function([a, b], e)(x, y)
-    (record,) = _records(cache_dir)
+    (record,) = _records(index_cache)
     good = record.read_bytes()
     bad = dict(_corruptions(record))[case]
     record.write_bytes(bad)
@@ -226,11 +225,11 @@ def test_a_bad_record_is_a_miss_and_is_rewritten(cache_dir, case):
 
 
 @pytest.mark.parametrize("kind", ["fifo", "symlink", "directory"])
-def test_a_record_that_is_not_a_regular_file_is_a_miss(cache_dir, kind, tmp_path):
+def test_a_record_that_is_not_a_regular_file_is_a_miss(index_cache, kind, tmp_path):
     a, b, e = _graph()
     x = np.linspace(-1, 1, 5)
     expected = exprc.function([a, b], e)(x, x)
-    (record,) = _records(cache_dir)
+    (record,) = _records(index_cache)
     good = record.read_bytes()
     record.unlink()
     if kind == "fifo":
@@ -244,7 +243,7 @@ def test_a_record_that_is_not_a_regular_file_is_a_miss(cache_dir, kind, tmp_path
     np.testing.assert_array_equal(exprc.function([a, b], e)(x, x), expected)  # no hang, no error
 
 
-def test_an_evicted_library_is_rebuilt(cache_dir):
+def test_an_evicted_library_is_rebuilt(index_cache):
     a, b, e = _graph()
     x = np.linspace(-1, 1, 5)
     f = exprc.function([a, b], e)
@@ -257,12 +256,12 @@ def test_an_evicted_library_is_rebuilt(cache_dir):
     assert cache.STATS["compiles"] == before + 1
 
 
-def test_what_is_not_indexed(cache_dir, monkeypatch):
+def test_what_is_not_indexed(index_cache, monkeypatch):
     a, b, e = _graph()
     x = np.linspace(-1, 1, 5)
     monkeypatch.setenv("EXPRC_GRAPH_INDEX", "0")
     exprc.function([a, b], e)(x, x)
-    assert _records(cache_dir) == []
+    assert _records(index_cache) == []
     monkeypatch.delenv("EXPRC_GRAPH_INDEX")
     exprc.function([a, b], e, profile=True)(x, x)
     exprc.function([a, b], e, backend="numpy")(x, x)
@@ -270,12 +269,12 @@ def test_what_is_not_indexed(cache_dir, monkeypatch):
     exprc.function([a], a * s + 1.0)(x)
     exprc.function([a], a * 3.0, updates=[(s, s * 2.0)])(x)
     exprc.function([a], exprc.log(1 + a), accuracy="search", domain={a: (0.0, 1.0)})
-    assert _records(cache_dir) == []
+    assert _records(index_cache) == []
     assert graph_index.key("c", [a], [a * 2.0], current().replace(cache=False)) is not None  # (the key is)
     assert not graph_index.enabled(current().replace(cache=False))
 
 
-def test_user_rules_and_custom_ops_turn_it_off(cache_dir):
+def test_user_rules_and_custom_ops_turn_it_off(index_cache):
     code = textwrap.dedent("""
         import json
         import exprc
@@ -295,7 +294,7 @@ def test_user_rules_and_custom_ops_turn_it_off(cache_dir):
         after = graph_index.key("c", [x], [exprc.exp(x) + 1.0], current())
         print(json.dumps([before, plain, custom, after]))
     """)
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "EXPRC_CACHE_DIR": str(cache_dir)}
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "EXPRC_CACHE_DIR": str(index_cache)}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120,
                          check=False)
     assert out.returncode == 0, out.stderr
@@ -304,13 +303,13 @@ def test_user_rules_and_custom_ops_turn_it_off(cache_dir):
     assert custom is None and after is None
 
 
-def test_a_deep_graph_is_indexed(cache_dir, monkeypatch):
+def test_a_deep_graph_is_indexed(index_cache, monkeypatch):
     x = exprc.vector("x")
     e = x
     for i in range(3000):
         e = e * 0.999 + (i % 7) if i % 2 else exprc.abs(e) - 0.5
     f = exprc.function([x], e)
-    assert len(_records(cache_dir)) == 1
+    assert len(_records(index_cache)) == 1
     v = np.linspace(-2, 2, 9)
     expected = f(v)
     clear_memo()
@@ -337,9 +336,9 @@ def test_code_fingerprint_follows_the_files(tmp_path):
     graph_index.code_fingerprint.cache_clear()
 
 
-def test_records_are_pruned(cache_dir, monkeypatch):
+def test_records_are_pruned(index_cache, monkeypatch):
     monkeypatch.setattr(graph_index, "MAX_RECORDS", 4)
     x = exprc.vector("x")
     for k in range(7):
         exprc.function([x], x * (k + 2.0) + 1.0)
-    assert 1 <= len(_records(cache_dir)) <= 4
+    assert 1 <= len(_records(index_cache)) <= 4

@@ -385,3 +385,31 @@ def test_series_at_a_cancellation_point_only_where_it_is_dyadic() -> None:
         ctx = type("Ctx", (), {"train": slice(None), "sympy_time": lambda self: __import__("contextlib").nullcontext()})()
         current = type("Cur", (), {"errors": np.where(errs, 30.0, 0.0)})()
         assert candidates._cancellation_points(ctx, e, s, x, current) == want, e
+
+
+def test_regimes_over_two_variables():
+    """candidates.regimes splits a side of its best split again, on another variable: the exact result
+    is 2 in the corner x >= 0, y >= 0.5 and 1 elsewhere, the candidates are the constants 1 and 2.  The
+    best split on one variable (y < 0.5) is still wrong on the points with x < 0 above it; splitting
+    that side on x leaves only those between y = 0.5 and the first threshold (which the mixed side
+    pushed up: greedy, as Herbie's regimes are)."""
+    x, y = exprc.vector("x"), exprc.vector("y")
+    pts = np.random.default_rng(0).uniform(-1, 1, (2, 800))
+    ref = np.where((pts[0] >= 0) & (pts[1] >= 0.5), 2.0, 1.0)
+    ctx = scoring.Context([x, y], [x], [ref], pts, 400, search.Settings(), exprc.Config())
+    one, two = ctx.score([x * 0.0 + 1.0]), ctx.score([y * 0.0 + 2.0])
+    out = candidates.regimes(ctx, [one, two])
+    single = [s for s in out if s.source.startswith("regime on")]
+    assert single and all(s.source.startswith(("regime on", "regimes:")) for s in out)
+    best_single = min(single, key=lambda s: s.key(ctx.train))
+    best = min(out, key=lambda s: s.key(ctx.train))
+
+    def wrong(s, sl):
+        return float(np.mean(s.errors[sl] > 1))  # the share of points given the wrong constant
+
+    assert best.source.startswith("regimes: x < ") and "where y >= " in best.source, best.source
+    assert wrong(best_single, ctx.train) > 0.08 and wrong(best, ctx.train) < 0.03
+    assert wrong(best, ctx.valid) < 0.04
+    f = exprc.function([x, y], best.outputs[0], backend="numpy")
+    np.testing.assert_array_equal(f(np.array([-0.5, -0.5, 0.5, 0.5]), np.array([0.0, 0.9, 0.0, 0.9])),
+                                  [1.0, 1.0, 1.0, 2.0])

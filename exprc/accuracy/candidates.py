@@ -268,7 +268,8 @@ def _split(near: np.ndarray, inside: np.ndarray, outside: np.ndarray, train: sli
 
 
 def regimes(ctx: Context, pool: list[Scored]) -> list[Scored]:
-    """``where(x < t, a, b)`` for the best candidate and each of the next few, one variable at a time."""
+    """``where(x < t, a, b)`` for the best candidate and each of the next few, one variable at a time;
+    then the best of those splits with each side split again (:func:`_second_regimes`)."""
     from exprc import api
 
     ranked = sorted({id(s): s for s in pool}.values(), key=lambda s: s.key(ctx.train))
@@ -276,6 +277,7 @@ def regimes(ctx: Context, pool: list[Scored]) -> list[Scored]:
         return []
     best = ranked[0]
     out = []
+    splits: list[tuple[Scored, int, float, Scored, Scored]] = []
     for other in ranked[1:6]:
         for vi, var in enumerate(ctx.inputs):
             x = ctx.points[vi, ctx.train]
@@ -285,7 +287,52 @@ def regimes(ctx: Context, pool: list[Scored]) -> list[Scored]:
                     continue
                 t = refine_boundary(ctx, gap, left.outputs, right.outputs, float)
                 outs = [api.where(var < t, a, b) for a, b in zip(left.outputs, right.outputs)]
-                out.append(ctx.score(outs, f"regime on {var.arg('name') or f'input {vi}'} < {t:.6g}"))
+                split = ctx.score(outs, f"regime on {_name(var, vi)} < {t:.6g}")
+                out.append(split)
+                splits.append((split, vi, t, left, right))
+    return out + _second_regimes(ctx, ranked[:6], splits)
+
+
+def _name(var: Node, i: int) -> str:
+    return var.arg("name") or f"input {i}"
+
+
+#: A side of a split needs this many training points to be split again.
+MIN_SIDE = 8
+
+
+def _second_regimes(ctx: Context, ranked: list[Scored],
+                    splits: list[tuple[Scored, int, float, Scored, Scored]]) -> list[Scored]:
+    """Regimes over more than one variable: the best single split ``where(x < t, a, b)`` with one side
+    split again, on any input (another one: a regime over two variables; the same: a third segment),
+    between that side's form and each of the other candidates, on that side's training points only:
+    ``where(x < t, where(y < s, a, c), b)`` or ``where(x < t, a, where(y < s, b, c))``."""
+    from exprc import api
+
+    if not splits:
+        return []
+    _, vi, t, left, right = min(splits, key=lambda z: z[0].key(ctx.train))
+    var, x = ctx.inputs[vi], ctx.points[vi, ctx.train]
+    out = []
+    for below, keep in ((True, left), (False, right)):
+        side = x < t if below else ~(x < t)
+        if int(side.sum()) < MIN_SIDE:
+            continue
+        for other in ranked:
+            if other is keep:
+                continue
+            for wi, w in enumerate(ctx.inputs):
+                xw = ctx.points[wi, ctx.train][side]
+                for a, b in ((keep, other), (other, keep)):
+                    gap = _threshold(xw, a.errors[ctx.train][side], b.errors[ctx.train][side])
+                    if gap is None:
+                        continue
+                    s = refine_boundary(ctx, gap, a.outputs, b.outputs, float)
+                    inner = [api.where(w < s, p, q) for p, q in zip(a.outputs, b.outputs)]
+                    outs = [api.where(var < t, i, r) if below else api.where(var < t, lft, i)
+                            for i, lft, r in zip(inner, left.outputs, right.outputs)]
+                    where_ = f"{_name(var, vi)} {'<' if below else '>='} {t:.6g}"
+                    out.append(ctx.score(outs, f"regimes: {_name(w, wi)} < {s:.6g} where {where_}"))
     return out
 
 

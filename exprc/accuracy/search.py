@@ -24,7 +24,9 @@ the whole output gets measurably closer to the exact result.  Read :func:`search
 5. **Score** each candidate by the bits lost of the whole output against the exact reference of the
    user's formula (computed once); keep the best (ties: fewer nodes, then the printed text).
 6. **Regimes**: two candidates joined by ``where(x < t, a, b)`` for one variable, ``t`` between two
-   sorted sample points, chosen to minimise the training error.
+   sorted sample points, chosen to minimise the training error; then the best such split with one
+   side split again on any variable (``where(x < t, a, where(y < s, b, c))``: regimes over two
+   variables, or a third segment of one).
 7. **Never worse**: a change is accepted only when it lowers the mean bits on the validation points,
    does not raise their maximum, and no sampled point is more than 1 bit worse than the default
    pipeline (a NaN or Inf the default got right counts 64 bits, so those are kept).
@@ -86,7 +88,7 @@ from exprc.pipeline import FunctionGraph, optimize
 MODES = ("default", "search")
 
 #: Version of the search algorithm, part of the cache key: bump it when a change alters what it chooses.
-ALGORITHM = "12"  # (12: reductions' operands; 11: series at a dyadic cancellation point; rare guards (invert) are searchable)
+ALGORITHM = "13"  # (13: nested regimes; 12: reductions' operands; 11: series at a dyadic cancellation point; rare guards (invert) are searchable)
 
 #: Never worse: no sampled point may lose more than 1 bit against the default pipeline, except that a
 #: point may go up to this many bits (3 ulps): a default that is exact at x = 1 by luck must not veto a
