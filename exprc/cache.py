@@ -41,7 +41,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
-import hashlib
 import json
 import os
 import re
@@ -60,6 +59,7 @@ from typing import Any, TypeVar
 
 from exprc._version import __version__
 from exprc.config import Config
+from exprc.digest import sha256
 from exprc.errors import CacheError
 
 T = TypeVar("T")
@@ -171,7 +171,7 @@ def ensure_folder(r: Path, name: str, what: str) -> Path:
 # -- keys ---------------------------------------------------------------------------------------------------------
 def entry_key(name: str, source: str, parts: dict[str, str]) -> str:
     """``<name>-<hash12>``: sha256 over the sorted named parts and the source (stable across processes)."""
-    h = hashlib.sha256()
+    h = sha256()
     for k in sorted(parts):
         h.update(f"{k}={parts[k]}\n".encode())
     h.update(b"source\n")
@@ -313,7 +313,7 @@ def _sha256_at(name: str | Path, limit: int, dir_fd: int | None = None, private:
         if private and (st.st_uid != os.getuid() or st.st_mode & 0o022):
             raise _BadFile(f"is owned by uid {st.st_uid} or writable by other users (mode "
                            f"{stat.S_IMODE(st.st_mode):o}): its contents could be replaced")
-        h = hashlib.sha256()
+        h = sha256(size=st.st_size)
         for b in _chunks(fd, st, limit):
             h.update(b)
         return h.hexdigest()

@@ -34,7 +34,6 @@ unpickler that resolves only exprc, NumPy and a few builtin names.
 from __future__ import annotations
 
 import functools
-import hashlib
 import io
 import os
 import pickle
@@ -49,6 +48,7 @@ import numpy as np
 from exprc import cache
 from exprc._version import __version__
 from exprc.config import Config
+from exprc.digest import sha256
 from exprc.errors import CacheError
 from exprc.graph import ConstValue, Node, toposort
 from exprc.types import TensorType
@@ -88,7 +88,7 @@ def key(backend: str, inputs: Sequence[Node], outputs: Sequence[Node], cfg: Conf
         return None
     position = {n: i for i, n in enumerate(inputs)}
     row: dict[Node, int] = {}
-    h = hashlib.sha256(FORMAT)
+    h = sha256(FORMAT)
     parts = dict(module.index_parts(cfg))
     for head in (f"exprc {__version__}", f"code {code_fingerprint()}", f"backend {backend}", f"config {cfg!r}",
                  *(f"{k}={parts[k]}" for k in sorted(parts))):
@@ -121,7 +121,7 @@ def _canon(value: Any) -> Any:
         return (type(value).__name__, *(_canon(v) for v in value))
     if isinstance(value, ConstValue):
         a = value.array
-        return ("const", a.dtype.str, a.shape, hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest())
+        return ("const", a.dtype.str, a.shape, sha256(np.ascontiguousarray(a).tobytes()).hexdigest())
     if isinstance(value, np.generic):
         return ("scalar", value.dtype.str, value.tobytes().hex())
     if isinstance(value, np.dtype):
@@ -139,7 +139,7 @@ def _canon(value: Any) -> Any:
 def code_fingerprint(package: str | None = None) -> str:
     """A hash of the path, size and modification time of every file of the exprc package (or of the
     folder ``package``), bytecode caches left out."""
-    h = hashlib.sha256()
+    h = sha256()
     stack = [(package or os.path.dirname(os.path.abspath(__file__)), "")]
     while stack:
         folder, rel = stack.pop()
@@ -190,7 +190,7 @@ def lookup(backend: str, record: str, inputs: Sequence[Node], cfg: Config) -> tu
     if len(data) < head or not data.startswith(FORMAT):
         return None
     payload = data[head:]
-    if hashlib.sha256(payload).hexdigest().encode() + b"\n" != data[len(FORMAT):head]:
+    if sha256(payload).hexdigest().encode() + b"\n" != data[len(FORMAT):head]:
         return None
     try:
         _nodes, (saved_record, graph, state) = _Unpickler(io.BytesIO(payload), inputs).load()
@@ -221,7 +221,7 @@ def store(record: str, graph: Any, kernel: Any, inputs: Sequence[Node], cfg: Con
     folder = _folder(cfg, create=True)
     if folder is None:
         return False
-    data = FORMAT + hashlib.sha256(payload).hexdigest().encode() + b"\n" + payload
+    data = FORMAT + sha256(payload).hexdigest().encode() + b"\n" + payload
     try:
         fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
         try:

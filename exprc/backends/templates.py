@@ -9,8 +9,9 @@ spliced into a target's prelude at the marker below.
 
 from __future__ import annotations
 
-import hashlib
 from importlib import resources
+
+from exprc.digest import sha256
 
 _SPLICE = "/* exprc: numpy_semantics.h is spliced in here by the renderer */\n"
 
@@ -41,7 +42,7 @@ _RANDOM_SPLICE = ("/* exprc: the polynomial helpers (exprc_rlog, exprc_rcossin2p
 def digest(*texts: str) -> str:
     """A short hash of template texts: a cache-key part, so that editing a template invalidates
     the binaries built from it."""
-    return hashlib.sha256("".join(texts).encode()).hexdigest()[:16]
+    return sha256("".join(texts).encode()).hexdigest()[:16]
 
 
 __all__ = ["digest", "prelude", "random_helpers", "read"]

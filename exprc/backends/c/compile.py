@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import hashlib
 import json
 import os
 import shutil
@@ -19,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from exprc.config import Config
+from exprc.digest import sha256
 from exprc.errors import CacheError, CompileError
 
 #: The line the renderer puts between translation units (:func:`units` splits a large source there).
@@ -96,7 +96,7 @@ def _facts(cfg: Config) -> tuple[str | None, str, bool, bool, bool]:
         return _probe(cc)
     real = os.path.realpath(exe)
     st = os.stat(real)
-    ident = hashlib.sha256(f"{cc}\n{real}\n{st.st_size}\n{st.st_mtime_ns}".encode()).hexdigest()[:16]
+    ident = sha256(f"{cc}\n{real}\n{st.st_size}\n{st.st_mtime_ns}".encode()).hexdigest()[:16]
     try:
         path = cache.ensure_folder(cache.ensure_root(cfg), "toolchain", "toolchain folder") / f"{ident}.json"
     except OSError:  # the cache cannot be written: probe (cache.load warns and builds privately)
@@ -263,7 +263,6 @@ def _run(cmds: list[list[str]], src: Path) -> None:
 @functools.lru_cache(maxsize=1)
 def cpu_features() -> str:
     """A digest of the CPU's feature flags: ``-march=native`` binaries are CPU-specific."""
-    import hashlib
     import platform
 
     flags_line = ""
@@ -275,7 +274,7 @@ def cpu_features() -> str:
                     break
     except OSError:
         pass
-    return f"{platform.machine()}-{hashlib.sha256(flags_line.encode()).hexdigest()[:12]}"
+    return f"{platform.machine()}-{sha256(flags_line.encode()).hexdigest()[:12]}"
 
 
 _HELPERS: dict[str, Any] = {}
