@@ -298,21 +298,28 @@ def _chunks(fd: int, st: os.stat_result, limit: int) -> Iterator[bytes]:
         yield b
 
 
-def _read_at(name: str | Path, limit: int, dir_fd: int | None = None) -> bytes:
+def _read_at(name: str | Path, limit: int, dir_fd: int | None = None, private: bool = False) -> bytes:
     fd, st = _open_regular(name, dir_fd)
     try:
+        if private:
+            _check_private(st)
         return b"".join(_chunks(fd, st, limit))
     finally:
         os.close(fd)
+
+
+def _check_private(st: os.stat_result) -> None:
+    if st.st_uid != os.getuid() or st.st_mode & 0o022:
+        raise _BadFile(f"is owned by uid {st.st_uid} or writable by other users (mode "
+                       f"{stat.S_IMODE(st.st_mode):o}): its contents could be replaced")
 
 
 def _sha256_at(name: str | Path, limit: int, dir_fd: int | None = None, private: bool = False) -> str:
     """sha256 of a regular file; ``private``: also refuse one other users own or can write (in place)."""
     fd, st = _open_regular(name, dir_fd)
     try:
-        if private and (st.st_uid != os.getuid() or st.st_mode & 0o022):
-            raise _BadFile(f"is owned by uid {st.st_uid} or writable by other users (mode "
-                           f"{stat.S_IMODE(st.st_mode):o}): its contents could be replaced")
+        if private:
+            _check_private(st)
         h = sha256(size=st.st_size)
         for b in _chunks(fd, st, limit):
             h.update(b)
@@ -321,11 +328,12 @@ def _sha256_at(name: str | Path, limit: int, dir_fd: int | None = None, private:
         os.close(fd)
 
 
-def read_file(path: Path, limit: int = FILE_MAX_BYTES, what: str = "cache file") -> bytes:
-    """The bytes of ``path``, a regular file of at most ``limit`` bytes (no symlink, FIFO or device):
+def read_file(path: Path, limit: int = FILE_MAX_BYTES, what: str = "cache file", private: bool = False) -> bytes:
+    """The bytes of ``path``, a regular file of at most ``limit`` bytes (no symlink, FIFO or device;
+    ``private``: owned by this user and writable by no other, as a library must be to be loaded):
     raises :class:`CacheError` naming the file otherwise, ``OSError`` when it cannot be read."""
     try:
-        return _read_at(path, limit)
+        return _read_at(path, limit, private=private)
     except _BadFile as exc:
         raise CacheError(f"exprc: refusing to read the {what} {path}: it {exc}. Remove it (`exprc cache verify "
                          "--fix` removes broken entries).") from None

@@ -69,6 +69,11 @@ class ConstValue:
     def __repr__(self) -> str:
         return np.array2string(self.array, threshold=6) if self.array.ndim else repr(self.array.item())
 
+    def __reduce__(self) -> tuple:
+        # (rebuilt from the array: the hash of the bytes differs between processes, so a pickled
+        # _hash would make an equal constant a different node)
+        return ConstValue, (self.array,)
+
 
 class Node:
     """One immutable, interned expression node.

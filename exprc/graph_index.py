@@ -28,17 +28,21 @@ Records are files ``graphs/<key>`` in the compile cache's root, which is checked
 permissions) before anything is read from it: the index trusts that folder as the cache trusts
 the libraries it loads.  A record is ``FORMAT``, the sha256 of the payload and the payload: a
 pickle whose graph inputs are references to the caller's inputs by position, read back by an
-unpickler that resolves only exprc, NumPy and a few builtin names.
+unpickler that resolves only the globals in :data:`_GLOBALS` (the classes store() writes, and NumPy's
+array and dtype constructors), from a file owned by this user that no other can write.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import io
 import os
 import pickle
+import struct
 import sys
 import tempfile
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -51,6 +55,7 @@ from exprc.config import Config
 from exprc.digest import sha256
 from exprc.errors import CacheError
 from exprc.graph import ConstValue, Node, toposort
+from exprc.pipeline import FunctionGraph
 from exprc.types import TensorType
 
 FORMAT = b"exprc graph index 1\n"
@@ -59,7 +64,7 @@ FOLDER = "graphs"
 MAX_NODES = 10_000
 #: A record larger than this is neither written nor read.
 RECORD_MAX_BYTES = 32 << 20
-#: When the folder holds more records than this, :func:`store` deletes the least recently written quarter.
+#: When the folder holds more records than this, :func:`store` deletes the least recently used quarter.
 MAX_RECORDS = 4096
 
 
@@ -90,8 +95,10 @@ def key(backend: str, inputs: Sequence[Node], outputs: Sequence[Node], cfg: Conf
     row: dict[Node, int] = {}
     h = sha256(FORMAT)
     parts = dict(module.index_parts(cfg))
-    for head in (f"exprc {__version__}", f"code {code_fingerprint()}", f"backend {backend}", f"config {cfg!r}",
-                 *(f"{k}={parts[k]}" for k in sorted(parts))):
+    # (NumPy folds constants and Python's math picks series terms: their versions decide the graph too)
+    for head in (f"exprc {__version__}", f"code {code_fingerprint()}", f"numpy {np.__version__}",
+                 f"python {sys.version}", f"backend {backend}", f"config {cfg!r}",
+                 f"inputs {[(n.dtype, n.type.shape) for n in inputs]!r}", *(f"{k}={parts[k]}" for k in sorted(parts))):
         h.update(head.encode() + b"\n")
     try:
         for n in order:
@@ -113,16 +120,16 @@ def key(backend: str, inputs: Sequence[Node], outputs: Sequence[Node], cfg: Conf
 
 def _canon(value: Any) -> Any:
     """``value`` as something whose ``repr`` is exact and the same in every process."""
-    if value is None or isinstance(value, (bool, int, str)):
+    if value is None or type(value) in (bool, int, str):
         return value
-    if isinstance(value, float):
-        return ("float", value.hex())
+    if type(value) is float:
+        return ("float", struct.pack("<d", value).hex())  # (every bit: -0.0 and NaN payloads too)
     if isinstance(value, (tuple, list)):
         return (type(value).__name__, *(_canon(v) for v in value))
     if isinstance(value, ConstValue):
         a = value.array
         return ("const", a.dtype.str, a.shape, sha256(np.ascontiguousarray(a).tobytes()).hexdigest())
-    if isinstance(value, np.generic):
+    if isinstance(value, np.generic):  # (np.float64 is a float subclass: its own row, with its dtype)
         return ("scalar", value.dtype.str, value.tobytes().hex())
     if isinstance(value, np.dtype):
         return ("dtype", value.str)
@@ -182,8 +189,9 @@ def lookup(backend: str, record: str, inputs: Sequence[Node], cfg: Config) -> tu
     folder = _folder(cfg, create=False)
     if folder is None:
         return None
-    try:
-        data = cache.read_file(folder / record, RECORD_MAX_BYTES, "graph index record")
+    path = folder / record
+    try:  # (owned by this user and written by no other, as a library must be to be loaded)
+        data = cache.read_file(path, RECORD_MAX_BYTES, "graph index record", private=True)
     except (OSError, CacheError):
         return None
     head = len(FORMAT) + 65
@@ -192,14 +200,19 @@ def lookup(backend: str, record: str, inputs: Sequence[Node], cfg: Config) -> tu
     payload = data[head:]
     if sha256(payload).hexdigest().encode() + b"\n" != data[len(FORMAT):head]:
         return None
-    try:
+    try:  # any record that is not exactly what store() wrote is a miss, never an error
         _nodes, (saved_record, graph, state) = _Unpickler(io.BytesIO(payload), inputs).load()
-    except Exception:  # noqa: BLE001 - any unreadable record is a miss, never an error
+        if (saved_record != record or not isinstance(graph, FunctionGraph)
+                or tuple(graph.inputs) != tuple(inputs)):
+            return None
+        kernel = backends.backend_module(backend).restore(graph, state, cfg)
+    except Exception:  # noqa: BLE001
         return None
-    if saved_record != record or tuple(graph.inputs) != tuple(inputs):
+    if kernel is None:
         return None
-    kernel = backends.backend_module(backend).restore(graph, state, cfg)
-    return None if kernel is None else (graph, kernel)
+    with contextlib.suppress(OSError):
+        os.utime(path)  # (used: _prune deletes the least recently used records)
+    return graph, kernel
 
 
 def store(record: str, graph: Any, kernel: Any, inputs: Sequence[Node], cfg: Config) -> bool:
@@ -238,17 +251,26 @@ def store(record: str, graph: Any, kernel: Any, inputs: Sequence[Node], cfg: Con
 
 
 def _prune(folder: Path) -> None:
-    """Keep at most :data:`MAX_RECORDS` records: delete the least recently written quarter beyond."""
+    """Keep at most :data:`MAX_RECORDS` records (deleting the least recently used quarter beyond), and
+    delete temporary files an interrupted :func:`store` left over an hour ago."""
+    now = time.time()
+    records = []
     with os.scandir(folder) as it:
-        names = [e for e in it if not e.name.startswith(".") and e.is_file(follow_symlinks=False)]
-    if len(names) <= MAX_RECORDS:
+        for e in it:
+            if not e.is_file(follow_symlinks=False):
+                continue
+            if not e.name.startswith("."):
+                records.append(e)
+            elif e.name.startswith(".tmp-"):
+                with contextlib.suppress(OSError):
+                    if now - e.stat(follow_symlinks=False).st_mtime > 3600:
+                        os.unlink(e.path)
+    if len(records) <= MAX_RECORDS:
         return
-    names.sort(key=lambda e: e.stat(follow_symlinks=False).st_mtime)
-    for e in names[:len(names) - MAX_RECORDS * 3 // 4]:
-        try:
+    records.sort(key=lambda e: e.stat(follow_symlinks=False).st_mtime)
+    for e in records[:len(records) - MAX_RECORDS * 3 // 4]:
+        with contextlib.suppress(OSError):
             os.unlink(e.path)
-        except OSError:
-            pass
 
 
 def clear(r: Path) -> int:
@@ -292,9 +314,19 @@ class _Pickler(pickle.Pickler):
         return NotImplemented
 
 
-#: The only modules a record's pickle may name (and from builtins only these names).
-_MODULES = ("exprc.", "numpy.")
-_BUILTINS = frozenset({"slice", "frozenset", "set", "tuple", "list", "dict", "complex", "Ellipsis"})
+#: The only globals a record's pickle may name: the classes of what store() writes, and what pickle
+#: and NumPy need to rebuild arrays and dtypes.  Exact pairs: a dotted name resolved through an
+#: allowed module (exprc.graph_index's os.system) must not get through.
+_GLOBALS = frozenset({
+    ("exprc.backends.layout", "KernelLayout"), ("exprc.backends.layout", "Layout"), ("exprc.fusion", "Kernel"),
+    ("exprc.fusion", "Program"), ("exprc.fusion", "Step"), ("exprc.graph", "ConstValue"),
+    ("exprc.graph_index", "_node"), ("exprc.pipeline", "FunctionGraph"), ("exprc.rewrite.driver", "TraceEntry"),
+    ("exprc.types", "TensorType"), ("numpy", "dtype"), ("numpy", "ndarray"),
+    ("numpy._core.numeric", "_frombuffer"), ("numpy.core.numeric", "_frombuffer"),
+    ("numpy._core.multiarray", "_reconstruct"), ("numpy.core.multiarray", "_reconstruct"),
+    ("copyreg", "_reconstructor"), ("builtins", "slice"), ("builtins", "frozenset"), ("builtins", "set"),
+    ("builtins", "complex"), ("builtins", "object"),
+})
 
 
 class _Unpickler(pickle.Unpickler):
@@ -308,8 +340,7 @@ class _Unpickler(pickle.Unpickler):
         return self._inputs[pid]
 
     def find_class(self, module: str, name: str) -> Any:
-        if (module == "builtins" and name in _BUILTINS) or module.startswith(_MODULES) or module in (
-                "numpy", "copyreg", "collections", "_codecs"):
+        if (module, name) in _GLOBALS:
             return super().find_class(module, name)
         raise pickle.UnpicklingError(f"a graph index record names {module}.{name}")
 

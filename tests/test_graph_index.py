@@ -196,6 +196,15 @@ def _corruptions(record: Path):
     yield "checksum of other bytes", signed(payload)[:head] + payload[:-1] + b"\x00"
     yield "other format", b"exprc graph index 0\n" + good[len(graph_index.FORMAT):]
     yield "os.system in a signed pickle", signed(pickle.dumps(Evil()))
+
+    def short(text: str) -> bytes:
+        return b"\x8c" + bytes([len(text)]) + text.encode()
+
+    # os.system reached as a dotted name through an allowed module (STACK_GLOBAL follows dots)
+    gadget = (b"\x80\x04" + short("exprc.graph_index") + short("os.system") + b"\x93"
+              + short(f"touch {record.parent / 'pwned'}") + b"\x85R.")
+    yield "os.system through exprc.graph_index", signed(gadget)
+    yield "a record of the wrong types", signed(pickle.dumps(([], (record.name, 5, None))))
     yield "signed pickle of another shape", signed(pickle.dumps(("x", 1)))
 
     class Stray(pickle.Pickler):
@@ -208,7 +217,8 @@ def _corruptions(record: Path):
 
 
 @pytest.mark.parametrize("case", ["truncated", "empty", "garbage", "payload bit flipped", "checksum of other bytes",
-                                  "other format", "os.system in a signed pickle", "signed pickle of another shape",
+                                  "other format", "os.system in a signed pickle", "os.system through exprc.graph_index",
+                                  "a record of the wrong types", "signed pickle of another shape",
                                   "input index out of range"])
 def test_a_bad_record_is_a_miss_and_is_rewritten(index_cache, case):
     a, b, e = _graph()
@@ -224,8 +234,8 @@ def test_a_bad_record_is_a_miss_and_is_rewritten(index_cache, case):
     assert record.read_bytes() == good  # the full path wrote it again (the same bytes: deterministic)
 
 
-@pytest.mark.parametrize("kind", ["fifo", "symlink", "directory"])
-def test_a_record_that_is_not_a_regular_file_is_a_miss(index_cache, kind, tmp_path):
+@pytest.mark.parametrize("kind", ["fifo", "symlink", "directory", "writable by others"])
+def test_a_record_that_is_not_a_regular_file_is_a_miss(index_cache, kind, tmp_path, monkeypatch):
     a, b, e = _graph()
     x = np.linspace(-1, 1, 5)
     expected = exprc.function([a, b], e)(x, x)
@@ -237,8 +247,16 @@ def test_a_record_that_is_not_a_regular_file_is_a_miss(index_cache, kind, tmp_pa
     elif kind == "symlink":
         (tmp_path / "elsewhere").write_bytes(good)
         record.symlink_to(tmp_path / "elsewhere")
-    else:
+    elif kind == "directory":
         record.mkdir()
+    else:  # (another user could have put anything there: not read, as such a library is not loaded)
+        record.write_bytes(good)
+        record.chmod(0o666)
+        clear_memo()
+        _no_full_path(monkeypatch)
+        with pytest.raises(AssertionError, match="full compile path"):
+            exprc.function([a, b], e)
+        return
     clear_memo()
     np.testing.assert_array_equal(exprc.function([a, b], e)(x, x), expected)  # no hang, no error
 
@@ -336,9 +354,55 @@ def test_code_fingerprint_follows_the_files(tmp_path):
     graph_index.code_fingerprint.cache_clear()
 
 
-def test_records_are_pruned(index_cache, monkeypatch):
+def test_records_are_pruned_least_recently_used_first(index_cache, monkeypatch):
     monkeypatch.setattr(graph_index, "MAX_RECORDS", 4)
     x = exprc.vector("x")
-    for k in range(7):
+    keys = []
+    for k in range(4):
         exprc.function([x], x * (k + 2.0) + 1.0)
-    assert 1 <= len(_records(index_cache)) <= 4
+        keys.append(graph_index.key("c", [x], [x * (k + 2.0) + 1.0], current()))
+    folder = _records(index_cache)[0].parent
+    for i, key in enumerate(keys):  # written long ago, the first one used since
+        os.utime(folder / key, (1000.0 + i, 1000.0 + i))
+    clear_memo()
+    exprc.function([x], x * 2.0 + 1.0)  # a hit on the first: now the most recently used
+    (folder / "stray").write_bytes(b"")
+    (folder / ".tmp-old").write_bytes(b"")
+    os.utime(folder / ".tmp-old", (1000.0, 1000.0))
+    exprc.function([x], x * 9.0 + 1.0)  # a fifth record and a stray file: 6 > 4, the oldest 3 go
+    names = {p.name for p in _records(index_cache)}
+    assert keys[0] in names and keys[1] not in names and keys[2] not in names
+    assert not (folder / ".tmp-old").exists()
+
+
+def test_restored_constants_are_the_interned_ones_in_another_process(index_cache):
+    """A constant's hash is of its bytes, which Python salts per process: the record must not carry
+    the storing process's, or 2.5 in the restored graph would be another node than a new 2.5."""
+    code = textwrap.dedent("""
+        import json
+        import numpy as np
+        import exprc
+        from exprc.graph import toposort
+        x = exprc.vector("x")
+        f = exprc.function([x], x * 2.5 + 1.25)
+        consts = [n for n in toposort(list(f.graph.outputs)) if n.op == "constant"]
+        same = all(exprc.graph.constant_node(n.value, n.dtype) is n for n in consts)
+        print(json.dumps({"same": same, "n": len(consts), "r": f(np.array([2.0])).tolist()}))
+    """)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "EXPRC_CACHE_DIR": str(index_cache)}
+    out = []
+    for seed in ("1", "2"):
+        env["PYTHONHASHSEED"] = seed
+        run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120,
+                             check=True)
+        out.append(json.loads(run.stdout.strip().splitlines()[-1]))
+    assert len(_records(index_cache)) == 1
+    assert out[0]["n"] >= 1 and all(o["same"] for o in out) and out[0]["r"] == out[1]["r"] == [6.25]
+
+
+def test_unused_inputs_are_part_of_the_key(index_cache):
+    x, y = exprc.vector("x"), exprc.vector("y")
+    y_int = exprc.matrix("y", dtype="int32")
+    assert graph_index.key("c", [x, y], [x * 2.0], current()) != graph_index.key("c", [x, y_int], [x * 2.0],
+                                                                                     current())
+    assert graph_index.key("c", [x, y], [x * 2.0], current()) != graph_index.key("c", [x], [x * 2.0], current())

@@ -148,8 +148,11 @@ def economize(coeffs: tuple[Fraction, ...], r: float) -> tuple[Fraction, ...]:
     if not smallest > 0 or np.any(np.sign(values) != np.sign(values[0])):
         return coeffs  # (P vanishes on the interval: no relative bound to keep)
     budget, spent = ECONOMY * smallest, 0.0
-    # Fixed point (integers scaled by 2**_FIX): exact fractions took 20-45 ms a series; what these
-    # round is below 2**-400 of the coefficients, far under the budget.
+    # Fixed point (integers scaled by 2**_FIX): exact fractions took 20-45 ms a series.  Each step
+    # rounds by 2**-_FIX in absolute terms, far below the budget as long as |P| is not tiny (the
+    # series here have |P| > 1e-4 on their intervals; a smaller one is left as it is).
+    if smallest < 1e-30:
+        return coeffs
     one = 1 << _FIX
 
     def fix(x: Fraction) -> int:
@@ -171,6 +174,8 @@ def economize(coeffs: tuple[Fraction, ...], r: float) -> tuple[Fraction, ...]:
     while len(q) > 2:
         n = len(q) - 1
         c, lead = q[n], cheb[n][n]  # (|T_n| <= 1 on the interval)
+        if lead == 0:
+            break
         cost = abs(c / lead)
         if spent + cost > budget:
             break

@@ -41,6 +41,7 @@ def stability_rule(name: str, pattern: P | str | tuple[str, ...], needs: tuple[s
             return fn(node, **caps)
 
         replace.__doc__ = fn.__doc__
+        replace.__module__ = fn.__module__  # (where the rule comes from: core.register_rule reads it)
         if isinstance(pattern, P):
             rewrite_rule(name, tags, pattern, needs=needs)(replace)
         else:
