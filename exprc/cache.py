@@ -11,7 +11,8 @@ Layout of :func:`root` (one folder per exprc version, Python ABI and platform)::
     dispatch/<name>-<hash12>/  the call dispatcher extension (:mod:`exprc.backends.c.dispatch`): an entry
                             like the others (meta.json, sha256, the same checks) in its own area
     graphs/<key>            the graph index (:mod:`exprc.graph_index`): which entry a user's graph
-                            compiles to, with the optimized graph and the backend's plan (sha256-checked)
+                            compiles to, with the optimized graph and the backend's plan: a pickle read
+                            with an allow-list of classes, sha256- and owner-checked
     .tmp-<key>-XXXX/        an entry being built, or what a killed build left (never loaded)
     .trash-<key>-XXXX/      an entry being deleted
 

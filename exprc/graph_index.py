@@ -4,13 +4,15 @@ The compile cache is keyed by the rendered source, so a process that finds its l
 has still paid for every stage before it: loading the rewrite rules, optimize, lower (fusion) and
 render.  The index keys a record by what decides those stages:
 
-* the user's graph: every node's op, attributes (constants by their bytes), dtype and shape, in
-  :func:`~exprc.graph.toposort` order, inputs by their position (not their names);
+* the user's graph: every node's op, attributes (constants by their bytes, floats by their bits),
+  dtype and shape, in :func:`~exprc.graph.toposort` order, inputs by their position (not their
+  names), and the dtype and shape of every input (used or not);
 * the :class:`~exprc.config.Config` (its ``repr``: every field);
 * the backend and what its module's ``index_parts(cfg)`` names (the C backend: compiler, version,
   flags, templates, CPU: the parts of the library's own cache key);
 * the code that runs the stages: exprc's version and the path, size and modification time of
-  every file of the package (an edited rule or renderer makes every record a miss).
+  every file of the package (an edited rule or renderer makes every record a miss), NumPy's
+  version (it folds constants) and Python's.
 
 and a record holds what the stages made: the optimized :class:`~exprc.pipeline.FunctionGraph`
 and the kernel's ``index_state()`` (the C backend: the lowered program, its layout and the name of
@@ -226,7 +228,7 @@ def store(record: str, graph: Any, kernel: Any, inputs: Sequence[Node], cfg: Con
         # The graph's nodes go first in graph order, so each node's operands are already in the
         # pickle's memo: a deep graph pickles without deep recursion.
         _Pickler(buf, inputs).dump((toposort(graph.outputs), (record, graph, state)))
-    except (pickle.PicklingError, RecursionError, TypeError, AttributeError):
+    except Exception:  # noqa: BLE001 - state that does not pickle (or a graph too deep): no record
         return False
     payload = buf.getvalue()
     if len(payload) > RECORD_MAX_BYTES:

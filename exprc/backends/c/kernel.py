@@ -157,8 +157,7 @@ class CKernel(Kernel):
 
         t0 = time.perf_counter()
         self.program = lower(list(fg.outputs), list(fg.inputs), fuse=fuse, native_matmul=native_matmul,
-                                      rows=cfg.row_fusion and c_passes, epilogues=c_passes,
-                                      host_scalars=c_passes)
+                             rows=cfg.row_fusion and c_passes, epilogues=c_passes, host_scalars=c_passes)
         t1 = time.perf_counter()
         # The cache key hashes the source without its comments (kernel titles, the summary: pprint
         # work that was a fifth of a warm LSTM's function()); the library is built from the source
