@@ -101,6 +101,21 @@ def _closure(roots: list[Node], inputs_of: Any, within: Any) -> set[Node]:
     return seen
 
 
+def _counted(r: Node) -> Node | None:
+    """The flag a sum or mean counts (``sum(flag.astype(float))``, ``sum(where(flag, 1.0, 0.0))``), else
+    None."""
+    src = r.inputs[0]
+    if REDUCTIONS[r.op].combine != "add" or src.dtype not in ("float32", "float64"):
+        return None
+    if src.op == "cast" and src.inputs[0].dtype == "bool":
+        return src.inputs[0]
+    if src.op == "where" and src.inputs[0].dtype == "bool" and all(
+            c.op == "constant" and c.value.size == 1 and float(c.value.reshape(-1)[0]) == want
+            for c, want in zip(src.inputs[1:], (1.0, 0.0))):
+        return src.inputs[0]
+    return None
+
+
 def model_operands(k: Kernel) -> set[Node]:
     """The operands of ``k`` it reads only as the shape model of ``c_call`` ops (random draws)."""
     models = {n.inputs[0] for n in k.body if OPS[n.op].c_call is not None}
@@ -747,8 +762,13 @@ class CRenderer:
                 return (acc_t, init, step + " nanf |= (v != v);", f"reduction({red.omp}:acc) reduction(|:nanf)",
                         "(nanf ? NAN : acc)")
             return acc_t, init, step, f"reduction({red.omp}:acc)", "acc"
-        v = "(v != 0)" if red.accumulate == "flag" else "v"
         fin = "acc / (double)red_total" if red.mean else "acc"
+        if _counted(r) is not None:
+            # A count (the stable logsumexp's count of maxima): v is 0 or 1, so an integer counter gives
+            # the same bits in any order, and the loop adds the comparison's flag itself (render_reduce's
+            # value), not the 1.0-or-0.0 select that gcc compiled into two branches per element there.
+            return "int64_t", "0", "acc += (v != 0);", "reduction(+:acc)", f"(double){fin}"
+        v = "(v != 0)" if red.accumulate == "flag" else "v"
         return acc_t, init, f"acc {red.c_operator}= {v};", f"reduction({red.omp}:acc)", fin
 
     def render_reduce(self, kl: KernelLayout) -> tuple[list[str], list[str]]:
@@ -761,8 +781,12 @@ class CRenderer:
         late = self._epilogue_operands(kl)  # (read only where a result is stored)
         loaded = [j for j in range(n_in) if j not in late]
 
+        counted = _counted(r)
+
         def value(names: dict[Node, str], indent: str) -> list[str]:
             body = self.body(k, names, indent)
+            if counted is not None and counted in names:  # (the flag, not its cast: see _accumulator)
+                return body + [f"{indent}const uint8_t v = {names[counted]};", f"{indent}{combine}"]
             v = names[src] if src in names else c_literal(src.value.reshape(-1)[0], src.dtype)
             return body + [f"{indent}const {C_TYPES[src.dtype]} v = {v};", f"{indent}{combine}"]
 
@@ -796,7 +820,7 @@ class CRenderer:
             main += [f"        {acc_t} acc = {init}; int nanf = 0;",
                      "        for (int64_t c = 0; c < nchunks; c++) {",
                      f"            const {acc_t} v = part[c];",
-                     f"            {combine}",
+                     f"            {'acc += v;' if counted is not None else combine}",  # (partial counts)
                      "            nanf |= pnan[c];",
                      "        }",
                      "        (void)nanf;",
