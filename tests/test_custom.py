@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 import exprc
+from exprc.function import clear_memo
 from exprc.rewrite import C, P, X
 
 
@@ -200,7 +201,22 @@ def test_unused_operand_and_bad_arguments():
         smooth_max(exprc.vector("x"))
 
 
-def test_rewrite_rule_from_a_library():
+@pytest.fixture
+def user_rules():
+    """Rules a test registers are removed after it, and the registry's generation restored: a user rule
+    turns the graph index off for the whole process, which would leave every later test without it."""
+    from exprc.rewrite import core
+
+    core.load_rules()
+    before, generation = set(core.REGISTRY), core.GENERATION[0]
+    yield
+    for name in set(core.REGISTRY) - before:
+        del core.REGISTRY[name]
+    core.GENERATION[0] = generation
+    clear_memo()
+
+
+def test_rewrite_rule_from_a_library(user_rules):
     calls = []
 
     @exprc.rewrite_rule("mylib_swish_of_zero", tags=["canonicalize", "mylib"], pattern=P("swish", C(0.0)))
