@@ -171,14 +171,15 @@ def code_fingerprint(package: str | None = None) -> str:
 
 
 def _folder(cfg: Config, create: bool) -> Path | None:
+    """The records' folder, after the cache's ownership checks (created only when ``create``); None when
+    the cache cannot be used."""
     try:
-        r = cache.ensure_root(cfg) if create else cache.root(cfg)
-        if not create:
-            cache.check_safe(r)
-            path = r / FOLDER
-            cache.check_safe(path, "graph index folder")
-            return path
-        return cache.ensure_folder(r, FOLDER, "graph index folder")
+        if create:
+            return cache.ensure_folder(cache.ensure_root(cfg), FOLDER, "graph index folder")
+        r = cache.root(cfg)
+        cache.check_safe(r)
+        cache.check_safe(r / FOLDER, "graph index folder")
+        return r / FOLDER
     except (OSError, CacheError):
         return None
 

@@ -51,8 +51,9 @@ def _graph():
 
 
 def _records(d: Path) -> list[Path]:
-    folder = cache.root(current()) / graph_index.FOLDER
-    return sorted(p for p in folder.iterdir() if not p.name.startswith(".")) if folder.is_dir() else []
+    """The records in cache folder ``d`` (its one root, per exprc version and Python)."""
+    folders = list(d.glob(f"*/{graph_index.FOLDER}"))
+    return sorted(p for f in folders for p in f.iterdir() if not p.name.startswith("."))
 
 
 def _no_full_path(monkeypatch):

@@ -98,9 +98,6 @@ class Plan(HostPlan):
         self.keep: list[Any] = []  # arrays whose pointers sit in ``ptrs``
 
 
-templates_hash = cc.templates_hash  # (where it was before the graph index needed it without this module)
-
-
 class CKernel(Kernel):
     """A compiled C-backend function (the :class:`~exprc.backends.Kernel` protocol)."""
 
@@ -464,4 +461,4 @@ def _dlopen(path: Any) -> Any:
         return ffi.dlopen(_FFI, path)
 
 
-__all__ = ["CKernel", "Plan", "templates_hash"]
+__all__ = ["CKernel", "Plan"]

@@ -60,7 +60,6 @@ _VECTOR_MATH = re.compile(r"\b(?:exp|log|sin|cos|tan|log1p|expm1|tanh|sinh|cosh|
                           r"atanh|exp2|log2|log10|cbrt|erf|erfc|pow|atan2|hypot)f?\s*\(|"
                           r"\bexprc_(?:sigmoid|softplus|logaddexp|log1mexp|erfcx|tanh)")
 #: Between two kernels of a module: where compile.py may cut it into translation units.
-UNIT_MARK = UNIT
 #: A kernel's entry point (called by ``exprc_run``, possibly from another translation unit).
 KERNEL_SIGNATURE = "EXPRC_HIDDEN void {}(char **restrict ptrs, const int64_t *restrict P, int nthreads)"
 
@@ -1199,7 +1198,7 @@ class CRenderer:
             same = "" if fn == name else f" /* {name} */"
             calls.append(f"    if (first <= {i} && {i} < last) {{ char *a[] = {{{accesses}}}; "
                          f"{fn}(a, P + {kl.p_flag}, nthreads); }}{same}")
-        kernels = f"\n\n{UNIT_MARK}\n".join(texts)
+        kernels = f"\n\n{UNIT}\n".join(texts)
         calls = "\n".join(calls) or "    (void)ptrs; (void)P; (void)nthreads;"
         declarations = "".join(f"{KERNEL_SIGNATURE.format(fn)};\n" for fn in functions.values())
         prelude_text = prelude("c", "c_prelude.h")
@@ -1212,5 +1211,5 @@ class CRenderer:
             prelude_text = "#define EXPRC_PRECISE_MATH 1\n" + prelude_text
         src = string.Template(read("c", "c_module.c")).substitute(
             version=__version__, summary=comment(summary).replace("\n", "; "), prelude=prelude_text,
-            kernels=f"{UNIT_MARK}\n{kernels}", unit=UNIT_MARK, declarations=declarations, dispatch=calls)
+            kernels=f"{UNIT}\n{kernels}", unit=UNIT, declarations=declarations, dispatch=calls)
         return src, lay
