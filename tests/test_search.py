@@ -85,6 +85,37 @@ def test_series_branch_keeps_nan_where_the_formula_is_undefined() -> None:
     assert bits_lost(got, ref).max() <= 4.0
 
 
+def test_a_searched_form_keeps_the_defaults_values_outside_the_domain() -> None:
+    # Inside (-1, 1) the search once preferred (tanh(x) - x)/x to the default's tanh(x)/x - 1: NaN at
+    # +-inf (inf/inf) where the formula's limit is -1.  No score sees outside the domain, so a candidate
+    # must keep the default's values there: not NaN where it is not, finite where it is finite, the
+    # very value at an infinite input.
+    x = exprc.vector("x")
+    expr = exprc.tanh(x) / x - 1
+    default = exprc.function([x], expr)
+    f = exprc.function([x], expr, accuracy="search", domain={x: (-1.0, 1.0)})
+    pts = np.array([-np.inf, np.inf, -1e300, 1e300, -1.7976931348623157e308, 5.0, -7.5, 0.3])
+    with np.errstate(all="ignore"):
+        got, want = f(pts), default(pts)
+    np.testing.assert_array_equal(got[:5], want[:5])
+    assert np.isfinite(got).all()
+    assert bits_lost(got, reference(lambda m, x: m.tanh(x) / x - 1, [pts])).max() <= 4.0
+
+
+def test_keeps_specials() -> None:
+    x, y = exprc.vector("x"), exprc.vector("y")
+    pts = scoring.outside_points([x, y], {0: (-1.0, 1.0), 1: (2.0, 3.0)})
+    assert pts.shape == (2, 20) and np.isinf(pts).sum() == 4
+    assert np.all(pts[1, :10] == 2.5) and np.all(pts[0, 10:] == 0.0)  # (the other input at its middle)
+    one = np.ones(pts.shape[1])
+    assert scoring.keeps_specials([one], [one], pts)
+    nan_at_inf, inf_at_big, other_at_inf = one.copy(), one.copy(), one.copy()
+    nan_at_inf[0], inf_at_big[2], other_at_inf[1] = np.nan, np.inf, 2.0
+    for bad in (nan_at_inf, inf_at_big, other_at_inf):
+        assert not scoring.keeps_specials([bad], [one], pts)
+    assert scoring.keeps_specials([one], [nan_at_inf], pts)  # (a NaN the default gives binds nothing)
+
+
 def test_formula_without_error_keeps_the_default_graph() -> None:
     x, y = exprc.vector("x"), exprc.vector("y")
     expr = x * y + 2.0

@@ -616,6 +616,24 @@ def test_series_difference_near_its_radius_and_at_special_values(i, backend):
         np.testing.assert_array_equal(f(tiny), reference(formula, [tiny]))
 
 
+@pytest.mark.parametrize("backend", ["numpy", None])
+def test_tan_minus_sin_beyond_the_radius_near_multiples_of_two_pi(backend):
+    """tan(x) - sin(x) cancels again wherever x is near 2 pi k, not only near 0: beyond the series'
+    radius it is tan(x) 2 sin(x/2)^2, so huge x near such a multiple (where the vector tan and sin's
+    few ulps were amplified: 9 bits at -1.37e239) stays as accurate as each factor."""
+    x = exprc.vector("x")
+    f = exprc.function([x], exprc.tan(x) - exprc.sin(x), backend=backend)
+    k = np.arange(1, 400)
+    pts = np.concatenate([[-1.3703008834022176e+239], 2 * np.pi * k + 1e-3 * np.cos(k),
+                          np.random.default_rng(3).choice([-1.0, 1.0], 400) * np.geomspace(1.0, 1e300, 400)])
+    with np.errstate(all="ignore"):
+        got, naive = f(pts), np.tan(pts) - np.sin(pts)
+    ref = reference(lambda m, x: m.tan(x) - m.sin(x), [pts])
+    lost, lost_naive = bits_lost(got, ref), bits_lost(naive, ref)
+    assert lost.max() <= 4.0, (pts[np.argmax(lost)], lost.max())
+    assert np.all(lost <= np.maximum(lost_naive, 2.0) + 1.0)
+
+
 #: Formulas the long series branch or series_quotient fix, with the series function that sets the radius.
 LONG_AND_QUOTIENT = [
     (lambda m, x: m.arctan(x) - x, "arctan", 1), (lambda m, x: m.tanh(x) / x - 1, "tanh", 1),

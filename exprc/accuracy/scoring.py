@@ -112,6 +112,40 @@ def draw_points(inputs: Sequence[Node], domain: dict, n: int, seed: int) -> np.n
     return np.array(cols)
 
 
+def outside_points(inputs: Sequence[Node], domain: dict) -> np.ndarray:
+    """Points where one input takes a value the domain may not hold (±inf, ±1e300, ±1e-300, ±0,
+    the float's own extremes) and the others their domain's middle: what a searched form must
+    still get right although no score sees it (see :func:`keeps_specials`)."""
+    ranges = [domain.get(i, DEFAULT_RANGE[v.dtype]) for i, v in enumerate(inputs)]
+    mids = [0.5 * (lo + hi) for lo, hi in ranges]
+    cols = []
+    for i, v in enumerate(inputs):
+        big = float(np.finfo(v.dtype).max)
+        for value in (-math.inf, math.inf, -big, big, -1e300, 1e300, -1e-300, 1e-300, 0.0, -0.0):
+            if math.isfinite(value) and abs(value) > big:
+                continue  # (1e300 in float32)
+            col = list(mids)
+            col[i] = float(np.asarray(value, dtype=v.dtype))
+            cols.append(col)
+    return np.array(cols).T
+
+
+def keeps_specials(got: Sequence[np.ndarray], default: Sequence[np.ndarray], points: np.ndarray) -> bool:
+    """Whether a candidate's values ``got`` at :func:`outside_points` keep what the default
+    pipeline's values ``default`` get right: not NaN where the default is not, finite where the
+    default is finite, and equal to the default where an input is infinite (a limit: tanh(x)/x - 1
+    is -1 at -inf, and the search's (tanh(x) - x)/x is NaN there)."""
+    at_inf = np.isinf(points).any(axis=0)
+    for g, d in zip(got, default):
+        g, d = np.asarray(g, dtype=np.float64), np.asarray(d, dtype=np.float64)
+        known = ~np.isnan(d)
+        if np.any(known & np.isnan(g)) or np.any(np.isfinite(d) & ~np.isfinite(g)):
+            return False
+        if np.any(known & at_inf & (g != d)):
+            return False
+    return True
+
+
 # -- values and scores --------------------------------------------------------------------------------
 def searchable(output: Node) -> str | None:
     """None when the search can evaluate ``output`` exactly, else why not."""

@@ -29,7 +29,10 @@ the whole output gets measurably closer to the exact result.  Read :func:`search
    variables, or a third segment of one).
 7. **Never worse**: a change is accepted only when it lowers the mean bits on the validation points,
    does not raise their maximum, and no sampled point is more than 1 bit worse than the default
-   pipeline (a NaN or Inf the default got right counts 64 bits, so those are kept).
+   pipeline (a NaN or Inf the default got right counts 64 bits, so those are kept).  Outside the
+   domain, where no score looks, a candidate must keep what the default gets right: no NaN where
+   it has none, finite where it is finite, its very values where an input is infinite
+   (:func:`~exprc.accuracy.scoring.keeps_specials`).
 
 The result (the chosen graph as :mod:`exprc.serialize` JSON, and the :class:`AccuracyReport`) is
 cached on disk through :func:`exprc.cache.load`, keyed by the serialized input graph, the domain, the
@@ -58,7 +61,7 @@ import hashlib
 import json
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -75,6 +78,8 @@ from exprc.accuracy.scoring import (
     Settings,
     draw_points,
     float_values,
+    keeps_specials,
+    outside_points,
     sample_domain,
     searchable,
     try_replacement,
@@ -88,7 +93,7 @@ from exprc.pipeline import FunctionGraph, optimize
 MODES = ("default", "search")
 
 #: Version of the search algorithm, part of the cache key: bump it when a change alters what it chooses.
-ALGORITHM = "13"  # (13: nested regimes; 12: reductions' operands; 11: series at a dyadic cancellation point; rare guards (invert) are searchable)
+ALGORITHM = "14"  # (14: forms keep the default's values outside the domain; 13: nested regimes; 12: reductions' operands; 11: series at a dyadic cancellation point; rare guards (invert) are searchable)
 
 #: Never worse: no sampled point may lose more than 1 bit against the default pipeline, except that a
 #: point may go up to this many bits (3 ulps): a default that is exact at x = 1 by luck must not veto a
@@ -306,12 +311,19 @@ def _search(inputs: list[Node], outputs: list[Node], default: FunctionGraph, dom
     exact = exact_values(toposort(user), inputs, points)
     ctx = Context(inputs, user, [exact[o] for o in user], points, train.shape[1], settings, cfg)
     base = ctx.score([default.outputs[i] for i in todo], "default")
+    outside = outside_points(inputs, domain)
+    outside_memo: dict[Node, np.ndarray] = {}
+    outside_default = float_values(base.outputs, inputs, outside, outside_memo)
+
+    def keeps(cand: Scored) -> bool:
+        return keeps_specials(float_values(cand.outputs, inputs, outside, outside_memo), outside_default, outside)
+
     before = (report.before_mean, report.before_max)  # (a reduction's operands searched above: the worst)
     report.before_mean, report.before_max = (max(a, b) for a, b in zip(before, _stats(base.errors[ctx.valid])))
     current = base
     if np.max(base.errors) > SLACK_BITS:  # a formula the default already gets right is not searched
         for _ in range(settings.rounds):
-            change = _round_once(ctx, current, base, user, report)
+            change = _round_once(ctx, current, base, user, report, keeps)
             if change is None:
                 break
             current = change
@@ -379,8 +391,9 @@ def _stats(errs: np.ndarray) -> tuple[float, float]:
 
 
 def _round_once(ctx: Context, current: Scored, base: Scored, user: list[Node],
-                report: AccuracyReport) -> Scored | None:
-    """One localize -> candidates -> regimes -> accept round; the accepted candidate or None."""
+                report: AccuracyReport, keeps: Callable[[Scored], bool]) -> Scored | None:
+    """One localize -> candidates -> regimes -> accept round; the accepted candidate or None
+    (``keeps``: whether a candidate keeps the default's values outside the domain)."""
     from exprc.printing import pprint
 
     places = _localize(ctx, current, report)
@@ -401,7 +414,7 @@ def _round_once(ctx: Context, current: Scored, base: Scored, user: list[Node],
             break
         v = cand.errors[ctx.valid]
         if float(np.mean(v)) < cur_mean - 0.01 and float(np.max(v)) <= cur_max + 1e-9 \
-                and np.all(cand.errors <= np.maximum(base.errors + 1.0, SLACK_BITS)):
+                and np.all(cand.errors <= np.maximum(base.errors + 1.0, SLACK_BITS)) and keeps(cand):
             place = cand.place
             old = pprint(place) if place is not None else current.text
             new = pprint(optimize([cand.replacement], ctx.cfg).outputs[0]) if cand.replacement is not None \

@@ -196,7 +196,20 @@ def series_difference(node: Node) -> Node | None:
     near = f("abs", u) < k(r, u)
     if divided:  # (u = 0 keeps the formula's 0/0)
         near = make("and", near, make("ne", u, k(0.0, u)))
-    return F.where(near, _odd_even_horner(u, coeffs, node), F.freeze(node))
+    return F.where(near, _odd_even_horner(u, coeffs, node), _far_form(view_of(node), node))
+
+
+def _far_form(view: SumView, node: Node) -> Node:
+    """The formula beyond the series' radius: as written, except c (tan u - sin u), which becomes
+    c tan(u) 2 sin(u/2)^2.  tan and sin cancel again wherever u is near a multiple of 2 pi, not only
+    near 0: at u = -1.37e239 the difference lost 9 bits (the vector tan/sin's few ulps, amplified),
+    the product keeps every factor's own error (u/2 is exact)."""
+    if view.const == 0 and len(view.terms) == 2:
+        (c1, t1), (c2, t2) = sorted(view.terms, key=lambda ct: ct[1].op != "tan")
+        if (t1.op, t2.op) == ("tan", "sin") and t1.inputs[0] is t2.inputs[0] and c1 == -c2:
+            s = f("sin", scale(t1.inputs[0], HALF))
+            return scale(mul(t1, scale(mul(s, s), TWO)), c1)
+    return F.freeze(node)
 
 
 def _difference_series(view: SumView | None) -> tuple[Node, tuple[Fraction, ...], float, bool] | None:
