@@ -879,6 +879,62 @@ def test_gradients_of_the_stable_forms(backend):
     assert np.isnan(f(np.array([0.0]))[0])
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_gradients_of_stable_forms_of_two_arguments(backend):
+    """exp(a)/exp(b), exp(a)/(exp(a) + exp(b)) and x - log(exp(x) + exp(y)): every partial within 4
+    bits of mpmath's, where a - b is large and rounds.  Their stable forms carry TwoSum's rounding
+    error of a - b (the op two_sum_err); once an optimization of the gradient simplified the six
+    adds of that error back to 0 (8.6 bits lost), and the quotients' own derivatives overflowed
+    (exp(a)/exp(b)/exp(b)) or cancelled (1/S - exp(a)/S**2) before."""
+    import mpmath
+
+    from exprc.accuracy import bits_lost, reference
+
+    rng = np.random.default_rng(5)
+    pa, pb = rng.uniform(-690, 690, 60), rng.uniform(-690, 690, 60)
+    pa[:3], pb[:3] = [-665.5754502681843, 99.95384063808422, 69.8], [-695.5673337419338, -449.3122373838094, -0.0435]
+    a, b = exprc.vector("a"), exprc.vector("b")
+    for build in [lambda m, u, v: m.exp(u) / m.exp(v), lambda m, u, v: m.exp(u) / (m.exp(u) + m.exp(v)),
+                  lambda m, u, v: u - m.log(m.exp(u) + m.exp(v))]:
+        f = exprc.function([a, b], exprc.grad(exprc.sum(build(exprc, a, b)), [a, b]), backend=backend)
+        got = f(pa, pb)
+        for k in range(2):
+            def part(m, *args, k=k, b=build):  # (reference: at doubling precision until it settles)
+                return mpmath.diff(lambda t: b(m, *(args[:k] + (t,) + args[k + 1:])), args[k])
+
+            lost = bits_lost(np.broadcast_to(got[k], pa.shape), reference(part, [pa, pb]))
+            assert lost.max() <= 4.0, (k, pa[np.argmax(lost)], pb[np.argmax(lost)], lost.max())
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("sign", [1.0, -1.0])
+def test_gradients_of_the_quadratic_formula(backend, sign):
+    """(-b + sqrt(b*b - 4ac)) / (2a) and its other root, |b| up to 1e8: every partial within 4 bits of
+    mpmath's.  The stable branch -(4ac / t) / (2a) becomes -2c / t (quotient_into_branches, then
+    product_cancel): the quotient's derivative in a, -(4c/t)/(2a) + (4ac/t)/(2a**2) + ..., lost
+    every bit."""
+    import mpmath
+
+    from exprc.accuracy import bits_lost, reference
+
+    rng = np.random.default_rng(8)
+    pa, pc = rng.uniform(0.5, 2.0, 40), rng.uniform(0.5, 2.0, 40)
+    pb = sign * np.exp(rng.uniform(np.log(10.0), np.log(1e8), 40))
+
+    def root(m, a, b, c):
+        return (-b + m.sqrt(b * b - 4 * a * c)) / (2 * a) if sign > 0 else (-b - m.sqrt(b * b - 4 * a * c)) / (2 * a)
+
+    a, b, c = exprc.vector("a"), exprc.vector("b"), exprc.vector("c")
+    f = exprc.function([a, b, c], exprc.grad(exprc.sum(root(exprc, a, b, c)), [a, b, c]), backend=backend)
+    got = f(pa, pb, pc)
+    for k in range(3):
+        def part(m, *args, k=k):
+            return mpmath.diff(lambda t: root(m, *(args[:k] + (t,) + args[k + 1:])), args[k])
+
+        lost = bits_lost(np.broadcast_to(got[k], pa.shape), reference(part, [pa, pb, pc]))
+        assert lost.max() <= 4.0, (k, lost.max())
+
+
 def test_gradient_stabilization_skips_what_it_must_not_touch():
     """Graphs with a max shift or stop_gradient (softmax, logsumexp), loops, or intermediate
     wrt nodes are differentiated as written (see autodiff._stabilized)."""

@@ -46,6 +46,30 @@ def test_unary_on_ints(name, dtype):
         assert_close(getattr(exprc, name)(x).eval({x: data}), ref(data))
 
 
+@pytest.mark.parametrize("backend", ["c", "numpy"])
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_two_sum_err_is_the_exact_rounding_error(backend, dtype):
+    """two_sum_err(a, b) = (a + b) - fl(a + b) exactly (checked with fractions), at every magnitude;
+    NaN where a + b is not finite."""
+    from fractions import Fraction
+
+    rng = np.random.default_rng(9)
+    big = 1e30 if dtype == "float32" else 1e300
+    a = (rng.choice([-1, 1], 400) * np.exp(rng.uniform(-60, np.log(big), 400))).astype(dtype)
+    b = (rng.choice([-1, 1], 400) * np.exp(rng.uniform(-60, np.log(big), 400))).astype(dtype)
+    x, y = exprc.vector("x", dtype), exprc.vector("y", dtype)
+    f = exprc.function([x, y], exprc.api._apply("two_sum_err", x, y), backend=backend)
+    got = f(a, b)
+    assert got.dtype == dtype
+    for u, v, e in zip(a, b, got):
+        s = u + v
+        if np.isfinite(s):
+            assert Fraction(float(u)) + Fraction(float(v)) - Fraction(float(s)) == Fraction(float(e))
+    inf = np.array([np.inf, -np.inf, np.nan, np.finfo(dtype).max], dtype)
+    with np.errstate(all="ignore"):
+        assert np.isnan(f(inf, np.array([1.0, 1.0, 1.0, np.finfo(dtype).max], dtype))).all()
+
+
 def test_special_functions_against_scipy():
     special = pytest.importorskip("scipy.special")
     x = exprc.vector("x")

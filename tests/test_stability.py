@@ -179,6 +179,10 @@ RULES = [
       {"truediv"}, [(L, 0.5, 2), (G, 1e2, 1e8), (L, 0.5, 2)]),
     R("sqrt_conjugate", [lambda m, a, b, c: (-b - m.sqrt(b * b - 4 * a * c)) / (2 * a)],
       {"truediv"}, [(L, 0.5, 2), (N, 1e2, 1e8), (L, 0.5, 2)]),
+    # (the stable branch -(4ac / t) / (2a) becomes -2c / t: its gradient in a keeps its bits)
+    R("quotient_into_branches", [lambda m, a, b, c: (-b + m.sqrt(b * b - 4 * a * c)) / (2 * a),
+                                 lambda m, a, b, c: (-b - m.sqrt(b * b - 4 * a * c)) / (a * 2)],
+      {"where", "truediv"}, [(L, 0.5, 2), (S, 1e2, 1e8), (L, 0.5, 2)]),
     R("cbrt_conjugate", [lambda m, x: m.cbrt(x + 1) - m.cbrt(x)], {"truediv"}, [(G, 1, 1e15)]),
     R("common_denominator", [lambda m, x: 1 / (x + 1) - 1 / x, lambda m, x: -(1 / x) + 1 / (1 + x)],
       {"truediv"}, [(G, 1, 1e15)]),
@@ -632,6 +636,27 @@ def test_tan_minus_sin_beyond_the_radius_near_multiples_of_two_pi(backend):
     lost, lost_naive = bits_lost(got, ref), bits_lost(naive, ref)
     assert lost.max() <= 4.0, (pts[np.argmax(lost)], lost.max())
     assert np.all(lost <= np.maximum(lost_naive, 2.0) + 1.0)
+
+
+@pytest.mark.parametrize("backend", ["numpy", None])
+def test_exp_pairs_carry_the_rounding_of_their_argument(backend):
+    """exp(a)/exp(b) and exp(a)/(exp(a) + exp(b)) as exp(s)(1 + e) and sigmoid(s)(1 + e sigmoid(-s)),
+    s + e = a - b exactly: within 2 bits of mpmath where a - b rounds (705.1 - 3.3: the rounding alone
+    was 7 bits of exp(a - b)), and right where |a - b| >= 2**53, where e is not small (exp(-1) /
+    exp(-3e204) is inf, not inf * (1 + (-1)) = NaN)."""
+    a, b = exprc.vector("a"), exprc.vector("b")
+    pa = np.array([705.123456789, 708.987654321, 750.3, -701.77, 1000.1, -1.0, 3e204, 1e300, -1e300])
+    pb = np.array([3.31234567, 0.1111111, 49.777777, -9.12345678, 300.55555, -3.0985169634806457e+204, 1.0,
+                   1e300, 7.0])
+    for formula in (lambda m, u, v: m.exp(u) / m.exp(v), lambda m, u, v: m.exp(u) / (m.exp(u) + m.exp(v))):
+        f = exprc.function([a, b], formula(exprc, a, b), backend=backend)
+        with np.errstate(all="ignore"):
+            got = f(pa, pb)
+        ref = reference(formula, [pa, pb])
+        assert np.array_equal(np.isnan(got), np.isnan(ref)), (got, ref)
+        fin = np.isfinite(ref)
+        assert bits_lost(got[fin], ref[fin]).max() <= 2.0
+        np.testing.assert_array_equal(got[~fin], ref[~fin])
 
 
 #: Formulas the long series branch or series_quotient fix, with the series function that sets the radius.

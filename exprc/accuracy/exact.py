@@ -159,6 +159,7 @@ def _build(saturate: bool) -> dict[str, Callable[..., Any]]:
         "log1mexp": lambda x: nan if x > 0 else log(-(exp(x) - 1) if not big(x) else m.mpf(1) - exp(x)),
         "erf": m.erf, "erfc": m.erfc, "erfcx": erfcx, "pow": power, "hypot": lambda a, b: m.sqrt(a * a + b * b),
         "logaddexp": logaddexp,
+        "two_sum_err": lambda a, b: m.mpf(0),  # (exact arithmetic does not round a + b)
         "maximum": lambda a, b: nan if m.isnan(a) or m.isnan(b) else max(a, b),
         "minimum": lambda a, b: nan if m.isnan(a) or m.isnan(b) else min(a, b),
         "floordiv": lambda a, b: m.floor(div(a, b)), "mod": lambda a, b: a - m.floor(div(a, b)) * b,

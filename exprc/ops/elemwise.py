@@ -125,6 +125,12 @@ def _cast(x: np.ndarray, dtype: str) -> np.ndarray:
     return np.asarray(x).astype(dtype)
 
 
+def _two_sum_err(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    s = a + b
+    bb = s - a
+    return (a - (s - bb)) + (b - bb)
+
+
 def _where(c: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.where(c, a, b)
 
@@ -144,6 +150,10 @@ _BINARY = [
     ("arctan2", np.arctan2, "float", "atan2{f}({0}, {1})", None, None, 100, False),
     ("hypot", np.hypot, "float", "hypot{f}({0}, {1})", None, None, 100, True),
     ("logaddexp", np.logaddexp, "float", "exprc_logaddexp{f}({0}, {1})", None, None, 100, True),
+    # two_sum_err(a, b) = (a + b) - fl(a + b), exactly (Knuth's TwoSum; NaN where a + b is not finite).
+    # One op, not its six adds, so that a later optimization (the gradient of a stable form is
+    # optimized again) cannot simplify the error term to 0 as exact arithmetic would.
+    ("two_sum_err", _two_sum_err, "float", "exprc_two_sum_err{f}({0}, {1})", None, None, 100, True),
     ("lt", np.less, "bool", "({0} < {1})", None, "<", 4, False),
     ("le", np.less_equal, "bool", "({0} <= {1})", None, "<=", 4, False),
     ("gt", np.greater, "bool", "({0} > {1})", None, ">", 4, False),

@@ -41,6 +41,5 @@ from exprc.rewrite.rules.stability import powers  # noqa: F401
 # isort: on
 from exprc.rewrite.rules.stability._common import guarded, stability_rule, unguard
 from exprc.rewrite.rules.stability.cancellation import SPECIAL_CONSTANTS
-from exprc.rewrite.rules.stability.quotients import EXP_SAFE
 
-__all__ = ["EXP_SAFE", "SPECIAL_CONSTANTS", "guarded", "stability_rule", "unguard"]
+__all__ = ["SPECIAL_CONSTANTS", "guarded", "stability_rule", "unguard"]

@@ -10,14 +10,12 @@ from exprc.rewrite import forms as F
 from exprc.rewrite.core import P, X
 from exprc.rewrite.forms import make, scale
 from exprc.rewrite.rules.stability._common import (
-    add,
     div,
     exact_sqrt,
     f,
     k,
     mul,
     stability_rule,
-    sub,
     view_of,
 )
 
@@ -57,9 +55,7 @@ def pow_compensated_base(node: Node, s: Node, p: Node, q: Node, y: Node) -> Node
     yv = F.scalar_const(y) if y.op == "constant" else None
     if yv is not None and abs(yv) <= 4:
         return None
-    fz = F.freeze  # an error-free transformation: no rule may "simplify" it
-    bb = fz(sub(s, p))
-    err = fz(add(fz(sub(p, fz(sub(s, bb)))), fz(sub(q, bb))))
+    err = make("two_sum_err", p, q)  # (one op: no rule may "simplify" an error-free transformation)
     kk = mul(y, div(err, s))
     # Only a finite, nonzero power is corrected: where s**y has under- or overflowed, exp(kk) may
     # have overflowed the other way ((1 - 8e-4)**1e20 is 0 and exp(kk) inf), and 0 * inf is NaN

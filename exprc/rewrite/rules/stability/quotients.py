@@ -36,6 +36,7 @@ from exprc.rewrite.rules.stability._common import (
     stability_rule,
     sub,
     sum_of_exp,
+    two_sum,
     view_of,
 )
 
@@ -144,23 +145,20 @@ def sqrt_product(node: Node, m: Node) -> Node | None:
     return nan_where(negative_product(x, y), mul(f("sqrt", f("abs", x)), f("sqrt", f("abs", y))))
 
 
-#: Below this magnitude exp(u) is a normal, finite float64 (exp(709.78) overflows, exp(-708.4) is
-#: subnormal): the naive forms of the exp rules below are exact enough there, so they keep them.
-EXP_SAFE = 700.0
-
-
-def _exp_safe(*args: Node) -> Node:
-    safe = None
-    for a in args:
-        c = f("abs", a) < k(EXP_SAFE, a)
-        safe = c if safe is None else make("and", safe, c)
-    return safe
+def _carried(s: Node, e: Node, slope: Node | None = None) -> Node:
+    """1 + e * slope (slope 1 when None): the first-order factor that carries TwoSum's rounding error
+    e of s into f(s) (f'/f = slope).  1 where |e| is not small: NaN where s is not finite, and from
+    |s| = 2**53 on e is not small (-1 for -1 - (-3e204)), where exp(s) is 0 or inf anyway."""
+    one = k(1.0, s)
+    return F.where(f("abs", e) < k(2.0**-20, e), add(one, e if slope is None else mul(e, slope)), one)
 
 
 @stability_rule("exp_product", ("mul", "truediv"))
 def exp_product(node: Node) -> Node | None:
-    """exp(a) exp(b) -> exp(a + b), exp(a)/exp(b) -> exp(a - b) where an exp over- or underflows
-    (|a| or |b| > 700: inf/inf, 0*inf); the naive form elsewhere, which does not round a + b."""
+    """exp(a) exp(b) -> exp(s)(1 + e), exp(a)/exp(b) likewise with s + e = a - b exactly (TwoSum):
+    no inf/inf or 0*inf where an exp over- or underflows, and no rounding of a - b (whose last bit
+    is worth 9 bits of exp(a - b) at |a - b| = 700).  Its gradient cannot overflow either, as the
+    quotient's does (exp(a)/exp(b)/exp(b) at b = -695); and one exp costs less than two."""
     if node.op == "mul" and "exp" not in (node.inputs[0].op, node.inputs[1].op):
         return None
     pv = F.product_view(node)
@@ -172,19 +170,23 @@ def exp_product(node: Node) -> Node | None:
         return None
     (ta, pa), (tb, pb) = exps
     a, b = ta.inputs[0], tb.inputs[0]
-    arg = add(a, b) if pa == pb else (sub(a, b) if pa == 1 else sub(b, a))
-    joined = f("exp", arg if pa == 1 or pa != pb else F.neg(arg))
+    x, y = (a, b) if pa == 1 else (F.neg(a), F.neg(b))  # exp(x + y): x = +-a, y = +-b
+    y = y if pa == pb else F.neg(y)
+    s, e = two_sum(x, y)
+    joined = mul(f("exp", s), _carried(s, e))
     rest = [(t, p) for t, p in factors if t is not ta and t is not tb]
     if not F.broadcast_safe([t for t, _ in rest] + [joined], node):
         return None
     stable = joined if not rest else mul(_product(1, rest, node), joined)
-    return F.guard(f("invert", _exp_safe(a, b)), scale(stable, coef), F.freeze(node))
+    return scale(stable, coef)
 
 
 @stability_rule("softmax_pair", ("mul", "truediv"))
 def softmax_pair(node: Node) -> Node | None:
-    """exp(a)/(exp(a) + exp(b)) -> sigmoid(a - b) where an exp over- or underflows (|a| or |b| > 700:
-    inf/inf, 0/0); the naive form elsewhere, which does not round a - b."""
+    """exp(a)/(exp(a) + exp(b)) -> sigmoid(s)(1 + e sigmoid(-s)) with s + e = a - b exactly (TwoSum):
+    no inf/inf or 0/0 where an exp over- or underflows, and no rounding of a - b.  The gradient is
+    then sigmoid's, sigmoid(s) sigmoid(-s) to first order in e; the quotient's cancels
+    (1/S - exp(a)/S**2, all of it lost once a - b > 40)."""
     pv = F.product_view(node)
     if pv is None:
         return None
@@ -202,11 +204,15 @@ def softmax_pair(node: Node) -> Node | None:
                 continue
             rest = [(t, p) for t, p in factors if t is not d and t is not top]
             a, b = top.inputs[0], other.inputs[0]
-            rep = f("sigmoid", sub(a, b))
+            s, e = two_sum(a, F.neg(b))
+            sg = f("sigmoid", s)
+            # (1 - sigmoid(s), frozen: the rules would make it sigmoid(-s), a second exp, where
+            # a correction to first order needs no accuracy)
+            rep = mul(sg, _carried(s, e, F.freeze(sub(k(1.0, sg), sg))))
             if not F.broadcast_safe([t for t, _ in rest] + [rep], node):
                 return None
             stable = rep if not rest else mul(_product(1, rest, node), rep)
-            return F.guard(f("invert", _exp_safe(a, b)), scale(stable, Fraction(coef) / ca), F.freeze(node))
+            return scale(stable, Fraction(coef) / ca)
     return None
 
 
@@ -393,9 +399,7 @@ def _rounding(a: Node, depth: int = 0) -> tuple[Node | None, int]:
     lb, nb = _rounding(b, depth + 1)
     lc, nc = _rounding(c, depth + 1)
     if a.op in ("add", "sub"):  # Knuth's TwoSum on the node itself
-        cc = c if a.op == "add" else _fz("neg", c)
-        bb = _fz("sub", a, b)
-        err = _fz("add", _fz("sub", b, _fz("sub", a, bb)), _fz("sub", cc, bb))
+        err = make("two_sum_err", b, c if a.op == "add" else _fz("neg", c))
         return plus(err, lb, lc if a.op == "add" or lc is None else _fz("neg", lc)), nb + nc
     kb, kc = F.scalar_const(b), F.scalar_const(c)
     if kc is not None or kb is not None:  # a product by a constant
@@ -479,6 +483,32 @@ def softmax_from_exp(node: Node, x: Node, s: Node) -> Node | None:
     e = add(ed, mul(ed, F.where(f("isfinite", err), err, k(0.0, err))))  # (-inf entries: err is NaN)
     out = div(e, make("sum", e, axis=axes, keepdims=True))
     return F.set_origin(out, ("guard", node))  # log(softmax) rules still see exp(x) / sum(exp(x))
+
+
+@stability_rule("quotient_into_branches", P("truediv", P("where", X("c"), X("x"), X("y")), X("d")))
+def quotient_into_branches(node: Node, c: Node, x: Node, y: Node, d: Node) -> Node | None:
+    """where(c, x, y) / d -> where(c, p, y) / where(c, q, d) when a factor of d cancels in x / d = p / q:
+    the quadratic formula's stable branch -(4ac / t) / (2a) is -2c / t, whose derivative in a has
+    nothing to cancel (the quotient's lost every bit).  One division still, selected operands.  As
+    product_cancel: NaN where the cancelled factor is 0 (0/0 as written) or not finite."""
+    if not F.broadcast_safe([x, y, d], node) or x.op not in ("mul", "truediv", "neg"):
+        return None
+    px, pv = F.product_view(x), F.product_view(div(x, d))
+    if px is None or px[2] or pv is None or not pv[2]:
+        return None  # (no factor of d met one of x; x's own cancellations are product_cancel's)
+    coef, factors, _, vanished = pv
+    top = _product(1, [(t, e) for t, e in factors if e > 0], node)
+    below = [(t, -e) for t, e in factors if e < 0]
+    bottom = _product(1, below, node) if below else k(1.0, node)
+    for u in dict.fromkeys(vanished):
+        if _zero_only_at_minus_inf(u) is None:  # (u = 0 is 0/0 as written)
+            top = nan_where(make("and", c, make("eq", u, k(0.0, u))), top)
+    # (the constant not on top: -2c overflows for c = -1.8e308 where c / (t / -2) does not; dividing
+    # by a power of two is exact)
+    if coef != 1 and _power_of_two(abs(Fraction(coef))):
+        bottom, coef = scale(bottom, 1 / Fraction(coef)), 1
+    out = div(F.where(c, _guard_nan(top, vanished), y), F.where(c, bottom, d))
+    return out if coef == 1 else mul(out, F.where(c, k(float(coef), node), k(1.0, node)))
 
 
 @stability_rule("product_cancel", ("mul", "truediv"))
