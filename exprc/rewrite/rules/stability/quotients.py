@@ -475,10 +475,10 @@ def softmax_from_exp(node: Node, x: Node, s: Node) -> Node | None:
         return None
     axes = se[1]
     m = make("max", x, axis=axes, keepdims=True)
-    fz = F.freeze  # TwoSum: x - m = d + err exactly, and exp(x - m) = exp(d) (1 + err) to first order
-    d = fz(sub(x, m))
-    bb = fz(sub(d, x))
-    err = fz(add(fz(sub(x, fz(sub(d, bb)))), fz(sub(F.neg(m), bb))))
+    # TwoSum: x - m = d + err exactly, and exp(x - m) = exp(d) (1 + err) to first order
+    d = F.freeze(sub(x, m))
+    # (as -TwoSum(-x, m), the same bits: m itself is the broadcast operand, not a kernel's -m)
+    err = F.neg(make("two_sum_err", F.neg(x), m))
     ed = f("exp", d)
     e = add(ed, mul(ed, F.where(f("isfinite", err), err, k(0.0, err))))  # (-inf entries: err is NaN)
     out = div(e, make("sum", e, axis=axes, keepdims=True))
