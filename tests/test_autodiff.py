@@ -935,6 +935,21 @@ def test_gradients_of_the_quadratic_formula(backend, sign):
         assert lost.max() <= 4.0, (k, lost.max())
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_gradient_of_exp_over_expm1_over_its_whole_range(backend):
+    """exp(x)/(exp(x) - 1) is -1/expm1(-x) except below x = -20: that form's derivative,
+    -exp(-x)/expm1(-x)**2, overflows to 0 from x = -355 where the true one is -exp(x)."""
+    import mpmath
+
+    from exprc.accuracy import bits_lost, reference
+
+    x = exprc.vector("x")
+    pts = np.concatenate([-np.geomspace(1e-6, 740, 80), np.geomspace(1e-6, 700, 80)])
+    f = exprc.function([x], exprc.grad(exprc.sum(exprc.exp(x) / (exprc.exp(x) - 1)), x), backend=backend)
+    want = reference(lambda m, v: mpmath.diff(lambda t: m.exp(t) / (m.exp(t) - 1), v), [pts])
+    assert bits_lost(f(pts), want).max() <= 4.0
+
+
 def test_gradient_stabilization_skips_what_it_must_not_touch():
     """Graphs with a max shift or stop_gradient (softmax, logsumexp), loops, or intermediate
     wrt nodes are differentiated as written (see autodiff._stabilized)."""

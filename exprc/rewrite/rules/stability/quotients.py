@@ -455,12 +455,16 @@ def tanh_from_sinh_cosh(node: Node, n: Node, d: Node) -> Node | None:
 
 @stability_rule("exp_over_expm1", P("truediv", X("n"), X("d")))
 def exp_over_expm1(node: Node, n: Node, d: Node) -> Node | None:
-    """exp(x)/expm1(x) -> -1/expm1(-x) for x > 0 (no inf/inf for large x)."""
+    """exp(x)/expm1(x) -> -1/expm1(-x): no inf/inf for large x, and one exp-like call where the
+    quotient made two; the quotient itself below x = -20 (a rare branch): there expm1(-x)**2 in the
+    form's derivative overflows from x = -355 (0 where the derivative is -exp(x)), and expm1(-x)
+    itself from -710, where the result is still a (subnormal) number.  (Signs at 0 as the quotient:
+    +inf at +0, -inf at -0; 1 at +inf, the limit, where the quotient is NaN.)"""
     sn, sd = single(n), single(d)
     if sn and sd and sn[1].op == "exp" and sd[1].op == "expm1" and sn[1].inputs[0] is sd[1].inputs[0]:
         x = sn[1].inputs[0]
         stable = scale(div(k(1.0, node), f("expm1", F.neg(x))), -sn[0] / sd[0])
-        return F.where(x > k(0.0, x), stable, F.freeze(node))
+        return F.guard(x < k(-20.0, x), F.freeze(node), stable)
     return None
 
 
