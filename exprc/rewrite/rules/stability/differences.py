@@ -228,31 +228,45 @@ def _two_function_terms(view: SumView, op: str):
             yield c, ta, tb, d
 
 
+def _at_midpoint(op: str, x: Node, h: Node) -> Node:
+    """cos (op "cos") or sin of x + h, x + h never rounded: with s + r = x + h exactly (TwoSum),
+    cos(s) - r sin(s) (sin(s) + r cos(s)) to first order, which is exact to 2**-56 while
+    |r| < 2**-26 (|s| < 2**26); beyond, where r is not small, the angle-sum formula with cos(r) and
+    sin(r), a rare branch (the loop computes it only in chunks that need it)."""
+    s, r = two_sum(x, h)
+    cs, ss = f("cos", s), f("sin", s)
+    if op == "cos":
+        first, full = sub(cs, mul(r, ss)), sub(mul(cs, f("cos", r)), mul(ss, f("sin", r)))
+    else:
+        first, full = add(ss, mul(r, cs)), add(mul(ss, f("cos", r)), mul(cs, f("sin", r)))
+    return F.guard(f("abs", r) >= k(2.0**-26, r), full, first)
+
+
 @stability_rule("sin_difference", SUM_OPS, needs=('sin',))
 def sin_difference(node: Node) -> Node | None:
-    """sin(x + e) - sin(x) -> cos(x) sin(e) - 2 sin(x) sin(e/2)^2 (x + e is never rounded)."""
+    """sin(x + e) - sin(x) -> 2 cos(x + e/2) sin(e/2), x + e/2 never rounded (see _at_midpoint): a
+    product, so nothing cancels, also where e is so large that x + e is near x modulo 2 pi (the form
+    cos(x) sin(e) - 2 sin(x) sin(e/2)**2 cancelled there); three sines and cosines, not four."""
     view = view_of(node)
     if view is None:
         return None
     for c, ta, tb, d in _two_function_terms(view, "sin"):
-        x, e = tb.inputs[0], build_sum(d, node)
-        s2 = f("square", f("sin", scale(e, HALF)))
-        rep = sub(mul(f("cos", x), f("sin", e)), scale(mul(f("sin", x), s2), TWO))
-        return with_rest(view, [ta, tb], scale(rep, c), node)
+        x, h = tb.inputs[0], scale(build_sum(d, node), HALF)
+        rep = mul(_at_midpoint("cos", x, h), f("sin", h))
+        return with_rest(view, [ta, tb], scale(rep, 2 * c), node)
     return None
 
 
 @stability_rule("cos_difference", SUM_OPS, needs=('cos',))
 def cos_difference(node: Node) -> Node | None:
-    """cos(x + e) - cos(x) -> -(sin(x) sin(e) + 2 cos(x) sin(e/2)^2) (x + e is never rounded)."""
+    """cos(x + e) - cos(x) -> -2 sin(x + e/2) sin(e/2), x + e/2 never rounded (see sin_difference)."""
     view = view_of(node)
     if view is None:
         return None
     for c, ta, tb, d in _two_function_terms(view, "cos"):
-        x, e = tb.inputs[0], build_sum(d, node)
-        s2 = f("square", f("sin", scale(e, HALF)))
-        rep = add(mul(f("sin", x), f("sin", e)), scale(mul(f("cos", x), s2), TWO))
-        return with_rest(view, [ta, tb], scale(rep, -c), node)
+        x, h = tb.inputs[0], scale(build_sum(d, node), HALF)
+        rep = mul(_at_midpoint("sin", x, h), f("sin", h))
+        return with_rest(view, [ta, tb], scale(rep, -2 * c), node)
     return None
 
 
