@@ -316,8 +316,10 @@ def tan_difference(node: Node) -> Node | None:
         x, e = tb.inputs[0], build_sum(d, node)
         sin_e, cos_x = f("sin", e), f("cos", x)
         s, r = two_sum(x, e)
-        near = f("abs", r) < k(2.0**-30, r)
-        cos_xe = F.where(near, sub(f("cos", s), mul(f("sin", s), r)), sub(mul(cos_x, f("cos", e)), mul(f("sin", x), sin_e)))
+        # (the products only where r is not small, or NaN where x + e overflows: a rare branch, so
+        # the common loop makes four sine/cosine calls, not six)
+        far = f("invert", f("abs", r) < k(2.0**-30, r))
+        cos_xe = F.guard(far, sub(mul(cos_x, f("cos", e)), mul(f("sin", x), sin_e)), sub(f("cos", s), mul(f("sin", s), r)))
         rep = div(sin_e, mul(cos_xe, cos_x))
         return with_rest(view, [ta, tb], scale(rep, c), node)
     return None
