@@ -116,6 +116,19 @@ def test_keeps_specials() -> None:
     assert scoring.keeps_specials([one], [nan_at_inf], pts)  # (a NaN the default gives binds nothing)
 
 
+def test_rounding_errors_are_no_place_to_rewrite() -> None:
+    # two_sum_err is 0 in exact arithmetic by design: localization must not rank it (it took one of
+    # the three places per round at ~60 bits)
+    a, b = exprc.vector("a"), exprc.vector("b")
+    f = exprc.function([a, b], exprc.exp(a) / exprc.exp(b) - 1, backend="numpy",
+                       accuracy=search.Settings(points=64, validation=64, rounds=1, sympy_calls=5),
+                       config=exprc.Config(cache=False))
+    assert not any(text.startswith("two_sum_err(") for text, _, _ in f.accuracy_report.searched)
+    x = exprc.vector("x")
+    pts = scoring.outside_points([x], {0: (1e308, 1.7e308)})  # (lo + hi overflows)
+    assert np.isinf(pts).sum() == 2
+
+
 def test_formula_without_error_keeps_the_default_graph() -> None:
     x, y = exprc.vector("x"), exprc.vector("y")
     expr = x * y + 2.0

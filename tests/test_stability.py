@@ -682,6 +682,39 @@ def test_trig_differences_with_any_step(op, backend):
     assert np.all(lost <= np.maximum(naive, 2.0) + 1.0)
 
 
+@pytest.mark.parametrize("backend", ["numpy", None])
+def test_exp_pairs_in_float32(backend):
+    """The carried TwoSum error in float32 (it reaches 2**-18 where exp(s) is finite, past float64's
+    threshold of 2**-20: a first version dropped it there, 6 bits lost) against mpmath."""
+    rng = np.random.default_rng(12)
+    pa, pb = rng.uniform(-44, 44, 2000).astype(np.float32), rng.uniform(-44, 44, 2000).astype(np.float32)
+    a, b = exprc.vector("a", "float32"), exprc.vector("b", "float32")
+    for formula in (lambda m, u, v: m.exp(u) * m.exp(v), lambda m, u, v: m.exp(u) / (m.exp(u) + m.exp(v))):
+        got = exprc.function([a, b], formula(exprc, a, b), backend=backend)(pa, pb)
+        ref = reference(formula, [pa.astype(np.float64), pb.astype(np.float64)]).astype(np.float32)
+        fin = np.isfinite(ref) & (np.abs(ref) >= np.finfo(np.float32).tiny)
+        assert bits_lost(got[fin], ref[fin]).max() <= 2.0
+
+
+@pytest.mark.parametrize("backend", ["numpy", None])
+def test_quotient_and_product_rules_at_the_edges_of_the_floats(backend):
+    """quotient_into_branches puts a power-of-two coefficient where it shrinks an operand (t * 2 below
+    overflowed for 0.5) and declines coefficients no float holds (1e-600 became 0.0); exp_product and
+    product_cancel likewise (product_cancel raised OverflowError for (a b 1e200)/(a 1e-200))."""
+    a, b, t, y = (exprc.vector(n) for n in "abty")
+    cases = [
+        ([a, b, t], exprc.where(a > 0, (a * b) * 0.5, b) / (a * t), ([1.0], [1e308], [1e308]), [0.5]),
+        ([a, b, y], exprc.where(a > 0, a * b * 1e-200, y) / (a * 1e200), ([1.0, 2.0], [1e300, 1e-300], [1.0, 1.0]),
+         [1e-100, 0.0]),
+        ([a, b], (exprc.exp(a) * 1e-300) / (exprc.exp(b) * 1e300), ([699.0, 690.0], [-10.0, -5.0]),
+         [math.exp(709) * 1e-300 / 1e300, math.exp(695) * 1e-300 / 1e300]),
+        ([a, b], (a * b * 1e200) / (a * 1e-200), ([1.0], [1e-300]), [1e100]),
+    ]
+    for ins, expr, args, want in cases:
+        got = exprc.function(ins, expr, backend=backend)(*[np.array(v) for v in args])
+        np.testing.assert_allclose(got, want, rtol=1e-13)
+
+
 #: Formulas the long series branch or series_quotient fix, with the series function that sets the radius.
 LONG_AND_QUOTIENT = [
     (lambda m, x: m.arctan(x) - x, "arctan", 1), (lambda m, x: m.tanh(x) / x - 1, "tanh", 1),

@@ -117,7 +117,7 @@ def outside_points(inputs: Sequence[Node], domain: dict) -> np.ndarray:
     the float's own extremes) and the others their domain's middle: what a searched form must
     still get right although no score sees it (see :func:`keeps_specials`)."""
     ranges = [domain.get(i, DEFAULT_RANGE[v.dtype]) for i, v in enumerate(inputs)]
-    mids = [0.5 * (lo + hi) for lo, hi in ranges]
+    mids = [0.5 * lo + 0.5 * hi for lo, hi in ranges]  # (lo + hi overflows for (1e308, 1.7e308))
     cols = []
     for i, v in enumerate(inputs):
         big = float(np.finfo(v.dtype).max)

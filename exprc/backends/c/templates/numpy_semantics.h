@@ -31,7 +31,7 @@ EXPRC_INLINE T exprc_sigmoid##S(T x) {                                          
 /* (x > 0 ? x : 0), not fmax: gcc does not vectorize fmax without -ffinite-math-only, and a      \
  * scalar softplus made every loop holding one 4x slower; the values are the same. */           \
 EXPRC_INLINE T exprc_softplus##S(T x) { return (x > 0 ? x : (T)0) + log1p##S(exp##S(-fabs##S(x))); } \
-/* (a + b) - fl(a + b), exactly: Knuth's TwoSum (IEEE arithmetic, no reassociation). */         \
+/* (a + b) - fl(a + b), exactly: Knuth's TwoSum; IEEE arithmetic (fast_math folds it to 0). */  \
 EXPRC_INLINE T exprc_two_sum_err##S(T a, T b) {                                           \
     T s = a + b, bb = s - a;                                                              \
     return (a - (s - bb)) + (b - bb);                                                     \

@@ -235,11 +235,12 @@ def _at_midpoint(op: str, x: Node, h: Node) -> Node:
     sin(r), a rare branch (the loop computes it only in chunks that need it)."""
     s, r = two_sum(x, h)
     cs, ss = f("cos", s), f("sin", s)
+    small = 2.0**-26 if s.dtype == "float64" else 2.0**-13  # (r**2 / 2 below the dtype's ulp of 1)
     if op == "cos":
         first, full = sub(cs, mul(r, ss)), sub(mul(cs, f("cos", r)), mul(ss, f("sin", r)))
     else:
         first, full = add(ss, mul(r, cs)), add(mul(ss, f("cos", r)), mul(cs, f("sin", r)))
-    return F.guard(f("abs", r) >= k(2.0**-26, r), full, first)
+    return F.guard(f("abs", r) >= k(small, r), full, first)
 
 
 @stability_rule("sin_difference", SUM_OPS, needs=('sin',))
@@ -318,7 +319,7 @@ def tan_difference(node: Node) -> Node | None:
         s, r = two_sum(x, e)
         # (the products only where r is not small, or NaN where x + e overflows: a rare branch, so
         # the common loop makes four sine/cosine calls, not six)
-        far = f("invert", f("abs", r) < k(2.0**-30, r))
+        far = f("invert", f("abs", r) < k(2.0**-30 if r.dtype == "float64" else 2.0**-15, r))
         cos_xe = F.guard(far, sub(mul(cos_x, f("cos", e)), mul(f("sin", x), sin_e)), sub(f("cos", s), mul(f("sin", s), r)))
         rep = div(sin_e, mul(cos_xe, cos_x))
         return with_rest(view, [ta, tb], scale(rep, c), node)

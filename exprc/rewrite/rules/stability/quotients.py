@@ -145,12 +145,23 @@ def sqrt_product(node: Node, m: Node) -> Node | None:
     return nan_where(negative_product(x, y), mul(f("sqrt", f("abs", x)), f("sqrt", f("abs", y))))
 
 
+#: Below this |e|, _carried applies TwoSum's error e: every e of an s where exp(s) is a finite nonzero
+#: number (|s| < 746: e <= 2**-44 in float64; |s| < 104: e <= 2**-17 in float32), none of the
+#: large ones past |s| = 2**53 (2**24), where e is no correction (exp(s) is 0 or inf there anyway).
+_CARRIED_BELOW = {"float64": 2.0**-20, "float32": 2.0**-9}
+
+
+def _normal_coef(c: Fraction | int) -> bool:
+    """A coefficient a stable form can carry as one float constant (1e-600 would be 0, 1e400 inf)."""
+    return c != 0 and Fraction(1, 2**1000) < abs(Fraction(c)) < 2**1000
+
+
 def _carried(s: Node, e: Node, slope: Node | None = None) -> Node:
     """1 + e * slope (slope 1 when None): the first-order factor that carries TwoSum's rounding error
-    e of s into f(s) (f'/f = slope).  1 where |e| is not small: NaN where s is not finite, and from
-    |s| = 2**53 on e is not small (-1 for -1 - (-3e204)), where exp(s) is 0 or inf anyway."""
+    e of s into f(s) (f'/f = slope).  1 where |e| is not small (_CARRIED_BELOW) or NaN (s not finite)."""
     one = k(1.0, s)
-    return F.where(f("abs", e) < k(2.0**-20, e), add(one, e if slope is None else mul(e, slope)), one)
+    small = f("abs", e) < k(_CARRIED_BELOW.get(s.dtype, 2.0**-20), e)
+    return F.where(small, add(one, e if slope is None else mul(e, slope)), one)
 
 
 @stability_rule("exp_product", ("mul", "truediv"))
@@ -166,7 +177,7 @@ def exp_product(node: Node) -> Node | None:
         return None
     coef, factors, _, guards = pv
     exps = [(t, p) for t, p in factors if t.op == "exp" and p in (1, -1)]
-    if len(exps) != 2 or guards:
+    if len(exps) != 2 or guards or not _normal_coef(coef):
         return None
     (ta, pa), (tb, pb) = exps
     a, b = ta.inputs[0], tb.inputs[0]
@@ -203,6 +214,8 @@ def softmax_pair(node: Node) -> Node | None:
             if not num:
                 continue
             rest = [(t, p) for t, p in factors if t is not d and t is not top]
+            if not _normal_coef(Fraction(coef) / ca):
+                return None
             a, b = top.inputs[0], other.inputs[0]
             s, e = two_sum(a, F.neg(b))
             sg = f("sigmoid", s)
@@ -501,16 +514,25 @@ def quotient_into_branches(node: Node, c: Node, x: Node, y: Node, d: Node) -> No
     if px is None or px[2] or pv is None or not pv[2]:
         return None  # (no factor of d met one of x; x's own cancellations are product_cancel's)
     coef, factors, _, vanished = pv
+    if not _normal_coef(coef):
+        return None
     top = _product(1, [(t, e) for t, e in factors if e > 0], node)
     below = [(t, -e) for t, e in factors if e < 0]
     bottom = _product(1, below, node) if below else k(1.0, node)
+    if coef != 1 and _power_of_two(abs(Fraction(coef))):
+        # A power of two goes where it shrinks its operand: -2c on top overflows for c = -1.8e308
+        # where c / (t / -2) does not, t / 0.5 below would overflow.  Exact but where that operand is
+        # subnormal (a denominator of 1e-323: a relative error up to 2**-k for k bits lost there).
+        # (Choosing per element, or multiplying the quotient by a selected constant, cost 27% of
+        # the quadratic formula's time.)
+        if abs(coef) >= 1:
+            bottom = scale(bottom, 1 / Fraction(coef))
+        else:
+            top = scale(top, coef)
+        coef = 1
     for u in dict.fromkeys(vanished):
         if _zero_only_at_minus_inf(u) is None:  # (u = 0 is 0/0 as written)
             top = nan_where(make("and", c, make("eq", u, k(0.0, u))), top)
-    # (the constant not on top: -2c overflows for c = -1.8e308 where c / (t / -2) does not; dividing
-    # by a power of two is exact)
-    if coef != 1 and _power_of_two(abs(Fraction(coef))):
-        bottom, coef = scale(bottom, 1 / Fraction(coef)), 1
     out = div(F.where(c, _guard_nan(top, vanished), y), F.where(c, bottom, d))
     return out if coef == 1 else mul(out, F.where(c, k(float(coef), node), k(1.0, node)))
 
@@ -524,8 +546,8 @@ def product_cancel(node: Node) -> Node | None:
     if node.op == "mul" and node.inputs[0].op not in ("mul", "truediv") and node.inputs[1].op not in ("mul", "truediv"):
         return None  # two plain factors: nothing to cancel
     pv = F.product_view(node)
-    if pv is None or not pv[2]:
-        return None
+    if pv is None or not pv[2] or not _normal_coef(pv[0]):
+        return None  # (a coefficient of 1e-600 or 1e400 is no float constant: the product as written)
     coef, factors, _, vanished = pv
     out = _product(coef, factors, node)
     guards = list(vanished)
