@@ -231,8 +231,8 @@ def _two_function_terms(view: SumView, op: str):
 def _at_midpoint(op: str, x: Node, h: Node) -> Node:
     """cos (op "cos") or sin of x + h, x + h never rounded: with s + r = x + h exactly (TwoSum),
     cos(s) - r sin(s) (sin(s) + r cos(s)) to first order, which is exact to 2**-56 while
-    |r| < 2**-26 (|s| < 2**26); beyond, where r is not small, the angle-sum formula with cos(r) and
-    sin(r), a rare branch (the loop computes it only in chunks that need it)."""
+    |r| < 2**-26 (|s| < 2**26; in float32 2**-13); beyond, where r is not small, the angle-sum
+    formula with cos(r) and sin(r), a rare branch (the loop computes it only in chunks that need it)."""
     s, r = two_sum(x, h)
     cs, ss = f("cos", s), f("sin", s)
     small = 2.0**-26 if s.dtype == "float64" else 2.0**-13  # (r**2 / 2 below the dtype's ulp of 1)

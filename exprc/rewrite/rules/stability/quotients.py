@@ -521,10 +521,10 @@ def quotient_into_branches(node: Node, c: Node, x: Node, y: Node, d: Node) -> No
     bottom = _product(1, below, node) if below else k(1.0, node)
     if coef != 1 and _power_of_two(abs(Fraction(coef))):
         # A power of two goes where it shrinks its operand: -2c on top overflows for c = -1.8e308
-        # where c / (t / -2) does not, t / 0.5 below would overflow.  Exact but where that operand is
-        # subnormal (a denominator of 1e-323: a relative error up to 2**-k for k bits lost there).
-        # (Choosing per element, or multiplying the quotient by a selected constant, cost 27% of
-        # the quadratic formula's time.)
+        # where c / (t / -2) does not, t / 0.5 below would overflow.  Exact unless the shrunk operand
+        # is subnormal, where it loses its last bits (t = 1.5e-323: 25% off; the quotient as written
+        # is exact there).  Choosing per element, or multiplying the quotient by a selected constant,
+        # cost 27% of the quadratic formula's time.
         if abs(coef) >= 1:
             bottom = scale(bottom, 1 / Fraction(coef))
         else:
