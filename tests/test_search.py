@@ -100,13 +100,23 @@ def test_a_searched_form_keeps_the_defaults_values_outside_the_domain() -> None:
     np.testing.assert_array_equal(got[:5], want[:5])
     assert np.isfinite(got).all()
     assert bits_lost(got, reference(lambda m, x: m.tanh(x) / x - 1, [pts])).max() <= 4.0
+    # two inputs off their domains at once: a = -inf with d = -1e-300 (d's domain is positive), where a
+    # series in d the search once kept was NaN and the default is -inf
+    a, d = exprc.vector("a"), exprc.vector("d")
+    expr = exprc.log(exprc.exp(a) - exprc.exp(a - d))
+    f = exprc.function([a, d], expr, accuracy="search", domain={a: (-800.0, 800.0), d: (1e-10, 50.0)})
+    pa, pd = np.array([-np.inf, -np.inf, -1e300]), np.array([-3.853853147929089e-257, -1e-300, -1e-300])
+    with np.errstate(all="ignore"):
+        np.testing.assert_array_equal(f(pa, pd), exprc.function([a, d], expr)(pa, pd))
 
 
 def test_keeps_specials() -> None:
     x, y = exprc.vector("x"), exprc.vector("y")
     pts = scoring.outside_points([x, y], {0: (-1.0, 1.0), 1: (2.0, 3.0)})
-    assert pts.shape == (2, 20) and np.isinf(pts).sum() == 4
-    assert np.all(pts[1, :10] == 2.5) and np.all(pts[0, 10:] == 0.0)  # (the other input at its middle)
+    assert pts.shape == (2, 20 + 100)  # (each input alone, then every pair of special values)
+    assert np.isinf(pts[:, :20]).sum() == 4
+    assert np.all(pts[1, :10] == 2.5) and np.all(pts[0, 10:20] == 0.0)  # (the other input at its middle)
+    assert np.isinf(pts[:, 20:]).all(axis=0).sum() == 4  # (+-inf with +-inf)
     one = np.ones(pts.shape[1])
     assert scoring.keeps_specials([one], [one], pts)
     nan_at_inf, inf_at_big, other_at_inf = one.copy(), one.copy(), one.copy()

@@ -112,21 +112,38 @@ def draw_points(inputs: Sequence[Node], domain: dict, n: int, seed: int) -> np.n
     return np.array(cols)
 
 
+#: Inputs up to this many get every pair of special values in :func:`outside_points` too.
+PAIRED_INPUTS = 3
+
+
 def outside_points(inputs: Sequence[Node], domain: dict) -> np.ndarray:
-    """Points where one input takes a value the domain may not hold (±inf, ±1e300, ±1e-300, ±0,
-    the float's own extremes) and the others their domain's middle: what a searched form must
-    still get right although no score sees it (see :func:`keeps_specials`)."""
+    """Points where an input takes a value the domain may not hold (±inf, ±1e300, ±1e-300, ±0,
+    the float's own extremes) and the others their domain's middle, and, for up to
+    :data:`PAIRED_INPUTS` inputs, every pair of inputs both at such values (log(exp(a) - exp(a - d))
+    at a = -inf, d = -1e-300: a searched series in d was NaN where the default is -inf): what a
+    searched form must still get right although no score sees it (see :func:`keeps_specials`)."""
     ranges = [domain.get(i, DEFAULT_RANGE[v.dtype]) for i, v in enumerate(inputs)]
     mids = [0.5 * lo + 0.5 * hi for lo, hi in ranges]  # (lo + hi overflows for (1e308, 1.7e308))
-    cols = []
-    for i, v in enumerate(inputs):
+    specials = []
+    for v in inputs:
         big = float(np.finfo(v.dtype).max)
-        for value in (-math.inf, math.inf, -big, big, -1e300, 1e300, -1e-300, 1e-300, 0.0, -0.0):
-            if math.isfinite(value) and abs(value) > big:
-                continue  # (1e300 in float32)
+        values = (-math.inf, math.inf, -big, big, -1e300, 1e300, -1e-300, 1e-300, 0.0, -0.0)
+        # (1e300 does not exist in float32)
+        specials.append([float(np.asarray(x, dtype=v.dtype)) for x in values if not math.isfinite(x) or abs(x) <= big])
+    cols = []
+    for i, sp in enumerate(specials):
+        for value in sp:
             col = list(mids)
-            col[i] = float(np.asarray(value, dtype=v.dtype))
+            col[i] = value
             cols.append(col)
+    if len(inputs) <= PAIRED_INPUTS:
+        for i in range(len(inputs)):
+            for j in range(i + 1, len(inputs)):
+                for vi in specials[i]:
+                    for vj in specials[j]:
+                        col = list(mids)
+                        col[i], col[j] = vi, vj
+                        cols.append(col)
     return np.array(cols).T
 
 

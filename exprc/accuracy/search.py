@@ -93,7 +93,7 @@ from exprc.pipeline import FunctionGraph, optimize
 MODES = ("default", "search")
 
 #: Version of the search algorithm, part of the cache key: bump it when a change alters what it chooses.
-ALGORITHM = "15"  # (15: rounding errors (two_sum_err) are not localized; 14: forms keep the default's values outside the domain; 13: nested regimes; 12: reductions' operands; 11: series at a dyadic cancellation point; rare guards (invert) are searchable)
+ALGORITHM = "16"  # (16: pairs of special values outside the domain; 15: rounding errors (two_sum_err) are not localized; 14: forms keep the default's values outside the domain; 13: nested regimes; 12: reductions' operands; 11: series at a dyadic cancellation point; rare guards (invert) are searchable)
 
 #: Never worse: no sampled point may lose more than 1 bit against the default pipeline, except that a
 #: point may go up to this many bits (3 ulps): a default that is exact at x = 1 by luck must not veto a
