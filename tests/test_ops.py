@@ -70,6 +70,29 @@ def test_two_sum_err_is_the_exact_rounding_error(backend, dtype):
         assert np.isnan(f(inf, np.array([1.0, 1.0, 1.0, np.finfo(dtype).max], dtype))).all()
 
 
+def test_two_sum_err_on_empty_strided_and_deep_graphs():
+    """Empty and strided operands against the NumPy reference; a chain 3000 deep compiles and runs
+    (no recursion; exclude=("stability",): the depth is the point, and optimizing this chain of sums
+    with the stability rules takes minutes), each link the exact rounding error of the previous one
+    plus an input."""
+    from exprc.ops import OPS
+
+    x, y = exprc.vector("x"), exprc.vector("y")
+    f = exprc.function([x, y], exprc.api._apply("two_sum_err", x, y))
+    assert f(np.zeros(0), np.zeros(0)).shape == (0,)
+    a = np.random.default_rng(3).standard_normal(4000) * 1e8
+    b = np.random.default_rng(4).standard_normal(4000)
+    np.testing.assert_array_equal(f(a[::4], b[1::4]), OPS["two_sum_err"].impl(a[::4], b[1::4]))
+    e = x
+    for _ in range(3000):
+        e = exprc.api._apply("two_sum_err", e, y) + x
+    g = exprc.function([x, y], e, exclude=("stability",))
+    want = a[:8]
+    for _ in range(3000):
+        want = OPS["two_sum_err"].impl(want, b[:8]) + a[:8]
+    np.testing.assert_array_equal(g(a[:8], b[:8]), want)
+
+
 def test_special_functions_against_scipy():
     special = pytest.importorskip("scipy.special")
     x = exprc.vector("x")

@@ -151,9 +151,12 @@ def sqrt_product(node: Node, m: Node) -> Node | None:
 _CARRIED_BELOW = {"float64": 2.0**-20, "float32": 2.0**-9}
 
 
+_COEF_RANGE = (Fraction(1, 2**1000), Fraction(2**1000))
+
+
 def _normal_coef(c: Fraction | int) -> bool:
     """A coefficient a stable form can carry as one float constant (1e-600 would be 0, 1e400 inf)."""
-    return c != 0 and Fraction(1, 2**1000) < abs(Fraction(c)) < 2**1000
+    return _COEF_RANGE[0] < abs(Fraction(c)) < _COEF_RANGE[1]
 
 
 def _carried(s: Node, e: Node, slope: Node | None = None) -> Node:
