@@ -60,6 +60,8 @@ CASES = [
     ("sqrt_product", lambda m, x, y: m.sqrt(x * y), 2),
     ("sqrt_product", lambda m, x, y: m.sqrt(x * m.exp(y)), 2),
     ("sqrt_square", lambda m, x: m.sqrt(x * x), 1),
+    ("bernoulli_kl", lambda m, x: x * m.log(2 * x) + (1 - x) * m.log(2 * (1 - x)), 1),
+    ("bernoulli_kl", lambda m, x, y: x * m.log(x / y) + (1 - x) * m.log((1 - x) / (1 - y)), 2),
     ("hypot_from_sqrt", lambda m, x, y: m.sqrt(x * x + y * y), 2),
     ("pow_compensated_base", lambda m, x, y: (1 + x) ** y, 2),
     ("pow_compensated_base", lambda m, x, y: (x + y) ** 7.5, 2),

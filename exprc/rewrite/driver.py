@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from exprc.graph import Node, rebuild
 from exprc.rewrite.core import Rule
-from exprc.rewrite.forms import frozen_set, term_ops
+from exprc.rewrite.forms import frozen_set, origin_map, term_ops
 
 
 @dataclass(frozen=True)
@@ -108,6 +108,7 @@ def rewrite(outputs: Sequence[Node], rules: Sequence[Rule], pass_name: str, trac
     settled = settled if settled is not None else set()
     cap = max(1, max_per_node * max(1, max_rounds))
     frozen = frozen_set()
+    origins = origin_map()
     done: dict[Node, Node] = {}  # node -> its rewritten form (a fixpoint)
     redirect: dict[Node, Node] = {}  # node -> the replacement being rewritten for it
     active: set[Node] = set()  # nodes whose replacement is being rewritten right now
@@ -191,6 +192,8 @@ def rewrite(outputs: Sequence[Node], rules: Sequence[Rule], pass_name: str, trac
                 done[n] = done[new] = new
                 stack.pop()
                 continue
+            if new is not n and n in origins and new not in origins:
+                origins[new] = origins[n]  # (rebuilt on rewritten operands, it stands for the same formula)
             if new is not n:
                 if new in done:
                     done[n] = done[new]

@@ -85,6 +85,12 @@ def set_origin(node: Node, info: tuple) -> Node:
     return node
 
 
+def origin_map() -> dict:
+    """Node -> how a rule built it, for the current pass (the driver carries an entry over to a node
+    rebuilt on rewritten operands)."""
+    return _state()["origin"]
+
+
 def origin(node: Node) -> tuple | None:
     return _state()["origin"].get(node)
 

@@ -219,6 +219,7 @@ def _difference_series(view: SumView | None) -> tuple[Node, tuple[Fraction, ...]
         return None
     fns: list[tuple[Fraction, str, int]] = []
     others: list[tuple[Fraction, Node]] = []
+    poly: dict[int, Fraction] = {0: view.const} if view.const else {}
     u = None
     for c, t in view.terms:
         found = _shifted_function(t)
@@ -227,11 +228,12 @@ def _difference_series(view: SumView | None) -> tuple[Node, tuple[Fraction, ...]
         elif u is None or found[1] is u:
             u = found[1]
             fns.append((c * found[3], found[0], found[2]))
+            if found[4]:
+                poly[-found[2]] = poly.get(-found[2], Fraction(0)) + c * found[4]
         else:
             return None  # (functions of two arguments)
     if len(fns) < 2:
         return None  # (one function against a polynomial: taylor_cancellation's)
-    poly: dict[int, Fraction] = {0: view.const} if view.const else {}
     for c, t in others:
         dm = _poly_degree(t, u) or _inverse_degree(t, u)
         if dm is None:
@@ -246,20 +248,28 @@ def _difference_series(view: SumView | None) -> tuple[Node, tuple[Fraction, ...]
     return u, coeffs, r, divided
 
 
-def _shifted_function(t: Node, depth: int = 0) -> tuple[str, Node, int, Fraction] | None:
-    """(f, u, k, s) when ``t`` is s * f(u) / u**k (k >= 0) with f one of the series functions:
-    ``f(u)``, ``f(u) / x / x``, ``(1 / x) * f(u)`` (what the gradient of a quotient looks like).
-    At most 64 quotients and products deep (a chain thousands deep is no such term, and no recursion)."""
+def _shifted_function(t: Node, depth: int = 0) -> tuple[str, Node, int, Fraction, Fraction] | None:
+    """(f, u, k, s, b) when ``t`` is (s * f(u) + b) / u**k (k >= 0) with f one of the series
+    functions: ``f(u)``, ``f(u) / x / x``, ``(1 / x) * f(u)`` (what the gradient of a quotient looks
+    like), sin(u/2)**2 = (1 - cos u)/2 (what cos_minus_one made of 1 - cos u), read through the fast
+    branch of a rare guard (the same function: the series applies only near 0 anyway).  At most 64
+    quotients and products deep (a chain thousands deep is no such term, and no recursion)."""
     if t.op in SERIES.FUNCTIONS:
-        return t.op, t.inputs[0], 0, ONE
+        return t.op, t.inputs[0], 0, ONE, Fraction(0)
+    if t.op == "square" and t.inputs[0].op == "sin":
+        half = t.inputs[0].inputs[0]
+        if half.op == "mul" and F.scalar_const(half.inputs[1]) == 0.5:
+            return "cos", half.inputs[0], 0, -HALF, HALF
     if depth > 64:
         return None
+    if t.op == "where" and t.inputs[0].op == "rare":
+        return _shifted_function(t.inputs[2], depth + 1)
     if t.op == "truediv":
         inner = _shifted_function(t.inputs[0], depth + 1)
         if inner is not None:
             d = _degree(t.inputs[1], inner[1])
             if d is not None:
-                return inner[0], inner[1], inner[2] + d, inner[3]
+                return inner[0], inner[1], inner[2] + d, inner[3], inner[4]
         return None
     if t.op == "mul":
         for a, b in (t.inputs, t.inputs[::-1]):
@@ -268,10 +278,10 @@ def _shifted_function(t: Node, depth: int = 0) -> tuple[str, Node, int, Fraction
                 continue
             dm = _inverse_degree(b, inner[1])
             if dm is not None and dm[0] <= 0:
-                return inner[0], inner[1], inner[2] - dm[0], inner[3] * dm[1]
+                return inner[0], inner[1], inner[2] - dm[0], inner[3] * dm[1], inner[4] * dm[1]
             c = F.scalar_const(b)
             if c is not None and c != 0 and math.isfinite(c):
-                return inner[0], inner[1], inner[2], inner[3] * Fraction(c)
+                return inner[0], inner[1], inner[2], inner[3] * Fraction(c), inner[4] * Fraction(c)
     return None
 
 

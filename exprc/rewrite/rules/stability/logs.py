@@ -18,10 +18,12 @@ from exprc.graph import Node
 from exprc.rewrite import forms as F
 from exprc.rewrite.core import P, X
 from exprc.rewrite.forms import SumView, build_sum, make, scale
+from exprc.rewrite.rules.stability import cancellation
 from exprc.rewrite.rules.stability._common import (
     HALF,
     LN2,
     ONE,
+    SUM_OPS,
     TWO,
     add,
     div,
@@ -40,6 +42,7 @@ from exprc.rewrite.rules.stability._common import (
     sum_of_exp,
     unguard,
     view_of,
+    with_rest,
 )
 
 
@@ -51,7 +54,10 @@ def _log_rule(name: str) -> Callable:
         def both(node: Node, a: Node) -> Node | None:
             naive = unguard(a)
             out = fn(node, naive) if naive is not None else None
-            return out if out is not None else fn(node, a)
+            out = out if out is not None else fn(node, a)
+            if out is not None and F.origin(out) is None:
+                F.set_origin(out, ("log", a))  # (rules on sums of logs still read log(a): _log_of)
+            return out
 
         both.__doc__ = fn.__doc__
         stability_rule(name, P("log", X("a")))(both)
@@ -428,3 +434,105 @@ def log_div(node: Node, a: Node) -> Node | None:
     num = build_sum(vx.plus(vy, -ONE), node) if vx is not None and vy is not None else sub(x, y)
     near_one = (a > k(0.5, a)) & (a < k(2.0, a))
     return F.where(near_one, f("log1p", div(num, y)), out)
+
+
+def _log_of(t: Node) -> Node | None:
+    """``a`` when ``t`` is log(a) or what a log rule made of it this pass (log(2p) is guarded
+    against over- and underflow by then: the rules run bottom-up)."""
+    if t.op == "log":
+        return t.inputs[0]
+    info = F.origin(t)
+    if info is not None and info[0] == "log":
+        return info[1]
+    naive = unguard(t)
+    return naive.inputs[0] if naive is not None and naive.op == "log" else None
+
+
+def _relative_entropy_term(t: Node) -> tuple[Fraction, Node, Node | Fraction] | None:
+    """(w, a, q) when term ``t`` is w * a * log(a / q) for a constant w (also a * log(a * c) with q =
+    1/c, which :func:`_kl_pair` takes only where it is a float)."""
+    tv = F.product_view(t) if t.op == "mul" else None
+    if tv is None or tv[3] or len(tv[1]) != 2 or any(e != 1 for _, e in tv[1]):
+        return None
+    for (a, _), (lg, _) in (tv[1], tv[1][::-1]):
+        arg = _log_of(lg)
+        pv = F.product_view(arg) if arg is not None else None
+        if pv is None or pv[3] or (a, 1) not in pv[1] or not pv[0]:
+            continue
+        coef, factors = pv[0], [fe for fe in pv[1] if fe[0] is not a]
+        if not factors:
+            return Fraction(tv[0]), a, 1 / Fraction(coef)
+        if len(factors) == 1 and factors[0][1] == -1 and coef == 1:
+            return Fraction(tv[0]), a, factors[0][0]
+    return None
+
+
+#: Where KL's stable form applies: q/2 <= p <= 2q on both sides (|u| small enough that 1 + u is
+#: exact to its last bit, and p - q exact by Sterbenz); beyond, the naive terms cancel by < 2 bits.
+_KL_LOW, _KL_HIGH = -0.5, 1.0
+
+
+@stability_rule("bernoulli_kl", SUM_OPS, needs=("mul",))
+def bernoulli_kl(node: Node) -> Node | None:
+    """p log(p/q) + (1 - p) log((1 - p)/(1 - q)), the Bernoulli KL divergence (q a variable or a
+    constant: p log(2p) + (1 - p) log(2(1 - p))), -> q h(u) + (1 - q) h(v) near p = q, where u = (p -
+    q)/q, v = (q - p)/(1 - q) and h(t) = (1 + t) log1p(t) - t = (log1p(t) - t) + t log1p(t) >= 0: two
+    terms that cancel by at most a bit (log1p(t) - t by its series), where the naive terms cancel to
+    d**2 from |d| (8 bits at p = 0.5007, q = 1/2).  The naive form elsewhere (q/2 > p or p > 2q on
+    either side), where its terms cancel by less than 2 bits and 1 + u would round."""
+    view = view_of(node)
+    if view is None or len(view.terms) < 2:
+        return None
+    found = [(c, t, _relative_entropy_term(t)) for c, t in view.terms if t.op == "mul"]
+    found = [x for x in found if x[2] is not None]
+    for i, (c1, t1, (w1, a1, q1)) in enumerate(found):
+        for c2, t2, (w2, a2, q2) in found[i + 1:]:
+            if c1 * w1 != c2 * w2 or q1 is a1 or q2 is a2:
+                continue
+            found_kl = _kl_pair(node, a1, q1, a2, q2)
+            if found_kl is not None:
+                stable, inside = found_kl
+                naive = F.freeze(build_sum(SumView(((c1, t1), (c2, t2)), Fraction(0)), node))
+                return with_rest(view, [t1, t2], F.where(inside, scale(stable, c1 * w1), naive), node)
+    return None
+
+
+def _kl_pair(node: Node, a1: Node, q1: Node | Fraction, a2: Node, q2: Node | Fraction) -> tuple[Node, Node] | None:
+    """(stable form, where it applies) of a1 log(a1/q1) + a2 log(a2/q2) when a1 + a2 = q1 + q2 = 1
+    (see :func:`bernoulli_kl`)."""
+    va1, va2 = view_of(a1), view_of(a2)
+    if va1 is None or va2 is None:
+        return None
+    total = va1.plus(va2)
+    if not (total.is_const and total.const == 1):
+        return None
+    if isinstance(q1, Fraction) and isinstance(q2, Fraction):
+        vq1 = vq2 = None
+        residual = 1 - q1 - q2  # (a1 + a2 - q1 - q2: p log(p/0.3) + (1-p) log((1-p)/0.7) has 2**-54)
+        if any(Fraction(float(np.asarray(float(v), node.dtype))) != v for v in (q1, q2, residual)):
+            return None
+    elif not isinstance(q1, Fraction) and not isinstance(q2, Fraction):
+        vq1, vq2 = view_of(q1), view_of(q2)
+        qt = vq1.plus(vq2) if vq1 is not None and vq2 is not None else None
+        if qt is None or not (qt.is_const and qt.const == 1):
+            return None
+        residual = Fraction(0)
+    else:
+        return None
+    parts = []
+    inside = None
+    for a, q, va, vq in ((a1, q1, va1, vq1), (a2, q2, va2, vq2)):
+        # d = a - q from the views (exact where it matters: within a factor 2, Sterbenz), u = d/q
+        d = build_sum(va.plus(SumView((), q) if vq is None else vq, -ONE), node)
+        qn = k(float(q), node) if vq is None else q
+        u = div(d, qn)
+        g = cancellation.taylor_cancellation(sub(f("log1p", u), u))
+        if g is None:
+            return None
+        parts.append(add(mul(qn, g), mul(d, f("log1p", u))))
+        near = (u >= k(_KL_LOW, u)) & (u <= k(_KL_HIGH, u))
+        inside = near if inside is None else inside & near
+    stable = add(parts[0], parts[1])
+    if residual:
+        stable = add(stable, k(float(residual), node))
+    return stable, inside

@@ -195,6 +195,34 @@ def exp_product(node: Node) -> Node | None:
     return scale(stable, coef)
 
 
+@stability_rule("sin_cos_product", ("mul", "truediv"))
+def sin_cos_product(node: Node) -> Node | None:
+    """sin(u) cos(u) -> sin(2u)/2 inside a product (2u is exact): one rounding where the product has
+    three, one sine instead of two calls, and a form the series rules read -- the gradient of 2
+    sin(x/2)**2 / x**2 (which (1 - cos x)/x**2 becomes) is sin(x)/x**2 - 4 sin(x/2)**2/x**3 then,
+    whose cancellation near 0 series_difference takes away.  Where 2u would overflow (|u| > 2**1022)
+    the product as written, in a rare branch."""
+    if node.op == "mul" and not {node.inputs[0].op, node.inputs[1].op} & {"sin", "cos", "mul", "truediv"}:
+        return None
+    pv = F.product_view(node)
+    if pv is None:
+        return None
+    coef, factors, _, guards = pv
+    sines = {t.inputs[0]: t for t, p in factors if t.op == "sin" and p == 1}
+    pair = next(((sines[t.inputs[0]], t) for t, p in factors if t.op == "cos" and p == 1 and t.inputs[0] in sines),
+                None)
+    if pair is None or guards or not _normal_coef(coef):
+        return None
+    u = pair[0].inputs[0]
+    rest = [(t, p) for t, p in factors if t is not pair[0] and t is not pair[1]]
+    joined = scale(f("sin", scale(u, 2)), Fraction(1, 2))
+    if not F.broadcast_safe([t for t, _ in rest] + [joined], node):
+        return None
+    stable = joined if not rest else mul(_product(1, rest, node), joined)
+    big = f("abs", u) > k(float(np.finfo(node.dtype).max) / 2, u)
+    return F.guard(big, F.freeze(node), scale(stable, coef))
+
+
 @stability_rule("softmax_pair", ("mul", "truediv"))
 def softmax_pair(node: Node) -> Node | None:
     """exp(a)/(exp(a) + exp(b)) -> sigmoid(s)(1 + e sigmoid(-s)) with s + e = a - b exactly (TwoSum):
