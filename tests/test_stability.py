@@ -1000,3 +1000,26 @@ def test_gradient_of_one_minus_cos_over_x_squared(backend):
     got, naive = f(wide), np.sin(wide) * np.cos(wide)
     assert bits_lost(got[-3:], ref[-3:]).max() <= 2 and np.isfinite(got[-3:]).all()
     assert np.all(bits_lost(got, ref) <= np.maximum(bits_lost(naive, ref), NOISE) + 1)
+
+
+def test_bernoulli_kl_declines_what_it_cannot_do_exactly():
+    """Found in review: with 0.1 (0.3) paired with 1 - p, the views fold 1 - 0.1 into a rounded
+    constant and the stable form lost 30 bits near p = 0.9; the rule declines there now (the naive
+    form, as without the rule).  A constant whose reciprocal is no float (log(5e-324 p)) raised
+    OverflowError during compile."""
+    p = exprc.vector("p")
+    rng = np.random.default_rng(8)
+    for q1, q2 in ((0.9, 0.1), (0.7, 0.3), (0.3, 0.7), (0.25, 0.75)):
+        def fm(m, p, q1=q1, q2=q2):
+            return p * m.log(p / q1) + (1 - p) * m.log((1 - p) / q2)
+        f = exprc.function([p], fm(exprc, p))
+        plain = exprc.function([p], fm(exprc, p), exclude=("bernoulli_kl",))
+        pts = q1 * (1 + 10 ** rng.uniform(-12, -1, 1000) * rng.choice([-1.0, 1.0], 1000))
+        ref = reference(fm, [pts])
+        b, b_plain = bits_lost(f(pts), ref), bits_lost(plain(pts), ref)
+        assert np.all(b <= np.maximum(b_plain, NOISE) + 1), (q1, q2)
+        assert ("bernoulli_kl" in f.rewrites) == (q1 < 0.5) and (q1 > 0.5 or b.max() <= 4), (q1, q2, b.max())
+    for c, dtype in ((5e-324, "float64"), (1e-310, "float64"), (1e-40, "float32")):
+        x = exprc.vector("x", dtype)
+        f = exprc.function([x], x * exprc.log(c * x) + (1 - x) * exprc.log(c * (1 - x)))
+        assert "bernoulli_kl" not in f.rewrites

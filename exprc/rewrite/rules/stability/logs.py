@@ -479,7 +479,9 @@ def bernoulli_kl(node: Node) -> Node | None:
     q)/q, v = (q - p)/(1 - q) and h(t) = (1 + t) log1p(t) - t = (log1p(t) - t) + t log1p(t) >= 0: two
     terms that cancel by at most a bit (log1p(t) - t by its series), where the naive terms cancel to
     d**2 from |d| (8 bits at p = 0.5007, q = 1/2).  The naive form elsewhere (q/2 > p or p > 2q on
-    either side), where its terms cancel by less than 2 bits and 1 + u would round."""
+    either side), where its terms cancel by less than 2 bits and 1 + u would round.  Constants q1, q2
+    must be floats; where their exact sum misses 1 (0.3 + 0.7 by 2**-54) the difference is added.
+    Declined where p - q is not one exact subtraction on both sides (see :func:`_kl_pair`)."""
     view = view_of(node)
     if view is None or len(view.terms) < 2:
         return None
@@ -507,9 +509,9 @@ def _kl_pair(node: Node, a1: Node, q1: Node | Fraction, a2: Node, q2: Node | Fra
     if not (total.is_const and total.const == 1):
         return None
     if isinstance(q1, Fraction) and isinstance(q2, Fraction):
-        vq1 = vq2 = None
+        vq1, vq2 = SumView((), q1), SumView((), q2)
         residual = 1 - q1 - q2  # (a1 + a2 - q1 - q2: p log(p/0.3) + (1-p) log((1-p)/0.7) has 2**-54)
-        if any(Fraction(float(np.asarray(float(v), node.dtype))) != v for v in (q1, q2, residual)):
+        if not all(_float_of(v, node.dtype) for v in (q1, q2, residual)):
             return None
     elif not isinstance(q1, Fraction) and not isinstance(q2, Fraction):
         vq1, vq2 = view_of(q1), view_of(q2)
@@ -519,12 +521,17 @@ def _kl_pair(node: Node, a1: Node, q1: Node | Fraction, a2: Node, q2: Node | Fra
         residual = Fraction(0)
     else:
         return None
+    # d = a - q from the views, on each side one subtraction, exact near p = q (p - q, p - 0.5, 0.7 - p:
+    # Sterbenz); declined where the views fold a constant that rounds ((1 - p) - 0.1 is 0.9 - p, and
+    # 1 - 0.1 is no float: 30 bits lost at p = 0.9 + 2.45e-9)
+    diffs = [va1.plus(vq1, -ONE), va2.plus(vq2, -ONE)]
+    if not all(_one_subtraction(d, node.dtype) for d in diffs):
+        return None
     parts = []
     inside = None
-    for a, q, va, vq in ((a1, q1, va1, vq1), (a2, q2, va2, vq2)):
-        # d = a - q from the views (exact where it matters: within a factor 2, Sterbenz), u = d/q
-        d = build_sum(va.plus(SumView((), q) if vq is None else vq, -ONE), node)
-        qn = k(float(q), node) if vq is None else q
+    for q, dv in ((q1, diffs[0]), (q2, diffs[1])):
+        d = build_sum(dv, node)
+        qn = k(float(q), node) if isinstance(q, Fraction) else q
         u = div(d, qn)
         g = cancellation.taylor_cancellation(sub(f("log1p", u), u))
         if g is None:
@@ -533,6 +540,22 @@ def _kl_pair(node: Node, a1: Node, q1: Node | Fraction, a2: Node, q2: Node | Fra
         near = (u >= k(_KL_LOW, u)) & (u <= k(_KL_HIGH, u))
         inside = near if inside is None else inside & near
     stable = add(parts[0], parts[1])
-    if residual:
-        stable = add(stable, k(float(residual), node))
-    return stable, inside
+    # (a log(a/q) = q g(u) + d log1p(u) + d: the d's sum to the residual)
+    return (add(stable, k(float(residual), node)) if residual else stable), inside
+
+
+def _float_of(v: Fraction, dtype: str) -> bool:
+    """``v`` is a finite float of ``dtype`` (1/5e-324 is not: the rule declines, never raises)."""
+    try:
+        with np.errstate(over="ignore"):
+            x = float(np.asarray(float(v), dtype))
+    except OverflowError:
+        return False
+    return math.isfinite(x) and Fraction(x) == v
+
+
+def _one_subtraction(d: SumView, dtype: str) -> bool:
+    """``d`` is x - y or x - c (c a float of ``dtype``): one subtraction, exact where x is near y."""
+    if len(d.terms) == 2 and d.const == 0:
+        return sorted(c for c, _ in d.terms) == [-1, 1]
+    return len(d.terms) == 1 and abs(d.terms[0][0]) == 1 and _float_of(d.const, dtype)
