@@ -200,8 +200,8 @@ def sin_cos_product(node: Node) -> Node | None:
     """sin(u) cos(u) -> sin(2u)/2 inside a product (2u is exact): one rounding where the product has
     three, one sine instead of two calls, and a form the series rules read -- the gradient of 2
     sin(x/2)**2 / x**2 (which (1 - cos x)/x**2 becomes) is sin(x)/x**2 - 4 sin(x/2)**2/x**3 then,
-    whose cancellation near 0 series_difference takes away.  Where 2u would overflow (|u| > 2**1022)
-    the product as written, in a rare branch."""
+    whose cancellation near 0 series_difference takes away.  Where 2u would overflow (|u| > max/2,
+    about 2**1023) the product as written, in a rare branch."""
     if node.op == "mul" and not {node.inputs[0].op, node.inputs[1].op} & {"sin", "cos", "mul", "truediv"}:
         return None
     pv = F.product_view(node)
