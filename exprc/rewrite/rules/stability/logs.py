@@ -8,6 +8,7 @@ arcsinh(x)``, ``log(x*y)`` where the product over- or underflows.  Rules made wi
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from fractions import Fraction
@@ -16,9 +17,9 @@ import numpy as np
 
 from exprc.graph import Node
 from exprc.rewrite import forms as F
+from exprc.rewrite import series as SERIES
 from exprc.rewrite.core import P, X
 from exprc.rewrite.forms import SumView, build_sum, make, scale
-from exprc.rewrite.rules.stability import cancellation
 from exprc.rewrite.rules.stability._common import (
     HALF,
     LN2,
@@ -467,18 +468,28 @@ def _relative_entropy_term(t: Node) -> tuple[Fraction, Node, Node | Fraction] | 
     return None
 
 
-#: Where KL's stable form applies: q/2 <= p <= 2q on both sides (|u| small enough that 1 + u is
-#: exact to its last bit, and p - q exact by Sterbenz); beyond, the naive terms cancel by < 2 bits.
-_KL_LOW, _KL_HIGH = -0.5, 1.0
+#: Where KL's stable form applies: |s| <= 1/3, s = (p - q)/(p + q), that is q/2 <= p <= 2q on both
+#: sides (p - q exact there by Sterbenz); beyond, the naive terms cancel by less than 2 bits.
+_KL_RADIUS = 1 / 3
+
+
+@functools.cache
+def _kl_series() -> tuple[Fraction, ...]:
+    """C(w) = sum w**j/(2j + 3) economized for 0 <= w <= (1/3)**2 (see :func:`bernoulli_kl`), as
+    coefficients of powers of w."""
+    even = []
+    for j in range(40):
+        even += [Fraction(1, 2 * j + 3), Fraction(0)]
+    return SERIES.economize(tuple(even), _KL_RADIUS * 1.01)[::2]
 
 
 @stability_rule("bernoulli_kl", SUM_OPS, needs=("mul",))
 def bernoulli_kl(node: Node) -> Node | None:
     """p log(p/q) + (1 - p) log((1 - p)/(1 - q)), the Bernoulli KL divergence (q a variable or a
     constant: p log(2p) + (1 - p) log(2(1 - p))), -> q h(u) + (1 - q) h(v) near p = q, where u = (p -
-    q)/q, v = (q - p)/(1 - q) and h(t) = (1 + t) log1p(t) - t = (log1p(t) - t) + t log1p(t) >= 0: two
-    terms that cancel by at most a bit (log1p(t) - t by its series), where the naive terms cancel to
-    d**2 from |d| (8 bits at p = 0.5007, q = 1/2).  The naive form elsewhere (q/2 > p or p > 2q on
+    q)/q, v = (q - p)/(1 - q) and h(t) = (1 + t) log1p(t) - t >= 0, each from a short series in s =
+    t/(2 + t) with positive terms: nothing cancels, where the naive terms cancel to d**2 from |d| (8
+    bits at p = 0.5007, q = 1/2).  The naive form elsewhere (q/2 > p or p > 2q on
     either side), where its terms cancel by less than 2 bits and 1 + u would round.  Constants q1, q2
     must be floats; where their exact sum misses 1 (0.3 + 0.7 by 2**-54) the difference is added.
     Declined where p - q is not one exact subtraction on both sides (see :func:`_kl_pair`)."""
@@ -529,15 +540,18 @@ def _kl_pair(node: Node, a1: Node, q1: Node | Fraction, a2: Node, q2: Node | Fra
         return None
     parts = []
     inside = None
-    for q, dv in ((q1, diffs[0]), (q2, diffs[1])):
-        d = build_sum(dv, node)
-        qn = k(float(q), node) if isinstance(q, Fraction) else q
-        u = div(d, qn)
-        g = cancellation.taylor_cancellation(sub(f("log1p", u), u))
-        if g is None:
-            return None
-        parts.append(add(mul(qn, g), mul(d, f("log1p", u))))
-        near = (u >= k(_KL_LOW, u)) & (u <= k(_KL_HIGH, u))
+    for a, q, dv in ((a1, q1, diffs[0]), (a2, q2, diffs[1])):
+        # q h(u) = (a + q) s**2 (1 + s (1 + s) C(s**2)) with s = (a - q)/(a + q) = u/(2 + u): log1p(u) =
+        # 2 atanh(s) and (1 + u) = (1 + s)/(1 - s) make h(u) = 2 s**2 (1 + s/3 + s**2/3 + s**3/5 + s**4/5
+        # + ...)/(1 - s); C(w) = 1/3 + w/5 + w**2/7 + ...  Every part >= 0: nothing cancels.
+        # (a + q from the nodes, not the views: (1 - p) + (1 - q) is exact where 2 - p - q cancels)
+        total = add(a, k(float(q), node) if isinstance(q, Fraction) else q)
+        s_ = div(build_sum(dv, node), total)
+        s2 = f("square", s_)
+        series = F.horner(s2, [float(c) for c in _kl_series()], node)
+        rest = add(k(1.0, node), mul(mul(s_, add(s_, k(1.0, node))), series))
+        parts.append(mul(total, mul(s2, rest)))
+        near = f("abs", s_) <= k(_KL_RADIUS, s_)
         inside = near if inside is None else inside & near
     stable = add(parts[0], parts[1])
     # (a log(a/q) = q g(u) + d log1p(u) + d: the d's sum to the residual)
