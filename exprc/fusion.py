@@ -39,6 +39,10 @@ RECOMPUTED = frozenset({"add", "sub", "mul", "neg", "abs", "eq", "ne", "lt", "le
                         "cast", "isfinite", "isnan", "isinf", "and", "or", "invert", "xor"})
 #: The most groups one node is recomputed in (each copy is work; a bound keeps it linear).
 MAX_COPIES = 3
+#: The most nodes in one elementwise loop: gcc's time on one loop body grows faster than its length
+#: (a chain of 1000 two_sum_err + add links: 24 s, 3000: 4 minutes), so a longer group becomes
+#: several kernels, each storing the few values the next reads (see _split_group).
+MAX_BODY = 1000
 
 
 @dataclass
@@ -219,7 +223,6 @@ def lower(outputs: Sequence[Node], inputs: Sequence[Node], fuse: bool = True,
     materialized: list[Node] = []
     emitted: set[int] = set()
     absorbed_groups = set(absorbed.values())
-    kernels_by_group: dict[int, Kernel] = {}
 
     def view_of_leaves(n: Node) -> bool:
         """A view chain ending at inputs/constants: the runtime resolves it to strides."""
@@ -237,11 +240,13 @@ def lower(outputs: Sequence[Node], inputs: Sequence[Node], fuse: bool = True,
             if g in absorbed_groups or g in emitted:
                 continue
             nodes = members[g]
-            outs = group_outputs(g)
-            k = Kernel(len(steps), outs, nodes)
-            kernels_by_group[g] = k
-            steps.append(k)
-            materialized.extend(outs)
+            if len(nodes) <= MAX_BODY or any(m in copied for m in nodes):
+                parts = [(nodes, group_outputs(g))]
+            else:
+                parts = _split_group(nodes, consumers, is_output)
+            for body, outs in parts:
+                steps.append(Kernel(len(steps), outs, body))
+                materialized.extend(outs)
             emitted.add(g)
         elif n in batch_sums:
             continue  # (computed by its sum's kernel)
@@ -281,6 +286,36 @@ def lower(outputs: Sequence[Node], inputs: Sequence[Node], fuse: bool = True,
                         ops[x] = None
             s.operands = list(s.matmul.inputs) if s.matmul is not None else list(ops)
     return Program(tuple(inputs), tuple(outputs), steps, materialized)
+
+
+def _split_group(nodes: list[Node], consumers: dict[Node, list[Node]],
+                 is_output: set[Node]) -> list[tuple[list[Node], list[Node]]]:
+    """A group of more than MAX_BODY nodes as consecutive slices of its evaluation order, each a
+    kernel that stores what later slices (or anything outside) read: (body, outputs) per slice.
+    Every slice reads only earlier ones, so the kernels run in order.  Each cut is where the fewest
+    values cross it, among the last half of the slice's allowed length: between the links of a
+    chain, not inside a guard's slow branch (which would then be stored, not skipped)."""
+    index = {m: i for i, m in enumerate(nodes)}
+    live = [0] * (len(nodes) + 1)  # live[i]: values made at or before i and read after i, inside
+    for i, m in enumerate(nodes):
+        last = max((index[c] for c in consumers[m] if c in index), default=i)
+        if last > i:
+            live[i] += 1
+            live[last] -= 1
+    for i in range(1, len(live)):
+        live[i] += live[i - 1]
+    parts, lo = [], 0
+    while lo < len(nodes):
+        if len(nodes) - lo <= MAX_BODY:
+            hi = len(nodes)
+        else:  # (the latest position with the fewest crossing values)
+            hi = 1 + min(range(lo + MAX_BODY // 2, lo + MAX_BODY), key=lambda i: (live[i], -i))
+        body = nodes[lo:hi]
+        inside = set(body)
+        outs = [m for m in body if m in is_output or any(c not in inside for c in consumers[m])]
+        parts.append((body, outs))
+        lo = hi
+    return parts
 
 
 def _shape_scalars(steps: list[Kernel | Step], order: list[Node], is_output: set[Node],

@@ -463,3 +463,29 @@ def test_random_row_graphs_match_the_reference(seed):
         for g, w in zip(f(zv, bv, cv), want):
             np.testing.assert_allclose(g, w, rtol=1e-10, atol=1e-12, equal_nan=True)
     assert made >= 12  # (the chains do make row kernels)
+
+
+def test_a_long_elementwise_group_becomes_kernels_of_bounded_length():
+    """gcc's time on one loop body grows faster than its length (two_sum_err chains: 1000 links 24 s,
+    3000 links 4 minutes), so a group longer than MAX_BODY is cut into several kernels.  Each cut
+    stores only the values that cross it: between two links of a chain (the running value; the first
+    kernel also y*y and y*y + 1, which every link reads), never inside a guard's slow branch; the values
+    are NumPy's, on contiguous and strided operands."""
+    x, y = exprc.vector("x"), exprc.vector("y")
+    sq = y * y
+    e = x
+    for i in range(1800):
+        # (contractions, so that the backends' last-bit differences do not grow along the chain)
+        e = exprc.log1p(e * e) * 0.5 + x if i % 3 == 0 else (e * sq / (sq + 1) + x if i % 3 == 1 else exprc.sin(e) * 0.5 - y)
+    prog = lower([e], [x, y])
+    kernels = prog.kernels
+    assert len(kernels) >= 4 and all(len(k.body) <= fusion.MAX_BODY for k in kernels)
+    assert len(kernels[0].outputs) <= 3 and all(len(k.outputs) == 1 for k in kernels[1:]) and sum(len(k.body) for k in kernels) == len(
+        {n for k in kernels for n in k.body})
+    f = exprc.function([x, y], e)  # (optimized: the stability rules guard log1p of a square)
+    assert len(f.kernels) >= len(kernels)
+    whole = exprc.function([x, y], e, backend="numpy")
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal(3001), rng.standard_normal(3001)
+    np.testing.assert_allclose(f(a, b), whole(a, b), rtol=1e-12, atol=1e-300)
+    np.testing.assert_allclose(f(a[:3000:3], b[1::3]), whole(a[:3000:3], b[1::3]), rtol=1e-12, atol=1e-300)
