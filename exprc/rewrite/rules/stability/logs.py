@@ -489,10 +489,10 @@ def bernoulli_kl(node: Node) -> Node | None:
     constant: p log(2p) + (1 - p) log(2(1 - p))), -> q h(u) + (1 - q) h(v) near p = q, where u = (p -
     q)/q, v = (q - p)/(1 - q) and h(t) = (1 + t) log1p(t) - t >= 0, each from a short series in s =
     t/(2 + t) with positive terms: nothing cancels, where the naive terms cancel to d**2 from |d| (8
-    bits at p = 0.5007, q = 1/2).  The naive form elsewhere (q/2 > p or p > 2q on
-    either side), where its terms cancel by less than 2 bits and 1 + u would round.  Constants q1, q2
-    must be floats; where their exact sum misses 1 (0.3 + 0.7 by 2**-54) the difference is added.
-    Declined where p - q is not one exact subtraction on both sides (see :func:`_kl_pair`)."""
+    bits at p = 0.5007, q = 1/2).  The naive form elsewhere (q/2 > p or p > 2q on either side), where
+    its terms cancel by less than 2 bits.  Constants q1, q2 must be floats; where their exact sum
+    misses 1 (0.3 + 0.7 by 2**-54) the difference is added.  Declined where p - q is not one exact
+    subtraction on both sides (see :func:`_kl_pair`)."""
     view = view_of(node)
     if view is None or len(view.terms) < 2:
         return None
@@ -543,18 +543,18 @@ def _kl_pair(node: Node, a1: Node, q1: Node | Fraction, a2: Node, q2: Node | Fra
     for a, q, dv in ((a1, q1, diffs[0]), (a2, q2, diffs[1])):
         # q h(u) = (a + q) s**2 (1 + s (1 + s) C(s**2)) with s = (a - q)/(a + q) = u/(2 + u): log1p(u) =
         # 2 atanh(s) and (1 + u) = (1 + s)/(1 - s) make h(u) = 2 s**2 (1 + s/3 + s**2/3 + s**3/5 + s**4/5
-        # + ...)/(1 - s); C(w) = 1/3 + w/5 + w**2/7 + ...  Every part >= 0: nothing cancels.
+        # + ...)/(1 - s); C(w) = 1/3 + w/5 + w**2/7 + ...  Both sides are >= 0: nothing cancels.
         # (a + q from the nodes, not the views: (1 - p) + (1 - q) is exact where 2 - p - q cancels)
-        total = add(a, k(float(q), node) if isinstance(q, Fraction) else q)
-        s_ = div(build_sum(dv, node), total)
+        aq = add(a, k(float(q), node) if isinstance(q, Fraction) else q)
+        s_ = div(build_sum(dv, node), aq)
         s2 = f("square", s_)
         series = F.horner(s2, [float(c) for c in _kl_series()], node)
         rest = add(k(1.0, node), mul(mul(s_, add(s_, k(1.0, node))), series))
-        parts.append(mul(total, mul(s2, rest)))
+        parts.append(mul(aq, mul(s2, rest)))
         near = f("abs", s_) <= k(_KL_RADIUS, s_)
         inside = near if inside is None else inside & near
     stable = add(parts[0], parts[1])
-    # (a log(a/q) = q g(u) + d log1p(u) + d: the d's sum to the residual)
+    # (a log(a/q) = q h(u) + d, d = a - q: the d's sum to the residual)
     return (add(stable, k(float(residual), node)) if residual else stable), inside
 
 
