@@ -39,8 +39,15 @@ if kind == "chain":
     a, b, c = exprc.vector("a"), exprc.vector("b"), exprc.vector("c")
     ins, e = [a, b, c], a
     ops = [lambda e: exprc.sin(e) * b, lambda e: e + c * 0.5, lambda e: exprc.tanh(e) - a, lambda e: e * e + 1.0]
-    while len(exprc.graph.toposort([e])) < n:
-        e = ops[len(exprc.graph.toposort([e])) % 4](e)
+    seen = set(exprc.graph.toposort([e]))  # (the nodes e reaches, kept up to date: toposort per link was quadratic)
+    while len(seen) < n:
+        e = ops[len(seen) % 4](e)
+        stack = [e]
+        while stack:
+            m = stack.pop()
+            if m not in seen:
+                seen.add(m)
+                stack.extend(m.inputs)
     outs, args = [e], [rng.normal(size=1000) for _ in range(3)]
 elif kind == "layers":
     x = exprc.matrix("x")
