@@ -203,7 +203,7 @@ def lower(outputs: Sequence[Node], inputs: Sequence[Node], fuse: bool = True,
             if g is None or src in is_output:
                 continue
             outs = group_outputs(g)
-            if outs == [src] and consumers[src] == [n] and g not in absorbed.values():
+            if outs == [src] and consumers[src] == [n] and g not in absorbed.values() and len(members[g]) <= MAX_BODY:
                 absorbed[n] = g
 
     # 2b. A float64 batch of products summed over the batch, when nothing else reads the products.
@@ -520,6 +520,8 @@ def _row_kernels(steps: list[Kernel | Step], order: list[Node], is_output: set[N
         merged = a | b
         if reach(merged, succ) & reach(merged, pred) or not shapes_agree(merged):
             continue  # a path would leave the group and come back
+        if sum(len(steps[m].body) for m in merged) > MAX_BODY:
+            continue  # (a long group was cut for gcc's sake: see MAX_BODY)
         for m in merged:
             group[m] = merged
     out: list[Kernel | Step] = []

@@ -489,3 +489,23 @@ def test_a_long_elementwise_group_becomes_kernels_of_bounded_length():
     a, b = rng.standard_normal(3001), rng.standard_normal(3001)
     np.testing.assert_allclose(f(a, b), whole(a, b), rtol=1e-12, atol=1e-300)
     np.testing.assert_allclose(f(a[:3000:3], b[1::3]), whole(a[:3000:3], b[1::3]), rtol=1e-12, atol=1e-300)
+
+
+def test_a_long_group_is_cut_before_a_reduction_or_a_row_kernel_takes_it():
+    """Found in review: a reduction absorbed its 4500-node producer whole, and row fusion merged the
+    cut slices back into one row kernel; both now keep to MAX_BODY (the reduction reads the last
+    slice's stored value), with NumPy's values."""
+    x, m = exprc.vector("x"), exprc.matrix("m")
+    e, e2 = x, m
+    for _ in range(1500):
+        e, e2 = exprc.sin(e) * 0.5 + x, exprc.sin(e2) * 0.5 + m
+    total = exprc.sum(e)
+    assert all(len(k.body) <= fusion.MAX_BODY for k in lower([total], [x]).kernels)
+    soft = e2 / exprc.sum(e2, axis=1, keepdims=True)
+    kernels = lower([soft], [m], rows=True).kernels
+    assert all(len(k.body) <= fusion.MAX_BODY for k in kernels) and any(k.rows for k in kernels)
+    a, b = np.random.default_rng(0).standard_normal(1000), np.random.default_rng(1).standard_normal((50, 7))
+    np.testing.assert_allclose(exprc.function([x], total)(a), exprc.function([x], total, backend="numpy")(a),
+                               rtol=1e-12)
+    got = exprc.function([m], soft, config=exprc.Config(row_fusion=True))(b)
+    np.testing.assert_allclose(got, exprc.function([m], soft, backend="numpy")(b), rtol=1e-12, atol=1e-13)

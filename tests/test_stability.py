@@ -1045,3 +1045,23 @@ def test_bernoulli_kl_with_a_variable_q_near_one(backend):
         naive = kl(NP, ps, qs)
     b = bits_lost(f(ps, qs), ref)
     assert b.max() <= 4 and np.all(b <= np.maximum(bits_lost(naive, ref), NOISE) + 1), b.max()
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_bernoulli_kl_where_p_and_q_are_tiny(dtype):
+    """Found in review: product_cancel turned the stable form's (p + q) square((p - q)/(p + q)) into
+    square(p - q)/(p + q), which underflows: 0 at p = 1e-200, q = p/1.5 (60.5 bits lost; float32 at p =
+    1e-30).  It is (p - q) (p - q)/(p + q) ..., frozen, now: within 2 bits from 1e-300 (1e-38) up."""
+    p, q = exprc.vector("p", dtype), exprc.vector("q", dtype)
+
+    def kl(m, p, q):
+        return p * m.log(p / q) + (1 - p) * m.log((1 - p) / (1 - q))
+
+    f = exprc.function([p, q], kl(exprc, p, q))
+    assert "bernoulli_kl" in f.rewrites
+    rng = np.random.default_rng(10)
+    low = -300 if dtype == "float64" else -37
+    qs = (10 ** rng.uniform(low, -1, 3000)).astype(dtype)
+    ps = (qs * rng.uniform(0.5, 2.0, 3000)).astype(dtype)
+    ref = reference(kl, [ps.astype(np.float64), qs.astype(np.float64)]).astype(dtype)
+    assert bits_lost(f(ps, qs), ref).max() <= 2.5

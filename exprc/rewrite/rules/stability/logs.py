@@ -545,12 +545,14 @@ def _kl_pair(node: Node, a1: Node, q1: Node | Fraction, a2: Node, q2: Node | Fra
         # 2 atanh(s) and (1 + u) = (1 + s)/(1 - s) make h(u) = 2 s**2 (1 + s/3 + s**2/3 + s**3/5 + s**4/5
         # + ...)/(1 - s); C(w) = 1/3 + w/5 + w**2/7 + ...  Both sides are >= 0: nothing cancels.
         # (a + q from the nodes, not the views: (1 - p) + (1 - q) is exact where 2 - p - q cancels)
+        # (a + q) s**2 computed as d s, frozen: product_cancel made (a + q) square(d/(a + q)) into
+        # square(d)/(a + q), which underflows to 0 from |d| = 1.5e-162 (p = 1e-200, q = p/1.5 gave 0)
         aq = add(a, k(float(q), node) if isinstance(q, Fraction) else q)
-        s_ = div(build_sum(dv, node), aq)
-        s2 = f("square", s_)
-        series = F.horner(s2, [float(c) for c in _kl_series()], node)
+        d = build_sum(dv, node)
+        s_ = div(d, aq)
+        series = F.horner(f("square", s_), [float(c) for c in _kl_series()], node)
         rest = add(k(1.0, node), mul(mul(s_, add(s_, k(1.0, node))), series))
-        parts.append(mul(aq, mul(s2, rest)))
+        parts.append(F.freeze(mul(d, mul(s_, rest))))
         near = f("abs", s_) <= k(_KL_RADIUS, s_)
         inside = near if inside is None else inside & near
     stable = add(parts[0], parts[1])
