@@ -8,6 +8,8 @@
   (max, then the fused exp-sub-sum) that read ``x`` twice and allocate nothing.
 * Independent groups over the same static shape merge into one multi-output
   kernel.
+* A group longer than ``MAX_BODY`` nodes is cut into several kernels where the
+  fewest values cross (gcc's time on one loop body grows faster than its length).
 * Views (dimshuffle, getitem, broadcast_to, reshape) cost nothing: the host
   planner turns them into strides.
 * With ``native_matmul`` (the C backend, when NumPy's OpenBLAS is found) a 1-d/2-d

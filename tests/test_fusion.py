@@ -469,8 +469,9 @@ def test_a_long_elementwise_group_becomes_kernels_of_bounded_length():
     """gcc's time on one loop body grows faster than its length (two_sum_err chains: 1000 links 24 s,
     3000 links 4 minutes), so a group longer than MAX_BODY is cut into several kernels.  Each cut
     stores only the values that cross it: between two links of a chain (the running value; the first
-    kernel also y*y and y*y + 1, which every link reads), never inside a guard's slow branch; the values
-    are NumPy's, on contiguous and strided operands."""
+    kernel also y*y and y*y + 1, which every link reads; that no guard's slow branch is cut,
+    tests/test_cuda.py's 3000-guard kernel checks); the values are NumPy's, on contiguous and strided
+    operands."""
     x, y = exprc.vector("x"), exprc.vector("y")
     sq = y * y
     e = x
