@@ -225,6 +225,7 @@ def lower(outputs: Sequence[Node], inputs: Sequence[Node], fuse: bool = True,
     materialized: list[Node] = []
     emitted: set[int] = set()
     absorbed_groups = set(absorbed.values())
+    stored_copies: set[Node] = set()  # recomputed nodes a cut group stores for its later slices
 
     def view_of_leaves(n: Node) -> bool:
         """A view chain ending at inputs/constants: the runtime resolves it to strides."""
@@ -242,10 +243,10 @@ def lower(outputs: Sequence[Node], inputs: Sequence[Node], fuse: bool = True,
             if g in absorbed_groups or g in emitted:
                 continue
             nodes = members[g]
-            if len(nodes) <= MAX_BODY or any(m in copied for m in nodes):
+            if len(nodes) <= MAX_BODY:
                 parts = [(nodes, group_outputs(g))]
             else:
-                parts = _split_group(nodes, consumers, is_output)
+                parts = _split_group(nodes, consumers, is_output, copied, stored_copies)
             for body, outs in parts:
                 steps.append(Kernel(len(steps), outs, body))
                 materialized.extend(outs)
@@ -290,13 +291,15 @@ def lower(outputs: Sequence[Node], inputs: Sequence[Node], fuse: bool = True,
     return Program(tuple(inputs), tuple(outputs), steps, materialized)
 
 
-def _split_group(nodes: list[Node], consumers: dict[Node, list[Node]],
-                 is_output: set[Node]) -> list[tuple[list[Node], list[Node]]]:
+def _split_group(nodes: list[Node], consumers: dict[Node, list[Node]], is_output: set[Node],
+                 copied: set[Node], stored: set[Node]) -> list[tuple[list[Node], list[Node]]]:
     """A group of more than MAX_BODY nodes as consecutive slices of its evaluation order, each a
     kernel that stores what later slices (or anything outside) read: (body, outputs) per slice.
     Every slice reads only earlier ones, so the kernels run in order.  Each cut is where the fewest
     values cross it, among the last half of the slice's allowed length: between the links of a
-    chain, not inside a guard's slow branch (which would then be stored, not skipped)."""
+    chain, not inside a guard's slow branch (which would then be stored, not skipped).  A node
+    other groups recompute (``copied``) is stored only for this group's later slices, and by one
+    kernel at most (``stored``, shared by every cut group): the others compute their own copy."""
     index = {m: i for i, m in enumerate(nodes)}
     live = [0] * (len(nodes) + 1)  # live[i]: values made at or before i and read after i, inside
     for i, m in enumerate(nodes):
@@ -314,7 +317,14 @@ def _split_group(nodes: list[Node], consumers: dict[Node, list[Node]],
             hi = 1 + min(range(lo + MAX_BODY // 2, lo + MAX_BODY), key=lambda i: (live[i], -i))
         body = nodes[lo:hi]
         inside = set(body)
-        outs = [m for m in body if m in is_output or any(c not in inside for c in consumers[m])]
+        outs = []
+        for m in body:
+            if m in copied:
+                if m not in stored and any(c in index and c not in inside for c in consumers[m]):
+                    stored.add(m)
+                    outs.append(m)
+            elif m in is_output or any(c not in inside for c in consumers[m]):
+                outs.append(m)
         parts.append((body, outs))
         lo = hi
     return parts
@@ -685,6 +695,9 @@ def _merge_siblings(steps: list[Kernel | Step]) -> list[Kernel | Step]:
             continue
         j = bucket[pos]
         t = steps[j]
+        if len(t.body) + len(s.body) > MAX_BODY:  # (no loop past MAX_BODY: gcc's time, see there)
+            bucket.append(i)
+            continue
         t.outputs += s.outputs
         seen = inside.get(j)
         if seen is None:

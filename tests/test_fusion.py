@@ -510,3 +510,26 @@ def test_a_long_group_is_cut_before_a_reduction_or_a_row_kernel_takes_it():
                                rtol=1e-12)
     got = exprc.function([m], soft, config=exprc.Config(row_fusion=True))(b)
     np.testing.assert_allclose(got, exprc.function([m], soft, backend="numpy")(b), rtol=1e-12, atol=1e-13)
+
+
+def test_a_long_group_with_recomputed_nodes_and_an_output_in_its_middle_is_cut_too():
+    """Found in review: a group holding a node other groups recompute (x * 0.3, read by every link and
+    by the second output's group) was left whole (kernels of 2102 and 2401 nodes), and merging
+    independent siblings could pass MAX_BODY.  The cut group stores such a node once for its later
+    slices; NumPy's values on contiguous and strided operands."""
+    x = exprc.vector("x")
+    c = x * 0.3
+    e, mids = x, []
+    for _ in range(1500):
+        e = exprc.sin(e) * 0.5 + c
+        mids.append(e)
+    outs = [e, mids[700] * 2]
+    kernels = lower(outs, [x]).kernels
+    assert all(len(k.body) <= fusion.MAX_BODY for k in kernels)
+    stores = [o for k in kernels for o in k.outputs]
+    assert len(stores) == len(set(stores))  # (each value written by one kernel)
+    f, g = exprc.function([x], outs), exprc.function([x], outs, backend="numpy")
+    a = np.random.default_rng(0).standard_normal(1001)
+    for arg in (a, a[::2]):
+        for got, want in zip(f(arg), g(arg)):
+            np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-15)
