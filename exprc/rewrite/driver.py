@@ -192,9 +192,9 @@ def rewrite(outputs: Sequence[Node], rules: Sequence[Rule], pass_name: str, trac
                 done[n] = done[new] = new
                 stack.pop()
                 continue
-            if new is not n and n in origins and new not in origins:
-                origins[new] = origins[n]  # (rebuilt on rewritten operands, it stands for the same formula)
             if new is not n:
+                if n in origins and new not in origins:
+                    origins[new] = origins[n]  # (rebuilt on rewritten operands, it stands for the same formula)
                 if new in done:
                     done[n] = done[new]
                     stack.pop()

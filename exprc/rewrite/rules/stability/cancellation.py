@@ -97,10 +97,18 @@ def _series_term(t: Node) -> tuple[str, Node, int, Fraction, Fraction] | None:
         k = _degree(t.inputs[1], u)
         if k is not None and k >= 1:
             return fn.op, u, k, ONE, Fraction(0)
+    u = _sin_half_squared(t)
+    if u is not None:
+        return "cos", u, 0, -HALF, HALF
+    return None
+
+
+def _sin_half_squared(t: Node) -> Node | None:
+    """u when ``t`` is sin(u/2)**2 = (1 - cos u)/2 (what cos_minus_one makes of 1 - cos u)."""
     if t.op == "square" and t.inputs[0].op == "sin":
         half = t.inputs[0].inputs[0]
         if half.op == "mul" and F.scalar_const(half.inputs[1]) == 0.5:
-            return "cos", half.inputs[0], 0, -HALF, HALF
+            return half.inputs[0]
     return None
 
 
@@ -256,10 +264,9 @@ def _shifted_function(t: Node, depth: int = 0) -> tuple[str, Node, int, Fraction
     quotients and products deep (a chain thousands deep is no such term, and no recursion)."""
     if t.op in SERIES.FUNCTIONS:
         return t.op, t.inputs[0], 0, ONE, Fraction(0)
-    if t.op == "square" and t.inputs[0].op == "sin":
-        half = t.inputs[0].inputs[0]
-        if half.op == "mul" and F.scalar_const(half.inputs[1]) == 0.5:
-            return "cos", half.inputs[0], 0, -HALF, HALF
+    u = _sin_half_squared(t)
+    if u is not None:
+        return "cos", u, 0, -HALF, HALF
     if depth > 64:
         return None
     if t.op == "where" and t.inputs[0].op == "rare":

@@ -187,12 +187,17 @@ def exp_product(node: Node) -> Node | None:
     x, y = (a, b) if pa == 1 else (F.neg(a), F.neg(b))  # exp(x + y): x = +-a, y = +-b
     y = y if pa == pb else F.neg(y)
     s, e = two_sum(x, y)
-    joined = mul(f("exp", s), _carried(s, e))
-    rest = [(t, p) for t, p in factors if t is not ta and t is not tb]
+    return _with_factors(factors, (ta, tb), mul(f("exp", s), _carried(s, e)), coef, node)
+
+
+def _with_factors(factors: list[tuple[Node, int]], drop: tuple[Node, ...], joined: Node, coef: Fraction | int,
+                  node: Node) -> Node | None:
+    """coef * joined * (the product of ``factors`` without ``drop``): a product view with some factors
+    replaced by ``joined``; None where dropping them would change the shape."""
+    rest = [(t, p) for t, p in factors if all(t is not d for d in drop)]
     if not F.broadcast_safe([t for t, _ in rest] + [joined], node):
         return None
-    stable = joined if not rest else mul(_product(1, rest, node), joined)
-    return scale(stable, coef)
+    return scale(joined if not rest else mul(_product(1, rest, node), joined), coef)
 
 
 @stability_rule("sin_cos_product", ("mul", "truediv"))
@@ -214,13 +219,11 @@ def sin_cos_product(node: Node) -> Node | None:
     if pair is None or guards or not _normal_coef(coef):
         return None
     u = pair[0].inputs[0]
-    rest = [(t, p) for t, p in factors if t is not pair[0] and t is not pair[1]]
-    joined = scale(f("sin", scale(u, 2)), Fraction(1, 2))
-    if not F.broadcast_safe([t for t, _ in rest] + [joined], node):
+    stable = _with_factors(factors, pair, scale(f("sin", scale(u, 2)), Fraction(1, 2)), coef, node)
+    if stable is None:
         return None
-    stable = joined if not rest else mul(_product(1, rest, node), joined)
     big = f("abs", u) > k(float(np.finfo(node.dtype).max) / 2, u)
-    return F.guard(big, F.freeze(node), scale(stable, coef))
+    return F.guard(big, F.freeze(node), stable)
 
 
 @stability_rule("softmax_pair", ("mul", "truediv"))
