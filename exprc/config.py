@@ -54,11 +54,10 @@ class Config:
     #: ``Function.profile``).  Off: no cost.
     profile: bool = False
     #: C backend: row kernels (``fusion._row_kernels``), a reduction over a matrix's last axis fused
-    #: with the elementwise work around it, one loop nest per row.  Opt-in: 2-5x faster for softmax
-    #: and layer norm at (128, 10) to (256, 1000) (figures in the README), but a row pass with several
-    #: reductions pays each one's SIMD set-up per row, which made a cross-entropy gradient over 10
-    #: classes 1.35x slower than separate kernels.
-    row_fusion: bool = False
+    #: with the elementwise work around it, one loop nest per row (rows of up to 16 elements several
+    #: to a SIMD loop).  Softmax, log-softmax, layer norm and a cross-entropy's gradient 3-5x faster
+    #: at (256, 1000), as fast at (128, 10) (figures in the README).  Off: a kernel per reduction.
+    row_fusion: bool = True
 
     def __post_init__(self) -> None:
         name = getattr(self.float_dtype, "__name__", None) or str(self.float_dtype)  # np.float32, np.dtype(...)

@@ -455,18 +455,21 @@ def test_counts_use_an_integer_counter_and_match_numpy(dtype):
     one, zero = np.array(1.0, dtype), np.array(0.0, dtype)
     outs = [exprc.sum((x > 0.5).astype(dtype), axis=1), exprc.mean(exprc.where(exprc.equal(x, 0.0), one, zero), axis=1),
             exprc.sum(exprc.where(x < -0.5, one, zero), axis=0)]
-    f = exprc.function([x], outs)
+    f = exprc.function([x], outs, config=exprc.Config(row_fusion=False))
     assert "int64_t acc = 0;" in f.source and "acc += (v != 0);" in f.source
+    rows = exprc.function([x], outs)  # (a row kernel: its counters are int64_t too)
+    assert "rows" in [k["kind"] for k in rows.kernels] and re.search(r"int64_t acc\d+\[", rows.source)
     rng = np.random.default_rng(5)
     data = rng.normal(size=(20001, 10)).astype(dtype)
     data[::7, 3] = 0.0
     data[::11, 4] = -0.0
     data[5, :] = np.nan
-    got = f(data)
-    with np.errstate(invalid="ignore"):
-        np.testing.assert_array_equal(got[0], (data > 0.5).sum(axis=1).astype(dtype))
-        np.testing.assert_allclose(got[1], (data == 0.0).mean(axis=1).astype(dtype), rtol=1e-7)
-        np.testing.assert_array_equal(got[2], (data < -0.5).sum(axis=0).astype(dtype))
+    for fn in (f, rows):
+        got = fn(data)
+        with np.errstate(invalid="ignore"):
+            np.testing.assert_array_equal(got[0], (data > 0.5).sum(axis=1).astype(dtype))
+            np.testing.assert_allclose(got[1], (data == 0.0).mean(axis=1).astype(dtype), rtol=1e-7)
+            np.testing.assert_array_equal(got[2], (data < -0.5).sum(axis=0).astype(dtype))
     g = exprc.function([v], exprc.sum((v > 0.0).astype(dtype)))  # full contiguous: chunks and threads
     big = rng.normal(size=3_000_001).astype(dtype)
     assert g(big) == np.count_nonzero(big > 0.0)

@@ -169,7 +169,7 @@ def test_cheap_shared_nodes_are_recomputed_not_stored(monkeypatch):
     reduction recomputes them from x (4 kernels, no (rows, n) temporary) where they used to be two
     kernels writing two matrices (6).  An expensive shared node (exp) is still computed once."""
     x = exprc.matrix("x")
-    lse = exprc.function([x], exprc.log(exprc.sum(exprc.exp(x), axis=-1)))
+    lse = exprc.function([x], exprc.log(exprc.sum(exprc.exp(x), axis=-1)), config=exprc.Config(row_fusion=False))
     assert len(lse.kernels) == 4
     program = lower(list(lse.graph.outputs), [x], epilogues=True)
     assert not [n for n in program.materialized if n.ndim == 2 and n.type.shape[-1] != 1]  # (rows, n)
@@ -202,7 +202,7 @@ def test_recomputed_nodes_give_the_reference_bits(threads, monkeypatch):
     xv[5, 2] = np.inf
     xv[7, :] = -np.inf
     cv = rng.normal(size=(37, 1))
-    cfg = exprc.Config(num_threads=threads)
+    cfg = exprc.Config(num_threads=threads, row_fusion=False)  # (row kernels recompute in their passes)
     f = exprc.function([x, c], outs, config=cfg)
     ref = exprc.function([x, c], outs, backend="numpy")
     monkeypatch.setattr(fusion, "MAX_COPIES", 0)
@@ -304,9 +304,9 @@ def test_row_kernels_match_the_unfused_kernels(name, dtype):
     one column, none, NaN/inf rows, a transposed and a strided view, with 1 and 2 threads."""
     ins, outs = _row_cases(dtype)[name]
     ref = exprc.function(ins, outs, backend="numpy")
-    fns = [exprc.function(ins, outs, config=exprc.Config(num_threads=t, row_fusion=True)) for t in (1, 2)]
-    assert any(k["kind"] == "rows" for k in fns[0].kernels)
-    assert not any(k["kind"] == "rows" for k in exprc.function(ins, outs).kernels)  # (opt-in)
+    fns = [exprc.function(ins, outs, config=exprc.Config(num_threads=t)) for t in (1, 2)]
+    assert any(k["kind"] == "rows" for k in fns[0].kernels)  # (the default)
+    assert not any(k["kind"] == "rows" for k in exprc.function(ins, outs, config=exprc.Config(row_fusion=False)).kernels)
     rng = np.random.default_rng(5)
     tol = {"rtol": 2e-4, "atol": 1e-5} if dtype == "float32" else {"rtol": 1e-12, "atol": 1e-13}
     for shape in [(7, 5), (1, 9), (9, 1), (300, 257), (0, 4), (3, 0)]:
@@ -420,6 +420,82 @@ def test_the_softmax_regression_step_is_six_kernels_with_no_per_call_scalars():
         yv = np.eye(10)[rng.integers(0, 10, n)]
         for got, want in zip(f(xv, yv, Wv, bv), ref(xv, yv, Wv, bv)):
             np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_short_rows_share_blocks_in_row_kernels(dtype, monkeypatch):
+    """Rows of up to 16 elements run several to a SIMD loop (render._short_rows_batched): row lengths 1
+    to 17 and 33 around that limit, row counts that leave a partial last block (R = 256 // n1 rows to a
+    block), a column operand, a 0-d one, a bool output and a count of a comparison (bool buffers),
+    NaN, +-inf and all--inf rows, C, Fortran and strided layouts; against NumPy, and the same bits
+    with 1 and 2 threads (a row's value must not depend on the rows sharing its block)."""
+    from exprc.backends.c.kernel import CKernel
+
+    def no_fallback(*_):
+        raise AssertionError("the call went to the reference backend, not the row kernel")
+
+    monkeypatch.setattr(CKernel, "_fallback", no_fallback)
+    z, c, s = exprc.matrix("z", dtype), exprc.matrix("c", dtype, shape=(None, 1)), exprc.scalar("s", dtype)
+    m = exprc.max(z, axis=1, keepdims=True)
+    e = exprc.exp(z - m)
+    outs = [e / exprc.sum(e, axis=1, keepdims=True),                    # softmax (a carried exp)
+            exprc.logsumexp(z * s, axis=1),                             # the stable count-of-maxima form
+            exprc.sum(z > c, axis=1),                                   # a count over a comparison
+            (z - exprc.mean(z, axis=1, keepdims=True)) * c > s,         # a bool matrix output
+            exprc.log1p(exprc.abs(exprc.min(z, axis=1, keepdims=True) * c)) + exprc.max(z * 2, axis=1,
+                                                                                         keepdims=True)]
+    ins = [z, c, s]
+    ref = exprc.function(ins, outs, backend="numpy")
+    fns = [exprc.function(ins, outs, config=exprc.Config(num_threads=t, row_fusion=True)) for t in (1, 2)]
+    assert [k["kind"] for k in fns[0].kernels] == ["rows"]
+    tol = {"rtol": 3e-5, "atol": 1e-6} if dtype == "float32" else {"rtol": 1e-12, "atol": 1e-13}
+    rng = np.random.default_rng(11)
+    for n1 in [*range(1, 18), 33]:
+        for n0 in (1, 3, 256 // n1 + 1, 600):
+            zv = (rng.standard_normal((n0, n1)) * 3).astype(dtype)
+            if n0 > 3:
+                zv[1, 0], zv[2, :] = np.nan, -np.inf
+                zv[3, -1] = np.inf
+            cv = rng.standard_normal((n0, 1)).astype(dtype)
+            for layout in ("C", "F", "strided"):
+                zl = (np.asfortranarray(zv) if layout == "F" else
+                      np.repeat(zv, 2, axis=1)[:, ::2] if layout == "strided" else zv)
+                args = [zl, cv, np.asarray(0.7, dtype)]
+                with np.errstate(all="ignore"):
+                    want = ref(*args)
+                got = [fn(*args) for fn in fns]
+                for g, w in zip(got[0], want):
+                    if w.dtype == bool:
+                        np.testing.assert_array_equal(g, w)
+                    else:
+                        np.testing.assert_allclose(g, w, equal_nan=True, err_msg=f"{n0}x{n1} {layout}", **tol)
+                for g, h in zip(*got):
+                    np.testing.assert_array_equal(g, h)
+
+
+def test_a_call_a_row_kernel_cannot_run_uses_the_graph_compiled_without_row_kernels(monkeypatch):
+    """Row kernels are the default, so a call whose shapes they cannot express (a (None, None) input
+    passed as a column, which makes exp(c * 2) one value per row) must not drop to NumPy op by op: it
+    runs the same graph compiled with Config(row_fusion=False), built on the first such call; with
+    out= too.  Calls of the row kernel's own shapes keep using it."""
+
+    z, c = exprc.matrix("z"), exprc.matrix("c")
+    out = exprc.softmax(z + exprc.exp(c * 2), axis=1)
+    f = exprc.function([z, c], out)
+    ref = exprc.function([z, c], out, backend="numpy")
+    assert [k["kind"] for k in f.kernels] == ["rows"]
+    rng = np.random.default_rng(3)
+    zv, cv = rng.normal(size=(50, 7)), rng.normal(size=(50, 7))
+    np.testing.assert_allclose(f(zv, cv), ref(zv, cv), rtol=1e-13)
+    assert f._kernel._rowless is None
+    monkeypatch.setattr(type(f._kernel.planner), "reference", lambda self: pytest.fail("ran NumPy op by op"))
+    for col in (rng.normal(size=(50, 1)), rng.normal(size=(1, 7))):
+        np.testing.assert_allclose(f(zv, col), ref(zv, col), rtol=1e-13)
+        buf = np.empty((50, 7))
+        f(zv, col, out=buf)
+        np.testing.assert_allclose(buf, ref(zv, col), rtol=1e-13)
+    rowless = f._kernel._rowless
+    assert rowless is not None and "rows" not in [k["kind"] for k in rowless.kernels]
 
 
 @pytest.mark.parametrize("seed", range(4))

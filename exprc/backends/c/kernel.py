@@ -117,6 +117,7 @@ class CKernel(Kernel):
         #: Profile mode (Config.profile): every kernel timed as its own call (exprc.profile).
         self.profile = Profile() if cfg.profile else None
         self._fg = fg
+        self._rowless: CKernel | None = None  # (see _fallback)
         self._found_blas = blas is not None
         #: What the graph index may keep of this kernel (:meth:`index_state`): only the default lowering.
         self._indexable = fuse == ("fusion" not in cfg.exclude) and native_matmul and c_passes
@@ -447,6 +448,13 @@ class CKernel(Kernel):
             prof.record(kl.kernel.name, kl.kernel.kind, dt, elements, nbytes)
 
     def _fallback(self, arrays: Sequence[np.ndarray], out: Sequence[np.ndarray] | None) -> list[np.ndarray]:
+        if any(k.kind == "rows" for k in self.program.kernels):
+            # A signature a row kernel cannot run (a (None, None) operand that is (n, 1) in this call, so
+            # a value the kernel takes for a whole row is one per row): the same graph compiled without
+            # row kernels, built on the first such call, instead of NumPy op by op.
+            if self._rowless is None:
+                self._rowless = CKernel(self._fg, self.cfg.replace(row_fusion=False))
+            return self._rowless(*arrays, out=out)
         res = self.planner.reference().run(arrays)
         return res if out is None else copy_into(out, res)
 

@@ -1011,6 +1011,7 @@ class CRenderer:
             return out
 
         ctype = {j: C_TYPES[kl.accesses[j][0].dtype] for j in range(len(kl.accesses))}
+        plans: list[tuple] = []  # per pass: (reductions, stores, kept, keep, nodes, reads)
         for t in range(npass + 1):
             lines += row_nodes(t)
             if t == npass:
@@ -1026,6 +1027,7 @@ class CRenderer:
             outs_here = stores + [o for o in [*keep.values(), *kept.values()] if o not in stores]
             reads = sorted({index[x] for n in nodes for x in row_reads(n) if x in index and not row[x]}
                            | {index[r.inputs[0]] for r in mine if r.inputs[0] in index})
+            plans.append((mine, stores, kept, keep, nodes, reads))
             accs, clauses = [], []
             for i, r in enumerate(mine):
                 acc_t, init, combine, clause, fin = self._accumulator(r)
@@ -1075,9 +1077,157 @@ class CRenderer:
                 fin = re.sub(r"\bnanf\b", f"nan{a}", re.sub(r"\bacc\b", a, fin))
                 lines.append(f"{ind}const {C_TYPES[r.dtype]} r{a} = ({C_TYPES[r.dtype]})({fin});")
         lines.append("    }")
+        loop_at = lines.index("    for (int64_t i0 = lo; i0 < hi; i0++) {")
+        lines[loop_at:loop_at] = self._short_rows_batched(kl, plans, row, level, index, out_index, reds)
         main = self._dims(kl) + ["    const int64_t total = n0 * n1;"]
         fn, run = self._rows(kl, lines, "total", [])
         return fn, main + run
+
+    def _short_rows_batched(self, kl: KernelLayout, plans: list[tuple], row: dict[Node, bool],
+                            level: dict[Node, int], index: dict[Node, int], out_index: dict[Node, int],
+                            reds: list[Node]) -> list[str]:
+        """Rows of up to EXPRC_RCHUNK / 16 elements (a classifier's 10 logits) in blocks of several rows,
+        for a row kernel (render_rows): the block's elements are copied into aligned buffers, and each
+        pass is one SIMD loop over the whole block, each row folding its values in order after it; the
+        row values between passes (a max, a sum, the log of a sum) are computed in one SIMD loop over
+        the block's rows too.  One row at a time, a row of 10 paid each pass's SIMD set-up and a scalar
+        libm call per row value, several times its elements' work (a softmax over 8 columns ran at a
+        fifth of the separate kernels' speed).  Every SIMD loop runs a multiple of EXPRC_VBLOCK lanes
+        (past the block, copies of its first element or row), as in _buffered_rows: every value comes
+        from the vector loop, whichever rows share a block.  Returns no lines (no batched path) when
+        the buffers would take more than 32 arrays of the stack."""
+        k = kl.kernel
+        floats = {n.dtype for n in k.body if n.dtype in ("float32", "float64")}
+        wide = "int32_t" if floats == {"float32"} else "int64_t"
+
+        def ctype(n: Node) -> str:
+            return wide if n.dtype == "bool" else C_TYPES[n.dtype]
+
+        full_reads = sorted({j for plan in plans for j in plan[5]})
+        row_ops = [(x, j) for x, j in index.items() if x.ndim and row[x]]
+        row_nodes = [n for n in k.body if row[n]]
+        arr = {x: f"ya{j}" for x, j in row_ops} | {n: f"y{i}" for i, n in enumerate(row_nodes)}
+        scalars = {x: f"a{j}" for x, j in index.items() if x.ndim == 0}
+        carried = sorted({n for plan in plans for n in plan[3]}, key=k.body.index)
+        kb = {n: f"kb{i}" for i, n in enumerate(carried)}
+        # A reduction of an operand itself (the max of the logits) folds straight from its buffer.
+        direct = {r: index[r.inputs[0]] for r in reds if r.inputs[0] in index and not row[r.inputs[0]]}
+        stored = sorted({out_index[n] for plan in plans for n in plan[1]})
+        buffers = ([(f"ob{j}", ctype(kl.accesses[j][0])) for j in full_reads]
+                   + [(arr[x], ctype(x)) for x in arr]
+                   + [(f"vb{i}", ctype(r.inputs[0])) for i, r in enumerate(reds) if r not in direct]
+                   + [(f"sb{j}", ctype(kl.accesses[j][0])) for j in stored] + [(kb[n], ctype(n)) for n in carried])
+        if len(buffers) > 32:
+            return []
+        rowed = [x for x in arr if any(x in row_reads(n) for plan in plans for n in plan[4])
+                 or any(r.inputs[0] is x for r in reds)]
+
+        def stride(j: int, d: int) -> str:
+            return self.param(kl, kl.accesses[j][2] + d)
+
+        def at_row(j: int) -> str:
+            return f"{self.ptr(kl, j)} + (r0 + r) * {stride(j, 0)}"
+
+        ind = "            "
+        lines = ["    if (n1 > 0 && n1 <= EXPRC_RCHUNK / 16) {",
+                 *[f"        {t} {b}[EXPRC_RCHUNK] __attribute__((aligned(64)));" for b, t in buffers],
+                 "        const int64_t R = EXPRC_RCHUNK / n1;",
+                 *(["        int32_t ri[EXPRC_RCHUNK] __attribute__((aligned(64)));",
+                    "        for (int64_t p = 0, r = 0, i1 = 0; p < EXPRC_RCHUNK; p++) {  /* ri[p] = p / n1, no divisions */",
+                    "            ri[p] = (int32_t)r;", "            if (++i1 == n1) { i1 = 0; r++; }", "        }"] if rowed else []),
+                 "        for (int64_t r0 = lo; r0 < hi; r0 += R) {",
+                 "            const int64_t rn = hi - r0 < R ? hi - r0 : R, nb = rn * n1;",
+                 "            const int64_t w = (nb + EXPRC_VBLOCK - 1) / EXPRC_VBLOCK * EXPRC_VBLOCK;",
+                 "            const int64_t wr = (rn + EXPRC_VBLOCK - 1) / EXPRC_VBLOCK * EXPRC_VBLOCK;",
+                 # (a padding lane p of the last block reads row p / n1, up to R: copies of row 0 there)
+                 "            const int64_t rp = wr > R + 1 ? wr : (R + 1 < EXPRC_RCHUNK ? R + 1 : EXPRC_RCHUNK);"]
+        # gather the block (one copy where its rows lie end to end), each row's row operands; then pad
+        for j in full_reads:
+            ct = C_TYPES[kl.accesses[j][0].dtype]
+            same = "" if ctype(kl.accesses[j][0]) == ct else "0 && "  # (a bool widens element by element)
+            lines += [f"{ind}if ({same}{stride(j, 1)} == sizeof({ct}) && {stride(j, 0)} == n1 * (int64_t)sizeof({ct})) {{",
+                      f"{ind}    __builtin_memcpy(ob{j}, {self.ptr(kl, j)} + r0 * {stride(j, 0)}, nb * sizeof({ct}));",
+                      f"{ind}}} else {{", f"{ind}    for (int64_t r = 0; r < rn; r++) {{",
+                      f"{ind}        const char *g{j} = {at_row(j)};",
+                      f"{ind}        for (int64_t i1 = 0; i1 < n1; i1++)",
+                      f"{ind}            ob{j}[r * n1 + i1] = *(const {ct} *)(g{j} + i1 * {stride(j, 1)});",
+                      f"{ind}    }}", f"{ind}}}", f"{ind}for (int64_t p = nb; p < w; p++) ob{j}[p] = ob{j}[0];"]
+        for x, j in row_ops:
+            lines += [f"{ind}for (int64_t r = 0; r < rn; r++) ya{j}[r] = *(const {C_TYPES[x.dtype]} *)({at_row(j)});",
+                      f"{ind}for (int64_t r = rn; r < rp; r++) ya{j}[r] = ya{j}[0];"]
+
+        def row_pass(t: int) -> list[str]:
+            """The row values of level ``t`` over the block's rows, and the row outputs among them."""
+            mine = [n for n in row_nodes if n not in reds and level[n] == t]
+            out = []
+            if mine:
+                local = scalars | {x: f"{arr[x]}[r]" for x in arr if x not in mine}
+                body = self.statements(mine, local, ind + "    ")
+                body += [f"{ind}    {arr[n]}[r] = {local[n]};" for n in mine]
+                out += [f"{ind}#pragma omp simd", f"{ind}for (int64_t r = 0; r < wr; r++) {{", *body, f"{ind}}}",
+                        f"{ind}for (int64_t r = wr; r < rp; r++) {{",
+                        *[f"{ind}    {arr[n]}[r] = {arr[n]}[0];" for n in mine], f"{ind}}}"]
+            for n, j in out_index.items():
+                if row[n] and level[n] == t:
+                    out.append(f"{ind}for (int64_t r = 0; r < rn; r++) "
+                               f"*({C_TYPES[n.dtype]} *)({at_row(j)}) = ({C_TYPES[n.dtype]}){arr[n]}[r];")
+            return out
+
+        for t, (mine, stores, kept, keep, nodes, reads) in enumerate(plans):
+            lines += row_pass(t)
+            local = dict(scalars)
+            body = []
+            for j in reads:
+                local[kl.accesses[j][0]] = f"a{j}"
+                body.append(f"{ind}    const {ctype(kl.accesses[j][0])} a{j} = ob{j}[p];")
+            for x in rowed:
+                local[x] = f"{arr[x]}[ri[p]]"
+            for n in kept:
+                local[n] = f"{kb[n]}[p]"
+            body += self.statements(nodes, local, ind + "    ")
+            for r in mine:
+                src = r.inputs[0]
+                if r not in direct:
+                    v = local[src] if src in local else c_literal(src.value.reshape(-1)[0], src.dtype)
+                    body.append(f"{ind}    vb{reds.index(r)}[p] = {v};")
+            body += [f"{ind}    sb{out_index[n]}[p] = {local[n]};" for n in stores]
+            body += [f"{ind}    {kb[n]}[p] = {local[n]};" for n in keep]
+            if any(not x.lstrip().startswith("const ") for x in body):  # (something is stored)
+                lines += [f"{ind}#pragma omp simd", f"{ind}for (int64_t p = 0; p < w; p++) {{", *body, f"{ind}}}"]
+            if mine:
+                # Each row's values fold in order (the sum of one element at a time), all the block's rows
+                # at once: one SIMD lane per row, a strided read per element.  (Row after row, a sum of 8
+                # waited on each addition's latency: half of a logsumexp's time.)
+                folds, inits, fins = [], [], []
+                for r in mine:
+                    i = reds.index(r)
+                    acc_t, init, combine, _, fin = self._accumulator(r)
+
+                    def named(text: str, i: int = i, r: Node = r) -> str:
+                        buf = f"ob{direct[r]}" if r in direct else f"vb{i}"
+                        return re.sub(r"\bv\b", f"{buf}[r * n1 + i1]",
+                                      re.sub(r"\bnanf\b", f"nan{i}[r]", re.sub(r"\bacc\b", f"acc{i}[r]", text)))
+
+                    lines += [f"{ind}{acc_t} acc{i}[EXPRC_RCHUNK]; int nan{i}[EXPRC_RCHUNK]; (void)nan{i};"]
+                    inits.append(f"{ind}    acc{i}[r] = {init}; nan{i}[r] = 0;")
+                    folds.append(f"{ind}        {named(combine)}")
+                    fins.append(f"{ind}    {arr[r]}[r] = ({C_TYPES[r.dtype]})({named(fin)});")
+                lines += [f"{ind}for (int64_t r = 0; r < rn; r++) {{", *inits, f"{ind}}}",
+                          f"{ind}for (int64_t i1 = 0; i1 < n1; i1++) {{", f"{ind}    #pragma omp simd",
+                          f"{ind}    for (int64_t r = 0; r < rn; r++) {{", *folds, f"{ind}    }}", f"{ind}}}",
+                          f"{ind}for (int64_t r = 0; r < rn; r++) {{", *fins, f"{ind}}}"]
+                lines += [f"{ind}for (int64_t r = rn; r < rp; r++) {arr[r]}[r] = {arr[r]}[0];" for r in mine]
+            for n in stores:
+                j, ct = out_index[n], C_TYPES[n.dtype]
+                same = "" if ctype(n) == ct else "0 && "
+                lines += [f"{ind}if ({same}{stride(j, 1)} == sizeof({ct}) && {stride(j, 0)} == n1 * (int64_t)sizeof({ct})) {{",
+                          f"{ind}    __builtin_memcpy({self.ptr(kl, j)} + r0 * {stride(j, 0)}, sb{j}, nb * sizeof({ct}));",
+                          f"{ind}}} else {{", f"{ind}    for (int64_t r = 0; r < rn; r++) {{",
+                          f"{ind}        char *s{j} = {at_row(j)};", f"{ind}        for (int64_t i1 = 0; i1 < n1; i1++)",
+                          f"{ind}            *({ct} *)(s{j} + i1 * {stride(j, 1)}) = ({ct})sb{j}[r * n1 + i1];",
+                          f"{ind}    }}", f"{ind}}}"]
+        lines += row_pass(len(plans))
+        return [*lines, "        }", "        return;", "    }"]
 
     def _epilogue_operands(self, kl: KernelLayout) -> list[int]:
         """The operand accesses of a reduction kernel that only its epilogue reads."""
