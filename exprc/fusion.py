@@ -45,6 +45,11 @@ MAX_COPIES = 3
 #: (a chain of 1000 two_sum_err + add links: 24 s, 3000: 4 minutes), so a longer group becomes
 #: several kernels, each storing the few values the next reads (see _split_group).
 MAX_BODY = 1000
+#: The most reduction levels in one row kernel (softmax: 2, a layer norm with its gradient: 4).  Each
+#: pass recomputes the cheap whole-row values it reads from the row's operands, so a chain of row
+#: reductions in one kernel renders in time quadratic in its length (280 layers of
+#: tanh(e - mean(e)): a 9.7 MB source, 204 s of gcc).
+MAX_ROW_PASSES = 4
 
 
 @dataclass
@@ -525,6 +530,18 @@ def _row_kernels(steps: list[Kernel | Step], order: list[Node], is_output: set[N
                     cols.add(shape[1])
         return len(rows_) <= 1 and len(cols) <= 1
 
+    def _row_depth(members: set[int]) -> int:
+        """The reduction levels a row kernel of these members would have (fusion.row_levels)."""
+        level: dict[Node, int] = {}
+        depth = 0
+        for n in sorted({n for m in members for n in steps[m].body}, key=position.__getitem__):
+            if n.op in ROW_REDUCTIONS and OPS[n.op].kind == "reduce":
+                level[n] = level.get(n.inputs[0], 0) + 1
+                depth = max(depth, level[n])
+            else:
+                level[n] = max((level.get(x, 0) for x in row_reads(n)), default=0)
+        return depth
+
     for j, i in sorted(set(pairs)):
         a, b = group[j], group[i]
         if a is b:
@@ -532,8 +549,8 @@ def _row_kernels(steps: list[Kernel | Step], order: list[Node], is_output: set[N
         merged = a | b
         if reach(merged, succ) & reach(merged, pred) or not shapes_agree(merged):
             continue  # a path would leave the group and come back
-        if sum(len(steps[m].body) for m in merged) > MAX_BODY:
-            continue  # (a long group was cut for gcc's sake: see MAX_BODY)
+        if sum(len(steps[m].body) for m in merged) > MAX_BODY or _row_depth(merged) > MAX_ROW_PASSES:
+            continue  # (a long group was cut for gcc's sake: see MAX_BODY, MAX_ROW_PASSES)
         for m in merged:
             group[m] = merged
     out: list[Kernel | Step] = []

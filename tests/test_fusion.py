@@ -498,6 +498,28 @@ def test_a_call_a_row_kernel_cannot_run_uses_the_graph_compiled_without_row_kern
     assert rowless is not None and "rows" not in [k["kind"] for k in rowless.kernels]
 
 
+def test_a_chain_of_row_reductions_is_cut_into_row_kernels_of_bounded_depth():
+    """Each pass of a row kernel recomputes the cheap whole-row values it reads, so a chain of 60
+    layers tanh(e - mean(e)) in one row kernel would render quadratically (280 layers: 9.7 MB of C,
+    204 s of gcc).  Row kernels stop at MAX_ROW_PASSES reduction levels; a layer norm with its
+    gradient (4 levels) is still one.  Values: NumPy's."""
+    x = exprc.matrix("x")
+    e = x
+    for k in range(60):
+        e = exprc.tanh((e - exprc.mean(e, axis=1, keepdims=True)) * (1.0 + k / 60))
+    program = lower([e], [x], rows=True)
+    rows = [k for k in program.kernels if k.kind == "rows"]
+    assert len(rows) >= 60 // fusion.MAX_ROW_PASSES
+    assert all(max(fusion.row_levels(k)[1].values()) <= fusion.MAX_ROW_PASSES for k in rows)
+    xv = np.random.default_rng(2).normal(size=(9, 13))
+    np.testing.assert_allclose(exprc.function([x], e)(xv), exprc.function([x], e, backend="numpy")(xv), rtol=1e-12)
+    z, g = exprc.matrix("z"), exprc.matrix("g")
+    mu = exprc.mean(z, axis=1, keepdims=True)
+    ln = (z - mu) / exprc.sqrt(exprc.mean((z - mu) ** 2, axis=1, keepdims=True) + 1e-5)
+    outs = [ln, *exprc.grad(exprc.sum(ln * g), [z])]
+    assert [k["kind"] for k in exprc.function([z, g], outs).kernels] == ["rows"]
+
+
 @pytest.mark.parametrize("seed", range(4))
 def test_random_row_graphs_match_the_reference(seed):
     """Random chains of row reductions (sum, max, min, mean, prod; keepdims), what reads them back along
