@@ -593,6 +593,13 @@ def _maybe_identity(n: Node) -> bool:
         a == b or (a is None and b != 1) or (b is None and a != 1) for a, b in zip(g.type.shape, model.type.shape))
 
 
+def single_element(n: Node) -> bool:
+    """Whether ``n`` is an array of one element by its static shape ((1,), (1, 1): a keepdims
+    reduction of everything).  A kernel's contiguous loops read it as a scalar, so broadcasting it
+    keeps them (the stable logsumexp of a vector shifts by such a max)."""
+    return n.ndim > 0 and all(d == 1 for d in n.type.shape)
+
+
 def row_reads(n: Node) -> tuple[Node, ...]:
     """The inputs whose values a row kernel's node ``n`` reads (a ``sum_to`` alias: not its model)."""
     return n.inputs[:1] if n.op == "sum_to" else n.inputs

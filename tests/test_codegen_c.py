@@ -474,3 +474,55 @@ def test_counts_use_an_integer_counter_and_match_numpy(dtype):
     big = rng.normal(size=3_000_001).astype(dtype)
     assert g(big) == np.count_nonzero(big > 0.0)
     assert g(big[::3]) == np.count_nonzero(big[::3] > 0.0)
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_full_reductions_with_vector_math_on_strided_and_broadcast_operands(dtype, monkeypatch):
+    """A full reduction whose operand calls vector math runs its SIMD loop whatever the layout: a
+    single-element operand (the stable logsumexp of a vector shifts by max(x, keepdims=True), a (1,)
+    array) is read as a scalar on the contiguous path, and a strided or reversed view goes through
+    buffered blocks of EXPRC_RCHUNK elements (render._buffered_full) instead of scalar libm.  Sizes
+    around the block (255 .. 513), NaN, +-inf; the contiguous path must be the one taken for
+    the broadcast case (the planner's flag), and a strided view must give the contiguous copy's sum
+    to rounding."""
+    x = exprc.vector("x", dtype)
+    m = exprc.matrix("m", dtype)
+    outs = [exprc.logsumexp(x), exprc.sum(exprc.exp(x - exprc.max(x, keepdims=True)) * 2.0),
+            exprc.sum(exprc.where(exprc.exp(x * 0.5) > 1.0, 1.0, 0.0).astype(dtype))]
+    f = exprc.function([x], outs)
+    src = f.source
+    assert re.search(r"ob\d+\[b\] = ", src)  # (the strided path is buffered)
+    ref = exprc.function([x], outs, backend="numpy")
+    rng = np.random.default_rng(7)
+    rtol = 2e-6 if dtype == "float32" else 1e-13
+    for n in (1, 7, 255, 256, 257, 513, 5000):  # (a max of nothing raises, as in NumPy)
+        base = (rng.normal(size=2 * n) * 3).astype(dtype)
+        if n > 3:
+            base[3] = np.nan if n % 2 else np.inf
+        for v in (base[:n], base[::2], base[::-2], base[1::2]):
+            with np.errstate(all="ignore"):
+                want = ref(v)
+                got = f(v)
+                contiguous = f(np.ascontiguousarray(v))
+            for g, w, c in zip(got, want, contiguous):
+                np.testing.assert_allclose(g, w, rtol=rtol, equal_nan=True, err_msg=f"n={n}")
+                np.testing.assert_allclose(g, c, rtol=rtol, equal_nan=True)
+    g = exprc.function([m], [exprc.logsumexp(m, axis=None), exprc.sum(exprc.exp(m), axis=None)])
+    mv = (rng.normal(size=(40, 31)) * 2).astype(dtype)
+    for v in (mv, np.asfortranarray(mv), mv[::3, ::-2]):
+        for a, b in zip(g(v), exprc.function([m], [exprc.logsumexp(m, axis=None), exprc.sum(exprc.exp(m), axis=None)],
+                                               backend="numpy")(v)):
+            np.testing.assert_allclose(a, b, rtol=rtol)
+    from exprc.backends import plan as plan_module
+
+    flags = []
+    make = plan_module.Planner.make_plan
+
+    def spy(self, arrays, out, plan):
+        make(self, arrays, out, plan)
+        flags.append([int(plan.P[kl.p_flag]) for kl in self.layout.kernels if kl.kernel.reduce is not None])
+
+    monkeypatch.setattr(plan_module.Planner, "make_plan", spy)
+    h = exprc.function([x], exprc.logsumexp(x))
+    h(rng.normal(size=1000).astype(dtype))
+    assert flags and all(flag == 1 for flag in flags[-1])  # (the (1,) shift keeps the contiguous path)

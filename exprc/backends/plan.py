@@ -36,7 +36,7 @@ import numpy as np
 
 from exprc.backends.outputs import check_out
 from exprc.errors import ShapeError
-from exprc.fusion import VIEW_OPS, Kernel, Program, Step, epilogue_arrays, row_levels
+from exprc.fusion import VIEW_OPS, Kernel, Program, Step, epilogue_arrays, row_levels, single_element
 from exprc.graph import Node, toposort
 from exprc.ops import OPS
 from exprc.ops.elemwise import all_zero_bits, plus_zero, zero_fill
@@ -324,9 +324,9 @@ class Planner:
                         st = self._reduce_out_strides(k.reduce, arr, len(space))
                 else:
                     st = _strides(arr.shape, arr.strides, space)
-                    if node.ndim and j not in kl.models and not (
+                    if node.ndim and j not in kl.models and not single_element(node) and not (
                             arr.shape == tuple(space) and _contiguous(arr.shape, arr.strides, arr.itemsize)):
-                        fast = False
+                        fast = False  # (a single element, read as a scalar there, does not stop it)
                 P[pi:pi + kl.ndim] = [st[d] for d in kl.perm]
             P[kl.p_flag] = 1 if fast else 2 if kl.rowflat and _rows_contiguous(kl, P) else 0
         plan.segments = (segments(self.program, {s.node for s in self.plan_time} | {n for n, _ in plan.aliases}

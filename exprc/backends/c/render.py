@@ -28,7 +28,7 @@ from exprc.backends.c.compile import UNIT
 from exprc.backends.layout import KernelLayout, Layout
 from exprc.backends.plan import MATMUL_PARAMS
 from exprc.backends.templates import prelude, random_helpers, read
-from exprc.fusion import Kernel, Program, epilogue_arrays, row_levels, row_reads
+from exprc.fusion import Kernel, Program, epilogue_arrays, row_levels, row_reads, single_element
 from exprc.graph import Node
 from exprc.ops import OPS, REDUCTIONS
 from exprc.types import C_TYPES
@@ -412,7 +412,7 @@ class CRenderer:
             names[node] = "0"
             return f"{indent}/* a{j}: read for its shape only */"
         names[node] = f"a{j}"
-        if where == "flat" and node.ndim:
+        if where == "flat" and node.ndim and not single_element(node):
             return f"{indent}const {ct} a{j} = p{j}[i];"
         src = self.ptr(kl, j) if (node.ndim == 0 or where == "flat") else where
         return f"{indent}const {ct} a{j} = *(const {ct} *)({src});"
@@ -839,6 +839,9 @@ class CRenderer:
             rows, run = self._rows(kl, self._buffered_rows(kl, loaded, outs + late, (acc_t, init, combine, fin)),
                                    "kept_total", red_head)
             return flat + rows, main + run
+        if not nk and not kl.draws and not self.precise_math and any(
+                n.op in _EXPENSIVE for n in k.body if n is not r and n not in k.epilogue):
+            return flat, main + self._buffered_full(kl, loaded, outs + late, (acc_t, init, combine, fin))
         # General path: kept dims outside (parallel), reduced dims inside.
         lines, indent = self._nest(kl, range(nk), "    ", None, addr, ranged=True)
         lines.append(f"{indent}{acc_t} acc = {init}; int nanf = 0; (void)nanf;")
@@ -857,6 +860,51 @@ class CRenderer:
             return flat, main + lines
         rows, run = self._rows(kl, lines, "kept_total", red_head)
         return flat + rows, main + run
+
+    def _buffered_full(self, kl: KernelLayout, loaded: list[int], stored: list[int], acc: tuple[str, ...]) -> list[str]:
+        """A full reduction whose operand calls vector math, on arrays the contiguous path does not take
+        (a strided view, or a broadcast operand: the stable logsumexp of a vector reads its shift as a
+        (1,) array): the loop nest copies the operands into aligned buffers, EXPRC_RCHUNK elements at a
+        time, one SIMD loop computes their values, and they fold in order into ``acc`` (the order of the
+        one-element-at-a-time loop it replaces, which called scalar libm: 4 ns an element, NumPy's speed).
+        As in _buffered_rows, the SIMD loop runs a multiple of EXPRC_VBLOCK lanes."""
+        k, r = kl.kernel, kl.kernel.reduce
+        acc_t, init, combine, fin = acc
+        src = r.inputs[0]
+        vt = C_TYPES[src.dtype]
+        arrays = [j for j in loaded if kl.accesses[j][0].ndim and j not in kl.models]
+        wide = "int64_t" if vt == "double" else "int32_t"
+        btype = {j: wide if kl.accesses[j][0].dtype == "bool" else C_TYPES[kl.accesses[j][0].dtype] for j in arrays}
+        names: dict[Node, str] = {}
+        lines = [self._load(kl, j, "", "    ", names) for j in loaded if j not in arrays]
+        lines += [f"    {btype[j]} ob{j}[EXPRC_RCHUNK] __attribute__((aligned(64)));" for j in arrays]
+        lines += [f"    {vt} vb[EXPRC_RCHUNK] __attribute__((aligned(64)));",
+                  f"    {acc_t} acc = {init}; int nanf = 0; (void)nanf;", "    int64_t b = 0;"]
+
+        def flush(indent: str) -> list[str]:
+            """Pad to w lanes, the values of lanes [0, w) into vb, fold [0, b) in order; b = 0."""
+            out = [f"{indent}const int64_t w = (b + EXPRC_VBLOCK - 1) / EXPRC_VBLOCK * EXPRC_VBLOCK;",
+                   f"{indent}for (int64_t p = b; p < w; p++) {{",
+                   *[f"{indent}    ob{j}[p] = ob{j}[0];" for j in arrays], f"{indent}}}",
+                   f"{indent}#pragma omp simd", f"{indent}for (int64_t p = 0; p < w; p++) {{"]
+            lanes = dict(names)
+            for j in arrays:
+                lanes[kl.accesses[j][0]] = f"a{j}"
+                out.append(f"{indent}    const {btype[j]} a{j} = ob{j}[p];")
+            out += self.body(k, lanes, indent + "    ")
+            v = lanes[src] if src in lanes else c_literal(src.value.reshape(-1)[0], src.dtype)
+            return [*out, f"{indent}    vb[p] = {v};", f"{indent}}}",
+                    f"{indent}for (int64_t p = 0; p < b; p++) {{", f"{indent}    const {vt} v = vb[p];",
+                    f"{indent}    {combine}", f"{indent}}}", f"{indent}b = 0;"]
+
+        addr = {j: self.ptr(kl, j) for j in arrays}
+        nest, indent = self._nest(kl, range(kl.ndim), "    ", None, addr)
+        lines += nest
+        lines += [f"{indent}ob{j}[b] = *(const {C_TYPES[kl.accesses[j][0].dtype]} *)({addr[j]});" for j in arrays]
+        lines += [f"{indent}if (++b == EXPRC_RCHUNK) {{", *flush(indent + "    "), f"{indent}}}"]
+        lines += self._close(range(kl.ndim), indent)[0]
+        lines += ["    if (b > 0) {", *flush("        "), "    }"]
+        return lines + self._reduce_store(kl, fin, {j: self.ptr(kl, j) for j in stored}, "    ")
 
     def _buffered_rows(self, kl: KernelLayout, loaded: list[int], stored: list[int], acc: tuple[str, ...]) -> list[str]:
         """Rows [lo, hi) of a matrix reduction over its last axis whose operand calls vector math
