@@ -226,6 +226,29 @@ def sin_cos_product(node: Node) -> Node | None:
     return F.guard(big, F.freeze(node), stable)
 
 
+@stability_rule("sigmoid_pair_product", ("mul", "truediv"))
+def sigmoid_pair_product(node: Node) -> Node | None:
+    """sigmoid(z) sigmoid(-z) -> e/(1 + e)**2 with e = exp(-|z|) inside a product: the derivative of
+    sigmoid, and of tanh (1 - tanh(u)**2 is 4 sigmoid(2u) sigmoid(-2u) by tanh_plus_one and
+    tanh_minus_one), with one exp and one division where the two sigmoids took two of each (an MLP's
+    tanh gradient over 16384 elements: 22.2 -> 18.9 us).  The same roundings as each sigmoid's own
+    (1 + e, its inverse), so no less accurate; 0 at z = +-inf as the product, NaN at NaN."""
+    if node.op == "mul" and not {node.inputs[0].op, node.inputs[1].op} & {"sigmoid", "mul", "truediv"}:
+        return None
+    pv = F.product_view(node)
+    if pv is None:
+        return None
+    coef, factors, _, guards = pv
+    ones = {t.inputs[0]: t for t, p in factors if t.op == "sigmoid" and p == 1}
+    pair = next(((s, ones[F.neg(z)]) for z, s in ones.items() if z.op != "neg" and F.neg(z) in ones), None)
+    if pair is None or guards or not _normal_coef(coef):
+        return None
+    z = pair[0].inputs[0]
+    e = f("exp", F.neg(f("abs", z)))
+    d = add(k(1.0, z), e)
+    return _with_factors(factors, pair, div(e, mul(d, d)), coef, node)
+
+
 @stability_rule("softmax_pair", ("mul", "truediv"))
 def softmax_pair(node: Node) -> Node | None:
     """exp(a)/(exp(a) + exp(b)) -> sigmoid(s)(1 + e sigmoid(-s)) with s + e = a - b exactly (TwoSum):
