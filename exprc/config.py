@@ -54,16 +54,20 @@ class Config:
     #: ``Function.profile``).  Off: no cost.
     profile: bool = False
     #: C backend: row kernels (``fusion._row_kernels``), a reduction over a matrix's last axis fused
-    #: with the elementwise work around it, one loop nest per row (rows of up to 16 elements several
-    #: to a SIMD loop).  Softmax, log-softmax, layer norm and a cross-entropy's gradient 3-5x faster
-    #: at (256, 1000), as fast at (128, 10) (figures in the README).  Off: a kernel per reduction.
-    row_fusion: bool = True
+    #: with the elementwise work around it, one loop nest per row (rows of up to 32 elements several
+    #: to a SIMD loop).  None (the default): only where the row calls vector math (softmax,
+    #: log-softmax, logsumexp, a cross-entropy and their gradients: 2-3x faster at (256, 1000), as
+    #: fast at (128, 10)); True: every row reduction (a layer norm too: 5x faster at (256, 1000), but
+    #: a variance over rows of 2 to 10 is 1.3-3.6x slower); False: a kernel per reduction.
+    row_fusion: bool | None = None
 
     def __post_init__(self) -> None:
         name = getattr(self.float_dtype, "__name__", None) or str(self.float_dtype)  # np.float32, np.dtype(...)
         if name not in FLOAT_DTYPES:
             raise ValueError(f"Config: float_dtype must be one of {', '.join(FLOAT_DTYPES)}, got {self.float_dtype!r}")
         object.__setattr__(self, "float_dtype", name)
+        if self.row_fusion not in (None, True, False):
+            raise ValueError(f"Config: row_fusion must be None, True or False, got {self.row_fusion!r}")
 
     def replace(self, **changes: Any) -> Config:
         return dataclasses.replace(self, **changes)

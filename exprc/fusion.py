@@ -135,7 +135,7 @@ def _blas_matmul(n: Node) -> bool:
 
 
 def lower(outputs: Sequence[Node], inputs: Sequence[Node], fuse: bool = True,
-          native_matmul: bool = False, rows: bool = False, epilogues: bool = False,
+          native_matmul: bool = False, rows: bool | str = False, epilogues: bool = False,
           host_scalars: bool = False) -> Program:
     """Partition the graph reachable from ``outputs`` into kernels and NumPy steps.
 
@@ -145,13 +145,18 @@ def lower(outputs: Sequence[Node], inputs: Sequence[Node], fuse: bool = True,
     ``x``) is one such kernel, the batch added up by the BLAS calls (``batch_sums``).
 
     ``rows``: the renderer has row kernels, so reductions over a matrix's last axis merge with the
-    elementwise kernels around them (:func:`_row_kernels`).  ``epilogues``: a reduction kernel
+    elementwise kernels around them (:func:`_row_kernels`); ``"math"``: only into row kernels that
+    call vector math (:data:`EXPENSIVE`: softmax, logsumexp, a cross-entropy; not a variance).  ``epilogues``: a reduction kernel
     computes the elementwise kernel over its result where it stores it (:func:`_reduce_epilogues`).
 
     ``host_scalars``: the planner computes NumPy steps that depend on shapes alone once per input
     signature, so a 0-d elementwise kernel over such values (a mean's ``1 / n``) becomes NumPy steps
     it computes there, not a kernel run on every call."""
     order = toposort(outputs)
+    # (no reduction a row kernel could take: the graph lowers as without them, cheap copies included)
+    if rows and not (any(n.op in ROW_REDUCTIONS and n.inputs[0].ndim == 2 and n.arg("axis") == (1,) for n in order)
+                     and (rows != "math" or any(n.op in EXPENSIVE for n in order))):
+        rows = False
     consumers: dict[Node, list[Node]] = {n: [] for n in order}
     for n in order:
         for i in dict.fromkeys(n.inputs):
@@ -180,8 +185,8 @@ def lower(outputs: Sequence[Node], inputs: Sequence[Node], fuse: bool = True,
             gs = frozenset().union(*(gsets[c] for c in cons))
             if len(gs) == 1:
                 target = gs
-            elif (not rows and n.op in RECOMPUTED and n not in is_output and len(gs) <= MAX_COPIES
-                  and n.ndim > 0):
+            elif ((not rows or n.ndim != 2) and n.op in RECOMPUTED and n not in is_output  # (a row kernel
+                  and len(gs) <= MAX_COPIES and n.ndim > 0):  # shares its 2-d nodes between passes itself)
                 target = gs
                 copied.add(n)
         if target is None:
@@ -276,7 +281,7 @@ def lower(outputs: Sequence[Node], inputs: Sequence[Node], fuse: bool = True,
     if host_scalars:
         steps = _shape_scalars(steps, order, is_output, materialized)
     if rows and fuse:
-        steps = _row_kernels(steps, order, is_output)
+        steps = _row_kernels(steps, order, is_output, math_only=rows == "math")
     if epilogues and fuse:
         steps = _reduce_epilogues(steps, is_output)
     if (rows or epilogues) and fuse:  # (what a merged kernel keeps in registers has no buffer)
@@ -433,9 +438,16 @@ def _reduce_epilogues(steps: list[Kernel | Step], is_output: set[Node]) -> list[
 
 #: Reductions a row kernel computes (an accumulator per row; argmax/argmin are NumPy steps).
 ROW_REDUCTIONS = frozenset({"sum", "mean", "max", "min", "prod"})
+#: Ops that call vector math (libm's, libmvec's): what makes a loop's work more than its memory
+#: traffic.  By default (``Config.row_fusion`` None) a row kernel is formed only around them.
+EXPENSIVE = frozenset({"exp", "exp2", "expm1", "log", "log2", "log10", "log1p", "sin", "cos", "tan", "arcsin",
+                       "arccos", "arctan", "arctan2", "sinh", "cosh", "tanh", "arcsinh", "arccosh", "arctanh",
+                       "sigmoid", "softplus", "erf", "erfc", "pow", "hypot", "logaddexp", "cbrt", "log1mexp",
+                       "erfcx"})
 
 
-def _row_kernels(steps: list[Kernel | Step], order: list[Node], is_output: set[Node]) -> list[Kernel | Step]:
+def _row_kernels(steps: list[Kernel | Step], order: list[Node], is_output: set[Node],
+                 math_only: bool = False) -> list[Kernel | Step]:
     """Row-wise fusion: merge each reduction over the last axis of a matrix with the elementwise
     kernels it reads and that read it into one *row kernel*, which runs every row to the end before
     the next (Inductor's persistent reductions): ``softmax``, ``log_softmax``, ``logsumexp``,
@@ -467,7 +479,9 @@ def _row_kernels(steps: list[Kernel | Step], order: list[Node], is_output: set[N
             return False
         if s.reduce is not None:
             r = s.reduce
-            return r.op in ROW_REDUCTIONS and r.inputs[0].ndim == 2 and r.arg("axis") == (1,)
+            # (not over a (n, 1) value: the passes would fold its one value as a whole row)
+            return (r.op in ROW_REDUCTIONS and r.inputs[0].ndim == 2 and r.arg("axis") == (1,)
+                    and r.inputs[0].type.shape[1] != 1)
         return all(o.ndim == 2 for o in s.outputs) and all(n.ndim == 2 for n in s.body)
 
     live = [i for i, s in enumerate(steps) if member(s)]
@@ -557,7 +571,8 @@ def _row_kernels(steps: list[Kernel | Step], order: list[Node], is_output: set[N
     done: set[int] = set()
     for i, s in enumerate(steps):
         g = group.get(i)
-        if g is None or len(g) == 1 or not any(steps[m].reduce is not None for m in g):
+        if (g is None or len(g) == 1 or not any(steps[m].reduce is not None for m in g)
+                or math_only and not any(n.op in EXPENSIVE for m in g for n in steps[m].body)):
             out.append(as_steps.get(i, s))
             continue
         if i in done:

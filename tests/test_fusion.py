@@ -304,8 +304,10 @@ def test_row_kernels_match_the_unfused_kernels(name, dtype):
     one column, none, NaN/inf rows, a transposed and a strided view, with 1 and 2 threads."""
     ins, outs = _row_cases(dtype)[name]
     ref = exprc.function(ins, outs, backend="numpy")
-    fns = [exprc.function(ins, outs, config=exprc.Config(num_threads=t)) for t in (1, 2)]
-    assert any(k["kind"] == "rows" for k in fns[0].kernels)  # (the default)
+    fns = [exprc.function(ins, outs, config=exprc.Config(num_threads=t, row_fusion=True)) for t in (1, 2)]
+    assert any(k["kind"] == "rows" for k in fns[0].kernels)
+    default = any(k["kind"] == "rows" for k in exprc.function(ins, outs).kernels)
+    assert default == (name not in ("minmax", "standardize"))  # (by default only rows with vector math)
     assert not any(k["kind"] == "rows" for k in exprc.function(ins, outs, config=exprc.Config(row_fusion=False)).kernels)
     rng = np.random.default_rng(5)
     tol = {"rtol": 2e-4, "atol": 1e-5} if dtype == "float32" else {"rtol": 1e-12, "atol": 1e-13}
@@ -424,8 +426,8 @@ def test_the_softmax_regression_step_is_six_kernels_with_no_per_call_scalars():
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 def test_short_rows_share_blocks_in_row_kernels(dtype, monkeypatch):
-    """Rows of up to 16 elements run several to a SIMD loop (render._short_rows_batched): row lengths 1
-    to 17 and 33 around that limit, row counts that leave a partial last block (R = 256 // n1 rows to a
+    """Rows of up to 32 elements run several to a SIMD loop (render._short_rows_batched): row lengths 1
+    to 17 and 31 to 33 around that limit, row counts that leave a partial last block (R = 256 // n1 rows to a
     block), a column operand, a 0-d one, a bool output and a count of a comparison (bool buffers),
     NaN, +-inf and all--inf rows, C, Fortran and strided layouts; against NumPy, and the same bits
     with 1 and 2 threads (a row's value must not depend on the rows sharing its block)."""
@@ -450,7 +452,7 @@ def test_short_rows_share_blocks_in_row_kernels(dtype, monkeypatch):
     assert [k["kind"] for k in fns[0].kernels] == ["rows"]
     tol = {"rtol": 3e-5, "atol": 1e-6} if dtype == "float32" else {"rtol": 1e-12, "atol": 1e-13}
     rng = np.random.default_rng(11)
-    for n1 in [*range(1, 18), 33]:
+    for n1 in [*range(1, 18), 31, 32, 33]:
         for n0 in (1, 3, 256 // n1 + 1, 600):
             zv = (rng.standard_normal((n0, n1)) * 3).astype(dtype)
             if n0 > 3:
@@ -517,7 +519,57 @@ def test_a_chain_of_row_reductions_is_cut_into_row_kernels_of_bounded_depth():
     mu = exprc.mean(z, axis=1, keepdims=True)
     ln = (z - mu) / exprc.sqrt(exprc.mean((z - mu) ** 2, axis=1, keepdims=True) + 1e-5)
     outs = [ln, *exprc.grad(exprc.sum(ln * g), [z])]
-    assert [k["kind"] for k in exprc.function([z, g], outs).kernels] == ["rows"]
+    assert [k["kind"] for k in exprc.function([z, g], outs, config=exprc.Config(row_fusion=True)).kernels] == ["rows"]
+
+
+@pytest.mark.parametrize("row_fusion", [None, True])
+def test_row_kernels_reviewed_edges(row_fusion, monkeypatch):
+    """Found in review of the row-kernel default (each was a wrong answer, a crash or a cost):
+    a reduction over axis 1 of a one-value-per-row value (a declared column, c * 2, expand_dims(v, 1),
+    a keepdims max, or a (None, None) input passed as (n, 1)) was folded as a whole row (n1 times,
+    and read past the column's end); a row's bits depended on its layout (strided rows ran a scalar
+    loop); a signature the row kernel cannot run was re-planned on every call; and row kernels
+    switched off fusion's cheap copies in graphs without a row reduction."""
+    cfg = exprc.Config(row_fusion=row_fusion)
+    z, c, m, v = exprc.matrix("z"), exprc.matrix("c", shape=(None, 1)), exprc.matrix("m"), exprc.vector("v")
+    sm = exprc.softmax(z, axis=1)
+    outs = [sm * exprc.sum(c, axis=1, keepdims=True), sm * exprc.prod(c * 2, axis=1, keepdims=True),
+            sm * exprc.mean(exprc.expand_dims(v, 1), axis=1, keepdims=True),
+            sm + exprc.sum(exprc.max(z, axis=1, keepdims=True), axis=1, keepdims=True),
+            exprc.logsumexp(z, axis=1) * exprc.max(m, axis=1), sm * exprc.sum(m, axis=1, keepdims=True)]
+    f = exprc.function([z, c, v, m], outs, config=cfg)
+    ref = exprc.function([z, c, v, m], outs, backend="numpy")
+    rng = np.random.default_rng(4)
+    for n1 in (5, 40, 300):
+        zv, cv, vv = rng.normal(size=(6, n1)), rng.normal(size=(6, 1)) + 3, rng.normal(size=6)
+        for mv in (rng.normal(size=(6, n1)), rng.normal(size=(6, 1))):  # ((6, 1): reduced as a row here)
+            for g, w in zip(f(zv, cv, vv, mv), ref(zv, cv, vv, mv)):
+                np.testing.assert_allclose(g, w, rtol=1e-12, err_msg=f"n1={n1}")
+    # the same bits whatever the layout: C, Fortran, rows at odd offsets
+    h = exprc.function([z], [sm, exprc.logsumexp(z, axis=1)], config=cfg.replace(num_threads=1))
+    for n1 in (8, 40, 1000):
+        base = rng.normal(size=(50, n1 + 3)) * 5
+        zc = np.ascontiguousarray(base[:, 1:n1 + 1])
+        for other in (np.asfortranarray(zc), base[:, 1:n1 + 1], zc[::-1][::-1]):
+            for a, b in zip(h(zc), h(other)):
+                np.testing.assert_array_equal(a, b)
+    # a call the row kernel cannot run is planned once, then goes straight to the graph without rows
+    from exprc.backends.c.kernel import CKernel
+
+    k = exprc.function([z, m], exprc.softmax(z + exprc.exp(m * 2), axis=1), config=cfg)
+    made = []
+    plan = CKernel._make_plan
+    monkeypatch.setattr(CKernel, "_make_plan", lambda self, *a: made.append(self) or plan(self, *a))
+    zk, col = rng.normal(size=(7, 5)), rng.normal(size=(7, 1))
+    for _ in range(3):
+        k(zk, col)
+    assert made.count(k._kernel) == 1
+    # fusion's cheap copies where no row kernel takes them: a vector's log-sum-exp, beside a softmax
+    lse = exprc.log(exprc.sum(exprc.exp(v)))
+    assert len(exprc.function([v], lse, config=cfg).kernels) == len(
+        exprc.function([v], lse, config=exprc.Config(row_fusion=False)).kernels) == 4
+    beside = exprc.function([z, v], [sm, lse], config=cfg).kernels
+    assert len([k for k in beside if k["kind"] != "rows"]) == 4
 
 
 @pytest.mark.parametrize("seed", range(4))

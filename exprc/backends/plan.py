@@ -350,6 +350,9 @@ class Planner:
             if n.op == "sum_to" and tuple(self.shape(n.inputs[0], env, shapes)) != shape:
                 raise Unsupported(f"a row kernel's sum_to reduces {self.shape(n.inputs[0], env, shapes)} to {shape}")
             if OPS[n.op].kind == "reduce":
+                if tuple(self.shape(n.inputs[0], env, shapes)) != space:  # (an operand (n, 1) in this call)
+                    raise Unsupported(f"a row kernel's {n.op} reduces {self.shape(n.inputs[0], env, shapes)} "
+                                      f"in a ({space[0]}, {space[1]}) loop")
                 want = (space[0], 1) if n.arg("keepdims") else (space[0],)
             else:
                 want = (space[0], 1) if row[n] else space

@@ -5,7 +5,7 @@ EXPRC_RANGE(k0_add_max_sub_exp_rows)
     const int64_t n1 = P[2];
     const int64_t red_total = n1;
     (void)red_total;
-    if (n1 > 0 && n1 <= EXPRC_RCHUNK / 16) {
+    if (n1 > 0 && n1 <= EXPRC_RCHUNK / 8) {
         double ob0[EXPRC_RCHUNK] __attribute__((aligned(64)));
         double ob1[EXPRC_RCHUNK] __attribute__((aligned(64)));
         double y0[EXPRC_RCHUNK] __attribute__((aligned(64)));
@@ -107,6 +107,10 @@ EXPRC_RANGE(k0_add_max_sub_exp_rows)
         }
         return;
     }
+    char *scratch = P[0] || n1 <= 0 ? NULL : (char *)__builtin_malloc((size_t)n1 * (sizeof(double) + sizeof(double) + sizeof(double)));
+    char *rb0 = scratch ? scratch + (size_t)n1 * (0) : NULL; (void)rb0;
+    char *rb1 = scratch ? scratch + (size_t)n1 * (0 + sizeof(double)) : NULL; (void)rb1;
+    char *rb2 = scratch ? scratch + (size_t)n1 * (0 + sizeof(double) + sizeof(double)) : NULL; (void)rb2;
     for (int64_t i0 = lo; i0 < hi; i0++) {
         char *q0 = ptrs[0] + i0 * P[3];
         char *q1 = ptrs[1] + i0 * P[5];
@@ -115,6 +119,18 @@ EXPRC_RANGE(k0_add_max_sub_exp_rows)
         if (P[0]) {
             const double *restrict p0 = (const double *)(q0);
             const double *restrict p1 = (const double *)(q1);
+            #pragma omp simd reduction(max:acc0_0) reduction(|:nanacc0_0)
+            for (int64_t i1 = 0; i1 < n1; i1++) {
+                const double a0 = p0[i1];
+                const double a1 = p1[i1];
+                const double t2 = (a0 + a1);
+                acc0_0 = t2 > acc0_0 ? t2 : acc0_0; nanacc0_0 |= (t2 != t2);
+            }
+        } else if (scratch) {
+            for (int64_t i1 = 0; i1 < n1; i1++) ((double *)rb0)[i1] = *(const double *)(q0 + i1 * P[4]);
+            for (int64_t i1 = 0; i1 < n1; i1++) ((double *)rb1)[i1] = *(const double *)(q1 + i1 * P[6]);
+            const double *restrict p0 = (const double *)(rb0);
+            const double *restrict p1 = (const double *)(rb1);
             #pragma omp simd reduction(max:acc0_0) reduction(|:nanacc0_0)
             for (int64_t i1 = 0; i1 < n1; i1++) {
                 const double a0 = p0[i1];
@@ -146,6 +162,23 @@ EXPRC_RANGE(k0_add_max_sub_exp_rows)
                 acc1_0 += t5;
                 p2[i1] = t5;
             }
+        } else if (scratch) {
+            for (int64_t i1 = 0; i1 < n1; i1++) ((double *)rb0)[i1] = *(const double *)(q0 + i1 * P[4]);
+            for (int64_t i1 = 0; i1 < n1; i1++) ((double *)rb1)[i1] = *(const double *)(q1 + i1 * P[6]);
+            const double *restrict p0 = (const double *)(rb0);
+            const double *restrict p1 = (const double *)(rb1);
+            double *restrict p2 = (double *)(rb2);
+            #pragma omp simd reduction(+:acc1_0)
+            for (int64_t i1 = 0; i1 < n1; i1++) {
+                const double a0 = p0[i1];
+                const double a1 = p1[i1];
+                const double t3 = (a0 + a1);
+                const double t4 = (t3 - racc0_0);
+                const double t5 = exp(t4);
+                acc1_0 += t5;
+                p2[i1] = t5;
+            }
+            for (int64_t i1 = 0; i1 < n1; i1++) *(double *)(q2 + i1 * P[8]) = ((double *)rb2)[i1];
         } else {
             for (int64_t i1 = 0; i1 < n1; i1++) {
                 const double a0 = *(const double *)(q0 + i1 * P[4]);
@@ -166,6 +199,16 @@ EXPRC_RANGE(k0_add_max_sub_exp_rows)
                 const double t3 = (c2 / racc1_0);
                 p2[i1] = t3;
             }
+        } else if (scratch) {
+            for (int64_t i1 = 0; i1 < n1; i1++) ((double *)rb2)[i1] = *(const double *)(q2 + i1 * P[8]);
+            double *restrict p2 = (double *)(rb2);
+            #pragma omp simd
+            for (int64_t i1 = 0; i1 < n1; i1++) {
+                const double c2 = p2[i1];
+                const double t3 = (c2 / racc1_0);
+                p2[i1] = t3;
+            }
+            for (int64_t i1 = 0; i1 < n1; i1++) *(double *)(q2 + i1 * P[8]) = ((double *)rb2)[i1];
         } else {
             for (int64_t i1 = 0; i1 < n1; i1++) {
                 const double c2 = *(const double *)(q2 + i1 * P[8]);
@@ -174,6 +217,7 @@ EXPRC_RANGE(k0_add_max_sub_exp_rows)
             }
         }
     }
+    __builtin_free(scratch);
 }
 EXPRC_HIDDEN void k0_add_max_sub_exp(char **restrict ptrs, const int64_t *restrict P, int nthreads)
 {

@@ -118,6 +118,7 @@ class CKernel(Kernel):
         self.profile = Profile() if cfg.profile else None
         self._fg = fg
         self._rowless: CKernel | None = None  # (see _fallback)
+        self._unsupported: set[tuple] = set()  # signatures the planner could not run
         self._found_blas = blas is not None
         #: What the graph index may keep of this kernel (:meth:`index_state`): only the default lowering.
         self._indexable = fuse == ("fusion" not in cfg.exclude) and native_matmul and c_passes
@@ -154,8 +155,9 @@ class CKernel(Kernel):
         from exprc.backends.c.render import CRenderer
 
         t0 = time.perf_counter()
+        rows = ("math" if cfg.row_fusion is None else cfg.row_fusion) if c_passes else False
         self.program = lower(list(fg.outputs), list(fg.inputs), fuse=fuse, native_matmul=native_matmul,
-                             rows=cfg.row_fusion and c_passes, epilogues=c_passes, host_scalars=c_passes)
+                             rows=rows, epilogues=c_passes, host_scalars=c_passes)
         t1 = time.perf_counter()
         # The cache key hashes the source without its comments (kernel titles, the summary: pprint
         # work that was a fifth of a warm LSTM's function()); the library is built from the source
@@ -265,9 +267,14 @@ class CKernel(Kernel):
             key += ("out",) + tuple((getattr(o, "shape", None), getattr(o, "strides", None)) for o in out)
         plan = self.pool.take(key)
         if plan is None:
+            if key in self._unsupported:  # (a failed plan is most of a call's time: remember it)
+                return self._fallback(arrays, out)
             try:
                 plan = self._make_plan(arrays, out)
             except Unsupported:
+                if len(self._unsupported) >= MAX_SIGNATURES:
+                    self._unsupported.clear()
+                self._unsupported.add(key)
                 return self._fallback(arrays, out)
             self.pool.made(key)
         try:

@@ -28,7 +28,7 @@ from exprc.backends.c.compile import UNIT
 from exprc.backends.layout import KernelLayout, Layout
 from exprc.backends.plan import MATMUL_PARAMS
 from exprc.backends.templates import prelude, random_helpers, read
-from exprc.fusion import Kernel, Program, epilogue_arrays, row_levels, row_reads, single_element
+from exprc.fusion import EXPENSIVE, Kernel, Program, epilogue_arrays, row_levels, row_reads, single_element
 from exprc.graph import Node
 from exprc.ops import OPS, REDUCTIONS
 from exprc.types import C_TYPES
@@ -69,17 +69,13 @@ KERNEL_SIGNATURE = "EXPRC_HIDDEN void {}(char **restrict ptrs, const int64_t *re
 #: so a cheap `a*b + c` stays serial up to ~1e5 elements while an exp/sin kernel splits at ~1e4.
 PARALLEL_WORK = 1 << 20
 #: Cost units per element: transcendental calls are ~20 adds, divisions and roots ~4.
-_EXPENSIVE = frozenset({"exp", "exp2", "expm1", "log", "log2", "log10", "log1p", "sin", "cos", "tan", "arcsin",
-                        "arccos", "arctan", "arctan2", "sinh", "cosh", "tanh", "arcsinh", "arccosh", "arctanh",
-                        "sigmoid", "softplus", "erf", "erfc", "pow", "hypot", "logaddexp", "cbrt", "log1mexp",
-                        "erfcx"})
 
 
 def parallel_threshold(k: Kernel) -> int:
     """Elements above which kernel ``k`` is worth splitting between threads."""
     cost = 2 * (len(k.operands) + len(k.outputs))
     for n in k.body:
-        cost += 20 if n.op in _EXPENSIVE or OPS[n.op].c_call is not None else (
+        cost += 20 if n.op in EXPENSIVE or OPS[n.op].c_call is not None else (
             4 if n.op in ("truediv", "sqrt", "reciprocal") else 1)
     return max(1 << 12, min(1 << 18, PARALLEL_WORK // max(cost, 1)))
 
@@ -835,12 +831,12 @@ class CRenderer:
             rows, run = self._rows(kl, lines, "kept_total", red_head, count)
             return flat + rows, main + run
         if nk == 1 and nd == 2 and not kl.draws and not self.precise_math and any(
-                n.op in _EXPENSIVE for n in k.body if n is not r and n not in k.epilogue):
+                n.op in EXPENSIVE for n in k.body if n is not r and n not in k.epilogue):
             rows, run = self._rows(kl, self._buffered_rows(kl, loaded, outs + late, (acc_t, init, combine, fin)),
                                    "kept_total", red_head)
             return flat + rows, main + run
         if not nk and not kl.draws and not self.precise_math and any(
-                n.op in _EXPENSIVE for n in k.body if n is not r and n not in k.epilogue):
+                n.op in EXPENSIVE for n in k.body if n is not r and n not in k.epilogue):
             return flat, main + self._buffered_full(kl, loaded, outs + late, (acc_t, init, combine, fin))
         # General path: kept dims outside (parallel), reduced dims inside.
         lines, indent = self._nest(kl, range(nk), "    ", None, addr, ranged=True)
@@ -1025,7 +1021,7 @@ class CRenderer:
         carry: dict[Node, tuple[int, Node]] = {}  # value -> (pass storing it, output holding it)
         taken: set[Node] = set()
         for n, ts in uses.items():
-            if n.op in _EXPENSIVE and len(ts) > 1 and n not in out_index:
+            if n.op in EXPENSIVE and len(ts) > 1 and n not in out_index:
                 holder = next((o for o in full_outs if level[o] == ts[-1] and o.dtype == n.dtype
                                and o not in taken), None)
                 if holder is not None:
@@ -1116,6 +1112,17 @@ class CRenderer:
             simd = f"{ind}    #pragma omp simd{''.join(' ' + c for c in clauses)}"
             lines += [f"{ind}if ({self.param(kl, kl.p_flag)}) {{", *ptrs]
             lines += [simd, f"{ind}    for (int64_t i1 = 0; i1 < n1; i1++) {{", *flat, f"{ind}    }}"]
+            # Strided rows are copied into contiguous scratch and run the same SIMD loop, so a row's bits do
+            # not depend on its layout (a scalar loop here gave 14451 of 20000 softmax values of rows of 40
+            # other bits in Fortran order than in C order); the scalar loop only where malloc failed.
+            gathered = sorted({*reads, *(out_index[o] for o in kept.values())})
+            lines += [f"{ind}}} else if (scratch) {{",
+                      *[f"{ind}    for (int64_t i1 = 0; i1 < n1; i1++) (({ctype[j]} *)rb{j})[i1] = "
+                        f"*(const {ctype[j]} *)(q{j} + i1 * {stride(j)});" for j in gathered],
+                      *[x.replace(f"(q{j})", f"(rb{j})") for x, j in zip(ptrs, [*reads, *(out_index[n] for n in outs_here)])],
+                      simd, f"{ind}    for (int64_t i1 = 0; i1 < n1; i1++) {{", *flat, f"{ind}    }}",
+                      *[f"{ind}    for (int64_t i1 = 0; i1 < n1; i1++) *({ctype[out_index[n]]} *)(q{out_index[n]} + i1 * "
+                        f"{stride(out_index[n])}) = (({ctype[out_index[n]]} *)rb{out_index[n]})[i1];" for n in outs_here]]
             strided = pass_body(lambda j: f"*(const {ctype[j]} *)(q{j} + i1 * {stride(j)})",
                                 lambda j: f"*({ctype[j]} *)(q{j} + i1 * {stride(j)})")
             lines += [f"{ind}}} else {{", f"{ind}    for (int64_t i1 = 0; i1 < n1; i1++) {{", *strided,
@@ -1126,7 +1133,16 @@ class CRenderer:
                 lines.append(f"{ind}const {C_TYPES[r.dtype]} r{a} = ({C_TYPES[r.dtype]})({fin});")
         lines.append("    }")
         loop_at = lines.index("    for (int64_t i0 = lo; i0 < hi; i0++) {")
-        lines[loop_at:loop_at] = self._short_rows_batched(kl, plans, row, level, index, out_index, reds)
+        whole = [j for j, (node, _, _) in enumerate(kl.accesses) if node.ndim and not row[node]]
+        sizes = " + ".join(f"sizeof({ctype[j]})" for j in whole) or "0"
+        scratch = [(f"    char *scratch = {self.param(kl, kl.p_flag)} || n1 <= 0 ? NULL : "
+                    f"(char *)__builtin_malloc((size_t)n1 * ({sizes}));")]
+        offset = "0"
+        for j in whole:
+            scratch.append(f"    char *rb{j} = scratch ? scratch + (size_t)n1 * ({offset}) : NULL; (void)rb{j};")
+            offset = f"{offset} + sizeof({ctype[j]})"
+        lines[loop_at:loop_at] = self._short_rows_batched(kl, plans, row, level, index, out_index, reds) + scratch
+        lines.append("    __builtin_free(scratch);")
         main = self._dims(kl) + ["    const int64_t total = n0 * n1;"]
         fn, run = self._rows(kl, lines, "total", [])
         return fn, main + run
@@ -1134,7 +1150,7 @@ class CRenderer:
     def _short_rows_batched(self, kl: KernelLayout, plans: list[tuple], row: dict[Node, bool],
                             level: dict[Node, int], index: dict[Node, int], out_index: dict[Node, int],
                             reds: list[Node]) -> list[str]:
-        """Rows of up to EXPRC_RCHUNK / 16 elements (a classifier's 10 logits) in blocks of several rows,
+        """Rows of up to EXPRC_RCHUNK / 8 elements (a classifier's 10 logits) in blocks of several rows,
         for a row kernel (render_rows): the block's elements are copied into aligned buffers, and each
         pass is one SIMD loop over the whole block, each row folding its values in order after it; the
         row values between passes (a max, a sum, the log of a sum) are computed in one SIMD loop over
@@ -1143,7 +1159,9 @@ class CRenderer:
         fifth of the separate kernels' speed).  Every SIMD loop runs a multiple of EXPRC_VBLOCK lanes
         (past the block, copies of its first element or row), as in _buffered_rows: every value comes
         from the vector loop, whichever rows share a block.  Returns no lines (no batched path) when
-        the buffers would take more than 32 arrays of the stack."""
+        the buffers would take more than 96 KB of the stack (48 arrays of 256 doubles; glibc's threads
+        have megabytes, and libmvec is glibc's), or the rows call no vector math (a variance over rows
+        of 10 ran 1.5x slower batched than one row at a time)."""
         k = kl.kernel
         floats = {n.dtype for n in k.body if n.dtype in ("float32", "float64")}
         wide = "int32_t" if floats == {"float32"} else "int64_t"
@@ -1165,8 +1183,9 @@ class CRenderer:
                    + [(arr[x], ctype(x)) for x in arr]
                    + [(f"vb{i}", ctype(r.inputs[0])) for i, r in enumerate(reds) if r not in direct]
                    + [(f"sb{j}", ctype(kl.accesses[j][0])) for j in stored] + [(kb[n], ctype(n)) for n in carried])
-        if len(buffers) > 32:
-            return []
+        # (each reduction also folds into an accumulator and a 4-byte NaN flag per row; ri, 4 bytes a row)
+        if 2 * len(buffers) + 3 * len(reds) + 1 > 2 * 48 or not any(n.op in EXPENSIVE for n in k.body):
+            return []  # (without vector math, one row at a time is as fast: a variance over rows of 10, 1.5x)
         rowed = [x for x in arr if any(x in row_reads(n) for plan in plans for n in plan[4])
                  or any(r.inputs[0] is x for r in reds)]
 
@@ -1177,7 +1196,7 @@ class CRenderer:
             return f"{self.ptr(kl, j)} + (r0 + r) * {stride(j, 0)}"
 
         ind = "            "
-        lines = ["    if (n1 > 0 && n1 <= EXPRC_RCHUNK / 16) {",
+        lines = ["    if (n1 > 0 && n1 <= EXPRC_RCHUNK / 8) {",
                  *[f"        {t} {b}[EXPRC_RCHUNK] __attribute__((aligned(64)));" for b, t in buffers],
                  "        const int64_t R = EXPRC_RCHUNK / n1;",
                  *(["        int32_t ri[EXPRC_RCHUNK] __attribute__((aligned(64)));",
