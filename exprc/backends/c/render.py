@@ -857,16 +857,13 @@ class CRenderer:
         rows, run = self._rows(kl, lines, "kept_total", red_head)
         return flat + rows, main + run
 
-    def _buffered_full(self, kl: KernelLayout, loaded: list[int], stored: list[int], acc: tuple[str, ...]) -> list[str]:
-        """A full reduction whose operand calls vector math, on arrays the contiguous path does not take
-        (a strided view, or a broadcast operand: the stable logsumexp of a vector reads its shift as a
-        (1,) array): the loop nest copies the operands into aligned buffers, EXPRC_RCHUNK elements at a
-        time, one SIMD loop computes their values, and they fold in order into ``acc`` (the order of the
-        one-element-at-a-time loop it replaces, which called scalar libm: 4 ns an element, NumPy's speed).
-        As in _buffered_rows, the SIMD loop runs a multiple of EXPRC_VBLOCK lanes."""
-        k, r = kl.kernel, kl.kernel.reduce
-        acc_t, init, combine, fin = acc
-        src = r.inputs[0]
+    def _value_buffers(self, kl: KernelLayout, loaded: list[int]) -> tuple[list[int], list[str], Any]:
+        """For the buffered reductions (_buffered_full, _buffered_rows): (the operand accesses copied to
+        buffers ob<j>, the declarations (0-d operands loaded), ``compute(indent)``: the lines that pad
+        lanes [b, w) with lane 0 and compute the values of lanes [0, w) into vb in one SIMD loop).  A bool
+        operand is buffered as wide as the values: uint8 data would make gcc run 64 lanes at a time,
+        past EXPRC_VBLOCK, and send a 32-lane block through the scalar epilogue."""
+        k, src = kl.kernel, kl.kernel.reduce.inputs[0]
         vt = C_TYPES[src.dtype]
         arrays = [j for j in loaded if kl.accesses[j][0].ndim and j not in kl.models]
         wide = "int64_t" if vt == "double" else "int32_t"
@@ -874,11 +871,9 @@ class CRenderer:
         names: dict[Node, str] = {}
         lines = [self._load(kl, j, "", "    ", names) for j in loaded if j not in arrays]
         lines += [f"    {btype[j]} ob{j}[EXPRC_RCHUNK] __attribute__((aligned(64)));" for j in arrays]
-        lines += [f"    {vt} vb[EXPRC_RCHUNK] __attribute__((aligned(64)));",
-                  f"    {acc_t} acc = {init}; int nanf = 0; (void)nanf;", "    int64_t b = 0;"]
+        lines.append(f"    {vt} vb[EXPRC_RCHUNK] __attribute__((aligned(64)));")
 
-        def flush(indent: str) -> list[str]:
-            """Pad to w lanes, the values of lanes [0, w) into vb, fold [0, b) in order; b = 0."""
+        def compute(indent: str) -> list[str]:
             out = [f"{indent}const int64_t w = (b + EXPRC_VBLOCK - 1) / EXPRC_VBLOCK * EXPRC_VBLOCK;",
                    f"{indent}for (int64_t p = b; p < w; p++) {{",
                    *[f"{indent}    ob{j}[p] = ob{j}[0];" for j in arrays], f"{indent}}}",
@@ -889,8 +884,25 @@ class CRenderer:
                 out.append(f"{indent}    const {btype[j]} a{j} = ob{j}[p];")
             out += self.body(k, lanes, indent + "    ")
             v = lanes[src] if src in lanes else c_literal(src.value.reshape(-1)[0], src.dtype)
-            return [*out, f"{indent}    vb[p] = {v};", f"{indent}}}",
-                    f"{indent}for (int64_t p = 0; p < b; p++) {{", f"{indent}    const {vt} v = vb[p];",
+            return [*out, f"{indent}    vb[p] = {v};", f"{indent}}}"]
+
+        return arrays, lines, compute
+
+    def _buffered_full(self, kl: KernelLayout, loaded: list[int], stored: list[int], acc: tuple[str, ...]) -> list[str]:
+        """A full reduction whose operand calls vector math, on arrays the contiguous path does not take
+        (a strided view, or a broadcast operand: the stable logsumexp of a vector reads its shift as a
+        (1,) array): the loop nest copies the operands into aligned buffers, EXPRC_RCHUNK elements at a
+        time, one SIMD loop computes their values, and they fold in order into ``acc`` (the order of the
+        one-element-at-a-time loop it replaces, which called scalar libm: 4 ns an element, NumPy's speed).
+        As in _buffered_rows, the SIMD loop runs a multiple of EXPRC_VBLOCK lanes."""
+        acc_t, init, combine, fin = acc
+        vt = C_TYPES[kl.kernel.reduce.inputs[0].dtype]
+        arrays, lines, compute = self._value_buffers(kl, loaded)
+        lines += [f"    {acc_t} acc = {init}; int nanf = 0; (void)nanf;", "    int64_t b = 0;"]
+
+        def flush(indent: str) -> list[str]:
+            """The values of lanes [0, b) into vb, folded in order; b = 0."""
+            return [*compute(indent), f"{indent}for (int64_t p = 0; p < b; p++) {{", f"{indent}    const {vt} v = vb[p];",
                     f"{indent}    {combine}", f"{indent}}}", f"{indent}b = 0;"]
 
         addr = {j: self.ptr(kl, j) for j in arrays}
@@ -914,20 +926,11 @@ class CRenderer:
         As in elementwise kernels (_strided_blocks, _uniform_span), the SIMD loop reads contiguous
         buffers (a strided or broadcast operand in place defeats gcc's vectorizer now and then) and runs
         a multiple of EXPRC_VBLOCK lanes (the ones past the block copy its first element), so that every
-        value comes from the main vector loop, whatever the row length or the rows sharing its block.
-        A bool operand is buffered as wide as the values: uint8 data would make gcc run 64 lanes at a
-        time, past EXPRC_VBLOCK, and send a 32-lane block through the scalar epilogue."""
-        k, r = kl.kernel, kl.kernel.reduce
+        value comes from the main vector loop, whatever the row length or the rows sharing its block
+        (_value_buffers)."""
         acc_t, init, combine, fin = acc
-        src = r.inputs[0]
-        vt = C_TYPES[src.dtype]
-        arrays = [j for j in loaded if kl.accesses[j][0].ndim and j not in kl.models]
-        wide = "int64_t" if vt == "double" else "int32_t"
-        btype = {j: wide if kl.accesses[j][0].dtype == "bool" else C_TYPES[kl.accesses[j][0].dtype] for j in arrays}
-        names: dict[Node, str] = {}
-        lines = [self._load(kl, j, "", "    ", names) for j in loaded if j not in arrays]
-        lines += [f"    {btype[j]} ob{j}[EXPRC_RCHUNK] __attribute__((aligned(64)));" for j in arrays]
-        lines.append(f"    {vt} vb[EXPRC_RCHUNK] __attribute__((aligned(64)));")
+        vt = C_TYPES[kl.kernel.reduce.inputs[0].dtype]
+        arrays, lines, compute = self._value_buffers(kl, loaded)
 
         def gather(indent: str, first: str, count: str) -> list[str]:
             """Copy elements [first, first + count) of row i0 to ob<j>[b], b counting on."""
@@ -935,20 +938,6 @@ class CRenderer:
             out += self._advance(kl, 1, indent + "    ", {j: f"q{j}_0" for j in arrays})
             out += [f"{indent}    ob{j}[b] = *(const {C_TYPES[kl.accesses[j][0].dtype]} *)(q{j}_1);" for j in arrays]
             return [*out, f"{indent}}}"]
-
-        def compute(indent: str) -> list[str]:
-            """Pad to w lanes, then the values of lanes [0, w) into vb."""
-            out = [f"{indent}const int64_t w = (b + EXPRC_VBLOCK - 1) / EXPRC_VBLOCK * EXPRC_VBLOCK;",
-                   f"{indent}for (int64_t p = b; p < w; p++) {{",
-                   *[f"{indent}    ob{j}[p] = ob{j}[0];" for j in arrays], f"{indent}}}",
-                   f"{indent}#pragma omp simd", f"{indent}for (int64_t p = 0; p < w; p++) {{"]
-            lanes = dict(names)
-            for j in arrays:
-                lanes[kl.accesses[j][0]] = f"a{j}"
-                out.append(f"{indent}    const {btype[j]} a{j} = ob{j}[p];")
-            out += self.body(k, lanes, indent + "    ")
-            v = lanes[src] if src in lanes else c_literal(src.value.reshape(-1)[0], src.dtype)
-            return [*out, f"{indent}    vb[p] = {v};", f"{indent}}}"]
 
         def fold(indent: str, first: str, count: str) -> list[str]:
             return [f"{indent}for (int64_t p = {first}; p < {first} + {count}; p++) {{",
