@@ -66,7 +66,7 @@ class Config:
         if name not in FLOAT_DTYPES:
             raise ValueError(f"Config: float_dtype must be one of {', '.join(FLOAT_DTYPES)}, got {self.float_dtype!r}")
         object.__setattr__(self, "float_dtype", name)
-        if self.row_fusion not in (None, True, False):
+        if not (self.row_fusion is None or self.row_fusion is True or self.row_fusion is False):  # (not 1, 0.0)
             raise ValueError(f"Config: row_fusion must be None, True or False, got {self.row_fusion!r}")
 
     def replace(self, **changes: Any) -> Config:

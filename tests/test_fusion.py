@@ -553,6 +553,15 @@ def test_row_kernels_reviewed_edges(row_fusion, monkeypatch):
         for other in (np.asfortranarray(zc), base[:, 1:n1 + 1], zc[::-1][::-1]):
             for a, b in zip(h(zc), h(other)):
                 np.testing.assert_array_equal(a, b)
+    # strided rows of mixed float32 / float64 arrays (their scratch slices stay aligned), odd lengths
+    z32 = exprc.matrix("z32", "float32")
+    mixed = [exprc.softmax(z32, axis=1), exprc.logsumexp(z, axis=1) + exprc.sum(z32 * 2, axis=1)]
+    fm = exprc.function([z32, z], mixed, config=cfg)
+    for n1 in (37, 41):
+        a32, a64 = np.asfortranarray(rng.normal(size=(9, n1)).astype("float32")), np.asfortranarray(rng.normal(size=(9, n1)))
+        want = exprc.function([z32, z], mixed, backend="numpy")(a32, a64)
+        for g, w in zip(fm(a32, a64), want):
+            np.testing.assert_allclose(g, w, rtol=2e-6)
     # a call the row kernel cannot run is planned once, then goes straight to the graph without rows
     from exprc.backends.c.kernel import CKernel
 

@@ -107,10 +107,10 @@ EXPRC_RANGE(k0_add_max_sub_exp_rows)
         }
         return;
     }
-    char *scratch = P[0] || n1 <= 0 ? NULL : (char *)__builtin_malloc((size_t)n1 * (sizeof(double) + sizeof(double) + sizeof(double)));
-    char *rb0 = scratch ? scratch + (size_t)n1 * (0) : NULL; (void)rb0;
-    char *rb1 = scratch ? scratch + (size_t)n1 * (0 + sizeof(double)) : NULL; (void)rb1;
-    char *rb2 = scratch ? scratch + (size_t)n1 * (0 + sizeof(double) + sizeof(double)) : NULL; (void)rb2;
+    char *scratch = P[0] || n1 <= 0 ? NULL : (char *)__builtin_malloc((((size_t)n1 * sizeof(double) + 63) & ~(size_t)63) + (((size_t)n1 * sizeof(double) + 63) & ~(size_t)63) + (((size_t)n1 * sizeof(double) + 63) & ~(size_t)63));
+    char *rb0 = scratch ? scratch + 0 : NULL; (void)rb0;
+    char *rb1 = scratch ? scratch + (((size_t)n1 * sizeof(double) + 63) & ~(size_t)63) : NULL; (void)rb1;
+    char *rb2 = scratch ? scratch + (((size_t)n1 * sizeof(double) + 63) & ~(size_t)63) + (((size_t)n1 * sizeof(double) + 63) & ~(size_t)63) : NULL; (void)rb2;
     for (int64_t i0 = lo; i0 < hi; i0++) {
         char *q0 = ptrs[0] + i0 * P[3];
         char *q1 = ptrs[1] + i0 * P[5];

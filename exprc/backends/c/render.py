@@ -1123,13 +1123,14 @@ class CRenderer:
         lines.append("    }")
         loop_at = lines.index("    for (int64_t i0 = lo; i0 < hi; i0++) {")
         whole = [j for j, (node, _, _) in enumerate(kl.accesses) if node.ndim and not row[node]]
-        sizes = " + ".join(f"sizeof({ctype[j]})" for j in whole) or "0"
+        # (each array's slice rounded up to 64 bytes: a double slice after a float one stays aligned)
+        span = {j: f"(((size_t)n1 * sizeof({ctype[j]}) + 63) & ~(size_t)63)" for j in whole}
         scratch = [(f"    char *scratch = {self.param(kl, kl.p_flag)} || n1 <= 0 ? NULL : "
-                    f"(char *)__builtin_malloc((size_t)n1 * ({sizes}));")]
+                    f"(char *)__builtin_malloc({' + '.join(span.values()) or '0'});")]
         offset = "0"
         for j in whole:
-            scratch.append(f"    char *rb{j} = scratch ? scratch + (size_t)n1 * ({offset}) : NULL; (void)rb{j};")
-            offset = f"{offset} + sizeof({ctype[j]})"
+            scratch.append(f"    char *rb{j} = scratch ? scratch + {offset} : NULL; (void)rb{j};")
+            offset = span[j] if offset == "0" else f"{offset} + {span[j]}"
         lines[loop_at:loop_at] = self._short_rows_batched(kl, plans, row, level, index, out_index, reds) + scratch
         lines.append("    __builtin_free(scratch);")
         main = self._dims(kl) + ["    const int64_t total = n0 * n1;"]

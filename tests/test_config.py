@@ -1,0 +1,18 @@
+"""exprc.config: Config's checks of its fields."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import exprc
+
+
+@pytest.mark.parametrize("bad", [1, 0, 1.0, np.True_, "math", 2])
+def test_row_fusion_is_none_true_or_false(bad):
+    """row_fusion is tri-state; 1 or 0.0 (equal to True/False, not them) are refused like any other
+    value, so a config's repr (part of the graph index key) has one spelling per meaning."""
+    with pytest.raises(ValueError, match="row_fusion must be None, True or False"):
+        exprc.Config(row_fusion=bad)
+    for good in (None, True, False):
+        assert exprc.Config(row_fusion=good).row_fusion is good
