@@ -146,8 +146,9 @@ def lower(outputs: Sequence[Node], inputs: Sequence[Node], fuse: bool = True,
 
     ``rows``: the renderer has row kernels, so reductions over a matrix's last axis merge with the
     elementwise kernels around them (:func:`_row_kernels`); ``"math"``: only into row kernels that
-    call vector math (:data:`EXPENSIVE`: softmax, logsumexp, a cross-entropy; not a variance).  ``epilogues``: a reduction kernel
-    computes the elementwise kernel over its result where it stores it (:func:`_reduce_epilogues`).
+    call vector math (:data:`EXPENSIVE`: softmax, logsumexp, a cross-entropy; not a variance).
+    ``epilogues``: a reduction kernel computes the elementwise kernel over its result where it
+    stores it (:func:`_reduce_epilogues`).
 
     ``host_scalars``: the planner computes NumPy steps that depend on shapes alone once per input
     signature, so a 0-d elementwise kernel over such values (a mean's ``1 / n``) becomes NumPy steps
@@ -544,7 +545,7 @@ def _row_kernels(steps: list[Kernel | Step], order: list[Node], is_output: set[N
                     cols.add(shape[1])
         return len(rows_) <= 1 and len(cols) <= 1
 
-    def _row_depth(members: set[int]) -> int:
+    def row_depth(members: set[int]) -> int:
         """The reduction levels a row kernel of these members would have (fusion.row_levels)."""
         level: dict[Node, int] = {}
         depth = 0
@@ -563,7 +564,7 @@ def _row_kernels(steps: list[Kernel | Step], order: list[Node], is_output: set[N
         merged = a | b
         if reach(merged, succ) & reach(merged, pred) or not shapes_agree(merged):
             continue  # a path would leave the group and come back
-        if sum(len(steps[m].body) for m in merged) > MAX_BODY or _row_depth(merged) > MAX_ROW_PASSES:
+        if sum(len(steps[m].body) for m in merged) > MAX_BODY or row_depth(merged) > MAX_ROW_PASSES:
             continue  # (a long group was cut for gcc's sake: see MAX_BODY, MAX_ROW_PASSES)
         for m in merged:
             group[m] = merged
