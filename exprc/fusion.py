@@ -155,8 +155,7 @@ def lower(outputs: Sequence[Node], inputs: Sequence[Node], fuse: bool = True,
     it computes there, not a kernel run on every call."""
     order = toposort(outputs)
     # (no reduction a row kernel could take: the graph lowers as without them, cheap copies included)
-    if rows and not (any(n.op in ROW_REDUCTIONS and n.inputs[0].ndim == 2 and n.arg("axis") == (1,) for n in order)
-                     and (rows != "math" or any(n.op in EXPENSIVE for n in order))):
+    if rows and not (any(_row_reduction(n) for n in order) and (rows != "math" or any(n.op in EXPENSIVE for n in order))):
         rows = False
     consumers: dict[Node, list[Node]] = {n: [] for n in order}
     for n in order:
@@ -479,10 +478,7 @@ def _row_kernels(steps: list[Kernel | Step], order: list[Node], is_output: set[N
         if any(OPS[n.op].c_call is not None for n in s.body):
             return False
         if s.reduce is not None:
-            r = s.reduce
-            # (not over a (n, 1) value: the passes would fold its one value as a whole row)
-            return (r.op in ROW_REDUCTIONS and r.inputs[0].ndim == 2 and r.arg("axis") == (1,)
-                    and r.inputs[0].type.shape[1] != 1)
+            return _row_reduction(s.reduce)
         return all(o.ndim == 2 for o in s.outputs) and all(n.ndim == 2 for n in s.body)
 
     live = [i for i, s in enumerate(steps) if member(s)]
@@ -546,16 +542,9 @@ def _row_kernels(steps: list[Kernel | Step], order: list[Node], is_output: set[N
         return len(rows_) <= 1 and len(cols) <= 1
 
     def row_depth(members: set[int]) -> int:
-        """The reduction levels a row kernel of these members would have (fusion.row_levels)."""
-        level: dict[Node, int] = {}
-        depth = 0
-        for n in sorted({n for m in members for n in steps[m].body}, key=position.__getitem__):
-            if n.op in ROW_REDUCTIONS and OPS[n.op].kind == "reduce":
-                level[n] = level.get(n.inputs[0], 0) + 1
-                depth = max(depth, level[n])
-            else:
-                level[n] = max((level.get(x, 0) for x in row_reads(n)), default=0)
-        return depth
+        """The reduction levels a row kernel of these members would have."""
+        body = sorted({n for m in members for n in steps[m].body}, key=position.__getitem__)
+        return max((v for n, v in _levels(body).items() if OPS[n.op].kind == "reduce"), default=0)
 
     for j, i in sorted(set(pairs)):
         a, b = group[j], group[i]
@@ -630,15 +619,30 @@ def row_levels(k: Kernel) -> tuple[dict[Node, bool], dict[Node, int]]:
     inside = set(k.body)
     ops = set(k.operands)
     row: dict[Node, bool] = {x: x.ndim == 0 or (x.ndim == 2 and x.type.shape[1] == 1) for x in k.operands}
-    level: dict[Node, int] = {}
     for n in k.body:
-        if n.op in ROW_REDUCTIONS and OPS[n.op].kind == "reduce":
-            row[n], level[n] = True, level.get(n.inputs[0], 0) + 1
-            continue
-        ins = [x for x in row_reads(n) if x in inside or x in ops]
-        row[n] = all(row[x] for x in ins)
-        level[n] = max((level.get(x, 0) for x in ins), default=0)
-    return row, level
+        row[n] = _is_reduction(n) or all(row[x] for x in row_reads(n) if x in inside or x in ops)
+    return row, _levels(k.body)
+
+
+def _is_reduction(n: Node) -> bool:
+    return n.op in ROW_REDUCTIONS and OPS[n.op].kind == "reduce"
+
+
+def _row_reduction(r: Node) -> bool:
+    """Whether reduction ``r`` is one a row kernel computes: over axis 1 of a matrix, not of a (n, 1)
+    value (the passes would fold its one value as a whole row)."""
+    return (_is_reduction(r) and r.inputs[0].ndim == 2 and r.arg("axis") == (1,)
+            and r.inputs[0].type.shape[1] != 1)
+
+
+def _levels(body: list[Node]) -> dict[Node, int]:
+    """Each node's level in a row kernel of ``body`` (in order): a reduction one more than its
+    operand's, anything else the highest of what it reads (see row_levels)."""
+    level: dict[Node, int] = {}
+    for n in body:
+        level[n] = (level.get(n.inputs[0], 0) + 1 if _is_reduction(n)
+                    else max((level.get(x, 0) for x in row_reads(n)), default=0))
+    return level
 
 
 def _edges(steps: list[Kernel | Step]) -> set[tuple[int, int]]:

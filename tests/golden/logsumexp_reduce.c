@@ -97,11 +97,12 @@ EXPRC_HIDDEN void k1_sub_exp_sum(char **restrict ptrs, const int64_t *restrict P
     double ob0[EXPRC_RCHUNK] __attribute__((aligned(64)));
     double vb[EXPRC_RCHUNK] __attribute__((aligned(64)));
     double acc = 0; int nanf = 0; (void)nanf;
-    int64_t b = 0;
+    int64_t b = 0, left = red_total;
     for (int64_t i0 = 0; i0 < n0; i0++) {
         char *q0_0 = ptrs[0] + i0 * P[2];
         ob0[b] = *(const double *)(q0_0);
-        if (++b == EXPRC_RCHUNK) {
+        left--;
+        if (++b == EXPRC_RCHUNK || left == 0) {
             const int64_t w = (b + EXPRC_VBLOCK - 1) / EXPRC_VBLOCK * EXPRC_VBLOCK;
             for (int64_t p = b; p < w; p++) {
                 ob0[p] = ob0[0];
@@ -119,24 +120,6 @@ EXPRC_HIDDEN void k1_sub_exp_sum(char **restrict ptrs, const int64_t *restrict P
             }
             b = 0;
         }
-    }
-    if (b > 0) {
-        const int64_t w = (b + EXPRC_VBLOCK - 1) / EXPRC_VBLOCK * EXPRC_VBLOCK;
-        for (int64_t p = b; p < w; p++) {
-            ob0[p] = ob0[0];
-        }
-        #pragma omp simd
-        for (int64_t p = 0; p < w; p++) {
-            const double a0 = ob0[p];
-            const double t2 = (a0 - a1);
-            const double t3 = exp(t2);
-            vb[p] = t3;
-        }
-        for (int64_t p = 0; p < b; p++) {
-            const double v = vb[p];
-            acc += v;
-        }
-        b = 0;
     }
     *(double *)(ptrs[2]) = (double)(acc);
 }

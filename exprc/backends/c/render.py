@@ -898,20 +898,16 @@ class CRenderer:
         acc_t, init, combine, fin = acc
         vt = C_TYPES[kl.kernel.reduce.inputs[0].dtype]
         arrays, lines, compute = self._value_buffers(kl, loaded)
-        lines += [f"    {acc_t} acc = {init}; int nanf = 0; (void)nanf;", "    int64_t b = 0;"]
-
-        def flush(indent: str) -> list[str]:
-            """The values of lanes [0, b) into vb, folded in order; b = 0."""
-            return [*compute(indent), f"{indent}for (int64_t p = 0; p < b; p++) {{", f"{indent}    const {vt} v = vb[p];",
-                    f"{indent}    {combine}", f"{indent}}}", f"{indent}b = 0;"]
-
+        lines += [f"    {acc_t} acc = {init}; int nanf = 0; (void)nanf;", "    int64_t b = 0, left = red_total;"]
         addr = {j: self.ptr(kl, j) for j in arrays}
         nest, indent = self._nest(kl, range(kl.ndim), "    ", None, addr)
         lines += nest
         lines += [f"{indent}ob{j}[b] = *(const {C_TYPES[kl.accesses[j][0].dtype]} *)({addr[j]});" for j in arrays]
-        lines += [f"{indent}if (++b == EXPRC_RCHUNK) {{", *flush(indent + "    "), f"{indent}}}"]
+        # (a full buffer, or the last element: the values of lanes [0, b), folded in order)
+        lines += [f"{indent}left--;", f"{indent}if (++b == EXPRC_RCHUNK || left == 0) {{", *compute(indent + "    "),
+                  f"{indent}    for (int64_t p = 0; p < b; p++) {{", f"{indent}        const {vt} v = vb[p];",
+                  f"{indent}        {combine}", f"{indent}    }}", f"{indent}    b = 0;", f"{indent}}}"]
         lines += self._close(range(kl.ndim), indent)[0]
-        lines += ["    if (b > 0) {", *flush("        "), "    }"]
         return lines + self._reduce_store(kl, fin, {j: self.ptr(kl, j) for j in stored}, "    ")
 
     def _buffered_rows(self, kl: KernelLayout, loaded: list[int], stored: list[int], acc: tuple[str, ...]) -> list[str]:

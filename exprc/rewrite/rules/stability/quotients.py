@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from fractions import Fraction
+from typing import Any
 
 import numpy as np
 
@@ -200,6 +201,25 @@ def _with_factors(factors: list[tuple[Node, int]], drop: tuple[Node, ...], joine
     return scale(joined if not rest else mul(_product(1, rest, node), joined), coef)
 
 
+def _factor_pair(node: Node, first: str, second: str, partner: Any) -> tuple | None:
+    """(coef, factors, (a, b)) when product ``node`` has factors a = first(u) and b = second(partner(u))
+    to the first power (no guards, a coefficient one float carries); None otherwise."""
+    if node.op == "mul" and not {node.inputs[0].op, node.inputs[1].op} & {first, second, "mul", "truediv"}:
+        return None
+    pv = F.product_view(node)
+    if pv is None:
+        return None
+    coef, factors, _, guards = pv
+    if guards or not _normal_coef(coef):
+        return None
+    seconds = {t.inputs[0]: t for t, p in factors if t.op == second and p == 1}
+    for t, p in factors:
+        other = partner(t.inputs[0]) if t.op == first and p == 1 else None
+        if other is not None and other in seconds and seconds[other] is not t:
+            return coef, factors, (t, seconds[other])
+    return None
+
+
 @stability_rule("sin_cos_product", ("mul", "truediv"))
 def sin_cos_product(node: Node) -> Node | None:
     """sin(u) cos(u) -> sin(2u)/2 inside a product (2u is exact): one rounding where the product has
@@ -207,17 +227,10 @@ def sin_cos_product(node: Node) -> Node | None:
     sin(x/2)**2 / x**2 (which (1 - cos x)/x**2 becomes) is sin(x)/x**2 - 4 sin(x/2)**2/x**3 then,
     whose cancellation near 0 series_difference takes away.  Where 2u would overflow (|u| > max/2,
     about 2**1023) the product as written, in a rare branch."""
-    if node.op == "mul" and not {node.inputs[0].op, node.inputs[1].op} & {"sin", "cos", "mul", "truediv"}:
+    found = _factor_pair(node, "sin", "cos", lambda u: u)
+    if found is None:
         return None
-    pv = F.product_view(node)
-    if pv is None:
-        return None
-    coef, factors, _, guards = pv
-    sines = {t.inputs[0]: t for t, p in factors if t.op == "sin" and p == 1}
-    pair = next(((sines[t.inputs[0]], t) for t, p in factors if t.op == "cos" and p == 1 and t.inputs[0] in sines),
-                None)
-    if pair is None or guards or not _normal_coef(coef):
-        return None
+    coef, factors, pair = found
     u = pair[0].inputs[0]
     stable = _with_factors(factors, pair, scale(f("sin", scale(u, 2)), Fraction(1, 2)), coef, node)
     if stable is None:
@@ -233,16 +246,10 @@ def sigmoid_pair_product(node: Node) -> Node | None:
     tanh_minus_one), with one exp and one division where the two sigmoids took two of each (an MLP's
     tanh gradient over 16384 elements: 22.2 -> 18.9 us).  The same roundings as each sigmoid's own
     (1 + e, its inverse), so no less accurate; 0 at z = +-inf as the product, NaN at NaN."""
-    if node.op == "mul" and not {node.inputs[0].op, node.inputs[1].op} & {"sigmoid", "mul", "truediv"}:
+    found = _factor_pair(node, "sigmoid", "sigmoid", lambda z: F.neg(z) if z.op != "neg" else None)
+    if found is None:
         return None
-    pv = F.product_view(node)
-    if pv is None:
-        return None
-    coef, factors, _, guards = pv
-    ones = {t.inputs[0]: t for t, p in factors if t.op == "sigmoid" and p == 1}
-    pair = next(((s, ones[F.neg(z)]) for z, s in ones.items() if z.op != "neg" and F.neg(z) in ones), None)
-    if pair is None or guards or not _normal_coef(coef):
-        return None
+    coef, factors, pair = found
     z = pair[0].inputs[0]
     e = f("exp", F.neg(f("abs", z)))
     d = add(k(1.0, z), e)
