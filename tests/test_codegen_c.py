@@ -190,6 +190,36 @@ def test_guards_skip_their_rare_branch_with_the_same_bits():
     assert np.isfinite(got[1][7]) and abs(got[1][7] - want) < 1e-12 * want
 
 
+@pytest.mark.parametrize("n,offset", [(1000, 0), (4099, 3), (257, 1), (70000, 0)])
+def test_guards_choose_their_loop_per_block_with_the_same_bits(n, offset):
+    """The rare scan picks the fast or the full loop per EXPRC_GBLOCK (256) elements: a rare element
+    at a block's first or last place, in a remainder, or in a strided slice costs its block the full
+    loop and changes no other element's bits (against every block running the full loop)."""
+    a, c = exprc.vector("a"), exprc.vector("c")
+    out = exprc.exp(-a * a) * exprc.sin(a) + exprc.log1p(c * c)  # rare: |c| > 1e150 (log1p_square)
+    f = exprc.function([a, c], out)
+    assert "_flat_guarded" in f.source and "EXPRC_GBLOCK" in f.source
+    rng = np.random.default_rng(n)
+    av, cv = rng.uniform(-3, 3, n + offset), rng.uniform(-3, 3, n + offset)
+    few = [i for i in (0, 255, 256, 511, n - 1, n // 2) if i < n]
+    many = sorted(set(few) | set(range(0, n, 64)))
+    for layout in ("contiguous", "strided"):
+        got = []
+        for rare in (few, many):
+            cc = cv.copy()
+            cc[[offset + i for i in rare]] = 1e200
+            if layout == "strided":
+                a2, c2 = np.repeat(av[offset:], 2)[::2], np.repeat(cc[offset:], 2)[::2]
+            else:
+                a2, c2 = av[offset:], cc[offset:]
+            got.append(f(a2, c2))
+        keep = np.ones(n, bool)
+        keep[many] = False
+        assert np.array_equal(got[0][keep].view(np.uint64), got[1][keep].view(np.uint64)), layout
+        want = 2 * np.log(1e200) + np.exp(-av[offset + few[0]] ** 2) * np.sin(av[offset + few[0]])
+        assert abs(got[0][few[0]] - want) < 1e-13 * want
+
+
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 def test_vector_math_bits_do_not_depend_on_where_an_element_sits(dtype):
     """libmvec's lanes and the scalar libm differ by an ulp now and then, so a kernel with vector math

@@ -652,14 +652,22 @@ class CRenderer:
         guards = [n for n in k.body if n.op == "where" and n.inputs[0].op == "rare"] if not kl.draws else []
         if guards:
             flat += self._guarded_flat(kl, guards)
-            call = f"if ({k.name}_flat_rare(ptrs, lo, hi)) {k.name}_flat(ptrs, lo, hi); else {k.name}_flat_fast(ptrs, lo, hi);"
+            flat += [f"static inline void {k.name}_flat_guarded(char **restrict ptrs, int64_t lo, int64_t hi)", "{",
+                     "    for (int64_t gs = lo; gs < hi; gs += EXPRC_GBLOCK) {",
+                     "        const int64_t ge = hi - gs > EXPRC_GBLOCK ? gs + EXPRC_GBLOCK : hi;",
+                     f"        if ({k.name}_flat_rare(ptrs, gs, ge))",
+                     f"            {k.name}_flat(ptrs, gs, ge);",
+                     "        else",
+                     f"            {k.name}_flat_fast(ptrs, gs, ge);",
+                     "    }", "}"]
+            call = f"{k.name}_flat_guarded(ptrs, lo, hi);"
         return flat, call
 
     def _guarded_flat(self, kl: KernelLayout, guards: list[Node]) -> list[str]:
         """Two more contiguous loops for a kernel with guards ``where(rare(c), slow, fast)``:
         ``_flat_rare`` computes only the rare conditions and tells whether any holds in [lo, hi);
         ``_flat_fast`` computes the kernel with every guard replaced by its fast branch.  The chunk
-        runs the fast loop when no condition holds and the full loop otherwise: the same values as
+        runs, per EXPRC_GBLOCK elements (``_flat_guarded``), the fast loop when no condition holds and the full loop otherwise: the same values as
         the full loop everywhere (a guard whose condition is false selects its fast branch), without
         the slow branches' cost in the common case."""
         k = kl.kernel
