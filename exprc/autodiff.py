@@ -328,8 +328,12 @@ def _reached(outputs: Sequence[Node], order: list[Node], cut: set[int]) -> set[i
 #: the branch not taken leaked NaN; with the mask carried their gradients are the accurate ones.)
 #: sigmoid_pair_product's e/(1 + e)**2 is a cheaper value, not a better function to differentiate:
 #: the logistic density's gradient through it lost 4.3 bits (bench/accuracy.py), through the two sigmoids 1.6.
+#: exp_subnormal_product: the derivative's own products are scaled when the gradient is optimized.
+#: pow_compensated_base: pow(s, y) exp(y err / s) differentiated gives y pow(s, y - 1) exp(y err / s), whose
+#: pow(s, y - 1) the gradient's optimization compensates again (d/dr (1 + r/n)**n came out e**(2r), 48 bits
+#: off); the power as written is compensated once there.
 VALUE_ONLY_RULES = ("exp_exact_square", "erfc_exact_argument", "exp_exact_argument", "log_erfc",
-                    "sigmoid_pair_product")
+                    "sigmoid_pair_product", "exp_subnormal_product", "pow_compensated_base")
 #: Graphs with these ops are differentiated as written: softmax and logsumexp stop the gradient
 #: at their max shift (stop_gradient, which optimizing removes), and the stable forms of
 #: log(softmax) shift by a max of their own whose gradient would route through it.

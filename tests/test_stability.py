@@ -11,6 +11,7 @@ import itertools
 import math
 import types
 
+import mpmath
 import numpy as np
 import pytest
 
@@ -140,7 +141,11 @@ RULES = [
       absent={"log", "exp"}),
     R("softplus_minus_identity", [lambda m, x: m.log(1 + m.exp(x)) - x, lambda m, x: -x + m.softplus(x)],
       {"softplus"}, [(L, -40, 800)]),
-    R("swish_tail", [lambda m, x: x / (1 + m.exp(-x)), lambda m, x: x * m.sigmoid(x)], {"where"}, [(L, -800, -700)]),
+    R("exp_subnormal_product", [lambda m, x: x / (1 + m.exp(-x)), lambda m, x: x * m.sigmoid(x)], {"where"},
+      [(L, -800, -700)]),
+    # a polynomial in the exponent's variables times a subnormal exp (the Gaussian density's derivative)
+    R("exp_subnormal_product", [lambda m, x: x * x * m.exp(-x * x / 2), lambda m, x: -(x * m.exp(-x * x / 2)) * 3.0,
+                                lambda m, x: (x + 1) * m.exp(x) / 7.0], {"where"}, [(L, 37.75, 38.5)]),
     R("softplus_linear", [lambda m, x, y: m.log(1 + m.exp(x)) - x * y, lambda m, x, y: y * x - m.softplus(x),
                           lambda m, x, y: m.softplus(x) - x * y + 2 * y],  # (the loss written out, labels near 1)
       {"softplus"}, [(L, -700, 700), (L, 0.999, 1.0)]),
@@ -344,7 +349,7 @@ RULES = [
     R("product_cancel", [lambda m, x, y: (x * y) / y, lambda m, x, y: (x / y) * y, lambda m, x, y: y * x / y],
       set(), [(G, 1e100, 1e200), (G, 1e150, 1e300)], absent={"truediv"}),
     R("sigmoid_from_exp", [lambda m, x: x / (1 + m.exp(-x)), lambda m, x: x * (1 / (1 + m.exp(-x)))],
-      {"sigmoid"}, [(L, -700, 800)], absent={"truediv"}, naive_fails=False),  # swish: x sigmoid(x) (swish_tail)
+      {"sigmoid"}, [(L, -700, 800)], absent={"truediv"}, naive_fails=False),  # swish: x sigmoid(x) (exp_subnormal_product)
     R("sum_cancel", [lambda m, x: (x + 1e16) - 1e16, lambda m, x: -1e16 + (1e16 + x)], set(), [(L, -1, 1)],
       absent={"add", "sub"}),
     R("sum_cancel", [lambda m, x, y: (x + y) - x, lambda m, x, y: -x + (y + x)], set(),
@@ -509,8 +514,9 @@ def test_gradients_of_naive_formulas_come_out_stable():
 
 
 def test_swish_gradient_in_the_subnormal_tail():
-    """d/dx x sigmoid(x) below -708, where sigmoid(x) is subnormal: swish_tail's (x h) h, h = exp(x/2),
-    differentiates into products of normal numbers (exp(x + log(-x)) lost 8 bits to the sum's rounding)."""
+    """d/dx x sigmoid(x) below -708, where sigmoid(x) is subnormal: exp_subnormal_product's (x h) h, h = exp(x/2),
+    for the value and for the derivative's x e / (1 + e)**2, e = exp(-|x|) (exp(x + log(-x)) lost 8 bits to
+    the sum's rounding)."""
     x = exprc.vector("x")
     d = -np.exp(np.random.default_rng(3).uniform(np.log(708.0), np.log(716.0), 400))
     for backend in ("numpy", None):
@@ -520,6 +526,44 @@ def test_swish_gradient_in_the_subnormal_tail():
         assert bits_lost(value, reference(lambda m, x: x / (1 + m.exp(-x)), [d])).max() <= 3
         exact = reference(lambda m, x: 1 / (1 + m.exp(-x)) + x * m.exp(-x) / (1 + m.exp(-x)) ** 2, [d])
         assert bits_lost(slope, exact).max() <= 4, backend
+
+
+def test_gradients_in_subnormal_tails_and_of_compensated_powers():
+    """Derivatives as accurate as the values (bench/accuracy.py's gradient column): the Gaussian density's
+    and GELU's where exp is subnormal and a factor p'(x) scales its rounding up (4.5 and 10 bits lost
+    before exp_subnormal_product), and (1 + r/n)**n, whose d/dr had the base's correction applied twice
+    (48 bits: 1.1688 for e**0.078 = 1.0811), and (1 + x)**y - 1's d/dy (through expm1(y log1p(x)))."""
+    x, r, n = exprc.vector("x"), exprc.vector("r"), exprc.vector("n")
+    rng = np.random.default_rng(5)
+    xs = {"gauss": rng.uniform(36.0, 38.4, 300), "gelu": rng.uniform(-21.6, -15.0, 300)}
+    cases = [("gauss", lambda m, x: m.exp(-x * x / 2) / math.sqrt(2 * math.pi)),
+             ("gelu", lambda m, x: 0.5 * x * (1 + m.tanh(0.7978845608028654 * (x + 0.044715 * x * x * x))))]
+    for key, fn in cases:
+        d = xs[key]
+        exact = reference(lambda m, t, fn=fn: mpmath.diff(lambda u: fn(m, u), t), [d])
+        assert (np.abs(exact) < 2.3e-308).any(), key  # (the range reaches the subnormals)
+        for backend in ("numpy", None):
+            f = exprc.function([x], exprc.grad(exprc.sum(fn(exprc, x)), x), backend=backend)
+            assert bits_lost(f(d), exact).max() <= 4, (key, backend)
+            naive = exprc.function([x], exprc.grad(exprc.sum(fn(exprc, x)), x), backend=backend,
+                                   exclude=("exp_subnormal_product",))
+            assert bits_lost(naive(d), exact).max() > 4, key  # (what the rule fixes)
+    rv, nv = rng.uniform(0.01, 0.2, 100), np.exp(rng.uniform(np.log(1e3), np.log(1e15), 100))
+    dr = exprc.function([r, n], exprc.grad(exprc.sum((1 + r / n) ** n), r))(rv, nv)
+    assert bits_lost(dr, reference(lambda m, r, n: (1 + r / n) ** (n - 1), [rv, nv])).max() <= 4
+    y = exprc.vector("y")
+    xv, yv = rng.choice([-1.0, 1.0], 100) * np.exp(rng.uniform(np.log(1e-12), np.log(1e-3), 100)), rng.uniform(1, 100, 100)
+    dy = exprc.function([x, y], exprc.grad(exprc.sum((1 + x) ** y - 1), y))(xv, yv)
+    assert bits_lost(dy, reference(lambda m, x, y: (1 + x) ** y * m.log1p(x), [xv, yv])).max() <= 4
+
+
+def test_subnormal_products_add_no_guard_where_nothing_grows_with_the_exponent():
+    """hypot(a, b) / (1 + exp(-c)) (bench E3), exp(-a*a) sin(b) (E2) and a correction factor 1 + lo keep their
+    one product: a guard there would cost every call its scan for a tail as rare as the exponent's."""
+    a, b, c = exprc.vector("a"), exprc.vector("b"), exprc.vector("c")
+    for e in (exprc.sqrt(a * a + b * b) / (1 + exprc.exp(-c)), exprc.exp(-a * a) * exprc.sin(b),
+              exprc.exp(a) / exprc.exp(b), exprc.exp(-a) / (1 + exprc.exp(-a)) ** 2):
+        assert "exp_subnormal_product" not in exprc.optimize([e]).rewrites
 
 
 def test_log_softmax_and_softmax_of_a_confident_prediction():

@@ -392,16 +392,30 @@ for _op, _c, _name, _build in SPECIAL_CONSTANTS:
     _register_special(_op, _c, _name, _build)
 
 
-@stability_rule("pow1p_minus_one", SUM_OPS, needs=('where',))
+def _pow1p(term: Node) -> tuple[Node, Node] | None:
+    """(x, y) where ``term`` is (1 + x)**y as pow_compensated_base made it, or as written (a gradient's
+    stable forms leave the power uncompensated: see autodiff.VALUE_ONLY_RULES)."""
+    info = F.origin(term)
+    if info and info[0] == "pow1p":
+        return (info[1], info[2]) if info[1] is not None else None
+    if term.op != "pow" or term.inputs[0].op != "add":
+        return None
+    (a, b), y = term.inputs[0].inputs, term.inputs[1]
+    if y.op == "constant" and abs(F.scalar_const(y) or 0) <= 4:  # (a small power rounds little: as the rule)
+        return None
+    return (b, y) if F.scalar_const(a) == 1.0 else ((a, y) if F.scalar_const(b) == 1.0 else None)
+
+
+@stability_rule("pow1p_minus_one", SUM_OPS, needs=("where", "pow"))
 def pow1p_minus_one(node: Node) -> Node | None:
     """(1 + x)**y - 1 -> expm1(y * log1p(x)) where |y * log1p(x)| < 1 (else the compensated power - 1)."""
     view = view_of(node)
     if view is None or view.const == 0:
         return None
     for coef, term in view.terms:
-        info = F.origin(term)
-        if info and info[0] == "pow1p" and view.const == -coef and info[1] is not None:
-            x, y = info[1], info[2]
+        found = _pow1p(term) if view.const == -coef else None
+        if found is not None:
+            x, y = found
             z = mul(y, f("log1p", x))
             naive = F.freeze(sub(term, k(1.0, term)))
             rep = scale(F.where(f("abs", z) < k(1.0, z), f("expm1", z), naive), coef)

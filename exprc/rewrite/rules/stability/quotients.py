@@ -407,19 +407,97 @@ def erfc_exact_argument(node: Node, a: Node) -> Node | None:
     return F.where(ok, fixed, F.freeze(node))
 
 
-@stability_rule("swish_tail", P("mul", X("a"), X("b")))
-def swish_tail(node: Node, a: Node, b: Node) -> Node | None:
-    """u * sigmoid(u) (swish, SiLU) -> (u h) h with h = exp(u/2) for u < -708: there sigmoid(u) = exp(u)
-    is subnormal, with few significant bits, and the product by |u| (up to 745) scales its rounding
-    error up to 8 bits of the result.  exp(u/2) is a normal number down to u = -1416, so both products
-    round once each in the normal range (2 bits at most against mpmath over [-746, -708]), and so does
-    their derivative: the previous exp(u + log(-u)) with a TwoSum correction was as good for the value,
-    but its gradient exp(fl(u + log(-u))) lost 8 bits to the rounding of the sum."""
-    for u, sg in ((a, b), (b, a)):
-        if sg.op == "sigmoid" and sg.inputs[0] is u and u.dtype == "float64":
-            h = f("exp", scale(u, HALF))
-            return F.guard(u < k(-708.0, u), F.freeze(mul(mul(u, h), h)), F.freeze(node))
-    return None
+#: Below these arguments exp(p) is subnormal (float64's smallest normal number is exp(-708.4)).
+_SUBNORMAL_EXP = {"float64": -708.0, "float32": -87.0}
+
+
+_ARITHMETIC = frozenset({"add", "sub", "mul", "neg", "square", "abs", "input", "constant"})
+
+
+def _variables(t: Node, only: frozenset | None = None, limit: int = 256) -> set[Node] | None:
+    """The inputs ``t`` reads; None past ``limit`` nodes, or where a node's op is not in ``only``."""
+    seen, out, stack = set(), set(), [t]
+    while stack:
+        n = stack.pop()
+        if n in seen:
+            continue
+        seen.add(n)
+        if len(seen) > limit or (only is not None and n.op not in only):
+            return None
+        if n.op == "input":
+            out.add(n)
+        stack.extend(n.inputs)
+    return out
+
+
+def _polynomial(t: Node) -> set[Node]:
+    """The variables of ``t`` when it is a polynomial in them (arithmetic of inputs and constants)."""
+    return _variables(t, _ARITHMETIC, 64) or set()
+
+
+def _exp_of(t: Node) -> tuple[Node, Node | None, Node | None] | None:
+    """(the exp or sigmoid ``t`` is, or that a late rule compensated into ``t`` this pass; that rule's
+    correction factor 1 + lo and where it applies)."""
+    if t.op in ("exp", "sigmoid"):
+        return t, None, None
+    info = F.origin(t)
+    return info[1:] if info is not None and info[0] == "exp" else None
+
+
+@stability_rule("exp_subnormal_product", ("mul", "truediv"), late=True)  # after the exps' own corrections
+def exp_subnormal_product(node: Node) -> Node | None:
+    """c x exp(p) -> ((c x) h) h with h = exp(p/2), where p < -708 (a rare branch): there exp(p) is
+    subnormal, with few significant bits, and a factor x larger than 1 scales its rounding error up
+    (the Gaussian density's derivative -x exp(-x**2/2) / sqrt(2 pi): 4.5 bits at x = 38; GELU's: 10 bits
+    at x = -21, where its factor is 1744).  exp(p/2) is a normal number down to p = -1416, so the
+    products round in the normal range and only the last one into the subnormals; a correction 1 + lo a
+    late rule computed for exp(p) (exp_exact_square, exp_exact_argument) multiplies the result, and h is
+    not corrected again.  sigmoid(p) is exp(p) there.  Only where a polynomial in p's variables is a
+    factor: exp(-a*a) sin(b) keeps its one product."""
+    bound = _SUBNORMAL_EXP.get(node.dtype)
+    pv = F.product_view(node)
+    if bound is None or pv is None or pv[2] or pv[3]:
+        return None
+    coef, factors, _, _ = pv
+    # A factor this rule made of a product inside this one (the rules run bottom-up) is read as that
+    # product: the whole product is scaled, or the factors multiplied after it scale its rounding up.
+    inner = {t: F.origin(t)[1] for t, e in factors if e == 1 and (F.origin(t) or ("",))[0] == "exp_scaled"}
+    if inner:
+        powers: dict[Node, int] = {}
+        for t, e in factors:
+            if t in inner:
+                coef_i, factors_i = F.product_view(inner[t])[:2]
+                coef = coef * coef_i
+                for u, d in factors_i:
+                    powers[u] = powers.get(u, 0) + d
+            else:
+                powers[t] = powers.get(t, 0) + e
+        if not all(powers.values()):
+            return None
+        factors = list(powers.items())  # (the fast branch keeps the inner guard: same condition, never taken)
+    exps = [(t, e, _exp_of(t)) for t, e in factors if _exp_of(t) is not None]
+    if len(exps) != 1 or exps[0][1] != 1 or F.is_frozen(exps[0][0]) or not _normal_coef(coef):
+        return None  # (a frozen exp: a rule's own product, exp(p) (1 + lo) of a correction)
+    t, _, (base, corr, applies) = exps[0]
+    p = base.inputs[0]
+    others = [(u, e) for u, e in factors if u is not t]
+    # Only a factor that grows where p falls matters: a polynomial in p's own variables (a derivative's
+    # p'(x) in p'(x) exp(p(x)); GELU's x sigmoid(p(x)), 4.2 bits lost at x = -21.5 without the guard).
+    # Elsewhere (hypot(a, b) sigmoid(c)) the tail is as rare as p < -708 is and the guard would cost
+    # every call its scan (5-8% of that expression's time at 1e6); a correction factor 1 + lo
+    # (softmax_pair, exp_ratio) scales nothing up.
+    near = _variables(p)
+    if near is None or not any(e > 0 and _polynomial(u) & near for u, e in others):
+        return None
+    if not F.broadcast_safe([u for u, _ in factors], node):
+        return None
+    h = f("exp", scale(p, HALF))
+    # (frozen: rest * h is such a product, which the rule would scale again)
+    slow = F.freeze(mul(F.freeze(mul(_product(coef, others, node), h)), h))
+    if corr is not None:  # exp(p) = h h (1 + lo): the correction the rule computed for exp(p), not h's own
+        F.freeze(h)
+        slow = F.where(applies, F.freeze(mul(slow, corr)), slow)
+    return F.set_origin(F.guard(p < k(bound, p), slow, F.freeze(node)), ("exp_scaled", node))
 
 
 @stability_rule("exp_exact_square", P("exp", X("a")), late=True)  # after log(exp(...)), logsumexp ...
@@ -445,8 +523,8 @@ def exp_exact_square(node: Node, a: Node) -> Node | None:
         x, d = found
         lo = add(lo, scale(F.freeze(make("mul", b, d)), TWO))
         near = make("and", near, f("abs", x) < k(1e290, x))
-    fixed = mul(F.freeze(node), add(k(1.0, node), scale(lo, c)))
-    return F.where(near, fixed, F.freeze(node))
+    corr = add(k(1.0, node), scale(lo, c))
+    return F.set_origin(F.where(near, mul(F.freeze(node), corr), F.freeze(node)), ("exp", node, corr, near))
 
 
 def _rounding(a: Node, depth: int = 0) -> tuple[Node | None, int]:
@@ -461,13 +539,16 @@ def _rounding(a: Node, depth: int = 0) -> tuple[Node | None, int]:
                 out = x if out is None else _fz("add", out, x)
         return out
 
-    if depth > 12 or a.op not in ("add", "sub", "neg", "mul", "square"):
+    if depth > 12 or a.op not in ("add", "sub", "neg", "abs", "mul", "square"):
         # (a leaf: exact if an input or a constant; a computed leaf, log1p(x) in exp(y * log1p(x)), has
         # a rounding of its own that the correction would not see: -1 makes the rule decline)
         return None, 0 if a.op in ("input", "constant") else -(1 << 20)
     if a.op == "neg":
         lo, n = _rounding(a.inputs[0], depth + 1)
         return (_fz("neg", lo) if lo is not None else None), n
+    if a.op == "abs":  # |u| rounds as u does, with u's sign (sigmoid(z) sigmoid(-z)'s exp(-|z|))
+        lo, n = _rounding(a.inputs[0], depth + 1)
+        return (_fz("mul", lo, f("sign", a.inputs[0])) if lo is not None else None), n
     if a.op == "square":
         u = a.inputs[0]
         lo, n = _rounding(u, depth + 1)
@@ -513,12 +594,14 @@ def exp_exact_argument(node: Node) -> Node | None:
     # (beyond |p| = 746 exp(p) is 0 or inf whatever lo is, and lo, an ulp of p or more, would no longer be
     # a small correction: exp(p) (1 + lo) with lo < -1 is -inf where the answer is inf)
     if node.op == "exp":
-        fixed = mul(F.freeze(node), add(k(1.0, node), lo))
+        corr = add(k(1.0, node), lo)
         rare = (f("abs", a) > k(8.0, a)) & (f("abs", a) < k(746.0, a))
     else:
-        fixed = mul(F.freeze(node), add(k(1.0, node), mul(lo, F.freeze(f("sigmoid", F.neg(a))))))
+        corr = add(k(1.0, node), mul(lo, F.freeze(f("sigmoid", F.neg(a)))))
         rare = (a < k(-8.0, a)) & (a > k(-746.0, a))
-    return F.guard(rare, F.where(f("isfinite", lo), fixed, F.freeze(node)), F.freeze(node))
+    fixed = mul(F.freeze(node), corr)
+    return F.set_origin(F.guard(rare, F.where(f("isfinite", lo), fixed, F.freeze(node)), F.freeze(node)),
+                        ("exp", node, corr, make("and", rare, f("isfinite", lo))))
 
 
 @stability_rule("tanh_from_sinh_cosh", P("truediv", X("n"), X("d")))
