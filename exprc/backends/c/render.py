@@ -653,6 +653,10 @@ class CRenderer:
         if guards:
             flat += self._guarded_flat(kl, guards)
             flat += [f"static inline void {k.name}_flat_guarded(char **restrict ptrs, int64_t lo, int64_t hi)", "{",
+                     f"    if (!{k.name}_flat_rare(ptrs, lo, hi)) {{",
+                     f"        {k.name}_flat_fast(ptrs, lo, hi);",
+                     "        return;",
+                     "    }",
                      "    for (int64_t gs = lo; gs < hi; gs += EXPRC_GBLOCK) {",
                      "        const int64_t ge = hi - gs > EXPRC_GBLOCK ? gs + EXPRC_GBLOCK : hi;",
                      f"        if ({k.name}_flat_rare(ptrs, gs, ge))",
@@ -667,9 +671,10 @@ class CRenderer:
         """Two more contiguous loops for a kernel with guards ``where(rare(c), slow, fast)``:
         ``_flat_rare`` computes only the rare conditions and tells whether any holds in [lo, hi);
         ``_flat_fast`` computes the kernel with every guard replaced by its fast branch.  The chunk
-        runs, per EXPRC_GBLOCK elements (``_flat_guarded``), the fast loop when no condition holds and the full loop otherwise: the same values as
-        the full loop everywhere (a guard whose condition is false selects its fast branch), without
-        the slow branches' cost in the common case."""
+        runs the fast loop when no condition holds and the full loop otherwise, and a chunk where one
+        holds chooses again per EXPRC_GBLOCK elements (``_flat_guarded``): the same values as the full
+        loop everywhere (a guard whose condition is false selects its fast branch), without the slow
+        branches' cost in the common case.  (Blocks alone cost E2 4% at 1e6: three calls per block.)"""
         k = kl.kernel
         n_in = len(k.operands)
         inside = set(k.body)
