@@ -51,7 +51,6 @@ import sys
 import tempfile
 import threading
 import time
-import uuid
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -644,7 +643,7 @@ def _build(r: Path, folder: Path, name: str, source: str, parts: dict[str, str],
             "library_bytes": (tmp / lib_name).stat().st_size,
             "source": src.name, "sha256": _sha256(tmp / lib_name), "source_sha256": _sha256(src),
             "created": now, "last_used": now, "hits": 0, "compile_seconds": round(seconds, 4),
-            "exprc_version": __version__, "compile_id": uuid.uuid4().hex, "pid": os.getpid(),
+            "exprc_version": __version__, "compile_id": os.urandom(16).hex(), "pid": os.getpid(),
         })
         meta.setdefault("backend", "")
         meta.setdefault("summary", "")

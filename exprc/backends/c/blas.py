@@ -8,7 +8,6 @@ library links against nothing and one binary serves every NumPy install.  ``EXPR
 
 from __future__ import annotations
 
-import glob
 import os
 from typing import Any
 
@@ -41,6 +40,8 @@ def _find_blas(ffi: Any) -> tuple[Any, Any] | None:
 
         ffi = cffi.FFI()
         ffi.cdef(DECLARATIONS)
+    import glob  # (here: a warm start that needs no BLAS does not import it)
+
     for path in sorted(glob.glob(os.path.join(libs, "lib*openblas64*.so*"))):
         try:
             lib = ffi.dlopen(path)

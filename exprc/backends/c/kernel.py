@@ -19,7 +19,7 @@ import os
 import threading
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -38,7 +38,16 @@ from exprc.ops import OPS
 from exprc.ops.index import check_index
 from exprc.pipeline import FunctionGraph
 from exprc.printing import pprint
-from exprc.profile import Profile
+
+if TYPE_CHECKING:
+    from exprc.profile import Profile
+
+
+def _profile() -> Profile:
+    from exprc.profile import Profile  # (only in profile mode: a warm start does not import it)
+
+    return Profile()
+
 
 # The FFI (backends/c/ffi.py) and what the hot paths take from it, set by the first CKernel (loading
 # them reads the cache: not at import).
@@ -115,7 +124,7 @@ class CKernel(Kernel):
         _init_ffi(cfg)
         blas = blas_pointers(_FFI) if native_matmul else None
         #: Profile mode (Config.profile): every kernel timed as its own call (exprc.profile).
-        self.profile = Profile() if cfg.profile else None
+        self.profile = _profile() if cfg.profile else None
         self._fg = fg
         self._rowless: CKernel | None = None  # (see _fallback)
         self._unsupported: set[tuple] = set()  # signatures the planner could not run
