@@ -47,6 +47,9 @@ x, y = exprc.vector("x"), exprc.vector("y")
     (lambda: x * x, "square(x)"),
     (lambda: exprc.abs(exprc.exp(x)), "exp(x)"),
     (lambda: exprc.abs(-x), "abs(x)"),
+    (lambda: exprc.log(exprc.where(exprc.equal(x, 0.0), 1.0, x)), "where(x == 0.0, 0.0, log(x))"),
+    (lambda: exprc.log(exprc.where(x > y, y, 1.0)), "where(x > y, log(y), 0.0)"),
+    (lambda: exprc.log(exprc.where(x > y, y, 2.0)), "log(where(x > y, y, 2.0))"),  # (log(2) is not exact)
 ])
 def test_canonical_form(build, expected):
     assert exprc.pprint(_canon(build())) == expected
@@ -97,7 +100,8 @@ def test_sum_view_coefficients_and_cancellation():
     lambda a, b: a * -1.0, lambda a, b: (-a) / b, lambda a, b: a / (-b), lambda a, b: a / 2.0, lambda a, b: a / 0.25,
     lambda a, b: exprc.reciprocal(a), lambda a, b: a ** -1, lambda a, b: a * a, lambda a, b: 2.0 * a + b,
     lambda a, b: exprc.abs(exprc.exp(a)), lambda a, b: exprc.abs(-a), lambda a, b: (-a) * 3.0,
-    lambda a, b: a - (-0.0), lambda a, b: -(a - b),
+    lambda a, b: a - (-0.0), lambda a, b: -(a - b), lambda a, b: exprc.log(exprc.where(exprc.equal(a, 0.0), 1.0, b)),
+    lambda a, b: exprc.log(exprc.where(a > b, a, 1.0)),
 ])
 def test_canonicalization_changes_no_bit(build, dtype):
     """Canonical rules are exact: NaN, Inf and the sign of zero included, every pair of specials."""

@@ -148,6 +148,20 @@ def abs_of_nonnegative(node: Node, x: Node) -> Node | None:
     return None
 
 
+@rewrite_rule("log_into_where", _CANON, P("log", P("where", X("c"), X("a"), X("b"))))
+def log_into_where(node: Node, c: Node, a: Node, b: Node) -> Node | None:
+    """log(where(c, 1, b)) -> where(c, 0, log(b)) (either branch 1; exact): the log of a pow's gradient,
+    log(where(x == 0, 1, x)), is then log(x), which stability rules read (log(1 + u) -> log1p(u))."""
+    if not is_float(node.dtype):
+        return None
+    for one, other, first in ((a, b, True), (b, a, False)):
+        # (a 0-d 1 of the result's dtype: the where broadcasts 0 and log(other) to the same shape)
+        if one.op == "constant" and one.value.shape == () and one.dtype == node.dtype and float(one.value) == 1.0:
+            zero, logged = const(0.0, one), make("log", other)
+            return make("where", c, zero, logged) if first else make("where", c, logged, zero)
+    return None
+
+
 @rewrite_rule("stop_gradient_to_identity", _CANON, P("stop_gradient", X("x")))
 def stop_gradient_to_identity(node: Node, x: Node) -> Node:
     """stop_gradient(x) -> x: the identity on values (it only steers exprc.grad, which runs on

@@ -497,6 +497,10 @@ def exp_subnormal_product(node: Node) -> Node | None:
     if corr is not None:  # exp(p) = h h (1 + lo): the correction the rule computed for exp(p), not h's own
         F.freeze(h)
         slow = F.where(applies, F.freeze(mul(slow, corr)), slow)
+    # The other factors' product alone may overflow (x y exp(x) at x = -710, y = 1e307: -31.8, not -inf;
+    # x exp(-x) x at x = 1e155: 0, not inf * 0): h h is at most exp(-708), so the product is finite
+    # wherever they are, and the formula as written decides (its NaN and inf too) where it is not.
+    slow = F.where(f("isfinite", slow), slow, F.freeze(node))
     return F.set_origin(F.guard(p < k(bound, p), slow, F.freeze(node)), ("exp_scaled", node))
 
 
