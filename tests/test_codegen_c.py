@@ -220,6 +220,25 @@ def test_guards_choose_their_loop_per_block_with_the_same_bits(n, offset):
         assert abs(got[0][few[0]] - want) < 1e-13 * want
 
 
+def test_guarded_gelu_and_its_gradient_give_each_element_its_own_bits():
+    """GELU and its gradient in one function: guarded kernels (exp_exact_argument, exp_subnormal_product)
+    whose full loop must vectorize as their fast loop does, or an element's bits depend on whether a
+    neighbour in its block meets a rare condition (review of e59c97f: 48 of 300 N(0, 3) points differed
+    from the element computed alone while a lo * sign(u) in the full loop kept gcc from vectorizing it)."""
+    x = exprc.vector("x")
+    e = 0.5 * x * (1 + exprc.tanh(0.7978845608028654 * (x + 0.044715 * x * x * x)))
+    f = exprc.function([x], [e, exprc.grad(exprc.sum(e), x)])
+    v = np.random.default_rng(1).normal(0, 3, 300)
+    together = f(v)
+    alone = [f(v[j:j + 1]) for j in range(len(v))]
+    for k in range(2):
+        assert np.array_equal(together[k].view(np.uint64), np.array([a[k][0] for a in alone]).view(np.uint64))
+    for t in (0.0, -5.0, -30.0):  # the neighbour decides whether the element's block runs the full loop
+        w = np.full(64, -1.4463579380399347)
+        w[1] = t
+        assert f(w)[1][0].tobytes() == f(np.full(1, -1.4463579380399347))[1][0].tobytes()
+
+
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 def test_vector_math_bits_do_not_depend_on_where_an_element_sits(dtype):
     """libmvec's lanes and the scalar libm differ by an ulp now and then, so a kernel with vector math

@@ -552,7 +552,9 @@ def _rounding(a: Node, depth: int = 0) -> tuple[Node | None, int]:
         return (_fz("neg", lo) if lo is not None else None), n
     if a.op == "abs":  # |u| rounds as u does, with u's sign (sigmoid(z) sigmoid(-z)'s exp(-|z|))
         lo, n = _rounding(a.inputs[0], depth + 1)
-        return (_fz("mul", lo, f("sign", a.inputs[0])) if lo is not None else None), n
+        # (a select, not lo * sign(u): gcc 12 vectorizes no loop with exprc_sign's nested conditions,
+        # and a full loop that runs scalar libm where its fast loop runs libmvec gives other bits)
+        return (F.where(a.inputs[0] < k(0.0, a), _fz("neg", lo), lo) if lo is not None else None), n
     if a.op == "square":
         u = a.inputs[0]
         lo, n = _rounding(u, depth + 1)
