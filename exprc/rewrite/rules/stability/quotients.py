@@ -466,7 +466,10 @@ def exp_subnormal_product(node: Node) -> Node | None:
         powers: dict[Node, int] = {}
         for t, e in factors:
             if t in inner:
-                coef_i, factors_i = F.product_view(inner[t])[:2]
+                view = F.product_view(inner[t])
+                if view is None:  # (read when the rule fired there: memoized for the pass, but not for sure)
+                    return None
+                coef_i, factors_i = view[:2]
                 coef = coef * coef_i
                 for u, d in factors_i:
                     powers[u] = powers.get(u, 0) + d
