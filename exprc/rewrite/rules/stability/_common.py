@@ -169,6 +169,17 @@ def two_sum(a: Node, b: Node) -> tuple[Node, Node]:
     return F.freeze(make("add", a, b)), make("two_sum_err", a, b)
 
 
+def small_power(y: Node) -> bool:
+    """``y`` is a constant of at most 4 in magnitude: (p + q)**y amplifies the base's rounding little."""
+    yv = F.scalar_const(y) if y.op == "constant" else None
+    return yv is not None and abs(yv) <= 4
+
+
+def one_plus(p: Node, q: Node) -> Node | None:
+    """``x`` where p + q is 1 + x or x + 1, else None."""
+    return p if F.scalar_const(q) == 1.0 else (q if F.scalar_const(p) == 1.0 else None)
+
+
 def view_of(node: Node) -> SumView | None:
     return sum_view(node)
 

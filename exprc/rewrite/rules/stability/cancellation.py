@@ -27,6 +27,8 @@ from exprc.rewrite.rules.stability._common import (
     f,
     k,
     mul,
+    one_plus,
+    small_power,
     stability_rule,
     sub,
     view_of,
@@ -398,12 +400,10 @@ def _pow1p(term: Node) -> tuple[Node, Node] | None:
     info = F.origin(term)
     if info and info[0] == "pow1p":
         return (info[1], info[2]) if info[1] is not None else None
-    if term.op != "pow" or term.inputs[0].op != "add":
-        return None
-    (a, b), y = term.inputs[0].inputs, term.inputs[1]
-    if y.op == "constant" and abs(F.scalar_const(y) or 0) <= 4:  # (a small power rounds little: as the rule)
-        return None
-    return (b, y) if F.scalar_const(a) == 1.0 else ((a, y) if F.scalar_const(b) == 1.0 else None)
+    if term.op != "pow" or term.inputs[0].op != "add" or small_power(term.inputs[1]):
+        return None  # (as pow_compensated_base: a small power rounds little)
+    x = one_plus(*term.inputs[0].inputs)
+    return (x, term.inputs[1]) if x is not None else None
 
 
 @stability_rule("pow1p_minus_one", SUM_OPS, needs=("where", "pow"))

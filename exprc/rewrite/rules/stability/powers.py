@@ -15,6 +15,8 @@ from exprc.rewrite.rules.stability._common import (
     f,
     k,
     mul,
+    one_plus,
+    small_power,
     stability_rule,
     view_of,
 )
@@ -52,8 +54,7 @@ def hypot_from_sqrt(node: Node, a: Node) -> Node | None:
 def pow_compensated_base(node: Node, s: Node, p: Node, q: Node, y: Node) -> Node | None:
     """(p + q)**y -> pow(s, y) * exp(y * err / s), s = fl(p + q), err its exact rounding error
     (TwoSum): the rounding of the base is not amplified by a large y ((1 + 1/n)**n)."""
-    yv = F.scalar_const(y) if y.op == "constant" else None
-    if yv is not None and abs(yv) <= 4:
+    if small_power(y):
         return None
     err = make("two_sum_err", p, q)  # (one op: no rule may "simplify" an error-free transformation)
     kk = mul(y, div(err, s))
@@ -63,6 +64,4 @@ def pow_compensated_base(node: Node, s: Node, p: Node, q: Node, y: Node) -> Node
     ok = make("and", f("isfinite", kk), make("and", f("isfinite", node), make("ne", node, k(0.0, node))))
     out = F.where(ok, mul(node, f("exp", kk)), node)
     F.freeze(node)
-    vq, vp = F.scalar_const(q) if q.op == "constant" else None, F.scalar_const(p) if p.op == "constant" else None
-    x = p if vq == 1.0 else (q if vp == 1.0 else None)
-    return F.set_origin(out, ("pow1p", x, y))
+    return F.set_origin(out, ("pow1p", one_plus(p, q), y))

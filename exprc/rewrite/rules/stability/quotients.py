@@ -411,7 +411,9 @@ def erfc_exact_argument(node: Node, a: Node) -> Node | None:
 _SUBNORMAL_EXP = {"float64": -708.0, "float32": -87.0}
 
 
-_ARITHMETIC = frozenset({"add", "sub", "mul", "neg", "square", "abs", "input", "constant"})
+#: The ops of an arithmetic tree (_rounding reads their rounding; _polynomial, over inputs and constants).
+_ARITHMETIC_OPS = frozenset({"add", "sub", "neg", "abs", "mul", "square"})
+_ARITHMETIC = _ARITHMETIC_OPS | {"input", "constant"}
 
 
 def _variables(t: Node, only: frozenset | None = None, limit: int = 256) -> set[Node] | None:
@@ -478,7 +480,7 @@ def exp_subnormal_product(node: Node) -> Node | None:
         if not all(powers.values()):
             return None
         factors = list(powers.items())  # (the fast branch keeps the inner guard: same condition, never taken)
-    exps = [(t, e, _exp_of(t)) for t, e in factors if _exp_of(t) is not None]
+    exps = [(t, e, found) for t, e in factors if (found := _exp_of(t)) is not None]
     if len(exps) != 1 or exps[0][1] != 1 or F.is_frozen(exps[0][0]) or not _normal_coef(coef):
         return None  # (a frozen exp: a rule's own product, exp(p) (1 + lo) of a correction)
     t, _, (base, corr, applies) = exps[0]
@@ -546,7 +548,7 @@ def _rounding(a: Node, depth: int = 0) -> tuple[Node | None, int]:
                 out = x if out is None else _fz("add", out, x)
         return out
 
-    if depth > 12 or a.op not in ("add", "sub", "neg", "abs", "mul", "square"):
+    if depth > 12 or a.op not in _ARITHMETIC_OPS:
         # (a leaf: exact if an input or a constant; a computed leaf, log1p(x) in exp(y * log1p(x)), has
         # a rounding of its own that the correction would not see: -1 makes the rule decline)
         return None, 0 if a.op in ("input", "constant") else -(1 << 20)
