@@ -1024,3 +1024,34 @@ def test_pow_derivative_with_an_exponent_whose_predecessor_rounds():
             assert bits_lost(got, ref).max() <= 2, (p, backend, got, ref)
             with np.errstate(all="ignore"):
                 np.testing.assert_array_equal(edge, p * np.array([0.0, np.inf, np.nan]) ** (p - 1.0))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_sum_to_terms_sums_two_paths_of_one_shape_before_reducing(backend):
+    """x's gradient along two paths of one shape is reduced once (sum_to_terms): x of size 1 broadcast
+    against w of size 5.  Paths of different shapes are reduced apart: y (5) and z (7) against x (1)
+    can only be summed after their reductions (summed first, they would not even broadcast)."""
+    x, w, y, z = (exprc.vector(s) for s in "xwyz")
+    xv, wv, yv, zv = np.array([0.3]), np.linspace(-2, 2, 5), np.linspace(1, 2, 5), np.linspace(-1, 3, 7)
+    f = exprc.function([x, w], exprc.grad(exprc.sum(x * exprc.sin(w)) + exprc.sum(x * exprc.cos(w)), x),
+                       backend=backend)
+    assert "sum_to_terms" in f.rewrites
+    assert sum(n.op == "sum_to" for n in toposort(list(f.graph.outputs))) == 1
+    np.testing.assert_allclose(f(xv, wv), [np.sum(np.sin(wv) + np.cos(wv))], rtol=1e-14)
+    g = exprc.function([x, y, z], exprc.grad(exprc.sum(x * y) + exprc.sum(x * z), x), backend=backend)
+    assert "sum_to_terms" not in g.rewrites
+    np.testing.assert_allclose(g(xv, yv, zv), [yv.sum() + zv.sum()], rtol=1e-14)
+    np.testing.assert_allclose(g(np.ones(5), yv, np.ones(5)), yv + 1, rtol=1e-14)
+
+
+def test_sum_to_terms_with_negated_terms_and_the_full_shape():
+    """sum_to(a) - sum_to(b) and -sum_to(a) + sum_to(b) (what the chain rule through a subtraction gives),
+    against NumPy, where the reduction happens and where it is the identity (sizes equal)."""
+    x, w = exprc.vector("x"), exprc.vector("w")
+    e = exprc.sum(x * exprc.exp(w)) - exprc.sum(x * w * w) + exprc.sum(-x * exprc.sin(w))
+    f = exprc.function([x, w], exprc.grad(e, x))
+    assert "sum_to_terms" in f.rewrites
+    wv = np.linspace(-3, 3, 11)
+    want = np.exp(wv) - wv * wv - np.sin(wv)
+    np.testing.assert_allclose(f(np.array([2.0]), wv), [want.sum()], rtol=1e-13)
+    np.testing.assert_allclose(f(np.full(11, 2.0), wv), want, rtol=1e-14)

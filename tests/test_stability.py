@@ -249,6 +249,13 @@ RULES = [
     R("erf_from_erfc", [lambda m, x: 1 - m.erfc(x)], {"erf"}, [(S, 1e-300, 1e-3)], absent={"erfc"}),
     R("pow_compensated_base", [lambda m, r, n: (1 + r / n) ** n], {"exp"}, [(L, 0.01, 0.2), (G, 1e3, 1e15)]),
     R("pow1p_minus_one", [lambda m, x, y: (1 + x) ** y - 1], {"expm1"}, [(S, 1e-12, 1e-3), (L, 1, 100)]),
+    # log1p(x) - x/(1 + x) (the Bennett function's form, the derivative of log1p(x)/x): x**2/2 of terms ~x
+    R("log1p_minus_quotient", [lambda m, x: m.log1p(x) - x / (1 + x), lambda m, x: (1 + x) * m.log(1 + x) - x,
+                               lambda m, x: -(x / (x + 1)) + m.log(1 + x), lambda m, x: 3 * m.log1p(x) - 3 * x / (1 + x),
+                               lambda m, x: (m.log1p(x) * x - x * x / (1 + x)) / (x * x)],
+      {"where"}, [(S, 1e-12, 0.6)]),
+    R("log1p_minus_quotient", [lambda m, x: m.log1p(x) - x / (1 + x)], {"where"}, [(G, 0.3, 1e300)],
+      naive_fails=False),
     R("sinh_from_exp", [lambda m, x: (m.exp(x) - m.exp(-x)) / 2, lambda m, x: 0.5 * (m.exp(x) - m.exp(-x)),
                         lambda m, x: (-m.exp(-x) + m.exp(x)) * 0.5], {"sinh"}, [(S, 1e-10, 710)], absent={"exp"}),
     R("cosh_from_exp", [lambda m, x: (m.exp(x) + m.exp(-x)) / 2, lambda m, x: 0.5 * (m.exp(-x) + m.exp(x))],
@@ -371,7 +378,8 @@ def _graph_ops(f):
 
 
 def test_every_stability_rule_is_tested_and_documented():
-    tested = {r.rule for r in RULES}
+    # (sum_to_terms rewrites what only gradients hold: tests/test_autodiff.py::test_sum_to_terms_*)
+    tested = {r.rule for r in RULES} | {"sum_to_terms"}
     stab = {name for name, r in REGISTRY.items() if "stability" in r.tags}
     assert stab - tested == set(), f"untested stability rules: {sorted(stab - tested)}"
     for name in stab:
@@ -551,20 +559,46 @@ def test_gradients_in_subnormal_tails_and_of_compensated_powers():
     rv, nv = rng.uniform(0.01, 0.2, 100), np.exp(rng.uniform(np.log(1e3), np.log(1e15), 100))
     dr = exprc.function([r, n], exprc.grad(exprc.sum((1 + r / n) ** n), r))(rv, nv)
     assert bits_lost(dr, reference(lambda m, r, n: (1 + r / n) ** (n - 1), [rv, nv])).max() <= 4
-    # d/dn = f (log1p(u) - u/(1 + u)), u = r/n, cancels (u**2/2 left of two terms near u): no better than
-    # that formula in float64, but no worse either (log(where(s == 0, 1, s)) of pow's gradient is log1p)
-    dn = exprc.function([r, n], exprc.grad(exprc.sum((1 + r / n) ** n), n))(rv, nv)
+    # d/dn = f (log1p(u) - u/(1 + u)), u = r/n: two paths of the chain rule, each reduced to n's shape
+    # (sum_to_terms sums them first), whose terms cancel to u**2/2 (log1p_minus_quotient: its series)
+    grad_n = exprc.grad(exprc.sum((1 + r / n) ** n), n)
     exact = reference(lambda m, r, n: mpmath.diff(lambda t: (1 + r / t) ** t, n), [rv, nv])
-    u = rv / nv
-    two_terms = np.exp(nv * np.log1p(u)) * (np.log1p(u) - u / (1 + u))
-    ours, theirs = bits_lost(dn, exact), bits_lost(two_terms, exact)
-    assert np.median(ours) <= np.median(theirs) + 2, (np.median(ours), np.median(theirs))
-    meaningful = theirs <= 24  # (beyond, both are rounding noise of u**2/2 against u)
-    assert meaningful.sum() > 20 and (ours[meaningful] <= theirs[meaningful] + 5).all()
+    for backend in ("numpy", None):
+        f = exprc.function([r, n], grad_n, backend=backend)
+        assert {"sum_to_terms", "log1p_minus_quotient"} <= set(f.rewrites), f.rewrites
+        assert bits_lost(f(rv, nv), exact).max() <= 4, backend
+        for rule in ("sum_to_terms", "log1p_minus_quotient"):
+            without = exprc.function([r, n], grad_n, backend=backend, exclude=(rule,))
+            assert bits_lost(without(rv, nv), exact).max() > 40, rule  # (n > 1e12: every bit lost)
     y = exprc.vector("y")
     xv, yv = rng.choice([-1.0, 1.0], 100) * np.exp(rng.uniform(np.log(1e-12), np.log(1e-3), 100)), rng.uniform(1, 100, 100)
     dy = exprc.function([x, y], exprc.grad(exprc.sum((1 + x) ** y - 1), y))(xv, yv)
     assert bits_lost(dy, reference(lambda m, x, y: (1 + x) ** y * m.log1p(x), [xv, yv])).max() <= 4
+
+
+def test_total_derivative_of_a_power_at_special_points():
+    """d/dn (1 + r/n)**n where r, n are 0, -0, +-1, 2, tiny, huge, +-inf or NaN: NaN wherever the formula
+    as written is NaN (n = +-inf: the series alone would give 0), the same infinities, and otherwise
+    no further from mpmath than the formula: the series' two wins are r = 5e-324, n = 1e-300 (u**2/2 =
+    1.2e-47 where the formula gives 0) and r = -1, n = 1e300 (0, the true 1.8e-601 underflowed, where
+    the formula's terms leave -4e-317)."""
+    r, n = exprc.vector("r"), exprc.vector("n")
+    grad_n = exprc.grad(exprc.sum((1 + r / n) ** n), n)
+    pts = [0.0, -0.0, 1.0, -1.0, 2.0, -2.0, 0.5, 5e-324, 1e-300, 1e300, np.inf, -np.inf, np.nan]
+    rv, nv = (np.array(v) for v in zip(*itertools.product(pts, repeat=2)))
+    for backend in ("numpy", None):
+        f = exprc.function([r, n], grad_n, backend=backend)
+        formula = exprc.function([r, n], grad_n, backend=backend, exclude=("sum_to_terms", "log1p_minus_quotient"))
+        with np.errstate(all="ignore"):
+            got, want = f(rv, nv), formula(rv, nv)
+        assert np.array_equal(np.isnan(got), np.isnan(want)), (rv[np.isnan(got) != np.isnan(want)], backend)
+        assert np.array_equal(got[np.isinf(want)], want[np.isinf(want)]), backend
+        differ = np.isfinite(want) & ~np.isclose(got, want, rtol=1e-13, atol=0)  # (beyond rounding)
+        pairs = {(a, b) for a, b in zip(rv[differ], nv[differ])}
+        assert pairs <= {(5e-324, 1e-300), (-1.0, 1e300)}, (pairs, backend)
+        i = np.flatnonzero((rv == 5e-324) & (nv == 1e-300))[0]
+        assert abs(got[i] / (0.5 * (5e-324 / 1e-300) ** 2) - 1) < 1e-12, got[i]
+        assert got[np.flatnonzero((rv == -1) & (nv == 1e300))[0]] == 0.0
 
 
 def test_subnormal_products_keep_the_formula_where_the_other_factors_overflow():

@@ -45,7 +45,7 @@ _FALLBACK: dict = {"frozen": set(), "origin": {}, "views": {}}
 def scope() -> Iterator[None]:
     """Fresh frozen-node, provenance and view tables for one optimization pass, and memos of
     pure functions of (immutable, interned) nodes: product views, constant folds, constant values."""
-    token = _STATE.set({"frozen": set(), "origin": {}, "views": {}, "products": {}, "folds": {}, "consts": {}})
+    token = _STATE.set({"frozen": set(), "origin": {}, "views": {}, "products": {}, "folds": {}, "consts": {}, "extents": {}})
     try:
         yield
     finally:

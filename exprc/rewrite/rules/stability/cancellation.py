@@ -5,7 +5,10 @@ function minus the head of its Taylor series (``x - sin x``, ``exp(x) - 1 - x``)
 of the series near 0, and so does a sum of functions of one argument whose leading Taylor terms
 cancel (``tan x - sin x``); ``f(u) + c`` with a special constant becomes a function that has no
 cancellation there (``exp(u) - 1 -> expm1(u)``, ``1 - erf -> erfc``; the table
-:data:`SPECIAL_CONSTANTS` holds them, one rule each).
+:data:`SPECIAL_CONSTANTS` holds them, one rule each); ``log1p(x) - x/(1 + x)`` times any factors
+becomes its series, the total derivative of a power whose base and exponent both vary included.
+A gradient's paths to one variable, each reduced to its shape (``sum_to``), are summed before
+the reduction where their shapes agree, so that these rules see the terms together.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from collections.abc import Callable
 from fractions import Fraction
 
 from exprc.graph import Node
+from exprc.ops.gradshape import Extents
 from exprc.rewrite import forms as F
 from exprc.rewrite import series as SERIES
 from exprc.rewrite.forms import SumView, build_sum, make, scale
@@ -24,6 +28,7 @@ from exprc.rewrite.rules.stability._common import (
     SUM_OPS,
     TWO,
     add,
+    div,
     f,
     k,
     mul,
@@ -49,6 +54,37 @@ def sum_cancel(node: Node) -> Node | None:
         out = add(out, mul(t, k(0.0, t)))
     return out
 
+
+
+def _sum_to_of(t: Node) -> tuple[Node, Node, bool] | None:
+    """(g, model, negated) when ``t`` is sum_to(g, model) or its negation."""
+    neg = t.op == "neg"
+    if neg:
+        t = t.inputs[0]
+    return (t.inputs[0], t.inputs[1], neg) if t.op == "sum_to" else None
+
+
+@stability_rule("sum_to_terms", ("add",))
+def sum_to_terms(node: Node) -> Node | None:
+    """sum_to(a, m) + sum_to(b, m) -> sum_to(a + b, m) where a and b have the same shape at call time
+    (equal symbolic extents): the gradients of one variable along two paths, each reduced to its
+    shape, are summed before the reduction, where the rules for a sum see both (d/dn (1 + r/n)**n:
+    log1p(u) - u/(1 + u), 53 bits lost when the reductions kept the terms apart).  One reduction
+    where there were two; its rounding is that of the summed terms, which cancel first."""
+    a, b = (_sum_to_of(t) for t in node.inputs)
+    if a is None or b is None or a[1] is not b[1] or a[0].type != b[0].type:
+        return None
+    memo = F.pass_memo("extents")
+    ext = memo.get("ext") if memo is not None else None
+    if ext is None:
+        ext = Extents()
+        if memo is not None:
+            memo["ext"] = ext
+    if ext(a[0]) != ext(b[0]):
+        return None
+    ga = F.neg(a[0]) if a[2] else a[0]
+    gb = F.neg(b[0]) if b[2] else b[0]
+    return make("sum_to", add(ga, gb), a[1])
 
 def _degree(t: Node, u: Node) -> int | None:
     """d when ``t`` is the monomial u**d (u, square(u), u*square(u), u**3 …), else None.
@@ -421,3 +457,146 @@ def pow1p_minus_one(node: Node) -> Node | None:
             rep = scale(F.where(f("abs", z) < k(1.0, z), f("expm1", z), naive), coef)
             return with_rest(SumView(view.without(term).terms, Fraction(0)), [], rep, node)
     return None
+
+
+def _log1p_factor(t: Node) -> tuple[Node, Node | None] | None:
+    """(x, s) when ``t`` is log1p(x), or where(s == 0, 0, log1p(x)) with s = 1 + x: what pow's
+    gradient log(where(s == 0, 1, s)) becomes (log_into_where, log1p_from_log); s is None for the
+    first.  Where s == 0 the second is 0, which only a guard on s != 0 may assume away."""
+    s = None
+    if t.op == "where":
+        c, zero, t = t.inputs
+        if F.scalar_const(zero) != 0 or c.op != "eq" or F.scalar_const(c.inputs[1]) != 0 \
+                or c.inputs[0].op != "add":
+            return None
+        s = c.inputs[0]
+    if t.op != "log1p" or s is not None and one_plus(*s.inputs) is not t.inputs[0]:
+        return None
+    return t.inputs[0], s
+
+
+def _pow_ratio(t: Node, x: Node, powers: dict) -> tuple[list[tuple[Node, int]], Node | None] | None:
+    """Factors for ``t`` when it is (1 + x)**(y - 1), or where(y == 0, 0, y (1 + x)**(y - 1)), and
+    ``powers`` (the pow1p factors of the other term, by exponent) holds P = (1 + x)**y: [(P, 1),
+    (y, 1)] and the base to divide by is found by the caller (P / (1 + x) is (1 + x)**(y - 1)).
+    Also the y a where-form needs nonzero (its 0 where y * inf would be NaN), else None."""
+    nonzero = None
+    if t.op == "where":
+        c, zero, prod = t.inputs
+        if F.scalar_const(zero) != 0 or c.op != "eq" or F.scalar_const(c.inputs[1]) != 0 or prod.op != "mul":
+            return None
+        y = c.inputs[0]
+        q = prod.inputs[1] if prod.inputs[0] is y else prod.inputs[0] if prod.inputs[1] is y else None
+        if q is None:
+            return None
+        t, nonzero = q, y
+    found = _pow1p(t)
+    if found is None or found[0] is not x:
+        return None
+    yq = view_of(found[1])
+    for y, p in powers.items():
+        vy = view_of(y)
+        d = yq.plus(vy, -ONE) if yq is not None and vy is not None else None
+        if d is not None and d.is_const and d.const == -1:
+            return [(p, 1)] + ([(y, 1)] if nonzero is not None else []), nonzero
+    return None
+
+
+@stability_rule("log1p_minus_quotient", SUM_OPS, needs=("log1p", "mul", "truediv", "where"))
+def log1p_minus_quotient(node: Node) -> Node | None:
+    """A (log1p(x) - x/(1 + x)) in any arrangement of the factors A -> A sum_{i>=2} v**i / i with
+    v = x/(1 + x), for |v| < r (the series of -log(1 - v) - v; r as taylor_cancellation's for
+    log1p(w) - w), the formula beyond.  Both terms are ~x near 0 and the result x**2/2: the Bennett
+    function (1 + x) log1p(x) - x, the derivative of log1p(x)/x, and the total derivative of a power
+    whose base and exponent both vary: d/dn (1 + r/n)**n is P log1p(u) - n (1 + u)**(n-1) u / n with
+    u = r/n and P = (1 + u)**n; there (1 + u)**(n - 1) is read as P / (1 + u), so the two terms share
+    P (the form that lost all 53 bits for n > 1e12).  Where the formula is not finite it is kept (a
+    factor that cancels between the terms is 0 or infinite there)."""
+    view = view_of(node)
+    if view is None or len(view.terms) < 2:
+        return None
+    for c1, t1 in view.terms:
+        pv1 = F.product_view(t1)
+        if pv1 is None or pv1[2]:
+            continue
+        for lg, e in pv1[1]:
+            found = _log1p_factor(lg) if e == 1 else None
+            if found is None:
+                continue
+            x, s_log = found
+            rest1 = {t: p for t, p in pv1[1] if t is not lg}
+            powers = {}
+            for t, p in rest1.items():
+                pw = _pow1p(t) if p == 1 else None
+                if pw is not None and pw[0] is x:
+                    powers[pw[1]] = t
+            rep = _log1p_quotient_pair(view, c1, t1, pv1[0], rest1, x, s_log, powers, node)
+            if rep is not None:
+                return rep
+    return None
+
+
+def _log1p_quotient_pair(view: SumView, c1: Fraction, t1: Node, k1: Fraction, rest1: dict, x: Node,
+                         s_log: Node | None, powers: dict, node: Node) -> Node | None:
+    """The replacement when another term of ``view`` is -c1 k1 A x / (1 + x), A = ``rest1``'s factors."""
+    px = F.product_view(x)
+    if px is None:
+        return None
+    base = object()  # (stands for 1 + x, however many nodes spell it)
+    for c2, t2 in view.terms:
+        if t2 is t1:
+            continue
+        pv2 = F.product_view(t2)
+        if pv2 is None:
+            continue
+        ratio: dict = {}
+        nonzero, spelled = [], [s_log] if s_log is not None else []
+        for t, p in pv2[1]:
+            expanded = _pow_ratio(t, x, powers) if p == 1 and powers else None
+            if expanded is not None:
+                for tt, pp in expanded[0]:
+                    ratio[tt] = ratio.get(tt, 0) + pp
+                ratio[base] = ratio.get(base, 0) - 1
+                if expanded[1] is not None:
+                    nonzero.append(expanded[1])
+            elif t.op == "add" and one_plus(*t.inputs) is x:
+                ratio[base] = ratio.get(base, 0) + p
+                spelled.append(t)
+            else:
+                ratio[t] = ratio.get(t, 0) + p
+        for t, p in [*rest1.items(), *px[1]]:
+            key = base if t.op == "add" and one_plus(*t.inputs) is x else t
+            ratio[key] = ratio.get(key, 0) - p
+        left = [(t, p) for t, p in ratio.items() if p != 0]
+        if left != [(base, -1)] or c2 * pv2[0] != -c1 * k1 * px[0]:
+            continue
+        s = spelled[0] if spelled else add(x, k(1.0, x))
+        naive = F.freeze(add(scale(t1, c1), scale(t2, c2)))
+        return _log1p_quotient_form(view, c1 * k1, rest1, x, s, nonzero, naive, [t1, t2], node)
+    return None
+
+
+def _log1p_quotient_form(view: SumView, c: Fraction, rest: dict, x: Node, s: Node, nonzero: list[Node],
+                         naive: Node, drop: list[Node], node: Node) -> Node | None:
+    r, n = SERIES.branch("log1p", 1)
+    # -log(1 - v) - v = sum_{i >= 2} v**i / i: log1p(w) - w's series at w = -v, negated
+    coeffs = SERIES.economize(tuple([Fraction(0)] * 2 + [Fraction(1, i) for i in range(2, n)]), r)
+    v = div(x, s)
+    stable = scale(mul(F.horner(v, coeffs, node), _factors(rest, node)), c) if rest else \
+        scale(F.horner(v, coeffs, node), c)
+    ok = make("and", f("abs", v) < k(r, v), make("and", f("isfinite", naive), f("isfinite", stable)))
+    for y in dict.fromkeys(nonzero):
+        ok = make("and", ok, make("ne", y, k(0.0, y)))
+    return with_rest(view, drop, F.where(ok, stable, naive), node)
+
+
+def _factors(factors: dict, like: Node) -> Node:
+    """prod(t ** p) for the factors (powers +-1, 2: what gradients hold)."""
+    top = [F.power(t, p) for t, p in factors.items() if p > 0]
+    bottom = [F.power(t, -p) for t, p in factors.items() if p < 0]
+    out = top[0] if top else k(1.0, like)
+    for t in top[1:]:
+        out = mul(out, t)
+    for t in bottom:
+        out = div(out, t)
+    return out
