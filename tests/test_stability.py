@@ -601,6 +601,31 @@ def test_total_derivative_of_a_power_at_special_points():
         assert got[np.flatnonzero((rv == -1) & (nv == 1e300))[0]] == 0.0
 
 
+def test_log1p_minus_quotient_reads_only_what_it_may():
+    """Review of 15fb7cb: a where-form whose multiplier z is not the power's exponent y was read as
+    y P / (1 + x) (0.0215 for -0.4227 at x = 0.1, y = 3.5, z = 7); and the other factors multiplied in
+    another order underflowed where the formula's did not (a (b / c) with a = b = 1e-200, c = 1e-300:
+    0 for 4.4e-103).  Both against the formula without the rule, which loses at most 5 bits there."""
+    x, y, z, a, b, c = (exprc.vector(s) for s in "xyzabc")
+    one = np.array
+    e = y * (1 + x) ** y * exprc.log1p(x) - exprc.where(exprc.equal(z, 0), 0, z * (1 + x) ** (y - 1)) * x
+    same = y * (1 + x) ** y * exprc.log1p(x) - exprc.where(exprc.equal(y, 0), 0, y * (1 + x) ** (y - 1)) * x
+    for backend in ("numpy", None):
+        f = exprc.function([x, y, z], e, backend=backend)
+        assert "log1p_minus_quotient" not in f.rewrites
+        assert "log1p_minus_quotient" in exprc.function([x, y], same, backend=backend).rewrites
+        np.testing.assert_allclose(f(one([0.1]), one([3.5]), one([7.0])), 3.5 * 1.1 ** 3.5 * math.log1p(0.1)
+                                   - 7 * 1.1 ** 2.5 * 0.1, rtol=1e-14)
+        A = a * (b / c)
+        g = exprc.function([x, a, b, c], exprc.log1p(x) * A - A * x / (1 + x), backend=backend)
+        assert "log1p_minus_quotient" in g.rewrites
+        for av in (1e-200, 1e-160):
+            exact = reference(lambda m, x, a, b, c: m.log1p(x) * a * (b / c) - a * (b / c) * x / (1 + x),
+                              [one([0.1]), one([av]), one([av]), one([1e-300])])
+            got = g(one([0.1]), one([av]), one([av]), one([1e-300]))
+            assert bits_lost(got, exact).max() <= 2, (av, got, exact)
+
+
 def test_subnormal_products_keep_the_formula_where_the_other_factors_overflow():
     """The scaled branch multiplies the other factors first: where their product overflows (x y exp(x)
     at x = -710, y = 1e307 is -31.8) or meets an exp that underflowed (x exp(-x) x at 1e155 is 0), the

@@ -497,8 +497,12 @@ def _pow_ratio(t: Node, x: Node, powers: dict) -> tuple[list[tuple[Node, int]], 
     for y, p in powers.items():
         vy = view_of(y)
         d = yq.plus(vy, -ONE) if yq is not None and vy is not None else None
-        if d is not None and d.is_const and d.const == -1:
-            return [(p, 1)] + ([(y, 1)] if nonzero is not None else []), nonzero
+        if d is None or not d.is_const or d.const != -1:
+            continue
+        if nonzero is None:
+            return [(p, 1)], None
+        if nonzero is y:  # (the multiplier is P's exponent: y P / (1 + x), not z P / (1 + x))
+            return [(p, 1), (y, 1)], y
     return None
 
 
@@ -530,13 +534,13 @@ def log1p_minus_quotient(node: Node) -> Node | None:
                 pw = _pow1p(t) if p == 1 else None
                 if pw is not None and pw[0] is x:
                     powers[pw[1]] = t
-            rep = _log1p_quotient_pair(view, c1, t1, pv1[0], rest1, x, s_log, powers, node)
+            rep = _log1p_quotient_pair(view, c1, t1, lg, pv1[0], rest1, x, s_log, powers, node)
             if rep is not None:
                 return rep
     return None
 
 
-def _log1p_quotient_pair(view: SumView, c1: Fraction, t1: Node, k1: Fraction, rest1: dict, x: Node,
+def _log1p_quotient_pair(view: SumView, c1: Fraction, t1: Node, lg: Node, k1: Fraction, rest1: dict, x: Node,
                          s_log: Node | None, powers: dict, node: Node) -> Node | None:
     """The replacement when another term of ``view`` is -c1 k1 A x / (1 + x), A = ``rest1``'s factors."""
     px = F.product_view(x)
@@ -572,31 +576,37 @@ def _log1p_quotient_pair(view: SumView, c1: Fraction, t1: Node, k1: Fraction, re
             continue
         s = spelled[0] if spelled else add(x, k(1.0, x))
         naive = F.freeze(add(scale(t1, c1), scale(t2, c2)))
-        return _log1p_quotient_form(view, c1 * k1, rest1, x, s, nonzero, naive, [t1, t2], node)
+        return _log1p_quotient_form(view, c1, t1, lg, x, s, nonzero, naive, [t1, t2], node)
     return None
 
 
-def _log1p_quotient_form(view: SumView, c: Fraction, rest: dict, x: Node, s: Node, nonzero: list[Node],
+def _log1p_quotient_form(view: SumView, c: Fraction, t1: Node, lg: Node, x: Node, s: Node, nonzero: list[Node],
                          naive: Node, drop: list[Node], node: Node) -> Node | None:
     r, n = SERIES.branch("log1p", 1)
     # -log(1 - v) - v = sum_{i >= 2} v**i / i: log1p(w) - w's series at w = -v, negated
     coeffs = SERIES.economize(tuple([Fraction(0)] * 2 + [Fraction(1, i) for i in range(2, n)]), r)
     v = div(x, s)
-    stable = scale(mul(F.horner(v, coeffs, node), _factors(rest, node)), c) if rest else \
-        scale(F.horner(v, coeffs, node), c)
+    # t1 with its log1p(x) replaced by the series: its other factors multiplied as written (reassociated,
+    # a * (b / c) as a * b / c, they underflowed where the formula did not)
+    stable = _substitute(t1, lg, F.horner(v, coeffs, node))
+    if stable is None:
+        return None
+    stable = scale(stable, c)
     ok = make("and", f("abs", v) < k(r, v), make("and", f("isfinite", naive), f("isfinite", stable)))
     for y in dict.fromkeys(nonzero):
         ok = make("and", ok, make("ne", y, k(0.0, y)))
     return with_rest(view, drop, F.where(ok, stable, naive), node)
 
 
-def _factors(factors: dict, like: Node) -> Node:
-    """prod(t ** p) for the factors (powers +-1, 2: what gradients hold)."""
-    top = [F.power(t, p) for t, p in factors.items() if p > 0]
-    bottom = [F.power(t, -p) for t, p in factors.items() if p < 0]
-    out = top[0] if top else k(1.0, like)
-    for t in top[1:]:
-        out = mul(out, t)
-    for t in bottom:
-        out = div(out, t)
-    return out
+def _substitute(t: Node, old: Node, new: Node, depth: int = 0) -> Node | None:
+    """``t`` with ``old`` replaced by ``new`` where the product view of ``t`` reads it (through mul,
+    truediv, neg, square and NaN guards), or None where it is not found there (or deeper than 64:
+    a product view holds at most 64 factors)."""
+    if t is old:
+        return new
+    if depth <= 64 and t.op in ("mul", "truediv", "neg", "square") or t.op == "add" and F.is_nan_guard(t.inputs[1]):
+        for i, a in enumerate(t.inputs[:1] if t.op == "add" else t.inputs):
+            b = _substitute(a, old, new, depth + 1)
+            if b is not None:
+                return make(t.op, *t.inputs[:i], b, *t.inputs[i + 1:])
+    return None
