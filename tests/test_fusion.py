@@ -8,6 +8,7 @@ steps).  These tests pin its merges to the pairwise definition, kept here as the
 from __future__ import annotations
 
 import random
+import re
 
 import numpy as np
 import pytest
@@ -422,6 +423,28 @@ def test_the_softmax_regression_step_is_six_kernels_with_no_per_call_scalars():
         yv = np.eye(10)[rng.integers(0, 10, n)]
         for got, want in zip(f(xv, yv, Wv, bv), ref(xv, yv, Wv, bv)):
             np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-14)
+
+
+def test_short_rows_read_a_reduced_operand_back_instead_of_computing_it_again():
+    """The stable softmax's numerator exp(x - m) (1 + err) is the operand of its row sum: in the batched
+    path of short rows the division reads it from the sum's buffer (one TwoSum and correction per
+    element, not two, and no exp carried in a buffer of its own), with the values of the numpy backend
+    (rows of 1 to 33 elements, NaN, -inf and +inf rows)."""
+    x = exprc.matrix("x")
+    e = exprc.exp(x) / exprc.sum(exprc.exp(x), axis=1, keepdims=True)
+    f = exprc.function([x], e)
+    src = f.source
+    batched = src[src.index("if (n1 > 0 && n1 <= EXPRC_RCHUNK / 8)"):]
+    batched = batched[:batched.index("return;")]
+    assert batched.count("exprc_two_sum_err(") == 1 and "kb0" not in batched, batched
+    assert re.search(r"= \(vb\d+\[p\] / y\d+\[ri\[p\]\]\);", batched), batched
+    ref = exprc.function([x], e, backend="numpy")
+    rng = np.random.default_rng(2)
+    for n1 in (1, 2, 7, 8, 10, 31, 32, 33):
+        xv = rng.standard_normal((70, n1)) * 30
+        xv[1, 0], xv[2, :], xv[3, -1] = np.nan, -np.inf, np.inf
+        with np.errstate(all="ignore"):
+            np.testing.assert_allclose(f(xv), ref(xv), rtol=1e-14, atol=1e-300, equal_nan=True)
 
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])

@@ -13,7 +13,6 @@ EXPRC_RANGE(k0_add_max_sub_exp_rows)
         double vb0[EXPRC_RCHUNK] __attribute__((aligned(64)));
         double vb1[EXPRC_RCHUNK] __attribute__((aligned(64)));
         double sb2[EXPRC_RCHUNK] __attribute__((aligned(64)));
-        double kb0[EXPRC_RCHUNK] __attribute__((aligned(64)));
         const int64_t R = EXPRC_RCHUNK / n1;
         int32_t ri[EXPRC_RCHUNK] __attribute__((aligned(64)));
         for (int64_t p = 0, r = 0, i1 = 0; p < EXPRC_RCHUNK; p++) {  /* ri[p] = p / n1, no divisions */
@@ -70,11 +69,9 @@ EXPRC_RANGE(k0_add_max_sub_exp_rows)
             for (int64_t p = 0; p < w; p++) {
                 const double a0 = ob0[p];
                 const double a1 = ob1[p];
-                const double t4 = (a0 + a1);
-                const double t5 = (t4 - y0[ri[p]]);
+                const double t5 = (vb0[p] - y0[ri[p]]);
                 const double t6 = exp(t5);
                 vb1[p] = t6;
-                kb0[p] = t6;
             }
             double acc1[EXPRC_RCHUNK]; int nan1[EXPRC_RCHUNK]; (void)nan1;
             for (int64_t r = 0; r < rn; r++) {
@@ -92,8 +89,8 @@ EXPRC_RANGE(k0_add_max_sub_exp_rows)
             for (int64_t r = rn; r < rp; r++) y1[r] = y1[0];
             #pragma omp simd
             for (int64_t p = 0; p < w; p++) {
-                const double t3 = (kb0[p] / y1[ri[p]]);
-                sb2[p] = t3;
+                const double t4 = (vb1[p] / y1[ri[p]]);
+                sb2[p] = t4;
             }
             if (P[8] == sizeof(double) && P[7] == n1 * (int64_t)sizeof(double)) {
                 __builtin_memcpy(ptrs[2] + r0 * P[7], sb2, nb * sizeof(double));

@@ -1069,7 +1069,7 @@ class CRenderer:
             outs_here = stores + [o for o in [*keep.values(), *kept.values()] if o not in stores]
             reads = sorted({index[x] for n in nodes for x in row_reads(n) if x in index and not row[x]}
                            | {index[r.inputs[0]] for r in mine if r.inputs[0] in index})
-            plans.append((mine, stores, kept, keep, nodes, reads))
+            plans.append((mine, stores, kept, keep, nodes, reads, roots(t)))
             accs, clauses = [], []
             for i, r in enumerate(mine):
                 acc_t, init, combine, clause, fin = self._accumulator(r)
@@ -1140,7 +1140,8 @@ class CRenderer:
         for j in whole:
             scratch.append(f"    char *rb{j} = scratch ? scratch + {offset} : NULL; (void)rb{j};")
             offset = span[j] if offset == "0" else f"{offset} + {span[j]}"
-        lines[loop_at:loop_at] = self._short_rows_batched(kl, plans, row, level, index, out_index, reds) + scratch
+        lines[loop_at:loop_at] = self._short_rows_batched(kl, plans, row, level, index, out_index, reds,
+                                                          needed) + scratch
         lines.append("    __builtin_free(scratch);")
         main = self._dims(kl) + ["    const int64_t total = n0 * n1;"]
         fn, run = self._rows(kl, lines, "total", [])
@@ -1148,7 +1149,7 @@ class CRenderer:
 
     def _short_rows_batched(self, kl: KernelLayout, plans: list[tuple], row: dict[Node, bool],
                             level: dict[Node, int], index: dict[Node, int], out_index: dict[Node, int],
-                            reds: list[Node]) -> list[str]:
+                            reds: list[Node], needed: Any) -> list[str]:
         """Rows of up to EXPRC_RCHUNK / 8 elements (a classifier's 10 logits) in blocks of several rows,
         for a row kernel (render_rows): the block's elements are copied into aligned buffers, and each
         pass is one SIMD loop over the whole block, each row folding its values in order after it; the
@@ -1160,7 +1161,11 @@ class CRenderer:
         from the vector loop, whichever rows share a block.  Returns no lines (no batched path) when
         the buffers would take more than 96 KB of the stack (48 arrays of 256 doubles; glibc's threads
         have megabytes, and libmvec is glibc's), or the rows call no vector math (a variance over rows
-        of 10 ran 1.5x slower batched than one row at a time)."""
+        of 10 ran 1.5x slower batched than one row at a time).  The operand of a reduction folded in an
+        earlier pass is in its buffer element for element, and a later pass reads it there instead of
+        computing it again (softmax's numerator exp(x - m) (1 + err) over the sum: its TwoSum and
+        correction once, not twice; 25% of a softmax over rows of 8).  ``needed(roots, leaves)``: the
+        nodes a pass computes for ``roots`` when ``leaves`` are known (render_rows's)."""
         k = kl.kernel
         floats = {n.dtype for n in k.body if n.dtype in ("float32", "float64")}
         wide = "int32_t" if floats == {"float32"} else "int64_t"
@@ -1177,6 +1182,27 @@ class CRenderer:
         kb = {n: f"kb{i}" for i, n in enumerate(carried)}
         # A reduction of an operand itself (the max of the logits) folds straight from its buffer.
         direct = {r: index[r.inputs[0]] for r in reds if r.inputs[0] in index and not row[r.inputs[0]]}
+        # Per pass: what it computes, the reduction operands it reads from earlier passes' buffers instead,
+        # and the carried values (kb) a later pass still reads.
+        buffered: dict[Node, str] = {}
+        batched_nodes, from_buffer, reread = [], [], set()
+        for plan in plans:
+            kept, nodes, roots = plan[2], plan[4], plan[6]
+            if buffered:
+                leaves = frozenset(kept) | frozenset(buffered)
+                closure = needed(roots, leaves)
+                reread |= {n for n in closure if n in kept and n not in buffered}
+                nodes = [n for n in closure if n not in leaves]
+            else:
+                reread |= set(kept)
+            batched_nodes.append(nodes)
+            from_buffer.append(dict(buffered))
+            for r in plan[0]:
+                src = r.inputs[0]
+                if r not in direct and src.dtype in ("float32", "float64") and src not in buffered and not row[src]:
+                    buffered[src] = f"vb{reds.index(r)}"
+        carried = [n for n in carried if n in reread]
+        kb = {n: kb[n] for n in carried}
         stored = sorted({out_index[n] for plan in plans for n in plan[1]})
         buffers = ([(f"ob{j}", ctype(kl.accesses[j][0])) for j in full_reads]
                    + [(arr[x], ctype(x)) for x in arr]
@@ -1239,17 +1265,22 @@ class CRenderer:
                                f"*({C_TYPES[n.dtype]} *)({at_row(j)}) = ({C_TYPES[n.dtype]}){arr[n]}[r];")
             return out
 
-        for t, (mine, stores, kept, keep, nodes, reads) in enumerate(plans):
+        for t, (mine, stores, kept, keep, _, reads, _) in enumerate(plans):
             lines += row_pass(t)
             local = dict(scalars)
             body = []
+            nodes = batched_nodes[t]
             for j in reads:
                 local[kl.accesses[j][0]] = f"a{j}"
                 body.append(f"{ind}    const {ctype(kl.accesses[j][0])} a{j} = ob{j}[p];")
             for x in rowed:
                 local[x] = f"{arr[x]}[ri[p]]"
             for n in kept:
-                local[n] = f"{kb[n]}[p]"
+                if n in kb:
+                    local[n] = f"{kb[n]}[p]"
+            for n, buf in from_buffer[t].items():
+                local[n] = f"{buf}[p]"
+            keep = {n: o for n, o in keep.items() if n in reread}  # (a later pass reads it from kb, not vb)
             body += self.statements(nodes, local, ind + "    ")
             for r in mine:
                 src = r.inputs[0]
