@@ -55,7 +55,6 @@ def sum_cancel(node: Node) -> Node | None:
     return out
 
 
-
 def _sum_to_of(t: Node) -> tuple[Node, Node, bool] | None:
     """(g, model, negated) when ``t`` is sum_to(g, model) or its negation."""
     neg = t.op == "neg"
@@ -85,6 +84,7 @@ def sum_to_terms(node: Node) -> Node | None:
     ga = F.neg(a[0]) if a[2] else a[0]
     gb = F.neg(b[0]) if b[2] else b[0]
     return make("sum_to", add(ga, gb), a[1])
+
 
 def _degree(t: Node, u: Node) -> int | None:
     """d when ``t`` is the monomial u**d (u, square(u), u*square(u), u**3 …), else None.
@@ -604,7 +604,7 @@ def _substitute(t: Node, old: Node, new: Node, depth: int = 0) -> Node | None:
     a product view holds at most 64 factors)."""
     if t is old:
         return new
-    if depth <= 64 and t.op in ("mul", "truediv", "neg", "square") or t.op == "add" and F.is_nan_guard(t.inputs[1]):
+    if depth <= 64 and (t.op in ("mul", "truediv", "neg", "square") or t.op == "add" and F.is_nan_guard(t.inputs[1])):
         for i, a in enumerate(t.inputs[:1] if t.op == "add" else t.inputs):
             b = _substitute(a, old, new, depth + 1)
             if b is not None:
