@@ -5,6 +5,7 @@ points drawn from the benign middle of its domain (where guards do not fire), as
     python bench/guards.py              # all cases, 1e6 points, best of 5 rounds
     python bench/guards.py --quick      # 1e5 points, 3 rounds
     python bench/guards.py --cases cauchy_log_kernel,softmax_pair
+    python bench/guards.py --cases softmax,logsumexp,log_softmax --rows 1000   # other row lengths
 
 A ratio above 1.10 (default rules over no stability rules) is a rewrite that costs run time where
 it changes nothing; the table marks it. One JSON line follows the table.
@@ -50,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true")
     p.add_argument("--cases", help="comma-separated case names (default: all)")
+    p.add_argument("--rows", type=int, help="row length of the cases that reduce over rows (default: each case's)")
     args = p.parse_args(argv)
     n, rounds = (10**5, 3) if args.quick else (10**6, 5)
     wanted = set(args.cases.split(",")) if args.cases else None
@@ -61,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         if wanted and case.name not in wanted:
             continue
         if case.rows:
-            shape = (n // case.rows, case.rows)
+            shape = (n // (args.rows or case.rows), args.rows or case.rows)
             xs = [benign(k, lo, hi, math.prod(shape), rng).reshape(shape) for k, lo, hi in case.ranges]
             variables = [exprc.matrix(f"x{i}") for i in range(len(xs))]
         else:
