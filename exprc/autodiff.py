@@ -65,7 +65,18 @@ from exprc.errors import DisconnectedInputError, DTypeError, ShapeError
 from exprc.graph import Node, constant_node, rebuild, substitute, toposort
 from exprc.ops import OPS, cast
 from exprc.ops import grad as _rules  # noqa: F401  (attaches the gradient rules to the op rows)
-from exprc.ops.gradshape import Extents, _extents, count, fill, full, model_of, shared_extents, sum_to, zeros_like
+from exprc.ops.gradshape import (
+    Extents,
+    _extents,
+    count,
+    fill,
+    full,
+    lazy_along_broadcast,
+    model_of,
+    shared_extents,
+    sum_to,
+    zeros_like,
+)
 from exprc.rewrite.core import C, P, X, match
 from exprc.types import float_dtype, is_float, shape_str
 
@@ -87,9 +98,12 @@ def _fit(g: Node, x: Node, node: Node) -> Node:
     """A rule's gradient for operand ``x``: ``x``'s dtype, summed to broadcast to ``x``'s shape."""
     if g.dtype != x.dtype:
         g = cast(g, x.dtype)
+    elemwise = OPS[node.op].kind == "elemwise"
+    if elemwise and lazy_along_broadcast(g, x, node):  # (an elementwise rule's g is in node's shape)
+        g = full(g, node)
     if g.type.shape == x.type.shape and None not in x.type.shape:
         return g
-    return sum_to(g, x, None if OPS[node.op].kind == "elemwise" else ())
+    return sum_to(g, x, None if elemwise else ())
 
 
 # -- stable forms ----------------------------------------------------------------------

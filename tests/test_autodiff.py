@@ -1055,3 +1055,57 @@ def test_sum_to_terms_with_negated_terms_and_the_full_shape():
     want = np.exp(wv) - wv * wv - np.sin(wv)
     np.testing.assert_allclose(f(np.array([2.0]), wv), [want.sum()], rtol=1e-13)
     np.testing.assert_allclose(f(np.full(11, 2.0), wv), want, rtol=1e-14)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_lazily_broadcast_gradient_counts_what_it_stands_for(backend):
+    """The gradient of a full sum is a scalar standing for the whole summed array; an operand broadcast
+    along the same axes must receive the count of elements it was added to: d/ds sum(v + s) is len(v)
+    (it was 1.0 before, for every operand reached through +, -, neg from a sum or mean), d/db sum(X + b)
+    is the number of rows.  Against finite differences of the loss, with call-time sizes of 1 too."""
+    s, v, X, b = exprc.scalar("s"), exprc.vector("v"), exprc.matrix("X"), exprc.vector("b")
+    c = exprc.tensor("c", "float64", ndim=2, shape=(None, 1))
+    cases = [(exprc.sum(v + s), [v, s]), (exprc.mean(v + s), [v, s]), (exprc.sum(s - v) * 2, [v, s]),
+             (-exprc.sum(-(v + s)), [v, s]), (exprc.sum(X + b), [X, b]), (exprc.mean(X - b) + exprc.sum(b), [X, b]),
+             (exprc.sum(X - c), [X, c]), (exprc.sum(c + b), [c, b]), (exprc.sum(exprc.broadcast_to(s, (5,))) + 0 * exprc.sum(v), [v, s]),
+             (exprc.sum(s * s + v), [v, s])]
+    rng = np.random.default_rng(4)
+    values = {s: [np.array(0.7)], v: [rng.normal(size=5), rng.normal(size=1)], X: [rng.normal(size=(4, 3)), rng.normal(size=(1, 3))],
+              b: [rng.normal(size=3)], c: [rng.normal(size=(4, 1))]}
+    for loss, ins in cases:
+        f = exprc.function(ins, exprc.grad(loss, ins), backend=backend)
+        L = exprc.function(ins, loss, backend="numpy")
+        for k in range(2):
+            args = [values[x][min(k, len(values[x]) - 1)] for x in ins]
+            if k and args[0].shape[0] == 1 and ins[1] is c:
+                continue
+            for i, (x, got) in enumerate(zip(ins, f(*args))):
+                want = np.zeros(args[i].shape)
+                for idx in np.ndindex(args[i].shape):
+                    up, down = [a.copy() for a in args], [a.copy() for a in args]
+                    up[i][idx] += 1e-6
+                    down[i][idx] -= 1e-6
+                    want[idx] = (L(*up) - L(*down)) / 2e-6
+                np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-8, err_msg=f"{exprc.pprint(loss)} d/{x}")
+
+
+def test_an_operand_of_a_reduction_and_its_epilogue_compiles():
+    """x0 read by both the reduced values (where(x1 < x0, ...)) and the epilogue (2 x0 + ...) of one
+    reduction kernel: the epilogue loads it again (it was rendered as a constant: AttributeError, for
+    the value and for this gradient before its lazily broadcast terms were counted)."""
+    for dtype in ("float64", "float32"):
+        x0, x1 = exprc.scalar("x0", dtype), exprc.vector("x1", dtype)
+        e = exprc.sum(exprc.where(x1 < x0, -1.0, 0.0)) + 2.0 * x0 + 1.0
+        f = exprc.function([x0, x1], e, backend="c")
+        (k,) = f.kernels  # (one reduction kernel, x0 read before and after the sum)
+        assert k["ops"][:3] == ["lt", "where", "sum"] and "mul" in k["ops"][3:], k["ops"]
+        for a1 in (np.array([0.1, 0.5, -1.0]), np.array([])):
+            a0 = np.array(0.3, dtype)
+            want = -np.sum(a1.astype(dtype) < a0) + 2 * a0 + 1
+            assert f(a0, a1.astype(dtype)) == pytest.approx(want, rel=1e-6)
+    x0, x1 = exprc.scalar("x0"), exprc.vector("x1")
+    loss = exprc.sum(x0 - exprc.maximum(x1, x0) + x0 * x0 + (x1 + x1))
+    a0, a1 = np.array(0.3), np.array([0.1, 0.5, 0.35, 0.9, -1.0])
+    g0, g1 = exprc.function([x0, x1], exprc.grad(loss, [x0, x1]))(a0, a1)
+    assert g0 == pytest.approx(5 * (1 + 2 * 0.3) - 2)  # (x1 < x0 at 0.1 and -1.0)
+    np.testing.assert_array_equal(g1, 2 - (a1 > a0))

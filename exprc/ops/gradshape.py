@@ -180,6 +180,21 @@ def sum_to(g: Node, x: Node, dynamic_axes: Iterable[int] | None = None) -> Node:
     return g
 
 
+def lazy_along_broadcast(g: Node, x: Node, node: Node) -> bool:
+    """Whether ``g``, the gradient of ``node`` broadcast lazily (smaller than ``node``: the gradient of a
+    full sum is a scalar), and ``node``'s operand ``x`` may both be smaller than ``node`` along one axis.
+    Summing ``g`` to ``x``'s shape must then count the elements ``g`` stands for there: it is made
+    full first (d/ds sum(v + s) is len(v), not 1)."""
+    ext = _extents()
+    en, eg, ex = ext(node), ext(g), ext(x)
+    # (g is short only where it has no axis or a static 1 (a reduction's lazy result): an axis of its own
+    # that is 1 at call time is an operand's broadcast, and then node's size there is x's or g's)
+    for a in range(1, node.ndim + 1):
+        if en[-a] != 1 and (a > g.ndim or eg[-a] == 1) and (ex[-a] if a <= x.ndim else 1) != en[-a]:
+            return True
+    return False
+
+
 def full(g: Node, x: Node) -> Node:
     """The gradient ``g`` (which broadcasts to ``x``'s shape) given exactly ``x``'s shape."""
     if g.type.shape == x.type.shape and None not in x.type.shape:

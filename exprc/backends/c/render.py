@@ -1346,6 +1346,14 @@ class CRenderer:
             ct = C_TYPES[node.dtype]
             names[node] = f"e{j}"
             lines.append(f"{indent}const {ct} e{j} = *(const {ct} *)({where.get(j, self.ptr(kl, j))});")
+        # A 0-d operand the reduced values read too (x0 in sum(where(x1 < x0, ...)) + 2 x0): loaded again here,
+        # where the loops that loaded it are out of scope (it was read as a constant, and failed to render).
+        read = {x for n in k.epilogue for x in n.inputs}
+        for j, (node, _, _) in enumerate(kl.accesses[:n_in]):
+            if node in read and node not in names and node.ndim == 0:
+                ct = C_TYPES[node.dtype]
+                names[node] = f"e{j}"
+                lines.append(f"{indent}const {ct} e{j} = *(const {ct} *)({self.ptr(kl, j)});")
         lines += self.statements(k.epilogue, names, indent)
         for j, (node, _, _) in enumerate(kl.accesses[n_in:], start=n_in):
             lines.append(f"{indent}*({C_TYPES[node.dtype]} *)({where[j]}) = {names[node]};")
