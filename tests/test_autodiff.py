@@ -1089,6 +1089,40 @@ def test_a_lazily_broadcast_gradient_counts_what_it_stands_for(backend):
                 np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-8, err_msg=f"{exprc.pprint(loss)} d/{x}")
 
 
+def test_a_gradient_sized_by_an_operand_counts_the_sizes_it_was_broadcast_with():
+    """Review of 81a33cb: g * w has w's size, 1 at call time, and reached v + w, whose size is v's:
+    d/dw sum(w (v + w)) was 12.5 (14), d/dw sum((v + w)/w) -46 (-40), d/dw sum(broadcast_to(w, 4) w) 2.5 (4),
+    d/dX sum(X (X + Y)) with X (2, 1) [7, 20] ([9, 24]), the hessian of the first [[2]] ([[8]]); and the
+    sum_to op's rule passed its gradient on unsummed: d/dw of sum(grad(sum(v w), v) v) with len(w) = 1 was
+    v itself ([1, 2, 3, 4], not [10]).  Against finite differences; w*G of a gather keeps its one kernel
+    (test_indexing: no fill where the sizes are the gather's and G's)."""
+    v, w, X, Y = exprc.vector("v"), exprc.vector("w"), exprc.matrix("X"), exprc.matrix("Y")
+    vv, wv, Xv, Yv = np.array([1.0, 2, 3, 4]), np.array([0.5]), np.array([[1.0], [2]]), np.arange(6.0).reshape(2, 3)
+
+    def fd(loss, ins, args, i):
+        L = exprc.function(ins, loss, backend="numpy")
+        d = np.zeros(args[i].shape)
+        for idx in np.ndindex(args[i].shape):
+            a, b = [x.copy() for x in args], [x.copy() for x in args]
+            a[i][idx] += 1e-6
+            b[i][idx] -= 1e-6
+            d[idx] = (L(*a) - L(*b)) / 2e-6
+        return d
+
+    gv = exprc.grad(exprc.sum(v * w), v)
+    cases = [(exprc.sum(w * (v + w)), [v, w], [vv, wv], 1), (exprc.sum((v + w) / w), [v, w], [vv, wv], 1),
+             (exprc.mean(-(v + w) * exprc.exp(w)), [v, w], [vv, wv], 1),
+             (exprc.sum(exprc.broadcast_to(w, (4,)) * w) + 0 * exprc.sum(v), [v, w], [vv, wv], 1),
+             (exprc.sum(X * (X + Y)), [X, Y], [Xv, Yv], 0), (exprc.sum(X * (X + Y)), [X, Y], [np.array([[1.0, 2, 3]]), Yv], 0),
+             (exprc.sum(gv * v), [v, w], [vv, wv], 1)]
+    for backend in BACKENDS:
+        for loss, ins, args, i in cases:
+            got = exprc.function(ins, exprc.grad(loss, ins[i]), backend=backend)(*args)
+            np.testing.assert_allclose(got, fd(loss, ins, args, i), rtol=1e-6, atol=1e-8, err_msg=exprc.pprint(loss))
+        h = exprc.function([v, w], exprc.hessian(exprc.sum(w * (v + w)), w), backend=backend)(vv, wv)
+        np.testing.assert_allclose(h, [[8.0]])
+
+
 def test_an_operand_of_a_reduction_and_its_epilogue_compiles():
     """x0 read by both the reduced values (where(x1 < x0, ...)) and the epilogue (2 x0 + ...) of one
     reduction kernel: the epilogue loads it again (it was rendered as a constant: AttributeError, for

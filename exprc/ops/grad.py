@@ -206,7 +206,9 @@ def _grad_broadcast_to(node: Node, g: Node) -> tuple:
     return (sum_to(full(g, node) if lazy_along_broadcast(g, x, node) else g, x),)
 
 
-grad_rule("sum_to")(lambda node, g: (g, None))  # g, of the model's shape, broadcasts to the operand's
+# g, of the model's shape, broadcasts to the operand's where sum_to reduced; where the operand was smaller than
+# the model (a size 1 at call time: sum_to leaves it, and it broadcasts as the model), g is summed to it
+grad_rule("sum_to")(lambda node, g: (sum_to(g, node.inputs[0]), None))
 
 
 @grad_rule("concatenate", "split_part")

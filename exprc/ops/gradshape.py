@@ -181,18 +181,32 @@ def sum_to(g: Node, x: Node, dynamic_axes: Iterable[int] | None = None) -> Node:
 
 
 def lazy_along_broadcast(g: Node, x: Node, node: Node) -> bool:
-    """Whether ``g``, the gradient of ``node`` broadcast lazily (smaller than ``node``: the gradient of a
-    full sum is a scalar), and ``node``'s operand ``x`` may both be smaller than ``node`` along one axis.
-    Summing ``g`` to ``x``'s shape must then count the elements ``g`` stands for there: it is made
-    full first (d/ds sum(v + s) is len(v), not 1)."""
+    """Whether ``g``, the gradient of ``node`` (possibly smaller than ``node``: the gradient of a full sum
+    is a scalar standing for the summed array; ``g * w`` has ``w``'s size), and ``node``'s operand ``x``
+    may both be smaller than ``node`` along one axis.  Summing ``g`` to ``x``'s shape must then count
+    the elements ``g`` stands for there: it is made full first (d/ds sum(v + s) is len(v), not 1).
+    Along an axis of unknown size, both are smaller at call time only if some size broadcast into the
+    node's is in neither: the node's size is the largest of its sizes there (d/dw sum(w (v + w)) with
+    len(w) = 1: v's)."""
     ext = _extents()
     en, eg, ex = ext(node), ext(g), ext(x)
-    # (g is short only where it has no axis or a static 1 (a reduction's lazy result): an axis of its own
-    # that is 1 at call time is an operand's broadcast, and then node's size there is x's or g's)
     for a in range(1, node.ndim + 1):
-        if en[-a] != 1 and (a > g.ndim or eg[-a] == 1) and (ex[-a] if a <= x.ndim else 1) != en[-a]:
+        n_a = en[-a]
+        if n_a == 1:
+            continue
+        g_a = eg[-a] if a <= g.ndim else 1
+        x_a = ex[-a] if a <= x.ndim else 1
+        if isinstance(n_a, frozenset):
+            if n_a - (_tokens(g_a) | _tokens(x_a)):
+                return True
+        elif g_a != n_a and x_a != n_a:  # (a static size: each is it, 1, or unknown and maybe 1)
             return True
     return False
+
+
+def _tokens(e: Any) -> frozenset:
+    """The unknown sizes broadcast together along an axis of extent ``e`` (none for a static size)."""
+    return e if isinstance(e, frozenset) else frozenset()
 
 
 def full(g: Node, x: Node) -> Node:
