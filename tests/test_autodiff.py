@@ -1057,6 +1057,17 @@ def test_sum_to_terms_with_negated_terms_and_the_full_shape():
     np.testing.assert_allclose(f(np.full(11, 2.0), wv), want, rtol=1e-14)
 
 
+def _central_difference(loss, args: list, i: int, h: float = 1e-6) -> np.ndarray:
+    """d loss / d args[i], element by element, by central differences (``loss`` a compiled function)."""
+    d = np.zeros(args[i].shape)
+    for idx in np.ndindex(args[i].shape):
+        up, down = [a.copy() for a in args], [a.copy() for a in args]
+        up[i][idx] += h
+        down[i][idx] -= h
+        d[idx] = (loss(*up) - loss(*down)) / (2 * h)
+    return d
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_a_lazily_broadcast_gradient_counts_what_it_stands_for(backend):
     """The gradient of a full sum is a scalar standing for the whole summed array; an operand broadcast
@@ -1080,13 +1091,8 @@ def test_a_lazily_broadcast_gradient_counts_what_it_stands_for(backend):
             if k and args[0].shape[0] == 1 and ins[1] is c:
                 continue
             for i, (x, got) in enumerate(zip(ins, f(*args))):
-                want = np.zeros(args[i].shape)
-                for idx in np.ndindex(args[i].shape):
-                    up, down = [a.copy() for a in args], [a.copy() for a in args]
-                    up[i][idx] += 1e-6
-                    down[i][idx] -= 1e-6
-                    want[idx] = (L(*up) - L(*down)) / 2e-6
-                np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-8, err_msg=f"{exprc.pprint(loss)} d/{x}")
+                np.testing.assert_allclose(got, _central_difference(L, args, i), rtol=1e-6, atol=1e-8,
+                                           err_msg=f"{exprc.pprint(loss)} d/{x}")
 
 
 def test_a_gradient_sized_by_an_operand_counts_the_sizes_it_was_broadcast_with():
@@ -1099,16 +1105,6 @@ def test_a_gradient_sized_by_an_operand_counts_the_sizes_it_was_broadcast_with()
     v, w, X, Y = exprc.vector("v"), exprc.vector("w"), exprc.matrix("X"), exprc.matrix("Y")
     vv, wv, Xv, Yv = np.array([1.0, 2, 3, 4]), np.array([0.5]), np.array([[1.0], [2]]), np.arange(6.0).reshape(2, 3)
 
-    def fd(loss, ins, args, i):
-        L = exprc.function(ins, loss, backend="numpy")
-        d = np.zeros(args[i].shape)
-        for idx in np.ndindex(args[i].shape):
-            a, b = [x.copy() for x in args], [x.copy() for x in args]
-            a[i][idx] += 1e-6
-            b[i][idx] -= 1e-6
-            d[idx] = (L(*a) - L(*b)) / 2e-6
-        return d
-
     gv = exprc.grad(exprc.sum(v * w), v)
     cases = [(exprc.sum(w * (v + w)), [v, w], [vv, wv], 1), (exprc.sum((v + w) / w), [v, w], [vv, wv], 1),
              (exprc.mean(-(v + w) * exprc.exp(w)), [v, w], [vv, wv], 1),
@@ -1118,7 +1114,8 @@ def test_a_gradient_sized_by_an_operand_counts_the_sizes_it_was_broadcast_with()
     for backend in BACKENDS:
         for loss, ins, args, i in cases:
             got = exprc.function(ins, exprc.grad(loss, ins[i]), backend=backend)(*args)
-            np.testing.assert_allclose(got, fd(loss, ins, args, i), rtol=1e-6, atol=1e-8, err_msg=exprc.pprint(loss))
+            want = _central_difference(exprc.function(ins, loss, backend="numpy"), args, i)
+            np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-8, err_msg=exprc.pprint(loss))
         h = exprc.function([v, w], exprc.hessian(exprc.sum(w * (v + w)), w), backend=backend)(vv, wv)
         np.testing.assert_allclose(h, [[8.0]])
 
