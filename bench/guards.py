@@ -63,7 +63,8 @@ def main(argv: list[str] | None = None) -> int:
         if wanted and case.name not in wanted:
             continue
         if case.rows:
-            shape = (n // (args.rows or case.rows), args.rows or case.rows)
+            rows = args.rows or case.rows
+            shape = (n // rows, rows)
             xs = [benign(k, lo, hi, math.prod(shape), rng).reshape(shape) for k, lo, hi in case.ranges]
             variables = [exprc.matrix(f"x{i}") for i in range(len(xs))]
         else:

@@ -71,10 +71,10 @@ from exprc.ops.gradshape import (
     count,
     fill,
     full,
-    lazy_along_broadcast,
     model_of,
     shared_extents,
     sum_to,
+    sum_to_operand,
     zeros_like,
 )
 from exprc.rewrite.core import C, P, X, match
@@ -98,12 +98,11 @@ def _fit(g: Node, x: Node, node: Node) -> Node:
     """A rule's gradient for operand ``x``: ``x``'s dtype, summed to broadcast to ``x``'s shape."""
     if g.dtype != x.dtype:
         g = cast(g, x.dtype)
-    elemwise = OPS[node.op].kind == "elemwise"
-    if elemwise and lazy_along_broadcast(g, x, node):  # (an elementwise rule's g is in node's shape)
-        g = full(g, node)
+    if OPS[node.op].kind == "elemwise":  # (an elementwise rule's g is in node's shape, maybe lazily smaller)
+        return sum_to_operand(g, x, node)
     if g.type.shape == x.type.shape and None not in x.type.shape:
         return g
-    return sum_to(g, x, None if elemwise else ())
+    return sum_to(g, x, ())
 
 
 # -- stable forms ----------------------------------------------------------------------

@@ -22,7 +22,7 @@ import numpy as np
 from exprc import api as A
 from exprc.graph import Node
 from exprc.ops.elemwise import erfcx_series
-from exprc.ops.gradshape import count, full, lazy_along_broadcast, sum_to, zeros_like
+from exprc.ops.gradshape import count, sum_to, sum_to_operand, zeros_like
 from exprc.ops.index import shift_index
 from exprc.ops.table import OPS, GradRule, cast, grad_rule
 
@@ -202,8 +202,7 @@ def _grad_reshape(node: Node, g: Node) -> tuple:
 
 @grad_rule("broadcast_to")
 def _grad_broadcast_to(node: Node, g: Node) -> tuple:
-    x = node.inputs[0]
-    return (sum_to(full(g, node) if lazy_along_broadcast(g, x, node) else g, x),)
+    return (sum_to_operand(g, node.inputs[0], node),)
 
 
 # g, of the model's shape, broadcasts to the operand's where sum_to reduced; where the operand was smaller than

@@ -180,7 +180,7 @@ def sum_to(g: Node, x: Node, dynamic_axes: Iterable[int] | None = None) -> Node:
     return g
 
 
-def lazy_along_broadcast(g: Node, x: Node, node: Node) -> bool:
+def _lazy_along_broadcast(g: Node, x: Node, node: Node) -> bool:
     """Whether ``g``, the gradient of ``node`` (possibly smaller than ``node``: the gradient of a full sum
     is a scalar standing for the summed array; ``g * w`` has ``w``'s size), and ``node``'s operand ``x``
     may both be smaller than ``node`` along one axis.  Summing ``g`` to ``x``'s shape must then count
@@ -202,6 +202,14 @@ def lazy_along_broadcast(g: Node, x: Node, node: Node) -> bool:
         elif g_a != n_a and x_a != n_a:  # (a static size: each is it, 1, or unknown and maybe 1)
             return True
     return False
+
+
+def sum_to_operand(g: Node, x: Node, node: Node, dynamic_axes: Iterable[int] | None = None) -> Node:
+    """``g``, the gradient of ``node`` (possibly smaller than it), summed to broadcast to its operand
+    ``x``: made full first where both are smaller than ``node`` (see :func:`_lazy_along_broadcast`)."""
+    if _lazy_along_broadcast(g, x, node):
+        g = full(g, node)
+    return sum_to(g, x, dynamic_axes)
 
 
 def _tokens(e: Any) -> frozenset:

@@ -1341,19 +1341,16 @@ class CRenderer:
             return [f"{indent}*({out_t} *)({where[n_in]}) = ({out_t})({fin});"]
         names: dict[Node, str] = {r: "rv"}
         lines = [f"{indent}const {out_t} rv = ({out_t})({fin});"]
-        for j in self._epilogue_operands(kl):
-            node = kl.accesses[j][0]
-            ct = C_TYPES[node.dtype]
-            names[node] = f"e{j}"
-            lines.append(f"{indent}const {ct} e{j} = *(const {ct} *)({where.get(j, self.ptr(kl, j))});")
-        # A 0-d operand the reduced values read too (x0 in sum(where(x1 < x0, ...)) + 2 x0): loaded again here,
-        # where the loops that loaded it are out of scope (it was read as a constant, and failed to render).
+        # The operands only the epilogue reads, and a 0-d one the reduced values read too (x0 in
+        # sum(where(x1 < x0, ...)) + 2 x0): loaded again here, out of the scope of the loops that loaded it
+        # (it was read as a constant, and failed to render).
+        late = set(self._epilogue_operands(kl))
         read = {x for n in k.epilogue for x in n.inputs}
         for j, (node, _, _) in enumerate(kl.accesses[:n_in]):
-            if node in read and node not in names and node.ndim == 0:
+            if j in late or node in read and node.ndim == 0:
                 ct = C_TYPES[node.dtype]
                 names[node] = f"e{j}"
-                lines.append(f"{indent}const {ct} e{j} = *(const {ct} *)({self.ptr(kl, j)});")
+                lines.append(f"{indent}const {ct} e{j} = *(const {ct} *)({where.get(j, self.ptr(kl, j))});")
         lines += self.statements(k.epilogue, names, indent)
         for j, (node, _, _) in enumerate(kl.accesses[n_in:], start=n_in):
             lines.append(f"{indent}*({C_TYPES[node.dtype]} *)({where[j]}) = {names[node]};")

@@ -74,11 +74,7 @@ def sum_to_terms(node: Node) -> Node | None:
     if a is None or b is None or a[1] is not b[1] or a[0].type != b[0].type:
         return None
     memo = F.pass_memo("extents")
-    ext = memo.get("ext") if memo is not None else None
-    if ext is None:
-        ext = Extents()
-        if memo is not None:
-            memo["ext"] = ext
+    ext = memo.setdefault("ext", Extents()) if memo is not None else Extents()
     if ext(a[0]) != ext(b[0]):
         return None
     ga = F.neg(a[0]) if a[2] else a[0]
@@ -459,17 +455,26 @@ def pow1p_minus_one(node: Node) -> Node | None:
     return None
 
 
+def _zero_where(t: Node) -> tuple[Node, Node] | None:
+    """(v, value) when ``t`` is where(v == 0, 0, value)."""
+    if t.op != "where":
+        return None
+    c, zero, value = t.inputs
+    if F.scalar_const(zero) != 0 or c.op != "eq" or F.scalar_const(c.inputs[1]) != 0:
+        return None
+    return c.inputs[0], value
+
+
 def _log1p_factor(t: Node) -> tuple[Node, Node | None] | None:
     """(x, s) when ``t`` is log1p(x), or where(s == 0, 0, log1p(x)) with s = 1 + x: what pow's
     gradient log(where(s == 0, 1, s)) becomes (log_into_where, log1p_from_log); s is None for the
     first.  Where s == 0 the second is 0, which only a guard on s != 0 may assume away."""
     s = None
     if t.op == "where":
-        c, zero, t = t.inputs
-        if F.scalar_const(zero) != 0 or c.op != "eq" or F.scalar_const(c.inputs[1]) != 0 \
-                or c.inputs[0].op != "add":
+        found = _zero_where(t)
+        if found is None or found[0].op != "add":
             return None
-        s = c.inputs[0]
+        s, t = found
     if t.op != "log1p" or s is not None and one_plus(*s.inputs) is not t.inputs[0]:
         return None
     return t.inputs[0], s
@@ -482,10 +487,10 @@ def _pow_ratio(t: Node, x: Node, powers: dict) -> tuple[list[tuple[Node, int]], 
     Also the y a where-form needs nonzero (its 0 where y * inf would be NaN), else None."""
     nonzero = None
     if t.op == "where":
-        c, zero, prod = t.inputs
-        if F.scalar_const(zero) != 0 or c.op != "eq" or F.scalar_const(c.inputs[1]) != 0 or prod.op != "mul":
+        found = _zero_where(t)
+        if found is None or found[1].op != "mul":
             return None
-        y = c.inputs[0]
+        y, prod = found
         q = prod.inputs[1] if prod.inputs[0] is y else prod.inputs[0] if prod.inputs[1] is y else None
         if q is None:
             return None
