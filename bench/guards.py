@@ -56,15 +56,15 @@ def main(argv: list[str] | None = None) -> int:
     n, rounds = (10**5, 3) if args.quick else (10**6, 5)
     wanted = set(args.cases.split(",")) if args.cases else None
     rng = np.random.default_rng(0)
-    rows = []
+    results = []
     print(f"# stability rewrites on benign inputs: {n:.0e} points, best of {rounds}; ratio = default / no stability")
     print(f"{'case':<24} {'kind':<9} {'numpy ms':>9} {'exprc ms':>9} {'nostab ms':>10} {'ratio':>7}  kernels")
     for case in accuracy.CASES:
         if wanted and case.name not in wanted:
             continue
         if case.rows:
-            rows = args.rows or case.rows
-            shape = (n // rows, rows)
+            width = args.rows or case.rows
+            shape = (n // width, width)
             xs = [benign(k, lo, hi, math.prod(shape), rng).reshape(shape) for k, lo, hi in case.ranges]
             variables = [exprc.matrix(f"x{i}") for i in range(len(xs))]
         else:
@@ -81,12 +81,12 @@ def main(argv: list[str] | None = None) -> int:
         kernels = "+".join(k["name"].split("_", 1)[0] for k in f.kernels)
         print(f"{case.name:<24} {case.kind:<9} {t['numpy'] * 1e3:9.3f} {t['exprc'] * 1e3:9.3f} "
               f"{t['nostab'] * 1e3:10.3f} {ratio:7.2f}  {len(f.kernels)} vs {len(g.kernels)}{mark}")
-        rows.append({"case": case.name, "numpy_s": t["numpy"], "exprc_s": t["exprc"], "nostab_s": t["nostab"],
+        results.append({"case": case.name, "numpy_s": t["numpy"], "exprc_s": t["exprc"], "nostab_s": t["nostab"],
                      "ratio": ratio, "kernels": len(f.kernels), "kernels_nostab": len(g.kernels), "by": kernels})
-    over = [r["case"] for r in rows if r["ratio"] > LIMIT]
-    print(f"\n{len(rows) - len(over)} / {len(rows)} cases within {LIMIT:.2f}x of their no-stability time; over: "
+    over = [r["case"] for r in results if r["ratio"] > LIMIT]
+    print(f"\n{len(results) - len(over)} / {len(results)} cases within {LIMIT:.2f}x of their no-stability time; over: "
           f"{', '.join(over) or 'none'}")
-    print(json.dumps({"n": n, "rounds": rounds, "limit": LIMIT, "rows": rows, "over": over}))
+    print(json.dumps({"n": n, "rounds": rounds, "limit": LIMIT, "rows": results, "over": over}))
     return 0
 
 
