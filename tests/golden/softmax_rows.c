@@ -5,51 +5,41 @@ EXPRC_RANGE(k0_add_max_sub_exp_rows)
     const int64_t n1 = P[2];
     const int64_t red_total = n1;
     (void)red_total;
-    if (n1 > 0 && n1 <= EXPRC_RCHUNK / 8) {
-        double ob0[EXPRC_RCHUNK] __attribute__((aligned(64)));
-        double ob1[EXPRC_RCHUNK] __attribute__((aligned(64)));
+    if (n1 > 0 && n1 <= 32) {
+        const int64_t R0 = EXPRC_RCHUNK / n1 / EXPRC_VBLOCK * EXPRC_VBLOCK, R = R0 > 0 ? R0 : EXPRC_VBLOCK;
+        double ob0[EXPRC_VBLOCK * 32] __attribute__((aligned(64)));
+        double ob1[EXPRC_VBLOCK * 32] __attribute__((aligned(64)));
+        double vb0[EXPRC_VBLOCK * 32] __attribute__((aligned(64)));
+        double vb1[EXPRC_VBLOCK * 32] __attribute__((aligned(64)));
+        double sb2[EXPRC_VBLOCK * 32] __attribute__((aligned(64)));
         double y0[EXPRC_RCHUNK] __attribute__((aligned(64)));
         double y1[EXPRC_RCHUNK] __attribute__((aligned(64)));
-        double vb0[EXPRC_RCHUNK] __attribute__((aligned(64)));
-        double vb1[EXPRC_RCHUNK] __attribute__((aligned(64)));
-        double sb2[EXPRC_RCHUNK] __attribute__((aligned(64)));
-        const int64_t R = EXPRC_RCHUNK / n1;
-        int32_t ri[EXPRC_RCHUNK] __attribute__((aligned(64)));
-        for (int64_t p = 0, r = 0, i1 = 0; p < EXPRC_RCHUNK; p++) {  /* ri[p] = p / n1, no divisions */
-            ri[p] = (int32_t)r;
-            if (++i1 == n1) { i1 = 0; r++; }
-        }
         for (int64_t r0 = lo; r0 < hi; r0 += R) {
-            const int64_t rn = hi - r0 < R ? hi - r0 : R, nb = rn * n1;
-            const int64_t w = (nb + EXPRC_VBLOCK - 1) / EXPRC_VBLOCK * EXPRC_VBLOCK;
+            const int64_t rn = hi - r0 < R ? hi - r0 : R;
             const int64_t wr = (rn + EXPRC_VBLOCK - 1) / EXPRC_VBLOCK * EXPRC_VBLOCK;
-            const int64_t rp = wr > R + 1 ? wr : (R + 1 < EXPRC_RCHUNK ? R + 1 : EXPRC_RCHUNK);
-            if (P[4] == sizeof(double) && P[3] == n1 * (int64_t)sizeof(double)) {
-                __builtin_memcpy(ob0, ptrs[0] + r0 * P[3], nb * sizeof(double));
-            } else {
-                for (int64_t r = 0; r < rn; r++) {
-                    const char *g0 = ptrs[0] + (r0 + r) * P[3];
-                    for (int64_t i1 = 0; i1 < n1; i1++)
-                        ob0[r * n1 + i1] = *(const double *)(g0 + i1 * P[4]);
-                }
+            for (int64_t r = 0; r < rn; r++) {
+                const char *g0 = ptrs[0] + (r0 + r) * P[3];
+                for (int64_t i1 = 0; i1 < n1; i1++)
+                    ob0[i1 * R + r] = *(const double *)(g0 + i1 * P[4]);
             }
-            for (int64_t p = nb; p < w; p++) ob0[p] = ob0[0];
-            if (P[6] == sizeof(double) && P[5] == n1 * (int64_t)sizeof(double)) {
-                __builtin_memcpy(ob1, ptrs[1] + r0 * P[5], nb * sizeof(double));
-            } else {
-                for (int64_t r = 0; r < rn; r++) {
-                    const char *g1 = ptrs[1] + (r0 + r) * P[5];
-                    for (int64_t i1 = 0; i1 < n1; i1++)
-                        ob1[r * n1 + i1] = *(const double *)(g1 + i1 * P[6]);
-                }
+            for (int64_t i1 = 0; i1 < n1; i1++)
+                for (int64_t r = rn; r < wr; r++) ob0[i1 * R + r] = ob0[i1 * R];
+            for (int64_t r = 0; r < rn; r++) {
+                const char *g1 = ptrs[1] + (r0 + r) * P[5];
+                for (int64_t i1 = 0; i1 < n1; i1++)
+                    ob1[i1 * R + r] = *(const double *)(g1 + i1 * P[6]);
             }
-            for (int64_t p = nb; p < w; p++) ob1[p] = ob1[0];
-            #pragma omp simd
-            for (int64_t p = 0; p < w; p++) {
-                const double a0 = ob0[p];
-                const double a1 = ob1[p];
-                const double t4 = (a0 + a1);
-                vb0[p] = t4;
+            for (int64_t i1 = 0; i1 < n1; i1++)
+                for (int64_t r = rn; r < wr; r++) ob1[i1 * R + r] = ob1[i1 * R];
+            for (int64_t i1 = 0; i1 < n1; i1++) {
+                #pragma omp simd
+                for (int64_t r = 0; r < wr; r++) {
+                    const int64_t p = i1 * R + r;
+                    const double a0 = ob0[p];
+                    const double a1 = ob1[p];
+                    const double t4 = (a0 + a1);
+                    vb0[p] = t4;
+                }
             }
             double acc0[EXPRC_RCHUNK]; int nan0[EXPRC_RCHUNK]; (void)nan0;
             for (int64_t r = 0; r < rn; r++) {
@@ -58,20 +48,23 @@ EXPRC_RANGE(k0_add_max_sub_exp_rows)
             for (int64_t i1 = 0; i1 < n1; i1++) {
                 #pragma omp simd
                 for (int64_t r = 0; r < rn; r++) {
-                    acc0[r] = vb0[r * n1 + i1] > acc0[r] ? vb0[r * n1 + i1] : acc0[r]; nan0[r] |= (vb0[r * n1 + i1] != vb0[r * n1 + i1]);
+                    acc0[r] = vb0[i1 * R + r] > acc0[r] ? vb0[i1 * R + r] : acc0[r]; nan0[r] |= (vb0[i1 * R + r] != vb0[i1 * R + r]);
                 }
             }
             for (int64_t r = 0; r < rn; r++) {
                 y0[r] = (double)((nan0[r] ? NAN : acc0[r]));
             }
-            for (int64_t r = rn; r < rp; r++) y0[r] = y0[0];
-            #pragma omp simd
-            for (int64_t p = 0; p < w; p++) {
-                const double a0 = ob0[p];
-                const double a1 = ob1[p];
-                const double t5 = (vb0[p] - y0[ri[p]]);
-                const double t6 = exp(t5);
-                vb1[p] = t6;
+            for (int64_t r = rn; r < wr; r++) y0[r] = y0[0];
+            for (int64_t i1 = 0; i1 < n1; i1++) {
+                #pragma omp simd
+                for (int64_t r = 0; r < wr; r++) {
+                    const int64_t p = i1 * R + r;
+                    const double a0 = ob0[p];
+                    const double a1 = ob1[p];
+                    const double t5 = (vb0[p] - y0[r]);
+                    const double t6 = exp(t5);
+                    vb1[p] = t6;
+                }
             }
             double acc1[EXPRC_RCHUNK]; int nan1[EXPRC_RCHUNK]; (void)nan1;
             for (int64_t r = 0; r < rn; r++) {
@@ -80,26 +73,25 @@ EXPRC_RANGE(k0_add_max_sub_exp_rows)
             for (int64_t i1 = 0; i1 < n1; i1++) {
                 #pragma omp simd
                 for (int64_t r = 0; r < rn; r++) {
-                    acc1[r] += vb1[r * n1 + i1];
+                    acc1[r] += vb1[i1 * R + r];
                 }
             }
             for (int64_t r = 0; r < rn; r++) {
                 y1[r] = (double)(acc1[r]);
             }
-            for (int64_t r = rn; r < rp; r++) y1[r] = y1[0];
-            #pragma omp simd
-            for (int64_t p = 0; p < w; p++) {
-                const double t4 = (vb1[p] / y1[ri[p]]);
-                sb2[p] = t4;
-            }
-            if (P[8] == sizeof(double) && P[7] == n1 * (int64_t)sizeof(double)) {
-                __builtin_memcpy(ptrs[2] + r0 * P[7], sb2, nb * sizeof(double));
-            } else {
-                for (int64_t r = 0; r < rn; r++) {
-                    char *s2 = ptrs[2] + (r0 + r) * P[7];
-                    for (int64_t i1 = 0; i1 < n1; i1++)
-                        *(double *)(s2 + i1 * P[8]) = (double)sb2[r * n1 + i1];
+            for (int64_t r = rn; r < wr; r++) y1[r] = y1[0];
+            for (int64_t i1 = 0; i1 < n1; i1++) {
+                #pragma omp simd
+                for (int64_t r = 0; r < wr; r++) {
+                    const int64_t p = i1 * R + r;
+                    const double t4 = (vb1[p] / y1[r]);
+                    sb2[p] = t4;
                 }
+            }
+            for (int64_t r = 0; r < rn; r++) {
+                char *s2 = ptrs[2] + (r0 + r) * P[7];
+                for (int64_t i1 = 0; i1 < n1; i1++)
+                    *(double *)(s2 + i1 * P[8]) = (double)sb2[i1 * R + r];
             }
         }
         return;

@@ -1151,21 +1151,24 @@ class CRenderer:
                             level: dict[Node, int], index: dict[Node, int], out_index: dict[Node, int],
                             reds: list[Node], needed: Any) -> list[str]:
         """Rows of up to EXPRC_RCHUNK / 8 elements (a classifier's 10 logits) in blocks of several rows,
-        for a row kernel (render_rows): the block's elements are copied into aligned buffers, and each
-        pass is one SIMD loop over the whole block, each row folding its values in order after it; the
-        row values between passes (a max, a sum, the log of a sum) are computed in one SIMD loop over
-        the block's rows too.  One row at a time, a row of 10 paid each pass's SIMD set-up and a scalar
-        libm call per row value, several times its elements' work (a softmax over 8 columns ran at a
-        fifth of the separate kernels' speed).  Every SIMD loop runs a multiple of EXPRC_VBLOCK lanes
-        (past the block, copies of its first element or row), as in _buffered_rows: every value comes
-        from the vector loop, whichever rows share a block.  Returns no lines (no batched path) when
-        the buffers would take more than 96 KB of the stack (48 arrays of 256 doubles; glibc's threads
-        have megabytes, and libmvec is glibc's), or the rows call no vector math (a variance over rows
-        of 10 ran 1.5x slower batched than one row at a time).  The operand of a reduction folded in an
-        earlier pass is in its buffer element for element, and a later pass reads it there instead of
-        computing it again (softmax's numerator exp(x - m) (1 + err) over the sum: its TwoSum and
-        correction once, not twice; 25% of a softmax over rows of 8).  ``needed(roots, leaves)``: the
-        nodes a pass computes for ``roots`` when ``leaves`` are known (render_rows's)."""
+        for a row kernel (render_rows): the block's elements are copied into aligned buffers column by
+        column (element i1 of row r at i1 * R + r), each pass is one SIMD loop over the block's rows per
+        column, and each row folds its values in order after it, one SIMD lane per row; the row values
+        between passes (a max, a sum, the log of a sum) are computed in one SIMD loop over the block's
+        rows too.  One row at a time, a row of 10 paid each pass's SIMD set-up and a scalar libm call per
+        row value, several times its elements' work (a softmax over 8 columns ran at a fifth of the
+        separate kernels' speed); row after row in one buffer, each fold and each use of a row value was
+        a gather (a stable softmax over rows of 8: 3.1 ms for 1e6 elements on one thread, 2.3 column by
+        column).  Every SIMD loop runs a multiple of EXPRC_VBLOCK lanes (past the block, copies of its
+        first row), as in _buffered_rows: every value comes from the vector loop, whichever rows share
+        a block.  Returns no lines (no batched path) when the buffers of rows of 8 would take more than
+        128 KB of the stack, and takes rows up to the length whose buffers fit; or when the rows call no
+        vector math (a variance over rows of 10 ran 1.5x slower batched than one row at a time).  The
+        operand of a reduction folded in an earlier pass is in its buffer element for element, and a
+        later pass reads it there instead of computing it again (softmax's numerator exp(x - m) (1 + err)
+        over the sum: its TwoSum and correction once, not twice; 25% of a softmax over rows of 8).
+        ``needed(roots, leaves)``: the nodes a pass computes for ``roots`` when ``leaves`` are known
+        (render_rows's)."""
         k = kl.kernel
         floats = {n.dtype for n in k.body if n.dtype in ("float32", "float64")}
         wide = "int32_t" if floats == {"float32"} else "int64_t"
@@ -1204,15 +1207,17 @@ class CRenderer:
         carried = [n for n in carried if n in reread]
         kb = {n: kb[n] for n in carried}
         stored = sorted({out_index[n] for plan in plans for n in plan[1]})
-        buffers = ([(f"ob{j}", ctype(kl.accesses[j][0])) for j in full_reads]
-                   + [(arr[x], ctype(x)) for x in arr]
-                   + [(f"vb{i}", ctype(r.inputs[0])) for i, r in enumerate(reds) if r not in direct]
-                   + [(f"sb{j}", ctype(kl.accesses[j][0])) for j in stored] + [(kb[n], ctype(n)) for n in carried])
-        # (each reduction also folds into an accumulator and a 4-byte NaN flag per row; ri, 4 bytes a row)
-        if 2 * len(buffers) + 3 * len(reds) + 1 > 2 * 48 or not any(n.op in EXPENSIVE for n in k.body):
+        elements = ([(f"ob{j}", ctype(kl.accesses[j][0])) for j in full_reads]
+                    + [(f"vb{i}", ctype(r.inputs[0])) for i, r in enumerate(reds) if r not in direct]
+                    + [(f"sb{j}", ctype(kl.accesses[j][0])) for j in stored] + [(kb[n], ctype(n)) for n in carried])
+        rows_of = [(arr[x], ctype(x)) for x in arr]
+        # Stack: a block holds EXPRC_VBLOCK rows of up to `longest` elements (8 bytes each at most) per
+        # element buffer, 2 KB per row array, an accumulator and NaN flag (3 KB) per reduction: the longest
+        # row that keeps it within 128 KB (glibc's threads have megabytes, and libmvec is glibc's).
+        stack_kb = 128 - 2 * len(rows_of) - 3 * len(reds)
+        longest = min(32, stack_kb * 4 // max(len(elements), 1))  # (32: EXPRC_RCHUNK / 8)
+        if longest < 8 or not any(n.op in EXPENSIVE for n in k.body):
             return []  # (without vector math, one row at a time is as fast: a variance over rows of 10, 1.5x)
-        rowed = [x for x in arr if any(x in row_reads(n) for plan in plans for n in plan[4])
-                 or any(r.inputs[0] is x for r in reds)]
 
         def stride(j: int, d: int) -> str:
             return self.param(kl, kl.accesses[j][2] + d)
@@ -1221,32 +1226,30 @@ class CRenderer:
             return f"{self.ptr(kl, j)} + (r0 + r) * {stride(j, 0)}"
 
         ind = "            "
-        lines = ["    if (n1 > 0 && n1 <= EXPRC_RCHUNK / 8) {",
-                 *[f"        {t} {b}[EXPRC_RCHUNK] __attribute__((aligned(64)));" for b, t in buffers],
-                 "        const int64_t R = EXPRC_RCHUNK / n1;",
-                 *(["        int32_t ri[EXPRC_RCHUNK] __attribute__((aligned(64)));",
-                    "        for (int64_t p = 0, r = 0, i1 = 0; p < EXPRC_RCHUNK; p++) {  /* ri[p] = p / n1, no divisions */",
-                    "            ri[p] = (int32_t)r;", "            if (++i1 == n1) { i1 = 0; r++; }", "        }"] if rowed else []),
+        # A block is R rows (a multiple of EXPRC_VBLOCK) stored column after column: element i1 of row r
+        # at p = i1 * R + r.  Every SIMD loop runs over the block's rows (padded to wr lanes with copies
+        # of row 0), so a row's value between passes (its max, its sum) is one contiguous load, and a
+        # fold reads its elements contiguously too (rows of 8 one after the other, a softmax spent 40%
+        # of its time in gathers: the strided folds and y[p / n1]).
+        lines = [f"    if (n1 > 0 && n1 <= {longest}) {{",
+                 ("        const int64_t R0 = EXPRC_RCHUNK / n1 / EXPRC_VBLOCK * EXPRC_VBLOCK, "
+                  "R = R0 > 0 ? R0 : EXPRC_VBLOCK;"),
+                 *[f"        {t} {b}[EXPRC_VBLOCK * {longest}] __attribute__((aligned(64)));" for b, t in elements],
+                 *[f"        {t} {b}[EXPRC_RCHUNK] __attribute__((aligned(64)));" for b, t in rows_of],
                  "        for (int64_t r0 = lo; r0 < hi; r0 += R) {",
-                 "            const int64_t rn = hi - r0 < R ? hi - r0 : R, nb = rn * n1;",
-                 "            const int64_t w = (nb + EXPRC_VBLOCK - 1) / EXPRC_VBLOCK * EXPRC_VBLOCK;",
-                 "            const int64_t wr = (rn + EXPRC_VBLOCK - 1) / EXPRC_VBLOCK * EXPRC_VBLOCK;",
-                 # (a padding lane p of the last block reads row p / n1, up to R: copies of row 0 there)
-                 "            const int64_t rp = wr > R + 1 ? wr : (R + 1 < EXPRC_RCHUNK ? R + 1 : EXPRC_RCHUNK);"]
-        # gather the block (one copy where its rows lie end to end), each row's row operands; then pad
+                 "            const int64_t rn = hi - r0 < R ? hi - r0 : R;",
+                 "            const int64_t wr = (rn + EXPRC_VBLOCK - 1) / EXPRC_VBLOCK * EXPRC_VBLOCK;"]
+        # gather the block, each row's row operands; then pad
         for j in full_reads:
             ct = C_TYPES[kl.accesses[j][0].dtype]
-            same = "" if ctype(kl.accesses[j][0]) == ct else "0 && "  # (a bool widens element by element)
-            lines += [f"{ind}if ({same}{stride(j, 1)} == sizeof({ct}) && {stride(j, 0)} == n1 * (int64_t)sizeof({ct})) {{",
-                      f"{ind}    __builtin_memcpy(ob{j}, {self.ptr(kl, j)} + r0 * {stride(j, 0)}, nb * sizeof({ct}));",
-                      f"{ind}}} else {{", f"{ind}    for (int64_t r = 0; r < rn; r++) {{",
-                      f"{ind}        const char *g{j} = {at_row(j)};",
-                      f"{ind}        for (int64_t i1 = 0; i1 < n1; i1++)",
-                      f"{ind}            ob{j}[r * n1 + i1] = *(const {ct} *)(g{j} + i1 * {stride(j, 1)});",
-                      f"{ind}    }}", f"{ind}}}", f"{ind}for (int64_t p = nb; p < w; p++) ob{j}[p] = ob{j}[0];"]
+            lines += [f"{ind}for (int64_t r = 0; r < rn; r++) {{", f"{ind}    const char *g{j} = {at_row(j)};",
+                      f"{ind}    for (int64_t i1 = 0; i1 < n1; i1++)",
+                      f"{ind}        ob{j}[i1 * R + r] = *(const {ct} *)(g{j} + i1 * {stride(j, 1)});", f"{ind}}}",
+                      f"{ind}for (int64_t i1 = 0; i1 < n1; i1++)",
+                      f"{ind}    for (int64_t r = rn; r < wr; r++) ob{j}[i1 * R + r] = ob{j}[i1 * R];"]
         for x, j in row_ops:
             lines += [f"{ind}for (int64_t r = 0; r < rn; r++) ya{j}[r] = *(const {C_TYPES[x.dtype]} *)({at_row(j)});",
-                      f"{ind}for (int64_t r = rn; r < rp; r++) ya{j}[r] = ya{j}[0];"]
+                      f"{ind}for (int64_t r = rn; r < wr; r++) ya{j}[r] = ya{j}[0];"]
 
         def row_pass(t: int) -> list[str]:
             """The row values of level ``t`` over the block's rows, and the row outputs among them."""
@@ -1256,9 +1259,7 @@ class CRenderer:
                 local = scalars | {x: f"{arr[x]}[r]" for x in arr if x not in mine}
                 body = self.statements(mine, local, ind + "    ")
                 body += [f"{ind}    {arr[n]}[r] = {local[n]};" for n in mine]
-                out += [f"{ind}#pragma omp simd", f"{ind}for (int64_t r = 0; r < wr; r++) {{", *body, f"{ind}}}",
-                        f"{ind}for (int64_t r = wr; r < rp; r++) {{",
-                        *[f"{ind}    {arr[n]}[r] = {arr[n]}[0];" for n in mine], f"{ind}}}"]
+                out += [f"{ind}#pragma omp simd", f"{ind}for (int64_t r = 0; r < wr; r++) {{", *body, f"{ind}}}"]
             for n, j in out_index.items():
                 if row[n] and level[n] == t:
                     out.append(f"{ind}for (int64_t r = 0; r < rn; r++) "
@@ -1273,8 +1274,8 @@ class CRenderer:
             for j in reads:
                 local[kl.accesses[j][0]] = f"a{j}"
                 body.append(f"{ind}    const {ctype(kl.accesses[j][0])} a{j} = ob{j}[p];")
-            for x in rowed:
-                local[x] = f"{arr[x]}[ri[p]]"
+            for x in arr:
+                local[x] = f"{arr[x]}[r]"
             for n in kept:
                 if n in kb:
                     local[n] = f"{kb[n]}[p]"
@@ -1290,11 +1291,13 @@ class CRenderer:
             body += [f"{ind}    sb{out_index[n]}[p] = {local[n]};" for n in stores]
             body += [f"{ind}    {kb[n]}[p] = {local[n]};" for n in keep]
             if any(not x.lstrip().startswith("const ") for x in body):  # (something is stored)
-                lines += [f"{ind}#pragma omp simd", f"{ind}for (int64_t p = 0; p < w; p++) {{", *body, f"{ind}}}"]
+                lines += [f"{ind}for (int64_t i1 = 0; i1 < n1; i1++) {{", f"{ind}    #pragma omp simd",
+                          f"{ind}    for (int64_t r = 0; r < wr; r++) {{", f"{ind}        const int64_t p = i1 * R + r;",
+                          *["    " + x for x in body], f"{ind}    }}", f"{ind}}}"]
             if mine:
                 # Each row's values fold in order (the sum of one element at a time), all the block's rows
-                # at once: one SIMD lane per row, a strided read per element.  (Row after row, a sum of 8
-                # waited on each addition's latency: half of a logsumexp's time.)
+                # at once: one SIMD lane per row.  (Row after row, a sum of 8 waited on each addition's
+                # latency: half of a logsumexp's time.)  Folding in the pass's own loop measured no faster.
                 folds, inits, fins = [], [], []
                 for r in mine:
                     i = reds.index(r)
@@ -1302,7 +1305,7 @@ class CRenderer:
 
                     def named(text: str, i: int = i, r: Node = r) -> str:
                         buf = f"ob{direct[r]}" if r in direct else f"vb{i}"
-                        return re.sub(r"\bv\b", f"{buf}[r * n1 + i1]",
+                        return re.sub(r"\bv\b", f"{buf}[i1 * R + r]",
                                       re.sub(r"\bnanf\b", f"nan{i}[r]", re.sub(r"\bacc\b", f"acc{i}[r]", text)))
 
                     lines += [f"{ind}{acc_t} acc{i}[EXPRC_RCHUNK]; int nan{i}[EXPRC_RCHUNK]; (void)nan{i};"]
@@ -1313,16 +1316,12 @@ class CRenderer:
                           f"{ind}for (int64_t i1 = 0; i1 < n1; i1++) {{", f"{ind}    #pragma omp simd",
                           f"{ind}    for (int64_t r = 0; r < rn; r++) {{", *folds, f"{ind}    }}", f"{ind}}}",
                           f"{ind}for (int64_t r = 0; r < rn; r++) {{", *fins, f"{ind}}}"]
-                lines += [f"{ind}for (int64_t r = rn; r < rp; r++) {arr[r]}[r] = {arr[r]}[0];" for r in mine]
+                lines += [f"{ind}for (int64_t r = rn; r < wr; r++) {arr[r]}[r] = {arr[r]}[0];" for r in mine]
             for n in stores:
                 j, ct = out_index[n], C_TYPES[n.dtype]
-                same = "" if ctype(n) == ct else "0 && "
-                lines += [f"{ind}if ({same}{stride(j, 1)} == sizeof({ct}) && {stride(j, 0)} == n1 * (int64_t)sizeof({ct})) {{",
-                          f"{ind}    __builtin_memcpy({self.ptr(kl, j)} + r0 * {stride(j, 0)}, sb{j}, nb * sizeof({ct}));",
-                          f"{ind}}} else {{", f"{ind}    for (int64_t r = 0; r < rn; r++) {{",
-                          f"{ind}        char *s{j} = {at_row(j)};", f"{ind}        for (int64_t i1 = 0; i1 < n1; i1++)",
-                          f"{ind}            *({ct} *)(s{j} + i1 * {stride(j, 1)}) = ({ct})sb{j}[r * n1 + i1];",
-                          f"{ind}    }}", f"{ind}}}"]
+                lines += [f"{ind}for (int64_t r = 0; r < rn; r++) {{", f"{ind}    char *s{j} = {at_row(j)};",
+                          f"{ind}    for (int64_t i1 = 0; i1 < n1; i1++)",
+                          f"{ind}        *({ct} *)(s{j} + i1 * {stride(j, 1)}) = ({ct})sb{j}[i1 * R + r];", f"{ind}}}"]
         lines += row_pass(len(plans))
         return [*lines, "        }", "        return;", "    }"]
 
