@@ -140,7 +140,7 @@ _MATH_MACROS = _words("""isnan isinf isfinite isnormal signbit fpclassify isgrea
 # CUDA's device math library (templates for the ``cuda=`` argument only).
 _CUDA_MATH = _words("""rsqrt rcbrt sinpi cospi exp10 erfinv erfcinv normcdf normcdfinv __expf __logf __sinf
     __cosf __tanf __powf __exp10f __log2f __log10f __fdividef __saturatef max min""")
-_HELPER = re.compile(r"exprc_(sigmoid|softplus|logaddexp|two_sum_err|log1mexp|erfcx|tanh|min|max|mod|floordiv|sign)f?\Z")
+_HELPER = re.compile(r"exprc_(sigmoid|softplus|logaddexp|two_sum_err|two_prod_err|log1mexp|erfcx|tanh|min|max|mod|floordiv|sign)f?\Z")
 _INT_HELPER = re.compile(r"exprc_(iabs|ifloordiv|imod|invert|ipow|imin|imax)_[A-Za-z0-9_]*\Z")
 _TYPES = _words("""double float int long short char signed unsigned _Bool bool int8_t int16_t int32_t int64_t
     uint8_t uint16_t uint32_t uint64_t""")

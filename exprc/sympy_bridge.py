@@ -55,6 +55,7 @@ def _to_table() -> dict[str, Callable[..., Any]]:
         "sigmoid": lambda a: 1 / (1 + sp.exp(-a)), "softplus": lambda a: sp.log(1 + sp.exp(a)),
         "logaddexp": lambda a, b: sp.log(sp.exp(a) + sp.exp(b)), "hypot": cf.hypot,
         "two_sum_err": lambda a, b: sp.Integer(0),  # (exact arithmetic does not round a + b)
+        "two_prod_err": lambda a, b: sp.Integer(0),
         "floor": sp.floor, "ceil": sp.ceiling, "maximum": sp.Max, "minimum": sp.Min,
         "lt": sp.Lt, "le": sp.Le, "gt": sp.Gt, "ge": sp.Ge, "eq": sp.Eq, "ne": sp.Ne,
         "where": lambda c, a, b: sp.Piecewise((a, c), (b, True)),

@@ -8,6 +8,7 @@ import pytest
 from conftest import assert_close
 
 import exprc
+from exprc.ops import OPS
 
 RNG = np.random.default_rng(0)
 X = RNG.uniform(-2, 2, size=(3, 4))
@@ -70,14 +71,89 @@ def test_two_sum_err_is_the_exact_rounding_error(backend, dtype):
         assert np.isnan(f(inf, np.array([1.0, 1.0, 1.0, np.finfo(dtype).max], dtype))).all()
 
 
+def _products(dtype: str, n: int = 400, seed: int = 9) -> tuple[np.ndarray, np.ndarray]:
+    """Pairs of every sign whose product is a normal number, over magnitudes up to near the largest."""
+    rng = np.random.default_rng(seed)
+    big = np.log(1e18 if dtype == "float32" else 1e150)
+    a = rng.choice([-1, 1], n) * np.exp(rng.uniform(-big / 2, big, n))
+    b = rng.choice([-1, 1], n) * np.exp(rng.uniform(-big / 2, big, n)) / np.abs(a) ** rng.uniform(0, 1, n)
+    return a.astype(dtype), b.astype(dtype)
+
+
+def _exact_product_errors(a: np.ndarray, b: np.ndarray, got: np.ndarray) -> None:
+    from fractions import Fraction
+
+    tiny = np.finfo(a.dtype).tiny
+    for u, v, e in zip(a, b, got):
+        p = u * v
+        if np.isfinite(p) and abs(p) > tiny * 2.0**60:  # (no part of the error below the normal range)
+            assert Fraction(float(u)) * Fraction(float(v)) - Fraction(float(p)) == Fraction(float(e)), (u, v)
+
+
+@pytest.mark.parametrize("backend", ["c", "numpy"])
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_two_prod_err_is_the_exact_rounding_error(backend, dtype):
+    """two_prod_err(a, b) = a b - fl(a b) exactly (checked with fractions) wherever the product is
+    finite and its error normal: one fma in C (FMA3), Dekker's product in NumPy (float32: in
+    float64); a square (two_prod_err(x, x): the Gaussian's exp(-x**2/2)) too."""
+    a, b = _products(dtype)
+    x, y = exprc.vector("x", dtype), exprc.vector("y", dtype)
+    f = exprc.function([x, y], [exprc.api._apply("two_prod_err", x, y), exprc.api._apply("two_prod_err", x, x)],
+                       backend=backend)
+    got, sq = f(a, b)
+    assert got.dtype == dtype and sq.dtype == dtype
+    _exact_product_errors(a, b, got)
+    _exact_product_errors(a, a, sq)
+    assert (sq[np.abs(a) < 1] == OPS["two_prod_err"].impl(a, a)[np.abs(a) < 1]).all()
+
+
+def test_two_prod_err_without_fma_is_dekkers_product():
+    """The C helper where the target has no FMA (Veltkamp's split, Dekker's product), compiled with
+    -mno-fma, and with -mfma (one fma): the exact error, each bit for bit the other's and NumPy's."""
+    import ctypes
+    import shutil
+    import subprocess
+    import tempfile
+    from pathlib import Path
+
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        pytest.skip("a C compiler is needed")
+    header = Path(exprc.__file__).parent / "backends" / "c" / "templates" / "numpy_semantics.h"
+    src = ("#include <math.h>\n#include <stdint.h>\n#define EXPRC_INLINE static inline\n" + header.read_text()
+           + "\nvoid run(const double *a, const double *b, double *out, const float *fa, const float *fb,"
+           " float *fout, int64_t n) {\n    for (int64_t i = 0; i < n; i++) {\n"
+           "        out[i] = exprc_two_prod_err(a[i], b[i]); fout[i] = exprc_two_prod_errf(fa[i], fb[i]);\n    }\n}\n")
+    a, b = _products("float64", 2000, 4)
+    fa, fb = _products("float32", 2000, 5)
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for flag in ("-mno-fma", "-mfma"):
+            lib = Path(tmp) / f"t{flag}.so"
+            r = subprocess.run([cc, "-O2", "-std=c99", "-fPIC", "-shared", flag, "-x", "c", "-", "-o", str(lib), "-lm"],
+                               input=src, capture_output=True, text=True, check=False)
+            if r.returncode:
+                pytest.skip(f"{cc} {flag}: {r.stderr[-300:]}")
+            out, fout = np.empty_like(a), np.empty_like(fa)
+            ptr = [np.ctypeslib.as_ctypes(v) for v in (a, b, out, fa, fb, fout)]
+            ctypes.CDLL(str(lib)).run(*ptr, ctypes.c_int64(len(a)))
+            _exact_product_errors(a, b, out)
+            _exact_product_errors(fa, fb, fout)
+            results.append((out, fout))
+    ok64 = np.isfinite(a * b) & (np.abs(a * b) > np.finfo(np.float64).tiny * 2.0**60)
+    ok32 = np.isfinite(fa * fb) & (np.abs(fa * fb) > np.finfo(np.float32).tiny * 2.0**60)
+    assert ok64.sum() > 1500 and ok32.sum() > 1500
+    for out, fout in results:
+        np.testing.assert_array_equal(out[ok64], OPS["two_prod_err"].impl(a, b)[ok64])
+        np.testing.assert_array_equal(fout[ok32], OPS["two_prod_err"].impl(fa, fb)[ok32])
+
+
 def test_two_sum_err_on_empty_strided_and_deep_graphs():
     """Empty and strided operands against the NumPy reference; a chain 6000 nodes deep compiles and runs, each link the
     exact rounding error of the previous one plus an input.  exclude=("stability",): the depth is the
     point, and optimizing this chain of sums with the stability rules takes minutes.  gcc took 4
     minutes on it as one fused loop; fusion cuts it into kernels of at most MAX_BODY nodes now (8 s
     with an empty cache)."""
-    from exprc.ops import OPS
-
     x, y = exprc.vector("x"), exprc.vector("y")
     f = exprc.function([x, y], exprc.api._apply("two_sum_err", x, y))
     assert f(np.zeros(0), np.zeros(0)).shape == (0,)

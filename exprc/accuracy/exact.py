@@ -160,6 +160,7 @@ def _build(saturate: bool) -> dict[str, Callable[..., Any]]:
         "erf": m.erf, "erfc": m.erfc, "erfcx": erfcx, "pow": power, "hypot": lambda a, b: m.sqrt(a * a + b * b),
         "logaddexp": logaddexp,
         "two_sum_err": lambda a, b: m.mpf(0),  # (exact arithmetic does not round a + b)
+        "two_prod_err": lambda a, b: m.mpf(0),
         "maximum": lambda a, b: nan if m.isnan(a) or m.isnan(b) else max(a, b),
         "minimum": lambda a, b: nan if m.isnan(a) or m.isnan(b) else min(a, b),
         "floordiv": lambda a, b: m.floor(div(a, b)), "mod": lambda a, b: a - m.floor(div(a, b)) * b,

@@ -435,7 +435,7 @@ def _localize(ctx: Context, current: Scored, report: AccuracyReport) -> list[tup
     local: list[tuple[float, float, str, Node]] = []
     with np.errstate(all="ignore"):
         for n in order:
-            if not n.inputs or n.dtype not in ("float32", "float64") or n.op == "two_sum_err":
+            if not n.inputs or n.dtype not in ("float32", "float64") or n.op in ("two_sum_err", "two_prod_err"):
                 continue  # (a rounding error: 0 in exact arithmetic by design, nothing to rewrite)
             args = [exact[i].astype(i.dtype) for i in n.inputs]
             got = np.broadcast_to(OPS[n.op].impl(*args, **dict(n.attrs)), exact[n].shape)

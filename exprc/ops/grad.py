@@ -309,6 +309,7 @@ grad_rule("print")(lambda node, g: (g,))  # (the identity: what it prints is no 
 grad_rule("rare")(lambda node, g: (None,))  # a bool condition: no gradient
 # (a + b) - fl(a + b) is flat between roundings: a rounding error carried to first order has no gradient
 grad_rule("two_sum_err")(lambda node, g: (None, None))
+grad_rule("two_prod_err")(lambda node, g: (None, None))
 
 
 # -- creation ops: alloc, arange (issue 14 item 4) --------------------------------------------

@@ -336,29 +336,11 @@ def _fz(op: str, *xs: Node) -> Node:
     return F.freeze(make(op, *xs))
 
 
-def _split(u: Node) -> tuple[Node, Node]:
-    """Veltkamp's split of ``u`` into halves whose products are exact (2**27 + 1; float32: 2**12 + 1)."""
-    t = _fz("mul", u, k(134217729.0 if u.dtype == "float64" else 4097.0, u))
-    hi = _fz("sub", t, _fz("sub", t, u))
-    return hi, _fz("sub", u, hi)
-
-
-def _square_error(u: Node, hi: Node) -> Node:
-    """``u*u - hi`` exactly, for ``hi`` = fl(u*u) (Dekker's product, Veltkamp's split)."""
-    uh, ul = _split(u)
-    cross = _fz("mul", _fz("mul", uh, ul), k(2.0, u))
-    return _fz("add", _fz("add", _fz("sub", _fz("mul", uh, uh), hi), cross), _fz("mul", ul, ul))
-
-
-def _product_error(u: Node, c: float, hi: Node) -> Node:
-    """``u*c - hi`` exactly, for ``hi`` = fl(u*c) and a float64 constant ``c`` (Dekker's product; the
-    constant is split here)."""
-    t = c * 134217729.0
-    ch = t - (t - c)
-    cl = c - ch
-    uh, ul = _split(u)
-    err = _fz("add", _fz("sub", _fz("mul", uh, k(ch, u)), hi), _fz("mul", uh, k(cl, u)))
-    return _fz("add", _fz("add", err, _fz("mul", ul, k(ch, u))), _fz("mul", ul, k(cl, u)))
+def _product_error(u: Node, c: Node | float) -> Node:
+    """``u*c - fl(u*c)`` exactly (``c`` a node or a float64 constant): one op, Dekker's product (one fma
+    where the target has one), which no rule sees through: the sum views would simplify its parts'
+    ``t - (t - u)`` back to ``u``."""
+    return make("two_prod_err", u, c if isinstance(c, Node) else k(c, u))
 
 
 def _argument_residual(b: Node) -> tuple[Node, Node] | None:
@@ -371,9 +353,9 @@ def _argument_residual(b: Node) -> tuple[Node, Node] | None:
     if x.dtype != "float64" or c is None or not math.isfinite(c) or c == 0 or _power_of_two(Fraction(c)):
         return None
     if b.op == "mul":
-        return x, _product_error(x, c, b)
+        return x, _product_error(x, c)
     p = F.freeze(make("mul", b, k(c, b)))
-    r = F.freeze(make("sub", F.freeze(make("sub", x, p)), _product_error(b, c, p)))
+    r = F.freeze(make("sub", F.freeze(make("sub", x, p)), _product_error(b, c)))
     return x, F.freeze(make("truediv", r, k(c, b)))
 
 
@@ -522,7 +504,7 @@ def exp_exact_square(node: Node, a: Node) -> Node | None:
     if sq.op != "square" or sq.dtype not in FLOATS or sq.dtype != node.dtype or not _power_of_two(Fraction(c)):
         return None
     u = sq.inputs[0]
-    lo = _square_error(u, sq)
+    lo = _product_error(u, u)
     near = f("abs", u) < k(1e150 if u.dtype == "float64" else 1e18, u)
     b = u.inputs[0] if u.op == "neg" else u
     found = _argument_residual(b)
@@ -563,7 +545,7 @@ def _rounding(a: Node, depth: int = 0) -> tuple[Node | None, int]:
     if a.op == "square":
         u = a.inputs[0]
         lo, n = _rounding(u, depth + 1)
-        return plus(_square_error(u, a), _fz("mul", _fz("mul", u, lo), k(2.0, u)) if lo is not None else None), n + 1
+        return plus(_product_error(u, u), _fz("mul", _fz("mul", u, lo), k(2.0, u)) if lo is not None else None), n + 1
     b, c = a.inputs
     lb, nb = _rounding(b, depth + 1)
     lc, nc = _rounding(c, depth + 1)
@@ -575,11 +557,9 @@ def _rounding(a: Node, depth: int = 0) -> tuple[Node | None, int]:
         x, kv, lx = (b, kc, lb) if kc is not None else (c, kb, lc)
         if not math.isfinite(kv):
             return None, 0
-        err = None if _power_of_two(Fraction(kv)) or kv == 0 else _product_error(x, kv, a)
+        err = None if _power_of_two(Fraction(kv)) or kv == 0 else _product_error(x, kv)
         return plus(err, _fz("mul", lx, k(kv, a)) if lx is not None else None), nb + nc
-    (bh, bl), (ch, cl) = _split(b), _split(c)  # Dekker's product of two variables
-    err = _fz("add", _fz("add", _fz("add", _fz("sub", _fz("mul", bh, ch), a), _fz("mul", bh, cl)),
-                         _fz("mul", bl, ch)), _fz("mul", bl, cl))
+    err = _product_error(b, c)  # (a product of two variables)
     return plus(err, _fz("mul", b, lc) if lc is not None else None,
                 _fz("mul", lb, c) if lb is not None else None), nb + nc + 1
 
