@@ -558,6 +558,12 @@ def _scan_grad(node: Node, cts: dict[int, Node]) -> list:
     inv_parts = [w for w in inv_sub if _is_float(w)]
     products = _product_grads(fwd_outs, inv_parts, state_of)
     summed = [i for i in range(len(inv_wrt)) if i not in products]
+    # The reverse step differentiates with each invariant part a leaf of its own, so that its gradient
+    # is along its own paths only: substituted by the loop's operands, one part may read another (the
+    # operands w and 2 w of x w + 2 w; W and W[0]), and its total derivative took in the other's paths,
+    # which the other's accumulator carries to it again after the loop (d/dw of x w + 2 w over 3 steps
+    # came out 18.6 for 6.6).
+    leaves = [input_node(f"{loop.name}.invariant[{i}]", w.dtype, w.type.shape) for i, w in enumerate(inv_parts)]
     acc0 = [_zeros_like(inv_wrt[i]) for i in summed]
     seq_wrt = [i for i, (j, _) in enumerate(rows) if _is_float(seqs[j])]
 
@@ -573,15 +579,17 @@ def _scan_grad(node: Node, cts: dict[int, Node]) -> list:
         mapping = dict(zip(loop.inputs[:len(rows)], x_rows))
         mapping.update(zip(loop.inputs[len(rows):len(rows) + nr], [s_prev[k] for k in loop.recurrent]))
         mapping.update(to_outer)
-        outs = substitute(fwd_outs, mapping)
-        prods = substitute([products[i][0] for i in sorted(products)], mapping)
+        cut = {**mapping, **dict(zip(inv_parts, leaves))}
+        outs = substitute(fwd_outs, cut)
+        prods = substitute([products[i][0] for i in sorted(products)], cut)
         cot: list[Node | None] = []
         for k in range(loop.n_results):
             parts = [p for p in (g_rows.get(k), carry.get(k)) if p is not None]
             cot.append(None if not parts or not _is_float(outs[k]) else (parts[0] + parts[1] if len(parts) == 2
                                                                           else parts[0]))
-        wrt = [x_rows[i] for i in seq_wrt] + [s_prev[k] for k in carried] + [inv_wrt[i] for i in summed] + prods
+        wrt = [x_rows[i] for i in seq_wrt] + [s_prev[k] for k in carried] + [leaves[i] for i in summed] + prods
         grads = _vjp(outs, cot, wrt, "zero", "grad") if wrt else []
+        grads = substitute(grads, dict(zip(leaves, inv_wrt)))  # (the leaves' values: the loop's invariants)
         gx = grads[:len(seq_wrt)]
         gs = grads[len(seq_wrt):len(seq_wrt) + len(carried)]
         gw = grads[len(seq_wrt) + len(carried):len(grads) - len(prods)]
@@ -633,7 +641,12 @@ def _scan_grad(node: Node, cts: dict[int, Node]) -> list:
         out[1 + ns + loop.recurrent.index(k)] = g
     float_invs = [w for w in invs if _is_float(w)]
     if inv_wrt and float_invs:  # from the invariant parts' gradients to the loop's operands
-        for w, g in zip(float_invs, _vjp(inv_wrt, g_acc, float_invs, "zero", "grad")):
+        # (each operand a leaf of its own here too: the loop's operands w and 2 w, both hoisted out of
+        # x w + 2 w, each get the gradient of their own paths, and the caller's backpropagation
+        # carries 2 w's to w; a total derivative here counted it twice)
+        own = [input_node(f"{loop.name}.operand[{i}]", w.dtype, w.type.shape) for i, w in enumerate(float_invs)]
+        grads = _vjp(substitute(inv_wrt, dict(zip(float_invs, own))), g_acc, own, "zero", "grad")
+        for w, g in zip(float_invs, substitute(grads, dict(zip(own, float_invs)))):
             out[1 + ns + nr + invs.index(w)] = g
     return out
 

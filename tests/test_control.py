@@ -1291,6 +1291,42 @@ def test_rnn_gradient_saves_products_and_sums_the_weight_gradient_after_the_loop
 
 
 @pytest.mark.parametrize("be", BACKENDS)
+@pytest.mark.parametrize("case", ["hoisted_multiple", "whole_and_row", "product_and_row", "rnn_slices"])
+def test_gradient_of_a_loop_invariant_read_whole_and_through_another_invariant(be, case):
+    """A weight the body reads itself and through another loop invariant (2 w hoisted out of the body
+    as an operand of its own, a row W[0] beside h @ W): each invariant's gradient is along its own
+    paths; the caller's backpropagation carries 2 w's (W[0]'s) to w.  As total derivatives, the
+    reverse step and the loop's operands counted those paths twice (d/dw of x w + 2 w over 3 steps
+    came out 18.6 for 6.6; an RNN reading W whole and in column slices got W's gradient 2.0 off).
+    Gradients against central differences of the loss (its forward values are the other tests')."""
+    T, B, D = 3, 2, 3
+    r = rng(21)
+    if case == "hoisted_multiple":
+        xs, h0, w = exprc.vector("xs"), exprc.vector("h0"), exprc.vector("w")
+        args, vals = [xs, h0, w], [r.normal(size=T + 1), np.zeros(2), r.normal(size=2)]
+        hs, _ = exprc.scan(lambda x, h, w: x * w + w * 2.0, sequences=[xs], outputs_info=[h0], non_sequences=[w],
+                           n_steps=T)
+    else:
+        xs, h0, w = exprc.tensor3("xs"), exprc.matrix("h0"), exprc.matrix("w")
+        args = [xs, h0, w]
+        vals = [r.normal(size=(T, B, D)) * 0.5, r.normal(size=(B, D)) * 0.5,
+                r.normal(size=(D, 2 * D if case == "rnn_slices" else D)) * 0.5]
+
+        def step(x, h, w):
+            if case == "whole_and_row":
+                return exprc.tanh(h @ w + x) + w[0] * 0.5 + exprc.sin(w[1])
+            if case == "product_and_row":
+                return exprc.tanh(h @ w * w[0] + x)
+            return exprc.tanh(h @ w[:, :D] + x) * exprc.sigmoid((h @ w)[:, D:])
+
+        hs, _ = exprc.scan(step, sequences=[xs], outputs_info=[h0], non_sequences=[w])
+    loss = exprc.sum(hs * hs) + exprc.sum(exprc.sin(hs))
+    forward = fn(args, loss, be)
+    got = fn(args, exprc.grad(loss, args, disconnected="zero"), be)(*vals)
+    _check_central_differences(got, forward, vals)
+
+
+@pytest.mark.parametrize("be", BACKENDS)
 def test_gru_like_gradient_with_products_of_the_state_and_of_a_gated_state(be):
     """h_t = tanh(x_t @ W + (r * h) @ U), r = sigmoid(h @ R): R's gradient is summed after the loop
     (read only as state @ R), U's is accumulated in it (its left operand is not the state); both
