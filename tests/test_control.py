@@ -1326,6 +1326,92 @@ def test_gradient_of_a_loop_invariant_read_whole_and_through_another_invariant(b
     _check_central_differences(got, forward, vals)
 
 
+_UNARY = [exprc.tanh, exprc.sin, lambda x: exprc.exp(-x * x), lambda x: exprc.log1p(exprc.exp(x)), exprc.sigmoid,
+          lambda x: x * 0.7, lambda x: x * x * 0.3]
+_BINARY = [lambda a, b: a + b, lambda a, b: a * b, lambda a, b: a - b * 0.5]
+
+
+def _random_scan(seed: int) -> tuple[list, list, object]:
+    """A random scan and a loss of it: sequences of scalars or vectors with taps among -2..1, states
+    (vectors, scalars) and a non-fed-back output, non-sequences, and a body of random smooth ops over
+    all of them; or a batched RNN body of products h @ W, W's column slices, U, U's rows and a bias's
+    halves.  go_backwards, keep='last' and n_steps at random.  Returns (inputs, values, loss)."""
+    r = rng(seed)
+    T, D = 4, 3
+    pick = lambda xs: xs[int(r.integers(len(xs)))]
+
+    def expr(leaves, depth):
+        if depth == 0 or r.random() < 0.25:
+            return pick(leaves)
+        if r.random() < 0.45:
+            return pick(_UNARY)(expr(leaves, depth - 1))
+        return pick(_BINARY)(expr(leaves, depth - 1), expr(leaves, depth - 1))
+
+    go_backwards, keep = bool(r.random() < 0.3), "last" if r.random() < 0.25 else "all"
+    n_steps = int(r.integers(0, T + 1)) if r.random() < 0.3 else T
+    if seed % 2:  # a batched RNN body
+        B = 2
+        ins = [exprc.tensor3("xs"), exprc.matrix("h"), exprc.matrix("W"), exprc.matrix("U"), exprc.vector("b")]
+        vals = [r.normal(size=(T, B, D)) * 0.5, r.normal(size=(B, D)) * 0.5, r.normal(size=(D, 2 * D)) * 0.4,
+                r.normal(size=(D, D)) * 0.4, r.normal(size=2 * D) * 0.3]
+
+        def step(x, h, w, u, b):
+            terms = [pick([lambda v: v @ w[:, :D], lambda v: v @ w[:, D:], lambda v: v @ u, lambda v: v * b[:D],
+                           lambda v: v + b[D:], lambda v: (v @ w)[:, :D], lambda v: (v @ u) * u[0]])(v)
+                     for v in (x, h, h)]
+            return exprc.tanh(expr(terms, 3))
+
+        outs, _ = exprc.scan(step, sequences=[ins[0]], outputs_info=[ins[1]], non_sequences=ins[2:],
+                             go_backwards=go_backwards, keep=keep, n_steps=n_steps, return_list=True)
+    else:
+        ins, vals, seqs, infos, nonseqs = [], [], [], [], []
+        for j in range(int(r.integers(0, 3))):
+            vec = r.random() < 0.6
+            x = exprc.matrix(f"s{j}") if vec else exprc.vector(f"s{j}")
+            taps = sorted(r.choice([-2, -1, 0, 1], size=int(r.integers(1, 3)), replace=False).tolist())
+            ins.append(x)
+            vals.append(r.normal(size=(T + 3, D) if vec else (T + 3,)) * 0.5)
+            seqs.append({"input": x, "taps": taps})
+        kinds = []
+        for k in range(int(r.integers(1, 3))):
+            kinds.append(r.random() < 0.6)
+            ins.append(exprc.vector(f"h{k}") if kinds[-1] else exprc.scalar(f"h{k}"))
+            vals.append(np.asarray(r.normal(size=(D,) if kinds[-1] else ()) * 0.5))
+            infos.append(ins[-1])
+        extra = r.random() < 0.3 and keep == "all"
+        for j in range(int(r.integers(0, 3))):
+            vec = r.random() < 0.6
+            nonseqs.append(exprc.vector(f"w{j}") if vec else exprc.scalar(f"w{j}"))
+            ins.append(nonseqs[-1])
+            vals.append(np.asarray(r.normal(size=(D,) if vec else ()) * 0.5))
+
+        def step(*args):
+            res = []
+            for vec in kinds:
+                e = expr(list(args), 3)
+                res.append(exprc.tanh(e + exprc.zeros(D) if vec and e.ndim == 0 else exprc.sum(e) if not vec and e.ndim
+                                      else e))
+            return res + ([expr(list(args), 2) * 1.0] if extra else [])
+
+        outs, _ = exprc.scan(step, sequences=seqs or None, outputs_info=infos + [None] * extra,
+                             non_sequences=nonseqs or None, go_backwards=go_backwards, keep=keep, n_steps=n_steps,
+                             return_list=True)
+    loss = sum(exprc.sum(o * o) * 0.5 + exprc.sum(exprc.sin(o)) for o in outs)
+    return ins, vals, loss
+
+
+@pytest.mark.parametrize("be", BACKENDS)
+def test_random_scans_against_central_differences(be):
+    """A small gradient fuzzer of scan (the long version found the double-counted invariants of
+    test_gradient_of_a_loop_invariant_read_whole_and_through_another_invariant): random scans'
+    exprc.grad against central differences of their loss."""
+    for seed in range(12):
+        ins, vals, loss = _random_scan(seed)
+        forward = fn(ins, loss, be)
+        got = fn(ins, exprc.grad(loss, ins, disconnected="zero"), be)(*vals)
+        _check_central_differences(got, forward, vals)
+
+
 @pytest.mark.parametrize("be", BACKENDS)
 def test_gru_like_gradient_with_products_of_the_state_and_of_a_gated_state(be):
     """h_t = tanh(x_t @ W + (r * h) @ U), r = sigmoid(h @ R): R's gradient is summed after the loop
