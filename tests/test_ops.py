@@ -105,6 +105,21 @@ def test_two_prod_err_is_the_exact_rounding_error(backend, dtype):
     _exact_product_errors(a, b, got)
     _exact_product_errors(a, a, sq)
     assert (sq[np.abs(a) < 1] == OPS["two_prod_err"].impl(a, a)[np.abs(a) < 1]).all()
+    # Factors over the whole range (a huge one beside a tiny one: Veltkamp's split of 1e305 overflows;
+    # the NumPy op splits the significands).  C's fallback without FMA splits the factors themselves:
+    # there the pairs whose splits stay finite.
+    info = np.finfo(dtype)
+    r = np.random.default_rng(3)
+    low, high = np.log(float(info.smallest_subnormal)), np.log(float(info.max)) - 1e-3
+    a, b = (np.exp(r.uniform(low, high, 3000)) * r.choice([-1, 1], 3000) for _ in range(2))
+    huge, tiny = (1e305, 1e-300) if dtype == "float64" else (1e38, 1e-37)
+    a, b = np.append([huge, tiny], a).astype(dtype), np.append([tiny, huge], b).astype(dtype)
+    split_ok = (np.abs(a) < 2.0 ** (info.maxexp - 28)) & (np.abs(b) < 2.0 ** (info.maxexp - 28))
+    keep = split_ok | (backend == "numpy")
+    with np.errstate(all="ignore"):
+        got = f(a, b)[0]
+        _exact_product_errors(a[keep], b[keep], got[keep])
+        assert (np.isfinite(a * b) & ~split_ok).sum() > 20  # (the pairs the split alone would lose)
 
 
 def test_two_prod_err_without_fma_is_dekkers_product():

@@ -132,13 +132,20 @@ def _two_sum_err(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def _two_prod_err(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a, b = np.asarray(a), np.asarray(b)
     p = a * b
     if p.dtype == np.float32:  # (exact in float64: 48 bits of product)
         return (a.astype(np.float64) * b.astype(np.float64) - p.astype(np.float64)).astype(np.float32)
-    ta, tb = a * 134217729.0, b * 134217729.0  # Dekker's product of Veltkamp's halves
-    ah, bh = ta - (ta - a), tb - (tb - b)
-    al, bl = a - ah, b - bh
-    return ((ah * bh - p) + ah * bl + al * bh) + al * bl
+    # Dekker's product of Veltkamp's halves, of the significands: split as they are, a factor beyond
+    # 2**996 (or a subnormal one beside a large one) overflows, where C's fma is exact
+    (ma, ea), (mb, eb) = np.frexp(a), np.frexp(b)
+    q = ma * mb
+    ta, tb = ma * 134217729.0, mb * 134217729.0
+    ah, bh = ta - (ta - ma), tb - (tb - mb)
+    al, bl = ma - ah, mb - bh
+    err = np.ldexp(((ah * bh - q) + ah * bl + al * bh) + al * bl, ea + eb)
+    # (an overflowing product: fma(a, b, -inf) is -inf, the error's sign opposite the product's)
+    return np.where(np.isinf(p) & np.isfinite(a) & np.isfinite(b), -p, err)
 
 
 def _where(c: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -50,7 +50,8 @@ EXPRC_FLOAT_HELPERS(float, f)
  * target has one (x86-64 with FMA3 under -march=native, CUDA: --fmad=false contracts nothing, fma() is
  * still one instruction), else Dekker's product of Veltkamp's halves (2**27 + 1; float: 2**12 + 1),
  * the 17 operations the stability rules once spelled out in the graph (the Gaussian's
- * exp(-x**2/2) (1 + lo) spent 25% of its time there). */
+ * exp(-x**2/2) (1 + lo) spent 25% of its time there), exact only for factors below 2**996 (float:
+ * 2**100), where the split does not overflow; the NumPy op splits the significands instead. */
 #if defined(__CUDACC__) || defined(__FMA__)
 EXPRC_INLINE double exprc_two_prod_err(double a, double b) { return fma(a, b, -(a * b)); }
 EXPRC_INLINE float exprc_two_prod_errf(float a, float b) { return fmaf(a, b, -(a * b)); }
