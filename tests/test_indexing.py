@@ -207,14 +207,57 @@ def test_gradients_of_gather_and_scatter(backend):
     want[1:4, 2] += np.cos(W[1:4, 2])
     np.testing.assert_allclose(got[0], want, rtol=1e-14)
     np.testing.assert_allclose(got[1], np.square(W[I]), rtol=1e-15)
-    # through set/inc: d/dx sum(set_subtensor(x[idx], v) * c) zeroes the set rows; d/dv gathers c
+    # through set/inc: d/dx sum(set_subtensor(x[idx], v) * c) zeroes the set rows; d/dv gathers c,
+    # for set only at the writes kept (rows 1 and 4 are each written twice, -2 being 4: the last
+    # write wins, and the earlier one changes nothing); inc's at every write
     c = RNG.standard_normal(W.shape)
     cost2 = exprc.sum(exprc.set_subtensor(x[idx], v) * c) + exprc.sum(exprc.inc_subtensor(x[idx], v) * c)
     gx2, gv2 = run([x, v, idx], exprc.grad(cost2, [x, v]), [W, V, I], backend)
     wx = c.copy()
     wx[I] = 0
     np.testing.assert_allclose(gx2, wx + c, rtol=1e-15)
-    np.testing.assert_allclose(gv2, 2 * c[I], rtol=1e-15)
+    rows = I % W.shape[0]
+    kept = np.array([j == max(k for k in range(len(rows)) if rows[k] == r) for j, r in enumerate(rows)])
+    assert kept.tolist() == [False, False, True, True]
+    np.testing.assert_allclose(gv2, c[I] * kept[:, None] + c[I], rtol=1e-15)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_the_gradient_of_a_repeated_set_counts_only_the_writes_kept(backend, dtype):
+    """set_subtensor at a position named twice keeps the last write (NumPy's): the value's gradient is
+    zero at the writes overwritten.  Repeated rows (constant and symbolic), columns, (row, column)
+    pairs, a broadcast value, -1 beside its positive alias: against central differences of the
+    loss.  A constant index of distinct entries of one sign builds no mask (no int64 scatter)."""
+    x, iv = exprc.matrix("x", dtype), exprc.vector("iv", "int64")
+    cases = {"rows": (lambda: exprc.set_subtensor(x[np.array([0, 0, 2])], exprc.cos(x[:3])), False),
+             "symbolic": (lambda: exprc.set_subtensor(x[iv], exprc.cos(x[:3])), True),
+             "columns": (lambda: exprc.set_subtensor(x[:, np.array([4, 1, 4])], exprc.sin(x[:, :3]) * 2.0), False),
+             "pairs": (lambda: exprc.set_subtensor(x[np.array([0, 1, 0]), np.array([2, 3, 2])], exprc.exp(x[0, :3])),
+                       False),
+             "broadcast": (lambda: exprc.set_subtensor(x[np.array([1, 1])], exprc.sin(x[3])), False),
+             "aliases": (lambda: exprc.set_subtensor(x[np.array([-1, 3])], exprc.cos(x[:2])), False),
+             "distinct": (lambda: exprc.set_subtensor(x[np.array([2, 0])], exprc.cos(x[:2])), False)}
+    xv = np.random.default_rng(5).normal(size=(4, 5))
+    eps = 1e-6 if dtype == "float64" else 1e-2
+    for name, (make, symbolic) in cases.items():
+        out = make()
+        loss = exprc.sum(exprc.sin(out) * out)
+        ins = [x, iv] if symbolic else [x]
+        rest = [np.array([1, 1, 0])] if symbolic else []
+        forward = exprc.function(ins, exprc.astype(loss, "float64"), backend=backend)
+        grad = exprc.function(ins, exprc.grad(loss, x), backend=backend)
+        got = grad(xv.astype(dtype), *rest)
+        want = np.zeros_like(xv)
+        for idx in np.ndindex(xv.shape):
+            up, dn = xv.copy(), xv.copy()
+            up[idx] += eps
+            dn[idx] -= eps
+            want[idx] = (forward(up.astype(dtype), *rest) - forward(dn.astype(dtype), *rest)) / (2 * eps)
+        tol = {"rtol": 1e-6, "atol": 1e-8} if dtype == "float64" else {"rtol": 2e-2, "atol": 2e-2}
+        np.testing.assert_allclose(got, want, err_msg=name, **tol)
+        masks = [n for n in grad.graph.nodes if n.op == "scatter" and n.dtype == "int64"]
+        assert bool(masks) == (name != "distinct"), name
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

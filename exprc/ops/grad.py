@@ -252,11 +252,45 @@ def _grad_subtensor(node: Node, g: Node) -> tuple:
     return (lambda: OPS["scatter"].make((zeros_like(x), g, *ops), attrs), *([None] * len(ops)))
 
 
+def _may_repeat(node: Node) -> bool:
+    """Whether a scatter's index may name a position twice: an integer array that is not a constant
+    of distinct entries all of one sign (-1 and n - 1 are one position), or more than one array."""
+    arrays = [it[1] for it in node.arg("index") if it[0] == "A"]
+    if len(arrays) != 1:
+        return len(arrays) > 1
+    a = node.inputs[arrays[0]]
+    if a.op != "constant":
+        return True
+    v = np.asarray(a.value).reshape(-1)
+    return len(np.unique(v)) != len(v) or bool((v < 0).any() and (v >= 0).any())
+
+
+def _last_writes(node: Node, part_attrs: dict, part: Node) -> Node:
+    """Where ``set`` at a repeated index kept the write (NumPy's: the last): each element of the
+    indexed part gets its ordinal, the ordinals are written as the values were, and an element kept
+    its write where the ordinal read back at its position is its own."""
+    from exprc.creation import arange, full_like
+
+    shp, k = A.shape(part), part.ndim
+    ordinal, stride = None, None
+    for ax in reversed(range(k)):
+        size = A.getitem(shp, ax)
+        r = A.dimshuffle(arange(size), ["x"] * ax + [0] + ["x"] * (k - ax - 1))
+        r = r if stride is None else r * stride
+        ordinal = r if ordinal is None else ordinal + r
+        stride = size if stride is None else stride * size
+    ordinal = A.as_node(np.int64(0)) if ordinal is None else ordinal
+    x, ops = node.inputs[0], node.inputs[2:]
+    winner = OPS["scatter"].make((full_like(x, -1, "int64"), ordinal, *ops), dict(node.attrs))
+    return A.equal(OPS["subtensor"].make((winner, *ops), part_attrs), ordinal)
+
+
 @grad_rule("scatter")
 def _grad_scatter(node: Node, g: Node) -> tuple:
     """inc: g flows to x unchanged; set: to x except at the index (overwritten).  The value gets
-    g at the index, summed over what it was broadcast along.  (With repeated indices, "set" keeps
-    the last write: the value's gradient then counts every write, as Theano's does.)"""
+    g at the index, summed over what it was broadcast along; with a position written twice ("set"
+    keeps the last write, as NumPy), only at the writes kept (_last_writes: Theano's and JAX's count
+    every write, whose gradient is not the function's)."""
     v, ops = node.inputs[1], node.inputs[2:]
     labels = node.arg("labels")
     part_attrs = {"index": shift_index(node.arg("index"), -1),
@@ -270,6 +304,8 @@ def _grad_scatter(node: Node, g: Node) -> tuple:
     def for_v() -> Node:
         index = part_attrs["index"]
         part = OPS["subtensor"].make((g, *ops), part_attrs) if ops else OPS["getitem"].make((g,), {"index": index})
+        if node.arg("mode") == "set" and _may_repeat(node):
+            part = A.where(_last_writes(node, part_attrs, part), part, zeros_like(part))
         return sum_to(part, v)
 
     return (for_x, for_v, *([None] * len(ops)))
