@@ -228,7 +228,8 @@ def test_the_gradient_of_a_repeated_set_counts_only_the_writes_kept(backend, dty
     """set_subtensor at a position named twice keeps the last write (NumPy's): the value's gradient is
     zero at the writes overwritten.  Repeated rows (constant and symbolic), columns, (row, column)
     pairs, a broadcast value, -1 beside its positive alias: against central differences of the
-    loss.  A constant index of distinct entries of one sign builds no mask (no int64 scatter)."""
+    loss.  A constant index of distinct entries of one sign (or constant arrays whose broadcast tuples
+    are distinct) builds no mask (no int64 scatter)."""
     x, iv = exprc.matrix("x", dtype), exprc.vector("iv", "int64")
     cases = {"rows": (lambda: exprc.set_subtensor(x[np.array([0, 0, 2])], exprc.cos(x[:3])), False),
              "symbolic": (lambda: exprc.set_subtensor(x[iv], exprc.cos(x[:3])), True),
@@ -237,7 +238,9 @@ def test_the_gradient_of_a_repeated_set_counts_only_the_writes_kept(backend, dty
                        False),
              "broadcast": (lambda: exprc.set_subtensor(x[np.array([1, 1])], exprc.sin(x[3])), False),
              "aliases": (lambda: exprc.set_subtensor(x[np.array([-1, 3])], exprc.cos(x[:2])), False),
-             "distinct": (lambda: exprc.set_subtensor(x[np.array([2, 0])], exprc.cos(x[:2])), False)}
+             "distinct": (lambda: exprc.set_subtensor(x[np.array([2, 0])], exprc.cos(x[:2])), False),
+             "distinct pairs": (lambda: exprc.set_subtensor(x[np.array([0, 1]), np.array([2, 2])], exprc.exp(x[0, :2])),
+                                False)}
     xv = np.random.default_rng(5).normal(size=(4, 5))
     eps = 1e-6 if dtype == "float64" else 1e-2
     for name, (make, symbolic) in cases.items():
@@ -257,7 +260,37 @@ def test_the_gradient_of_a_repeated_set_counts_only_the_writes_kept(backend, dty
         tol = {"rtol": 1e-6, "atol": 1e-8} if dtype == "float64" else {"rtol": 2e-2, "atol": 2e-2}
         np.testing.assert_allclose(got, want, err_msg=name, **tol)
         masks = [n for n in grad.graph.nodes if n.op == "scatter" and n.dtype == "int64"]
-        assert bool(masks) == (name != "distinct"), name
+        assert bool(masks) == (not name.startswith("distinct")), name
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_repeated_set_with_one_index_array_finds_its_writes_along_that_axis(backend):
+    """With one index array the writes kept are found along the indexed axis alone (an int64 scatter
+    of the axis's length, not of x's size), and placed on the part's axes as NumPy places the array's:
+    where it is, beside ints (advanced indices too), before everything when an int stands apart from
+    it (x[:, idx, :, 2]), under a new axis, with an Ellipsis.  Against central differences."""
+    x, iv = exprc.tensor("x", "float64", ndim=4), exprc.vector("iv", "int64")
+    cases = {"apart": lambda: exprc.set_subtensor(x[:, iv, :, 2], exprc.sin(x[:, :3, :, 3]).dimshuffle(1, 0, 2)),
+             "beside_an_int": lambda: exprc.set_subtensor(x[:, 1, iv], exprc.sin(x[:, 2, :3])),
+             "after_an_int": lambda: exprc.set_subtensor(x[2, iv], exprc.sin(x[1, :3])),
+             "after_a_slice": lambda: exprc.set_subtensor(x[1:3, iv], exprc.sin(x[:2, 1:4])),
+             "new_axis": lambda: exprc.set_subtensor(x[:, None, iv], exprc.sin(x[:, None, :3])),
+             "ellipsis": lambda: exprc.set_subtensor(x[..., iv], exprc.sin(x[..., :3]))}
+    xv, ivv = np.random.default_rng(6).normal(size=(3, 4, 5, 6)), np.array([1, 1, 0])
+    for name, make in cases.items():
+        out = make()
+        loss = exprc.sum(exprc.sin(out) * out)
+        forward = exprc.function([x, iv], loss, backend=backend)
+        grad = exprc.function([x, iv], exprc.grad(loss, x), backend=backend)
+        want = np.zeros_like(xv)
+        for idx in np.ndindex(xv.shape):
+            up, dn = xv.copy(), xv.copy()
+            up[idx] += 1e-6
+            dn[idx] -= 1e-6
+            want[idx] = (forward(up, ivv) - forward(dn, ivv)) / 2e-6
+        np.testing.assert_allclose(grad(xv, ivv), want, rtol=1e-6, atol=1e-7, err_msg=name)
+        masks = [n for n in grad.graph.nodes if n.op == "scatter" and n.dtype == "int64"]
+        assert masks and all(n.ndim == 1 for n in masks), name
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
