@@ -1036,6 +1036,29 @@ def test_ifelse_on_loop_results_and_constant_branches(be):
 
 
 @pytest.mark.parametrize("be", BACKENDS)
+def test_second_derivatives_through_ifelse(be):
+    """The gradient of an ifelse is an ifelse capturing the cotangent, which reads the inputs: its own
+    gradient (a hessian, a gradient of a gradient) differentiates each captured operand over its own
+    paths (the branches' placeholders); as total derivatives the cotangent's paths counted twice (a
+    hessian 2.8 off).  Both branches, against central differences of the gradient."""
+    w, c = exprc.vector("w"), exprc.scalar("c")
+    losses = [exprc.sum(exprc.ifelse(c > 0, exprc.sin(w) * w, exprc.cos(w)) ** 2),
+              exprc.sum(exprc.exp(exprc.ifelse(c > 0, exprc.sin(w), w * w) * 0.5)) * exprc.sum(w)]
+    wv = np.array([0.3, -0.7, 1.1])
+    for loss in losses:
+        grad = fn([w, c], exprc.grad(loss, w), be)
+        hess = fn([w, c], exprc.hessian(loss, w), be)
+        for cv in (np.asarray(1.0), np.asarray(-1.0)):
+            want = np.zeros((3, 3))
+            for i in range(3):
+                up, dn = wv.copy(), wv.copy()
+                up[i] += 1e-6
+                dn[i] -= 1e-6
+                want[:, i] = (grad(up, cv) - grad(dn, cv)) / 2e-6
+            np.testing.assert_allclose(hess(wv, cv), want, rtol=1e-6, atol=1e-8)
+
+
+@pytest.mark.parametrize("be", BACKENDS)
 def test_switch_is_where(be):
     c, x, y, m = exprc.vector("c", "bool"), exprc.vector("x"), exprc.vector("y"), exprc.matrix("m")
     f = fn([c, x, y, m], [exprc.switch(c, x, y), exprc.switch(x > 0, x, -x), exprc.switch(c, m, 0.5),
