@@ -294,6 +294,19 @@ def test_a_repeated_set_with_one_index_array_finds_its_writes_along_that_axis(ba
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+def test_a_gradient_with_a_value_that_does_not_fit_its_part_raises_shape_error(backend):
+    """The gradient of inc_subtensor(x[idx], v) need not run the scatter that checks v's shape: a v
+    that does not fit raised NumPy's bare ValueError from the C backend's sum to v's shape."""
+    x, v, idx = exprc.matrix("x"), exprc.matrix("v"), exprc.vector("idx", "int64")
+    loss = exprc.sum(exprc.sin(exprc.inc_subtensor(x[idx], v)))
+    f = exprc.function([x, v, idx], exprc.grad(loss, [x, v]), backend=backend)
+    with pytest.raises(exprc.errors.ShapeError, match=r"\(2, 5\)"):
+        f(W, np.ones((2, 5)), np.array([0, 1, 2]))
+    np.testing.assert_allclose(f(W, np.ones((3, 5)), np.array([0, 1, 2]))[1],
+                               np.cos(W[[0, 1, 2]] + 1), rtol=1e-14)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_shared_update_through_inc_subtensor(backend):
     """SGD on an embedding table: only the looked-up rows move, repeated rows accumulate."""
     table = exprc.shared(W.copy(), name="table")

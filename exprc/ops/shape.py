@@ -175,6 +175,13 @@ def _sum_to(x: np.ndarray, model: np.ndarray) -> np.ndarray:
         x = np.sum(x, axis=tuple(range(x.ndim - len(shape))))
     x = x.reshape((1,) * (len(shape) - x.ndim) + x.shape)
     axes = tuple(d for d, s in enumerate(shape) if s == 1 and x.shape[d] != 1)
+    if any(a not in (1, s) for a, s in zip(x.shape, shape) if s != 1):
+        # (a gradient reaching an operand of another shape than the forward pass would have
+        # accepted: the gradient graph of inc_subtensor(x[idx], v) need not run the scatter that
+        # checks v's shape, and NumPy's broadcast_to raised a bare ValueError here)
+        raise ShapeError(f"gradient: an array of shape {shape_str(np.shape(x))} cannot be summed to shape "
+                         f"{shape_str(shape)}, the operand's it is the gradient of: the operands' shapes do not "
+                         "fit where they meet in the expression")
     return np.broadcast_to(np.sum(x, axis=axes, keepdims=True) if axes else x, shape)
 
 
