@@ -1436,6 +1436,30 @@ def test_random_scans_against_central_differences(be):
 
 
 @pytest.mark.parametrize("be", BACKENDS)
+def test_random_scans_second_derivatives(be):
+    """Hessians through random scans (the reverse loop's own reverse loop) with respect to a small
+    input, against central differences of the gradient."""
+    checked = 0
+    for seed in range(16):
+        ins, vals, loss = _random_scan(seed)
+        j = next((i for i in range(len(ins)) if 0 < vals[i].size <= 6), None)
+        if j is None:
+            continue
+        grad = fn(ins, exprc.grad(loss, ins[j], disconnected="zero"), be)
+        got = np.asarray(fn(ins, exprc.hessian(loss, ins[j], disconnected="zero"), be)(*vals))
+        n = vals[j].size
+        want = np.zeros((n, n))
+        for i in range(n):
+            up, dn = [v.copy() for v in vals], [v.copy() for v in vals]
+            up[j].reshape(-1)[i] += 1e-5
+            dn[j].reshape(-1)[i] -= 1e-5
+            want[:, i] = ((grad(*up) - grad(*dn)) / 2e-5).reshape(-1)
+        np.testing.assert_allclose(got.reshape(n, n), want, rtol=1e-4, atol=1e-6, err_msg=f"seed {seed}")
+        checked += 1
+    assert checked >= 8
+
+
+@pytest.mark.parametrize("be", BACKENDS)
 def test_gru_like_gradient_with_products_of_the_state_and_of_a_gated_state(be):
     """h_t = tanh(x_t @ W + (r * h) @ U), r = sigmoid(h @ R): R's gradient is summed after the loop
     (read only as state @ R), U's is accumulated in it (its left operand is not the state); both
