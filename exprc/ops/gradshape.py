@@ -204,12 +204,12 @@ def _lazy_along_broadcast(g: Node, x: Node, node: Node) -> bool:
     return False
 
 
-def sum_to_operand(g: Node, x: Node, node: Node, dynamic_axes: Iterable[int] | None = None) -> Node:
+def sum_to_operand(g: Node, x: Node, node: Node) -> Node:
     """``g``, the gradient of ``node`` (possibly smaller than it), summed to broadcast to its operand
     ``x``: made full first where both are smaller than ``node`` (see :func:`_lazy_along_broadcast`)."""
     if _lazy_along_broadcast(g, x, node):
         g = full(g, node)
-    return sum_to(g, x, dynamic_axes)
+    return sum_to(g, x)
 
 
 def _tokens(e: Any) -> frozenset:
