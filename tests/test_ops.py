@@ -163,6 +163,33 @@ def test_two_prod_err_without_fma_is_dekkers_product():
         np.testing.assert_array_equal(fout[ok32], OPS["two_prod_err"].impl(fa, fb)[ok32])
 
 
+def test_two_prod_err_on_special_empty_strided_and_deep_graphs():
+    """NaN, +-inf, -0.0 and 0 operands as the C helper's fma gives them, in both backends; empty and
+    strided operands; a chain 3000 nodes deep (each link the error of the previous link's product
+    with an input, plus an input) compiles and runs, against the NumPy op link by link."""
+    x, y = exprc.vector("x"), exprc.vector("y")
+    e = exprc.api._apply("two_prod_err", x, y)
+    special = np.array([np.nan, np.inf, -np.inf, -0.0, 0.0, 1.5, 1e308])
+    a, b = np.repeat(special, len(special)), np.tile(special, len(special))
+    with np.errstate(all="ignore"):
+        got = [exprc.function([x, y], e, backend=be)(a, b) for be in ("c", "numpy")]
+    np.testing.assert_array_equal(got[0], got[1])
+    assert np.isnan(got[0][np.isnan(a) | np.isnan(b) | np.isinf(a) | np.isinf(b)]).all()
+    f = exprc.function([x, y], e)
+    assert f(np.zeros(0), np.zeros(0)).shape == (0,)
+    u = np.random.default_rng(5).standard_normal(4000) * 1e8
+    v = np.random.default_rng(6).standard_normal(4000)
+    np.testing.assert_array_equal(f(u[::4], v[1::4]), OPS["two_prod_err"].impl(u[::4], v[1::4]))
+    chain = x
+    for _ in range(3000):
+        chain = exprc.api._apply("two_prod_err", chain, y) + x
+    g = exprc.function([x, y], chain, exclude=("stability",))
+    want = u[:8]
+    for _ in range(3000):
+        want = OPS["two_prod_err"].impl(want, v[:8]) + u[:8]
+    np.testing.assert_array_equal(g(u[:8], v[:8]), want)
+
+
 def test_two_sum_err_on_empty_strided_and_deep_graphs():
     """Empty and strided operands against the NumPy reference; a chain 6000 nodes deep compiles and runs, each link the
     exact rounding error of the previous one plus an input.  exclude=("stability",): the depth is the
