@@ -447,6 +447,39 @@ def test_short_rows_read_a_reduced_operand_back_instead_of_computing_it_again():
             np.testing.assert_allclose(f(xv), ref(xv), rtol=1e-14, atol=1e-300, equal_nan=True)
 
 
+def test_short_rows_fold_in_the_loop_that_computes_the_values():
+    """The stable logsumexp over short rows: the sum of exp(x - m) and the count of maxima fold in the
+    loop that computes them (no buffer of values stored and read back by a loop of their own); the
+    softmax's numerator, which its division reads again, is still stored, and folded from there.  Values
+    as the numpy backend's (rows of 1 to 33, NaN, -inf and +inf rows, both dtypes)."""
+    def batched_loops(src: str) -> list[str]:
+        part = src[src.index("if (n1 > 0 && n1 <= "):]
+        part = part[:part.index("return;")]
+        return part.split("for (int64_t i1 = 0; i1 < n1; i1++) {")[1:]
+
+    for dtype in ("float64", "float32"):
+        x = exprc.matrix("x", dtype)
+        lse = exprc.function([x], exprc.log(exprc.sum(exprc.exp(x), axis=1)))
+        body = next(lp for lp in batched_loops(lse.source) if re.search(r"\bexpf?\(", lp))
+        assert re.search(r"acc\d+\[r\] \+= t\d+;", body) and re.search(r"acc\d+\[r\] \+= \(t\d+ != 0\);", body), body
+        assert not re.search(r"\bvb\d+\[p\] =", lse.source), "a folded value is stored although nothing reads it"
+        sm = exprc.function([x], exprc.exp(x) / exprc.sum(exprc.exp(x), axis=1, keepdims=True))
+        assert re.search(r"\bvb\d+\[p\] = t\d+;", sm.source) and re.search(r"\+= vb\d+\[i1 \* R \+ r\];", sm.source)
+        rng = np.random.default_rng(5)
+        tol = {"rtol": 2e-6, "atol": 1e-6} if dtype == "float32" else {"rtol": 1e-14, "atol": 1e-14}
+        for n1 in (1, 2, 7, 8, 10, 31, 32, 33):
+            xv = (rng.standard_normal((70, n1)) * 30).astype(dtype)
+            xv[1, 0], xv[2, :], xv[3, -1] = np.nan, -np.inf, np.inf
+            with np.errstate(all="ignore"):
+                x64 = xv.astype(np.float64)
+                m = np.max(x64, axis=1, keepdims=True)
+                want_lse = np.log(np.sum(np.exp(x64 - np.where(np.isfinite(m), m, 0)), axis=1)) \
+                    + np.where(np.isfinite(m), m, 0)[:, 0]
+                want_sm = np.exp(x64 - m) / np.sum(np.exp(x64 - m), axis=1, keepdims=True)
+                np.testing.assert_allclose(lse(xv), want_lse, equal_nan=True, err_msg=f"lse n1={n1}", **tol)
+                np.testing.assert_allclose(sm(xv), want_sm, equal_nan=True, err_msg=f"softmax n1={n1}", **tol)
+
+
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 def test_short_rows_share_blocks_in_row_kernels(dtype, monkeypatch):
     """Rows of up to 32 elements run several to a SIMD loop (render._short_rows_batched): row lengths 1

@@ -31,6 +31,10 @@ EXPRC_RANGE(k0_add_max_sub_exp_rows)
             }
             for (int64_t i1 = 0; i1 < n1; i1++)
                 for (int64_t r = rn; r < wr; r++) ob1[i1 * R + r] = ob1[i1 * R];
+            double acc0[EXPRC_RCHUNK] __attribute__((aligned(64))); int nan0[EXPRC_RCHUNK] __attribute__((aligned(64))); (void)nan0;
+            for (int64_t r = 0; r < wr; r++) {
+                acc0[r] = -INFINITY; nan0[r] = 0;
+            }
             for (int64_t i1 = 0; i1 < n1; i1++) {
                 #pragma omp simd
                 for (int64_t r = 0; r < wr; r++) {
@@ -41,13 +45,9 @@ EXPRC_RANGE(k0_add_max_sub_exp_rows)
                     vb0[p] = t4;
                 }
             }
-            double acc0[EXPRC_RCHUNK]; int nan0[EXPRC_RCHUNK]; (void)nan0;
-            for (int64_t r = 0; r < rn; r++) {
-                acc0[r] = -INFINITY; nan0[r] = 0;
-            }
             for (int64_t i1 = 0; i1 < n1; i1++) {
                 #pragma omp simd
-                for (int64_t r = 0; r < rn; r++) {
+                for (int64_t r = 0; r < wr; r++) {
                     acc0[r] = vb0[i1 * R + r] > acc0[r] ? vb0[i1 * R + r] : acc0[r]; nan0[r] |= (vb0[i1 * R + r] != vb0[i1 * R + r]);
                 }
             }
@@ -55,6 +55,10 @@ EXPRC_RANGE(k0_add_max_sub_exp_rows)
                 y0[r] = (double)((nan0[r] ? NAN : acc0[r]));
             }
             for (int64_t r = rn; r < wr; r++) y0[r] = y0[0];
+            double acc1[EXPRC_RCHUNK] __attribute__((aligned(64))); int nan1[EXPRC_RCHUNK] __attribute__((aligned(64))); (void)nan1;
+            for (int64_t r = 0; r < wr; r++) {
+                acc1[r] = 0; nan1[r] = 0;
+            }
             for (int64_t i1 = 0; i1 < n1; i1++) {
                 #pragma omp simd
                 for (int64_t r = 0; r < wr; r++) {
@@ -66,13 +70,9 @@ EXPRC_RANGE(k0_add_max_sub_exp_rows)
                     vb1[p] = t6;
                 }
             }
-            double acc1[EXPRC_RCHUNK]; int nan1[EXPRC_RCHUNK]; (void)nan1;
-            for (int64_t r = 0; r < rn; r++) {
-                acc1[r] = 0; nan1[r] = 0;
-            }
             for (int64_t i1 = 0; i1 < n1; i1++) {
                 #pragma omp simd
-                for (int64_t r = 0; r < rn; r++) {
+                for (int64_t r = 0; r < wr; r++) {
                     acc1[r] += vb1[i1 * R + r];
                 }
             }

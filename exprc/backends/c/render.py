@@ -1153,7 +1153,7 @@ class CRenderer:
         """Rows of up to EXPRC_RCHUNK / 8 elements (a classifier's 10 logits) in blocks of several rows,
         for a row kernel (render_rows): the block's elements are copied into aligned buffers column by
         column (element i1 of row r at i1 * R + r), each pass is one SIMD loop over the block's rows per
-        column, and each row folds its values in order after it, one SIMD lane per row; the row values
+        column, and each row folds its values in order in that loop, one SIMD lane per row; the row values
         between passes (a max, a sum, the log of a sum) are computed in one SIMD loop over the block's
         rows too.  One row at a time, a row of 10 paid each pass's SIMD set-up and a scalar libm call per
         row value, several times its elements' work (a softmax over 8 columns ran at a fifth of the
@@ -1266,6 +1266,14 @@ class CRenderer:
                                f"*({C_TYPES[n.dtype]} *)({at_row(j)}) = ({C_TYPES[n.dtype]}){arr[n]}[r];")
             return out
 
+        def reads_later(src: Node, t: int) -> bool:
+            """Whether a pass after ``t`` reads ``src`` from its buffer (the softmax's division): as an
+            operand of what it computes or folds, or as a value it stores or keeps."""
+            return any(src in from_buffer[u] and (any(src in n.inputs for n in batched_nodes[u])
+                                                  or any(r.inputs[0] is src for r in plans[u][0])
+                                                  or src in plans[u][1] or src in plans[u][2] or src in plans[u][3])
+                       for u in range(t + 1, len(plans)))
+
         for t, (mine, stores, kept, keep, _, reads, _) in enumerate(plans):
             lines += row_pass(t)
             local = dict(scalars)
@@ -1283,39 +1291,44 @@ class CRenderer:
                 local[n] = f"{buf}[p]"
             keep = {n: o for n, o in keep.items() if n in reread}  # (a later pass reads it from kb, not vb)
             body += self.statements(nodes, local, ind + "    ")
+            # Each row's values fold in order (the sum of one element at a time) in the pass's own loop, all
+            # the block's rows at once: one SIMD lane per row, element i1 of every row before element i1 + 1,
+            # so each row adds in the order of its elements as one row alone would.  (Row after row, a sum
+            # of 8 waited on each addition's latency: half of a logsumexp's time; a separate fold loop over
+            # the stored values: a logsumexp over rows of 8 took 2.0 ms on one thread, 1.7 in the loop.)
+            # The lanes past the block's rows fold copies of its first row, never stored.
+            # A value a later pass reads again (the softmax's numerator, for its division) is stored and
+            # folded from its buffer after the loop: in the loop, with the store, it measured 3% slower.
+            inits, fins, folds = [], [], []
             for r in mine:
-                src = r.inputs[0]
-                if r not in direct:
-                    v = local[src] if src in local else c_literal(src.value.reshape(-1)[0], src.dtype)
-                    body.append(f"{ind}    vb{reds.index(r)}[p] = {v};")
+                i, src = reds.index(r), r.inputs[0]
+                acc_t, init, combine, _, fin = self._accumulator(r)
+                v = local[src] if src in local else c_literal(src.value.reshape(-1)[0], src.dtype)
+                stored_v = r not in direct and reads_later(src, t)
+                if stored_v:
+                    body.append(f"{ind}    vb{i}[p] = {v};")
+                    v = f"vb{i}[i1 * R + r]"
+                lines.append(f"{ind}{acc_t} acc{i}[EXPRC_RCHUNK] __attribute__((aligned(64))); "
+                             f"int nan{i}[EXPRC_RCHUNK] __attribute__((aligned(64))); (void)nan{i};")
+                inits.append(f"{ind}    acc{i}[r] = {init}; nan{i}[r] = 0;")
+                step = re.sub(r"\bv\b", v, re.sub(r"\bnanf\b", f"nan{i}[r]", re.sub(r"\bacc\b", f"acc{i}[r]", combine)))
+                (folds if stored_v else body).append(f"{ind}    {step}")
+                fin = re.sub(r"\bnanf\b", f"nan{i}[r]", re.sub(r"\bacc\b", f"acc{i}[r]", fin))
+                fins.append(f"{ind}    {arr[r]}[r] = ({C_TYPES[r.dtype]})({fin});")
             body += [f"{ind}    sb{out_index[n]}[p] = {local[n]};" for n in stores]
             body += [f"{ind}    {kb[n]}[p] = {local[n]};" for n in keep]
-            if any(not x.lstrip().startswith("const ") for x in body):  # (something is stored)
+            if inits:
+                lines += [f"{ind}for (int64_t r = 0; r < wr; r++) {{", *inits, f"{ind}}}"]
+            if any(not x.lstrip().startswith("const ") for x in body):  # (something is stored or folded)
                 lines += [f"{ind}for (int64_t i1 = 0; i1 < n1; i1++) {{", f"{ind}    #pragma omp simd",
                           f"{ind}    for (int64_t r = 0; r < wr; r++) {{", f"{ind}        const int64_t p = i1 * R + r;",
                           *["    " + x for x in body], f"{ind}    }}", f"{ind}}}"]
+            if folds:
+                lines += [f"{ind}for (int64_t i1 = 0; i1 < n1; i1++) {{", f"{ind}    #pragma omp simd",
+                          f"{ind}    for (int64_t r = 0; r < wr; r++) {{", *["    " + x for x in folds], f"{ind}    }}",
+                          f"{ind}}}"]
             if mine:
-                # Each row's values fold in order (the sum of one element at a time), all the block's rows
-                # at once: one SIMD lane per row.  (Row after row, a sum of 8 waited on each addition's
-                # latency: half of a logsumexp's time.)  Folding in the pass's own loop measured no faster.
-                folds, inits, fins = [], [], []
-                for r in mine:
-                    i = reds.index(r)
-                    acc_t, init, combine, _, fin = self._accumulator(r)
-
-                    def named(text: str, i: int = i, r: Node = r) -> str:
-                        buf = f"ob{direct[r]}" if r in direct else f"vb{i}"
-                        return re.sub(r"\bv\b", f"{buf}[i1 * R + r]",
-                                      re.sub(r"\bnanf\b", f"nan{i}[r]", re.sub(r"\bacc\b", f"acc{i}[r]", text)))
-
-                    lines += [f"{ind}{acc_t} acc{i}[EXPRC_RCHUNK]; int nan{i}[EXPRC_RCHUNK]; (void)nan{i};"]
-                    inits.append(f"{ind}    acc{i}[r] = {init}; nan{i}[r] = 0;")
-                    folds.append(f"{ind}        {named(combine)}")
-                    fins.append(f"{ind}    {arr[r]}[r] = ({C_TYPES[r.dtype]})({named(fin)});")
-                lines += [f"{ind}for (int64_t r = 0; r < rn; r++) {{", *inits, f"{ind}}}",
-                          f"{ind}for (int64_t i1 = 0; i1 < n1; i1++) {{", f"{ind}    #pragma omp simd",
-                          f"{ind}    for (int64_t r = 0; r < rn; r++) {{", *folds, f"{ind}    }}", f"{ind}}}",
-                          f"{ind}for (int64_t r = 0; r < rn; r++) {{", *fins, f"{ind}}}"]
+                lines += [f"{ind}for (int64_t r = 0; r < rn; r++) {{", *fins, f"{ind}}}"]
                 lines += [f"{ind}for (int64_t r = rn; r < wr; r++) {arr[r]}[r] = {arr[r]}[0];" for r in mine]
             for n in stores:
                 j, ct = out_index[n], C_TYPES[n.dtype]
