@@ -17,17 +17,19 @@ EXPRC_RANGE(k0_add_max_sub_exp_rows)
         for (int64_t r0 = lo; r0 < hi; r0 += R) {
             const int64_t rn = hi - r0 < R ? hi - r0 : R;
             const int64_t wr = (rn + EXPRC_VBLOCK - 1) / EXPRC_VBLOCK * EXPRC_VBLOCK;
-            for (int64_t r = 0; r < rn; r++) {
-                const char *g0 = ptrs[0] + (r0 + r) * P[3];
-                for (int64_t i1 = 0; i1 < n1; i1++)
-                    ob0[i1 * R + r] = *(const double *)(g0 + i1 * P[4]);
+            for (int64_t i1 = 0; i1 < n1; i1++) {
+                const char *g0 = ptrs[0] + r0 * P[3] + i1 * P[4];
+                #pragma omp simd
+                for (int64_t r = 0; r < rn; r++)
+                    ob0[i1 * R + r] = *(const double *)(g0 + r * P[3]);
             }
             for (int64_t i1 = 0; i1 < n1; i1++)
                 for (int64_t r = rn; r < wr; r++) ob0[i1 * R + r] = ob0[i1 * R];
-            for (int64_t r = 0; r < rn; r++) {
-                const char *g1 = ptrs[1] + (r0 + r) * P[5];
-                for (int64_t i1 = 0; i1 < n1; i1++)
-                    ob1[i1 * R + r] = *(const double *)(g1 + i1 * P[6]);
+            for (int64_t i1 = 0; i1 < n1; i1++) {
+                const char *g1 = ptrs[1] + r0 * P[5] + i1 * P[6];
+                #pragma omp simd
+                for (int64_t r = 0; r < rn; r++)
+                    ob1[i1 * R + r] = *(const double *)(g1 + r * P[5]);
             }
             for (int64_t i1 = 0; i1 < n1; i1++)
                 for (int64_t r = rn; r < wr; r++) ob1[i1 * R + r] = ob1[i1 * R];

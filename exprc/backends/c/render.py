@@ -1240,11 +1240,15 @@ class CRenderer:
                  "            const int64_t rn = hi - r0 < R ? hi - r0 : R;",
                  "            const int64_t wr = (rn + EXPRC_VBLOCK - 1) / EXPRC_VBLOCK * EXPRC_VBLOCK;"]
         # gather the block, each row's row operands; then pad
+        # (column by column: the stores to the buffer one after the other, the loads at the row stride
+        # from lines the block keeps in cache; row by row, the stores at stride R took 6% of a logsumexp
+        # over rows of 8)
         for j in full_reads:
             ct = C_TYPES[kl.accesses[j][0].dtype]
-            lines += [f"{ind}for (int64_t r = 0; r < rn; r++) {{", f"{ind}    const char *g{j} = {at_row(j)};",
-                      f"{ind}    for (int64_t i1 = 0; i1 < n1; i1++)",
-                      f"{ind}        ob{j}[i1 * R + r] = *(const {ct} *)(g{j} + i1 * {stride(j, 1)});", f"{ind}}}",
+            lines += [f"{ind}for (int64_t i1 = 0; i1 < n1; i1++) {{",
+                      f"{ind}    const char *g{j} = {self.ptr(kl, j)} + r0 * {stride(j, 0)} + i1 * {stride(j, 1)};",
+                      f"{ind}    #pragma omp simd", f"{ind}    for (int64_t r = 0; r < rn; r++)",
+                      f"{ind}        ob{j}[i1 * R + r] = *(const {ct} *)(g{j} + r * {stride(j, 0)});", f"{ind}}}",
                       f"{ind}for (int64_t i1 = 0; i1 < n1; i1++)",
                       f"{ind}    for (int64_t r = rn; r < wr; r++) ob{j}[i1 * R + r] = ob{j}[i1 * R];"]
         for x, j in row_ops:
