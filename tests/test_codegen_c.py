@@ -162,9 +162,9 @@ def test_sin_and_cos_of_one_argument_stay_vector_calls(tmp_path, monkeypatch):
 
 
 def test_guards_skip_their_rare_branch_with_the_same_bits():
-    """where(rare(c), slow, fast) from a stability rule: a chunk where no element meets c runs a loop
-    without the slow branch (_flat_fast), a chunk with one runs the full loop; both give the same bits
-    (the chunks are 8192 elements: the second repeats the first but for its rare element)."""
+    """where(rare(c), slow, fast) from a stability rule: a block where no element meets c runs a loop
+    without the slow branch (_flat_fast), a block with one runs the full loop; both give the same bits
+    (the second half repeats the first but for its rare elements)."""
     a, b, c = exprc.vector("a"), exprc.vector("b"), exprc.vector("c")
     outs = [exprc.exp(-a * a) * exprc.sin(b) + exprc.log1p(c * c), exprc.exp(a * 400.0) * exprc.exp(b * 400.0)]
     f = exprc.function([a, b, c], outs, config=exprc.Config(cache=False))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import re
 import types
 
 import mpmath
@@ -355,8 +356,9 @@ RULES = [
       {"where"}, [(S, 1e-8, 3.0)]),
     R("product_cancel", [lambda m, x, y: (x * y) / y, lambda m, x, y: (x / y) * y, lambda m, x, y: y * x / y],
       set(), [(G, 1e100, 1e200), (G, 1e150, 1e300)], absent={"truediv"}),
+    # swish: x sigmoid(x) below x = -708 (exp_subnormal_product's rare branch), the quotient above
     R("sigmoid_from_exp", [lambda m, x: x / (1 + m.exp(-x)), lambda m, x: x * (1 / (1 + m.exp(-x)))],
-      {"sigmoid"}, [(L, -700, 800)], absent={"truediv"}, naive_fails=False),  # swish: x sigmoid(x) (exp_subnormal_product)
+      {"sigmoid", "rare"}, [(L, -700, 800)], naive_fails=False),
     R("sum_cancel", [lambda m, x: (x + 1e16) - 1e16, lambda m, x: -1e16 + (1e16 + x)], set(), [(L, -1, 1)],
       absent={"add", "sub"}),
     R("sum_cancel", [lambda m, x, y: (x + y) - x, lambda m, x, y: -x + (y + x)], set(),
@@ -1229,3 +1231,34 @@ def test_bernoulli_kl_where_p_and_q_are_tiny(dtype):
     ps = (qs * rng.uniform(0.5, 2.0, 3000)).astype(dtype)
     ref = reference(kl, [ps.astype(np.float64), qs.astype(np.float64)]).astype(dtype)
     assert bits_lost(f(ps, qs), ref).max() <= 2.5
+
+
+@pytest.mark.parametrize("dtype,bound", [("float64", -708.0), ("float32", -87.0)])
+def test_swish_runs_the_quotient_as_written_where_its_guard_does_not_hold(dtype, bound):
+    """x / (1 + exp(-x)) (swish) is x sigmoid(x) where x < -708 (float32: -87), exp(-x) overflows and
+    exp_subnormal_product's rare branch rounds the tail in the normal range; elsewhere the kernel's fast
+    loop is the quotient as written: no select between the stable sigmoid's two forms (15% of its time
+    at 1e6), the bits of the formula compiled without stability rules, within 2 bits of mpmath's."""
+    x = exprc.vector("x", dtype)
+    e = x / (1 + exprc.exp(-x))
+    f, g = exprc.function([x], e), exprc.function([x], e, exclude=("stability",))
+    fast = f.source[f.source.index("_flat_fast(char"):]
+    fast = fast[:fast.index("\n}\n")]
+    assert "sigmoid" not in fast and re.search(r"= \(a0 / t\d+\);", fast), fast
+    above = np.linspace(bound, -bound, 20001).astype(dtype)
+    assert np.array_equal(f(above).view(np.uint8), g(above).view(np.uint8))
+    # below the bound: the rare branch (float32's results there are subnormal from -87.3: not compared)
+    lo = -800.0 if dtype == "float64" else bound
+    v = np.concatenate([np.linspace(lo, bound, 2001), above[::10], [np.inf, -np.inf, np.nan, -0.0, 0.0]]).astype(dtype)
+    with np.errstate(all="ignore"):
+        got = f(v).astype(np.float64)
+    ref = reference(lambda m, t: t / (1 + m.exp(-t)), [v.astype(np.float64)], rows=False)
+    fin = np.isfinite(v)
+    if dtype == "float64":
+        lost = bits_lost(got[fin], ref[fin])
+        assert lost.max() <= 2.5, (v[fin][np.argmax(lost)], lost.max())  # (the tail's x h h: 2.3 at -709.4)
+    else:
+        np.testing.assert_allclose(got[fin], ref[fin], rtol=4 * 2.0**-24, atol=0)
+    # (-inf: -inf / inf, NaN, as the formula as written and NumPy give it)
+    assert np.isnan(got[-3]) and got[-5] == np.inf and np.isnan(got[-4]) and got[-2] == 0 and got[-1] == 0
+

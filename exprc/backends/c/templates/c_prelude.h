@@ -25,10 +25,10 @@ EXPRC_D2(pow) EXPRC_D2(atan2) EXPRC_D2(hypot)
 #define EXPRC_VBLOCK 32
 /* The same for a loop over a 1-byte array (a bool mask): gcc then runs 64 lanes at a time (AVX-512). */
 #define EXPRC_VBLOCK_BYTE 64
-/* A loop with rare guards (render.py, _guarded_flat) scans its conditions per chunk and, in a chunk
- * where one holds, picks the fast or the full loop per block of this many elements (a multiple of
- * EXPRC_VBLOCK): GELU's sigmoid guard holds for 3 in 10000 N(0, 1) inputs, in nearly every
- * 14000-element chunk but in 8% of 256-element blocks. */
+/* A loop with rare guards (render.py, _guarded_flat) scans its conditions and picks the fast or the
+ * full loop per block of this many elements (a multiple of EXPRC_VBLOCK): GELU's sigmoid guard holds
+ * for 3 in 10000 N(0, 1) inputs, in nearly every 14000-element chunk but in 8% of 256-element blocks;
+ * and the fast loop reads the block from L1, where the scan left it. */
 #define EXPRC_GBLOCK 256
 /* The values of a row reduction computed by one SIMD loop before they are added in order (render.py,
  * _buffered_row): 2 KB of doubles on the stack. */

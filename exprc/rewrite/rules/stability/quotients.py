@@ -488,7 +488,13 @@ def exp_subnormal_product(node: Node) -> Node | None:
     # x exp(-x) x at x = 1e155: 0, not inf * 0): h h is at most exp(-708), so the product is finite
     # wherever they are, and the formula as written decides (its NaN and inf too) where it is not.
     slow = F.where(f("isfinite", slow), slow, F.freeze(node))
-    return F.set_origin(F.guard(p < k(bound, p), slow, F.freeze(node)), ("exp_scaled", node))
+    fast = F.freeze(node)
+    if t.op == "sigmoid":
+        # Where the guard does not hold, p >= -708 and exp(-p) <= exp(708) is finite: the product is the
+        # quotient (c x) / (1 + exp(-p)), as written (swish: x / (1 + exp(-x))), with no select of the
+        # stable sigmoid's two forms (15% of swish's time) and one rounding less.
+        fast = F.freeze(div(F.freeze(_product(coef, others, node)), F.freeze(add(k(1.0, p), f("exp", F.neg(p))))))
+    return F.set_origin(F.guard(p < k(bound, p), slow, fast), ("exp_scaled", node))
 
 
 @stability_rule("exp_exact_square", P("exp", X("a")), late=True)  # after log(exp(...)), logsumexp ...
