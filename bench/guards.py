@@ -6,6 +6,7 @@ points drawn from the benign middle of its domain (where guards do not fire), as
     python bench/guards.py --quick      # 1e5 points, 3 rounds
     python bench/guards.py --cases cauchy_log_kernel,softmax_pair
     python bench/guards.py --cases softmax,logsumexp,log_softmax --rows 1000   # other row lengths
+    python bench/guards.py --threads 1  # one thread: the kernels' own work, less of the machine's noise
 
 A ratio above 1.10 (default rules over no stability rules) is a rewrite that costs run time where
 it changes nothing; the table marks it. One JSON line follows the table.
@@ -52,12 +53,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true")
     p.add_argument("--cases", help="comma-separated case names (default: all)")
     p.add_argument("--rows", type=int, help="row length of the cases that reduce over rows (default: each case's)")
+    p.add_argument("--threads", type=int, default=0, help="threads of the compiled loops (default: one per core)")
     args = p.parse_args(argv)
     n, rounds = (10**5, 3) if args.quick else (10**6, 5)
     wanted = set(args.cases.split(",")) if args.cases else None
     rng = np.random.default_rng(0)
     results = []
-    print(f"# stability rewrites on benign inputs: {n:.0e} points, best of {rounds}; ratio = default / no stability")
+    print(f"# stability rewrites on benign inputs: {n:.0e} points, best of {rounds}, "
+          f"{args.threads or 'one per core'} thread(s); ratio = default / no stability")
     print(f"{'case':<24} {'kind':<9} {'numpy ms':>9} {'exprc ms':>9} {'nostab ms':>10} {'ratio':>7}  kernels")
     for case in accuracy.CASES:
         if wanted and case.name not in wanted:
@@ -71,8 +74,9 @@ def main(argv: list[str] | None = None) -> int:
             xs = [benign(k, lo, hi, n, rng) for k, lo, hi in case.ranges]
             variables = [exprc.vector(f"x{i}") for i in range(len(xs))]
         expr = case.fn(exprc, *variables)
-        f = exprc.function(variables, expr)
-        g = exprc.function(variables, expr, exclude=("stability",))
+        cfg = exprc.Config(num_threads=args.threads)
+        f = exprc.function(variables, expr, config=cfg)
+        g = exprc.function(variables, expr, exclude=("stability",), config=cfg)
         with np.errstate(all="ignore"):
             t = best({"numpy": lambda fn=case.fn, xs=xs: fn(accuracy.NP, *xs), "exprc": lambda f=f, xs=xs: f(*xs),
                       "nostab": lambda g=g, xs=xs: g(*xs)}, 3 if args.quick else 5, rounds)
@@ -86,7 +90,8 @@ def main(argv: list[str] | None = None) -> int:
     over = [r["case"] for r in results if r["ratio"] > LIMIT]
     print(f"\n{len(results) - len(over)} / {len(results)} cases within {LIMIT:.2f}x of their no-stability time; over: "
           f"{', '.join(over) or 'none'}")
-    print(json.dumps({"n": n, "rounds": rounds, "limit": LIMIT, "rows": results, "over": over}))
+    print(json.dumps({"n": n, "rounds": rounds, "threads": args.threads, "limit": LIMIT, "rows": results,
+                      "over": over}))
     return 0
 
 

@@ -19,10 +19,11 @@ def _run(*args: str) -> str:
 
 
 def test_guards_runs_its_cases_with_and_without_a_row_length():
-    for extra in ([], ["--rows", "16"]):
+    for extra in ([], ["--rows", "16"], ["--threads", "1"]):
         out = _run("bench/guards.py", "--quick", "--cases", "log1p,softmax", *extra)
         result = json.loads(out.strip().splitlines()[-1])
         assert [r["case"] for r in result["rows"]] == ["log1p", "softmax"]
         for r in result["rows"]:
             assert r["exprc_s"] > 0 and r["nostab_s"] > 0 and r["ratio"] == r["exprc_s"] / r["nostab_s"]
         assert set(result["over"]) <= {"log1p", "softmax"}
+        assert result["threads"] == (1 if "--threads" in extra else 0)
