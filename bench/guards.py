@@ -29,6 +29,7 @@ import accuracy
 from timing import best
 
 import exprc
+from exprc.config import current
 
 #: Over this, a case's default compile is "slower than without the stability rules".
 LIMIT = 1.10
@@ -60,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     rng = np.random.default_rng(0)
     results = []
     print(f"# stability rewrites on benign inputs: {n:.0e} points, best of {rounds}, "
-          f"{args.threads or 'one per core'} thread(s); ratio = default / no stability")
+          f"{args.threads or current().threads()} thread(s); ratio = default / no stability")
     print(f"{'case':<24} {'kind':<9} {'numpy ms':>9} {'exprc ms':>9} {'nostab ms':>10} {'ratio':>7}  kernels")
     for case in accuracy.CASES:
         if wanted and case.name not in wanted:
@@ -74,9 +75,10 @@ def main(argv: list[str] | None = None) -> int:
             xs = [benign(k, lo, hi, n, rng) for k, lo, hi in case.ranges]
             variables = [exprc.vector(f"x{i}") for i in range(len(xs))]
         expr = case.fn(exprc, *variables)
-        cfg = exprc.Config(num_threads=args.threads)
-        f = exprc.function(variables, expr, config=cfg)
-        g = exprc.function(variables, expr, exclude=("stability",), config=cfg)
+        # (no --threads: the configuration as it is, EXPRC_NUM_THREADS included)
+        kw = {"config": exprc.Config(num_threads=args.threads)} if args.threads else {}
+        f = exprc.function(variables, expr, **kw)
+        g = exprc.function(variables, expr, exclude=("stability",), **kw)
         with np.errstate(all="ignore"):
             t = best({"numpy": lambda fn=case.fn, xs=xs: fn(accuracy.NP, *xs), "exprc": lambda f=f, xs=xs: f(*xs),
                       "nostab": lambda g=g, xs=xs: g(*xs)}, 3 if args.quick else 5, rounds)
@@ -90,7 +92,8 @@ def main(argv: list[str] | None = None) -> int:
     over = [r["case"] for r in results if r["ratio"] > LIMIT]
     print(f"\n{len(results) - len(over)} / {len(results)} cases within {LIMIT:.2f}x of their no-stability time; over: "
           f"{', '.join(over) or 'none'}")
-    print(json.dumps({"n": n, "rounds": rounds, "threads": args.threads, "limit": LIMIT, "rows": results,
+    print(json.dumps({"n": n, "rounds": rounds, "threads": args.threads or current().threads(), "limit": LIMIT,
+                      "rows": results,
                       "over": over}))
     return 0
 
