@@ -1261,4 +1261,15 @@ def test_swish_runs_the_quotient_as_written_where_its_guard_does_not_hold(dtype,
         np.testing.assert_allclose(got[fin], ref[fin], rtol=4 * 2.0**-24, atol=0)
     # (-inf: -inf / inf, NaN, as the formula as written and NumPy give it)
     assert np.isnan(got[-3]) and got[-5] == np.inf and np.isnan(got[-4]) and got[-2] == 0 and got[-1] == 0
+    # Another factor keeps the product: x y / (1 + exp(-x)) would overflow in x y (review of 93645a9)
+    y = exprc.vector("y", dtype)
+    xv, yv = (np.array([-600.0, 2.0]), np.array([1e307, 3.0])) if dtype == "float64" else \
+        (np.array([-80.0, 2.0], dtype), np.array([3e38, 3.0], dtype))
+    for e2 in (x * exprc.sigmoid(x) * y, y * (x / (1 + exprc.exp(-x))), x / (1 + exprc.exp(-x)) * y):
+        with np.errstate(all="ignore"):
+            got = exprc.function([x, y], e2)(xv.astype(dtype), yv.astype(dtype)).astype(np.float64)
+        x64, y64 = xv.astype(dtype).astype(np.float64), yv.astype(dtype).astype(np.float64)
+        want = np.array([float(mpmath.mpf(a) / (1 + mpmath.exp(-mpmath.mpf(a))) * mpmath.mpf(b))
+                         for a, b in zip(x64, y64)])
+        np.testing.assert_allclose(got, want, rtol=8 * np.finfo(dtype).eps)
 

@@ -489,11 +489,14 @@ def exp_subnormal_product(node: Node) -> Node | None:
     # wherever they are, and the formula as written decides (its NaN and inf too) where it is not.
     slow = F.where(f("isfinite", slow), slow, F.freeze(node))
     fast = F.freeze(node)
-    if t.op == "sigmoid":
+    if t.op == "sigmoid" and len(others) == 1 and others[0][1] == 1 and coef in (1, -1):
         # Where the guard does not hold, p >= -708 and exp(-p) <= exp(708) is finite: the product is the
-        # quotient (c x) / (1 + exp(-p)), as written (swish: x / (1 + exp(-x))), with no select of the
-        # stable sigmoid's two forms (15% of swish's time) and one rounding less.
-        fast = F.freeze(div(F.freeze(_product(coef, others, node)), F.freeze(add(k(1.0, p), f("exp", F.neg(p))))))
+        # quotient x / (1 + exp(-p)), as written (swish: x / (1 + exp(-x))), with no select of the
+        # stable sigmoid's two forms (15% of swish's time) and one rounding less.  Only of one factor,
+        # whose size the quotient never exceeds: x y / (1 + exp(-x)) overflows in x y = -6e309 where
+        # x sigmoid(x) y is -1.6e49 (x = -600, y = 1e307), and so does 1e306 x.
+        u = others[0][0] if coef == 1 else F.neg(others[0][0])
+        fast = F.freeze(div(u, F.freeze(add(k(1.0, p), f("exp", F.neg(p))))))
     return F.set_origin(F.guard(p < k(bound, p), slow, fast), ("exp_scaled", node))
 
 
