@@ -1207,8 +1207,20 @@ class CRenderer:
         carried = [n for n in carried if n in reread]
         kb = {n: kb[n] for n in carried}
         stored = sorted({out_index[n] for plan in plans for n in plan[1]})
+
+        def reads_later(src: Node, t: int) -> bool:
+            """Whether a pass after ``t`` reads ``src`` from its buffer (the softmax's division): as an
+            operand of what it computes or folds, or as a value it stores or keeps."""
+            return any(src in from_buffer[u] and (any(src in n.inputs for n in batched_nodes[u])
+                                                  or any(r.inputs[0] is src for r in plans[u][0])
+                                                  or src in plans[u][1] or src in plans[u][2] or src in plans[u][3])
+                       for u in range(t + 1, len(plans)))
+
+        # (a reduction's operand no later pass reads is folded where it is computed: no buffer)
+        kept_vb = {reds.index(r) for t, plan in enumerate(plans) for r in plan[0]
+                   if r not in direct and reads_later(r.inputs[0], t)}
         elements = ([(f"ob{j}", ctype(kl.accesses[j][0])) for j in full_reads]
-                    + [(f"vb{i}", ctype(r.inputs[0])) for i, r in enumerate(reds) if r not in direct]
+                    + [(f"vb{i}", ctype(r.inputs[0])) for i, r in enumerate(reds) if i in kept_vb]
                     + [(f"sb{j}", ctype(kl.accesses[j][0])) for j in stored] + [(kb[n], ctype(n)) for n in carried])
         rows_of = [(arr[x], ctype(x)) for x in arr]
         # Stack: a block holds EXPRC_VBLOCK rows of up to `longest` elements (8 bytes each at most) per
@@ -1270,14 +1282,6 @@ class CRenderer:
                                f"*({C_TYPES[n.dtype]} *)({at_row(j)}) = ({C_TYPES[n.dtype]}){arr[n]}[r];")
             return out
 
-        def reads_later(src: Node, t: int) -> bool:
-            """Whether a pass after ``t`` reads ``src`` from its buffer (the softmax's division): as an
-            operand of what it computes or folds, or as a value it stores or keeps."""
-            return any(src in from_buffer[u] and (any(src in n.inputs for n in batched_nodes[u])
-                                                  or any(r.inputs[0] is src for r in plans[u][0])
-                                                  or src in plans[u][1] or src in plans[u][2] or src in plans[u][3])
-                       for u in range(t + 1, len(plans)))
-
         for t, (mine, stores, kept, keep, _, reads, _) in enumerate(plans):
             lines += row_pass(t)
             local = dict(scalars)
@@ -1308,7 +1312,7 @@ class CRenderer:
                 i, src = reds.index(r), r.inputs[0]
                 acc_t, init, combine, _, fin = self._accumulator(r)
                 v = local[src] if src in local else c_literal(src.value.reshape(-1)[0], src.dtype)
-                stored_v = r not in direct and reads_later(src, t)
+                stored_v = i in kept_vb
                 if stored_v:
                     body.append(f"{ind}    vb{i}[p] = {v};")
                     v = f"vb{i}[i1 * R + r]"
