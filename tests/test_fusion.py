@@ -451,7 +451,8 @@ def test_short_rows_fold_in_the_loop_that_computes_the_values():
     """The stable logsumexp over short rows: the sum of exp(x - m) and the count of maxima fold in the
     loop that computes them (no buffer of values stored and read back by a loop of their own); the
     softmax's numerator, which its division reads again, is still stored, and folded from there.  Values
-    as the numpy backend's (rows of 1 to 33, NaN, -inf and +inf rows, both dtypes)."""
+    against NumPy's max-shifted formulas in float64 (rows of 1 to 33, NaN, -inf and +inf rows, both
+    dtypes)."""
     def batched_loops(src: str) -> list[str]:
         part = src[src.index("if (n1 > 0 && n1 <= "):]
         part = part[:part.index("return;")]
