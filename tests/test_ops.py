@@ -175,19 +175,7 @@ def test_two_prod_err_on_special_empty_strided_and_deep_graphs():
         got = [exprc.function([x, y], e, backend=be)(a, b) for be in ("c", "numpy")]
     np.testing.assert_array_equal(got[0], got[1])
     assert np.isnan(got[0][np.isnan(a) | np.isnan(b) | np.isinf(a) | np.isinf(b)]).all()
-    f = exprc.function([x, y], e)
-    assert f(np.zeros(0), np.zeros(0)).shape == (0,)
-    u = np.random.default_rng(5).standard_normal(4000) * 1e8
-    v = np.random.default_rng(6).standard_normal(4000)
-    np.testing.assert_array_equal(f(u[::4], v[1::4]), OPS["two_prod_err"].impl(u[::4], v[1::4]))
-    chain = x
-    for _ in range(3000):
-        chain = exprc.api._apply("two_prod_err", chain, y) + x
-    g = exprc.function([x, y], chain, exclude=("stability",))
-    want = u[:8]
-    for _ in range(3000):
-        want = OPS["two_prod_err"].impl(want, v[:8]) + u[:8]
-    np.testing.assert_array_equal(g(u[:8], v[:8]), want)
+    _check_empty_strided_and_deep("two_prod_err", 5, 6)
 
 
 def test_two_sum_err_on_empty_strided_and_deep_graphs():
@@ -196,19 +184,25 @@ def test_two_sum_err_on_empty_strided_and_deep_graphs():
     point, and optimizing this chain of sums with the stability rules takes minutes.  gcc took 4
     minutes on it as one fused loop; fusion cuts it into kernels of at most MAX_BODY nodes now (8 s
     with an empty cache)."""
+    _check_empty_strided_and_deep("two_sum_err", 3, 4)
+
+
+def _check_empty_strided_and_deep(op: str, seed_a: int, seed_b: int) -> None:
+    """``op(x, y)`` on empty operands and strided ones against the NumPy op; a chain 3000 links deep,
+    ``op(previous, y) + x``, compiled and run against the NumPy op link by link."""
     x, y = exprc.vector("x"), exprc.vector("y")
-    f = exprc.function([x, y], exprc.api._apply("two_sum_err", x, y))
+    f = exprc.function([x, y], exprc.api._apply(op, x, y))
     assert f(np.zeros(0), np.zeros(0)).shape == (0,)
-    a = np.random.default_rng(3).standard_normal(4000) * 1e8
-    b = np.random.default_rng(4).standard_normal(4000)
-    np.testing.assert_array_equal(f(a[::4], b[1::4]), OPS["two_sum_err"].impl(a[::4], b[1::4]))
+    a = np.random.default_rng(seed_a).standard_normal(4000) * 1e8
+    b = np.random.default_rng(seed_b).standard_normal(4000)
+    np.testing.assert_array_equal(f(a[::4], b[1::4]), OPS[op].impl(a[::4], b[1::4]))
     e = x
     for _ in range(3000):
-        e = exprc.api._apply("two_sum_err", e, y) + x
+        e = exprc.api._apply(op, e, y) + x
     g = exprc.function([x, y], e, exclude=("stability",))
     want = a[:8]
     for _ in range(3000):
-        want = OPS["two_sum_err"].impl(want, b[:8]) + a[:8]
+        want = OPS[op].impl(want, b[:8]) + a[:8]
     np.testing.assert_array_equal(g(a[:8], b[:8]), want)
 
 
