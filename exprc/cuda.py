@@ -46,11 +46,13 @@ def _function_graph(graph: Any, cfg: Config) -> Any:
 def render(graph: Any, config: Config | None = None) -> tuple[str, Any, Any]:
     """(CUDA source, layout, lowered program) of ``graph`` (see :func:`compile_only`)."""
     from exprc.backends.cuda.render import CUDARenderer
-    from exprc.fusion import lower
+    from exprc.fusion import lower, stable_branches
+    from exprc.pipeline import FunctionGraph
     from exprc.printing import pprint
 
     cfg = resolve(config)
     fg = _function_graph(graph, cfg)
+    fg = FunctionGraph(fg.inputs, tuple(stable_branches(fg.outputs)))  # (as CUDAKernel: no row kernels)
     program = lower(list(fg.outputs), list(fg.inputs), fuse="fusion" not in cfg.exclude)
     renderer = CUDARenderer(precise_math=cfg.precise_math, fast_math=cfg.fast_math)
     source, layout = renderer.render(program, pprint(list(fg.outputs), max_inline=10_000, max_nodes=200)[:2000])

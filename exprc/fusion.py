@@ -29,7 +29,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from itertools import pairwise
 
-from exprc.graph import Node, toposort
+from exprc.graph import Node, rebuild, toposort
 from exprc.ops import OPS, REDUCTIONS
 
 VIEW_OPS = frozenset({"dimshuffle", "getitem", "broadcast_to", "reshape"})
@@ -132,6 +132,21 @@ def _blas_matmul(n: Node) -> bool:
     with a 2-d or 3-d other (a batch of 2-d products)."""
     nd = tuple(i.ndim for i in n.inputs)
     return n.dtype in ("float32", "float64") and (max(nd) <= 2 or nd in ((3, 2), (2, 3), (3, 3)))
+
+
+def stable_branches(outputs: Sequence[Node]) -> list[Node]:
+    """``outputs`` with each guard whose slow branch is right everywhere (``rare(c, everywhere=True)``:
+    the row-wise softmax and logsumexp, see :func:`exprc.rewrite.forms.guard`) replaced by that
+    branch, for a lowering without row kernels: only a row kernel runs a row's fast branch alone
+    (render.py, ``render_rows``), and elsewhere the guard would compute both (logsumexp over rows
+    without row kernels: an exp and a sum more, 5 kernels where the stable form takes 4)."""
+    memo: dict[Node, Node] = {}
+    for n in toposort(outputs):
+        if n.op == "where" and n.inputs[0].op == "rare" and n.inputs[0].arg("everywhere"):
+            memo[n] = memo[n.inputs[1]]
+        else:
+            memo[n] = rebuild(n, [memo[i] for i in n.inputs])
+    return [memo[o] for o in outputs]
 
 
 def lower(outputs: Sequence[Node], inputs: Sequence[Node], fuse: bool = True,

@@ -419,6 +419,9 @@ def _check_attrs(op: str, attrs: dict, inputs: list[Node], where: str) -> None:
             bad = "axis must be sorted distinct axes of the operand, keepdims a bool"
         elif op in ("argmax", "argmin") and len(attrs["axis"]) != 1 and len(attrs["axis"]) != nd:
             bad = "argmax/argmin reduce one axis or all of them"
+    elif op == "rare":
+        if not isinstance(attrs["everywhere"], bool):
+            bad = "everywhere must be a bool"
     elif op == "cast":
         if attrs["dtype"] not in DTYPES:
             bad = f"dtype must be one of {', '.join(DTYPES)}"

@@ -172,10 +172,11 @@ def test_cheap_shared_nodes_are_recomputed_not_stored(monkeypatch):
     x = exprc.matrix("x")
     lse = exprc.function([x], exprc.log(exprc.sum(exprc.exp(x), axis=-1)), config=exprc.Config(row_fusion=False))
     assert len(lse.kernels) == 4
-    program = lower(list(lse.graph.outputs), [x], epilogues=True)
+    stable = fusion.stable_branches(lse.graph.outputs)  # (as the C backend lowers it without row kernels)
+    program = lower(stable, [x], epilogues=True)
     assert not [n for n in program.materialized if n.ndim == 2 and n.type.shape[-1] != 1]  # (rows, n)
     monkeypatch.setattr(fusion, "MAX_COPIES", 0)
-    assert len(lower(list(lse.graph.outputs), [x], epilogues=True).kernels) == 6
+    assert len(lower(stable, [x], epilogues=True).kernels) == 6
     monkeypatch.undo()
     e = exprc.exp(x)
     program = lower([exprc.sum(e, axis=-1), e * 2.0 + 1.0], [x])
@@ -749,3 +750,59 @@ def test_a_long_group_with_recomputed_nodes_and_an_output_in_its_middle_is_cut_t
     for arg in (a, a[::2]):
         for got, want in zip(f(arg), g(arg)):
             np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_row_guards_run_their_fast_branches_and_redo_only_the_rows_whose_condition_holds(dtype, monkeypatch):
+    """A row kernel with guards ``where(rare(c), slow, fast)`` whose condition holds one value per row
+    (render.render_rows): every row through the fast branches, then the rows where a condition holds
+    (runs of them, across the 1024-row groups) through the slow ones.  Slow and fast branches differ by
+    far more than rounding here, so a row given the wrong branch shows.  Against the NumPy backend (the
+    where as written), with one guard (its slow kernel substitutes the slow branch) and with two
+    conditions (the kernel as it is); rows of 1 to 300 (the batched short rows and one row at a time),
+    C, Fortran and strided layouts, no rows, 1 and 2 threads the same bits, and each row's bits
+    the same when it is computed alone (no row depends on its neighbours' flags)."""
+    from exprc.backends.c.kernel import CKernel
+    from exprc.rewrite.forms import guard
+
+    def no_fallback(*_):
+        raise AssertionError("the call went to the reference backend, not the row kernel")
+
+    monkeypatch.setattr(CKernel, "_fallback", no_fallback)
+    z, c = exprc.matrix("z", dtype), exprc.matrix("c", dtype, shape=(None, 1))
+    mx = exprc.max(z, axis=1, keepdims=True)
+    s = exprc.sum(exprc.exp(z), axis=1, keepdims=True)
+    one = guard(mx > 2.0, exprc.exp(z - mx) * 3.0, exprc.exp(z) / s)
+    two = guard(exprc.min(z, axis=1, keepdims=True) < c, z * 5.0 + 1.0, z - 1.0)
+    cases = {"one condition": [one, exprc.sum(one * z, axis=1)],
+             "two conditions": [one * two, exprc.sum(two, axis=1), guard(s > 40.0, exprc.log(s), s - 7.0)]}
+    tol = {"rtol": 2e-5, "atol": 1e-6} if dtype == "float32" else {"rtol": 1e-12, "atol": 1e-13}
+    rng = np.random.default_rng(11)
+    for label, outs in cases.items():
+        ins = [z, c]
+        ref = exprc.function(ins, outs, backend="numpy")
+        fns = [exprc.function(ins, outs, config=exprc.Config(num_threads=t)) for t in (1, 2)]
+        assert [k["kind"] for k in fns[0].kernels] == ["rows"], label
+        assert re.search(r"_fast\(ptrs, P, s, e, fl\)", fns[0].source) and "_slow(ptrs, P, i, j)" in fns[0].source
+        for n0, n1 in ((2600, 1), (2600, 3), (2600, 8), (700, 17), (700, 32), (300, 33), (50, 300), (0, 5)):
+            zv = rng.uniform(-3.0, 1.5, (n0, n1)).astype(dtype)
+            # flagged runs across the groups of 1024 rows, single rows, a whole group, NaN and inf rows
+            for a, b in ((1020, 1030), (2040, 2049), (5, 6), (1024, 2048), (0, 3)):
+                zv[a:b] += 3.0
+            if n0 and n1:
+                zv[7, 0], zv[9, -1], zv[11, :] = np.nan, np.inf, -np.inf
+            cv = rng.uniform(-3.5, -1.0, (n0, 1)).astype(dtype)
+            for view in (lambda a: a, np.asfortranarray, lambda a: np.repeat(a, 2, axis=1)[:, ::2]):
+                zz, cc = view(zv), view(cv)
+                with np.errstate(all="ignore"):
+                    want = ref(zz, cc)
+                    got = [f(zz, cc) for f in fns]
+                for w, g1, g2 in zip(want, *got):
+                    np.testing.assert_allclose(g1, w, equal_nan=True, err_msg=f"{label} {n0}x{n1}", **tol)
+                    assert np.array_equal(g1, g2, equal_nan=True), f"{label} {n0}x{n1}: 1 and 2 threads differ"
+            for i in range(0, n0, max(1, n0 // 40)):
+                with np.errstate(all="ignore"):
+                    alone = fns[0](zv[i:i + 1], cv[i:i + 1])
+                    whole = fns[0](zv, cv)
+                for a, w in zip(alone, whole):
+                    assert np.array_equal(a[0], w[i], equal_nan=True), f"{label} row {i} of {n0}x{n1} alone"

@@ -158,10 +158,11 @@ RULES = [
       {"softplus"}, [(L, -700, 700), (L, -700, 700)], absent={"log"}),
     R("log_sigmoid", [lambda m, z, y: -(y * m.log(sig(m, z)) + (1 - y) * m.log(1 - sig(m, z)))],  # BCE on logits
       {"softplus"}, [(L, -50, 50), (L, 0, 1)], absent={"log", "sigmoid", "exp"}),
-    R("logsumexp_from_log", [lambda m, x: m.log(m.sum(m.exp(x), axis=-1))], {"max", "log1p"},
-      [(L, -1000, 1000)], rows=8, absent={"log"}),
-    R("logsumexp_from_log", [lambda m, x: m.log(m.sum(m.exp(x), axis=-1, keepdims=True))], {"max", "log1p"},
-      [(L, -1000, 1000)], rows=8, absent={"log"}),
+    # (over a matrix's rows the log stays, in the guard's fast branch: test_row_softmax_and_logsumexp_...)
+    R("logsumexp_from_log", [lambda m, x: m.log(m.sum(m.exp(x), axis=-1))], {"max", "log1p", "rare"},
+      [(L, -1000, 1000)], rows=8),
+    R("logsumexp_from_log", [lambda m, x: m.log(m.sum(m.exp(x), axis=-1, keepdims=True))], {"max", "log1p", "rare"},
+      [(L, -1000, 1000)], rows=8),
     R("logsumexp_from_log", [lambda m, x: m.log(m.mean(m.exp(x), axis=-1))], {"max", "log1p"},
       [(L, -1000, 1000)], rows=8),
     R("logaddexp_from_log", [lambda m, a, b: m.log(m.exp(a) + m.exp(b)), lambda m, a, b: m.log(m.exp(b) + m.exp(a))],
@@ -1275,3 +1276,74 @@ def test_swish_runs_the_quotient_as_written_where_its_guard_does_not_hold(dtype,
                          for a, b in zip(x64, y64)])
         np.testing.assert_allclose(got, want, rtol=8 * np.finfo(dtype).eps)
 
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_row_softmax_and_logsumexp_run_the_formula_as_written_where_it_is_as_accurate(dtype, monkeypatch):
+    """softmax_from_exp and logsumexp_from_log over the rows of a matrix guard the stable forms by the
+    row sum S (softmax: 1/2 <= S <= max; logsumexp and its mean: S finite, >= 2 or in [tiny, 1/2]),
+    where the formula as written is as accurate and the row kernel runs it alone.  Structure: the guard
+    only over the last axis of a matrix (not a vector, axis 0 or a 3-d array).  Bits: a row where the
+    guard fails is the formula compiled without stability rules; a row where it holds (NaN, inf,
+    -inf, huge and very negative logits, sums near 1) the stable form as it was (the rules with the
+    guard turned off).  Numbers: where the guard fails, within 5 ulps of mpmath (softmax) and 3
+    (logsumexp and the log of the mean: |log S| >= log 2)."""
+    from exprc.function import clear_memo
+    from exprc.rewrite.rules.stability import logs, quotients
+
+    x = exprc.tensor("x", dtype, ndim=2)
+    forms = {"softmax": (lambda m, v: m.exp(v) / m.sum(m.exp(v), axis=-1, keepdims=True)),
+             "logsumexp": (lambda m, v: m.log(m.sum(m.exp(v), axis=-1))),
+             "log_mean_exp": (lambda m, v: m.log(m.mean(m.exp(v), axis=-1, keepdims=True)))}
+    for name, fn in forms.items():
+        ops = {n.op for n in toposort(exprc.function([x], fn(exprc, x)).graph.outputs)}
+        assert "rare" in ops, name
+        for v in (exprc.tensor("v", dtype, ndim=1), exprc.tensor("t", dtype, ndim=3)):
+            assert "rare" not in {n.op for n in toposort(exprc.function([v], fn(exprc, v)).graph.outputs)}, name
+        col = exprc.log(exprc.sum(exprc.exp(x), axis=0))
+        assert "rare" not in {n.op for n in toposort(exprc.function([x], col).graph.outputs)}
+    rng = np.random.default_rng(2)
+    parts = [rng.uniform(-3, 3, (60, 8)), rng.uniform(-30, 30, (60, 8)), rng.uniform(-700, 700, (40, 8)),
+             rng.uniform(-5, 0, (40, 8)), rng.uniform(-0.05, 0.05, (30, 8)) - math.log(8),
+             rng.uniform(-80, 80, (30, 8)), rng.uniform(-750, -700, (10, 8)), rng.uniform(-10, -2, (40, 8)),
+             rng.uniform(-0.3, 0.3, (30, 8))]
+    xv = np.concatenate(parts).astype(dtype)
+    xv[0, 0], xv[1, 3], xv[2, :], xv[3, 5], xv[4, :] = np.nan, np.inf, -np.inf, -np.inf, 1000.0
+    new = {k: exprc.function([x], fn(exprc, x)) for k, fn in forms.items()}
+    naive = {k: exprc.function([x], fn(exprc, x), exclude=("stability",)) for k, fn in forms.items()}
+    monkeypatch.setattr(quotients, "by_rows", lambda *_: False)
+    monkeypatch.setattr(logs, "by_rows", lambda *_: False)
+    monkeypatch.setenv("EXPRC_GRAPH_INDEX", "0")
+    clear_memo()
+    old = {k: exprc.function([x], fn(exprc, x)) for k, fn in forms.items()}
+    monkeypatch.undo()
+    clear_memo()
+    big, tiny = float(np.finfo(dtype).max), (1e-270 if dtype == "float64" else 1e-25)
+    with np.errstate(all="ignore"):
+        s = np.sum(np.exp(xv), axis=1, dtype=dtype)  # (the kernel's sum in order: the same flags but at an edge)
+        m = (s / np.array(8, dtype)).astype(dtype)
+        fine = {"softmax": (s >= 0.5) & (s <= big),
+                "logsumexp": (s <= big) & ((s >= 2) | ((s <= 0.5) & (s >= tiny))),
+                "log_mean_exp": (m <= big) & ((m >= 2) | ((m <= 0.5) & (m >= tiny)))}
+    mpmath.mp.prec = 200
+    for name in forms:
+        with np.errstate(all="ignore"):
+            got, was, plain = (f[name](xv).reshape(len(xv), -1) for f in (new, old, naive))
+        assert fine[name].sum() > 150 and (~fine[name]).sum() > 50, name  # (both kinds of rows)
+        assert np.array_equal(got[fine[name]], plain[fine[name]], equal_nan=True), name
+        assert np.array_equal(got[~fine[name]], was[~fine[name]], equal_nan=True), name
+        rows = np.flatnonzero(fine[name])
+        err_new, err_old = [], []
+        for i in rows[::2]:  # (every other row: mpmath at 200 bits takes a while)
+            es = [mpmath.exp(mpmath.mpf(float(t))) for t in xv[i]]
+            total = mpmath.fsum(es)
+            exact = ([e / total for e in es] if name == "softmax"
+                     else [mpmath.log(total / (8 if name == "log_mean_exp" else 1))])
+            for j, e in enumerate(exact):
+                ulp = float(np.spacing(np.abs(np.array(float(e), dtype))))
+                if abs(e) > np.finfo(dtype).tiny:
+                    err_new.append(float(abs(mpmath.mpf(float(got[i, j])) - e)) / ulp)
+                    err_old.append(float(abs(mpmath.mpf(float(was[i, j])) - e)) / ulp)
+        err_new, err_old = np.array(err_new), np.array(err_old)
+        limit = 5.0 if name == "softmax" else 3.0  # (|log S| >= log 2: S's rounding not magnified)
+        assert err_new.max() <= limit, (name, err_new.max(), err_old.max())

@@ -326,4 +326,6 @@ def _infer_rare(inputs: tuple, attrs: dict) -> tuple[tuple, TensorType]:
 # their rare branch with it, ``where(rare(|x| > 1e150), slow, fast)``, and the C renderer then runs a
 # contiguous chunk's loop without the slow branch when no element of the chunk meets the condition
 # (a pre-pass computes only the conditions): the same bits, at the cost of the fast branch.
-register(Op("rare", "elemwise", _identity, _infer_rare, c="({0})", c_int="({0})", nin=(1, 1)))
+# rare(c, everywhere=True): the slow branch is right where c fails too (see forms.guard).
+register(Op("rare", "elemwise", lambda x, everywhere: _identity(x), _infer_rare, c="({0})", c_int="({0})",
+            attr_names=("everywhere",), nin=(1, 1)))

@@ -237,10 +237,13 @@ def where(c: Node, a: Node, b: Node) -> Node:
     return make("where", c, a, b)
 
 
-def guard(rare_cond: Node, slow: Node, fast: Node) -> Node:
+def guard(rare_cond: Node, slow: Node, fast: Node, everywhere: bool = False) -> Node:
     """``where(rare_cond, slow, fast)`` for a condition almost never true (an overflow or underflow
-    range): marked ``rare`` so that loops skip ``slow`` in chunks where it does not hold."""
-    return make("where", make("rare", rare_cond), slow, fast)
+    range): marked ``rare`` so that loops skip ``slow`` in chunks where it does not hold.
+    ``everywhere``: ``slow`` is as right where the condition fails (a stable form, ``fast`` the formula
+    as written where it is as accurate), so a lowering that cannot skip it may compute ``slow`` alone
+    (:func:`exprc.fusion.stable_branches`)."""
+    return make("where", make("rare", rare_cond, everywhere=everywhere), slow, fast)
 
 
 def fn(op: str, x: Node) -> Node:

@@ -33,7 +33,7 @@ from exprc.backends.layout import Layout
 from exprc.backends.outputs import check_count, check_out, copy_into, overlapping
 from exprc.backends.plan import HostPlan, Planner, PlanPool, Unsupported, describe, in_place_outputs
 from exprc.config import Config
-from exprc.fusion import Program, Step, lower
+from exprc.fusion import Program, Step, lower, stable_branches
 from exprc.ops import OPS
 from exprc.ops.index import check_index
 from exprc.pipeline import FunctionGraph
@@ -120,6 +120,8 @@ class CKernel(Kernel):
         # epilogues, shape scalars, row kernels); off, the program is the CUDA backend's (the CUDA
         # emulator in tests/ runs a CUDA program's kernels through this backend's library).
         # restored: (program, layout, entry key, built) from the graph index (:meth:`restore`).
+        if not (c_passes and cfg.row_fusion is not False):  # (no row kernels: see fusion.stable_branches)
+            fg = FunctionGraph(fg.inputs, tuple(stable_branches(fg.outputs)), fg.trace)
         self.cfg = cfg
         _init_ffi(cfg)
         blas = blas_pointers(_FFI) if native_matmul else None

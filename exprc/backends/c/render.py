@@ -16,6 +16,7 @@ comment is the ``pprint`` of what it computes with ``*/`` defused.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 import string
@@ -29,7 +30,7 @@ from exprc.backends.layout import KernelLayout, Layout
 from exprc.backends.plan import MATMUL_PARAMS
 from exprc.backends.templates import prelude, random_helpers, read
 from exprc.fusion import EXPENSIVE, Kernel, Program, epilogue_arrays, row_levels, row_reads, single_element
-from exprc.graph import Node
+from exprc.graph import Node, rebuild
 from exprc.ops import OPS, REDUCTIONS
 from exprc.types import C_TYPES
 
@@ -437,11 +438,11 @@ class CRenderer:
         return fn, [run]
 
     def _rows(self, kl: KernelLayout, lines: list[str], total: str, head: list[str],
-              count: str = "n0") -> tuple[list[str], list[str]]:
+              count: str = "n0", name: str | None = None) -> tuple[list[str], list[str]]:
         """(a range function running the loop nest ``lines``, whose outer loop is over [lo, hi), the
         line running it over [0, count) (the outer dimension), split between threads when ``total``
         exceeds the kernel's threshold).  ``head`` declares what the nest reads besides the sizes."""
-        name = f"{kl.kernel.name}_rows"
+        name = name or f"{kl.kernel.name}_rows"
         fn = [f"EXPRC_RANGE({name})", "{", *self._dims(kl), *head, *lines, "}"]
         return fn, [f"    exprc_range({name}, ptrs, P, {count}, {total} > {parallel_threshold(kl.kernel)}, nthreads);"]
 
@@ -983,6 +984,87 @@ class CRenderer:
         return lines
 
     def render_rows(self, kl: KernelLayout) -> tuple[list[str], list[str]]:
+        """A row kernel (``fusion._row_kernels``), see :meth:`_row_lines`; with guards whose rare
+        condition holds one value per row, the rows run their fast branches first (see
+        :meth:`_row_guard_views`)."""
+        k = kl.kernel
+        main = self._dims(kl) + ["    const int64_t total = n0 * n1;"]
+        views = self._row_guard_views(kl)
+        if views is None:
+            fn, run = self._rows(kl, self._row_lines(kl), "total", [])
+            return fn, main + run
+        fast, flags, slow = views
+        name = k.name
+        # The fast branches row by row, each row's conditions or-ed into fl[row - lo]; then the rows
+        # where one holds (a run of them at once) again, through the slow branches, over what the fast
+        # pass stored.  Both passes write only the kernel's outputs, which no operand shares (the
+        # planner gives an output that overlaps an input a fresh array), so the slow pass reads the
+        # rows' operands as the fast pass did.
+        fn_slow, _ = self._rows(slow, self._row_lines(slow), "total", [], name=f"{name}_slow")
+        fast_fn = [(f"static void {name}_fast(char **restrict ptrs, const int64_t *restrict P, int64_t lo, "
+                    "int64_t hi, uint8_t *restrict fl)"), "{", *self._dims(fast),
+                   *self._row_lines(fast, flags), "}"]
+        driver = ["    (void)n0; (void)n1;", "    uint8_t fl[EXPRC_GUARD_ROWS];",
+                  "    for (int64_t s = lo; s < hi; s += EXPRC_GUARD_ROWS) {",
+                  "        const int64_t e = hi - s < EXPRC_GUARD_ROWS ? hi : s + EXPRC_GUARD_ROWS;",
+                  "        __builtin_memset(fl, 0, (size_t)(e - s));",
+                  f"        {name}_fast(ptrs, P, s, e, fl);",
+                  "        for (int64_t i = s; i < e; i++) {",
+                  "            if (!fl[i - s]) continue;",
+                  "            int64_t j = i + 1;",
+                  "            while (j < e && fl[j - s]) j++;",
+                  f"            {name}_slow(ptrs, P, i, j);",
+                  "            i = j;",
+                  "        }",
+                  "    }"]
+        fn, run = self._rows(kl, driver, "total", [])
+        return [*fn_slow, *fast_fn, *fn], main + run
+
+    def _row_guard_views(self, kl: KernelLayout) -> tuple[KernelLayout, list[Node], KernelLayout] | None:
+        """(fast, conditions, slow) for a row kernel with guards ``where(rare(c), slow, fast)`` whose
+        ``c`` holds one value per row (the row-wise stable forms: softmax, logsumexp): ``fast`` is the
+        kernel with each guard replaced by its fast branch, computing the conditions too; ``slow``
+        with each replaced by its slow branch (with guards of several conditions: the kernel as it
+        is, since a row where one holds may not be a row where another does).  A row whose conditions
+        all fail is the fast kernel's (the same bits as the where: its value is the fast branch's);
+        the others are the slow kernel's.  None when there are no such guards, or when a branch would
+        change an output's type or make two outputs one node (the kernel then runs as it is, every
+        branch computed)."""
+        k = kl.kernel
+        row, _ = row_levels(k)
+        guards = [n for n in k.body if n.op == "where" and n.inputs[0].op == "rare" and row[n.inputs[0]]
+                  and n.inputs[0].ndim == 2]  # (a 0-d condition: the flat guards' business)
+        if not guards:
+            return None
+        conds = list(dict.fromkeys(g.inputs[0] for g in guards))
+
+        def view(pick: int, extra: list[Node]) -> tuple[KernelLayout, list[Node]] | None:
+            new: dict[Node, Node] = {}
+            for n in k.body:
+                if n in guards:
+                    b = n.inputs[pick]
+                    new[n] = new.get(b, b)
+                else:
+                    new[n] = rebuild(n, [new.get(i, i) for i in n.inputs])
+            outs = [new.get(o, o) for o in k.outputs]
+            if (len(set(outs)) < len(outs) or set(outs) & set(k.operands)
+                    or any(a.type != b.type for a, b in zip(outs, k.outputs))):
+                return None
+            flags = [new.get(c, c) for c in extra]
+            ops = set(k.operands)
+            seen = _closure([*outs, *flags], lambda n: n.inputs, lambda x: x not in ops)
+            body = [n for n in dict.fromkeys(new[n] for n in k.body) if n in seen]
+            vk = Kernel(k.index, outs, body, list(k.operands), rows=True)
+            accesses = [(new.get(n, n), slot, pi) for n, slot, pi in kl.accesses]
+            return dataclasses.replace(kl, kernel=vk, accesses=accesses), flags
+
+        fast = view(2, conds)
+        slow = view(1, []) if len(conds) == 1 else (kl, [])
+        if fast is None or slow is None:
+            return None
+        return fast[0], fast[1], slow[0]
+
+    def _row_lines(self, kl: KernelLayout, flags: list[Node] = ()) -> list[str]:
         """A row kernel (``fusion._row_kernels``): for each row, the passes over its elements that its
         reductions need, one after the other, while the row is in cache.
 
@@ -991,7 +1073,10 @@ class CRenderer:
         is ready (recomputed in a later pass that needs it again: it is cheaper than a temporary).  A
         *row* node (a reduction, or elementwise over row values and scalars only) is computed once per
         row, between passes.  Each pass is a SIMD loop over the row's contiguous elements (flag 1,
-        every access contiguous along the row) or a strided loop, the same statements in both."""
+        every access contiguous along the row) or a strided loop, the same statements in both.
+
+        ``flags``: row values (bool) or-ed into ``fl[row - lo]`` (a parameter of the function these
+        lines go in) as soon as each is computed (see :meth:`render_rows`)."""
         k = kl.kernel
         n_in = len(k.operands)
         inside = set(k.body)
@@ -1050,6 +1135,7 @@ class CRenderer:
             for n, j in out_index.items():
                 if row[n] and level[n] == t:
                     out.append(f"{ind}*({C_TYPES[n.dtype]} *)(q{j}) = {names[n]};")
+            out += [f"{ind}fl[i0 - lo] |= (uint8_t)({names[c]} != 0);" for c in flags if level.get(c, 0) == t]
             return out
 
         ctype = {j: C_TYPES[kl.accesses[j][0].dtype] for j in range(len(kl.accesses))}
@@ -1141,15 +1227,13 @@ class CRenderer:
             scratch.append(f"    char *rb{j} = scratch ? scratch + {offset} : NULL; (void)rb{j};")
             offset = span[j] if offset == "0" else f"{offset} + {span[j]}"
         lines[loop_at:loop_at] = self._short_rows_batched(kl, plans, row, level, index, out_index, reds,
-                                                          needed) + scratch
+                                                          needed, flags) + scratch
         lines.append("    __builtin_free(scratch);")
-        main = self._dims(kl) + ["    const int64_t total = n0 * n1;"]
-        fn, run = self._rows(kl, lines, "total", [])
-        return fn, main + run
+        return lines
 
     def _short_rows_batched(self, kl: KernelLayout, plans: list[tuple], row: dict[Node, bool],
                             level: dict[Node, int], index: dict[Node, int], out_index: dict[Node, int],
-                            reds: list[Node], needed: Any) -> list[str]:
+                            reds: list[Node], needed: Any, flags: list[Node] = ()) -> list[str]:
         """Rows of up to EXPRC_RCHUNK / 8 elements (a classifier's 10 logits) in blocks of several rows,
         for a row kernel (render_rows): the block's elements are copied into aligned buffers column by
         column (element i1 of row r at i1 * R + r), each pass is one SIMD loop over the block's rows per
@@ -1168,7 +1252,7 @@ class CRenderer:
         later pass reads it there instead of computing it again (softmax's numerator exp(x - m) (1 + err)
         over the sum: its TwoSum and correction once, not twice; 25% of a softmax over rows of 8).
         ``needed(roots, leaves)``: the nodes a pass computes for ``roots`` when ``leaves`` are known
-        (render_rows's)."""
+        (render_rows's); ``flags``: _row_lines's."""
         k = kl.kernel
         floats = {n.dtype for n in k.body if n.dtype in ("float32", "float64")}
         wide = "int32_t" if floats == {"float32"} else "int64_t"
@@ -1179,7 +1263,19 @@ class CRenderer:
         full_reads = sorted({j for plan in plans for j in plan[5]})
         row_ops = [(x, j) for x, j in index.items() if x.ndim and row[x]]
         row_nodes = [n for n in k.body if row[n]]
-        arr = {x: f"ya{j}" for x, j in row_ops} | {n: f"y{i}" for i, n in enumerate(row_nodes)}
+        readers: dict[Node, list[Node]] = {}
+        for m in k.body:
+            for i in row_reads(m):
+                readers.setdefault(i, []).append(m)
+
+        def kept(n: Node) -> bool:
+            """Whether row value ``n`` is stored for the block's rows: what only row values of its own
+            level read stays a local of their loop (a guard's comparisons and their and: a store a row
+            each, to arrays no loop read)."""
+            return (n in reds or n in out_index or n in flags
+                    or any(not row[m] or m in reds or level[m] != level[n] for m in readers.get(n, ())))
+
+        arr = {x: f"ya{j}" for x, j in row_ops} | {n: f"y{i}" for i, n in enumerate(row_nodes) if kept(n)}
         scalars = {x: f"a{j}" for x, j in index.items() if x.ndim == 0}
         carried = sorted({n for plan in plans for n in plan[3]}, key=k.body.index)
         kb = {n: f"kb{i}" for i, n in enumerate(carried)}
@@ -1274,12 +1370,19 @@ class CRenderer:
             if mine:
                 local = scalars | {x: f"{arr[x]}[r]" for x in arr if x not in mine}
                 body = self.statements(mine, local, ind + "    ")
-                body += [f"{ind}    {arr[n]}[r] = {local[n]};" for n in mine]
+                body += [f"{ind}    {arr[n]}[r] = {local[n]};" for n in mine if n in arr]
                 out += [f"{ind}#pragma omp simd", f"{ind}for (int64_t r = 0; r < wr; r++) {{", *body, f"{ind}}}"]
             for n, j in out_index.items():
                 if row[n] and level[n] == t:
                     out.append(f"{ind}for (int64_t r = 0; r < rn; r++) "
                                f"*({C_TYPES[n.dtype]} *)({at_row(j)}) = ({C_TYPES[n.dtype]}){arr[n]}[r];")
+            for c in flags:
+                if level.get(c, 0) == t:  # (a flag is rare: the rows' bytes only when one holds)
+                    out += [f"{ind}{{", f"{ind}    int64_t any = 0;", f"{ind}    #pragma omp simd reduction(|:any)",
+                            f"{ind}    for (int64_t r = 0; r < rn; r++) any |= ({arr[c]}[r] != 0);",
+                            f"{ind}    if (any)",
+                            f"{ind}        for (int64_t r = 0; r < rn; r++) fl[r0 + r - lo] |= (uint8_t)({arr[c]}[r] != 0);",
+                            f"{ind}}}"]
             return out
 
         for t, (mine, stores, kept, keep, _, reads, _) in enumerate(plans):

@@ -49,7 +49,7 @@ from exprc.backends.outputs import check_count, check_out
 from exprc.backends.plan import Planner, PlanPool, Unsupported, describe
 from exprc.config import Config
 from exprc.errors import InputTypeError
-from exprc.fusion import VIEW_OPS, lower
+from exprc.fusion import VIEW_OPS, lower, stable_branches
 from exprc.fusion import Kernel as Loop
 from exprc.graph import Node
 from exprc.ops import OPS
@@ -116,6 +116,7 @@ class CUDAKernel(Kernel):
         self.driver = driver or get_driver()
         self.driver.make_current()
         self.cfg = cfg
+        fg = FunctionGraph(fg.inputs, tuple(stable_branches(fg.outputs)), fg.trace)  # (no row kernels here)
         self.program = lower(list(fg.outputs), list(fg.inputs), fuse=fuse)
         summary = pprint(list(fg.outputs), max_inline=10_000, max_nodes=200)
         renderer = CUDARenderer(precise_math=cfg.precise_math, fast_math=cfg.fast_math)

@@ -33,6 +33,9 @@ EXPRC_D2(pow) EXPRC_D2(atan2) EXPRC_D2(hypot)
 /* The values of a row reduction computed by one SIMD loop before they are added in order (render.py,
  * _buffered_row): 2 KB of doubles on the stack. */
 #define EXPRC_RCHUNK 256
+/* A row kernel with row-wise guards (render.py, render_rows) runs this many rows through its fast
+ * branches, one flag byte each on the stack, before it runs the flagged ones through the slow. */
+#define EXPRC_GUARD_ROWS 1024
 
 #define EXPRC_INLINE static inline __attribute__((always_inline))
 #define EXPRC_HIDDEN __attribute__((visibility("hidden")))

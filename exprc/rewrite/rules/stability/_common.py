@@ -251,6 +251,15 @@ def max_shifted(x: Node) -> bool:
     return False
 
 
+def by_rows(x: Node, axes: tuple) -> bool:
+    """Whether a reduction of ``x`` over ``axes`` is one a C row kernel computes (over the last axis
+    of a float matrix), where a guard whose rare condition holds one value per row runs only its
+    fast branch on the rows where the condition fails (render.py, ``render_rows``).  Elsewhere
+    such a guard computes both branches, so a rule adds one only here."""
+    return (x.ndim == 2 and tuple(axes) == (1,) and x.dtype in ("float32", "float64")
+            and x.type.shape[1] != 1)
+
+
 def sum_of_exp(s: Node) -> tuple[Node, tuple, bool] | None:
     """(x, axes, keepdims) when ``s`` is sum(exp(x)) (possibly with axes re-inserted)."""
     while s.op == "dimshuffle" or s.op == "reshape":
