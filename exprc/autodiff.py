@@ -65,6 +65,7 @@ from exprc.errors import DisconnectedInputError, DTypeError, ShapeError
 from exprc.graph import Node, constant_node, rebuild, substitute, toposort
 from exprc.ops import OPS, cast
 from exprc.ops import grad as _rules  # noqa: F401  (attaches the gradient rules to the op rows)
+from exprc.ops.grad import everywhere_guard
 from exprc.ops.gradshape import (
     Extents,
     _extents,
@@ -255,7 +256,8 @@ def _apply_rule(n: Node, g: Node | dict[int, Node], active: set[int], acc: dict[
                 masks[i] = None
             continue
         cond = mask
-        if n.op == "where" and j > 0 and not isinstance(g, dict):  # (the branch taken where c is / is not)
+        # (the branch taken where c is / is not; an everywhere-guard's slow branch: everywhere)
+        if n.op == "where" and j > 0 and not isinstance(g, dict) and not everywhere_guard(n):
             c = n.inputs[0] if j == 1 else api.logical_not(n.inputs[0])
             cond = c if cond is None else api.logical_and(cond, c)
         if cond is not None and gx.ndim == n.ndim and cond.ndim <= gx.ndim and ext(gx) == ext(n) and all(

@@ -1347,3 +1347,51 @@ def test_row_softmax_and_logsumexp_run_the_formula_as_written_where_it_is_as_acc
         err_new, err_old = np.array(err_new), np.array(err_old)
         limit = 5.0 if name == "softmax" else 3.0  # (|log S| >= log 2: S's rounding not magnified)
         assert err_new.max() <= limit, (name, err_new.max(), err_old.max())
+
+
+@pytest.mark.parametrize("backend", ["numpy", None])
+def test_row_softmax_and_logsumexp_gradients_are_the_stable_forms(backend, monkeypatch):
+    """The row-wise guards differentiate through their stable branch alone (ops.grad.everywhere_guard):
+    no masked copy of the derivative of the formula as written (a guard is left only as a sum_to's
+    shape model), the same values as the stable forms' gradients without the guard, bit for bit, and
+    central differences of the forward function (rows with huge logits, sums near 1, ordinary ones)."""
+    from exprc.function import clear_memo
+    from exprc.rewrite.rules.stability import logs, quotients
+
+    x, w = exprc.matrix("x"), exprc.matrix("w")
+    forms = [exprc.sum(w * (exprc.exp(x) / exprc.sum(exprc.exp(x), axis=1, keepdims=True))),
+             exprc.sum(exprc.log(exprc.sum(exprc.exp(x), axis=1)) * w[:, 0]),
+             exprc.sum(exprc.log(exprc.mean(exprc.exp(x), axis=1, keepdims=True)) * w[:, :1])]
+    grads = [exprc.grad(loss, x) for loss in forms]
+    new = [exprc.function([x, w], g, backend=backend) for g in grads]
+    for f in new:
+        valued, stack = set(), list(f.graph.outputs)  # (the nodes whose values are read: not a shape model)
+        while stack:
+            n = stack.pop()
+            if n not in valued:
+                valued.add(n)
+                stack += n.inputs[:1] if n.op == "sum_to" else n.inputs
+        assert not any(n.op == "rare" for n in valued)
+    monkeypatch.setattr(quotients, "by_rows", lambda *_: False)
+    monkeypatch.setattr(logs, "by_rows", lambda *_: False)
+    monkeypatch.setenv("EXPRC_GRAPH_INDEX", "0")
+    clear_memo()
+    old = [exprc.function([x, w], g, backend=backend) for g in grads]
+    monkeypatch.undo()
+    clear_memo()
+    rng = np.random.default_rng(4)
+    xv = np.concatenate([rng.uniform(-3, 3, (6, 5)), rng.uniform(-800, 800, (3, 5)),
+                         rng.uniform(-0.02, 0.02, (3, 5)) - math.log(5)])
+    wv = rng.uniform(-1, 1, xv.shape)
+    for loss, f, f_old in zip(forms, new, old):
+        value = exprc.function([x, w], loss, backend=backend)
+        got = f(xv, wv)
+        assert np.array_equal(got, f_old(xv, wv))
+        h = 1e-6
+        for i, j in [(0, 0), (2, 4), (6, 1), (7, 3), (9, 2), (11, 0)]:
+            up, down = xv.copy(), xv.copy()
+            step = h * max(1.0, abs(xv[i, j]))
+            up[i, j] += step
+            down[i, j] -= step
+            want = (value(up, wv) - value(down, wv)) / (2 * step)
+            assert abs(got[i, j] - want) <= 1e-6 * max(1.0, abs(want)), (i, j, got[i, j], want)

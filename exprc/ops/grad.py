@@ -138,8 +138,16 @@ def _grad_extremum(node: Node, g: Node) -> tuple:
 
 
 # -- where, cast, fill -------------------------------------------------------------------------
-grad_rule("where")(lambda node, g: (None, lambda: A.where(node.inputs[0], g, 0.0),
-                                    lambda: A.where(node.inputs[0], 0.0, g)))
+def everywhere_guard(node: Node) -> bool:
+    """``node`` is ``where(rare(c, everywhere=True), slow, fast)`` (:func:`exprc.rewrite.forms.guard`):
+    its slow branch is right everywhere, and so is its derivative."""
+    return node.op == "where" and node.inputs[0].op == "rare" and bool(node.inputs[0].arg("everywhere"))
+
+
+# (an everywhere-guard differentiates through its slow branch alone: the stable form's gradient, as
+# without the guard, and no masked copy of the fast branch's for a kernel to compute)
+grad_rule("where")(lambda node, g: (None, g, None) if everywhere_guard(node) else
+                   (None, lambda: A.where(node.inputs[0], g, 0.0), lambda: A.where(node.inputs[0], 0.0, g)))
 grad_rule("cast")(lambda node, g: (g if node.inputs[0].dtype in ("float32", "float64") else None,))
 grad_rule("fill")(lambda node, g: (None, g))
 

@@ -1028,8 +1028,8 @@ class CRenderer:
         is, since a row where one holds may not be a row where another does).  A row whose conditions
         all fail is the fast kernel's (the same bits as the where: its value is the fast branch's);
         the others are the slow kernel's.  None when there are no such guards, or when a branch would
-        change an output's type or make two outputs one node (the kernel then runs as it is, every
-        branch computed)."""
+        change a type (a gradient's mask ``where(rare(c), g, 0)``) or make two outputs one node (the
+        kernel then runs as it is, every branch computed)."""
         k = kl.kernel
         row, _ = row_levels(k)
         guards = [n for n in k.body if n.op == "where" and n.inputs[0].op == "rare" and row[n.inputs[0]]
@@ -1044,6 +1044,8 @@ class CRenderer:
                 if n in guards:
                     b = n.inputs[pick]
                     new[n] = new.get(b, b)
+                    if new[n].type != n.type:  # (a mask's 0: what reads it would read a scalar, sum(0.0))
+                        return None
                 else:
                     new[n] = rebuild(n, [new.get(i, i) for i in n.inputs])
             outs = [new.get(o, o) for o in k.outputs]
@@ -1051,8 +1053,9 @@ class CRenderer:
                     or any(a.type != b.type for a, b in zip(outs, k.outputs))):
                 return None
             flags = [new.get(c, c) for c in extra]
-            ops = set(k.operands)
-            seen = _closure([*outs, *flags], lambda n: n.inputs, lambda x: x not in ops)
+            # (a branch may be an operand or a constant: not body nodes)
+            made = {v for v in new.values() if v not in k.operands and v.op not in ("constant", "input")}
+            seen = _closure([*outs, *flags], lambda n: n.inputs, made.__contains__)
             body = [n for n in dict.fromkeys(new[n] for n in k.body) if n in seen]
             vk = Kernel(k.index, outs, body, list(k.operands), rows=True)
             accesses = [(new.get(n, n), slot, pi) for n, slot, pi in kl.accesses]
