@@ -579,6 +579,8 @@ class _Loader:
                     attrs = self.control_attrs(op, raw_attrs, inputs, depth, where)
                 else:
                     attrs = {k: _decode_attr(v, where) for k, v in raw_attrs.items()} if raw_attrs else {}
+                if op == "rare" and not attrs:  # (saved before rare had the attribute: a guard of one branch)
+                    attrs = {"everywhere": False}
                 # A type rule (and the attribute check) depends only on the operands' types and the
                 # attributes: a signature seen before, whose rule inserted no cast, gives the same
                 # type without running them again (a saved chain repeats a few signatures).  Not

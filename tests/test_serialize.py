@@ -713,3 +713,35 @@ def test_random_corruptions_of_loops_never_crash_or_fail_unclearly(which):
             assert "matmul" in str(exc)
             outcomes["exprc error"] += 1
     assert outcomes["refused"] > 100, outcomes
+
+
+def test_guards_of_optimized_graphs_round_trip_and_older_files_load():
+    """An optimized graph's guards: rare(c, everywhere) keeps its attribute through dumps/loads (the
+    row-wise softmax's, True; exp(x)/expm1(x)'s, False); a file written before the attribute existed
+    (rare without attributes) loads as everywhere=False; a non-bool attribute is refused."""
+    m, v = exprc.matrix("m"), exprc.vector("v")
+    outs = list(exprc.function([m], exprc.exp(m) / exprc.sum(exprc.exp(m), axis=1, keepdims=True)).graph.outputs)
+    outs += list(exprc.function([v], exprc.exp(v) / exprc.expm1(v)).graph.outputs)
+    flags = [n.arg("everywhere") for n in exprc.graph.toposort(outs) if n.op == "rare"]
+    assert sorted(flags) == [False, True]
+    back = exprc.loads(exprc.dumps(outs))
+    assert sorted(n.arg("everywhere") for n in exprc.graph.toposort(back) if n.op == "rare") == [False, True]
+
+    def edit(o, fn):
+        if isinstance(o, dict):
+            if o.get("op") == "rare":
+                fn(o)
+            for val in o.values():
+                edit(val, fn)
+        elif isinstance(o, list):
+            for val in o:
+                edit(val, fn)
+
+    old = json.loads(exprc.dumps(outs))
+    edit(old, lambda e: e.pop("attrs", None))
+    assert [n.arg("everywhere") for n in exprc.graph.toposort(exprc.loads(json.dumps(old))) if n.op == "rare"] \
+        == [False, False]
+    bad = json.loads(exprc.dumps(outs))
+    edit(bad, lambda e: e.__setitem__("attrs", {"everywhere": "yes"}))
+    with pytest.raises(SerializationError, match="everywhere must be a bool"):
+        exprc.loads(json.dumps(bad))
