@@ -19,6 +19,7 @@ import numpy as np
 from exprc.backends import Kernel
 from exprc.backends.outputs import check_count, copy_into
 from exprc.config import Config
+from exprc.fusion import stable_branches
 from exprc.graph import Node
 from exprc.ops import OPS
 from exprc.pipeline import FunctionGraph
@@ -65,6 +66,8 @@ class NumpyKernel(Kernel):
     """A compiled NumPy-backend function (the :class:`~exprc.backends.Kernel` protocol)."""
 
     def __init__(self, fg: FunctionGraph):
+        # (no row kernels: a guard whose slow branch is right everywhere takes it alone, fusion.stable_branches)
+        fg = FunctionGraph(fg.inputs, tuple(stable_branches(fg.outputs)), fg.trace)
         self.source, ns = render(fg)
         code = compile(self.source, "<exprc-numpy>", "exec")
         exec(code, ns)  # noqa: S102 - our own generated listing, see module docstring

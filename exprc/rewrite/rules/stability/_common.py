@@ -254,8 +254,9 @@ def max_shifted(x: Node) -> bool:
 def by_rows(x: Node, axes: tuple) -> bool:
     """Whether a reduction of ``x`` over ``axes`` is one a C row kernel computes (over the last axis
     of a float matrix), where a guard whose rare condition holds one value per row runs only its
-    fast branch on the rows where the condition fails (render.py, ``render_rows``).  Elsewhere
-    such a guard computes both branches, so a rule adds one only here."""
+    fast branch on the rows where the condition fails (render.py, ``render_rows``).  Elsewhere an
+    everywhere-guard is lowered to its slow branch (``fusion.stable_branches``), so a rule adds one
+    only where a row kernel can take it."""
     return (x.ndim == 2 and tuple(axes) == (1,) and x.dtype in ("float32", "float64")
             and x.type.shape[1] != 1)
 
