@@ -164,5 +164,5 @@ def test_print_gradient_theano_spelling_errors_and_saving(capsys, tmp_path):
     with pytest.raises(TypeError, match="message must be a string"):
         exprc.Print(x, 3)
     e = exprc.Print(x * 2, "twice", summary=True)
-    back = exprc.serialize.loads(exprc.serialize.dumps(e))
+    back = exprc.loads(exprc.dumps(e))
     assert back.op == "print" and back.arg("message") == "twice" and back.arg("summary") is True
