@@ -136,10 +136,10 @@ def _blas_matmul(n: Node) -> bool:
 
 def stable_branches(outputs: Sequence[Node]) -> list[Node]:
     """``outputs`` with each guard whose slow branch is right everywhere (``rare(c, everywhere=True)``:
-    the row-wise softmax and logsumexp, see :func:`exprc.rewrite.forms.guard`) replaced by that
-    branch, for a lowering without row kernels: only a row kernel runs a row's fast branch alone
-    (render.py, ``render_rows``), and elsewhere the guard would compute both (logsumexp over rows
-    without row kernels: an exp and a sum more, 5 kernels where the stable form takes 4)."""
+    the row-wise softmax, see :func:`exprc.rewrite.forms.guard`) replaced by that branch, for a
+    lowering without row kernels: only a row kernel runs a row's fast branch alone (render.py,
+    ``render_rows``), and elsewhere the guard would compute both (an exp, a sum and a division more
+    for every element)."""
     memo: dict[Node, Node] = {}
     for n in toposort(outputs):
         if n.op == "where" and n.inputs[0].op == "rare" and n.inputs[0].arg("everywhere"):

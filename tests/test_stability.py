@@ -158,11 +158,10 @@ RULES = [
       {"softplus"}, [(L, -700, 700), (L, -700, 700)], absent={"log"}),
     R("log_sigmoid", [lambda m, z, y: -(y * m.log(sig(m, z)) + (1 - y) * m.log(1 - sig(m, z)))],  # BCE on logits
       {"softplus"}, [(L, -50, 50), (L, 0, 1)], absent={"log", "sigmoid", "exp"}),
-    # (over a matrix's rows the log stays, in the guard's fast branch: test_row_softmax_and_logsumexp_...)
-    R("logsumexp_from_log", [lambda m, x: m.log(m.sum(m.exp(x), axis=-1))], {"max", "log1p", "rare"},
-      [(L, -1000, 1000)], rows=8),
-    R("logsumexp_from_log", [lambda m, x: m.log(m.sum(m.exp(x), axis=-1, keepdims=True))], {"max", "log1p", "rare"},
-      [(L, -1000, 1000)], rows=8),
+    R("logsumexp_from_log", [lambda m, x: m.log(m.sum(m.exp(x), axis=-1))], {"max", "log1p"},
+      [(L, -1000, 1000)], rows=8, absent={"log"}),
+    R("logsumexp_from_log", [lambda m, x: m.log(m.sum(m.exp(x), axis=-1, keepdims=True))], {"max", "log1p"},
+      [(L, -1000, 1000)], rows=8, absent={"log"}),
     R("logsumexp_from_log", [lambda m, x: m.log(m.mean(m.exp(x), axis=-1))], {"max", "log1p"},
       [(L, -1000, 1000)], rows=8),
     R("logaddexp_from_log", [lambda m, a, b: m.log(m.exp(a) + m.exp(b)), lambda m, a, b: m.log(m.exp(b) + m.exp(a))],
@@ -1277,121 +1276,137 @@ def test_swish_runs_the_quotient_as_written_where_its_guard_does_not_hold(dtype,
         np.testing.assert_allclose(got, want, rtol=8 * np.finfo(dtype).eps)
 
 
-
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
-def test_row_softmax_and_logsumexp_run_the_formula_as_written_where_it_is_as_accurate(dtype, monkeypatch):
-    """softmax_from_exp and logsumexp_from_log over the rows of a matrix guard the stable forms by the
-    row sum S (softmax: 1/2 <= S <= max; logsumexp and its mean: S finite, >= 2 or in [tiny, 1/2]),
-    where the formula as written is as accurate and the row kernel runs it alone.  Structure: the guard
-    only over the last axis of a matrix (not a vector, axis 0 or a 3-d array).  Bits: a row where the
-    guard fails is the formula compiled without stability rules; a row where it holds (NaN, inf,
-    -inf, huge and very negative logits, sums near 1) the stable form as it was (the rules with the
-    guard turned off).  Numbers: where the guard fails, within 5 ulps of mpmath (softmax) and 3
-    (logsumexp and the log of the mean: |log S| >= log 2)."""
+def test_row_softmax_runs_the_quotient_as_written_where_it_is_as_accurate(dtype, monkeypatch):
+    """softmax_from_exp over the rows of a matrix guards its stable form by the row sum S and minimum:
+    the quotient as written where S is finite and S >= 1/2 or no exp(x) is subnormal, which the row
+    kernel then runs alone.  Structure: the guard only over the last axis of a matrix (not a vector,
+    axis 0 or a 3-d array).  Bits: a row where the guard fails is the formula compiled without
+    stability rules; a row where it holds (NaN, +-inf, huge logits, very negative ones) the stable
+    form as it was (the rule with the guard turned off).  Numbers: where the guard fails, within 5
+    ulps of mpmath."""
     from exprc.function import clear_memo
-    from exprc.rewrite.rules.stability import logs, quotients
+    from exprc.rewrite.rules.stability import quotients
 
     x = exprc.tensor("x", dtype, ndim=2)
-    forms = {"softmax": (lambda m, v: m.exp(v) / m.sum(m.exp(v), axis=-1, keepdims=True)),
-             "logsumexp": (lambda m, v: m.log(m.sum(m.exp(v), axis=-1))),
-             "log_mean_exp": (lambda m, v: m.log(m.mean(m.exp(v), axis=-1, keepdims=True)))}
-    for name, fn in forms.items():
-        ops = {n.op for n in toposort(exprc.function([x], fn(exprc, x)).graph.outputs)}
-        assert "rare" in ops, name
-        for v in (exprc.tensor("v", dtype, ndim=1), exprc.tensor("t", dtype, ndim=3)):
-            assert "rare" not in {n.op for n in toposort(exprc.function([v], fn(exprc, v)).graph.outputs)}, name
-        col = exprc.log(exprc.sum(exprc.exp(x), axis=0))
-        assert "rare" not in {n.op for n in toposort(exprc.function([x], col).graph.outputs)}
+
+    def softmax(m, v):
+        return m.exp(v) / m.sum(m.exp(v), axis=-1, keepdims=True)
+
+    assert "rare" in {n.op for n in toposort(exprc.function([x], softmax(exprc, x)).graph.outputs)}
+    for v in (exprc.tensor("v", dtype, ndim=1), exprc.tensor("t", dtype, ndim=3)):
+        assert "rare" not in {n.op for n in toposort(exprc.function([v], softmax(exprc, v)).graph.outputs)}
+    col = exprc.exp(x) / exprc.sum(exprc.exp(x), axis=0, keepdims=True)
+    assert "rare" not in {n.op for n in toposort(exprc.function([x], col).graph.outputs)}
     rng = np.random.default_rng(2)
     parts = [rng.uniform(-3, 3, (60, 8)), rng.uniform(-30, 30, (60, 8)), rng.uniform(-700, 700, (40, 8)),
-             rng.uniform(-5, 0, (40, 8)), rng.uniform(-0.05, 0.05, (30, 8)) - math.log(8),
-             rng.uniform(-80, 80, (30, 8)), rng.uniform(-750, -700, (10, 8)), rng.uniform(-10, -2, (40, 8)),
-             rng.uniform(-0.3, 0.3, (30, 8))]
+             rng.uniform(-5, 0, (40, 8)), rng.uniform(-80, 80, (30, 8)), rng.uniform(-750, -700, (10, 8)),
+             rng.uniform(-10, -2, (40, 8)), rng.uniform(-80, -60, (30, 8)), rng.uniform(705, 720, (20, 8)),
+             rng.uniform(-800, -709, (20, 8))]
     xv = np.concatenate(parts).astype(dtype)
     xv[0, 0], xv[1, 3], xv[2, :], xv[3, 5], xv[4, :] = np.nan, np.inf, -np.inf, -np.inf, 1000.0
-    new = {k: exprc.function([x], fn(exprc, x)) for k, fn in forms.items()}
-    naive = {k: exprc.function([x], fn(exprc, x), exclude=("stability",)) for k, fn in forms.items()}
+    new = exprc.function([x], softmax(exprc, x))
+    naive = exprc.function([x], softmax(exprc, x), exclude=("stability",))
+    rowless = exprc.Config(row_fusion=False)
+    new_rowless = exprc.function([x], softmax(exprc, x), config=rowless)
     monkeypatch.setattr(quotients, "by_rows", lambda *_: False)
-    monkeypatch.setattr(logs, "by_rows", lambda *_: False)
     monkeypatch.setenv("EXPRC_GRAPH_INDEX", "0")
     clear_memo()
-    old = {k: exprc.function([x], fn(exprc, x)) for k, fn in forms.items()}
+    old = exprc.function([x], softmax(exprc, x))
+    old_rowless = exprc.function([x], softmax(exprc, x), config=rowless)
     monkeypatch.undo()
     clear_memo()
-    big, tiny = float(np.finfo(dtype).max), (1e-270 if dtype == "float64" else 1e-25)
+    # without row kernels the guard is its stable branch alone (fusion.stable_branches): the kernels as before
+    assert [k["ops"] for k in new_rowless.kernels] == [k["ops"] for k in old_rowless.kernels]
+    big, low = float(np.finfo(dtype).max), (-708.0 if dtype == "float64" else -87.0)
     with np.errstate(all="ignore"):
         s = np.sum(np.exp(xv), axis=1, dtype=dtype)  # (the kernel's sum in order: the same flags but at an edge)
-        m = (s / np.array(8, dtype)).astype(dtype)
-        fine = {"softmax": (s >= 0.5) & (s <= big),
-                "logsumexp": (s <= big) & ((s >= 2) | ((s <= 0.5) & (s >= tiny))),
-                "log_mean_exp": (m <= big) & ((m >= 2) | ((m <= 0.5) & (m >= tiny)))}
+        fine = (s <= big) & ((s >= 0.5) | (np.min(xv, axis=1) >= low))
+        got, was, plain = new(xv), old(xv), naive(xv)
+    assert fine.sum() > 250 and (~fine).sum() > 40  # (both kinds of rows, and sums below 1/2 on both sides)
+    assert ((s < 0.5) & fine).sum() > 30 and ((s < 0.5) & ~fine).sum() > 5
+    assert np.array_equal(got[fine], plain[fine], equal_nan=True)
+    assert np.array_equal(got[~fine], was[~fine], equal_nan=True)
+    with np.errstate(all="ignore"):
+        assert np.array_equal(new_rowless(xv), old_rowless(xv), equal_nan=True)
     mpmath.mp.prec = 200
-    for name in forms:
-        with np.errstate(all="ignore"):
-            got, was, plain = (f[name](xv).reshape(len(xv), -1) for f in (new, old, naive))
-        assert fine[name].sum() > 150 and (~fine[name]).sum() > 50, name  # (both kinds of rows)
-        assert np.array_equal(got[fine[name]], plain[fine[name]], equal_nan=True), name
-        assert np.array_equal(got[~fine[name]], was[~fine[name]], equal_nan=True), name
-        rows = np.flatnonzero(fine[name])
-        err_new, err_old = [], []
-        for i in rows[::2]:  # (every other row: mpmath at 200 bits takes a while)
-            es = [mpmath.exp(mpmath.mpf(float(t))) for t in xv[i]]
-            total = mpmath.fsum(es)
-            exact = ([e / total for e in es] if name == "softmax"
-                     else [mpmath.log(total / (8 if name == "log_mean_exp" else 1))])
-            for j, e in enumerate(exact):
-                ulp = float(np.spacing(np.abs(np.array(float(e), dtype))))
-                if abs(e) > np.finfo(dtype).tiny:
-                    err_new.append(float(abs(mpmath.mpf(float(got[i, j])) - e)) / ulp)
-                    err_old.append(float(abs(mpmath.mpf(float(was[i, j])) - e)) / ulp)
-        err_new, err_old = np.array(err_new), np.array(err_old)
-        limit = 5.0 if name == "softmax" else 3.0  # (|log S| >= log 2: S's rounding not magnified)
-        assert err_new.max() <= limit, (name, err_new.max(), err_old.max())
+    errs = []
+    for i in np.flatnonzero(fine)[::2]:  # (every other row: mpmath at 200 bits takes a while)
+        es = [mpmath.exp(mpmath.mpf(float(t))) for t in xv[i]]
+        total = mpmath.fsum(es)
+        for j, e in enumerate(es):
+            exact = e / total
+            if abs(exact) > np.finfo(dtype).tiny:
+                ulp = float(np.spacing(np.abs(np.array(float(exact), dtype))))
+                errs.append(float(abs(mpmath.mpf(float(got[i, j])) - exact)) / ulp)
+    assert max(errs) <= 5.0, max(errs)
+
+
+def test_stable_forms_that_share_a_node_with_the_formula_as_written_are_all_stabilized():
+    """A guard's fast branch is the user's own node, frozen for the stability rules: no node the rule
+    builds anew and freezes may be one the graph has elsewhere (review: log(sum(exp(x), keepdims=True))
+    as a logsumexp guard's fast branch was also the user's log-softmax, which then stayed as written
+    and overflowed: -inf for a row with 800).  A softmax, its log-probabilities spelled out and the
+    log-sum-exp of the same matrix, alone and together, on rows with huge logits."""
+    x = exprc.matrix("x")
+    e = exprc.exp(x)
+    probs = e / exprc.sum(e, axis=1, keepdims=True)
+    log_probs = x - exprc.log(exprc.sum(exprc.exp(x), axis=1, keepdims=True))
+    lse = exprc.log(exprc.sum(exprc.exp(x), axis=1))
+    xv = np.array([[800.0, 1.0, 2.0], [1.0, 2.0, 3.0], [-900.0, -901.0, -1000.0], [0.5, -np.inf, -np.inf]])
+    with np.errstate(all="ignore"):  # (every x - m here is exact)
+        m = xv.max(axis=1, keepdims=True)
+        total = np.sum(np.exp(xv - m), axis=1, keepdims=True)
+        want = [np.exp(xv - m) / total, (xv - m) - np.log(total), (m + np.log(total))[:, 0]]
+    for outs in ([probs, log_probs, lse], [lse, log_probs], [log_probs, probs], [lse, probs]):
+        for backend in ("numpy", None):
+            got = exprc.function([x], outs, backend=backend)(xv)
+            for g, o in zip(got, outs):
+                w = want[[probs, log_probs, lse].index(o)]
+                # (x - logsumexp(x) spelled out rounds the log-sum-exp first: -900 - lse is 70 ulps off)
+                np.testing.assert_allclose(g, w, rtol=1e-12, atol=1e-300, equal_nan=False)
+    # the log-probability of the top class never exceeds 0 (the stable log-sum-exp is >= the maximum)
+    top = exprc.function([x], log_probs)(np.array([[0.9814894, -np.inf, -np.inf], [10.0, -30.0, -31.0]]))
+    assert (top[:, 0] <= 0).all() and top[0, 0] == 0.0
 
 
 @pytest.mark.parametrize("backend", ["numpy", None])
-def test_row_softmax_and_logsumexp_gradients_are_the_stable_forms(backend, monkeypatch):
-    """The row-wise guards differentiate through their stable branch alone (ops.grad.everywhere_guard):
-    no masked copy of the derivative of the formula as written (a guard is left only as a sum_to's
-    shape model), the same values as the stable forms' gradients without the guard, bit for bit, and
-    central differences of the forward function (rows with huge logits, sums near 1, ordinary ones)."""
+def test_row_softmax_gradients_are_the_stable_forms(backend, monkeypatch):
+    """The row-wise softmax guard differentiates through its stable branch alone
+    (ops.grad.everywhere_guard): no masked copy of the derivative of the quotient as written (a guard
+    is left only as a sum_to's shape model), the same values as the stable form's gradient without
+    the guard, bit for bit, and central differences of the forward function (rows with huge logits,
+    very negative ones and ordinary ones)."""
     from exprc.function import clear_memo
-    from exprc.rewrite.rules.stability import logs, quotients
+    from exprc.rewrite.rules.stability import quotients
 
     x, w = exprc.matrix("x"), exprc.matrix("w")
-    forms = [exprc.sum(w * (exprc.exp(x) / exprc.sum(exprc.exp(x), axis=1, keepdims=True))),
-             exprc.sum(exprc.log(exprc.sum(exprc.exp(x), axis=1)) * w[:, 0]),
-             exprc.sum(exprc.log(exprc.mean(exprc.exp(x), axis=1, keepdims=True)) * w[:, :1])]
-    grads = [exprc.grad(loss, x) for loss in forms]
-    new = [exprc.function([x, w], g, backend=backend) for g in grads]
-    for f in new:
-        valued, stack = set(), list(f.graph.outputs)  # (the nodes whose values are read: not a shape model)
-        while stack:
-            n = stack.pop()
-            if n not in valued:
-                valued.add(n)
-                stack += n.inputs[:1] if n.op == "sum_to" else n.inputs
-        assert not any(n.op == "rare" for n in valued)
+    loss = exprc.sum(w * (exprc.exp(x) / exprc.sum(exprc.exp(x), axis=1, keepdims=True)))
+    grad = exprc.grad(loss, x)
+    new = exprc.function([x, w], grad, backend=backend)
+    valued, stack = set(), list(new.graph.outputs)  # (the nodes whose values are read: not a shape model)
+    while stack:
+        n = stack.pop()
+        if n not in valued:
+            valued.add(n)
+            stack += n.inputs[:1] if n.op == "sum_to" else n.inputs
+    assert not any(n.op == "rare" for n in valued)
     monkeypatch.setattr(quotients, "by_rows", lambda *_: False)
-    monkeypatch.setattr(logs, "by_rows", lambda *_: False)
     monkeypatch.setenv("EXPRC_GRAPH_INDEX", "0")
     clear_memo()
-    old = [exprc.function([x, w], g, backend=backend) for g in grads]
+    old = exprc.function([x, w], grad, backend=backend)
     monkeypatch.undo()
     clear_memo()
     rng = np.random.default_rng(4)
-    xv = np.concatenate([rng.uniform(-3, 3, (6, 5)), rng.uniform(-800, 800, (3, 5)),
-                         rng.uniform(-0.02, 0.02, (3, 5)) - math.log(5)])
+    xv = np.concatenate([rng.uniform(-3, 3, (6, 5)), rng.uniform(-800, 800, (3, 5)), rng.uniform(-60, -40, (3, 5))])
     wv = rng.uniform(-1, 1, xv.shape)
-    for loss, f, f_old in zip(forms, new, old):
-        value = exprc.function([x, w], loss, backend=backend)
-        got = f(xv, wv)
-        assert np.array_equal(got, f_old(xv, wv))
-        h = 1e-6
-        for i, j in [(0, 0), (2, 4), (6, 1), (7, 3), (9, 2), (11, 0)]:
-            up, down = xv.copy(), xv.copy()
-            step = h * max(1.0, abs(xv[i, j]))
-            up[i, j] += step
-            down[i, j] -= step
-            want = (value(up, wv) - value(down, wv)) / (2 * step)
-            assert abs(got[i, j] - want) <= 1e-6 * max(1.0, abs(want)), (i, j, got[i, j], want)
+    value = exprc.function([x, w], loss, backend=backend)
+    got = new(xv, wv)
+    assert np.array_equal(got, old(xv, wv))
+    for i, j in [(0, 0), (2, 4), (6, 1), (7, 3), (9, 2), (11, 0)]:
+        up, down = xv.copy(), xv.copy()
+        step = 1e-6 * max(1.0, abs(xv[i, j]))
+        up[i, j] += step
+        down[i, j] -= step
+        want = (value(up, wv) - value(down, wv)) / (2 * step)
+        assert abs(got[i, j] - want) <= 1e-6 * max(1.0, abs(want)), (i, j, got[i, j], want)

@@ -996,7 +996,7 @@ class CRenderer:
         fast, flags, slow = views
         name = k.name
         # The fast branches row by row, each row's conditions or-ed into fl[row - lo] (the function
-        # returns whether one held: a scan of the bytes cost 4% of a logsumexp over rows of 8); then
+        # returns whether one held: a scan of the bytes cost 4% of a guarded kernel over rows of 8); then
         # the rows where one holds (a run of them at once) again, through the slow branches, over what
         # the fast pass stored.  Both passes write only the kernel's outputs, which no operand shares (the
         # planner gives an output that overlaps an input a fresh array), so the slow pass reads the
@@ -1026,14 +1026,16 @@ class CRenderer:
 
     def _row_guard_views(self, kl: KernelLayout) -> tuple[KernelLayout, list[Node], KernelLayout] | None:
         """(fast, conditions, slow) for a row kernel with guards ``where(rare(c), slow, fast)`` whose
-        ``c`` holds one value per row (the row-wise stable forms: softmax, logsumexp): ``fast`` is the
-        kernel with each guard replaced by its fast branch, computing the conditions too; ``slow``
-        with each replaced by its slow branch (with guards of several conditions: the kernel as it
-        is, since a row where one holds may not be a row where another does).  A row whose conditions
-        all fail is the fast kernel's (the same bits as the where: its value is the fast branch's);
-        the others are the slow kernel's.  None when there are no such guards, or when a branch would
-        change a type (a gradient's mask ``where(rare(c), g, 0)``) or make two outputs one node (the
-        kernel then runs as it is, every branch computed)."""
+        ``c`` holds one value per row (the row-wise softmax): ``fast`` is the kernel with each guard
+        replaced by its fast branch, computing the conditions too; ``slow`` with each replaced by its
+        slow branch (guards of several conditions, not all ``everywhere``: the kernel as it is, since
+        a row where one holds may not be a row where another does), storing only the outputs that
+        read a guard, so that an output that does not keeps the fast pass's bits on every row (a
+        long row's vectorized sum has other bits in a loop of other contents).  A row whose
+        conditions all fail is the fast kernel's (the same bits as the where: its value is the fast
+        branch's); the others' guarded outputs are the slow kernel's.  None when there are no such
+        guards, or when a branch would change a type (a gradient's mask ``where(rare(c), g, 0)``) or
+        make two outputs one node (the kernel then runs as it is, every branch computed)."""
         k = kl.kernel
         row, _ = row_levels(k)
         guards = [n for n in k.body if n.op == "where" and n.inputs[0].op == "rare" and row[n.inputs[0]]
@@ -1041,11 +1043,13 @@ class CRenderer:
         if not guards:
             return None
         conds = list(dict.fromkeys(g.inputs[0] for g in guards))
+        reads = _closure(list(k.outputs), lambda n: n.inputs, lambda x: x in set(k.body))
+        guarded = [o for o in k.outputs if _closure([o], lambda n: n.inputs, reads.__contains__) & set(guards)]
 
-        def view(pick: int, extra: list[Node]) -> tuple[KernelLayout, list[Node]] | None:
+        def view(pick: int | None, extra: list[Node], only: list[Node] | None) -> tuple | None:
             new: dict[Node, Node] = {}
             for n in k.body:
-                if n in guards:
+                if n in guards and pick is not None:
                     b = n.inputs[pick]
                     new[n] = new.get(b, b)
                     if new[n].type != n.type:  # (a mask's 0: what reads it would read a scalar, sum(0.0))
@@ -1056,17 +1060,19 @@ class CRenderer:
             if (len(set(outs)) < len(outs) or set(outs) & set(k.operands)
                     or any(a.type != b.type for a, b in zip(outs, k.outputs))):
                 return None
+            kept = [new.get(o, o) for o in only] if only is not None else outs
             flags = [new.get(c, c) for c in extra]
             # (a branch may be an operand or a constant: not body nodes)
             made = {v for v in new.values() if v not in k.operands and v.op not in ("constant", "input")}
-            seen = _closure([*outs, *flags], lambda n: n.inputs, made.__contains__)
+            seen = _closure([*kept, *flags], lambda n: n.inputs, made.__contains__)
             body = [n for n in dict.fromkeys(new[n] for n in k.body) if n in seen]
-            vk = Kernel(k.index, outs, body, list(k.operands), rows=True)
+            vk = Kernel(k.index, kept, body, list(k.operands), rows=True)
             accesses = [(new.get(n, n), slot, pi) for n, slot, pi in kl.accesses]
             return dataclasses.replace(kl, kernel=vk, accesses=accesses), flags
 
-        fast = view(2, conds)
-        slow = view(1, []) if len(conds) == 1 else (kl, [])
+        fast = view(2, conds, None)
+        together = len(conds) == 1 or all(c.arg("everywhere") for c in conds)  # (slow is right anywhere)
+        slow = view(1 if together else None, [], guarded)
         if fast is None or slow is None:
             return None
         return fast[0], fast[1], slow[0]
@@ -1090,7 +1096,9 @@ class CRenderer:
         inside = set(k.body)
         reds = [n for n in k.body if OPS[n.op].kind == "reduce"]
         index = {n: j for j, (n, _, _) in enumerate(kl.accesses[:n_in])}
-        out_index = {n: j for j, (n, _, _) in enumerate(kl.accesses) if j >= n_in}
+        # (a guard's slow view stores only the outputs that read a guard: see _row_guard_views)
+        live = set(k.outputs)
+        out_index = {n: j for j, (n, _, _) in enumerate(kl.accesses) if j >= n_in and n in live}
         row, level = row_levels(k)
         full_outs = [n for n in out_index if not row[n]]
         npass = max([level[r] for r in reds] + [level[n] + 1 for n in full_outs])
@@ -1127,7 +1135,7 @@ class CRenderer:
                 lines.append(f"    const {C_TYPES[x.dtype]} a{j} = *(const {C_TYPES[x.dtype]} *)({self.ptr(kl, j)});")
         lines.append("    for (int64_t i0 = lo; i0 < hi; i0++) {")
         for j, (node, _, pi) in enumerate(kl.accesses):
-            if node.ndim:
+            if node.ndim and (j < n_in or node in out_index):
                 lines.append(f"        char *q{j} = {self.ptr(kl, j)} + i0 * {self.param(kl, pi)};")
         for x, j in index.items():
             if x.ndim and row[x]:
@@ -1225,7 +1233,8 @@ class CRenderer:
                 lines.append(f"{ind}const {C_TYPES[r.dtype]} r{a} = ({C_TYPES[r.dtype]})({fin});")
         lines.append("    }")
         loop_at = lines.index("    for (int64_t i0 = lo; i0 < hi; i0++) {")
-        whole = [j for j, (node, _, _) in enumerate(kl.accesses) if node.ndim and not row[node]]
+        whole = [j for j, (node, _, _) in enumerate(kl.accesses)
+                 if node.ndim and (j < n_in or node in out_index) and not row[node]]
         # (each array's slice rounded up to 64 bytes: a double slice after a float one stays aligned)
         span = {j: f"(((size_t)n1 * sizeof({ctype[j]}) + 63) & ~(size_t)63)" for j in whole}
         scratch = [(f"    char *scratch = {self.param(kl, kl.p_flag)} || n1 <= 0 ? NULL : "

@@ -27,7 +27,6 @@ from exprc.rewrite.rules.stability._common import (
     SUM_OPS,
     TWO,
     add,
-    by_rows,
     div,
     f,
     guarded,
@@ -127,23 +126,11 @@ def logsumexp_from_log(node: Node, s: Node, x: Node) -> Node | None:
 
     axes, keep = s.arg("axis"), s.arg("keepdims")
     out = _lse(x, axes)
+    if not keep:
+        out = api.squeeze(out, axes) if axes else out
     if s.op == "mean":
         out = sub(out, f("log", api._count(x, axes).astype(node.dtype)))
-    if by_rows(x, axes):
-        # Over the rows of a matrix, log(sum(exp(x))) as written where the sum (mean) S is finite, not
-        # tiny and away from 1 (S >= 2 or S <= 1/2, so |log S| >= log 2 and S's rounding is not
-        # magnified; S >= `tiny`, so exp(x)'s that underflow are below its last bit): as accurate
-        # there (test_row_softmax_and_logsumexp_...'s rows: within 1.6 ulps of mpmath, the stable
-        # form 1.4; the log of the mean 1.7, the stable form 3.8), and the row kernel then skips the
-        # max pass and the count of maxima.  The stable form elsewhere (NaN rows, infinities, sums
-        # near 1).
-        big, tiny = float(np.finfo(x.dtype).max), (1e-270 if x.dtype == "float64" else 1e-25)
-        total = make(s.op, f("exp", x), axis=axes, keepdims=True)
-        fine = make("and", make("le", total, k(big, x)),
-                    make("or", make("ge", total, k(2.0, x)),
-                         make("and", make("le", total, k(0.5, x)), make("ge", total, k(tiny, x)))))
-        out = F.guard(make("invert", fine), out, F.freeze(f("log", total)), everywhere=True)
-    return api.squeeze(out, axes) if axes and not keep else out
+    return out
 
 
 def _log_softmax_from_log(node: Node, a: Node) -> Node | None:

@@ -648,14 +648,18 @@ def softmax_from_exp(node: Node, x: Node, s: Node) -> Node | None:
     e = add(ed, mul(ed, F.where(f("isfinite", err), err, k(0.0, err))))  # (-inf entries: err is NaN)
     out = div(e, make("sum", e, axis=axes, keepdims=True))
     if by_rows(x, axes) and s.ndim == 2:
-        # Over the rows of a matrix, the quotient as written where its sum S is finite and >= 1/2: it
-        # is about as accurate there (no x - max x to round; test_row_softmax_and_logsumexp_...'s
-        # rows: within 3.3 ulps of mpmath, median 0.57, the shifted form 2.6 and 0.52; float32 3.5
-        # and 3.0), and the row kernel then skips the max pass and the TwoSum.  (S >= 1/2 bounds what a subnormal exp(x) loses: its error, at most half the
-        # subnormal spacing, over S, is at most one unit of that spacing, which the result's own
-        # spacing is not below.)  The shifted form for the other rows (and NaN rows: no comparison
-        # holds).
-        fine = make("and", make("ge", s, k(0.5, s)), make("le", s, k(float(np.finfo(x.dtype).max), s)))
+        # Over the rows of a matrix, the quotient as written where its sum S is finite and, with
+        # exp(x) normal (x >= low) or S >= 1/2 (a subnormal exp(x)'s error, at most half its spacing,
+        # over S, is then at most one unit of the result's spacing): about as accurate there (no
+        # x - max x to round; test_row_softmax_...'s rows: within 3.5 ulps of mpmath, median 0.61,
+        # the shifted form 3.1 and 0.59; float32 3.6 and 3.0), and the row kernel then skips the max
+        # pass and the TwoSum.  The shifted form for the other rows (and NaN rows: no comparison
+        # holds).  (Not logsumexp: log(S) is as accurate as m + log1p(T), but x - log(S) is not
+        # x - m - log1p(T), the log-probability of a confident prediction, and it may exceed 0.)
+        low = -708.0 if x.dtype == "float64" else -87.0  # (exp(low) is normal)
+        fine = make("and", make("le", s, k(float(np.finfo(x.dtype).max), s)),
+                    make("or", make("ge", s, k(0.5, s)),
+                         make("ge", make("min", x, axis=axes, keepdims=True), k(low, x))))
         out = F.guard(make("invert", fine), out, F.freeze(node), everywhere=True)
     return F.set_origin(out, ("guard", node))  # log(softmax) rules still see exp(x) / sum(exp(x))
 
