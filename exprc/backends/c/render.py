@@ -997,10 +997,10 @@ class CRenderer:
         name = k.name
         # The fast branches row by row, each row's conditions or-ed into fl[row - lo] (the function
         # returns whether one held: a scan of the bytes cost 4% of a guarded kernel over rows of 8); then
-        # the rows where one holds (a run of them at once) again, through the slow branches, over what
-        # the fast pass stored.  Both passes write only the kernel's outputs, which no operand shares (the
-        # planner gives an output that overlaps an input a fresh array), so the slow pass reads the
-        # rows' operands as the fast pass did.
+        # the rows where one holds (a run of them at once) again, through the slow branches, storing the
+        # outputs that read a guard over what the fast pass stored.  Both passes write only the
+        # kernel's outputs, which no operand shares (the planner gives an output that overlaps an
+        # input a fresh array), so the slow pass reads the rows' operands as the fast pass did.
         fn_slow, _ = self._rows(slow, self._row_lines(slow), "total", [], name=f"{name}_slow")
         fast_fn = [(f"static int {name}_fast(char **restrict ptrs, const int64_t *restrict P, int64_t lo, "
                     "int64_t hi, uint8_t *restrict fl)"), "{", *self._dims(fast),
@@ -1045,6 +1045,8 @@ class CRenderer:
         conds = list(dict.fromkeys(g.inputs[0] for g in guards))
         reads = _closure(list(k.outputs), lambda n: n.inputs, lambda x: x in set(k.body))
         guarded = [o for o in k.outputs if _closure([o], lambda n: n.inputs, reads.__contains__) & set(guards)]
+        if not guarded:  # (a guard read only by another's condition)
+            return None
 
         def view(pick: int | None, extra: list[Node], only: list[Node] | None) -> tuple | None:
             new: dict[Node, Node] = {}
