@@ -990,8 +990,9 @@ class CRenderer:
         k = kl.kernel
         main = self._dims(kl) + ["    const int64_t total = n0 * n1;"]
         views = self._row_guard_views(kl)
-        if views is None:
-            fn, run = self._rows(kl, self._row_lines(kl), "total", [])
+        if views is None or len(views) == 1:  # (no split: the kernel as it is, or its slow branches alone)
+            whole = kl if views is None else views[0]
+            fn, run = self._rows(whole, self._row_lines(whole), "total", [], name=f"{k.name}_rows")
             return fn, main + run
         fast, flags, slow = views
         name = k.name
@@ -1024,16 +1025,18 @@ class CRenderer:
         fn, run = self._rows(kl, driver, "total", [])
         return [*fn_slow, *fast_fn, *fn], main + run
 
-    def _row_guard_views(self, kl: KernelLayout) -> tuple[KernelLayout, list[Node], KernelLayout] | None:
-        """(fast, conditions, slow) for a row kernel with guards ``where(rare(c), slow, fast)`` whose
-        ``c`` holds one value per row (the row-wise softmax): ``fast`` is the kernel with each guard
-        replaced by its fast branch, computing the conditions too; ``slow`` with each replaced by its
-        slow branch (guards of several conditions, not all ``everywhere``: the kernel as it is, since
-        a row where one holds may not be a row where another does), storing only the outputs that
-        read a guard, so that an output that does not keeps the fast pass's bits on every row (a
-        long row's vectorized sum has other bits in a loop of other contents).  A row whose
-        conditions all fail is the fast kernel's (the same bits as the where: its value is the fast
-        branch's); the others' guarded outputs are the slow kernel's.  None when there are no such
+    def _row_guard_views(self, kl: KernelLayout) -> tuple | None:
+        """(fast, conditions, slow) for a row kernel with guards ``where(rare(c), slow, fast)`` of one
+        condition ``c`` holding one value per row (a row-wise softmax): ``fast`` is the kernel with
+        each guard replaced by its fast branch, computing the condition too; ``slow`` with each
+        replaced by its slow branch, storing only the outputs that read a guard, so that an output
+        that does not keeps the fast pass's bits on every row (a long row's vectorized sum has other
+        bits in a loop of other contents).  A row whose condition fails is the fast kernel's (the
+        same bits as the where: its value is the fast branch's); the others' guarded outputs are the
+        slow kernel's.  Guards of several conditions are not split: flagging a row for one would
+        change the bits of another's output on it (a subagent review: softmax(x) beside softmax(y)
+        changed with y): if all are ``everywhere``, a 1-tuple, the kernel with every guard replaced by
+        its slow branch (what a lowering without row kernels computes); else None.  None too when there are no such
         guards, or when a branch would change a type (a gradient's mask ``where(rare(c), g, 0)``) or
         make two outputs one node (the kernel then runs as it is, every branch computed)."""
         k = kl.kernel
@@ -1043,15 +1046,16 @@ class CRenderer:
         if not guards:
             return None
         conds = list(dict.fromkeys(g.inputs[0] for g in guards))
-        reads = _closure(list(k.outputs), lambda n: n.inputs, lambda x: x in set(k.body))
+        inside = set(k.body)
+        reads = _closure(list(k.outputs), lambda n: n.inputs, inside.__contains__)
         guarded = [o for o in k.outputs if _closure([o], lambda n: n.inputs, reads.__contains__) & set(guards)]
         if not guarded:  # (a guard read only by another's condition)
             return None
 
-        def view(pick: int | None, extra: list[Node], only: list[Node] | None) -> tuple | None:
+        def view(pick: int, extra: list[Node], only: list[Node] | None) -> tuple | None:
             new: dict[Node, Node] = {}
             for n in k.body:
-                if n in guards and pick is not None:
+                if n in guards:
                     b = n.inputs[pick]
                     new[n] = new.get(b, b)
                     if new[n].type != n.type:  # (a mask's 0: what reads it would read a scalar, sum(0.0))
@@ -1072,9 +1076,10 @@ class CRenderer:
             accesses = [(new.get(n, n), slot, pi) for n, slot, pi in kl.accesses]
             return dataclasses.replace(kl, kernel=vk, accesses=accesses), flags
 
-        fast = view(2, conds, None)
-        together = len(conds) == 1 or all(c.arg("everywhere") for c in conds)  # (slow is right anywhere)
-        slow = view(1 if together else None, [], guarded)
+        if len(conds) > 1:
+            stable = view(1, [], None) if all(c.arg("everywhere") for c in conds) else None
+            return None if stable is None else (stable[0],)
+        fast, slow = view(2, conds, None), view(1, [], guarded)
         if fast is None or slow is None:
             return None
         return fast[0], fast[1], slow[0]
