@@ -1036,9 +1036,10 @@ class CRenderer:
         slow kernel's.  Guards of several conditions are not split: flagging a row for one would
         change the bits of another's output on it (a subagent review: softmax(x) beside softmax(y)
         changed with y): if all are ``everywhere``, a 1-tuple, the kernel with every guard replaced by
-        its slow branch (what a lowering without row kernels computes); else None.  None too when there are no such
-        guards, or when a branch would change a type (a gradient's mask ``where(rare(c), g, 0)``) or
-        make two outputs one node (the kernel then runs as it is, every branch computed)."""
+        its slow branch (what a lowering without row kernels computes); else None.  None too when
+        there are no such guards, or when a branch would change a type (a gradient's mask
+        ``where(rare(c), g, 0)``) or make two outputs one node (the kernel then runs as it is, every
+        branch computed)."""
         k = kl.kernel
         row, _ = row_levels(k)
         guards = [n for n in k.body if n.op == "where" and n.inputs[0].op == "rare" and row[n.inputs[0]]
@@ -1048,7 +1049,8 @@ class CRenderer:
         conds = list(dict.fromkeys(g.inputs[0] for g in guards))
         inside = set(k.body)
         reads = _closure(list(k.outputs), lambda n: n.inputs, inside.__contains__)
-        guarded = [o for o in k.outputs if _closure([o], lambda n: n.inputs, reads.__contains__) & set(guards)]
+        marked = set(guards)
+        guarded = [o for o in k.outputs if _closure([o], lambda n: n.inputs, reads.__contains__) & marked]
         if not guarded:  # (a guard read only by another's condition)
             return None
 
