@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 from conftest import assert_close
@@ -100,6 +102,22 @@ def test_zero_size_and_0d():
     both([s, m], s * m, 2.0, np.ones((2, 2)))
     with pytest.raises(ShapeError, match="zero-size"):
         exprc.function([m], exprc.max(m))(np.zeros((0, 3)))
+
+
+@pytest.mark.parametrize("backend", ["c", "numpy"])
+def test_reductions_without_identity_over_an_empty_axis_raise_a_shape_error(backend):
+    """max, min, argmax and argmin over a zero-size axis (known only at call time) raise the same
+    exprc ShapeError, naming the reduction, the axis and the shape, on both backends (the NumPy
+    backend, and argmax's NumPy step on C, raised NumPy's bare ValueError); an axis that is not
+    empty still reduces."""
+    m = exprc.matrix("m")
+    for fn in (exprc.max, exprc.min, exprc.argmax, exprc.argmin):
+        name = fn.__name__
+        for axis, shape, where in ((1, (3, 0), "(1,)"), (None, (0, 3), "(0, 1)"), (0, (0, 2), "(0,)")):
+            f = exprc.function([m], fn(m, axis=axis), backend=backend)
+            with pytest.raises(ShapeError, match=re.escape(f"{name}: zero-size reduction over axis {where} of shape ")):
+                f(np.zeros(shape))
+        assert exprc.function([m], fn(m, axis=0), backend=backend)(np.zeros((2, 0))).shape == (0,)
 
 
 def test_float32_computes_in_float32():

@@ -65,8 +65,17 @@ def _reduce_infer(name: str, rule: str) -> Callable:
     return infer
 
 
-def _np_reduce(fn: Callable, dtype: str | None = None) -> Callable:
+def _check_identity(name: str, x: np.ndarray, axis: tuple) -> None:
+    """A reduction with no identity (max, min, argmax, argmin) over a zero-size axis: the ShapeError the
+    C planner raises for it, not NumPy's ValueError (the NumPy backend, and argmax's NumPy step)."""
+    if any(x.shape[a] == 0 for a in axis):
+        raise ShapeError(f"{name}: zero-size reduction over axis {tuple(axis)} of shape {shape_str(x.shape)}")
+
+
+def _np_reduce(fn: Callable, dtype: str | None = None, name: str | None = None) -> Callable:
     def impl(x: np.ndarray, axis: tuple, keepdims: bool) -> np.ndarray:
+        if name is not None:
+            _check_identity(name, x, axis)
         kw = {"dtype": dtype} if dtype else {}
         return fn(x, axis=axis, keepdims=keepdims, **kw)
 
@@ -92,8 +101,9 @@ def _np_mean(x: np.ndarray, axis: tuple, keepdims: bool) -> np.ndarray:
     return np.mean(x, axis=axis, keepdims=keepdims, dtype=np.float64).astype(dt, copy=False)
 
 
-def _np_arg(fn: Callable) -> Callable:
+def _np_arg(fn: Callable, name: str) -> Callable:
     def impl(x: np.ndarray, axis: tuple, keepdims: bool) -> np.ndarray:
+        _check_identity(name, x, axis)
         if len(axis) == x.ndim and x.ndim != 1:
             r = fn(x.reshape(-1), axis=0)
             return np.reshape(r, (1,) * x.ndim) if keepdims else r
@@ -108,12 +118,12 @@ _REDUCE = [
     ("sum", _errstate(_np_sum), "accumulate"),
     ("prod", _errstate(_np_prod), "accumulate"),
     ("mean", _errstate(_np_mean), "float"),
-    ("max", _np_reduce(np.max), "same"),
-    ("min", _np_reduce(np.min), "same"),
+    ("max", _np_reduce(np.max, name="max"), "same"),
+    ("min", _np_reduce(np.min, name="min"), "same"),
     ("all", _np_reduce(np.all), "bool"),
     ("any", _np_reduce(np.any), "bool"),
-    ("argmax", _errstate(_np_arg(np.argmax)), "index"),
-    ("argmin", _errstate(_np_arg(np.argmin)), "index"),
+    ("argmax", _errstate(_np_arg(np.argmax, "argmax")), "index"),
+    ("argmin", _errstate(_np_arg(np.argmin, "argmin")), "index"),
 ]
 for _name, _fn, _rule in _REDUCE:
     register(Op(_name, "reduce", _fn, _reduce_infer(_name, _rule), attr_names=("axis", "keepdims")))
