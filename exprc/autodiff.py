@@ -65,7 +65,7 @@ from exprc.errors import DisconnectedInputError, DTypeError, ShapeError
 from exprc.graph import Node, constant_node, rebuild, substitute, toposort
 from exprc.ops import OPS, cast
 from exprc.ops import grad as _rules  # noqa: F401  (attaches the gradient rules to the op rows)
-from exprc.ops.grad import everywhere_guard
+from exprc.ops.elemwise import everywhere_guard
 from exprc.ops.gradshape import (
     Extents,
     _extents,

@@ -31,6 +31,7 @@ from itertools import pairwise
 
 from exprc.graph import Node, rebuild, toposort
 from exprc.ops import OPS, REDUCTIONS
+from exprc.ops.elemwise import everywhere_guard
 
 VIEW_OPS = frozenset({"dimshuffle", "getitem", "broadcast_to", "reshape"})
 #: Reductions a native kernel computes: those whose identity, accumulator and combine are declared.
@@ -142,7 +143,7 @@ def stable_branches(outputs: Sequence[Node]) -> list[Node]:
     for every element)."""
     memo: dict[Node, Node] = {}
     for n in toposort(outputs):
-        if n.op == "where" and n.inputs[0].op == "rare" and n.inputs[0].arg("everywhere"):
+        if everywhere_guard(n):
             memo[n] = memo[n.inputs[1]]
         else:
             memo[n] = rebuild(n, [memo[i] for i in n.inputs])

@@ -1276,6 +1276,22 @@ def test_swish_runs_the_quotient_as_written_where_its_guard_does_not_hold(dtype,
         np.testing.assert_allclose(got, want, rtol=8 * np.finfo(dtype).eps)
 
 
+def _without_row_guard(monkeypatch, build):
+    """What ``build()`` compiles with softmax_from_exp's row guard turned off (the stable form as it was
+    before the guard), the memo and graph index bypassed so that nothing cached with the guard is reused."""
+    from exprc.function import clear_memo
+    from exprc.rewrite.rules.stability import quotients
+
+    monkeypatch.setattr(quotients, "by_rows", lambda *_: False)
+    monkeypatch.setenv("EXPRC_GRAPH_INDEX", "0")
+    clear_memo()
+    try:
+        return build()
+    finally:
+        monkeypatch.undo()
+        clear_memo()
+
+
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 def test_row_softmax_runs_the_quotient_as_written_where_it_is_as_accurate(dtype, monkeypatch):
     """softmax_from_exp over the rows of a matrix guards its stable form by the row sum S and minimum:
@@ -1285,9 +1301,6 @@ def test_row_softmax_runs_the_quotient_as_written_where_it_is_as_accurate(dtype,
     stability rules; a row where it holds (NaN, +-inf, huge logits, very negative ones) the stable
     form as it was (the rule with the guard turned off).  Numbers: where the guard fails, within 5
     ulps of mpmath."""
-    from exprc.function import clear_memo
-    from exprc.rewrite.rules.stability import quotients
-
     x = exprc.tensor("x", dtype, ndim=2)
 
     def softmax(m, v):
@@ -1309,13 +1322,8 @@ def test_row_softmax_runs_the_quotient_as_written_where_it_is_as_accurate(dtype,
     naive = exprc.function([x], softmax(exprc, x), exclude=("stability",))
     rowless = exprc.Config(row_fusion=False)
     new_rowless = exprc.function([x], softmax(exprc, x), config=rowless)
-    monkeypatch.setattr(quotients, "by_rows", lambda *_: False)
-    monkeypatch.setenv("EXPRC_GRAPH_INDEX", "0")
-    clear_memo()
-    old = exprc.function([x], softmax(exprc, x))
-    old_rowless = exprc.function([x], softmax(exprc, x), config=rowless)
-    monkeypatch.undo()
-    clear_memo()
+    old, old_rowless = _without_row_guard(monkeypatch, lambda: (exprc.function([x], softmax(exprc, x)),
+                                                                exprc.function([x], softmax(exprc, x), config=rowless)))
     # without row kernels the guard is its stable branch alone (fusion.stable_branches): the kernels as before
     assert [k["ops"] for k in new_rowless.kernels] == [k["ops"] for k in old_rowless.kernels]
     big, low = float(np.finfo(dtype).max), (-708.0 if dtype == "float64" else -87.0)
@@ -1377,9 +1385,6 @@ def test_row_softmax_gradients_are_the_stable_forms(backend, monkeypatch):
     is left only as a sum_to's shape model), the same values as the stable form's gradient without
     the guard, bit for bit, and central differences of the forward function (rows with huge logits,
     very negative ones and ordinary ones)."""
-    from exprc.function import clear_memo
-    from exprc.rewrite.rules.stability import quotients
-
     x, w = exprc.matrix("x"), exprc.matrix("w")
     loss = exprc.sum(w * (exprc.exp(x) / exprc.sum(exprc.exp(x), axis=1, keepdims=True)))
     grad = exprc.grad(loss, x)
@@ -1391,12 +1396,7 @@ def test_row_softmax_gradients_are_the_stable_forms(backend, monkeypatch):
             valued.add(n)
             stack += n.inputs[:1] if n.op == "sum_to" else n.inputs
     assert not any(n.op == "rare" for n in valued)
-    monkeypatch.setattr(quotients, "by_rows", lambda *_: False)
-    monkeypatch.setenv("EXPRC_GRAPH_INDEX", "0")
-    clear_memo()
-    old = exprc.function([x, w], grad, backend=backend)
-    monkeypatch.undo()
-    clear_memo()
+    old = _without_row_guard(monkeypatch, lambda: exprc.function([x, w], grad, backend=backend))
     rng = np.random.default_rng(4)
     xv = np.concatenate([rng.uniform(-3, 3, (6, 5)), rng.uniform(-800, 800, (3, 5)), rng.uniform(-60, -40, (3, 5))])
     wv = rng.uniform(-1, 1, xv.shape)

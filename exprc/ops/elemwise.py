@@ -11,13 +11,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from exprc.errors import DTypeError
 from exprc.ops.table import Op, _elemwise, _errstate, cast, register
 from exprc.types import TensorType, broadcast_shapes, promote
+
+if TYPE_CHECKING:
+    from exprc.graph import Node
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
@@ -329,3 +332,10 @@ def _infer_rare(inputs: tuple, attrs: dict) -> tuple[tuple, TensorType]:
 # rare(c, everywhere=True): the slow branch is right where c fails too (see forms.guard).
 register(Op("rare", "elemwise", lambda x, everywhere: _identity(x), _infer_rare, c="({0})", c_int="({0})",
             attr_names=("everywhere",), nin=(1, 1)))
+
+
+def everywhere_guard(node: Node) -> bool:
+    """``node`` is ``where(rare(c, everywhere=True), slow, fast)`` (:func:`exprc.rewrite.forms.guard`):
+    its slow branch is right everywhere, and so is its derivative; a lowering may take it alone
+    (:func:`exprc.fusion.stable_branches`)."""
+    return node.op == "where" and node.inputs[0].op == "rare" and bool(node.inputs[0].arg("everywhere"))

@@ -21,7 +21,7 @@ import numpy as np
 
 from exprc import api as A
 from exprc.graph import Node
-from exprc.ops.elemwise import erfcx_series
+from exprc.ops.elemwise import erfcx_series, everywhere_guard
 from exprc.ops.gradshape import count, sum_to, sum_to_operand, zeros_like
 from exprc.ops.index import shift_index
 from exprc.ops.table import OPS, GradRule, cast, grad_rule
@@ -138,12 +138,6 @@ def _grad_extremum(node: Node, g: Node) -> tuple:
 
 
 # -- where, cast, fill -------------------------------------------------------------------------
-def everywhere_guard(node: Node) -> bool:
-    """``node`` is ``where(rare(c, everywhere=True), slow, fast)`` (:func:`exprc.rewrite.forms.guard`):
-    its slow branch is right everywhere, and so is its derivative."""
-    return node.op == "where" and node.inputs[0].op == "rare" and bool(node.inputs[0].arg("everywhere"))
-
-
 # (an everywhere-guard differentiates through its slow branch alone: the stable form's gradient, as
 # without the guard, and no masked copy of the fast branch's for a kernel to compute)
 grad_rule("where")(lambda node, g: (None, g, None) if everywhere_guard(node) else
