@@ -669,6 +669,33 @@ def test_log_softmax_and_softmax_of_a_confident_prediction():
             assert bits_lost(got, ref).max() <= 4, (backend, got, ref)
 
 
+def test_softmax_rules_read_only_denominators_that_line_up_with_the_rows():
+    """Found in review: sum_of_exp dropped any dimshuffle or reshape of the sum, so
+    exp(x) / sum(exp(x), axis=1)[None, :] (column j divided by row j's sum) became a row softmax: off
+    by 36 on the NumPy backend, and on C wherever the row guard took the stable branch.  A
+    denominator that broadcasts as the sum with its axes kept is still a softmax (a 0-d sum, a sum
+    over leading axes, a reshape or dimshuffle that puts the reduced axis back in place)."""
+    x = exprc.matrix("x")
+    e = exprc.exp(x)
+    rng = np.random.default_rng(3)
+    xv = rng.uniform(-3, 3, (4, 4))
+    big = xv + 720.0  # (every sum overflows: the C row guard takes the stable branch)
+    s1 = exprc.sum(e, axis=1)
+    misaligned = [e / s1.dimshuffle("x", 0), e / exprc.reshape(s1, (1, -1)), e / s1,
+                  exprc.log(e / s1.dimshuffle("x", 0))]
+    aligned = [e / s1.dimshuffle(0, "x"), e / exprc.reshape(s1, (-1, 1)), e / exprc.sum(e, axis=0),
+               e / exprc.sum(e), exprc.log(e / exprc.reshape(s1, (-1, 1)))]
+    for k, out in enumerate(misaligned + aligned):
+        for backend in ("numpy", "c"):
+            f = exprc.function([x], out, backend=backend)
+            fired = {"softmax_from_exp", "log_softmax_from_log"} & set(f.rewrites)
+            assert bool(fired) == (k >= len(misaligned)), (k, f.rewrites)
+            naive = exprc.function([x], out, backend=backend, exclude=("stability",))
+            np.testing.assert_allclose(f(xv), naive(xv), rtol=1e-13, atol=1e-300)
+            if k >= len(misaligned):  # (a softmax: shifting every logit by 720 changes nothing)
+                np.testing.assert_allclose(f(big), naive(xv), rtol=1e-12, atol=1e-300)
+
+
 def test_log_of_softmax_finds_the_row_maximum_once():
     """log(softmax(z)): softmax already subtracted the row maximum, so the log-softmax form reads it
     (one max per row, not two) and gives what the twice-shifted form gives, non-finite rows included."""

@@ -262,9 +262,46 @@ def by_rows(x: Node, axes: tuple) -> bool:
 
 
 def sum_of_exp(s: Node) -> tuple[Node, tuple, bool] | None:
-    """(x, axes, keepdims) when ``s`` is sum(exp(x)) (possibly with axes re-inserted)."""
+    """(x, axes, keepdims) when ``s`` is sum(exp(x)) over ``axes``, possibly with the reduced axes
+    re-inserted (a dimshuffle, a reshape) or left out where broadcasting puts them back: ``s``
+    broadcasts against ``x`` as ``sum(exp(x), axes, keepdims=True)`` does, so ``exp(x) / s`` is a
+    softmax.  (Not ``sum(exp(x), axis=1)[None, :]``, which divides column j by row j's sum.)"""
+    chain = []
     while s.op == "dimshuffle" or s.op == "reshape":
+        chain.append(s)
         s = s.inputs[0]
-    if s.op == "sum" and s.inputs[0].op == "exp":
-        return s.inputs[0].inputs[0], s.arg("axis"), s.arg("keepdims")
-    return None
+    if s.op != "sum" or s.inputs[0].op != "exp":
+        return None
+    x, axes = s.inputs[0].inputs[0], tuple(s.arg("axis"))
+    # Which axis of x each axis of the chain's result stands for; "1" a size-1 axis (reduced or inserted).
+    layout: list = ["1" if i in axes else i for i in range(x.ndim)] if s.arg("keepdims") else \
+        [i for i in range(x.ndim) if i not in axes]
+    for t in reversed(chain):
+        layout = _layout_after(t, layout)
+        if layout is None:
+            return None
+    if len(layout) > x.ndim:
+        return None
+    layout = ["1"] * (x.ndim - len(layout)) + layout  # (broadcasting pads on the left)
+    if any(e != ("1" if i in axes else i) for i, e in enumerate(layout)):
+        return None
+    return x, s.arg("axis"), s.arg("keepdims")
+
+
+def _layout_after(t: Node, layout: list) -> list | None:
+    """The layout (see sum_of_exp) of the dimshuffle or reshape ``t`` of an operand laid out so, or
+    None where ``t`` does more than insert or drop size-1 axes."""
+    if t.op == "dimshuffle":
+        order = t.arg("order")
+        kept = [o for o in order if o != "x"]
+        if any(layout[i] != "1" for i in range(len(layout)) if i not in kept):
+            return None
+        return ["1" if o == "x" else layout[o] for o in order]
+    shape = t.arg("shape")
+    real = [(e, n) for e, n in zip(layout, t.inputs[0].type.shape) if e != "1"]
+    sizes = [n for n in shape if n != 1]
+    if len(sizes) != len(real) or any(n != -1 and m is not None and n != m for n, (_, m) in zip(sizes, real)) \
+            or any(m == 1 for _, m in real):
+        return None
+    it = iter(e for e, _ in real)
+    return ["1" if n == 1 else next(it) for n in shape]
