@@ -17,8 +17,11 @@ How a gradient is built (reverse mode, as Theano and JAX):
    stable equivalents (exact identities): ``log(sigmoid(x)) -> -softplus(-x)``,
    ``log(1 - sigmoid(x))`` and ``log1p(-sigmoid(x)) -> -softplus(x)``,
    ``log(1 + exp(x))`` and ``log1p(exp(x)) -> softplus(x)``,
-   ``log(exp(a) / s) -> a - log(s)`` (so ``log(softmax(x))`` is ``log_softmax``) and
-   ``log(sum(exp(x))) -> logsumexp(x)``.
+   ``log(exp(a) / s) -> a - log(s)`` (so ``log(softmax(x))`` is ``log_softmax``),
+   ``log(sum(exp(x))) -> logsumexp(x)`` and ``exp(x) / sum(exp(x)) -> softmax(x)`` (the forms
+   :func:`exprc.logsumexp` and :func:`exprc.softmax` build, whose max shift has no gradient: right
+   at tied maxima to every order).  On the path of step 0 they are replaced before the optimizer
+   runs, which then leaves them to these forms (:data:`SHIFT_RULES`).
 2. The nodes between the variables and the outputs are visited once, in reverse
    topological order (an explicit list, no recursion: 100,000-node chains work).
    Each op's rule (``Op.grad``, from :mod:`exprc.ops.grad`) maps the gradient of its result
@@ -114,10 +117,47 @@ _STABLE = [  # (pattern, replacement from captures)
     (P("log1p", P("neg", _SIG)), lambda a: -api.softplus(a)),
     (P("log", P("add", C(1), P("exp", X("a")))), lambda a: api.softplus(a)),
     (P("log1p", P("exp", X("a"))), lambda a: api.softplus(a)),
-    (P("log", P("truediv", P("exp", X("a")), X("s"))), lambda a, s: a - api.log(s)),
-    (P("log", P("sum", P("exp", X("a")), name="r")),
-     lambda a, r: api.logsumexp(a, r.arg("axis"), r.arg("keepdims"))),
+    (P("log", P("truediv", P("exp", X("a")), X("s"))), lambda a, s: a - _log_of(s)),
+    (P("log", P("sum", P("exp", X("a")), name="r")), lambda a, r: _logsumexp(a, r)),
+    (P("log", P("mean", P("exp", X("a")), name="r")),
+     lambda a, r: None if _shifted(a) else _logsumexp(a, r) - api.log(api._count(a, r.arg("axis")).astype(a.dtype))),
+    (P("truediv", P("exp", X("a")), X("s")), lambda a, s: _softmax(a, s)),
 ]
+#: The ops whose nodes :data:`_STABLE` may replace (a graph without them is left as it is).
+_STABLE_ROOTS = ("log", "log1p", "truediv")
+
+
+def _shifted(a: Node) -> bool:
+    """``a`` is ``x - stop_gradient(m)`` (or ``x + -stop_gradient(m)``, as canonicalized): already
+    shifted (exprc.softmax, exprc.logsumexp, or this module's forms, stabilized)."""
+    if a.op == "sub":
+        return a.inputs[1].op == "stop_gradient"
+    return a.op == "add" and any(t.op == "neg" and t.inputs[0].op == "stop_gradient" for t in a.inputs)
+
+
+def _logsumexp(a: Node, r: Node) -> Node | None:
+    return None if _shifted(a) else api.logsumexp(a, r.arg("axis"), r.arg("keepdims"))
+
+
+def _log_of(s: Node) -> Node:
+    """log(s), as logsumexp where s is a sum of exps over some axes kept as size 1 (log(softmax)'s
+    denominator): its gradient is then the shifted softmax, not exp(a) / s, which overflows."""
+    if s.op == "sum" and s.arg("keepdims") and s.inputs[0].op == "exp" and not _shifted(s.inputs[0].inputs[0]):
+        return api.logsumexp(s.inputs[0].inputs[0], s.arg("axis"), True)
+    return api.log(s)
+
+
+def _softmax(a: Node, s: Node) -> Node | None:
+    """exp(a) / sum(exp(a)) -> softmax shifted by a stop_gradient max (the form ``exprc.softmax``
+    builds), or None (another quotient)."""
+    from exprc.rewrite.rules.stability._common import sum_of_exp
+
+    se = sum_of_exp(s)
+    if se is None or se[0] is not a or not se[1] or a.dtype not in ("float32", "float64") or _shifted(a):
+        return None
+    axes = tuple(se[1])
+    e = api.exp(a - stop_gradient(api.max(a, axes, keepdims=True)))
+    return e / api.sum(e, axes, keepdims=True)
 
 
 def stable_forms(outputs: Sequence[Node], keep: Iterable[Node] = (), order: list[Node] | None = None) -> list[Node]:
@@ -132,10 +172,10 @@ def stable_forms(outputs: Sequence[Node], keep: Iterable[Node] = (), order: list
 def _stable(outputs: Sequence[Node], keep: Iterable[Node] = (),
             order: list[Node] | None = None) -> tuple[list[Node], dict[int, Node]]:
     """:func:`stable_forms`, and what became of each node of ``order`` (by ``id``; empty when
-    the graph has no ``log``/``log1p``, so nothing can change).  A kept node is never rewritten away, but it is rebuilt when something
+    the graph has no op of :data:`_STABLE_ROOTS`, so nothing can change).  A kept node is never rewritten away, but it is rebuilt when something
     below it was: callers find it (a ``wrt``, a constant, a seed) in the new graph through this map."""
     order = toposort(outputs) if order is None else order
-    if not any(n.op in ("log", "log1p") for n in order):
+    if not any(n.op in _STABLE_ROOTS for n in order):
         return list(outputs), {}
     keep_ids = {id(k) for k in keep}
     memo: dict[int, Node] = {}
@@ -145,12 +185,12 @@ def _stable(outputs: Sequence[Node], keep: Iterable[Node] = (),
             ins = [memo[id(i)] for i in n.inputs]
             if any(a is not b for a, b in zip(ins, n.inputs)):
                 new = rebuild(n, ins)
-        if new.op in ("log", "log1p") and id(n) not in keep_ids:
+        if new.op in _STABLE_ROOTS and id(n) not in keep_ids:
             for pattern, make in _STABLE:
                 caps: dict[str, Node] = {}
                 if match(pattern, new, caps) and not _touches(new, caps, keep_ids):
                     out = make(**caps)
-                    if out.type == new.type:
+                    if out is not None and out.type == new.type:
                         new = out
                         break
         memo[id(n)] = new
@@ -349,6 +389,12 @@ def _reached(outputs: Sequence[Node], order: list[Node], cut: set[int]) -> set[i
 #: off); the power as written is compensated once there.
 VALUE_ONLY_RULES = ("exp_exact_square", "erfc_exact_argument", "exp_exact_argument", "log_erfc",
                     "sigmoid_pair_product", "exp_subnormal_product", "pow_compensated_base")
+#: Stability rules whose max-shifted forms route the gradient through the max, with the row's maxima
+#: taken out of the sum of exps (exact at the maximum): right as a first derivative, but where two
+#: maxima tie the form's own derivative drops theirs (the Hessian of log(sum(exp(x))) at x = 0 came
+#: out 0).  :data:`_STABLE` replaces these compositions by the shifted forms exprc.logsumexp and
+#: exprc.softmax build, with the shift's gradient stopped: derivatives of every order are right.
+SHIFT_RULES = ("logsumexp_from_log", "log_softmax_from_log", "softmax_from_exp")
 #: Graphs with these ops are differentiated as written: softmax and logsumexp stop the gradient
 #: at their max shift (stop_gradient, which optimizing removes), and the stable forms of
 #: log(softmax) shift by a max of their own whose gradient would route through it.
@@ -373,7 +419,11 @@ def _stabilized(outputs: list[Node], wrt: Sequence[Node], consider_constant: Seq
         return outputs
     from exprc.pipeline import optimize  # (the optimizer imports the op tables this module extends)
 
-    return list(optimize(list(outputs), exclude=("specialize", *VALUE_ONLY_RULES)).outputs)
+    # The compositions _STABLE knows first (log(softmax) would otherwise be taken apart by log_div),
+    # and their stop_gradient shifts kept through the optimizer.
+    outputs = _stable(outputs, wrt, order)[0]
+    exclude = ("specialize", *VALUE_ONLY_RULES, *SHIFT_RULES, "stop_gradient_to_identity")
+    return list(optimize(list(outputs), exclude=exclude).outputs)
 
 
 def _vjp(outputs: list[Node], cotangents: list[Node | None], wrt: list[Node], disconnected: str,

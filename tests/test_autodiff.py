@@ -485,6 +485,65 @@ def test_softmax_and_logsumexp_gradients_do_not_route_through_the_max():
         assert_close(g, p - yv, ulps=16)
 
 
+def _softmax_rows(v):
+    e = np.exp(v - v.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_hessians_of_naive_logsumexp_and_log_softmax_at_tied_maxima(backend):
+    """Found in review: the Hessian of log(sum(exp(x))) at x = 0 (Newton's first step from zero
+    weights) came out 0.  The stabilized form took the row's maxima out of the sum of exps and routed
+    their gradient through the max: a right first derivative whose own derivative drops the tied
+    maxima.  Naive spellings are now differentiated through exprc.logsumexp's form (the shift's
+    gradient stopped): diag(p) - p p^T at ties, and wherever else."""
+    x = exprc.vector("x")
+    w = np.array([1.0, -2.0, 0.5, 3.0])
+    cases = [(exprc.log(exprc.sum(exprc.exp(x))), 1.0),
+             (exprc.log(exprc.mean(exprc.exp(x))), 1.0),
+             (exprc.sum(w * exprc.log(exprc.exp(x) / exprc.sum(exprc.exp(x), keepdims=True))), -w.sum())]
+    for cost, scale in cases:
+        f = exprc.function([x], exprc.hessian(cost, x), backend=backend)
+        for v in ([0.0, 0.0, 0.0, 0.0], [1.0, 3.0, 3.0, -2.0], [5.0, 5.0, 5.0, 4.0], [1.0, 2.0, 3.0, 4.0],
+                  [800.0, 800.0, 1.0, -700.0]):
+            v = np.array(v)
+            p = _softmax_rows(v)
+            assert_close(f(v), scale * (np.diag(p) - np.outer(p, p)), ulps=64)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_gradients_through_a_naive_softmax_beside_a_max_or_a_constant_are_finite(backend):
+    """Found in review: grad(sum(max(softmax(x)))) with softmax spelled exp(x) / sum(exp(x)) was NaN
+    for the row [700, 710, 1]: a graph with a max (or a consider_constant) is differentiated as
+    written, and the quotient's derivative multiplied 0 by exp(700) = inf.  The quotient is now
+    differentiated as exprc.softmax (the shift's gradient stopped) on every path."""
+    x, w = exprc.matrix("x"), exprc.matrix("w")
+    sm = exprc.exp(x) / exprc.sum(exprc.exp(x), axis=-1, keepdims=True)
+    xv = np.array([[700.0, 710.0, 1.0], [1.0, 2.0, 3.0], [0.5, -800.0, 2.0], [-1000.0, -990.0, -995.0]])
+    wv = np.arange(12.0).reshape(4, 3) - 5
+    p = _softmax_rows(xv)
+    top = p.argmax(axis=-1)
+    want_max = np.zeros_like(p)
+    for r, j in enumerate(top):  # d p_j / d x = p_j (e_j - p)
+        want_max[r] = -p[r, j] * p[r]
+        want_max[r, j] += p[r, j]
+    want_w = p * (wv - (wv * p).sum(axis=-1, keepdims=True))
+    for g, want in [(exprc.grad(exprc.sum(exprc.max(sm, axis=-1)), x), want_max),
+                    (exprc.grad(exprc.sum(w * sm), x, consider_constant=[w]), want_w)]:
+        got = exprc.function([x, w], g, backend=backend)(xv, wv)
+        assert np.isfinite(got).all(), got
+        assert_close(got, want, ulps=64)
+    # Denominators spelled without keepdims (a vector's 0-d sum, a dimshuffle): softmax too.
+    v, u = exprc.vector("v"), exprc.vector("u")
+    e = exprc.exp(x)
+    for y, ins, args, want in [
+            (exprc.sum(u * (exprc.exp(v) / exprc.sum(exprc.exp(v)))), [v, u], (xv[0], wv[0]), want_w[:1]),
+            (exprc.sum(w * (e / exprc.sum(e, axis=1).dimshuffle(0, "x"))), [x, w], (xv, wv), want_w),
+            (exprc.sum(exprc.max(e / exprc.sum(e, axis=1).dimshuffle(0, "x"), axis=1)), [x, w], (xv, wv), want_max)]:
+        got = exprc.function(ins, exprc.grad(y, ins[0]), backend=backend)(*args)
+        assert_close(np.atleast_2d(got), want, ulps=64)
+
+
 def test_the_gradient_of_an_operand_of_an_operand_is_one_sum_to():
     """sum_to(sum_to(g, a), b) with b an operand of a is one sum_to (rule sum_to_twice): an MLP step's
     plan is then one native call (the nested one ran as a NumPy step every call), and gradients are
