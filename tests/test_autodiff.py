@@ -544,6 +544,31 @@ def test_gradients_through_a_naive_softmax_beside_a_max_or_a_constant_are_finite
         assert_close(np.atleast_2d(got), want, ulps=64)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_gradients_of_softmax_weighted_sums(backend):
+    """sum(u exp(x)) / sum(exp(x)) and sum(u exp(x) / sum(exp(x))) (rules softmax_weighted_sum,
+    softmax_of_product): the gradient p (u - sum(u p)) for logits that overflow, and the Hessian at
+    tied logits (central differences of that gradient)."""
+    v, u = exprc.vector("v"), exprc.vector("u")
+    uv = np.array([1.0, -2.0, 3.0, 0.5])
+
+    def want(x):
+        p = _softmax_rows(x)
+        return p * (uv - (uv * p).sum())
+
+    h = 1e-6
+    for y in (exprc.sum(u * exprc.exp(v)) / exprc.sum(exprc.exp(v)), exprc.sum(u * exprc.exp(v) / exprc.sum(exprc.exp(v))),
+              exprc.mean(exprc.exp(v) * u) / exprc.mean(exprc.exp(v))):
+        g = exprc.function([v, u], exprc.grad(y, v), backend=backend)
+        for x in ([700.0, 710.0, 1.0, -800.0], [-1000.0, -1001.0, -1005.0, -2000.0], [1.0, 2.0, 3.0, 4.0]):
+            x = np.array(x)
+            assert_close(g(x, uv), want(x), ulps=64)
+        hess = exprc.function([v, u], exprc.hessian(y, v), backend=backend)
+        for x in (np.zeros(4), np.array([2.0, 2.0, -1.0, 2.0])):
+            fd = np.array([(want(x + h * e) - want(x - h * e)) / (2 * h) for e in np.eye(4)])
+            np.testing.assert_allclose(hess(x, uv), fd, rtol=0, atol=1e-8)
+
+
 def test_the_gradient_of_an_operand_of_an_operand_is_one_sum_to():
     """sum_to(sum_to(g, a), b) with b an operand of a is one sum_to (rule sum_to_twice): an MLP step's
     plan is then one native call (the nested one ran as a NumPy step every call), and gradients are

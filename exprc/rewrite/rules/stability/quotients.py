@@ -666,6 +666,51 @@ def softmax_from_exp(node: Node, x: Node, s: Node) -> Node | None:
     return F.set_origin(out, ("guard", node))  # log(softmax) rules still see exp(x) / sum(exp(x))
 
 
+def _times_exp(p: Node, e: Node) -> Node | None:
+    """u where the product ``p`` is u * e (``e`` a factor to the power 1, and not in u); None else."""
+    pv = F.product_view(p)
+    if pv is None or pv[2] or [t for t, _ in pv[1]].count(e) != 1 or (e, 1) not in pv[1]:
+        return None
+    others = [(t, q) for t, q in pv[1] if t is not e]
+    if not others and pv[0] == 1:
+        return None  # (e alone)
+    return _product(pv[0], others, p)
+
+
+@stability_rule("softmax_of_product", P("truediv", X("p"), X("s")))
+def softmax_of_product(node: Node, p: Node, s: Node) -> Node | None:
+    """u exp(x) / sum(exp(x)) -> u (exp(x) / sum(exp(x))): the softmax as a quotient of its own, which
+    softmax_from_exp max-shifts (as written, exp(x) overflows and u exp(x) / inf is NaN at x = 710)."""
+    se = sum_of_exp(s)
+    if se is None or p.op not in ("mul", "truediv", "neg"):
+        return None
+    e = f("exp", se[0])
+    u = _times_exp(p, e)
+    if u is None or not F.broadcast_safe([u, e, s], node):
+        return None
+    return mul(u, div(e, s))
+
+
+@stability_rule("softmax_weighted_sum",
+                P("truediv", P(("sum", "mean"), X("p"), name="n"), P(("sum", "mean"), P("exp", X("x")), name="d")))
+def softmax_weighted_sum(node: Node, n: Node, p: Node, d: Node, x: Node) -> Node | None:
+    """sum(u exp(x)) / sum(exp(x)) -> sum(u exp(x - m)) / sum(exp(x - m)), m the maximum of x over the
+    summed axes (a softmax-weighted sum: self-normalized importance sampling with log-weights x, an
+    attention readout); mean / mean likewise.  As written both sums overflow (x = 710) or underflow
+    (log-likelihoods of -1000) and the quotient is NaN; shifted, the largest weight is 1.  (A
+    non-finite maximum shifts by 0: the quotient as written.)"""
+    axes, keep = tuple(d.arg("axis")), d.arg("keepdims")
+    if n.op != d.op or tuple(n.arg("axis")) != axes or n.arg("keepdims") != keep or max_shifted(x) \
+            or p.ndim != x.ndim or x.dtype not in FLOATS:
+        return None  # (same ndim: the summed axes of u exp(x) are x's)
+    u = _times_exp(p, d.inputs[0])
+    if u is None:
+        return None
+    m = make("max", x, axis=axes, keepdims=True)
+    es = f("exp", sub(x, F.where(f("isfinite", m), m, k(0.0, x))))
+    return div(make(n.op, mul(u, es), axis=axes, keepdims=keep), make(d.op, es, axis=axes, keepdims=keep))
+
+
 @stability_rule("quotient_into_branches", P("truediv", P("where", X("c"), X("x"), X("y")), X("d")))
 def quotient_into_branches(node: Node, c: Node, x: Node, y: Node, d: Node) -> Node | None:
     """where(c, x, y) / d -> where(c, p, y) / where(c, q, d) when a factor of d cancels in x / d = p / q:
