@@ -407,6 +407,32 @@ def test_a_row_broadcast_under_vector_math_runs_the_flat_loop_per_row():
             np.testing.assert_allclose(got, np.tanh(mv * 2.0 + bv), rtol=1e-13, atol=1e-15)
 
 
+def test_a_single_element_operand_keeps_the_contiguous_path():
+    """exp(v - max(v, keepdims=True)): the keepdims max is one element of shape (1,), which the flat
+    loop reads as a scalar and the planner lets through; the renderer dropped the contiguous path
+    all the same, so the kernel ran 32-element copies through its strided loop (2.8x slower).  The
+    kernel now dispatches on the flag, and contiguous, strided and reversed vectors give the same
+    bits (the strided path runs the same loop on copies) and NumPy's values."""
+    from conftest import assert_same_bits
+
+    v = exprc.vector("v")
+    m = exprc.max(v, keepdims=True)
+    f = exprc.function([v], exprc.exp(v - m) * 2.0, config=exprc.Config(num_threads=1))
+    kl = [k for k in f._kernel.layout.kernels if k.kernel.reduce is None]
+    assert len(kl) == 1 and kl[0].accesses[1][0].type.shape == (1,)
+    name = kl[0].kernel.name
+    body = f.source[f.source.index(f"EXPRC_HIDDEN void {name}("):]
+    assert "if (P[0])" in body[:body.index("\n}")], body[:600]
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal(1001) * 30
+    x[3], x[7] = -np.inf, -0.0
+    got = f(x)
+    np.testing.assert_allclose(got, np.exp(x - x.max()) * 2.0, rtol=1e-14, atol=0)
+    y = rng.standard_normal(2003) * 30
+    for view in (y[::2], y[::-2]):
+        assert_same_bits(f(view), f(np.ascontiguousarray(view)))
+
+
 ROWFLAT_CASES = {
     "column_slice": lambda X: X[:, 3:11],
     "reversed_rows": lambda X: X[::-1, 1:9],

@@ -524,7 +524,9 @@ class CRenderer:
                      if x.startswith("static inline ") else x for x in functions]
         n_acc = len(kl.accesses)
         n_in = len(k.operands)
-        arrays = [j for j, (node, _, _) in enumerate(kl.accesses) if node.ndim and j not in kl.models]
+        # (a single element operand is read as a scalar, like a 0-d one: never copied nor offset)
+        arrays = [j for j, (node, _, _) in enumerate(kl.accesses)
+                  if node.ndim and j not in kl.models and not (j < n_in and single_element(node))]
         block = [f"static void {k.name}_block(char **restrict base, const int64_t *restrict st, int64_t m)", "{"]
         for j in arrays:
             block.append(f"    {C_TYPES[kl.accesses[j][0].dtype]} b{j}[{self.vblock}] __attribute__((aligned(64)));")
@@ -618,13 +620,15 @@ class CRenderer:
         loop's size is not known to be 1 (a keepdims row statistic: ``z - max(z, axis=1)``) has it
         only in the degenerate case of a loop of that size 1, which the strided path also computes.
         A path that is dead or nearly so is not rendered: it was a third of gcc's time on a
-        softmax training step."""
+        softmax training step.  A single element (static shape all 1s: a vector's keepdims max) is
+        read as a scalar and keeps the path, as the planner keeps its flag (without it
+        exp(v - max(v, keepdims=True)) ran 32-element copies through a strided loop: 2.8x slower)."""
         k = kl.kernel
         if k.reduce is not None:
             return kl.nkept == 0
         shape = k.outputs[0].type.shape
         for j, (node, _, _) in enumerate(kl.accesses[:len(k.operands)]):
-            if node.ndim == 0 or j in kl.models:
+            if node.ndim == 0 or j in kl.models or single_element(node):  # (read as a scalar there)
                 continue
             if node.ndim != len(shape) or any(a == 1 and b != 1 for a, b in zip(node.type.shape, shape)):
                 return False
