@@ -562,13 +562,21 @@ def _row_kernels(steps: list[Kernel | Step], order: list[Node], is_output: set[N
         body = sorted({n for m in members for n in steps[m].body}, key=position.__getitem__)
         return max((v for n, v in _levels(body).items() if OPS[n.op].kind == "reduce"), default=0)
 
+    def columns_read_rows(members: set[int]) -> bool:
+        """A matrix node reads a 1-d value computed in the group (a row sum without keepdims, or
+        something of it): broadcasting pairs that vector with the columns, and a row kernel would
+        pair it with the rows (exp(M) / sum(exp(M), axis=1) divides column j by row j's sum)."""
+        inside = {n for m in members for n in steps[m].body}
+        return any(n.ndim == 2 and x.ndim == 1 and x in inside
+                   for m in members for n in steps[m].body for x in row_reads(n))
+
     for j, i in sorted(set(pairs)):
         a, b = group[j], group[i]
         if a is b:
             continue
         merged = a | b
-        if reach(merged, succ) & reach(merged, pred) or not shapes_agree(merged):
-            continue  # a path would leave the group and come back
+        if reach(merged, succ) & reach(merged, pred) or not shapes_agree(merged) or columns_read_rows(merged):
+            continue  # a path would leave the group and come back; shapes; see columns_read_rows
         if sum(len(steps[m].body) for m in merged) > MAX_BODY or row_depth(merged) > MAX_ROW_PASSES:
             continue  # (a long group was cut for gcc's sake: see MAX_BODY, MAX_ROW_PASSES)
         for m in merged:

@@ -298,6 +298,29 @@ def test_row_kernels_fuse_a_row_reduction_with_what_surrounds_it(name):
     assert {n for n in prog.materialized if n.ndim == 2 and n.type.shape[1] != 1} <= set(prog.outputs)  # (no temporaries)
 
 
+def test_a_row_result_without_its_axis_is_not_read_per_row():
+    """Found in review: exp(M) / sum(exp(M), axis=1) divides column j by row j's sum (a 1-d result
+    broadcasts along the last axis), but the reduction and the quotient both read M, merged as
+    siblings into one row kernel, and the kernel divided each row by its own sum (off by 1.03 on C,
+    stability rules or not).  A row kernel no longer takes a matrix node that reads a 1-d value
+    computed in it; NumPy's values on square matrices of static and unknown sizes."""
+    rng = np.random.default_rng(6)
+    for shape in [(3, 3), (40, 40), (None, None)]:
+        m = exprc.matrix("m", shape=shape) if shape[0] else exprc.matrix("m")
+        e = exprc.exp(m)
+        cases = [(e / exprc.sum(e, axis=1), lambda v: np.exp(v) / np.exp(v).sum(1)),
+                 (e + exprc.sum(e, axis=1), lambda v: np.exp(v) + np.exp(v).sum(1)),
+                 (m / exprc.sum(e, axis=1), lambda v: v / np.exp(v).sum(1)),
+                 (e / exprc.max(e, axis=1), lambda v: np.exp(v) / np.exp(v).max(1)),
+                 (e - exprc.log(exprc.sum(e, axis=1)), lambda v: np.exp(v) - np.log(np.exp(v).sum(1))),
+                 (e / exprc.sum(e, axis=1, keepdims=True), lambda v: np.exp(v) / np.exp(v).sum(1, keepdims=True))]
+        v = rng.standard_normal((shape[0] or 17,) * 2)
+        for out, ref in cases:
+            for ex in ((), ("stability",)):
+                got = exprc.function([m], out, backend="c", exclude=ex)(v)
+                np.testing.assert_allclose(got, ref(v), rtol=1e-13, atol=1e-13)
+
+
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 @pytest.mark.parametrize("name", sorted(_row_cases()))
 def test_row_kernels_match_the_unfused_kernels(name, dtype):
