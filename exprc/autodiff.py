@@ -20,8 +20,10 @@ How a gradient is built (reverse mode, as Theano and JAX):
    ``log(exp(a) / s) -> a - log(s)`` (so ``log(softmax(x))`` is ``log_softmax``),
    ``log(sum(exp(x))) -> logsumexp(x)`` and ``exp(x) / sum(exp(x)) -> softmax(x)`` (the forms
    :func:`exprc.logsumexp` and :func:`exprc.softmax` build, whose max shift has no gradient: right
-   at tied maxima to every order).  On the path of step 0 they are replaced before the optimizer
-   runs, which then leaves them to these forms (:data:`SHIFT_RULES`).
+   at tied maxima to every order).  On the path of step 0 the optimizer has already made these
+   stable, in forms that route the gradient through the max and keep a tiny probability's
+   derivative to the last bits.  A replacement that would drop a node held constant or
+   differentiated with respect to is not made.
 2. The nodes between the variables and the outputs are visited once, in reverse
    topological order (an explicit list, no recursion: 100,000-node chains work).
    Each op's rule (``Op.grad``, from :mod:`exprc.ops.grad`) maps the gradient of its result
@@ -128,11 +130,14 @@ _STABLE_ROOTS = ("log", "log1p", "truediv")
 
 
 def _shifted(a: Node) -> bool:
-    """``a`` is ``x - stop_gradient(m)`` (or ``x + -stop_gradient(m)``, as canonicalized): already
-    shifted (exprc.softmax, exprc.logsumexp, or this module's forms, stabilized)."""
-    if a.op == "sub":
-        return a.inputs[1].op == "stop_gradient"
-    return a.op == "add" and any(t.op == "neg" and t.inputs[0].op == "stop_gradient" for t in a.inputs)
+    """``a`` is ``x - stop_gradient(m)``, m the maximum of x or ``where(isfinite(max), max, 0)``:
+    already shifted (exprc.softmax, exprc.logsumexp, this module's forms)."""
+    if a.op != "sub" or a.inputs[1].op != "stop_gradient":
+        return False
+    x, m = a.inputs[0], a.inputs[1].inputs[0]
+    if m.op == "where" and m.inputs[0].op == "isfinite":
+        m = m.inputs[1]
+    return m.op == "max" and m.inputs[0] is x
 
 
 def _logsumexp(a: Node, r: Node) -> Node | None:
@@ -156,7 +161,9 @@ def _softmax(a: Node, s: Node) -> Node | None:
     if se is None or se[0] is not a or not se[1] or a.dtype not in ("float32", "float64") or _shifted(a):
         return None
     axes = tuple(se[1])
-    e = api.exp(a - stop_gradient(api.max(a, axes, keepdims=True)))
+    m = api.max(a, axes, keepdims=True)
+    # (a non-finite maximum shifts by 0, as exprc.logsumexp: a +inf logit is NaN, the others 0)
+    e = api.exp(a - stop_gradient(api.where(api.isfinite(m), m, 0)))
     return e / api.sum(e, axes, keepdims=True)
 
 
@@ -178,6 +185,10 @@ def _stable(outputs: Sequence[Node], keep: Iterable[Node] = (),
     if not any(n.op in _STABLE_ROOTS for n in order):
         return list(outputs), {}
     keep_ids = {id(k) for k in keep}
+    kept = set(keep_ids)  # (and the rebuilt kept nodes, as they are made)
+    # Kept nodes that a replacement could drop (inputs and constants are never dropped: every
+    # replacement reads the variables of what it replaces).
+    inner = {id(k) for k in keep if k.op not in ("input", "constant")}
     memo: dict[int, Node] = {}
     for n in order:
         new = n
@@ -188,13 +199,31 @@ def _stable(outputs: Sequence[Node], keep: Iterable[Node] = (),
         if new.op in _STABLE_ROOTS and id(n) not in keep_ids:
             for pattern, make in _STABLE:
                 caps: dict[str, Node] = {}
-                if match(pattern, new, caps) and not _touches(new, caps, keep_ids):
+                if match(pattern, new, caps) and not _touches(new, caps, kept):
                     out = make(**caps)
-                    if out is not None and out.type == new.type:
+                    if out is not None and out.type == new.type and not (inner and _drops(new, out, kept)):
                         new = out
                         break
         memo[id(n)] = new
+        if id(n) in keep_ids:
+            kept.add(id(new))
     return [memo[id(o)] for o in outputs], memo
+
+
+def _drops(old: Node, new: Node, kept: set[int]) -> bool:
+    """Whether a kept node below ``old`` is not below ``new`` (a sum of exps held constant, or
+    differentiated with respect to, that the replacement ``logsumexp`` computes anew)."""
+    def below(root: Node) -> set[int]:
+        seen: set[int] = set()
+        stack = [root]
+        while stack:
+            x = stack.pop()
+            if id(x) not in seen:
+                seen.add(id(x))
+                stack.extend(x.inputs)
+        return seen & kept
+
+    return not below(old) <= below(new)
 
 
 def _touches(root: Node, caps: dict[str, Node], keep_ids: set[int]) -> bool:
@@ -389,12 +418,6 @@ def _reached(outputs: Sequence[Node], order: list[Node], cut: set[int]) -> set[i
 #: off); the power as written is compensated once there.
 VALUE_ONLY_RULES = ("exp_exact_square", "erfc_exact_argument", "exp_exact_argument", "log_erfc",
                     "sigmoid_pair_product", "exp_subnormal_product", "pow_compensated_base")
-#: Stability rules whose max-shifted forms route the gradient through the max, with the row's maxima
-#: taken out of the sum of exps (exact at the maximum): right as a first derivative, but where two
-#: maxima tie the form's own derivative drops theirs (the Hessian of log(sum(exp(x))) at x = 0 came
-#: out 0).  :data:`_STABLE` replaces these compositions by the shifted forms exprc.logsumexp and
-#: exprc.softmax build, with the shift's gradient stopped: derivatives of every order are right.
-SHIFT_RULES = ("logsumexp_from_log", "log_softmax_from_log", "softmax_from_exp")
 #: Graphs with these ops are differentiated as written: softmax and logsumexp stop the gradient
 #: at their max shift (stop_gradient, which optimizing removes), and the stable forms of
 #: log(softmax) shift by a max of their own whose gradient would route through it.
@@ -419,11 +442,7 @@ def _stabilized(outputs: list[Node], wrt: Sequence[Node], consider_constant: Seq
         return outputs
     from exprc.pipeline import optimize  # (the optimizer imports the op tables this module extends)
 
-    # The compositions _STABLE knows first (log(softmax) would otherwise be taken apart by log_div),
-    # and their stop_gradient shifts kept through the optimizer.
-    outputs = _stable(outputs, wrt, order)[0]
-    exclude = ("specialize", *VALUE_ONLY_RULES, *SHIFT_RULES, "stop_gradient_to_identity")
-    return list(optimize(list(outputs), exclude=exclude).outputs)
+    return list(optimize(list(outputs), exclude=("specialize", *VALUE_ONLY_RULES)).outputs)
 
 
 def _vjp(outputs: list[Node], cotangents: list[Node | None], wrt: list[Node], disconnected: str,

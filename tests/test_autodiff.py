@@ -545,6 +545,45 @@ def test_gradients_through_a_naive_softmax_beside_a_max_or_a_constant_are_finite
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+def test_softmax_stable_forms_keep_held_and_differentiated_nodes_and_tiny_derivatives(backend):
+    """Found in review of the commit that added softmax to autodiff's stable forms: (1) a replacement
+    dropped the sum of exps it recomputes, so consider_constant=[that sum] was ignored and a
+    gradient with respect to it (or to exp(x) below it) came out 0 without an error; (2) routed
+    through the stop_gradient shift, the gradient of a naive softmax lost a tiny derivative at the
+    row maximum (d p_0 / d x_0 at x = [40, 0, -5]: 0 for 4.28e-18), which the optimizer's form keeps;
+    (3) a +inf logit made every entry of a naive log-softmax's gradient NaN (exprc.log_softmax:
+    only its own)."""
+    x, w = exprc.vector("x"), exprc.vector("w")
+    xv, wv = np.array([0.3, 1.0, -2.0]), np.array([1.0, -2.0, 0.5])
+    E = np.exp(xv)
+    S = E.sum()
+    e = exprc.exp(x)
+    s, sk, m = exprc.sum(e), exprc.sum(e, keepdims=True), exprc.mean(e)
+
+    def run(g, *args):
+        return exprc.function([x, w], g, backend=backend)(*args)
+
+    held = [(exprc.grad(exprc.sum(w * (e / s)), x, consider_constant=[s]), wv * E / S),
+            (exprc.grad(exprc.sum(w * exprc.log(e / sk)), x, consider_constant=[sk]), wv),
+            (exprc.grad(exprc.log(m) + exprc.sum(x), x, consider_constant=[m]), np.ones(3)),
+            (exprc.grad(exprc.sum(w * (e / s)), s), -np.sum(wv * E) / S**2),
+            (exprc.grad(exprc.sum(w * exprc.log(e / sk)), sk), np.array([-wv.sum() / S])),
+            (exprc.grad(exprc.log(m), m), 1 / E.mean()),
+            (exprc.grad(exprc.log(m), e), np.full(3, 1 / S))]
+    for g, want in held:
+        assert_close(run(g, xv, wv), np.asarray(want, dtype=np.float64), ulps=16)
+    v = np.array([40.0, 0.0, -5.0])
+    p = _softmax_rows(v)
+    want = np.array([p[0] * (p[1] + p[2]), -p[0] * p[1], -p[0] * p[2]])  # (no cancellation)
+    assert_close(run(exprc.grad((e / s)[0] + 0 * exprc.sum(w), x), v, wv), want, ulps=16)
+    assert_close(run(exprc.hessian(exprc.log(s), x), v, wv)[0], want, ulps=16)
+    inf = np.array([np.inf, 0.0, 1.0])
+    for cost in (exprc.sum(w * exprc.log(e / s)) + 0 * exprc.max(x), exprc.sum(w * exprc.log(e / s))):
+        got = run(exprc.grad(cost, x), inf, wv)
+        assert np.isnan(got[0]) and (got[1:] == wv[1:]).all(), got
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_gradients_of_softmax_weighted_sums(backend):
     """sum(u exp(x)) / sum(exp(x)) and sum(u exp(x) / sum(exp(x))) (rules softmax_weighted_sum,
     softmax_of_product): the gradient p (u - sum(u p)) for logits that overflow, and the Hessian at

@@ -112,7 +112,13 @@ def _lse_parts(x: Node, axes: tuple) -> tuple[Node, Node, Node]:
         shift = F.where(f("isfinite", m), m, k(0.0, x))
         y = sub(x, shift)
     top = make("eq", y, k(0.0, y))
-    others = make("sum", F.where(top, k(0.0, y), f("exp", y)), axis=axes, keepdims=True)
+    # (exp(y) - 1 at the maxima: exactly the 0 they add, with exp(y)'s derivative; with a 0 there the
+    # form's gradient was right but its own derivative dropped the maxima: the Hessian of
+    # log(sum(exp(x))) at x = 0 came out 0.  Given the masks, the form is then
+    # log(sum(exp(x - m))) + m for every x and m, so derivatives of every order are right wherever
+    # the gradient routes m's.  Frozen: not expm1(y), a second vector call per element.)
+    ey = f("exp", y)
+    others = make("sum", F.where(top, F.freeze(sub(ey, k(1.0, y))), ey), axis=axes, keepdims=True)
     count = make("sum", make("cast", top, dtype=x.dtype), axis=axes, keepdims=True)
     return shift, y, f("log1p", add(others, sub(count, k(1.0, x))))
 
