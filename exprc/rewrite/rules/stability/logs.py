@@ -24,6 +24,7 @@ from exprc.rewrite.rules.stability._common import (
     HALF,
     LN2,
     ONE,
+    POSITIVE_OPS,
     SUM_OPS,
     TWO,
     add,
@@ -338,10 +339,18 @@ def log_pow(node: Node, x: Node, p: Node) -> Node | None:
     return guarded(mul(p, f("log", x)), node, x > k(0.0, x))
 
 
+def _magnitude(t: Node) -> Node:
+    """|t|, or ``t`` where it is >= 0 by construction (an exp, a sum of exps): log(sum(exp(x)))
+    is then still logsumexp's to find (log(sum(exp(x)) / 3) was inf at x = 800)."""
+    if t.op in POSITIVE_OPS or t.op in ("sum", "mean") and t.inputs[0].op in POSITIVE_OPS:
+        return t
+    return f("abs", t)
+
+
 def _log_product(node: Node, a: Node, quotient: bool) -> Node | None:
     x, y = a.inputs
     info = np.finfo(node.dtype)
-    la, lb = f("log", f("abs", x)), f("log", f("abs", y))
+    la, lb = f("log", _magnitude(x)), f("log", _magnitude(y))
     wide = sub(la, lb) if quotient else add(la, lb)
     # x*y < 0 however it rounds (-0.0 by underflow, -inf by overflow, exp(v) = 0 or inf): log is NaN
     fallback = nan_where(negative_product(x, y, quotient), wide)

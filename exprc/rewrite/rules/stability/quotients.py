@@ -677,18 +677,30 @@ def _times_exp(p: Node, e: Node) -> Node | None:
     return _product(pv[0], others, p)
 
 
-@stability_rule("softmax_of_product", P("truediv", X("p"), X("s")))
-def softmax_of_product(node: Node, p: Node, s: Node) -> Node | None:
-    """u exp(x) / sum(exp(x)) -> u (exp(x) / sum(exp(x))): the softmax as a quotient of its own, which
-    softmax_from_exp max-shifts (as written, exp(x) overflows and u exp(x) / inf is NaN at x = 710)."""
-    se = sum_of_exp(s)
-    if se is None or p.op not in ("mul", "truediv", "neg"):
+@stability_rule("softmax_of_product", ("mul", "truediv"))
+def softmax_of_product(node: Node) -> Node | None:
+    """u exp(x) / sum(exp(x)) -> u (exp(x) / sum(exp(x))), also spelled exp(x) * (1 / sum(exp(x))),
+    2 exp(x) / (2 sum(exp(x))): the softmax as a quotient of its own, which softmax_from_exp
+    max-shifts (as written, exp(x) overflows and u exp(x) / inf is NaN at x = 710)."""
+    pv = F.product_view(node)
+    if pv is None or pv[2]:
         return None
-    e = f("exp", se[0])
-    u = _times_exp(p, e)
-    if u is None or not F.broadcast_safe([u, e, s], node):
-        return None
-    return mul(u, div(e, s))
+    coef, factors = pv[0], pv[1]
+    for s, q in factors:
+        se = sum_of_exp(s) if q == -1 else None
+        if se is None:
+            continue
+        e = f("exp", se[0])
+        if (e, 1) not in factors or [t for t, _ in factors].count(e) != 1:
+            continue
+        soft = div(e, s)
+        if node is soft or soft in node.inputs:
+            return None  # (already the softmax times the rest)
+        others = [(t, p) for t, p in factors if t is not e and t is not s]
+        if not F.broadcast_safe([t for t, _ in factors], node):
+            return None
+        return mul(_product(coef, others, node), soft) if others or coef != 1 else soft
+    return None
 
 
 @stability_rule("softmax_weighted_sum",
