@@ -124,6 +124,9 @@ _STABLE = [  # (pattern, replacement from captures)
     (P("log", P("mean", P("exp", X("a")), name="r")),
      lambda a, r: None if _shifted(a) else _logsumexp(a, r) - api.log(api._count(a, r.arg("axis")).astype(a.dtype))),
     (P("truediv", P("exp", X("a")), X("s")), lambda a, s: _softmax(a, s)),
+    (P("truediv", P("mul", X("a"), X("b")), X("s")), lambda a, b, s: _times_softmax(a, b, s)),
+    (P("truediv", P(("sum", "mean"), P("mul", X("a"), X("b")), name="n"), P(("sum", "mean"), X("e"), name="d")),
+     lambda a, b, n, e, d: _weighted(a, b, n, e, d)),
 ]
 #: The ops whose nodes :data:`_STABLE` may replace (a graph without them is left as it is).
 _STABLE_ROOTS = ("log", "log1p", "truediv")
@@ -165,6 +168,30 @@ def _softmax(a: Node, s: Node) -> Node | None:
     # (a non-finite maximum shifts by 0, as exprc.logsumexp: a +inf logit is NaN, the others 0)
     e = api.exp(a - stop_gradient(api.where(api.isfinite(m), m, 0)))
     return e / api.sum(e, axes, keepdims=True)
+
+
+def _times_softmax(a: Node, b: Node, s: Node) -> Node | None:
+    """u exp(x) / sum(exp(x)) -> u softmax(x) (see _softmax)."""
+    for e, u in ((a, b), (b, a)):
+        if e.op == "exp" and (soft := _softmax(e.inputs[0], s)) is not None:
+            return u * soft
+    return None
+
+
+def _weighted(a: Node, b: Node, n: Node, e: Node, d: Node) -> Node | None:
+    """sum(u exp(x)) / sum(exp(x)) (or mean / mean) over the same axes -> both sums of
+    exp(x - stop_gradient(m)), m x's maximum there (the optimizer's softmax_weighted_sum)."""
+    axes, keep = tuple(d.arg("axis")), d.arg("keepdims")
+    if (e.op != "exp" or n.op != d.op or tuple(n.arg("axis")) != axes or n.arg("keepdims") != keep
+            or (a is e) == (b is e) or n.inputs[0].ndim != e.ndim or _shifted(e.inputs[0])):
+        return None
+    x, u = e.inputs[0], b if a is e else a
+    if x.dtype not in ("float32", "float64"):
+        return None
+    m = api.max(x, axes, keepdims=True)
+    es = api.exp(x - stop_gradient(api.where(api.isfinite(m), m, 0)))
+    reduce = api.sum if d.op == "sum" else api.mean
+    return reduce(u * es, axes, keep) / reduce(es, axes, keep)
 
 
 def stable_forms(outputs: Sequence[Node], keep: Iterable[Node] = (), order: list[Node] | None = None) -> list[Node]:

@@ -606,6 +606,18 @@ def test_gradients_of_softmax_weighted_sums(backend):
         for x in (np.zeros(4), np.array([2.0, 2.0, -1.0, 2.0])):
             fd = np.array([(want(x + h * e) - want(x - h * e)) / (2 * h) for e in np.eye(4)])
             np.testing.assert_allclose(hess(x, uv), fd, rtol=0, atol=1e-8)
+        # Found in review: on the as-written path (a max in the graph, a consider_constant, a wrt
+        # that is not a variable) these were NaN for logits of 700.
+        x = np.array([700.0, 710.0, 1.0, -800.0])
+        g = exprc.function([v, u], exprc.grad(y + 0 * exprc.max(v), v), backend=backend)
+        assert_close(g(x, uv), want(x), ulps=64)
+        g = exprc.function([v, u], exprc.grad(y, v, consider_constant=[u * 1.0]), backend=backend)
+        assert_close(g(x, uv), want(x), ulps=64)
+    hv = 2.0 * v  # (wrt a node that is not a variable)
+    for y in (exprc.sum(u * exprc.exp(hv)) / exprc.sum(exprc.exp(hv)), exprc.sum(u * exprc.exp(hv) / exprc.sum(exprc.exp(hv)))):
+        x = np.array([350.0, 355.0, 0.5, -400.0])
+        got = exprc.function([v, u], exprc.grad(y, hv), backend=backend)(x, uv)
+        assert_close(got, want(2 * x), ulps=64)
 
 
 def test_the_gradient_of_an_operand_of_an_operand_is_one_sum_to():

@@ -710,6 +710,35 @@ def test_softmax_rules_read_only_denominators_that_line_up_with_the_rows():
                 np.testing.assert_allclose(f(big), naive(xv), rtol=1e-12, atol=1e-300)
 
 
+def test_softmax_weighted_sums_keep_nan_guards_and_tiny_weights():
+    """Found in review of softmax_weighted_sum and softmax_of_product: (1) a factor that cancels
+    (u w / w) leaves a NaN guard in the product's view, which the rules dropped: 2.58 where NumPy
+    gives NaN at w = inf; (2) exp(x - m) without the TwoSum correction lost 107 ulps of
+    sum(u exp(x)) / sum(exp(x)) at x = [0.1, -500.3], u = [0, 1] (mpmath), where the formula as
+    written is exact."""
+    x, u, w = exprc.vector("x"), exprc.vector("u"), exprc.vector("w")
+    e = exprc.exp(x)
+    xv, uv, wv = np.array([1.0, 2.0, 3.0]), np.array([1.0, 2.0, 3.0]), np.array([2.0, 1.0, np.inf])
+    for out in (exprc.sum(e * (u * w / w)) / exprc.sum(e), e * (u * w / w) / exprc.sum(e)):
+        for backend in ("numpy", "c"):
+            got = exprc.function([x, u, w], out, backend=backend)(xv, uv, wv)
+            want = exprc.function([x, u, w], out, backend="numpy", exclude=("stability",))(xv, uv, wv)
+            np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+            assert np.isnan(got).any()
+    rng = np.random.default_rng(11)
+    xs = rng.uniform(-700, 5, (200, 8))
+    us = rng.uniform(0.5, 2.0, (200, 8))
+    us[np.arange(200), xs.argmax(axis=1)] = 0.0  # (the far entries carry the numerator)
+    xs[0, :2], us[0, :2] = [0.1, -500.3], [0.0, 1.0]
+    X, U = exprc.matrix("X"), exprc.matrix("U")
+    spell = lambda m, a, b: m.sum(b * m.exp(a), axis=-1) / m.sum(m.exp(a), axis=-1)
+    ref = reference(spell, [xs, us], rows=True).reshape(-1)
+    for backend in ("numpy", "c"):
+        f = exprc.function([X, U], spell(exprc, X, U), backend=backend)
+        assert "softmax_weighted_sum" in f.rewrites
+        assert bits_lost(f(xs, us), ref).max() <= 4
+
+
 def test_log_of_softmax_finds_the_row_maximum_once():
     """log(softmax(z)): softmax already subtracted the row maximum, so the log-softmax form reads it
     (one max per row, not two) and gives what the twice-shifted form gives, non-finite rows included."""

@@ -639,13 +639,7 @@ def softmax_from_exp(node: Node, x: Node, s: Node) -> Node | None:
     if se is None or se[0] is not x or max_shifted(x):
         return None
     axes = se[1]
-    m = make("max", x, axis=axes, keepdims=True)
-    # TwoSum: x - m = d + err exactly, and exp(x - m) = exp(d) (1 + err) to first order
-    d = F.freeze(sub(x, m))
-    # (as -TwoSum(-x, m), the same bits: m itself is the broadcast operand, not a kernel's -m)
-    err = F.neg(make("two_sum_err", F.neg(x), m))
-    ed = f("exp", d)
-    e = add(ed, mul(ed, F.where(f("isfinite", err), err, k(0.0, err))))  # (-inf entries: err is NaN)
+    e = _exp_shifted(x, make("max", x, axis=axes, keepdims=True))
     out = div(e, make("sum", e, axis=axes, keepdims=True))
     if by_rows(x, axes) and s.ndim == 2:
         # Over the rows of a matrix, the quotient as written where its sum S is finite and, with every
@@ -666,10 +660,22 @@ def softmax_from_exp(node: Node, x: Node, s: Node) -> Node | None:
     return F.set_origin(out, ("guard", node))  # log(softmax) rules still see exp(x) / sum(exp(x))
 
 
+def _exp_shifted(x: Node, m: Node) -> Node:
+    """exp(x - m), the rounding of x - m compensated: TwoSum gives x - m = d + err exactly, and
+    exp(x - m) = exp(d) (1 + err) to first order, so an entry far below m keeps its relative accuracy
+    (exp(-500.4 + err) without err: 107 ulps off)."""
+    d = F.freeze(sub(x, m))
+    # (as -TwoSum(-x, m), the same bits: m itself is the broadcast operand, not a kernel's -m)
+    err = F.neg(make("two_sum_err", F.neg(x), m))
+    ed = f("exp", d)
+    return add(ed, mul(ed, F.where(f("isfinite", err), err, k(0.0, err))))  # (-inf entries: err is NaN)
+
+
 def _times_exp(p: Node, e: Node) -> Node | None:
-    """u where the product ``p`` is u * e (``e`` a factor to the power 1, and not in u); None else."""
+    """u where the product ``p`` is u * e (``e`` a factor to the power 1, and not in u); None else,
+    and where a cancelled factor left a NaN guard (u w / w is NaN at w = inf)."""
     pv = F.product_view(p)
-    if pv is None or pv[2] or [t for t, _ in pv[1]].count(e) != 1 or (e, 1) not in pv[1]:
+    if pv is None or pv[2] or pv[3] or [t for t, _ in pv[1]].count(e) != 1 or (e, 1) not in pv[1]:
         return None
     others = [(t, q) for t, q in pv[1] if t is not e]
     if not others and pv[0] == 1:
@@ -683,7 +689,7 @@ def softmax_of_product(node: Node) -> Node | None:
     2 exp(x) / (2 sum(exp(x))): the softmax as a quotient of its own, which softmax_from_exp
     max-shifts (as written, exp(x) overflows and u exp(x) / inf is NaN at x = 710)."""
     pv = F.product_view(node)
-    if pv is None or pv[2]:
+    if pv is None or pv[2] or pv[3]:  # (pv[3]: NaN guards of cancelled factors, which u w / w needs)
         return None
     coef, factors = pv[0], pv[1]
     for s, q in factors:
@@ -719,7 +725,7 @@ def softmax_weighted_sum(node: Node, n: Node, p: Node, d: Node, x: Node) -> Node
     if u is None:
         return None
     m = make("max", x, axis=axes, keepdims=True)
-    es = f("exp", sub(x, F.where(f("isfinite", m), m, k(0.0, x))))
+    es = _exp_shifted(x, F.where(f("isfinite", m), m, k(0.0, x)))
     return div(make(n.op, mul(u, es), axis=axes, keepdims=keep), make(d.op, es, axis=axes, keepdims=keep))
 
 
