@@ -146,3 +146,22 @@ def test_integer_canonical_forms_wrap_like_numpy():
         g = exprc.function([i, j], e, backend="numpy", exclude=("canonicalize", "specialize"))
         with np.errstate(all="ignore"):
             np.testing.assert_array_equal(f(d1, d2), g(d1, d2))
+
+
+def test_getitem_of_full_slices_and_new_axes_is_a_dimshuffle():
+    """x[:, None], x[None], v[None, :, None] are dimshuffles (rule getitem_to_dimshuffle), the spelling
+    the rules read (softmax over sum(exp(z), axis=1)[:, None]); indexing that selects is left alone.
+    Values and shapes as NumPy's, on both backends."""
+    m, v = exprc.matrix("m"), exprc.vector("v")
+    rng = np.random.default_rng(4)
+    mv, vv = rng.standard_normal((3, 4)), rng.standard_normal(5)
+    cases = [(m[:, None], mv[:, None], True), (m[None], mv[None], True), (v[None, :, None], vv[None, :, None], True),
+             (m[:, :, None], mv[:, :, None], True), (m[1:, None], mv[1:, None], False), (m[0, None], mv[0, None], False),
+             (m[:, ::-1, None], mv[:, ::-1, None], False)]
+    for out, want, fires in cases:
+        for backend in ("numpy", "c"):
+            f = exprc.function([m, v], out * 2.0, backend=backend)
+            assert ("getitem_to_dimshuffle" in f.rewrites) == fires, (want.shape, f.rewrites)
+            got = f(mv, vv)
+            assert got.shape == want.shape
+            np.testing.assert_array_equal(got, want * 2.0)

@@ -696,9 +696,9 @@ def test_softmax_rules_read_only_denominators_that_line_up_with_the_rows():
     big = xv + 720.0  # (every sum overflows: the C row guard takes the stable branch)
     s1 = exprc.sum(e, axis=1)
     misaligned = [e / s1.dimshuffle("x", 0), e / exprc.reshape(s1, (1, -1)), e / s1,
-                  exprc.log(e / s1.dimshuffle("x", 0))]
+                  exprc.log(e / s1.dimshuffle("x", 0)), e / s1[None, :]]
     aligned = [e / s1.dimshuffle(0, "x"), e / exprc.reshape(s1, (-1, 1)), e / exprc.sum(e, axis=0),
-               e / exprc.sum(e), exprc.log(e / exprc.reshape(s1, (-1, 1)))]
+               e / exprc.sum(e), exprc.log(e / exprc.reshape(s1, (-1, 1))), e / s1[:, None]]
     for k, out in enumerate(misaligned + aligned):
         for backend in ("numpy", "c"):
             f = exprc.function([x], out, backend=backend)

@@ -162,6 +162,27 @@ def log_into_where(node: Node, c: Node, a: Node, b: Node) -> Node | None:
     return None
 
 
+@rewrite_rule("getitem_to_dimshuffle", _CANON, P("getitem", X("x")))
+def getitem_to_dimshuffle(node: Node, x: Node) -> Node | None:
+    """x[:, None] (full slices and new axes only) -> dimshuffle(x, (0, 'x')): the same view, in the
+    spelling rules read (softmax_from_exp's denominator sum(exp(z), axis=1)[:, None])."""
+    order: list = []
+    axis = 0
+    for item in node.arg("index"):
+        if item == ("n",):
+            order.append("x")
+        elif item[0] == "s" and item[1] is None and item[2] is None and item[3] in (1, None) and axis < x.ndim:
+            order.append(axis)
+            axis += 1
+        else:
+            return None
+    order += range(axis, x.ndim)
+    if "x" not in order:
+        return None  # (x[:, :] is x's own view; the shape rules take it)
+    out = make("dimshuffle", x, order=tuple(order))
+    return out if out.type == node.type else None
+
+
 @rewrite_rule("stop_gradient_to_identity", _CANON, P("stop_gradient", X("x")))
 def stop_gradient_to_identity(node: Node, x: Node) -> Node:
     """stop_gradient(x) -> x: the identity on values (it only steers exprc.grad, which runs on
