@@ -31,6 +31,7 @@ value is inside the spread of those runs (NaN matching NaN, an infinity matching
 is not a bug.  Every other mismatch is reported with its seed and graph.
 
     python tests/fuzz.py --graphs 10000            # the long mode (also: python bench/fuzz.py)
+    python tests/fuzz.py --graphs 2000 --rows      # matrices and row reductions (row kernels)
     python tests/fuzz.py --seed 1234 --graphs 1 -v # replay one batch
 """
 
@@ -154,26 +155,39 @@ def _layout(rng: np.random.Generator, arr: np.ndarray) -> np.ndarray:
     return arr.copy()
 
 
-def make_batch(seed: int, width: int = 16, max_ops: int = 6) -> Batch:
-    """A pool of inputs and ``width`` graphs over it, all decided by ``seed``."""
+def make_batch(seed: int, width: int = 16, max_ops: int = 6, rows: bool = False) -> Batch:
+    """A pool of inputs and ``width`` graphs over it, all decided by ``seed``.
+
+    ``rows``: matrices (often square, rows of up to 33) and reductions over their last axis, with and
+    without keepdims, for the C backend's row kernels (a row sum without keepdims broadcasts along
+    the columns: a row kernel once read it per row); float inputs without huge values, whose sums
+    over 33 entries would depend on the summation order beyond the rounding envelope."""
     rng = np.random.default_rng(seed)
-    base = tuple(int(rng.choice([1, 2, 3, 4, 5])) for _ in range(rng.integers(0, 4)))
-    if base and rng.random() < 0.08:
-        base = base[:-1] + (0,)  # an empty axis
+    if rows:
+        n = int(rng.choice([2, 3, 5, 9, 33]))
+        base = (n, n) if rng.random() < 0.6 else (int(rng.choice([1, 2, 7, 40])), n)
+    else:
+        base = tuple(int(rng.choice([1, 2, 3, 4, 5])) for _ in range(rng.integers(0, 4)))
+        if base and rng.random() < 0.08:
+            base = base[:-1] + (0,)  # an empty axis
     inputs, args = [], []
-    for i in range(rng.integers(1, 5)):
-        nd = int(rng.integers(0, len(base) + 1))
-        shape = tuple(1 if rng.random() < 0.25 else s for s in base[len(base) - nd:])
-        dtype = str(rng.choice(DTYPES))
+    for i in range(rng.integers(1, 4 if rows else 5)):
+        nd = int(rng.choice([2, 2, 2, 1, 0])) if rows else int(rng.integers(0, len(base) + 1))
+        shape = tuple(1 if rng.random() < (0.15 if rows else 0.25) else s for s in base[len(base) - nd:])
+        dtype = str(rng.choice(["float64", "float32"] if rows else DTYPES))
         static = rng.random() < 0.5
         inputs.append(exprc.tensor(f"x{i}", dtype, shape=shape if static else None, ndim=None if static else nd))
-        args.append(_values(rng, dtype, shape))
+        vals = _values(rng, dtype, shape)
+        if rows:
+            big = np.isfinite(vals) & (np.abs(vals) > 1e6)
+            vals[big] = np.sign(vals[big]) * 2.5
+        args.append(vals)
     graphs = []
     for _ in range(width):
         shapes = [a.shape for a in args]
         steps: list = []
-        for _ in range(rng.integers(1, max_ops + 1)):
-            kind = rng.choice(["unary", "binary", "reduce"], p=[0.35, 0.45, 0.2])
+        for _ in range(rng.integers(2 if rows else 1, max_ops + 1)):
+            kind = rng.choice(["unary", "binary", "reduce"], p=[0.3, 0.4, 0.3] if rows else [0.35, 0.45, 0.2])
             i = int(rng.integers(len(shapes)))
             if kind == "binary":
                 j = int(rng.integers(len(shapes)))
@@ -181,6 +195,8 @@ def make_batch(seed: int, width: int = 16, max_ops: int = 6) -> Batch:
                     shape = np.broadcast_shapes(shapes[i], shapes[j])
                 except ValueError:
                     kind, j = "unary", None
+            if kind == "reduce" and rows and not shapes[i]:
+                kind = "unary"
             if kind == "unary":
                 name, fn = UNARY[rng.integers(len(UNARY))]
                 step, shape = (name, fn, (i,), ()), shapes[i]
@@ -190,7 +206,10 @@ def make_batch(seed: int, width: int = 16, max_ops: int = 6) -> Batch:
             else:
                 name, fn = REDUCE[rng.integers(len(REDUCE))]
                 nd = len(shapes[i])
-                axis = None if nd == 0 or rng.random() < 0.4 else int(rng.integers(-nd, nd))
+                if rows:
+                    axis = -1 if rng.random() < 0.6 else int(rng.integers(-nd, nd))
+                else:
+                    axis = None if nd == 0 or rng.random() < 0.4 else int(rng.integers(-nd, nd))
                 keep = bool(rng.random() < 0.5)
                 step = (name, fn, (i,), (axis, keep))
                 shape = np.sum(np.zeros(shapes[i]), axis=axis, keepdims=keep).shape
@@ -265,7 +284,24 @@ class _Perturbing:
         if not callable(fn) or name in _EXACT:
             return fn
         rng = self._rng
+        if name in ("sum", "mean"):
+            return lambda *a, **k: _reorder(rng, fn(*a, **k), fn(np.abs(a[0]), *a[1:], **k), a[0], k.get("axis"))
         return lambda *a, **k: _perturb(rng, fn(*a, **k), list(a))
+
+
+def _reorder(rng: np.random.Generator | _Extreme, v: object, size: object, x: object, axis: object) -> object:
+    """A sum ``v`` (or mean) of the terms of ``x`` moved by up to n eps sum(|x|) (``size``: that sum of
+    magnitudes): what adding n terms in another order (pairwise, by SIMD lanes, by chunks) may change
+    where they cancel, beyond a few ulp of the result (33 terms of a row: 13 ulp in a seed of the row
+    batches)."""
+    a, x = np.asarray(v), np.asarray(x)
+    if a.dtype.kind != "f" or a.size == 0:
+        return v
+    n = x.size if axis is None else int(np.prod([x.shape[d] for d in np.atleast_1d(axis)])) if x.ndim else 1
+    eps = float(np.finfo(a.dtype).eps) * ULPS
+    with np.errstate(all="ignore"):
+        out = a + rng.uniform(-1.0, 1.0, a.shape) * eps * n * np.asarray(size, dtype=a.dtype)
+    return np.where(np.isfinite(out), out, a).astype(a.dtype)
 
 
 def run_steps(graph: Graph, args: list, rng: np.random.Generator | _Extreme | None = None) -> np.ndarray:
@@ -297,6 +333,9 @@ def run_nodes(order: list, inputs: list, args: list, rng: np.random.Generator | 
                 continue
             operands = [vals[i] for i in n.inputs]
             out = OPS[n.op].impl(*operands, **dict(n.attrs))
+            if rng is not None and n.op in ("sum", "mean") and np.asarray(out).dtype.kind == "f":
+                size = OPS[n.op].impl(np.abs(operands[0]), **dict(n.attrs))
+                out = _reorder(rng, out, size, operands[0], n.arg("axis"))
             vals[n] = np.asarray(_perturb(rng, out, operands)).astype(n.dtype, copy=False)
     return vals
 
@@ -508,14 +547,16 @@ def _one_by_one(batch: Batch, cfg: exprc.Config) -> list[Mismatch]:
     return out
 
 
-def run(seeds: range, width: int = 16, cfg: exprc.Config | None = None, verbose: bool = False) -> dict:
-    """Check the batches of ``seeds``: a summary with the number of graphs and the mismatches."""
+def run(seeds: range, width: int = 16, cfg: exprc.Config | None = None, verbose: bool = False,
+        rows: bool = False) -> dict:
+    """Check the batches of ``seeds`` (``rows``: see make_batch): a summary with the number of graphs
+    and the mismatches."""
     cfg = cfg or exprc.Config()
     mismatches: list[Mismatch] = []
     graphs = 0
     t0 = time.perf_counter()
     for seed in seeds:
-        batch = make_batch(seed, width)
+        batch = make_batch(seed, width, rows=rows)
         graphs += len(batch.graphs)
         found = check_batch(batch, cfg)
         mismatches += found
@@ -535,10 +576,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--width", type=int, default=16, help="graphs per compiled batch")
     p.add_argument("--seed", type=int, default=0, help="first batch seed")
     p.add_argument("--json", help="write the summary here")
+    p.add_argument("--rows", action="store_true", help="matrices and reductions over their rows (row kernels)")
     p.add_argument("-v", "--verbose", action="store_true")
     a = p.parse_args(argv)
     nb = max(1, -(-a.graphs // a.width))
-    res = run(range(a.seed, a.seed + nb), a.width, verbose=a.verbose)
+    res = run(range(a.seed, a.seed + nb), a.width, verbose=a.verbose, rows=a.rows)
     print(f"{res['graphs']} graphs in {res['batches']} batches, {res['seconds']:.0f} s: "
           f"{len(res['mismatches'])} unexplained mismatches")
     for m in res["mismatches"][:50]:
