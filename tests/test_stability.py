@@ -739,6 +739,20 @@ def test_softmax_weighted_sums_keep_nan_guards_and_tiny_weights():
         assert bits_lost(f(xs, us), ref).max() <= 4
 
 
+def test_sqrt_conjugate_of_a_hypot_of_one_operand_twice():
+    """Found by the fuzzer's row batches: sqrt_of read hypot(x, x) as the view x**2 + x**2 with the
+    same term twice, which a view holds once, so x - hypot(x, x) became -(0 / (hypot(x, x) + x)):
+    -0.0 for every x (exact: (1 - sqrt 2) x)."""
+    x = exprc.vector("x")
+    xv = np.array([2.9, 1.0, -3.0, 1e-300, 1e300, 0.0, np.inf, np.nan])
+    for out, ref in [(x - exprc.hypot(x, x), xv - np.hypot(xv, xv)), (exprc.hypot(x, x) - x, np.hypot(xv, xv) - xv),
+                     (2 * x - exprc.hypot(x, x), 2 * xv - np.hypot(xv, xv))]:
+        for backend in ("numpy", "c"):
+            with np.errstate(all="ignore"):
+                got = exprc.function([x], out, backend=backend)(xv)
+            np.testing.assert_allclose(got, ref, rtol=1e-15, atol=0)
+
+
 def test_log_of_softmax_finds_the_row_maximum_once():
     """log(softmax(z)): softmax already subtracted the row maximum, so the log-softmax form reads it
     (one max per row, not two) and gives what the twice-shifted form gives, non-finite rows included."""

@@ -234,6 +234,8 @@ def sqrt_of(r: Node) -> SumView | None:
             c = F.exact(F.scalar_const(q)) if q.op == "constant" else None
             if c is not None:
                 return SumView(((ONE, f("square", p)),), c * c)
+        if x is y:  # (one term: a view holds each term once, and x - hypot(x, x) came out -0.0)
+            return SumView(((TWO, f("square", x)),), Fraction(0))
         return SumView(((ONE, f("square", x)), (ONE, f("square", y))), Fraction(0))
     return None
 
