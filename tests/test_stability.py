@@ -751,6 +751,15 @@ def test_sqrt_conjugate_of_a_hypot_of_one_operand_twice():
             with np.errstate(all="ignore"):
                 got = exprc.function([x], out, backend=backend)(xv)
             np.testing.assert_allclose(got, ref, rtol=1e-15, atol=0)
+    # Found in review: where the conjugate's numerator (a difference of squares) underflows, the
+    # formula as written is used (hypot(x, y) - x at 1e-300, 3e-301 was 0 for 4.4e-302).
+    y = exprc.vector("y")
+    xv, yv = np.array([1e-300, 1e-170, 5e-324, 1.0, 1e8]), np.array([3e-301, 2e-171, 5e-324, 1e-5, 1.0])
+    with mpmath.workdps(60):
+        ref = [float(mpmath.sqrt(mpmath.mpf(a) ** 2 + mpmath.mpf(b) ** 2) - mpmath.mpf(a)) for a, b in zip(xv, yv)]
+    for backend in ("numpy", "c"):
+        got = exprc.function([x, y], exprc.hypot(x, y) - x, backend=backend)(xv, yv)
+        assert bits_lost(got, np.array(ref))[:2].max() <= 8 and bits_lost(got, np.array(ref))[3:].max() <= 2
 
 
 def test_log_of_softmax_finds_the_row_maximum_once():

@@ -11,6 +11,8 @@ from __future__ import annotations
 import math
 from fractions import Fraction
 
+import numpy as np
+
 from exprc.graph import Node
 from exprc.rewrite import forms as F
 from exprc.rewrite.forms import SumView, build_sum, make, same_up_to_scale, scale
@@ -155,10 +157,15 @@ def sqrt_conjugate(node: Node) -> Node | None:
                 continue
         bnode = build_sum(B, node)
         den = F.freeze(add(t, bnode))  # no cancellation where it is used: do not "fix" it
-        stable = scale(div(build_sum(num, node), den), c)
+        top = build_sum(num, node)
+        stable = scale(div(top, den), c)
         # Where the quotient is 0/0 (a = b = 0), inf/inf, or c/inf (sqrt(inf**2 + c) - inf is
-        # inf - inf, NaN, not the limit 0: fuzzer seed 100110), the original formula is used.
+        # inf - inf, NaN, not the limit 0: fuzzer seed 100110), the original formula is used; so it
+        # is where the numerator, a difference of squares, underflows (hypot(x, y) - x at x = 1e-300,
+        # y = 3e-301: 0 for 4.4e-302; there the operands are tiny and the formula loses little).
         safe = f("isfinite", stable) & f("isfinite", den)
+        if top.op != "constant":
+            safe = safe & (f("abs", top) >= k(float(np.finfo(node.dtype).tiny), top))
         if positive is not None:
             safe = safe & (positive > k(0.0, positive))
         return guarded(stable, node, safe)
