@@ -123,6 +123,8 @@ _STABLE = [  # (pattern, replacement from captures)
     (P("log", P("sum", P("exp", X("a")), name="r")), lambda a, r: _logsumexp(a, r)),
     (P("log", P("mean", P("exp", X("a")), name="r")),
      lambda a, r: None if _shifted(a) else _logsumexp(a, r) - api.log(api._count(a, r.arg("axis")).astype(a.dtype))),
+    *(_LOG_OF_SUMS := [(P("log", P("truediv", X("a"), X("b"))), lambda a, b: _log_of_sums(a, b, -1)),
+                       (P("log", P("mul", X("a"), X("b"))), lambda a, b: _log_of_sums(a, b, 1))]),
     (P("truediv", P("exp", X("a")), X("s")), lambda a, s: _softmax(a, s)),
     (P("truediv", P("mul", X("a"), X("b")), X("s")), lambda a, b, s: _times_softmax(a, b, s)),
     (P("truediv", P(("sum", "mean"), P("mul", X("a"), X("b")), name="n"), P(("sum", "mean"), X("e"), name="d")),
@@ -170,6 +172,28 @@ def _softmax(a: Node, s: Node) -> Node | None:
     return e / api.sum(e, axes, keepdims=True)
 
 
+def _log_positive(t: Node) -> tuple[Node, bool] | None:
+    """(log t, whether t is a sum or mean of exps) for such a sum (as logsumexp) or a positive
+    finite 0-d constant; None else."""
+    if t.op in ("sum", "mean") and t.inputs[0].op == "exp" and not _shifted(t.inputs[0].inputs[0]):
+        x, axes = t.inputs[0].inputs[0], tuple(t.arg("axis"))
+        out = api.logsumexp(x, axes, t.arg("keepdims"))
+        return (out - api.log(api._count(x, axes).astype(x.dtype)) if t.op == "mean" else out), True
+    if t.op == "constant" and t.value.shape == () and 0 < float(t.value) < math.inf:
+        return api.log(t), False
+    return None
+
+
+def _log_of_sums(a: Node, b: Node, sign: int) -> Node | None:
+    """log(S / c), log(c * S), log(1 / S), log(S / T) with S, T sums of exps (a log-mean-exp written
+    log(sum(exp(x)) / n)) -> logsumexp(x) -+ log(c): the gradient is the shifted softmax, not
+    exp(x) / S, which is 0 * inf where the sum overflows."""
+    la, lb = _log_positive(a), _log_positive(b)
+    if la is None or lb is None or not (la[1] or lb[1]):
+        return None
+    return la[0] + lb[0] if sign > 0 else la[0] - lb[0]
+
+
 def _times_softmax(a: Node, b: Node, s: Node) -> Node | None:
     """u exp(x) / sum(exp(x)) -> u softmax(x) (see _softmax)."""
     for e, u in ((a, b), (b, a)):
@@ -203,8 +227,8 @@ def stable_forms(outputs: Sequence[Node], keep: Iterable[Node] = (), order: list
     return _stable(outputs, keep, order)[0]
 
 
-def _stable(outputs: Sequence[Node], keep: Iterable[Node] = (),
-            order: list[Node] | None = None) -> tuple[list[Node], dict[int, Node]]:
+def _stable(outputs: Sequence[Node], keep: Iterable[Node] = (), order: list[Node] | None = None,
+            patterns: list = _STABLE) -> tuple[list[Node], dict[int, Node]]:
     """:func:`stable_forms`, and what became of each node of ``order`` (by ``id``; empty when
     the graph has no op of :data:`_STABLE_ROOTS`, so nothing can change).  A kept node is never rewritten away, but it is rebuilt when something
     below it was: callers find it (a ``wrt``, a constant, a seed) in the new graph through this map."""
@@ -224,7 +248,7 @@ def _stable(outputs: Sequence[Node], keep: Iterable[Node] = (),
             if any(a is not b for a, b in zip(ins, n.inputs)):
                 new = rebuild(n, ins)
         if new.op in _STABLE_ROOTS and id(n) not in keep_ids:
-            for pattern, make in _STABLE:
+            for pattern, make in patterns:
                 caps: dict[str, Node] = {}
                 if match(pattern, new, caps) and not _touches(new, caps, kept):
                     out = make(**caps)
@@ -469,6 +493,9 @@ def _stabilized(outputs: list[Node], wrt: Sequence[Node], consider_constant: Seq
         return outputs
     from exprc.pipeline import optimize  # (the optimizer imports the op tables this module extends)
 
+    # log(sum(exp(x)) / n) and the like as logsumexp first: the optimizer's log_div takes the quotient
+    # apart into branches whose masked gradients still meet exp(x) = inf below (0 * inf)
+    outputs = _stable(outputs, wrt, order, _LOG_OF_SUMS)[0]
     return list(optimize(list(outputs), exclude=("specialize", *VALUE_ONLY_RULES)).outputs)
 
 

@@ -584,6 +584,24 @@ def test_softmax_stable_forms_keep_held_and_differentiated_nodes_and_tiny_deriva
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+def test_gradients_of_log_mean_exp_spellings_at_huge_logits(backend):
+    """Found in review: log(sum(exp(x)) / n) (a log-mean-exp), log(2 sum(exp(x))), -log(1 / sum(exp(x)))
+    and log(S / T) had finite values but NaN gradients at logits of 900 (the quotient taken apart into
+    masked branches whose zero cotangents still met exp(x) = inf); they are differentiated as
+    logsumexp(x) -+ log(c) now: the softmax, on the stabilized path and the as-written one (a max in
+    the graph)."""
+    x = exprc.matrix("x")
+    S, T = exprc.sum(exprc.exp(x), axis=1), exprc.sum(exprc.exp(2 * x), axis=1)
+    xv = np.random.default_rng(0).uniform(-3, 3, (2, 4)) + 900
+    p, q = _softmax_rows(xv), _softmax_rows(2 * xv)
+    for cost, want in [(exprc.log(S / 3), p), (exprc.log(2 * S), p), (-exprc.log(1 / S), p), (exprc.log(S / T), p - 2 * q),
+                       (exprc.log(exprc.mean(exprc.exp(x), axis=1) * 2), p)]:
+        for extra in (0, 0 * exprc.sum(exprc.max(x, axis=1))):
+            got = exprc.function([x], exprc.grad(exprc.sum(cost) + extra, x), backend=backend)(xv)
+            assert_close(got, want, ulps=64)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_gradients_of_softmax_weighted_sums(backend):
     """sum(u exp(x)) / sum(exp(x)) and sum(u exp(x) / sum(exp(x))) (rules softmax_weighted_sum,
     softmax_of_product): the gradient p (u - sum(u p)) for logits that overflow, and the Hessian at
