@@ -113,6 +113,10 @@ def _fit(g: Node, x: Node, node: Node) -> Node:
 
 # -- stable forms ----------------------------------------------------------------------
 _SIG = P("sigmoid", X("a"))
+#: log(S / c), log(c * S), log(S / T) of sums of exps S, T (also replaced before the optimizer runs:
+#: see _stabilized).
+_LOG_OF_SUMS = [(P("log", P("truediv", X("a"), X("b"))), lambda a, b: _log_of_sums(a, b, -1)),
+                (P("log", P("mul", X("a"), X("b"))), lambda a, b: _log_of_sums(a, b, 1))]
 _STABLE = [  # (pattern, replacement from captures)
     (P("log", _SIG), lambda a: -api.softplus(-a)),
     (P("log", P("sub", C(1), _SIG)), lambda a: -api.softplus(a)),
@@ -123,8 +127,7 @@ _STABLE = [  # (pattern, replacement from captures)
     (P("log", P("sum", P("exp", X("a")), name="r")), lambda a, r: _logsumexp(a, r)),
     (P("log", P("mean", P("exp", X("a")), name="r")),
      lambda a, r: None if _shifted(a) else _logsumexp(a, r) - api.log(api._count(a, r.arg("axis")).astype(a.dtype))),
-    *(_LOG_OF_SUMS := [(P("log", P("truediv", X("a"), X("b"))), lambda a, b: _log_of_sums(a, b, -1)),
-                       (P("log", P("mul", X("a"), X("b"))), lambda a, b: _log_of_sums(a, b, 1))]),
+    *_LOG_OF_SUMS,
     (P("truediv", P("exp", X("a")), X("s")), lambda a, s: _softmax(a, s)),
     (P("truediv", P("mul", X("a"), X("b")), X("s")), lambda a, b, s: _times_softmax(a, b, s)),
     (P("truediv", P(("sum", "mean"), P("mul", X("a"), X("b")), name="n"), P(("sum", "mean"), X("e"), name="d")),

@@ -160,9 +160,9 @@ def sqrt_conjugate(node: Node) -> Node | None:
         top = build_sum(num, node)
         stable = scale(div(top, den), c)
         # Where the quotient is 0/0 (a = b = 0), inf/inf, or c/inf (sqrt(inf**2 + c) - inf is
-        # inf - inf, NaN, not the limit 0: fuzzer seed 100110), the original formula is used; so it
-        # is where the numerator, a difference of squares, underflows (hypot(x, y) - x at x = 1e-300,
-        # y = 3e-301: 0 for 4.4e-302; there the operands are tiny and the formula loses little).
+        # inf - inf, NaN, not the limit 0: fuzzer seed 100110), the original formula is used, and
+        # where the numerator, a difference of squares, underflows (hypot(x, y) - x at x = 1e-300,
+        # y = 3e-301 was 0 for 4.4e-302; there the operands are tiny and the formula loses little).
         safe = f("isfinite", stable) & f("isfinite", den)
         if top.op != "constant":
             safe = safe & (f("abs", top) >= k(float(np.finfo(node.dtype).tiny), top))
