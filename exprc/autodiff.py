@@ -124,9 +124,7 @@ _STABLE = [  # (pattern, replacement from captures)
     (P("log", P("add", C(1), P("exp", X("a")))), lambda a: api.softplus(a)),
     (P("log1p", P("exp", X("a"))), lambda a: api.softplus(a)),
     (P("log", P("truediv", P("exp", X("a")), X("s"))), lambda a, s: a - _log_of(s)),
-    (P("log", P("sum", P("exp", X("a")), name="r")), lambda a, r: _logsumexp(a, r)),
-    (P("log", P("mean", P("exp", X("a")), name="r")),
-     lambda a, r: None if _shifted(a) else _logsumexp(a, r) - api.log(api._count(a, r.arg("axis")).astype(a.dtype))),
+    (P("log", P(("sum", "mean"), P("exp", X("a")), name="r")), lambda a, r: _log_of(r, None)),
     *_LOG_OF_SUMS,
     (P("truediv", P("exp", X("a")), X("s")), lambda a, s: _softmax(a, s)),
     (P("truediv", P("mul", X("a"), X("b")), X("s")), lambda a, b, s: _times_softmax(a, b, s)),
@@ -148,16 +146,18 @@ def _shifted(a: Node) -> bool:
     return m.op == "max" and m.inputs[0] is x
 
 
-def _logsumexp(a: Node, r: Node) -> Node | None:
-    return None if _shifted(a) else api.logsumexp(a, r.arg("axis"), r.arg("keepdims"))
+def _log_of(s: Node, otherwise: Any = api.log) -> Node | None:
+    """log(s), as logsumexp where s is a sum (or mean) of exps (log(softmax)'s denominator): its
+    gradient is then the shifted softmax, not exp(a) / s, which overflows; ``otherwise(s)`` else."""
+    lp = _log_positive(s)
+    return lp[0] if lp is not None and lp[1] else otherwise(s) if otherwise else None
 
 
-def _log_of(s: Node) -> Node:
-    """log(s), as logsumexp where s is a sum of exps over some axes kept as size 1 (log(softmax)'s
-    denominator): its gradient is then the shifted softmax, not exp(a) / s, which overflows."""
-    if s.op == "sum" and s.arg("keepdims") and s.inputs[0].op == "exp" and not _shifted(s.inputs[0].inputs[0]):
-        return api.logsumexp(s.inputs[0].inputs[0], s.arg("axis"), True)
-    return api.log(s)
+def _exp_shifted(x: Node, axes: tuple) -> Node:
+    """exp(x - stop_gradient(m)), m the maximum of x over ``axes`` (0 where it is not finite, as
+    exprc.logsumexp: a +inf logit is NaN, the others 0)."""
+    m = api.max(x, axes, keepdims=True)
+    return api.exp(x - stop_gradient(api.where(api.isfinite(m), m, 0)))
 
 
 def _softmax(a: Node, s: Node) -> Node | None:
@@ -169,9 +169,7 @@ def _softmax(a: Node, s: Node) -> Node | None:
     if se is None or se[0] is not a or not se[1] or a.dtype not in ("float32", "float64") or _shifted(a):
         return None
     axes = tuple(se[1])
-    m = api.max(a, axes, keepdims=True)
-    # (a non-finite maximum shifts by 0, as exprc.logsumexp: a +inf logit is NaN, the others 0)
-    e = api.exp(a - stop_gradient(api.where(api.isfinite(m), m, 0)))
+    e = _exp_shifted(a, axes)
     return e / api.sum(e, axes, keepdims=True)
 
 
@@ -215,8 +213,7 @@ def _weighted(a: Node, b: Node, n: Node, e: Node, d: Node) -> Node | None:
     x, u = e.inputs[0], b if a is e else a
     if x.dtype not in ("float32", "float64"):
         return None
-    m = api.max(x, axes, keepdims=True)
-    es = api.exp(x - stop_gradient(api.where(api.isfinite(m), m, 0)))
+    es = _exp_shifted(x, axes)
     reduce = api.sum if d.op == "sum" else api.mean
     return reduce(u * es, axes, keep) / reduce(es, axes, keep)
 

@@ -40,6 +40,7 @@ from exprc.fusion import VIEW_OPS, Kernel, Program, Step, epilogue_arrays, row_l
 from exprc.graph import Node, toposort
 from exprc.ops import OPS
 from exprc.ops.elemwise import all_zero_bits, plus_zero, zero_fill
+from exprc.ops.reduce import check_identity
 from exprc.ops.shape import basic_key
 from exprc.types import shape_str
 
@@ -183,8 +184,7 @@ class Planner:
         if OPS[node.op].kind == "reduce":
             src = shapes[node.inputs[0]]
             axes, keep = node.arg("axis"), node.arg("keepdims")
-            if node.op in ("max", "min", "argmax", "argmin") and any(src[a] == 0 for a in axes):
-                raise ShapeError(f"{node.op}: zero-size reduction over axis {axes} of shape {shape_str(src)}")
+            check_identity(node.op, src, axes)
             return tuple(1 if d in axes else n for d, n in enumerate(src) if keep or d not in axes)
         a, b = (shapes[i] for i in node.inputs)  # matmul
         ka, kb = a[-1], (b[0] if len(b) == 1 else b[-2])

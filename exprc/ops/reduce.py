@@ -57,25 +57,27 @@ def _reduce_infer(name: str, rule: str) -> Callable:
         elif rule == "index":
             dt = "int64"
         shape = _reduced_shape(x, axes, keep)
-        if rule == "same" and x.type.shape and any(x.type.shape[a] == 0 for a in axes):
-            raise ShapeError(f"{name}: zero-size reduction over axis {axes} of shape {shape_str(x.type.shape)} "
-                             "has no identity")
+        check_identity(name, x.type.shape, axes)  # (a static size of 0; None is checked per call)
         return (x,), TensorType(dt, shape)
 
     return infer
 
 
-def _check_identity(name: str, x: np.ndarray, axis: tuple) -> None:
-    """A reduction with no identity (max, min, argmax, argmin) over a zero-size axis: the ShapeError the
-    C planner raises for it, not NumPy's ValueError (the NumPy backend, and argmax's NumPy step)."""
-    if any(x.shape[a] == 0 for a in axis):
-        raise ShapeError(f"{name}: zero-size reduction over axis {tuple(axis)} of shape {shape_str(x.shape)}")
+#: The reductions without an identity: over a zero-size axis they raise (NumPy raises ValueError).
+NO_IDENTITY = frozenset({"max", "min", "argmax", "argmin"})
+
+
+def check_identity(name: str, shape: tuple, axis: tuple) -> None:
+    """A reduction of :data:`NO_IDENTITY` over a zero-size axis of ``shape``: exprc's ShapeError, on
+    every backend (the C planner, the NumPy backend, argmax's NumPy step), not NumPy's ValueError."""
+    if name in NO_IDENTITY and any(shape[a] == 0 for a in axis):
+        raise ShapeError(f"{name}: zero-size reduction over axis {tuple(axis)} of shape {shape_str(shape)}")
 
 
 def _np_reduce(fn: Callable, dtype: str | None = None, name: str | None = None) -> Callable:
     def impl(x: np.ndarray, axis: tuple, keepdims: bool) -> np.ndarray:
         if name is not None:
-            _check_identity(name, x, axis)
+            check_identity(name, x.shape, axis)
         kw = {"dtype": dtype} if dtype else {}
         return fn(x, axis=axis, keepdims=keepdims, **kw)
 
@@ -103,7 +105,7 @@ def _np_mean(x: np.ndarray, axis: tuple, keepdims: bool) -> np.ndarray:
 
 def _np_arg(fn: Callable, name: str) -> Callable:
     def impl(x: np.ndarray, axis: tuple, keepdims: bool) -> np.ndarray:
-        _check_identity(name, x, axis)
+        check_identity(name, x.shape, axis)
         if len(axis) == x.ndim and x.ndim != 1:
             r = fn(x.reshape(-1), axis=0)
             return np.reshape(r, (1,) * x.ndim) if keepdims else r

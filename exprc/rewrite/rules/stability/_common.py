@@ -240,6 +240,14 @@ def sqrt_of(r: Node) -> SumView | None:
     return None
 
 
+def finite_max(x: Node, axes: tuple) -> Node:
+    """x's maximum over ``axes`` (kept), 0 where it is not finite: the shift of the stable
+    logsumexp and softmax-weighted sums (inf - inf would be NaN; shifted by 0 the formula is the
+    one as written, NaN or inf as it gives them)."""
+    m = make("max", x, axis=axes, keepdims=True)
+    return F.where(f("isfinite", m), m, k(0.0, x))
+
+
 def max_shifted(x: Node) -> bool:
     """``x`` already has a max subtracted (x - max(x), as softmax and logsumexp build it)."""
     v = view_of(x)

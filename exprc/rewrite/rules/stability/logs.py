@@ -30,6 +30,7 @@ from exprc.rewrite.rules.stability._common import (
     add,
     div,
     f,
+    finite_max,
     guarded,
     k,
     max_shifted,
@@ -109,8 +110,7 @@ def _lse_parts(x: Node, axes: tuple) -> tuple[Node, Node, Node]:
     if _shifted_by_max(x, axes):
         shift, y = k(0.0, x), x
     else:
-        m = make("max", x, axis=axes, keepdims=True)
-        shift = F.where(f("isfinite", m), m, k(0.0, x))
+        shift = finite_max(x, axes)
         y = sub(x, shift)
     top = make("eq", y, k(0.0, y))
     # (exp(y) - 1 at the maxima: exactly the 0 they add, with exp(y)'s derivative; with a 0 there the

@@ -29,6 +29,7 @@ from exprc.rewrite.rules.stability._common import (
     by_rows,
     div,
     f,
+    finite_max,
     k,
     max_shifted,
     mul,
@@ -671,11 +672,16 @@ def _exp_shifted(x: Node, m: Node) -> Node:
     return add(ed, mul(ed, F.where(f("isfinite", err), err, k(0.0, err))))  # (-inf entries: err is NaN)
 
 
+def _once(factors: list[tuple[Node, int]], e: Node) -> bool:
+    """``e`` is among a product view's ``factors`` once, to the power 1."""
+    return (e, 1) in factors and [t for t, _ in factors].count(e) == 1
+
+
 def _times_exp(p: Node, e: Node) -> Node | None:
     """u where the product ``p`` is u * e (``e`` a factor to the power 1, and not in u); None else,
     and where a cancelled factor left a NaN guard (u w / w is NaN at w = inf)."""
     pv = F.product_view(p)
-    if pv is None or pv[2] or pv[3] or [t for t, _ in pv[1]].count(e) != 1 or (e, 1) not in pv[1]:
+    if pv is None or pv[2] or pv[3] or not _once(pv[1], e):
         return None
     others = [(t, q) for t, q in pv[1] if t is not e]
     if not others and pv[0] == 1:
@@ -697,7 +703,7 @@ def softmax_of_product(node: Node) -> Node | None:
         if se is None:
             continue
         e = f("exp", se[0])
-        if (e, 1) not in factors or [t for t, _ in factors].count(e) != 1:
+        if not _once(factors, e):
             continue
         soft = div(e, s)
         if node is soft or soft in node.inputs:
@@ -724,8 +730,7 @@ def softmax_weighted_sum(node: Node, n: Node, p: Node, d: Node, x: Node) -> Node
     u = _times_exp(p, d.inputs[0])
     if u is None:
         return None
-    m = make("max", x, axis=axes, keepdims=True)
-    es = _exp_shifted(x, F.where(f("isfinite", m), m, k(0.0, x)))
+    es = _exp_shifted(x, finite_max(x, axes))
     return div(make(n.op, mul(u, es), axis=axes, keepdims=keep), make(d.op, es, axis=axes, keepdims=keep))
 
 
