@@ -239,6 +239,12 @@ def min(x: TensorLike, axis: Any = None, keepdims: bool = False) -> Node:
     return _reduce("min", x, axis, keepdims)
 
 
+def _shift_max(x: Node, axes: tuple) -> Node:
+    """max(x) over ``axes`` (kept), -inf over a zero-size axis: the shift of a stable form (logsumexp,
+    softmax, the rewrite rules' forms), defined where the user's formula is (ops/reduce.py)."""
+    return OPS["max"].make((x,), {"axis": axes, "keepdims": True, "identity": True})
+
+
 def all(x: TensorLike, axis: Any = None, keepdims: bool = False) -> Node:
     """True where every element over ``axis`` is nonzero."""
     return _reduce("all", x, axis, keepdims)
@@ -311,7 +317,7 @@ def logsumexp(x: TensorLike, axis: Any = None, keepdims: bool = False) -> Node:
     if x.dtype not in ("float32", "float64"):
         x = cast(x, "float64")
     axes = normalize_axis(axis, x.ndim, "logsumexp")
-    m = max(x, axes, keepdims=True)
+    m = _shift_max(x, axes)
     # A non-finite max (all -inf, or +inf) would give inf - inf = NaN; shift by 0 instead.  No
     # gradient flows through the shift (as in JAX): its terms cancel exactly in the derivative, and
     # computed they add rounding noise and a route through the max (an argmax mask) to every step.
@@ -325,7 +331,7 @@ def softmax(x: TensorLike, axis: int = -1) -> Node:
     x = as_node(x)
     if x.dtype not in ("float32", "float64"):
         x = cast(x, "float64")
-    e = exp(x - _stop_gradient(max(x, axis, keepdims=True)))  # (see logsumexp)
+    e = exp(x - _stop_gradient(_shift_max(x, normalize_axis(axis, x.ndim, "softmax"))))  # (see logsumexp)
     return e / sum(e, axis, keepdims=True)
 
 

@@ -20,7 +20,8 @@ How a gradient is built (reverse mode, as Theano and JAX):
    ``log(exp(a) / s) -> a - log(s)`` (so ``log(softmax(x))`` is ``log_softmax``),
    ``log(sum(exp(x))) -> logsumexp(x)`` and ``exp(x) / sum(exp(x)) -> softmax(x)`` (the forms
    :func:`exprc.logsumexp` and :func:`exprc.softmax` build, whose max shift has no gradient: right
-   at tied maxima to every order).  On the path of step 0 the optimizer has already made these
+   at tied maxima to every order), ``sum(u exp(x)) / sum(exp(x))`` (also through one view of both
+   sums, ``[:, None]``) -> both sums of that shifted exp.  On the path of step 0 the optimizer has already made these
    stable, in forms that route the gradient through the max and keep a tiny probability's
    derivative to the last bits.  A replacement that would drop a node held constant or
    differentiated with respect to is not made.
@@ -130,6 +131,7 @@ _STABLE = [  # (pattern, replacement from captures)
     (P("truediv", P("mul", X("a"), X("b")), X("s")), lambda a, b, s: _times_softmax(a, b, s)),
     (P("truediv", P(("sum", "mean"), P("mul", X("a"), X("b")), name="n"), P(("sum", "mean"), X("e"), name="d")),
      lambda a, b, n, e, d: _weighted(a, b, n, e, d)),
+    (P("truediv", X("vn"), X("vd")), lambda vn, vd: _weighted_views(vn, vd)),
 ]
 #: The ops whose nodes :data:`_STABLE` may replace (a graph without them is left as it is).
 _STABLE_ROOTS = ("log", "log1p", "truediv")
@@ -156,7 +158,7 @@ def _log_of(s: Node, otherwise: Any = api.log) -> Node | None:
 def _exp_shifted(x: Node, axes: tuple) -> Node:
     """exp(x - stop_gradient(m)), m the maximum of x over ``axes`` (0 where it is not finite, as
     exprc.logsumexp: a +inf logit is NaN, the others 0)."""
-    m = api.max(x, axes, keepdims=True)
+    m = api._shift_max(x, axes)
     return api.exp(x - stop_gradient(api.where(api.isfinite(m), m, 0)))
 
 
@@ -216,6 +218,36 @@ def _weighted(a: Node, b: Node, n: Node, e: Node, d: Node) -> Node | None:
     es = _exp_shifted(x, axes)
     reduce = api.sum if d.op == "sum" else api.mean
     return reduce(u * es, axes, keep) / reduce(es, axes, keep)
+
+
+def _view_order(v: Node) -> tuple[Node, tuple] | None:
+    """(x, order) when ``v`` is dimshuffle(x, order) or x[:, None]-like (full slices and new axes only:
+    the optimizer's getitem_to_dimshuffle reads it as that dimshuffle)."""
+    if v.op == "dimshuffle":
+        return v.inputs[0], tuple(v.arg("order"))
+    if v.op != "getitem" or len(v.inputs) != 1:
+        return None
+    x, order, axis = v.inputs[0], [], 0
+    for item in v.arg("index"):
+        if item == ("n",):
+            order.append("x")
+        elif item[0] == "s" and item[1] is None and item[2] is None and item[3] in (1, None) and axis < x.ndim:
+            order.append(axis)
+            axis += 1
+        else:
+            return None
+    return x, (*order, *range(axis, x.ndim))
+
+
+def _weighted_views(vn: Node, vd: Node) -> Node | None:
+    """v(sum(u exp(x))) / v(sum(exp(x))), v one view of both (sum(u e, 1)[:, None] / sum(e, 1)[:, None])
+    -> v(_weighted's form) (the optimizer's softmax_weighted_sum_of_views)."""
+    a, b = _view_order(vn), _view_order(vd)
+    if a is None or b is None or a[1] != b[1] or a[0].op not in ("sum", "mean") or a[0].inputs[0].op != "mul":
+        return None
+    n, d = a[0], b[0]
+    w = _weighted(*n.inputs[0].inputs, n, d.inputs[0], d)
+    return None if w is None else OPS["dimshuffle"].make((w,), {"order": a[1]})
 
 
 def stable_forms(outputs: Sequence[Node], keep: Iterable[Node] = (), order: list[Node] | None = None) -> list[Node]:

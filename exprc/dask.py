@@ -398,7 +398,9 @@ class _Lowering:
         elif mode == "arg":
             roots = [OPS["max" if r.op == "argmax" else "min"].make((x,), kd), OPS[r.op].make((x,), kd)]
         elif mode == "lse":
-            roots = [OPS["max"].make((partner.inputs[0],), kd), OPS["sum"].make((x,), kd)]
+            # (the partner's identity too: over a block of an empty axis its max is -inf, as in one piece)
+            roots = [OPS["max"].make((partner.inputs[0],), {**kd, **dict(partner.attrs), "keepdims": True}),
+                     OPS["sum"].make((x,), kd)]
         else:  # var: the chunk's mean and M2 = sum((x - mean)^2), in float64 as exprc's float32 sums accumulate
             from exprc import api
 

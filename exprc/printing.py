@@ -88,6 +88,7 @@ def node_text(node: Node, args: Sequence[tuple[str, int]]) -> tuple[str, int]:
     if op.kind == "reduce":
         extra = f", axis={node.arg('axis')}" if node.arg("axis") != tuple(range(node.inputs[0].ndim)) else ""
         extra += ", keepdims=True" if node.arg("keepdims") else ""
+        extra += ", identity=True" if node.arg("identity") else ""
         return f"{node.op}({texts[0]}{extra})", _ATOM
     if node.op == "rare":  # (as keepdims: the default, False, goes unsaid)
         return f"rare({texts[0]}{', everywhere=True' if node.arg('everywhere') else ''})", _ATOM

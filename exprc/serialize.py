@@ -404,9 +404,11 @@ def _index_attrs_problem(op: str, attrs: dict, nin: int) -> str | None:
 def _check_attrs(op: str, attrs: dict, inputs: list[Node], where: str) -> None:
     """Attributes the op's type rule relies on being canonical (as exprc's API builds them)."""
     allowed = OPS[op].attr_names  # the op row's attribute schema
-    extra = set(attrs) - set(allowed)
+    extra = set(attrs) - set(allowed) - set(OPS[op].optional_attrs)
     if extra or set(allowed) - set(attrs):
-        raise SerializationError(f"{where}: op {op!r} takes the attributes {list(allowed)}, got {sorted(attrs)}")
+        optional = f" (and optionally {list(OPS[op].optional_attrs)})" if OPS[op].optional_attrs else ""
+        raise SerializationError(f"{where}: op {op!r} takes the attributes {list(allowed)}{optional}, "
+                                 f"got {sorted(attrs)}")
     nd = inputs[0].ndim if inputs else 0
 
     def axes_ok(axes: Any, n: int) -> bool:
@@ -419,6 +421,8 @@ def _check_attrs(op: str, attrs: dict, inputs: list[Node], where: str) -> None:
             bad = "axis must be sorted distinct axes of the operand, keepdims a bool"
         elif op in ("argmax", "argmin") and len(attrs["axis"]) != 1 and len(attrs["axis"]) != nd:
             bad = "argmax/argmin reduce one axis or all of them"
+        elif attrs.get("identity", True) is not True:  # (absent, or True: one node for each meaning)
+            bad = "identity must be True where it is given"
     elif op == "rare":
         if not isinstance(attrs["everywhere"], bool):
             bad = "everywhere must be a bool"

@@ -745,3 +745,41 @@ def test_guards_of_optimized_graphs_round_trip_and_older_files_load():
     edit(bad, lambda e: e.__setitem__("attrs", {"everywhere": "yes"}))
     with pytest.raises(SerializationError, match="everywhere must be a bool"):
         exprc.loads(json.dumps(bad))
+
+
+def test_the_identity_of_a_stable_forms_max_round_trips_and_is_checked():
+    """max(x, identity=True) (the shift of exprc.logsumexp and of the stability rules' forms: -inf over
+    an empty axis) keeps its attribute through dumps/loads, so the loaded function still gives -inf
+    there; a max saved without it is NumPy's (raises there); identity other than true is refused."""
+    from exprc.errors import ShapeError
+
+    m = exprc.matrix("m")
+    outs = [exprc.logsumexp(m, axis=1), exprc.max(m, axis=1)]
+    back = exprc.loads(exprc.dumps(outs))
+    flags = sorted(bool(n.arg("identity")) for n in exprc.graph.toposort(back) if n.op == "max")
+    assert flags == [False, True]
+    ins = [n for n in exprc.graph.toposort(back) if n.is_input]
+    lse = exprc.function(ins, back[0])
+    np.testing.assert_array_equal(lse(np.zeros((2, 0))), [-np.inf, -np.inf])
+    with pytest.raises(ShapeError, match="zero-size"):
+        exprc.function(ins, back[1])(np.zeros((2, 0)))
+
+    def edit(o, fn):
+        if isinstance(o, dict):
+            if o.get("op") == "max" and "identity" in (o.get("attrs") or {}):
+                fn(o)
+            for val in o.values():
+                edit(val, fn)
+        elif isinstance(o, list):
+            for val in o:
+                edit(val, fn)
+
+    for value in (False, "yes", 1):
+        bad = json.loads(exprc.dumps(outs))
+        edit(bad, lambda e, v=value: e["attrs"].__setitem__("identity", v))
+        with pytest.raises(SerializationError, match="identity must be True"):
+            exprc.loads(json.dumps(bad))
+    bad = json.loads(exprc.dumps(outs))
+    edit(bad, lambda e: e["attrs"].__setitem__("initial", 0))
+    with pytest.raises(SerializationError, match="optionally"):
+        exprc.loads(json.dumps(bad))

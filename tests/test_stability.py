@@ -11,6 +11,7 @@ import itertools
 import math
 import re
 import types
+import warnings
 
 import mpmath
 import numpy as np
@@ -186,6 +187,11 @@ RULES = [
                                lambda m, x, u: m.mean(m.exp(x) * u, axis=-1) / m.mean(m.exp(x), axis=-1),
                                lambda m, x, u: m.sum(m.exp(x) * u * u / 2, axis=-1, keepdims=True)
                                / m.sum(m.exp(x), axis=-1, keepdims=True)],
+      {"max"}, [(L, -1000, 1000), (L, 0.5, 2.0)], rows=8),
+    R("softmax_weighted_sum_of_views",  # (the first spelling also evaluates row by row in mpmath)
+      [lambda m, x, u: m.sum(u * m.exp(x), axis=-1, keepdims=True).T / m.sum(m.exp(x), axis=-1, keepdims=True).T,
+       lambda m, x, u: m.sum(u * m.exp(x), axis=-1)[:, None] / m.sum(m.exp(x), axis=-1)[:, None],
+       lambda m, x, u: m.mean(u * m.exp(x), axis=-1)[None] / m.mean(m.exp(x), axis=-1)[None]],
       {"max"}, [(L, -1000, 1000), (L, 0.5, 2.0)], rows=8),
     R("log1mexp_from_log", [lambda m, x: m.log(1 - m.exp(x)), lambda m, x: m.log(-m.expm1(x)),
                             lambda m, x: m.log(-(m.exp(x) - 1))], {"log1mexp"}, [(N, 1e-20, 700)],
@@ -1503,3 +1509,49 @@ def test_row_softmax_gradients_are_the_stable_forms(backend, monkeypatch):
         down[i, j] -= step
         want = (value(up, wv) - value(down, wv)) / (2 * step)
         assert abs(got[i, j] - want) <= 1e-6 * max(1.0, abs(want)), (i, j, got[i, j], want)
+
+
+@pytest.mark.parametrize("backend", ["c", "numpy"])
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_stable_forms_over_an_empty_axis_give_what_the_formula_gives(backend, dtype):
+    """The max shift of the stable forms (logsumexp, log-mean-exp, softmax, log-softmax, softmax-weighted
+    sums, and exprc's own logsumexp/softmax/log_softmax) is -inf over a zero-size axis, so they give
+    what NumPy gives for the formula as written (-inf, NaN, an empty array) where they raised
+    ShapeError ("max: zero-size reduction") about a max the user never wrote; a max the user wrote
+    still raises, as NumPy's."""
+    from exprc.errors import ShapeError
+
+    def forms(m, x, u, axis):
+        e, se = m.exp(x), m.sum(m.exp(x), axis=axis, keepdims=True)
+        return {"logsumexp": m.log(m.sum(m.exp(x), axis=axis)),
+                "log_mean_exp": m.log(m.mean(m.exp(x), axis=axis)),
+                "softmax": e / se, "log_softmax": m.log(e / se), "x_minus_lse": x - m.log(se),
+                "weighted_sum": m.sum(u * e, axis=axis) / m.sum(e, axis=axis),
+                "weighted_mean": m.mean(u * e, axis=axis) / m.mean(e, axis=axis)}
+
+    for shape, axis in [((3, 0), 1), ((0, 0), 1), ((0,), 0), ((2, 0, 3), 1), ((2, 3, 0), (1, 2)), ((4, 0), None)]:
+        xs = [exprc.tensor(n, dtype, len(shape)) for n in "xu"]
+        X = np.zeros(shape, dtype)
+        with np.errstate(all="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # (NumPy's "Mean of empty slice"; exprc's is silent)
+            want = forms(NP, X, X, axis)
+        ax = tuple(range(len(shape))) if axis is None else axis
+        want |= {"exprc.logsumexp": want["logsumexp"], "exprc.softmax": want["softmax"],
+                 "exprc.log_softmax": want["log_softmax"]}
+        got = forms(exprc, *xs, axis)
+        if isinstance(ax, int):
+            got |= {"exprc.softmax": exprc.softmax(xs[0], axis=ax), "exprc.log_softmax": exprc.log_softmax(xs[0], axis=ax)}
+        else:
+            del want["exprc.softmax"], want["exprc.log_softmax"]
+        got["exprc.logsumexp"] = exprc.logsumexp(xs[0], axis=axis)
+        f = exprc.function(xs, list(got.values()), backend=backend)
+        assert any(n.op == "max" for n in toposort(list(f.graph.outputs)))  # (stabilized: shifted forms)
+        for name, g in zip(got, f(X, X)):
+            w = np.asarray(want[name])
+            assert g.shape == w.shape and g.dtype == np.dtype(dtype), (shape, axis, name, g.shape, w.shape)
+            np.testing.assert_array_equal(g, w, err_msg=f"{shape} {axis} {name}")
+        with pytest.raises(ShapeError, match="zero-size reduction"):
+            exprc.function(xs[:1], exprc.max(xs[0], axis=axis), backend=backend)(X)
+        # and their gradients: empty (the operand's shape), as the formula's
+        grads = exprc.grad(exprc.sum(got["logsumexp"]) + exprc.sum(got["exprc.logsumexp"]), xs[:1])
+        np.testing.assert_array_equal(exprc.function(xs[:1], grads, backend=backend)(X)[0], np.zeros(shape, dtype))

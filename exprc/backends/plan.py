@@ -184,7 +184,7 @@ class Planner:
         if OPS[node.op].kind == "reduce":
             src = shapes[node.inputs[0]]
             axes, keep = node.arg("axis"), node.arg("keepdims")
-            check_identity(node.op, src, axes)
+            check_identity(node.op, src, axes, bool(node.arg("identity", False)))
             return tuple(1 if d in axes else n for d, n in enumerate(src) if keep or d not in axes)
         a, b = (shapes[i] for i in node.inputs)  # matmul
         ka, kb = a[-1], (b[0] if len(b) == 1 else b[-2])

@@ -57,28 +57,36 @@ def _reduce_infer(name: str, rule: str) -> Callable:
         elif rule == "index":
             dt = "int64"
         shape = _reduced_shape(x, axes, keep)
-        check_identity(name, x.type.shape, axes)  # (a static size of 0; None is checked per call)
+        # (a static size of 0; None is checked per call)
+        check_identity(name, x.type.shape, axes, bool(attrs.get("identity", False)))
         return (x,), TensorType(dt, shape)
 
     return infer
 
 
 #: The reductions without an identity: over a zero-size axis they raise (NumPy raises ValueError).
+#: A max or min node with the attribute ``identity=True`` gives its combine's identity there instead
+#: (-inf for a float max, as NumPy's ``max(x, initial=-inf)``): the shift of the stable forms the
+#: rewrite rules, exprc.logsumexp and exprc.softmax build, whose formulas are defined over an empty
+#: axis (a log-sum-exp of nothing is -inf, a softmax of nothing is empty) though the user wrote no max.
 NO_IDENTITY = frozenset({"max", "min", "argmax", "argmin"})
 
 
-def check_identity(name: str, shape: tuple, axis: tuple) -> None:
+def check_identity(name: str, shape: tuple, axis: tuple, identity: bool = False) -> None:
     """A reduction of :data:`NO_IDENTITY` over a zero-size axis of ``shape``: exprc's ShapeError, on
-    every backend (the C planner, the NumPy backend, argmax's NumPy step), not NumPy's ValueError."""
-    if name in NO_IDENTITY and any(shape[a] == 0 for a in axis):
+    every backend (the C planner, the NumPy backend, argmax's NumPy step), not NumPy's ValueError;
+    nothing with ``identity`` (the node's attribute, see above)."""
+    if not identity and name in NO_IDENTITY and any(shape[a] == 0 for a in axis):
         raise ShapeError(f"{name}: zero-size reduction over axis {tuple(axis)} of shape {shape_str(shape)}")
 
 
 def _np_reduce(fn: Callable, dtype: str | None = None, name: str | None = None) -> Callable:
-    def impl(x: np.ndarray, axis: tuple, keepdims: bool) -> np.ndarray:
+    def impl(x: np.ndarray, axis: tuple, keepdims: bool, identity: bool = False) -> np.ndarray:
+        kw: dict = {"dtype": dtype} if dtype else {}
         if name is not None:
-            check_identity(name, x.shape, axis)
-        kw = {"dtype": dtype} if dtype else {}
+            check_identity(name, x.shape, axis, identity)
+            if identity:
+                kw["initial"] = REDUCTIONS[name].identity(x.dtype.name)
         return fn(x, axis=axis, keepdims=keepdims, **kw)
 
     impl.__name__ = fn.__name__
@@ -99,8 +107,12 @@ def _np_prod(x: np.ndarray, axis: tuple, keepdims: bool) -> np.ndarray:
 
 
 def _np_mean(x: np.ndarray, axis: tuple, keepdims: bool) -> np.ndarray:
+    # np.mean's own steps (its sum, then a division by the count: the same bits), without its
+    # "Mean of empty slice" warning: over an empty axis 0 / 0 is NaN under _errstate, silently, as
+    # every other NaN the backends compute (the C kernels warn of nothing)
     dt = x.dtype if x.dtype.kind == "f" else np.float64
-    return np.mean(x, axis=axis, keepdims=keepdims, dtype=np.float64).astype(dt, copy=False)
+    count = math.prod(x.shape[a] for a in axis)
+    return (np.sum(x, axis=axis, keepdims=keepdims, dtype=np.float64) / count).astype(dt, copy=False)
 
 
 def _np_arg(fn: Callable, name: str) -> Callable:
@@ -128,7 +140,8 @@ _REDUCE = [
     ("argmin", _errstate(_np_arg(np.argmin, "argmin")), "index"),
 ]
 for _name, _fn, _rule in _REDUCE:
-    register(Op(_name, "reduce", _fn, _reduce_infer(_name, _rule), attr_names=("axis", "keepdims")))
+    register(Op(_name, "reduce", _fn, _reduce_infer(_name, _rule), attr_names=("axis", "keepdims"),
+                optional_attrs=("identity",) if _name in ("max", "min") else ()))
 
 
 # -- what renderers need: identity, accumulator, combine ------------------------------------------

@@ -53,6 +53,9 @@ class Op:
     #: The attribute names a node of this op carries (all of them, always): the schema that
     #: serialize checks a saved node against.
     attr_names: tuple[str, ...] = ()
+    #: Attributes a node may carry besides those (absent: the op's NumPy meaning), which serialize
+    #: accepts too: max/min's ``identity`` (see exprc/ops/reduce.py).
+    optional_attrs: tuple[str, ...] = ()
     #: The operand count (fewest, most; most None: no bound), which loading a saved graph checks;
     #: None: derived (elementwise rows from their C template, reductions take one).
     nin: tuple[int, int | None] | None = None

@@ -1,4 +1,4 @@
-/* k0_add_max_sub_exp: exp(rows + bias - max(rows + bias, axis=(1,), keepdims=True)) / sum(exp(rows + bias - max(rows + bias, axis=(1,), keepdims=True)), axis=(1,), keepdims=True) */
+/* k0_add_max_sub_exp: exp(rows + bias - max(rows + bias, axis=(1,), keepdims=True, identity=True)) / sum(exp(rows + bias - max(rows + bias, axis=(1,), keepdims=True, identity=True)), axis=(1,), keepdims=True) */
 EXPRC_RANGE(k0_add_max_sub_exp_rows)
 {
     const int64_t n0 = P[1];

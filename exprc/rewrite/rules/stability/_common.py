@@ -244,7 +244,7 @@ def finite_max(x: Node, axes: tuple) -> Node:
     """x's maximum over ``axes`` (kept), 0 where it is not finite: the shift of the stable
     logsumexp and softmax-weighted sums (inf - inf would be NaN; shifted by 0 the formula is the
     one as written, NaN or inf as it gives them)."""
-    m = make("max", x, axis=axes, keepdims=True)
+    m = make("max", x, axis=axes, keepdims=True, identity=True)  # (-inf over an empty axis: ops/reduce.py)
     return F.where(f("isfinite", m), m, k(0.0, x))
 
 

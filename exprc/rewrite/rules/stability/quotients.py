@@ -640,7 +640,7 @@ def softmax_from_exp(node: Node, x: Node, s: Node) -> Node | None:
     if se is None or se[0] is not x or max_shifted(x):
         return None
     axes = se[1]
-    e = _exp_shifted(x, make("max", x, axis=axes, keepdims=True))
+    e = _exp_shifted(x, make("max", x, axis=axes, keepdims=True, identity=True))
     out = div(e, make("sum", e, axis=axes, keepdims=True))
     if by_rows(x, axes) and s.ndim == 2:
         # Over the rows of a matrix, the quotient as written where its sum S is finite and, with every
@@ -732,6 +732,19 @@ def softmax_weighted_sum(node: Node, n: Node, p: Node, d: Node, x: Node) -> Node
         return None
     es = _exp_shifted(x, finite_max(x, axes))
     return div(make(n.op, mul(u, es), axis=axes, keepdims=keep), make(d.op, es, axis=axes, keepdims=keep))
+
+
+@stability_rule("softmax_weighted_sum_of_views",
+                P("truediv", P("dimshuffle", P(("sum", "mean"), X("p"), name="n"), name="vn"),
+                  P("dimshuffle", P(("sum", "mean"), P("exp", X("x")), name="d"), name="vd")))
+def softmax_weighted_sum_of_views(node: Node, vn: Node, n: Node, p: Node, vd: Node, d: Node, x: Node) -> Node | None:
+    """v(sum(u exp(x))) / v(sum(exp(x))) -> v(softmax_weighted_sum's form), v one dimshuffle of both sums
+    (``sum(u * e, 1)[:, None] / sum(e, 1)[:, None]``, the spelling that broadcasts the readout back
+    over the rows: NaN as written at logits of 800)."""
+    if vn.arg("order") != vd.arg("order"):
+        return None
+    inner = softmax_weighted_sum(div(n, d), n, p, d, x)
+    return None if inner is None else make("dimshuffle", inner, order=vn.arg("order"))
 
 
 @stability_rule("quotient_into_branches", P("truediv", P("where", X("c"), X("x"), X("y")), X("d")))
