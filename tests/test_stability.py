@@ -1555,3 +1555,39 @@ def test_stable_forms_over_an_empty_axis_give_what_the_formula_gives(backend, dt
         # and their gradients: empty (the operand's shape), as the formula's
         grads = exprc.grad(exprc.sum(got["logsumexp"]) + exprc.sum(got["exprc.logsumexp"]), xs[:1])
         np.testing.assert_array_equal(exprc.function(xs[:1], grads, backend=backend)(X)[0], np.zeros(shape, dtype))
+
+
+@pytest.mark.parametrize("backend", ["c", "numpy"])
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_softmax_of_rows_with_infinities_is_the_quotient_as_written_there(backend, dtype):
+    """A row holding +inf: exp(x) / sum(exp(x)) as written is 0 for its finite entries and NaN for the
+    infinite ones (inf / inf); the stable form shifted by x's maximum, inf, made the whole row NaN
+    (x - inf, and its compensation inf * 0).  It shifts by 0 there now (finite_max) and gives
+    NumPy's values; rows of -inf, NaN rows and finite rows as before.  Row lengths 1, 3, 8, 40 and
+    300 (the C row kernels' batched, buffered and long paths), u * softmax too."""
+    from conftest import assert_close
+
+    rng = np.random.default_rng(3)
+    x, u = exprc.matrix("x", dtype), exprc.matrix("u", dtype)
+    forms = [lambda m, x, u: m.exp(x) / m.sum(m.exp(x), axis=1, keepdims=True),
+             lambda m, x, u: u * m.exp(x) / m.sum(m.exp(x), axis=1, keepdims=True)]
+    f = exprc.function([x, u], [fn(exprc, x, u) for fn in forms], backend=backend)
+    assert "softmax_from_exp" in f.rewrites
+    for width in (1, 3, 8, 40, 300):
+        X = rng.uniform(-5, 5, (64, width)).astype(dtype)
+        for r in range(0, 64, 4):  # (+inf at 1-3 places, with -inf, NaN; some rows left finite)
+            cols = rng.choice(width, size=min(width, 1 + r % 3), replace=False)
+            X[r, cols] = np.inf
+            if r % 8 == 4 and width > 3:
+                X[r, (cols[0] + 1) % width] = -np.inf
+        X[1, :] = -np.inf
+        X[2, 0] = np.nan
+        U = rng.uniform(0.5, 2, X.shape).astype(dtype)
+        with np.errstate(all="ignore"):
+            want = [fn(np, X, U) for fn in forms]
+        for g, w in zip(f(X, U), want):
+            assert np.array_equal(np.isnan(g), np.isnan(w)), (width, np.argwhere(np.isnan(g) != np.isnan(w))[:4])
+            fin = np.isfinite(w)
+            assert np.array_equal(g[~fin & ~np.isnan(w)], w[~fin & ~np.isnan(w)])
+            assert np.array_equal(g[w == 0], w[w == 0]), width  # (the finite entries of a +inf row)
+            assert_close(np.where(fin, g, 0), np.where(fin, w, 0), ulps=64)

@@ -640,7 +640,9 @@ def softmax_from_exp(node: Node, x: Node, s: Node) -> Node | None:
     if se is None or se[0] is not x or max_shifted(x):
         return None
     axes = se[1]
-    e = _exp_shifted(x, make("max", x, axis=axes, keepdims=True, identity=True))
+    # (finite_max: a row with +inf shifts by 0, so it is the quotient as written there, 0 for its finite
+    # entries, where x - inf made every entry NaN)
+    e = _exp_shifted(x, finite_max(x, axes))
     out = div(e, make("sum", e, axis=axes, keepdims=True))
     if by_rows(x, axes) and s.ndim == 2:
         # Over the rows of a matrix, the quotient as written where its sum S is finite and, with every
@@ -669,7 +671,9 @@ def _exp_shifted(x: Node, m: Node) -> Node:
     # (as -TwoSum(-x, m), the same bits: m itself is the broadcast operand, not a kernel's -m)
     err = F.neg(make("two_sum_err", F.neg(x), m))
     ed = f("exp", d)
-    return add(ed, mul(ed, F.where(f("isfinite", err), err, k(0.0, err))))  # (-inf entries: err is NaN)
+    # (err is not finite only where x or the shift is: ed is then 0, inf or NaN, which ed + ed * 1
+    # keeps; ed * 0 would turn a +inf entry NaN, and with it the whole row's sum)
+    return add(ed, mul(ed, F.where(f("isfinite", err), err, k(1.0, err))))
 
 
 def _once(factors: list[tuple[Node, int]], e: Node) -> bool:
