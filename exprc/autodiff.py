@@ -243,8 +243,9 @@ def _weighted_views(vn: Node, vd: Node) -> Node | None:
     """v(sum(u exp(x))) / v(sum(exp(x))), v one view of both (sum(u e, 1)[:, None] / sum(e, 1)[:, None])
     -> v(_weighted's form) (the optimizer's softmax_weighted_sum_of_views)."""
     a, b = _view_order(vn), _view_order(vd)
-    if a is None or b is None or a[1] != b[1] or a[0].op not in ("sum", "mean") or a[0].inputs[0].op != "mul":
-        return None
+    if (a is None or b is None or a[1] != b[1] or a[0].op not in ("sum", "mean") or a[0].inputs[0].op != "mul"
+            or b[0].op not in ("sum", "mean") or b[0].inputs[0].op != "exp"):
+        return None  # (any other quotient of two views: a normalization by a vector, ...)
     n, d = a[0], b[0]
     w = _weighted(*n.inputs[0].inputs, n, d.inputs[0], d)
     return None if w is None else OPS["dimshuffle"].make((w,), {"order": a[1]})

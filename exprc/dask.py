@@ -449,9 +449,11 @@ class _Lowering:
 
         ps = [input_node(f"p{k}", dt, (None,) * nd) for k, dt in enumerate(dtypes)]
         kd = {"axis": axes, "keepdims": True}
-        red = {op: (lambda v, op=op: OPS[op].make((v,), kd)) for op in ("sum", "max", "min", "prod", "all", "any")}
+        # (identity: a max that is -inf over an empty axis stays so over the empty partials of empty blocks)
+        red = {op: (lambda v, identity=False, op=op: OPS[op].make((v,), {**kd, **({"identity": True} if identity else {})}))
+               for op in ("sum", "max", "min", "prod", "all", "any")}
         if mode == "plain":
-            outs = [red[r.op](ps[0])]
+            outs = [red[r.op](ps[0], bool(r.arg("identity")))]
         elif mode == "count":
             outs = [red["sum"](ps[0]), red["sum"](ps[1])]
         elif mode == "arg":
@@ -466,7 +468,7 @@ class _Lowering:
             mv, sv = ps
             m = partner  # max(x, A, keepdims=True): F's only non-constant leaf
             shift_node = r.inputs[0].inputs[0].inputs[1]
-            top = red["max"](mv)
+            top = red["max"](mv, bool(m.arg("identity")))
             f_part, f_top = (substitute([shift_node], {m: v})[0] for v in (mv, top))
             # s_i * exp(F(m_i) - F(M)) is block i's sum of exp(x - F(M)); a block of -inf alone adds 0
             # (its terms are exp(-inf) = 0, while its shifted sum may be NaN from -inf - -inf).

@@ -10,7 +10,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from exprc.config import Config, current
-from exprc.graph import Node, toposort
+from exprc.graph import Node, substitute, toposort
+from exprc.ops.reduce import IDENTITY_MADE
 from exprc.rewrite import TraceEntry, rewrite, select
 from exprc.rewrite.core import check_exclude
 from exprc.rewrite.forms import scope
@@ -91,7 +92,21 @@ def optimize(graph: FunctionGraph | Node | Sequence[Node], config: Config | None
                                   settled=known, settled_rules=extra, fixpoints=found)
             if not extra:
                 fixpoints[tag] = found
-    return FunctionGraph(fg.inputs, tuple(outputs), tuple(trace))
+    return FunctionGraph(fg.inputs, tuple(share_maxima(outputs)), tuple(trace))
+
+
+def share_maxima(outputs: list[Node]) -> list[Node]:
+    """A stable form's shift, max(x, A, keepdims, identity=True) (-inf over an empty axis), replaced by
+    the user's own max(x, A, keepdims) where the graph holds it: one reduction, not two (interning
+    cannot merge them: they differ over an empty axis, where the user's raises anyway)."""
+    if not IDENTITY_MADE[0]:
+        return outputs
+    order = toposort(outputs)
+    plain = {(n.op, n.inputs[0], n.arg("axis"), n.arg("keepdims")): n for n in order
+             if n.op in ("max", "min") and not n.arg("identity")}
+    mapping = {n: plain[key] for n in order if n.op in ("max", "min") and n.arg("identity")
+               and (key := (n.op, n.inputs[0], n.arg("axis"), n.arg("keepdims"))) in plain}
+    return substitute(outputs, mapping) if mapping else outputs
 
 
 def select_any(tags: Iterable[str], exclude: Iterable[str]) -> list:

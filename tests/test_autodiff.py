@@ -639,6 +639,22 @@ def test_gradients_of_softmax_weighted_sums(backend):
         assert_close(got, want(2 * x), ulps=64)
 
 
+def test_quotients_of_views_that_are_not_weighted_sums_differentiate_as_written():
+    """Found in review: autodiff's pattern for v(sum(u exp(x))) / v(sum(exp(x))) (_weighted_views) read
+    any quotient of two views, and crashed (IndexError, TypeError) on a normalization by a vector
+    or by a view of another shape; these are differentiated as written."""
+    x, w, y = exprc.matrix("x"), exprc.matrix("w"), exprc.vector("y")
+    xv = np.random.default_rng(7).normal(size=(3, 2))
+    wv, yv = np.random.default_rng(8).uniform(0.5, 2, (3, 2)), np.array([0.5, 2.0, -3.0])
+    cases = [(exprc.sum(w * x, 1)[:, None] / y[:, None], wv / yv[:, None]),
+             (exprc.sum(w * x, 1)[:, None] / exprc.exp(y)[:, None], wv / np.exp(yv)[:, None]),
+             (exprc.sum(w * x, 1, keepdims=True).T / exprc.sum(x, 1, keepdims=True).T,
+              (wv * xv.sum(1, keepdims=True) - (wv * xv).sum(1, keepdims=True)) / xv.sum(1, keepdims=True) ** 2)]
+    for num, want in cases:
+        g = exprc.function([x, w, y], exprc.grad(exprc.sum(num), x))(xv, wv, yv)
+        assert_close(g, want, ulps=64)
+
+
 def test_the_gradient_of_an_operand_of_an_operand_is_one_sum_to():
     """sum_to(sum_to(g, a), b) with b an operand of a is one sum_to (rule sum_to_twice): an MLP step's
     plan is then one native call (the nested one ran as a NumPy step every call), and gradients are

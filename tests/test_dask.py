@@ -147,6 +147,29 @@ def test_max_of_empty_raises_as_in_memory():
         ed.function([x], exprc.max(x))(da.zeros(0, chunks=1)).compute()
 
 
+def test_stable_forms_over_an_empty_axis_as_in_memory():
+    """exprc.logsumexp / softmax / log_softmax (and a max loaded with identity=True) over an empty axis
+    give in-memory exprc's values (-inf, an empty array), chunked or not: the combine's max keeps
+    the shift's identity over the empty partials of empty blocks (it raised ShapeError)."""
+    x = exprc.matrix("x")
+    shift = exprc.loads(exprc.dumps(exprc.logsumexp(x, axis=1)))
+    loaded_max = next(n for n in exprc.graph.toposort([shift]) if n.op == "max")
+    xin = next(n for n in exprc.graph.toposort([shift]) if n.is_input)
+    for shape, axis, chunks in [((3, 0), 1, (2, 1)), ((0, 0), 1, (1, 1)), ((3, 0), None, (1, 1)), ((0, 4), 0, (1, 2))]:
+        a = np.zeros(shape)
+        outs = [exprc.logsumexp(x, axis=axis), exprc.softmax(x, axis=-1 if axis is None else axis),
+                exprc.log_softmax(x, axis=-1 if axis is None else axis)]
+        want = exprc.function([x], outs)(a)
+        got = dask.compute(*ed.function([x], outs)(da.from_array(a, chunks=chunks)))
+        for g, w in zip(got, want):
+            assert g.shape == w.shape
+            np.testing.assert_array_equal(g, w)
+    a = np.zeros((3, 0))
+    want = exprc.function([xin], loaded_max)(a)
+    np.testing.assert_array_equal(want, np.full((3, 1), -np.inf))
+    np.testing.assert_array_equal(ed.function([xin], loaded_max)(da.from_array(a, chunks=(2, 1))).compute(), want)
+
+
 def test_multiple_outputs_and_int_inputs():
     x, k = exprc.matrix("x"), exprc.matrix("k", dtype="int32")
     outs = [x + k, k * 2, exprc.sum(k, axis=1), exprc.mean(k), x]
