@@ -226,6 +226,10 @@ def _unpickle_graph(leaves: tuple, rows: tuple) -> Node:
     built = list(leaves)
     for op, refs, attrs, dtype, shape in rows:
         built.append(Node(op, tuple(built[i] for i in refs), attrs, TensorType(dtype, tuple(shape))))
+        if op in ("max", "min") and ("identity", True) in tuple(attrs):  # (no type rule ran: say so here)
+            from exprc.ops.reduce import IDENTITY_MADE
+
+            IDENTITY_MADE[0] = True
     return built[-1]
 
 

@@ -82,3 +82,24 @@ def test_a_stable_forms_shift_shares_the_users_own_max():
                 f(np.zeros((0, 0)))
     alone = exprc.optimize([exprc.logsumexp(x, 1)])
     assert [n.arg("identity") for n in toposort(list(alone.outputs)) if n.op == "max"] == [True]
+
+
+def test_a_process_that_only_unpickles_a_shift_still_shares_maxima():
+    """Unpickling rebuilds nodes without their type rules: the flag that lets share_maxima run
+    (ops/reduce.IDENTITY_MADE) is set there too, so a fresh process optimizing a pickled graph
+    computes one max, as the process that built it."""
+    import os
+    import pickle
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    x = exprc.matrix("x")
+    blob = pickle.dumps(exprc.logsumexp(x, 1, keepdims=True) - exprc.max(x, 1, keepdims=True))
+    code = ("import pickle, sys, exprc\nfrom exprc.graph import toposort\n"
+            "e = pickle.loads(sys.stdin.buffer.read())\n"
+            "print(sum(n.op == 'max' for n in toposort(list(exprc.optimize([e]).outputs))))")
+    root = str(Path(__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    out = subprocess.run([sys.executable, "-c", code], input=blob, capture_output=True, check=True, env=env, cwd="/")
+    assert out.stdout.decode().strip() == "1", out

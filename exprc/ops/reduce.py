@@ -73,8 +73,9 @@ def _reduce_infer(name: str, rule: str) -> Callable:
 #: rewrite rules, exprc.logsumexp and exprc.softmax build, whose formulas are defined over an empty
 #: axis (a log-sum-exp of nothing is -inf, a softmax of nothing is empty) though the user wrote no max.
 NO_IDENTITY = frozenset({"max", "min", "argmax", "argmin"})
-#: Whether this process has made a node with ``identity=True`` (pipeline.share_maxima looks for
-#: them only then: a walk over the whole graph, 4% of a 30,000-node graph's optimize).
+#: Whether this process has made a node with ``identity=True``, by a type rule or by unpickling
+#: (graph._unpickle_graph): pipeline.share_maxima looks for them only then (a walk over the whole
+#: graph, 4% of a 30,000-node graph's optimize).
 IDENTITY_MADE = [False]
 
 
