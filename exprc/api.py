@@ -331,7 +331,10 @@ def softmax(x: TensorLike, axis: int = -1) -> Node:
     x = as_node(x)
     if x.dtype not in ("float32", "float64"):
         x = cast(x, "float64")
-    e = exp(x - _stop_gradient(_shift_max(x, normalize_axis(axis, x.ndim, "softmax"))))  # (see logsumexp)
+    m = _shift_max(x, normalize_axis(axis, x.ndim, "softmax"))
+    # (see logsumexp: shifted by 0 where the max is not finite, a row holding +inf is the quotient as
+    # written, 0 for its finite entries, and exp(log_softmax(x)))
+    e = exp(x - _stop_gradient(where(isfinite(m), m, 0)))
     return e / sum(e, axis, keepdims=True)
 
 

@@ -787,7 +787,12 @@ def test_log_of_softmax_finds_the_row_maximum_once():
         want = exprc.function([x], twice, backend=backend)(shifted_rows)
         np.testing.assert_array_equal(got[:2], want[:2])
         np.testing.assert_array_equal(got[5:], want[5:])
-        assert np.isnan(got[2:5]).all()  # as NumPy's log(softmax): inf - inf and NaN rows are NaN
+        assert np.isnan(got[3:5]).all()  # as NumPy's log(exp(x) / sum(exp(x))): -inf and NaN rows are NaN
+        # (and a row holding +inf: softmax shifts it by 0, the quotient as written, 0 for its finite
+        # entries, NaN for the +inf one; and exprc.log_softmax likewise)
+        np.testing.assert_array_equal(got[2], [-np.inf, np.nan, -np.inf, -np.inf, -np.inf])
+        np.testing.assert_array_equal(exprc.function([z], exprc.log_softmax(z, axis=1), backend=backend)(rows[2:3])[0],
+                                      got[2])
         shifted = rows[:2] - rows[:2].max(axis=1, keepdims=True)  # softmax's own (rounded) shift
         assert bits_lost(got[:2], reference(lambda m, x: m.log_softmax(x), [shifted], rows=True)).max() <= 4
 
@@ -1562,29 +1567,39 @@ def test_stable_forms_over_an_empty_axis_give_what_the_formula_gives(backend, dt
 def test_softmax_of_rows_with_infinities_is_the_quotient_as_written_there(backend, dtype):
     """A row holding +inf: exp(x) / sum(exp(x)) as written is 0 for its finite entries and NaN for the
     infinite ones (inf / inf); the stable form shifted by x's maximum, inf, made the whole row NaN
-    (x - inf, and its compensation inf * 0).  It shifts by 0 there now (finite_max) and gives
-    NumPy's values; rows of -inf, NaN rows and finite rows as before.  Row lengths 1, 3, 8, 40 and
-    300 (the C row kernels' batched, buffered and long paths), u * softmax too."""
+    (x - inf, and its compensation inf * 0).  It shifts by 0 there now (finite_max), keeps an
+    infinite exp as it is (a finite logit that overflows beside the +inf: its compensation was
+    inf * 0 too, found in review), and gives NumPy's values; rows of -inf, NaN rows and finite rows
+    as before.  Row lengths 1, 3, 8, 40 and 300 (the C row kernels' batched, buffered and long
+    paths), u * softmax and exprc.softmax too."""
     from conftest import assert_close
 
     rng = np.random.default_rng(3)
     x, u = exprc.matrix("x", dtype), exprc.matrix("u", dtype)
     forms = [lambda m, x, u: m.exp(x) / m.sum(m.exp(x), axis=1, keepdims=True),
              lambda m, x, u: u * m.exp(x) / m.sum(m.exp(x), axis=1, keepdims=True)]
-    f = exprc.function([x, u], [fn(exprc, x, u) for fn in forms], backend=backend)
+    f = exprc.function([x, u], [fn(exprc, x, u) for fn in forms] + [exprc.softmax(x, axis=1)], backend=backend)
     assert "softmax_from_exp" in f.rewrites
+    forms.append(forms[0])  # (exprc.softmax: the same values there, as exp(log_softmax) is)
+    big = 710.0 if dtype == "float64" else 89.0  # (a finite logit whose exp overflows)
     for width in (1, 3, 8, 40, 300):
         X = rng.uniform(-5, 5, (64, width)).astype(dtype)
-        for r in range(0, 64, 4):  # (+inf at 1-3 places, with -inf, NaN; some rows left finite)
+        for r in range(0, 64, 4):  # (+inf at 1-3 places, with -inf, an overflowing logit; some rows finite)
             cols = rng.choice(width, size=min(width, 1 + r % 3), replace=False)
             X[r, cols] = np.inf
             if r % 8 == 4 and width > 3:
                 X[r, (cols[0] + 1) % width] = -np.inf
+            if r % 12 == 0 and width > 3:
+                X[r, (cols[0] + 2) % width] = big
+        X[5, 0] = big  # (and alone: a row the stable form keeps finite)
         X[1, :] = -np.inf
         X[2, 0] = np.nan
         U = rng.uniform(0.5, 2, X.shape).astype(dtype)
         with np.errstate(all="ignore"):
             want = [fn(np, X, U) for fn in forms]
+            p5 = np.exp(X[5].astype(np.float64) - X[5].max())
+            want[0][5], want[2][5] = p5 / p5.sum(), p5 / p5.sum()  # (finite: the stable values)
+            want[1][5] = U[5] * want[0][5]
         for g, w in zip(f(X, U), want):
             assert np.array_equal(np.isnan(g), np.isnan(w)), (width, np.argwhere(np.isnan(g) != np.isnan(w))[:4])
             fin = np.isfinite(w)

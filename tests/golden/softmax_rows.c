@@ -1,5 +1,5 @@
-/* k0_add_max_sub_exp: exp(rows + bias - max(rows + bias, axis=(1,), keepdims=True, identity=True)) / sum(exp(rows + bias - max(rows + bias, axis=(1,), keepdims=True, identity=True)), axis=(1,), keepdims=True) */
-EXPRC_RANGE(k0_add_max_sub_exp_rows)
+/* k0_add_max_isfinite_where: exp(rows + bias - where(isfinite(max(rows + bias, axis=(1,), keepdims=True, identity=True)), max(rows + bias, axis=(1,), keepdims=True, identity=True), 0.0)) / sum(exp(rows + bias - where(isfinite(max(rows + bias, axis=(1,), keepdims=True, identity=True)), max(rows + bias, axis=(1,), keepdims=True, identity=True), 0.0)), axis=(1,), keepdims=True) */
+EXPRC_RANGE(k0_add_max_isfinite_where_rows)
 {
     const int64_t n0 = P[1];
     const int64_t n1 = P[2];
@@ -13,7 +13,8 @@ EXPRC_RANGE(k0_add_max_sub_exp_rows)
         double vb1[EXPRC_VBLOCK * 32] __attribute__((aligned(64)));
         double sb2[EXPRC_VBLOCK * 32] __attribute__((aligned(64)));
         double y0[EXPRC_RCHUNK] __attribute__((aligned(64)));
-        double y1[EXPRC_RCHUNK] __attribute__((aligned(64)));
+        double y2[EXPRC_RCHUNK] __attribute__((aligned(64)));
+        double y3[EXPRC_RCHUNK] __attribute__((aligned(64)));
         for (int64_t r0 = lo; r0 < hi; r0 += R) {
             const int64_t rn = hi - r0 < R ? hi - r0 : R;
             const int64_t wr = (rn + EXPRC_VBLOCK - 1) / EXPRC_VBLOCK * EXPRC_VBLOCK;
@@ -43,8 +44,8 @@ EXPRC_RANGE(k0_add_max_sub_exp_rows)
                     const int64_t p = i1 * R + r;
                     const double a0 = ob0[p];
                     const double a1 = ob1[p];
-                    const double t4 = (a0 + a1);
-                    vb0[p] = t4;
+                    const double t5 = (a0 + a1);
+                    vb0[p] = t5;
                 }
             }
             for (int64_t i1 = 0; i1 < n1; i1++) {
@@ -57,6 +58,12 @@ EXPRC_RANGE(k0_add_max_sub_exp_rows)
                 y0[r] = (double)((nan0[r] ? NAN : acc0[r]));
             }
             for (int64_t r = rn; r < wr; r++) y0[r] = y0[0];
+            #pragma omp simd
+            for (int64_t r = 0; r < wr; r++) {
+                const uint8_t t2 = (isfinite(y0[r]) != 0);
+                const double t3 = (t2 ? y0[r] : (0x0.0p+0));
+                y2[r] = t3;
+            }
             double acc1[EXPRC_RCHUNK] __attribute__((aligned(64))); int nan1[EXPRC_RCHUNK] __attribute__((aligned(64))); (void)nan1;
             for (int64_t r = 0; r < wr; r++) {
                 acc1[r] = 0; nan1[r] = 0;
@@ -67,9 +74,9 @@ EXPRC_RANGE(k0_add_max_sub_exp_rows)
                     const int64_t p = i1 * R + r;
                     const double a0 = ob0[p];
                     const double a1 = ob1[p];
-                    const double t5 = (vb0[p] - y0[r]);
-                    const double t6 = exp(t5);
-                    vb1[p] = t6;
+                    const double t6 = (vb0[p] - y2[r]);
+                    const double t7 = exp(t6);
+                    vb1[p] = t7;
                 }
             }
             for (int64_t i1 = 0; i1 < n1; i1++) {
@@ -79,15 +86,15 @@ EXPRC_RANGE(k0_add_max_sub_exp_rows)
                 }
             }
             for (int64_t r = 0; r < rn; r++) {
-                y1[r] = (double)(acc1[r]);
+                y3[r] = (double)(acc1[r]);
             }
-            for (int64_t r = rn; r < wr; r++) y1[r] = y1[0];
+            for (int64_t r = rn; r < wr; r++) y3[r] = y3[0];
             for (int64_t i1 = 0; i1 < n1; i1++) {
                 #pragma omp simd
                 for (int64_t r = 0; r < wr; r++) {
                     const int64_t p = i1 * R + r;
-                    const double t4 = (vb1[p] / y1[r]);
-                    sb2[p] = t4;
+                    const double t5 = (vb1[p] / y3[r]);
+                    sb2[p] = t5;
                 }
             }
             for (int64_t r = 0; r < rn; r++) {
@@ -138,20 +145,22 @@ EXPRC_RANGE(k0_add_max_sub_exp_rows)
             }
         }
         const double racc0_0 = (double)((nanacc0_0 ? NAN : acc0_0));
-        double acc1_0 = 0; int nanacc1_0 = 0; (void)nanacc1_0;
+        const uint8_t t1 = (isfinite(racc0_0) != 0);
+        const double t2 = (t1 ? racc0_0 : (0x0.0p+0));
+        double acc3_0 = 0; int nanacc3_0 = 0; (void)nanacc3_0;
         if (P[0]) {
             const double *restrict p0 = (const double *)(q0);
             const double *restrict p1 = (const double *)(q1);
             double *restrict p2 = (double *)(q2);
-            #pragma omp simd reduction(+:acc1_0)
+            #pragma omp simd reduction(+:acc3_0)
             for (int64_t i1 = 0; i1 < n1; i1++) {
                 const double a0 = p0[i1];
                 const double a1 = p1[i1];
-                const double t3 = (a0 + a1);
-                const double t4 = (t3 - racc0_0);
-                const double t5 = exp(t4);
-                acc1_0 += t5;
-                p2[i1] = t5;
+                const double t5 = (a0 + a1);
+                const double t6 = (t5 - t2);
+                const double t7 = exp(t6);
+                acc3_0 += t7;
+                p2[i1] = t7;
             }
         } else if (scratch) {
             for (int64_t i1 = 0; i1 < n1; i1++) ((double *)rb0)[i1] = *(const double *)(q0 + i1 * P[4]);
@@ -159,36 +168,36 @@ EXPRC_RANGE(k0_add_max_sub_exp_rows)
             const double *restrict p0 = (const double *)(rb0);
             const double *restrict p1 = (const double *)(rb1);
             double *restrict p2 = (double *)(rb2);
-            #pragma omp simd reduction(+:acc1_0)
+            #pragma omp simd reduction(+:acc3_0)
             for (int64_t i1 = 0; i1 < n1; i1++) {
                 const double a0 = p0[i1];
                 const double a1 = p1[i1];
-                const double t3 = (a0 + a1);
-                const double t4 = (t3 - racc0_0);
-                const double t5 = exp(t4);
-                acc1_0 += t5;
-                p2[i1] = t5;
+                const double t5 = (a0 + a1);
+                const double t6 = (t5 - t2);
+                const double t7 = exp(t6);
+                acc3_0 += t7;
+                p2[i1] = t7;
             }
             for (int64_t i1 = 0; i1 < n1; i1++) *(double *)(q2 + i1 * P[8]) = ((double *)rb2)[i1];
         } else {
             for (int64_t i1 = 0; i1 < n1; i1++) {
                 const double a0 = *(const double *)(q0 + i1 * P[4]);
                 const double a1 = *(const double *)(q1 + i1 * P[6]);
-                const double t3 = (a0 + a1);
-                const double t4 = (t3 - racc0_0);
-                const double t5 = exp(t4);
-                acc1_0 += t5;
-                *(double *)(q2 + i1 * P[8]) = t5;
+                const double t5 = (a0 + a1);
+                const double t6 = (t5 - t2);
+                const double t7 = exp(t6);
+                acc3_0 += t7;
+                *(double *)(q2 + i1 * P[8]) = t7;
             }
         }
-        const double racc1_0 = (double)(acc1_0);
+        const double racc3_0 = (double)(acc3_0);
         if (P[0]) {
             double *restrict p2 = (double *)(q2);
             #pragma omp simd
             for (int64_t i1 = 0; i1 < n1; i1++) {
                 const double c2 = p2[i1];
-                const double t3 = (c2 / racc1_0);
-                p2[i1] = t3;
+                const double t5 = (c2 / racc3_0);
+                p2[i1] = t5;
             }
         } else if (scratch) {
             for (int64_t i1 = 0; i1 < n1; i1++) ((double *)rb2)[i1] = *(const double *)(q2 + i1 * P[8]);
@@ -196,33 +205,33 @@ EXPRC_RANGE(k0_add_max_sub_exp_rows)
             #pragma omp simd
             for (int64_t i1 = 0; i1 < n1; i1++) {
                 const double c2 = p2[i1];
-                const double t3 = (c2 / racc1_0);
-                p2[i1] = t3;
+                const double t5 = (c2 / racc3_0);
+                p2[i1] = t5;
             }
             for (int64_t i1 = 0; i1 < n1; i1++) *(double *)(q2 + i1 * P[8]) = ((double *)rb2)[i1];
         } else {
             for (int64_t i1 = 0; i1 < n1; i1++) {
                 const double c2 = *(const double *)(q2 + i1 * P[8]);
-                const double t3 = (c2 / racc1_0);
-                *(double *)(q2 + i1 * P[8]) = t3;
+                const double t5 = (c2 / racc3_0);
+                *(double *)(q2 + i1 * P[8]) = t5;
             }
         }
     }
     __builtin_free(scratch);
 }
-EXPRC_HIDDEN void k0_add_max_sub_exp(char **restrict ptrs, const int64_t *restrict P, int nthreads)
+EXPRC_HIDDEN void k0_add_max_isfinite_where(char **restrict ptrs, const int64_t *restrict P, int nthreads)
 {
     const int64_t n0 = P[1];
     const int64_t n1 = P[2];
     const int64_t total = n0 * n1;
-    exprc_range(k0_add_max_sub_exp_rows, ptrs, P, n0, total > 30840, nthreads);
+    exprc_range(k0_add_max_isfinite_where_rows, ptrs, P, n0, total > 29127, nthreads);
 }
 
 /* exprc: unit */
-EXPRC_HIDDEN void k0_add_max_sub_exp(char **restrict ptrs, const int64_t *restrict P, int nthreads);
+EXPRC_HIDDEN void k0_add_max_isfinite_where(char **restrict ptrs, const int64_t *restrict P, int nthreads);
 
 /* The single entry point: run kernels [first, last) with nthreads threads. */
 void exprc_run(char **restrict ptrs, const int64_t *restrict P, int64_t first, int64_t last, int nthreads)
 {
-    if (first <= 0 && 0 < last) { char *a[] = {ptrs[0], ptrs[1], ptrs[2]}; k0_add_max_sub_exp(a, P + 0, nthreads); }
+    if (first <= 0 && 0 < last) { char *a[] = {ptrs[0], ptrs[1], ptrs[2]}; k0_add_max_isfinite_where(a, P + 0, nthreads); }
 }

@@ -85,9 +85,10 @@ def _lse(x: Node, axes: tuple) -> Node:
 
 
 def _shifted_by_max(x: Node, axes: tuple) -> bool:
-    """``x`` is ``z - max(z)`` over ``axes`` (softmax's own shift): its maximum over ``axes`` is
-    exactly 0 where ``max(z)`` is finite and NaN where it is not (inf - inf, NaN - NaN), so the
-    shift :func:`_lse_parts` would subtract is 0 either way."""
+    """``x`` is ``z - max(z)`` over ``axes``, or ``z - where(isfinite(max(z)), max(z), 0)`` (softmax's
+    own shift): its maximum over ``axes`` is exactly 0 where ``max(z)`` is finite, and where it is
+    not, NaN (inf - inf, NaN - NaN) or ``max(z)`` itself (shifted by 0), so the shift
+    :func:`_lse_parts` would subtract is 0 either way."""
     if x.op == "sub":
         pairs = [x.inputs]
     elif x.op == "add":  # z + (-m) in either order: canonical graphs spell subtraction so
@@ -97,6 +98,9 @@ def _shifted_by_max(x: Node, axes: tuple) -> bool:
     for z, m in pairs:
         while m.op == "dimshuffle":
             m = m.inputs[0]
+        if (m.op == "where" and m.inputs[0].op == "isfinite" and m.inputs[0].inputs[0] is m.inputs[1]
+                and m.inputs[2].op == "constant" and not m.inputs[2].value.any()):
+            m = m.inputs[1]  # (finite_max's form)
         if m.op == "max" and m.inputs[0] is z and tuple(m.arg("axis")) == tuple(axes):
             return True
     return False

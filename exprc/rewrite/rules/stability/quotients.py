@@ -671,9 +671,11 @@ def _exp_shifted(x: Node, m: Node) -> Node:
     # (as -TwoSum(-x, m), the same bits: m itself is the broadcast operand, not a kernel's -m)
     err = F.neg(make("two_sum_err", F.neg(x), m))
     ed = f("exp", d)
-    # (err is not finite only where x or the shift is: ed is then 0, inf or NaN, which ed + ed * 1
-    # keeps; ed * 0 would turn a +inf entry NaN, and with it the whole row's sum)
-    return add(ed, mul(ed, F.where(f("isfinite", err), err, k(1.0, err))))
+    # (-inf entries: err is NaN, and ed 0.  An infinite ed, from a row holding +inf, which finite_max
+    # does not shift, is kept as it is: ed * err would be inf * 0, NaN, and with it the whole row's
+    # sum, where the quotient as written is 0 for the row's finite entries)
+    e = add(ed, mul(ed, F.where(f("isfinite", err), err, k(0.0, err))))
+    return F.where(f("isinf", ed), ed, e)
 
 
 def _once(factors: list[tuple[Node, int]], e: Node) -> bool:
