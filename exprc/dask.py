@@ -4,6 +4,10 @@
 ``dask.array`` arrays and returns ``dask.array`` arrays.  exprc schedules nothing: it turns its graph
 into ordinary dask layers, and dask (or ``distributed``) runs them.
 
+The graph that splits is the optimized one, as the in-memory function compiles it (its stable
+forms: ``exp(x) / sum(exp(x))`` over a row holding 720 is the max-shifted softmax, not NaN), or the
+graph as written where the optimized one would not split.
+
 How a graph splits (decided per call, when the arrays' chunks are known):
 
 * **Elementwise regions** (elementwise ops, casts, ``dimshuffle``) become one exprc kernel each, mapped
@@ -50,6 +54,7 @@ from exprc.dask_tasks import Combine, Kernel, Map, Partial, identity, stats
 from exprc.errors import InputTypeError, MissingInputError, NotSplittableError, ShapeError
 from exprc.graph import Node, constant_node, input_node, rebuild, substitute, toposort
 from exprc.ops import OPS
+from exprc.pipeline import optimize
 
 __all__ = ["DaskFunction", "function", "stats"]
 
@@ -189,6 +194,16 @@ class DaskFunction:
             raise MissingInputError(f"exprc.dask.function: the outputs read {missing[0].arg('name') or 'a variable'!r}, "
                                     "which is not among the inputs")
         _check_splittable(outs)
+        cfg = config or current()
+        # The graph the in-memory function compiles: its stable forms too (as written, a softmax or a
+        # log-sum-exp over a row holding 720 was NaN and inf here, finite in memory).  Kept as
+        # written if a rewrite made it unsplittable (not seen).
+        optimized = list(optimize(outs, cfg).outputs)
+        try:
+            _check_splittable(optimized)
+            outs = optimized
+        except NotSplittableError:
+            pass
         self.outputs = outs
         self._folded = _foldable(outs)
         # The max (mean) that a logsumexp/softmax (var) pattern computes on the way: lowering it means
@@ -199,7 +214,6 @@ class DaskFunction:
             p = _match_m2(n) if p is None else p
             if p is not None:
                 self._partners.setdefault(p, n)
-        cfg = config or current()
         if num_threads < 1:
             raise ValueError(f"exprc.dask.function: num_threads must be >= 1, got {num_threads}")
         # Threads inside one kernel call: dask already runs one task per worker thread.

@@ -170,6 +170,23 @@ def test_stable_forms_over_an_empty_axis_as_in_memory():
     np.testing.assert_array_equal(ed.function([xin], loaded_max)(da.from_array(a, chunks=(2, 1))).compute(), want)
 
 
+def test_stable_forms_as_in_memory_where_the_formula_as_written_overflows():
+    """Found in review: exprc.dask split the graph as written, so exp(x) / sum(exp(x)) and
+    log(sum(exp(x))) over a row holding 720 were NaN and inf where the in-memory function (which
+    compiles the optimized graph, its stable forms) gives the softmax and 720; 1 / (1 + exp(-x)) at
+    -800 likewise.  It splits the optimized graph now: the in-memory values, chunked or not."""
+    x = exprc.matrix("x")
+    outs = [exprc.exp(x) / exprc.sum(exprc.exp(x), 1, keepdims=True), exprc.log(exprc.sum(exprc.exp(x), 1)),
+            exprc.log(exprc.sum(exprc.exp(x), 0)), 1 / (1 + exprc.exp(-x))]
+    a = np.array([[720.0, 1.0, 2.0, -800.0], [1.0, 2.0, 3.0, 4.0], [-1000.0, -1001.0, -999.0, -1000.0]])
+    want = exprc.function([x], outs)(a)
+    assert np.isfinite(want[1]).all() and np.isfinite(want[0]).all()
+    for chunks in ((1, 2), (3, 4), (2, 1)):
+        got = dask.compute(*ed.function([x], outs)(da.from_array(a, chunks=chunks)))
+        for g, w in zip(got, want):
+            _rel(g, w, "float64")
+
+
 def test_multiple_outputs_and_int_inputs():
     x, k = exprc.matrix("x"), exprc.matrix("k", dtype="int32")
     outs = [x + k, k * 2, exprc.sum(k, axis=1), exprc.mean(k), x]
