@@ -84,6 +84,7 @@ from exprc.ops.gradshape import (
     sum_to_operand,
     zeros_like,
 )
+from exprc.ops.shape import getitem_order
 from exprc.rewrite.core import C, P, X, match
 from exprc.types import float_dtype, is_float, shape_str
 
@@ -221,22 +222,12 @@ def _weighted(a: Node, b: Node, n: Node, e: Node, d: Node) -> Node | None:
 
 
 def _view_order(v: Node) -> tuple[Node, tuple] | None:
-    """(x, order) when ``v`` is dimshuffle(x, order) or x[:, None]-like (full slices and new axes only:
-    the optimizer's getitem_to_dimshuffle reads it as that dimshuffle)."""
+    """(x, order) when ``v`` is dimshuffle(x, order) or x[:, None]-like (the optimizer's
+    getitem_to_dimshuffle reads it as that dimshuffle)."""
     if v.op == "dimshuffle":
         return v.inputs[0], tuple(v.arg("order"))
-    if v.op != "getitem" or len(v.inputs) != 1:
-        return None
-    x, order, axis = v.inputs[0], [], 0
-    for item in v.arg("index"):
-        if item == ("n",):
-            order.append("x")
-        elif item[0] == "s" and item[1] is None and item[2] is None and item[3] in (1, None) and axis < x.ndim:
-            order.append(axis)
-            axis += 1
-        else:
-            return None
-    return x, (*order, *range(axis, x.ndim))
+    order = getitem_order(v) if v.op == "getitem" and len(v.inputs) == 1 else None
+    return None if order is None else (v.inputs[0], order)
 
 
 def _weighted_views(vn: Node, vd: Node) -> Node | None:

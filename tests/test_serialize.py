@@ -715,6 +715,18 @@ def test_random_corruptions_of_loops_never_crash_or_fail_unclearly(which):
     assert outcomes["refused"] > 100, outcomes
 
 
+def _edit(doc, select, fn):
+    """Apply ``fn`` to every node dict of a dumped graph ``doc`` that ``select`` picks (in place)."""
+    if isinstance(doc, dict):
+        if select(doc):
+            fn(doc)
+        for val in doc.values():
+            _edit(val, select, fn)
+    elif isinstance(doc, list):
+        for val in doc:
+            _edit(val, select, fn)
+
+
 def test_guards_of_optimized_graphs_round_trip_and_older_files_load():
     """An optimized graph's guards: rare(c, everywhere) keeps its attribute through dumps/loads (the
     row-wise softmax's, True; exp(x)/expm1(x)'s, False); a file written before the attribute existed
@@ -728,14 +740,7 @@ def test_guards_of_optimized_graphs_round_trip_and_older_files_load():
     assert sorted(n.arg("everywhere") for n in exprc.graph.toposort(back) if n.op == "rare") == [False, True]
 
     def edit(o, fn):
-        if isinstance(o, dict):
-            if o.get("op") == "rare":
-                fn(o)
-            for val in o.values():
-                edit(val, fn)
-        elif isinstance(o, list):
-            for val in o:
-                edit(val, fn)
+        _edit(o, lambda e: e.get("op") == "rare", fn)
 
     old = json.loads(exprc.dumps(outs))
     edit(old, lambda e: e.pop("attrs", None))
@@ -765,14 +770,7 @@ def test_the_identity_of_a_stable_forms_max_round_trips_and_is_checked():
         exprc.function(ins, back[1])(np.zeros((2, 0)))
 
     def edit(o, fn):
-        if isinstance(o, dict):
-            if o.get("op") == "max" and "identity" in (o.get("attrs") or {}):
-                fn(o)
-            for val in o.values():
-                edit(val, fn)
-        elif isinstance(o, list):
-            for val in o:
-                edit(val, fn)
+        _edit(o, lambda e: e.get("op") == "max" and "identity" in (e.get("attrs") or {}), fn)
 
     for value in (False, "yes", 1):
         bad = json.loads(exprc.dumps(outs))

@@ -15,6 +15,7 @@ import math
 import numpy as np
 
 from exprc.errors import ShapeError
+from exprc.graph import Node
 from exprc.ops.table import Op, _errstate, cast, register
 from exprc.types import TensorType, broadcast_shapes, promote, shape_str
 
@@ -140,6 +141,21 @@ register(Op("broadcast_to", "shape", lambda x, shape: np.broadcast_to(x, shape),
 register(Op("concatenate", "shape", lambda *xs, axis: np.concatenate(xs, axis=axis), _infer_concatenate,
             attr_names=("axis",), nin=(1, None)))
 register(Op("getitem", "shape", _np_getitem, _infer_getitem, attr_names=("index",), nin=(1, 1)))
+
+
+def getitem_order(node: Node) -> tuple | None:
+    """The dimshuffle order of ``x[:, None]``-like getitem ``node`` (full slices and new axes only:
+    the same view), or None (any other index)."""
+    x, order, axis = node.inputs[0], [], 0
+    for item in node.arg("index"):
+        if item == ("n",):
+            order.append("x")
+        elif item[0] == "s" and item[1] is None and item[2] is None and item[3] in (1, None) and axis < x.ndim:
+            order.append(axis)
+            axis += 1
+        else:
+            return None
+    return (*order, *range(axis, x.ndim))
 register(Op("shape", "shape", lambda x: np.array(np.shape(x), dtype=np.int64), _infer_shape, nin=(1, 1)))
 
 

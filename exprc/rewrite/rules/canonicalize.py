@@ -34,6 +34,7 @@ import numpy as np
 
 from exprc.graph import Node
 from exprc.ops import OPS
+from exprc.ops.shape import getitem_order
 from exprc.rewrite.core import C, P, X, constant_value, rewrite_rule
 from exprc.rewrite.forms import const, make
 from exprc.types import is_float
@@ -166,20 +167,10 @@ def log_into_where(node: Node, c: Node, a: Node, b: Node) -> Node | None:
 def getitem_to_dimshuffle(node: Node, x: Node) -> Node | None:
     """x[:, None] (full slices and new axes only) -> dimshuffle(x, (0, 'x')): the same view, in the
     spelling rules read (softmax_from_exp's denominator sum(exp(z), axis=1)[:, None])."""
-    order: list = []
-    axis = 0
-    for item in node.arg("index"):
-        if item == ("n",):
-            order.append("x")
-        elif item[0] == "s" and item[1] is None and item[2] is None and item[3] in (1, None) and axis < x.ndim:
-            order.append(axis)
-            axis += 1
-        else:
-            return None
-    order += range(axis, x.ndim)
-    if "x" not in order:
+    order = getitem_order(node)
+    if order is None or "x" not in order:
         return None  # (x[:, :] is x's own view; the shape rules take it)
-    out = make("dimshuffle", x, order=tuple(order))
+    out = make("dimshuffle", x, order=order)
     return out if out.type == node.type else None
 
 
