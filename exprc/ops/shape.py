@@ -141,6 +141,7 @@ register(Op("broadcast_to", "shape", lambda x, shape: np.broadcast_to(x, shape),
 register(Op("concatenate", "shape", lambda *xs, axis: np.concatenate(xs, axis=axis), _infer_concatenate,
             attr_names=("axis",), nin=(1, None)))
 register(Op("getitem", "shape", _np_getitem, _infer_getitem, attr_names=("index",), nin=(1, 1)))
+register(Op("shape", "shape", lambda x: np.array(np.shape(x), dtype=np.int64), _infer_shape, nin=(1, 1)))
 
 
 def getitem_order(node: Node) -> tuple | None:
@@ -156,7 +157,6 @@ def getitem_order(node: Node) -> tuple | None:
         else:
             return None
     return (*order, *range(axis, x.ndim))
-register(Op("shape", "shape", lambda x: np.array(np.shape(x), dtype=np.int64), _infer_shape, nin=(1, 1)))
 
 
 # -- ops that gradients need (NumPy steps on every native backend; the C planner makes them views where it can) --
