@@ -239,10 +239,16 @@ def min(x: TensorLike, axis: Any = None, keepdims: bool = False) -> Node:
     return _reduce("min", x, axis, keepdims)
 
 
-def _shift_max(x: Node, axes: tuple) -> Node:
-    """max(x) over ``axes`` (kept), -inf over a zero-size axis: the shift of a stable form (logsumexp,
-    softmax, the rewrite rules' forms), defined where the user's formula is (ops/reduce.py)."""
-    return OPS["max"].make((x,), {"axis": axes, "keepdims": True, "identity": True})
+def _shift(x: Node, axes: tuple) -> Node:
+    """The shift of logsumexp's and softmax's exps (autodiff's stable forms too): x's maximum over
+    ``axes`` (kept), 0 where it is not finite, with no gradient.  A non-finite max (all -inf, +inf)
+    would give inf - inf = NaN; shifted by 0 the formula is the one as written there (a row holding
+    +inf: 0 for its finite entries).  The max is -inf over an empty axis, where the formula is defined
+    (ops/reduce.py, ``identity``).  No gradient flows through the shift (as in JAX): its terms cancel
+    exactly in the derivative, and computed they add rounding noise and a route through the max (an
+    argmax mask) to every step."""
+    m = OPS["max"].make((x,), {"axis": axes, "keepdims": True, "identity": True})
+    return _stop_gradient(where(isfinite(m), m, 0))
 
 
 def all(x: TensorLike, axis: Any = None, keepdims: bool = False) -> Node:
@@ -317,11 +323,7 @@ def logsumexp(x: TensorLike, axis: Any = None, keepdims: bool = False) -> Node:
     if x.dtype not in ("float32", "float64"):
         x = cast(x, "float64")
     axes = normalize_axis(axis, x.ndim, "logsumexp")
-    m = _shift_max(x, axes)
-    # A non-finite max (all -inf, or +inf) would give inf - inf = NaN; shift by 0 instead.  No
-    # gradient flows through the shift (as in JAX): its terms cancel exactly in the derivative, and
-    # computed they add rounding noise and a route through the max (an argmax mask) to every step.
-    shift = _stop_gradient(where(isfinite(m), m, 0))
+    shift = _shift(x, axes)
     out = log(sum(exp(x - shift), axes, keepdims=True)) + shift
     return out if keepdims else squeeze(out, axes) if axes else out
 
@@ -331,10 +333,7 @@ def softmax(x: TensorLike, axis: int = -1) -> Node:
     x = as_node(x)
     if x.dtype not in ("float32", "float64"):
         x = cast(x, "float64")
-    m = _shift_max(x, normalize_axis(axis, x.ndim, "softmax"))
-    # (see logsumexp: shifted by 0 where the max is not finite, a row holding +inf is the quotient as
-    # written, 0 for its finite entries, and exp(log_softmax(x)))
-    e = exp(x - _stop_gradient(where(isfinite(m), m, 0)))
+    e = exp(x - _shift(x, normalize_axis(axis, x.ndim, "softmax")))
     return e / sum(e, axis, keepdims=True)
 
 

@@ -159,8 +159,7 @@ def _log_of(s: Node, otherwise: Any = api.log) -> Node | None:
 def _exp_shifted(x: Node, axes: tuple) -> Node:
     """exp(x - stop_gradient(m)), m the maximum of x over ``axes`` (0 where it is not finite, as
     exprc.logsumexp: a +inf logit is NaN, the others 0)."""
-    m = api._shift_max(x, axes)
-    return api.exp(x - stop_gradient(api.where(api.isfinite(m), m, 0)))
+    return api.exp(x - api._shift(x, axes))
 
 
 def _softmax(a: Node, s: Node) -> Node | None:

@@ -50,6 +50,7 @@ from typing import Any
 import dask.array as da  # (absolute: this module is exprc.dask, the package is dask)
 import numpy as np
 
+from exprc.autodiff import stable_forms
 from exprc.config import Config, current
 from exprc.dask_tasks import Combine, Kernel, Map, Partial, identity, stats
 from exprc.errors import InputTypeError, MissingInputError, NotSplittableError, ShapeError
@@ -74,18 +75,6 @@ _WHY = {
     "print": "a print runs once per call, not once per chunk",
 }
 _DELEGATED = ("matmul", "shape", "broadcast_to")
-
-
-def _stable_forms(outs: list[Node]) -> list[Node]:
-    """``outs`` with log(sum(exp(x))), exp(x) / sum(exp(x)) and the like as exprc.logsumexp and
-    exprc.softmax build them (autodiff's stable forms), whose max and shifted sum a block carries up
-    one tree (_match_lse); the optimizer's own forms of them (a tie count, a row guard with both
-    branches) took 3 and 4 trees, 1.8x and 1.6x the time (a (3000, 2000) array in (750, 500) chunks).
-    Their values are exprc.logsumexp's and exprc.softmax's, within rounding of the in-memory
-    function's."""
-    from exprc.autodiff import stable_forms
-
-    return stable_forms(outs)
 
 
 def _blockwise_op(node: Node) -> bool:
@@ -209,9 +198,13 @@ class DaskFunction:
         _check_splittable(outs)
         cfg = config or current()
         # The graph the in-memory function compiles: its stable forms too (as written, a softmax or a
-        # log-sum-exp over a row holding 720 was NaN and inf here, finite in memory).  Kept as
-        # written if a rewrite made it unsplittable (not seen).
-        optimized = list(optimize(_stable_forms(outs), cfg).outputs)
+        # log-sum-exp over a row holding 720 was NaN and inf here, finite in memory).  Written-out
+        # log-sum-exps and softmaxes first as exprc.logsumexp and exprc.softmax build them (autodiff's
+        # stable_forms), whose max and shifted sum one tree carries (_match_lse): the optimizer's own
+        # forms (a tie count, a row guard with both branches) took 3 and 4 trees, 1.8x and 1.6x the
+        # time on a (3000, 2000) array in (750, 500) chunks; their values are those functions', within
+        # rounding of the in-memory ones.  Kept as written if a rewrite made it unsplittable (not seen).
+        optimized = list(optimize(stable_forms(outs), cfg).outputs)
         try:
             _check_splittable(optimized)
             outs = optimized

@@ -232,3 +232,23 @@ def test_deep_shared_updates_and_cache_list(deep, cache_dir):
                          timeout=120, env={**__import__("os").environ, "EXPRC_CACHE_DIR": str(cache_dir)})
     assert out.returncode == 0, out.stderr
     assert out.stdout.count("\n") >= 2
+
+
+def test_a_3000_deep_chain_under_stable_forms_shares_its_max_and_runs():
+    """share_maxima (pipeline) walks and rebuilds the whole graph, iteratively: a 3,000-deep chain
+    under exprc.logsumexp - the user's max and exprc.softmax compiles at the default recursion
+    limit, computes one max, and gives the NumPy backend's values (and -inf/empty over an empty
+    axis, where only the stable forms are asked for)."""
+    x = exprc.matrix("x")
+    e = x
+    for _ in range(3000):
+        e = exprc.sin(e) + 0.5
+    outs = [exprc.logsumexp(e, 1, keepdims=True) - exprc.max(e, 1, keepdims=True), exprc.softmax(e, 1)]
+    f = exprc.function([x], outs)
+    assert sum(n.op == "max" for n in exprc.graph.toposort(list(f.graph.outputs))) == 1
+    xv = np.random.default_rng(0).normal(size=(4, 5))
+    for got, want in zip(f(xv), exprc.function([x], outs, backend="numpy")(xv)):
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-15)
+    stable = exprc.function([x], [exprc.logsumexp(e, 1), exprc.softmax(e, 1)])(np.zeros((2, 0)))
+    np.testing.assert_array_equal(stable[0], [-np.inf, -np.inf])
+    assert stable[1].shape == (2, 0)
