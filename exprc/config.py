@@ -6,7 +6,7 @@ environment variables (read once, at import) > defaults.
 
 Environment variables: ``EXPRC_BACKEND``, ``EXPRC_NUM_THREADS``, ``EXPRC_CACHE_DIR``,
 ``EXPRC_CACHE`` (``0`` disables the disk cache), ``EXPRC_FLOAT_DTYPE`` (``float32`` or
-``float64``), ``CC``.
+``float64``), ``CC``; and, process-wide rather than per Config, ``EXPRC_POOL_BYTES`` (:data:`POOL_BYTES`).
 """
 
 from __future__ import annotations
@@ -98,6 +98,20 @@ def _from_environment(env: os._Environ | dict) -> Config:
 
 
 _DEFAULT = _from_environment(os.environ)
+
+
+def _pool_bytes(env: os._Environ | dict) -> int | None:
+    v = env.get("EXPRC_POOL_BYTES")
+    if not v:
+        return None
+    if not v.isdigit():
+        raise ValueError(f"EXPRC_POOL_BYTES must be a number of bytes (0 turns the pool off), got {v!r}")
+    return int(v)
+
+
+#: What the C dispatcher's pool of large output blocks may keep (``$EXPRC_POOL_BYTES``; 0: no pool;
+#: None: its default, 512 MiB or a 16th of the memory).  Process-wide: the pool is one per process.
+POOL_BYTES: int | None = _pool_bytes(os.environ)
 _CURRENT: contextvars.ContextVar[Config] = contextvars.ContextVar("exprc_config", default=_DEFAULT)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import pickle
 import subprocess
 import sys
 import sysconfig
@@ -82,6 +83,88 @@ def test_concurrent_calls_from_threads():
 
     with ThreadPoolExecutor(8) as pool:
         assert all(pool.map(run, data))
+
+
+
+def _address(a: np.ndarray) -> int:
+    return a.__array_interface__["data"][0]
+
+
+def test_large_outputs_reuse_a_block_only_once_nothing_holds_it():
+    """Outputs of 32 MiB or more come from a pool of blocks that dropped outputs gave back (no fresh
+    pages to zero on every call): a block is reused only when its array and every view of it are
+    gone, and the arrays behave as np.empty's (they own their data, resize, pickle)."""
+    a = exprc.vector("a")
+    f = exprc.function([a], exprc.exp(a) * 2)
+    n = 5_000_000  # (40 MB of float64)
+    x, y = np.linspace(-1, 1, n), np.linspace(0, 2, n)
+    f(x)
+    f(x)  # (the dispatcher serves calls from here on)
+    r = f(x)
+    assert f._fast is not None, dispatch.UNAVAILABLE
+    addr, before = _address(r), dispatch.pool_info()["reused"]
+    del r
+    r = f(y)
+    assert _address(r) == addr and dispatch.pool_info()["reused"] == before + 1
+    np.testing.assert_allclose(r, np.exp(y) * 2, rtol=1e-15)
+    assert r.flags.owndata and r.flags.writeable
+    view = r[3::2]
+    del r  # (the view still holds the block)
+    r2 = f(x)
+    assert not np.shares_memory(view, r2)
+    np.testing.assert_allclose(view, (np.exp(y) * 2)[3::2], rtol=1e-15)
+    np.testing.assert_allclose(r2, np.exp(x) * 2, rtol=1e-15)
+    r2.resize(n + 10, refcheck=False)
+    np.testing.assert_allclose(r2[:n], np.exp(x) * 2, rtol=1e-15)
+    assert pickle.loads(pickle.dumps(view)).tolist() == view.tolist()
+    del view, r2
+    # The Python call path (a strided argument) takes its outputs from the same pool.
+    big = np.repeat(y, 2)[::2]
+    reused = dispatch.pool_info()["reused"]
+    got = f(big)
+    np.testing.assert_allclose(got, np.exp(y) * 2, rtol=1e-15)
+    assert dispatch.pool_info()["reused"] == reused + 1
+    info = dispatch.pool_info()
+    assert info["bytes"] <= info["cap"]
+
+
+def test_pooled_outputs_from_many_threads_are_never_shared():
+    a, b = exprc.vector("a"), exprc.vector("b")
+    f = exprc.function([a, b], a * b + 1)
+    n = 4_500_000
+    base = np.linspace(0, 1, n)
+
+    def run(k):
+        out = [f(base, np.full(n, float(k + j))) for j in range(3)]
+        return all(np.array_equal(o, base * (k + j) + 1) for j, o in enumerate(out))
+
+    with ThreadPoolExecutor(4) as pool:
+        assert all(pool.map(run, range(8)))
+
+
+def test_pool_cap_from_the_environment():
+    """EXPRC_POOL_BYTES caps what the pool keeps; 0 turns it off."""
+    code = (
+        "import numpy as np, exprc\n"
+        "from exprc.backends.c import dispatch\n"
+        "a = exprc.vector('a')\n"
+        "f = exprc.function([a], a + 1)\n"
+        "x = np.zeros(5_000_000)\n"
+        "f(x); f(x)\n"
+        "rs = [f(x) for _ in range(3)]\n"
+        "del rs\n"
+        "kept = dispatch.pool_info()\n"
+        "r = f(x)\n"
+        "print(kept['bytes'], kept['blocks'], dispatch.pool_info()['reused'] - kept['reused'], kept['cap'],\n"
+        "      float(r.sum()))\n"
+    )
+    for cap, want in (("0", (0, 0, 0, 0)), ("100000000", (80_000_000, 2, 1, 100_000_000))):
+        env = {**os.environ, "EXPRC_POOL_BYTES": cap}
+        r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300,
+                           check=False)
+        assert r.returncode == 0, r.stderr
+        *got, total = r.stdout.split()
+        assert tuple(int(v) for v in got) == want and float(total) == 5_000_000
 
 
 def _child(q):

@@ -5,7 +5,9 @@ It runs the common call path of compiled functions in C (check the arrays, pick
 the plan, allocate outputs or take ``out=`` arrays, call the library without the
 GIL), and for functions with updates the whole step: take the variables' locks,
 read their values, write each new value into the variable's spare buffer, swap
-(``Dispatcher.update``).  Building it
+(``Dispatcher.update``).  Outputs of 32 MiB or more come from a small pool of blocks
+that earlier outputs gave back (no page zeroing on each call; ``EXPRC_POOL_BYTES``
+caps it, 0 turns it off: :data:`exprc.config.POOL_BYTES`; :func:`empty`, :func:`pool_info`).  Building it
 needs ``Python.h`` and NumPy's headers; where that fails exprc keeps the pure
 Python call path, which is slower per call but equivalent.
 
@@ -32,11 +34,13 @@ from types import ModuleType
 
 import numpy as np
 
-from exprc.config import Config
+from exprc.config import POOL_BYTES, Config
 from exprc.errors import CacheError
 
 _LOCK = threading.Lock()
 _MODULE: dict[str, ModuleType | None] = {}
+#: Outputs of at least this many bytes come from the dispatcher's pool (dispatch.c's EXPRC_POOL_MIN).
+POOL_MIN = 32 << 20
 #: Why the dispatcher could not be built (None while it works or was not tried).
 UNAVAILABLE: list[str] = []
 
@@ -106,5 +110,36 @@ def load(cfg: Config) -> ModuleType | None:
         except Exception as exc:  # noqa: BLE001 - any failure means: use the Python path
             UNAVAILABLE.append(f"{type(exc).__name__}: {exc}")
             module = None
+        if module is not None and POOL_BYTES is not None:
+            module.set_pool_cap(POOL_BYTES)
         _MODULE[ident] = module
         return module
+
+
+def _loaded() -> ModuleType | None:
+    for module in _MODULE.values():
+        if module is not None:
+            return module
+    return None
+
+
+def empty(shape: tuple, dtype: np.dtype) -> np.ndarray:
+    """A fresh output array as the dispatcher allocates one: from its pool of large blocks when it
+    has at least :data:`POOL_MIN` bytes and the dispatcher is loaded; else ``np.empty``."""
+    module = _loaded() if dtype.itemsize * int(np.prod(shape, dtype=np.int64)) >= POOL_MIN else None
+    return np.empty(shape, dtype) if module is None else module.empty(tuple(shape), dtype.num)
+
+
+def pool_info() -> dict:
+    """What the pool of large output blocks holds: ``bytes``, ``blocks``, ``reused`` (allocations it
+    served so far) and ``cap`` (``EXPRC_POOL_BYTES``); zeros where no dispatcher is loaded."""
+    module = _loaded()
+    kept, blocks, reused, cap = module.pool_info() if module is not None else (0, 0, 0, 0)
+    return {"bytes": kept, "blocks": blocks, "reused": reused, "cap": cap}
+
+
+def pool_release() -> None:
+    """Free the blocks the pool keeps (arrays still alive are not touched)."""
+    module = _loaded()
+    if module is not None:
+        module.pool_release()

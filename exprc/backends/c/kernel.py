@@ -26,7 +26,7 @@ import numpy as np
 from exprc import cache
 from exprc.backends import Kernel, builds
 from exprc.backends.c import compile as cc
-from exprc.backends.c import ffi
+from exprc.backends.c import dispatch, ffi
 from exprc.backends.c.blas import blas_pointers
 from exprc.backends.c.indexlib import direct_gather, make_into
 from exprc.backends.layout import Layout
@@ -80,14 +80,17 @@ MAX_SIGNATURES = 32
 
 def _after_fork_in_child() -> None:
     _SERIAL[0] = True
-    from exprc.backends.c import dispatch
-
     for module in dispatch._MODULE.values():
         if module is not None:
             module.set_serial()
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _empty(shape: tuple, dt: np.dtype) -> np.ndarray:
+    """An output array: a large one from the dispatcher's pool (as the dispatcher's own calls)."""
+    return dispatch.empty(shape, dt)
 
 
 def _pointer(a: np.ndarray) -> Any:
@@ -317,8 +320,6 @@ class CKernel(Kernel):
         """A C callable running the common call path, or None (no dispatcher here).
 
         It returns None for anything it does not handle, and then the Python path runs."""
-        from exprc.backends.c import dispatch
-
         if self.profile is not None:
             return None  # (every call through _execute, kernel by kernel)
         if self._direct is not None:
@@ -359,7 +360,7 @@ class CKernel(Kernel):
             ptrs[i] = fb(char_array, a, False)
         outs = []
         for _, slot, shape, dt in plan.out_specs:
-            res = np.empty(shape, dt)
+            res = _empty(shape, dt)
             ptrs[slot] = fb(char_array, res, False)
             outs.append(res)
         for slot, base, off in plan.input_views:
@@ -379,7 +380,7 @@ class CKernel(Kernel):
             elif j in zeroed:  # a scatter into zeros writes here and their fill kernel is skipped:
                 res = np.zeros(shape, dt)  # (a large block is fresh pages that read as zeros, unfilled)
             else:
-                res = np.empty(shape, dt)
+                res = _empty(shape, dt)
             results[slot] = res
             ptrs[slot] = _pointer(res)
         for slot, base, off in plan.input_views:

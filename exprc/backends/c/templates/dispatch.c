@@ -45,6 +45,107 @@ typedef struct {
 
 static int serial_after_fork = 0;
 
+/* Large outputs come from a small pool of blocks that earlier outputs of the same size gave back.
+ * glibc serves a block of 32 MiB or more with a fresh mmap and unmaps it on free, so each call
+ * returning, say, 80 MB paid the kernel's zeroing of every page on first touch (about a quarter of
+ * a 1e7-element elementwise kernel's time); blocks below that size glibc already reuses.  The
+ * arrays are NumPy's own (NEP 49: they own their data and remember this handler, which frees them
+ * back into the pool), so views, resize and pickling behave as for np.empty.  A block is reused
+ * only once the array that owned it, and every view of it, is gone.  The pool keeps at most
+ * 512 MiB (or a 16th of the memory, if less), or what $EXPRC_POOL_BYTES says (0: no pool). */
+#include <stdlib.h>
+#include <pthread.h>
+#include <sys/mman.h>
+#include <unistd.h>
+#define EXPRC_POOL_MIN ((size_t)32 << 20)
+#define EXPRC_POOL_SLOTS 8
+static struct { void *p; size_t n; } pool[EXPRC_POOL_SLOTS];
+static size_t pool_bytes = 0, pool_limit = (size_t)512 << 20;
+static unsigned long long pool_reused = 0;
+static pthread_mutex_t pool_lock = PTHREAD_MUTEX_INITIALIZER;  /* (the GIL, unless a free runs without it) */
+static PyObject *pool_capsule = NULL;
+
+static void *pool_malloc(void *ctx, size_t n) {
+    (void)ctx;
+    if (n >= EXPRC_POOL_MIN) {
+        pthread_mutex_lock(&pool_lock);
+        for (int i = 0; i < EXPRC_POOL_SLOTS; i++) {
+            if (pool[i].p && pool[i].n == n) {
+                void *p = pool[i].p;
+                pool[i].p = NULL;
+                pool_bytes -= n;
+                pool_reused++;
+                pthread_mutex_unlock(&pool_lock);
+                return p;
+            }
+        }
+        pthread_mutex_unlock(&pool_lock);
+    }
+    void *p = malloc(n);
+#ifdef MADV_HUGEPAGE
+    if (p && n >= ((size_t)4 << 20)) {  /* (as NumPy's own allocator does for large blocks) */
+        uintptr_t lo = ((uintptr_t)p + 4095) & ~(uintptr_t)4095, hi = ((uintptr_t)p + n) & ~(uintptr_t)4095;
+        if (hi > lo) madvise((void *)lo, hi - lo, MADV_HUGEPAGE);
+    }
+#endif
+    return p;
+}
+
+static void *pool_calloc(void *ctx, size_t nelem, size_t elsize) { (void)ctx; return calloc(nelem, elsize); }
+static void *pool_realloc(void *ctx, void *p, size_t n) { (void)ctx; return realloc(p, n); }
+
+static void pool_free(void *ctx, void *p, size_t n) {
+    (void)ctx;
+    if (p && n >= EXPRC_POOL_MIN && n <= pool_limit) {
+        pthread_mutex_lock(&pool_lock);
+        /* Keep it in an empty slot, evicting the slot that holds the most where the cap needs room. */
+        while (pool_bytes + n > pool_limit) {
+            int big = -1;
+            for (int i = 0; i < EXPRC_POOL_SLOTS; i++) if (pool[i].p && (big < 0 || pool[i].n > pool[big].n)) big = i;
+            if (big < 0) break;
+            free(pool[big].p);
+            pool_bytes -= pool[big].n;
+            pool[big].p = NULL;
+        }
+        for (int i = 0; i < EXPRC_POOL_SLOTS; i++) {
+            if (!pool[i].p && pool_bytes + n <= pool_limit) {
+                pool[i].p = p;
+                pool[i].n = n;
+                pool_bytes += n;
+                pthread_mutex_unlock(&pool_lock);
+                return;
+            }
+        }
+        pthread_mutex_unlock(&pool_lock);
+    }
+    free(p);
+}
+
+static PyDataMem_Handler pool_handler = {
+    "exprc_pool", 1, {NULL, pool_malloc, pool_calloc, pool_realloc, pool_free}
+};
+
+/* A fresh C-contiguous array, from the pool when it is large. */
+static PyObject *new_output(int ndim, npy_intp *dims, int type) {
+    if (pool_capsule && pool_limit) {
+        PyArray_Descr *descr = PyArray_DescrFromType(type);
+        if (!descr) return NULL;
+        size_t n = (size_t)PyArray_MultiplyList(dims, ndim) * (size_t)PyDataType_ELSIZE(descr);
+        Py_DECREF(descr);
+        if (n >= EXPRC_POOL_MIN && n <= pool_limit) {
+            PyObject *old = PyDataMem_SetHandler(pool_capsule);
+            if (!old) return NULL;
+            PyObject *a = PyArray_EMPTY(ndim, dims, type, 0);
+            PyObject *back = PyDataMem_SetHandler(old);
+            Py_DECREF(old);
+            if (!back) { Py_XDECREF(a); return NULL; }
+            Py_DECREF(back);
+            return a;
+        }
+    }
+    return PyArray_EMPTY(ndim, dims, type, 0);
+}
+
 static void plan_clear(plan_t *p) {
     PyMem_Free(p->in_shapes); PyMem_Free(p->out_slot); PyMem_Free(p->out_ndim);
     PyMem_Free(p->out_type); PyMem_Free(p->out_shapes); PyMem_Free(p->views);
@@ -198,7 +299,7 @@ static int run_plan(Dispatcher *self, plan_t *p, PyArrayObject **arr, PyObject *
     for (int i = 0; i < self->nin; i++) ptrs[i] = PyArray_BYTES(arr[i]);
     int off = 0;
     for (int j = 0; j < p->nout; j++) {
-        if (!outs[j]) outs[j] = PyArray_EMPTY(p->out_ndim[j], p->out_shapes + off, p->out_type[j], 0);
+        if (!outs[j]) outs[j] = new_output(p->out_ndim[j], p->out_shapes + off, p->out_type[j]);
         off += p->out_ndim[j];
         if (!outs[j]) { for (int t = 0; t < p->nout; t++) Py_CLEAR(outs[t]); p->busy = 0; return -1; }
         ptrs[p->out_slot[j]] = PyArray_BYTES((PyArrayObject *)outs[j]);
@@ -400,8 +501,62 @@ static PyTypeObject DispatcherType = {
 
 static PyObject *set_serial(PyObject *m, PyObject *unused) { serial_after_fork = 1; Py_RETURN_NONE; }
 
+/* empty(shape, typenum) -> array: an output array as the dispatcher allocates it (the Python path's). */
+static PyObject *empty(PyObject *m, PyObject *args) {
+    PyObject *shape;
+    int type;
+    if (!PyArg_ParseTuple(args, "O!i", &PyTuple_Type, &shape, &type)) return NULL;
+    int nd = (int)PyTuple_GET_SIZE(shape);
+    npy_intp dims[EXPRC_MAX_DIMS];
+    if (nd > EXPRC_MAX_DIMS) { PyErr_SetString(PyExc_ValueError, "too many dimensions"); return NULL; }
+    for (int d = 0; d < nd; d++) {
+        dims[d] = (npy_intp)PyLong_AsSsize_t(PyTuple_GET_ITEM(shape, d));
+        if (dims[d] < 0) { if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "negative dimension"); return NULL; }
+    }
+    return new_output(nd, dims, type);
+}
+
+/* pool_info() -> (bytes kept, blocks kept, reuses so far, cap). */
+static PyObject *pool_info(PyObject *m, PyObject *unused) {
+    pthread_mutex_lock(&pool_lock);
+    int blocks = 0;
+    for (int i = 0; i < EXPRC_POOL_SLOTS; i++) blocks += pool[i].p != NULL;
+    Py_ssize_t kept = (Py_ssize_t)pool_bytes, cap = (Py_ssize_t)pool_limit;
+    unsigned long long reused = pool_reused;
+    pthread_mutex_unlock(&pool_lock);
+    /* (built after unlocking: an allocation may collect garbage, and a freed array locks the pool) */
+    return Py_BuildValue("(niKn)", kept, blocks, reused, cap);
+}
+
+/* pool_release() -> None: give every kept block back to the C library. */
+static PyObject *pool_release(PyObject *m, PyObject *unused) {
+    pthread_mutex_lock(&pool_lock);
+    for (int i = 0; i < EXPRC_POOL_SLOTS; i++) { free(pool[i].p); pool[i].p = NULL; }
+    pool_bytes = 0;
+    pthread_mutex_unlock(&pool_lock);
+    Py_RETURN_NONE;
+}
+
+/* set_pool_cap(bytes) -> None: keep at most this many bytes (0: no pool); frees what no longer fits. */
+static PyObject *set_pool_cap(PyObject *m, PyObject *args) {
+    Py_ssize_t cap;
+    if (!PyArg_ParseTuple(args, "n", &cap)) return NULL;
+    if (cap < 0) { PyErr_SetString(PyExc_ValueError, "the pool's cap must be >= 0"); return NULL; }
+    pthread_mutex_lock(&pool_lock);
+    pool_limit = (size_t)cap;
+    for (int i = 0; i < EXPRC_POOL_SLOTS && pool_bytes > pool_limit; i++) {
+        if (pool[i].p) { free(pool[i].p); pool_bytes -= pool[i].n; pool[i].p = NULL; }
+    }
+    pthread_mutex_unlock(&pool_lock);
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef module_methods[] = {
     {"set_serial", set_serial, METH_NOARGS, "Run kernels on one thread (after fork)."},
+    {"empty", empty, METH_VARARGS, "An output array, from the pool of large blocks where it is large."},
+    {"pool_info", pool_info, METH_NOARGS, "(bytes kept, blocks kept, reuses, cap) of the pool of large blocks."},
+    {"pool_release", pool_release, METH_NOARGS, "Free every block the pool keeps."},
+    {"set_pool_cap", set_pool_cap, METH_VARARGS, "Keep at most this many bytes in the pool (0: none)."},
     {NULL, NULL, 0, NULL}
 };
 
@@ -415,6 +570,11 @@ PyMODINIT_FUNC PyInit_exprc_dispatch(void) {
     s_release = PyUnicode_InternFromString("release");
     if (!s_value || !s_spare || !s_acquire || !s_release) return NULL;
     if (PyType_Ready(&DispatcherType) < 0) return NULL;
+    long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
+    if (pages > 0 && page > 0 && (size_t)pages * (size_t)page / 16 < pool_limit)
+        pool_limit = (size_t)pages * (size_t)page / 16;  /* (a small machine keeps less) */
+    pool_capsule = PyCapsule_New(&pool_handler, "mem_handler", NULL);
+    if (!pool_capsule) return NULL;
     PyObject *m = PyModule_Create(&moduledef);
     if (!m) return NULL;
     Py_INCREF(&DispatcherType);
