@@ -217,26 +217,6 @@ def single(node: Node) -> tuple[Fraction, Node] | None:
     return v.single() if v is not None else None
 
 
-def nan_hypot(x: Node, y: Node) -> Node:
-    """hypot(x, y), NaN where x or y is: IEEE's hypot(inf, NaN) is inf, but sqrt(x*x + y*y) as written
-    is NaN there, as NumPy's is. Each operand takes the other's NaN before the call (no value is live
-    across libm's hypot, which keeps the vector loop within a few percent of a bare hypot)."""
-    if x.op == "constant" or y.op == "constant":
-        return make("hypot", x, y)
-    return make("hypot", F.where(f("isnan", y), y, x), F.where(f("isnan", x), x, y))
-
-
-def nan_hypot_operands(h: Node) -> tuple[Node, Node]:
-    """x and y of a nan_hypot(x, y) (or of a plain hypot)."""
-    a, b = h.inputs
-    if a.op == "where" and b.op == "where" and a.inputs[0].op == "isnan" and b.inputs[0].op == "isnan":
-        x, y = a.inputs[2], b.inputs[2]
-        if a.inputs[0].inputs[0] is y and a.inputs[1] is y and b.inputs[0].inputs[0] is x and b.inputs[1] is x:
-            return x, y
-    return a, b
-
-
-
 def sqrt_of(r: Node) -> SumView | None:
     """The view of r**2 when r is sqrt(A), hypot(t, c) or sqrt((t - a) * (t + a)) (which
     difference_of_squares makes of sqrt(t*t - a*a))."""
@@ -249,7 +229,7 @@ def sqrt_of(r: Node) -> SumView | None:
                 return SumView(((ONE, f("square", p.terms[0][1])),), -(p.const * p.const))
         return view_of(inner)
     if r.op == "hypot":
-        x, y = nan_hypot_operands(r)
+        x, y = r.inputs
         for p, q in ((x, y), (y, x)):
             c = F.exact(F.scalar_const(q)) if q.op == "constant" else None
             if c is not None:

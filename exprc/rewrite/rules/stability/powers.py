@@ -15,7 +15,6 @@ from exprc.rewrite.rules.stability._common import (
     f,
     k,
     mul,
-    nan_hypot,
     one_plus,
     small_power,
     stability_rule,
@@ -47,7 +46,7 @@ def hypot_from_sqrt(node: Node, a: Node) -> Node | None:
         return None
     out = parts[0]
     for p in parts[1:]:
-        out = nan_hypot(out, p)
+        out = make("hypot", out, p)
     return out
 
 
