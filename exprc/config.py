@@ -104,8 +104,8 @@ def _pool_bytes(env: os._Environ | dict) -> int | None:
     v = env.get("EXPRC_POOL_BYTES")
     if not v:
         return None
-    if not v.isdigit():
-        raise ValueError(f"EXPRC_POOL_BYTES must be a number of bytes (0 turns the pool off), got {v!r}")
+    if not (v.isascii() and v.isdigit()) or int(v) >= 1 << 63:
+        raise ValueError(f"EXPRC_POOL_BYTES must be a number of bytes below 2**63 (0 turns the pool off), got {v!r}")
     return int(v)
 
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import math
 import os
 import sys
 import sysconfig
@@ -126,7 +127,7 @@ def _loaded() -> ModuleType | None:
 def empty(shape: tuple, dtype: np.dtype) -> np.ndarray:
     """A fresh output array as the dispatcher allocates one: from its pool of large blocks when it
     has at least :data:`POOL_MIN` bytes and the dispatcher is loaded; else ``np.empty``."""
-    module = _loaded() if dtype.itemsize * int(np.prod(shape, dtype=np.int64)) >= POOL_MIN else None
+    module = _loaded() if dtype.itemsize * math.prod(shape) >= POOL_MIN else None  # (np.prod: 3 us a call)
     return np.empty(shape, dtype) if module is None else module.empty(tuple(shape), dtype.num)
 
 

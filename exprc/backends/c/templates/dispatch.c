@@ -82,6 +82,13 @@ static void *pool_malloc(void *ctx, size_t n) {
         pthread_mutex_unlock(&pool_lock);
     }
     void *p = malloc(n);
+    if (!p) {  /* (the kept blocks may be what the memory lacks) */
+        pthread_mutex_lock(&pool_lock);
+        for (int i = 0; i < EXPRC_POOL_SLOTS; i++) { free(pool[i].p); pool[i].p = NULL; }
+        pool_bytes = 0;
+        pthread_mutex_unlock(&pool_lock);
+        p = malloc(n);
+    }
 #ifdef MADV_HUGEPAGE
     if (p && n >= ((size_t)4 << 20)) {  /* (as NumPy's own allocator does for large blocks) */
         uintptr_t lo = ((uintptr_t)p + 4095) & ~(uintptr_t)4095, hi = ((uintptr_t)p + n) & ~(uintptr_t)4095;
