@@ -22,7 +22,6 @@ their code in this process).
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import math
 import os
@@ -47,6 +46,8 @@ UNAVAILABLE: list[str] = []
 
 
 def _identity(source: str) -> str:
+    import hashlib  # (OpenSSL: loaded on a call's second run, not by a process's first call)
+
     parts = [source, sys.version, np.__version__, sysconfig.get_config_var("EXT_SUFFIX") or ""]
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
 
