@@ -1054,6 +1054,34 @@ def test_normal_cdf_gradient_in_the_far_tail():
     assert bits_lost(g(pts), ref).max() <= 4
 
 
+
+def test_exp_exact_square_keeps_the_sign_of_its_zeros_and_infinities():
+    """The correction 1 + c lo of exp(c u**2) went negative where lo, an ulp of u**2, is large (|u| > 1e8)
+    and the guard |u| < 1e150 still let it in: exp(-x*x/2) was -0.0 at x = 1e100 and exp(x*x) -inf at
+    x = 1e120.  The guard is now |c u**2| < 746 (float32: 105), beyond which exp is 0 or inf anyway.
+    Every float64 and float32 magnitude from 1e-30 to the largest, both signs, both backends, the
+    spellings with a rounded argument (x / sqrt(2)) too."""
+    for dtype in ("float64", "float32"):
+        info = np.finfo(dtype)
+        mags = np.concatenate([np.logspace(-30, np.log10(float(info.max)), 400), [float(info.max), 5e7, 1e8]])
+        xs = np.concatenate([mags, -mags, [0.0, -0.0, np.inf, -np.inf, np.nan]]).astype(dtype)
+        x = exprc.vector("x", dtype)
+        for spell in (lambda m, x: m.exp(-x * x / 2), lambda m, x: m.exp(x * x),
+                      lambda m, x: m.exp(-(x / math.sqrt(2)) ** 2), lambda m, x: m.exp(m.square(x) * 0.25)):
+            with np.errstate(all="ignore"):
+                naive = spell(np, xs)
+            for backend in ("numpy", "c"):
+                f = exprc.function([x], spell(exprc, x), backend=backend)
+                assert "exp_exact_square" in f.rewrites
+                with np.errstate(all="ignore"):
+                    got = f(xs)
+                np.testing.assert_array_equal(np.isnan(got), np.isnan(naive))
+                edge = ~np.isfinite(naive) | (naive == 0)
+                np.testing.assert_array_equal(got[edge], naive[edge])
+                num = ~np.isnan(naive)
+                np.testing.assert_array_equal(np.signbit(got[num]), np.signbit(naive[num]))
+
+
 def test_exp_exact_argument_leaves_sums_and_squares_alone():
     """No product of variables in the argument (softmax's exp(z - m), exp(x + y)): nothing to recover that
     costs more than a few ulps, and the rule stays out; exp(c * x**2) is exp_exact_square's; float32 and the
