@@ -88,11 +88,6 @@ def _after_fork_in_child() -> None:
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-def _empty(shape: tuple, dt: np.dtype) -> np.ndarray:
-    """An output array: a large one from the dispatcher's pool (as the dispatcher's own calls)."""
-    return dispatch.empty(shape, dt)
-
-
 def _pointer(a: np.ndarray) -> Any:
     try:
         return _fb(a)  # C-contiguous arrays: the cheapest way to a pointer
@@ -360,7 +355,7 @@ class CKernel(Kernel):
             ptrs[i] = fb(char_array, a, False)
         outs = []
         for _, slot, shape, dt in plan.out_specs:
-            res = _empty(shape, dt)
+            res = dispatch.empty(shape, dt)  # (a large one: from the dispatcher's pool)
             ptrs[slot] = fb(char_array, res, False)
             outs.append(res)
         for slot, base, off in plan.input_views:
@@ -380,7 +375,7 @@ class CKernel(Kernel):
             elif j in zeroed:  # a scatter into zeros writes here and their fill kernel is skipped:
                 res = np.zeros(shape, dt)  # (a large block is fresh pages that read as zeros, unfilled)
             else:
-                res = _empty(shape, dt)
+                res = dispatch.empty(shape, dt)  # (a large one: from the dispatcher's pool)
             results[slot] = res
             ptrs[slot] = _pointer(res)
         for slot, base, off in plan.input_views:

@@ -47,8 +47,8 @@ static int serial_after_fork = 0;
 
 /* Large outputs come from a small pool of blocks that earlier outputs of the same size gave back.
  * glibc serves a block of 32 MiB or more with a fresh mmap and unmaps it on free, so each call
- * returning, say, 80 MB paid the kernel's zeroing of every page on first touch (about a quarter of
- * a 1e7-element elementwise kernel's time); blocks below that size glibc already reuses.  The
+ * returning, say, 80 MB paid the kernel's zeroing of every page on first touch (about a fifth of
+ * bench/run.py's E2 at 1e7 elements); blocks below that size glibc already reuses.  The
  * arrays are NumPy's own (NEP 49: they own their data and remember this handler, which frees them
  * back into the pool), so views, resize and pickling behave as for np.empty.  A block is reused
  * only once the array that owned it, and every view of it, is gone.  The pool keeps at most
