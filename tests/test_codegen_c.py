@@ -601,3 +601,33 @@ def test_full_reductions_with_vector_math_on_strided_and_broadcast_operands(dtyp
     h = exprc.function([x], exprc.logsumexp(x))
     h(rng.normal(size=1000).astype(dtype))
     assert flags and all(flag == 1 for flag in flags[-1])  # (the (1,) shift keeps the contiguous path)
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_buffered_row_sums_fold_into_eight_partial_sums(dtype):
+    """A row sum whose values call vector math (sum(exp(x), axis=1) outside a row kernel) folds each row
+    into 8 partial sums and the last n % 8 values in order (one chain of dependent adds took 4 cycles an
+    element).  The order depends on the row length alone: the same bits on 1 and 2 threads, for a row
+    alone and among others, short rows sharing a block and long ones cut into blocks (lengths around 16,
+    128 and 256); within n eps sum|values| of the exact sum (math.fsum), NaN and inf kept."""
+    x = exprc.matrix("x", dtype)
+    e = exprc.sum(exprc.exp(x), axis=1)
+    f1 = exprc.function([x], e, config=exprc.Config(num_threads=1))
+    f2 = exprc.function([x], e, config=exprc.Config(num_threads=2))
+    assert [k["kind"] for k in f1.kernels] == ["reduce"]
+    assert "s7 +=" in f1.source
+    rng = np.random.default_rng(7)
+    for n1 in (1, 7, 15, 16, 17, 31, 100, 127, 128, 129, 255, 256, 257, 600, 1001):
+        xs = rng.uniform(-5, 5, (300, n1)).astype(dtype)
+        got = f1(xs)
+        np.testing.assert_array_equal(got, f2(xs))
+        for i in (0, 137, 299):
+            np.testing.assert_array_equal(f1(xs[i:i + 1])[0], got[i])
+        vals = np.exp(xs.astype(np.float64))
+        exact = np.array([math.fsum(r) for r in vals])
+        tol = (n1 + 4) * np.finfo(dtype).eps * vals.sum(axis=1)
+        assert (np.abs(got - exact) <= tol).all(), n1
+    xs = rng.uniform(-5, 5, (4, 40)).astype(dtype)
+    xs[0, 3], xs[1, 39], xs[2, 20] = np.nan, np.inf, -np.inf
+    got = f1(xs)
+    assert np.isnan(got[0]) and got[1] == np.inf and np.isfinite(got[2:]).all()
