@@ -1080,6 +1080,21 @@ def test_exp_exact_square_keeps_the_sign_of_its_zeros_and_infinities():
                 np.testing.assert_array_equal(got[edge], naive[edge])
                 num = ~np.isnan(naive)
                 np.testing.assert_array_equal(np.signbit(got[num]), np.signbit(naive[num]))
+    # Found in review: exp_subnormal_product's slow branch (down to p = -1416) still multiplies the
+    # correction in, so it must apply that far (x y exp(-x*x/2) at x = 51.8, y = 1e300 lost 995 ulps
+    # under a bound of |c u**2| < 746); and a tiny c must not let u**2 overflow inside the bound.
+    x, y = exprc.vector("x"), exprc.vector("y")
+    xs = np.linspace(38.0, 53.0, 301)
+    with mpmath.workdps(60):
+        ref = np.array([float(mpmath.mpf(float(t)) * mpmath.mpf(1e300) * mpmath.exp(-mpmath.mpf(float(t)) ** 2 / 2))
+                        for t in xs])
+    for backend in ("numpy", "c"):
+        f = exprc.function([x, y], x * y * exprc.exp(-x * x / 2), backend=backend)
+        assert bits_lost(f(xs, np.full_like(xs, 1e300)), ref).max() <= 4
+        big = np.array([2e154, -3e160, 1e300])
+        for e, want in ((exprc.exp(x * x * 2.0**-1020), np.inf), (exprc.exp(-(x * x * 2.0**-1020)), 0.0)):
+            got = exprc.function([x], e, backend=backend)(big)
+            assert (got == want).all() and not np.signbit(got).any(), got
 
 
 def test_exp_exact_argument_leaves_sums_and_squares_alone():

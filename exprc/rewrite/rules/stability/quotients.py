@@ -507,7 +507,7 @@ def exp_exact_square(node: Node, a: Node) -> Node | None:
     """exp(c u**2) -> exp(c hi) (1 + c lo) with u**2 = hi + lo exactly (c a power of two, so c hi is exact):
     the rounding of u**2 alone costs c u**2 ulps of the result (9 bits for the Gaussian exp(-x**2/2) at
     x = 38).  Where u is x / k or x * k (k a constant, not a power of two: x / sqrt(2)), lo takes in u's own
-    rounding too.  Where |c u**2| < 746 (float32: 105): beyond, the result is 0 or inf anyway."""
+    rounding too.  Where |c u**2| < 1500 (float32: 210): beyond, the result is 0 or inf anyway."""
     v = view_of(a)
     if v is None or v.const != 0 or len(v.terms) != 1:
         return None
@@ -516,10 +516,14 @@ def exp_exact_square(node: Node, a: Node) -> Node | None:
         return None
     u = sq.inputs[0]
     lo = _product_error(u, u)
-    # Beyond |c u**2| = 746 (float32: 105) exp(c hi) is 0 or inf, as the exact value rounds, and lo (an
-    # ulp of u**2, large there) could turn 1 + c lo negative: exp(-x*x/2) was -0.0 at x = 1e100 and
-    # exp(x*x) -inf at x = 1e120 under the bound 1e150 this replaces (where the split overflows).
-    near = f("abs", u) < k(math.sqrt((746.0 if u.dtype == "float64" else 105.0) / abs(float(c))), u)
+    # Where |c u**2| < 1500 (float32: 210) |c lo| < 2e-13: a correction.  Beyond, lo (an ulp of u**2) can
+    # be large enough to turn 1 + c lo negative (exp(-x*x/2) was -0.0 at x = 1e100, exp(x*x) -inf at
+    # x = 1e120 under the bound 1e150 alone), and exp(c hi) is 0 or inf anyway; between 746 and 1500
+    # exp_subnormal_product's slow branch (exp(p/2) squared, normal down to p = -1416) still multiplies
+    # this correction in (x y exp(-x*x/2) at x = 51.8, y = 1e300: 995 ulps without).  The split itself
+    # overflows beyond 1e150 (float32: 1e18), which bounds a tiny c (2**-1020).
+    bound = math.sqrt((1500.0 if u.dtype == "float64" else 210.0) / abs(float(c)))
+    near = f("abs", u) < k(min(bound, 1e150 if u.dtype == "float64" else 1e18), u)
     b = u.inputs[0] if u.op == "neg" else u
     found = _argument_residual(b)
     if found is not None:
