@@ -64,6 +64,7 @@ EXPRC_RANGE(k0_mul_tanh_sum_rows)
         char *q1_0 = ptrs[1] + i0 * P[5];
         char *q2_0 = ptrs[2] + i0 * P[7];
         double acc = 0; int nanf = 0; (void)nanf;
+        double s0 = 0, s1 = 0, s2 = 0, s3 = 0, s4 = 0, s5 = 0, s6 = 0, s7 = 0;
         for (int64_t c1 = 0; c1 < n1; c1 += EXPRC_RCHUNK) {
             const int64_t m1 = n1 - c1 < EXPRC_RCHUNK ? n1 - c1 : EXPRC_RCHUNK;
             int64_t b = 0;
@@ -86,21 +87,13 @@ EXPRC_RANGE(k0_mul_tanh_sum_rows)
                 const float t3 = exprc_tanhf(t2);
                 vb[p] = t3;
             }
-            {
-                int64_t p = 0;
-                if (m1 >= 16) {
-                    double s0 = 0, s1 = 0, s2 = 0, s3 = 0, s4 = 0, s5 = 0, s6 = 0, s7 = 0;
-                    for (; p + 8 <= 0 + m1; p += 8) {
-                        s0 += vb[p]; s1 += vb[p + 1]; s2 += vb[p + 2]; s3 += vb[p + 3];
-                        s4 += vb[p + 4]; s5 += vb[p + 5]; s6 += vb[p + 6]; s7 += vb[p + 7];
-                    }
-                    acc += ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7));
-                }
-                for (; p < 0 + m1; p++) {
-                    const float v = vb[p];
-                    acc += v;
-                }
+            int64_t p = 0;
+            for (; p + 8 <= m1; p += 8) {
+                s0 += vb[p]; s1 += vb[p + 1]; s2 += vb[p + 2]; s3 += vb[p + 3];
+                s4 += vb[p + 4]; s5 += vb[p + 5]; s6 += vb[p + 6]; s7 += vb[p + 7];
             }
+            if (c1 + m1 == n1) acc += ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7));
+            for (; p < m1; p++) { const float v = vb[p]; acc += v; }
         }
         *(float *)(q2_0) = (float)(acc);
     }
