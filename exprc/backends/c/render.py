@@ -882,21 +882,28 @@ class CRenderer:
     @staticmethod
     def _eight_lanes(d: int, head: str, one: list[str], acc_t: str, init: str, indent: str) -> list[str]:
         """A sum over the innermost dim ``d`` (the loop ``head`` running ``one``, the lines of an element
-        ending in ``acc += v;``) folded into 8 partial sums, lane q taking elements q, q + 8, ...,
-        combined pairwise into acc, and the last n % 8 in order: one chain of dependent adds took 4
-        cycles an element (a row sum over rows of 1000: 0.78 ms on one thread, NumPy's 0.17).  The
-        order depends on the length alone (not on threads, nor on the rows around).  The loop over the
-        rest opens as ``head`` did, with the lanes' i<d> counting on."""
+        ending in ``const T v = ...; acc += v;``) folded into 8 partial sums, lane q taking elements q,
+        q + 8, ..., combined pairwise into acc, and the last n % 8 in order: one chain of dependent adds
+        took 4 cycles an element (a row sum over rows of 1000: 0.78 ms on one thread, NumPy's 0.17).
+        The order depends on the length alone (not on threads, nor on the rows around).  The body is
+        written twice (8 values to w, then the rest), not once per lane.  The loop over the rest opens
+        as ``head`` did, with the lanes' i<d> counting on."""
         outer = indent[:-4]
+        vt = one[-2].split()[1]  # (the value's C type: "const <type> v = ...;")
         lanes = [f"{outer}int64_t i{d}_ = 0;", f"{outer}if (n{d} >= 16) {{",
                  f"{outer}    {acc_t} " + ", ".join(f"s{q} = {init}" for q in range(8)) + ";",
-                 f"{outer}    for (; i{d}_ + 8 <= n{d}; i{d}_ += 8) {{"]
-        for q in range(8):
-            lanes += [f"{outer}        {{", f"{outer}            const int64_t i{d} = i{d}_ + {q};",
-                      *["        " + x for x in one[:-1]], f"{outer}            s{q} += v;", f"{outer}        }}"]
-        lanes += [f"{outer}    }}", f"{outer}    acc += ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7));",
-                  f"{outer}}}"]
+                 f"{outer}    for (; i{d}_ + 8 <= n{d}; i{d}_ += 8) {{",
+                 f"{outer}        {vt} w[8];",
+                 f"{outer}        #pragma GCC unroll 8",
+                 f"{outer}        for (int64_t q = 0; q < 8; q++) {{",
+                 f"{outer}            const int64_t i{d} = i{d}_ + q;",
+                 *["        " + x for x in one[:-1]], f"{outer}            w[q] = v;", f"{outer}        }}",
+                 f"{outer}        s0 += w[0]; s1 += w[1]; s2 += w[2]; s3 += w[3];",
+                 f"{outer}        s4 += w[4]; s5 += w[5]; s6 += w[6]; s7 += w[7];",
+                 f"{outer}    }}", f"{outer}    acc += ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7));",
+                 f"{outer}}}"]
         assert head.lstrip().startswith(f"for (int64_t i{d} = 0;") and one[-1].strip() == "acc += v;"
+        assert one[-2].lstrip().startswith("const ") and " v = " in one[-2]
         return [*lanes, head.replace(f"for (int64_t i{d} = 0;", f"for (int64_t i{d} = i{d}_;"), *one]
 
     def _value_buffers(self, kl: KernelLayout, loaded: list[int]) -> tuple[list[int], list[str], Any]:
