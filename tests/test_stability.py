@@ -1097,6 +1097,31 @@ def test_exp_exact_square_keeps_the_sign_of_its_zeros_and_infinities():
             assert (got == want).all() and not np.signbit(got).any(), got
 
 
+
+def test_exp_exact_square_reads_a_square_scaled_inside_the_product_in_float32():
+    """float32 exp(0.25*x*x) parses as exp((0.25 * x) * x): no square node, so the rule did not fire, and
+    float32 has no exp_exact_argument: 60 ulps lost at x = 16.9 (exp(-2*x*x): 55).  The product of x
+    and a power-of-two multiple of x rounds only in x * x, so the exact-square correction applies.
+    Against mpmath on the float32 inputs; float64 keeps exp_exact_argument's rare guard for it."""
+    x = exprc.vector("x", "float32")
+    cases = [(lambda m, x: m.exp(0.25 * x * x), 0.25, 18.0), (lambda m, x: m.exp(-2 * x * x), -2.0, 6.2),
+             (lambda m, x: m.exp(-(x * 0.5 * x)), -0.5, 13.0)]
+    for spell, c, top in cases:
+        xs = np.linspace(0.5, top, 1500).astype(np.float32)
+        with mpmath.workdps(40):
+            ref = np.array([float(mpmath.exp(mpmath.mpf(c) * mpmath.mpf(float(t)) ** 2)) for t in xs])
+        ok = np.isfinite(ref) & (ref > float(np.finfo(np.float32).tiny)) & (ref < float(np.finfo(np.float32).max))
+        scale = np.spacing(ref[ok].astype(np.float32)).astype(np.float64)
+        for backend in ("numpy", "c"):
+            f = exprc.function([x], spell(exprc, x), backend=backend)
+            assert "exp_exact_square" in f.rewrites
+            assert (np.abs(f(xs)[ok].astype(np.float64) - ref[ok]) / scale).max() <= 4
+        g = exprc.function([x], spell(exprc, x), exclude=("exp_exact_square",))
+        assert (np.abs(g(xs)[ok].astype(np.float64) - ref[ok]) / scale).max() > 10  # (what the rule buys)
+    x64 = exprc.vector("x")
+    assert "exp_exact_square" not in exprc.function([x64], exprc.exp(0.25 * x64 * x64)).rewrites
+
+
 def test_exp_exact_argument_leaves_sums_and_squares_alone():
     """No product of variables in the argument (softmax's exp(z - m), exp(x + y)): nothing to recover that
     costs more than a few ulps, and the rule stays out; exp(c * x**2) is exp_exact_square's; float32 and the
