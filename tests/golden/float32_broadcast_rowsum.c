@@ -44,7 +44,7 @@ EXPRC_RANGE(k0_mul_tanh_sum_rows)
                     if (n1 >= 16) {
                         double s0 = 0, s1 = 0, s2 = 0, s3 = 0, s4 = 0, s5 = 0, s6 = 0, s7 = 0;
                         for (; p + 8 <= (i0 - r0) * n1 + n1; p += 8) {
-                            s0 += vb[p]; s1 += vb[p + 1]; s2 += vb[p + 2]; s3 += vb[p + 3];
+                            s0 += vb[p + 0]; s1 += vb[p + 1]; s2 += vb[p + 2]; s3 += vb[p + 3];
                             s4 += vb[p + 4]; s5 += vb[p + 5]; s6 += vb[p + 6]; s7 += vb[p + 7];
                         }
                         acc += ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7));
@@ -89,7 +89,7 @@ EXPRC_RANGE(k0_mul_tanh_sum_rows)
             }
             int64_t p = 0;
             for (; p + 8 <= m1; p += 8) {
-                s0 += vb[p]; s1 += vb[p + 1]; s2 += vb[p + 2]; s3 += vb[p + 3];
+                s0 += vb[p + 0]; s1 += vb[p + 1]; s2 += vb[p + 2]; s3 += vb[p + 3];
                 s4 += vb[p + 4]; s5 += vb[p + 5]; s6 += vb[p + 6]; s7 += vb[p + 7];
             }
             if (c1 + m1 == n1) acc += ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7));

@@ -174,6 +174,22 @@ def comment(text: str) -> str:
     return text.replace("*/", "* /").replace("/*", "/ *").replace("\\", "/")
 
 
+
+def _lanes(acc_t: str, init: str) -> str:
+    """The 8 partial sums of a row sum (see CRenderer._eight_lanes), declared."""
+    return f"{acc_t} " + ", ".join(f"s{q} = {init}" for q in range(8)) + ";"
+
+
+def _lanes_add(value: str) -> list[str]:
+    """Lines adding ``value`` (``{q}`` for the lane) into lane q, for q = 0..7."""
+    adds = [f"s{q} += {value.format(q=q)};" for q in range(8)]
+    return [" ".join(adds[:4]), " ".join(adds[4:])]
+
+
+#: The 8 partial sums, added pairwise into the accumulator.
+LANES_SUM = "acc += ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7));"
+
+
 class CRenderer:
     """Renders programs to C.  Subclasses (CUDA) override the loop skeletons only."""
 
@@ -891,16 +907,15 @@ class CRenderer:
         outer = indent[:-4]
         vt = one[-2].split()[1]  # (the value's C type: "const <type> v = ...;")
         lanes = [f"{outer}int64_t i{d}_ = 0;", f"{outer}if (n{d} >= 16) {{",
-                 f"{outer}    {acc_t} " + ", ".join(f"s{q} = {init}" for q in range(8)) + ";",
+                 f"{outer}    {_lanes(acc_t, init)}",
                  f"{outer}    for (; i{d}_ + 8 <= n{d}; i{d}_ += 8) {{",
                  f"{outer}        {vt} w[8];",
                  f"{outer}        #pragma GCC unroll 8",
                  f"{outer}        for (int64_t q = 0; q < 8; q++) {{",
                  f"{outer}            const int64_t i{d} = i{d}_ + q;",
                  *["        " + x for x in one[:-1]], f"{outer}            w[q] = v;", f"{outer}        }}",
-                 f"{outer}        s0 += w[0]; s1 += w[1]; s2 += w[2]; s3 += w[3];",
-                 f"{outer}        s4 += w[4]; s5 += w[5]; s6 += w[6]; s7 += w[7];",
-                 f"{outer}    }}", f"{outer}    acc += ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7));",
+                 *[f"{outer}        {x}" for x in _lanes_add("w[{q}]")],
+                 f"{outer}    }}", f"{outer}    {LANES_SUM}",
                  f"{outer}}}"]
         assert head.lstrip().startswith(f"for (int64_t i{d} = 0;") and one[-1].strip() == "acc += v;"
         assert one[-2].lstrip().startswith("const ") and " v = " in one[-2]
@@ -991,18 +1006,15 @@ class CRenderer:
                    f"{indent}    const {vt} v = vb[p];", f"{indent}    {combine}", f"{indent}}}"]
             if not lanes:
                 return [f"{indent}{{", f"{indent}    int64_t p = {first};", *["    " + x for x in seq], f"{indent}}}"]
-            # A sum folds into 8 partial sums, lane q taking the row's elements q, q + 8, ..., then pairwise
-            # into acc, and the last count % 8 in order: the order depends on the row length alone (not
-            # on threads or on the rows sharing a block), and 8 adds are in flight where one chain of
-            # dependent adds took 4 cycles an element (sum(exp(x), axis=1) over rows of 100 on one thread: 1.62 -> 1.23 ms, rows of 1000: 1.76 -> 1.09).
+            # A sum folds in the order of _eight_lanes (8 partial sums, then the last count % 8 in order):
+            # sum(exp(x), axis=1) on one thread over rows of 100: 1.62 -> 1.23 ms, of 1000: 1.76 -> 1.09.
             return [f"{indent}{{", f"{indent}    int64_t p = {first};",
                     f"{indent}    if ({count} >= 16) {{",
-                    f"{indent}        {acc_t} " + ", ".join(f"s{q} = {init}" for q in range(8)) + ";",
+                    f"{indent}        {_lanes(acc_t, init)}",
                     f"{indent}        for (; p + 8 <= {first} + {count}; p += 8) {{",
-                    f"{indent}            s0 += vb[p]; s1 += vb[p + 1]; s2 += vb[p + 2]; s3 += vb[p + 3];",
-                    f"{indent}            s4 += vb[p + 4]; s5 += vb[p + 5]; s6 += vb[p + 6]; s7 += vb[p + 7];",
+                    *[f"{indent}            {x}" for x in _lanes_add("vb[p + {q}]")],
                     f"{indent}        }}",
-                    f"{indent}        acc += ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7));",
+                    f"{indent}        {LANES_SUM}",
                     f"{indent}    }}", *["    " + x for x in seq], f"{indent}}}"]
 
         def row_start(indent: str, which: list[int]) -> list[str]:
@@ -1035,16 +1047,15 @@ class CRenderer:
                       *fold("            ", "0", "m1"), "        }"]
         else:  # the 8 lanes run on across the blocks (EXPRC_RCHUNK is a multiple of 8): the order of
             # _eight_lanes over the whole row, as the reduce nest adds a row read from memory
-            lines += [f"        {acc_t} " + ", ".join(f"s{q} = {init}" for q in range(8)) + ";",
+            lines += [f"        {_lanes(acc_t, init)}",
                       "        for (int64_t c1 = 0; c1 < n1; c1 += EXPRC_RCHUNK) {",
                       "            const int64_t m1 = n1 - c1 < EXPRC_RCHUNK ? n1 - c1 : EXPRC_RCHUNK;",
                       "            int64_t b = 0;", *gather("            ", "c1", "m1"), *compute("            "),
                       "            int64_t p = 0;",
                       "            for (; p + 8 <= m1; p += 8) {",
-                      "                s0 += vb[p]; s1 += vb[p + 1]; s2 += vb[p + 2]; s3 += vb[p + 3];",
-                      "                s4 += vb[p + 4]; s5 += vb[p + 5]; s6 += vb[p + 6]; s7 += vb[p + 7];",
+                      *[f"                {x}" for x in _lanes_add("vb[p + {q}]")],
                       "            }",
-                      "            if (c1 + m1 == n1) acc += ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7));",
+                      f"            if (c1 + m1 == n1) {LANES_SUM}",
                       f"            for (; p < m1; p++) {{ const {vt} v = vb[p]; {combine} }}",
                       "        }"]
         lines += [*self._reduce_store(kl, fin, where, "        "), "    }"]

@@ -65,6 +65,13 @@ static unsigned long long pool_reused = 0;
 static pthread_mutex_t pool_lock = PTHREAD_MUTEX_INITIALIZER;  /* (the GIL, unless a free runs without it) */
 static PyObject *pool_capsule = NULL;
 
+/* Free kept blocks, slot by slot, until the pool holds at most keep bytes (the caller holds pool_lock). */
+static void pool_shrink(size_t keep) {
+    for (int i = 0; i < EXPRC_POOL_SLOTS && pool_bytes > keep; i++) {
+        if (pool[i].p) { free(pool[i].p); pool_bytes -= pool[i].n; pool[i].p = NULL; }
+    }
+}
+
 static void *pool_malloc(void *ctx, size_t n) {
     (void)ctx;
     if (n >= EXPRC_POOL_MIN) {
@@ -84,8 +91,7 @@ static void *pool_malloc(void *ctx, size_t n) {
     void *p = malloc(n);
     if (!p) {  /* (the kept blocks may be what the memory lacks) */
         pthread_mutex_lock(&pool_lock);
-        for (int i = 0; i < EXPRC_POOL_SLOTS; i++) { free(pool[i].p); pool[i].p = NULL; }
-        pool_bytes = 0;
+        pool_shrink(0);
         pthread_mutex_unlock(&pool_lock);
         p = malloc(n);
     }
@@ -538,8 +544,7 @@ static PyObject *pool_info(PyObject *m, PyObject *unused) {
 /* pool_release() -> None: give every kept block back to the C library. */
 static PyObject *pool_release(PyObject *m, PyObject *unused) {
     pthread_mutex_lock(&pool_lock);
-    for (int i = 0; i < EXPRC_POOL_SLOTS; i++) { free(pool[i].p); pool[i].p = NULL; }
-    pool_bytes = 0;
+    pool_shrink(0);
     pthread_mutex_unlock(&pool_lock);
     Py_RETURN_NONE;
 }
@@ -551,9 +556,7 @@ static PyObject *set_pool_cap(PyObject *m, PyObject *args) {
     if (cap < 0) { PyErr_SetString(PyExc_ValueError, "the pool's cap must be >= 0"); return NULL; }
     pthread_mutex_lock(&pool_lock);
     pool_limit = (size_t)cap;
-    for (int i = 0; i < EXPRC_POOL_SLOTS && pool_bytes > pool_limit; i++) {
-        if (pool[i].p) { free(pool[i].p); pool_bytes -= pool[i].n; pool[i].p = NULL; }
-    }
+    pool_shrink(pool_limit);
     pthread_mutex_unlock(&pool_lock);
     Py_RETURN_NONE;
 }
